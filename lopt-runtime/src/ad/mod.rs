@@ -1,0 +1,109 @@
+//! Derivative rules: the runtime half of `#[task]`.
+//!
+//! The macro lowers a loss to single-assignment form and, for each primitive, emits calls
+//! to the rules here, resolved by the argument types. The macro knows the chain rule;
+//! these traits know each primitive's derivative; rustc checks the types.
+//!
+//! Conventions the generated code relies on:
+//! - every differentiable value (scalar, vector, matrix, params struct) is a
+//!   [`Params`](crate::Params); its adjoint and its tangent have the same type;
+//! - `jvp` returns the tangent of the output; an operand whose tangent is `None` is
+//!   constant (data, literals);
+//! - `vjp` returns the cotangents of the operands that were asked for (`need_*`);
+//! - rules receive the primal output `out` so they need not recompute it
+//!   (`exp`, `tanh`, `log_softmax` reuse it).
+
+pub mod op;
+mod rules;
+
+use std::borrow::Cow;
+
+use crate::params::Params;
+use crate::scalar::Real;
+
+/// A binary primitive `Op` applied to `self` and `R`.
+pub trait Binary<Op, R>: Sized {
+    /// The output type.
+    type Out;
+    /// The value.
+    fn eval(&self, r: &R) -> Self::Out;
+    /// The tangent of the output given operand tangents (`None` = constant operand).
+    fn jvp(&self, r: &R, out: &Self::Out, da: Option<&Self>, db: Option<&R>) -> Self::Out;
+    /// Cotangents of the operands given the output cotangent `g`.
+    fn vjp(
+        &self,
+        r: &R,
+        out: &Self::Out,
+        g: &Self::Out,
+        need_a: bool,
+        need_b: bool,
+    ) -> (Option<Self>, Option<R>);
+}
+
+/// A unary primitive `Op` (which may carry non-differentiable arguments such as an
+/// exponent, an index or integer labels) applied to `self`.
+pub trait Unary<Op>: Sized {
+    /// The output type.
+    type Out;
+    /// The value.
+    fn eval(&self, op: &Op) -> Self::Out;
+    /// The tangent of the output given the tangent `dx` of `self`.
+    fn jvp(&self, op: &Op, out: &Self::Out, dx: &Self) -> Self::Out;
+    /// The cotangent of `self` given the output cotangent `g`.
+    fn vjp(&self, op: &Op, out: &Self::Out, g: &Self::Out) -> Self;
+}
+
+/// Non-differentiable data (batch and config fields) converted to the loss's scalar type.
+///
+/// `f32` data read by an `f32` loss is borrowed, not copied.
+pub trait Data<S: Real> {
+    /// The value type in scalar `S`.
+    type Out: Clone;
+    /// The data as an `S` value.
+    fn data(&self) -> Cow<'_, Self::Out>;
+}
+
+/// Adds `v` into an adjoint slot (the first contribution moves in).
+#[inline]
+pub fn acc<V: Params>(slot: &mut Option<V>, v: V) {
+    match slot {
+        Some(s) => s.axpy(V::Scalar::one(), &v),
+        None => *slot = Some(v),
+    }
+}
+
+/// Adds an optional contribution into an adjoint slot.
+#[inline]
+pub fn acc_opt<V: Params>(slot: &mut Option<V>, v: Option<V>) {
+    if let Some(v) = v {
+        acc(slot, v)
+    }
+}
+
+/// Adds an optional adjoint into a gradient leaf.
+#[inline]
+pub fn acc_into<V: Params>(dst: &mut V, v: Option<V>) {
+    if let Some(v) = v {
+        dst.axpy(V::Scalar::one(), &v);
+    }
+}
+
+/// An empty adjoint slot typed like `v`.
+#[inline(always)]
+pub fn none_like<V>(_v: &V) -> Option<V> {
+    None
+}
+
+/// A literal in scalar `S`.
+#[inline(always)]
+pub fn lit<S: Real>(x: f64) -> S {
+    S::from_f64(x)
+}
+
+/// The zero tangent/adjoint of `v` (used when a slot was never written).
+#[inline]
+pub fn zero_like<V: Params>(v: &V) -> V {
+    v.zeros_like()
+}
+
+use num_traits::One;

@@ -1,0 +1,78 @@
+//! Marker types naming each primitive; some carry non-differentiable arguments.
+#![allow(missing_docs)]
+
+macro_rules! markers {
+    ($($(#[$m:meta])* $name:ident),* $(,)?) => {
+        $( $(#[$m])* #[derive(Debug, Clone, Copy, Default)] pub struct $name; )*
+    };
+}
+
+markers!(
+    /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b` with nalgebra semantics: scaling, matrix-vector and matrix-matrix products.
+    Mul,
+    /// `a / b` (matrix divided by a scalar, or scalars).
+    Div,
+    /// Elementwise maximum.
+    Max,
+    /// Elementwise minimum.
+    Min,
+    /// `a.powf(b)`.
+    Powf,
+    /// Inner product of two vectors or matrices (sum of elementwise products).
+    Dot,
+    /// Elementwise product.
+    ComponentMul,
+    /// Elementwise quotient.
+    ComponentDiv,
+    /// `-a`.
+    Neg,
+    Exp,
+    Ln,
+    Sqrt,
+    Tanh,
+    Sin,
+    Cos,
+    Abs,
+    /// `x * x` elementwise.
+    Square,
+    /// `max(x, 0)`.
+    Relu,
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `ln(1 + e^x)`, stable.
+    Softplus,
+    /// Exact GELU `x * Phi(x)`.
+    Gelu,
+    /// Sum of all elements.
+    Sum,
+    /// Mean of all elements.
+    Mean,
+    /// Sum of squares.
+    NormSquared,
+    Transpose,
+    /// Row-wise log-softmax of a matrix (each row a set of logits), or of a vector.
+    LogSoftmax,
+    /// `ln(sum(exp(x)))` over all elements, with the max subtracted.
+    LogSumExp,
+);
+
+/// `x.powi(n)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Powi(pub i32);
+
+/// `x[i]` on a vector (or a matrix in column-major order).
+#[derive(Debug, Clone, Copy)]
+pub struct Index(pub usize);
+
+/// `x[(i, j)]` on a matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Index2(pub usize, pub usize);
+
+/// Per-row softmax cross-entropy of a logits matrix (rows = examples) against integer
+/// labels; the output is the vector of per-example losses.
+#[derive(Debug, Clone, Copy)]
+pub struct SoftmaxCrossEntropy<'a>(pub &'a [i32]);

@@ -1,0 +1,1 @@
+// primitives: filled in by the rules work

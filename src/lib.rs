@@ -1,0 +1,23 @@
+//! # lopt
+//!
+//! Learned optimization and meta-learning in Rust. See the README for a tour.
+#![warn(missing_docs)]
+
+pub use lopt_macros::*;
+pub use lopt_runtime::*;
+
+/// Everything a typical program needs: `use lopt::prelude::*;`.
+pub mod prelude {
+    pub use lopt_macros::{differentiable, task, Params};
+    pub use lopt_runtime::{
+        single_task_to_family, Datasets, Error, Key, Optimizer, Params, Real, Result, Task,
+        TaskFamily,
+    };
+    pub use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use lopt_runtime::ad;
+    pub use lopt_runtime::params::locate_leaf;
+}
