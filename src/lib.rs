@@ -9,6 +9,7 @@ pub use lopt_runtime::*;
 /// Everything a typical program needs: `use lopt::prelude::*;`.
 pub mod prelude {
     pub use lopt_macros::{differentiable, task, Params};
+    pub use lopt_runtime::ad::op as _ad_op;
     pub use lopt_runtime::{
         single_task_to_family, Datasets, Error, Key, Optimizer, Params, Real, Result, Task,
         TaskFamily,

@@ -222,28 +222,23 @@ fn assert_same_structure<P: Params>(a: &P, b: &P) {
     }
 }
 
-macro_rules! scalar_leaf {
-    ($t:ty) => {
-        impl Params for $t {
-            type Scalar = $t;
-            fn num_leaves(&self) -> usize {
-                1
-            }
-            fn leaf(&self, _i: usize) -> &[$t] {
-                std::slice::from_ref(self)
-            }
-            fn leaf_mut(&mut self, _i: usize) -> &mut [$t] {
-                std::slice::from_mut(self)
-            }
-            fn write_leaf_name(&self, _i: usize, _out: &mut String) {}
-            fn leaf_shape(&self, _i: usize) -> Vec<usize> {
-                Vec::new()
-            }
-        }
-    };
+/// A scalar (`f32`, `f64`, or a packet) is a tree with one leaf of one element.
+impl<S: Real> Params for S {
+    type Scalar = S;
+    fn num_leaves(&self) -> usize {
+        1
+    }
+    fn leaf(&self, _i: usize) -> &[S] {
+        std::slice::from_ref(self)
+    }
+    fn leaf_mut(&mut self, _i: usize) -> &mut [S] {
+        std::slice::from_mut(self)
+    }
+    fn write_leaf_name(&self, _i: usize, _out: &mut String) {}
+    fn leaf_shape(&self, _i: usize) -> Vec<usize> {
+        Vec::new()
+    }
 }
-scalar_leaf!(f32);
-scalar_leaf!(f64);
 
 impl<S: Real> Params for Vec<S> {
     type Scalar = S;

@@ -10,6 +10,25 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 
 use num_traits::{One, Zero};
 
+/// The result of a lane-wise comparison, reduced to a branch decision.
+pub trait Mask: Copy + Send + Sync + Debug {
+    /// True when every lane is set.
+    fn all(self) -> bool;
+    /// True when some lane is set.
+    fn any(self) -> bool;
+}
+
+impl Mask for bool {
+    #[inline(always)]
+    fn all(self) -> bool {
+        self
+    }
+    #[inline(always)]
+    fn any(self) -> bool {
+        self
+    }
+}
+
 /// A real scalar: `f32`, `f64`, or a packet of lanes that behaves like one.
 ///
 /// Every operation is elementwise (lane-wise for packets). Comparisons return a
@@ -36,7 +55,7 @@ pub trait Real:
     + Sum
 {
     /// Result of a lane-wise comparison.
-    type Mask: Copy + Send + Sync + Debug;
+    type Mask: Mask;
     /// Number of lanes (1 for `f32` and `f64`).
     const LANES: usize;
 

@@ -107,3 +107,20 @@ pub fn zero_like<V: Params>(v: &V) -> V {
 }
 
 use num_traits::One;
+
+/// The truth of a comparison used as an `if` condition.
+///
+/// For plain floats this is the comparison itself. For packets of lanes every lane must
+/// agree; a batched run whose lanes disagree is split by the batched runner.
+#[inline(always)]
+pub fn cond<M: crate::scalar::Mask>(m: M) -> bool {
+    m.all()
+}
+
+impl<S: Real, T: Data<S> + ?Sized> Data<S> for &T {
+    type Out = T::Out;
+    #[inline(always)]
+    fn data(&self) -> Cow<'_, T::Out> {
+        (**self).data()
+    }
+}

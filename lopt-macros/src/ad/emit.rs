@@ -1,0 +1,513 @@
+//! Expanding the model (ir) into Rust: the value, the forward mode (JVP) and the reverse
+//! mode (value and gradient). The generated code calls the rule traits of
+//! `lopt::__private::ad`; it holds no graph and no boxed closures.
+//!
+//! Reverse mode keeps values defined at the top of the body as ordinary locals. Values
+//! defined inside a loop or branch are pushed, at the end of each execution of their
+//! block, onto a typed `Vec` per variable (with the loop range and the branch taken), and
+//! popped in reverse order by the reverse sweep: a stack, so nested blocks need nothing
+//! more.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use super::ir::*;
+use super::lower::{place_of, slot_ident, var_ident};
+
+const AD: &str = "::lopt::__private::ad";
+
+fn ad() -> TokenStream {
+    AD.parse().expect("path")
+}
+
+fn d_ident(v: VarId) -> syn::Ident {
+    format_ident!("__d{}", v)
+}
+fn dm_ident(s: SlotId) -> syn::Ident {
+    format_ident!("__dm{}", s)
+}
+fn tape_ident(v: VarId) -> syn::Ident {
+    format_ident!("__t{}", v)
+}
+fn range_tape(k: usize) -> syn::Ident {
+    format_ident!("__tr{}", k)
+}
+fn branch_tape(k: usize) -> syn::Ident {
+    format_ident!("__tb{}", k)
+}
+/// The tangent (forward mode) or gradient accumulator (reverse mode) of argument `k`.
+pub fn arg_deriv_ident(k: usize) -> syn::Ident {
+    format_ident!("__darg{}", k)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Value,
+    Jvp,
+    Grad,
+}
+
+pub struct Emitter<'a> {
+    pub f: &'a Func,
+    pub args: &'a [DiffArg],
+    /// The scalar type of the body (for literals and data).
+    pub scalar: &'a syn::Type,
+}
+
+impl Emitter<'_> {
+    fn place(&self, v: VarId) -> TokenStream {
+        place_of(&self.f.vars, v)
+    }
+    fn active(&self, v: VarId) -> bool {
+        self.f.vars[v].kind == Kind::Active
+    }
+
+    /// The tangent of `v` as an `Option<&V>` expression.
+    fn tan_ref(&self, v: VarId) -> TokenStream {
+        if !self.active(v) {
+            return quote!(::core::option::Option::None);
+        }
+        let d = d_ident(v);
+        match self.f.vars[v].access {
+            Access::Owned => quote!(#d.as_ref()),
+            Access::Deref => quote!(#d),
+        }
+    }
+    /// The tangent of `v` as an `Option<V>` expression.
+    fn tan_owned(&self, v: VarId) -> TokenStream {
+        if !self.active(v) {
+            return quote!(::core::option::Option::None);
+        }
+        let d = d_ident(v);
+        match self.f.vars[v].access {
+            Access::Owned => quote!(::core::clone::Clone::clone(&#d)),
+            Access::Deref => quote!(#d.cloned()),
+        }
+    }
+
+    fn arg_expr(&self, a: &CallArg) -> TokenStream {
+        let p = self.place(a.var);
+        if a.by_ref {
+            quote!(&#p)
+        } else if a.is_ref_value {
+            // The user passed a reference argument on as it is.
+            let v = var_ident(a.var);
+            quote!(#v)
+        } else {
+            quote!(::core::clone::Clone::clone(&#p))
+        }
+    }
+
+    /// The primal value of a definition.
+    fn value_expr(&self, rhs: &Rhs) -> TokenStream {
+        let ad = ad();
+        let s = self.scalar;
+        match rhs {
+            Rhs::Binary { op, a, b } => {
+                let (pa, pb) = (self.place(*a), self.place(*b));
+                quote!(#ad::Binary::<#op, _>::eval(&#pa, &#pb))
+            }
+            Rhs::Unary { op, x } => {
+                let (px, po) = (self.place(*x), self.place(*op));
+                quote!(#ad::Unary::eval(&#px, &#po))
+            }
+            Rhs::ArgRead { arg, path } => {
+                let a = &self.args[*arg];
+                let id = &a.ident;
+                if path.is_empty() {
+                    if a.is_ref {
+                        quote!(#id)
+                    } else {
+                        quote!(&#id)
+                    }
+                } else {
+                    quote!(&#id #path)
+                }
+            }
+            Rhs::SlotRead(s) => {
+                let m = slot_ident(*s);
+                quote!(::core::clone::Clone::clone(&#m))
+            }
+            Rhs::Call { func, args } => {
+                let args = args.iter().map(|a| self.arg_expr(a));
+                quote!(#func(#(#args),*))
+            }
+            Rhs::Data { expr, borrow } => {
+                if *borrow {
+                    quote!(#ad::Data::<#s>::data(&(#expr)))
+                } else {
+                    quote!(#ad::Data::<#s>::data(&(#expr)).into_owned())
+                }
+            }
+            Rhs::Lit(t) => quote!(#ad::lit::<#s>((#t) as f64)),
+            Rhs::Raw(t) => quote!(#t),
+        }
+    }
+
+    // ----- forward sweep (all modes) -----
+
+    fn fwd_block(&self, stmts: &[Stmt], mode: Mode, nested: bool) -> TokenStream {
+        let mut out = TokenStream::new();
+        for s in stmts {
+            out.extend(self.fwd_stmt(s, mode));
+        }
+        if mode == Mode::Grad && nested {
+            for v in direct_vars(stmts) {
+                let (t, id) = (tape_ident(v), var_ident(v));
+                out.extend(quote!(#t.push(#id);));
+            }
+        }
+        out
+    }
+
+    fn fwd_stmt(&self, s: &Stmt, mode: Mode) -> TokenStream {
+        let ad = ad();
+        match s {
+            Stmt::Def { var, rhs } => {
+                let v = var_ident(*var);
+                let d = d_ident(*var);
+                if mode == Mode::Jvp && self.active(*var) {
+                    match rhs {
+                        Rhs::Call { func, args } => {
+                            let vals = args.iter().map(|a| self.arg_expr(a));
+                            let tans = args.iter().map(|a| self.tan_ref(a.var));
+                            return quote! {
+                                let (#v, #d) = #func::jvp(#(#vals,)* #(#tans),*);
+                                let #d = ::core::option::Option::Some(#d);
+                            };
+                        }
+                        Rhs::ArgRead { arg, path } => {
+                            let t = arg_deriv_ident(*arg);
+                            let val = self.value_expr(rhs);
+                            return quote! {
+                                let #v = #val;
+                                let #d = match #t {
+                                    ::core::option::Option::Some(__t) => ::core::option::Option::Some(&(*__t) #path),
+                                    ::core::option::Option::None => ::core::option::Option::None,
+                                };
+                            };
+                        }
+                        _ => {}
+                    }
+                    let val = self.value_expr(rhs);
+                    let tan = match rhs {
+                        Rhs::Binary { op, a, b } => {
+                            let (pa, pb) = (self.place(*a), self.place(*b));
+                            let (ta, tb) = (self.tan_ref(*a), self.tan_ref(*b));
+                            quote! {
+                                match (#ta, #tb) {
+                                    (::core::option::Option::None, ::core::option::Option::None) => ::core::option::Option::None,
+                                    (__ta, __tb) => ::core::option::Option::Some(
+                                        #ad::Binary::<#op, _>::jvp(&#pa, &#pb, &#v, __ta, __tb)),
+                                }
+                            }
+                        }
+                        Rhs::Unary { op, x } => {
+                            let (px, po) = (self.place(*x), self.place(*op));
+                            let tx = self.tan_ref(*x);
+                            quote! {
+                                match #tx {
+                                    ::core::option::Option::None => ::core::option::Option::None,
+                                    ::core::option::Option::Some(__tx) => ::core::option::Option::Some(
+                                        #ad::Unary::jvp(&#px, &#po, &#v, __tx)),
+                                }
+                            }
+                        }
+                        Rhs::SlotRead(s) => {
+                            let dm = dm_ident(*s);
+                            quote!(::core::clone::Clone::clone(&#dm))
+                        }
+                        _ => quote!(::core::option::Option::None),
+                    };
+                    quote!(let #v = #val; let #d = #tan;)
+                } else {
+                    let val = self.value_expr(rhs);
+                    quote!(let #v = #val;)
+                }
+            }
+            Stmt::Passive(t) => t.clone(),
+            Stmt::SlotDecl { slot, init } => {
+                let m = slot_ident(*slot);
+                let mut out = match init {
+                    Some(v) => {
+                        let p = self.place(*v);
+                        quote!(let mut #m = ::core::clone::Clone::clone(&#p);)
+                    }
+                    None => quote!(let mut #m;),
+                };
+                if mode == Mode::Jvp {
+                    let dm = dm_ident(*slot);
+                    let t = match init {
+                        Some(v) => self.tan_owned(*v),
+                        None => quote!(::core::option::Option::None),
+                    };
+                    out.extend(quote!(let mut #dm = #t;));
+                }
+                out
+            }
+            Stmt::SlotSet { slot, from } => {
+                let m = slot_ident(*slot);
+                let p = self.place(*from);
+                let mut out = quote!(#m = ::core::clone::Clone::clone(&#p););
+                if mode == Mode::Jvp {
+                    let dm = dm_ident(*slot);
+                    let t = self.tan_owned(*from);
+                    out.extend(quote!(#dm = #t;));
+                }
+                out
+            }
+            Stmt::For { id, pat, lo, hi, body } => {
+                let b = self.fwd_block(body, mode, true);
+                if mode == Mode::Grad {
+                    let tr = range_tape(*id);
+                    quote! {{
+                        let (__lo, __hi) = (#lo, #hi);
+                        #tr.push((__lo, __hi));
+                        for #pat in __lo..__hi { #b }
+                    }}
+                } else {
+                    quote!(for #pat in (#lo)..(#hi) { #b })
+                }
+            }
+            Stmt::If { id, cond, then, els } => {
+                let t = self.fwd_block(then, mode, true);
+                let e = self.fwd_block(els, mode, true);
+                if mode == Mode::Grad {
+                    let tb = branch_tape(*id);
+                    quote!(if #cond { #t #tb.push(true); } else { #e #tb.push(false); })
+                } else {
+                    quote!(if #cond { #t } else { #e })
+                }
+            }
+        }
+    }
+
+    // ----- reverse sweep -----
+
+    /// Pops a nested block's values and declares its adjoints.
+    fn rev_prologue(&self, stmts: &[Stmt]) -> TokenStream {
+        let mut out = TokenStream::new();
+        for v in direct_vars(stmts) {
+            let (t, id) = (tape_ident(v), var_ident(v));
+            out.extend(quote!(let #id = #t.pop().expect("lopt: reverse tape");));
+        }
+        out.extend(self.adjoint_decls(stmts));
+        out
+    }
+
+    fn adjoint_decls(&self, stmts: &[Stmt]) -> TokenStream {
+        let ad = ad();
+        let mut out = TokenStream::new();
+        for v in direct_vars(stmts) {
+            if self.active(v) {
+                let d = d_ident(v);
+                let p = self.place(v);
+                out.extend(quote!(let mut #d = #ad::none_like(&#p);));
+            }
+        }
+        for s in stmts {
+            if let Stmt::SlotDecl { slot, .. } = s {
+                let dm = dm_ident(*slot);
+                out.extend(quote!(let mut #dm = ::core::option::Option::None;));
+            }
+        }
+        out
+    }
+
+    fn rev_block(&self, stmts: &[Stmt]) -> TokenStream {
+        let mut out = TokenStream::new();
+        for s in stmts.iter().rev() {
+            out.extend(self.rev_stmt(s));
+        }
+        out
+    }
+
+    fn acc(&self, target: VarId, g: TokenStream) -> TokenStream {
+        if !self.active(target) {
+            return TokenStream::new();
+        }
+        let ad = ad();
+        let d = d_ident(target);
+        quote!(#ad::acc(&mut #d, #g);)
+    }
+
+    fn rev_stmt(&self, s: &Stmt) -> TokenStream {
+        let ad = ad();
+        match s {
+            Stmt::Def { var, rhs } if self.active(*var) => {
+                let d = d_ident(*var);
+                let pv = self.place(*var);
+                let body = match rhs {
+                    Rhs::Binary { op, a, b } => {
+                        let (pa, pb) = (self.place(*a), self.place(*b));
+                        let (na, nb) = (self.active(*a), self.active(*b));
+                        let mut t = quote! {
+                            let (__ga, __gb) = #ad::Binary::<#op, _>::vjp(&#pa, &#pb, &#pv, &__g, #na, #nb);
+                        };
+                        if na {
+                            let da = d_ident(*a);
+                            t.extend(quote!(#ad::acc_opt(&mut #da, __ga);));
+                        }
+                        if nb {
+                            let db = d_ident(*b);
+                            t.extend(quote!(#ad::acc_opt(&mut #db, __gb);));
+                        }
+                        t
+                    }
+                    Rhs::Unary { op, x } => {
+                        let (px, po) = (self.place(*x), self.place(*op));
+                        self.acc(*x, quote!(#ad::Unary::vjp(&#px, &#po, &#pv, &__g)))
+                    }
+                    Rhs::ArgRead { arg, path } => {
+                        let g = arg_deriv_ident(*arg);
+                        quote!(#ad::acc_into(&mut #g #path, ::core::option::Option::Some(__g));)
+                    }
+                    Rhs::SlotRead(s) => {
+                        let dm = dm_ident(*s);
+                        quote!(#ad::acc(&mut #dm, __g);)
+                    }
+                    Rhs::Call { func, args } => {
+                        let vals = args.iter().map(|a| self.arg_expr(a));
+                        let mut t = quote!(let __gs = #func::vjp(#(#vals,)* &__g););
+                        for (i, a) in args.iter().enumerate() {
+                            if self.active(a.var) {
+                                let da = d_ident(a.var);
+                                let i = syn::Index::from(i);
+                                t.extend(quote!(#ad::acc_opt(&mut #da, __gs.#i);));
+                            }
+                        }
+                        t
+                    }
+                    Rhs::Data { .. } | Rhs::Lit(_) | Rhs::Raw(_) => TokenStream::new(),
+                };
+                quote!(if let ::core::option::Option::Some(__g) = #d.take() { #body })
+            }
+            Stmt::Def { .. } | Stmt::Passive(_) => TokenStream::new(),
+            Stmt::SlotDecl { slot, init } => {
+                let dm = dm_ident(*slot);
+                match init {
+                    Some(v) if self.active(*v) => {
+                        let acc = self.acc(*v, quote!(__g));
+                        quote!(if let ::core::option::Option::Some(__g) = #dm.take() { #acc })
+                    }
+                    _ => TokenStream::new(),
+                }
+            }
+            Stmt::SlotSet { slot, from } => {
+                let dm = dm_ident(*slot);
+                if self.active(*from) {
+                    let acc = self.acc(*from, quote!(__g));
+                    quote!(if let ::core::option::Option::Some(__g) = #dm.take() { #acc })
+                } else {
+                    quote!(let _ = #dm.take();)
+                }
+            }
+            Stmt::For { id, pat, body, .. } => {
+                let tr = range_tape(*id);
+                let pro = self.rev_prologue(body);
+                let rb = self.rev_block(body);
+                quote! {{
+                    let (__lo, __hi) = #tr.pop().expect("lopt: reverse tape");
+                    for #pat in (__lo..__hi).rev() { #pro #rb }
+                }}
+            }
+            Stmt::If { id, then, els, .. } => {
+                let tb = branch_tape(*id);
+                let (pt, rt) = (self.rev_prologue(then), self.rev_block(then));
+                let (pe, re) = (self.rev_prologue(els), self.rev_block(els));
+                quote! {
+                    if #tb.pop().expect("lopt: reverse tape") { #pt #rt } else { #pe #re }
+                }
+            }
+        }
+    }
+
+    fn tape_decls(&self) -> TokenStream {
+        let mut out = TokenStream::new();
+        for (v, var) in self.f.vars.iter().enumerate() {
+            if var.depth > 0 {
+                let t = tape_ident(v);
+                out.extend(quote!(let mut #t = ::std::vec::Vec::new();));
+            }
+        }
+        for k in 0..self.f.n_loops {
+            let t = range_tape(k);
+            out.extend(quote!(let mut #t = ::std::vec::Vec::new();));
+        }
+        for k in 0..self.f.n_ifs {
+            let t = branch_tape(k);
+            out.extend(quote!(let mut #t: ::std::vec::Vec<bool> = ::std::vec::Vec::new();));
+        }
+        out
+    }
+
+    // ----- whole bodies -----
+
+    /// The body computing the value.
+    pub fn value_body(&self) -> TokenStream {
+        let fwd = self.fwd_block(&self.f.body, Mode::Value, false);
+        let r = self.place(self.f.result);
+        quote!({ #fwd ::core::clone::Clone::clone(&#r) })
+    }
+
+    /// The body computing `(value, tangent)`; argument tangents are in scope as
+    /// `__darg{k}: Option<&T>`.
+    pub fn jvp_body(&self) -> TokenStream {
+        let ad = ad();
+        let fwd = self.fwd_block(&self.f.body, Mode::Jvp, false);
+        let r = self.place(self.f.result);
+        let tan = if self.active(self.f.result) {
+            let t = self.tan_owned(self.f.result);
+            quote!(match #t { ::core::option::Option::Some(__t) => __t, ::core::option::Option::None => #ad::zero_like(&#r) })
+        } else {
+            quote!(#ad::zero_like(&#r))
+        };
+        quote!({ #fwd (::core::clone::Clone::clone(&#r), #tan) })
+    }
+
+    /// The body computing the value and the gradient accumulators `__darg{k}` (which it
+    /// declares); `seed` is the cotangent of the result. Returns tokens ending in `value`.
+    pub fn grad_body(&self, seed: TokenStream, ret: TokenStream) -> TokenStream {
+        let ad = ad();
+        let tapes = self.tape_decls();
+        let fwd = self.fwd_block(&self.f.body, Mode::Grad, false);
+        let r = self.place(self.f.result);
+        let mut grads = TokenStream::new();
+        for (k, a) in self.args.iter().enumerate() {
+            let g = arg_deriv_ident(k);
+            let id = &a.ident;
+            let p = if a.is_ref { quote!((*#id)) } else { quote!(#id) };
+            grads.extend(quote!(let mut #g = ::lopt::Params::zeros_like(&#p);));
+        }
+        let decls = self.adjoint_decls(&self.f.body);
+        let seed_stmt = if self.active(self.f.result) {
+            let d = d_ident(self.f.result);
+            quote!(#d = ::core::option::Option::Some(#seed);)
+        } else {
+            TokenStream::new()
+        };
+        let rev = self.rev_block(&self.f.body);
+        let _ = &ad;
+        quote!({
+            #tapes
+            #fwd
+            let __value = ::core::clone::Clone::clone(&#r);
+            #grads
+            #decls
+            #seed_stmt
+            #rev
+            #ret
+        })
+    }
+}
+
+/// Variables defined directly in a block (not in nested blocks).
+fn direct_vars(stmts: &[Stmt]) -> Vec<VarId> {
+    stmts
+        .iter()
+        .filter_map(|s| match s {
+            Stmt::Def { var, .. } => Some(*var),
+            _ => None,
+        })
+        .collect()
+}

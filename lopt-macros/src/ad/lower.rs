@@ -1,0 +1,969 @@
+//! Lowering a loss body (syn) to the single-assignment model (ir), with spanned errors
+//! for everything outside the supported language.
+
+use std::collections::{HashMap, HashSet};
+
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::visit::Visit;
+use syn::visit_mut::VisitMut;
+use syn::{BinOp, Expr, Pat, Stmt as SynStmt, UnOp};
+
+use super::builtins::{self, Builtin, SUPPORTED};
+use super::ir::*;
+
+type Result<T> = syn::Result<T>;
+
+/// What a user-visible name refers to inside the body.
+#[derive(Clone)]
+enum Binding {
+    /// An immutable active value.
+    Var(VarId),
+    /// An active `let mut`.
+    Slot(SlotId),
+    /// A differentiated argument, or an alias of a field path inside one.
+    ArgPath(usize, TokenStream),
+    /// A name that is not differentiated; it keeps its name in the generated code.
+    Passive,
+}
+
+pub struct Lowerer<'a> {
+    diff_args: &'a [DiffArg],
+    /// Names assigned (anywhere) from something active: their `let mut` is active.
+    active_names: HashSet<String>,
+    /// Non-differentiated arguments (and `self`): data places rooted here can be borrowed.
+    data_args: HashSet<String>,
+    scopes: Vec<HashMap<String, Binding>>,
+    vars: Vec<Var>,
+    n_slots: usize,
+    n_loops: usize,
+    n_ifs: usize,
+    depth: usize,
+}
+
+fn err<T>(span: impl ToTokens, msg: impl std::fmt::Display) -> Result<T> {
+    Err(syn::Error::new_spanned(span, msg))
+}
+
+impl<'a> Lowerer<'a> {
+    pub fn new(diff_args: &'a [DiffArg], data_args: Vec<String>) -> Self {
+        let mut scope = HashMap::new();
+        for (k, a) in diff_args.iter().enumerate() {
+            scope.insert(a.ident.to_string(), Binding::ArgPath(k, TokenStream::new()));
+        }
+        for d in &data_args {
+            scope.insert(d.clone(), Binding::Passive);
+        }
+        let mut data_args: HashSet<String> = data_args.into_iter().collect();
+        data_args.insert("self".into());
+        Lowerer {
+            diff_args,
+            active_names: HashSet::new(),
+            data_args,
+            scopes: vec![scope],
+            vars: Vec::new(),
+            n_slots: 0,
+            n_loops: 0,
+            n_ifs: 0,
+            depth: 0,
+        }
+    }
+
+    pub fn lower_fn(mut self, block: &syn::Block) -> Result<Func> {
+        self.active_names = active_names(block, self.diff_args);
+        let (body, tail) = self.lower_block(&block.stmts, true)?;
+        let tail = match tail {
+            Some(t) => t,
+            None => {
+                return err(
+                    block,
+                    "a differentiable body must end with the value it returns (an expression \
+                     without a trailing `;`)",
+                )
+            }
+        };
+        let mut body = body;
+        let result = self.lower_expr(&tail, &mut body)?;
+        Ok(Func {
+            vars: self.vars,
+            body,
+            result,
+            n_loops: self.n_loops,
+            n_ifs: self.n_ifs,
+        })
+    }
+
+    // ----- environment -----
+
+    fn lookup(&self, name: &str) -> Option<Binding> {
+        self.scopes.iter().rev().find_map(|s| s.get(name).cloned())
+    }
+
+    fn bind(&mut self, name: String, b: Binding) {
+        self.scopes.last_mut().expect("scope").insert(name, b);
+    }
+
+    fn new_slot(&mut self) -> SlotId {
+        self.n_slots += 1;
+        self.n_slots - 1
+    }
+
+    fn new_var(&mut self, kind: Kind, access: Access) -> VarId {
+        self.vars.push(Var { kind, access, depth: self.depth });
+        self.vars.len() - 1
+    }
+
+    fn def(&mut self, out: &mut Vec<Stmt>, kind: Kind, access: Access, rhs: Rhs) -> VarId {
+        let var = self.new_var(kind, access);
+        out.push(Stmt::Def { var, rhs });
+        var
+    }
+
+    /// True when `e` reads anything differentiated (shape queries do not count).
+    fn mentions_active(&self, e: &Expr) -> bool {
+        struct V<'b, 'c> {
+            l: &'b Lowerer<'c>,
+            found: bool,
+        }
+        impl<'ast> Visit<'ast> for V<'_, '_> {
+            fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+                if builtins::is_shape_query(&m.method.to_string()) {
+                    for a in &m.args {
+                        self.visit_expr(a);
+                    }
+                } else {
+                    syn::visit::visit_expr_method_call(self, m);
+                }
+            }
+            fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
+                if let Some(id) = p.path.get_ident() {
+                    if let Some(b) = self.l.lookup(&id.to_string()) {
+                        if !matches!(b, Binding::Passive) {
+                            self.found = true;
+                        }
+                    }
+                }
+            }
+            fn visit_macro(&mut self, m: &'ast syn::Macro) {
+                // Conservative: a macro could read anything.
+                let s = m.tokens.to_string();
+                for part in s.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+                    if let Some(b) = self.l.lookup(part) {
+                        if !matches!(b, Binding::Passive) {
+                            self.found = true;
+                        }
+                    }
+                }
+            }
+        }
+        let mut v = V { l: self, found: false };
+        v.visit_expr(e);
+        v.found
+    }
+
+    /// Rewrites a non-differentiated expression so that names of active values point at
+    /// their generated variables (for shape queries and comparisons).
+    fn rewrite_passive(&self, e: &Expr) -> TokenStream {
+        struct R<'b, 'c> {
+            l: &'b Lowerer<'c>,
+        }
+        impl VisitMut for R<'_, '_> {
+            fn visit_expr_mut(&mut self, e: &mut Expr) {
+                if let Expr::Path(p) = e {
+                    if let Some(id) = p.path.get_ident() {
+                        match self.l.lookup(&id.to_string()) {
+                            Some(Binding::Var(v)) => {
+                                let place = self.l.place(v);
+                                *e = syn::parse_quote!(#place);
+                                return;
+                            }
+                            Some(Binding::Slot(s)) => {
+                                let m = slot_ident(s);
+                                *e = syn::parse_quote!(#m);
+                                return;
+                            }
+                            Some(Binding::ArgPath(k, path)) if !path.is_empty() => {
+                                let a = &self.l.diff_args[k].ident;
+                                *e = syn::parse_quote!((#a #path));
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                syn::visit_mut::visit_expr_mut(self, e);
+            }
+        }
+        let mut e = e.clone();
+        R { l: self }.visit_expr_mut(&mut e);
+        e.into_token_stream()
+    }
+
+    /// `(*__vN)` or `__vN`: the value of a variable as a place.
+    pub fn place(&self, v: VarId) -> TokenStream {
+        place_of(&self.vars, v)
+    }
+
+    /// If `e` is a field path inside a differentiated argument, the argument and path.
+    fn arg_path(&self, e: &Expr) -> Option<(usize, TokenStream)> {
+        match e {
+            Expr::Path(p) => match self.lookup(&p.path.get_ident()?.to_string())? {
+                Binding::ArgPath(k, path) => Some((k, path)),
+                _ => None,
+            },
+            Expr::Field(f) => {
+                let (k, path) = self.arg_path(&f.base)?;
+                let m = &f.member;
+                Some((k, quote!(#path . #m)))
+            }
+            Expr::Paren(p) => self.arg_path(&p.expr),
+            Expr::Reference(r) if r.mutability.is_none() => self.arg_path(&r.expr),
+            _ => None,
+        }
+    }
+
+    /// True for a place rooted at a non-differentiated argument (borrowable data).
+    fn is_data_place(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Path(p) => p
+                .path
+                .get_ident()
+                .map(|i| {
+                    let n = i.to_string();
+                    self.data_args.contains(&n) && matches!(self.lookup(&n), Some(Binding::Passive))
+                })
+                .unwrap_or(false),
+            Expr::Field(f) => self.is_data_place(&f.base),
+            Expr::Paren(p) => self.is_data_place(&p.expr),
+            _ => false,
+        }
+    }
+
+    // ----- blocks and statements -----
+
+    /// Lowers statements; returns them and the trailing expression, if any.
+    fn lower_block(
+        &mut self,
+        stmts: &[SynStmt],
+        allow_tail: bool,
+    ) -> Result<(Vec<Stmt>, Option<Expr>)> {
+        let mut out = Vec::new();
+        let mut tail = None;
+        for (i, s) in stmts.iter().enumerate() {
+            let last = i + 1 == stmts.len();
+            match s {
+                SynStmt::Local(l) => self.lower_local(l, &mut out)?,
+                SynStmt::Expr(e, semi) => {
+                    let statement_like = match e {
+                        Expr::Assign(_) | Expr::ForLoop(_) => true,
+                        Expr::Binary(b) => compound_op(&b.op).is_some(),
+                        Expr::If(_) => !allow_tail,
+                        _ => false,
+                    };
+                    if semi.is_none() && last && !statement_like {
+                        if !allow_tail {
+                            return err(e, "this block cannot end with a value; add `;`");
+                        }
+                        tail = Some(e.clone());
+                    } else {
+                        self.lower_stmt_expr(e, &mut out)?;
+                    }
+                }
+                SynStmt::Item(it) => {
+                    return err(
+                        it,
+                        "items (fn, struct, use, ...) cannot be declared inside a differentiable \
+                         body; define them outside and call #[differentiable] functions",
+                    )
+                }
+                SynStmt::Macro(m) => {
+                    return err(
+                        &m.mac,
+                        "macros are not supported in a differentiable body; compute values with \
+                         `let` and the supported operations",
+                    )
+                }
+            }
+        }
+        Ok((out, tail))
+    }
+
+    fn lower_local(&mut self, l: &syn::Local, out: &mut Vec<Stmt>) -> Result<()> {
+        let (ident, mutable) = match pat_ident(&l.pat) {
+            Some(x) => x,
+            None => {
+                return err(
+                    &l.pat,
+                    "only simple `let name = ...` and `let mut name = ...` bindings are supported \
+                     (no tuple or struct patterns)",
+                )
+            }
+        };
+        let name = ident.to_string();
+        let init = match &l.init {
+            Some(init) => {
+                if let Some((_, diverge)) = &init.diverge {
+                    return err(diverge, "`let ... else` is not supported");
+                }
+                &*init.expr
+            }
+            None => {
+                return err(l, "declare variables with a value: `let name = ...;`");
+            }
+        };
+        if mutable {
+            if self.active_names.contains(&name) {
+                let v = self.lower_expr(init, out)?;
+                let slot = self.new_slot();
+                out.push(Stmt::SlotDecl { slot, init: Some(v) });
+                self.bind(name, Binding::Slot(slot));
+            } else {
+                self.passive_local(l, out)?;
+                self.bind(name, Binding::Passive);
+            }
+            return Ok(());
+        }
+        if let Some((k, path)) = self.arg_path(init) {
+            self.bind(name, Binding::ArgPath(k, path));
+            return Ok(());
+        }
+        if self.mentions_active(init) {
+            let v = self.lower_expr(init, out)?;
+            self.bind(name, Binding::Var(v));
+        } else {
+            self.passive_local(l, out)?;
+            self.bind(name, Binding::Passive);
+        }
+        Ok(())
+    }
+
+    fn passive_local(&mut self, l: &syn::Local, out: &mut Vec<Stmt>) -> Result<()> {
+        let mut l = l.clone();
+        if let Some(init) = &mut l.init {
+            let e = self.rewrite_passive(&init.expr);
+            init.expr = Box::new(syn::parse2(e)?);
+        }
+        out.push(Stmt::Passive(l.into_token_stream()));
+        Ok(())
+    }
+
+    fn lower_stmt_expr(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<()> {
+        match e {
+            Expr::Assign(a) => self.lower_assign(&a.left, None, &a.right, e, out),
+            Expr::Binary(b) if compound_op(&b.op).is_some() => {
+                self.lower_assign(&b.left, compound_op(&b.op), &b.right, e, out)
+            }
+            Expr::ForLoop(f) => self.lower_for(f, out),
+            Expr::If(i) => {
+                self.lower_if(i, None, out)?;
+                Ok(())
+            }
+            Expr::Block(b) if b.label.is_none() => {
+                err(b, "nested blocks are not supported; write the statements inline")
+            }
+            _ => {
+                if let Some(msg) = unsupported_message(e) {
+                    return err(e, msg);
+                }
+                if self.mentions_active(e) {
+                    err(
+                        e,
+                        "a statement must be a `let`, an assignment (`=`, `+=`, `-=`, `*=`, \
+                         `/=`), a `for` loop or an `if`",
+                    )
+                } else {
+                    let t = self.rewrite_passive(e);
+                    out.push(Stmt::Passive(quote!(#t;)));
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn lower_assign(
+        &mut self,
+        left: &Expr,
+        op: Option<&'static str>,
+        right: &Expr,
+        whole: &Expr,
+        out: &mut Vec<Stmt>,
+    ) -> Result<()> {
+        let name = match left {
+            Expr::Path(p) => p.path.get_ident().map(|i| i.to_string()),
+            _ => None,
+        };
+        let name = match name {
+            Some(n) => n,
+            None => {
+                if self.arg_path(left).is_some() {
+                    return err(left, "the differentiated arguments cannot be assigned to");
+                }
+                return err(
+                    left,
+                    "only whole variables can be assigned (`x = ...`, `x += ...`); indexing or \
+                     field assignment is not supported",
+                );
+            }
+        };
+        match self.lookup(&name) {
+            Some(Binding::Slot(slot)) => {
+                let rhs = self.lower_expr(right, out)?;
+                let from = match op {
+                    None => rhs,
+                    Some(op) => {
+                        let cur = self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(slot));
+                        let op = op_marker(op);
+                        self.def(out, Kind::Active, Access::Owned, Rhs::Binary { op, a: cur, b: rhs })
+                    }
+                };
+                out.push(Stmt::SlotSet { slot, from });
+                Ok(())
+            }
+            Some(Binding::Passive) | None => {
+                if self.mentions_active(right) {
+                    return err(
+                        whole,
+                        format!(
+                            "`{name}` is not differentiated here but is assigned a \
+                             differentiated value; declare it with `let mut` in this function"
+                        ),
+                    );
+                }
+                let t = self.rewrite_passive(whole);
+                out.push(Stmt::Passive(quote!(#t;)));
+                Ok(())
+            }
+            Some(_) => err(
+                left,
+                format!("`{name}` is immutable; declare it with `let mut` to assign to it"),
+            ),
+        }
+    }
+
+    fn lower_for(&mut self, f: &syn::ExprForLoop, out: &mut Vec<Stmt>) -> Result<()> {
+        if let Some(l) = &f.label {
+            return err(l, "loop labels are not supported");
+        }
+        let pat = match &*f.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() => {
+                p.ident.to_token_stream()
+            }
+            Pat::Wild(w) => w.to_token_stream(),
+            other => return err(other, "the loop variable must be a plain name or `_`"),
+        };
+        let (lo, hi) = match &*f.expr {
+            Expr::Range(r) => match (&r.start, &r.end, &r.limits) {
+                (Some(lo), Some(hi), syn::RangeLimits::HalfOpen(_)) => (lo, hi),
+                _ => {
+                    return err(
+                        r,
+                        "only `for i in lo..hi` loops over a half-open range are supported",
+                    )
+                }
+            },
+            other => {
+                return err(
+                    other,
+                    "only `for i in lo..hi` loops over a half-open range are supported (iterators \
+                     are not)",
+                )
+            }
+        };
+        for bound in [lo, hi] {
+            if self.mentions_active(bound) {
+                return err(bound, "loop bounds cannot depend on differentiated values");
+            }
+        }
+        let (lo, hi) = (self.rewrite_passive(lo), self.rewrite_passive(hi));
+        let id = self.n_loops;
+        self.n_loops += 1;
+        self.depth += 1;
+        let mut scope = HashMap::new();
+        if let Pat::Ident(p) = &*f.pat {
+            scope.insert(p.ident.to_string(), Binding::Passive);
+        }
+        self.scopes.push(scope);
+        let (body, _) = self.lower_block(&f.body.stmts, false)?;
+        self.scopes.pop();
+        self.depth -= 1;
+        out.push(Stmt::For { id, pat, lo, hi, body });
+        Ok(())
+    }
+
+    /// Lowers an `if`; with `value`, each branch's value is stored in that slot.
+    fn lower_if(
+        &mut self,
+        i: &syn::ExprIf,
+        value: Option<SlotId>,
+        out: &mut Vec<Stmt>,
+    ) -> Result<()> {
+        let cond = self.lower_cond(&i.cond, out)?;
+        let id = self.n_ifs;
+        self.n_ifs += 1;
+        let then = self.lower_branch(&i.then_branch, value)?;
+        let els = match &i.else_branch {
+            None => {
+                if value.is_some() {
+                    return err(i, "an `if` used as a value needs an `else` branch");
+                }
+                Vec::new()
+            }
+            Some((_, e)) => match &**e {
+                Expr::Block(b) => self.lower_branch(&b.block, value)?,
+                Expr::If(inner) => {
+                    self.depth += 1;
+                    self.scopes.push(HashMap::new());
+                    let mut v = Vec::new();
+                    let r = self.lower_if(inner, value, &mut v);
+                    self.scopes.pop();
+                    self.depth -= 1;
+                    r?;
+                    v
+                }
+                other => return err(other, "unsupported `else` branch"),
+            },
+        };
+        out.push(Stmt::If { id, cond, then, els });
+        Ok(())
+    }
+
+    fn lower_branch(&mut self, b: &syn::Block, value: Option<SlotId>) -> Result<Vec<Stmt>> {
+        self.depth += 1;
+        self.scopes.push(HashMap::new());
+        let r = (|| {
+            let (mut body, tail) = self.lower_block(&b.stmts, value.is_some())?;
+            if let Some(slot) = value {
+                let tail = match tail {
+                    Some(t) => t,
+                    None => {
+                        return err(b, "this branch of an `if` used as a value must end with a value")
+                    }
+                };
+                let v = self.lower_expr(&tail, &mut body)?;
+                body.push(Stmt::SlotSet { slot, from: v });
+            }
+            Ok(body)
+        })();
+        self.scopes.pop();
+        self.depth -= 1;
+        r
+    }
+
+    /// A condition: comparisons of differentiated scalars become `Real` comparisons; the
+    /// rest stays as written.
+    fn lower_cond(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<TokenStream> {
+        match e {
+            Expr::Paren(p) => {
+                let inner = self.lower_cond(&p.expr, out)?;
+                Ok(quote!((#inner)))
+            }
+            Expr::Unary(u) if matches!(u.op, UnOp::Not(_)) => {
+                let inner = self.lower_cond(&u.expr, out)?;
+                Ok(quote!(!(#inner)))
+            }
+            Expr::Binary(b) if matches!(b.op, BinOp::And(_) | BinOp::Or(_)) => {
+                let l = self.lower_cond(&b.left, out)?;
+                let r = self.lower_cond(&b.right, out)?;
+                let op = &b.op;
+                Ok(quote!((#l) #op (#r)))
+            }
+            Expr::Binary(b) if self.mentions_active(e) => {
+                let f = match b.op {
+                    BinOp::Lt(_) => quote!(lt),
+                    BinOp::Le(_) => quote!(le),
+                    BinOp::Gt(_) => quote!(gt),
+                    BinOp::Ge(_) => quote!(ge),
+                    _ => {
+                        return err(
+                            e,
+                            "compare differentiated values with <, <=, > or >= (== and != on \
+                             floats are not supported)",
+                        )
+                    }
+                };
+                let a = self.lower_expr(&b.left, out)?;
+                let c = self.lower_expr(&b.right, out)?;
+                let (pa, pc) = (self.place(a), self.place(c));
+                Ok(quote!(::lopt::__private::ad::cond(::lopt::Real::#f(#pa, #pc))))
+            }
+            _ if self.mentions_active(e) => err(
+                e,
+                "a condition on differentiated values must be a comparison (<, <=, >, >=), \
+                 possibly combined with &&, || and !",
+            ),
+            _ => Ok(self.rewrite_passive(e)),
+        }
+    }
+
+    // ----- expressions -----
+
+    /// Lowers an expression used as a value; returns the variable holding it.
+    fn lower_expr(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
+        if let Expr::Lit(l) = e {
+            return match &l.lit {
+                syn::Lit::Float(_) | syn::Lit::Int(_) => {
+                    Ok(self.def(out, Kind::Const, Access::Owned, Rhs::Lit(l.to_token_stream())))
+                }
+                other => err(other, "only numeric literals can be used as values"),
+            };
+        }
+        if let Some(msg) = unsupported_message(e) {
+            return err(e, msg);
+        }
+        if let Some((arg, path)) = self.arg_path(e) {
+            return Ok(self.def(out, Kind::Active, Access::Deref, Rhs::ArgRead { arg, path }));
+        }
+        if !self.mentions_active(e) {
+            return Ok(self.data(e, out));
+        }
+        match e {
+            Expr::Paren(p) => self.lower_expr(&p.expr, out),
+            Expr::Group(g) => self.lower_expr(&g.expr, out),
+            Expr::Reference(r) if r.mutability.is_none() => self.lower_expr(&r.expr, out),
+            Expr::Path(p) => {
+                let name = p.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+                match self.lookup(&name) {
+                    Some(Binding::Var(v)) => Ok(v),
+                    Some(Binding::Slot(s)) => {
+                        Ok(self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(s)))
+                    }
+                    _ => Ok(self.data(e, out)),
+                }
+            }
+            Expr::Binary(b) => {
+                let op = match b.op {
+                    BinOp::Add(_) => "Add",
+                    BinOp::Sub(_) => "Sub",
+                    BinOp::Mul(_) => "Mul",
+                    BinOp::Div(_) => "Div",
+                    _ => {
+                        return err(
+                            b.op,
+                            "unsupported operator on differentiated values; supported: + - * / \
+                             (and comparisons inside `if` conditions)",
+                        )
+                    }
+                };
+                let a = self.lower_expr(&b.left, out)?;
+                let c = self.lower_expr(&b.right, out)?;
+                Ok(self.def(out, Kind::Active, Access::Owned, Rhs::Binary { op: op_marker(op), a, b: c }))
+            }
+            Expr::Unary(u) => match u.op {
+                UnOp::Neg(_) => {
+                    let x = self.lower_expr(&u.expr, out)?;
+                    Ok(self.unary(out, quote!(::lopt::__private::ad::op::Neg), x))
+                }
+                UnOp::Deref(_) => self.lower_expr(&u.expr, out),
+                _ => err(u, "`!` is only supported inside `if` conditions"),
+            },
+            Expr::Call(c) => self.lower_call(c, out),
+            Expr::MethodCall(m) => self.lower_method(m, out),
+            Expr::Index(ix) => {
+                let x = self.lower_expr(&ix.expr, out)?;
+                let op = match &*ix.index {
+                    Expr::Tuple(t) if t.elems.len() == 2 => {
+                        let (i, j) = (&t.elems[0], &t.elems[1]);
+                        for k in [i, j] {
+                            if self.mentions_active(k) {
+                                return err(k, "indices cannot depend on differentiated values");
+                            }
+                        }
+                        let (i, j) = (self.rewrite_passive(i), self.rewrite_passive(j));
+                        quote!(::lopt::__private::ad::op::Index2((#i) as usize, (#j) as usize))
+                    }
+                    idx => {
+                        if self.mentions_active(idx) {
+                            return err(idx, "indices cannot depend on differentiated values");
+                        }
+                        let i = self.rewrite_passive(idx);
+                        quote!(::lopt::__private::ad::op::Index((#i) as usize))
+                    }
+                };
+                let op = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(op));
+                Ok(self.def(out, Kind::Active, Access::Owned, Rhs::Unary { op, x }))
+            }
+            Expr::Field(f) => err(
+                f,
+                "field access is supported on the differentiated arguments and on data, not on \
+                 computed values",
+            ),
+            Expr::If(i) => {
+                let slot = self.new_slot();
+                out.push(Stmt::SlotDecl { slot, init: None });
+                self.lower_if(i, Some(slot), out)?;
+                Ok(self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(slot)))
+            }
+            Expr::Cast(c) => err(
+                c,
+                "`as` casts of differentiated values are not supported; literals and data are \
+                 converted to the scalar type automatically",
+            ),
+            other => err(other, format!("unsupported expression in a differentiable body; supported: literals, variables, field access, indexing, + - * /, unary -, if/else, and the functions {SUPPORTED}")),
+        }
+    }
+
+    /// A non-differentiated value converted to the scalar type.
+    fn data(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> VarId {
+        let borrow = self.is_data_place(e);
+        let expr = self.rewrite_passive(e);
+        let access = if borrow { Access::Deref } else { Access::Owned };
+        self.def(out, Kind::Const, access, Rhs::Data { expr, borrow })
+    }
+
+    fn unary(&mut self, out: &mut Vec<Stmt>, op: TokenStream, x: VarId) -> VarId {
+        let op = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(op));
+        self.def(out, Kind::Active, Access::Owned, Rhs::Unary { op, x })
+    }
+
+    fn builtin(
+        &mut self,
+        b: Builtin,
+        name: &syn::Ident,
+        args: &[&Expr],
+        span: &dyn ToTokens,
+        out: &mut Vec<Stmt>,
+    ) -> Result<VarId> {
+        let want = match b {
+            Builtin::Unary(_) | Builtin::Data | Builtin::Identity => 1,
+            _ => 2,
+        };
+        if args.len() != want {
+            return err(span, format!("`{name}` takes {want} argument(s)"));
+        }
+        match b {
+            Builtin::Unary(op) => {
+                let x = self.lower_expr(args[0], out)?;
+                Ok(self.unary(out, op_marker(op), x))
+            }
+            Builtin::Identity => self.lower_expr(args[0], out),
+            Builtin::Data => {
+                let e = strip_ref(args[0]);
+                if self.mentions_active(e) {
+                    return err(e, "`data(...)` takes non-differentiated data");
+                }
+                Ok(self.data(e, out))
+            }
+            Builtin::Powi => {
+                if self.mentions_active(args[1]) {
+                    return err(args[1], "the exponent of `powi` cannot be differentiated; use `powf`");
+                }
+                let x = self.lower_expr(args[0], out)?;
+                let n = self.rewrite_passive(args[1]);
+                Ok(self.unary(out, quote!(::lopt::__private::ad::op::Powi((#n) as i32)), x))
+            }
+            Builtin::Binary(op) => {
+                let a = self.lower_expr(args[0], out)?;
+                let c = self.lower_expr(args[1], out)?;
+                Ok(self.def(out, Kind::Active, Access::Owned, Rhs::Binary { op: op_marker(op), a, b: c }))
+            }
+            Builtin::SoftmaxCrossEntropy => {
+                if self.mentions_active(args[1]) {
+                    return err(args[1], "labels cannot be differentiated");
+                }
+                let x = self.lower_expr(args[0], out)?;
+                let labels = self.rewrite_passive(strip_ref(args[1]));
+                Ok(self.unary(
+                    out,
+                    quote!(::lopt::__private::ad::op::SoftmaxCrossEntropy(
+                        ::core::convert::AsRef::<[i32]>::as_ref(&(#labels))
+                    )),
+                    x,
+                ))
+            }
+        }
+    }
+
+    fn lower_call(&mut self, c: &syn::ExprCall, out: &mut Vec<Stmt>) -> Result<VarId> {
+        let path = match &*c.func {
+            Expr::Path(p) if p.qself.is_none() => &p.path,
+            other => return err(other, "only calls of named functions are supported"),
+        };
+        let last = &path.segments.last().expect("path").ident;
+        let builtin_path = path.segments.len() == 1
+            || path.segments.iter().any(|s| s.ident == "ops" || s.ident == "lopt");
+        if builtin_path {
+            if let Some(b) = builtins::lookup(&last.to_string()) {
+                let args: Vec<&Expr> = c.args.iter().collect();
+                return self.builtin(b, last, &args, c, out);
+            }
+        }
+        // A #[differentiable] helper: its companions live in a module of the same name.
+        let mut args = Vec::new();
+        for a in &c.args {
+            let by_ref = matches!(a, Expr::Reference(_));
+            let inner = strip_ref(a);
+            let mut is_ref_value = false;
+            let var = if self.mentions_active(inner) {
+                if !by_ref {
+                    if let Some((k, path)) = self.arg_path(inner) {
+                        is_ref_value = path.is_empty() && self.diff_args[k].is_ref;
+                    }
+                }
+                self.lower_expr(inner, out)?
+            } else {
+                // Data and literals go to the helper as written: its signature decides.
+                let t = self.rewrite_passive(a);
+                self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(t))
+            };
+            let by_ref = by_ref && self.vars[var].kind != Kind::Opaque;
+            args.push(CallArg { var, by_ref, is_ref_value });
+        }
+        Ok(self.def(out, Kind::Active, Access::Owned, Rhs::Call { func: path.clone(), args }))
+    }
+
+    fn lower_method(&mut self, m: &syn::ExprMethodCall, out: &mut Vec<Stmt>) -> Result<VarId> {
+        let name = m.method.to_string();
+        match builtins::lookup(&name) {
+            Some(b) if b != Builtin::Data => {
+                let mut args: Vec<&Expr> = vec![&m.receiver];
+                args.extend(m.args.iter());
+                self.builtin(b, &m.method, &args, m, out)
+            }
+            _ => err(
+                &m.method,
+                format!("unsupported method `{name}` on a differentiated value; supported: {SUPPORTED}"),
+            ),
+        }
+    }
+}
+
+/// Messages for constructs that are never supported, wherever they appear.
+fn unsupported_message(e: &Expr) -> Option<&'static str> {
+    Some(match e {
+        Expr::While(_) => "`while` loops are not supported; use `for i in lo..hi`",
+        Expr::Loop(_) => "`loop` is not supported; use `for i in lo..hi`",
+        Expr::Match(_) => "`match` is not supported; use `if`/`else`",
+        Expr::Closure(_) => "closures are not supported; use a #[differentiable] function",
+        Expr::Return(_) => "`return` is not supported; end the body with the returned value",
+        Expr::Break(_) | Expr::Continue(_) => "`break` and `continue` are not supported",
+        Expr::Macro(_) => "macros are not supported in a differentiable body",
+        Expr::Async(_) | Expr::Await(_) => "async code is not supported",
+        Expr::Unsafe(_) => "`unsafe` blocks are not supported",
+        Expr::Try(_) => "the `?` operator is not supported",
+        Expr::Let(_) => "`if let` is not supported; use a plain `if`",
+        _ => return None,
+    })
+}
+
+fn strip_ref(e: &Expr) -> &Expr {
+    match e {
+        Expr::Reference(r) if r.mutability.is_none() => strip_ref(&r.expr),
+        Expr::Paren(p) => strip_ref(&p.expr),
+        _ => e,
+    }
+}
+
+fn pat_ident(p: &Pat) -> Option<(syn::Ident, bool)> {
+    match p {
+        Pat::Ident(i) if i.by_ref.is_none() && i.subpat.is_none() => {
+            Some((i.ident.clone(), i.mutability.is_some()))
+        }
+        Pat::Type(t) => pat_ident(&t.pat),
+        _ => None,
+    }
+}
+
+fn compound_op(op: &BinOp) -> Option<&'static str> {
+    Some(match op {
+        BinOp::AddAssign(_) => "Add",
+        BinOp::SubAssign(_) => "Sub",
+        BinOp::MulAssign(_) => "Mul",
+        BinOp::DivAssign(_) => "Div",
+        _ => return None,
+    })
+}
+
+pub fn op_marker(name: &str) -> TokenStream {
+    let id = syn::Ident::new(name, proc_macro2::Span::call_site());
+    quote!(::lopt::__private::ad::op::#id)
+}
+
+pub fn var_ident(v: VarId) -> syn::Ident {
+    quote::format_ident!("__v{}", v)
+}
+
+pub fn slot_ident(s: SlotId) -> syn::Ident {
+    quote::format_ident!("__m{}", s)
+}
+
+pub fn place_of(vars: &[Var], v: VarId) -> TokenStream {
+    let id = var_ident(v);
+    match vars[v].access {
+        Access::Owned => quote!(#id),
+        Access::Deref => quote!((*#id)),
+    }
+}
+
+/// Names that are ever assigned from something that reads a differentiated value
+/// (a fixpoint over the whole body, ignoring shadowing): their `let mut` is active.
+fn active_names(block: &syn::Block, diff_args: &[DiffArg]) -> HashSet<String> {
+    struct Collect {
+        // (assigned name, names read by the right-hand side)
+        edges: Vec<(String, HashSet<String>)>,
+    }
+    fn reads(e: &Expr) -> HashSet<String> {
+        struct R(HashSet<String>);
+        impl<'ast> Visit<'ast> for R {
+            fn visit_expr_method_call(&mut self, m: &'ast syn::ExprMethodCall) {
+                if builtins::is_shape_query(&m.method.to_string()) {
+                    for a in &m.args {
+                        self.visit_expr(a);
+                    }
+                } else {
+                    syn::visit::visit_expr_method_call(self, m);
+                }
+            }
+            fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
+                if let Some(i) = p.path.get_ident() {
+                    self.0.insert(i.to_string());
+                }
+            }
+        }
+        let mut r = R(HashSet::new());
+        r.visit_expr(e);
+        r.0
+    }
+    impl<'ast> Visit<'ast> for Collect {
+        fn visit_local(&mut self, l: &'ast syn::Local) {
+            if let (Some((id, _)), Some(init)) = (pat_ident(&l.pat), &l.init) {
+                self.edges.push((id.to_string(), reads(&init.expr)));
+            }
+            syn::visit::visit_local(self, l);
+        }
+        fn visit_expr_assign(&mut self, a: &'ast syn::ExprAssign) {
+            if let Expr::Path(p) = &*a.left {
+                if let Some(i) = p.path.get_ident() {
+                    self.edges.push((i.to_string(), reads(&a.right)));
+                }
+            }
+            syn::visit::visit_expr_assign(self, a);
+        }
+        fn visit_expr_binary(&mut self, b: &'ast syn::ExprBinary) {
+            if compound_op(&b.op).is_some() {
+                if let Expr::Path(p) = &*b.left {
+                    if let Some(i) = p.path.get_ident() {
+                        self.edges.push((i.to_string(), reads(&b.right)));
+                    }
+                }
+            }
+            syn::visit::visit_expr_binary(self, b);
+        }
+        fn visit_expr_if(&mut self, i: &'ast syn::ExprIf) {
+            syn::visit::visit_expr_if(self, i);
+        }
+    }
+    let mut c = Collect { edges: Vec::new() };
+    c.visit_block(block);
+    let mut active: HashSet<String> = diff_args.iter().map(|a| a.ident.to_string()).collect();
+    loop {
+        let before = active.len();
+        for (name, rs) in &c.edges {
+            if !active.contains(name) && rs.iter().any(|r| active.contains(r)) {
+                active.insert(name.clone());
+            }
+        }
+        if active.len() == before {
+            return active;
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! `#[task]` and `#[differentiable]`: parse the signature, lower the body (lower.rs),
+//! expand value, JVP and gradient (emit.rs).
+
+mod builtins;
+mod emit;
+mod ir;
+mod lower;
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, ToTokens};
+use syn::spanned::Spanned;
+use syn::{FnArg, ImplItem, Item, ItemFn, Pat, ReturnType, Type};
+
+use emit::{arg_deriv_ident, Emitter};
+use ir::{DiffArg, Func};
+use lower::Lowerer;
+
+type Result<T> = syn::Result<T>;
+
+const ALLOWS: &str = "#[allow(unused_variables, unused_mut, unused_parens, unused_braces, \
+clippy::all, non_snake_case)]";
+
+fn allows() -> TokenStream {
+    ALLOWS.parse().expect("attr")
+}
+
+/// A parsed argument list: which arguments are differentiated.
+struct Sig {
+    diff: Vec<DiffArg>,
+    /// Position of each argument: `Some(k)` for the k-th differentiated one.
+    positions: Vec<Option<usize>>,
+    data: Vec<String>,
+}
+
+fn arg_ident(arg: &syn::PatType) -> Result<syn::Ident> {
+    match &*arg.pat {
+        Pat::Ident(p) if p.subpat.is_none() && p.by_ref.is_none() => Ok(p.ident.clone()),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "arguments of a differentiable function must be plain names",
+        )),
+    }
+}
+
+fn referent(ty: &Type) -> (bool, Type) {
+    match ty {
+        Type::Reference(r) if r.mutability.is_none() => (true, (*r.elem).clone()),
+        other => (false, other.clone()),
+    }
+}
+
+/// Parses the arguments; `is_diff(index_among_typed_args, type)` decides which are
+/// differentiated.
+fn parse_sig(
+    sig: &syn::Signature,
+    mut is_diff: impl FnMut(usize, &Type) -> bool,
+) -> Result<Sig> {
+    let mut diff = Vec::new();
+    let mut positions = Vec::new();
+    let mut data = Vec::new();
+    let mut i = 0;
+    for a in &sig.inputs {
+        match a {
+            FnArg::Receiver(_) => {}
+            FnArg::Typed(t) => {
+                let ident = arg_ident(t)?;
+                if is_diff(i, &t.ty) {
+                    if let Type::Reference(r) = &*t.ty {
+                        if r.mutability.is_some() {
+                            return Err(syn::Error::new_spanned(
+                                &t.ty,
+                                "differentiated arguments are taken by value or by `&`, not `&mut`",
+                            ));
+                        }
+                    }
+                    let (is_ref, ty) = referent(&t.ty);
+                    positions.push(Some(diff.len()));
+                    diff.push(DiffArg { ident, is_ref, ty });
+                } else {
+                    positions.push(None);
+                    data.push(ident.to_string());
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(Sig { diff, positions, data })
+}
+
+fn return_type(sig: &syn::Signature) -> Result<Type> {
+    match &sig.output {
+        ReturnType::Type(_, t) => Ok((**t).clone()),
+        ReturnType::Default => Err(syn::Error::new_spanned(
+            sig,
+            "a differentiable function must return a value (a loss returns a scalar)",
+        )),
+    }
+}
+
+fn lower_body(sig: &Sig, block: &syn::Block) -> Result<Func> {
+    Lowerer::new(&sig.diff, sig.data.clone()).lower_fn(block)
+}
+
+fn mentions_ident(ty: &Type, ident: &str) -> bool {
+    ty.to_token_stream()
+        .into_iter()
+        .any(|t| matches!(&t, proc_macro2::TokenTree::Ident(i) if i == ident))
+        || ty.to_token_stream().to_string().split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == ident)
+}
+
+/// The scalar type of a helper: its type parameter bounded by `Real`, else `f32`/`f64`
+/// if the return type is one.
+fn helper_scalar(f: &ItemFn) -> Result<Type> {
+    for p in f.sig.generics.type_params() {
+        let bounded = p.bounds.iter().any(|b| b.to_token_stream().to_string().contains("Real"));
+        let in_where = f.sig.generics.where_clause.as_ref().is_some_and(|w| {
+            w.predicates.iter().any(|pr| {
+                let s = pr.to_token_stream().to_string();
+                s.starts_with(&p.ident.to_string()) && s.contains("Real")
+            })
+        });
+        if bounded || in_where {
+            let id = &p.ident;
+            return Ok(syn::parse_quote!(#id));
+        }
+    }
+    let ret = return_type(&f.sig)?;
+    let s = ret.to_token_stream().to_string();
+    if s.contains("f32") {
+        return Ok(syn::parse_quote!(f32));
+    }
+    if s.contains("f64") {
+        return Ok(syn::parse_quote!(f64));
+    }
+    Err(syn::Error::new_spanned(
+        &f.sig,
+        "cannot tell the scalar type: give the function a type parameter bounded by `Real` \
+         (`fn f<S: Real>(...)`) or use f32/f64",
+    ))
+}
+
+fn mod_fn_vis(vis: &syn::Visibility) -> TokenStream {
+    match vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        syn::Visibility::Inherited => quote!(pub(super)),
+        _ => quote!(pub(crate)),
+    }
+}
+
+/// `#[differentiable] fn f(...)`: the function (value) plus `mod f { fn jvp; fn vjp }`.
+pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
+    if !attr.is_empty() {
+        return Err(syn::Error::new_spanned(attr, "#[differentiable] takes no arguments"));
+    }
+    let f: ItemFn = syn::parse2(item)?;
+    check_fn_shape(&f)?;
+    let scalar = helper_scalar(&f)?;
+    let scalar_name = scalar.to_token_stream().to_string();
+    let sig = parse_sig(&f.sig, |_, ty| mentions_ident(ty, &scalar_name))?;
+    let ret = return_type(&f.sig)?;
+    let func = lower_body(&sig, &f.block)?;
+    let em = Emitter { f: &func, args: &sig.diff, scalar: &scalar };
+
+    let name = &f.sig.ident;
+    let vis = &f.vis;
+    let inner_vis = mod_fn_vis(vis);
+    let where_c = &f.sig.generics.where_clause;
+    let generics = &f.sig.generics;
+    let inputs: Vec<_> = f.sig.inputs.iter().collect();
+    let attrs = &f.attrs;
+    let allow = allows();
+    let value = em.value_body();
+
+    // jvp(args..., tangents...) -> (Ret, Ret)
+    let mut tan_params = Vec::new();
+    for (i, pos) in sig.positions.iter().enumerate() {
+        let t = format_ident!("__tan_in{}", i);
+        match pos {
+            Some(k) => {
+                let ty = &sig.diff[*k].ty;
+                tan_params.push(quote!(#t: ::core::option::Option<&#ty>));
+            }
+            None => tan_params.push(quote!(#t: ::core::option::Option<&()>)),
+        }
+    }
+    let mut tan_binds = TokenStream::new();
+    for (i, pos) in sig.positions.iter().enumerate() {
+        if let Some(k) = pos {
+            let t = format_ident!("__tan_in{}", i);
+            let d = arg_deriv_ident(*k);
+            tan_binds.extend(quote!(let #d = #t;));
+        }
+    }
+    let jvp = em.jvp_body();
+
+    // vjp(args..., g) -> (Option<T0>, Option<T1>, ...)
+    let mut outs = Vec::new();
+    let mut out_tys = Vec::new();
+    for pos in &sig.positions {
+        match pos {
+            Some(k) => {
+                let g = arg_deriv_ident(*k);
+                let ty = &sig.diff[*k].ty;
+                outs.push(quote!(::core::option::Option::Some(#g)));
+                out_tys.push(quote!(::core::option::Option<#ty>));
+            }
+            None => {
+                outs.push(quote!(::core::option::Option::None));
+                out_tys.push(quote!(::core::option::Option<()>));
+            }
+        }
+    }
+    let grad = em.grad_body(
+        quote!(::core::clone::Clone::clone(__cotangent)),
+        quote!((#(#outs,)*)),
+    );
+
+    Ok(quote! {
+        #(#attrs)*
+        #allow
+        #vis fn #name #generics (#(#inputs),*) -> #ret #where_c #value
+
+        #[doc(hidden)]
+        #allow
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+            /// Value and forward-mode derivative along the given argument tangents.
+            #allow
+            #inner_vis fn jvp #generics (#(#inputs,)* #(#tan_params),*) -> (#ret, #ret) #where_c {
+                #tan_binds
+                #jvp
+            }
+            /// Cotangents of every argument (`None` for data arguments) given the cotangent
+            /// of the result.
+            #allow
+            #inner_vis fn vjp #generics (#(#inputs,)* __cotangent: &#ret) -> (#(#out_tys,)*) #where_c
+            #grad
+        }
+    })
+}
+
+fn check_fn_shape(f: &ItemFn) -> Result<()> {
+    if let Some(a) = &f.sig.asyncness {
+        return Err(syn::Error::new_spanned(a, "async functions cannot be differentiated"));
+    }
+    if let Some(v) = &f.sig.variadic {
+        return Err(syn::Error::new_spanned(v, "variadic functions are not supported"));
+    }
+    Ok(())
+}
+
+/// `#[task]` on a free function or on an `impl Task` block.
+pub fn expand_task(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
+    if !attr.is_empty() {
+        return Err(syn::Error::new_spanned(attr, "#[task] takes no arguments"));
+    }
+    let item: Item = syn::parse2(item)?;
+    match item {
+        Item::Fn(f) => expand_task_fn(f),
+        Item::Impl(i) => expand_task_impl(i),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[task] applies to a loss function or to an `impl Task for ...` block",
+        )),
+    }
+}
+
+/// The loss's differentiated argument is its first typed argument.
+fn loss_sig(sig: &syn::Signature) -> Result<Sig> {
+    let s = parse_sig(sig, |i, _| i == 0)?;
+    if s.diff.is_empty() {
+        return Err(syn::Error::new_spanned(
+            sig,
+            "a loss takes the parameters as its first argument",
+        ));
+    }
+    Ok(s)
+}
+
+fn expand_task_fn(f: ItemFn) -> Result<TokenStream> {
+    check_fn_shape(&f)?;
+    let sig = loss_sig(&f.sig)?;
+    let scalar = return_type(&f.sig)?;
+    let func = lower_body(&sig, &f.block)?;
+    let em = Emitter { f: &func, args: &sig.diff, scalar: &scalar };
+    let p = &sig.diff[0];
+    let pty = &p.ty;
+    let name = &f.sig.ident;
+    let vis = &f.vis;
+    let inner_vis = mod_fn_vis(vis);
+    let generics = &f.sig.generics;
+    let where_c = &f.sig.generics.where_clause;
+    let inputs: Vec<_> = f.sig.inputs.iter().collect();
+    let rest: Vec<_> = f.sig.inputs.iter().skip(1).collect();
+    let attrs = &f.attrs;
+    let allow = allows();
+    let value = em.value_body();
+    let jvp = em.jvp_body();
+    let d0 = arg_deriv_ident(0);
+    let grad = em.grad_body(quote!(<#scalar as ::lopt::Real>::c(1.0)), quote!((__value, #d0)));
+    let tangent_arg = quote!(__tangent: &#pty);
+    let first = &f.sig.inputs[0];
+    Ok(quote! {
+        #(#attrs)*
+        #allow
+        #vis fn #name #generics (#(#inputs),*) -> #scalar #where_c #value
+
+        /// Derivatives of the loss of the same name, generated by `#[task]`.
+        #allow
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+            /// The loss and its gradient with respect to the parameters (reverse mode).
+            #allow
+            #inner_vis fn value_and_grad #generics (#(#inputs),*) -> (#scalar, #pty) #where_c
+            #grad
+            /// The loss and its derivative along `tangent` (forward mode).
+            #allow
+            #inner_vis fn value_and_jvp #generics (#first, #tangent_arg, #(#rest),*) -> (#scalar, #scalar) #where_c {
+                let #d0 = ::core::option::Option::Some(__tangent);
+                #jvp
+            }
+        }
+    })
+}
+
+fn expand_task_impl(mut imp: syn::ItemImpl) -> Result<TokenStream> {
+    let pos = imp
+        .items
+        .iter()
+        .position(|it| matches!(it, ImplItem::Fn(f) if f.sig.ident == "loss"))
+        .ok_or_else(|| {
+            syn::Error::new_spanned(
+                &imp.self_ty,
+                "#[task] on an impl block needs a `fn loss` inside it",
+            )
+        })?;
+    let loss = match &imp.items[pos] {
+        ImplItem::Fn(f) => f.clone(),
+        _ => unreachable!(),
+    };
+    for it in &imp.items {
+        if let ImplItem::Fn(f) = it {
+            if f.sig.ident == "value_and_grad" || f.sig.ident == "value_and_jvp" {
+                return Err(syn::Error::new_spanned(
+                    &f.sig.ident,
+                    "#[task] generates this method from `loss`; remove it",
+                ));
+            }
+        }
+    }
+    let sig = loss_sig(&loss.sig)?;
+    let scalar = return_type(&loss.sig)?;
+    let func = lower_body(&sig, &loss.block)?;
+    let em = Emitter { f: &func, args: &sig.diff, scalar: &scalar };
+    let pty = &sig.diff[0].ty;
+    let generics = &loss.sig.generics;
+    let where_c = &loss.sig.generics.where_clause;
+    let inputs: Vec<_> = loss.sig.inputs.iter().collect();
+    let mut it = loss.sig.inputs.iter();
+    let recv = it.next();
+    let first = it.next();
+    let rest: Vec<_> = it.collect();
+    let allow = allows();
+    let value = em.value_body();
+    let jvp = em.jvp_body();
+    let d0 = arg_deriv_ident(0);
+    let grad = em.grad_body(quote!(<#scalar as ::lopt::Real>::c(1.0)), quote!((__value, #d0)));
+
+    let mut new_loss = loss.clone();
+    new_loss.block = syn::parse2(value)?;
+    new_loss.attrs.push(syn::parse_quote!(#allow));
+    imp.items[pos] = ImplItem::Fn(new_loss);
+    let g: ImplItem = syn::parse2(quote! {
+        #allow
+        fn value_and_grad #generics (#(#inputs),*) -> (#scalar, #pty) #where_c #grad
+    })?;
+    let j: ImplItem = syn::parse2(quote! {
+        #allow
+        fn value_and_jvp #generics (#recv, #first, __tangent: &#pty, #(#rest),*) -> (#scalar, #scalar) #where_c {
+            let #d0 = ::core::option::Option::Some(__tangent);
+            #jvp
+        }
+    })?;
+    imp.items.push(g);
+    imp.items.push(j);
+    Ok(imp.into_token_stream())
+}
