@@ -10,8 +10,8 @@ pub use lopt_runtime::*;
 pub mod prelude {
     pub use lopt_macros::{differentiable, task, Params};
     pub use lopt_runtime::{
-        single_task_to_family, Datasets, Error, Key, Optimizer, Params, Real, Result, Task,
-        TaskFamily,
+        single_task_to_family, Adam, Datasets, Error, GradientClip, Key, Optimizer, Params, Real,
+        Result, RmsProp, Sgd, Sgdm, Task, TaskFamily,
     };
     pub use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
 }
