@@ -11,8 +11,8 @@ pub mod prelude {
     pub use lopt_macros::{differentiable, task, Params};
     pub use lopt_runtime::ad::op as _ad_op;
     pub use lopt_runtime::{
-        single_task_to_family, Datasets, Error, Key, Optimizer, Params, Real, Result, Task,
-        TaskFamily,
+        single_task_to_family, Adam, Datasets, Error, GradientClip, Key, Optimizer, Params, Real,
+        Result, RmsProp, Sgd, Sgdm, Task, TaskFamily,
     };
     pub use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
 }

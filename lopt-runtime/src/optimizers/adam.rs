@@ -1,0 +1,153 @@
+//! Adam with bias correction and `eps_root`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{assert_leaf_lengths, py_float, Optimizer};
+use crate::params::Params;
+use crate::scalar::Real;
+
+/// Adam (the JAX library's `Adam`, i.e. `optax.adam` with `eps_root`). With `t` the
+/// update count from 1 (`t = iteration + 1`), `m₀ = v₀ = 0`:
+///
+/// ```text
+/// m ← β1·m + (1 − β1)·g
+/// v ← β2·v + (1 − β2)·g²
+/// p ← p − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ) + eps_root) + eps)
+/// ```
+///
+/// Note the library default `epsilon_root = 1e-8` (optax's own default is 0): it keeps the
+/// square root differentiable at `v = 0`. The loss is ignored.
+///
+/// ```
+/// use lopt_runtime::{Adam, Optimizer};
+///
+/// let opt = Adam::default();
+/// let mut state = opt.init(vec![1.0f32, -1.0], None);
+/// opt.update(&mut state, &vec![0.5, -2.0], 0.0);
+/// // The first bias-corrected step has magnitude ≈ lr whatever the gradient's scale.
+/// assert!((state.params[0] - 0.99).abs() < 1e-6);
+/// assert!((state.params[1] + 0.99).abs() < 1e-6);
+/// assert_eq!(opt.name(), "Adam_lr0.01_b10.9_b20.999_eps1e-08_epsroot1e-08");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Adam {
+    /// Learning rate `lr` (default 0.01).
+    pub lr: f64,
+    /// Decay of the first moment `β1` (default 0.9).
+    pub beta1: f64,
+    /// Decay of the second moment `β2` (default 0.999).
+    pub beta2: f64,
+    /// `eps`, added outside the square root (default 1e-8).
+    pub epsilon: f64,
+    /// `eps_root`, added inside the square root (default 1e-8).
+    pub epsilon_root: f64,
+}
+
+impl Adam {
+    /// Adam with learning rate `lr` and the other defaults.
+    pub fn new(lr: f64) -> Self {
+        Adam {
+            lr,
+            ..Self::default()
+        }
+    }
+
+    /// The JAX library's name for this configuration.
+    pub fn name(&self) -> String {
+        format!(
+            "Adam_lr{}_b1{}_b2{}_eps{}_epsroot{}",
+            py_float(self.lr),
+            py_float(self.beta1),
+            py_float(self.beta2),
+            py_float(self.epsilon),
+            py_float(self.epsilon_root)
+        )
+    }
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            epsilon_root: 1e-8,
+        }
+    }
+}
+
+/// State of [`Adam`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdamState<P> {
+    /// Current parameters.
+    pub params: P,
+    /// First moment `m` (not bias-corrected).
+    pub mu: P,
+    /// Second moment `v` (not bias-corrected).
+    pub nu: P,
+    /// Updates applied so far; the next update uses `t = iteration + 1`.
+    pub iteration: usize,
+}
+
+impl<P: Params> Optimizer<P> for Adam {
+    type State = AdamState<P>;
+
+    fn init(&self, params: P, _num_steps: Option<usize>) -> AdamState<P> {
+        let mu = params.zeros_like();
+        let nu = params.zeros_like();
+        AdamState {
+            params,
+            mu,
+            nu,
+            iteration: 0,
+        }
+    }
+
+    fn update(&self, state: &mut AdamState<P>, grad: &P, _loss: P::Scalar) {
+        assert_leaf_lengths("Adam::update: gradient vs params", &state.params, grad);
+        assert_leaf_lengths("Adam::update: mu vs params", &state.params, &state.mu);
+        assert_leaf_lengths("Adam::update: nu vs params", &state.params, &state.nu);
+        let s = P::Scalar::from_f64;
+        let t = (state.iteration + 1) as f64;
+        // Per-step constants in f64, converted once: 1 − 0.999 in f32 would be off by 1e-5.
+        let (b1, one_minus_b1) = (s(self.beta1), s(1.0 - self.beta1));
+        let (b2, one_minus_b2) = (s(self.beta2), s(1.0 - self.beta2));
+        let bc1 = s(1.0 - self.beta1.powf(t));
+        let bc2 = s(1.0 - self.beta2.powf(t));
+        let (eps, eps_root, neg_lr) = (s(self.epsilon), s(self.epsilon_root), s(-self.lr));
+        let AdamState { params, mu, nu, .. } = state;
+        for i in 0..grad.num_leaves() {
+            let (p, m, v, g) = (
+                params.leaf_mut(i),
+                mu.leaf_mut(i),
+                nu.leaf_mut(i),
+                grad.leaf(i),
+            );
+            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                *m = one_minus_b1 * g + b1 * *m;
+                *v = one_minus_b2 * (g * g) + b2 * *v;
+                let m_hat = *m / bc1;
+                let v_hat = *v / bc2;
+                *p += neg_lr * (m_hat / ((v_hat + eps_root).sqrt() + eps));
+            }
+        }
+        state.iteration += 1;
+    }
+
+    fn get_params<'a>(&self, state: &'a AdamState<P>) -> &'a P {
+        &state.params
+    }
+
+    fn set_params(&self, state: &mut AdamState<P>, params: P) {
+        state.params = params;
+    }
+
+    fn iteration(&self, state: &AdamState<P>) -> usize {
+        state.iteration
+    }
+
+    fn name(&self) -> String {
+        Adam::name(self)
+    }
+}
