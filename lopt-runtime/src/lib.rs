@@ -6,6 +6,7 @@
 pub mod ad;
 pub mod datasets;
 pub mod error;
+pub mod gradcheck;
 pub mod key;
 pub mod optimizers;
 pub mod params;

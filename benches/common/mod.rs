@@ -1,0 +1,86 @@
+//! A small benchmark harness: interleaved cases, warm-up, median of repeats, and one
+//! `bench <id> median_s=<f> min_s=<f> max_s=<f> n=<int>` line per case.
+#![allow(dead_code)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// One case: an id and a closure that runs the measured work once.
+pub struct Case<'a> {
+    pub id: String,
+    pub run: Box<dyn FnMut() + 'a>,
+    /// Calls per sample (chosen by calibration).
+    reps: u64,
+    samples: Vec<f64>,
+}
+
+impl<'a> Case<'a> {
+    pub fn new(id: impl Into<String>, run: impl FnMut() + 'a) -> Self {
+        Case { id: id.into(), run: Box::new(run), reps: 1, samples: Vec::new() }
+    }
+}
+
+/// The measured seconds per call of each case, in order.
+pub struct Summary {
+    pub id: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+/// Runs the cases interleaved: calibrate each to about `target` per sample, warm up, then
+/// `rounds` rounds in which every case takes one sample. Prints one line per case.
+pub fn run(cases: &mut [Case<'_>], rounds: usize, target: Duration) -> Vec<Summary> {
+    for c in cases.iter_mut() {
+        // Warm up and calibrate.
+        let t = Instant::now();
+        (c.run)();
+        let mut one = t.elapsed().as_secs_f64().max(1e-9);
+        let t = Instant::now();
+        let k = ((0.02 / one).ceil() as u64).clamp(1, 1_000_000);
+        for _ in 0..k {
+            (c.run)();
+        }
+        one = t.elapsed().as_secs_f64() / k as f64;
+        c.reps = ((target.as_secs_f64() / one).ceil() as u64).max(1);
+    }
+    for _ in 0..rounds {
+        for c in cases.iter_mut() {
+            let t = Instant::now();
+            for _ in 0..c.reps {
+                (c.run)();
+            }
+            c.samples.push(t.elapsed().as_secs_f64() / c.reps as f64);
+        }
+    }
+    cases
+        .iter_mut()
+        .map(|c| {
+            c.samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let n = c.samples.len();
+            let s = Summary {
+                id: c.id.clone(),
+                median: c.samples[n / 2],
+                min: c.samples[0],
+                max: c.samples[n - 1],
+                n,
+            };
+            println!(
+                "bench {} median_s={:.9} min_s={:.9} max_s={:.9} n={}",
+                s.id, s.median, s.min, s.max, s.n
+            );
+            s
+        })
+        .collect()
+}
+
+/// Prevents the optimizer from discarding a value.
+pub fn keep<T>(x: T) -> T {
+    black_box(x)
+}
+
+/// Median of a summary list by id.
+pub fn median(s: &[Summary], id: &str) -> f64 {
+    s.iter().find(|x| x.id == id).map(|x| x.median).unwrap_or(f64::NAN)
+}
