@@ -74,7 +74,11 @@ impl fmt::Display for Error {
             Error::DataExhausted(s) => write!(f, "data stream `{s}` ended"),
             Error::Data(s) => write!(f, "malformed data: {s}"),
             Error::Idx { path, error } => write!(f, "{path}: {error}"),
-            Error::DatasetMissing { dataset, path, help } => {
+            Error::DatasetMissing {
+                dataset,
+                path,
+                help,
+            } => {
                 write!(f, "{dataset} not found: no file {path}. {help}")
             }
             Error::Io { path, message } => write!(f, "{path}: {message}"),

@@ -27,6 +27,10 @@ fn cache() -> &'static Mutex<HashMap<(TypeId, u64), Bucket>> {
 
 /// The datasets cached under `key`, built by `factory` on first use.
 ///
+/// Every caller with an equal key gets a handle to the **same** streams: a batch pulled
+/// by one is gone for all (evaluating on `train` consumes training data), as with the
+/// JAX library's `dataset_lru_cache`.
+///
 /// `key` stands for the constructor's arguments; include something naming the
 /// constructor itself (e.g. `("my_dataset", batch_size)`) so that two constructors with
 /// the same arguments do not collide. Entries are also told apart by the key's type and

@@ -128,6 +128,7 @@ impl LabeledImages {
 
     /// The images in `range` (by example index).
     pub fn slice(&self, range: Range<usize>) -> Result<LabeledImages> {
+        self.check()?;
         if range.start > range.end || range.end > self.count {
             return Err(Error::InvalidArgument(format!(
                 "range {range:?} outside 0..{} images",
@@ -139,24 +140,33 @@ impl LabeledImages {
             count: range.len(),
             pixels: self.pixels[range.start * d..range.end * d].to_vec(),
             labels: self.labels[range.clone()].to_vec(),
-            ..self.clone_header()
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+            max_value: self.max_value,
+            num_classes: self.num_classes,
         })
     }
 
-    fn clone_header(&self) -> LabeledImages {
-        LabeledImages {
-            pixels: Vec::new(),
-            labels: Vec::new(),
-            ..*self
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        let d = self.image_len();
-        if d == 0 || self.pixels.len() != self.count * d || self.labels.len() != self.count {
+    /// Checks the public fields agree with each other (they can be set by hand).
+    pub fn check(&self) -> Result<()> {
+        let total = self
+            .height
+            .checked_mul(self.width)
+            .and_then(|d| d.checked_mul(self.channels))
+            .filter(|&d| d > 0)
+            .and_then(|d| d.checked_mul(self.count));
+        if total != Some(self.pixels.len()) || self.labels.len() != self.count {
             return Err(Error::ShapeMismatch {
-                what: "labeled images (pixels, labels)".into(),
-                expected: vec![self.count * d, self.count],
+                what: "labeled images: pixels [count, height, width, channels], labels [count]"
+                    .into(),
+                expected: vec![
+                    self.count,
+                    self.height,
+                    self.width,
+                    self.channels,
+                    self.count,
+                ],
                 got: vec![self.pixels.len(), self.labels.len()],
             });
         }
@@ -185,7 +195,13 @@ impl LabeledImages {
         self.check()?;
         let (h, w, c) = (self.height, self.width, self.channels);
         let d = self.image_len();
-        let mut out = Vec::with_capacity(self.count * size.0 * size.1 * c);
+        let total = [size.0, size.1, c]
+            .iter()
+            .try_fold(self.count, |acc, &n| acc.checked_mul(n))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{} images of size {size:?} overflow", self.count))
+            })?;
+        let mut out = Vec::with_capacity(total);
         let mut src = vec![0f32; d];
         for image in self.pixels.chunks_exact(d) {
             for (s, &p) in src.iter_mut().zip(image) {
@@ -230,7 +246,9 @@ pub fn resize_bilinear(
             "resize from {shape:?} to {size:?}: sizes must be positive"
         )));
     }
-    if src.len() != h * w * c {
+    let src_len = h.checked_mul(w).and_then(|hw| hw.checked_mul(c));
+    let out_len = oh.checked_mul(ow).and_then(|hw| hw.checked_mul(c));
+    if src_len != Some(src.len()) || out_len.is_none() {
         return Err(Error::ShapeMismatch {
             what: "image to resize".into(),
             expected: vec![h, w, c],
@@ -240,7 +258,7 @@ pub fn resize_bilinear(
     let ys = interpolation(h, oh);
     let xs = interpolation(w, ow);
     let at = |y: usize, x: usize, ch: usize| src[(y * w + x) * c + ch];
-    let mut out = Vec::with_capacity(oh * ow * c);
+    let mut out = Vec::with_capacity(out_len.unwrap_or(0));
     for &(y0, y1, ly) in &ys {
         for &(x0, x1, lx) in &xs {
             for ch in 0..c {
@@ -448,7 +466,8 @@ const FASHION: IdxSource = IdxSource {
            files in /usr/share/datasets/fashion-mnist/), or download train-images-idx3-ubyte.gz, \
            train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz \
            from https://github.com/zalandoresearch/fashion-mnist (folder data/fashion) into a \
-           directory and pass that directory as `dir`, or put them in $LOPT_DATA_DIR/fashion-mnist/.",
+           directory and pass that directory as `dir`, or put them in \
+           $LOPT_DATA_DIR/fashion-mnist/.",
     seed: 0x0fa5_0001,
 };
 

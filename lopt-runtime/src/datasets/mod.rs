@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`Split::Train`] | data a task trains on (inner training) |
 //! | [`Split::InnerValid`] | validation inside inner training (e.g. picking hyper-parameters) |
-//! | [`Split::OuterValid`] | the meta-objective: unseen by inner training, learned optimizers train against it |
+//! | [`Split::OuterValid`] | the meta-objective, unseen by inner training |
 //! | [`Split::Test`] | meta-test: evaluating a learned optimizer |
 //!
 //! # Shared streams
@@ -36,8 +36,8 @@
 //! ```
 //!
 //! Submodules: [`idx`] reads MNIST-style IDX files, [`image`] resizes images and builds
-//! image-classification datasets, [`digits`] embeds a small real dataset, [`prefetch`]
-//! produces batches ahead of need on a background thread.
+//! image-classification datasets, [`digits`] embeds a small real dataset,
+//! [`prefetch`](mod@prefetch) produces batches ahead of need on a background thread.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -89,9 +89,8 @@ mod tests {
         let produced = Arc::new(AtomicUsize::new(0));
         let p = produced.clone();
         let mut it = prefetch(
-            (0..).map(move |i: u64| {
+            (0..).inspect(move |_: &u64| {
                 p.fetch_add(1, Ordering::SeqCst);
-                i
             }),
             4,
         );
