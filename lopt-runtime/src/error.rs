@@ -26,6 +26,22 @@ pub enum Error {
     DataExhausted(String),
     /// A data file is malformed.
     Data(String),
+    /// A malformed IDX (MNIST-format) file.
+    Idx {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        error: crate::datasets::idx::IdxError,
+    },
+    /// A dataset's files are not where they were looked for.
+    DatasetMissing {
+        /// The dataset's name.
+        dataset: String,
+        /// The file that was looked for and not found.
+        path: String,
+        /// How to get the files.
+        help: String,
+    },
     /// An I/O failure, with the path involved.
     Io {
         /// The file or directory.
@@ -57,6 +73,14 @@ impl fmt::Display for Error {
             Error::NoDatasets(s) => write!(f, "{s} has no datasets"),
             Error::DataExhausted(s) => write!(f, "data stream `{s}` ended"),
             Error::Data(s) => write!(f, "malformed data: {s}"),
+            Error::Idx { path, error } => write!(f, "{path}: {error}"),
+            Error::DatasetMissing {
+                dataset,
+                path,
+                help,
+            } => {
+                write!(f, "{dataset} not found: no file {path}. {help}")
+            }
             Error::Io { path, message } => write!(f, "{path}: {message}"),
             Error::NonFinite { what, step } => {
                 write!(f, "non-finite value in {what} at step {step}")
