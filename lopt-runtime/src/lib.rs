@@ -8,6 +8,7 @@ pub mod datasets;
 pub mod error;
 pub mod gradcheck;
 pub mod key;
+pub mod lanes;
 pub mod optimizers;
 pub mod params;
 pub mod scalar;
