@@ -323,6 +323,9 @@ impl<'a> Lowerer<'a> {
             }
             return Ok(());
         }
+        if let Expr::Closure(c) = init {
+            return err(c, "closures are not supported; use a #[differentiable] function");
+        }
         if let Some((k, path)) = self.arg_path(init) {
             self.bind(name, Binding::ArgPath(k, path));
             return Ok(());

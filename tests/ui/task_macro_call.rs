@@ -1,0 +1,9 @@
+use lopt::prelude::*;
+
+#[task]
+fn loss<S: Real>(p: &S, x: &f32) -> S {
+    println!("{:?}", p);
+    p * 2.0
+}
+
+fn main() {}

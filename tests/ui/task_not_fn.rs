@@ -1,0 +1,6 @@
+use lopt::prelude::*;
+
+#[task]
+struct NotALoss;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use lopt::prelude::*;
+
+#[task]
+fn loss<S: Real>(p: &S, x: &f32) -> S {
+    p % 2.0
+}
+
+fn main() {}
