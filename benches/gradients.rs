@@ -50,23 +50,71 @@ struct Manual {
 
 /// c[m×n] = a[m×k] · b[k×n] with explicit (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm(m: usize, k: usize, n: usize, a: &[f32], rsa: isize, csa: isize, b: &[f32], rsb: isize, csb: isize, c: &mut [f32]) {
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    c: &mut [f32],
+) {
     unsafe {
-        matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1);
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
     }
 }
 
 impl Manual {
     fn value_and_grad(&mut self) -> f32 {
         // Forward.
-        gemm(B, D, H, &self.x, D as isize, 1, &self.w1, H as isize, 1, &mut self.h);
+        gemm(
+            B,
+            D,
+            H,
+            &self.x,
+            D as isize,
+            1,
+            &self.w1,
+            H as isize,
+            1,
+            &mut self.h,
+        );
         for r in 0..B {
             for j in 0..H {
                 let v = self.h[r * H + j] + self.b1[j];
                 self.h[r * H + j] = if v > 0.0 { v } else { 0.0 };
             }
         }
-        gemm(B, H, K, &self.h, H as isize, 1, &self.w2, K as isize, 1, &mut self.z);
+        gemm(
+            B,
+            H,
+            K,
+            &self.h,
+            H as isize,
+            1,
+            &self.w2,
+            K as isize,
+            1,
+            &mut self.z,
+        );
         let mut loss = 0.0f32;
         let inv_b = 1.0 / B as f32;
         self.db2.iter_mut().for_each(|v| *v = 0.0);
@@ -92,8 +140,30 @@ impl Manual {
             }
         }
         // Backward: dW2 = Hᵀ G, dH = G W2ᵀ ⊙ [h > 0], dW1 = Xᵀ dH.
-        gemm(H, B, K, &self.h, 1, H as isize, &self.z, K as isize, 1, &mut self.dw2);
-        gemm(B, K, H, &self.z, K as isize, 1, &self.w2, 1, K as isize, &mut self.dh);
+        gemm(
+            H,
+            B,
+            K,
+            &self.h,
+            1,
+            H as isize,
+            &self.z,
+            K as isize,
+            1,
+            &mut self.dw2,
+        );
+        gemm(
+            B,
+            K,
+            H,
+            &self.z,
+            K as isize,
+            1,
+            &self.w2,
+            1,
+            K as isize,
+            &mut self.dh,
+        );
         self.db1.iter_mut().for_each(|v| *v = 0.0);
         for r in 0..B {
             for j in 0..H {
@@ -104,19 +174,36 @@ impl Manual {
                 self.db1[j] += self.dh[i];
             }
         }
-        gemm(D, B, H, &self.x, 1, D as isize, &self.dh, H as isize, 1, &mut self.dw1);
+        gemm(
+            D,
+            B,
+            H,
+            &self.x,
+            1,
+            D as isize,
+            &self.dh,
+            H as isize,
+            1,
+            &mut self.dw1,
+        );
         loss * inv_b
     }
 }
 
 fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let mut normal = |r, c, s: f32| DMatrix::<f32>::from_fn(r, c, |_, _| (rng.gen::<f32>() - 0.5) * 2.0 * s);
+    let mut normal =
+        |r, c, s: f32| DMatrix::<f32>::from_fn(r, c, |_, _| (rng.gen::<f32>() - 0.5) * 2.0 * s);
     let x = normal(B, D, 1.0);
     let w1 = normal(D, H, 0.2);
     let w2 = normal(H, K, 0.3);
     let labels: Vec<i32> = (0..B).map(|i| (i * 7 % K) as i32).collect();
-    let p = Mlp { w1, b1: DVector::from_element(H, 0.01), w2, b2: DVector::from_element(K, -0.02) };
+    let p = Mlp {
+        w1,
+        b1: DVector::from_element(H, 0.01),
+        w2,
+        b2: DVector::from_element(K, -0.02),
+    };
     let t = p.map(|v| v * 0.5 + 0.1);
 
     let row_major = |m: &DMatrix<f32>| m.transpose().as_slice().to_vec();
@@ -140,8 +227,15 @@ fn main() {
     let (v, g) = mlp_loss::value_and_grad(&p, &x, &labels);
     let vm = manual.value_and_grad();
     let gm = row_major(&g.w1);
-    let err = gm.iter().zip(&manual.dw1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!((v - vm).abs() < 1e-4 && err < 1e-4, "generated and hand-written gradients differ: {v} {vm} {err}");
+    let err = gm
+        .iter()
+        .zip(&manual.dw1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        (v - vm).abs() < 1e-4 && err < 1e-4,
+        "generated and hand-written gradients differ: {v} {vm} {err}"
+    );
 
     let mut cases = vec![
         Case::new("mlp.value", || {
@@ -164,8 +258,14 @@ fn main() {
         median(&s, "mlp.grad.handwritten"),
         median(&s, "mlp.jvp.generated"),
     );
-    println!("ratio grad.generated / grad.handwritten = {:.3}", gen / hand);
+    println!(
+        "ratio grad.generated / grad.handwritten = {:.3}",
+        gen / hand
+    );
     println!("ratio grad.generated / value            = {:.3}", gen / val);
     println!("ratio jvp.generated / value             = {:.3}", jvp / val);
-    println!("JAX jit(value_and_grad) here: 88 us (bench-anchors); generated is {:.1}x faster", 88e-6 / gen);
+    println!(
+        "JAX jit(value_and_grad) here: 88 us (bench-anchors); generated is {:.1}x faster",
+        88e-6 / gen
+    );
 }

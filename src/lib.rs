@@ -20,5 +20,5 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use lopt_runtime::ad;
-    pub use lopt_runtime::params::locate_leaf;
+    pub use lopt_runtime::params::{locate_leaf, write_field_leaf_name};
 }

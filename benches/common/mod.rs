@@ -16,7 +16,12 @@ pub struct Case<'a> {
 
 impl<'a> Case<'a> {
     pub fn new(id: impl Into<String>, run: impl FnMut() + 'a) -> Self {
-        Case { id: id.into(), run: Box::new(run), reps: 1, samples: Vec::new() }
+        Case {
+            id: id.into(),
+            run: Box::new(run),
+            reps: 1,
+            samples: Vec::new(),
+        }
     }
 }
 
@@ -82,5 +87,8 @@ pub fn keep<T>(x: T) -> T {
 
 /// Median of a summary list by id.
 pub fn median(s: &[Summary], id: &str) -> f64 {
-    s.iter().find(|x| x.id == id).map(|x| x.median).unwrap_or(f64::NAN)
+    s.iter()
+        .find(|x| x.id == id)
+        .map(|x| x.median)
+        .unwrap_or(f64::NAN)
 }

@@ -4,12 +4,55 @@
 use proc_macro::TokenStream;
 
 mod ad;
+mod params;
 
-/// Derives `lopt::Params` for a struct of parameter fields.
+/// Derives `lopt::Params` for a struct of parameter fields (the Rust form of a JAX pytree).
+///
+/// Each field is one or more leaves, in field order: `f32`/`f64` scalars, `Vec<S>`,
+/// `[S; N]`, nalgebra vectors and matrices (one leaf each, column-major), and nested
+/// `#[derive(Params)]` structs (their leaves, in their order). Named and tuple structs
+/// work, generic ones too. `Scalar` is the scalar of the first leaf field; every other
+/// field must have the same one (a mismatch is a compile error at that field's type).
+///
+/// Leaf names are field paths joined by `.`: `layer1.w`, or `0.w` in a tuple struct.
+///
+/// Attributes:
+/// - `#[params(skip)]` on a field: carried along (cloned) but not a leaf, e.g. a `usize`
+///   hyperparameter; its type must be `Clone + Debug + Send + Sync + 'static`.
+/// - `#[params(no_rebind)]` on the struct: do not derive `Rebind` (below).
+///
+/// A struct with exactly one type parameter, bounded by `Real` alone (e.g.
+/// `struct Mlp<S: Real>`), whose leaf fields all mention it, also gets
+/// `lopt::params::Rebind`: `mlp.cast::<f64>()` is the same parameters as an `Mlp<f64>`
+/// (each field cast with its own `Rebind`, skipped fields cloned). A skipped field whose
+/// type mentions the parameter rules this out, as does `#[params(no_rebind)]` (for a
+/// field type that is `Params` but not `Rebind`).
+///
+/// A nested struct that is less visible than the outer one is fine as long as some leaf
+/// field shows the scalar (`f32`, `Vec<S>`, `DMatrix<S>`, ...); otherwise the scalar is
+/// named through the first nested struct, which must then be as visible as the outer one.
+///
+/// The struct must also derive (or implement) `Clone` and `Debug`. Enums, unions and
+/// structs without a leaf field are compile errors.
+///
+/// ```ignore
+/// use lopt::prelude::*;
+///
+/// #[derive(Params, Clone, Debug)]
+/// struct Mlp<S: Real> {
+///     w1: DMatrix<S>,
+///     b1: DVector<S>,
+///     #[params(skip)]
+///     hidden: usize,
+/// }
+/// // mlp.leaf_names() == ["w1", "b1"]; mlp.cast::<f64>() is an Mlp<f64>.
+/// ```
 #[proc_macro_derive(Params, attributes(params))]
 pub fn derive_params(input: TokenStream) -> TokenStream {
-    let _ = input;
-    TokenStream::new()
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    params::derive(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
 
 /// Generates value, reverse-mode gradient and forward-mode JVP from a scalar loss.

@@ -18,6 +18,15 @@ pub enum Error {
         /// The shape found.
         got: Vec<usize>,
     },
+    /// A checkpoint's leaf names differ from those of the params it is loaded into.
+    LeafNameMismatch {
+        /// The leaf index.
+        index: usize,
+        /// The name of the leaf in the params.
+        expected: String,
+        /// The name found in the checkpoint.
+        got: String,
+    },
     /// A dataset split name other than `train`, `inner_valid`, `outer_valid`, `test`.
     UnknownSplit(String),
     /// A task or family has no datasets but one was asked for.
@@ -63,8 +72,22 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::ShapeMismatch { what, expected, got } => {
-                write!(f, "shape mismatch in {what}: expected {expected:?}, got {got:?}")
+            Error::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => {
+                write!(
+                    f,
+                    "shape mismatch in {what}: expected {expected:?}, got {got:?}"
+                )
+            }
+            Error::LeafNameMismatch {
+                index,
+                expected,
+                got,
+            } => {
+                write!(f, "leaf {index} is named `{got}`, expected `{expected}`")
             }
             Error::UnknownSplit(s) => write!(
                 f,

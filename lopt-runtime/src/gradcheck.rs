@@ -115,7 +115,12 @@ fn compare(what: String, generated: f64, reference: f64, c: &GradCheck) -> Misma
     } else {
         f64::INFINITY
     };
-    Mismatch { what, generated, reference, ratio }
+    Mismatch {
+        what,
+        generated,
+        reference,
+        ratio,
+    }
 }
 
 fn element_names<P: Params>(p: &P) -> Vec<String> {
@@ -190,8 +195,15 @@ where
         out.push(compare(format!("jvp #{d} vs grad.tangent"), jt, gt, c));
         out.push(compare(format!("value (forward mode) #{d}"), jv, f0, c));
     }
-    out.sort_by(|a, b| b.ratio.partial_cmp(&a.ratio).unwrap_or(std::cmp::Ordering::Equal));
-    GradReport { comparisons: out, show_worst: c.show_worst }
+    out.sort_by(|a, b| {
+        b.ratio
+            .partial_cmp(&a.ratio)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    GradReport {
+        comparisons: out,
+        show_worst: c.show_worst,
+    }
 }
 
 /// Checks a [`Task`](crate::Task)'s generated `value_and_grad` and `value_and_jvp` at

@@ -6,7 +6,10 @@
 //! fields of a struct. Optimizers and estimators walk several trees of the same shape side
 //! by side by leaf index, with no allocation.
 
-use nalgebra::{Dim, Matrix, RawStorage, RawStorageMut, Scalar};
+use nalgebra::{
+    ArrayStorage, Const, Dim, Dyn, Matrix, RawStorage, RawStorageMut, Scalar, VecStorage,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
@@ -27,6 +30,12 @@ use num_traits::Zero;
 /// assert_eq!(p.num_elements(), 6);
 /// assert!(p.flatten().iter().all(|&x| x == 0.0));
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a parameter tree (`lopt::Params`)",
+    label = "not a Params leaf or tree",
+    note = "Params leaves are f32/f64 scalars, Vec<S>, [S; N] and nalgebra matrices; \
+            structs of them #[derive(Params)]; mark other fields #[params(skip)]"
+)]
 pub trait Params: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// The scalar type of every leaf.
     type Scalar: Real;
@@ -214,6 +223,135 @@ pub trait Params: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn all_finite(&self) -> bool {
         (0..self.num_leaves()).all(|i| self.leaf(i).iter().all(|x| x.is_finite()))
     }
+
+    /// A serializable snapshot of every leaf: names, shapes and values in `f64`.
+    ///
+    /// Only for plain `f32`/`f64` scalars: a packet of several lanes is an
+    /// [`Error::InvalidArgument`] (unpack it per lane first) rather than a silent loss of
+    /// all lanes but one.
+    ///
+    /// ```
+    /// use lopt_runtime::params::Params;
+    /// use nalgebra::DVector;
+    ///
+    /// let p = DVector::<f32>::from_vec(vec![1.0, 2.0]);
+    /// let rec = p.to_record().unwrap();
+    /// assert_eq!(rec.shapes, vec![vec![2]]);
+    /// let mut q = DVector::<f32>::zeros(2);
+    /// q.from_record(&rec).unwrap();
+    /// assert_eq!(p, q);
+    /// ```
+    fn to_record(&self) -> Result<ParamsRecord> {
+        check_plain_scalar::<Self::Scalar>("Params::to_record")?;
+        let n = self.num_leaves();
+        Ok(ParamsRecord {
+            names: self.leaf_names(),
+            shapes: (0..n).map(|i| self.leaf_shape(i)).collect(),
+            values: (0..n)
+                .map(|i| self.leaf(i).iter().map(|x| x.lane(0)).collect())
+                .collect(),
+        })
+    }
+
+    /// Overwrites every element from `record`, which must have exactly the leaf names
+    /// and shapes of `self` (in order) and as many values per leaf as its shape holds.
+    ///
+    /// Everything is checked before anything is written, so on `Err` `self` is unchanged.
+    /// Errors: [`Error::Data`] for a record whose own lists disagree in length,
+    /// [`Error::ShapeMismatch`] for a different number of leaves, a different leaf
+    /// shape or a wrong number of values, [`Error::LeafNameMismatch`] for a different
+    /// leaf name, [`Error::InvalidArgument`] for a packet scalar (see
+    /// [`Params::to_record`]).
+    // In place (like `unflatten_from`) so the structure comes from `self`; the name pairs
+    // with `to_record`, hence the allow.
+    #[allow(clippy::wrong_self_convention)]
+    fn from_record(&mut self, record: &ParamsRecord) -> Result<()> {
+        check_plain_scalar::<Self::Scalar>("Params::from_record")?;
+        record.check_consistent()?;
+        let n = self.num_leaves();
+        if record.names.len() != n {
+            return Err(Error::ShapeMismatch {
+                what: "number of leaves in ParamsRecord".into(),
+                expected: vec![n],
+                got: vec![record.names.len()],
+            });
+        }
+        let mut name = String::new();
+        for i in 0..n {
+            name.clear();
+            self.write_leaf_name(i, &mut name);
+            if record.names[i] != name {
+                return Err(Error::LeafNameMismatch {
+                    index: i,
+                    expected: name,
+                    got: record.names[i].clone(),
+                });
+            }
+            let shape = self.leaf_shape(i);
+            if record.shapes[i] != shape {
+                return Err(Error::ShapeMismatch {
+                    what: format!("leaf `{name}` in ParamsRecord"),
+                    expected: shape,
+                    got: record.shapes[i].clone(),
+                });
+            }
+            let len = self.leaf(i).len();
+            if record.values[i].len() != len {
+                return Err(Error::ShapeMismatch {
+                    what: format!("number of values of leaf `{name}` in ParamsRecord"),
+                    expected: vec![len],
+                    got: vec![record.values[i].len()],
+                });
+            }
+        }
+        for (i, values) in record.values.iter().enumerate() {
+            for (x, &v) in self.leaf_mut(i).iter_mut().zip(values) {
+                *x = Self::Scalar::from_f64(v);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_plain_scalar<S: Real>(what: &str) -> Result<()> {
+    if S::LANES == 1 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} handles plain f32/f64 params only, not packets of {} lanes",
+            S::LANES
+        )))
+    }
+}
+
+/// A checkpoint of a [`Params`] tree: one entry per leaf, in leaf order.
+///
+/// Values are stored as `f64` whatever the scalar type, so an `f32` tree round-trips
+/// exactly and can be loaded into its `f64` twin. Serializes with serde (e.g. to JSON);
+/// note that JSON has no NaN or infinity, so check [`Params::all_finite`] before saving
+/// there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamsRecord {
+    /// Leaf names ([`Params::leaf_names`]).
+    pub names: Vec<String>,
+    /// Leaf shapes ([`Params::leaf_shape`]).
+    pub shapes: Vec<Vec<usize>>,
+    /// Leaf values, each in the leaf's own (column-major) order.
+    pub values: Vec<Vec<f64>>,
+}
+
+impl ParamsRecord {
+    /// `Ok` when the record has as many shapes and value lists as names.
+    pub fn check_consistent(&self) -> Result<()> {
+        let (n, s, v) = (self.names.len(), self.shapes.len(), self.values.len());
+        if n == s && n == v {
+            Ok(())
+        } else {
+            Err(Error::Data(format!(
+                "ParamsRecord with {n} names, {s} shapes and {v} value lists"
+            )))
+        }
+    }
 }
 
 fn assert_same_structure<P: Params>(a: &P, b: &P) {
@@ -222,7 +360,9 @@ fn assert_same_structure<P: Params>(a: &P, b: &P) {
     }
 }
 
-/// A scalar (`f32`, `f64`, or a packet) is a tree with one leaf of one element.
+/// Every scalar (`f32`, `f64`, and later SIMD packets) is a tree of one leaf of one
+/// element. A blanket impl rather than one per float so that [`Rebind::With`] can be `T`
+/// itself for any `T: Real`.
 impl<S: Real> Params for S {
     type Scalar = S;
     fn num_leaves(&self) -> usize {
@@ -281,7 +421,13 @@ where
     S: Real + Scalar,
     R: Dim,
     C: Dim,
-    St: RawStorageMut<S, R, C> + nalgebra::IsContiguous + Clone + Send + Sync + std::fmt::Debug + 'static,
+    St: RawStorageMut<S, R, C>
+        + nalgebra::IsContiguous
+        + Clone
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
     Matrix<S, R, C, St>: Clone,
 {
     type Scalar = S;
@@ -307,6 +453,107 @@ where
 
 #[allow(unused)]
 fn _storage_is_raw<S: Scalar, R: Dim, C: Dim, St: RawStorage<S, R, C>>() {}
+
+/// Params whose scalar type can be swapped: the same tree in `f32`, `f64` or another
+/// [`Real`] (e.g. to check an `f32` gradient against finite differences in `f64`).
+///
+/// Implemented for every scalar, `Vec<S>`, `[S; N]`, the owned nalgebra matrices
+/// (`DMatrix`, `DVector`, `RowDVector`, `SMatrix`, `SVector` and any owned matrix with
+/// at least one dynamic dimension), and by `#[derive(Params)]` for a struct whose one type
+/// parameter is bounded by `Real` only.
+///
+/// [`Rebind::cast`] converts each element through `f64` from **lane 0** of the source
+/// scalar, so casting a packet of several lanes keeps only its first lane (packets will
+/// get a proper pack/unpack of lanes).
+///
+/// ```
+/// use lopt_runtime::params::{Params, Rebind};
+/// use nalgebra::DMatrix;
+///
+/// let p = DMatrix::<f32>::from_fn(2, 2, |i, j| (i + 2 * j) as f32 / 3.0);
+/// // On a bare nalgebra matrix, `p.cast()` is nalgebra's own inherent `cast`: name ours.
+/// let q: DMatrix<f64> = Rebind::cast::<f64>(&p);
+/// assert_eq!(q[(1, 1)], (3.0f32 / 3.0) as f64);
+/// assert_eq!(Rebind::cast::<f32>(&q), p); // f32 -> f64 -> f32 is exact
+/// ```
+pub trait Rebind: Params {
+    /// The same tree with scalar `T`.
+    type With<T: Real>: Params<Scalar = T>;
+    /// The same tree with every element converted to `T` (from lane 0, see above).
+    fn cast<T: Real>(&self) -> Self::With<T>;
+}
+
+#[inline]
+fn cast_scalar<S: Real, T: Real>(x: S) -> T {
+    T::from_f64(x.lane(0))
+}
+
+impl<S: Real> Rebind for S {
+    type With<T: Real> = T;
+    fn cast<T: Real>(&self) -> T {
+        cast_scalar(*self)
+    }
+}
+
+impl<S: Real> Rebind for Vec<S> {
+    type With<T: Real> = Vec<T>;
+    fn cast<T: Real>(&self) -> Vec<T> {
+        self.iter().map(|&x| cast_scalar(x)).collect()
+    }
+}
+
+impl<S: Real, const N: usize> Rebind for [S; N] {
+    type With<T: Real> = [T; N];
+    fn cast<T: Real>(&self) -> [T; N] {
+        std::array::from_fn(|i| cast_scalar(self[i]))
+    }
+}
+
+// One impl per owned storage type rather than one over `OMatrix<S, R, C>` with
+// `DefaultAllocator: Allocator<R, C>` bounds: the allocator's buffer is not known to be
+// `Send + Sync + 'static` for every `T`, which `With<T>: Params` needs.
+
+/// Dynamic number of rows: `DMatrix`, `DVector`, `OMatrix<S, Dyn, Const<C>>`.
+impl<S: Real, C: Dim> Rebind for Matrix<S, Dyn, C, VecStorage<S, Dyn, C>> {
+    type With<T: Real> = Matrix<T, Dyn, C, VecStorage<T, Dyn, C>>;
+    fn cast<T: Real>(&self) -> Self::With<T> {
+        let (r, c) = self.shape_generic();
+        Matrix::from_iterator_generic(r, c, self.iter().map(|&x| cast_scalar(x)))
+    }
+}
+
+/// Static rows, dynamic columns: `RowDVector`, `OMatrix<S, Const<R>, Dyn>`.
+impl<S: Real, const R: usize> Rebind for Matrix<S, Const<R>, Dyn, VecStorage<S, Const<R>, Dyn>> {
+    type With<T: Real> = Matrix<T, Const<R>, Dyn, VecStorage<T, Const<R>, Dyn>>;
+    fn cast<T: Real>(&self) -> Self::With<T> {
+        let (r, c) = self.shape_generic();
+        Matrix::from_iterator_generic(r, c, self.iter().map(|&x| cast_scalar(x)))
+    }
+}
+
+/// Fully static: `SMatrix`, `SVector`, `RowSVector`.
+impl<S: Real, const R: usize, const C: usize> Rebind
+    for Matrix<S, Const<R>, Const<C>, ArrayStorage<S, R, C>>
+{
+    type With<T: Real> = Matrix<T, Const<R>, Const<C>, ArrayStorage<T, R, C>>;
+    fn cast<T: Real>(&self) -> Self::With<T> {
+        let (r, c) = self.shape_generic();
+        Matrix::from_iterator_generic(r, c, self.iter().map(|&x| cast_scalar(x)))
+    }
+}
+
+/// Writes the name of leaf `i` of field `field` (holding `p`): `field`, then `.` and the
+/// field's own leaf name when it has one. Used by `#[derive(Params)]`.
+#[doc(hidden)]
+pub fn write_field_leaf_name<P: Params>(out: &mut String, field: &str, p: &P, i: usize) {
+    out.push_str(field);
+    let mark = out.len();
+    out.push('.');
+    p.write_leaf_name(i, out);
+    if out.len() == mark + 1 {
+        out.truncate(mark);
+    }
+}
 
 /// Locates leaf `i` of a struct among its fields: used by `#[derive(Params)]`.
 ///

@@ -256,7 +256,13 @@ impl Emitter<'_> {
                 }
                 out
             }
-            Stmt::For { id, pat, lo, hi, body } => {
+            Stmt::For {
+                id,
+                pat,
+                lo,
+                hi,
+                body,
+            } => {
                 let b = self.fwd_block(body, mode, true);
                 if mode == Mode::Grad {
                     let tr = range_tape(*id);
@@ -269,7 +275,12 @@ impl Emitter<'_> {
                     quote!(for #pat in (#lo)..(#hi) { #b })
                 }
             }
-            Stmt::If { id, cond, then, els } => {
+            Stmt::If {
+                id,
+                cond,
+                then,
+                els,
+            } => {
                 let t = self.fwd_block(then, mode, true);
                 let e = self.fwd_block(els, mode, true);
                 if mode == Mode::Grad {
@@ -476,7 +487,11 @@ impl Emitter<'_> {
         for (k, a) in self.args.iter().enumerate() {
             let g = arg_deriv_ident(k);
             let id = &a.ident;
-            let p = if a.is_ref { quote!((*#id)) } else { quote!(#id) };
+            let p = if a.is_ref {
+                quote!((*#id))
+            } else {
+                quote!(#id)
+            };
             grads.extend(quote!(let mut #g = ::lopt::Params::zeros_like(&#p);));
         }
         let decls = self.adjoint_decls(&self.f.body);

@@ -77,9 +77,20 @@ pub enum Stmt {
     /// `slot = var`.
     SlotSet { slot: SlotId, from: VarId },
     /// `for pat in lo..hi { body }`.
-    For { id: usize, pat: TokenStream, lo: TokenStream, hi: TokenStream, body: Vec<Stmt> },
+    For {
+        id: usize,
+        pat: TokenStream,
+        lo: TokenStream,
+        hi: TokenStream,
+        body: Vec<Stmt>,
+    },
     /// `if cond { then } else { els }`.
-    If { id: usize, cond: TokenStream, then: Vec<Stmt>, els: Vec<Stmt> },
+    If {
+        id: usize,
+        cond: TokenStream,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
 }
 
 /// A differentiated argument.

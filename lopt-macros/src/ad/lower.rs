@@ -109,7 +109,11 @@ impl<'a> Lowerer<'a> {
     }
 
     fn new_var(&mut self, kind: Kind, access: Access) -> VarId {
-        self.vars.push(Var { kind, access, depth: self.depth });
+        self.vars.push(Var {
+            kind,
+            access,
+            depth: self.depth,
+        });
         self.vars.len() - 1
     }
 
@@ -156,7 +160,10 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        let mut v = V { l: self, found: false };
+        let mut v = V {
+            l: self,
+            found: false,
+        };
         v.visit_expr(e);
         v.found
     }
@@ -289,16 +296,15 @@ impl<'a> Lowerer<'a> {
     }
 
     fn lower_local(&mut self, l: &syn::Local, out: &mut Vec<Stmt>) -> Result<()> {
-        let (ident, mutable) = match pat_ident(&l.pat) {
-            Some(x) => x,
-            None => {
-                return err(
+        let (ident, mutable) =
+            match pat_ident(&l.pat) {
+                Some(x) => x,
+                None => return err(
                     &l.pat,
                     "only simple `let name = ...` and `let mut name = ...` bindings are supported \
                      (no tuple or struct patterns)",
-                )
-            }
-        };
+                ),
+            };
         let name = ident.to_string();
         let init = match &l.init {
             Some(init) => {
@@ -315,7 +321,10 @@ impl<'a> Lowerer<'a> {
             if self.active_names.contains(&name) {
                 let v = self.lower_expr(init, out)?;
                 let slot = self.new_slot();
-                out.push(Stmt::SlotDecl { slot, init: Some(v) });
+                out.push(Stmt::SlotDecl {
+                    slot,
+                    init: Some(v),
+                });
                 self.bind(name, Binding::Slot(slot));
             } else {
                 self.passive_local(l, out)?;
@@ -324,7 +333,10 @@ impl<'a> Lowerer<'a> {
             return Ok(());
         }
         if let Expr::Closure(c) = init {
-            return err(c, "closures are not supported; use a #[differentiable] function");
+            return err(
+                c,
+                "closures are not supported; use a #[differentiable] function",
+            );
         }
         if let Some((k, path)) = self.arg_path(init) {
             self.bind(name, Binding::ArgPath(k, path));
@@ -361,9 +373,10 @@ impl<'a> Lowerer<'a> {
                 self.lower_if(i, None, out)?;
                 Ok(())
             }
-            Expr::Block(b) if b.label.is_none() => {
-                err(b, "nested blocks are not supported; write the statements inline")
-            }
+            Expr::Block(b) if b.label.is_none() => err(
+                b,
+                "nested blocks are not supported; write the statements inline",
+            ),
             _ => {
                 if let Some(msg) = unsupported_message(e) {
                     return err(e, msg);
@@ -416,7 +429,12 @@ impl<'a> Lowerer<'a> {
                     Some(op) => {
                         let cur = self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(slot));
                         let op = op_marker(op);
-                        self.def(out, Kind::Active, Access::Owned, Rhs::Binary { op, a: cur, b: rhs })
+                        self.def(
+                            out,
+                            Kind::Active,
+                            Access::Owned,
+                            Rhs::Binary { op, a: cur, b: rhs },
+                        )
                     }
                 };
                 out.push(Stmt::SlotSet { slot, from });
@@ -454,24 +472,23 @@ impl<'a> Lowerer<'a> {
             Pat::Wild(w) => w.to_token_stream(),
             other => return err(other, "the loop variable must be a plain name or `_`"),
         };
-        let (lo, hi) = match &*f.expr {
-            Expr::Range(r) => match (&r.start, &r.end, &r.limits) {
-                (Some(lo), Some(hi), syn::RangeLimits::HalfOpen(_)) => (lo, hi),
-                _ => {
-                    return err(
-                        r,
-                        "only `for i in lo..hi` loops over a half-open range are supported",
-                    )
-                }
-            },
-            other => {
-                return err(
+        let (lo, hi) =
+            match &*f.expr {
+                Expr::Range(r) => match (&r.start, &r.end, &r.limits) {
+                    (Some(lo), Some(hi), syn::RangeLimits::HalfOpen(_)) => (lo, hi),
+                    _ => {
+                        return err(
+                            r,
+                            "only `for i in lo..hi` loops over a half-open range are supported",
+                        )
+                    }
+                },
+                other => return err(
                     other,
                     "only `for i in lo..hi` loops over a half-open range are supported (iterators \
                      are not)",
-                )
-            }
-        };
+                ),
+            };
         for bound in [lo, hi] {
             if self.mentions_active(bound) {
                 return err(bound, "loop bounds cannot depend on differentiated values");
@@ -489,7 +506,13 @@ impl<'a> Lowerer<'a> {
         let (body, _) = self.lower_block(&f.body.stmts, false)?;
         self.scopes.pop();
         self.depth -= 1;
-        out.push(Stmt::For { id, pat, lo, hi, body });
+        out.push(Stmt::For {
+            id,
+            pat,
+            lo,
+            hi,
+            body,
+        });
         Ok(())
     }
 
@@ -526,7 +549,12 @@ impl<'a> Lowerer<'a> {
                 other => return err(other, "unsupported `else` branch"),
             },
         };
-        out.push(Stmt::If { id, cond, then, els });
+        out.push(Stmt::If {
+            id,
+            cond,
+            then,
+            els,
+        });
         Ok(())
     }
 
@@ -539,7 +567,10 @@ impl<'a> Lowerer<'a> {
                 let tail = match tail {
                     Some(t) => t,
                     None => {
-                        return err(b, "this branch of an `if` used as a value must end with a value")
+                        return err(
+                            b,
+                            "this branch of an `if` used as a value must end with a value",
+                        )
                     }
                 };
                 let v = self.lower_expr(&tail, &mut body)?;
@@ -604,9 +635,12 @@ impl<'a> Lowerer<'a> {
     fn lower_expr(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
         if let Expr::Lit(l) = e {
             return match &l.lit {
-                syn::Lit::Float(_) | syn::Lit::Int(_) => {
-                    Ok(self.def(out, Kind::Const, Access::Owned, Rhs::Lit(l.to_token_stream())))
-                }
+                syn::Lit::Float(_) | syn::Lit::Int(_) => Ok(self.def(
+                    out,
+                    Kind::Const,
+                    Access::Owned,
+                    Rhs::Lit(l.to_token_stream()),
+                )),
                 other => err(other, "only numeric literals can be used as values"),
             };
         }
@@ -748,7 +782,10 @@ impl<'a> Lowerer<'a> {
             }
             Builtin::Powi => {
                 if self.mentions_active(args[1]) {
-                    return err(args[1], "the exponent of `powi` cannot be differentiated; use `powf`");
+                    return err(
+                        args[1],
+                        "the exponent of `powi` cannot be differentiated; use `powf`",
+                    );
                 }
                 let x = self.lower_expr(args[0], out)?;
                 let n = self.rewrite_passive(args[1]);
@@ -757,7 +794,16 @@ impl<'a> Lowerer<'a> {
             Builtin::Binary(op) => {
                 let a = self.lower_expr(args[0], out)?;
                 let c = self.lower_expr(args[1], out)?;
-                Ok(self.def(out, Kind::Active, Access::Owned, Rhs::Binary { op: op_marker(op), a, b: c }))
+                Ok(self.def(
+                    out,
+                    Kind::Active,
+                    Access::Owned,
+                    Rhs::Binary {
+                        op: op_marker(op),
+                        a,
+                        b: c,
+                    },
+                ))
             }
             Builtin::SoftmaxCrossEntropy => {
                 if self.mentions_active(args[1]) {
@@ -783,7 +829,10 @@ impl<'a> Lowerer<'a> {
         };
         let last = &path.segments.last().expect("path").ident;
         let builtin_path = path.segments.len() == 1
-            || path.segments.iter().any(|s| s.ident == "ops" || s.ident == "lopt");
+            || path
+                .segments
+                .iter()
+                .any(|s| s.ident == "ops" || s.ident == "lopt");
         if builtin_path {
             if let Some(b) = builtins::lookup(&last.to_string()) {
                 let args: Vec<&Expr> = c.args.iter().collect();
@@ -809,9 +858,21 @@ impl<'a> Lowerer<'a> {
                 self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(t))
             };
             let by_ref = by_ref && self.vars[var].kind != Kind::Opaque;
-            args.push(CallArg { var, by_ref, is_ref_value });
+            args.push(CallArg {
+                var,
+                by_ref,
+                is_ref_value,
+            });
         }
-        Ok(self.def(out, Kind::Active, Access::Owned, Rhs::Call { func: path.clone(), args }))
+        Ok(self.def(
+            out,
+            Kind::Active,
+            Access::Owned,
+            Rhs::Call {
+                func: path.clone(),
+                args,
+            },
+        ))
     }
 
     fn lower_method(&mut self, m: &syn::ExprMethodCall, out: &mut Vec<Stmt>) -> Result<VarId> {
@@ -824,7 +885,9 @@ impl<'a> Lowerer<'a> {
             }
             _ => err(
                 &m.method,
-                format!("unsupported method `{name}` on a differentiated value; supported: {SUPPORTED}"),
+                format!(
+                    "unsupported method `{name}` on a differentiated value; supported: {SUPPORTED}"
+                ),
             ),
         }
     }

@@ -51,10 +51,7 @@ fn referent(ty: &Type) -> (bool, Type) {
 
 /// Parses the arguments; `is_diff(index_among_typed_args, type)` decides which are
 /// differentiated.
-fn parse_sig(
-    sig: &syn::Signature,
-    mut is_diff: impl FnMut(usize, &Type) -> bool,
-) -> Result<Sig> {
+fn parse_sig(sig: &syn::Signature, mut is_diff: impl FnMut(usize, &Type) -> bool) -> Result<Sig> {
     let mut diff = Vec::new();
     let mut positions = Vec::new();
     let mut data = Vec::new();
@@ -84,7 +81,11 @@ fn parse_sig(
             }
         }
     }
-    Ok(Sig { diff, positions, data })
+    Ok(Sig {
+        diff,
+        positions,
+        data,
+    })
 }
 
 fn return_type(sig: &syn::Signature) -> Result<Type> {
@@ -105,14 +106,21 @@ fn mentions_ident(ty: &Type, ident: &str) -> bool {
     ty.to_token_stream()
         .into_iter()
         .any(|t| matches!(&t, proc_macro2::TokenTree::Ident(i) if i == ident))
-        || ty.to_token_stream().to_string().split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == ident)
+        || ty
+            .to_token_stream()
+            .to_string()
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .any(|w| w == ident)
 }
 
 /// The scalar type of a helper: its type parameter bounded by `Real`, else `f32`/`f64`
 /// if the return type is one.
 fn helper_scalar(f: &ItemFn) -> Result<Type> {
     for p in f.sig.generics.type_params() {
-        let bounded = p.bounds.iter().any(|b| b.to_token_stream().to_string().contains("Real"));
+        let bounded = p
+            .bounds
+            .iter()
+            .any(|b| b.to_token_stream().to_string().contains("Real"));
         let in_where = f.sig.generics.where_clause.as_ref().is_some_and(|w| {
             w.predicates.iter().any(|pr| {
                 let s = pr.to_token_stream().to_string();
@@ -150,7 +158,10 @@ fn mod_fn_vis(vis: &syn::Visibility) -> TokenStream {
 /// `#[differentiable] fn f(...)`: the function (value) plus `mod f { fn jvp; fn vjp }`.
 pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(attr, "#[differentiable] takes no arguments"));
+        return Err(syn::Error::new_spanned(
+            attr,
+            "#[differentiable] takes no arguments",
+        ));
     }
     let f: ItemFn = syn::parse2(item)?;
     check_fn_shape(&f)?;
@@ -159,7 +170,11 @@ pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<Tok
     let sig = parse_sig(&f.sig, |_, ty| mentions_ident(ty, &scalar_name))?;
     let ret = return_type(&f.sig)?;
     let func = lower_body(&sig, &f.block)?;
-    let em = Emitter { f: &func, args: &sig.diff, scalar: &scalar };
+    let em = Emitter {
+        f: &func,
+        args: &sig.diff,
+        scalar: &scalar,
+    };
 
     let name = &f.sig.ident;
     let vis = &f.vis;
@@ -242,10 +257,16 @@ pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<Tok
 
 fn check_fn_shape(f: &ItemFn) -> Result<()> {
     if let Some(a) = &f.sig.asyncness {
-        return Err(syn::Error::new_spanned(a, "async functions cannot be differentiated"));
+        return Err(syn::Error::new_spanned(
+            a,
+            "async functions cannot be differentiated",
+        ));
     }
     if let Some(v) = &f.sig.variadic {
-        return Err(syn::Error::new_spanned(v, "variadic functions are not supported"));
+        return Err(syn::Error::new_spanned(
+            v,
+            "variadic functions are not supported",
+        ));
     }
     Ok(())
 }
@@ -283,7 +304,11 @@ fn expand_task_fn(f: ItemFn) -> Result<TokenStream> {
     let sig = loss_sig(&f.sig)?;
     let scalar = return_type(&f.sig)?;
     let func = lower_body(&sig, &f.block)?;
-    let em = Emitter { f: &func, args: &sig.diff, scalar: &scalar };
+    let em = Emitter {
+        f: &func,
+        args: &sig.diff,
+        scalar: &scalar,
+    };
     let p = &sig.diff[0];
     let pty = &p.ty;
     let name = &f.sig.ident;
@@ -298,7 +323,10 @@ fn expand_task_fn(f: ItemFn) -> Result<TokenStream> {
     let value = em.value_body();
     let jvp = em.jvp_body();
     let d0 = arg_deriv_ident(0);
-    let grad = em.grad_body(quote!(<#scalar as ::lopt::Real>::c(1.0)), quote!((__value, #d0)));
+    let grad = em.grad_body(
+        quote!(<#scalar as ::lopt::Real>::c(1.0)),
+        quote!((__value, #d0)),
+    );
     let tangent_arg = quote!(__tangent: &#pty);
     let first = &f.sig.inputs[0];
     Ok(quote! {
@@ -353,7 +381,11 @@ fn expand_task_impl(mut imp: syn::ItemImpl) -> Result<TokenStream> {
     let sig = loss_sig(&loss.sig)?;
     let scalar = return_type(&loss.sig)?;
     let func = lower_body(&sig, &loss.block)?;
-    let em = Emitter { f: &func, args: &sig.diff, scalar: &scalar };
+    let em = Emitter {
+        f: &func,
+        args: &sig.diff,
+        scalar: &scalar,
+    };
     let pty = &sig.diff[0].ty;
     let generics = &loss.sig.generics;
     let where_c = &loss.sig.generics.where_clause;
@@ -366,7 +398,10 @@ fn expand_task_impl(mut imp: syn::ItemImpl) -> Result<TokenStream> {
     let value = em.value_body();
     let jvp = em.jvp_body();
     let d0 = arg_deriv_ident(0);
-    let grad = em.grad_body(quote!(<#scalar as ::lopt::Real>::c(1.0)), quote!((__value, #d0)));
+    let grad = em.grad_body(
+        quote!(<#scalar as ::lopt::Real>::c(1.0)),
+        quote!((__value, #d0)),
+    );
 
     let mut new_loss = loss.clone();
     new_loss.block = syn::parse2(value)?;

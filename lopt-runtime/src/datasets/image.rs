@@ -330,7 +330,7 @@ impl Iterator for EpochBatches {
         }
         if self.pos + self.batch_size > self.order.len() {
             // New epoch; the partial batch left over is dropped.
-            self.order = self.key.fold_in(self.epoch).permutation(n);
+            self.order = self.key.fold_in(u64::from(self.epoch)).permutation(n);
             self.epoch = self.epoch.wrapping_add(1);
             self.pos = 0;
         }
@@ -416,7 +416,7 @@ pub fn image_datasets(
             source.clone(),
             ranges[split as usize].clone(),
             batch_size,
-            key.fold_in(split as u32),
+            key.fold_in(split as u64),
         );
         prefetch(batches, DEFAULT_PREFETCH)
     };
