@@ -8,12 +8,13 @@ pub use lopt_runtime::*;
 
 /// Everything a typical program needs: `use lopt::prelude::*;`.
 pub mod prelude {
-    pub use lopt_macros::{differentiable, task, Params};
-    pub use lopt_runtime::ad::op as _ad_op;
+    pub use lopt_macros::{differentiable, task, task_family, Params};
     pub use lopt_runtime::{
-        single_task_to_family, Adam, Datasets, Error, GradientClip, Key, Optimizer, Params, Real,
+        single_task_to_family, Adam, Datasets, FamilyTask, Error, GradientClip, Key, Optimizer, Params, Real,
         Result, RmsProp, Sgd, Sgdm, Task, TaskFamily,
     };
+    pub use lopt_runtime::lanes::Lanes;
+    pub use lopt_runtime::params::Rebind;
     pub use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
 }
 

@@ -67,6 +67,17 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
+/// Generates, from the `loss` of an `impl TaskFamily` block (whose loss reads the
+/// parameters, then the sampled configuration, the key and the batch), the gradient and
+/// JVP, the casts between scalar types, and `task_fn`. The same code then runs one
+/// instance at a time (`f32`, `f64`) or batched across SIMD lanes (`Lanes<N>`).
+#[proc_macro_attribute]
+pub fn task_family(attr: TokenStream, item: TokenStream) -> TokenStream {
+    ad::expand_task_family(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
 /// Marks a helper function that a `#[task]` loss may call; adds `name::jvp` and
 /// `name::vjp` beside it. Arguments whose type mentions the scalar type are
 /// differentiated; the others are data.

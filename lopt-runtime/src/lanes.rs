@@ -159,6 +159,10 @@ impl<const N: usize> Real for Lanes<N> {
         Lanes(o)
     }
     #[inline(always)]
+    fn set_lane(&mut self, i: usize, v: f64) {
+        self.0[i] = v as f32;
+    }
+    #[inline(always)]
     fn exp(self) -> Self {
         self.map(f32::exp)
     }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod ad;
+pub mod batch;
 pub mod datasets;
 pub mod error;
 pub mod gradcheck;
@@ -20,4 +21,4 @@ pub use key::Key;
 pub use optimizers::{Adam, GradientClip, Optimizer, RmsProp, Sgd, Sgdm};
 pub use params::Params;
 pub use scalar::Real;
-pub use task::{single_task_to_family, SingleTaskFamily, Task, TaskFamily};
+pub use task::{single_task_to_family, FamilyTask, SingleTaskFamily, Task, TaskFamily};

@@ -67,6 +67,8 @@ pub trait Real:
     fn lane(self, i: usize) -> f64;
     /// A packet whose lane `i` is `f(i)`.
     fn from_lanes(f: impl FnMut(usize) -> f64) -> Self;
+    /// Sets lane `i` to `v` (the value itself for plain floats).
+    fn set_lane(&mut self, i: usize, v: f64);
 
     /// `e^x`.
     fn exp(self) -> Self;
@@ -143,6 +145,10 @@ macro_rules! impl_real_float {
             #[inline(always)]
             fn from_lanes(mut f: impl FnMut(usize) -> f64) -> Self {
                 f(0) as $t
+            }
+            #[inline(always)]
+            fn set_lane(&mut self, _i: usize, v: f64) {
+                *self = v as $t;
             }
             #[inline(always)]
             fn exp(self) -> Self {

@@ -279,7 +279,7 @@ pub fn expand_task(attr: TokenStream, item: TokenStream) -> Result<TokenStream> 
     let item: Item = syn::parse2(item)?;
     match item {
         Item::Fn(f) => expand_task_fn(f),
-        Item::Impl(i) => expand_task_impl(i),
+        Item::Impl(i) => expand_impl(i, Kind::Task),
         other => Err(syn::Error::new(
             other.span(),
             "#[task] applies to a loss function or to an `impl Task for ...` block",
@@ -353,7 +353,37 @@ fn expand_task_fn(f: ItemFn) -> Result<TokenStream> {
     })
 }
 
-fn expand_task_impl(mut imp: syn::ItemImpl) -> Result<TokenStream> {
+/// Which trait an annotated impl block implements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Task,
+    Family,
+}
+
+/// `#[task_family]` on an `impl TaskFamily for ...` block.
+pub fn expand_task_family(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
+    if !attr.is_empty() {
+        return Err(syn::Error::new_spanned(attr, "#[task_family] takes no arguments"));
+    }
+    let item: Item = syn::parse2(item)?;
+    match item {
+        Item::Impl(i) => expand_impl(i, Kind::Family),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[task_family] applies to an `impl TaskFamily for ...` block",
+        )),
+    }
+}
+
+fn has_item(imp: &syn::ItemImpl, name: &str) -> bool {
+    imp.items.iter().any(|it| match it {
+        ImplItem::Fn(f) => f.sig.ident == name,
+        ImplItem::Type(t) => t.ident == name,
+        _ => false,
+    })
+}
+
+fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
     let pos = imp
         .items
         .iter()
@@ -361,7 +391,7 @@ fn expand_task_impl(mut imp: syn::ItemImpl) -> Result<TokenStream> {
         .ok_or_else(|| {
             syn::Error::new_spanned(
                 &imp.self_ty,
-                "#[task] on an impl block needs a `fn loss` inside it",
+                "this impl block needs a `fn loss` inside it",
             )
         })?;
     let loss = match &imp.items[pos] {
@@ -420,5 +450,35 @@ fn expand_task_impl(mut imp: syn::ItemImpl) -> Result<TokenStream> {
     })?;
     imp.items.push(g);
     imp.items.push(j);
+    let mut extra: Vec<TokenStream> = Vec::new();
+    if !has_item(&imp, "cast_params") {
+        extra.push(quote! {
+            fn cast_params<__T: ::lopt::Real, __S: ::lopt::Real>(&self, params: &Self::Params<__T>) -> Self::Params<__S> {
+                ::lopt::params::Rebind::cast::<__S>(params)
+            }
+        });
+    }
+    if kind == Kind::Family {
+        if !has_item(&imp, "cast_cfg") {
+            extra.push(quote! {
+                fn cast_cfg<__T: ::lopt::Real, __S: ::lopt::Real>(&self, cfg: &Self::Cfg<__T>) -> Self::Cfg<__S> {
+                    ::lopt::params::Rebind::cast::<__S>(cfg)
+                }
+            });
+        }
+        if !has_item(&imp, "Task") {
+            extra.push(quote!(type Task<'__a> = ::lopt::FamilyTask<'__a, Self> where Self: '__a;));
+        }
+        if !has_item(&imp, "task_fn") {
+            extra.push(quote! {
+                fn task_fn<'__a>(&'__a self, cfg: &Self::Cfg<f32>) -> Self::Task<'__a> {
+                    ::lopt::FamilyTask::new(self, ::core::clone::Clone::clone(cfg))
+                }
+            });
+        }
+    }
+    for e in extra {
+        imp.items.push(syn::parse2(e)?);
+    }
     Ok(imp.into_token_stream())
 }

@@ -1,0 +1,250 @@
+//! Batched task instances: the Rust form of `jax.vmap` over a task family.
+//!
+//! Instances are packed into lane groups: every scalar of a group's parameters,
+//! configurations and optimizer states is a [`Lanes<W>`] whose lane `i` belongs to
+//! instance `i` of the group, so one instruction advances `W` instances. Instances whose
+//! configurations have different shapes (a sampled hidden width) go to different groups;
+//! groups run side by side on Rayon threads. Each group computes exactly what its
+//! instances compute alone, in the same order, so results do not depend on the lane width
+//! or the number of threads.
+//!
+//! The function to run is written once, generic over the scalar type ([`VmapFn`]), like
+//! the seed's `train_task(cfg, key)`; [`vmap`] runs it over many configurations and keys.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::lanes::Lanes;
+use crate::params::Params;
+use crate::scalar::Real;
+use crate::task::TaskFamily;
+
+/// One key per lane: what a function generic over the scalar type receives as its key.
+///
+/// For `f32`/`f64` it holds one key; for [`Lanes<W>`] one per instance of the group.
+#[derive(Debug, Clone)]
+pub struct Keys<S: Real> {
+    keys: Vec<Key>,
+    _s: PhantomData<S>,
+}
+
+impl<S: Real> Keys<S> {
+    /// Keys for the lanes of `S` (exactly `S::LANES` of them).
+    pub fn new(keys: Vec<Key>) -> Result<Self> {
+        if keys.len() != S::LANES {
+            return Err(Error::ShapeMismatch {
+                what: "Keys::new (one key per lane)".into(),
+                expected: vec![S::LANES],
+                got: vec![keys.len()],
+            });
+        }
+        Ok(Keys { keys, _s: PhantomData })
+    }
+    /// The same key in every lane.
+    pub fn splat(key: Key) -> Self {
+        Keys { keys: vec![key; S::LANES], _s: PhantomData }
+    }
+    /// The key of lane `i`.
+    pub fn lane(&self, i: usize) -> Key {
+        self.keys[i]
+    }
+    /// All lane keys.
+    pub fn as_slice(&self) -> &[Key] {
+        &self.keys
+    }
+    /// Splits every lane's key in two (like [`Key::split`]).
+    pub fn split(&self) -> (Self, Self) {
+        let (a, b): (Vec<Key>, Vec<Key>) = self.keys.iter().map(|k| k.split()).unzip();
+        (Keys { keys: a, _s: PhantomData }, Keys { keys: b, _s: PhantomData })
+    }
+    /// Folds `data` into every lane's key.
+    pub fn fold_in(&self, data: u64) -> Self {
+        Keys { keys: self.keys.iter().map(|k| k.fold_in(data)).collect(), _s: PhantomData }
+    }
+}
+
+impl Keys<f32> {
+    /// The single key of a plain `f32` run.
+    pub fn one(key: Key) -> Self {
+        Keys { keys: vec![key], _s: PhantomData }
+    }
+}
+
+/// Writes instance `src` (plain `f32`) into lane `lane` of `dst`; the trees must have the
+/// same leaves.
+pub fn set_lane<P: Params, Q: Params<Scalar = f32>>(dst: &mut P, lane: usize, src: &Q) {
+    debug_assert_eq!(dst.num_leaves(), src.num_leaves());
+    for i in 0..dst.num_leaves() {
+        let s = src.leaf(i);
+        let d = dst.leaf_mut(i);
+        assert_eq!(d.len(), s.len(), "set_lane: leaf {i} differs in size");
+        for (x, &v) in d.iter_mut().zip(s) {
+            x.set_lane(lane, v as f64);
+        }
+    }
+}
+
+/// Reads lane `lane` of `src` into the plain `f32` tree `dst` (same leaves).
+pub fn get_lane<P: Params, Q: Params<Scalar = f32>>(src: &P, lane: usize, dst: &mut Q) {
+    for i in 0..src.num_leaves() {
+        let s = src.leaf(i);
+        let d = dst.leaf_mut(i);
+        assert_eq!(d.len(), s.len(), "get_lane: leaf {i} differs in size");
+        for (x, v) in d.iter_mut().zip(s) {
+            *x = v.lane(lane) as f32;
+        }
+    }
+}
+
+/// Family operations on lane-packed values.
+pub trait FamilyLanes: TaskFamily {
+    /// Packs configurations (all of one shape, at most `S::LANES`) into one; unused lanes
+    /// repeat the last instance.
+    fn pack_cfg<S: Real>(&self, cfgs: &[&Self::Cfg<f32>]) -> Self::Cfg<S> {
+        let mut out = self.cast_cfg::<f32, S>(cfgs[0]);
+        for lane in 0..S::LANES {
+            set_lane(&mut out, lane, cfgs[lane.min(cfgs.len() - 1)]);
+        }
+        out
+    }
+    /// Packs parameters like [`FamilyLanes::pack_cfg`].
+    fn pack_params<S: Real>(&self, ps: &[&Self::Params<f32>]) -> Self::Params<S> {
+        let mut out = self.cast_params::<f32, S>(ps[0]);
+        for lane in 0..S::LANES {
+            set_lane(&mut out, lane, ps[lane.min(ps.len() - 1)]);
+        }
+        out
+    }
+    /// The configuration of lane `lane`.
+    fn unpack_cfg<S: Real>(&self, cfg: &Self::Cfg<S>, lane: usize) -> Self::Cfg<f32> {
+        let mut out = self.cast_cfg::<S, f32>(cfg);
+        get_lane(cfg, lane, &mut out);
+        out
+    }
+    /// The parameters of lane `lane`.
+    fn unpack_params<S: Real>(&self, p: &Self::Params<S>, lane: usize) -> Self::Params<f32> {
+        let mut out = self.cast_params::<S, f32>(p);
+        get_lane(p, lane, &mut out);
+        out
+    }
+    /// Initial parameters for every lane: lane `i` is `init(cfg lane i, key lane i)`,
+    /// exactly as the instance would be initialised alone.
+    fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: &Keys<S>) -> Self::Params<S> {
+        let ps: Vec<Self::Params<f32>> = (0..S::LANES)
+            .map(|l| self.init(&self.unpack_cfg(cfg, l), keys.lane(l)))
+            .collect();
+        let refs: Vec<&Self::Params<f32>> = ps.iter().collect();
+        self.pack_params(&refs)
+    }
+}
+
+impl<F: TaskFamily + ?Sized> FamilyLanes for F {}
+
+/// A function of one task instance, written once for every scalar type, that [`vmap`]
+/// runs over many instances at once (the seed's `train_task(cfg, key)`).
+pub trait VmapFn<F: TaskFamily>: Sync {
+    /// Runs on the instances packed in `cfg` (one per lane of `S`) with one key per lane.
+    fn call<S: Real>(&self, family: &F, cfg: &F::Cfg<S>, keys: &Keys<S>) -> S;
+}
+
+/// How [`vmap`] lays instances out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    /// One instance at a time in plain `f32` (the serial reference).
+    Serial,
+    /// 8 instances per lane group.
+    W8,
+    /// 16 instances per lane group.
+    W16,
+}
+
+/// A shape signature: instances with equal signatures can share a lane group.
+fn signature<P: Params>(p: &P) -> String {
+    // Zeroed so values don't matter; Debug shows shapes and skipped (shape) fields.
+    format!("{:?}", p.zeros_like())
+}
+
+/// Lane groups: indices of instances of one shape, in chunks of `w`.
+fn groups<P: Params>(cfgs: &[P], w: usize) -> Vec<Vec<usize>> {
+    let mut by_shape: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut order = Vec::new();
+    for (i, c) in cfgs.iter().enumerate() {
+        let s = signature(c);
+        if !by_shape.contains_key(&s) {
+            order.push(s.clone());
+        }
+        by_shape.entry(s).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for s in order {
+        for chunk in by_shape[&s].chunks(w) {
+            out.push(chunk.to_vec());
+        }
+    }
+    out
+}
+
+fn run_groups<F, Fun, S>(family: &F, f: &Fun, cfgs: &[F::Cfg<f32>], keys: &[Key]) -> Vec<f32>
+where
+    F: TaskFamily,
+    Fun: VmapFn<F>,
+    S: Real,
+{
+    let gs = groups(cfgs, S::LANES);
+    let results: Vec<(Vec<usize>, S)> = gs
+        .into_par_iter()
+        .map(|g| {
+            let refs: Vec<&F::Cfg<f32>> = g.iter().map(|&i| &cfgs[i]).collect();
+            let cfg = family.pack_cfg::<S>(&refs);
+            let lane_keys =
+                (0..S::LANES).map(|l| keys[g[l.min(g.len() - 1)]]).collect::<Vec<_>>();
+            let keys = Keys::<S>::new(lane_keys).expect("one key per lane");
+            let out = f.call::<S>(family, &cfg, &keys);
+            (g, out)
+        })
+        .collect();
+    let mut out = vec![0.0f32; cfgs.len()];
+    for (g, v) in results {
+        for (lane, &i) in g.iter().enumerate() {
+            out[i] = v.lane(lane) as f32;
+        }
+    }
+    out
+}
+
+/// Runs `f` over every (configuration, key) pair, batched `width` instances per lane
+/// group, lane groups spread over the current Rayon pool. Returns one value per instance,
+/// in order. The same instance gives the same value at every width and thread count.
+///
+/// Errors when `cfgs` and `keys` differ in length.
+pub fn vmap<F, Fun>(
+    family: &F,
+    f: &Fun,
+    cfgs: &[F::Cfg<f32>],
+    keys: &[Key],
+    width: Width,
+) -> Result<Vec<f32>>
+where
+    F: TaskFamily,
+    Fun: VmapFn<F>,
+{
+    if cfgs.len() != keys.len() {
+        return Err(Error::ShapeMismatch {
+            what: "vmap: configurations and keys".into(),
+            expected: vec![cfgs.len()],
+            got: vec![keys.len()],
+        });
+    }
+    if cfgs.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(match width {
+        Width::Serial => run_groups::<F, Fun, f32>(family, f, cfgs, keys),
+        Width::W8 => run_groups::<F, Fun, Lanes<8>>(family, f, cfgs, keys),
+        Width::W16 => run_groups::<F, Fun, Lanes<16>>(family, f, cfgs, keys),
+    })
+}
