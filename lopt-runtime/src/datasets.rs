@@ -11,6 +11,8 @@ pub struct Datasets<B> {
 
 impl<B> Clone for Datasets<B> {
     fn clone(&self) -> Self {
-        Datasets { _b: self._b.clone() }
+        Datasets {
+            _b: self._b.clone(),
+        }
     }
 }

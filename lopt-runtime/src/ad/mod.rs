@@ -13,8 +13,16 @@
 //! - rules receive the primal output `out` so they need not recompute it
 //!   (`exp`, `tanh`, `log_softmax` reuse it).
 
+pub mod check;
+mod data;
+mod elementwise;
+mod matmul;
 pub mod op;
-mod rules;
+mod reduce;
+mod scalar;
+mod softmax;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 

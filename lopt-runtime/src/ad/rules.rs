@@ -1,1 +1,0 @@
-// primitives: filled in by the rules work
