@@ -428,3 +428,286 @@ binary_test!(min, op::Min, [ss, mm, ms, sm]);
 binary_test!(powf, op::Powf, [ss, ms]);
 binary_test!(component_mul, op::ComponentMul, [mm]);
 binary_test!(component_div, op::ComponentDiv, [mm]);
+
+// ---- bias broadcasting ----
+
+#[test]
+fn bias_broadcast() {
+    let m = sample(DMatrix::<f64>::zeros(3, 4), 30, &any);
+    let v = sample(DVector::<f64>::zeros(4), 31, &any);
+    let rv = sample(RowDVector::<f64>::zeros(4), 32, &any);
+    binary::<op::Add, _, _>("matrix + column bias", m.clone(), v.clone());
+    binary::<op::Sub, _, _>("matrix - column bias", m.clone(), v.clone());
+    binary::<op::Add, _, _>("matrix + row bias", m.clone(), rv.clone());
+    binary::<op::Sub, _, _>("matrix - row bias", m.clone(), rv.clone());
+    binary::<op::Add, _, _>("column bias + matrix", v.clone(), m.clone());
+    binary::<op::Sub, _, _>("column bias - matrix", v, m.clone());
+    binary::<op::Add, _, _>("row bias + matrix", rv.clone(), m.clone());
+    binary::<op::Sub, _, _>("row bias - matrix", rv, m);
+}
+
+#[test]
+fn bias_adds_the_vector_to_every_row() {
+    let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let v = DVector::from_vec(vec![10.0, 20.0, 30.0]);
+    let y = Binary::<op::Add, _>::eval(&m, &v);
+    assert_eq!(
+        y,
+        DMatrix::from_row_slice(2, 3, &[11.0, 22.0, 33.0, 14.0, 25.0, 36.0])
+    );
+    let y = Binary::<op::Sub, _>::eval(&v.transpose(), &m);
+    assert_eq!(
+        y,
+        DMatrix::from_row_slice(2, 3, &[9.0, 18.0, 27.0, 6.0, 15.0, 24.0])
+    );
+    // the bias's cotangent sums g over the rows
+    let g = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let (_, db) = Binary::<op::Add, _>::vjp(&m, &v, &y, &g, false, true);
+    assert_eq!(db.unwrap(), DVector::from_vec(vec![5.0, 7.0, 9.0]));
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in `a + b`: left operand is 2x3, right operand is 2x1")]
+fn bias_of_wrong_length_panics() {
+    let m = DMatrix::<f64>::zeros(2, 3);
+    let v = DVector::<f64>::zeros(2);
+    Binary::<op::Add, _>::eval(&m, &v);
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in `a - b`: left operand is 2x3, right operand is 3x2")]
+fn elementwise_shape_mismatch_panics() {
+    let a = DMatrix::<f64>::zeros(2, 3);
+    let b = DMatrix::<f64>::zeros(3, 2);
+    Binary::<op::Sub, _>::eval(&a, &b);
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in `a.dot(b)`")]
+fn dot_shape_mismatch_panics() {
+    let a = DVector::<f64>::zeros(2);
+    let b = DVector::<f64>::zeros(3);
+    Binary::<op::Dot, _>::eval(&a, &b);
+}
+
+#[test]
+#[should_panic(expected = "index [6] out of range for a 2x3 value")]
+fn index_out_of_range_panics() {
+    Unary::eval(&DMatrix::<f64>::zeros(2, 3), &op::Index(6));
+}
+
+#[test]
+#[should_panic(expected = "index [(0, 3)] out of range for a 2x3 value")]
+fn index2_out_of_range_panics() {
+    Unary::eval(&DMatrix::<f64>::zeros(2, 3), &op::Index2(0, 3));
+}
+
+#[test]
+fn dot() {
+    each_value!(t => {
+        let (a, b) = (sample(t.clone(), 33, &any), sample(t, 34, &any));
+        binary::<op::Dot, _, _>("dot", a, b);
+    });
+}
+
+// ---- matrix products ----
+
+#[test]
+fn matmul_every_shape_combination() {
+    fn m(r: usize, c: usize, seed: u64) -> DMatrix<f64> {
+        sample(DMatrix::zeros(r, c), seed, &any)
+    }
+    binary::<op::Mul, _, _>("matrix * matrix", m(3, 4, 40), m(4, 2, 41));
+    let v = sample(DVector::<f64>::zeros(4), 42, &any);
+    let rv = sample(RowDVector::<f64>::zeros(3), 43, &any);
+    binary::<op::Mul, _, _>("matrix * vector", m(3, 4, 44), v.clone());
+    binary::<op::Mul, _, _>("row * matrix", rv.clone(), m(3, 4, 45));
+    binary::<op::Mul, _, _>("outer product", v.clone(), rv.clone());
+    binary::<op::Mul, _, _>(
+        "row * column",
+        sample(RowDVector::<f64>::zeros(4), 46, &any),
+        v,
+    );
+    let s23 = sample(SMatrix::<f64, 2, 3>::zeros(), 47, &any);
+    let s34 = sample(SMatrix::<f64, 3, 4>::zeros(), 48, &any);
+    binary::<op::Mul, _, _>("static matrix * matrix", s23, s34);
+    binary::<op::Mul, _, _>(
+        "static matrix * vector",
+        s23,
+        sample(SVector::<f64, 3>::zeros(), 49, &any),
+    );
+    // large enough for dgemm, non-square, so the vjp's transposed strides are exercised
+    binary::<op::Mul, _, _>("dgemm matrix * matrix", m(7, 9, 50), m(9, 8, 51));
+}
+
+#[test]
+#[should_panic(
+    expected = "shape mismatch in `a * b`: left operand is 2x3, right operand is 2x3 (a matrix product"
+)]
+fn matmul_shape_mismatch_panics() {
+    let a = DMatrix::<f64>::zeros(2, 3);
+    Binary::<op::Mul, _>::eval(&a, &a);
+}
+
+/// `Σ_p a[i, p] b[p, j]` written out: the reference for the kernels.
+fn naive_product(a: &DMatrix<f64>, b: &DMatrix<f64>) -> DMatrix<f64> {
+    DMatrix::from_fn(a.nrows(), b.ncols(), |i, j| {
+        (0..a.ncols()).map(|p| a[(i, p)] * b[(p, j)]).sum()
+    })
+}
+
+#[track_caller]
+fn assert_close(a: &DMatrix<f64>, b: &DMatrix<f64>, rtol: f64) {
+    assert_eq!(a.shape(), b.shape());
+    let scale = a.amax().max(b.amax()).max(1e-300);
+    let err = (a - b).amax() / scale;
+    assert!(err <= rtol, "relative error {err:e} > {rtol:e}");
+}
+
+#[test]
+fn gemm_fast_path_generic_loop_and_naive_agree_with_transposes() {
+    let (m, k, n) = (13, 8, 11);
+    let a = sample(DMatrix::<f64>::zeros(m, k), 60, &any);
+    let b = sample(DMatrix::<f64>::zeros(k, n), 61, &any);
+    let g = sample(DMatrix::<f64>::zeros(m, n), 62, &any);
+    let (ma, mb, mg) = (View::of(&a), View::of(&b), View::of(&g));
+    let dyn_ = nalgebra::Dyn;
+    // each product through dgemm (all dimensions > 5) and through the generic loop
+    let cases = [
+        (ma, mb, naive_product(&a, &b)),
+        (mg, mb.t(), naive_product(&g, &b.transpose())),
+        (ma.t(), mg, naive_product(&a.transpose(), &g)),
+    ];
+    for (x, y, want) in cases {
+        let fast = product(x, y, dyn_(want.nrows()), dyn_(want.ncols()));
+        let mut slow = DMatrix::<f64>::zeros(want.nrows(), want.ncols());
+        gemm_generic(x, y, slow.as_mut_slice());
+        assert_close(&fast, &want, 1e-14);
+        assert_close(&slow, &want, 1e-14);
+    }
+}
+
+#[test]
+fn matmul_f32_sgemm_matches_f64() {
+    // non-square, above the gemm threshold, and one below it (generic loop in f32)
+    for (m, k, n) in [(13, 8, 11), (128, 64, 32), (4, 3, 5)] {
+        let a = sample(DMatrix::<f64>::zeros(m, k), 70, &any);
+        let b = sample(DMatrix::<f64>::zeros(k, n), 71, &any);
+        let g = sample(DMatrix::<f64>::zeros(m, n), 72, &any);
+        let (a32, b32, g32) = (
+            a.map(|x| x as f32),
+            b.map(|x| x as f32),
+            g.map(|x| x as f32),
+        );
+        let to64 = |x: DMatrix<f32>| x.map(|v| v as f64);
+        let y = Binary::<op::Mul, _>::eval(&a, &b);
+        let y32 = Binary::<op::Mul, _>::eval(&a32, &b32);
+        let (da, db) = Binary::<op::Mul, _>::vjp(&a, &b, &y, &g, true, true);
+        let (da32, db32) = Binary::<op::Mul, _>::vjp(&a32, &b32, &y32, &g32, true, true);
+        let t =
+            Binary::<op::Mul, _>::jvp(&a, &b, &y, Some(&g.transpose().resize(m, k, 0.0)), Some(&b));
+        let t32 = Binary::<op::Mul, _>::jvp(
+            &a32,
+            &b32,
+            &y32,
+            Some(&g32.transpose().resize(m, k, 0.0)),
+            Some(&b32),
+        );
+        // f32 rounding over k-term sums of O(1) products
+        let tol = 1e-5;
+        assert_close(&to64(y32), &y, tol);
+        assert_close(&to64(da32.unwrap()), da.as_ref().unwrap(), tol);
+        assert_close(&to64(db32.unwrap()), db.as_ref().unwrap(), tol);
+        assert_close(&to64(t32), &t, tol);
+        // and the f64 results against the written-out sums
+        assert_close(&y, &naive_product(&a, &b), 1e-13);
+        assert_close(&da.unwrap(), &naive_product(&g, &b.transpose()), 1e-13);
+        assert_close(&db.unwrap(), &naive_product(&a.transpose(), &g), 1e-13);
+    }
+}
+
+// ---- Data ----
+
+#[test]
+fn data_borrows_same_scalar_and_converts_others() {
+    let m32 = DMatrix::<f32>::from_row_slice(2, 2, &[1.0, 2.0, 3.0, 4.5]);
+    let d: Cow<'_, DMatrix<f32>> = Data::<f32>::data(&m32);
+    assert!(matches!(d, Cow::Borrowed(_)));
+    let d64: Cow<'_, DMatrix<f64>> = Data::<f64>::data(&m32);
+    assert!(matches!(d64, Cow::Owned(_)));
+    assert_eq!(d64.into_owned(), m32.map(|x| x as f64));
+
+    let s = SMatrix::<f64, 2, 3>::from_element(0.25);
+    assert!(matches!(Data::<f64>::data(&s), Cow::Borrowed(_)));
+    assert_eq!(
+        *Data::<f32>::data(&s),
+        SMatrix::<f32, 2, 3>::from_element(0.25)
+    );
+
+    let r = RowDVector::<f32>::from_vec(vec![1.0, 2.0]);
+    assert!(matches!(Data::<f32>::data(&r), Cow::Borrowed(_)));
+    assert_eq!(
+        *Data::<f64>::data(&DVector::from_vec(vec![3.0f32])),
+        DVector::from_vec(vec![3.0])
+    );
+
+    assert!(matches!(Data::<f32>::data(&2.5f32), Cow::Borrowed(&2.5)));
+    assert_eq!(*Data::<f32>::data(&2.5f64), 2.5f32);
+    assert!(matches!(Data::<f64>::data(&2.5f64), Cow::Borrowed(&2.5)));
+
+    let (v32, v64) = (vec![1.0f32, -2.0], vec![1.0f64, -2.0]);
+    let v: Cow<'_, DVector<f64>> = Data::<f64>::data(&v32);
+    assert_eq!(*v, DVector::from_vec(v64.clone()));
+    let v: Cow<'_, DVector<f32>> = Data::<f32>::data(&v64);
+    assert_eq!(*v, DVector::from_vec(v32));
+}
+
+// ---- the checker catches wrong rules ----
+
+#[test]
+fn checker_rejects_wrong_derivatives() {
+    let x = sample(DVector::<f64>::zeros(4), 80, &any);
+    let o = opts();
+    let f = |x: &DVector<f64>| x.map(f64::exp);
+    let right = |x: &DVector<f64>, t: &DVector<f64>| x.map(f64::exp).component_mul(t);
+    let wrong = |x: &DVector<f64>, t: &DVector<f64>| x.map(f64::exp).component_mul(t) * 1.001;
+    assert!(check_derivatives(&x, f, right, right, &o).passed(&o));
+    // wrong jvp: flagged by the finite differences and by the adjoint identity
+    let r = check_derivatives(&x, f, wrong, right, &o);
+    assert!(
+        r.jvp_error > o.rtol && r.adjoint_error > o.adjoint_rtol,
+        "{r}"
+    );
+    assert!(r.vjp_error <= o.rtol);
+    // wrong vjp
+    let r = check_derivatives(&x, f, right, wrong, &o);
+    assert!(
+        r.vjp_error > o.rtol && r.adjoint_error > o.adjoint_rtol,
+        "{r}"
+    );
+    assert!(r.jvp_error <= o.rtol);
+    // a vjp that is right except for one element
+    let off = |x: &DVector<f64>, g: &DVector<f64>| {
+        let mut d = x.map(f64::exp).component_mul(g);
+        d[2] = 0.0;
+        d
+    };
+    let r = check_derivatives(&x, f, right, off, &o);
+    assert!(!r.passed(&o) && r.vjp_worst == 2, "{r}");
+}
+
+#[test]
+fn checker_tolerates_fd_noise_on_zero_derivatives() {
+    // f = relu on negative inputs: the exact derivative is 0, finite differences are 0 too
+    // (up to rounding); constant offsets larger than the derivative do not trip it.
+    let x = DVector::from_vec(vec![-1.0, -0.5, 1e3]);
+    let o = opts();
+    let r = check_derivatives(
+        &x,
+        |x| x.map(|v| v.max(0.0) + 1e3),
+        |x, t| x.zip_map(t, |v, t| if v > 0.0 { t } else { 0.0 }),
+        |x, g| x.zip_map(g, |v, g| if v > 0.0 { g } else { 0.0 }),
+        &o,
+    );
+    assert!(r.passed(&o), "{r}");
+}
