@@ -7,6 +7,7 @@ pub mod ad;
 pub mod datasets;
 pub mod error;
 pub mod key;
+pub mod ops;
 pub mod optimizer;
 pub mod params;
 pub mod scalar;

@@ -6,7 +6,7 @@
 //!
 //! Conventions the generated code relies on:
 //! - every differentiable value (scalar, vector, matrix, params struct) is a
-//!   [`Params`](crate::Params); its adjoint and its tangent have the same type;
+//!   [`Params`]; its adjoint and its tangent have the same type;
 //! - `jvp` returns the tangent of the output; an operand whose tangent is `None` is
 //!   constant (data, literals);
 //! - `vjp` returns the cotangents of the operands that were asked for (`need_*`);

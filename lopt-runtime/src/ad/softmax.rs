@@ -50,17 +50,26 @@ where
     }
 }
 
-/// Applies `f(x[i, j], row[i])` column by column.
+/// `f(a[i, j], b[i, j], row[i])` for every element, in column-major order.
 #[inline]
-fn per_row<'a, S: Real>(
-    x: &'a [S],
-    rows: usize,
-    row: &'a [S],
-    f: impl Fn(S, S) -> S + 'a,
-) -> impl Iterator<Item = S> + 'a {
-    x.chunks_exact(rows.max(1))
-        .flat_map(move |col| col.iter().zip(row).map(move |(&v, &r)| (v, r)))
-        .map(move |(v, r)| f(v, r))
+fn per_row<S: Real>(a: &[S], b: &[S], rows: usize, row: &[S], f: impl Fn(S, S, S) -> S) -> Vec<S> {
+    let mut out = Vec::with_capacity(a.len());
+    if rows > 0 {
+        for (ca, cb) in a.chunks_exact(rows).zip(b.chunks_exact(rows)) {
+            out.extend(ca.iter().zip(cb).zip(row).map(|((&a, &b), &r)| f(a, b, r)));
+        }
+    }
+    out
+}
+
+/// A matrix shaped like `like` holding `v` (column-major); reuses `v`'s buffer when
+/// dynamic.
+#[inline]
+fn with_vec<S: Real, R: Dim, C: Dim>(like: &OMatrix<S, R, C>, v: Vec<S>) -> OMatrix<S, R, C>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    build_like(like, v.into_iter())
 }
 
 /// `Σ_j a[i, j] b[i, j]` for every row.
@@ -86,21 +95,24 @@ where
     fn eval(&self, _op: &op::LogSoftmax) -> Self {
         let rows = rows_of(self);
         let lse = row_log_sum_exp(self.as_slice(), rows);
-        build_like(self, per_row(self.as_slice(), rows, &lse, |v, l| v - l))
+        let x = self.as_slice();
+        with_vec(self, per_row(x, x, rows, &lse, |v, _, l| v - l))
     }
     fn jvp(&self, _op: &op::LogSoftmax, out: &Self, dx: &Self) -> Self {
         // dy = dx - Σ_j softmax_j dx_j, softmax = exp(y)
         let rows = rows_of(self);
         let pdx = row_dot(out.as_slice(), dx.as_slice(), rows, |y| y.exp());
-        build_like(self, per_row(dx.as_slice(), rows, &pdx, |t, s| t - s))
+        let dx = dx.as_slice();
+        with_vec(self, per_row(dx, dx, rows, &pdx, |t, _, s| t - s))
     }
     fn vjp(&self, _op: &op::LogSoftmax, out: &Self, g: &Self) -> Self {
         // g - softmax Σ_j g_j
         let rows = rows_of(self);
         let gs = row_dot(g.as_slice(), g.as_slice(), rows, |_| S::one());
-        let it = out.as_slice().iter().zip(g.as_slice());
-        let gsum = per_row(out.as_slice(), rows, &gs, |_, s| s);
-        build_like(self, it.zip(gsum).map(|((&y, &g), s)| g - y.exp() * s))
+        let d = per_row(out.as_slice(), g.as_slice(), rows, &gs, |y, g, s| {
+            g - y.exp() * s
+        });
+        with_vec(self, d)
     }
 }
 
@@ -173,8 +185,8 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let lse: Vec<S> = (0..rows)
             .map(|i| out[i] + label_logit(x, rows, op.0, i))
             .collect();
-        let p = build_like(self, per_row(x, rows, &lse, |v, l| (v - l).exp()));
-        let pdx = row_dot(p.as_slice(), dx.as_slice(), rows, |p| p);
+        let p = per_row(x, x, rows, &lse, |v, _, l| (v - l).exp());
+        let pdx = row_dot(&p, dx.as_slice(), rows, |p| p);
         DVector::from_iterator(
             rows,
             (0..rows).map(|i| pdx[i] - label_logit(dx.as_slice(), rows, op.0, i)),
@@ -186,7 +198,7 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let lse: Vec<S> = (0..rows)
             .map(|i| out[i] + label_logit(x, rows, op.0, i))
             .collect();
-        let mut d: Vec<S> = per_row(x, rows, &lse, |v, l| (v - l).exp()).collect();
+        let mut d = per_row(x, x, rows, &lse, |v, _, l| (v - l).exp());
         let gs = g.as_slice();
         for col in d.chunks_exact_mut(rows.max(1)) {
             col.iter_mut().zip(gs).for_each(|(p, &g)| *p *= g);

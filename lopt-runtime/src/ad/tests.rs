@@ -1,6 +1,9 @@
 //! Every rule against finite differences (f64), plus shape errors, stability at large
 //! logits, the `gemm` fast path against the generic loop and f32 against f64.
 
+// The value-type macros instantiate one body for Copy (static) and non-Copy matrices.
+#![allow(clippy::clone_on_copy)]
+
 use std::borrow::Cow;
 
 use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
