@@ -211,3 +211,39 @@ where
         d
     }
 }
+
+/// `x[i]` on the plain sequences a params struct may hold (`Vec<S>`, `[S; N]`).
+macro_rules! index_seq {
+    ($([$($g:tt)*] $t:ty, $zeros:expr;)*) => {$(
+        impl<S: Real, $($g)*> Unary<op::Index> for $t {
+            type Out = S;
+            #[inline]
+            #[track_caller]
+            fn eval(&self, op: &op::Index) -> S {
+                match self.get(op.0) {
+                    Some(&x) => x,
+                    None => panic!(
+                        "lopt: index [{}] out of range for a sequence of length {}",
+                        op.0,
+                        self.len()
+                    ),
+                }
+            }
+            #[inline]
+            fn jvp(&self, op: &op::Index, _out: &S, dx: &Self) -> S {
+                dx[op.0]
+            }
+            #[inline]
+            fn vjp(&self, op: &op::Index, _out: &S, g: &S) -> Self {
+                let zeros: fn(&Self) -> Self = $zeros;
+                let mut d = zeros(self);
+                d[op.0] = *g;
+                d
+            }
+        }
+    )*};
+}
+index_seq!(
+    [] Vec<S>, |x| vec![S::zero(); x.len()];
+    [const N: usize] [S; N], |_| [S::zero(); N];
+);

@@ -714,3 +714,105 @@ fn checker_tolerates_fd_noise_on_zero_derivatives() {
     );
     assert!(r.passed(&o), "{r}");
 }
+
+// ---- composition, as the macro emits it ----
+
+type Mlp<S> = Pair<Pair<DMatrix<S>, DVector<S>>, Pair<DMatrix<S>, DVector<S>>>;
+
+/// Mean softmax cross-entropy of a one-hidden-layer relu MLP, written the way `#[task]`
+/// lowers it: one rule call per primitive, resolved by types in a context generic over
+/// the scalar. Returns the loss, its tangent along `dp`, and its gradient.
+fn mlp<S: crate::Real>(p: &Mlp<S>, dp: &Mlp<S>, x: &DMatrix<S>, labels: &[i32]) -> (S, S, Mlp<S>) {
+    let (Pair(w1, b1), Pair(w2, b2)) = (&p.0, &p.1);
+    let (Pair(dw1, db1), Pair(dw2, db2)) = (&dp.0, &dp.1);
+    let sce = op::SoftmaxCrossEntropy(labels);
+    // value
+    let h1 = <DMatrix<S> as Binary<op::Mul, DMatrix<S>>>::eval(x, w1);
+    let z1 = <DMatrix<S> as Binary<op::Add, DVector<S>>>::eval(&h1, b1);
+    let a1 = <DMatrix<S> as Unary<op::Relu>>::eval(&z1, &op::Relu);
+    let h2 = <DMatrix<S> as Binary<op::Mul, DMatrix<S>>>::eval(&a1, w2);
+    let z2 = <DMatrix<S> as Binary<op::Add, DVector<S>>>::eval(&h2, b2);
+    let l = <DMatrix<S> as Unary<op::SoftmaxCrossEntropy>>::eval(&z2, &sce);
+    let loss = <DVector<S> as Unary<op::Mean>>::eval(&l, &op::Mean);
+    // forward mode
+    let t_h1 = Binary::<op::Mul, _>::jvp(x, w1, &h1, None, Some(dw1));
+    let t_z1 = Binary::<op::Add, _>::jvp(&h1, b1, &z1, Some(&t_h1), Some(db1));
+    let t_a1 = Unary::jvp(&z1, &op::Relu, &a1, &t_z1);
+    let t_h2 = Binary::<op::Mul, _>::jvp(&a1, w2, &h2, Some(&t_a1), Some(dw2));
+    let t_z2 = Binary::<op::Add, _>::jvp(&h2, b2, &z2, Some(&t_h2), Some(db2));
+    let t_l = Unary::jvp(&z2, &sce, &l, &t_z2);
+    let t_loss = Unary::jvp(&l, &op::Mean, &loss, &t_l);
+    // reverse mode
+    let g_l = Unary::vjp(&l, &op::Mean, &loss, &S::one());
+    let g_z2 = Unary::vjp(&z2, &sce, &l, &g_l);
+    let (g_h2, g_b2) = Binary::<op::Add, _>::vjp(&h2, b2, &z2, &g_z2, true, true);
+    let (g_a1, g_w2) = Binary::<op::Mul, _>::vjp(&a1, w2, &h2, &g_h2.unwrap(), true, true);
+    let g_z1 = Unary::vjp(&z1, &op::Relu, &a1, &g_a1.unwrap());
+    let (g_h1, g_b1) = Binary::<op::Add, _>::vjp(&h1, b1, &z1, &g_z1, true, true);
+    let (g_x, g_w1) = Binary::<op::Mul, _>::vjp(x, w1, &h1, &g_h1.unwrap(), false, true);
+    assert!(g_x.is_none());
+    let grad = Pair(
+        Pair(g_w1.unwrap(), g_b1.unwrap()),
+        Pair(g_w2.unwrap(), g_b2.unwrap()),
+    );
+    (loss, t_loss, grad)
+}
+
+#[test]
+fn mlp_composition_matches_finite_differences() {
+    use num_traits::One;
+    // sizes above the gemm threshold, so dgemm and its transposed strides are on the path
+    let (n, d, h, k) = (9, 7, 8, 6);
+    let x = sample(DMatrix::<f64>::zeros(n, d), 90, &any);
+    let labels: Vec<i32> = (0..n as i32).map(|i| (i * 5) % k as i32).collect();
+    let p = Pair(
+        Pair(
+            sample(DMatrix::zeros(d, h), 91, &any),
+            sample(DVector::zeros(h), 92, &any),
+        ),
+        Pair(
+            sample(DMatrix::zeros(h, k), 93, &any),
+            sample(DVector::zeros(k), 94, &any),
+        ),
+    );
+    let zero = p.zeros_like();
+    check(
+        "mlp",
+        &p,
+        |p| mlp(p, &zero, &x, &labels).0,
+        |p, dp| mlp(p, dp, &x, &labels).1,
+        |p, g| {
+            let mut d = mlp(p, &zero, &x, &labels).2;
+            d.scale(*g);
+            d
+        },
+    );
+    // the same generic code in f32 agrees with f64
+    let to32 = |m: &DMatrix<f64>| m.map(|v| v as f32);
+    let tv32 = |v: &DVector<f64>| v.map(|v| v as f32);
+    let p32 = Pair(
+        Pair(to32(&p.0 .0), tv32(&p.0 .1)),
+        Pair(to32(&p.1 .0), tv32(&p.1 .1)),
+    );
+    let (l64, _, g64) = mlp(&p, &zero, &x, &labels);
+    let (l32, _, g32) = mlp(&p32, &p32.zeros_like(), &to32(&x), &labels);
+    assert!((l32 as f64 - l64).abs() < 1e-5 * l64.abs().max(f64::one()));
+    assert_close(&g32.0 .0.map(|v| v as f64), &g64.0 .0, 1e-4);
+}
+
+#[test]
+fn index_plain_sequences() {
+    let v: Vec<f64> = sample(vec![0.0; 4], 100, &any);
+    let a: [f64; 3] = sample([0.0; 3], 101, &any);
+    for i in 0..3 {
+        unary("index", op::Index(i), v.clone());
+        unary("index", op::Index(i), a);
+    }
+    assert_eq!(Unary::eval(&v, &op::Index(3)), v[3]);
+}
+
+#[test]
+#[should_panic(expected = "index [4] out of range for a sequence of length 4")]
+fn index_vec_out_of_range_panics() {
+    Unary::eval(&vec![0.0f64; 4], &op::Index(4));
+}
