@@ -10,6 +10,7 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 
 use super::op;
+use super::reduce::sum_by;
 use super::scalar::{Pointwise, Pointwise2};
 use super::{Binary, Unary};
 use crate::scalar::Real;
@@ -326,9 +327,9 @@ where
             )
         }),
         need_s.then(|| {
-            myg()
-                .map(|((&x, &y), &g)| d_sides::<S, Op, SWAP>(x, s, y, z, g).1)
-                .sum()
+            let (x, y, g) = (m.as_slice(), y.as_slice(), g.as_slice());
+            let n = x.len().min(y.len()).min(g.len());
+            sum_by(n, |i| d_sides::<S, Op, SWAP>(x[i], s, y[i], z, g[i]).1)
         }),
     )
 }
@@ -510,12 +511,8 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
             return vec![z; v.len()];
         }
         cols()
-            .map(|(((col, ycol), gcol), &vj)| {
-                col.iter()
-                    .zip(ycol)
-                    .zip(gcol)
-                    .map(|((&x, &y), &g)| d_sides::<S, Op, SWAP>(x, vj, y, z, g).1)
-                    .sum()
+            .map(|(((x, y), g), &vj)| {
+                sum_by(r, |i| d_sides::<S, Op, SWAP>(x[i], vj, y[i], z, g[i]).1)
             })
             .collect()
     });

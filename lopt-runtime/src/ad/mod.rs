@@ -16,6 +16,7 @@
 pub mod check;
 mod data;
 mod elementwise;
+mod exp;
 mod matmul;
 pub mod op;
 mod reduce;

@@ -9,6 +9,40 @@ use super::op;
 use super::{Binary, Unary};
 use crate::scalar::Real;
 
+/// `Σ f(i)` over `0..n` with eight independent accumulators: a single float accumulator
+/// is a serial dependency chain the compiler may not reorder, so it cannot vectorize.
+#[inline(always)]
+pub(crate) fn sum_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
+    let mut acc = [S::zero(); 8];
+    let full = n - n % 8;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+        i += 8;
+    }
+    let mut tail = S::zero();
+    for j in full..n {
+        tail += f(j);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `Σ x_i`.
+#[inline]
+pub(crate) fn sum<S: Real>(x: &[S]) -> S {
+    sum_by(x.len(), |i| x[i])
+}
+
+/// `Σ a_i b_i` over the common length.
+#[inline]
+pub(crate) fn dot<S: Real>(a: &[S], b: &[S]) -> S {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    sum_by(n, |i| a[i] * b[i])
+}
+
 impl<S: Real, R: Dim, C: Dim> Unary<op::Sum> for OMatrix<S, R, C>
 where
     DefaultAllocator: Allocator<R, C>,
@@ -16,11 +50,11 @@ where
     type Out = S;
     #[inline]
     fn eval(&self, _op: &op::Sum) -> S {
-        self.as_slice().iter().copied().sum()
+        sum(self.as_slice())
     }
     #[inline]
     fn jvp(&self, _op: &op::Sum, _out: &S, dx: &Self) -> S {
-        dx.as_slice().iter().copied().sum()
+        sum(dx.as_slice())
     }
     #[inline]
     fn vjp(&self, _op: &op::Sum, _out: &S, g: &S) -> Self {
@@ -36,11 +70,11 @@ where
     type Out = S;
     #[inline]
     fn eval(&self, _op: &op::Mean) -> S {
-        self.as_slice().iter().copied().sum::<S>() / S::c(self.len() as f64)
+        sum(self.as_slice()) / S::c(self.len() as f64)
     }
     #[inline]
     fn jvp(&self, _op: &op::Mean, _out: &S, dx: &Self) -> S {
-        dx.as_slice().iter().copied().sum::<S>() / S::c(self.len() as f64)
+        sum(dx.as_slice()) / S::c(self.len() as f64)
     }
     #[inline]
     fn vjp(&self, _op: &op::Mean, _out: &S, g: &S) -> Self {
@@ -56,7 +90,7 @@ where
     type Out = S;
     #[inline]
     fn eval(&self, _op: &op::NormSquared) -> S {
-        self.as_slice().iter().map(|&x| x * x).sum()
+        dot(self.as_slice(), self.as_slice())
     }
     #[inline]
     fn jvp(&self, _op: &op::NormSquared, _out: &S, dx: &Self) -> S {
@@ -73,11 +107,6 @@ where
         let g2 = S::c(2.0) * *g;
         build_like(self, self.as_slice().iter().map(|&x| g2 * x))
     }
-}
-
-#[inline]
-fn dot<S: Real>(a: &[S], b: &[S]) -> S {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
 }
 
 impl<S: Real, R: Dim, C: Dim> Binary<op::Dot, OMatrix<S, R, C>> for OMatrix<S, R, C>

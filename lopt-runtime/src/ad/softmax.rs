@@ -1,5 +1,6 @@
 //! `log_softmax`, `log_sum_exp` and `softmax_cross_entropy`, computed stably (the max is
-//! subtracted before exponentiating, so logits of any magnitude stay finite).
+//! subtracted before exponentiating, so logits of any magnitude stay finite), with the
+//! vectorizable `exp` of `exp.rs`.
 //!
 //! A matrix holds one example per row. Rows are strided in column-major storage, so each
 //! kernel sweeps whole columns and keeps one accumulator per row: contiguous, vectorized.
@@ -8,7 +9,9 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 
 use super::elementwise::build_like;
+use super::exp::exp;
 use super::op;
+use super::reduce::sum_by;
 use super::Unary;
 use crate::scalar::Real;
 
@@ -30,7 +33,7 @@ pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
         s.iter_mut()
             .zip(col)
             .zip(&m)
-            .for_each(|((s, &v), &m)| *s += (v - m).exp());
+            .for_each(|((s, &v), &m)| *s += exp(v - m));
     }
     m.iter_mut().zip(&s).for_each(|(m, &s)| *m += s.ln());
     m
@@ -101,7 +104,7 @@ where
     fn jvp(&self, _op: &op::LogSoftmax, out: &Self, dx: &Self) -> Self {
         // dy = dx - Σ_j softmax_j dx_j, softmax = exp(y)
         let rows = rows_of(self);
-        let pdx = row_dot(out.as_slice(), dx.as_slice(), rows, |y| y.exp());
+        let pdx = row_dot(out.as_slice(), dx.as_slice(), rows, exp);
         let dx = dx.as_slice();
         with_vec(self, per_row(dx, dx, rows, &pdx, |t, _, s| t - s))
     }
@@ -110,7 +113,7 @@ where
         let rows = rows_of(self);
         let gs = row_dot(g.as_slice(), g.as_slice(), rows, |_| S::one());
         let d = per_row(out.as_slice(), g.as_slice(), rows, &gs, |y, g, s| {
-            g - y.exp() * s
+            g - exp(y) * s
         });
         with_vec(self, d)
     }
@@ -125,16 +128,12 @@ where
         row_log_sum_exp(self.as_slice(), 1)[0]
     }
     fn jvp(&self, _op: &op::LogSumExp, out: &S, dx: &Self) -> S {
-        let y = *out;
-        self.as_slice()
-            .iter()
-            .zip(dx.as_slice())
-            .map(|(&x, &t)| (x - y).exp() * t)
-            .sum()
+        let (y, x, dx) = (*out, self.as_slice(), dx.as_slice());
+        sum_by(x.len().min(dx.len()), |i| exp(x[i] - y) * dx[i])
     }
     fn vjp(&self, _op: &op::LogSumExp, out: &S, g: &S) -> Self {
         let (y, g) = (*out, *g);
-        build_like(self, self.as_slice().iter().map(|&x| (x - y).exp() * g))
+        build_like(self, self.as_slice().iter().map(|&x| exp(x - y) * g))
     }
 }
 
@@ -185,7 +184,7 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let lse: Vec<S> = (0..rows)
             .map(|i| out[i] + label_logit(x, rows, op.0, i))
             .collect();
-        let p = per_row(x, x, rows, &lse, |v, _, l| (v - l).exp());
+        let p = per_row(x, x, rows, &lse, |v, _, l| exp(v - l));
         let pdx = row_dot(&p, dx.as_slice(), rows, |p| p);
         DVector::from_iterator(
             rows,
@@ -198,7 +197,7 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let lse: Vec<S> = (0..rows)
             .map(|i| out[i] + label_logit(x, rows, op.0, i))
             .collect();
-        let mut d = per_row(x, x, rows, &lse, |v, _, l| (v - l).exp());
+        let mut d = per_row(x, x, rows, &lse, |v, _, l| exp(v - l));
         let gs = g.as_slice();
         for col in d.chunks_exact_mut(rows.max(1)) {
             col.iter_mut().zip(gs).for_each(|(p, &g)| *p *= g);
