@@ -165,7 +165,8 @@ impl<S: Real> Pointwise<S> for op::Powi {
 impl<S: Real> Pointwise<S> for op::Relu {
     #[inline(always)]
     fn f(&self, x: S) -> S {
-        S::select(x.gt(S::zero()), x, S::zero())
+        // NaN fails `x <= 0` and passes through: a diverged activation is not hidden.
+        S::select(x.le(S::zero()), S::zero(), x)
     }
     #[inline(always)]
     fn d(&self, x: S, _y: S, t: S) -> S {
@@ -290,7 +291,8 @@ impl<S: Real> Pointwise2<S> for op::Max {
     const NAME: &'static str = "a.max(b)";
     #[inline(always)]
     fn f(a: S, b: S) -> S {
-        S::select(a.ge(b), a, b)
+        // Both comparisons fail only for a NaN operand, which `a + b` then propagates.
+        S::select(a.ge(b), a, S::select(a.lt(b), b, a + b))
     }
     // Ties route the gradient to the first argument.
     #[inline(always)]
@@ -307,7 +309,7 @@ impl<S: Real> Pointwise2<S> for op::Min {
     const NAME: &'static str = "a.min(b)";
     #[inline(always)]
     fn f(a: S, b: S) -> S {
-        S::select(a.le(b), a, b)
+        S::select(a.le(b), a, S::select(a.gt(b), b, a + b))
     }
     #[inline(always)]
     fn da(a: S, b: S, _y: S, t: S) -> S {

@@ -816,3 +816,31 @@ fn index_plain_sequences() {
 fn index_vec_out_of_range_panics() {
     Unary::eval(&vec![0.0f64; 4], &op::Index(4));
 }
+
+#[test]
+fn nan_propagates_through_relu_max_min() {
+    let nan = f64::NAN;
+    assert!(Unary::eval(&nan, &op::Relu).is_nan());
+    assert!(Binary::<op::Max, _>::eval(&nan, &0.0).is_nan());
+    assert!(Binary::<op::Max, _>::eval(&0.0, &nan).is_nan());
+    assert!(Binary::<op::Min, _>::eval(&nan, &0.0).is_nan());
+    assert!(Binary::<op::Min, _>::eval(&0.0, &nan).is_nan());
+    let m = DVector::from_vec(vec![1.0, nan]);
+    assert!(Unary::eval(&m, &op::Relu)[1].is_nan());
+    assert!(Binary::<op::Max, _>::eval(&m, &0.0)[1].is_nan());
+    // derivatives at the kinks: relu' and abs' are 0 at 0
+    assert_eq!(Unary::vjp(&0.0, &op::Relu, &0.0, &1.0), 0.0);
+    assert_eq!(Unary::vjp(&0.0, &op::Abs, &0.0, &1.0), 0.0);
+    assert_eq!(Unary::vjp(&-0.5, &op::Abs, &0.5, &1.0), -1.0);
+    // ties go to the first argument, and values are right
+    assert_eq!(Binary::<op::Max, _>::eval(&2.0, &-1.0), 2.0);
+    assert_eq!(Binary::<op::Min, _>::eval(&2.0, &-1.0), -1.0);
+    assert_eq!(
+        Binary::<op::Max, _>::vjp(&1.0, &1.0, &1.0, &1.0, true, true),
+        (Some(1.0), Some(0.0))
+    );
+    assert_eq!(
+        Binary::<op::Min, _>::vjp(&1.0, &1.0, &1.0, &1.0, true, true),
+        (Some(1.0), Some(0.0))
+    );
+}
