@@ -13,6 +13,7 @@ use nalgebra::{DefaultAllocator, Dim, OMatrix, UninitMatrix};
 
 use super::elementwise::shape_panic;
 use super::op;
+use super::reduce::sum_by;
 use super::Binary;
 use crate::scalar::Real;
 
@@ -144,11 +145,7 @@ pub(crate) fn gemm_generic<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S])
         } else {
             // Rows of `a` are contiguous (a transpose): c[i, j] += a[i, :] · b[:, j].
             for (i, c) in cj.iter_mut().enumerate() {
-                let mut s = S::zero();
-                for p in 0..k {
-                    s += a.at(i, p) * b.at(p, j);
-                }
-                *c += s;
+                *c += sum_by(k, |p| a.at(i, p) * b.at(p, j));
             }
         }
     }
