@@ -11,8 +11,6 @@ pub struct Datasets<B> {
 
 impl<B> Clone for Datasets<B> {
     fn clone(&self) -> Self {
-        Datasets {
-            _b: self._b.clone(),
-        }
+        Datasets { _b: self._b.clone() }
     }
 }

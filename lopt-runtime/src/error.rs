@@ -47,15 +47,8 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::ShapeMismatch {
-                what,
-                expected,
-                got,
-            } => {
-                write!(
-                    f,
-                    "shape mismatch in {what}: expected {expected:?}, got {got:?}"
-                )
+            Error::ShapeMismatch { what, expected, got } => {
+                write!(f, "shape mismatch in {what}: expected {expected:?}, got {got:?}")
             }
             Error::UnknownSplit(s) => write!(
                 f,

@@ -11,8 +11,6 @@ pub struct Key {
 impl Key {
     /// A key from a seed.
     pub fn new(seed: u64) -> Key {
-        Key {
-            k: [seed as u32, (seed >> 32) as u32],
-        }
+        Key { k: [seed as u32, (seed >> 32) as u32] }
     }
 }

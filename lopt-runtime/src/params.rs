@@ -286,13 +286,7 @@ where
     S: Real + Scalar,
     R: Dim,
     C: Dim,
-    St: RawStorageMut<S, R, C>
-        + nalgebra::IsContiguous
-        + Clone
-        + Send
-        + Sync
-        + std::fmt::Debug
-        + 'static,
+    St: RawStorageMut<S, R, C> + nalgebra::IsContiguous + Clone + Send + Sync + std::fmt::Debug + 'static,
     Matrix<S, R, C, St>: Clone,
 {
     type Scalar = S;

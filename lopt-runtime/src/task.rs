@@ -119,9 +119,7 @@ impl<T: Task + Clone> TaskFamily for SingleTaskFamily<T> {
         self.task.datasets()
     }
     fn name(&self) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("single_task_{}", self.task.name()))
+        self.name.clone().unwrap_or_else(|| format!("single_task_{}", self.task.name()))
     }
 }
 
