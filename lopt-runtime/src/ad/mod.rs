@@ -6,15 +6,54 @@
 //!
 //! Conventions the generated code relies on:
 //! - every differentiable value (scalar, vector, matrix, params struct) is a
-//!   [`Params`](crate::Params); its adjoint and its tangent have the same type;
+//!   [`Params`]; its adjoint and its tangent have the same type;
 //! - `jvp` returns the tangent of the output; an operand whose tangent is `None` is
 //!   constant (data, literals);
 //! - `vjp` returns the cotangents of the operands that were asked for (`need_*`);
 //! - rules receive the primal output `out` so they need not recompute it
 //!   (`exp`, `tanh`, `log_softmax` reuse it).
+//!
+//! # Rules provided
+//!
+//! `S` is any [`Real`] (`f32`, `f64`, SIMD packets); `M` is any owned nalgebra matrix or
+//! vector `OMatrix<S, R, C>`: `DMatrix<S>`, `DVector<S>`, `RowDVector<S>`,
+//! `SMatrix<S, R, C>`, `SVector<S, N>`.
+//!
+//! | op | operands | result |
+//! |---|---|---|
+//! | `Add`, `Sub` | `S∘S`, `M∘M`, `M∘S`, `S∘M` | `S` or `M` |
+//! | `Add`, `Sub` (bias) | `DMatrix∘DVector`, `DMatrix∘RowDVector` and the reverse orders: the vector (length = columns) is applied to every row | `DMatrix` |
+//! | `Mul` | `S·S`, `M·S`, `S·M` (scaling); `OMatrix<R1, C1> · OMatrix<C1, C2>` (product) | `S`, `M`, `OMatrix<R1, C2>` |
+//! | `Div` | `S/S`, `M/S`, `S/M` (elementwise) | `S` or `M` |
+//! | `Max`, `Min` | `S∘S`, `M∘M`, `M∘S`, `S∘M`; ties route the gradient to the left | `S` or `M` |
+//! | `Powf` | `S^S`, `M^S` | `S` or `M` |
+//! | `ComponentMul`, `ComponentDiv` | `M∘M` | `M` |
+//! | `Dot` | `M·M` | `S` |
+//! | `Neg`, `Exp`, `Ln`, `Sqrt`, `Tanh`, `Sin`, `Cos`, `Abs`, `Square`, `Powi`, `Relu`, `Sigmoid`, `Softplus`, `Gelu` | `S`, `M` (elementwise) | same |
+//! | `Sum`, `Mean`, `NormSquared` | `S`, `M` | `S` |
+//! | `Transpose` | `OMatrix<R, C>` | `OMatrix<C, R>` |
+//! | `LogSoftmax` | `M`: a column vector as one set of logits, otherwise per row | `M` |
+//! | `LogSumExp` | `M` (all elements) | `S` |
+//! | `Index(i)` | `M` (column-major), `Vec<S>`, `[S; N]` | `S` |
+//! | `Index2(i, j)` | `M` | `S` |
+//! | `SoftmaxCrossEntropy(labels)` | `DMatrix` of logits, one example per row | `DVector` of losses |
+//!
+//! Operands of incompatible shapes (only possible with dynamic sizes), out-of-range
+//! indices and labels are bugs in the loss: the rule panics with a message naming the
+//! operation and the shapes. [`Data`] converts batch fields to `S` (borrowing `f32` data
+//! in an `f32` loss); [`crate::ops`] has every primitive as a plain function.
 
+pub mod check;
+mod data;
+mod elementwise;
+mod exp;
+mod matmul;
 pub mod op;
-mod rules;
+mod reduce;
+mod scalar;
+mod softmax;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 

@@ -1,0 +1,462 @@
+//! The math of every elementwise primitive, on one scalar, and its rules for `S` itself.
+//!
+//! Each elementwise primitive is written once here as a [`Pointwise`] (unary) or
+//! [`Pointwise2`] (binary) rule; `elementwise.rs` lifts the same rules to matrices and
+//! vectors, so scalar and matrix derivatives cannot drift apart.
+
+use super::op;
+use super::{Binary, Unary};
+use crate::scalar::Real;
+
+/// A unary elementwise function and its derivative.
+pub(crate) trait Pointwise<S: Real> {
+    /// `f(x)`.
+    fn f(&self, x: S) -> S;
+    /// `f'(x) * t`, given `y = f(x)` (rules such as `exp` reuse it).
+    fn d(&self, x: S, y: S, t: S) -> S;
+}
+
+/// A binary elementwise function and its partial derivatives.
+pub(crate) trait Pointwise2<S: Real> {
+    /// How the op is written, for panic messages.
+    const NAME: &'static str;
+    /// `f(a, b)`.
+    fn f(a: S, b: S) -> S;
+    /// `∂f/∂a * t`, given `y = f(a, b)`.
+    fn da(a: S, b: S, y: S, t: S) -> S;
+    /// `∂f/∂b * t`, given `y = f(a, b)`.
+    fn db(a: S, b: S, y: S, t: S) -> S;
+}
+
+/// `Φ(x)`, the standard normal CDF.
+#[inline]
+fn normal_cdf<S: Real>(x: S) -> S {
+    S::c(0.5) * (S::one() + (x * S::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+/// `σ(x) = 1 / (1 + e^-x)`; saturates to exactly 0 or 1 without NaN.
+#[inline]
+pub(crate) fn sigmoid<S: Real>(x: S) -> S {
+    S::one() / (S::one() + (-x).exp())
+}
+
+/// 1 where `x > 0`, -1 where `x < 0`, 0 at 0.
+#[inline]
+fn sign<S: Real>(x: S) -> S {
+    let z = S::zero();
+    S::select(x.gt(z), S::one(), S::select(x.lt(z), -S::one(), z))
+}
+
+impl<S: Real> Pointwise<S> for op::Neg {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        -x
+    }
+    #[inline(always)]
+    fn d(&self, _x: S, _y: S, t: S) -> S {
+        -t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Exp {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.exp()
+    }
+    #[inline(always)]
+    fn d(&self, _x: S, y: S, t: S) -> S {
+        y * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Ln {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.ln()
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        t / x
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Sqrt {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.sqrt()
+    }
+    #[inline(always)]
+    fn d(&self, _x: S, y: S, t: S) -> S {
+        S::c(0.5) * t / y
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Tanh {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.tanh()
+    }
+    #[inline(always)]
+    fn d(&self, _x: S, y: S, t: S) -> S {
+        (S::one() - y * y) * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Sin {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.sin()
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        x.cos() * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Cos {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.cos()
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        -x.sin() * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Abs {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.abs()
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        sign(x) * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Square {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x * x
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        S::c(2.0) * x * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Powi {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x.powi(self.0)
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        // n = 0 is constant; x^(n-1) would be 0 * inf at x = 0.
+        if self.0 == 0 {
+            S::zero()
+        } else {
+            S::c(self.0 as f64) * x.powi(self.0 - 1) * t
+        }
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Relu {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        // NaN fails `x <= 0` and passes through: a diverged activation is not hidden.
+        S::select(x.le(S::zero()), S::zero(), x)
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        S::select(x.gt(S::zero()), t, S::zero())
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Sigmoid {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        sigmoid(x)
+    }
+    #[inline(always)]
+    fn d(&self, _x: S, y: S, t: S) -> S {
+        y * (S::one() - y) * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Softplus {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        // max(x, 0) + ln(1 + e^-|x|): never overflows.
+        x.max(S::zero()) + (-x.abs()).exp().ln_1p()
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        sigmoid(x) * t
+    }
+}
+
+impl<S: Real> Pointwise<S> for op::Gelu {
+    #[inline(always)]
+    fn f(&self, x: S) -> S {
+        x * normal_cdf(x)
+    }
+    #[inline(always)]
+    fn d(&self, x: S, _y: S, t: S) -> S {
+        // Φ(x) + x φ(x), φ(x) = e^(-x²/2) / sqrt(2π)
+        let phi = (S::c(-0.5) * x * x).exp() * S::c(0.398_942_280_401_432_7);
+        (normal_cdf(x) + x * phi) * t
+    }
+}
+
+impl<S: Real> Pointwise2<S> for op::Add {
+    const NAME: &'static str = "a + b";
+    #[inline(always)]
+    fn f(a: S, b: S) -> S {
+        a + b
+    }
+    #[inline(always)]
+    fn da(_a: S, _b: S, _y: S, t: S) -> S {
+        t
+    }
+    #[inline(always)]
+    fn db(_a: S, _b: S, _y: S, t: S) -> S {
+        t
+    }
+}
+
+impl<S: Real> Pointwise2<S> for op::Sub {
+    const NAME: &'static str = "a - b";
+    #[inline(always)]
+    fn f(a: S, b: S) -> S {
+        a - b
+    }
+    #[inline(always)]
+    fn da(_a: S, _b: S, _y: S, t: S) -> S {
+        t
+    }
+    #[inline(always)]
+    fn db(_a: S, _b: S, _y: S, t: S) -> S {
+        -t
+    }
+}
+
+/// Scaling (`Mul` with a scalar operand) and elementwise products share one rule.
+macro_rules! product_rule {
+    ($op:ty, $name:literal) => {
+        impl<S: Real> Pointwise2<S> for $op {
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn f(a: S, b: S) -> S {
+                a * b
+            }
+            #[inline(always)]
+            fn da(_a: S, b: S, _y: S, t: S) -> S {
+                b * t
+            }
+            #[inline(always)]
+            fn db(a: S, _b: S, _y: S, t: S) -> S {
+                a * t
+            }
+        }
+    };
+}
+product_rule!(op::Mul, "a * b");
+product_rule!(op::ComponentMul, "a.component_mul(b)");
+
+macro_rules! quotient_rule {
+    ($op:ty, $name:literal) => {
+        impl<S: Real> Pointwise2<S> for $op {
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn f(a: S, b: S) -> S {
+                a / b
+            }
+            #[inline(always)]
+            fn da(_a: S, b: S, _y: S, t: S) -> S {
+                t / b
+            }
+            #[inline(always)]
+            fn db(_a: S, b: S, y: S, t: S) -> S {
+                -(y * t) / b
+            }
+        }
+    };
+}
+quotient_rule!(op::Div, "a / b");
+quotient_rule!(op::ComponentDiv, "a.component_div(b)");
+
+impl<S: Real> Pointwise2<S> for op::Max {
+    const NAME: &'static str = "a.max(b)";
+    #[inline(always)]
+    fn f(a: S, b: S) -> S {
+        // Both comparisons fail only for a NaN operand, which `a + b` then propagates.
+        S::select(a.ge(b), a, S::select(a.lt(b), b, a + b))
+    }
+    // Ties route the gradient to the first argument.
+    #[inline(always)]
+    fn da(a: S, b: S, _y: S, t: S) -> S {
+        S::select(a.ge(b), t, S::zero())
+    }
+    #[inline(always)]
+    fn db(a: S, b: S, _y: S, t: S) -> S {
+        S::select(a.ge(b), S::zero(), t)
+    }
+}
+
+impl<S: Real> Pointwise2<S> for op::Min {
+    const NAME: &'static str = "a.min(b)";
+    #[inline(always)]
+    fn f(a: S, b: S) -> S {
+        S::select(a.le(b), a, S::select(a.gt(b), b, a + b))
+    }
+    #[inline(always)]
+    fn da(a: S, b: S, _y: S, t: S) -> S {
+        S::select(a.le(b), t, S::zero())
+    }
+    #[inline(always)]
+    fn db(a: S, b: S, _y: S, t: S) -> S {
+        S::select(a.le(b), S::zero(), t)
+    }
+}
+
+impl<S: Real> Pointwise2<S> for op::Powf {
+    const NAME: &'static str = "a.powf(b)";
+    #[inline(always)]
+    fn f(a: S, b: S) -> S {
+        a.powf(b)
+    }
+    #[inline(always)]
+    fn da(a: S, b: S, _y: S, t: S) -> S {
+        // b a^(b-1) rather than b y / a, which is 0/0 at a = 0.
+        b * a.powf(b - S::one()) * t
+    }
+    #[inline(always)]
+    fn db(a: S, _b: S, y: S, t: S) -> S {
+        // a^b ln a; its limit at a = 0 (b > 0) is 0, where the formula is 0 * -inf.
+        S::select(a.gt(S::zero()), y * a.ln() * t, S::zero())
+    }
+}
+
+/// Unary rules on a scalar: `y = f(x)`, tangent and cotangent both `f'(x) * t`.
+macro_rules! scalar_unary {
+    ($($op:ty),* $(,)?) => {$(
+        impl<S: Real> Unary<$op> for S {
+            type Out = S;
+            #[inline]
+            fn eval(&self, op: &$op) -> S {
+                op.f(*self)
+            }
+            #[inline]
+            fn jvp(&self, op: &$op, out: &S, dx: &S) -> S {
+                op.d(*self, *out, *dx)
+            }
+            #[inline]
+            fn vjp(&self, op: &$op, out: &S, g: &S) -> S {
+                op.d(*self, *out, *g)
+            }
+        }
+    )*};
+}
+scalar_unary!(
+    op::Neg,
+    op::Exp,
+    op::Ln,
+    op::Sqrt,
+    op::Tanh,
+    op::Sin,
+    op::Cos,
+    op::Abs,
+    op::Square,
+    op::Powi,
+    op::Relu,
+    op::Sigmoid,
+    op::Softplus,
+    op::Gelu,
+);
+
+/// Binary rules on two scalars.
+macro_rules! scalar_binary {
+    ($($op:ty),* $(,)?) => {$(
+        impl<S: Real> Binary<$op, S> for S {
+            type Out = S;
+            #[inline]
+            fn eval(&self, b: &S) -> S {
+                <$op as Pointwise2<S>>::f(*self, *b)
+            }
+            #[inline]
+            fn jvp(&self, b: &S, out: &S, da: Option<&S>, db: Option<&S>) -> S {
+                let mut t = S::zero();
+                if let Some(da) = da {
+                    t += <$op as Pointwise2<S>>::da(*self, *b, *out, *da);
+                }
+                if let Some(db) = db {
+                    t += <$op as Pointwise2<S>>::db(*self, *b, *out, *db);
+                }
+                t
+            }
+            #[inline]
+            fn vjp(
+                &self,
+                b: &S,
+                out: &S,
+                g: &S,
+                need_a: bool,
+                need_b: bool,
+            ) -> (Option<S>, Option<S>) {
+                (
+                    need_a.then(|| <$op as Pointwise2<S>>::da(*self, *b, *out, *g)),
+                    need_b.then(|| <$op as Pointwise2<S>>::db(*self, *b, *out, *g)),
+                )
+            }
+        }
+    )*};
+}
+scalar_binary!(
+    op::Add,
+    op::Sub,
+    op::Mul,
+    op::Div,
+    op::Max,
+    op::Min,
+    op::Powf
+);
+
+/// Reductions of a scalar: `sum` and `mean` are the identity, `norm_squared` is `x²`.
+macro_rules! scalar_identity {
+    ($($op:ty),*) => {$(
+        impl<S: Real> Unary<$op> for S {
+            type Out = S;
+            #[inline]
+            fn eval(&self, _op: &$op) -> S {
+                *self
+            }
+            #[inline]
+            fn jvp(&self, _op: &$op, _out: &S, dx: &S) -> S {
+                *dx
+            }
+            #[inline]
+            fn vjp(&self, _op: &$op, _out: &S, g: &S) -> S {
+                *g
+            }
+        }
+    )*};
+}
+scalar_identity!(op::Sum, op::Mean);
+
+impl<S: Real> Unary<op::NormSquared> for S {
+    type Out = S;
+    #[inline]
+    fn eval(&self, _op: &op::NormSquared) -> S {
+        *self * *self
+    }
+    #[inline]
+    fn jvp(&self, _op: &op::NormSquared, _out: &S, dx: &S) -> S {
+        S::c(2.0) * *self * *dx
+    }
+    #[inline]
+    fn vjp(&self, _op: &op::NormSquared, _out: &S, g: &S) -> S {
+        S::c(2.0) * *self * *g
+    }
+}

@@ -1,0 +1,846 @@
+//! Every rule against finite differences (f64), plus shape errors, stability at large
+//! logits, the `gemm` fast path against the generic loop and f32 against f64.
+
+// The value-type macros instantiate one body for Copy (static) and non-Copy matrices.
+#![allow(clippy::clone_on_copy)]
+
+use std::borrow::Cow;
+
+use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::check::{check_derivatives, CheckOptions, Pair};
+use super::matmul::{gemm_generic, product, View};
+use super::{op, Binary, Data, Unary};
+use crate::params::Params;
+
+type P = dyn Fn(&mut StdRng) -> f64;
+
+/// Uniform in (-2, 2).
+fn any(r: &mut StdRng) -> f64 {
+    r.gen_range(-2.0..2.0)
+}
+/// Uniform in (0.3, 2).
+fn pos(r: &mut StdRng) -> f64 {
+    r.gen_range(0.3..2.0)
+}
+/// Magnitude in (0.2, 2), either sign: away from the kinks at 0.
+fn away(r: &mut StdRng) -> f64 {
+    let m = r.gen_range(0.2..2.0);
+    if r.gen_bool(0.5) {
+        m
+    } else {
+        -m
+    }
+}
+
+/// `template` with every element drawn from `dist`.
+fn sample<X: Params<Scalar = f64>>(template: X, seed: u64, dist: &P) -> X {
+    let mut rng = StdRng::seed_from_u64(seed);
+    template.map(|_| dist(&mut rng))
+}
+
+/// `a` moved away from `b` by (0.2, 2) in a random direction, elementwise.
+fn apart<X: Params<Scalar = f64>>(b: &X, seed: u64) -> X {
+    let mut rng = StdRng::seed_from_u64(seed);
+    b.map(|v| v + away(&mut rng))
+}
+
+fn opts() -> CheckOptions {
+    CheckOptions::default()
+}
+
+#[track_caller]
+fn check<X, Y>(
+    what: &str,
+    x: &X,
+    f: impl Fn(&X) -> Y,
+    jvp: impl Fn(&X, &X) -> Y,
+    vjp: impl Fn(&X, &Y) -> X,
+) where
+    X: Params<Scalar = f64>,
+    Y: Params<Scalar = f64>,
+{
+    let o = opts();
+    let r = check_derivatives(x, f, jvp, vjp, &o);
+    assert!(r.passed(&o), "{what} at {x:?}: {r}");
+}
+
+/// All three checks of a unary rule.
+#[track_caller]
+fn unary<Op, X>(what: &str, op: Op, x: X)
+where
+    X: Unary<Op> + Params<Scalar = f64>,
+    X::Out: Params<Scalar = f64>,
+{
+    let what = format!("{what} on {}", std::any::type_name::<X>());
+    check(
+        &what,
+        &x,
+        |x| x.eval(&op),
+        |x, dx| x.jvp(&op, &x.eval(&op), dx),
+        |x, g| x.vjp(&op, &x.eval(&op), g),
+    );
+}
+
+/// All three checks of a binary rule: both operands varying, then each alone (the other
+/// constant: `None` tangent, not asked for in the vjp).
+#[track_caller]
+fn binary<Op, A, B>(what: &str, a: A, b: B)
+where
+    A: Binary<Op, B> + Params<Scalar = f64>,
+    B: Params<Scalar = f64>,
+    A::Out: Params<Scalar = f64>,
+{
+    let what = format!(
+        "{what} on {} and {}",
+        std::any::type_name::<A>(),
+        std::any::type_name::<B>()
+    );
+    check(
+        &format!("{what} (both)"),
+        &Pair(a.clone(), b.clone()),
+        |p| p.0.eval(&p.1),
+        |p, d| p.0.jvp(&p.1, &p.0.eval(&p.1), Some(&d.0), Some(&d.1)),
+        |p, g| {
+            let (da, db) = p.0.vjp(&p.1, &p.0.eval(&p.1), g, true, true);
+            Pair(da.expect("asked for a"), db.expect("asked for b"))
+        },
+    );
+    check(
+        &format!("{what} (left only)"),
+        &a,
+        |a| a.eval(&b),
+        |a, d| a.jvp(&b, &a.eval(&b), Some(d), None),
+        |a, g| {
+            let (da, db) = a.vjp(&b, &a.eval(&b), g, true, false);
+            assert!(db.is_none(), "{what}: cotangent of b not asked for");
+            da.expect("asked for a")
+        },
+    );
+    check(
+        &format!("{what} (right only)"),
+        &b,
+        |b| a.eval(b),
+        |b, d| a.jvp(b, &a.eval(b), None, Some(d)),
+        |b, g| {
+            let (da, db) = a.vjp(b, &a.eval(b), g, false, true);
+            assert!(da.is_none(), "{what}: cotangent of a not asked for");
+            db.expect("asked for b")
+        },
+    );
+}
+
+/// Runs `$body` with `$v` bound to a template of each value type (zeros): the scalar
+/// (when `scalar` is given), then every matrix and vector kind.
+macro_rules! each_value {
+    (scalar, $v:ident => $body:expr) => {{
+        {
+            let $v = 0.0f64;
+            $body;
+        }
+        each_value!($v => $body);
+    }};
+    ($v:ident => $body:expr) => {{
+        {
+            let $v = DMatrix::<f64>::zeros(3, 4);
+            $body;
+        }
+        {
+            let $v = DVector::<f64>::zeros(4);
+            $body;
+        }
+        {
+            let $v = RowDVector::<f64>::zeros(3);
+            $body;
+        }
+        {
+            let $v = SMatrix::<f64, 2, 3>::zeros();
+            $body;
+        }
+        {
+            let $v = SVector::<f64, 3>::zeros();
+            $body;
+        }
+    }};
+}
+
+// ---- unary elementwise ----
+
+macro_rules! pointwise_test {
+    ($name:ident, $op:expr, $dist:expr) => {
+        #[test]
+        fn $name() {
+            each_value!(scalar, t => unary(stringify!($name), $op, sample(t, 1, &$dist)));
+        }
+    };
+}
+pointwise_test!(neg, op::Neg, any);
+pointwise_test!(exp, op::Exp, any);
+pointwise_test!(ln, op::Ln, pos);
+pointwise_test!(sqrt, op::Sqrt, pos);
+pointwise_test!(tanh, op::Tanh, any);
+pointwise_test!(sin, op::Sin, any);
+pointwise_test!(cos, op::Cos, any);
+pointwise_test!(abs, op::Abs, away);
+pointwise_test!(square, op::Square, any);
+pointwise_test!(powi_3, op::Powi(3), any);
+pointwise_test!(powi_neg2, op::Powi(-2), away);
+pointwise_test!(powi_0, op::Powi(0), any);
+pointwise_test!(relu, op::Relu, away);
+pointwise_test!(sigmoid, op::Sigmoid, any);
+pointwise_test!(softplus, op::Softplus, any);
+pointwise_test!(gelu, op::Gelu, any);
+
+// ---- reductions, indexing, transpose ----
+
+#[test]
+fn sum() {
+    each_value!(scalar, t => unary("sum", op::Sum, sample(t, 2, &any)));
+}
+
+#[test]
+fn mean() {
+    each_value!(scalar, t => unary("mean", op::Mean, sample(t, 3, &any)));
+}
+
+#[test]
+fn norm_squared() {
+    each_value!(scalar, t => unary("norm_squared", op::NormSquared, sample(t, 4, &any)));
+}
+
+#[test]
+fn transpose() {
+    each_value!(t => unary("transpose", op::Transpose, sample(t, 5, &any)));
+}
+
+#[test]
+fn index() {
+    each_value!(t => {
+        let n = t.len();
+        for i in [0, n / 2, n - 1] {
+            unary("index", op::Index(i), sample(t.clone(), 6, &any));
+        }
+    });
+}
+
+#[test]
+fn index2() {
+    each_value!(t => {
+        let (r, c) = t.shape();
+        for (i, j) in [(0, 0), (r - 1, c - 1), (r / 2, c - 1)] {
+            unary("index2", op::Index2(i, j), sample(t.clone(), 7, &any));
+        }
+    });
+}
+
+#[test]
+fn index_values_are_column_major() {
+    let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(Unary::eval(&m, &op::Index(1)), 4.0);
+    assert_eq!(Unary::eval(&m, &op::Index2(0, 2)), 3.0);
+    assert_eq!(Unary::vjp(&m, &op::Index2(1, 0), &4.0, &2.0)[(1, 0)], 2.0);
+}
+
+// ---- softmax family ----
+
+#[test]
+fn log_softmax() {
+    each_value!(t => unary("log_softmax", op::LogSoftmax, sample(t, 8, &any)));
+}
+
+#[test]
+fn log_sum_exp() {
+    each_value!(t => unary("log_sum_exp", op::LogSumExp, sample(t, 9, &any)));
+}
+
+#[test]
+fn softmax_cross_entropy() {
+    let x = sample(DMatrix::<f64>::zeros(4, 3), 10, &any);
+    let labels = [2, 0, 1, 2];
+    unary("softmax_cross_entropy", op::SoftmaxCrossEntropy(&labels), x);
+}
+
+#[test]
+fn log_softmax_is_per_row_of_a_matrix_and_over_a_vector() {
+    let m = DMatrix::from_row_slice(2, 2, &[0.0, 1.0, 3.0, 3.0]);
+    let y = Unary::eval(&m, &op::LogSoftmax);
+    let l = (1.0f64 + 1f64.exp()).ln();
+    assert!((y[(0, 0)] + l).abs() < 1e-15 && (y[(0, 1)] - (1.0 - l)).abs() < 1e-15);
+    assert!((y[(1, 0)] + 2f64.ln()).abs() < 1e-15);
+    let v = DVector::from_vec(vec![0.0, 1.0, 3.0, 3.0]);
+    let lse = (1.0 + 1f64.exp() + 2.0 * 3f64.exp()).ln();
+    let yv = Unary::eval(&v, &op::LogSoftmax);
+    assert!((yv[2] - (3.0 - lse)).abs() < 1e-14);
+    assert!((Unary::eval(&v, &op::LogSumExp) - lse).abs() < 1e-14);
+}
+
+#[test]
+fn softmax_cross_entropy_matches_closed_form() {
+    let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 0.5, -0.5, 0.0]);
+    let labels = [0, 2];
+    let l = Unary::eval(&m, &op::SoftmaxCrossEntropy(&labels));
+    let lse0 = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+    let lse1 = (0.5f64.exp() + (-0.5f64).exp() + 1.0).ln();
+    assert!((l[0] - (lse0 - 1.0)).abs() < 1e-14);
+    assert!((l[1] - lse1).abs() < 1e-14);
+}
+
+#[test]
+fn softmax_family_is_finite_for_huge_logits() {
+    for scale in [1e4f64, -1e4] {
+        let m64 = DMatrix::from_row_slice(2, 3, &[1.0, 0.5, -1.0, -0.2, 0.9, 1.0]) * scale;
+        let labels = [0, 1];
+        // in f64 and in f32
+        let m32 = m64.map(|x| x as f32);
+        let l = Unary::eval(&m64, &op::SoftmaxCrossEntropy(&labels));
+        let l32 = Unary::eval(&m32, &op::SoftmaxCrossEntropy(&labels));
+        assert!(l.all_finite() && l32.all_finite());
+        let g = Unary::vjp(
+            &m64,
+            &op::SoftmaxCrossEntropy(&labels),
+            &l,
+            &DVector::from_element(2, 1.0),
+        );
+        let g32 = Unary::vjp(
+            &m32,
+            &op::SoftmaxCrossEntropy(&labels),
+            &l32,
+            &DVector::from_element(2, 1.0),
+        );
+        assert!(g.all_finite() && g32.all_finite());
+        let ls = Unary::eval(&m64, &op::LogSoftmax);
+        let ls32 = Unary::eval(&m32, &op::LogSoftmax);
+        assert!(ls.all_finite() && ls32.all_finite());
+        let lse = Unary::eval(&m64, &op::LogSumExp);
+        let lse32 = Unary::eval(&m32, &op::LogSumExp);
+        assert!(lse.is_finite() && lse32.is_finite());
+        // the k maxima dominate: lse = max + ln k, the rest contribute e^-1000 or less
+        let max = m64.max();
+        let k = m64.iter().filter(|&&x| x == max).count() as f64;
+        assert!((lse - max - k.ln()).abs() <= 1e-12 * max.abs());
+    }
+}
+
+#[test]
+#[should_panic(expected = "label 3 of example 1 is out of range for 3 classes")]
+fn softmax_cross_entropy_rejects_out_of_range_labels() {
+    let m = DMatrix::<f64>::zeros(2, 3);
+    Unary::eval(&m, &op::SoftmaxCrossEntropy(&[0, 3]));
+}
+
+#[test]
+#[should_panic(expected = "label -1 of example 0 is out of range")]
+fn softmax_cross_entropy_rejects_negative_labels() {
+    let m = DMatrix::<f64>::zeros(2, 3);
+    Unary::eval(&m, &op::SoftmaxCrossEntropy(&[-1, 0]));
+}
+
+#[test]
+#[should_panic(expected = "got 1 labels for 2 examples")]
+fn softmax_cross_entropy_rejects_wrong_label_count() {
+    let m = DMatrix::<f64>::zeros(2, 3);
+    Unary::eval(&m, &op::SoftmaxCrossEntropy(&[0]));
+}
+
+// ---- binary elementwise ----
+
+/// One broadcasting case of a binary op: scalar∘scalar (`ss`), matrix∘matrix of the same
+/// type (`mm`), matrix∘scalar (`ms`), scalar∘matrix (`sm`), over every value type.
+macro_rules! binary_case {
+    (ss, $op:ty, $n:expr) => {{
+        let (a, b) = operands::<$op, _, _>(0.0, 0.0, 20);
+        binary::<$op, f64, f64>($n, a, b);
+    }};
+    (mm, $op:ty, $n:expr) => {
+        each_value!(t => {
+            let (a, b) = operands::<$op, _, _>(t.clone(), t, 21);
+            binary::<$op, _, _>($n, a, b);
+        })
+    };
+    (ms, $op:ty, $n:expr) => {
+        each_value!(t => {
+            let (a, b) = operands::<$op, _, _>(t, 0.0, 22);
+            binary::<$op, _, f64>($n, a, b);
+        })
+    };
+    (sm, $op:ty, $n:expr) => {
+        each_value!(t => {
+            let (a, b) = operands::<$op, _, _>(0.0, t, 23);
+            binary::<$op, f64, _>($n, a, b);
+        })
+    };
+}
+
+macro_rules! binary_test {
+    ($name:ident, $op:ty, [$($case:ident),*]) => {
+        #[test]
+        fn $name() {
+            $(binary_case!($case, $op, stringify!($name));)*
+        }
+    };
+}
+
+/// Operands in the domain of `Op`, both shaped from templates; scalars broadcast.
+fn operands<Op: 'static, A: Params<Scalar = f64>, B: Params<Scalar = f64>>(
+    a: A,
+    b: B,
+    seed: u64,
+) -> (A, B) {
+    use std::any::TypeId;
+    let is = |t: TypeId| TypeId::of::<Op>() == t;
+    let b = if is(TypeId::of::<op::Div>()) || is(TypeId::of::<op::ComponentDiv>()) {
+        sample(b, seed, &away)
+    } else {
+        sample(b, seed, &any)
+    };
+    let a = if is(TypeId::of::<op::Powf>()) {
+        sample(a, seed + 1, &pos)
+    } else if is(TypeId::of::<op::Max>()) || is(TypeId::of::<op::Min>()) {
+        // every element of a at least 0.2 from every element of b (b is a scalar or the
+        // same shape): shift by b's values elementwise, or by the scalar
+        let bs = b.flatten();
+        let mut rng = StdRng::seed_from_u64(seed + 1);
+        let mut k = 0;
+        a.map(|_| {
+            let base = if bs.len() == 1 { bs[0] } else { bs[k] };
+            k += 1;
+            base + away(&mut rng)
+        })
+    } else {
+        sample(a, seed + 1, &any)
+    };
+    // scalar∘matrix max/min: a is the scalar, so keep every element of b apart from it
+    let b = if (is(TypeId::of::<op::Max>()) || is(TypeId::of::<op::Min>())) && a.num_elements() == 1
+    {
+        let s = a.flatten()[0];
+        apart(&b.map(|_| s), seed + 2)
+    } else {
+        b
+    };
+    (a, b)
+}
+
+binary_test!(add, op::Add, [ss, mm, ms, sm]);
+binary_test!(sub, op::Sub, [ss, mm, ms, sm]);
+binary_test!(mul_scaling, op::Mul, [ss, ms, sm]);
+binary_test!(div, op::Div, [ss, ms, sm]);
+binary_test!(max, op::Max, [ss, mm, ms, sm]);
+binary_test!(min, op::Min, [ss, mm, ms, sm]);
+binary_test!(powf, op::Powf, [ss, ms]);
+binary_test!(component_mul, op::ComponentMul, [mm]);
+binary_test!(component_div, op::ComponentDiv, [mm]);
+
+// ---- bias broadcasting ----
+
+#[test]
+fn bias_broadcast() {
+    let m = sample(DMatrix::<f64>::zeros(3, 4), 30, &any);
+    let v = sample(DVector::<f64>::zeros(4), 31, &any);
+    let rv = sample(RowDVector::<f64>::zeros(4), 32, &any);
+    binary::<op::Add, _, _>("matrix + column bias", m.clone(), v.clone());
+    binary::<op::Sub, _, _>("matrix - column bias", m.clone(), v.clone());
+    binary::<op::Add, _, _>("matrix + row bias", m.clone(), rv.clone());
+    binary::<op::Sub, _, _>("matrix - row bias", m.clone(), rv.clone());
+    binary::<op::Add, _, _>("column bias + matrix", v.clone(), m.clone());
+    binary::<op::Sub, _, _>("column bias - matrix", v, m.clone());
+    binary::<op::Add, _, _>("row bias + matrix", rv.clone(), m.clone());
+    binary::<op::Sub, _, _>("row bias - matrix", rv, m);
+}
+
+#[test]
+fn bias_adds_the_vector_to_every_row() {
+    let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let v = DVector::from_vec(vec![10.0, 20.0, 30.0]);
+    let y = Binary::<op::Add, _>::eval(&m, &v);
+    assert_eq!(
+        y,
+        DMatrix::from_row_slice(2, 3, &[11.0, 22.0, 33.0, 14.0, 25.0, 36.0])
+    );
+    let y = Binary::<op::Sub, _>::eval(&v.transpose(), &m);
+    assert_eq!(
+        y,
+        DMatrix::from_row_slice(2, 3, &[9.0, 18.0, 27.0, 6.0, 15.0, 24.0])
+    );
+    // the bias's cotangent sums g over the rows
+    let g = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let (_, db) = Binary::<op::Add, _>::vjp(&m, &v, &y, &g, false, true);
+    assert_eq!(db.unwrap(), DVector::from_vec(vec![5.0, 7.0, 9.0]));
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in `a + b`: left operand is 2x3, right operand is 2x1")]
+fn bias_of_wrong_length_panics() {
+    let m = DMatrix::<f64>::zeros(2, 3);
+    let v = DVector::<f64>::zeros(2);
+    Binary::<op::Add, _>::eval(&m, &v);
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in `a - b`: left operand is 2x3, right operand is 3x2")]
+fn elementwise_shape_mismatch_panics() {
+    let a = DMatrix::<f64>::zeros(2, 3);
+    let b = DMatrix::<f64>::zeros(3, 2);
+    Binary::<op::Sub, _>::eval(&a, &b);
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in `a.dot(b)`")]
+fn dot_shape_mismatch_panics() {
+    let a = DVector::<f64>::zeros(2);
+    let b = DVector::<f64>::zeros(3);
+    Binary::<op::Dot, _>::eval(&a, &b);
+}
+
+#[test]
+#[should_panic(expected = "index [6] out of range for a 2x3 value")]
+fn index_out_of_range_panics() {
+    Unary::eval(&DMatrix::<f64>::zeros(2, 3), &op::Index(6));
+}
+
+#[test]
+#[should_panic(expected = "index [(0, 3)] out of range for a 2x3 value")]
+fn index2_out_of_range_panics() {
+    Unary::eval(&DMatrix::<f64>::zeros(2, 3), &op::Index2(0, 3));
+}
+
+#[test]
+fn dot() {
+    each_value!(t => {
+        let (a, b) = (sample(t.clone(), 33, &any), sample(t, 34, &any));
+        binary::<op::Dot, _, _>("dot", a, b);
+    });
+}
+
+// ---- matrix products ----
+
+#[test]
+fn matmul_every_shape_combination() {
+    fn m(r: usize, c: usize, seed: u64) -> DMatrix<f64> {
+        sample(DMatrix::zeros(r, c), seed, &any)
+    }
+    binary::<op::Mul, _, _>("matrix * matrix", m(3, 4, 40), m(4, 2, 41));
+    let v = sample(DVector::<f64>::zeros(4), 42, &any);
+    let rv = sample(RowDVector::<f64>::zeros(3), 43, &any);
+    binary::<op::Mul, _, _>("matrix * vector", m(3, 4, 44), v.clone());
+    binary::<op::Mul, _, _>("row * matrix", rv.clone(), m(3, 4, 45));
+    binary::<op::Mul, _, _>("outer product", v.clone(), rv.clone());
+    binary::<op::Mul, _, _>(
+        "row * column",
+        sample(RowDVector::<f64>::zeros(4), 46, &any),
+        v,
+    );
+    let s23 = sample(SMatrix::<f64, 2, 3>::zeros(), 47, &any);
+    let s34 = sample(SMatrix::<f64, 3, 4>::zeros(), 48, &any);
+    binary::<op::Mul, _, _>("static matrix * matrix", s23, s34);
+    binary::<op::Mul, _, _>(
+        "static matrix * vector",
+        s23,
+        sample(SVector::<f64, 3>::zeros(), 49, &any),
+    );
+    // large enough for dgemm, non-square, so the vjp's transposed strides are exercised
+    binary::<op::Mul, _, _>("dgemm matrix * matrix", m(7, 9, 50), m(9, 8, 51));
+}
+
+#[test]
+#[should_panic(
+    expected = "shape mismatch in `a * b`: left operand is 2x3, right operand is 2x3 (a matrix product"
+)]
+fn matmul_shape_mismatch_panics() {
+    let a = DMatrix::<f64>::zeros(2, 3);
+    Binary::<op::Mul, _>::eval(&a, &a);
+}
+
+/// `Σ_p a[i, p] b[p, j]` written out: the reference for the kernels.
+fn naive_product(a: &DMatrix<f64>, b: &DMatrix<f64>) -> DMatrix<f64> {
+    DMatrix::from_fn(a.nrows(), b.ncols(), |i, j| {
+        (0..a.ncols()).map(|p| a[(i, p)] * b[(p, j)]).sum()
+    })
+}
+
+#[track_caller]
+fn assert_close(a: &DMatrix<f64>, b: &DMatrix<f64>, rtol: f64) {
+    assert_eq!(a.shape(), b.shape());
+    let scale = a.amax().max(b.amax()).max(1e-300);
+    let err = (a - b).amax() / scale;
+    assert!(err <= rtol, "relative error {err:e} > {rtol:e}");
+}
+
+#[test]
+fn gemm_fast_path_generic_loop_and_naive_agree_with_transposes() {
+    let (m, k, n) = (13, 8, 11);
+    let a = sample(DMatrix::<f64>::zeros(m, k), 60, &any);
+    let b = sample(DMatrix::<f64>::zeros(k, n), 61, &any);
+    let g = sample(DMatrix::<f64>::zeros(m, n), 62, &any);
+    let (ma, mb, mg) = (View::of(&a), View::of(&b), View::of(&g));
+    let dyn_ = nalgebra::Dyn;
+    // each product through dgemm (all dimensions > 5) and through the generic loop
+    let cases = [
+        (ma, mb, naive_product(&a, &b)),
+        (mg, mb.t(), naive_product(&g, &b.transpose())),
+        (ma.t(), mg, naive_product(&a.transpose(), &g)),
+    ];
+    for (x, y, want) in cases {
+        let fast = product(x, y, dyn_(want.nrows()), dyn_(want.ncols()));
+        let mut slow = DMatrix::<f64>::zeros(want.nrows(), want.ncols());
+        gemm_generic(x, y, slow.as_mut_slice());
+        assert_close(&fast, &want, 1e-14);
+        assert_close(&slow, &want, 1e-14);
+    }
+}
+
+#[test]
+fn matmul_f32_sgemm_matches_f64() {
+    // non-square, above the gemm threshold, and one below it (generic loop in f32)
+    for (m, k, n) in [(13, 8, 11), (128, 64, 32), (4, 3, 5)] {
+        let a = sample(DMatrix::<f64>::zeros(m, k), 70, &any);
+        let b = sample(DMatrix::<f64>::zeros(k, n), 71, &any);
+        let g = sample(DMatrix::<f64>::zeros(m, n), 72, &any);
+        let (a32, b32, g32) = (
+            a.map(|x| x as f32),
+            b.map(|x| x as f32),
+            g.map(|x| x as f32),
+        );
+        let to64 = |x: DMatrix<f32>| x.map(|v| v as f64);
+        let y = Binary::<op::Mul, _>::eval(&a, &b);
+        let y32 = Binary::<op::Mul, _>::eval(&a32, &b32);
+        let (da, db) = Binary::<op::Mul, _>::vjp(&a, &b, &y, &g, true, true);
+        let (da32, db32) = Binary::<op::Mul, _>::vjp(&a32, &b32, &y32, &g32, true, true);
+        let t =
+            Binary::<op::Mul, _>::jvp(&a, &b, &y, Some(&g.transpose().resize(m, k, 0.0)), Some(&b));
+        let t32 = Binary::<op::Mul, _>::jvp(
+            &a32,
+            &b32,
+            &y32,
+            Some(&g32.transpose().resize(m, k, 0.0)),
+            Some(&b32),
+        );
+        // f32 rounding over k-term sums of O(1) products
+        let tol = 1e-5;
+        assert_close(&to64(y32), &y, tol);
+        assert_close(&to64(da32.unwrap()), da.as_ref().unwrap(), tol);
+        assert_close(&to64(db32.unwrap()), db.as_ref().unwrap(), tol);
+        assert_close(&to64(t32), &t, tol);
+        // and the f64 results against the written-out sums
+        assert_close(&y, &naive_product(&a, &b), 1e-13);
+        assert_close(&da.unwrap(), &naive_product(&g, &b.transpose()), 1e-13);
+        assert_close(&db.unwrap(), &naive_product(&a.transpose(), &g), 1e-13);
+    }
+}
+
+// ---- Data ----
+
+#[test]
+fn data_borrows_same_scalar_and_converts_others() {
+    let m32 = DMatrix::<f32>::from_row_slice(2, 2, &[1.0, 2.0, 3.0, 4.5]);
+    let d: Cow<'_, DMatrix<f32>> = Data::<f32>::data(&m32);
+    assert!(matches!(d, Cow::Borrowed(_)));
+    let d64: Cow<'_, DMatrix<f64>> = Data::<f64>::data(&m32);
+    assert!(matches!(d64, Cow::Owned(_)));
+    assert_eq!(d64.into_owned(), m32.map(|x| x as f64));
+
+    let s = SMatrix::<f64, 2, 3>::from_element(0.25);
+    assert!(matches!(Data::<f64>::data(&s), Cow::Borrowed(_)));
+    assert_eq!(
+        *Data::<f32>::data(&s),
+        SMatrix::<f32, 2, 3>::from_element(0.25)
+    );
+
+    let r = RowDVector::<f32>::from_vec(vec![1.0, 2.0]);
+    assert!(matches!(Data::<f32>::data(&r), Cow::Borrowed(_)));
+    assert_eq!(
+        *Data::<f64>::data(&DVector::from_vec(vec![3.0f32])),
+        DVector::from_vec(vec![3.0])
+    );
+
+    assert!(matches!(Data::<f32>::data(&2.5f32), Cow::Borrowed(&2.5)));
+    assert_eq!(*Data::<f32>::data(&2.5f64), 2.5f32);
+    assert!(matches!(Data::<f64>::data(&2.5f64), Cow::Borrowed(&2.5)));
+
+    let (v32, v64) = (vec![1.0f32, -2.0], vec![1.0f64, -2.0]);
+    let v: Cow<'_, DVector<f64>> = Data::<f64>::data(&v32);
+    assert_eq!(*v, DVector::from_vec(v64.clone()));
+    let v: Cow<'_, DVector<f32>> = Data::<f32>::data(&v64);
+    assert_eq!(*v, DVector::from_vec(v32));
+}
+
+// ---- the checker catches wrong rules ----
+
+#[test]
+fn checker_rejects_wrong_derivatives() {
+    let x = sample(DVector::<f64>::zeros(4), 80, &any);
+    let o = opts();
+    let f = |x: &DVector<f64>| x.map(f64::exp);
+    let right = |x: &DVector<f64>, t: &DVector<f64>| x.map(f64::exp).component_mul(t);
+    let wrong = |x: &DVector<f64>, t: &DVector<f64>| x.map(f64::exp).component_mul(t) * 1.001;
+    assert!(check_derivatives(&x, f, right, right, &o).passed(&o));
+    // wrong jvp: flagged by the finite differences and by the adjoint identity
+    let r = check_derivatives(&x, f, wrong, right, &o);
+    assert!(
+        r.jvp_error > o.rtol && r.adjoint_error > o.adjoint_rtol,
+        "{r}"
+    );
+    assert!(r.vjp_error <= o.rtol);
+    // wrong vjp
+    let r = check_derivatives(&x, f, right, wrong, &o);
+    assert!(
+        r.vjp_error > o.rtol && r.adjoint_error > o.adjoint_rtol,
+        "{r}"
+    );
+    assert!(r.jvp_error <= o.rtol);
+    // a vjp that is right except for one element
+    let off = |x: &DVector<f64>, g: &DVector<f64>| {
+        let mut d = x.map(f64::exp).component_mul(g);
+        d[2] = 0.0;
+        d
+    };
+    let r = check_derivatives(&x, f, right, off, &o);
+    assert!(!r.passed(&o) && r.vjp_worst == 2, "{r}");
+}
+
+#[test]
+fn checker_tolerates_fd_noise_on_zero_derivatives() {
+    // f = relu on negative inputs: the exact derivative is 0, finite differences are 0 too
+    // (up to rounding); constant offsets larger than the derivative do not trip it.
+    let x = DVector::from_vec(vec![-1.0, -0.5, 1e3]);
+    let o = opts();
+    let r = check_derivatives(
+        &x,
+        |x| x.map(|v| v.max(0.0) + 1e3),
+        |x, t| x.zip_map(t, |v, t| if v > 0.0 { t } else { 0.0 }),
+        |x, g| x.zip_map(g, |v, g| if v > 0.0 { g } else { 0.0 }),
+        &o,
+    );
+    assert!(r.passed(&o), "{r}");
+}
+
+// ---- composition, as the macro emits it ----
+
+type Mlp<S> = Pair<Pair<DMatrix<S>, DVector<S>>, Pair<DMatrix<S>, DVector<S>>>;
+
+/// Mean softmax cross-entropy of a one-hidden-layer relu MLP, written the way `#[task]`
+/// lowers it: one rule call per primitive, resolved by types in a context generic over
+/// the scalar. Returns the loss, its tangent along `dp`, and its gradient.
+fn mlp<S: crate::Real>(p: &Mlp<S>, dp: &Mlp<S>, x: &DMatrix<S>, labels: &[i32]) -> (S, S, Mlp<S>) {
+    let (Pair(w1, b1), Pair(w2, b2)) = (&p.0, &p.1);
+    let (Pair(dw1, db1), Pair(dw2, db2)) = (&dp.0, &dp.1);
+    let sce = op::SoftmaxCrossEntropy(labels);
+    // value
+    let h1 = <DMatrix<S> as Binary<op::Mul, DMatrix<S>>>::eval(x, w1);
+    let z1 = <DMatrix<S> as Binary<op::Add, DVector<S>>>::eval(&h1, b1);
+    let a1 = <DMatrix<S> as Unary<op::Relu>>::eval(&z1, &op::Relu);
+    let h2 = <DMatrix<S> as Binary<op::Mul, DMatrix<S>>>::eval(&a1, w2);
+    let z2 = <DMatrix<S> as Binary<op::Add, DVector<S>>>::eval(&h2, b2);
+    let l = <DMatrix<S> as Unary<op::SoftmaxCrossEntropy>>::eval(&z2, &sce);
+    let loss = <DVector<S> as Unary<op::Mean>>::eval(&l, &op::Mean);
+    // forward mode
+    let t_h1 = Binary::<op::Mul, _>::jvp(x, w1, &h1, None, Some(dw1));
+    let t_z1 = Binary::<op::Add, _>::jvp(&h1, b1, &z1, Some(&t_h1), Some(db1));
+    let t_a1 = Unary::jvp(&z1, &op::Relu, &a1, &t_z1);
+    let t_h2 = Binary::<op::Mul, _>::jvp(&a1, w2, &h2, Some(&t_a1), Some(dw2));
+    let t_z2 = Binary::<op::Add, _>::jvp(&h2, b2, &z2, Some(&t_h2), Some(db2));
+    let t_l = Unary::jvp(&z2, &sce, &l, &t_z2);
+    let t_loss = Unary::jvp(&l, &op::Mean, &loss, &t_l);
+    // reverse mode
+    let g_l = Unary::vjp(&l, &op::Mean, &loss, &S::one());
+    let g_z2 = Unary::vjp(&z2, &sce, &l, &g_l);
+    let (g_h2, g_b2) = Binary::<op::Add, _>::vjp(&h2, b2, &z2, &g_z2, true, true);
+    let (g_a1, g_w2) = Binary::<op::Mul, _>::vjp(&a1, w2, &h2, &g_h2.unwrap(), true, true);
+    let g_z1 = Unary::vjp(&z1, &op::Relu, &a1, &g_a1.unwrap());
+    let (g_h1, g_b1) = Binary::<op::Add, _>::vjp(&h1, b1, &z1, &g_z1, true, true);
+    let (g_x, g_w1) = Binary::<op::Mul, _>::vjp(x, w1, &h1, &g_h1.unwrap(), false, true);
+    assert!(g_x.is_none());
+    let grad = Pair(
+        Pair(g_w1.unwrap(), g_b1.unwrap()),
+        Pair(g_w2.unwrap(), g_b2.unwrap()),
+    );
+    (loss, t_loss, grad)
+}
+
+#[test]
+fn mlp_composition_matches_finite_differences() {
+    use num_traits::One;
+    // sizes above the gemm threshold, so dgemm and its transposed strides are on the path
+    let (n, d, h, k) = (9, 7, 8, 6);
+    let x = sample(DMatrix::<f64>::zeros(n, d), 90, &any);
+    let labels: Vec<i32> = (0..n as i32).map(|i| (i * 5) % k as i32).collect();
+    let p = Pair(
+        Pair(
+            sample(DMatrix::zeros(d, h), 91, &any),
+            sample(DVector::zeros(h), 92, &any),
+        ),
+        Pair(
+            sample(DMatrix::zeros(h, k), 93, &any),
+            sample(DVector::zeros(k), 94, &any),
+        ),
+    );
+    let zero = p.zeros_like();
+    check(
+        "mlp",
+        &p,
+        |p| mlp(p, &zero, &x, &labels).0,
+        |p, dp| mlp(p, dp, &x, &labels).1,
+        |p, g| {
+            let mut d = mlp(p, &zero, &x, &labels).2;
+            d.scale(*g);
+            d
+        },
+    );
+    // the same generic code in f32 agrees with f64
+    let to32 = |m: &DMatrix<f64>| m.map(|v| v as f32);
+    let tv32 = |v: &DVector<f64>| v.map(|v| v as f32);
+    let p32 = Pair(
+        Pair(to32(&p.0 .0), tv32(&p.0 .1)),
+        Pair(to32(&p.1 .0), tv32(&p.1 .1)),
+    );
+    let (l64, _, g64) = mlp(&p, &zero, &x, &labels);
+    let (l32, _, g32) = mlp(&p32, &p32.zeros_like(), &to32(&x), &labels);
+    assert!((l32 as f64 - l64).abs() < 1e-5 * l64.abs().max(f64::one()));
+    assert_close(&g32.0 .0.map(|v| v as f64), &g64.0 .0, 1e-4);
+}
+
+#[test]
+fn index_plain_sequences() {
+    let v: Vec<f64> = sample(vec![0.0; 4], 100, &any);
+    let a: [f64; 3] = sample([0.0; 3], 101, &any);
+    for i in 0..3 {
+        unary("index", op::Index(i), v.clone());
+        unary("index", op::Index(i), a);
+    }
+    assert_eq!(Unary::eval(&v, &op::Index(3)), v[3]);
+}
+
+#[test]
+#[should_panic(expected = "index [4] out of range for a sequence of length 4")]
+fn index_vec_out_of_range_panics() {
+    Unary::eval(&vec![0.0f64; 4], &op::Index(4));
+}
+
+#[test]
+fn nan_propagates_through_relu_max_min() {
+    let nan = f64::NAN;
+    assert!(Unary::eval(&nan, &op::Relu).is_nan());
+    assert!(Binary::<op::Max, _>::eval(&nan, &0.0).is_nan());
+    assert!(Binary::<op::Max, _>::eval(&0.0, &nan).is_nan());
+    assert!(Binary::<op::Min, _>::eval(&nan, &0.0).is_nan());
+    assert!(Binary::<op::Min, _>::eval(&0.0, &nan).is_nan());
+    let m = DVector::from_vec(vec![1.0, nan]);
+    assert!(Unary::eval(&m, &op::Relu)[1].is_nan());
+    assert!(Binary::<op::Max, _>::eval(&m, &0.0)[1].is_nan());
+    // derivatives at the kinks: relu' and abs' are 0 at 0
+    assert_eq!(Unary::vjp(&0.0, &op::Relu, &0.0, &1.0), 0.0);
+    assert_eq!(Unary::vjp(&0.0, &op::Abs, &0.0, &1.0), 0.0);
+    assert_eq!(Unary::vjp(&-0.5, &op::Abs, &0.5, &1.0), -1.0);
+    // ties go to the first argument, and values are right
+    assert_eq!(Binary::<op::Max, _>::eval(&2.0, &-1.0), 2.0);
+    assert_eq!(Binary::<op::Min, _>::eval(&2.0, &-1.0), -1.0);
+    assert_eq!(
+        Binary::<op::Max, _>::vjp(&1.0, &1.0, &1.0, &1.0, true, true),
+        (Some(1.0), Some(0.0))
+    );
+    assert_eq!(
+        Binary::<op::Min, _>::vjp(&1.0, &1.0, &1.0, &1.0, true, true),
+        (Some(1.0), Some(0.0))
+    );
+}

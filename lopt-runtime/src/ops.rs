@@ -1,0 +1,174 @@
+//! The primitives of the loss language as plain functions, for hand-written code.
+//!
+//! Each function evaluates the same rule the `#[task]` macro calls for its value path,
+//! so a hand-written loss that uses them computes exactly what the generated code does.
+//! They accept every type the rules do: scalars (`f32`, `f64`, any [`Real`]), nalgebra
+//! matrices and vectors (dynamic and static).
+//!
+//! ```
+//! use lopt_runtime::ops;
+//! use nalgebra::{DMatrix, DVector};
+//!
+//! let logits = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 0.0, 0.0, 0.0]);
+//! let losses: DVector<f64> = ops::softmax_cross_entropy(&logits, &[2, 0]);
+//! assert!((losses[1] - 3f64.ln()).abs() < 1e-12);
+//! assert_eq!(ops::relu(&-2.0f32), 0.0);
+//! let h = ops::tanh(&(&logits * 0.5));
+//! assert_eq!(h.shape(), (2, 3));
+//! ```
+//!
+//! [`Real`]: crate::Real
+
+use crate::ad::{op, Binary, Unary};
+
+macro_rules! unary_fns {
+    ($($(#[$m:meta])* $name:ident => $op:ident),* $(,)?) => {$(
+        $(#[$m])*
+        #[inline]
+        pub fn $name<X: Unary<op::$op>>(x: &X) -> X::Out {
+            x.eval(&op::$op)
+        }
+    )*};
+}
+
+unary_fns!(
+    /// `e^x`, elementwise.
+    exp => Exp,
+    /// Natural logarithm, elementwise.
+    ln => Ln,
+    /// Square root, elementwise.
+    sqrt => Sqrt,
+    /// Hyperbolic tangent, elementwise.
+    tanh => Tanh,
+    /// Sine, elementwise.
+    sin => Sin,
+    /// Cosine, elementwise.
+    cos => Cos,
+    /// Absolute value, elementwise (its derivative is 0 at 0).
+    abs => Abs,
+    /// `x * x`, elementwise.
+    square => Square,
+    /// `max(x, 0)`, elementwise (its derivative is 0 at 0).
+    relu => Relu,
+    /// `1 / (1 + e^-x)`, elementwise.
+    sigmoid => Sigmoid,
+    /// `ln(1 + e^x)`, elementwise, computed as `max(x, 0) + ln(1 + e^-|x|)` (no overflow).
+    softplus => Softplus,
+    /// Exact GELU `x Φ(x)`, elementwise, with `Φ` the standard normal CDF.
+    gelu => Gelu,
+    /// Sum of all elements (a scalar's sum is itself).
+    sum => Sum,
+    /// Mean of all elements.
+    mean => Mean,
+    /// Sum of the squares of all elements.
+    norm_squared => NormSquared,
+    /// The transpose (a column vector becomes a row vector and back).
+    transpose => Transpose,
+    /// Log-softmax: over all elements of a column vector; per row of a matrix (one
+    /// example per row). Stable for logits of any magnitude.
+    log_softmax => LogSoftmax,
+    /// `ln Σ e^x` over all elements, stable for logits of any magnitude.
+    log_sum_exp => LogSumExp,
+);
+
+/// `x^n`, elementwise, for an integer `n`.
+#[inline]
+pub fn powi<X: Unary<op::Powi>>(x: &X, n: i32) -> X::Out {
+    x.eval(&op::Powi(n))
+}
+
+/// `a^b`: scalars, or a matrix raised elementwise to a scalar power.
+#[inline]
+pub fn powf<A: Binary<op::Powf, B>, B>(a: &A, b: &B) -> A::Out {
+    a.eval(b)
+}
+
+/// Elementwise maximum (scalars, equal-shaped matrices, or a matrix and a scalar); at
+/// ties the derivative goes to `a`.
+#[inline]
+pub fn max<A: Binary<op::Max, B>, B>(a: &A, b: &B) -> A::Out {
+    a.eval(b)
+}
+
+/// Elementwise minimum; at ties the derivative goes to `a`.
+#[inline]
+pub fn min<A: Binary<op::Min, B>, B>(a: &A, b: &B) -> A::Out {
+    a.eval(b)
+}
+
+/// Inner product of two equal-shaped vectors or matrices: the sum of elementwise
+/// products.
+#[inline]
+pub fn dot<A: Binary<op::Dot, B>, B>(a: &A, b: &B) -> A::Out {
+    a.eval(b)
+}
+
+/// Elementwise product of two equal-shaped matrices or vectors.
+#[inline]
+pub fn component_mul<A: Binary<op::ComponentMul, B>, B>(a: &A, b: &B) -> A::Out {
+    a.eval(b)
+}
+
+/// Elementwise quotient of two equal-shaped matrices or vectors.
+#[inline]
+pub fn component_div<A: Binary<op::ComponentDiv, B>, B>(a: &A, b: &B) -> A::Out {
+    a.eval(b)
+}
+
+/// Per-example softmax cross-entropy: `logits` has one example per row, `labels[i]` is
+/// the class of row `i`; returns the vector of losses `-log_softmax(logits)[i, labels[i]]`.
+///
+/// # Panics
+/// When `labels` does not have one entry per row or a label is not a column index.
+#[inline]
+#[track_caller]
+pub fn softmax_cross_entropy<'a, X: Unary<op::SoftmaxCrossEntropy<'a>>>(
+    logits: &X,
+    labels: &'a [i32],
+) -> X::Out {
+    logits.eval(&op::SoftmaxCrossEntropy(labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nalgebra::{DMatrix, DVector, SVector};
+
+    #[test]
+    fn functions_match_closed_forms() {
+        let v = DVector::from_vec(vec![-1.5f64, 0.25, 2.0]);
+        assert_eq!(exp(&v), v.map(f64::exp));
+        assert_eq!(sum(&v), 0.75);
+        assert_eq!(mean(&v), 0.25);
+        assert_eq!(norm_squared(&v), 2.25 + 0.0625 + 4.0);
+        assert_eq!(dot(&v, &v), norm_squared(&v));
+        assert_eq!(powi(&v, 2), v.map(|x| x * x));
+        assert_eq!(relu(&v), DVector::from_vec(vec![0.0, 0.25, 2.0]));
+        assert_eq!(max(&v, &0.0), relu(&v));
+        assert_eq!(min(&1.0, &2.0), 1.0);
+        assert_eq!(powf(&4.0f64, &0.5), 2.0);
+        assert_eq!(transpose(&v).shape(), (1, 3));
+        assert_eq!(component_mul(&v, &v), v.map(|x| x * x));
+        assert_eq!(component_div(&v, &v), DVector::from_element(3, 1.0));
+        // Φ(1) = 0.841344746068543 (tables)
+        assert!((gelu(&1.0f64) - 0.841_344_746_068_543).abs() < 1e-9);
+        assert!((sigmoid(&0.0f32) - 0.5).abs() < 1e-7);
+        assert_eq!(softplus(&1000.0f64), 1000.0);
+        assert!(softplus(&-1000.0f64) >= 0.0 && softplus(&-1000.0f64) < 1e-300);
+        assert_eq!(sigmoid(&-1000.0f64), 0.0);
+        assert_eq!(sigmoid(&1000.0f32), 1.0);
+        assert!((softplus(&0.0f64) - 2f64.ln()).abs() < 1e-15);
+        let s = SVector::<f32, 2>::new(0.0, 0.0);
+        assert!((log_sum_exp(&s) - 2f32.ln()).abs() < 1e-6);
+        let m = DMatrix::from_row_slice(1, 2, &[0.0, 0.0]);
+        assert!((log_softmax(&m)[(0, 1)] + 2f64.ln()).abs() < 1e-15);
+        assert_eq!(softmax_cross_entropy(&m, &[1])[0], 2f64.ln());
+        assert_eq!(abs(&-3.0f64), 3.0);
+        assert_eq!(square(&-3.0f64), 9.0);
+        assert_eq!(sqrt(&9.0f64), 3.0);
+        assert_eq!(ln(&1.0f64), 0.0);
+        assert_eq!(tanh(&0.0f64), 0.0);
+        assert_eq!(sin(&0.0f64), 0.0);
+        assert_eq!(cos(&0.0f64), 1.0);
+    }
+}
