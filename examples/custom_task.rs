@@ -60,7 +60,9 @@ impl Task for MyTask {
 
 fn main() -> lopt::Result<()> {
     // task = MyTask()
-    let task = MyTask { datasets: noise_datasets() };
+    let task = MyTask {
+        datasets: noise_datasets(),
+    };
     // key = jax.random.PRNGKey(0)
     // key1, key = jax.random.split(key)
     // params = task.init(key)

@@ -63,7 +63,12 @@ impl TaskFamily for FixedDimQuadraticFamily {
 struct TrainTask;
 
 impl VmapFn<FixedDimQuadraticFamily> for TrainTask {
-    fn call<S: Real>(&self, family: &FixedDimQuadraticFamily, cfg: &DVector<S>, keys: &Keys<S>) -> S {
+    fn call<S: Real>(
+        &self,
+        family: &FixedDimQuadraticFamily,
+        cfg: &DVector<S>,
+        keys: &Keys<S>,
+    ) -> S {
         let (key1, key) = keys.split();
         let mut params = family.init_lanes(cfg, &key1);
         let opt = Adam::default();
@@ -112,7 +117,10 @@ fn main() -> lopt::Result<()> {
     let losses = vmap(&task_family, &TrainTask, &task_cfgs, &keys, Width::W16)?;
     let took = t.elapsed();
     println!("multiple losses {losses:?}");
-    println!("(the batched call took {:.1} us for 32 tasks, 16 per lane group)", took.as_secs_f64() * 1e6);
+    println!(
+        "(the batched call took {:.1} us for 32 tasks, 16 per lane group)",
+        took.as_secs_f64() * 1e6
+    );
 
     // Single tasks can always be converted to a task family:
     // task_family = tasks_base.single_task_to_family(single_task)
@@ -120,7 +128,10 @@ fn main() -> lopt::Result<()> {
     // print("config only contains a dummy value:", cfg)
     // task = task_family.task_fn(cfg)
     // assert task == single_task
-    let single_task = FixedDimQuadraticFamily { dim: 10 }.task_fn(&task_cfgs[0]).cfg().clone();
+    let single_task = FixedDimQuadraticFamily { dim: 10 }
+        .task_fn(&task_cfgs[0])
+        .cfg()
+        .clone();
     let _ = single_task;
     Ok(())
 }

@@ -9,12 +9,12 @@ pub use lopt_runtime::*;
 /// Everything a typical program needs: `use lopt::prelude::*;`.
 pub mod prelude {
     pub use lopt_macros::{differentiable, task, task_family, Params};
-    pub use lopt_runtime::{
-        single_task_to_family, Adam, Datasets, FamilyTask, Error, GradientClip, Key, Optimizer, Params, Real,
-        Result, RmsProp, Sgd, Sgdm, Task, TaskFamily,
-    };
     pub use lopt_runtime::lanes::Lanes;
     pub use lopt_runtime::params::Rebind;
+    pub use lopt_runtime::{
+        single_task_to_family, Adam, Datasets, Error, FamilyTask, GradientClip, Key, Optimizer,
+        Params, Real, Result, RmsProp, Sgd, Sgdm, Task, TaskFamily,
+    };
     pub use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
 }
 

@@ -42,11 +42,17 @@ impl<S: Real> Keys<S> {
                 got: vec![keys.len()],
             });
         }
-        Ok(Keys { keys, _s: PhantomData })
+        Ok(Keys {
+            keys,
+            _s: PhantomData,
+        })
     }
     /// The same key in every lane.
     pub fn splat(key: Key) -> Self {
-        Keys { keys: vec![key; S::LANES], _s: PhantomData }
+        Keys {
+            keys: vec![key; S::LANES],
+            _s: PhantomData,
+        }
     }
     /// The key of lane `i`.
     pub fn lane(&self, i: usize) -> Key {
@@ -59,18 +65,33 @@ impl<S: Real> Keys<S> {
     /// Splits every lane's key in two (like [`Key::split`]).
     pub fn split(&self) -> (Self, Self) {
         let (a, b): (Vec<Key>, Vec<Key>) = self.keys.iter().map(|k| k.split()).unzip();
-        (Keys { keys: a, _s: PhantomData }, Keys { keys: b, _s: PhantomData })
+        (
+            Keys {
+                keys: a,
+                _s: PhantomData,
+            },
+            Keys {
+                keys: b,
+                _s: PhantomData,
+            },
+        )
     }
     /// Folds `data` into every lane's key.
     pub fn fold_in(&self, data: u64) -> Self {
-        Keys { keys: self.keys.iter().map(|k| k.fold_in(data)).collect(), _s: PhantomData }
+        Keys {
+            keys: self.keys.iter().map(|k| k.fold_in(data)).collect(),
+            _s: PhantomData,
+        }
     }
 }
 
 impl Keys<f32> {
     /// The single key of a plain `f32` run.
     pub fn one(key: Key) -> Self {
-        Keys { keys: vec![key], _s: PhantomData }
+        Keys {
+            keys: vec![key],
+            _s: PhantomData,
+        }
     }
 }
 
@@ -200,8 +221,9 @@ where
         .map(|g| {
             let refs: Vec<&F::Cfg<f32>> = g.iter().map(|&i| &cfgs[i]).collect();
             let cfg = family.pack_cfg::<S>(&refs);
-            let lane_keys =
-                (0..S::LANES).map(|l| keys[g[l.min(g.len() - 1)]]).collect::<Vec<_>>();
+            let lane_keys = (0..S::LANES)
+                .map(|l| keys[g[l.min(g.len() - 1)]])
+                .collect::<Vec<_>>();
             let keys = Keys::<S>::new(lane_keys).expect("one key per lane");
             let out = f.call::<S>(family, &cfg, &keys);
             (g, out)

@@ -166,7 +166,10 @@ impl<'a, F: TaskFamily + ?Sized> FamilyTask<'a, F> {
 
 impl<F: TaskFamily + ?Sized> Clone for FamilyTask<'_, F> {
     fn clone(&self) -> Self {
-        FamilyTask { family: self.family, cfg: self.cfg.clone() }
+        FamilyTask {
+            family: self.family,
+            cfg: self.cfg.clone(),
+        }
     }
 }
 
@@ -178,7 +181,8 @@ impl<F: TaskFamily + ?Sized> Task for FamilyTask<'_, F> {
         self.family.cast_params(&self.family.init(&self.cfg, key))
     }
     fn loss<S: Real>(&self, params: &F::Params<S>, key: Key, batch: &F::Batch) -> S {
-        self.family.loss(params, &self.family.cast_cfg(&self.cfg), key, batch)
+        self.family
+            .loss(params, &self.family.cast_cfg(&self.cfg), key, batch)
     }
     fn value_and_grad<S: Real>(
         &self,
@@ -186,7 +190,8 @@ impl<F: TaskFamily + ?Sized> Task for FamilyTask<'_, F> {
         key: Key,
         batch: &F::Batch,
     ) -> (S, F::Params<S>) {
-        self.family.value_and_grad(params, &self.family.cast_cfg(&self.cfg), key, batch)
+        self.family
+            .value_and_grad(params, &self.family.cast_cfg(&self.cfg), key, batch)
     }
     fn value_and_jvp<S: Real>(
         &self,
@@ -310,7 +315,9 @@ impl<T: Task> TaskFamily for SingleTaskFamily<T> {
         self.task.datasets()
     }
     fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("single_task_{}", self.task.name()))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("single_task_{}", self.task.name()))
     }
 }
 

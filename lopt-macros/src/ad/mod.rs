@@ -363,7 +363,10 @@ enum Kind {
 /// `#[task_family]` on an `impl TaskFamily for ...` block.
 pub fn expand_task_family(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(attr, "#[task_family] takes no arguments"));
+        return Err(syn::Error::new_spanned(
+            attr,
+            "#[task_family] takes no arguments",
+        ));
     }
     let item: Item = syn::parse2(item)?;
     match item {
@@ -389,10 +392,7 @@ fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
         .iter()
         .position(|it| matches!(it, ImplItem::Fn(f) if f.sig.ident == "loss"))
         .ok_or_else(|| {
-            syn::Error::new_spanned(
-                &imp.self_ty,
-                "this impl block needs a `fn loss` inside it",
-            )
+            syn::Error::new_spanned(&imp.self_ty, "this impl block needs a `fn loss` inside it")
         })?;
     let loss = match &imp.items[pos] {
         ImplItem::Fn(f) => f.clone(),
@@ -467,7 +467,12 @@ fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
             });
         }
         if !has_item(&imp, "Task") {
-            extra.push(quote!(type Task<'__a> = ::lopt::FamilyTask<'__a, Self> where Self: '__a;));
+            extra.push(quote!(
+                type Task<'__a>
+                    = ::lopt::FamilyTask<'__a, Self>
+                where
+                    Self: '__a;
+            ));
         }
         if !has_item(&imp, "task_fn") {
             extra.push(quote! {
