@@ -24,6 +24,34 @@ pub struct LaneMask<const N: usize>(pub [bool; N]);
 
 impl<const N: usize> Mask for LaneMask<N> {
     #[inline(always)]
+    fn splat(b: bool) -> Self {
+        LaneMask([b; N])
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        let mut m = self.0;
+        for (a, b) in m.iter_mut().zip(o.0) {
+            *a = *a && b;
+        }
+        LaneMask(m)
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        let mut m = self.0;
+        for (a, b) in m.iter_mut().zip(o.0) {
+            *a = *a || b;
+        }
+        LaneMask(m)
+    }
+    #[inline(always)]
+    fn not(self) -> Self {
+        let mut m = self.0;
+        for a in m.iter_mut() {
+            *a = !*a;
+        }
+        LaneMask(m)
+    }
+    #[inline(always)]
     fn all(self) -> bool {
         self.0.iter().all(|&b| b)
     }

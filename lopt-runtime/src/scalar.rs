@@ -16,9 +16,33 @@ pub trait Mask: Copy + Send + Sync + Debug {
     fn all(self) -> bool;
     /// True when some lane is set.
     fn any(self) -> bool;
+    /// Every lane set to `b`.
+    fn splat(b: bool) -> Self;
+    /// Lane-wise and.
+    fn and(self, o: Self) -> Self;
+    /// Lane-wise or.
+    fn or(self, o: Self) -> Self;
+    /// Lane-wise not.
+    fn not(self) -> Self;
 }
 
 impl Mask for bool {
+    #[inline(always)]
+    fn splat(b: bool) -> Self {
+        b
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        self && o
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        self || o
+    }
+    #[inline(always)]
+    fn not(self) -> Self {
+        !self
+    }
     #[inline(always)]
     fn all(self) -> bool {
         self

@@ -35,6 +35,9 @@ fn range_tape(k: usize) -> syn::Ident {
 fn branch_tape(k: usize) -> syn::Ident {
     format_ident!("__tb{}", k)
 }
+fn mask_tape(k: usize) -> syn::Ident {
+    format_ident!("__tmk{}", k)
+}
 /// The tangent (forward mode) or gradient accumulator (reverse mode) of argument `k`.
 pub fn arg_deriv_ident(k: usize) -> syn::Ident {
     format_ident!("__darg{}", k)
@@ -49,6 +52,8 @@ enum Mode {
 
 pub struct Emitter<'a> {
     pub f: &'a Func,
+    /// Per slot: declared without a value (the value of an `if`).
+    pub deferred: Vec<bool>,
     pub args: &'a [DiffArg],
     /// The scalar type of the body (for literals and data).
     pub scalar: &'a syn::Type,
@@ -283,14 +288,93 @@ impl Emitter<'_> {
             } => {
                 let t = self.fwd_block(then, mode, true);
                 let e = self.fwd_block(els, mode, true);
-                if mode == Mode::Grad {
-                    let tb = branch_tape(*id);
-                    quote!(if #cond { #t #tb.push(true); } else { #e #tb.push(false); })
+                let tb = branch_tape(*id);
+                let (push_t, push_e, push_mixed) = if mode == Mode::Grad {
+                    (
+                        quote!(#tb.push(1u8);),
+                        quote!(#tb.push(0u8);),
+                        quote!(#tb.push(2u8);),
+                    )
                 } else {
-                    quote!(if #cond { #t } else { #e })
+                    (TokenStream::new(), TokenStream::new(), TokenStream::new())
+                };
+                match cond {
+                    Cond::Bool(c) => quote!(if #c { #t #push_t } else { #e #push_e }),
+                    Cond::Mask(m) => {
+                        let mk = format_ident!("__mk{}", id);
+                        let blend = self.blend_slots(then, els);
+                        let jvp = mode == Mode::Jvp;
+                        let mut save = TokenStream::new();
+                        let mut keep = TokenStream::new();
+                        let mut restore = TokenStream::new();
+                        let mut mix = TokenStream::new();
+                        for &sl in &blend {
+                            let m_ = slot_ident(sl);
+                            let dm = dm_ident(sl);
+                            let (pre, th) =
+                                (format_ident!("__pre{}", sl), format_ident!("__th{}", sl));
+                            let (pred, thd) =
+                                (format_ident!("__pred{}", sl), format_ident!("__thd{}", sl));
+                            if !self.deferred[sl] {
+                                save.extend(quote!(let #pre = ::core::clone::Clone::clone(&#m_);));
+                                restore.extend(quote!(#m_ = #pre;));
+                                if jvp {
+                                    save.extend(
+                                        quote!(let #pred = ::core::clone::Clone::clone(&#dm);),
+                                    );
+                                    restore.extend(quote!(#dm = #pred;));
+                                }
+                            }
+                            keep.extend(quote!(let #th = ::core::clone::Clone::clone(&#m_);));
+                            mix.extend(quote!(#m_ = #ad::select(#mk, &#th, &#m_);));
+                            if jvp {
+                                keep.extend(quote!(let #thd = #dm.take();));
+                                mix.extend(quote!(#dm = #ad::select_opt(#mk, #thd, #dm.take());));
+                            }
+                        }
+                        let tape_mask = if mode == Mode::Grad {
+                            let tm = mask_tape(*id);
+                            quote!(#tm.push(#mk);)
+                        } else {
+                            TokenStream::new()
+                        };
+                        // Lanes that agree run one branch; mixed lanes run both and blend.
+                        quote! {{
+                            let #mk = #m;
+                            if ::lopt::scalar::Mask::all(#mk) { #t #push_t }
+                            else if !::lopt::scalar::Mask::any(#mk) { #e #push_e }
+                            else {
+                                #save
+                                #t
+                                #keep
+                                #restore
+                                #e
+                                #mix
+                                #tape_mask
+                                #push_mixed
+                            }
+                        }}
+                    }
                 }
             }
         }
+    }
+
+    /// Slots assigned inside either branch but declared outside: a mixed lane mask blends
+    /// them per lane.
+    fn blend_slots(&self, then: &[Stmt], els: &[Stmt]) -> Vec<SlotId> {
+        let mut assigned = Vec::new();
+        let mut declared = Vec::new();
+        for b in [then, els] {
+            walk_slots(b, &mut assigned, &mut declared);
+        }
+        let mut out: Vec<SlotId> = assigned
+            .into_iter()
+            .filter(|s| !declared.contains(s))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     // ----- reverse sweep -----
@@ -422,12 +506,58 @@ impl Emitter<'_> {
                     for #pat in (__lo..__hi).rev() { #pro #rb }
                 }}
             }
-            Stmt::If { id, then, els, .. } => {
+            Stmt::If {
+                id,
+                cond,
+                then,
+                els,
+            } => {
                 let tb = branch_tape(*id);
                 let (pt, rt) = (self.rev_prologue(then), self.rev_block(then));
                 let (pe, re) = (self.rev_prologue(els), self.rev_block(els));
+                let mixed = match cond {
+                    Cond::Bool(_) => quote!(unreachable!("lopt: mixed lanes on a bool condition")),
+                    Cond::Mask(_) => {
+                        let tm = mask_tape(*id);
+                        let blend = self.blend_slots(then, els);
+                        let mut split = TokenStream::new();
+                        let mut to_else = TokenStream::new();
+                        let mut from_else = TokenStream::new();
+                        let mut to_then = TokenStream::new();
+                        let mut join = TokenStream::new();
+                        for &sl in &blend {
+                            let dm = dm_ident(sl);
+                            let gt = format_ident!("__gt{}", sl);
+                            let ge = format_ident!("__ge{}", sl);
+                            let pe_ = format_ident!("__pe{}", sl);
+                            split.extend(
+                                quote!(let (#gt, #ge) = #ad::split_adjoint(__mk, #dm.take());),
+                            );
+                            to_else.extend(quote!(#dm = #ge;));
+                            from_else.extend(quote!(let #pe_ = #dm.take();));
+                            to_then.extend(quote!(#dm = #gt;));
+                            if !self.deferred[sl] {
+                                join.extend(quote!(#ad::acc_opt(&mut #dm, #pe_);));
+                            }
+                        }
+                        quote! {{
+                            let __mk = #tm.pop().expect("lopt: reverse tape");
+                            #split
+                            #to_else
+                            { #pe #re }
+                            #from_else
+                            #to_then
+                            { #pt #rt }
+                            #join
+                        }}
+                    }
+                };
                 quote! {
-                    if #tb.pop().expect("lopt: reverse tape") { #pt #rt } else { #pe #re }
+                    match #tb.pop().expect("lopt: reverse tape") {
+                        1u8 => { #pt #rt }
+                        0u8 => { #pe #re }
+                        _ => #mixed
+                    }
                 }
             }
         }
@@ -447,8 +577,12 @@ impl Emitter<'_> {
         }
         for k in 0..self.f.n_ifs {
             let t = branch_tape(k);
-            out.extend(quote!(let mut #t: ::std::vec::Vec<bool> = ::std::vec::Vec::new();));
+            out.extend(quote!(let mut #t: ::std::vec::Vec<u8> = ::std::vec::Vec::new();));
         }
+        for_each_masked_if(&self.f.body, &mut |id| {
+            let t = mask_tape(id);
+            out.extend(quote!(let mut #t = ::std::vec::Vec::new();));
+        });
         out
     }
 
@@ -514,6 +648,68 @@ impl Emitter<'_> {
             #ret
         })
     }
+}
+
+/// Every slot assigned and every slot declared in a block, nested blocks included.
+fn walk_slots(stmts: &[Stmt], assigned: &mut Vec<SlotId>, declared: &mut Vec<SlotId>) {
+    for s in stmts {
+        match s {
+            Stmt::SlotSet { slot, .. } => assigned.push(*slot),
+            Stmt::SlotDecl { slot, .. } => declared.push(*slot),
+            Stmt::For { body, .. } => walk_slots(body, assigned, declared),
+            Stmt::If { then, els, .. } => {
+                walk_slots(then, assigned, declared);
+                walk_slots(els, assigned, declared);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn for_each_masked_if(stmts: &[Stmt], f: &mut impl FnMut(usize)) {
+    for s in stmts {
+        match s {
+            Stmt::For { body, .. } => for_each_masked_if(body, f),
+            Stmt::If {
+                id,
+                cond,
+                then,
+                els,
+            } => {
+                if matches!(cond, Cond::Mask(_)) {
+                    f(*id);
+                }
+                for_each_masked_if(then, f);
+                for_each_masked_if(els, f);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Per slot, whether it is declared without a value.
+pub fn deferred_slots(f: &Func) -> Vec<bool> {
+    fn walk(stmts: &[Stmt], out: &mut Vec<bool>) {
+        for s in stmts {
+            match s {
+                Stmt::SlotDecl { slot, init } => {
+                    if out.len() <= *slot {
+                        out.resize(*slot + 1, false);
+                    }
+                    out[*slot] = init.is_none();
+                }
+                Stmt::For { body, .. } => walk(body, out),
+                Stmt::If { then, els, .. } => {
+                    walk(then, out);
+                    walk(els, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&f.body, &mut out);
+    out
 }
 
 /// Variables defined directly in a block (not in nested blocks).

@@ -72,7 +72,8 @@ pub enum Stmt {
     Def { var: VarId, rhs: Rhs },
     /// Non-differentiable statement, emitted as written (after renaming).
     Passive(TokenStream),
-    /// Declares a mutable slot, initialised from a variable (or left for later).
+    /// Declares a mutable slot, initialised from a variable (or left for later: the value
+    /// of an `if` expression, assigned in both branches).
     SlotDecl { slot: SlotId, init: Option<VarId> },
     /// `slot = var`.
     SlotSet { slot: SlotId, from: VarId },
@@ -87,10 +88,20 @@ pub enum Stmt {
     /// `if cond { then } else { els }`.
     If {
         id: usize,
-        cond: TokenStream,
+        cond: Cond,
         then: Vec<Stmt>,
         els: Vec<Stmt>,
     },
+}
+
+/// An `if` condition.
+#[derive(Clone, Debug)]
+pub enum Cond {
+    /// A plain `bool` (non-differentiated data): the same for every lane.
+    Bool(TokenStream),
+    /// A lane mask (`<S as Real>::Mask`) from comparing scalars: lanes may disagree, and
+    /// then both branches run and each lane keeps its own branch's values.
+    Mask(TokenStream),
 }
 
 /// A differentiated argument.

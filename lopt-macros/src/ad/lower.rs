@@ -29,6 +29,8 @@ enum Binding {
 
 pub struct Lowerer<'a> {
     diff_args: &'a [DiffArg],
+    /// The scalar type (for lane masks).
+    scalar: syn::Type,
     /// Names assigned (anywhere) from something active: their `let mut` is active.
     active_names: HashSet<String>,
     /// Non-differentiated arguments (and `self`): data places rooted here can be borrowed.
@@ -46,7 +48,7 @@ fn err<T>(span: impl ToTokens, msg: impl std::fmt::Display) -> Result<T> {
 }
 
 impl<'a> Lowerer<'a> {
-    pub fn new(diff_args: &'a [DiffArg], data_args: Vec<String>) -> Self {
+    pub fn new(diff_args: &'a [DiffArg], data_args: Vec<String>, scalar: syn::Type) -> Self {
         let mut scope = HashMap::new();
         for (k, a) in diff_args.iter().enumerate() {
             scope.insert(a.ident.to_string(), Binding::ArgPath(k, TokenStream::new()));
@@ -58,6 +60,7 @@ impl<'a> Lowerer<'a> {
         data_args.insert("self".into());
         Lowerer {
             diff_args,
+            scalar,
             active_names: HashSet::new(),
             data_args,
             scopes: vec![scope],
@@ -118,6 +121,18 @@ impl<'a> Lowerer<'a> {
     }
 
     fn def(&mut self, out: &mut Vec<Stmt>, kind: Kind, access: Access, rhs: Rhs) -> VarId {
+        // An operation on constants is a constant (no tangent, no adjoint).
+        let kind = match (&rhs, kind) {
+            (Rhs::Binary { a, b, .. }, Kind::Active)
+                if self.vars[*a].kind != Kind::Active && self.vars[*b].kind != Kind::Active =>
+            {
+                Kind::Const
+            }
+            (Rhs::Unary { x, .. }, Kind::Active) if self.vars[*x].kind != Kind::Active => {
+                Kind::Const
+            }
+            _ => kind,
+        };
         let var = self.new_var(kind, access);
         out.push(Stmt::Def { var, rhs });
         var
@@ -583,25 +598,40 @@ impl<'a> Lowerer<'a> {
         r
     }
 
-    /// A condition: comparisons of differentiated scalars become `Real` comparisons; the
-    /// rest stays as written.
-    fn lower_cond(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<TokenStream> {
+    /// A condition: comparisons of scalars (differentiated values, or data against a
+    /// float literal) become lane masks; the rest stays a plain `bool` as written.
+    fn lower_cond(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<Cond> {
+        let mask_ty = self.mask_ty();
+        let as_mask = |c: Cond| match c {
+            Cond::Mask(t) => t,
+            Cond::Bool(b) => quote!(<#mask_ty as ::lopt::scalar::Mask>::splat(#b)),
+        };
         match e {
-            Expr::Paren(p) => {
-                let inner = self.lower_cond(&p.expr, out)?;
-                Ok(quote!((#inner)))
-            }
+            Expr::Paren(p) => self.lower_cond(&p.expr, out),
             Expr::Unary(u) if matches!(u.op, UnOp::Not(_)) => {
-                let inner = self.lower_cond(&u.expr, out)?;
-                Ok(quote!(!(#inner)))
+                Ok(match self.lower_cond(&u.expr, out)? {
+                    Cond::Bool(b) => Cond::Bool(quote!(!(#b))),
+                    Cond::Mask(m) => Cond::Mask(quote!(::lopt::scalar::Mask::not(#m))),
+                })
             }
             Expr::Binary(b) if matches!(b.op, BinOp::And(_) | BinOp::Or(_)) => {
                 let l = self.lower_cond(&b.left, out)?;
                 let r = self.lower_cond(&b.right, out)?;
-                let op = &b.op;
-                Ok(quote!((#l) #op (#r)))
+                if let (Cond::Bool(l), Cond::Bool(r)) = (&l, &r) {
+                    let op = &b.op;
+                    return Ok(Cond::Bool(quote!((#l) #op (#r))));
+                }
+                let f = if matches!(b.op, BinOp::And(_)) {
+                    quote!(and)
+                } else {
+                    quote!(or)
+                };
+                let (l, r) = (as_mask(l), as_mask(r));
+                Ok(Cond::Mask(quote!(::lopt::scalar::Mask::#f(#l, #r))))
             }
-            Expr::Binary(b) if self.mentions_active(e) => {
+            Expr::Binary(b)
+                if is_comparison(&b.op) && (self.mentions_active(e) || has_float_lit(b)) =>
+            {
                 let f = match b.op {
                     BinOp::Lt(_) => quote!(lt),
                     BinOp::Le(_) => quote!(le),
@@ -618,15 +648,20 @@ impl<'a> Lowerer<'a> {
                 let a = self.lower_expr(&b.left, out)?;
                 let c = self.lower_expr(&b.right, out)?;
                 let (pa, pc) = (self.place(a), self.place(c));
-                Ok(quote!(::lopt::__private::ad::cond(::lopt::Real::#f(#pa, #pc))))
+                Ok(Cond::Mask(quote!(::lopt::Real::#f(#pa, #pc))))
             }
             _ if self.mentions_active(e) => err(
                 e,
                 "a condition on differentiated values must be a comparison (<, <=, >, >=), \
                  possibly combined with &&, || and !",
             ),
-            _ => Ok(self.rewrite_passive(e)),
+            _ => Ok(Cond::Bool(self.rewrite_passive(e))),
         }
+    }
+
+    fn mask_ty(&self) -> TokenStream {
+        let s = &self.scalar;
+        quote!(<#s as ::lopt::Real>::Mask)
     }
 
     // ----- expressions -----
@@ -650,7 +685,7 @@ impl<'a> Lowerer<'a> {
         if let Some((arg, path)) = self.arg_path(e) {
             return Ok(self.def(out, Kind::Active, Access::Deref, Rhs::ArgRead { arg, path }));
         }
-        if !self.mentions_active(e) {
+        if !self.mentions_active(e) && is_atomic(e) {
             return Ok(self.data(e, out));
         }
         match e {
@@ -845,7 +880,8 @@ impl<'a> Lowerer<'a> {
             let by_ref = matches!(a, Expr::Reference(_));
             let inner = strip_ref(a);
             let mut is_ref_value = false;
-            let var = if self.mentions_active(inner) {
+            let explicit_data = matches!(inner, Expr::Call(c) if matches!(&*c.func, Expr::Path(p) if p.path.is_ident("data")));
+            let var = if self.mentions_active(inner) || explicit_data {
                 if !by_ref {
                     if let Some((k, path)) = self.arg_path(inner) {
                         is_ref_value = path.is_empty() && self.diff_args[k].is_ref;
@@ -909,6 +945,51 @@ fn unsupported_message(e: &Expr) -> Option<&'static str> {
         Expr::Let(_) => "`if let` is not supported; use a plain `if`",
         _ => return None,
     })
+}
+
+/// A non-differentiated expression read as one data value (rather than lowered
+/// operation by operation).
+fn is_atomic(e: &Expr) -> bool {
+    match e {
+        Expr::Path(_) | Expr::Field(_) | Expr::Index(_) | Expr::Cast(_) | Expr::Lit(_) => true,
+        Expr::Paren(p) => is_atomic(&p.expr),
+        Expr::Reference(r) => is_atomic(&r.expr),
+        Expr::MethodCall(m) => builtins::lookup(&m.method.to_string()).is_none(),
+        Expr::Call(c) => match &*c.func {
+            Expr::Path(p) => p
+                .path
+                .segments
+                .last()
+                .map(|s| builtins::lookup(&s.ident.to_string()).is_none())
+                .unwrap_or(true),
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
+fn is_comparison(op: &BinOp) -> bool {
+    matches!(
+        op,
+        BinOp::Lt(_) | BinOp::Le(_) | BinOp::Gt(_) | BinOp::Ge(_) | BinOp::Eq(_) | BinOp::Ne(_)
+    )
+}
+
+/// A comparison with a float literal on one side compares scalars (lane masks).
+fn has_float_lit(b: &syn::ExprBinary) -> bool {
+    let lit = |e: &Expr| match strip_neg(e) {
+        Expr::Lit(l) => matches!(l.lit, syn::Lit::Float(_)),
+        _ => false,
+    };
+    lit(&b.left) || lit(&b.right)
+}
+
+fn strip_neg(e: &Expr) -> &Expr {
+    match e {
+        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => strip_neg(&u.expr),
+        Expr::Paren(p) => strip_neg(&p.expr),
+        _ => e,
+    }
 }
 
 fn strip_ref(e: &Expr) -> &Expr {

@@ -98,8 +98,8 @@ fn return_type(sig: &syn::Signature) -> Result<Type> {
     }
 }
 
-fn lower_body(sig: &Sig, block: &syn::Block) -> Result<Func> {
-    Lowerer::new(&sig.diff, sig.data.clone()).lower_fn(block)
+fn lower_body(sig: &Sig, block: &syn::Block, scalar: &Type) -> Result<Func> {
+    Lowerer::new(&sig.diff, sig.data.clone(), scalar.clone()).lower_fn(block)
 }
 
 fn mentions_ident(ty: &Type, ident: &str) -> bool {
@@ -169,8 +169,9 @@ pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<Tok
     let scalar_name = scalar.to_token_stream().to_string();
     let sig = parse_sig(&f.sig, |_, ty| mentions_ident(ty, &scalar_name))?;
     let ret = return_type(&f.sig)?;
-    let func = lower_body(&sig, &f.block)?;
+    let func = lower_body(&sig, &f.block, &scalar)?;
     let em = Emitter {
+        deferred: emit::deferred_slots(&func),
         f: &func,
         args: &sig.diff,
         scalar: &scalar,
@@ -277,13 +278,22 @@ pub fn expand_task(attr: TokenStream, item: TokenStream) -> Result<TokenStream> 
         return Err(syn::Error::new_spanned(attr, "#[task] takes no arguments"));
     }
     let item: Item = syn::parse2(item)?;
-    match item {
+    let out = match item {
         Item::Fn(f) => expand_task_fn(f),
         Item::Impl(i) => expand_impl(i, Kind::Task),
         other => Err(syn::Error::new(
             other.span(),
             "#[task] applies to a loss function or to an `impl Task for ...` block",
         )),
+    }?;
+    debug_dump(&out);
+    Ok(out)
+}
+
+/// With `LOPT_DUMP_EXPANSION` set, prints what the macros generate (for debugging).
+fn debug_dump(t: &TokenStream) {
+    if std::env::var_os("LOPT_DUMP_EXPANSION").is_some() {
+        eprintln!("{t}");
     }
 }
 
@@ -303,8 +313,9 @@ fn expand_task_fn(f: ItemFn) -> Result<TokenStream> {
     check_fn_shape(&f)?;
     let sig = loss_sig(&f.sig)?;
     let scalar = return_type(&f.sig)?;
-    let func = lower_body(&sig, &f.block)?;
+    let func = lower_body(&sig, &f.block, &scalar)?;
     let em = Emitter {
+        deferred: emit::deferred_slots(&func),
         f: &func,
         args: &sig.diff,
         scalar: &scalar,
@@ -410,8 +421,9 @@ fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
     }
     let sig = loss_sig(&loss.sig)?;
     let scalar = return_type(&loss.sig)?;
-    let func = lower_body(&sig, &loss.block)?;
+    let func = lower_body(&sig, &loss.block, &scalar)?;
     let em = Emitter {
+        deferred: emit::deferred_slots(&func),
         f: &func,
         args: &sig.diff,
         scalar: &scalar,

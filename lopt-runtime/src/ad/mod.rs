@@ -147,6 +147,53 @@ pub fn zero_like<V: Params>(v: &V) -> V {
 
 use num_traits::One;
 
+/// Per lane, `a` where the mask is set, else `b` (blending the branches of an `if` whose
+/// lanes disagree).
+pub fn select<V: Params>(m: <V::Scalar as Real>::Mask, a: &V, b: &V) -> V {
+    let mut out = b.clone();
+    out.zip_leaves_mut(a, |o, a| {
+        for (x, &y) in o.iter_mut().zip(a) {
+            *x = V::Scalar::select(m, y, *x);
+        }
+    });
+    out
+}
+
+/// [`select`] on optional tangents (`None` is zero).
+pub fn select_opt<V: Params>(
+    m: <V::Scalar as Real>::Mask,
+    a: Option<V>,
+    b: Option<V>,
+) -> Option<V> {
+    match (a, b) {
+        (None, None) => None,
+        (Some(a), Some(b)) => Some(select(m, &a, &b)),
+        (Some(a), None) => {
+            let z = a.zeros_like();
+            Some(select(m, &a, &z))
+        }
+        (None, Some(b)) => {
+            let z = b.zeros_like();
+            Some(select(m, &z, &b))
+        }
+    }
+}
+
+/// Splits an adjoint between the two branches of a mixed-lane `if`: the lanes that took
+/// the `then` branch, and the others.
+pub fn split_adjoint<V: Params>(
+    m: <V::Scalar as Real>::Mask,
+    g: Option<V>,
+) -> (Option<V>, Option<V>) {
+    match g {
+        None => (None, None),
+        Some(g) => {
+            let z = g.zeros_like();
+            (Some(select(m, &g, &z)), Some(select(m, &z, &g)))
+        }
+    }
+}
+
 /// The truth of a comparison used as an `if` condition.
 ///
 /// For plain floats this is the comparison itself. For packets of lanes every lane must
