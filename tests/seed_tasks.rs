@@ -90,7 +90,12 @@ fn single_task_to_family_returns_the_task() {
 struct TrainTask;
 
 impl VmapFn<FixedDimQuadraticFamily> for TrainTask {
-    fn call<S: Real>(&self, family: &FixedDimQuadraticFamily, cfg: &DVector<S>, keys: &Keys<S>) -> S {
+    fn call<S: Real>(
+        &self,
+        family: &FixedDimQuadraticFamily,
+        cfg: &DVector<S>,
+        keys: &Keys<S>,
+    ) -> S {
         let (key1, key) = keys.split();
         let mut params = family.init_lanes(cfg, &key1);
         let opt = Adam::default();
@@ -117,7 +122,10 @@ fn seed_vmap_matches_serial_at_every_width() {
     for w in [Width::Serial, Width::W8, Width::W16] {
         let batched = vmap(&family, &TrainTask, &cfgs, &keys, w).unwrap();
         for (a, b) in batched.iter().zip(&serial) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{w:?}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{w:?}: {a} vs {b}"
+            );
         }
     }
 }

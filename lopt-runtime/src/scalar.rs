@@ -77,6 +77,7 @@ pub trait Real:
     + Zero
     + One
     + Sum
+    + crate::ad::Data<Self, Out = Self>
 {
     /// Result of a lane-wise comparison.
     type Mask: Mask;

@@ -95,7 +95,7 @@ pub trait Unary<Op>: Sized {
 /// Non-differentiable data (batch and config fields) converted to the loss's scalar type.
 ///
 /// `f32` data read by an `f32` loss is borrowed, not copied.
-pub trait Data<S: Real> {
+pub trait Data<S> {
     /// The value type in scalar `S`.
     type Out: Clone;
     /// The data as an `S` value.
