@@ -73,11 +73,11 @@ fn lanes_choosing_different_activations_match_serial() {
     let (loss, grad) = family.value_and_grad(&params, &cfg, Key::new(0), &());
     let tangent = params.map(|v| v * Lanes::splat(0.5) + Lanes::splat(0.1));
     let (_, jvp) = family.value_and_jvp(&params, &tangent, &cfg, Key::new(0), &());
-    for l in 0..8 {
+    for (l, cfg_l) in cfgs.iter().enumerate() {
         let p = family.unpack_params(&params, l);
         let t = family.unpack_params(&tangent, l);
-        let (ls, gs) = family.value_and_grad(&p, &cfgs[l], Key::new(0), &());
-        let (_, js) = family.value_and_jvp(&p, &t, &cfgs[l], Key::new(0), &());
+        let (ls, gs) = family.value_and_grad(&p, cfg_l, Key::new(0), &());
+        let (_, js) = family.value_and_jvp(&p, &t, cfg_l, Key::new(0), &());
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
         assert!(close(loss.0[l], ls), "loss lane {l}");
         assert!(close(jvp.0[l], js), "jvp lane {l}");

@@ -99,8 +99,8 @@ impl<const N: usize> Lanes<N> {
     #[inline(always)]
     fn cmp(self, b: Self, f: impl Fn(f32, f32) -> bool) -> LaneMask<N> {
         let mut m = [false; N];
-        for i in 0..N {
-            m[i] = f(self.0[i], b.0[i]);
+        for ((o, &x), &y) in m.iter_mut().zip(&self.0).zip(&b.0) {
+            *o = f(x, y);
         }
         LaneMask(m)
     }
@@ -254,9 +254,9 @@ impl<const N: usize> Real for Lanes<N> {
     #[inline(always)]
     fn select(m: LaneMask<N>, a: Self, b: Self) -> Self {
         let mut o = b.0;
-        for i in 0..N {
-            if m.0[i] {
-                o[i] = a.0[i];
+        for ((o, &take), &x) in o.iter_mut().zip(&m.0).zip(&a.0) {
+            if take {
+                *o = x;
             }
         }
         Lanes(o)
@@ -283,7 +283,8 @@ mod tests {
     fn lanes_match_scalar_ops() {
         let a = Lanes::<8>::from_lanes(|i| i as f64 * 0.37 - 1.1);
         let b = Lanes::<8>::from_lanes(|i| 2.0 - i as f64 * 0.21);
-        let ops: [(fn(f32, f32) -> f32, fn(Lanes<8>, Lanes<8>) -> Lanes<8>); 4] = [
+        type Pair = (fn(f32, f32) -> f32, fn(Lanes<8>, Lanes<8>) -> Lanes<8>);
+        let ops: [Pair; 4] = [
             (|x, y| x + y, |x, y| x + y),
             (|x, y| x - y, |x, y| x - y),
             (|x, y| x * y, |x, y| x * y),

@@ -15,6 +15,8 @@ pub enum Builtin {
     Data,
     /// `x.clone()`: the same value.
     Identity,
+    /// `stop_gradient(x)`: the value of `x`, treated as a constant.
+    StopGradient,
 }
 
 /// Looks up a primitive by the name used in the loss.
@@ -49,6 +51,7 @@ pub fn lookup(name: &str) -> Option<Builtin> {
         "softmax_cross_entropy" => SoftmaxCrossEntropy,
         "data" => Data,
         "clone" => Identity,
+        "stop_gradient" => StopGradient,
         _ => return None,
     })
 }
@@ -61,5 +64,5 @@ pub fn is_shape_query(name: &str) -> bool {
 /// The list shown in "unsupported" errors.
 pub const SUPPORTED: &str = "exp, ln, sqrt, tanh, sin, cos, abs, square, powi, powf, max, \
 min, relu, sigmoid, softplus, gelu, sum, mean, dot, norm_squared, transpose, component_mul, \
-component_div, log_softmax, log_sum_exp, softmax_cross_entropy, data, and calls to \
+component_div, log_softmax, log_sum_exp, softmax_cross_entropy, data, stop_gradient, and calls to \
 #[differentiable] functions";

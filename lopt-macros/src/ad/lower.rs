@@ -371,7 +371,7 @@ impl<'a> Lowerer<'a> {
         let mut l = l.clone();
         if let Some(init) = &mut l.init {
             let e = self.rewrite_passive(&init.expr);
-            init.expr = Box::new(syn::parse2(e)?);
+            *init.expr = syn::parse2(e)?;
         }
         out.push(Stmt::Passive(l.into_token_stream()));
         Ok(())
@@ -796,7 +796,7 @@ impl<'a> Lowerer<'a> {
         out: &mut Vec<Stmt>,
     ) -> Result<VarId> {
         let want = match b {
-            Builtin::Unary(_) | Builtin::Data | Builtin::Identity => 1,
+            Builtin::Unary(_) | Builtin::Data | Builtin::Identity | Builtin::StopGradient => 1,
             _ => 2,
         };
         if args.len() != want {
@@ -808,6 +808,12 @@ impl<'a> Lowerer<'a> {
                 Ok(self.unary(out, op_marker(op), x))
             }
             Builtin::Identity => self.lower_expr(args[0], out),
+            Builtin::StopGradient => {
+                let x = self.lower_expr(args[0], out)?;
+                let p = self.place(x);
+                let copy = quote!(::core::clone::Clone::clone(&#p));
+                Ok(self.def(out, Kind::Const, Access::Owned, Rhs::Raw(copy)))
+            }
             Builtin::Data => {
                 let e = strip_ref(args[0]);
                 if self.mentions_active(e) {
