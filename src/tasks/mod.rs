@@ -1,0 +1,10 @@
+//! The task library: ready-made tasks and task families (the JAX library's
+//! `learned_optimization.tasks`).
+//!
+//! Every task here is written the way a user writes one: a generic `loss` under
+//! `#[task]` (or `#[task_family]`), so its gradient and JVP are generated at compile time
+//! and families run batched across SIMD lanes.
+//!
+//! - [`quadratics`]: the quadratic tasks and families of `tasks/quadratics.py`.
+
+pub mod quadratics;
