@@ -292,3 +292,20 @@ fn lanes_that_disagree_each_get_their_branch() {
     }
     assert!(mixed, "the test data must make lanes disagree");
 }
+
+// ---------- stop_gradient ----------
+
+/// f(x) = x² + (3x − stop_gradient(3x)): value x², gradient 2x + 3.
+#[task]
+fn with_stop_gradient<S: Real>(x: &S, _data: &()) -> S {
+    let y = x * 3.0;
+    x * x + (y - stop_gradient(y))
+}
+
+#[test]
+fn stop_gradient_has_the_value_and_no_derivative() {
+    let (v, g) = with_stop_gradient::value_and_grad(&2.0f64, &());
+    assert_eq!((v, g), (4.0, 7.0));
+    let (_, d) = with_stop_gradient::value_and_jvp(&2.0f64, &1.0, &());
+    assert_eq!(d, 7.0);
+}

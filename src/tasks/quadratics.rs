@@ -51,57 +51,6 @@ fn clip<S: Real>(x: S, lo: f64, hi: f64) -> S {
     S::select(x.lt(lo), lo, S::select(x.gt(hi), hi, x))
 }
 
-// ----- stop_gradient -----
-
-/// `x` itself, with a derivative of zero (the JAX library's `jax.lax.stop_gradient`), for
-/// use inside a `#[task]` / `#[task_family]` loss: `stop_gradient(x)`, passing `x` by
-/// value (not `&x`).
-///
-/// The loss DSL has no builtin for it; this helper follows the calling convention of
-/// `#[differentiable]` helpers (a module of the same name with `jvp` and `vjp`) by hand:
-/// its tangent is zero and it passes no cotangent back. So `x - stop_gradient(x)` has the
-/// value 0 (exactly, for finite `x`) and the gradient of `x`.
-///
-/// ```
-/// use lopt::prelude::*;
-/// use lopt::tasks::quadratics::stop_gradient;
-///
-/// // f(x) = x² + (3x − stop_gradient(3x)): value x², gradient 2x + 3.
-/// #[task]
-/// fn f<S: Real>(x: &S, _data: &()) -> S {
-///     let y = x * 3.0;
-///     x * x + (y - stop_gradient(y))
-/// }
-///
-/// fn main() {
-///     let (v, g) = f::value_and_grad(&2.0f64, &());
-///     assert_eq!((v, g), (4.0, 7.0));
-///     let (_, d) = f::value_and_jvp(&2.0f64, &1.0, &());
-///     assert_eq!(d, 7.0);
-/// }
-/// ```
-pub fn stop_gradient<V: Params>(x: V) -> V {
-    x
-}
-
-/// The derivatives of [`stop_gradient()`](fn@stop_gradient) in the form generated code
-/// calls (`stop_gradient::jvp`, `stop_gradient::vjp`).
-#[doc(hidden)]
-pub mod stop_gradient {
-    use crate::Params;
-
-    /// The value and a zero tangent.
-    pub fn jvp<V: Params>(x: V, _tangent: Option<&V>) -> (V, V) {
-        let zero = x.zeros_like();
-        (x, zero)
-    }
-
-    /// No cotangent flows back to the argument.
-    pub fn vjp<V: Params>(_x: V, _cotangent: &V) -> (Option<V>,) {
-        (None,)
-    }
-}
-
 // ----- QuadraticTask -----
 
 /// `Σ p²` with `p ~ N(0, I)` of dimension `dim` (the JAX library's `QuadraticTask`,
