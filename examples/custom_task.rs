@@ -49,7 +49,7 @@ impl Task for MyTask {
 
     //   def loss(self, params, rng, data):
     //     return jnp.sum(jnp.square(params - data))
-    fn loss<S: Real>(&self, params: &SMatrix<S, 4, 2>, _key: Key, data: &Target) -> S {
+    fn loss<S: Real>(&self, params: &SMatrix<S, 4, 2>, _key: S::Key, data: &Target) -> S {
         sum(square(params - data))
     }
 

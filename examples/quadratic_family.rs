@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use lopt::batch::{vmap, FamilyLanes, Keys, VmapFn, Width};
+use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
 use lopt::prelude::*;
 
 // class FixedDimQuadraticFamily(tasks_base.TaskFamily):
@@ -41,7 +41,7 @@ impl TaskFamily for FixedDimQuadraticFamily {
     //       def loss(self, params, rng, _):
     //         # Compute MSE to the target task.
     //         return jnp.sum(jnp.square(task_params - params))
-    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {
         sum(square(cfg - params))
     }
 }
@@ -63,22 +63,17 @@ impl TaskFamily for FixedDimQuadraticFamily {
 struct TrainTask;
 
 impl VmapFn<FixedDimQuadraticFamily> for TrainTask {
-    fn call<S: Real>(
-        &self,
-        family: &FixedDimQuadraticFamily,
-        cfg: &DVector<S>,
-        keys: &Keys<S>,
-    ) -> S {
+    fn call<S: Real>(&self, family: &FixedDimQuadraticFamily, cfg: &DVector<S>, keys: S::Key) -> S {
         let (key1, key) = keys.split();
-        let mut params = family.init_lanes(cfg, &key1);
+        let mut params = family.init_lanes(cfg, key1);
         let opt = Adam::default();
         let mut opt_state = opt.init(params.clone(), None);
         for _ in 0..4 {
             params = opt.get_params(&opt_state).clone();
-            let (loss, grad) = family.value_and_grad(&params, cfg, key.lane(0), &());
+            let (loss, grad) = family.value_and_grad(&params, cfg, key, &());
             opt.update(&mut opt_state, &grad, loss);
         }
-        family.loss(&params, cfg, key.lane(0), &())
+        family.loss(&params, cfg, key, &())
     }
 }
 
@@ -104,7 +99,7 @@ fn main() -> lopt::Result<()> {
     // task_cfg = task_family.sample(key)
     // print("single loss", train_task(task_cfg, key))
     let task_cfg = task_family.sample(key);
-    let single = TrainTask.call::<f32>(&task_family, &task_cfg, &Keys::one(key));
+    let single = TrainTask.call::<f32>(&task_family, &task_cfg, key);
     println!("single loss {single}");
 
     // keys = jax.random.split(key, 32)

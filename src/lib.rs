@@ -14,6 +14,7 @@ pub mod tasks;
 /// Everything a typical program needs: `use lopt::prelude::*;`.
 pub mod prelude {
     pub use lopt_macros::{differentiable, task, task_family, Params};
+    pub use lopt_runtime::key::KeyOps;
     pub use lopt_runtime::lanes::Lanes;
     pub use lopt_runtime::params::Rebind;
     pub use lopt_runtime::{

@@ -2,7 +2,9 @@
 //! "Limitations of TaskFamily" example). Batched, lanes that pick differently each get
 //! their own branch's loss and gradient.
 
-use lopt::batch::{FamilyLanes, Keys};
+use lopt::batch::FamilyLanes;
+use lopt::key::KeyOps;
+use lopt::lanes::LaneKeys;
 use lopt::prelude::*;
 
 #[derive(Params, Clone, Debug)]
@@ -41,7 +43,7 @@ impl TaskFamily for ActivationFamily {
             b: DVector::from_vec(kb.normal_vec(3)),
         }
     }
-    fn loss<S: Real>(&self, params: &Net<S>, cfg: &ActCfg<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &Net<S>, cfg: &ActCfg<S>, _key: S::Key, _batch: &()) -> S {
         let z = self.x * params.w + params.b;
         let h = if cfg.act > 0.5 { relu(z) } else { tanh(z) };
         let mut total = params.b[0] * 0.0;
@@ -68,16 +70,16 @@ fn lanes_choosing_different_activations_match_serial() {
     );
     let refs: Vec<&ActCfg<f32>> = cfgs.iter().collect();
     let cfg = family.pack_cfg::<Lanes<8>>(&refs);
-    let lane_keys = Keys::<Lanes<8>>::new(keys.clone()).unwrap();
-    let params = family.init_lanes(&cfg, &lane_keys);
-    let (loss, grad) = family.value_and_grad(&params, &cfg, Key::new(0), &());
+    let lane_keys = LaneKeys::<8>::from_lane_keys(&keys);
+    let params = family.init_lanes(&cfg, lane_keys);
+    let (loss, grad) = family.value_and_grad(&params, &cfg, lane_keys, &());
     let tangent = params.map(|v| v * Lanes::splat(0.5) + Lanes::splat(0.1));
-    let (_, jvp) = family.value_and_jvp(&params, &tangent, &cfg, Key::new(0), &());
+    let (_, jvp) = family.value_and_jvp(&params, &tangent, &cfg, lane_keys, &());
     for (l, cfg_l) in cfgs.iter().enumerate() {
         let p = family.unpack_params(&params, l);
         let t = family.unpack_params(&tangent, l);
-        let (ls, gs) = family.value_and_grad(&p, cfg_l, Key::new(0), &());
-        let (_, js) = family.value_and_jvp(&p, &t, cfg_l, Key::new(0), &());
+        let (ls, gs) = family.value_and_grad(&p, cfg_l, keys[l], &());
+        let (_, js) = family.value_and_jvp(&p, &t, cfg_l, keys[l], &());
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
         assert!(close(loss.0[l], ls), "loss lane {l}");
         assert!(close(jvp.0[l], js), "jvp lane {l}");

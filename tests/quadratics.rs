@@ -2,7 +2,7 @@
 //! differences, loss values against closed forms written out here, init statistics,
 //! datasets, normalizer and aux, and batched == serial for the families.
 
-use lopt::batch::{vmap, FamilyLanes, Keys, VmapFn, Width};
+use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
 use lopt::datasets::Split;
 use lopt::gradcheck::{check_gradient, check_task, GradCheck};
 use lopt::prelude::*;
@@ -155,7 +155,7 @@ fn noisy_quadratic_family_gradient_is_the_stop_gradient_surrogate() {
         let cfg: NoisyQuadraticCfg<f64> = cfg32.cast::<f64>();
         let task = fam.task_fn(&cfg32);
         let key = Key::new(50 + s);
-        let w: Vec<f64> = fam.gradient_noise(key).iter().map(|&x| x as f64).collect();
+        let w: Vec<f64> = fam.gradient_noise::<f64>(key).iter().copied().collect();
         let q = |p: &DVector<f64>| -> f64 {
             (0..6)
                 .map(|i| (cfg.scale[i] * (cfg.center[i] - p[i])).powi(2))
@@ -618,21 +618,20 @@ fn data_family_aux() {
 /// The seed's `train_task`: init from the instance's key, 5 Adam steps, the final loss
 /// (or, with `params_sum`, the sum of the final parameters, which reacts to every bit of
 /// gradient noise while the loss is dominated by the distance still to go).
-/// The loss key (which only `NoisyQuadraticFamily` reads) is shared by all instances, as
-/// a lane group's loss receives one key.
+/// Each instance's loss keys (which only `NoisyQuadraticFamily` reads) come from its own
+/// key, lane by lane, as they would alone.
 struct Train5 {
-    loss_key: Key,
     params_sum: bool,
 }
 
 impl<F: TaskFamily<Batch = ()>> VmapFn<F> for Train5 {
-    fn call<S: Real>(&self, family: &F, cfg: &F::Cfg<S>, keys: &Keys<S>) -> S {
-        let (key1, _) = keys.split();
-        let params = family.init_lanes(cfg, &key1);
+    fn call<S: Real>(&self, family: &F, cfg: &F::Cfg<S>, keys: S::Key) -> S {
+        let (key1, loss_key) = keys.split();
+        let params = family.init_lanes(cfg, key1);
         let opt = Adam::default();
         let mut state = opt.init(params, None);
         for step in 0..5 {
-            let k = self.loss_key.fold_in(step);
+            let k = loss_key.fold_in(step);
             let (loss, grad) = family.value_and_grad(opt.get_params(&state), cfg, k, &());
             opt.update(&mut state, &grad, loss);
         }
@@ -642,7 +641,7 @@ impl<F: TaskFamily<Batch = ()>> VmapFn<F> for Train5 {
                 .flat_map(|i| p.leaf(i).iter().copied())
                 .fold(S::c(0.0), |a, x| a + x)
         } else {
-            family.loss(p, cfg, self.loss_key.fold_in(5), &())
+            family.loss(p, cfg, loss_key.fold_in(5), &())
         }
     }
 }
@@ -651,14 +650,11 @@ fn batched_equals_serial<F: TaskFamily<Batch = ()>>(family: &F, what: &str) {
     let keys = Key::new(77).split_n(20);
     let cfgs: Vec<F::Cfg<f32>> = keys.iter().map(|&k| family.sample(k.fold_in(1))).collect();
     for params_sum in [false, true] {
-        let train = Train5 {
-            loss_key: Key::new(5),
-            params_sum,
-        };
+        let train = Train5 { params_sum };
         let serial = vmap(family, &train, &cfgs, &keys, Width::Serial).unwrap();
         // The serial run is the plain one-instance function.
         for i in [0, 19] {
-            let one = train.call::<f32>(family, &cfgs[i], &Keys::one(keys[i]));
+            let one = train.call::<f32>(family, &cfgs[i], keys[i]);
             assert_eq!(
                 one, serial[i],
                 "{what}: vmap Serial vs direct call, instance {i}"

@@ -2,7 +2,7 @@
 //! examples/quadratic_family.rs), gradient-checked in f64 at many random points, and the
 //! seed's batched training compared with serial training.
 
-use lopt::batch::{vmap, FamilyLanes, Keys, VmapFn, Width};
+use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
 use lopt::gradcheck::{check_task, GradCheck};
 use lopt::prelude::*;
 
@@ -19,7 +19,7 @@ impl Task for MyTask {
         key.fill_normal(p.as_mut_slice());
         p
     }
-    fn loss<S: Real>(&self, params: &SMatrix<S, 4, 2>, _key: Key, data: &Target) -> S {
+    fn loss<S: Real>(&self, params: &SMatrix<S, 4, 2>, _key: S::Key, data: &Target) -> S {
         sum(square(params - data))
     }
 }
@@ -39,7 +39,7 @@ impl TaskFamily for FixedDimQuadraticFamily {
     fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
         DVector::from_vec(key.normal_vec(self.dim))
     }
-    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {
         sum(square(cfg - params))
     }
 }
@@ -90,22 +90,17 @@ fn single_task_to_family_returns_the_task() {
 struct TrainTask;
 
 impl VmapFn<FixedDimQuadraticFamily> for TrainTask {
-    fn call<S: Real>(
-        &self,
-        family: &FixedDimQuadraticFamily,
-        cfg: &DVector<S>,
-        keys: &Keys<S>,
-    ) -> S {
+    fn call<S: Real>(&self, family: &FixedDimQuadraticFamily, cfg: &DVector<S>, keys: S::Key) -> S {
         let (key1, key) = keys.split();
-        let mut params = family.init_lanes(cfg, &key1);
+        let mut params = family.init_lanes(cfg, key1);
         let opt = Adam::default();
         let mut state = opt.init(params.clone(), None);
         for _ in 0..4 {
             params = opt.get_params(&state).clone();
-            let (loss, grad) = family.value_and_grad(&params, cfg, key.lane(0), &());
+            let (loss, grad) = family.value_and_grad(&params, cfg, key, &());
             opt.update(&mut state, &grad, loss);
         }
-        family.loss(&params, cfg, key.lane(0), &())
+        family.loss(&params, cfg, key, &())
     }
 }
 
@@ -117,7 +112,7 @@ fn seed_vmap_matches_serial_at_every_width() {
     let serial: Vec<f32> = cfgs
         .iter()
         .zip(&keys)
-        .map(|(c, &k)| TrainTask.call::<f32>(&family, c, &Keys::one(k)))
+        .map(|(c, &k)| TrainTask.call::<f32>(&family, c, k))
         .collect();
     for w in [Width::Serial, Width::W8, Width::W16] {
         let batched = vmap(&family, &TrainTask, &cfgs, &keys, w).unwrap();

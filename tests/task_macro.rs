@@ -219,7 +219,7 @@ impl Task for Quad {
     fn init<S: Real>(&self, key: Key) -> DVector<S> {
         DVector::from_vec(key.normal_vec(self.target.len()))
     }
-    fn loss<S: Real>(&self, params: &DVector<S>, _key: Key, batch: &f32) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, _key: S::Key, batch: &f32) -> S {
         sum(square(params - self.target)) * batch
     }
 }

@@ -12,88 +12,15 @@
 //! the seed's `train_task(cfg, key)`; [`vmap`] runs it over many configurations and keys.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::key::Key;
+use crate::key::{Key, KeyOps};
 use crate::lanes::Lanes;
 use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
-
-/// One key per lane: what a function generic over the scalar type receives as its key.
-///
-/// For `f32`/`f64` it holds one key; for [`Lanes<W>`] one per instance of the group.
-#[derive(Debug, Clone)]
-pub struct Keys<S: Real> {
-    keys: Vec<Key>,
-    _s: PhantomData<S>,
-}
-
-impl<S: Real> Keys<S> {
-    /// Keys for the lanes of `S` (exactly `S::LANES` of them).
-    pub fn new(keys: Vec<Key>) -> Result<Self> {
-        if keys.len() != S::LANES {
-            return Err(Error::ShapeMismatch {
-                what: "Keys::new (one key per lane)".into(),
-                expected: vec![S::LANES],
-                got: vec![keys.len()],
-            });
-        }
-        Ok(Keys {
-            keys,
-            _s: PhantomData,
-        })
-    }
-    /// The same key in every lane.
-    pub fn splat(key: Key) -> Self {
-        Keys {
-            keys: vec![key; S::LANES],
-            _s: PhantomData,
-        }
-    }
-    /// The key of lane `i`.
-    pub fn lane(&self, i: usize) -> Key {
-        self.keys[i]
-    }
-    /// All lane keys.
-    pub fn as_slice(&self) -> &[Key] {
-        &self.keys
-    }
-    /// Splits every lane's key in two (like [`Key::split`]).
-    pub fn split(&self) -> (Self, Self) {
-        let (a, b): (Vec<Key>, Vec<Key>) = self.keys.iter().map(|k| k.split()).unzip();
-        (
-            Keys {
-                keys: a,
-                _s: PhantomData,
-            },
-            Keys {
-                keys: b,
-                _s: PhantomData,
-            },
-        )
-    }
-    /// Folds `data` into every lane's key.
-    pub fn fold_in(&self, data: u64) -> Self {
-        Keys {
-            keys: self.keys.iter().map(|k| k.fold_in(data)).collect(),
-            _s: PhantomData,
-        }
-    }
-}
-
-impl Keys<f32> {
-    /// The single key of a plain `f32` run.
-    pub fn one(key: Key) -> Self {
-        Keys {
-            keys: vec![key],
-            _s: PhantomData,
-        }
-    }
-}
 
 /// Writes instance `src` (plain `f32`) into lane `lane` of `dst`; the trees must have the
 /// same leaves.
@@ -154,9 +81,9 @@ pub trait FamilyLanes: TaskFamily {
     }
     /// Initial parameters for every lane: lane `i` is `init(cfg lane i, key lane i)`,
     /// exactly as the instance would be initialised alone.
-    fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: &Keys<S>) -> Self::Params<S> {
+    fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: S::Key) -> Self::Params<S> {
         let ps: Vec<Self::Params<f32>> = (0..S::LANES)
-            .map(|l| self.init(&self.unpack_cfg(cfg, l), keys.lane(l)))
+            .map(|l| self.init(&self.unpack_cfg(cfg, l), keys.lane_key(l)))
             .collect();
         let refs: Vec<&Self::Params<f32>> = ps.iter().collect();
         self.pack_params(&refs)
@@ -168,8 +95,9 @@ impl<F: TaskFamily + ?Sized> FamilyLanes for F {}
 /// A function of one task instance, written once for every scalar type, that [`vmap`]
 /// runs over many instances at once (the seed's `train_task(cfg, key)`).
 pub trait VmapFn<F: TaskFamily>: Sync {
-    /// Runs on the instances packed in `cfg` (one per lane of `S`) with one key per lane.
-    fn call<S: Real>(&self, family: &F, cfg: &F::Cfg<S>, keys: &Keys<S>) -> S;
+    /// Runs on the instances packed in `cfg` (one per lane of `S`) with one key per lane
+    /// (`S::Key`: a plain [`Key`] when `S` is `f32`).
+    fn call<S: Real>(&self, family: &F, cfg: &F::Cfg<S>, keys: S::Key) -> S;
 }
 
 /// How [`vmap`] lays instances out.
@@ -224,8 +152,8 @@ where
             let lane_keys = (0..S::LANES)
                 .map(|l| keys[g[l.min(g.len() - 1)]])
                 .collect::<Vec<_>>();
-            let keys = Keys::<S>::new(lane_keys).expect("one key per lane");
-            let out = f.call::<S>(family, &cfg, &keys);
+            let keys = S::Key::from_lane_keys(&lane_keys);
+            let out = f.call::<S>(family, &cfg, keys);
             (g, out)
         })
         .collect();

@@ -11,6 +11,7 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 
 use num_traits::{One, Zero};
 
+use crate::key::{Key, KeyOps};
 use crate::scalar::{erf_f64, Mask, Real};
 
 /// `N` lanes of `f32`, one per task instance.
@@ -164,6 +165,7 @@ impl<const N: usize> Sum for Lanes<N> {
 
 impl<const N: usize> Real for Lanes<N> {
     type Mask = LaneMask<N>;
+    type Key = LaneKeys<N>;
     const LANES: usize = N;
 
     #[inline(always)]
@@ -272,6 +274,44 @@ impl<const N: usize> Real for Lanes<N> {
     #[inline(always)]
     fn is_finite(self) -> bool {
         self.0.iter().all(|x| x.is_finite())
+    }
+}
+
+/// One key per lane: the key type of a batched loss (`<Lanes<N> as Real>::Key`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LaneKeys<const N: usize>(pub [Key; N]);
+
+impl<const N: usize> KeyOps<Lanes<N>> for LaneKeys<N> {
+    fn from_lane_keys(keys: &[Key]) -> Self {
+        LaneKeys(std::array::from_fn(|i| keys[i.min(keys.len() - 1)]))
+    }
+    fn lane_key(&self, i: usize) -> Key {
+        self.0[i]
+    }
+    fn split(self) -> (Self, Self) {
+        let pairs = self.0.map(|k| k.split());
+        (LaneKeys(pairs.map(|p| p.0)), LaneKeys(pairs.map(|p| p.1)))
+    }
+    fn fold_in(self, data: u64) -> Self {
+        LaneKeys(self.0.map(|k| k.fold_in(data)))
+    }
+    fn fill_normal(self, out: &mut [Lanes<N>]) {
+        let mut buf = vec![0.0f32; out.len()];
+        for (l, k) in self.0.iter().enumerate() {
+            k.fill_normal(&mut buf);
+            for (o, &v) in out.iter_mut().zip(&buf) {
+                o.0[l] = v;
+            }
+        }
+    }
+    fn fill_uniform(self, out: &mut [Lanes<N>]) {
+        let mut buf = vec![0.0f32; out.len()];
+        for (l, k) in self.0.iter().enumerate() {
+            k.fill_uniform(&mut buf);
+            for (o, &v) in out.iter_mut().zip(&buf) {
+                o.0[l] = v;
+            }
+        }
     }
 }
 

@@ -81,6 +81,9 @@ pub trait Real:
 {
     /// Result of a lane-wise comparison.
     type Mask: Mask;
+    /// The key a loss receives: a [`Key`](crate::Key) for plain floats, one key per lane
+    /// for packets, so batched instances draw what they would draw alone.
+    type Key: crate::key::KeyOps<Self>;
     /// Number of lanes (1 for `f32` and `f64`).
     const LANES: usize;
 
@@ -154,6 +157,7 @@ macro_rules! impl_real_float {
     ($t:ty) => {
         impl Real for $t {
             type Mask = bool;
+            type Key = crate::key::Key;
             const LANES: usize = 1;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {

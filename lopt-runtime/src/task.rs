@@ -20,13 +20,13 @@ pub trait Task: Send + Sync {
     fn init<S: Real>(&self, key: Key) -> Self::Params<S>;
 
     /// The scalar loss of `params` on `batch`; `key` is for stochastic losses (dropout).
-    fn loss<S: Real>(&self, params: &Self::Params<S>, key: Key, batch: &Self::Batch) -> S;
+    fn loss<S: Real>(&self, params: &Self::Params<S>, key: S::Key, batch: &Self::Batch) -> S;
 
     /// The loss and its gradient with respect to `params` (reverse mode).
     fn value_and_grad<S: Real>(
         &self,
         params: &Self::Params<S>,
-        key: Key,
+        key: S::Key,
         batch: &Self::Batch,
     ) -> (S, Self::Params<S>);
 
@@ -35,7 +35,7 @@ pub trait Task: Send + Sync {
         &self,
         params: &Self::Params<S>,
         tangent: &Self::Params<S>,
-        key: Key,
+        key: S::Key,
         batch: &Self::Batch,
     ) -> (S, S);
 
@@ -94,7 +94,7 @@ pub trait TaskFamily: Send + Sync {
         &self,
         params: &Self::Params<S>,
         cfg: &Self::Cfg<S>,
-        key: Key,
+        key: S::Key,
         batch: &Self::Batch,
     ) -> S;
     /// The loss and its gradient with respect to `params` (reverse mode).
@@ -102,7 +102,7 @@ pub trait TaskFamily: Send + Sync {
         &self,
         params: &Self::Params<S>,
         cfg: &Self::Cfg<S>,
-        key: Key,
+        key: S::Key,
         batch: &Self::Batch,
     ) -> (S, Self::Params<S>);
     /// The loss and its derivative along `tangent` (forward mode).
@@ -111,7 +111,7 @@ pub trait TaskFamily: Send + Sync {
         params: &Self::Params<S>,
         tangent: &Self::Params<S>,
         cfg: &Self::Cfg<S>,
-        key: Key,
+        key: S::Key,
         batch: &Self::Batch,
     ) -> (S, S);
     /// The configuration with every element converted (lane 0 of a packet).
@@ -180,14 +180,14 @@ impl<F: TaskFamily + ?Sized> Task for FamilyTask<'_, F> {
     fn init<S: Real>(&self, key: Key) -> F::Params<S> {
         self.family.cast_params(&self.family.init(&self.cfg, key))
     }
-    fn loss<S: Real>(&self, params: &F::Params<S>, key: Key, batch: &F::Batch) -> S {
+    fn loss<S: Real>(&self, params: &F::Params<S>, key: S::Key, batch: &F::Batch) -> S {
         self.family
             .loss(params, &self.family.cast_cfg(&self.cfg), key, batch)
     }
     fn value_and_grad<S: Real>(
         &self,
         params: &F::Params<S>,
-        key: Key,
+        key: S::Key,
         batch: &F::Batch,
     ) -> (S, F::Params<S>) {
         self.family
@@ -197,7 +197,7 @@ impl<F: TaskFamily + ?Sized> Task for FamilyTask<'_, F> {
         &self,
         params: &F::Params<S>,
         tangent: &F::Params<S>,
-        key: Key,
+        key: S::Key,
         batch: &F::Batch,
     ) -> (S, S) {
         let cfg = self.family.cast_cfg(&self.cfg);
@@ -234,9 +234,9 @@ pub struct SingleTaskFamily<T> {
 /// # impl Task for Quad {
 /// #     type Params<S: Real> = S; type Batch = ();
 /// #     fn init<S: Real>(&self, key: Key) -> S { key.normal() }
-/// #     fn loss<S: Real>(&self, p: &S, _: Key, _: &()) -> S { *p * *p }
-/// #     fn value_and_grad<S: Real>(&self, p: &S, _: Key, _: &()) -> (S, S) { (*p * *p, *p + *p) }
-/// #     fn value_and_jvp<S: Real>(&self, p: &S, t: &S, _: Key, _: &()) -> (S, S) { (*p * *p, (*p + *p) * *t) }
+/// #     fn loss<S: Real>(&self, p: &S, _: S::Key, _: &()) -> S { *p * *p }
+/// #     fn value_and_grad<S: Real>(&self, p: &S, _: S::Key, _: &()) -> (S, S) { (*p * *p, *p + *p) }
+/// #     fn value_and_jvp<S: Real>(&self, p: &S, t: &S, _: S::Key, _: &()) -> (S, S) { (*p * *p, (*p + *p) * *t) }
 /// #     fn cast_params<T: Real, S: Real>(&self, p: &T) -> S { S::from_f64(p.lane(0)) }
 /// # }
 /// let single_task = Quad;
@@ -277,14 +277,14 @@ impl<T: Task> TaskFamily for SingleTaskFamily<T> {
     fn init(&self, _cfg: &f32, key: Key) -> T::Params<f32> {
         self.task.init(key)
     }
-    fn loss<S: Real>(&self, params: &T::Params<S>, _cfg: &S, key: Key, batch: &T::Batch) -> S {
+    fn loss<S: Real>(&self, params: &T::Params<S>, _cfg: &S, key: S::Key, batch: &T::Batch) -> S {
         self.task.loss(params, key, batch)
     }
     fn value_and_grad<S: Real>(
         &self,
         params: &T::Params<S>,
         _cfg: &S,
-        key: Key,
+        key: S::Key,
         batch: &T::Batch,
     ) -> (S, T::Params<S>) {
         self.task.value_and_grad(params, key, batch)
@@ -294,7 +294,7 @@ impl<T: Task> TaskFamily for SingleTaskFamily<T> {
         params: &T::Params<S>,
         tangent: &T::Params<S>,
         _cfg: &S,
-        key: Key,
+        key: S::Key,
         batch: &T::Batch,
     ) -> (S, S) {
         self.task.value_and_jvp(params, tangent, key, batch)
@@ -328,13 +328,13 @@ impl<T: Task + ?Sized> Task for &T {
     fn init<S: Real>(&self, key: Key) -> T::Params<S> {
         (**self).init(key)
     }
-    fn loss<S: Real>(&self, params: &T::Params<S>, key: Key, batch: &T::Batch) -> S {
+    fn loss<S: Real>(&self, params: &T::Params<S>, key: S::Key, batch: &T::Batch) -> S {
         (**self).loss(params, key, batch)
     }
     fn value_and_grad<S: Real>(
         &self,
         params: &T::Params<S>,
-        key: Key,
+        key: S::Key,
         batch: &T::Batch,
     ) -> (S, T::Params<S>) {
         (**self).value_and_grad(params, key, batch)
@@ -343,7 +343,7 @@ impl<T: Task + ?Sized> Task for &T {
         &self,
         params: &T::Params<S>,
         tangent: &T::Params<S>,
-        key: Key,
+        key: S::Key,
         batch: &T::Batch,
     ) -> (S, S) {
         (**self).value_and_jvp(params, tangent, key, batch)

@@ -37,6 +37,7 @@
 //! ```
 
 use crate::datasets::{cached_datasets, Datasets};
+use crate::key::KeyOps;
 use crate::{task, task_family, Key, Params, Real, Task, TaskFamily};
 use nalgebra::{DMatrix, DVector, SMatrix};
 
@@ -83,7 +84,7 @@ impl Task for QuadraticTask {
         normal_dvector(key, self.dim)
     }
 
-    fn loss<S: Real>(&self, params: &DVector<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, _key: S::Key, _batch: &()) -> S {
         sum(square(params))
     }
 }
@@ -108,7 +109,7 @@ impl Task for LogQuadraticTask {
         normal_dvector(key, Self::DIM)
     }
 
-    fn loss<S: Real>(&self, params: &DVector<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, _key: S::Key, _batch: &()) -> S {
         ln(sum(square(params)))
     }
 }
@@ -147,7 +148,7 @@ impl Task for SumQuadraticTask {
         }
     }
 
-    fn loss<S: Real>(&self, params: &SumQuadraticParams<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &SumQuadraticParams<S>, _key: S::Key, _batch: &()) -> S {
         sum(square(params.a + params.b))
     }
 }
@@ -199,7 +200,7 @@ impl Task for BatchQuadraticTask {
         normal_dvector(key, Self::DIM)
     }
 
-    fn loss<S: Real>(&self, params: &DVector<S>, _key: Key, _batch: &NoiseBatch) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, _key: S::Key, _batch: &NoiseBatch) -> S {
         sum(square(params))
     }
 
@@ -256,9 +257,9 @@ impl NoisyMeanQuadraticTask {
     }
     /// The center `n` the loss uses under `key`: `noise_stdev · N(0, I)` drawn from
     /// `key.split().1`.
-    pub fn noise(&self, key: Key) -> DVector<f32> {
+    pub fn noise<S: Real>(&self, key: S::Key) -> DVector<S> {
         let (_, k) = key.split();
-        DVector::from_vec(k.normal_vec::<f32>(self.dim)) * self.noise_stdev
+        DVector::from_vec(k.normal_vec(self.dim)) * S::from_f32(self.noise_stdev)
     }
 }
 
@@ -279,8 +280,8 @@ impl Task for NoisyMeanQuadraticTask {
         p.map(S::from_f32)
     }
 
-    fn loss<S: Real>(&self, params: &DVector<S>, key: Key, _batch: &()) -> S {
-        let noise = self.noise(key);
+    fn loss<S: Real>(&self, params: &DVector<S>, key: S::Key, _batch: &()) -> S {
+        let noise = self.noise::<S>(key);
         let d = params - noise;
         sum(transpose(d) * self.hessian * d)
     }
@@ -324,7 +325,7 @@ impl TaskFamily for FixedDimQuadraticFamily {
         normal_dvector(key, self.dim)
     }
 
-    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: Key, _batch: &()) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {
         sum(square(cfg - params))
     }
 }
@@ -396,7 +397,7 @@ impl FixedDimQuadraticFamilyData {
         &self,
         params: &DVector<S>,
         cfg: &DVector<S>,
-        key: Key,
+        key: S::Key,
         batch: &f32,
     ) -> (S, QuadraticAux<S>) {
         (self.loss(params, cfg, key, batch), self.aux(params))
@@ -418,7 +419,7 @@ impl TaskFamily for FixedDimQuadraticFamilyData {
         normal_dvector(key, self.dim)
     }
 
-    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: Key, batch: &f32) -> S {
+    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, batch: &f32) -> S {
         sum(square(cfg - params)) + batch
     }
 
@@ -475,8 +476,8 @@ impl NoisyQuadraticFamily {
 
     /// The gradient noise `w = cov · z`, `z ~ N(0, I)` from `key`: the loss's gradient
     /// under `key` is the noiseless gradient plus `w`.
-    pub fn gradient_noise(&self, key: Key) -> DVector<f32> {
-        DVector::from_vec(key.normal_vec::<f32>(self.dim)) * self.cov
+    pub fn gradient_noise<S: Real>(&self, key: S::Key) -> DVector<S> {
+        DVector::from_vec(key.normal_vec(self.dim)) * S::from_f32(self.cov)
     }
 }
 
@@ -505,10 +506,10 @@ impl TaskFamily for NoisyQuadraticFamily {
         &self,
         params: &DVector<S>,
         cfg: &NoisyQuadraticCfg<S>,
-        key: Key,
+        key: S::Key,
         _batch: &(),
     ) -> S {
-        let w = self.gradient_noise(key);
+        let w = self.gradient_noise::<S>(key);
         let noise = component_mul(w, params);
         // Adds noise to the gradient only: the value of this term is exactly zero.
         let grad_noise = noise - stop_gradient(noise);
