@@ -309,3 +309,28 @@ fn stop_gradient_has_the_value_and_no_derivative() {
     let (_, d) = with_stop_gradient::value_and_jvp(&2.0f64, &1.0, &());
     assert_eq!(d, 7.0);
 }
+
+// ---------- the whole parameters and a field of them in one loss ----------
+
+#[differentiable]
+fn first_layer_energy<S: Real>(p: &Two<S>) -> S {
+    sum(square(p.w1)) + sum(p.b2)
+}
+
+#[task]
+fn whole_and_field<S: Real>(p: &Two<S>, x: &DMatrix<f64>) -> S {
+    let h = layer(&data(x), &p.w1, &p.b1);
+    mean(h) + first_layer_energy(p) * 0.5
+}
+
+#[test]
+fn gradients_of_overlapping_reads_add_up() {
+    let p = Two {
+        w1: rand_mat(4, 5, 30, 0.7),
+        b1: rand_mat(5, 1, 31, 0.3).column(0).into_owned(),
+        w2: rand_mat(5, 3, 32, 0.7),
+        b2: rand_mat(3, 1, 33, 0.3).column(0).into_owned(),
+    };
+    let x = rand_mat(6, 4, 34, 1.0);
+    check!(whole_and_field, p, &x);
+}

@@ -454,8 +454,8 @@ impl Emitter<'_> {
                         self.acc(*x, quote!(#ad::Unary::vjp(&#px, &#po, &#pv, &__g)))
                     }
                     Rhs::ArgRead { arg, path } => {
-                        let g = arg_deriv_ident(*arg);
-                        quote!(#ad::acc_into(&mut #g #path, ::core::option::Option::Some(__g));)
+                        let dp = path_slot(self.path_index(*arg, path));
+                        quote!(#ad::acc(&mut #dp, __g);)
                     }
                     Rhs::SlotRead(s) => {
                         let dm = dm_ident(*s);
@@ -563,6 +563,57 @@ impl Emitter<'_> {
         }
     }
 
+    /// Distinct (argument, field path) pairs read by the body, in first-read order.
+    fn arg_paths(&self) -> Vec<(usize, TokenStream)> {
+        fn walk(stmts: &[Stmt], out: &mut Vec<(usize, TokenStream)>) {
+            for s in stmts {
+                match s {
+                    Stmt::Def {
+                        rhs: Rhs::ArgRead { arg, path },
+                        ..
+                    } => {
+                        let key = path.to_string();
+                        if !out.iter().any(|(a, p)| a == arg && p.to_string() == key) {
+                            out.push((*arg, path.clone()));
+                        }
+                    }
+                    Stmt::For { body, .. } => walk(body, out),
+                    Stmt::If { then, els, .. } => {
+                        walk(then, out);
+                        walk(els, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.f.body, &mut out);
+        out
+    }
+
+    fn path_index(&self, arg: usize, path: &TokenStream) -> usize {
+        let key = path.to_string();
+        self.arg_paths()
+            .iter()
+            .position(|(a, p)| *a == arg && p.to_string() == key)
+            .expect("path collected")
+    }
+
+    /// The value at a field path of argument `k`, as a place.
+    fn arg_place(&self, k: usize, path: &TokenStream) -> TokenStream {
+        let a = &self.args[k];
+        let id = &a.ident;
+        if path.is_empty() {
+            if a.is_ref {
+                quote!((*#id))
+            } else {
+                quote!(#id)
+            }
+        } else {
+            quote!((#id #path))
+        }
+    }
+
     fn tape_decls(&self) -> TokenStream {
         let mut out = TokenStream::new();
         for (v, var) in self.f.vars.iter().enumerate() {
@@ -617,16 +668,48 @@ impl Emitter<'_> {
         let tapes = self.tape_decls();
         let fwd = self.fwd_block(&self.f.body, Mode::Grad, false);
         let r = self.place(self.f.result);
+        // One adjoint slot per distinct argument path read; the gradient is assembled from
+        // them at the end, moving each slot into place (no zero-fill-then-add pass).
+        let paths = self.arg_paths();
+        let mut path_decls = TokenStream::new();
+        for (i, (k, path)) in paths.iter().enumerate() {
+            let dp = path_slot(i);
+            let p = self.arg_place(*k, path);
+            path_decls.extend(quote!(let mut #dp = #ad::none_like(&#p);));
+        }
         let mut grads = TokenStream::new();
-        for (k, a) in self.args.iter().enumerate() {
+        for k in 0..self.args.len() {
             let g = arg_deriv_ident(k);
-            let id = &a.ident;
-            let p = if a.is_ref {
-                quote!((*#id))
-            } else {
-                quote!(#id)
-            };
-            grads.extend(quote!(let mut #g = ::lopt::Params::zeros_like(&#p);));
+            let mine: Vec<usize> = (0..paths.len()).filter(|&i| paths[i].0 == k).collect();
+            let strs: Vec<String> = mine.iter().map(|&i| paths[i].1.to_string()).collect();
+            let whole = self.arg_place(k, &TokenStream::new());
+            let overlap = strs.iter().enumerate().any(|(a, x)| {
+                strs.iter()
+                    .enumerate()
+                    .any(|(b, y)| a != b && is_path_prefix(x, y))
+            });
+            if mine.len() == 1 && strs[0].is_empty() {
+                let dp = path_slot(mine[0]);
+                grads.extend(quote! {
+                    let #g = match #dp {
+                        ::core::option::Option::Some(__v) => __v,
+                        ::core::option::Option::None => ::lopt::Params::zeros_like(&#whole),
+                    };
+                });
+                continue;
+            }
+            grads.extend(quote!(let mut #g = ::lopt::Params::zeros_like(&#whole);));
+            for &i in &mine {
+                let dp = path_slot(i);
+                let path = &paths[i].1;
+                if overlap {
+                    grads.extend(quote!(#ad::acc_into(&mut #g #path, #dp);));
+                } else {
+                    grads.extend(quote! {
+                        if let ::core::option::Option::Some(__v) = #dp { #g #path = __v; }
+                    });
+                }
+            }
         }
         let decls = self.adjoint_decls(&self.f.body);
         let seed_stmt = if self.active(self.f.result) {
@@ -641,13 +724,23 @@ impl Emitter<'_> {
             #tapes
             #fwd
             let __value = ::core::clone::Clone::clone(&#r);
-            #grads
+            #path_decls
             #decls
             #seed_stmt
             #rev
+            #grads
             #ret
         })
     }
+}
+
+fn path_slot(i: usize) -> syn::Ident {
+    format_ident!("__dp{}", i)
+}
+
+/// `a` is a field path prefix of `b` (`.w` of `.w.x`, or the whole argument).
+fn is_path_prefix(a: &str, b: &str) -> bool {
+    a.is_empty() || (b.starts_with(a) && b[a.len()..].trim_start().starts_with('.'))
 }
 
 /// Every slot assigned and every slot declared in a block, nested blocks included.
