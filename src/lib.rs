@@ -3,8 +3,14 @@
 //! Learned optimization and meta-learning in Rust. See the README for a tour.
 #![warn(missing_docs)]
 
+// The macros expand to `::lopt::...` paths; this makes them resolve inside the crate too.
+extern crate self as lopt;
+
 pub use lopt_macros::*;
 pub use lopt_runtime::*;
+
+pub mod eval_training;
+pub mod tasks;
 
 /// Everything a typical program needs: `use lopt::prelude::*;`.
 pub mod prelude {
