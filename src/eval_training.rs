@@ -43,8 +43,8 @@ pub mod multi;
 pub mod plot;
 
 pub use multi::{
-    multi_task_training_curves, sample_instances, LaneOptimizer, MultiSplitCurves,
-    MultiTaskConfig, MultiTaskCurves,
+    multi_task_training_curves, sample_instances, LaneOptimizer, MultiSplitCurves, MultiTaskConfig,
+    MultiTaskCurves,
 };
 
 /// The splits evaluated by [`single_task_training_curves`], in order (the library's
@@ -352,7 +352,9 @@ impl TrainingCurves {
         let mut header = false;
         for (n, line) in text.lines().enumerate().map(|(n, l)| (n + 1, l)) {
             if let Some(meta) = line.strip_prefix("# ") {
-                let (k, v) = meta.split_once('=').ok_or_else(|| bad(n, "expected `# name=value`"))?;
+                let (k, v) = meta
+                    .split_once('=')
+                    .ok_or_else(|| bad(n, "expected `# name=value`"))?;
                 let count = || v.parse::<usize>().map_err(|_| bad(n, "expected a count"));
                 match k {
                     "task" => c.task = v.to_string(),
@@ -450,7 +452,11 @@ impl TrainingCurves {
     /// on the left, each [`Aux`] metric per split on the right. See [`plot`].
     pub fn plot_png(&self, path: impl AsRef<Path>) -> Result<()> {
         let f = |v: &[usize]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-        let mut losses = vec![plot::Line::new("train/loss", f(&self.train_xs), self.train_loss.clone())];
+        let mut losses = vec![plot::Line::new(
+            "train/loss",
+            f(&self.train_xs),
+            self.train_loss.clone(),
+        )];
         let mut metrics: BTreeMap<&str, Vec<plot::Line>> = BTreeMap::new();
         for (split, sc) in &self.eval {
             losses.push(plot::Line::new(
@@ -566,7 +572,10 @@ pub(crate) mod float_map {
     #[derive(Serialize, Deserialize)]
     struct Values(#[serde(with = "super::floats")] Vec<f64>);
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Vec<f64>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Vec<f64>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_map(m.iter().map(|(k, v)| (k, Values(v.clone()))))
     }
 

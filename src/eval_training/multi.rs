@@ -197,7 +197,10 @@ where
         )));
     }
     let names = aux.names();
-    if let Some(bad) = names.iter().find(|n| *n == "loss" || *n == "loss_normalized") {
+    if let Some(bad) = names
+        .iter()
+        .find(|n| *n == "loss" || *n == "loss_normalized")
+    {
         return Err(Error::InvalidArgument(format!(
             "aux metric name `{bad}` is taken"
         )));
@@ -233,7 +236,12 @@ fn lane_groups<P: Params>(cfgs: &[P], w: usize) -> Vec<Vec<usize>> {
     }
     order
         .iter()
-        .flat_map(|s| by_shape[s].chunks(w).map(<[usize]>::to_vec).collect::<Vec<_>>())
+        .flat_map(|s| {
+            by_shape[s]
+                .chunks(w)
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -347,7 +355,12 @@ where
             }
             progress(t + 1);
         }
-        self.evaluate(&groups, config.num_steps, config.last_eval_batches, &mut out)?;
+        self.evaluate(
+            &groups,
+            config.num_steps,
+            config.last_eval_batches,
+            &mut out,
+        )?;
 
         let mut params: Vec<Option<F::Params<f32>>> = vec![None; n];
         for g in &groups {
@@ -390,7 +403,9 @@ where
                     let unpacked: Vec<F::Params<f32>> = if self.aux_names.is_empty() {
                         Vec::new()
                     } else {
-                        (0..lanes).map(|l| family.unpack_params(params, l)).collect()
+                        (0..lanes)
+                            .map(|l| family.unpack_params(params, l))
+                            .collect()
                     };
                     let mut loss = vec![0.0; lanes];
                     let mut norm = vec![0.0; lanes];

@@ -448,8 +448,7 @@ pub fn ImageMLP_FashionMnist8_Relu32() -> Result<ImageMlpTask<1>> {
 #[allow(non_snake_case)]
 pub fn ImageMLP_FashionMnist_Relu128x128() -> Result<ImageMlpTask<2>> {
     let ds = fashion_mnist_datasets(128, (28, 28), None)?;
-    Ok(ImageMlpTask::new(ds, 784, vec![128, 128])?
-        .with_name("ImageMLP_FashionMnist_Relu128x128"))
+    Ok(ImageMlpTask::new(ds, 784, vec![128, 128])?.with_name("ImageMLP_FashionMnist_Relu128x128"))
 }
 
 /// `ImageMLP_Digits8_Relu32`: the same MLP as [`ImageMLP_FashionMnist8_Relu32`] on the
