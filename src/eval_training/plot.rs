@@ -35,6 +35,20 @@ const FONT_CANDIDATES: &[&str] = &[
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
+/// Line colors (the "tab10" palette): distinct on white, none pale.
+const COLORS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
 /// The family name the font is registered under.
 const FONT: &str = "sans-serif";
 
@@ -178,13 +192,15 @@ fn draw_panel(
     if text {
         mesh.x_desc("step")
             .y_desc(panel.y_label.as_str())
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style((FONT, 13));
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }
     mesh.draw().map_err(|e| err(&e))?;
     for (i, line) in panel.lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let (r, g, b) = COLORS[i % COLORS.len()];
+        let color = RGBColor(r, g, b).to_rgba();
         let series = chart
             .draw_series(LineSeries::new(line.points(), color.stroke_width(2)))
             .map_err(|e| err(&e))?;
