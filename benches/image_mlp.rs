@@ -170,7 +170,8 @@ fn main() {
         })
         .per((64 * STEPS) as f64),
     ];
-    let s = common::run(&mut cases, 5, Duration::from_millis(200));
+    // Few rounds: a 64-instance call trains 64,000 instance-steps (seconds each).
+    let s = common::run(&mut cases, 3, Duration::from_millis(200));
 
     println!("per (instance-)step; JAX figures from bench-anchors (same machine type):");
     for (id, jax) in JAX {
