@@ -9,6 +9,7 @@ extern crate self as lopt;
 pub use lopt_macros::*;
 pub use lopt_runtime::*;
 
+pub mod eval_training;
 pub mod tasks;
 
 /// Everything a typical program needs: `use lopt::prelude::*;`.

@@ -11,6 +11,8 @@ pub struct Case<'a> {
     pub run: Box<dyn FnMut() + 'a>,
     /// Calls per sample (chosen by calibration).
     reps: u64,
+    /// Work units per call: reported times are per unit (e.g. per training step).
+    units: f64,
     samples: Vec<f64>,
 }
 
@@ -20,12 +22,20 @@ impl<'a> Case<'a> {
             id: id.into(),
             run: Box::new(run),
             reps: 1,
+            units: 1.0,
             samples: Vec::new(),
         }
     }
+
+    /// Reports times per unit of work when one call does `units` of them (e.g. 1000
+    /// training steps of 8 instances: 8000 instance-steps).
+    pub fn per(mut self, units: f64) -> Self {
+        self.units = units;
+        self
+    }
 }
 
-/// The measured seconds per call of each case, in order.
+/// The measured seconds per call (per unit, see [`Case::per`]) of each case, in order.
 pub struct Summary {
     pub id: String,
     pub median: f64,
@@ -56,7 +66,8 @@ pub fn run(cases: &mut [Case<'_>], rounds: usize, target: Duration) -> Vec<Summa
             for _ in 0..c.reps {
                 (c.run)();
             }
-            c.samples.push(t.elapsed().as_secs_f64() / c.reps as f64);
+            c.samples
+                .push(t.elapsed().as_secs_f64() / (c.reps as f64 * c.units));
         }
     }
     cases

@@ -630,6 +630,75 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
     }
 }
 
+/// What a loss generic over the scalar type `S` can do with its key: `S::Key` is a
+/// [`Key`] for plain floats and one key per lane ([`LaneKeys`](crate::lanes::LaneKeys))
+/// for packets, so a batched instance draws exactly what it draws alone.
+///
+/// Draws through this trait are made in `f32` and converted, so the same key gives the
+/// same numbers in an `f32` run, an `f64` gradient check and every lane of a batch.
+pub trait KeyOps<S>: Copy + Send + Sync + fmt::Debug + 'static {
+    /// The key of every lane from per-lane keys (`keys[i]` for lane `i`; the last one
+    /// repeats if there are fewer keys than lanes).
+    fn from_lane_keys(keys: &[Key]) -> Self;
+    /// The key of lane `i` (the key itself for plain floats).
+    fn lane_key(&self, i: usize) -> Key;
+    /// Splits every lane's key in two.
+    fn split(self) -> (Self, Self);
+    /// Folds `data` into every lane's key.
+    fn fold_in(self, data: u64) -> Self;
+    /// Fills `out` with standard normals, lane `i` from lane `i`'s key.
+    fn fill_normal(self, out: &mut [S]);
+    /// Fills `out` with uniforms in `[0, 1)`, lane `i` from lane `i`'s key.
+    fn fill_uniform(self, out: &mut [S]);
+    /// `n` standard normals.
+    fn normal_vec(self, n: usize) -> Vec<S>
+    where
+        S: Real,
+    {
+        let mut v = vec![S::zero(); n];
+        self.fill_normal(&mut v);
+        v
+    }
+    /// One standard normal.
+    fn normal(self) -> S
+    where
+        S: Real,
+    {
+        let mut v = [S::zero()];
+        self.fill_normal(&mut v);
+        v[0]
+    }
+}
+
+impl<S: Real> KeyOps<S> for Key {
+    fn from_lane_keys(keys: &[Key]) -> Self {
+        keys[0]
+    }
+    fn lane_key(&self, _i: usize) -> Key {
+        *self
+    }
+    fn split(self) -> (Self, Self) {
+        Key::split(self)
+    }
+    fn fold_in(self, data: u64) -> Self {
+        Key::fold_in(self, data)
+    }
+    fn fill_normal(self, out: &mut [S]) {
+        let mut buf = vec![0.0f32; out.len()];
+        Key::fill_normal(self, &mut buf);
+        out.iter_mut()
+            .zip(buf)
+            .for_each(|(o, v)| *o = S::from_f32(v));
+    }
+    fn fill_uniform(self, out: &mut [S]) {
+        let mut buf = vec![0.0f32; out.len()];
+        Key::fill_uniform(self, &mut buf);
+        out.iter_mut()
+            .zip(buf)
+            .for_each(|(o, v)| *o = S::from_f32(v));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1051,74 +1120,5 @@ mod tests {
         let key = Key::new(u64::MAX - 5).fold_in(3);
         let s = serde_json::to_string(&key).unwrap();
         assert_eq!(serde_json::from_str::<Key>(&s).unwrap(), key);
-    }
-}
-
-/// What a loss generic over the scalar type `S` can do with its key: `S::Key` is a
-/// [`Key`] for plain floats and one key per lane ([`LaneKeys`](crate::lanes::LaneKeys))
-/// for packets, so a batched instance draws exactly what it draws alone.
-///
-/// Draws through this trait are made in `f32` and converted, so the same key gives the
-/// same numbers in an `f32` run, an `f64` gradient check and every lane of a batch.
-pub trait KeyOps<S>: Copy + Send + Sync + fmt::Debug + 'static {
-    /// The key of every lane from per-lane keys (`keys[i]` for lane `i`; the last one
-    /// repeats if there are fewer keys than lanes).
-    fn from_lane_keys(keys: &[Key]) -> Self;
-    /// The key of lane `i` (the key itself for plain floats).
-    fn lane_key(&self, i: usize) -> Key;
-    /// Splits every lane's key in two.
-    fn split(self) -> (Self, Self);
-    /// Folds `data` into every lane's key.
-    fn fold_in(self, data: u64) -> Self;
-    /// Fills `out` with standard normals, lane `i` from lane `i`'s key.
-    fn fill_normal(self, out: &mut [S]);
-    /// Fills `out` with uniforms in `[0, 1)`, lane `i` from lane `i`'s key.
-    fn fill_uniform(self, out: &mut [S]);
-    /// `n` standard normals.
-    fn normal_vec(self, n: usize) -> Vec<S>
-    where
-        S: Real,
-    {
-        let mut v = vec![S::zero(); n];
-        self.fill_normal(&mut v);
-        v
-    }
-    /// One standard normal.
-    fn normal(self) -> S
-    where
-        S: Real,
-    {
-        let mut v = [S::zero()];
-        self.fill_normal(&mut v);
-        v[0]
-    }
-}
-
-impl<S: Real> KeyOps<S> for Key {
-    fn from_lane_keys(keys: &[Key]) -> Self {
-        keys[0]
-    }
-    fn lane_key(&self, _i: usize) -> Key {
-        *self
-    }
-    fn split(self) -> (Self, Self) {
-        Key::split(self)
-    }
-    fn fold_in(self, data: u64) -> Self {
-        Key::fold_in(self, data)
-    }
-    fn fill_normal(self, out: &mut [S]) {
-        let mut buf = vec![0.0f32; out.len()];
-        Key::fill_normal(self, &mut buf);
-        out.iter_mut()
-            .zip(buf)
-            .for_each(|(o, v)| *o = S::from_f32(v));
-    }
-    fn fill_uniform(self, out: &mut [S]) {
-        let mut buf = vec![0.0f32; out.len()];
-        Key::fill_uniform(self, &mut buf);
-        out.iter_mut()
-            .zip(buf)
-            .for_each(|(o, v)| *o = S::from_f32(v));
     }
 }

@@ -6,5 +6,8 @@
 //! and families run batched across SIMD lanes.
 //!
 //! - [`quadratics`]: the quadratic tasks and families of `tasks/quadratics.py`.
+//! - [`image_mlp`]: the MLP image classifiers of `tasks/fixed/image_mlp.py`, and a family
+//!   of them with sampled hidden widths.
 
+pub mod image_mlp;
 pub mod quadratics;
