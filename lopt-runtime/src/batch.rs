@@ -183,6 +183,24 @@ pub enum Width {
     W16,
 }
 
+impl Width {
+    /// Instances per lane group (1 for [`Width::Serial`]).
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::Serial => 1,
+            Width::W8 => 8,
+            Width::W16 => 16,
+        }
+    }
+}
+
+/// The lane groups [`vmap`] forms at `width`: indices into `cfgs`, each group holding
+/// instances of one shape (equal skipped fields and leaf shapes), in order of first
+/// appearance, at most `width.lanes()` per group.
+pub fn lane_groups<P: Params>(cfgs: &[P], width: Width) -> Vec<Vec<usize>> {
+    groups(cfgs, width.lanes())
+}
+
 /// A shape signature: instances with equal signatures can share a lane group.
 fn signature<P: Params>(p: &P) -> String {
     // Zeroed so values don't matter; Debug shows shapes and skipped (shape) fields.
