@@ -5,7 +5,9 @@
 //!
 //! - `seed.batched`: 32 tasks × dim 10 × 4 Adam steps, initialised from keys inside, one
 //!   `vmap` call at 16 lanes (the seed's `jax.jit(jax.vmap(train_task))(cfgs, keys)`).
-//! - `seed.serial`: the same 32 tasks one at a time in plain `f32` (`Width::Serial`).
+//! - `seed.serial`: the same 32 tasks one after another on the calling thread in plain
+//!   `f32` (what `vmap` at `Width::Serial` computes for each instance, without spreading
+//!   them over threads).
 //! - `scaled.<N>x<D>x100.loop`: N tasks × dim D × 100 steps from given targets and
 //!   parameters, packed into lane groups once outside the timed region; timed: Adam
 //!   initialisation, 100 steps of loss + gradient + update, and the final loss, over all
@@ -367,7 +369,11 @@ fn main() -> lopt::Result<()> {
 
     // Batched and serial must agree before their speeds are compared.
     let batched = vmap(&seed_family, &TrainTask, &cfgs, &keys, Width::W16)?;
-    let serial = vmap(&seed_family, &TrainTask, &cfgs, &keys, Width::Serial)?;
+    let serial: Vec<f32> = cfgs
+        .iter()
+        .zip(&keys)
+        .map(|(c, &k)| TrainTask.call::<f32>(&seed_family, c, &Keys::one(k)))
+        .collect();
     for (b, s) in batched.iter().zip(&serial) {
         assert!((b - s).abs() <= 1e-5 * s.abs().max(1.0), "{b} vs {s}");
     }
@@ -402,7 +408,12 @@ fn main() -> lopt::Result<()> {
             keep(vmap(&seed_family, &TrainTask, keep(&cfgs), &keys, Width::W16).unwrap());
         }),
         Case::new("seed.serial", || {
-            keep(vmap(&seed_family, &TrainTask, keep(&cfgs), &keys, Width::Serial).unwrap());
+            let losses: Vec<f32> = keep(&cfgs)
+                .iter()
+                .zip(&keys)
+                .map(|(c, &k)| TrainTask.call::<f32>(&seed_family, c, &Keys::one(k)))
+                .collect();
+            keep(losses);
         }),
         Case::new("ref.seed.vmap_overhead", || {
             keep(vmap(&seed_family, &Nothing, keep(&cfgs), &keys, Width::W16).unwrap());
