@@ -283,7 +283,8 @@ fn report(id: &str, secs: f64, params_steps: f64, jax: f64, peak: f64) {
     let gbs = bytes / secs / 1e9;
     println!(
         "  {id}: {:.2} us, {gflops:.2} GFLOP/s ({:.1}% of peak {:.0}), {gbs:.2} GB/s of state \
-         traffic ({:.1}% of {:.0} GB/s), JAX {:.1} us: {:.2}x faster",
+         traffic ({:.0}% of main memory's {:.0} GB/s; above 100% it stays in cache), \
+         JAX {:.1} us: {:.2}x faster",
         secs * 1e6,
         100.0 * flops / secs / peak,
         peak / 1e9,
@@ -320,8 +321,8 @@ fn on_cpu_ns() -> Option<u64> {
 }
 
 /// The `--on-cpu` mode: every case on one Rayon thread, timed by on-CPU time (median of
-/// 7 samples of about 50 ms). On a busy shared machine this is the steadier figure; the
-/// two-core estimate of a case whose lane groups spread evenly is half of it.
+/// 7 samples of about 50 ms). On a busy shared machine this is the steadier figure; a
+/// case whose lane groups spread evenly takes about half of it on two cores.
 fn run_on_cpu(cases: &mut [Case<'_>]) -> Vec<(String, f64)> {
     if on_cpu_ns().is_none() {
         println!("(--on-cpu needs Linux)");
@@ -460,10 +461,14 @@ fn main() -> lopt::Result<()> {
     );
     if on_cpu {
         let s = run_on_cpu(&mut cases);
-        println!("two-core estimates (half the one-thread on-CPU time):");
+        println!(
+            "estimates: the scaled cases (many lane groups) at half the one-thread on-CPU \
+             time for two cores; the seed cases (run on one thread) at the full time"
+        );
         for (id, secs) in &s {
             if let Some((ps, jax)) = work(id) {
-                report(id, secs / 2.0, ps, jax, peak);
+                let spread = if id.starts_with("seed.") { 1.0 } else { 2.0 };
+                report(id, secs / spread, ps, jax, peak);
             }
         }
         return Ok(());
