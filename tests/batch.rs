@@ -453,6 +453,32 @@ fn lane_groups_hold_one_shape_each() {
     }
 }
 
+#[test]
+fn bare_leaf_configurations_group_by_shape() {
+    // Matrices of equal size but transposed shapes must not share a group.
+    let shapes = [(2, 3), (3, 2), (2, 3), (1, 6), (3, 2), (2, 3)];
+    let cfgs: Vec<DMatrix<f32>> = shapes
+        .iter()
+        .map(|&(r, c)| DMatrix::from_element(r, c, 1.0))
+        .collect();
+    assert_eq!(
+        lane_groups(&cfgs, Width::W8),
+        vec![vec![0, 2, 5], vec![1, 4], vec![3]]
+    );
+    // Vectors: runs and returns to an earlier length; chunks of at most the width.
+    let lens = [3, 3, 5, 3, 5, 5, 5, 5, 5, 5, 5, 5, 5, 3];
+    let cfgs: Vec<DVector<f32>> = lens.iter().map(|&n| DVector::zeros(n)).collect();
+    assert_eq!(
+        lane_groups(&cfgs, Width::W8),
+        vec![
+            vec![0, 1, 3, 13],
+            vec![2, 4, 5, 6, 7, 8, 9, 10],
+            vec![11, 12]
+        ]
+    );
+    assert_eq!(lane_groups(&cfgs, Width::Serial).len(), lens.len());
+}
+
 // ---------------------------------------------------------------------------------------
 // Bad input.
 

@@ -266,38 +266,56 @@ fn is_bare_leaf<P: Params>(p: &P) -> bool {
 
 /// Instance indices by shape, classes in order of first appearance.
 fn shape_classes<P: Params>(cfgs: &[P]) -> Vec<Vec<usize>> {
-    let mut classes: Vec<Vec<usize>> = Vec::new();
     if cfgs.iter().all(is_bare_leaf) {
-        // Few distinct shapes: a linear search beats hashing.
-        let mut shapes: Vec<Vec<usize>> = Vec::new();
+        let mut classes = Classes::default();
         for (i, c) in cfgs.iter().enumerate() {
-            let s = c.leaf_shape(0);
-            match shapes.iter().position(|x| *x == s) {
-                Some(k) => classes[k].push(i),
-                None => {
-                    shapes.push(s);
-                    classes.push(vec![i]);
+            classes.add(i, c.leaf_shape(0));
+        }
+        classes.members
+    } else {
+        // Skipped fields only show in `Debug`: format each zeroed tree.
+        let mut classes = Classes::default();
+        for (i, c) in cfgs.iter().enumerate() {
+            classes.add(i, format!("{:?}", c.zeros_like()));
+        }
+        classes.members
+    }
+}
+
+/// Instances sorted into classes by key, classes in order of first appearance.
+struct Classes<K> {
+    index: HashMap<K, usize>,
+    members: Vec<Vec<usize>>,
+    /// The key and class of the previous instance: runs of equal keys skip the hashing.
+    last: Option<(K, usize)>,
+}
+
+impl<K> Default for Classes<K> {
+    fn default() -> Self {
+        Classes {
+            index: HashMap::new(),
+            members: Vec::new(),
+            last: None,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Classes<K> {
+    fn add(&mut self, i: usize, key: K) {
+        let k = match &self.last {
+            Some((last, k)) if *last == key => *k,
+            _ => {
+                let next = self.members.len();
+                let k = *self.index.entry(key.clone()).or_insert(next);
+                if k == next {
+                    self.members.push(Vec::new());
                 }
+                self.last = Some((key, k));
+                k
             }
-        }
-        return classes;
+        };
+        self.members[k].push(i);
     }
-    // Skipped fields only show in `Debug`: format each zeroed tree into one reused buffer.
-    use std::fmt::Write;
-    let mut by_sig: HashMap<String, usize> = HashMap::new();
-    let mut buf = String::new();
-    for (i, c) in cfgs.iter().enumerate() {
-        buf.clear();
-        write!(buf, "{:?}", c.zeros_like()).expect("formatting into a String");
-        match by_sig.get(buf.as_str()) {
-            Some(&k) => classes[k].push(i),
-            None => {
-                by_sig.insert(buf.clone(), classes.len());
-                classes.push(vec![i]);
-            }
-        }
-    }
-    classes
 }
 
 /// Below this estimated time for the groups left after the first, [`vmap`] runs them on
