@@ -12,6 +12,7 @@
 //! the seed's `train_task(cfg, key)`; [`vmap`] runs it over many configurations and keys.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -82,11 +83,14 @@ pub trait FamilyLanes: TaskFamily {
     /// Initial parameters for every lane: lane `i` is `init(cfg lane i, key lane i)`,
     /// exactly as the instance would be initialised alone.
     fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: S::Key) -> Self::Params<S> {
-        let ps: Vec<Self::Params<f32>> = (0..S::LANES)
-            .map(|l| self.init(&self.unpack_cfg(cfg, l), keys.lane_key(l)))
-            .collect();
-        let refs: Vec<&Self::Params<f32>> = ps.iter().collect();
-        self.pack_params(&refs)
+        // One plain configuration, refilled lane by lane; lane 0 is what the cast reads.
+        let mut c = self.cast_cfg::<S, f32>(cfg);
+        let mut out = self.cast_params::<f32, S>(&self.init(&c, keys.lane_key(0)));
+        for lane in 1..S::LANES {
+            get_lane(cfg, lane, &mut c);
+            set_lane(&mut out, lane, &self.init(&c, keys.lane_key(lane)));
+        }
+        out
     }
 }
 
@@ -111,31 +115,141 @@ pub enum Width {
     W16,
 }
 
-/// A shape signature: instances with equal signatures can share a lane group.
-fn signature<P: Params>(p: &P) -> String {
-    // Zeroed so values don't matter; Debug shows shapes and skipped (shape) fields.
-    format!("{:?}", p.zeros_like())
+impl Width {
+    /// Instances per lane group (1 for [`Width::Serial`]).
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::Serial => 1,
+            Width::W8 => 8,
+            Width::W16 => 16,
+        }
+    }
 }
 
-/// Lane groups: indices of instances of one shape, in chunks of `w`.
-fn groups<P: Params>(cfgs: &[P], w: usize) -> Vec<Vec<usize>> {
-    let mut by_shape: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut order = Vec::new();
-    for (i, c) in cfgs.iter().enumerate() {
-        let s = signature(c);
-        if !by_shape.contains_key(&s) {
-            order.push(s.clone());
-        }
-        by_shape.entry(s).or_default().push(i);
-    }
-    let mut out = Vec::new();
-    for s in order {
-        for chunk in by_shape[&s].chunks(w) {
-            out.push(chunk.to_vec());
-        }
-    }
-    out
+/// The lane groups [`vmap`] forms at `width`: indices into `cfgs`, each group holding
+/// instances of one shape, in order of first appearance, at most `width.lanes()` per
+/// group (so as few groups as possible).
+///
+/// Two configurations have one shape when their leaves have the same shapes and their
+/// skipped (`#[params(skip)]`) fields are equal, as their `Debug` output shows with every
+/// leaf zeroed. A configuration that is a bare leaf (a scalar, `Vec`, array or matrix:
+/// one leaf with an empty name) is compared by leaf shape alone, without formatting.
+pub fn lane_groups<P: Params>(cfgs: &[P], width: Width) -> Vec<Vec<usize>> {
+    let g = Groups::new(cfgs, width.lanes());
+    g.iter().map(<[usize]>::to_vec).collect()
 }
+
+/// Lane groups as spans of one index list (two allocations whatever their number).
+struct Groups {
+    /// Instance indices, grouped.
+    idx: Vec<usize>,
+    /// `idx[ends[k - 1]..ends[k]]` is group `k`.
+    ends: Vec<usize>,
+}
+
+impl Groups {
+    fn new<P: Params>(cfgs: &[P], w: usize) -> Self {
+        let n = cfgs.len();
+        if w == 1 {
+            // One instance per group: shapes do not matter.
+            return Groups {
+                idx: (0..n).collect(),
+                ends: (1..=n).collect(),
+            };
+        }
+        let classes = shape_classes(cfgs);
+        let mut idx = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n.div_ceil(w) + classes.len());
+        for class in &classes {
+            for chunk in class.chunks(w) {
+                idx.extend_from_slice(chunk);
+                ends.push(idx.len());
+            }
+        }
+        Groups { idx, ends }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, k: usize) -> &[usize] {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        &self.idx[start..self.ends[k]]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[usize]> {
+        (0..self.len()).map(move |k| self.get(k))
+    }
+}
+
+/// True for a bare leaf (no field names, hence no skipped fields).
+fn is_bare_leaf<P: Params>(p: &P) -> bool {
+    let mut name = String::new(); // does not allocate unless written to
+    p.num_leaves() == 1 && {
+        p.write_leaf_name(0, &mut name);
+        name.is_empty()
+    }
+}
+
+/// Instance indices by shape, classes in order of first appearance.
+fn shape_classes<P: Params>(cfgs: &[P]) -> Vec<Vec<usize>> {
+    if cfgs.iter().all(is_bare_leaf) {
+        let mut classes = Classes::default();
+        for (i, c) in cfgs.iter().enumerate() {
+            classes.add(i, c.leaf_shape(0));
+        }
+        classes.members
+    } else {
+        // Skipped fields only show in `Debug`: format each zeroed tree.
+        let mut classes = Classes::default();
+        for (i, c) in cfgs.iter().enumerate() {
+            classes.add(i, format!("{:?}", c.zeros_like()));
+        }
+        classes.members
+    }
+}
+
+/// Instances sorted into classes by key, classes in order of first appearance.
+struct Classes<K> {
+    index: HashMap<K, usize>,
+    members: Vec<Vec<usize>>,
+    /// The key and class of the previous instance: runs of equal keys skip the hashing.
+    last: Option<(K, usize)>,
+}
+
+impl<K> Default for Classes<K> {
+    fn default() -> Self {
+        Classes {
+            index: HashMap::new(),
+            members: Vec::new(),
+            last: None,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Classes<K> {
+    fn add(&mut self, i: usize, key: K) {
+        let k = match &self.last {
+            Some((last, k)) if *last == key => *k,
+            _ => {
+                let next = self.members.len();
+                let k = *self.index.entry(key.clone()).or_insert(next);
+                if k == next {
+                    self.members.push(Vec::new());
+                }
+                self.last = Some((key, k));
+                k
+            }
+        };
+        self.members[k].push(i);
+    }
+}
+
+/// Below this estimated time for the groups left after the first, [`vmap`] runs them on
+/// the calling thread: waking Rayon's workers costs tens of microseconds on a busy
+/// machine, more than it saves on small work.
+const INLINE_BELOW: Duration = Duration::from_micros(30);
 
 fn run_groups<F, Fun, S>(family: &F, f: &Fun, cfgs: &[F::Cfg<f32>], keys: &[Key]) -> Vec<f32>
 where
@@ -143,32 +257,50 @@ where
     Fun: VmapFn<F>,
     S: Real,
 {
-    let gs = groups(cfgs, S::LANES);
-    let results: Vec<(Vec<usize>, S)> = gs
-        .into_par_iter()
-        .map(|g| {
-            let refs: Vec<&F::Cfg<f32>> = g.iter().map(|&i| &cfgs[i]).collect();
-            let cfg = family.pack_cfg::<S>(&refs);
-            let lane_keys = (0..S::LANES)
-                .map(|l| keys[g[l.min(g.len() - 1)]])
-                .collect::<Vec<_>>();
-            let keys = S::Key::from_lane_keys(&lane_keys);
-            let out = f.call::<S>(family, &cfg, keys);
-            (g, out)
-        })
-        .collect();
+    let groups = Groups::new(cfgs, S::LANES);
+    let run = |g: &[usize]| -> S {
+        let refs: Vec<&F::Cfg<f32>> = g.iter().map(|&i| &cfgs[i]).collect();
+        let cfg = family.pack_cfg::<S>(&refs);
+        // Unused lanes repeat the last instance, as `pack_cfg` does.
+        let lane_keys = (0..S::LANES)
+            .map(|l| keys[g[l.min(g.len() - 1)]])
+            .collect::<Vec<_>>();
+        f.call::<S>(family, &cfg, S::Key::from_lane_keys(&lane_keys))
+    };
     let mut out = vec![0.0f32; cfgs.len()];
-    for (g, v) in results {
+    let mut write = |g: &[usize], v: S| {
         for (lane, &i) in g.iter().enumerate() {
             out[i] = v.lane(lane) as f32;
+        }
+    };
+    // The first group on this thread, timed to decide whether the rest is worth spreading.
+    let t = Instant::now();
+    write(groups.get(0), run(groups.get(0)));
+    let rest = groups.len() - 1;
+    let inline = rest == 0
+        || rayon::current_num_threads() == 1
+        || t.elapsed().saturating_mul(rest as u32) < INLINE_BELOW;
+    if inline {
+        for k in 1..groups.len() {
+            write(groups.get(k), run(groups.get(k)));
+        }
+    } else {
+        let vals: Vec<S> = (1..groups.len())
+            .into_par_iter()
+            .map(|k| run(groups.get(k)))
+            .collect();
+        for (k, v) in (1..groups.len()).zip(vals) {
+            write(groups.get(k), v);
         }
     }
     out
 }
 
 /// Runs `f` over every (configuration, key) pair, batched `width` instances per lane
-/// group, lane groups spread over the current Rayon pool. Returns one value per instance,
-/// in order. The same instance gives the same value at every width and thread count.
+/// group ([`lane_groups`]), lane groups spread over the current Rayon pool (or run on the
+/// calling thread when they are too quick to be worth it). Returns one value per
+/// instance, in order. The same instance gives the same value at every width and thread
+/// count.
 ///
 /// Errors when `cfgs` and `keys` differ in length.
 pub fn vmap<F, Fun>(

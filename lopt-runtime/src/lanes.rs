@@ -1,9 +1,17 @@
 //! Packets of `f32` lanes: the scalar type of batched task instances.
 //!
 //! `Lanes<N>` behaves like one `f32` whose every operation runs on `N` task instances at
-//! once. Plain fixed-size loops over `[f32; N]` are what LLVM turns into SIMD
-//! instructions (AVX2: 8 lanes, AVX-512: 16), so this stays stable Rust with no
-//! intrinsics. Lane `i` of every value belongs to instance `i` of the lane group.
+//! once. Lane `i` of every value belongs to instance `i` of the lane group.
+//!
+//! The arithmetic (`+ − × ÷`, square root, negation, absolute value, min/max) runs on
+//! explicit SIMD registers, `W` lanes at a time: 8 with AVX (`-C target-cpu=native` on a
+//! recent x86-64), 4 with the SSE2 baseline, 1 (plain `f32`) elsewhere. Plain loops over
+//! `[f32; N]` would be simpler, but inside a loop over many packets (an optimizer update,
+//! an elementwise derivative rule) LLVM's loop vectorizer vectorizes *across* the packets
+//! with strided gathers instead of along the lanes, which measured 3.5x slower on an
+//! Adam update. Each lane gets exactly the IEEE operation plain `f32` does, so a lane
+//! computes bit for bit what its instance computes alone. Transcendental functions call
+//! the `f32` ones lane by lane for the same reason.
 
 use std::fmt;
 use std::iter::Sum;
@@ -14,9 +22,195 @@ use num_traits::{One, Zero};
 use crate::key::{Key, KeyOps};
 use crate::scalar::{erf_f64, Mask, Real};
 
+/// One SIMD register of `W` lanes and the operations `Lanes` needs on it.
+#[allow(unused_unsafe)] // the intrinsics are safe to call on newer compilers
+mod simd {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    mod imp {
+        use core::arch::x86_64::*;
+        pub type V = __m256;
+        pub const W: usize = 8;
+        /// # Safety
+        /// `p` is valid for reading `W` floats.
+        #[inline(always)]
+        pub unsafe fn load(p: *const f32) -> V {
+            _mm256_loadu_ps(p)
+        }
+        /// # Safety
+        /// `p` is valid for writing `W` floats.
+        #[inline(always)]
+        pub unsafe fn store(p: *mut f32, v: V) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        pub fn add(a: V, b: V) -> V {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn sub(a: V, b: V) -> V {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn mul(a: V, b: V) -> V {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn div(a: V, b: V) -> V {
+            unsafe { _mm256_div_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn sqrt(a: V) -> V {
+            unsafe { _mm256_sqrt_ps(a) }
+        }
+        #[inline(always)]
+        pub fn neg(a: V) -> V {
+            unsafe { _mm256_xor_ps(a, _mm256_set1_ps(-0.0)) }
+        }
+        #[inline(always)]
+        pub fn abs(a: V) -> V {
+            unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
+        }
+        /// `a >= b ? a : b` per lane (so NaN in either gives `b`).
+        #[inline(always)]
+        pub fn max(a: V, b: V) -> V {
+            unsafe { _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_GE_OQ>(a, b)) }
+        }
+        /// `a <= b ? a : b` per lane.
+        #[inline(always)]
+        pub fn min(a: V, b: V) -> V {
+            unsafe { _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_LE_OQ>(a, b)) }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx")))]
+    mod imp {
+        use core::arch::x86_64::*;
+        pub type V = __m128;
+        pub const W: usize = 4;
+        /// # Safety
+        /// `p` is valid for reading `W` floats.
+        #[inline(always)]
+        pub unsafe fn load(p: *const f32) -> V {
+            _mm_loadu_ps(p)
+        }
+        /// # Safety
+        /// `p` is valid for writing `W` floats.
+        #[inline(always)]
+        pub unsafe fn store(p: *mut f32, v: V) {
+            _mm_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        pub fn add(a: V, b: V) -> V {
+            unsafe { _mm_add_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn sub(a: V, b: V) -> V {
+            unsafe { _mm_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn mul(a: V, b: V) -> V {
+            unsafe { _mm_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn div(a: V, b: V) -> V {
+            unsafe { _mm_div_ps(a, b) }
+        }
+        #[inline(always)]
+        pub fn sqrt(a: V) -> V {
+            unsafe { _mm_sqrt_ps(a) }
+        }
+        #[inline(always)]
+        pub fn neg(a: V) -> V {
+            unsafe { _mm_xor_ps(a, _mm_set1_ps(-0.0)) }
+        }
+        #[inline(always)]
+        pub fn abs(a: V) -> V {
+            unsafe { _mm_andnot_ps(_mm_set1_ps(-0.0), a) }
+        }
+        #[inline(always)]
+        fn blend(m: V, a: V, b: V) -> V {
+            unsafe { _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b)) }
+        }
+        /// `a >= b ? a : b` per lane (so NaN in either gives `b`).
+        #[inline(always)]
+        pub fn max(a: V, b: V) -> V {
+            blend(unsafe { _mm_cmpge_ps(a, b) }, a, b)
+        }
+        /// `a <= b ? a : b` per lane.
+        #[inline(always)]
+        pub fn min(a: V, b: V) -> V {
+            blend(unsafe { _mm_cmple_ps(a, b) }, a, b)
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    mod imp {
+        pub type V = f32;
+        pub const W: usize = 1;
+        /// # Safety
+        /// `p` is valid for reading one float.
+        #[inline(always)]
+        pub unsafe fn load(p: *const f32) -> V {
+            *p
+        }
+        /// # Safety
+        /// `p` is valid for writing one float.
+        #[inline(always)]
+        pub unsafe fn store(p: *mut f32, v: V) {
+            *p = v
+        }
+        #[inline(always)]
+        pub fn add(a: V, b: V) -> V {
+            a + b
+        }
+        #[inline(always)]
+        pub fn sub(a: V, b: V) -> V {
+            a - b
+        }
+        #[inline(always)]
+        pub fn mul(a: V, b: V) -> V {
+            a * b
+        }
+        #[inline(always)]
+        pub fn div(a: V, b: V) -> V {
+            a / b
+        }
+        #[inline(always)]
+        pub fn sqrt(a: V) -> V {
+            a.sqrt()
+        }
+        #[inline(always)]
+        pub fn neg(a: V) -> V {
+            -a
+        }
+        #[inline(always)]
+        pub fn abs(a: V) -> V {
+            a.abs()
+        }
+        #[inline(always)]
+        pub fn max(a: V, b: V) -> V {
+            if a >= b {
+                a
+            } else {
+                b
+            }
+        }
+        #[inline(always)]
+        pub fn min(a: V, b: V) -> V {
+            if a <= b {
+                a
+            } else {
+                b
+            }
+        }
+    }
+
+    pub use imp::*;
+}
+
 /// `N` lanes of `f32`, one per task instance.
 #[derive(Clone, Copy, PartialEq)]
-#[repr(C, align(64))]
+#[repr(transparent)]
 pub struct Lanes<const N: usize>(pub [f32; N]);
 
 /// A lane-wise comparison result.
@@ -81,6 +275,7 @@ impl<const N: usize> Lanes<N> {
     pub fn splat(x: f32) -> Self {
         Lanes([x; N])
     }
+    /// `f` on every lane (scalar code: for the transcendental functions).
     #[inline(always)]
     fn map(self, f: impl Fn(f32) -> f32) -> Self {
         let mut o = self.0;
@@ -89,6 +284,7 @@ impl<const N: usize> Lanes<N> {
         }
         Lanes(o)
     }
+    /// `f` on every lane pair (scalar code).
     #[inline(always)]
     fn zip(self, b: Self, f: impl Fn(f32, f32) -> f32) -> Self {
         let mut o = self.0;
@@ -97,11 +293,53 @@ impl<const N: usize> Lanes<N> {
         }
         Lanes(o)
     }
+    /// `fv` on every register; `fs` lane by lane when `N` is not a multiple of the
+    /// register width (both compute the same).
+    #[inline(always)]
+    fn map_v(self, fv: impl Fn(simd::V) -> simd::V, fs: impl Fn(f32) -> f32) -> Self {
+        if N % simd::W != 0 {
+            return self.map(fs);
+        }
+        let mut o = self.0;
+        for c in 0..N / simd::W {
+            let i = c * simd::W;
+            // SAFETY: i + W <= N, so both pointers cover W floats inside the arrays.
+            unsafe {
+                let x = simd::load(self.0.as_ptr().add(i));
+                simd::store(o.as_mut_ptr().add(i), fv(x));
+            }
+        }
+        Lanes(o)
+    }
+    /// `fv` on every register pair; `fs` lane by lane when `N` is not a multiple of the
+    /// register width.
+    #[inline(always)]
+    fn zip_v(
+        self,
+        b: Self,
+        fv: impl Fn(simd::V, simd::V) -> simd::V,
+        fs: impl Fn(f32, f32) -> f32,
+    ) -> Self {
+        if N % simd::W != 0 {
+            return self.zip(b, fs);
+        }
+        let mut o = self.0;
+        for c in 0..N / simd::W {
+            let i = c * simd::W;
+            // SAFETY: i + W <= N, so every pointer covers W floats inside its array.
+            unsafe {
+                let x = simd::load(self.0.as_ptr().add(i));
+                let y = simd::load(b.0.as_ptr().add(i));
+                simd::store(o.as_mut_ptr().add(i), fv(x, y));
+            }
+        }
+        Lanes(o)
+    }
     #[inline(always)]
     fn cmp(self, b: Self, f: impl Fn(f32, f32) -> bool) -> LaneMask<N> {
         let mut m = [false; N];
-        for ((o, &x), &y) in m.iter_mut().zip(&self.0).zip(&b.0) {
-            *o = f(x, y);
+        for ((m, &x), &y) in m.iter_mut().zip(&self.0).zip(&b.0) {
+            *m = f(x, y);
         }
         LaneMask(m)
     }
@@ -113,15 +351,13 @@ macro_rules! binop {
             type Output = Self;
             #[inline(always)]
             fn $f(self, b: Self) -> Self {
-                self.zip(b, |x, y| x $op y)
+                self.zip_v(b, simd::$f, |x, y| x $op y)
             }
         }
         impl<const N: usize> $atr for Lanes<N> {
             #[inline(always)]
             fn $af(&mut self, b: Self) {
-                for (v, w) in self.0.iter_mut().zip(b.0) {
-                    *v = *v $op w;
-                }
+                *self = self.zip_v(b, simd::$f, |x, y| x $op y);
             }
         }
     };
@@ -135,7 +371,7 @@ impl<const N: usize> Neg for Lanes<N> {
     type Output = Self;
     #[inline(always)]
     fn neg(self) -> Self {
-        self.map(|x| -x)
+        self.map_v(simd::neg, |x| -x)
     }
 }
 
@@ -202,7 +438,7 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn sqrt(self) -> Self {
-        self.map(f32::sqrt)
+        self.map_v(simd::sqrt, f32::sqrt)
     }
     #[inline(always)]
     fn tanh(self) -> Self {
@@ -218,7 +454,7 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn abs(self) -> Self {
-        self.map(f32::abs)
+        self.map_v(simd::abs, f32::abs)
     }
     #[inline(always)]
     fn powi(self, n: i32) -> Self {
@@ -231,11 +467,11 @@ impl<const N: usize> Real for Lanes<N> {
     #[inline(always)]
     fn max(self, o: Self) -> Self {
         // Same tie rule as the scalar impl: the first argument wins when equal.
-        self.zip(o, |a, b| if a >= b { a } else { b })
+        self.zip_v(o, simd::max, |a, b| if a >= b { a } else { b })
     }
     #[inline(always)]
     fn min(self, o: Self) -> Self {
-        self.zip(o, |a, b| if a <= b { a } else { b })
+        self.zip_v(o, simd::min, |a, b| if a <= b { a } else { b })
     }
     #[inline(always)]
     fn ln_1p(self) -> Self {
@@ -256,9 +492,9 @@ impl<const N: usize> Real for Lanes<N> {
     #[inline(always)]
     fn select(m: LaneMask<N>, a: Self, b: Self) -> Self {
         let mut o = b.0;
-        for ((o, &take), &x) in o.iter_mut().zip(&m.0).zip(&a.0) {
-            if take {
-                *o = x;
+        for ((o, &m), &a) in o.iter_mut().zip(&m.0).zip(&a.0) {
+            if m {
+                *o = a;
             }
         }
         Lanes(o)
@@ -319,12 +555,14 @@ impl<const N: usize> KeyOps<Lanes<N>> for LaneKeys<N> {
 mod tests {
     use super::*;
 
+    /// A plain `f32` operation and the same on packets.
+    type Op<const N: usize> = (fn(f32, f32) -> f32, fn(Lanes<N>, Lanes<N>) -> Lanes<N>);
+
     #[test]
     fn lanes_match_scalar_ops() {
         let a = Lanes::<8>::from_lanes(|i| i as f64 * 0.37 - 1.1);
         let b = Lanes::<8>::from_lanes(|i| 2.0 - i as f64 * 0.21);
-        type Pair = (fn(f32, f32) -> f32, fn(Lanes<8>, Lanes<8>) -> Lanes<8>);
-        let ops: [Pair; 4] = [
+        let ops: [Op<8>; 4] = [
             (|x, y| x + y, |x, y| x + y),
             (|x, y| x - y, |x, y| x - y),
             (|x, y| x * y, |x, y| x * y),
@@ -344,5 +582,82 @@ mod tests {
             assert_eq!(m.0[i], a.0[i] < b.0[i]);
             assert_eq!(sel.0[i], if a.0[i] < b.0[i] { a.0[i] } else { b.0[i] });
         }
+    }
+
+    /// Awkward values: signed zeros, subnormals, infinities, NaN, ordinary numbers.
+    const SPECIAL: [f32; 12] = [
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-40,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1.5,
+        -2.25,
+        3.0e38,
+        7.0,
+        -0.1,
+    ];
+
+    /// Every register-wide operation against the plain `f32` one, bit for bit, on every
+    /// pair of awkward values, at a width that fills registers and one that does not.
+    fn check_bitwise<const N: usize>() {
+        let n = SPECIAL.len();
+        let bits = |x: f32| if x.is_nan() { u32::MAX } else { x.to_bits() };
+        for shift in 0..n {
+            let a = Lanes::<N>::from_lanes(|i| SPECIAL[i % n] as f64);
+            let b = Lanes::<N>::from_lanes(|i| SPECIAL[(i + shift) % n] as f64);
+            let ops: [Op<N>; 10] = [
+                (|x, y| x + y, |x, y| x + y),
+                (|x, y| x - y, |x, y| x - y),
+                (|x, y| x * y, |x, y| x * y),
+                (|x, y| x / y, |x, y| x / y),
+                (|x, y| Real::max(x, y), |x, y| x.max(y)),
+                (|x, y| Real::min(x, y), |x, y| x.min(y)),
+                (|x, _| -x, |x, _| -x),
+                (|x, _| x.sqrt(), |x, _| x.sqrt()),
+                (|x, _| x.abs(), |x, _| x.abs()),
+                (
+                    |x, y| {
+                        let mut z = x;
+                        z += y;
+                        z *= y;
+                        z -= x;
+                        z /= y;
+                        z
+                    },
+                    |x, y| {
+                        let mut z = x;
+                        z += y;
+                        z *= y;
+                        z -= x;
+                        z /= y;
+                        z
+                    },
+                ),
+            ];
+            for (k, (s, l)) in ops.iter().enumerate() {
+                let r = l(a, b);
+                for i in 0..N {
+                    let want = s(a.0[i], b.0[i]);
+                    assert_eq!(
+                        bits(r.0[i]),
+                        bits(want),
+                        "op {k}, lane {i}: {} {} -> {} (want {want})",
+                        a.0[i],
+                        b.0[i],
+                        r.0[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn register_ops_match_scalar_bitwise() {
+        check_bitwise::<8>();
+        check_bitwise::<16>();
+        check_bitwise::<3>();
     }
 }
