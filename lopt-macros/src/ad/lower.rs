@@ -803,6 +803,12 @@ impl<'a> Lowerer<'a> {
             return err(span, format!("`{name}` takes {want} argument(s)"));
         }
         match b {
+            Builtin::Unary("Sum") if square_arg(args[0]).is_some() => {
+                // sum(square(x)) in one pass, without the squared intermediate.
+                let inner = square_arg(args[0]).expect("checked");
+                let x = self.lower_expr(inner, out)?;
+                Ok(self.unary(out, op_marker("NormSquared"), x))
+            }
             Builtin::Unary(op) => {
                 let x = self.lower_expr(args[0], out)?;
                 Ok(self.unary(out, op_marker(op), x))
@@ -971,6 +977,18 @@ fn is_atomic(e: &Expr) -> bool {
             _ => true,
         },
         _ => false,
+    }
+}
+
+/// `x` when `e` is `square(x)` or `x.square()`.
+fn square_arg(e: &Expr) -> Option<&Expr> {
+    match strip_ref(e) {
+        Expr::Call(c) if c.args.len() == 1 => match &*c.func {
+            Expr::Path(p) if p.path.is_ident("square") => Some(&c.args[0]),
+            _ => None,
+        },
+        Expr::MethodCall(m) if m.method == "square" && m.args.is_empty() => Some(&m.receiver),
+        _ => None,
     }
 }
 

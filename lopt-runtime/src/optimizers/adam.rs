@@ -113,9 +113,12 @@ impl<P: Params> Optimizer<P> for Adam {
         // Per-step constants in f64, converted once: 1 − 0.999 in f32 would be off by 1e-5.
         let (b1, one_minus_b1) = (s(self.beta1), s(1.0 - self.beta1));
         let (b2, one_minus_b2) = (s(self.beta2), s(1.0 - self.beta2));
-        let bc1 = s(1.0 - self.beta1.powf(t));
-        let bc2 = s(1.0 - self.beta2.powf(t));
-        let (eps, eps_root, neg_lr) = (s(self.epsilon), s(self.epsilon_root), s(-self.lr));
+        // Divisions are the slow part of the step: the bias corrections become per-step
+        // reciprocals, and lr folds into the first one (one division, one sqrt per element;
+        // the last bit can differ from dividing as optax does).
+        let step_scale = s(-self.lr / (1.0 - self.beta1.powf(t)));
+        let inv_bc2 = s(1.0 / (1.0 - self.beta2.powf(t)));
+        let (eps, eps_root) = (s(self.epsilon), s(self.epsilon_root));
         let AdamState { params, mu, nu, .. } = state;
         for i in 0..grad.num_leaves() {
             let (p, m, v, g) = (
@@ -127,9 +130,7 @@ impl<P: Params> Optimizer<P> for Adam {
             for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
                 *m = one_minus_b1 * g + b1 * *m;
                 *v = one_minus_b2 * (g * g) + b2 * *v;
-                let m_hat = *m / bc1;
-                let v_hat = *v / bc2;
-                *p += neg_lr * (m_hat / ((v_hat + eps_root).sqrt() + eps));
+                *p += (step_scale * *m) / ((*v * inv_bc2 + eps_root).sqrt() + eps);
             }
         }
         state.iteration += 1;
