@@ -47,6 +47,8 @@ pub mod check;
 mod data;
 mod elementwise;
 mod exp;
+#[doc(hidden)]
+pub mod gemm;
 mod matmul;
 pub mod op;
 mod reduce;
