@@ -435,6 +435,17 @@ run!(run_f64, f64, f64_avx512, f64_avx2, f64_portable);
 // ---------------------------------------------------------------------------------------
 // Vectors.
 
+/// `[f(0), .., f(N - 1)]` by a plain loop (which, unlike `std::array::from_fn`, always
+/// inlines: an array of registers must not be spilled through a call).
+#[inline(always)]
+fn build<T: Copy, const N: usize>(fill: T, mut f: impl FnMut(usize) -> T) -> [T; N] {
+    let mut a = [fill; N];
+    for (i, x) in a.iter_mut().enumerate() {
+        *x = f(i);
+    }
+    a
+}
+
 /// The element types with kernels.
 trait Elem: Copy + Add<Output = Self> + Mul<Output = Self> + 'static {
     const ZERO: Self;
@@ -538,13 +549,13 @@ impl<T: Elem, F: Madd, const N: usize> Simd for Arr<T, F, N> {
     #[inline(always)]
     unsafe fn madd(a: Self, b: Self, c: Self) -> Self {
         Arr(
-            std::array::from_fn(|l| F::madd(a.0[l], b.0[l], c.0[l])),
+            build(T::ZERO, |l| F::madd(a.0[l], b.0[l], c.0[l])),
             PhantomData,
         )
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
-        Arr(std::array::from_fn(|l| a.0[l] + b.0[l]), PhantomData)
+        Arr(build(T::ZERO, |l| a.0[l] + b.0[l]), PhantomData)
     }
     #[inline(always)]
     unsafe fn hsum(self) -> T {
@@ -562,7 +573,7 @@ impl<T: Elem, F: Madd, const N: usize> Simd for Arr<T, F, N> {
     #[inline(always)]
     unsafe fn fold(x: &[Self]) -> Self {
         debug_assert_eq!(x.len(), N);
-        Arr(std::array::from_fn(|l| x[l].hsum()), PhantomData)
+        Arr(build(T::ZERO, |l| x[l].hsum()), PhantomData)
     }
 }
 
@@ -570,7 +581,7 @@ impl<T: Elem, F: Madd, const N: usize> Simd for Arr<T, F, N> {
 /// points' target features say so; see [`Simd`]).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Simd;
+    use super::{build, Simd};
     use std::arch::x86_64::*;
 
     /// 8 `f32` in a YMM register.
@@ -654,7 +665,9 @@ mod x86 {
         #[inline(always)]
         unsafe fn fold(x: &[Self]) -> Self {
             debug_assert_eq!(x.len(), 8);
-            F32x8(fold8(std::array::from_fn(|l| x[l].0)))
+            F32x8(fold8([
+                x[0].0, x[1].0, x[2].0, x[3].0, x[4].0, x[5].0, x[6].0, x[7].0,
+            ]))
         }
     }
 
@@ -696,7 +709,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn fold(x: &[Self]) -> Self {
             debug_assert_eq!(x.len(), 4);
-            F64x4(fold4d(std::array::from_fn(|l| x[l].0)))
+            F64x4(fold4d([x[0].0, x[1].0, x[2].0, x[3].0]))
         }
     }
 
@@ -752,8 +765,8 @@ mod x86 {
         unsafe fn fold(x: &[Self]) -> Self {
             debug_assert_eq!(x.len(), 16);
             // Each vector to 8 lanes, then two 8-way folds of the 256-bit code.
-            let lo = fold8(std::array::from_fn(|l| halves_ps(x[l].0)));
-            let hi = fold8(std::array::from_fn(|l| halves_ps(x[8 + l].0)));
+            let lo = fold8(build(_mm256_setzero_ps(), |l| halves_ps(x[l].0)));
+            let hi = fold8(build(_mm256_setzero_ps(), |l| halves_ps(x[8 + l].0)));
             F32x16(join_ps(lo, hi))
         }
     }
@@ -799,8 +812,8 @@ mod x86 {
             let half = |v: __m512d| {
                 _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v))
             };
-            let lo = fold4d(std::array::from_fn(|l| half(x[l].0)));
-            let hi = fold4d(std::array::from_fn(|l| half(x[4 + l].0)));
+            let lo = fold4d(build(_mm256_setzero_pd(), |l| half(x[l].0)));
+            let hi = fold4d(build(_mm256_setzero_pd(), |l| half(x[4 + l].0)));
             F64x8(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(lo), hi))
         }
     }
@@ -855,7 +868,7 @@ unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
     let mut s = [[S::zero(); NV]; NR];
     for p in 0..k {
         let ap = a.add(p * lda);
-        let av: [S; NV] = std::array::from_fn(|v| S::load(ap.add(v * S::LANES)));
+        let av: [S; NV] = build(S::zero(), |v| S::load(ap.add(v * S::LANES)));
         let bp = b.add(p * rsb);
         for (j, sj) in s.iter_mut().enumerate() {
             let bj = S::splat(bp.add(j * csb));
@@ -942,7 +955,7 @@ unsafe fn dot<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usize>(
     let kv = k - k % w;
     let mut p = 0;
     while p < kv {
-        let bv: [S; NJ] = std::array::from_fn(|q| S::load(b[q].add(p)));
+        let bv: [S; NJ] = build(S::zero(), |q| S::load(b[q].add(p)));
         for (si, ai) in s.iter_mut().zip(&a) {
             let av = S::load(ai.add(p));
             for (sij, &bj) in si.iter_mut().zip(&bv) {
@@ -952,20 +965,26 @@ unsafe fn dot<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usize>(
         p += w;
     }
     let mut out = [[<S::E as Elem>::ZERO; NJ]; MI];
-    if (MI * NJ) % w == 0 && w <= MAX_LANES {
-        // LANES accumulators at a time (column-major order within the block) folded into
-        // one vector of their sums: a transposing reduction, cheaper than one horizontal
-        // sum each.
+    if w <= MAX_LANES && MI * NJ >= w / 2 {
+        // LANES accumulators at a time (column-major order within the block; the last
+        // group padded with zeros) folded into one vector of their sums: a transposing
+        // reduction, far cheaper than one horizontal sum each.
         let mut tmp = [<S::E as Elem>::ZERO; MAX_LANES];
-        for g in 0..MI * NJ / w {
-            let x: [S; MAX_LANES] = std::array::from_fn(|l| {
-                let q = g * w + l.min(w - 1);
-                s[q % MI][q / MI]
+        for g in 0..(MI * NJ).div_ceil(w) {
+            let x: [S; MAX_LANES] = build(S::zero(), |l| {
+                let q = g * w + l;
+                if l < w && q < MI * NJ {
+                    s[q % MI][q / MI]
+                } else {
+                    S::zero()
+                }
             });
             S::fold(&x[..w]).store(tmp.as_mut_ptr());
             for (l, &v) in tmp.iter().enumerate().take(w) {
                 let q = g * w + l;
-                out[q % MI][q / MI] = v;
+                if q < MI * NJ {
+                    out[q % MI][q / MI] = v;
+                }
             }
         }
     } else {
@@ -1000,7 +1019,7 @@ unsafe fn dot_block<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usiz
     col: usize,
     ldb: usize,
 ) {
-    let b_cols: [*const S::E; NJ] = std::array::from_fn(|q| j.b.add((col + q) * ldb));
+    let b_cols: [*const S::E; NJ] = build(j.b, |q| j.b.add((col + q) * ldb));
     let out = dot::<S, S1, MI, NJ>(j.k, a_rows, b_cols);
     for jj in 0..NJ {
         let c = j.c.add(i + (col + jj) * j.m);
@@ -1024,7 +1043,7 @@ unsafe fn drive_dot<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usiz
     let mut i = 0;
     while i < m {
         let mi = MI.min(m - i);
-        let a_rows: [*const S::E; MI] = std::array::from_fn(|q| j.a.add((i + q.min(mi - 1)) * lda));
+        let a_rows: [*const S::E; MI] = build(j.a, |q| j.a.add((i + q.min(mi - 1)) * lda));
         let mut col = 0;
         while col + NJ <= n {
             dot_block::<S, S1, MI, NJ>(j, a_rows, mi, i, col, ldb);
@@ -1039,7 +1058,7 @@ unsafe fn drive_dot<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usiz
                     }
                 };
             }
-            edge!(1 2 3)
+            edge!(1 2 3 4 5 6 7)
         }
         i += MI;
     }
