@@ -6,6 +6,7 @@
 mod common;
 
 use common::{keep, median, Case};
+use lopt::ad::gemm::{gemm, MatRef};
 use lopt::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
@@ -30,8 +31,9 @@ fn mlp_loss<S: Real>(p: &Mlp<S>, x: &DMatrix<f32>, labels: &Vec<i32>) -> S {
     mean(softmax_cross_entropy(logits, labels))
 }
 
-/// Hand-written value and gradient: row-major buffers allocated once, sgemm with strides
-/// for the transposed products, fused bias/relu/softmax loops.
+/// Hand-written value and gradient: column-major buffers (nalgebra's layout) allocated
+/// once, the same GEMM as the generated code (`lopt::ad::gemm`, reading transposes in
+/// place), fused bias/relu/softmax loops over whole columns.
 struct Manual {
     x: Vec<f32>,
     y: Vec<i32>,
@@ -46,146 +48,126 @@ struct Manual {
     db1: Vec<f32>,
     dw2: Vec<f32>,
     db2: Vec<f32>,
+    /// Per example: the max logit, the sum of exponentials, the label's logit.
+    mx: Vec<f32>,
+    se: Vec<f32>,
+    zy: Vec<f32>,
 }
 
-/// c[m×n] = a[m×k] · b[k×n] with explicit (row, column) strides.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: isize,
-    csa: isize,
-    b: &[f32],
-    rsb: isize,
-    csb: isize,
-    c: &mut [f32],
-) {
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
+/// A column-major `r x c` view.
+fn cm(d: &[f32], r: usize, c: usize) -> MatRef<'_, f32> {
+    MatRef::col_major(d, r, c).expect("buffer sized for its matrix")
+}
+
+/// `e^x` for `f32` without branches, so loops over it vectorize (Cephes `expf`, the
+/// algorithm `lopt`'s softmax uses; inputs here are `<= 0`).
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    let x = x.max(-86.5);
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
+    let ni = (t.to_bits() as i32) - (12_582_912.0f32.to_bits() as i32);
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    (p * r * r + r + 1.0) * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// `Σ x` with eight partial sums, so it vectorizes.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
     }
+    acc.iter().sum::<f32>() + tail
 }
 
 impl Manual {
     fn value_and_grad(&mut self) -> f32 {
-        // Forward.
-        gemm(
-            B,
-            D,
-            H,
-            &self.x,
-            D as isize,
-            1,
-            &self.w1,
-            H as isize,
-            1,
-            &mut self.h,
-        );
-        for r in 0..B {
-            for j in 0..H {
-                let v = self.h[r * H + j] + self.b1[j];
-                self.h[r * H + j] = if v > 0.0 { v } else { 0.0 };
+        // Forward: h = relu(x w1 + b1), z = h w2 + b2.
+        gemm(cm(&self.x, B, D), cm(&self.w1, D, H), &mut self.h, false).unwrap();
+        for (col, &b) in self.h.chunks_exact_mut(B).zip(&self.b1) {
+            col.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+        }
+        gemm(cm(&self.h, B, H), cm(&self.w2, H, K), &mut self.z, false).unwrap();
+        // Softmax cross-entropy, one accumulator per example (rows are strided).
+        self.mx.fill(f32::NEG_INFINITY);
+        for (col, &b) in self.z.chunks_exact_mut(B).zip(&self.b2) {
+            for (v, m) in col.iter_mut().zip(&mut self.mx) {
+                *v += b;
+                *m = m.max(*v);
             }
         }
-        gemm(
-            B,
-            H,
-            K,
-            &self.h,
-            H as isize,
-            1,
-            &self.w2,
-            K as isize,
-            1,
-            &mut self.z,
-        );
-        let mut loss = 0.0f32;
+        for (i, &y) in self.y.iter().enumerate() {
+            self.zy[i] = self.z[i + y as usize * B];
+        }
+        self.se.fill(0.0);
+        for col in self.z.chunks_exact_mut(B) {
+            for ((v, &m), s) in col.iter_mut().zip(&self.mx).zip(&mut self.se) {
+                *v = exp_f32(*v - m);
+                *s += *v;
+            }
+        }
         let inv_b = 1.0 / B as f32;
-        self.db2.iter_mut().for_each(|v| *v = 0.0);
-        for r in 0..B {
-            let row = &mut self.z[r * K..(r + 1) * K];
-            let mut mx = f32::NEG_INFINITY;
-            for j in 0..K {
-                row[j] += self.b2[j];
-                mx = mx.max(row[j]);
-            }
-            let mut s = 0.0;
-            for v in row.iter_mut() {
-                *v = (*v - mx).exp();
-                s += *v;
-            }
-            let y = self.y[r] as usize;
-            loss += s.ln() - (row[y].ln());
-            let inv = 1.0 / s;
-            for (j, v) in row.iter_mut().enumerate() {
-                // row now holds G = (softmax - onehot) / B.
-                *v = (*v * inv - if j == y { 1.0 } else { 0.0 }) * inv_b;
-                self.db2[j] += *v;
-            }
+        let mut loss = 0.0f32;
+        for i in 0..B {
+            loss += self.se[i].ln() + self.mx[i] - self.zy[i];
+            // se now holds 1 / (B Σ exp): z becomes G = (softmax - onehot) / B.
+            self.se[i] = inv_b / self.se[i];
         }
-        // Backward: dW2 = Hᵀ G, dH = G W2ᵀ ⊙ [h > 0], dW1 = Xᵀ dH.
+        for (col, db) in self.z.chunks_exact_mut(B).zip(&mut self.db2) {
+            col.iter_mut().zip(&self.se).for_each(|(v, &s)| *v *= s);
+            *db = 0.0;
+        }
+        for (i, &y) in self.y.iter().enumerate() {
+            self.z[i + y as usize * B] -= inv_b;
+        }
+        for (col, db) in self.z.chunks_exact(B).zip(&mut self.db2) {
+            *db = sum(col);
+        }
+        // Backward: dW2 = hᵀ G, dh = G w2ᵀ ⊙ [h > 0], db1 = Σ_rows dh, dW1 = xᵀ dh.
         gemm(
-            H,
-            B,
-            K,
-            &self.h,
-            1,
-            H as isize,
-            &self.z,
-            K as isize,
-            1,
+            cm(&self.h, B, H).t(),
+            cm(&self.z, B, K),
             &mut self.dw2,
-        );
+            false,
+        )
+        .unwrap();
         gemm(
-            B,
-            K,
-            H,
-            &self.z,
-            K as isize,
-            1,
-            &self.w2,
-            1,
-            K as isize,
+            cm(&self.z, B, K),
+            cm(&self.w2, H, K).t(),
             &mut self.dh,
-        );
-        self.db1.iter_mut().for_each(|v| *v = 0.0);
-        for r in 0..B {
-            for j in 0..H {
-                let i = r * H + j;
-                if self.h[i] <= 0.0 {
-                    self.dh[i] = 0.0;
-                }
-                self.db1[j] += self.dh[i];
+            false,
+        )
+        .unwrap();
+        for ((dcol, hcol), db) in self
+            .dh
+            .chunks_exact_mut(B)
+            .zip(self.h.chunks_exact(B))
+            .zip(&mut self.db1)
+        {
+            for (d, &h) in dcol.iter_mut().zip(hcol) {
+                // a select on the bits, so the loop vectorizes
+                *d = f32::from_bits(d.to_bits() & if h > 0.0 { !0 } else { 0 });
             }
+            *db = sum(dcol);
         }
         gemm(
-            D,
-            B,
-            H,
-            &self.x,
-            1,
-            D as isize,
-            &self.dh,
-            H as isize,
-            1,
+            cm(&self.x, B, D).t(),
+            cm(&self.dh, B, H),
             &mut self.dw1,
-        );
+            false,
+        )
+        .unwrap();
         loss * inv_b
     }
 }
@@ -206,13 +188,12 @@ fn main() {
     };
     let t = p.map(|v| v * 0.5 + 0.1);
 
-    let row_major = |m: &DMatrix<f32>| m.transpose().as_slice().to_vec();
     let mut manual = Manual {
-        x: row_major(&x),
+        x: x.as_slice().to_vec(),
         y: labels.clone(),
-        w1: row_major(&p.w1),
+        w1: p.w1.as_slice().to_vec(),
         b1: p.b1.as_slice().to_vec(),
-        w2: row_major(&p.w2),
+        w2: p.w2.as_slice().to_vec(),
         b2: p.b2.as_slice().to_vec(),
         h: vec![0.0; B * H],
         z: vec![0.0; B * K],
@@ -221,20 +202,29 @@ fn main() {
         db1: vec![0.0; H],
         dw2: vec![0.0; H * K],
         db2: vec![0.0; K],
+        mx: vec![0.0; B],
+        se: vec![0.0; B],
+        zy: vec![0.0; B],
     };
 
     // The two gradients must agree before their speed is compared.
     let (v, g) = mlp_loss::value_and_grad(&p, &x, &labels);
     let vm = manual.value_and_grad();
-    let gm = row_major(&g.w1);
-    let err = gm
-        .iter()
-        .zip(&manual.dw1)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let err = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let errs = [
+        err(g.w1.as_slice(), &manual.dw1),
+        err(g.b1.as_slice(), &manual.db1),
+        err(g.w2.as_slice(), &manual.dw2),
+        err(g.b2.as_slice(), &manual.db2),
+    ];
     assert!(
-        (v - vm).abs() < 1e-4 && err < 1e-4,
-        "generated and hand-written gradients differ: {v} {vm} {err}"
+        (v - vm).abs() < 1e-4 && errs.iter().all(|&e| e < 1e-4),
+        "generated and hand-written gradients differ: {v} {vm} {errs:?}"
     );
 
     let mut cases = vec![
