@@ -508,12 +508,16 @@ trait Simd: Copy {
     unsafe fn splat(p: *const Self::E) -> Self;
     /// `a * b + c` (fused where the variant has FMA).
     unsafe fn madd(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn add(a: Self, b: Self) -> Self;
     /// The sum of the lanes.
     unsafe fn hsum(self) -> Self::E;
     /// `LANES` vectors to the vector of their lane sums: lane `l` is `x[l].hsum()`
     /// (up to summation order).
     unsafe fn fold(x: &[Self]) -> Self;
+    /// The side of the square tiles [`Simd::transpose_tile`] moves (divides `LANES`).
+    const TILE: usize;
+    /// Writes the transpose of a `TILE x TILE` tile: element `t` of source row `r`
+    /// (`src[r * lds + t]`) goes to `dst[t * ldd + r]`.
+    unsafe fn transpose_tile(src: *const Self::E, lds: usize, dst: *mut Self::E, ldd: usize);
 }
 
 /// A portable vector: `N` elements that LLVM maps to the baseline's registers.
@@ -554,10 +558,6 @@ impl<T: Elem, F: Madd, const N: usize> Simd for Arr<T, F, N> {
         )
     }
     #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        Arr(build(T::ZERO, |l| a.0[l] + b.0[l]), PhantomData)
-    }
-    #[inline(always)]
     unsafe fn hsum(self) -> T {
         // Pairwise halving: log2(N) vector adds.
         let mut x = self.0;
@@ -574,6 +574,15 @@ impl<T: Elem, F: Madd, const N: usize> Simd for Arr<T, F, N> {
     unsafe fn fold(x: &[Self]) -> Self {
         debug_assert_eq!(x.len(), N);
         Arr(build(T::ZERO, |l| x[l].hsum()), PhantomData)
+    }
+    const TILE: usize = N;
+    #[inline(always)]
+    unsafe fn transpose_tile(src: *const T, lds: usize, dst: *mut T, ldd: usize) {
+        for r in 0..N {
+            for t in 0..N {
+                *dst.add(t * ldd + r) = *src.add(r * lds + t);
+            }
+        }
     }
 }
 
@@ -614,6 +623,55 @@ mod x86 {
         )
     }
 
+    /// The 8x8 `f32` tile transpose (unpack pairs, shuffle quads, exchange halves).
+    #[inline(always)]
+    pub(super) unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        let r: [__m256; 8] = build(_mm256_setzero_ps(), |i| _mm256_loadu_ps(src.add(i * lds)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        // s_q: columns q and q + 4 of rows 0..4 (low halves) or 4..8
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let lo = [s0, s1, s2, s3];
+        let hi = [s4, s5, s6, s7];
+        for q in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(q * ldd),
+                _mm256_permute2f128_ps::<0x20>(lo[q], hi[q]),
+            );
+            _mm256_storeu_ps(
+                dst.add((q + 4) * ldd),
+                _mm256_permute2f128_ps::<0x31>(lo[q], hi[q]),
+            );
+        }
+    }
+
+    /// The 4x4 `f64` tile transpose.
+    #[inline(always)]
+    pub(super) unsafe fn transpose4d(src: *const f64, lds: usize, dst: *mut f64, ldd: usize) {
+        let r: [__m256d; 4] = build(_mm256_setzero_pd(), |i| _mm256_loadu_pd(src.add(i * lds)));
+        let t0 = _mm256_unpacklo_pd(r[0], r[1]);
+        let t1 = _mm256_unpackhi_pd(r[0], r[1]);
+        let t2 = _mm256_unpacklo_pd(r[2], r[3]);
+        let t3 = _mm256_unpackhi_pd(r[2], r[3]);
+        _mm256_storeu_pd(dst, _mm256_permute2f128_pd::<0x20>(t0, t2));
+        _mm256_storeu_pd(dst.add(ldd), _mm256_permute2f128_pd::<0x20>(t1, t3));
+        _mm256_storeu_pd(dst.add(2 * ldd), _mm256_permute2f128_pd::<0x31>(t0, t2));
+        _mm256_storeu_pd(dst.add(3 * ldd), _mm256_permute2f128_pd::<0x31>(t1, t3));
+    }
+
     /// Four vectors of 4 `f64` to their 4 lane sums.
     #[inline(always)]
     unsafe fn fold4d(x: [__m256d; 4]) -> __m256d {
@@ -650,10 +708,6 @@ mod x86 {
             F32x8(_mm256_fmadd_ps(a.0, b.0, c.0))
         }
         #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            F32x8(_mm256_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
         unsafe fn hsum(self) -> f32 {
             let x = _mm_add_ps(
                 _mm256_castps256_ps128(self.0),
@@ -668,6 +722,11 @@ mod x86 {
             F32x8(fold8([
                 x[0].0, x[1].0, x[2].0, x[3].0, x[4].0, x[5].0, x[6].0, x[7].0,
             ]))
+        }
+        const TILE: usize = 8;
+        #[inline(always)]
+        unsafe fn transpose_tile(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+            transpose8(src, lds, dst, ldd)
         }
     }
 
@@ -695,10 +754,6 @@ mod x86 {
             F64x4(_mm256_fmadd_pd(a.0, b.0, c.0))
         }
         #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            F64x4(_mm256_add_pd(a.0, b.0))
-        }
-        #[inline(always)]
         unsafe fn hsum(self) -> f64 {
             let x = _mm_add_pd(
                 _mm256_castpd256_pd128(self.0),
@@ -710,6 +765,11 @@ mod x86 {
         unsafe fn fold(x: &[Self]) -> Self {
             debug_assert_eq!(x.len(), 4);
             F64x4(fold4d([x[0].0, x[1].0, x[2].0, x[3].0]))
+        }
+        const TILE: usize = 4;
+        #[inline(always)]
+        unsafe fn transpose_tile(src: *const f64, lds: usize, dst: *mut f64, ldd: usize) {
+            transpose4d(src, lds, dst, ldd)
         }
     }
 
@@ -754,10 +814,6 @@ mod x86 {
             F32x16(_mm512_fmadd_ps(a.0, b.0, c.0))
         }
         #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            F32x16(_mm512_add_ps(a.0, b.0))
-        }
-        #[inline(always)]
         unsafe fn hsum(self) -> f32 {
             F32x8(halves_ps(self.0)).hsum()
         }
@@ -768,6 +824,11 @@ mod x86 {
             let lo = fold8(build(_mm256_setzero_ps(), |l| halves_ps(x[l].0)));
             let hi = fold8(build(_mm256_setzero_ps(), |l| halves_ps(x[8 + l].0)));
             F32x16(join_ps(lo, hi))
+        }
+        const TILE: usize = 8;
+        #[inline(always)]
+        unsafe fn transpose_tile(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+            transpose8(src, lds, dst, ldd)
         }
     }
 
@@ -795,10 +856,6 @@ mod x86 {
             F64x8(_mm512_fmadd_pd(a.0, b.0, c.0))
         }
         #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            F64x8(_mm512_add_pd(a.0, b.0))
-        }
-        #[inline(always)]
         unsafe fn hsum(self) -> f64 {
             let h = _mm256_add_pd(
                 _mm512_castpd512_pd256(self.0),
@@ -816,6 +873,11 @@ mod x86 {
             let hi = fold4d(build(_mm256_setzero_pd(), |l| half(x[4 + l].0)));
             F64x8(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(lo), hi))
         }
+        const TILE: usize = 4;
+        #[inline(always)]
+        unsafe fn transpose_tile(src: *const f64, lds: usize, dst: *mut f64, ldd: usize) {
+            transpose4d(src, lds, dst, ldd)
+        }
     }
 }
 
@@ -827,15 +889,13 @@ const MAX_BLOCK: usize = 64;
 /// The most lanes of any vector type.
 const MAX_LANES: usize = 16;
 
-/// Stores (or adds) the `NV` vectors `s` into the column of `C` at `c`, skipping its first
-/// `skip` elements (already written by an earlier, overlapping block).
+/// Stores the `NV` vectors `s` into the column of `C` at `c`, skipping its first `skip`
+/// elements (already written by an earlier, overlapping block).
 #[inline(always)]
-unsafe fn store_col<S: Simd, const NV: usize>(c: *mut S::E, s: [S; NV], acc: bool, skip: usize) {
+unsafe fn store_col<S: Simd, const NV: usize>(c: *mut S::E, s: [S; NV], skip: usize) {
     if skip == 0 {
         for (v, &x) in s.iter().enumerate() {
-            let p = c.add(v * S::LANES);
-            let x = if acc { S::add(S::load(p), x) } else { x };
-            x.store(p);
+            x.store(c.add(v * S::LANES));
         }
     } else {
         let mut tmp = [<S::E as Elem>::ZERO; MAX_BLOCK];
@@ -843,14 +903,15 @@ unsafe fn store_col<S: Simd, const NV: usize>(c: *mut S::E, s: [S; NV], acc: boo
             x.store(tmp.as_mut_ptr().add(v * S::LANES));
         }
         for (r, &v) in tmp.iter().enumerate().take(NV * S::LANES).skip(skip) {
-            let p = c.add(r);
-            p.write(if acc { *p + v } else { v });
+            c.add(r).write(v);
         }
     }
 }
 
-/// Broadcast kernel: `C[0..NV·LANES, 0..NR] (+)= A[0..NV·LANES, :] · B[:, 0..NR]`, where
-/// `A` has contiguous columns `lda` apart and `C` columns are `ldc` apart.
+/// Broadcast kernel: `C[0..NV·LANES, 0..NR] = C0 + A[0..NV·LANES, :] · B[:, 0..NR]`, each
+/// element one multiply-add chain in order of `k`, starting from `C`'s value when
+/// `from_c` (else from zero). `A` has contiguous columns `lda` apart, `C` columns are
+/// `ldc` apart.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
@@ -862,10 +923,18 @@ unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
     csb: usize,
     c: *mut S::E,
     ldc: usize,
-    acc: bool,
+    from_c: bool,
     skip: usize,
 ) {
     let mut s = [[S::zero(); NV]; NR];
+    if from_c {
+        for (j, sj) in s.iter_mut().enumerate() {
+            for (v, x) in sj.iter_mut().enumerate() {
+                // Rows below `skip` belong to an earlier block, which wrote them.
+                *x = S::load(c.add(j * ldc + v * S::LANES));
+            }
+        }
+    }
     for p in 0..k {
         let ap = a.add(p * lda);
         let av: [S; NV] = build(S::zero(), |v| S::load(ap.add(v * S::LANES)));
@@ -878,36 +947,50 @@ unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
         }
     }
     for (j, &sj) in s.iter().enumerate() {
-        store_col::<S, NV>(c.add(j * ldc), sj, acc, skip);
+        store_col::<S, NV>(c.add(j * ldc), sj, skip);
     }
 }
 
-/// The broadcast kernel over all column blocks for rows `i..i+NV·LANES` of `C`.
+/// Where a row block of `A` is read: `a` with columns `lda` apart.
+#[derive(Clone, Copy)]
+struct Panel<E> {
+    a: *const E,
+    lda: usize,
+}
+
+/// The broadcast kernel over all column blocks for rows `i..i+NV·LANES` of `C` and the
+/// `k` range `p0..p0+kc` (`A` rows already at `panel`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
     j: &Job<S::E>,
+    panel: Panel<S::E>,
+    p0: usize,
+    kc: usize,
     i: usize,
+    from_c: bool,
     skip: usize,
 ) {
-    let a = j.a.add(i * j.rsa);
+    let Panel { a, lda } = panel;
     let c = j.c.add(i);
-    let (k, lda, rsb, csb, ldc, acc) = (j.k, j.csa, j.rsb, j.csb, j.m, j.acc);
+    let b0 = j.b.add(p0 * j.rsb);
+    let (rsb, csb, ldc) = (j.rsb, j.csb, j.m);
     let mut col = 0;
     while col + NR <= j.n {
-        let (b, c) = (j.b.add(col * csb), c.add(col * ldc));
-        bcast::<S, NV, NR>(k, a, lda, b, rsb, csb, c, ldc, acc, skip);
+        let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+        bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
         col += NR;
     }
     let nr = j.n - col;
     if nr == 0 {
         return;
     }
-    let (b, c) = (j.b.add(col * csb), c.add(col * ldc));
+    let (b, c) = (b0.add(col * csb), c.add(col * ldc));
     // `NR > x` is known at compile time: arms wider than this variant's block vanish.
     macro_rules! edge {
         ($($w:literal)*) => {
             match nr {
-                $($w if NR > $w => bcast::<S, NV, $w>(k, a, lda, b, rsb, csb, c, ldc, acc, skip),)*
+                $($w if NR > $w => bcast::<S, NV, $w>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip),)*
                 _ => unreachable!(),
             }
         };
@@ -915,28 +998,108 @@ unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
     edge!(1 2 3 4 5 6 7)
 }
 
-/// `C (+)= A·B` with `A` column-contiguous: row blocks of `NV` vectors, then of one, then
-/// one last vector block shifted back to end at row `m` (single rows when `m < LANES`).
+/// Below this many columns of `C`, a product with a transposed `A` takes dot products
+/// rather than packing `A`.
+const PACK_MIN_N: usize = 4;
+
+/// Bytes of the stack buffer a transposed panel of `A` is packed into.
+const PACK_BYTES: usize = 16 * 1024;
+
+/// A 64-byte aligned buffer (aligned loads of the packed panel never split a line).
+#[repr(C, align(64))]
+struct PackBuf([u8; PACK_BYTES]);
+
+/// Copies rows `i..i+rows` of the row-contiguous `A` (rows `j.rsa` apart), columns
+/// `p0..p0+kc`, into `dst` as a column-major `rows x kc` panel, by transposed tiles.
+#[inline(always)]
+unsafe fn pack_rows<S: Simd>(
+    j: &Job<S::E>,
+    i: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    dst: *mut S::E,
+) {
+    let t = S::TILE;
+    let src = j.a.add(i * j.rsa + p0);
+    let full = kc - kc % t;
+    for r0 in (0..rows).step_by(t) {
+        let (s, d) = (src.add(r0 * j.rsa), dst.add(r0));
+        let mut q = 0;
+        while q < full {
+            S::transpose_tile(s.add(q), j.rsa, d.add(q * rows), rows);
+            q += t;
+        }
+        for q in full..kc {
+            for r in 0..t {
+                *d.add(q * rows + r) = *s.add(r * j.rsa + q);
+            }
+        }
+    }
+}
+
+/// One row block of `C` (`NV` vectors tall, at row `i`): read in place when `A` has
+/// contiguous columns, else packed (transposed) chunk by chunk of `k`; a chunk after the
+/// first continues each chain from the `C` the previous one stored, so chunking does not
+/// change a single rounding.
+#[inline(always)]
+unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
+    j: &Job<S::E>,
+    buf: *mut S::E,
+    i: usize,
+    skip: usize,
+) {
+    if j.rsa == 1 {
+        let panel = Panel {
+            a: j.a.add(i),
+            lda: j.csa,
+        };
+        bcast_row_block::<S, NV, NR>(j, panel, 0, j.k, i, j.acc, skip);
+        return;
+    }
+    let rows = NV * S::LANES;
+    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
+    let mut p0 = 0;
+    while p0 < j.k {
+        let kc = kc_max.min(j.k - p0);
+        pack_rows::<S>(j, i, rows, p0, kc, buf);
+        let panel = Panel { a: buf, lda: rows };
+        bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
+        p0 += kc;
+    }
+}
+
+/// `C (=|+=) A·B` by broadcast kernels, `A` column-contiguous (read in place) or
+/// row-contiguous with at least `LANES` rows (packed): row blocks of `NV` vectors, then of
+/// one, then one last vector block shifted back to end at row `m` (single rows when
+/// `m < LANES`, only for column-contiguous `A`).
 #[inline(always)]
 unsafe fn drive_bcast<S: Simd, S1: Simd<E = S::E>, const NV: usize, const NR: usize>(
     j: &Job<S::E>,
 ) {
+    let mut buf = std::mem::MaybeUninit::<PackBuf>::uninit();
+    let buf = buf.as_mut_ptr() as *mut S::E;
     let (m, w) = (j.m, S::LANES);
     let mut i = 0;
     while i + NV * w <= m {
-        bcast_row_block::<S, NV, NR>(j, i, 0);
+        row_block::<S, NV, NR>(j, buf, i, 0);
         i += NV * w;
     }
     while i + w <= m {
-        bcast_row_block::<S, 1, NR>(j, i, 0);
+        row_block::<S, 1, NR>(j, buf, i, 0);
         i += w;
     }
     if i < m {
         if m >= w {
-            bcast_row_block::<S, 1, NR>(j, m - w, i - (m - w));
+            row_block::<S, 1, NR>(j, buf, m - w, i - (m - w));
         } else {
+            debug_assert_eq!(j.rsa, 1);
             for r in i..m {
-                bcast_row_block::<S1, 1, NR>(j, r, 0);
+                let panel = Panel {
+                    a: j.a.add(r),
+                    lda: j.csa,
+                };
+                bcast_row_block::<S1, 1, NR>(j, panel, 0, j.k, r, j.acc, 0);
             }
         }
     }
@@ -1076,12 +1239,14 @@ unsafe fn drive<
 >(
     j: &Job<S::E>,
 ) {
-    // Row-contiguous A (a transpose, or a single row) against column-contiguous B: dot
-    // products along k. A single row is better served so than by one-row broadcasts.
+    // A single row against column-contiguous B, or a transpose too narrow to pay for
+    // packing: dot products along k. Otherwise broadcast kernels, with A read in place
+    // or packed.
     let dot_ok = j.csa == 1 && (j.rsb == 1 || j.k == 1);
-    if dot_ok && (j.rsa != 1 || j.m < S::LANES) {
+    let pack_ok = j.rsa != 1 && j.csa == 1 && j.m >= S::LANES && j.n >= PACK_MIN_N;
+    if dot_ok && ((j.rsa != 1 && !pack_ok) || j.m == 1) {
         drive_dot::<S, S1, MI, NJ>(j, j.rsa, j.csb);
-    } else if j.rsa == 1 {
+    } else if j.rsa == 1 || pack_ok {
         drive_bcast::<S, S1, NV, NR>(j);
     } else if j.csa == 1 {
         // Aᵀ·Bᵀ: copy B to column-major once, then dot products.
@@ -1221,6 +1386,8 @@ mod tests {
                 }
             }
         }
+        // k beyond one packed chunk (256 or 512 elements)
+        v.extend([(17, 600, 5), (40, 1100, 4)]);
         v.extend([
             (128, 64, 32),
             (64, 128, 32),
@@ -1315,6 +1482,121 @@ mod tests {
                     );
                     let _ = want;
                 }
+            }
+        }
+    }
+
+    /// Broadcast-kernel products (at least one vector of rows and `PACK_MIN_N` columns)
+    /// compute every element as one multiply-add chain in order of `k`: bit for bit the
+    /// scalar chain, whatever the layout of the operands.
+    #[test]
+    fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
+        fn chain<M: Madd>(
+            a: &Stored,
+            b: &Stored,
+            a32: &[f32],
+            b32: &[f32],
+            acc: &[f32],
+        ) -> Vec<f32> {
+            let (m, k, n) = (a.rows, a.cols, b.cols);
+            let (va, vb) = (a.view(a32), b.view(b32));
+            let mut c = acc.to_vec();
+            for j in 0..n {
+                for i in 0..m {
+                    let mut s = c[i + j * m];
+                    for p in 0..k {
+                        s = M::madd(va.at(i, p), vb.at(p, j), s);
+                    }
+                    c[i + j * m] = s;
+                }
+            }
+            c
+        }
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            if !isa.supported() {
+                continue;
+            }
+            for (m, k, n) in [
+                (128, 64, 32),
+                (33, 129, 7),
+                (8, 300, 4),
+                (20, 600, 5),
+                (17, 5, 17),
+            ] {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let a = Stored::new(m, k, ta, 5);
+                    let b = Stored::new(k, n, tb, 6);
+                    let (a32, b32) = (a.f32s(), b.f32s());
+                    let c0: Vec<f32> = values(m * n, 7).iter().map(|&x| x as f32).collect();
+                    for acc in [false, true] {
+                        let start = if acc { c0.clone() } else { vec![0.0; m * n] };
+                        let want = if isa == Isa::Portable {
+                            chain::<PortableMadd>(&a, &b, &a32, &b32, &start)
+                        } else {
+                            chain::<Fused>(&a, &b, &a32, &b32, &start)
+                        };
+                        let mut c = if acc {
+                            c0.clone()
+                        } else {
+                            vec![f32::NAN; m * n]
+                        };
+                        run(isa, a.view(&a32), b.view(&b32), &mut c, acc);
+                        let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{isa:?} {m}x{k}x{n} ta={ta} tb={tb} acc={acc}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 blocking (16-lane vectors, 32 x 8 broadcast blocks, 4 x 4 dot blocks),
+    /// run with portable vectors of the same width, so the driver logic those entry
+    /// points use is checked on any CPU.
+    #[test]
+    fn wide_vector_blocking_matches_f64_loop() {
+        unsafe fn go(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], acc: bool) {
+            let j = Job::new(a, b, c.as_mut_ptr(), acc);
+            drive::<Arr<f32, Fused, 16>, Arr<f32, Fused, 1>, 2, 8, 4, 4>(&j)
+        }
+        unsafe fn go64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: &mut [f64], acc: bool) {
+            let j = Job::new(a, b, c.as_mut_ptr(), acc);
+            drive::<Arr<f64, Fused, 8>, Arr<f64, Fused, 1>, 2, 8, 4, 4>(&j)
+        }
+        let shapes = [
+            (1, 33, 17),
+            (15, 7, 9),
+            (17, 129, 3),
+            (33, 64, 10),
+            (47, 300, 9),
+            (64, 600, 33),
+        ];
+        for (m, k, n) in shapes {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = Stored::new(m, k, ta, 8);
+                let b = Stored::new(k, n, tb, 9);
+                let what = format!("wide {m}x{k}x{n} ta={ta} tb={tb}");
+                let (want, scale) = reference(&a, &b, None);
+                let mut c = vec![f64::NAN; m * n];
+                // SAFETY: shapes agree, `c` holds m * n elements; portable vectors only.
+                unsafe { go64(a.view(&a.data), b.view(&b.data), &mut c, false) };
+                check(&c, &want, &scale, k, f64::EPSILON, &what);
+                let (a32, b32) = (a.f32s(), b.f32s());
+                let a_r = Stored {
+                    data: a32.iter().map(|&x| x as f64).collect(),
+                    ..a
+                };
+                let b_r = Stored {
+                    data: b32.iter().map(|&x| x as f64).collect(),
+                    ..b
+                };
+                // `+=` onto f32 start values (exactly representable in the reference)
+                let mut c: Vec<f32> = values(m * n, 10).iter().map(|&x| x as f32).collect();
+                let c0: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                let (want, scale) = reference(&a_r, &b_r, Some(&c0));
+                // SAFETY: as above.
+                unsafe { go(a_r.view(&a32), b_r.view(&b32), &mut c, true) };
+                let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                check(&c, &want, &scale, k + 1, f32::EPSILON as f64, &what);
             }
         }
     }
