@@ -292,6 +292,13 @@ pub(crate) fn isa() -> Isa {
     })
 }
 
+/// Whether this CPU has AVX2 and FMA (detected once), for elementwise kernels elsewhere
+/// that keep an AVX2-compiled copy of their loops.
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    isa() != Isa::Portable
+}
+
 /// The operands of one product, as raw parts.
 #[derive(Clone, Copy)]
 struct Job<T> {
