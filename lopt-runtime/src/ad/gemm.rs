@@ -3,22 +3,26 @@
 //! small MLPs need them.
 //!
 //! `C` is column-major and contiguous; `A` and `B` are strided views ([`MatRef`]), so the
-//! reverse-mode products `G·Bᵀ` and `Aᵀ·G` read the transposes in place. Two
-//! register-blocked micro-kernels, chosen by the operands' layout:
+//! reverse-mode products `G·Bᵀ` and `Aᵀ·G` read their transposes in place: no transposed
+//! matrix is ever built. The work is done by a register-blocked *broadcast* kernel: an
+//! `MR x NR` block of `C` accumulates `A[i..i+MR, p] · B[p, j]` over `p`, the `MR` rows
+//! in a few vector registers, `B[p, j]` broadcast, so the `NR` columns share each load
+//! of `A`. It reads `A`'s columns in place when they are contiguous; when `A` is a
+//! transpose (rows contiguous), each `MR`-row panel is first packed, by 8x8 tile
+//! transposes, into an aligned stack buffer (a chunk of `k` at a time). `B` may have any
+//! strides. Either way every element of `C` is one multiply-add chain in the order of
+//! `k` (continuing from `C` for `+=`), so results do not depend on the operands'
+//! layout, on alignment, or on the vector width. Products too narrow to pay for packing
+//! (`Aᵀ·v`, a row times a matrix) take a *dot* kernel instead: blocks of dot products
+//! vectorized along `k`, reduced by one transposing fold.
 //!
-//! - *broadcast* (`A` has contiguous columns: `A·B`, `G·Bᵀ`): an `MR x NR` block of `C`
-//!   accumulates `A[i..i+MR, p] · B[p, j]` over `p`: the `MR` rows are a few vector
-//!   registers, `B[p, j]` is broadcast, `NR` columns share each load of `A`;
-//! - *dot* (`A` has contiguous rows and `B` contiguous columns: `Aᵀ·G`): an `MI x NJ`
-//!   block of dot products vectorized along `k`, reduced once at the end.
-//!
-//! The kernels are plain Rust over fixed-size arrays, which LLVM keeps in vector
-//! registers. They are compiled three times: for AVX-512, for AVX2+FMA, and for the
-//! target's baseline; the widest the CPU supports is picked once at run time, so a
-//! default build uses the vector units the machine has. Variants differ only in the
-//! rounding of fused versus separate multiply-add and in the order of the `k`-sums of the
-//! dot kernel. Above [`LARGE`] multiply-adds, `matrixmultiply` (cache-blocked and
-//! packed) takes over; other scalar types (SIMD packets) use a plain loop.
+//! The kernels are compiled three times, for AVX-512, for AVX2 + FMA (both with
+//! `core::arch` vectors) and for the target's baseline (portable arrays); the widest the
+//! CPU supports is chosen once at run time, so a default build uses the vector units the
+//! machine has. The variants differ only in fused versus separate multiply-add (the
+//! baseline has no FMA on x86-64) and, in the dot kernel, in the order of the `k`-sums.
+//! Above [`LARGE`] multiply-adds `matrixmultiply` (cache-blocked, packed) takes over;
+//! other scalar types (SIMD packets) use a plain loop.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -28,10 +32,13 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 
-/// Above this many multiply-adds (`m·k·n`), and when every dimension is at least
-/// [`LARGE_DIM`], the operands no longer fit in L1/L2 and `matrixmultiply`'s packed,
-/// cache-blocked loops win.
-pub const LARGE: usize = 1 << 21;
+/// Above this many multiply-adds (`m·k·n`, every dimension at least [`LARGE_DIM`]) the
+/// operands outgrow L1/L2 and `matrixmultiply`'s cache blocking wins (measured on an AVX2
+/// machine: ahead of it up to 384³, behind at 512³).
+pub const LARGE: usize = 1 << 26;
+/// [`LARGE`] when `B` is a transpose (its broadcasts stride across rows): the crossover
+/// comes earlier (between 128³ and 256³).
+pub const LARGE_STRIDED_B: usize = 1 << 23;
 /// See [`LARGE`].
 const LARGE_DIM: usize = 64;
 
@@ -334,7 +341,8 @@ impl<T> Job<T> {
 }
 
 fn large<T>(j: &Job<T>) -> bool {
-    j.m.min(j.k).min(j.n) >= LARGE_DIM && j.m * j.k * j.n > LARGE
+    let limit = if j.rsb == 1 { LARGE } else { LARGE_STRIDED_B };
+    j.m.min(j.k).min(j.n) >= LARGE_DIM && j.m.saturating_mul(j.k).saturating_mul(j.n) > limit
 }
 
 macro_rules! matrixmultiply_entry {
@@ -1610,13 +1618,17 @@ mod tests {
 
     #[test]
     fn large_products_go_through_matrixmultiply_correctly() {
-        let (m, k, n) = (160, 100, 140);
-        assert!(m * k * n > LARGE);
-        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+        // above the threshold for a transposed B (an untransposed one needs 2^26, too
+        // slow for the f64 reference in a debug build)
+        let (m, k, n) = (256, 130, 256);
+        assert!(m * k * n > LARGE_STRIDED_B && m * k * n < LARGE);
+        for (ta, tb) in [(false, true), (true, true)] {
             let a = Stored::new(m, k, ta, 1);
             let b = Stored::new(k, n, tb, 2);
             let (want, scale) = reference(&a, &b, None);
             let mut c = vec![f64::NAN; m * n];
+            let job = Job::new(a.view(&a.data), b.view(&b.data), c.as_mut_ptr(), false);
+            assert!(large(&job));
             gemm(a.view(&a.data), b.view(&b.data), &mut c, false).unwrap();
             check(&c, &want, &scale, k, f64::EPSILON, "large");
         }
