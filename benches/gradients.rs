@@ -46,7 +46,7 @@ const D: usize = 64;
 const H: usize = 32;
 const K: usize = 10;
 const _: () = assert!(
-    B % 8 == 0,
+    B.is_multiple_of(8),
     "the hand-written softmax takes rows eight at a time"
 );
 
@@ -162,10 +162,9 @@ impl Manual {
                     m[l] = m[l].max(c[l]);
                 }
             }
-            let mut zy = [0.0f32; 8];
-            for l in 0..8 {
-                zy[l] = self.z[i0 + l + self.y[i0 + l] as usize * B];
-            }
+            // the label's logit of each example
+            let zy: [f32; 8] =
+                std::array::from_fn(|l| self.z[i0 + l + self.y[i0 + l] as usize * B]);
             let mut s = [0.0f32; 8];
             for j in 0..K {
                 let c: &mut [f32; 8] = (&mut self.z[j * B + i0..j * B + i0 + 8])
