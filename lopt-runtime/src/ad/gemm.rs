@@ -265,7 +265,7 @@ pub(crate) enum Isa {
     Portable,
     /// AVX2 with FMA: 8 `f32` per register.
     Avx2,
-    /// AVX-512 (F + VL) with FMA: 16 `f32` per register.
+    /// AVX-512 (F) with FMA: 16 `f32` per register.
     Avx512,
 }
 
@@ -277,11 +277,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                Isa::Avx2.supported()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512vl")
-            }
+            Isa::Avx512 => Isa::Avx2.supported() && is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -387,26 +383,8 @@ macro_rules! entry {
         }
     };
 }
-entry!(
-    f32_avx512,
-    f32,
-    "avx512f,avx512vl,avx2,fma",
-    x86::F32x16,
-    2,
-    8,
-    4,
-    4
-);
-entry!(
-    f64_avx512,
-    f64,
-    "avx512f,avx512vl,avx2,fma",
-    x86::F64x8,
-    2,
-    8,
-    4,
-    4
-);
+entry!(f32_avx512, f32, "avx512f,avx2,fma", x86::F32x16, 2, 8, 4, 4);
+entry!(f64_avx512, f64, "avx512f,avx2,fma", x86::F64x8, 2, 8, 4, 4);
 entry!(f32_avx2, f32, "avx2,fma", x86::F32x8, 2, 6, 4, 2);
 entry!(f64_avx2, f64, "avx2,fma", x86::F64x4, 2, 6, 4, 2);
 
