@@ -39,8 +39,8 @@ pub const LARGE: usize = 1 << 26;
 /// [`LARGE`] when `B` is a transpose (its broadcasts stride across rows): the crossover
 /// comes earlier (between 128³ and 256³).
 pub const LARGE_STRIDED_B: usize = 1 << 23;
-/// See [`LARGE`].
-const LARGE_DIM: usize = 64;
+/// The smallest dimension for which [`LARGE`] applies (a thin product stays in cache).
+pub const LARGE_DIM: usize = 64;
 
 /// A read-only strided view of a matrix: element `(i, j)` is `data[i * rs + j * cs]`.
 ///
