@@ -297,7 +297,7 @@ impl<const N: usize> Lanes<N> {
     /// register width (both compute the same).
     #[inline(always)]
     fn map_v(self, fv: impl Fn(simd::V) -> simd::V, fs: impl Fn(f32) -> f32) -> Self {
-        if N % simd::W != 0 {
+        if !N.is_multiple_of(simd::W) {
             return self.map(fs);
         }
         let mut o = self.0;
@@ -320,7 +320,7 @@ impl<const N: usize> Lanes<N> {
         fv: impl Fn(simd::V, simd::V) -> simd::V,
         fs: impl Fn(f32, f32) -> f32,
     ) -> Self {
-        if N % simd::W != 0 {
+        if !N.is_multiple_of(simd::W) {
             return self.zip(b, fs);
         }
         let mut o = self.0;

@@ -1,157 +1,44 @@
 //! Matrix products `A * B` (nalgebra semantics: matrix·matrix, matrix·vector,
 //! row·matrix, outer products) and their derivatives.
 //!
-//! `f32`/`f64` products of non-tiny matrices go to `matrixmultiply`'s `sgemm`/`dgemm`,
-//! which take arbitrary strides: the reverse-mode products `dA = G·Bᵀ` and `dB = Aᵀ·G`
-//! read the transposes in place instead of materializing them. Other scalars (SIMD
-//! packets) use a plain loop ordered for column-major locality.
-
-use std::any::TypeId;
+//! Every product goes through [`super::gemm`] (register-blocked `f32`/`f64` kernels with
+//! run-time CPU dispatch; a plain loop for SIMD packets). Its views are strided, so the
+//! reverse-mode products `dA = G·Bᵀ` and `dB = Aᵀ·G` read the transposes in place
+//! instead of materializing them.
 
 use nalgebra::allocator::Allocator;
 use nalgebra::{DefaultAllocator, Dim, OMatrix, UninitMatrix};
 
 use super::elementwise::shape_panic;
+use super::gemm::{gemm_raw, MatRef};
 use super::op;
-use super::reduce::sum_by;
 use super::Binary;
 use crate::scalar::Real;
 
-/// Below this size in any dimension the packing overhead of `gemm` outweighs its speed
-/// (the threshold nalgebra uses too).
-const SMALL_DIM: usize = 5;
+/// A strided view of a whole matrix or of its transpose.
+pub(crate) type View<'a, S> = MatRef<'a, S>;
 
-/// A read-only strided view of a column-major matrix, possibly transposed: element
-/// `(i, j)` is `data[i * rs + j * cs]`.
-///
-/// Views are only made from whole matrices (and their transposes), so every index in
-/// `rows x cols` is in bounds of `data`; the `gemm` calls rely on it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct View<'a, S> {
-    data: &'a [S],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a, S: Real> View<'a, S> {
-    /// The whole of `m`.
+impl<'a, S: Real> MatRef<'a, S> {
+    /// The whole of `m` (column-major).
+    #[inline]
     pub(crate) fn of<R: Dim, C: Dim>(m: &'a OMatrix<S, R, C>) -> Self
     where
         DefaultAllocator: Allocator<R, C>,
     {
-        View {
-            data: m.as_slice(),
-            rows: m.nrows(),
-            cols: m.ncols(),
-            rs: 1,
-            cs: m.nrows(),
-        }
-    }
-
-    /// The transpose, without copying.
-    pub(crate) fn t(self) -> Self {
-        View {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> S {
-        self.data[i * self.rs + j * self.cs]
+        // Cannot fail: the storage holds exactly nrows * ncols elements.
+        MatRef::col_major(m.as_slice(), m.nrows(), m.ncols())
+            .expect("a matrix's storage holds all its elements")
     }
 }
 
-/// `c = a·b` (or `c += a·b` when `accumulate`) through `sgemm`/`dgemm`, for `f32`/`f64`
-/// and every dimension above [`SMALL_DIM`]; returns false (touching nothing) otherwise.
-///
-/// # Safety
-/// `c` must be valid for writes of `a.rows * b.cols` elements in column-major order, and
-/// initialized when `accumulate` (with `beta = 0`, `gemm` never reads `c`).
-unsafe fn gemm_fast<S: Real>(a: View<'_, S>, b: View<'_, S>, c: *mut S, accumulate: bool) -> bool {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if m <= SMALL_DIM || k <= SMALL_DIM || n <= SMALL_DIM {
-        return false;
-    }
-    debug_assert_eq!(k, b.rows);
-    let (rsa, csa, rsb, csb) = (a.rs as isize, a.cs as isize, b.rs as isize, b.cs as isize);
-    let (rsc, csc) = (1, m as isize);
-    // The TypeId test makes the pointer casts identities; the views' invariant keeps
-    // every element gemm reads inside `a.data` / `b.data`.
-    if TypeId::of::<S>() == TypeId::of::<f32>() {
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.data.as_ptr() as *const f32,
-            rsa,
-            csa,
-            b.data.as_ptr() as *const f32,
-            rsb,
-            csb,
-            beta,
-            c as *mut f32,
-            rsc,
-            csc,
-        );
-        true
-    } else if TypeId::of::<S>() == TypeId::of::<f64>() {
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.data.as_ptr() as *const f64,
-            rsa,
-            csa,
-            b.data.as_ptr() as *const f64,
-            rsb,
-            csb,
-            beta,
-            c as *mut f64,
-            rsc,
-            csc,
-        );
-        true
-    } else {
-        false
-    }
-}
-
-/// `c += a·b` for any scalar; `c` is `a.rows x b.cols`, column-major, contiguous.
+/// `c += a·b` by plain loops, for any scalar (the reference for the kernels).
+#[cfg(test)]
 pub(crate) fn gemm_generic<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows);
-    assert_eq!(c.len(), m * n);
-    if m == 0 {
-        return;
-    }
-    for (j, cj) in c.chunks_exact_mut(m).enumerate() {
-        if a.rs == 1 {
-            // Columns of `a` are contiguous: c[:, j] += a[:, p] * b[p, j].
-            for p in 0..k {
-                let bpj = b.at(p, j);
-                let ap = &a.data[p * a.cs..p * a.cs + m];
-                cj.iter_mut().zip(ap).for_each(|(c, &x)| *c += x * bpj);
-            }
-        } else {
-            // Rows of `a` are contiguous (a transpose): c[i, j] += a[i, :] · b[:, j].
-            for (i, c) in cj.iter_mut().enumerate() {
-                *c += sum_by(k, |p| a.at(i, p) * b.at(p, j));
-            }
-        }
-    }
+    super::gemm::gemm_loop(a, b, c)
 }
 
 /// `a·b` as a new `r x c` matrix (`r = a.rows`, `c = b.cols`).
+#[inline]
 pub(crate) fn product<S: Real, R: Dim, C: Dim>(
     a: View<'_, S>,
     b: View<'_, S>,
@@ -161,26 +48,24 @@ pub(crate) fn product<S: Real, R: Dim, C: Dim>(
 where
     DefaultAllocator: Allocator<R, C>,
 {
-    debug_assert_eq!((a.rows, b.cols), (r.value(), c.value()));
+    assert_eq!((a.rows(), b.cols()), (r.value(), c.value()));
+    assert_eq!(a.cols(), b.rows());
     let mut out = UninitMatrix::<S, R, C>::uninit(r, c);
-    // SAFETY: `out` holds exactly `r * c` elements in column-major order; with
-    // `accumulate = false` gemm writes every one of them without reading.
-    if unsafe { gemm_fast(a, b, out.as_mut_ptr() as *mut S, false) } {
-        // SAFETY: gemm initialized every element.
-        return unsafe { out.assume_init() };
+    // SAFETY: the shapes agree (checked above) and `out` holds exactly `r * c` elements
+    // in column-major order; without accumulation gemm writes every one without reading.
+    unsafe {
+        gemm_raw(a, b, out.as_mut_ptr() as *mut S, false);
+        out.assume_init()
     }
-    let mut out = OMatrix::<S, R, C>::zeros_generic(r, c);
-    gemm_generic(a, b, out.as_mut_slice());
-    out
 }
 
 /// `c += a·b` into an existing matrix.
+#[inline]
 pub(crate) fn product_acc<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
-    assert_eq!(c.len(), a.rows * b.cols);
-    // SAFETY: `c` is an initialized slice of exactly `a.rows * b.cols` elements.
-    if !unsafe { gemm_fast(a, b, c.as_mut_ptr(), true) } {
-        gemm_generic(a, b, c);
-    }
+    assert_eq!(a.cols(), b.rows());
+    assert_eq!(c.len(), a.rows() * b.cols());
+    // SAFETY: the shapes agree and `c` is an initialized slice of `a.rows * b.cols`.
+    unsafe { gemm_raw(a, b, c.as_mut_ptr(), true) }
 }
 
 impl<S: Real, R1: Dim, C1: Dim, C2: Dim> Binary<op::Mul, OMatrix<S, C1, C2>> for OMatrix<S, R1, C1>

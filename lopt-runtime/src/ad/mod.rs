@@ -47,7 +47,8 @@ pub mod check;
 mod data;
 mod elementwise;
 mod exp;
-#[allow(dead_code)] // wired into the product rules with the gemm kernels
+#[doc(hidden)]
+pub mod gemm;
 mod gemm_packets;
 mod matmul;
 pub mod op;
