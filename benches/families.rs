@@ -53,28 +53,8 @@ const MEM_BW: f64 = 28e9;
 
 type L = Lanes<16>;
 
-struct FixedDimQuadraticFamily {
-    dim: usize,
-}
-
-#[task_family]
-impl TaskFamily for FixedDimQuadraticFamily {
-    type Cfg<S: Real> = DVector<S>;
-    type Params<S: Real> = DVector<S>;
-    type Batch = ();
-
-    fn sample(&self, key: Key) -> DVector<f32> {
-        DVector::from_vec(key.normal_vec(self.dim))
-    }
-
-    fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
-        DVector::from_vec(key.normal_vec(self.dim))
-    }
-
-    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {
-        sum(square(cfg - params))
-    }
-}
+// The seed's quadratic family, from the task library.
+use lopt::tasks::quadratics::FixedDimQuadraticFamily;
 
 /// The seed's `train_task(cfg, key)` (examples/quadratic_family.rs).
 struct TrainTask;

@@ -38,28 +38,8 @@ fn pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 // ---------------------------------------------------------------------------------------
 // The seed's quadratic family.
 
-struct FixedDimQuadraticFamily {
-    dim: usize,
-}
-
-#[task_family]
-impl TaskFamily for FixedDimQuadraticFamily {
-    type Cfg<S: Real> = DVector<S>;
-    type Params<S: Real> = DVector<S>;
-    type Batch = ();
-
-    fn sample(&self, key: Key) -> DVector<f32> {
-        DVector::from_vec(key.normal_vec(self.dim))
-    }
-
-    fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
-        DVector::from_vec(key.normal_vec(self.dim))
-    }
-
-    fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {
-        sum(square(cfg - params))
-    }
-}
+// The seed's quadratic family, from the task library.
+use lopt::tasks::quadratics::FixedDimQuadraticFamily;
 
 /// The seed's `train_task`, with the number of Adam steps as a field: the final loss.
 struct TrainTask {
