@@ -337,16 +337,22 @@ impl Iterator for EpochBatches {
         let ex = &*self.examples;
         let rows = &self.order[self.pos..self.pos + self.batch_size];
         self.pos += self.batch_size;
-        let mut buf = Vec::with_capacity(self.batch_size * ex.dim);
-        let mut label = Vec::with_capacity(self.batch_size);
-        for &r in rows {
+        // Gathered straight into nalgebra's column-major layout (column c holds pixel c of
+        // every example), with no row-major staging copy.
+        let b = self.batch_size;
+        let mut buf = vec![0.0f32; b * ex.dim];
+        let mut label = Vec::with_capacity(b);
+        for (k, &r) in rows.iter().enumerate() {
             let i = self.range.start + r;
-            buf.extend_from_slice(&ex.pixels[i * ex.dim..(i + 1) * ex.dim]);
+            let src = &ex.pixels[i * ex.dim..(i + 1) * ex.dim];
+            for (c, &v) in src.iter().enumerate() {
+                buf[c * b + k] = v;
+            }
             label.push(ex.labels[i]);
         }
         let (height, width, channels) = ex.shape;
         Some(ImageBatch {
-            image: DMatrix::from_row_slice(self.batch_size, ex.dim, &buf),
+            image: DMatrix::from_vec(b, ex.dim, buf),
             label,
             height,
             width,
