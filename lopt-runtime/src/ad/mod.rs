@@ -46,7 +46,7 @@
 pub mod check;
 mod data;
 mod elementwise;
-mod exp;
+pub(crate) mod exp;
 #[doc(hidden)]
 pub mod gemm;
 mod gemm_packets;
