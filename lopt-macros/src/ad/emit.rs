@@ -51,15 +51,25 @@ enum Mode {
 }
 
 pub struct Emitter<'a> {
-    pub f: &'a Func,
+    f: &'a Func,
     /// Per slot: declared without a value (the value of an `if`).
-    pub deferred: Vec<bool>,
-    pub args: &'a [DiffArg],
+    deferred: Vec<bool>,
+    args: &'a [DiffArg],
     /// The scalar type of the body (for literals and data).
-    pub scalar: &'a syn::Type,
+    scalar: &'a syn::Type,
 }
 
-impl Emitter<'_> {
+impl<'a> Emitter<'a> {
+    /// An emitter for a lowered body whose differentiated arguments are `args`.
+    pub fn new(f: &'a Func, args: &'a [DiffArg], scalar: &'a syn::Type) -> Self {
+        Emitter {
+            deferred: deferred_slots(f),
+            f,
+            args,
+            scalar,
+        }
+    }
+
     fn place(&self, v: VarId) -> TokenStream {
         place_of(&self.f.vars, v)
     }
@@ -781,7 +791,7 @@ fn for_each_masked_if(stmts: &[Stmt], f: &mut impl FnMut(usize)) {
 }
 
 /// Per slot, whether it is declared without a value.
-pub fn deferred_slots(f: &Func) -> Vec<bool> {
+fn deferred_slots(f: &Func) -> Vec<bool> {
     fn walk(stmts: &[Stmt], out: &mut Vec<bool>) {
         for s in stmts {
             match s {

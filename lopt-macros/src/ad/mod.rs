@@ -102,15 +102,24 @@ fn lower_body(sig: &Sig, block: &syn::Block, scalar: &Type) -> Result<Func> {
     Lowerer::new(&sig.diff, sig.data.clone(), scalar.clone()).lower_fn(block)
 }
 
+/// True when `ident` appears as a word anywhere in `ty` (nested generics included).
 fn mentions_ident(ty: &Type, ident: &str) -> bool {
     ty.to_token_stream()
-        .into_iter()
-        .any(|t| matches!(&t, proc_macro2::TokenTree::Ident(i) if i == ident))
-        || ty
-            .to_token_stream()
-            .to_string()
-            .split(|c: char| !c.is_alphanumeric() && c != '_')
-            .any(|w| w == ident)
+        .to_string()
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .any(|w| w == ident)
+}
+
+/// The attribute macros take no arguments.
+fn no_args(attr: &TokenStream, name: &str) -> Result<()> {
+    if attr.is_empty() {
+        Ok(())
+    } else {
+        Err(syn::Error::new_spanned(
+            attr,
+            format!("#[{name}] takes no arguments"),
+        ))
+    }
 }
 
 /// The scalar type of a helper: its type parameter bounded by `Real`, else `f32`/`f64`
@@ -157,12 +166,7 @@ fn mod_fn_vis(vis: &syn::Visibility) -> TokenStream {
 
 /// `#[differentiable] fn f(...)`: the function (value) plus `mod f { fn jvp; fn vjp }`.
 pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
-    if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(
-            attr,
-            "#[differentiable] takes no arguments",
-        ));
-    }
+    no_args(&attr, "differentiable")?;
     let f: ItemFn = syn::parse2(item)?;
     check_fn_shape(&f)?;
     let scalar = helper_scalar(&f)?;
@@ -170,12 +174,7 @@ pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<Tok
     let sig = parse_sig(&f.sig, |_, ty| mentions_ident(ty, &scalar_name))?;
     let ret = return_type(&f.sig)?;
     let func = lower_body(&sig, &f.block, &scalar)?;
-    let em = Emitter {
-        deferred: emit::deferred_slots(&func),
-        f: &func,
-        args: &sig.diff,
-        scalar: &scalar,
-    };
+    let em = Emitter::new(&func, &sig.diff, &scalar);
 
     let name = &f.sig.ident;
     let vis = &f.vis;
@@ -274,9 +273,7 @@ fn check_fn_shape(f: &ItemFn) -> Result<()> {
 
 /// `#[task]` on a free function or on an `impl Task` block.
 pub fn expand_task(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
-    if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(attr, "#[task] takes no arguments"));
-    }
+    no_args(&attr, "task")?;
     let item: Item = syn::parse2(item)?;
     let out = match item {
         Item::Fn(f) => expand_task_fn(f),
@@ -314,12 +311,7 @@ fn expand_task_fn(f: ItemFn) -> Result<TokenStream> {
     let sig = loss_sig(&f.sig)?;
     let scalar = return_type(&f.sig)?;
     let func = lower_body(&sig, &f.block, &scalar)?;
-    let em = Emitter {
-        deferred: emit::deferred_slots(&func),
-        f: &func,
-        args: &sig.diff,
-        scalar: &scalar,
-    };
+    let em = Emitter::new(&func, &sig.diff, &scalar);
     let p = &sig.diff[0];
     let pty = &p.ty;
     let name = &f.sig.ident;
@@ -373,12 +365,7 @@ enum Kind {
 
 /// `#[task_family]` on an `impl TaskFamily for ...` block.
 pub fn expand_task_family(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
-    if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(
-            attr,
-            "#[task_family] takes no arguments",
-        ));
-    }
+    no_args(&attr, "task_family")?;
     let item: Item = syn::parse2(item)?;
     match item {
         Item::Impl(i) => expand_impl(i, Kind::Family),
@@ -422,12 +409,7 @@ fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
     let sig = loss_sig(&loss.sig)?;
     let scalar = return_type(&loss.sig)?;
     let func = lower_body(&sig, &loss.block, &scalar)?;
-    let em = Emitter {
-        deferred: emit::deferred_slots(&func),
-        f: &func,
-        args: &sig.diff,
-        scalar: &scalar,
-    };
+    let em = Emitter::new(&func, &sig.diff, &scalar);
     let pty = &sig.diff[0].ty;
     let generics = &loss.sig.generics;
     let where_c = &loss.sig.generics.where_clause;
