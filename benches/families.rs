@@ -366,6 +366,15 @@ fn main() -> lopt::Result<()> {
         Case::new("ref.seed.vmap_overhead", || {
             keep(vmap(&seed_family, &Nothing, keep(&cfgs), &keys, Width::W16).unwrap());
         }),
+        Case::new("ref.seed.keys", || {
+            // The random draws of seed.batched alone: per lane group of 16, one split and
+            // the 10 initial parameters.
+            for g in keep(&keys).chunks(16) {
+                let k = lopt::lanes::LaneKeys::<16>::from_lane_keys(g);
+                let (k1, _) = k.split();
+                keep(k1.normal_vec(10));
+            }
+        }),
         Case::new("scaled.1024x256x100.loop", || {
             keep(train_scaled(keep(&g1024), 100, generated256));
         }),

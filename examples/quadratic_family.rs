@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
+use lopt::batch::{vmap, VmapFn, Width};
 use lopt::prelude::*;
 
 // class FixedDimQuadraticFamily(tasks_base.TaskFamily):
@@ -34,7 +34,7 @@ impl TaskFamily for FixedDimQuadraticFamily {
 
     //       def init(self, key):
     //         return jax.random.normal(key, shape=(dim,))
-    fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
+    fn init<S: Real>(&self, _cfg: &DVector<S>, key: S::Key) -> DVector<S> {
         DVector::from_vec(key.normal_vec(self.dim))
     }
 

@@ -2,7 +2,7 @@
 //! differences, loss values against closed forms written out here, init statistics,
 //! datasets, normalizer and aux, and batched == serial for the families.
 
-use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
+use lopt::batch::{vmap, VmapFn, Width};
 use lopt::datasets::Split;
 use lopt::gradcheck::{check_gradient, check_task, GradCheck};
 use lopt::prelude::*;

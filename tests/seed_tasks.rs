@@ -2,7 +2,7 @@
 //! examples/quadratic_family.rs), gradient-checked in f64 at many random points, and the
 //! seed's batched training compared with serial training.
 
-use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
+use lopt::batch::{vmap, VmapFn, Width};
 use lopt::gradcheck::{check_task, GradCheck};
 use lopt::prelude::*;
 
@@ -36,7 +36,7 @@ impl TaskFamily for FixedDimQuadraticFamily {
     fn sample(&self, key: Key) -> DVector<f32> {
         DVector::from_vec(key.normal_vec(self.dim))
     }
-    fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
+    fn init<S: Real>(&self, _cfg: &DVector<S>, key: S::Key) -> DVector<S> {
         DVector::from_vec(key.normal_vec(self.dim))
     }
     fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {

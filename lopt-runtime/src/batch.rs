@@ -80,18 +80,6 @@ pub trait FamilyLanes: TaskFamily {
         get_lane(p, lane, &mut out);
         out
     }
-    /// Initial parameters for every lane: lane `i` is `init(cfg lane i, key lane i)`,
-    /// exactly as the instance would be initialised alone.
-    fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: S::Key) -> Self::Params<S> {
-        // One plain configuration, refilled lane by lane; lane 0 is what the cast reads.
-        let mut c = self.cast_cfg::<S, f32>(cfg);
-        let mut out = self.cast_params::<f32, S>(&self.init(&c, keys.lane_key(0)));
-        for lane in 1..S::LANES {
-            get_lane(cfg, lane, &mut c);
-            set_lane(&mut out, lane, &self.init(&c, keys.lane_key(lane)));
-        }
-        out
-    }
 }
 
 impl<F: TaskFamily + ?Sized> FamilyLanes for F {}
@@ -195,6 +183,10 @@ fn is_bare_leaf<P: Params>(p: &P) -> bool {
 /// Instance indices by shape, classes in order of first appearance.
 fn shape_classes<P: Params>(cfgs: &[P]) -> Vec<Vec<usize>> {
     if cfgs.iter().all(is_bare_leaf) {
+        // The common case, all of one shape, without a shape allocated per instance.
+        if cfgs.iter().all(|c| c.same_shape(&cfgs[0])) {
+            return vec![(0..cfgs.len()).collect()];
+        }
         let mut classes = Classes::default();
         for (i, c) in cfgs.iter().enumerate() {
             classes.add(i, c.leaf_shape(0));

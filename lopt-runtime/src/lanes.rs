@@ -19,7 +19,7 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 
 use num_traits::{One, Zero};
 
-use crate::key::{Key, KeyOps};
+use crate::key::{self, Key, KeyOps};
 use crate::scalar::{erf_f64, Mask, Real};
 
 /// One SIMD register of `W` lanes and the operations `Lanes` needs on it.
@@ -527,30 +527,25 @@ impl<const N: usize> KeyOps<Lanes<N>> for LaneKeys<N> {
         self.0[i]
     }
     fn split(self) -> (Self, Self) {
-        let pairs = self.0.map(|k| k.split());
-        (LaneKeys(pairs.map(|p| p.0)), LaneKeys(pairs.map(|p| p.1)))
+        let (a, b) = key::split_lanes(&self.0);
+        (LaneKeys(a), LaneKeys(b))
     }
     fn fold_in(self, data: u64) -> Self {
-        LaneKeys(self.0.map(|k| k.fold_in(data)))
+        LaneKeys(key::fold_in_lanes(&self.0, data))
     }
     fn fill_normal(self, out: &mut [Lanes<N>]) {
-        let mut buf = vec![0.0f32; out.len()];
-        for (l, k) in self.0.iter().enumerate() {
-            k.fill_normal(&mut buf);
-            for (o, &v) in out.iter_mut().zip(&buf) {
-                o.0[l] = v;
-            }
-        }
+        key::fill_lanes_f32(&self.0, lanes_as_arrays(out), true);
     }
     fn fill_uniform(self, out: &mut [Lanes<N>]) {
-        let mut buf = vec![0.0f32; out.len()];
-        for (l, k) in self.0.iter().enumerate() {
-            k.fill_uniform(&mut buf);
-            for (o, &v) in out.iter_mut().zip(&buf) {
-                o.0[l] = v;
-            }
-        }
+        key::fill_lanes_f32(&self.0, lanes_as_arrays(out), false);
     }
+}
+
+/// The packets as plain lane arrays (the same memory: `Lanes` is `repr(transparent)`).
+fn lanes_as_arrays<const N: usize>(x: &mut [Lanes<N>]) -> &mut [[f32; N]] {
+    // SAFETY: `Lanes<N>` is `repr(transparent)` over `[f32; N]`: same size, alignment
+    // and validity, so the slice reinterprets element for element.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<[f32; N]>(), x.len()) }
 }
 
 #[cfg(test)]
@@ -559,6 +554,37 @@ mod tests {
 
     /// A plain `f32` operation and the same on packets.
     type Op<const N: usize> = (fn(f32, f32) -> f32, fn(Lanes<N>, Lanes<N>) -> Lanes<N>);
+
+    /// Every lane of a key operation on `LaneKeys` is what that lane's key gives alone,
+    /// bit for bit, for fill lengths around the 4-value block size.
+    #[test]
+    fn lane_keys_match_each_key_alone() {
+        let keys: Vec<Key> = Key::new(42).split_n(16);
+        let lk = LaneKeys::<16>::from_lane_keys(&keys);
+        let (a, b) = KeyOps::<Lanes<16>>::split(lk);
+        let f = KeyOps::<Lanes<16>>::fold_in(lk, 12345);
+        for (l, k) in keys.iter().enumerate() {
+            assert_eq!((a.0[l], b.0[l]), k.split());
+            assert_eq!(f.0[l], k.fold_in(12345));
+        }
+        for n in [0, 1, 3, 4, 5, 10, 33] {
+            let mut z = vec![Lanes::<16>::default(); n];
+            let mut u = vec![Lanes::<16>::default(); n];
+            lk.fill_normal(&mut z);
+            lk.fill_uniform(&mut u);
+            for (l, k) in keys.iter().enumerate() {
+                let (zk, uk) = (k.normal_vec::<f32>(n), {
+                    let mut v = vec![0f32; n];
+                    k.fill_uniform(&mut v);
+                    v
+                });
+                for i in 0..n {
+                    assert_eq!(z[i].0[l].to_bits(), zk[i].to_bits(), "normal {i} lane {l}");
+                    assert_eq!(u[i].0[l].to_bits(), uk[i].to_bits(), "uniform {i} lane {l}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn lanes_match_scalar_ops() {

@@ -52,6 +52,13 @@ pub trait Params: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// The shape of leaf `i` (rows, columns; `[n]` for vectors, `[]` for a scalar).
     fn leaf_shape(&self, i: usize) -> Vec<usize>;
 
+    /// Whether `other` has the same leaves with the same shapes ([`Params::leaf_shape`]).
+    /// The bare leaves answer without allocating, which grouping many instances needs.
+    fn same_shape(&self, other: &Self) -> bool {
+        self.num_leaves() == other.num_leaves()
+            && (0..self.num_leaves()).all(|i| self.leaf_shape(i) == other.leaf_shape(i))
+    }
+
     /// Total number of scalars over all leaves.
     fn num_elements(&self) -> usize {
         (0..self.num_leaves()).map(|i| self.leaf(i).len()).sum()
@@ -378,6 +385,9 @@ impl<S: Real> Params for S {
     fn leaf_shape(&self, _i: usize) -> Vec<usize> {
         Vec::new()
     }
+    fn same_shape(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 impl<S: Real> Params for Vec<S> {
@@ -395,6 +405,9 @@ impl<S: Real> Params for Vec<S> {
     fn leaf_shape(&self, _i: usize) -> Vec<usize> {
         vec![self.len()]
     }
+    fn same_shape(&self, other: &Self) -> bool {
+        self.len() == other.len()
+    }
 }
 
 impl<S: Real, const N: usize> Params for [S; N] {
@@ -411,6 +424,9 @@ impl<S: Real, const N: usize> Params for [S; N] {
     fn write_leaf_name(&self, _i: usize, _out: &mut String) {}
     fn leaf_shape(&self, _i: usize) -> Vec<usize> {
         vec![N]
+    }
+    fn same_shape(&self, _other: &Self) -> bool {
+        true
     }
 }
 
@@ -448,6 +464,9 @@ where
         } else {
             vec![r, c]
         }
+    }
+    fn same_shape(&self, other: &Self) -> bool {
+        self.shape() == other.shape()
     }
 }
 

@@ -89,6 +89,26 @@ pub trait TaskFamily: Send + Sync {
     fn sample(&self, key: Key) -> Self::Cfg<f32>;
     /// Initial parameters of the task configured by `cfg`.
     fn init(&self, cfg: &Self::Cfg<f32>, key: Key) -> Self::Params<f32>;
+    /// Initial parameters of every lane of a packed configuration: lane `i` is exactly
+    /// `init(cfg lane i, key lane i)`, what the instance gets alone.
+    ///
+    /// By default `init` runs once per lane. When `init` is written generic over the
+    /// scalar (`fn init<S: Real>(&self, cfg: &Self::Cfg<S>, key: S::Key) -> Self::Params<S>`),
+    /// `#[task_family]` makes that function this method, so all lanes draw at once
+    /// (the keys of a packet draw lane-parallel, see [`KeyOps`](crate::key::KeyOps)), and
+    /// derives the plain `init` from it.
+    fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: S::Key) -> Self::Params<S> {
+        use crate::batch::{get_lane, set_lane};
+        use crate::key::KeyOps;
+        // One plain configuration, refilled lane by lane; lane 0 is what the cast reads.
+        let mut c = self.cast_cfg::<S, f32>(cfg);
+        let mut out = self.cast_params::<f32, S>(&self.init(&c, keys.lane_key(0)));
+        for lane in 1..S::LANES {
+            get_lane(cfg, lane, &mut c);
+            set_lane(&mut out, lane, &self.init(&c, keys.lane_key(lane)));
+        }
+        out
+    }
     /// The loss of the task configured by `cfg`.
     fn loss<S: Real>(
         &self,

@@ -321,8 +321,8 @@ impl TaskFamily for FixedDimQuadraticFamily {
         normal_dvector(key, self.dim)
     }
 
-    fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
-        normal_dvector(key, self.dim)
+    fn init<S: Real>(&self, _cfg: &DVector<S>, key: S::Key) -> DVector<S> {
+        DVector::from_vec(key.normal_vec(self.dim))
     }
 
     fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, _batch: &()) -> S {
@@ -415,8 +415,8 @@ impl TaskFamily for FixedDimQuadraticFamilyData {
         normal_dvector(key, self.dim)
     }
 
-    fn init(&self, _cfg: &DVector<f32>, key: Key) -> DVector<f32> {
-        normal_dvector(key, self.dim)
+    fn init<S: Real>(&self, _cfg: &DVector<S>, key: S::Key) -> DVector<S> {
+        DVector::from_vec(key.normal_vec(self.dim))
     }
 
     fn loss<S: Real>(&self, params: &DVector<S>, cfg: &DVector<S>, _key: S::Key, batch: &f32) -> S {
@@ -498,8 +498,8 @@ impl TaskFamily for NoisyQuadraticFamily {
         }
     }
 
-    fn init(&self, _cfg: &NoisyQuadraticCfg<f32>, key: Key) -> DVector<f32> {
-        normal_dvector(key, self.dim)
+    fn init<S: Real>(&self, _cfg: &NoisyQuadraticCfg<S>, key: S::Key) -> DVector<S> {
+        DVector::from_vec(key.normal_vec(self.dim))
     }
 
     fn loss<S: Real>(

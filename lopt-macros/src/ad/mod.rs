@@ -384,6 +384,37 @@ fn has_item(imp: &syn::ItemImpl, name: &str) -> bool {
     })
 }
 
+/// A family's `init` written generic over the scalar becomes `init_lanes` (every lane of
+/// a packet initialised at once), and the plain `f32` `init` the trait asks for calls it.
+fn generic_init(imp: &mut syn::ItemImpl, extra: &mut Vec<TokenStream>) -> Result<()> {
+    let init = imp.items.iter_mut().find_map(|it| match it {
+        ImplItem::Fn(f)
+            if f.sig.ident == "init" && f.sig.generics.type_params().next().is_some() =>
+        {
+            Some(f)
+        }
+        _ => None,
+    });
+    let Some(init) = init else {
+        return Ok(());
+    };
+    let span = init.sig.ident.span();
+    init.sig.ident = syn::Ident::new("init_lanes", span);
+    let defined = |it: &&ImplItem| matches!(it, ImplItem::Fn(f) if f.sig.ident == "init_lanes");
+    if imp.items.iter().filter(defined).count() > 1 {
+        return Err(syn::Error::new(
+            span,
+            "a generic `init` becomes `init_lanes`; define one of the two, not both",
+        ));
+    }
+    extra.push(quote::quote_spanned! {span=>
+        fn init(&self, cfg: &Self::Cfg<f32>, key: ::lopt::Key) -> Self::Params<f32> {
+            <Self as ::lopt::TaskFamily>::init_lanes::<f32>(self, cfg, key)
+        }
+    });
+    Ok(())
+}
+
 fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
     let pos = imp
         .items
@@ -468,6 +499,7 @@ fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
                     Self: '__a;
             ));
         }
+        generic_init(&mut imp, &mut extra)?;
         if !has_item(&imp, "task_fn") {
             extra.push(quote! {
                 fn task_fn<'__a>(&'__a self, cfg: &Self::Cfg<f32>) -> Self::Task<'__a> {
