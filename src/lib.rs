@@ -17,6 +17,7 @@ pub mod prelude {
     pub use lopt_macros::{differentiable, task, task_family, Params};
     pub use lopt_runtime::key::KeyOps;
     pub use lopt_runtime::lanes::Lanes;
+    pub use lopt_runtime::learned_optimizers::{LearnedOptimizer, MlpLOpt};
     pub use lopt_runtime::params::Rebind;
     pub use lopt_runtime::{
         single_task_to_family, Adam, Datasets, Error, FamilyTask, GradientClip, Key, Optimizer,

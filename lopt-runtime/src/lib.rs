@@ -10,6 +10,7 @@ pub mod error;
 pub mod gradcheck;
 pub mod key;
 pub mod lanes;
+pub mod learned_optimizers;
 pub mod ops;
 pub mod optimizers;
 pub mod params;

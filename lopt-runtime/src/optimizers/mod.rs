@@ -178,7 +178,7 @@ fn check_leaf_lengths<P: Params>(what: &str, a: &P, b: &P) -> Result<()> {
 /// Panics with a clear message when `b` cannot be walked side by side with `a`.
 #[inline]
 #[track_caller]
-fn assert_leaf_lengths<P: Params>(what: &str, a: &P, b: &P) {
+pub(crate) fn assert_leaf_lengths<P: Params>(what: &str, a: &P, b: &P) {
     if let Err(e) = check_leaf_lengths(what, a, b) {
         panic!("{e} (Optimizer::try_update reports this as an Err)");
     }
