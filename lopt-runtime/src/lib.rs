@@ -13,6 +13,7 @@ pub mod lanes;
 pub mod learned_optimizers;
 pub mod ops;
 pub mod optimizers;
+pub mod outer_trainers;
 pub mod params;
 pub mod scalar;
 pub mod task;

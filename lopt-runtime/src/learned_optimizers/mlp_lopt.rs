@@ -4,9 +4,9 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::key::Key;
-use crate::optimizers::Optimizer;
 use crate::params::{Params, Rebind};
 use crate::scalar::Real;
+use num_traits::Zero;
 
 use super::LearnedOptimizer;
 
@@ -131,7 +131,7 @@ impl MlpLOpt {
 
 impl LearnedOptimizer for MlpLOpt {
     type Theta<S: Real> = MlpLOptTheta<S>;
-    type Opt<'a, S: Real> = MlpLOptOptimizer<'a, S>;
+    type State<P: Params> = MlpLOptState<P>;
 
     /// Weights from a normal truncated to ±2σ, σ = 1/sqrt(fan_in), without variance
     /// correction (haiku's default initializer, as the JAX library uses); zero biases.
@@ -151,8 +151,41 @@ impl LearnedOptimizer for MlpLOpt {
         MlpLOptTheta { layers }
     }
 
-    fn opt_fn<'a, S: Real>(&'a self, theta: &'a MlpLOptTheta<S>) -> MlpLOptOptimizer<'a, S> {
-        MlpLOptOptimizer { lopt: self, theta }
+    fn init_state<P: Params>(
+        &self,
+        _theta: &MlpLOptTheta<P::Scalar>,
+        params: P,
+        _num_steps: Option<usize>,
+    ) -> MlpLOptState<P> {
+        let z = params.zeros_like();
+        MlpLOptState {
+            momenta: std::array::from_fn(|_| z.clone()),
+            params,
+            iteration: 0,
+            step: P::Scalar::zero(),
+        }
+    }
+
+    fn update<P: Params>(
+        &self,
+        theta: &MlpLOptTheta<P::Scalar>,
+        state: &mut MlpLOptState<P>,
+        grad: &P,
+        _loss: P::Scalar,
+    ) {
+        mlp_lopt_update(self, theta, state, grad)
+    }
+
+    fn params<'s, P: Params>(&self, state: &'s MlpLOptState<P>) -> &'s P {
+        &state.params
+    }
+
+    fn set_params<P: Params>(&self, state: &mut MlpLOptState<P>, params: P) {
+        state.params = params;
+    }
+
+    fn iteration<P: Params>(&self, state: &MlpLOptState<P>) -> usize {
+        state.iteration
     }
 
     fn name(&self) -> String {
@@ -160,14 +193,8 @@ impl LearnedOptimizer for MlpLOpt {
     }
 }
 
-/// The optimizer a θ of [`MlpLOpt`] defines.
-#[derive(Debug, Clone, Copy)]
-pub struct MlpLOptOptimizer<'a, S: Real> {
-    lopt: &'a MlpLOpt,
-    theta: &'a MlpLOptTheta<S>,
-}
-
-/// State of [`MlpLOptOptimizer`]: the parameters, the six momenta and the iteration.
+/// State of [`MlpLOpt`]'s inner optimizer: the parameters, the six momenta and the
+/// iteration.
 #[derive(Debug, Clone)]
 pub struct MlpLOptState<P: Params> {
     /// Current parameters.
@@ -181,107 +208,80 @@ pub struct MlpLOptState<P: Params> {
     pub step: P::Scalar,
 }
 
-impl<S: Real, P: Params<Scalar = S>> Optimizer<P> for MlpLOptOptimizer<'_, S> {
-    type State = MlpLOptState<P>;
-
-    fn init(&self, params: P, _num_steps: Option<usize>) -> MlpLOptState<P> {
-        let z = params.zeros_like();
-        MlpLOptState {
-            momenta: std::array::from_fn(|_| z.clone()),
-            params,
-            iteration: 0,
-            step: S::zero(),
-        }
-    }
-
-    fn update(&self, state: &mut MlpLOptState<P>, grad: &P, _loss: S) {
-        crate::optimizers::assert_leaf_lengths(
-            "MlpLOpt::update: gradient vs params",
-            &state.params,
-            grad,
-        );
-        for (m, d) in state.momenta.iter_mut().zip(DECAYS) {
-            let (d, one_minus_d) = (S::from_f64(d), S::from_f64(1.0 - d));
-            for i in 0..grad.num_leaves() {
-                for (m, &g) in m.leaf_mut(i).iter_mut().zip(grad.leaf(i)) {
-                    *m = d * *m + one_minus_d * g;
-                }
+/// One MLPLOpt step.
+fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
+    lopt: &MlpLOpt,
+    theta: &MlpLOptTheta<S>,
+    state: &mut MlpLOptState<P>,
+    grad: &P,
+) {
+    crate::optimizers::assert_leaf_lengths(
+        "MlpLOpt::update: gradient vs params",
+        &state.params,
+        grad,
+    );
+    for (m, d) in state.momenta.iter_mut().zip(DECAYS) {
+        let (d, one_minus_d) = (S::from_f64(d), S::from_f64(1.0 - d));
+        for i in 0..grad.num_leaves() {
+            for (m, &g) in m.leaf_mut(i).iter_mut().zip(grad.leaf(i)) {
+                *m = d * *m + one_minus_d * g;
             }
         }
-        // The time features are the same for every element: fold them and the first bias
-        // into one per-update bias of the first layer.
-        let (w0, b0) = &self.theta.layers[0];
-        let time: Vec<S> = TIME_SCALES
-            .iter()
-            .map(|&s| (state.step / S::from_f64(s) - S::one()).tanh())
-            .collect();
-        let first_bias: Vec<S> = (0..w0.ncols())
-            .map(|j| {
-                let col = &w0.column(j);
-                time.iter()
-                    .enumerate()
-                    .fold(b0[j], |acc, (k, &tf)| acc + tf * col[CHANNELS + k])
+    }
+    // The time features are the same for every element: fold them and the first bias
+    // into one per-update bias of the first layer.
+    let (w0, b0) = &theta.layers[0];
+    let time: Vec<S> = TIME_SCALES
+        .iter()
+        .map(|&s| (state.step / S::from_f64(s) - S::one()).tanh())
+        .collect();
+    let first_bias: Vec<S> = (0..w0.ncols())
+        .map(|j| {
+            let col = &w0.column(j);
+            time.iter()
+                .enumerate()
+                .fold(b0[j], |acc, (k, &tf)| acc + tf * col[CHANNELS + k])
+        })
+        .collect();
+    let net = Net::new(theta, first_bias);
+    let (exp_mult, step_mult) = (S::from_f64(lopt.exp_mult), S::from_f64(lopt.step_mult));
+    let MlpLOptState {
+        params, momenta, ..
+    } = state;
+    for i in 0..grad.num_leaves() {
+        let g = grad.leaf(i);
+        let n = g.len();
+        if n == 0 {
+            continue;
+        }
+        // Second-moment normalization of each channel over the tensor.
+        let channel = |c: usize, e: usize, p: &[S]| match c {
+            0 => g[e],
+            1 => p[e],
+            _ => momenta[c - 2].leaf(i)[e],
+        };
+        let p = params.leaf(i);
+        let scale: [S; CHANNELS] = std::array::from_fn(|c| {
+            let ms = (0..n).fold(S::zero(), |acc, e| {
+                let x = channel(c, e, p);
+                acc + x * x
+            }) / S::from_f64(n as f64);
+            S::one() / (S::from_f64(1e-5) + ms).sqrt()
+        });
+        let (mut a, mut b) = (vec![S::zero(); net.widest], vec![S::zero(); net.widest]);
+        let steps: Vec<S> = (0..n)
+            .map(|e| {
+                let x: [S; CHANNELS] = std::array::from_fn(|c| channel(c, e, p) * scale[c]);
+                let [d, mu] = net.eval(&x, &mut a, &mut b);
+                d * (exp_mult * mu).exp() * step_mult
             })
             .collect();
-        let net = Net::new(self.theta, first_bias);
-        let (exp_mult, step_mult) = (
-            S::from_f64(self.lopt.exp_mult),
-            S::from_f64(self.lopt.step_mult),
-        );
-        let MlpLOptState {
-            params, momenta, ..
-        } = state;
-        for i in 0..grad.num_leaves() {
-            let g = grad.leaf(i);
-            let n = g.len();
-            if n == 0 {
-                continue;
-            }
-            // Second-moment normalization of each channel over the tensor.
-            let channel = |c: usize, e: usize, p: &[S]| match c {
-                0 => g[e],
-                1 => p[e],
-                _ => momenta[c - 2].leaf(i)[e],
-            };
-            let p = params.leaf(i);
-            let scale: [S; CHANNELS] = std::array::from_fn(|c| {
-                let ms = (0..n).fold(S::zero(), |acc, e| {
-                    let x = channel(c, e, p);
-                    acc + x * x
-                }) / S::from_f64(n as f64);
-                S::one() / (S::from_f64(1e-5) + ms).sqrt()
-            });
-            let (mut a, mut b) = (vec![S::zero(); net.widest], vec![S::zero(); net.widest]);
-            let steps: Vec<S> = (0..n)
-                .map(|e| {
-                    let x: [S; CHANNELS] = std::array::from_fn(|c| channel(c, e, p) * scale[c]);
-                    let [d, mu] = net.eval(&x, &mut a, &mut b);
-                    d * (exp_mult * mu).exp() * step_mult
-                })
-                .collect();
-            for (p, s) in params.leaf_mut(i).iter_mut().zip(steps) {
-                *p -= s;
-            }
+        for (p, s) in params.leaf_mut(i).iter_mut().zip(steps) {
+            *p -= s;
         }
-        state.iteration += 1;
-        state.step += S::one();
     }
-
-    fn get_params<'s>(&self, state: &'s MlpLOptState<P>) -> &'s P {
-        &state.params
-    }
-
-    fn set_params(&self, state: &mut MlpLOptState<P>, params: P) {
-        state.params = params;
-    }
-
-    fn iteration(&self, state: &MlpLOptState<P>) -> usize {
-        state.iteration
-    }
-
-    fn name(&self) -> String {
-        self.lopt.name()
-    }
+    state.iteration += 1;
+    state.step += S::one();
 }
 
 /// The network with the time features folded into the first layer's bias.
@@ -338,6 +338,7 @@ mod tests {
     use super::*;
     use crate::batch::{get_lane, set_lane};
     use crate::lanes::Lanes;
+    use crate::optimizers::Optimizer;
 
     /// A θ with weights ~ N(0, 0.5²) and biases ~ N(0, 0.1²): large enough that every
     /// unit and both outputs matter (the real init makes steps of about 1e-3).

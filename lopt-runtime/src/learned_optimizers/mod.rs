@@ -2,36 +2,91 @@
 //! rule has meta-parameters θ that meta-training fits.
 //!
 //! A [`LearnedOptimizer`] makes θ ([`LearnedOptimizer::init`]) and turns a θ into an
-//! ordinary [`Optimizer`](crate::Optimizer) ([`LearnedOptimizer::opt_fn`]), so an inner training loop is the
+//! ordinary [`Optimizer`] ([`LearnedOptimizer::opt_fn`]), so an inner training loop is the
 //! same code whether its optimizer is hand-designed or learned. θ is a parameter tree
 //! generic over the scalar like everything else: with `S = Lanes<N>` each lane holds its
 //! own θ (an evolution-strategies population, one perturbation per lane) and trains its
 //! own task instance.
 
+mod learnable_sgd;
 mod mlp_lopt;
 
-pub use mlp_lopt::{MlpLOpt, MlpLOptOptimizer, MlpLOptState, MlpLOptTheta};
+pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
+pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 
 use crate::key::Key;
+use crate::optimizers::Optimizer;
 use crate::params::{Params, Rebind};
 use crate::scalar::Real;
 
 /// An optimizer with meta-parameters θ (`learned_optimizers.base.LearnedOptimizer`).
 ///
-/// The optimizer of a θ implements [`crate::Optimizer`].
-pub trait LearnedOptimizer: Send + Sync {
+/// Implementors give the state and the update as functions of θ; [`LearnedOptimizer::opt_fn`]
+/// wraps a θ into an [`Optimizer`] for code that wants one (the JAX library's
+/// `opt_fn(theta)`), while meta-training calls the methods directly, so that it can name
+/// the state type.
+pub trait LearnedOptimizer: Send + Sync + Sized {
     /// The meta-parameters in scalar `S`.
-    type Theta<S: Real>: Params<Scalar = S> + Rebind;
-    /// The optimizer a θ defines (it borrows θ).
-    type Opt<'a, S: Real>
-    where
-        Self: 'a;
+    type Theta<S: Real>: Params<Scalar = S> + Rebind<With<f32> = Self::Theta<f32>>;
+    /// The inner optimizer's state for parameters `P`.
+    type State<P: Params>: Clone + Send + Sync + std::fmt::Debug;
 
     /// Initial meta-parameters.
     fn init(&self, key: Key) -> Self::Theta<f32>;
-    /// The optimizer θ defines (`opt_fn(theta)`); it implements [`Optimizer`] for every
-    /// parameter tree of scalar `S` ([`crate::Optimizer`]).
-    fn opt_fn<'a, S: Real>(&'a self, theta: &'a Self::Theta<S>) -> Self::Opt<'a, S>;
+    /// A fresh inner state at `params`.
+    fn init_state<P: Params>(
+        &self,
+        theta: &Self::Theta<P::Scalar>,
+        params: P,
+        num_steps: Option<usize>,
+    ) -> Self::State<P>;
+    /// One inner step given the gradient and the loss at the current parameters.
+    fn update<P: Params>(
+        &self,
+        theta: &Self::Theta<P::Scalar>,
+        state: &mut Self::State<P>,
+        grad: &P,
+        loss: P::Scalar,
+    );
+    /// The current parameters of a state.
+    fn params<'s, P: Params>(&self, state: &'s Self::State<P>) -> &'s P;
+    /// Replaces the current parameters of a state.
+    fn set_params<P: Params>(&self, state: &mut Self::State<P>, params: P);
+    /// Updates applied so far.
+    fn iteration<P: Params>(&self, state: &Self::State<P>) -> usize;
     /// A short name.
     fn name(&self) -> String;
+
+    /// The optimizer θ defines (`opt_fn(theta)`).
+    fn opt_fn<'a, S: Real>(&'a self, theta: &'a Self::Theta<S>) -> LOptOptimizer<'a, Self, S> {
+        LOptOptimizer { lopt: self, theta }
+    }
+}
+
+/// A learned optimizer with its θ: an ordinary [`Optimizer`] ([`LearnedOptimizer::opt_fn`]).
+pub struct LOptOptimizer<'a, L: LearnedOptimizer, S: Real> {
+    lopt: &'a L,
+    theta: &'a L::Theta<S>,
+}
+
+impl<L: LearnedOptimizer, S: Real, P: Params<Scalar = S>> Optimizer<P> for LOptOptimizer<'_, L, S> {
+    type State = L::State<P>;
+    fn init(&self, params: P, num_steps: Option<usize>) -> L::State<P> {
+        self.lopt.init_state(self.theta, params, num_steps)
+    }
+    fn update(&self, state: &mut L::State<P>, grad: &P, loss: S) {
+        self.lopt.update(self.theta, state, grad, loss)
+    }
+    fn get_params<'s>(&self, state: &'s L::State<P>) -> &'s P {
+        self.lopt.params(state)
+    }
+    fn set_params(&self, state: &mut L::State<P>, params: P) {
+        self.lopt.set_params(state, params)
+    }
+    fn iteration(&self, state: &L::State<P>) -> usize {
+        self.lopt.iteration(state)
+    }
+    fn name(&self) -> String {
+        self.lopt.name()
+    }
 }

@@ -1,0 +1,56 @@
+//! Meta-training (the JAX library's `outer_trainers`): gradient estimators of a learned
+//! optimizer's meta-loss, truncation schedules and the learner that steps θ.
+//!
+//! A [`GradientEstimator`] ([`TruncatedPes`]) trains task instances with perturbed θ and
+//! returns an estimate of the meta-gradient; a [`GradientLearner`] averages the estimates
+//! of its estimators and applies an ordinary optimizer (Adam) to θ.
+
+mod gradient_learner;
+mod truncated_pes;
+mod truncated_step;
+mod truncation_schedule;
+
+pub use gradient_learner::{
+    GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner,
+};
+pub use truncated_pes::{sample_perturbations, PesState, TruncatedPes};
+pub use truncated_step::{LOptTruncatedStep, TaskState, UnrollOut};
+pub use truncation_schedule::{
+    ConstantTruncationSchedule, LogUniformLengthSchedule, NeverEndingTruncationSchedule,
+    TruncationSchedule,
+};
+
+use crate::error::Result;
+use crate::key::Key;
+use crate::learned_optimizers::LearnedOptimizer;
+
+/// An estimate of the meta-gradient and the meta-loss it was measured at
+/// (`GradientEstimatorOut`).
+#[derive(Debug, Clone)]
+pub struct GradientEstimatorOut<T> {
+    /// Mean meta-loss over the estimate's tasks.
+    pub mean_loss: f32,
+    /// The meta-gradient estimate, shaped like θ.
+    pub grad: T,
+}
+
+/// Estimates the gradient of a learned optimizer's meta-loss with respect to θ.
+pub trait GradientEstimator<L: LearnedOptimizer>: Send + Sync {
+    /// What the estimator carries from one estimate to the next (tasks in training).
+    type WorkerState: Send;
+    /// The state before the first estimate.
+    fn init_worker_state(
+        &self,
+        theta: &L::Theta<f32>,
+        key: Key,
+        outer_iteration: usize,
+    ) -> Result<Self::WorkerState>;
+    /// One estimate at `theta`, advancing `state`.
+    fn compute_gradient_estimate(
+        &self,
+        theta: &L::Theta<f32>,
+        state: &mut Self::WorkerState,
+        key: Key,
+        outer_iteration: usize,
+    ) -> Result<GradientEstimatorOut<L::Theta<f32>>>;
+}

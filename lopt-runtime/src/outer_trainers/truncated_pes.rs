@@ -1,0 +1,196 @@
+//! Persistent evolution strategies over truncations (`outer_trainers/truncated_pes.py`,
+//! Vicol et al. 2021): an unbiased estimate of the meta-gradient of a long inner training
+//! run from short truncations, by accumulating each task's perturbations since its reset.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::learned_optimizers::LearnedOptimizer;
+use crate::params::Params;
+use crate::task::TaskFamily;
+
+use super::truncated_step::{LOptTruncatedStep, TaskState, UnrollOut};
+use super::truncation_schedule::TruncationSchedule;
+use super::{GradientEstimator, GradientEstimatorOut};
+
+/// `TruncatedPES(truncated_step, trunc_length=10, std=0.01)`: each call unrolls every task
+/// `trunc_length` steps twice, with θ + εᵢ and θ − εᵢ (same keys and data, so both sides
+/// reset together), and estimates
+///
+/// `ĝ = meanᵢ (Aᵢ · (accᵢ + εᵢ) + Bᵢ · εᵢ) / (2σ²)`
+///
+/// where `Aᵢ` and `Bᵢ` are the masked means of `L⁺ − L⁻` before and after task `i`'s run
+/// ended (the step that ends a run counts as after), and `accᵢ` is the sum of the
+/// perturbations since the run began. Tasks run in parallel on Rayon.
+pub struct TruncatedPes<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> {
+    /// The inner training.
+    pub step: LOptTruncatedStep<'a, F, L, T>,
+    /// Inner steps per estimate.
+    pub trunc_length: usize,
+    /// Standard deviation σ of the perturbations.
+    pub std: f32,
+}
+
+/// The persistent state of [`TruncatedPes`]: both sides of every task and the
+/// accumulated perturbations.
+pub struct PesState<F: TaskFamily, L: LearnedOptimizer> {
+    /// Tasks trained with θ + ε.
+    pub pos: Vec<TaskState<F, L>>,
+    /// Tasks trained with θ − ε.
+    pub neg: Vec<TaskState<F, L>>,
+    /// Per task, the perturbations since its run began.
+    pub accumulator: Vec<L::Theta<f32>>,
+}
+
+impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes<'a, F, L, T> {
+    /// PES over `step` with truncations of `trunc_length` steps and perturbations of
+    /// standard deviation `std`.
+    pub fn new(
+        step: LOptTruncatedStep<'a, F, L, T>,
+        trunc_length: usize,
+        std: f32,
+    ) -> Result<Self> {
+        if trunc_length == 0
+            || std.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || !std.is_finite()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "TruncatedPes: trunc_length must be ≥ 1 and std finite and > 0 (got {trunc_length}, {std})"
+            )));
+        }
+        Ok(TruncatedPes {
+            step,
+            trunc_length,
+            std,
+        })
+    }
+}
+
+/// `n` perturbations `σ · N(0, I)` shaped like `theta` (`vector_sample_perturbations`):
+/// task `i` from `split(key, n)[i]`, leaf `j` from that key folded with `j`.
+pub fn sample_perturbations<P: Params<Scalar = f32>>(
+    theta: &P,
+    key: Key,
+    std: f32,
+    n: usize,
+) -> Vec<P> {
+    key.split_n(n)
+        .iter()
+        .map(|k| {
+            let mut e = theta.zeros_like();
+            for j in 0..e.num_leaves() {
+                let leaf = e.leaf_mut(j);
+                k.fold_in(j as u64).fill_normal(leaf);
+                leaf.iter_mut().for_each(|x| *x *= std);
+            }
+            e
+        })
+        .collect()
+}
+
+/// `theta + sign · eps`.
+fn shifted<P: Params<Scalar = f32>>(theta: &P, eps: &P, sign: f32) -> P {
+    let mut t = theta.clone();
+    t.axpy(sign, eps);
+    t
+}
+
+impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> GradientEstimator<L>
+    for TruncatedPes<'_, F, L, T>
+{
+    type WorkerState = PesState<F, L>;
+
+    fn init_worker_state(
+        &self,
+        theta: &L::Theta<f32>,
+        key: Key,
+        outer_iteration: usize,
+    ) -> Result<PesState<F, L>> {
+        let pos = self.step.init_step_state(theta, key, outer_iteration);
+        Ok(PesState {
+            neg: pos.clone(),
+            pos,
+            accumulator: vec![theta.zeros_like(); self.step.num_tasks],
+        })
+    }
+
+    fn compute_gradient_estimate(
+        &self,
+        theta: &L::Theta<f32>,
+        state: &mut PesState<F, L>,
+        key: Key,
+        outer_iteration: usize,
+    ) -> Result<GradientEstimatorOut<L::Theta<f32>>> {
+        let n = self.step.num_tasks;
+        let t_len = self.trunc_length;
+        let (k_eps, k_unroll) = key.split();
+        let eps = sample_perturbations(theta, k_eps, self.std, n);
+        // Step t, task i: key split(split(k_unroll, T)[t].k1, N)[i], as `unroll_step` does.
+        let task_keys: Vec<Vec<Key>> = k_unroll
+            .split_n(t_len)
+            .iter()
+            .map(|k| k.split().0.split_n(n))
+            .collect();
+        let batches: Vec<Vec<F::Batch>> = (0..t_len)
+            .map(|_| {
+                (0..n)
+                    .map(|_| self.step.next_batch())
+                    .collect::<Result<_>>()
+            })
+            .collect::<Result<_>>()?;
+        let outs: Vec<Vec<(UnrollOut, UnrollOut)>> = state
+            .pos
+            .par_iter_mut()
+            .zip(state.neg.par_iter_mut())
+            .zip(eps.par_iter())
+            .enumerate()
+            .map(|(i, ((pos, neg), e))| {
+                let (tp, tn) = (shifted(theta, e, 1.0), shifted(theta, e, -1.0));
+                (0..t_len)
+                    .map(|t| {
+                        let (k, b) = (task_keys[t][i], &batches[t][i]);
+                        let op = self.step.unroll_task_step(&tp, pos, k, b, outer_iteration);
+                        let on = self.step.unroll_task_step(&tn, neg, k, b, outer_iteration);
+                        (op, on)
+                    })
+                    .collect()
+            })
+            .collect();
+        let two_var = 2.0 * self.std as f64 * self.std as f64;
+        let mut grad = theta.zeros_like();
+        let mut mean_loss = 0.0f64;
+        for (i, out) in outs.iter().enumerate() {
+            let den = out.iter().filter(|(p, _)| p.mask).count();
+            let (mut a, mut b, mut finished) = (0.0f64, 0.0f64, false);
+            let (mut lp, mut ln) = (0.0f64, 0.0f64);
+            for (p, m) in out {
+                finished |= p.is_done;
+                if p.mask {
+                    let delta = p.loss as f64 - m.loss as f64;
+                    if finished {
+                        b += delta;
+                    } else {
+                        a += delta;
+                    }
+                    lp += p.loss as f64;
+                    ln += m.loss as f64;
+                }
+            }
+            let den = den.max(1) as f64;
+            let (a, b) = (a / den, b / den);
+            state.accumulator[i].axpy(1.0, &eps[i]);
+            // ĝ += (A · acc' + B · ε) / (2σ²) / N
+            grad.axpy((a / two_var / n as f64) as f32, &state.accumulator[i]);
+            grad.axpy((b / two_var / n as f64) as f32, &eps[i]);
+            if finished {
+                state.accumulator[i] = eps[i].clone();
+            }
+            mean_loss += (lp / den + ln / den) / 2.0 / n as f64;
+        }
+        Ok(GradientEstimatorOut {
+            mean_loss: mean_loss as f32,
+            grad,
+        })
+    }
+}
