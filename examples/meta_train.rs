@@ -1,7 +1,8 @@
 //! The main job: meta-train a learned optimizer.
 //!
 //! `MlpLOpt` (the JAX library's MLPLOpt) is meta-trained with truncated PES on the seed's
-//! quadratic family (`FixedDimQuadraticFamily(10)`): 8 task instances per estimate, each
+//! quadratic family (`FixedDimQuadraticFamily(10)`): 16 task instances per estimate, 8 to a
+//! SIMD lane group (one θ ± ε per lane), each
 //! trained in truncations of 10 steps within runs of 50–200 steps (log-uniform), Adam on
 //! θ. A progress bar shows the meta-loss; θ and its Adam state are checkpointed
 //! atomically every 50 outer steps (`--resume` continues from the checkpoint). At the end
@@ -32,6 +33,8 @@ use serde::{Deserialize, Serialize};
 const EVAL_STEPS: usize = 200;
 /// Held-out tasks.
 const EVAL_TASKS: usize = 32;
+/// Task instances per estimate.
+const TASKS: usize = 16;
 /// Outer steps between checkpoints.
 const CHECKPOINT_EVERY: usize = 50;
 
@@ -104,14 +107,15 @@ fn main() -> lopt::Result<()> {
         min_length: 50,
         max_length: 200,
     };
-    let mut step = LOptTruncatedStep::new(&family, &lopt, schedule, 8)?;
+    let mut step = LOptTruncatedStep::new(&family, &lopt, schedule, TASKS)?;
     step.random_initial_iteration_offset = 200;
     let learner = SingleMachineGradientLearner {
         learner: GradientLearner {
             lopt: &lopt,
             theta_opt: Adam::new(3e-3),
         },
-        estimators: vec![TruncatedPes::new(step, 10, 0.01)?],
+        // Eight tasks per SIMD lane group, each lane with its own θ ± ε.
+        estimators: vec![TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>()],
     };
     let mut state = learner.init(Key::new(0))?;
     let theta0: MlpLOptTheta<f32> = learner.learner.theta(&state.learner).clone();
@@ -132,10 +136,10 @@ fn main() -> lopt::Result<()> {
     }
 
     println!(
-        "meta-training {} (θ: {} scalars) with TruncatedPes on {} tasks of {}",
+        "meta-training {} (θ: {} scalars) with TruncatedPes on {} tasks of {}, 8 per lane group",
         lopt.name(),
         theta0.num_elements(),
-        8,
+        TASKS,
         family.name()
     );
     let start_iteration = learner.learner.outer_iteration(&state.learner);

@@ -5,7 +5,7 @@
 use lopt::learned_optimizers::{LearnableSgd, LearnedOptimizer, MlpLOpt};
 use lopt::outer_trainers::{
     sample_perturbations, ConstantTruncationSchedule, GradientEstimator, GradientLearner,
-    LOptTruncatedStep, SingleMachineGradientLearner, TaskState, TruncatedPes,
+    LOptTruncatedStep, SingleMachineGradientLearner, TaskGroup, TruncatedPes,
 };
 use lopt::prelude::*;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
@@ -14,7 +14,7 @@ type Fam = FixedDimQuadraticFamily;
 
 /// Task `s`'s meta-loss in f64: the mean over `t_len` steps of the training loss before
 /// each LearnableSgd update with θ = `[log_lr]`, from its initial state.
-fn unrolled_loss(family: &Fam, s: &TaskState<Fam, LearnableSgd>, log_lr: f64, t_len: usize) -> f64 {
+fn unrolled_loss(family: &Fam, s: &TaskGroup<Fam, LearnableSgd>, log_lr: f64, t_len: usize) -> f64 {
     let cfg: DVector<f64> = family.cast_cfg::<f32, f64>(&s.cfg);
     let mut p: DVector<f64> = family.cast_params::<f32, f64>(&s.opt_state.params);
     let mut total = 0.0;
@@ -113,7 +113,7 @@ fn accumulator_restarts_at_a_reset_and_grows_otherwise() {
     for i in 0..n {
         let want = eps[0][i][0] + eps[1][i][0];
         assert!((state.accumulator[i][0] - want).abs() < 1e-7, "task {i}");
-        assert_eq!(state.pos[i].inner_step, 6);
+        assert_eq!(state.pos[i].inner_step, [6]);
     }
     // Runs of 2 steps: every truncation of 3 ends one, so the accumulator is the last ε.
     let (state, eps) = run(2);
@@ -189,4 +189,36 @@ fn meta_training_raises_a_too_small_learning_rate() {
     let first = losses[..10].iter().sum::<f32>() / 10.0;
     let last = losses[50..].iter().sum::<f32>() / 10.0;
     assert!(last < 0.8 * first, "meta-loss {first} -> {last}");
+}
+
+/// Tasks in SIMD lanes (here 8 per group, 12 tasks: one full and one partial group) give
+/// the estimate the same tasks give one per group in f32, across resets.
+#[test]
+fn lane_batched_pes_matches_serial_pes() {
+    let family = Fam { dim: 6 };
+    let lopt = MlpLOpt::default();
+    let theta = lopt.init(Key::new(0));
+    let make = || {
+        let step = LOptTruncatedStep::new(&family, &lopt, ConstantTruncationSchedule { total_length: 5 }, 12).unwrap();
+        TruncatedPes::new(step, 4, 0.01).unwrap()
+    };
+    let (serial, batched) = (make(), make().batched::<Lanes<8>>());
+    let mut s1 = serial.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    let mut s8 = batched.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    assert_eq!((s1.pos.len(), s8.pos.len()), (12, 2));
+    for k in [Key::new(2), Key::new(3), Key::new(4)] {
+        let a = serial.compute_gradient_estimate(&theta, &mut s1, k, 0).unwrap();
+        let b = batched.compute_gradient_estimate(&theta, &mut s8, k, 0).unwrap();
+        assert!((a.mean_loss - b.mean_loss).abs() <= 1e-5 * a.mean_loss.abs().max(1.0));
+        let (ga, gb) = (a.grad.flatten(), b.grad.flatten());
+        let scale = ga.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0);
+        for (x, y) in ga.iter().zip(&gb) {
+            assert!((x - y).abs() <= 1e-4 * scale, "{x} vs {y} (scale {scale})");
+        }
+    }
+    // Every task restarted at least once in 12 steps of runs of 5.
+    for (i, acc) in s1.accumulator.iter().enumerate() {
+        assert_eq!(acc.flatten(), s8.accumulator[i].flatten());
+    }
 }

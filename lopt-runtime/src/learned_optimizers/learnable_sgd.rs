@@ -22,11 +22,31 @@ impl Default for LearnableSgd {
 
 /// State of [`LearnableSgd`]'s inner optimizer.
 #[derive(Debug, Clone)]
-pub struct LearnableSgdState<P> {
+pub struct LearnableSgdState<P: Params> {
     /// Current parameters.
     pub params: P,
     /// Updates applied so far.
     pub iteration: usize,
+}
+
+/// The leaves of the parameters.
+impl<P: Params> Params for LearnableSgdState<P> {
+    type Scalar = P::Scalar;
+    fn num_leaves(&self) -> usize {
+        self.params.num_leaves()
+    }
+    fn leaf(&self, i: usize) -> &[P::Scalar] {
+        self.params.leaf(i)
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+        self.params.leaf_mut(i)
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        self.params.write_leaf_name(i, out)
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        self.params.leaf_shape(i)
+    }
 }
 
 impl LearnedOptimizer for LearnableSgd {
@@ -35,6 +55,9 @@ impl LearnedOptimizer for LearnableSgd {
 
     fn init(&self, _key: Key) -> [f32; 1] {
         [self.initial_lr.ln() as f32]
+    }
+    fn cast_theta<T: Real, S: Real>(&self, theta: &[T; 1]) -> [S; 1] {
+        [S::from_f64(theta[0].lane(0))]
     }
     fn init_state<P: Params>(
         &self,

@@ -151,6 +151,10 @@ impl LearnedOptimizer for MlpLOpt {
         MlpLOptTheta { layers }
     }
 
+    fn cast_theta<T: Real, S: Real>(&self, theta: &MlpLOptTheta<T>) -> MlpLOptTheta<S> {
+        Rebind::cast(theta)
+    }
+
     fn init_state<P: Params>(
         &self,
         _theta: &MlpLOptTheta<P::Scalar>,
@@ -206,6 +210,56 @@ pub struct MlpLOptState<P: Params> {
     /// The iteration of each lane, what the time features read (lanes of a batch can
     /// restart at different times); every lane equals `iteration` unless set per lane.
     pub step: P::Scalar,
+}
+
+/// Leaves: those of the parameters, of each momentum in turn, then `step`.
+impl<P: Params> Params for MlpLOptState<P> {
+    type Scalar = P::Scalar;
+    fn num_leaves(&self) -> usize {
+        7 * self.params.num_leaves() + 1
+    }
+    fn leaf(&self, i: usize) -> &[P::Scalar] {
+        let k = self.params.num_leaves();
+        match (i / k.max(1), i % k.max(1)) {
+            _ if i == 7 * k => std::slice::from_ref(&self.step),
+            (0, j) => self.params.leaf(j),
+            (m, j) => self.momenta[m - 1].leaf(j),
+        }
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+        let k = self.params.num_leaves();
+        match (i / k.max(1), i % k.max(1)) {
+            _ if i == 7 * k => std::slice::from_mut(&mut self.step),
+            (0, j) => self.params.leaf_mut(j),
+            (m, j) => self.momenta[m - 1].leaf_mut(j),
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        let k = self.params.num_leaves();
+        if i == 7 * k {
+            return out.push_str("step");
+        }
+        let (m, j) = (i / k, i % k);
+        if m == 0 {
+            out.push_str("params");
+        } else {
+            out.push_str(&format!("momenta.{}", m - 1));
+        }
+        let mut inner = String::new();
+        self.params.write_leaf_name(j, &mut inner);
+        if !inner.is_empty() {
+            out.push('.');
+            out.push_str(&inner);
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        let k = self.params.num_leaves();
+        if i == 7 * k {
+            Vec::new()
+        } else {
+            self.params.leaf_shape(i % k)
+        }
+    }
 }
 
 /// One MLPLOpt step.

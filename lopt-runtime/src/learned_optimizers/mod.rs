@@ -16,7 +16,7 @@ pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 
 use crate::key::Key;
 use crate::optimizers::Optimizer;
-use crate::params::{Params, Rebind};
+use crate::params::Params;
 use crate::scalar::Real;
 
 /// An optimizer with meta-parameters θ (`learned_optimizers.base.LearnedOptimizer`).
@@ -27,12 +27,15 @@ use crate::scalar::Real;
 /// the state type.
 pub trait LearnedOptimizer: Send + Sync + Sized {
     /// The meta-parameters in scalar `S`.
-    type Theta<S: Real>: Params<Scalar = S> + Rebind<With<f32> = Self::Theta<f32>>;
-    /// The inner optimizer's state for parameters `P`.
-    type State<P: Params>: Clone + Send + Sync + std::fmt::Debug;
+    type Theta<S: Real>: Params<Scalar = S>;
+    /// The inner optimizer's state for parameters `P`. It is a parameter tree itself, so
+    /// that one lane of a batched state can be replaced (a task that restarts).
+    type State<P: Params>: Params<Scalar = P::Scalar>;
 
     /// Initial meta-parameters.
     fn init(&self, key: Key) -> Self::Theta<f32>;
+    /// θ with every element converted (lane 0 of a packet; see [`Rebind`](crate::params::Rebind)).
+    fn cast_theta<T: Real, S: Real>(&self, theta: &Self::Theta<T>) -> Self::Theta<S>;
     /// A fresh inner state at `params`.
     fn init_state<P: Params>(
         &self,

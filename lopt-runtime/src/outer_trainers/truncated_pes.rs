@@ -4,13 +4,17 @@
 
 use rayon::prelude::*;
 
+use std::marker::PhantomData;
+
+use crate::batch::set_lane;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::learned_optimizers::LearnedOptimizer;
 use crate::params::Params;
+use crate::scalar::Real;
 use crate::task::TaskFamily;
 
-use super::truncated_step::{LOptTruncatedStep, TaskState, UnrollOut};
+use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;
 use super::{GradientEstimator, GradientEstimatorOut};
 
@@ -22,28 +26,41 @@ use super::{GradientEstimator, GradientEstimatorOut};
 ///
 /// where `Aᵢ` and `Bᵢ` are the masked means of `L⁺ − L⁻` before and after task `i`'s run
 /// ended (the step that ends a run counts as after), and `accᵢ` is the sum of the
-/// perturbations since the run began. Tasks run in parallel on Rayon.
-pub struct TruncatedPes<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> {
+/// perturbations since the run began.
+///
+/// Tasks train in groups of `S::LANES`, one task per SIMD lane with its own θ ± ε
+/// ([`TruncatedPes::batched`]; one task per group in `f32` by default), and groups run in
+/// parallel on Rayon. A lane computes what its task computes alone. Tasks of one group
+/// share each step's training batch, and their family must sample configurations of one
+/// shape.
+pub struct TruncatedPes<
+    'a,
+    F: TaskFamily,
+    L: LearnedOptimizer,
+    T: TruncationSchedule,
+    S: Real = f32,
+> {
     /// The inner training.
     pub step: LOptTruncatedStep<'a, F, L, T>,
     /// Inner steps per estimate.
     pub trunc_length: usize,
     /// Standard deviation σ of the perturbations.
     pub std: f32,
+    lanes: PhantomData<S>,
 }
 
 /// The persistent state of [`TruncatedPes`]: both sides of every task and the
 /// accumulated perturbations.
-pub struct PesState<F: TaskFamily, L: LearnedOptimizer> {
-    /// Tasks trained with θ + ε.
-    pub pos: Vec<TaskState<F, L>>,
+pub struct PesState<F: TaskFamily, L: LearnedOptimizer, S: Real = f32> {
+    /// Tasks trained with θ + ε, in groups of `S::LANES`.
+    pub pos: Vec<TaskGroup<F, L, S>>,
     /// Tasks trained with θ − ε.
-    pub neg: Vec<TaskState<F, L>>,
+    pub neg: Vec<TaskGroup<F, L, S>>,
     /// Per task, the perturbations since its run began.
     pub accumulator: Vec<L::Theta<f32>>,
 }
 
-impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes<'a, F, L, T> {
+impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes<'a, F, L, T, f32> {
     /// PES over `step` with truncations of `trunc_length` steps and perturbations of
     /// standard deviation `std`.
     pub fn new(
@@ -63,7 +80,19 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes
             step,
             trunc_length,
             std,
+            lanes: PhantomData,
         })
+    }
+
+    /// The same estimator with tasks in SIMD lanes of `S` (e.g. `Lanes<16>`), one task
+    /// and one θ ± ε per lane.
+    pub fn batched<S: Real>(self) -> TruncatedPes<'a, F, L, T, S> {
+        TruncatedPes {
+            step: self.step,
+            trunc_length: self.trunc_length,
+            std: self.std,
+            lanes: PhantomData,
+        }
     }
 }
 
@@ -96,18 +125,24 @@ fn shifted<P: Params<Scalar = f32>>(theta: &P, eps: &P, sign: f32) -> P {
     t
 }
 
-impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> GradientEstimator<L>
-    for TruncatedPes<'_, F, L, T>
+impl<F, L, T, S> GradientEstimator<L> for TruncatedPes<'_, F, L, T, S>
+where
+    F: TaskFamily,
+    L: LearnedOptimizer,
+    T: TruncationSchedule,
+    S: Real,
 {
-    type WorkerState = PesState<F, L>;
+    type WorkerState = PesState<F, L, S>;
 
     fn init_worker_state(
         &self,
         theta: &L::Theta<f32>,
         key: Key,
         outer_iteration: usize,
-    ) -> Result<PesState<F, L>> {
-        let pos = self.step.init_step_state(theta, key, outer_iteration);
+    ) -> Result<PesState<F, L, S>> {
+        let pos = self
+            .step
+            .init_step_state::<S>(theta, key, outer_iteration)?;
         Ok(PesState {
             neg: pos.clone(),
             pos,
@@ -118,12 +153,12 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> GradientEstimato
     fn compute_gradient_estimate(
         &self,
         theta: &L::Theta<f32>,
-        state: &mut PesState<F, L>,
+        state: &mut PesState<F, L, S>,
         key: Key,
         outer_iteration: usize,
     ) -> Result<GradientEstimatorOut<L::Theta<f32>>> {
-        let n = self.step.num_tasks;
-        let t_len = self.trunc_length;
+        let (n, lanes, t_len) = (self.step.num_tasks, S::LANES, self.trunc_length);
+        let lopt = self.step.lopt;
         let (k_eps, k_unroll) = key.split();
         let eps = sample_perturbations(theta, k_eps, self.std, n);
         // Step t, task i: key split(split(k_unroll, T)[t].k1, N)[i], as `unroll_step` does.
@@ -132,36 +167,53 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> GradientEstimato
             .iter()
             .map(|k| k.split().0.split_n(n))
             .collect();
+        // One batch per group and step (the lanes of a group share it).
+        let groups = state.pos.len();
         let batches: Vec<Vec<F::Batch>> = (0..t_len)
             .map(|_| {
-                (0..n)
+                (0..groups)
                     .map(|_| self.step.next_batch())
                     .collect::<Result<_>>()
             })
             .collect::<Result<_>>()?;
-        let outs: Vec<Vec<(UnrollOut, UnrollOut)>> = state
+        let task = |g: usize, l: usize| (g * lanes + l).min(n - 1);
+        let outs: Vec<Vec<Vec<(UnrollOut, UnrollOut)>>> = state
             .pos
             .par_iter_mut()
             .zip(state.neg.par_iter_mut())
-            .zip(eps.par_iter())
             .enumerate()
-            .map(|(i, ((pos, neg), e))| {
-                let (tp, tn) = (shifted(theta, e, 1.0), shifted(theta, e, -1.0));
-                (0..t_len)
-                    .map(|t| {
-                        let (k, b) = (task_keys[t][i], &batches[t][i]);
-                        let op = self.step.unroll_task_step(&tp, pos, k, b, outer_iteration);
-                        let on = self.step.unroll_task_step(&tn, neg, k, b, outer_iteration);
-                        (op, on)
-                    })
-                    .collect()
+            .map(|(g, (pos, neg))| {
+                // θ ± ε of each lane's task, packed.
+                let pack = |sign: f32| {
+                    let mut t = lopt.cast_theta::<f32, S>(theta);
+                    for l in 0..lanes {
+                        set_lane(&mut t, l, &shifted(theta, &eps[task(g, l)], sign));
+                    }
+                    t
+                };
+                let (tp, tn) = (pack(1.0), pack(-1.0));
+                let mut per_step = Vec::with_capacity(t_len);
+                for (t, keys) in task_keys.iter().enumerate() {
+                    let keys: Vec<Key> = (0..lanes).map(|l| keys[task(g, l)]).collect();
+                    let b = &batches[t][g];
+                    let op = self
+                        .step
+                        .unroll_group_step(&tp, pos, &keys, b, outer_iteration)?;
+                    let on = self
+                        .step
+                        .unroll_group_step(&tn, neg, &keys, b, outer_iteration)?;
+                    per_step.push(op.into_iter().zip(on).collect::<Vec<_>>());
+                }
+                Ok(per_step)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let two_var = 2.0 * self.std as f64 * self.std as f64;
         let mut grad = theta.zeros_like();
         let mut mean_loss = 0.0f64;
-        for (i, out) in outs.iter().enumerate() {
-            let den = out.iter().filter(|(p, _)| p.mask).count();
+        for i in 0..n {
+            let (g, l) = (i / lanes, i % lanes);
+            let out = outs[g].iter().map(|step| step[l]);
+            let den = out.clone().filter(|(p, _)| p.mask).count();
             let (mut a, mut b, mut finished) = (0.0f64, 0.0f64, false);
             let (mut lp, mut ln) = (0.0f64, 0.0f64);
             for (p, m) in out {

@@ -4,37 +4,41 @@
 
 use std::any::Any;
 
+use crate::batch::{get_lane, set_lane};
 use crate::datasets::Datasets;
 use crate::error::{Error, Result};
-use crate::key::Key;
+use crate::key::{Key, KeyOps};
 use crate::learned_optimizers::LearnedOptimizer;
+use crate::params::Params;
+use crate::scalar::Real;
 use crate::task::TaskFamily;
 
 use super::truncation_schedule::TruncationSchedule;
 
-/// One task instance in training: its configuration, the learned optimizer's state, the
-/// inner step and the length of the current run.
-pub struct TaskState<F: TaskFamily, L: LearnedOptimizer> {
-    /// The sampled configuration.
-    pub cfg: F::Cfg<f32>,
-    /// The inner optimizer's state (holding the parameters).
-    pub opt_state: L::State<F::Params<f32>>,
-    /// Inner steps taken in the current run.
-    pub inner_step: usize,
-    /// Length of the current run (from the schedule).
-    pub length: usize,
-    /// Whether the run ended at the last step (the next step resets the task).
-    pub is_done: bool,
+/// Task instances in training, one per lane of `S` (one for `f32`): their configurations,
+/// the learned optimizer's state (holding the parameters), and per lane the inner step,
+/// the length of the current run and whether it just ended.
+pub struct TaskGroup<F: TaskFamily, L: LearnedOptimizer, S: Real = f32> {
+    /// The configurations, packed.
+    pub cfg: F::Cfg<S>,
+    /// The inner optimizer's state, packed.
+    pub opt_state: L::State<F::Params<S>>,
+    /// Inner steps taken in each lane's current run.
+    pub inner_step: Vec<usize>,
+    /// Length of each lane's current run (from the schedule).
+    pub length: Vec<usize>,
+    /// Whether each lane's run ended at the last step (its next step restarts it).
+    pub is_done: Vec<bool>,
 }
 
-impl<F: TaskFamily, L: LearnedOptimizer> Clone for TaskState<F, L> {
+impl<F: TaskFamily, L: LearnedOptimizer, S: Real> Clone for TaskGroup<F, L, S> {
     fn clone(&self) -> Self {
-        TaskState {
+        TaskGroup {
             cfg: self.cfg.clone(),
             opt_state: self.opt_state.clone(),
-            inner_step: self.inner_step,
-            length: self.length,
-            is_done: self.is_done,
+            inner_step: self.inner_step.clone(),
+            length: self.length.clone(),
+            is_done: self.is_done.clone(),
         }
     }
 }
@@ -111,94 +115,175 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         }
     }
 
-    /// A fresh instance: configuration, parameters, run length and optimizer state from
-    /// four keys split from `key`.
-    pub fn init_task(
+    /// A fresh instance in `f32`: configuration, parameters, run length and optimizer
+    /// state from four keys split from `key`.
+    fn fresh_task(
         &self,
         theta: &L::Theta<f32>,
         key: Key,
         outer_iteration: usize,
-    ) -> TaskState<F, L> {
+    ) -> (F::Cfg<f32>, L::State<F::Params<f32>>, usize) {
         let k = key.split_n(4);
         let cfg = self.family.sample(k[0]);
         let params = self.family.init(&cfg, k[1]);
         let length = self.schedule.init(k[2], outer_iteration);
         let steps = (length != usize::MAX).then_some(length);
-        TaskState {
-            opt_state: self.lopt.init_state(theta, params, steps),
-            cfg,
-            inner_step: 0,
-            length,
-            is_done: false,
-        }
+        let state = self.lopt.init_state(theta, params, steps);
+        (cfg, state, length)
     }
 
-    /// Every task's initial state (`init_step_state`): task `i` from `split(k1, N)[i]`,
-    /// and the optional random truncation offsets from `k2`.
-    pub fn init_step_state(
+    /// The tasks of `keys` (one per lane; missing lanes repeat the last task) packed into
+    /// a group whose lanes train with `thetas` (one θ per task, in `f32`).
+    pub fn init_group<S: Real>(
+        &self,
+        thetas: &[&L::Theta<f32>],
+        keys: &[Key],
+        outer_iteration: usize,
+    ) -> Result<TaskGroup<F, L, S>> {
+        let lanes = S::LANES;
+        if keys.is_empty() || keys.len() > lanes || thetas.len() != keys.len() {
+            return Err(Error::InvalidArgument(format!(
+                "init_group: {} keys and {} θ for {lanes} lanes",
+                keys.len(),
+                thetas.len()
+            )));
+        }
+        let tasks: Vec<_> = keys
+            .iter()
+            .zip(thetas)
+            .map(|(&k, t)| self.fresh_task(t, k, outer_iteration))
+            .collect();
+        let lane = |l: usize| &tasks[l.min(tasks.len() - 1)];
+        let first_cfg = &lane(0).0;
+        if let Some(l) = (0..tasks.len()).find(|&l| !lane(l).0.same_shape(first_cfg)) {
+            return Err(shape_error(self.family, l));
+        }
+        let mut cfg = self.family.cast_cfg::<f32, S>(first_cfg);
+        let mut opt_state = self.lopt.init_state(
+            &self.lopt.cast_theta::<f32, S>(thetas[0]),
+            self.family
+                .cast_params::<f32, S>(self.lopt.params(&lane(0).1)),
+            None,
+        );
+        for l in 0..lanes {
+            set_lane(&mut cfg, l, &lane(l).0);
+            set_lane(&mut opt_state, l, &lane(l).1);
+        }
+        Ok(TaskGroup {
+            cfg,
+            opt_state,
+            inner_step: vec![0; lanes],
+            length: (0..lanes).map(|l| lane(l).2).collect(),
+            is_done: vec![false; lanes],
+        })
+    }
+
+    /// Every task's initial state (`init_step_state`) in groups of `S::LANES`: task `i`
+    /// from `split(k1, N)[i]`, and the optional random truncation offsets from `k2`.
+    pub fn init_step_state<S: Real>(
         &self,
         theta: &L::Theta<f32>,
         key: Key,
         outer_iteration: usize,
-    ) -> Vec<TaskState<F, L>> {
+    ) -> Result<Vec<TaskGroup<F, L, S>>> {
         let (k1, k2) = key.split();
         let keys = k1.split_n(self.num_tasks);
-        keys.iter()
+        let lanes = S::LANES;
+        keys.chunks(lanes)
             .enumerate()
-            .map(|(i, &k)| {
-                let mut s = self.init_task(theta, k, outer_iteration);
+            .map(|(g, ks)| {
+                let mut group = self.init_group(&vec![theta; ks.len()], ks, outer_iteration)?;
                 if self.random_initial_iteration_offset > 0 {
-                    s.inner_step = k2
-                        .fold_in(i as u64)
-                        .randint(0, self.random_initial_iteration_offset as i64)
-                        as usize;
+                    for (l, s) in group.inner_step.iter_mut().enumerate() {
+                        let i = (g * lanes + l).min(self.num_tasks - 1);
+                        let hi = self.random_initial_iteration_offset as i64;
+                        *s = k2.fold_in(i as u64).randint(0, hi) as usize;
+                    }
                 }
-                s
+                Ok(group)
             })
             .collect()
     }
 
-    /// One inner step of one task with meta-parameters `theta` (`unroll_step` for one
-    /// row): train on `batch` if the run goes on, else replace the task with a fresh one.
-    pub fn unroll_task_step(
+    /// One inner step of a group with meta-parameters `theta` (one θ per lane): lanes
+    /// whose run goes on train on `batch` with their key (`keys[lane]`), lanes whose run
+    /// ended restart with a fresh task (`unroll_step`, the lanes of a batch as rows).
+    pub fn unroll_group_step<S: Real>(
         &self,
-        theta: &L::Theta<f32>,
-        state: &mut TaskState<F, L>,
-        key: Key,
+        theta: &L::Theta<S>,
+        group: &mut TaskGroup<F, L, S>,
+        keys: &[Key],
         batch: &F::Batch,
         outer_iteration: usize,
-    ) -> UnrollOut {
-        let (ka, kb) = key.split();
-        let loss = if !state.is_done {
-            let (kx, _) = ka.split();
-            let (loss, grad) = self.family.value_and_grad::<f32>(
-                self.lopt.params(&state.opt_state),
-                &state.cfg,
-                kx,
+    ) -> Result<Vec<UnrollOut>> {
+        let lanes = S::LANES;
+        let split: Vec<(Key, Key)> = (0..lanes)
+            .map(|l| keys[l.min(keys.len() - 1)].split())
+            .collect();
+        let mut loss = S::zero();
+        if group.is_done.iter().any(|d| !d) {
+            let train_keys: Vec<Key> = split.iter().map(|(ka, _)| ka.split().0).collect();
+            let (l, grad) = self.family.value_and_grad::<S>(
+                self.lopt.params(&group.opt_state),
+                &group.cfg,
+                <S::Key as KeyOps<S>>::from_lane_keys(&train_keys),
                 batch,
             );
-            self.lopt.update(theta, &mut state.opt_state, &grad, loss);
-            state.inner_step += 1;
-            loss
-        } else {
-            let k = ka.split_n(3);
-            state.cfg = self.family.sample(k[0]);
-            let params = self.family.init(&state.cfg, k[1]);
-            let steps = (state.length != usize::MAX).then_some(state.length);
-            state.opt_state = self.lopt.init_state(theta, params, steps);
-            state.inner_step = 0;
-            0.0
-        };
-        let (length, done) =
-            self.schedule
-                .next_state(state.length, state.inner_step, kb, outer_iteration);
-        state.length = length;
-        state.is_done = done;
-        UnrollOut {
-            loss: self.family.normalizer(loss),
-            is_done: done,
-            mask: state.inner_step != 0,
-            iteration: state.inner_step,
+            self.lopt.update(theta, &mut group.opt_state, &grad, l);
+            loss = l;
         }
+        let mut restarted = vec![false; lanes];
+        for l in 0..lanes {
+            if !group.is_done[l] {
+                group.inner_step[l] += 1;
+                continue;
+            }
+            // A lane whose run ended gets a fresh task (its training step above is void).
+            restarted[l] = true;
+            let k = split[l].0.split_n(3);
+            let cfg = self.family.sample(k[0]);
+            if !cfg.same_shape(&self.family.cast_cfg::<S, f32>(&group.cfg)) {
+                return Err(shape_error(self.family, l));
+            }
+            let params = self.family.init(&cfg, k[1]);
+            let steps = (group.length[l] != usize::MAX).then_some(group.length[l]);
+            let mut theta_l: L::Theta<f32> = self.lopt.cast_theta::<S, f32>(theta);
+            get_lane(theta, l, &mut theta_l);
+            let fresh = self.lopt.init_state(&theta_l, params, steps);
+            set_lane(&mut group.cfg, l, &cfg);
+            set_lane(&mut group.opt_state, l, &fresh);
+            group.inner_step[l] = 0;
+        }
+        let loss =
+            self.family.normalizer(S::from_lanes(
+                |l| if restarted[l] { 0.0 } else { loss.lane(l) },
+            ));
+        Ok((0..lanes)
+            .map(|l| {
+                let (length, done) = self.schedule.next_state(
+                    group.length[l],
+                    group.inner_step[l],
+                    split[l].1,
+                    outer_iteration,
+                );
+                group.length[l] = length;
+                group.is_done[l] = done;
+                UnrollOut {
+                    loss: loss.lane(l) as f32,
+                    is_done: done,
+                    mask: group.inner_step[l] != 0,
+                    iteration: group.inner_step[l],
+                }
+            })
+            .collect())
     }
+}
+
+/// The error of a lane-batched step whose family sampled configurations of two shapes.
+fn shape_error<F: TaskFamily>(family: &F, lane: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: lane {lane} sampled a configuration of another shape than lane 0; lane-batched \
+         meta-training needs configurations of one shape (train in f32, one task per group)",
+        family.name()
+    ))
 }
