@@ -199,7 +199,13 @@ fn lane_batched_pes_matches_serial_pes() {
     let lopt = MlpLOpt::default();
     let theta = lopt.init(Key::new(0));
     let make = || {
-        let step = LOptTruncatedStep::new(&family, &lopt, ConstantTruncationSchedule { total_length: 5 }, 12).unwrap();
+        let step = LOptTruncatedStep::new(
+            &family,
+            &lopt,
+            ConstantTruncationSchedule { total_length: 5 },
+            12,
+        )
+        .unwrap();
         TruncatedPes::new(step, 4, 0.01).unwrap()
     };
     let (serial, batched) = (make(), make().batched::<Lanes<8>>());
@@ -207,8 +213,12 @@ fn lane_batched_pes_matches_serial_pes() {
     let mut s8 = batched.init_worker_state(&theta, Key::new(1), 0).unwrap();
     assert_eq!((s1.pos.len(), s8.pos.len()), (12, 2));
     for k in [Key::new(2), Key::new(3), Key::new(4)] {
-        let a = serial.compute_gradient_estimate(&theta, &mut s1, k, 0).unwrap();
-        let b = batched.compute_gradient_estimate(&theta, &mut s8, k, 0).unwrap();
+        let a = serial
+            .compute_gradient_estimate(&theta, &mut s1, k, 0)
+            .unwrap();
+        let b = batched
+            .compute_gradient_estimate(&theta, &mut s8, k, 0)
+            .unwrap();
         assert!((a.mean_loss - b.mean_loss).abs() <= 1e-5 * a.mean_loss.abs().max(1.0));
         let (ga, gb) = (a.grad.flatten(), b.grad.flatten());
         let scale = ga.iter().fold(0f32, |m, x| m.max(x.abs()));

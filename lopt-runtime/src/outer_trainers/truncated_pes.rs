@@ -210,7 +210,7 @@ where
         let two_var = 2.0 * self.std as f64 * self.std as f64;
         let mut grad = theta.zeros_like();
         let mut mean_loss = 0.0f64;
-        for i in 0..n {
+        for (i, (e, acc)) in eps.iter().zip(state.accumulator.iter_mut()).enumerate() {
             let (g, l) = (i / lanes, i % lanes);
             let out = outs[g].iter().map(|step| step[l]);
             let den = out.clone().filter(|(p, _)| p.mask).count();
@@ -231,12 +231,12 @@ where
             }
             let den = den.max(1) as f64;
             let (a, b) = (a / den, b / den);
-            state.accumulator[i].axpy(1.0, &eps[i]);
+            acc.axpy(1.0, e);
             // ĝ += (A · acc' + B · ε) / (2σ²) / N
-            grad.axpy((a / two_var / n as f64) as f32, &state.accumulator[i]);
-            grad.axpy((b / two_var / n as f64) as f32, &eps[i]);
+            grad.axpy((a / two_var / n as f64) as f32, acc);
+            grad.axpy((b / two_var / n as f64) as f32, e);
             if finished {
-                state.accumulator[i] = eps[i].clone();
+                *acc = e.clone();
             }
             mean_loss += (lp / den + ln / den) / 2.0 / n as f64;
         }

@@ -74,6 +74,13 @@ pub struct LOptTruncatedStep<'a, F: TaskFamily, L: LearnedOptimizer, T: Truncati
     datasets: Option<Datasets<F::Batch>>,
 }
 
+/// A new task in `f32`: its configuration, optimizer state and run length.
+type FreshTask<F, L> = (
+    <F as TaskFamily>::Cfg<f32>,
+    <L as LearnedOptimizer>::State<<F as TaskFamily>::Params<f32>>,
+    usize,
+);
+
 /// `()` as a `B` when `B` is `()`: the batch of a family without data.
 fn unit_batch<B: 'static>() -> Option<B> {
     let unit: Box<dyn Any> = Box::new(());
@@ -122,7 +129,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         theta: &L::Theta<f32>,
         key: Key,
         outer_iteration: usize,
-    ) -> (F::Cfg<f32>, L::State<F::Params<f32>>, usize) {
+    ) -> FreshTask<F, L> {
         let k = key.split_n(4);
         let cfg = self.family.sample(k[0]);
         let params = self.family.init(&cfg, k[1]);
