@@ -9,7 +9,7 @@
 use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 
-use super::elementwise::build_like;
+use super::elementwise::{build_like, update};
 use super::exp::exp;
 use super::gemm::has_avx2;
 use super::op;
@@ -42,36 +42,48 @@ pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
 /// once for AVX2 (same operations and roundings, twice as wide).
 #[inline(always)]
 fn row_log_sum_exp_in<S: Real>(x: &[S], rows: usize) -> Vec<S> {
-    // Row maxima, eight rows at a time held in registers across the columns (a
-    // read-modify-write of `m` per column becomes a masked store with AVX: slow). The
-    // order of the comparisons, hence NaN handling, is that of a column sweep.
-    let mut m = x[..rows].to_vec();
-    let mut chunks = m.chunks_exact_mut(8);
-    for (i0, mc) in (0..).step_by(8).zip(&mut chunks) {
-        let mut acc: [S; 8] = (&*mc).try_into().expect("chunks of 8");
+    // Eight rows at a time, their maxima and then their sums of exponentials held in
+    // registers across the columns (a read-modify-write of a per-row array per column
+    // becomes a masked store with AVX: slow, and the block is in L1 for the second
+    // sweep). The order of the comparisons, hence NaN handling, and of the sums is that
+    // of a column sweep.
+    let mut out = x[..rows].to_vec();
+    let mut chunks = out.chunks_exact_mut(8);
+    for (i0, oc) in (0..).step_by(8).zip(&mut chunks) {
+        let mut m: [S; 8] = (&*oc).try_into().expect("chunks of 8");
         for col in x.chunks_exact(rows).skip(1) {
             let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
-            for (a, &v) in acc.iter_mut().zip(c) {
+            for (a, &v) in m.iter_mut().zip(c) {
                 *a = a.max(v);
             }
         }
-        mc.copy_from_slice(&acc);
+        let mut s = [S::zero(); 8];
+        for col in x.chunks_exact(rows) {
+            let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
+            for ((s, &v), &m) in s.iter_mut().zip(c).zip(&m) {
+                *s += exp(v - m);
+            }
+        }
+        for ((o, &m), &s) in oc.iter_mut().zip(&m).zip(&s) {
+            *o = m + s.ln();
+        }
     }
-    let done = rows - chunks.into_remainder().len();
+    // The remaining (fewer than eight) rows, by column sweeps.
+    let m = chunks.into_remainder();
+    let done = rows - m.len();
     for col in x.chunks_exact(rows).skip(1) {
-        for (m, &v) in m[done..].iter_mut().zip(&col[done..]) {
+        for (m, &v) in m.iter_mut().zip(&col[done..]) {
             *m = m.max(v);
         }
     }
-    let mut s = vec![S::zero(); rows];
+    let mut s = [S::zero(); 8];
     for col in x.chunks_exact(rows) {
-        s.iter_mut()
-            .zip(col)
-            .zip(&m)
-            .for_each(|((s, &v), &m)| *s += exp(v - m));
+        for ((s, &v), &m) in s.iter_mut().zip(&col[done..]).zip(&*m) {
+            *s += exp(v - m);
+        }
     }
     m.iter_mut().zip(&s).for_each(|(m, &s)| *m += s.ln());
-    m
+    out
 }
 
 /// The rows softmax runs over: a column vector is one set of logits; a matrix (or a row
@@ -88,59 +100,55 @@ where
     }
 }
 
-/// `f(a[i, j], b[i, j], row[i])` for every element, in column-major order.
+/// `o[i, j] = f(o[i, j], b[i, j], r[i], s[i])` for every element of the column-major
+/// `rows`-row matrices `o` and `b`, with per-row values `r` and `s`: in place, so callers
+/// write into a buffer they own (a cotangent, a copy of the operand) instead of
+/// allocating.
 #[inline]
-fn per_row<S: Real>(a: &[S], b: &[S], rows: usize, row: &[S], f: impl Fn(S, S, S) -> S) -> Vec<S> {
-    let mut out = vec![S::zero(); a.len().min(b.len())];
-    if rows > 0 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn wide<S: Real>(
-                a: &[S],
-                b: &[S],
-                rows: usize,
-                row: &[S],
-                f: &impl Fn(S, S, S) -> S,
-                out: &mut [S],
-            ) {
-                per_row_in(a, b, rows, row, f, out)
-            }
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { wide(a, b, rows, row, &f, &mut out) };
-            return out;
-        }
-        per_row_in(a, b, rows, row, &f, &mut out);
-    }
-    out
-}
-
-/// The loops of [`per_row`], always inlined (as [`row_log_sum_exp_in`]).
-#[inline(always)]
-fn per_row_in<S: Real>(
-    a: &[S],
+fn per_row_mut<S: Real>(
+    o: &mut [S],
     b: &[S],
     rows: usize,
-    row: &[S],
-    f: &impl Fn(S, S, S) -> S,
-    out: &mut [S],
+    r: &[S],
+    s: &[S],
+    f: impl Fn(S, S, S, S) -> S,
 ) {
-    let cols = a.chunks_exact(rows).zip(b.chunks_exact(rows));
-    for (co, (ca, cb)) in out.chunks_exact_mut(rows).zip(cols) {
-        for (((o, &a), &b), &r) in co.iter_mut().zip(ca).zip(cb).zip(row) {
-            *o = f(a, b, r);
-        }
+    if rows == 0 {
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<S: Real>(
+            o: &mut [S],
+            b: &[S],
+            rows: usize,
+            r: &[S],
+            s: &[S],
+            f: &impl Fn(S, S, S, S) -> S,
+        ) {
+            per_row_in(o, b, rows, r, s, f)
+        }
+        // SAFETY: the CPU has AVX2 and FMA.
+        unsafe { wide(o, b, rows, r, s, &f) };
+        return;
+    }
+    per_row_in(o, b, rows, r, s, &f);
 }
 
-/// A matrix shaped like `like` holding `v` (column-major); reuses `v`'s buffer when
-/// dynamic.
-#[inline]
-fn with_vec<S: Real, R: Dim, C: Dim>(like: &OMatrix<S, R, C>, v: Vec<S>) -> OMatrix<S, R, C>
-where
-    DefaultAllocator: Allocator<R, C>,
-{
-    build_like(like, v.into_iter())
+/// The loops of [`per_row_mut`], always inlined (as [`row_log_sum_exp_in`]).
+#[inline(always)]
+fn per_row_in<S: Real>(
+    o: &mut [S],
+    b: &[S],
+    rows: usize,
+    r: &[S],
+    s: &[S],
+    f: &impl Fn(S, S, S, S) -> S,
+) {
+    for (co, cb) in o.chunks_exact_mut(rows).zip(b.chunks_exact(rows)) {
+        update(co, cb, r, s, f);
+    }
 }
 
 /// `Σ_j a[i, j] b[i, j]` for every row.
@@ -181,24 +189,45 @@ where
     fn eval(&self, _op: &op::LogSoftmax) -> Self {
         let rows = rows_of(self);
         let lse = row_log_sum_exp(self.as_slice(), rows);
-        let x = self.as_slice();
-        with_vec(self, per_row(x, x, rows, &lse, |v, _, l| v - l))
+        let mut y = self.clone();
+        per_row_mut(
+            y.as_mut_slice(),
+            self.as_slice(),
+            rows,
+            &lse,
+            &lse,
+            |v, _, l, _| v - l,
+        );
+        y
     }
     fn jvp(&self, _op: &op::LogSoftmax, out: &Self, dx: &Self) -> Self {
         // dy = dx - Σ_j softmax_j dx_j, softmax = exp(y)
         let rows = rows_of(self);
         let pdx = row_dot(out.as_slice(), dx.as_slice(), rows, exp);
-        let dx = dx.as_slice();
-        with_vec(self, per_row(dx, dx, rows, &pdx, |t, _, s| t - s))
+        let mut dy = dx.clone();
+        per_row_mut(
+            dy.as_mut_slice(),
+            dx.as_slice(),
+            rows,
+            &pdx,
+            &pdx,
+            |t, _, s, _| t - s,
+        );
+        dy
     }
-    fn vjp(&self, _op: &op::LogSoftmax, out: &Self, g: &Self) -> Self {
+    fn vjp(&self, _op: &op::LogSoftmax, out: &Self, mut g: Self) -> Self {
         // g - softmax Σ_j g_j
         let rows = rows_of(self);
         let gs = row_dot(g.as_slice(), g.as_slice(), rows, |_| S::one());
-        let d = per_row(out.as_slice(), g.as_slice(), rows, &gs, |y, g, s| {
-            g - exp(y) * s
-        });
-        with_vec(self, d)
+        per_row_mut(
+            g.as_mut_slice(),
+            out.as_slice(),
+            rows,
+            &gs,
+            &gs,
+            |g, y, s, _| g - exp(y) * s,
+        );
+        g
     }
 }
 
@@ -214,8 +243,8 @@ where
         let (y, x, dx) = (*out, self.as_slice(), dx.as_slice());
         sum_by(x.len().min(dx.len()), |i| exp(x[i] - y) * dx[i])
     }
-    fn vjp(&self, _op: &op::LogSumExp, out: &S, g: &S) -> Self {
-        let (y, g) = (*out, *g);
+    fn vjp(&self, _op: &op::LogSumExp, out: &S, g: S) -> Self {
+        let y = *out;
         build_like(self, self.as_slice().iter().map(|&x| exp(x - y) * g))
     }
 }
@@ -253,13 +282,11 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let (rows, cols) = self.shape();
         check_labels(op.0, rows, cols);
         let x = self.as_slice();
-        let lse = row_log_sum_exp(x, rows);
-        DVector::from_iterator(
-            rows,
-            lse.iter()
-                .enumerate()
-                .map(|(i, &l)| l - label_logit(x, rows, op.0, i)),
-        )
+        let mut loss = row_log_sum_exp(x, rows);
+        for (i, l) in loss.iter_mut().enumerate() {
+            *l -= label_logit(x, rows, op.0, i);
+        }
+        DVector::from_vec(loss)
     }
     fn jvp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, dx: &Self) -> DVector<S> {
         // Σ_j softmax_ij dx_ij - dx[i, label_i]
@@ -267,28 +294,31 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let lse: Vec<S> = (0..rows)
             .map(|i| out[i] + label_logit(x, rows, op.0, i))
             .collect();
-        let p = per_row(x, x, rows, &lse, |v, _, l| exp(v - l));
+        let mut p = x.to_vec();
+        per_row_mut(&mut p, x, rows, &lse, &lse, |v, _, l, _| exp(v - l));
         let pdx = row_dot(&p, dx.as_slice(), rows, |p| p);
         DVector::from_iterator(
             rows,
             (0..rows).map(|i| pdx[i] - label_logit(dx.as_slice(), rows, op.0, i)),
         )
     }
-    fn vjp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, g: &DVector<S>) -> Self {
-        // g_i (softmax_i - onehot(label_i))
+    fn vjp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, g: DVector<S>) -> Self {
+        // g_i (softmax_i - onehot(label_i)), the softmax recomputed from the logits and
+        // the row log-sum-exp `out_i + x[i, label_i]` in one pass over a copy of them.
         let (rows, x) = (self.nrows(), self.as_slice());
         let lse: Vec<S> = (0..rows)
             .map(|i| out[i] + label_logit(x, rows, op.0, i))
             .collect();
-        let mut d = per_row(x, x, rows, &lse, |v, _, l| exp(v - l));
+        let mut d = self.clone();
         let gs = g.as_slice();
-        for col in d.chunks_exact_mut(rows.max(1)) {
-            col.iter_mut().zip(gs).for_each(|(p, &g)| *p *= g);
-        }
+        per_row_mut(d.as_mut_slice(), x, rows, &lse, gs, |v, _, l, g| {
+            exp(v - l) * g
+        });
+        let ds = d.as_mut_slice();
         for (i, &l) in op.0.iter().enumerate() {
-            d[i + l as usize * rows] -= gs[i];
+            ds[i + l as usize * rows] -= gs[i];
         }
-        DMatrix::from_vec(rows, self.ncols(), d)
+        d
     }
 }
 
@@ -322,7 +352,7 @@ mod tests {
             let sce = op::SoftmaxCrossEntropy(&labels);
             let out = Unary::eval(&x32, &sce);
             let g = DVector::from_fn(rows, |i, _| 1.0 + i as f32 * 0.1);
-            let d = Unary::vjp(&x32, &sce, &out, &g);
+            let d = Unary::vjp(&x32, &sce, &out, g.clone());
             for i in 0..rows {
                 let (l, scale) = (lse(i), lse(i).abs().max(1.0));
                 assert!((got[i] - l).abs() < 1e-14 * scale, "{rows}x{cols} row {i}");

@@ -80,7 +80,7 @@ where
         &x,
         |x| x.eval(&op),
         |x, dx| x.jvp(&op, &x.eval(&op), dx),
-        |x, g| x.vjp(&op, &x.eval(&op), g),
+        |x, g| x.vjp(&op, &x.eval(&op), g.clone()),
     );
 }
 
@@ -104,7 +104,7 @@ where
         |p| p.0.eval(&p.1),
         |p, d| p.0.jvp(&p.1, &p.0.eval(&p.1), Some(&d.0), Some(&d.1)),
         |p, g| {
-            let (da, db) = p.0.vjp(&p.1, &p.0.eval(&p.1), g, true, true);
+            let (da, db) = p.0.vjp(&p.1, &p.0.eval(&p.1), g.clone(), true, true);
             Pair(da.expect("asked for a"), db.expect("asked for b"))
         },
     );
@@ -114,7 +114,7 @@ where
         |a| a.eval(&b),
         |a, d| a.jvp(&b, &a.eval(&b), Some(d), None),
         |a, g| {
-            let (da, db) = a.vjp(&b, &a.eval(&b), g, true, false);
+            let (da, db) = a.vjp(&b, &a.eval(&b), g.clone(), true, false);
             assert!(db.is_none(), "{what}: cotangent of b not asked for");
             da.expect("asked for a")
         },
@@ -125,7 +125,7 @@ where
         |b| a.eval(b),
         |b, d| a.jvp(b, &a.eval(b), None, Some(d)),
         |b, g| {
-            let (da, db) = a.vjp(b, &a.eval(b), g, false, true);
+            let (da, db) = a.vjp(b, &a.eval(b), g.clone(), false, true);
             assert!(da.is_none(), "{what}: cotangent of a not asked for");
             db.expect("asked for b")
         },
@@ -240,7 +240,7 @@ fn index_values_are_column_major() {
     let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     assert_eq!(Unary::eval(&m, &op::Index(1)), 4.0);
     assert_eq!(Unary::eval(&m, &op::Index2(0, 2)), 3.0);
-    assert_eq!(Unary::vjp(&m, &op::Index2(1, 0), &4.0, &2.0)[(1, 0)], 2.0);
+    assert_eq!(Unary::vjp(&m, &op::Index2(1, 0), &4.0, 2.0)[(1, 0)], 2.0);
 }
 
 // ---- softmax family ----
@@ -301,13 +301,13 @@ fn softmax_family_is_finite_for_huge_logits() {
             &m64,
             &op::SoftmaxCrossEntropy(&labels),
             &l,
-            &DVector::from_element(2, 1.0),
+            DVector::from_element(2, 1.0),
         );
         let g32 = Unary::vjp(
             &m32,
             &op::SoftmaxCrossEntropy(&labels),
             &l32,
-            &DVector::from_element(2, 1.0),
+            DVector::from_element(2, 1.0),
         );
         assert!(g.all_finite() && g32.all_finite());
         let ls = Unary::eval(&m64, &op::LogSoftmax);
@@ -465,7 +465,7 @@ fn bias_adds_the_vector_to_every_row() {
     );
     // the bias's cotangent sums g over the rows
     let g = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let (_, db) = Binary::<op::Add, _>::vjp(&m, &v, &y, &g, false, true);
+    let (_, db) = Binary::<op::Add, _>::vjp(&m, &v, &y, g, false, true);
     assert_eq!(db.unwrap(), DVector::from_vec(vec![5.0, 7.0, 9.0]));
 }
 
@@ -605,8 +605,8 @@ fn matmul_f32_sgemm_matches_f64() {
         let to64 = |x: DMatrix<f32>| x.map(|v| v as f64);
         let y = Binary::<op::Mul, _>::eval(&a, &b);
         let y32 = Binary::<op::Mul, _>::eval(&a32, &b32);
-        let (da, db) = Binary::<op::Mul, _>::vjp(&a, &b, &y, &g, true, true);
-        let (da32, db32) = Binary::<op::Mul, _>::vjp(&a32, &b32, &y32, &g32, true, true);
+        let (da, db) = Binary::<op::Mul, _>::vjp(&a, &b, &y, g.clone(), true, true);
+        let (da32, db32) = Binary::<op::Mul, _>::vjp(&a32, &b32, &y32, g32.clone(), true, true);
         let t =
             Binary::<op::Mul, _>::jvp(&a, &b, &y, Some(&g.transpose().resize(m, k, 0.0)), Some(&b));
         let t32 = Binary::<op::Mul, _>::jvp(
@@ -743,13 +743,13 @@ fn mlp<S: crate::Real>(p: &Mlp<S>, dp: &Mlp<S>, x: &DMatrix<S>, labels: &[i32]) 
     let t_l = Unary::jvp(&z2, &sce, &l, &t_z2);
     let t_loss = Unary::jvp(&l, &op::Mean, &loss, &t_l);
     // reverse mode
-    let g_l = Unary::vjp(&l, &op::Mean, &loss, &S::one());
-    let g_z2 = Unary::vjp(&z2, &sce, &l, &g_l);
-    let (g_h2, g_b2) = Binary::<op::Add, _>::vjp(&h2, b2, &z2, &g_z2, true, true);
-    let (g_a1, g_w2) = Binary::<op::Mul, _>::vjp(&a1, w2, &h2, &g_h2.unwrap(), true, true);
-    let g_z1 = Unary::vjp(&z1, &op::Relu, &a1, &g_a1.unwrap());
-    let (g_h1, g_b1) = Binary::<op::Add, _>::vjp(&h1, b1, &z1, &g_z1, true, true);
-    let (g_x, g_w1) = Binary::<op::Mul, _>::vjp(x, w1, &h1, &g_h1.unwrap(), false, true);
+    let g_l = Unary::vjp(&l, &op::Mean, &loss, S::one());
+    let g_z2 = Unary::vjp(&z2, &sce, &l, g_l);
+    let (g_h2, g_b2) = Binary::<op::Add, _>::vjp(&h2, b2, &z2, g_z2, true, true);
+    let (g_a1, g_w2) = Binary::<op::Mul, _>::vjp(&a1, w2, &h2, g_h2.unwrap(), true, true);
+    let g_z1 = Unary::vjp(&z1, &op::Relu, &a1, g_a1.unwrap());
+    let (g_h1, g_b1) = Binary::<op::Add, _>::vjp(&h1, b1, &z1, g_z1, true, true);
+    let (g_x, g_w1) = Binary::<op::Mul, _>::vjp(x, w1, &h1, g_h1.unwrap(), false, true);
     assert!(g_x.is_none());
     let grad = Pair(
         Pair(g_w1.unwrap(), g_b1.unwrap()),
@@ -829,18 +829,18 @@ fn nan_propagates_through_relu_max_min() {
     assert!(Unary::eval(&m, &op::Relu)[1].is_nan());
     assert!(Binary::<op::Max, _>::eval(&m, &0.0)[1].is_nan());
     // derivatives at the kinks: relu' and abs' are 0 at 0
-    assert_eq!(Unary::vjp(&0.0, &op::Relu, &0.0, &1.0), 0.0);
-    assert_eq!(Unary::vjp(&0.0, &op::Abs, &0.0, &1.0), 0.0);
-    assert_eq!(Unary::vjp(&-0.5, &op::Abs, &0.5, &1.0), -1.0);
+    assert_eq!(Unary::vjp(&0.0, &op::Relu, &0.0, 1.0), 0.0);
+    assert_eq!(Unary::vjp(&0.0, &op::Abs, &0.0, 1.0), 0.0);
+    assert_eq!(Unary::vjp(&-0.5, &op::Abs, &0.5, 1.0), -1.0);
     // ties go to the first argument, and values are right
     assert_eq!(Binary::<op::Max, _>::eval(&2.0, &-1.0), 2.0);
     assert_eq!(Binary::<op::Min, _>::eval(&2.0, &-1.0), -1.0);
     assert_eq!(
-        Binary::<op::Max, _>::vjp(&1.0, &1.0, &1.0, &1.0, true, true),
+        Binary::<op::Max, _>::vjp(&1.0, &1.0, &1.0, 1.0, true, true),
         (Some(1.0), Some(0.0))
     );
     assert_eq!(
-        Binary::<op::Min, _>::vjp(&1.0, &1.0, &1.0, &1.0, true, true),
+        Binary::<op::Min, _>::vjp(&1.0, &1.0, &1.0, 1.0, true, true),
         (Some(1.0), Some(0.0))
     );
 }
