@@ -20,6 +20,13 @@ use crate::scalar::Real;
 /// `ln Σ_j exp(x[i, j])` for every row `i` of the column-major `rows x (len / rows)` matrix
 /// `x`.
 pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
+    row_lse(x, rows, None)
+}
+
+/// [`row_log_sum_exp`], also writing `e[i, j] = exp(x[i, j] - max_j x[i, j])` and
+/// `inv_s[i] = 1 / Σ_j e[i, j]` (so the softmax is `e[i, j] * inv_s[i]`) when `keep` is
+/// given: the exponentials the sums need anyway, kept for a derivative.
+fn row_lse<S: Real>(x: &[S], rows: usize, keep: Option<(&mut [S], &mut [S])>) -> Vec<S> {
     if rows == 0 {
         return Vec::new();
     }
@@ -29,19 +36,23 @@ pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<S: Real>(x: &[S], rows: usize) -> Vec<S> {
-            row_log_sum_exp_in(x, rows)
+        unsafe fn wide<S: Real>(
+            x: &[S],
+            rows: usize,
+            keep: Option<(&mut [S], &mut [S])>,
+        ) -> Vec<S> {
+            row_lse_in(x, rows, keep)
         }
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { wide(x, rows) };
+        return unsafe { wide(x, rows, keep) };
     }
-    row_log_sum_exp_in(x, rows)
+    row_lse_in(x, rows, keep)
 }
 
-/// The loops of [`row_log_sum_exp`], always inlined: compiled once for the baseline and
-/// once for AVX2 (same operations and roundings, twice as wide).
+/// The loops of [`row_lse`], always inlined: compiled once for the baseline and once for
+/// AVX2 (same operations and roundings, twice as wide).
 #[inline(always)]
-fn row_log_sum_exp_in<S: Real>(x: &[S], rows: usize) -> Vec<S> {
+fn row_lse_in<S: Real>(x: &[S], rows: usize, mut keep: Option<(&mut [S], &mut [S])>) -> Vec<S> {
     // Eight rows at a time, their maxima and then their sums of exponentials held in
     // registers across the columns (a read-modify-write of a per-row array per column
     // becomes a masked store with AVX: slow, and the block is in L1 for the second
@@ -58,14 +69,23 @@ fn row_log_sum_exp_in<S: Real>(x: &[S], rows: usize) -> Vec<S> {
             }
         }
         let mut s = [S::zero(); 8];
-        for col in x.chunks_exact(rows) {
+        for (j, col) in x.chunks_exact(rows).enumerate() {
             let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
-            for ((s, &v), &m) in s.iter_mut().zip(c).zip(&m) {
-                *s += exp(v - m);
+            let e: [S; 8] = std::array::from_fn(|l| exp(c[l] - m[l]));
+            for (s, &e) in s.iter_mut().zip(&e) {
+                *s += e;
+            }
+            if let Some((ek, _)) = keep.as_mut() {
+                ek[j * rows + i0..j * rows + i0 + 8].copy_from_slice(&e);
             }
         }
         for ((o, &m), &s) in oc.iter_mut().zip(&m).zip(&s) {
             *o = m + s.ln();
+        }
+        if let Some((_, inv)) = keep.as_mut() {
+            for (inv, &s) in inv[i0..i0 + 8].iter_mut().zip(&s) {
+                *inv = S::one() / s;
+            }
         }
     }
     // The remaining (fewer than eight) rows, by column sweeps.
@@ -77,9 +97,18 @@ fn row_log_sum_exp_in<S: Real>(x: &[S], rows: usize) -> Vec<S> {
         }
     }
     let mut s = [S::zero(); 8];
-    for col in x.chunks_exact(rows) {
-        for ((s, &v), &m) in s.iter_mut().zip(&col[done..]).zip(&*m) {
-            *s += exp(v - m);
+    for (j, col) in x.chunks_exact(rows).enumerate() {
+        for (l, ((s, &v), &m)) in s.iter_mut().zip(&col[done..]).zip(&*m).enumerate() {
+            let e = exp(v - m);
+            *s += e;
+            if let Some((ek, _)) = keep.as_mut() {
+                ek[j * rows + done + l] = e;
+            }
+        }
+    }
+    if let Some((_, inv)) = keep.as_mut() {
+        for (inv, &s) in inv[done..].iter_mut().zip(&s) {
+            *inv = S::one() / s;
         }
     }
     m.iter_mut().zip(&s).for_each(|(m, &s)| *m += s.ln());
@@ -275,50 +304,96 @@ fn label_logit<S: Real>(x: &[S], rows: usize, labels: &[i32], i: usize) -> S {
     x[i + labels[i] as usize * rows]
 }
 
+/// What `softmax_cross_entropy`'s `eval` keeps for its derivative: the exponentials
+/// `e` and the reciprocal row sums `inv_s` (the softmax is `e[i, j] * inv_s[i]`), and the
+/// addresses of the logits and of the losses they came from (only compared).
+struct Kept<S> {
+    logits: usize,
+    losses: usize,
+    e: Vec<S>,
+    inv_s: Vec<S>,
+}
+
+impl<'a> op::SoftmaxCrossEntropy<'a> {
+    /// The softmax `eval` kept, if it was computed from `x` with output `out` (the first
+    /// derivative takes it; a later one, or one for other logits, recomputes it).
+    fn take_kept<S: Real>(&self, x: &DMatrix<S>, out: &DVector<S>) -> Option<Kept<S>> {
+        let kept = self.1.take()?.downcast::<Kept<S>>().ok()?;
+        let same = kept.logits == x.as_ptr() as usize
+            && kept.losses == out.as_ptr() as usize
+            && kept.e.len() == x.len()
+            && kept.inv_s.len() == x.nrows();
+        same.then_some(*kept)
+    }
+}
+
+/// The softmax of `x` as `Kept` (exponentials and reciprocal row sums), recomputed from
+/// the losses `out`: `ln Σ_j exp(x[i, j]) = out[i] + x[i, label_i]`.
+fn recompute<S: Real>(x: &DMatrix<S>, labels: &[i32], out: &DVector<S>) -> Kept<S> {
+    let (rows, xs) = (x.nrows(), x.as_slice());
+    let lse: Vec<S> = (0..rows)
+        .map(|i| out[i] + label_logit(xs, rows, labels, i))
+        .collect();
+    let mut e = xs.to_vec();
+    per_row_mut(&mut e, xs, rows, &lse, &lse, |v, _, l, _| exp(v - l));
+    Kept {
+        logits: x.as_ptr() as usize,
+        losses: out.as_ptr() as usize,
+        e,
+        inv_s: vec![S::one(); rows],
+    }
+}
+
 impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
     type Out = DVector<S>;
+    /// The losses; the softmax they need is kept in `op` for the derivative that follows
+    /// (saving it a pass of exponentials).
     #[track_caller]
     fn eval(&self, op: &op::SoftmaxCrossEntropy<'a>) -> DVector<S> {
         let (rows, cols) = self.shape();
         check_labels(op.0, rows, cols);
         let x = self.as_slice();
-        let mut loss = row_log_sum_exp(x, rows);
+        let (mut e, mut inv_s) = (vec![S::zero(); x.len()], vec![S::zero(); rows]);
+        let mut loss = row_lse(x, rows, Some((&mut e, &mut inv_s)));
         for (i, l) in loss.iter_mut().enumerate() {
             *l -= label_logit(x, rows, op.0, i);
         }
-        DVector::from_vec(loss)
+        let loss = DVector::from_vec(loss);
+        op.1.set(Some(Box::new(Kept {
+            logits: self.as_ptr() as usize,
+            losses: loss.as_ptr() as usize,
+            e,
+            inv_s,
+        })));
+        loss
     }
     fn jvp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, dx: &Self) -> DVector<S> {
         // Σ_j softmax_ij dx_ij - dx[i, label_i]
-        let (rows, x) = (self.nrows(), self.as_slice());
-        let lse: Vec<S> = (0..rows)
-            .map(|i| out[i] + label_logit(x, rows, op.0, i))
-            .collect();
-        let mut p = x.to_vec();
-        per_row_mut(&mut p, x, rows, &lse, &lse, |v, _, l, _| exp(v - l));
-        let pdx = row_dot(&p, dx.as_slice(), rows, |p| p);
+        let rows = self.nrows();
+        let k = op
+            .take_kept(self, out)
+            .unwrap_or_else(|| recompute(self, op.0, out));
+        let edx = row_dot(&k.e, dx.as_slice(), rows, |e| e);
         DVector::from_iterator(
             rows,
-            (0..rows).map(|i| pdx[i] - label_logit(dx.as_slice(), rows, op.0, i)),
+            (0..rows).map(|i| edx[i] * k.inv_s[i] - label_logit(dx.as_slice(), rows, op.0, i)),
         )
     }
     fn vjp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, g: DVector<S>) -> Self {
-        // g_i (softmax_i - onehot(label_i)), the softmax recomputed from the logits and
-        // the row log-sum-exp `out_i + x[i, label_i]` in one pass over a copy of them.
-        let (rows, x) = (self.nrows(), self.as_slice());
-        let lse: Vec<S> = (0..rows)
-            .map(|i| out[i] + label_logit(x, rows, op.0, i))
-            .collect();
-        let mut d = self.clone();
+        // g_i (softmax_i - onehot(label_i)), written over the kept exponentials.
+        let rows = self.nrows();
+        let mut k = op
+            .take_kept(self, out)
+            .unwrap_or_else(|| recompute(self, op.0, out));
         let gs = g.as_slice();
-        per_row_mut(d.as_mut_slice(), x, rows, &lse, gs, |v, _, l, g| {
-            exp(v - l) * g
+        let x = self.as_slice();
+        per_row_mut(&mut k.e, x, rows, gs, &k.inv_s, |e, _, g, inv| {
+            e * (g * inv)
         });
-        let ds = d.as_mut_slice();
         for (i, &l) in op.0.iter().enumerate() {
-            ds[i + l as usize * rows] -= gs[i];
+            k.e[i + l as usize * rows] -= gs[i];
         }
-        d
+        DMatrix::from_vec(rows, self.ncols(), k.e)
     }
 }
 
@@ -349,10 +424,25 @@ mod tests {
             let got = row_log_sum_exp(x.as_slice(), rows);
             let x32 = x.map(|v| v as f32);
             let got32 = row_log_sum_exp(x32.as_slice(), rows);
-            let sce = op::SoftmaxCrossEntropy(&labels);
+            let sce = op::SoftmaxCrossEntropy::new(&labels);
             let out = Unary::eval(&x32, &sce);
             let g = DVector::from_fn(rows, |i, _| 1.0 + i as f32 * 0.1);
             let d = Unary::vjp(&x32, &sce, &out, g.clone());
+            // Nothing kept (a fresh op; then the same op again, its softmax taken): the
+            // softmax is recomputed, to the same values.
+            let fresh = op::SoftmaxCrossEntropy::new(&labels);
+            for d2 in [
+                Unary::vjp(&x32, &fresh, &out, g.clone()),
+                Unary::vjp(&x32, &sce, &out, g.clone()),
+            ] {
+                assert!((&d2 - &d).amax() < 1e-6, "{rows}x{cols}");
+            }
+            let dx = x32.map(|v| v.sin());
+            let t = Unary::jvp(&x32, &sce, &out, &dx);
+            let out2 = Unary::eval(&x32, &sce);
+            assert_eq!(out2, out);
+            let t_kept = Unary::jvp(&x32, &sce, &out2, &dx);
+            assert!((&t - &t_kept).amax() < 1e-5, "{rows}x{cols}");
             for i in 0..rows {
                 let (l, scale) = (lse(i), lse(i).abs().max(1.0));
                 assert!((got[i] - l).abs() < 1e-14 * scale, "{rows}x{cols} row {i}");

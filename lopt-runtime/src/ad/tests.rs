@@ -259,7 +259,11 @@ fn log_sum_exp() {
 fn softmax_cross_entropy() {
     let x = sample(DMatrix::<f64>::zeros(4, 3), 10, &any);
     let labels = [2, 0, 1, 2];
-    unary("softmax_cross_entropy", op::SoftmaxCrossEntropy(&labels), x);
+    unary(
+        "softmax_cross_entropy",
+        op::SoftmaxCrossEntropy::new(&labels),
+        x,
+    );
 }
 
 #[test]
@@ -280,7 +284,7 @@ fn log_softmax_is_per_row_of_a_matrix_and_over_a_vector() {
 fn softmax_cross_entropy_matches_closed_form() {
     let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 0.5, -0.5, 0.0]);
     let labels = [0, 2];
-    let l = Unary::eval(&m, &op::SoftmaxCrossEntropy(&labels));
+    let l = Unary::eval(&m, &op::SoftmaxCrossEntropy::new(&labels));
     let lse0 = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
     let lse1 = (0.5f64.exp() + (-0.5f64).exp() + 1.0).ln();
     assert!((l[0] - (lse0 - 1.0)).abs() < 1e-14);
@@ -294,18 +298,18 @@ fn softmax_family_is_finite_for_huge_logits() {
         let labels = [0, 1];
         // in f64 and in f32
         let m32 = m64.map(|x| x as f32);
-        let l = Unary::eval(&m64, &op::SoftmaxCrossEntropy(&labels));
-        let l32 = Unary::eval(&m32, &op::SoftmaxCrossEntropy(&labels));
+        let l = Unary::eval(&m64, &op::SoftmaxCrossEntropy::new(&labels));
+        let l32 = Unary::eval(&m32, &op::SoftmaxCrossEntropy::new(&labels));
         assert!(l.all_finite() && l32.all_finite());
         let g = Unary::vjp(
             &m64,
-            &op::SoftmaxCrossEntropy(&labels),
+            &op::SoftmaxCrossEntropy::new(&labels),
             &l,
             DVector::from_element(2, 1.0),
         );
         let g32 = Unary::vjp(
             &m32,
-            &op::SoftmaxCrossEntropy(&labels),
+            &op::SoftmaxCrossEntropy::new(&labels),
             &l32,
             DVector::from_element(2, 1.0),
         );
@@ -327,21 +331,21 @@ fn softmax_family_is_finite_for_huge_logits() {
 #[should_panic(expected = "label 3 of example 1 is out of range for 3 classes")]
 fn softmax_cross_entropy_rejects_out_of_range_labels() {
     let m = DMatrix::<f64>::zeros(2, 3);
-    Unary::eval(&m, &op::SoftmaxCrossEntropy(&[0, 3]));
+    Unary::eval(&m, &op::SoftmaxCrossEntropy::new(&[0, 3]));
 }
 
 #[test]
 #[should_panic(expected = "label -1 of example 0 is out of range")]
 fn softmax_cross_entropy_rejects_negative_labels() {
     let m = DMatrix::<f64>::zeros(2, 3);
-    Unary::eval(&m, &op::SoftmaxCrossEntropy(&[-1, 0]));
+    Unary::eval(&m, &op::SoftmaxCrossEntropy::new(&[-1, 0]));
 }
 
 #[test]
 #[should_panic(expected = "got 1 labels for 2 examples")]
 fn softmax_cross_entropy_rejects_wrong_label_count() {
     let m = DMatrix::<f64>::zeros(2, 3);
-    Unary::eval(&m, &op::SoftmaxCrossEntropy(&[0]));
+    Unary::eval(&m, &op::SoftmaxCrossEntropy::new(&[0]));
 }
 
 // ---- binary elementwise ----
@@ -725,7 +729,7 @@ type Mlp<S> = Pair<Pair<DMatrix<S>, DVector<S>>, Pair<DMatrix<S>, DVector<S>>>;
 fn mlp<S: crate::Real>(p: &Mlp<S>, dp: &Mlp<S>, x: &DMatrix<S>, labels: &[i32]) -> (S, S, Mlp<S>) {
     let (Pair(w1, b1), Pair(w2, b2)) = (&p.0, &p.1);
     let (Pair(dw1, db1), Pair(dw2, db2)) = (&dp.0, &dp.1);
-    let sce = op::SoftmaxCrossEntropy(labels);
+    let sce = op::SoftmaxCrossEntropy::new(labels);
     // value
     let h1 = <DMatrix<S> as Binary<op::Mul, DMatrix<S>>>::eval(x, w1);
     let z1 = <DMatrix<S> as Binary<op::Add, DVector<S>>>::eval(&h1, b1);
