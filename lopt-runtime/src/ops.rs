@@ -126,7 +126,7 @@ pub fn softmax_cross_entropy<'a, X: Unary<op::SoftmaxCrossEntropy<'a>>>(
     logits: &X,
     labels: &'a [i32],
 ) -> X::Out {
-    logits.eval(&op::SoftmaxCrossEntropy(labels))
+    logits.eval(&op::SoftmaxCrossEntropy::new(labels))
 }
 
 #[cfg(test)]

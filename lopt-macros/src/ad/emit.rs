@@ -447,7 +447,7 @@ impl<'a> Emitter<'a> {
                         let (pa, pb) = (self.place(*a), self.place(*b));
                         let (na, nb) = (self.active(*a), self.active(*b));
                         let mut t = quote! {
-                            let (__ga, __gb) = #ad::Binary::<#op, _>::vjp(&#pa, &#pb, &#pv, &__g, #na, #nb);
+                            let (__ga, __gb) = #ad::Binary::<#op, _>::vjp(&#pa, &#pb, &#pv, __g, #na, #nb);
                         };
                         if na {
                             let da = d_ident(*a);
@@ -461,7 +461,7 @@ impl<'a> Emitter<'a> {
                     }
                     Rhs::Unary { op, x } => {
                         let (px, po) = (self.place(*x), self.place(*op));
-                        self.acc(*x, quote!(#ad::Unary::vjp(&#px, &#po, &#pv, &__g)))
+                        self.acc(*x, quote!(#ad::Unary::vjp(&#px, &#po, &#pv, __g)))
                     }
                     Rhs::ArgRead { arg, path } => {
                         let dp = path_slot(self.path_index(*arg, path));

@@ -860,7 +860,7 @@ impl<'a> Lowerer<'a> {
                 let labels = self.rewrite_passive(strip_ref(args[1]));
                 Ok(self.unary(
                     out,
-                    quote!(::lopt::__private::ad::op::SoftmaxCrossEntropy(
+                    quote!(::lopt::__private::ad::op::SoftmaxCrossEntropy::new(
                         ::core::convert::AsRef::<[i32]>::as_ref(&(#labels))
                     )),
                     x,

@@ -28,6 +28,76 @@ where
     OMatrix::from_iterator_generic(r, c, it)
 }
 
+/// `o[i] = f(o[i], a[i], b[i], c[i])` for every element (the shortest length): the
+/// in-place update every rule that writes into a buffer it owns goes through.
+///
+/// `o` is read through a copy of its pointer that the optimizer cannot prove equal to the
+/// one it is written through ([`black_box`](std::hint::black_box)), eight elements at a
+/// time. Otherwise an update that keeps some elements unchanged (`relu`'s derivative:
+/// `if x > 0 { t } else { 0 }`) drops the store of the unchanged ones and is vectorized
+/// as a store under a mask (`vmaskmovps`), microcoded and several times slower than the
+/// load, blend and store this gives.
+#[inline(always)]
+pub(crate) fn update<S: Real>(o: &mut [S], a: &[S], b: &[S], c: &[S], f: impl Fn(S, S, S, S) -> S) {
+    let n = o.len().min(a.len()).min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let dst = o.as_mut_ptr();
+    let src = std::hint::black_box(dst as *const S);
+    let (mut ac, mut bc, mut cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+    let mut i = 0;
+    for ((a, b), c) in (&mut ac).zip(&mut bc).zip(&mut cc) {
+        // SAFETY: `i + 8 <= n <= o.len()`, and `src == dst` point into `o`, which no
+        // reference is used to access while these run; each block is read whole before
+        // it is written.
+        let t: [S; 8] = unsafe { src.add(i).cast::<[S; 8]>().read() };
+        let r: [S; 8] = std::array::from_fn(|l| f(t[l], a[l], b[l], c[l]));
+        unsafe { dst.add(i).cast::<[S; 8]>().write(r) };
+        i += 8;
+    }
+    for ((&a, &b), &c) in ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .zip(cc.remainder())
+    {
+        // SAFETY: `i < n <= o.len()`, as above.
+        unsafe { dst.add(i).write(f(src.add(i).read(), a, b, c)) };
+        i += 1;
+    }
+}
+
+/// `g[i] = f(a[i], b[i], g[i])` for every element: a cotangent computed in the buffer of
+/// the output cotangent it replaces (same shape), so the reverse sweep allocates nothing.
+#[inline]
+pub(crate) fn map_into<S: Real, R: Dim, C: Dim>(
+    mut g: OMatrix<S, R, C>,
+    a: &[S],
+    b: &[S],
+    f: impl Fn(S, S, S) -> S,
+) -> OMatrix<S, R, C>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    update(g.as_mut_slice(), a, b, b, |t, a, b, _| f(a, b, t));
+    g
+}
+
+/// [`map_into`] with three operand slices: `g[i] = f(a[i], b[i], y[i], g[i])`.
+#[inline]
+fn map3_into<S: Real, R: Dim, C: Dim>(
+    mut g: OMatrix<S, R, C>,
+    a: &[S],
+    b: &[S],
+    y: &[S],
+    f: impl Fn(S, S, S, S) -> S,
+) -> OMatrix<S, R, C>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    update(g.as_mut_slice(), a, b, y, |t, a, b, y| f(a, b, y, t));
+    g
+}
+
 /// A zero matrix shaped like `like`.
 #[inline]
 pub(crate) fn zeros_like<S: Real, R: Dim, C: Dim>(like: &OMatrix<S, R, C>) -> OMatrix<S, R, C>
@@ -84,9 +154,8 @@ macro_rules! matrix_unary {
                 build_like(self, it.map(|((&x, &y), &t)| op.d(x, y, t)))
             }
             #[inline]
-            fn vjp(&self, op: &$op, out: &Self, g: &Self) -> Self {
-                let it = self.as_slice().iter().zip(out.as_slice()).zip(g.as_slice());
-                build_like(self, it.map(|((&x, &y), &t)| op.d(x, y, t)))
+            fn vjp(&self, op: &$op, out: &Self, g: Self) -> Self {
+                map_into(g, self.as_slice(), out.as_slice(), |x, y, t| op.d(x, y, t))
             }
         }
     )*};
@@ -164,29 +233,55 @@ where
 
 type Pair<T> = (Option<T>, Option<T>);
 
+/// `Op::da` written over `g` (nothing to do when it is `g` itself).
+#[inline]
+fn da_into<S: Real, Op: Pointwise2<S>, R: Dim, C: Dim>(
+    g: OMatrix<S, R, C>,
+    a: &[S],
+    b: &[S],
+    y: &[S],
+) -> OMatrix<S, R, C>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    if Op::DA_IS_T {
+        g
+    } else {
+        map3_into(g, a, b, y, Op::da)
+    }
+}
+
 #[inline]
 fn mm_vjp<S: Real, Op: Pointwise2<S>, R: Dim, C: Dim>(
     a: &OMatrix<S, R, C>,
     b: &OMatrix<S, R, C>,
     y: &OMatrix<S, R, C>,
-    g: &OMatrix<S, R, C>,
+    g: OMatrix<S, R, C>,
     need_a: bool,
     need_b: bool,
 ) -> Pair<OMatrix<S, R, C>>
 where
     DefaultAllocator: Allocator<R, C>,
 {
-    let abyg = || {
-        a.as_slice()
-            .iter()
-            .zip(b.as_slice())
-            .zip(y.as_slice())
-            .zip(g.as_slice())
-    };
-    (
-        need_a.then(|| build_like(a, abyg().map(|(((&a, &b), &y), &g)| Op::da(a, b, y, g)))),
-        need_b.then(|| build_like(a, abyg().map(|(((&a, &b), &y), &g)| Op::db(a, b, y, g)))),
-    )
+    let (xa, xb, xy) = (a.as_slice(), b.as_slice(), y.as_slice());
+    let aby = || xa.iter().zip(xb).zip(xy);
+    // One cotangent is written over `g` (each element read before it is overwritten);
+    // only when both are needed is a second buffer allocated, first.
+    match (need_a, need_b) {
+        (true, true) => {
+            let db = build_like(
+                a,
+                aby()
+                    .zip(g.as_slice())
+                    .map(|(((&a, &b), &y), &t)| Op::db(a, b, y, t)),
+            );
+            (Some(da_into::<S, Op, R, C>(g, xa, xb, xy)), Some(db))
+        }
+        (true, false) => (Some(da_into::<S, Op, R, C>(g, xa, xb, xy)), None),
+        (false, true) if Op::DB_IS_T => (None, Some(g)),
+        (false, true) => (None, Some(map3_into(g, xa, xb, xy, Op::db))),
+        (false, false) => (None, None),
+    }
 }
 
 macro_rules! matrix_matrix {
@@ -210,7 +305,7 @@ macro_rules! matrix_matrix {
                 &self,
                 b: &Self,
                 out: &Self,
-                g: &Self,
+                g: Self,
                 need_a: bool,
                 need_b: bool,
             ) -> (Option<Self>, Option<Self>) {
@@ -239,6 +334,16 @@ fn ord<S, const SWAP: bool>(m: S, s: S) -> (S, S) {
         (s, m)
     } else {
         (m, s)
+    }
+}
+
+/// Whether the matrix side's partial derivative passes the cotangent through unchanged.
+#[inline(always)]
+fn m_side_is_t<S: Real, Op: Pointwise2<S>, const SWAP: bool>() -> bool {
+    if SWAP {
+        Op::DB_IS_T
+    } else {
+        Op::DA_IS_T
     }
 }
 
@@ -310,7 +415,7 @@ fn ms_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool, R: Dim, C: Dim>(
     m: &OMatrix<S, R, C>,
     s: S,
     y: &OMatrix<S, R, C>,
-    g: &OMatrix<S, R, C>,
+    g: OMatrix<S, R, C>,
     need_m: bool,
     need_s: bool,
 ) -> (Option<OMatrix<S, R, C>>, Option<S>)
@@ -318,20 +423,21 @@ where
     DefaultAllocator: Allocator<R, C>,
 {
     let z = S::zero();
-    let myg = || m.as_slice().iter().zip(y.as_slice()).zip(g.as_slice());
-    (
-        need_m.then(|| {
-            build_like(
-                m,
-                myg().map(|((&x, &y), &g)| d_sides::<S, Op, SWAP>(x, s, y, g, z).0),
-            )
-        }),
-        need_s.then(|| {
-            let (x, y, g) = (m.as_slice(), y.as_slice(), g.as_slice());
-            let n = x.len().min(y.len()).min(g.len());
-            sum_by(n, |i| d_sides::<S, Op, SWAP>(x[i], s, y[i], z, g[i]).1)
-        }),
-    )
+    // The scalar's sum reads `g` before the matrix's cotangent overwrites it.
+    let ds = need_s.then(|| {
+        let (x, y, g) = (m.as_slice(), y.as_slice(), g.as_slice());
+        let n = x.len().min(y.len()).min(g.len());
+        sum_by(n, |i| d_sides::<S, Op, SWAP>(x[i], s, y[i], z, g[i]).1)
+    });
+    let dm = need_m.then(|| {
+        if m_side_is_t::<S, Op, SWAP>() {
+            return g;
+        }
+        map_into(g, m.as_slice(), y.as_slice(), |x, y, g| {
+            d_sides::<S, Op, SWAP>(x, s, y, g, z).0
+        })
+    });
+    (dm, ds)
 }
 
 macro_rules! matrix_scalar {
@@ -354,7 +460,7 @@ macro_rules! matrix_scalar {
                 &self,
                 b: &S,
                 out: &Self,
-                g: &Self,
+                g: Self,
                 need_a: bool,
                 need_b: bool,
             ) -> (Option<Self>, Option<S>) {
@@ -399,7 +505,7 @@ macro_rules! scalar_matrix {
                 &self,
                 b: &OMatrix<S, R, C>,
                 out: &Self::Out,
-                g: &Self::Out,
+                g: Self::Out,
                 need_a: bool,
                 need_b: bool,
             ) -> (Option<S>, Option<OMatrix<S, R, C>>) {
@@ -505,40 +611,44 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
     m: &DMatrix<S>,
     v: &[S],
     y: &DMatrix<S>,
-    g: &DMatrix<S>,
+    mut g: DMatrix<S>,
     need_m: bool,
     need_v: bool,
 ) -> (Option<DMatrix<S>>, Option<Vec<S>>) {
     let r = m.nrows().max(1);
     let z = S::zero();
-    let cols = || {
-        m.as_slice()
-            .chunks_exact(r)
-            .zip(y.as_slice().chunks_exact(r))
-            .zip(g.as_slice().chunks_exact(r))
-            .zip(v)
-    };
-    let dm = need_m.then(|| {
-        let mut out = Vec::with_capacity(m.len());
-        for (((col, ycol), gcol), &vj) in cols() {
-            out.extend(
-                col.iter()
-                    .zip(ycol)
-                    .zip(gcol)
-                    .map(|((&x, &y), &g)| d_sides::<S, Op, SWAP>(x, vj, y, g, z).0),
-            );
-        }
-        DMatrix::from_vec(m.nrows(), m.ncols(), out)
-    });
+    // The vector's column sums read `g` before the matrix's cotangent overwrites it.
     let dv = need_v.then(|| {
         if m.nrows() == 0 {
             return vec![z; v.len()];
         }
-        cols()
-            .map(|(((x, y), g), &vj)| {
-                sum_zip3(x, y, g, |x, y, g| d_sides::<S, Op, SWAP>(x, vj, y, z, g).1)
-            })
-            .collect()
+        let cols = m
+            .as_slice()
+            .chunks_exact(r)
+            .zip(y.as_slice().chunks_exact(r))
+            .zip(g.as_slice().chunks_exact(r))
+            .zip(v);
+        cols.map(|(((x, y), g), &vj)| {
+            sum_zip3(x, y, g, |x, y, g| d_sides::<S, Op, SWAP>(x, vj, y, z, g).1)
+        })
+        .collect()
+    });
+    let dm = need_m.then(|| {
+        if m_side_is_t::<S, Op, SWAP>() {
+            return g;
+        }
+        let cols = m
+            .as_slice()
+            .chunks_exact(r)
+            .zip(y.as_slice().chunks_exact(r))
+            .zip(g.as_mut_slice().chunks_exact_mut(r))
+            .zip(v);
+        for (((col, ycol), gcol), &vj) in cols {
+            update(gcol, col, ycol, ycol, |t, x, y, _| {
+                d_sides::<S, Op, SWAP>(x, vj, y, t, z).0
+            });
+        }
+        g
     });
     (dm, dv)
 }
@@ -568,7 +678,7 @@ macro_rules! bias {
                 &self,
                 b: &$V<S>,
                 out: &DMatrix<S>,
-                g: &DMatrix<S>,
+                g: DMatrix<S>,
                 need_a: bool,
                 need_b: bool,
             ) -> (Option<Self>, Option<$V<S>>) {
@@ -601,7 +711,7 @@ macro_rules! bias {
                 &self,
                 b: &DMatrix<S>,
                 out: &DMatrix<S>,
-                g: &DMatrix<S>,
+                g: DMatrix<S>,
                 need_a: bool,
                 need_b: bool,
             ) -> (Option<Self>, Option<DMatrix<S>>) {

@@ -117,7 +117,7 @@ where
         &self,
         b: &OMatrix<S, C1, C2>,
         _out: &Self::Out,
-        g: &Self::Out,
+        g: Self::Out,
         need_a: bool,
         need_b: bool,
     ) -> (Option<Self>, Option<OMatrix<S, C1, C2>>) {
@@ -125,8 +125,8 @@ where
         let c2 = b.shape_generic().1;
         (
             // dA = G·Bᵀ, dB = Aᵀ·G
-            need_a.then(|| product(View::of(g), View::of(b).t(), r1, c1)),
-            need_b.then(|| product(View::of(self).t(), View::of(g), c1, c2)),
+            need_a.then(|| product(View::of(&g), View::of(b).t(), r1, c1)),
+            need_b.then(|| product(View::of(self).t(), View::of(&g), c1, c2)),
         )
     }
 }

@@ -9,7 +9,10 @@
 //!   [`Params`]; its adjoint and its tangent have the same type;
 //! - `jvp` returns the tangent of the output; an operand whose tangent is `None` is
 //!   constant (data, literals);
-//! - `vjp` returns the cotangents of the operands that were asked for (`need_*`);
+//! - `vjp` returns the cotangents of the operands that were asked for (`need_*`); it
+//!   takes the output cotangent by value because the generated code owns it and never
+//!   reads it again, so elementwise rules write the operand's cotangent into its buffer
+//!   instead of allocating one;
 //! - rules receive the primal output `out` so they need not recompute it
 //!   (`exp`, `tanh`, `log_softmax` reuse it).
 //!
@@ -71,12 +74,13 @@ pub trait Binary<Op, R>: Sized {
     fn eval(&self, r: &R) -> Self::Out;
     /// The tangent of the output given operand tangents (`None` = constant operand).
     fn jvp(&self, r: &R, out: &Self::Out, da: Option<&Self>, db: Option<&R>) -> Self::Out;
-    /// Cotangents of the operands given the output cotangent `g`.
+    /// Cotangents of the operands given the output cotangent `g` (consumed: a rule may
+    /// return its buffer as a cotangent).
     fn vjp(
         &self,
         r: &R,
         out: &Self::Out,
-        g: &Self::Out,
+        g: Self::Out,
         need_a: bool,
         need_b: bool,
     ) -> (Option<Self>, Option<R>);
@@ -91,8 +95,9 @@ pub trait Unary<Op>: Sized {
     fn eval(&self, op: &Op) -> Self::Out;
     /// The tangent of the output given the tangent `dx` of `self`.
     fn jvp(&self, op: &Op, out: &Self::Out, dx: &Self) -> Self::Out;
-    /// The cotangent of `self` given the output cotangent `g`.
-    fn vjp(&self, op: &Op, out: &Self::Out, g: &Self::Out) -> Self;
+    /// The cotangent of `self` given the output cotangent `g` (consumed: a rule may
+    /// return its buffer as the cotangent).
+    fn vjp(&self, op: &Op, out: &Self::Out, g: Self::Out) -> Self;
 }
 
 /// Non-differentiable data (batch and config fields) converted to the loss's scalar type.

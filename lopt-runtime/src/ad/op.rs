@@ -1,6 +1,9 @@
 //! Marker types naming each primitive; some carry non-differentiable arguments.
 #![allow(missing_docs)]
 
+use std::any::Any;
+use std::cell::Cell;
+
 macro_rules! markers {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {
         $( $(#[$m])* #[derive(Debug, Clone, Copy, Default)] pub struct $name; )*
@@ -74,5 +77,28 @@ pub struct Index2(pub usize, pub usize);
 
 /// Per-row softmax cross-entropy of a logits matrix (rows = examples) against integer
 /// labels; the output is the vector of per-example losses.
-#[derive(Debug, Clone, Copy)]
-pub struct SoftmaxCrossEntropy<'a>(pub &'a [i32]);
+///
+/// `eval` keeps the softmax it computes in the op (the second field), and the first
+/// `jvp` or `vjp` for the same logits and losses takes it instead of exponentiating
+/// again; any other call recomputes it.
+pub struct SoftmaxCrossEntropy<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
+
+impl<'a> SoftmaxCrossEntropy<'a> {
+    /// The op for `labels` (one class index per example), with nothing kept yet.
+    pub fn new(labels: &'a [i32]) -> Self {
+        SoftmaxCrossEntropy(labels, Cell::new(None))
+    }
+}
+
+impl Clone for SoftmaxCrossEntropy<'_> {
+    /// The same labels, without the kept softmax.
+    fn clone(&self) -> Self {
+        Self::new(self.0)
+    }
+}
+
+impl std::fmt::Debug for SoftmaxCrossEntropy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SoftmaxCrossEntropy").field(&self.0).finish()
+    }
+}

@@ -57,9 +57,9 @@ where
         sum(dx.as_slice())
     }
     #[inline]
-    fn vjp(&self, _op: &op::Sum, _out: &S, g: &S) -> Self {
+    fn vjp(&self, _op: &op::Sum, _out: &S, g: S) -> Self {
         let (r, c) = self.shape_generic();
-        OMatrix::from_element_generic(r, c, *g)
+        OMatrix::from_element_generic(r, c, g)
     }
 }
 
@@ -77,9 +77,9 @@ where
         sum(dx.as_slice()) / S::c(self.len() as f64)
     }
     #[inline]
-    fn vjp(&self, _op: &op::Mean, _out: &S, g: &S) -> Self {
+    fn vjp(&self, _op: &op::Mean, _out: &S, g: S) -> Self {
         let (r, c) = self.shape_generic();
-        OMatrix::from_element_generic(r, c, *g / S::c(self.len() as f64))
+        OMatrix::from_element_generic(r, c, g / S::c(self.len() as f64))
     }
 }
 
@@ -103,8 +103,8 @@ where
         S::c(2.0) * s
     }
     #[inline]
-    fn vjp(&self, _op: &op::NormSquared, _out: &S, g: &S) -> Self {
-        let g2 = S::c(2.0) * *g;
+    fn vjp(&self, _op: &op::NormSquared, _out: &S, g: S) -> Self {
+        let g2 = S::c(2.0) * g;
         build_like(self, self.as_slice().iter().map(|&x| g2 * x))
     }
 }
@@ -143,11 +143,10 @@ where
         &self,
         b: &Self,
         _out: &S,
-        g: &S,
+        g: S,
         need_a: bool,
         need_b: bool,
     ) -> (Option<Self>, Option<Self>) {
-        let g = *g;
         (
             need_a.then(|| build_like(b, b.as_slice().iter().map(|&x| g * x))),
             need_b.then(|| build_like(self, self.as_slice().iter().map(|&x| g * x))),
@@ -169,7 +168,7 @@ where
         dx.transpose()
     }
     #[inline]
-    fn vjp(&self, _op: &op::Transpose, _out: &Self::Out, g: &Self::Out) -> Self {
+    fn vjp(&self, _op: &op::Transpose, _out: &Self::Out, g: Self::Out) -> Self {
         g.transpose()
     }
 }
@@ -212,9 +211,9 @@ where
         dx.as_slice()[op.0]
     }
     #[inline]
-    fn vjp(&self, op: &op::Index, _out: &S, g: &S) -> Self {
+    fn vjp(&self, op: &op::Index, _out: &S, g: S) -> Self {
         let mut d = zeros_like(self);
-        d.as_mut_slice()[op.0] = *g;
+        d.as_mut_slice()[op.0] = g;
         d
     }
 }
@@ -234,9 +233,9 @@ where
         dx.as_slice()[op.0 + op.1 * self.nrows()]
     }
     #[inline]
-    fn vjp(&self, op: &op::Index2, _out: &S, g: &S) -> Self {
+    fn vjp(&self, op: &op::Index2, _out: &S, g: S) -> Self {
         let mut d = zeros_like(self);
-        d.as_mut_slice()[op.0 + op.1 * self.nrows()] = *g;
+        d.as_mut_slice()[op.0 + op.1 * self.nrows()] = g;
         d
     }
 }
@@ -263,10 +262,10 @@ macro_rules! index_seq {
                 dx[op.0]
             }
             #[inline]
-            fn vjp(&self, op: &op::Index, _out: &S, g: &S) -> Self {
+            fn vjp(&self, op: &op::Index, _out: &S, g: S) -> Self {
                 let zeros: fn(&Self) -> Self = $zeros;
                 let mut d = zeros(self);
-                d[op.0] = *g;
+                d[op.0] = g;
                 d
             }
         }

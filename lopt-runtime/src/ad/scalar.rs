@@ -26,6 +26,11 @@ pub(crate) trait Pointwise2<S: Real> {
     fn da(a: S, b: S, y: S, t: S) -> S;
     /// `∂f/∂b * t`, given `y = f(a, b)`.
     fn db(a: S, b: S, y: S, t: S) -> S;
+    /// `da(a, b, y, t) == t` always: a cotangent written over `t` is `t` itself, so the
+    /// in-place rules skip the pass.
+    const DA_IS_T: bool = false;
+    /// `db(a, b, y, t) == t` always (as [`Self::DA_IS_T`]).
+    const DB_IS_T: bool = false;
 }
 
 /// `Φ(x)`, the standard normal CDF.
@@ -212,6 +217,8 @@ impl<S: Real> Pointwise<S> for op::Gelu {
 
 impl<S: Real> Pointwise2<S> for op::Add {
     const NAME: &'static str = "a + b";
+    const DA_IS_T: bool = true;
+    const DB_IS_T: bool = true;
     #[inline(always)]
     fn f(a: S, b: S) -> S {
         a + b
@@ -228,6 +235,7 @@ impl<S: Real> Pointwise2<S> for op::Add {
 
 impl<S: Real> Pointwise2<S> for op::Sub {
     const NAME: &'static str = "a - b";
+    const DA_IS_T: bool = true;
     #[inline(always)]
     fn f(a: S, b: S) -> S {
         a - b
@@ -353,8 +361,8 @@ macro_rules! scalar_unary {
                 op.d(*self, *out, *dx)
             }
             #[inline]
-            fn vjp(&self, op: &$op, out: &S, g: &S) -> S {
-                op.d(*self, *out, *g)
+            fn vjp(&self, op: &$op, out: &S, g: S) -> S {
+                op.d(*self, *out, g)
             }
         }
     )*};
@@ -401,13 +409,13 @@ macro_rules! scalar_binary {
                 &self,
                 b: &S,
                 out: &S,
-                g: &S,
+                g: S,
                 need_a: bool,
                 need_b: bool,
             ) -> (Option<S>, Option<S>) {
                 (
-                    need_a.then(|| <$op as Pointwise2<S>>::da(*self, *b, *out, *g)),
-                    need_b.then(|| <$op as Pointwise2<S>>::db(*self, *b, *out, *g)),
+                    need_a.then(|| <$op as Pointwise2<S>>::da(*self, *b, *out, g)),
+                    need_b.then(|| <$op as Pointwise2<S>>::db(*self, *b, *out, g)),
                 )
             }
         }
@@ -437,8 +445,8 @@ macro_rules! scalar_identity {
                 *dx
             }
             #[inline]
-            fn vjp(&self, _op: &$op, _out: &S, g: &S) -> S {
-                *g
+            fn vjp(&self, _op: &$op, _out: &S, g: S) -> S {
+                g
             }
         }
     )*};
@@ -456,7 +464,7 @@ impl<S: Real> Unary<op::NormSquared> for S {
         S::c(2.0) * *self * *dx
     }
     #[inline]
-    fn vjp(&self, _op: &op::NormSquared, _out: &S, g: &S) -> S {
-        S::c(2.0) * *self * *g
+    fn vjp(&self, _op: &op::NormSquared, _out: &S, g: S) -> S {
+        S::c(2.0) * *self * g
     }
 }

@@ -9,7 +9,7 @@
 use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 
-use super::elementwise::build_like;
+use super::elementwise::{build_like, update};
 use super::exp::exp;
 use super::gemm::has_avx2;
 use super::op;
@@ -20,6 +20,13 @@ use crate::scalar::Real;
 /// `ln Σ_j exp(x[i, j])` for every row `i` of the column-major `rows x (len / rows)` matrix
 /// `x`.
 pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
+    row_lse(x, rows, None)
+}
+
+/// [`row_log_sum_exp`], also writing `e[i, j] = exp(x[i, j] - max_j x[i, j])` and
+/// `inv_s[i] = 1 / Σ_j e[i, j]` (so the softmax is `e[i, j] * inv_s[i]`) when `keep` is
+/// given: the exponentials the sums need anyway, kept for a derivative.
+fn row_lse<S: Real>(x: &[S], rows: usize, keep: Option<(&mut [S], &mut [S])>) -> Vec<S> {
     if rows == 0 {
         return Vec::new();
     }
@@ -29,49 +36,83 @@ pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<S: Real>(x: &[S], rows: usize) -> Vec<S> {
-            row_log_sum_exp_in(x, rows)
+        unsafe fn wide<S: Real>(
+            x: &[S],
+            rows: usize,
+            keep: Option<(&mut [S], &mut [S])>,
+        ) -> Vec<S> {
+            row_lse_in(x, rows, keep)
         }
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { wide(x, rows) };
+        return unsafe { wide(x, rows, keep) };
     }
-    row_log_sum_exp_in(x, rows)
+    row_lse_in(x, rows, keep)
 }
 
-/// The loops of [`row_log_sum_exp`], always inlined: compiled once for the baseline and
-/// once for AVX2 (same operations and roundings, twice as wide).
+/// The loops of [`row_lse`], always inlined: compiled once for the baseline and once for
+/// AVX2 (same operations and roundings, twice as wide).
 #[inline(always)]
-fn row_log_sum_exp_in<S: Real>(x: &[S], rows: usize) -> Vec<S> {
-    // Row maxima, eight rows at a time held in registers across the columns (a
-    // read-modify-write of `m` per column becomes a masked store with AVX: slow). The
-    // order of the comparisons, hence NaN handling, is that of a column sweep.
-    let mut m = x[..rows].to_vec();
-    let mut chunks = m.chunks_exact_mut(8);
-    for (i0, mc) in (0..).step_by(8).zip(&mut chunks) {
-        let mut acc: [S; 8] = (&*mc).try_into().expect("chunks of 8");
+fn row_lse_in<S: Real>(x: &[S], rows: usize, mut keep: Option<(&mut [S], &mut [S])>) -> Vec<S> {
+    // Eight rows at a time, their maxima and then their sums of exponentials held in
+    // registers across the columns (a read-modify-write of a per-row array per column
+    // becomes a masked store with AVX: slow, and the block is in L1 for the second
+    // sweep). The order of the comparisons, hence NaN handling, and of the sums is that
+    // of a column sweep.
+    let mut out = x[..rows].to_vec();
+    let mut chunks = out.chunks_exact_mut(8);
+    for (i0, oc) in (0..).step_by(8).zip(&mut chunks) {
+        let mut m: [S; 8] = (&*oc).try_into().expect("chunks of 8");
         for col in x.chunks_exact(rows).skip(1) {
             let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
-            for (a, &v) in acc.iter_mut().zip(c) {
+            for (a, &v) in m.iter_mut().zip(c) {
                 *a = a.max(v);
             }
         }
-        mc.copy_from_slice(&acc);
+        let mut s = [S::zero(); 8];
+        for (j, col) in x.chunks_exact(rows).enumerate() {
+            let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
+            let e: [S; 8] = std::array::from_fn(|l| exp(c[l] - m[l]));
+            for (s, &e) in s.iter_mut().zip(&e) {
+                *s += e;
+            }
+            if let Some((ek, _)) = keep.as_mut() {
+                ek[j * rows + i0..j * rows + i0 + 8].copy_from_slice(&e);
+            }
+        }
+        for ((o, &m), &s) in oc.iter_mut().zip(&m).zip(&s) {
+            *o = m + s.ln();
+        }
+        if let Some((_, inv)) = keep.as_mut() {
+            for (inv, &s) in inv[i0..i0 + 8].iter_mut().zip(&s) {
+                *inv = S::one() / s;
+            }
+        }
     }
-    let done = rows - chunks.into_remainder().len();
+    // The remaining (fewer than eight) rows, by column sweeps.
+    let m = chunks.into_remainder();
+    let done = rows - m.len();
     for col in x.chunks_exact(rows).skip(1) {
-        for (m, &v) in m[done..].iter_mut().zip(&col[done..]) {
+        for (m, &v) in m.iter_mut().zip(&col[done..]) {
             *m = m.max(v);
         }
     }
-    let mut s = vec![S::zero(); rows];
-    for col in x.chunks_exact(rows) {
-        s.iter_mut()
-            .zip(col)
-            .zip(&m)
-            .for_each(|((s, &v), &m)| *s += exp(v - m));
+    let mut s = [S::zero(); 8];
+    for (j, col) in x.chunks_exact(rows).enumerate() {
+        for (l, ((s, &v), &m)) in s.iter_mut().zip(&col[done..]).zip(&*m).enumerate() {
+            let e = exp(v - m);
+            *s += e;
+            if let Some((ek, _)) = keep.as_mut() {
+                ek[j * rows + done + l] = e;
+            }
+        }
+    }
+    if let Some((_, inv)) = keep.as_mut() {
+        for (inv, &s) in inv[done..].iter_mut().zip(&s) {
+            *inv = S::one() / s;
+        }
     }
     m.iter_mut().zip(&s).for_each(|(m, &s)| *m += s.ln());
-    m
+    out
 }
 
 /// The rows softmax runs over: a column vector is one set of logits; a matrix (or a row
@@ -88,59 +129,55 @@ where
     }
 }
 
-/// `f(a[i, j], b[i, j], row[i])` for every element, in column-major order.
+/// `o[i, j] = f(o[i, j], b[i, j], r[i], s[i])` for every element of the column-major
+/// `rows`-row matrices `o` and `b`, with per-row values `r` and `s`: in place, so callers
+/// write into a buffer they own (a cotangent, a copy of the operand) instead of
+/// allocating.
 #[inline]
-fn per_row<S: Real>(a: &[S], b: &[S], rows: usize, row: &[S], f: impl Fn(S, S, S) -> S) -> Vec<S> {
-    let mut out = vec![S::zero(); a.len().min(b.len())];
-    if rows > 0 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn wide<S: Real>(
-                a: &[S],
-                b: &[S],
-                rows: usize,
-                row: &[S],
-                f: &impl Fn(S, S, S) -> S,
-                out: &mut [S],
-            ) {
-                per_row_in(a, b, rows, row, f, out)
-            }
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { wide(a, b, rows, row, &f, &mut out) };
-            return out;
-        }
-        per_row_in(a, b, rows, row, &f, &mut out);
-    }
-    out
-}
-
-/// The loops of [`per_row`], always inlined (as [`row_log_sum_exp_in`]).
-#[inline(always)]
-fn per_row_in<S: Real>(
-    a: &[S],
+fn per_row_mut<S: Real>(
+    o: &mut [S],
     b: &[S],
     rows: usize,
-    row: &[S],
-    f: &impl Fn(S, S, S) -> S,
-    out: &mut [S],
+    r: &[S],
+    s: &[S],
+    f: impl Fn(S, S, S, S) -> S,
 ) {
-    let cols = a.chunks_exact(rows).zip(b.chunks_exact(rows));
-    for (co, (ca, cb)) in out.chunks_exact_mut(rows).zip(cols) {
-        for (((o, &a), &b), &r) in co.iter_mut().zip(ca).zip(cb).zip(row) {
-            *o = f(a, b, r);
-        }
+    if rows == 0 {
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<S: Real>(
+            o: &mut [S],
+            b: &[S],
+            rows: usize,
+            r: &[S],
+            s: &[S],
+            f: &impl Fn(S, S, S, S) -> S,
+        ) {
+            per_row_in(o, b, rows, r, s, f)
+        }
+        // SAFETY: the CPU has AVX2 and FMA.
+        unsafe { wide(o, b, rows, r, s, &f) };
+        return;
+    }
+    per_row_in(o, b, rows, r, s, &f);
 }
 
-/// A matrix shaped like `like` holding `v` (column-major); reuses `v`'s buffer when
-/// dynamic.
-#[inline]
-fn with_vec<S: Real, R: Dim, C: Dim>(like: &OMatrix<S, R, C>, v: Vec<S>) -> OMatrix<S, R, C>
-where
-    DefaultAllocator: Allocator<R, C>,
-{
-    build_like(like, v.into_iter())
+/// The loops of [`per_row_mut`], always inlined (as [`row_log_sum_exp_in`]).
+#[inline(always)]
+fn per_row_in<S: Real>(
+    o: &mut [S],
+    b: &[S],
+    rows: usize,
+    r: &[S],
+    s: &[S],
+    f: &impl Fn(S, S, S, S) -> S,
+) {
+    for (co, cb) in o.chunks_exact_mut(rows).zip(b.chunks_exact(rows)) {
+        update(co, cb, r, s, f);
+    }
 }
 
 /// `Σ_j a[i, j] b[i, j]` for every row.
@@ -181,24 +218,45 @@ where
     fn eval(&self, _op: &op::LogSoftmax) -> Self {
         let rows = rows_of(self);
         let lse = row_log_sum_exp(self.as_slice(), rows);
-        let x = self.as_slice();
-        with_vec(self, per_row(x, x, rows, &lse, |v, _, l| v - l))
+        let mut y = self.clone();
+        per_row_mut(
+            y.as_mut_slice(),
+            self.as_slice(),
+            rows,
+            &lse,
+            &lse,
+            |v, _, l, _| v - l,
+        );
+        y
     }
     fn jvp(&self, _op: &op::LogSoftmax, out: &Self, dx: &Self) -> Self {
         // dy = dx - Σ_j softmax_j dx_j, softmax = exp(y)
         let rows = rows_of(self);
         let pdx = row_dot(out.as_slice(), dx.as_slice(), rows, exp);
-        let dx = dx.as_slice();
-        with_vec(self, per_row(dx, dx, rows, &pdx, |t, _, s| t - s))
+        let mut dy = dx.clone();
+        per_row_mut(
+            dy.as_mut_slice(),
+            dx.as_slice(),
+            rows,
+            &pdx,
+            &pdx,
+            |t, _, s, _| t - s,
+        );
+        dy
     }
-    fn vjp(&self, _op: &op::LogSoftmax, out: &Self, g: &Self) -> Self {
+    fn vjp(&self, _op: &op::LogSoftmax, out: &Self, mut g: Self) -> Self {
         // g - softmax Σ_j g_j
         let rows = rows_of(self);
         let gs = row_dot(g.as_slice(), g.as_slice(), rows, |_| S::one());
-        let d = per_row(out.as_slice(), g.as_slice(), rows, &gs, |y, g, s| {
-            g - exp(y) * s
-        });
-        with_vec(self, d)
+        per_row_mut(
+            g.as_mut_slice(),
+            out.as_slice(),
+            rows,
+            &gs,
+            &gs,
+            |g, y, s, _| g - exp(y) * s,
+        );
+        g
     }
 }
 
@@ -214,8 +272,8 @@ where
         let (y, x, dx) = (*out, self.as_slice(), dx.as_slice());
         sum_by(x.len().min(dx.len()), |i| exp(x[i] - y) * dx[i])
     }
-    fn vjp(&self, _op: &op::LogSumExp, out: &S, g: &S) -> Self {
-        let (y, g) = (*out, *g);
+    fn vjp(&self, _op: &op::LogSumExp, out: &S, g: S) -> Self {
+        let y = *out;
         build_like(self, self.as_slice().iter().map(|&x| exp(x - y) * g))
     }
 }
@@ -246,49 +304,96 @@ fn label_logit<S: Real>(x: &[S], rows: usize, labels: &[i32], i: usize) -> S {
     x[i + labels[i] as usize * rows]
 }
 
+/// What `softmax_cross_entropy`'s `eval` keeps for its derivative: the exponentials
+/// `e` and the reciprocal row sums `inv_s` (the softmax is `e[i, j] * inv_s[i]`), and the
+/// addresses of the logits and of the losses they came from (only compared).
+struct Kept<S> {
+    logits: usize,
+    losses: usize,
+    e: Vec<S>,
+    inv_s: Vec<S>,
+}
+
+impl<'a> op::SoftmaxCrossEntropy<'a> {
+    /// The softmax `eval` kept, if it was computed from `x` with output `out` (the first
+    /// derivative takes it; a later one, or one for other logits, recomputes it).
+    fn take_kept<S: Real>(&self, x: &DMatrix<S>, out: &DVector<S>) -> Option<Kept<S>> {
+        let kept = self.1.take()?.downcast::<Kept<S>>().ok()?;
+        let same = kept.logits == x.as_ptr() as usize
+            && kept.losses == out.as_ptr() as usize
+            && kept.e.len() == x.len()
+            && kept.inv_s.len() == x.nrows();
+        same.then_some(*kept)
+    }
+}
+
+/// The softmax of `x` as `Kept` (exponentials and reciprocal row sums), recomputed from
+/// the losses `out`: `ln Σ_j exp(x[i, j]) = out[i] + x[i, label_i]`.
+fn recompute<S: Real>(x: &DMatrix<S>, labels: &[i32], out: &DVector<S>) -> Kept<S> {
+    let (rows, xs) = (x.nrows(), x.as_slice());
+    let lse: Vec<S> = (0..rows)
+        .map(|i| out[i] + label_logit(xs, rows, labels, i))
+        .collect();
+    let mut e = xs.to_vec();
+    per_row_mut(&mut e, xs, rows, &lse, &lse, |v, _, l, _| exp(v - l));
+    Kept {
+        logits: x.as_ptr() as usize,
+        losses: out.as_ptr() as usize,
+        e,
+        inv_s: vec![S::one(); rows],
+    }
+}
+
 impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
     type Out = DVector<S>;
+    /// The losses; the softmax they need is kept in `op` for the derivative that follows
+    /// (saving it a pass of exponentials).
     #[track_caller]
     fn eval(&self, op: &op::SoftmaxCrossEntropy<'a>) -> DVector<S> {
         let (rows, cols) = self.shape();
         check_labels(op.0, rows, cols);
         let x = self.as_slice();
-        let lse = row_log_sum_exp(x, rows);
-        DVector::from_iterator(
-            rows,
-            lse.iter()
-                .enumerate()
-                .map(|(i, &l)| l - label_logit(x, rows, op.0, i)),
-        )
+        let (mut e, mut inv_s) = (vec![S::zero(); x.len()], vec![S::zero(); rows]);
+        let mut loss = row_lse(x, rows, Some((&mut e, &mut inv_s)));
+        for (i, l) in loss.iter_mut().enumerate() {
+            *l -= label_logit(x, rows, op.0, i);
+        }
+        let loss = DVector::from_vec(loss);
+        op.1.set(Some(Box::new(Kept {
+            logits: self.as_ptr() as usize,
+            losses: loss.as_ptr() as usize,
+            e,
+            inv_s,
+        })));
+        loss
     }
     fn jvp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, dx: &Self) -> DVector<S> {
         // Σ_j softmax_ij dx_ij - dx[i, label_i]
-        let (rows, x) = (self.nrows(), self.as_slice());
-        let lse: Vec<S> = (0..rows)
-            .map(|i| out[i] + label_logit(x, rows, op.0, i))
-            .collect();
-        let p = per_row(x, x, rows, &lse, |v, _, l| exp(v - l));
-        let pdx = row_dot(&p, dx.as_slice(), rows, |p| p);
+        let rows = self.nrows();
+        let k = op
+            .take_kept(self, out)
+            .unwrap_or_else(|| recompute(self, op.0, out));
+        let edx = row_dot(&k.e, dx.as_slice(), rows, |e| e);
         DVector::from_iterator(
             rows,
-            (0..rows).map(|i| pdx[i] - label_logit(dx.as_slice(), rows, op.0, i)),
+            (0..rows).map(|i| edx[i] * k.inv_s[i] - label_logit(dx.as_slice(), rows, op.0, i)),
         )
     }
-    fn vjp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, g: &DVector<S>) -> Self {
-        // g_i (softmax_i - onehot(label_i))
-        let (rows, x) = (self.nrows(), self.as_slice());
-        let lse: Vec<S> = (0..rows)
-            .map(|i| out[i] + label_logit(x, rows, op.0, i))
-            .collect();
-        let mut d = per_row(x, x, rows, &lse, |v, _, l| exp(v - l));
+    fn vjp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, g: DVector<S>) -> Self {
+        // g_i (softmax_i - onehot(label_i)), written over the kept exponentials.
+        let rows = self.nrows();
+        let mut k = op
+            .take_kept(self, out)
+            .unwrap_or_else(|| recompute(self, op.0, out));
         let gs = g.as_slice();
-        for col in d.chunks_exact_mut(rows.max(1)) {
-            col.iter_mut().zip(gs).for_each(|(p, &g)| *p *= g);
-        }
+        let x = self.as_slice();
+        per_row_mut(&mut k.e, x, rows, gs, &k.inv_s, |e, _, g, inv| {
+            e * (g * inv)
+        });
         for (i, &l) in op.0.iter().enumerate() {
-            d[i + l as usize * rows] -= gs[i];
+            k.e[i + l as usize * rows] -= gs[i];
         }
-        DMatrix::from_vec(rows, self.ncols(), d)
+        DMatrix::from_vec(rows, self.ncols(), k.e)
     }
 }
 
@@ -319,10 +424,25 @@ mod tests {
             let got = row_log_sum_exp(x.as_slice(), rows);
             let x32 = x.map(|v| v as f32);
             let got32 = row_log_sum_exp(x32.as_slice(), rows);
-            let sce = op::SoftmaxCrossEntropy(&labels);
+            let sce = op::SoftmaxCrossEntropy::new(&labels);
             let out = Unary::eval(&x32, &sce);
             let g = DVector::from_fn(rows, |i, _| 1.0 + i as f32 * 0.1);
-            let d = Unary::vjp(&x32, &sce, &out, &g);
+            let d = Unary::vjp(&x32, &sce, &out, g.clone());
+            // Nothing kept (a fresh op; then the same op again, its softmax taken): the
+            // softmax is recomputed, to the same values.
+            let fresh = op::SoftmaxCrossEntropy::new(&labels);
+            for d2 in [
+                Unary::vjp(&x32, &fresh, &out, g.clone()),
+                Unary::vjp(&x32, &sce, &out, g.clone()),
+            ] {
+                assert!((&d2 - &d).amax() < 1e-6, "{rows}x{cols}");
+            }
+            let dx = x32.map(|v| v.sin());
+            let t = Unary::jvp(&x32, &sce, &out, &dx);
+            let out2 = Unary::eval(&x32, &sce);
+            assert_eq!(out2, out);
+            let t_kept = Unary::jvp(&x32, &sce, &out2, &dx);
+            assert!((&t - &t_kept).amax() < 1e-5, "{rows}x{cols}");
             for i in 0..rows {
                 let (l, scale) = (lse(i), lse(i).abs().max(1.0));
                 assert!((got[i] - l).abs() < 1e-14 * scale, "{rows}x{cols} row {i}");
