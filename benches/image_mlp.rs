@@ -270,6 +270,31 @@ fn main() {
         3
     };
     let s = common::run(&mut cases, rounds, Duration::from_millis(200));
+    // CPU time (all threads of the process) per unit: unlike wall time it does not count
+    // the time other processes take the cores from the case, so it is the steadier
+    // figure on a shared machine.
+    let units = |id: &str| match id {
+        "train_1000" => STEPS as f64,
+        "vmap8.train_1000" => (8 * STEPS) as f64,
+        id if id.contains("64") => (64 * STEPS) as f64,
+        id if id.starts_with("ref.products8") => 8.0,
+        id if id.starts_with("ref.products_f32") => 1.0,
+        _ => 16.0,
+    };
+    let cpu: Vec<(String, f64)> = cases
+        .iter_mut()
+        .map(|c| {
+            let (t, c0) = (std::time::Instant::now(), process_cpu_seconds());
+            let mut calls = 0;
+            while calls == 0 || t.elapsed() < Duration::from_secs(1) {
+                (c.run)();
+                calls += 1;
+            }
+            let per = (process_cpu_seconds() - c0) / (calls as f64 * units(&c.id));
+            println!("cpu {} {:.3} us per unit ({calls} calls)", c.id, per * 1e6);
+            (c.id.clone(), per)
+        })
+        .collect();
 
     println!("per (instance-)step; JAX figures from bench-anchors (same machine type):");
     for (id, jax) in JAX {
@@ -313,5 +338,28 @@ fn main() {
             peak / 1e9,
             flop / sm.min / 1e9,
         );
+        if let Some((_, per)) = cpu.iter().find(|(id, _)| *id == sm.id) {
+            println!(
+                "cpu-flops {}: {:.1} GFLOP/s per busy core = {:.1}% of {:.0}",
+                sm.id,
+                flop / per / 1e9,
+                100.0 * flop / per / PEAK_1,
+                PEAK_1 / 1e9
+            );
+        }
     }
+}
+
+/// User + system CPU seconds of this process so far (all threads), from
+/// `/proc/self/stat` (Linux; 0 elsewhere).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Clock ticks are 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }

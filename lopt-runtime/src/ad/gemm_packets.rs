@@ -55,6 +55,7 @@ impl<S: Copy> Strided<'_, S> {
 ///
 /// # Panics
 /// When `c` does not hold `m·n` elements or a view reaches outside its data.
+#[cfg(test)]
 pub(crate) fn gemm_packets<S: Real>(
     m: usize,
     k: usize,
@@ -65,6 +66,27 @@ pub(crate) fn gemm_packets<S: Real>(
     accumulate: bool,
 ) {
     assert_eq!(c.len(), m * n, "gemm_packets: output size");
+    // SAFETY: `c` is an initialized slice of `m·n` elements.
+    unsafe { gemm_packets_raw(m, k, n, a, b, c.as_mut_ptr(), accumulate) }
+}
+
+/// [`gemm_packets`] into raw memory.
+///
+/// # Safety
+/// `c` is valid for writes of `m·n` elements and, when `accumulate`, initialized. Without
+/// `accumulate` every element is written and none is read, so `c` may be uninitialized.
+///
+/// # Panics
+/// When a view reaches outside its data.
+pub(crate) unsafe fn gemm_packets_raw<S: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Strided<'_, S>,
+    b: Strided<'_, S>,
+    c: *mut S,
+    accumulate: bool,
+) {
     assert!(
         a.fits(m, k) && b.fits(k, n),
         "gemm_packets: view outside its data"
@@ -76,22 +98,28 @@ pub(crate) fn gemm_packets<S: Real>(
     if lanes_multiple_of_8::<S>() && super::gemm::has_avx2() {
         // SAFETY: `S` is `Lanes<S::LANES>` (checked by TypeId), so its storage is
         // `S::LANES` contiguous `f32`; the CPU has AVX2 and FMA; the views lie inside
-        // their data (asserted above) and `c` holds `m·n` packets.
-        unsafe {
-            avx2::gemm(
-                m,
-                k,
-                n,
-                S::LANES,
-                (a.data.as_ptr() as *const f32, a.rs, a.cs),
-                (b.data.as_ptr() as *const f32, b.rs, b.cs),
-                c.as_mut_ptr() as *mut f32,
-                accumulate,
-            )
-        };
+        // their data (asserted above) and `c` is valid for `m·n` packets (the caller's
+        // contract), written without being read unless `accumulate`.
+        avx2::gemm(
+            m,
+            k,
+            n,
+            S::LANES,
+            (a.data.as_ptr() as *const f32, a.rs, a.cs),
+            (b.data.as_ptr() as *const f32, b.rs, b.cs),
+            c as *mut f32,
+            accumulate,
+        );
         return;
     }
-    gemm_generic(m, k, n, a, b, c, accumulate);
+    if !accumulate {
+        for i in 0..m * n {
+            c.add(i).write(S::zero());
+        }
+    }
+    // SAFETY: every element is initialized now; adding to zeros is the plain product.
+    let c = std::slice::from_raw_parts_mut(c, m * n);
+    gemm_generic(m, k, n, a, b, c, true);
 }
 
 /// Whether `S` is a [`Lanes`] type whose width is a multiple of 8 (the widths the fast
@@ -179,6 +207,7 @@ mod avx2 {
     /// line boundaries).
     #[derive(Clone, Copy)]
     #[repr(C, align(64))]
+    #[allow(dead_code)] // only allocated: filled and read through raw pointers
     struct Line([f32; 16]);
 
     /// Copies the `rows x k` packets (chunk lanes only) of `src` into `buf`, k-major:
@@ -240,8 +269,9 @@ mod avx2 {
         } else {
             b.rs != lanes
         };
-        let mut buf = if pack_panel {
-            vec![Line([0.0; 16]); (mr.max(nr) * k * 8 * V).div_ceil(16)]
+        // Uninitialized: `pack` writes every float a block reads.
+        let mut buf: Vec<Line> = if pack_panel {
+            Vec::with_capacity((mr.max(nr) * k * 8 * V).div_ceil(16))
         } else {
             Vec::new()
         };
