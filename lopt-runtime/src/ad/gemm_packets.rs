@@ -210,30 +210,6 @@ mod avx2 {
     #[allow(dead_code)] // only allocated: filled and read through raw pointers
     struct Line([f32; 16]);
 
-    /// Copies the `rows x k` packets (chunk lanes only) of `src` into `buf`, k-major:
-    /// element `(i, p)` at `(p·rows + i)·8V` floats. Returns the packed view.
-    ///
-    /// # Safety
-    /// The CPU has AVX2; the `rows x k` packets of `src` are valid; `buf` holds at least
-    /// `rows·k·8V` floats.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn pack<const V: usize>(src: View, rows: usize, k: usize, buf: *mut f32) -> View {
-        for p in 0..k {
-            for i in 0..rows {
-                let s = src.p.add(i * src.rs + p * src.cs);
-                let d = buf.add((p * rows + i) * 8 * V);
-                for v in 0..V {
-                    _mm256_storeu_ps(d.add(8 * v), _mm256_loadu_ps(s.add(8 * v)));
-                }
-            }
-        }
-        View {
-            p: buf,
-            rs: 8 * V,
-            cs: rows * 8 * V,
-        }
-    }
-
     /// One lane chunk of `8·V` lanes (of packets of `lanes` floats), block by block.
     ///
     /// # Safety
@@ -263,27 +239,29 @@ mod avx2 {
             (false, _) => (3, 4),
         };
         // A panel strided along k (a column-major `a`, a row-major `b`) puts its k steps
-        // a power of two apart, all in the same few L1 sets: copy it k-major first.
+        // a power of two apart, all in the same few L1 sets: its first block copies it
+        // k-major as it reads it, and the other blocks read the copy.
         let pack_panel = if rows_outer {
             a.cs != lanes
         } else {
             b.rs != lanes
         };
-        // Uninitialized: `pack` writes every float a block reads.
+        // Uninitialized: the packing block writes every float the later blocks read.
         let mut buf: Vec<Line> = if pack_panel {
             Vec::with_capacity((mr.max(nr) * k * 8 * V).div_ceil(16))
         } else {
             Vec::new()
         };
         let bp = buf.as_mut_ptr() as *mut f32;
-        let run = |i0: usize, j0: usize, ab: View, bb: View| {
+        let run = |i0: usize, j0: usize, ab: View, bb: View, pack: Pack| {
             let cb = Out {
                 p: c.p.wrapping_add(i0 * c.rs + j0 * c.cs),
                 ..c
             };
             // SAFETY: the block's rows i0..i0+mr' and columns j0..j0+nr' are inside the
             // matrices, so every packet it touches is valid (the caller's contract), as
-            // is the packed panel.
+            // is the packed panel (written by the panel's first block before any other
+            // block reads it); `buf` holds max(mr, nr)·k·8V floats.
             unsafe {
                 block_dyn::<V>(
                     (m - i0).min(mr),
@@ -293,6 +271,8 @@ mod avx2 {
                     bb,
                     cb,
                     accumulate,
+                    pack,
+                    bp,
                 )
             }
         };
@@ -306,50 +286,52 @@ mod avx2 {
         };
         if rows_outer {
             for i0 in (0..m).step_by(mr) {
-                let ab = if pack_panel {
-                    // SAFETY: rows i0..i0+mr' of `a` are valid; `buf` holds mr·k·8V.
-                    pack::<V>(a_at(i0), (m - i0).min(mr), k, bp)
-                } else {
-                    a_at(i0)
+                // The packed panel: element (i, p) at (p·rows + i)·8V floats.
+                let packed = View {
+                    p: bp,
+                    rs: 8 * V,
+                    cs: (m - i0).min(mr) * 8 * V,
                 };
                 for j0 in (0..n).step_by(nr) {
-                    run(i0, j0, ab, b_at(j0));
+                    match (pack_panel, j0) {
+                        (false, _) => run(i0, j0, a_at(i0), b_at(j0), Pack::None),
+                        (true, 0) => run(i0, j0, a_at(i0), b_at(j0), Pack::A),
+                        (true, _) => run(i0, j0, packed, b_at(j0), Pack::None),
+                    }
                 }
             }
         } else {
             for j0 in (0..n).step_by(nr) {
-                let bb = if pack_panel {
-                    // SAFETY: as above, for columns j0..j0+nr' of `b`, read as the
-                    // transpose (rows k-major).
-                    let t = pack::<V>(
-                        View {
-                            p: b_at(j0).p,
-                            rs: b.cs,
-                            cs: b.rs,
-                        },
-                        (n - j0).min(nr),
-                        k,
-                        bp,
-                    );
-                    View {
-                        p: t.p,
-                        rs: t.cs,
-                        cs: t.rs,
-                    }
-                } else {
-                    b_at(j0)
+                // The packed panel: element (p, j) at (p·cols + j)·8V floats.
+                let packed = View {
+                    p: bp,
+                    rs: (n - j0).min(nr) * 8 * V,
+                    cs: 8 * V,
                 };
                 for i0 in (0..m).step_by(mr) {
-                    run(i0, j0, a_at(i0), bb);
+                    match (pack_panel, i0) {
+                        (false, _) => run(i0, j0, a_at(i0), b_at(j0), Pack::None),
+                        (true, 0) => run(i0, j0, a_at(i0), b_at(j0), Pack::B),
+                        (true, _) => run(i0, j0, a_at(i0), packed, Pack::None),
+                    }
                 }
             }
         }
     }
 
-    /// [`block`] with run-time block sizes (1 to 4 each).
+    /// Which operand a block copies, k-major, while it reads it (see [`block`]).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Pack {
+        None,
+        A,
+        B,
+    }
+
+    /// [`block`] with run-time block sizes (1 to 4 each) and packing mode.
     ///
     /// # Safety
     /// As [`block`].
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block_dyn<const V: usize>(
         mr: usize,
@@ -359,11 +341,17 @@ mod avx2 {
         b: View,
         c: Out,
         accumulate: bool,
+        pack: Pack,
+        pk: *mut f32,
     ) {
         macro_rules! arms {
             ($(($i:literal, $j:literal)),*) => {
-                match (mr, nr) {
-                    $(($i, $j) => block::<$i, $j, V>(k, a, b, c, accumulate),)*
+                match (mr, nr, pack) {
+                    $(
+                        ($i, $j, Pack::None) => block::<$i, $j, V, false, false>(k, a, b, c, accumulate, pk),
+                        ($i, $j, Pack::A) => block::<$i, $j, V, true, false>(k, a, b, c, accumulate, pk),
+                        ($i, $j, Pack::B) => block::<$i, $j, V, false, true>(k, a, b, c, accumulate, pk),
+                    )*
                     _ => unreachable!("block sizes are 1 to 4"),
                 }
             };
@@ -389,19 +377,30 @@ mod avx2 {
     }
 
     /// An `MR x NR` block of packets of `8·V` lanes: `a` points at the block's first row
-    /// (`MR x k`), `b` at its first column (`k x NR`), `c` at its top-left element.
+    /// (`MR x k`), `b` at its first column (`k x NR`), `c` at its top-left element. With
+    /// `PA` (`PB`) it also copies the `a` (`b`) packets it reads to `pk`, k-major (`a`'s
+    /// element `(i, p)` at `(p·MR + i)·8V` floats, `b`'s `(p, j)` at `(p·NR + j)·8V`), so
+    /// the first block of a panel packs it for the others without a pass of its own.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; the `MR x k` and `k x NR` packets read and the
-    /// `MR x NR` packets written are valid (`c` initialized when `accumulate`).
+    /// `MR x NR` packets written are valid (`c` initialized when `accumulate`); with
+    /// `PA` or `PB`, `pk` is valid for writing `MR·k·8V` (`NR·k·8V`) floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const MR: usize, const NR: usize, const V: usize>(
+    unsafe fn block<
+        const MR: usize,
+        const NR: usize,
+        const V: usize,
+        const PA: bool,
+        const PB: bool,
+    >(
         k: usize,
         a: View,
         b: View,
         c: Out,
         accumulate: bool,
+        pk: *mut f32,
     ) {
         let mut acc = [[[_mm256_setzero_ps(); V]; NR]; MR];
         for p in 0..k {
@@ -414,9 +413,15 @@ mod avx2 {
                     let mut ar = [_mm256_setzero_ps(); MR];
                     for (i, r) in ar.iter_mut().enumerate() {
                         *r = _mm256_loadu_ps(ap.add(i * a.rs + 8 * v));
+                        if PA {
+                            _mm256_storeu_ps(pk.add((p * MR + i) * 8 * V + 8 * v), *r);
+                        }
                     }
                     for j in 0..NR {
                         let bj = _mm256_loadu_ps(bp.add(j * b.cs + 8 * v));
+                        if PB {
+                            _mm256_storeu_ps(pk.add((p * NR + j) * 8 * V + 8 * v), bj);
+                        }
                         for i in 0..MR {
                             acc[i][j][v] = _mm256_fmadd_ps(ar[i], bj, acc[i][j][v]);
                         }
@@ -425,9 +430,15 @@ mod avx2 {
                     let mut br = [_mm256_setzero_ps(); NR];
                     for (j, r) in br.iter_mut().enumerate() {
                         *r = _mm256_loadu_ps(bp.add(j * b.cs + 8 * v));
+                        if PB {
+                            _mm256_storeu_ps(pk.add((p * NR + j) * 8 * V + 8 * v), *r);
+                        }
                     }
                     for (i, acc_i) in acc.iter_mut().enumerate() {
                         let ai = _mm256_loadu_ps(ap.add(i * a.rs + 8 * v));
+                        if PA {
+                            _mm256_storeu_ps(pk.add((p * MR + i) * 8 * V + 8 * v), ai);
+                        }
                         for j in 0..NR {
                             acc_i[j][v] = _mm256_fmadd_ps(ai, br[j], acc_i[j][v]);
                         }
