@@ -174,7 +174,7 @@ mod avx2 {
         c: *mut f32,
         accumulate: bool,
     ) {
-        debug_assert!(lanes % 8 == 0);
+        debug_assert!(lanes.is_multiple_of(8));
         // Lane chunks of 16 (two registers a packet) then 8 are independent products.
         let mut off = 0;
         while off < lanes {
@@ -387,6 +387,7 @@ mod avx2 {
     /// `MR x NR` packets written are valid (`c` initialized when `accumulate`); with
     /// `PA` or `PB`, `pk` is valid for writing `MR·k·8V` (`NR·k·8V`) floats.
     #[inline]
+    #[allow(clippy::needless_range_loop)] // indices name the block's (i, j, v) plainly
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block<
         const MR: usize,
