@@ -21,6 +21,7 @@ mod common;
 use std::time::Duration;
 
 use common::{keep, median, Case};
+use lopt::ad::gemm::{gemm, MatRef};
 use lopt::batch::FamilyLanes;
 use lopt::datasets::{Datasets, ExtraInfo, ImageBatch};
 use lopt::lanes::LaneKeys;
@@ -42,9 +43,18 @@ const JAX: [(&str, f64); 3] = [
     ("vmap8.train_1000", 56e-6),
     ("vmap64.train_1000", 49e-6),
 ];
-/// The machine's f32 peak (AVX-512 FMA), one core and two.
-const PEAK_1: f64 = 174e9;
-const PEAK_2: f64 = 340e9;
+/// The machine's f32 peak (AVX2 FMA, Zen 3), one core and two (shared hypervisor).
+const PEAK_1: f64 = 97e9;
+const PEAK_2: f64 = 157e9;
+/// The five products of one step, `(m, k, n)` and whether `a`/`b` are read transposed:
+/// `X·W1`, `H·W2`, `dW2 = Hᵀ·G2`, `dH = G2·W2ᵀ`, `dW1 = Xᵀ·G1`.
+const STEP_PRODUCTS: [(usize, usize, usize, bool, bool); 5] = [
+    (BATCH, 64, 32, false, false),
+    (BATCH, 32, 10, false, false),
+    (32, BATCH, 10, true, false),
+    (BATCH, 10, 32, false, true),
+    (64, BATCH, 32, true, false),
+];
 
 fn pool() -> Vec<ImageBatch> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -104,6 +114,47 @@ fn pack<S: Real>(
         .map(|c| family.pack_params::<S>(&c.iter().collect::<Vec<_>>()))
         .collect();
     (family.pack_cfg::<S>(&[cfg]), groups)
+}
+
+/// Operands and outputs of [`STEP_PRODUCTS`] in `S`.
+type Products<S> = Vec<(Vec<S>, Vec<S>, Vec<S>)>;
+
+fn step_operands<S: Real>() -> Products<S> {
+    STEP_PRODUCTS
+        .iter()
+        .map(|&(m, k, n, _, _)| {
+            let f = |x: usize| S::from_lanes(|l| ((x * 7 + l * 13) % 17) as f64 / 17.0 - 0.5);
+            (
+                (0..m * k).map(f).collect(),
+                (0..k * n).map(f).collect(),
+                vec![S::zero(); m * n],
+            )
+        })
+        .collect()
+}
+
+/// `rows x cols` column-major in `d`, or its transpose when `t` (`d` holding the
+/// `cols x rows` matrix).
+fn view<S: Real>(d: &[S], rows: usize, cols: usize, t: bool) -> MatRef<'_, S> {
+    if t {
+        MatRef::col_major(d, cols, rows).map(MatRef::t)
+    } else {
+        MatRef::col_major(d, rows, cols)
+    }
+    .expect("sizes match")
+}
+
+/// The five products of one training step of one lane group (what `value_and_grad`
+/// multiplies, without the rest of the step).
+fn step_products<S: Real>(ops: &mut Products<S>, only: Option<usize>) {
+    for (q, (&(m, k, n, ta, tb), (a, b, c))) in STEP_PRODUCTS.iter().zip(ops.iter_mut()).enumerate()
+    {
+        if only.is_some_and(|o| o != q) {
+            continue;
+        }
+        gemm(view(a, m, k, ta), view(b, k, n, tb), c, false).expect("shapes agree");
+    }
+    keep(&ops[0].2[0]);
 }
 
 fn main() {
@@ -180,12 +231,76 @@ fn main() {
             });
         })
         .per((64 * STEPS) as f64),
+        Case::new("ref.products16", {
+            let mut ops = step_operands::<Lanes<16>>();
+            move || step_products(&mut ops, None)
+        })
+        .per(16.0),
+        Case::new("ref.products8", {
+            let mut ops = step_operands::<Lanes<8>>();
+            move || step_products(&mut ops, None)
+        })
+        .per(8.0),
+        Case::new("ref.products_f32", {
+            let mut ops = step_operands::<f32>();
+            move || step_products(&mut ops, None)
+        }),
     ];
+    // Each product of the step alone (16 lanes), for the per-product rates.
+    for q in 0..STEP_PRODUCTS.len() {
+        cases.push(
+            Case::new(format!("ref.product16.{q}"), {
+                let mut ops = step_operands::<Lanes<16>>();
+                move || step_products(&mut ops, Some(q))
+            })
+            .per(16.0),
+        );
+    }
+    // `cargo bench --bench image_mlp -- <substring>...` runs only the matching cases.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())));
     // Few rounds: a 64-instance call trains 64,000 instance-steps (seconds each).
-    let s = common::run(&mut cases, 3, Duration::from_millis(200));
+    // The `ref.*` cases alone are short: more rounds, for a steadier minimum.
+    let rounds = if cases.iter().all(|c| c.id.starts_with("ref.")) {
+        15
+    } else {
+        3
+    };
+    let s = common::run(&mut cases, rounds, Duration::from_millis(200));
+    // CPU time (all threads of the process) per unit: unlike wall time it does not count
+    // the time other processes take the cores from the case, so it is the steadier
+    // figure on a shared machine.
+    let units = |id: &str| match id {
+        "train_1000" => STEPS as f64,
+        "vmap8.train_1000" => (8 * STEPS) as f64,
+        id if id.contains("64") => (64 * STEPS) as f64,
+        id if id.starts_with("ref.products8") => 8.0,
+        id if id.starts_with("ref.products_f32") => 1.0,
+        _ => 16.0,
+    };
+    let cpu: Vec<(String, f64)> = cases
+        .iter_mut()
+        .map(|c| {
+            let (t, c0) = (std::time::Instant::now(), process_cpu_seconds());
+            let mut calls = 0;
+            while calls == 0 || t.elapsed() < Duration::from_secs(1) {
+                (c.run)();
+                calls += 1;
+            }
+            let per = (process_cpu_seconds() - c0) / (calls as f64 * units(&c.id));
+            println!("cpu {} {:.3} us per unit ({calls} calls)", c.id, per * 1e6);
+            (c.id.clone(), per)
+        })
+        .collect();
 
     println!("per (instance-)step; JAX figures from bench-anchors (same machine type):");
     for (id, jax) in JAX {
+        if !s.iter().any(|sm| sm.id == id) {
+            continue;
+        }
         let ours = median(&s, id);
         println!(
             "ratio {id}: JAX {:.1} us / lopt {:.2} us = {:.2}x",
@@ -194,21 +309,57 @@ fn main() {
             jax / ours
         );
     }
+    let product_flop: f64 = STEP_PRODUCTS
+        .iter()
+        .map(|&(m, k, n, _, _)| (2 * m * k * n) as f64)
+        .sum();
     for sm in &s {
-        let gflops = FLOP_PER_STEP / sm.median / 1e9;
-        let peak = if sm.id == "train_1000" || sm.id == "vmap8.train_1000" {
+        let flop = if sm.id.starts_with("ref.products") {
+            product_flop
+        } else if let Some(q) = sm.id.strip_prefix("ref.product16.") {
+            let (m, k, n, _, _) = STEP_PRODUCTS[q.parse::<usize>().expect("product index")];
+            (2 * m * k * n) as f64
+        } else {
+            FLOP_PER_STEP
+        };
+        let gflops = flop / sm.median / 1e9;
+        let peak = if !sm.id.contains("64") {
             PEAK_1
         } else {
             PEAK_2
         };
         println!(
-            "flops {}: {:.1} GFLOP/s = {:.1}% of the machine's {:.0} GFLOP/s ({:.1}% of {:.0} on the cores it uses)",
+            "flops {}: {:.1} GFLOP/s = {:.1}% of the machine's {:.0} GFLOP/s ({:.1}% of {:.0} on the cores it uses; best sample {:.1} GFLOP/s)",
             sm.id,
             gflops,
             100.0 * gflops * 1e9 / PEAK_2,
             PEAK_2 / 1e9,
             100.0 * gflops * 1e9 / peak,
             peak / 1e9,
+            flop / sm.min / 1e9,
         );
+        if let Some((_, per)) = cpu.iter().find(|(id, _)| *id == sm.id) {
+            println!(
+                "cpu-flops {}: {:.1} GFLOP/s per busy core = {:.1}% of {:.0}",
+                sm.id,
+                flop / per / 1e9,
+                100.0 * flop / per / PEAK_1,
+                PEAK_1 / 1e9
+            );
+        }
     }
+}
+
+/// User + system CPU seconds of this process so far (all threads), from
+/// `/proc/self/stat` (Linux; 0 elsewhere).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Clock ticks are 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }

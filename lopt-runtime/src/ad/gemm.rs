@@ -216,13 +216,6 @@ unsafe fn gemm_with<S: Real>(
             run_f64(isa, &job);
         }
     } else {
-        if !accumulate {
-            for i in 0..m * n {
-                c.add(i).write(S::zero());
-            }
-        }
-        // SAFETY: every element is initialized now.
-        let c = std::slice::from_raw_parts_mut(c, m * n);
         let (av, bv) = (
             super::gemm_packets::Strided {
                 data: a.data,
@@ -235,7 +228,9 @@ unsafe fn gemm_with<S: Real>(
                 cs: b.cs,
             },
         );
-        super::gemm_packets::gemm_packets(m, k, n, av, bv, c, true);
+        // SAFETY: as this function's contract (`c` valid for m·n writes, initialized
+        // when accumulating).
+        super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, accumulate);
     }
 }
 
