@@ -630,20 +630,15 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
     }
 }
 
-/// The Philox blocks of `N` keys at `B` counters, word-major (`out[counter][word][lane]`):
-/// what [`Key::block`] gives for each key and counter, written as loops over the lanes so
-/// that one vector instruction advances every lane (the batched form of a key
-/// operation). The `B` counters run interleaved: a round depends on the one before, so
-/// one block alone would wait on the multiplier's latency.
+/// The Philox blocks of `N` keys at one counter, word-major (`out[word][lane]`): what
+/// [`Key::block`] gives for each key, written as loops over the lanes so that one vector
+/// instruction advances every lane (the batched form of a key operation). Interleaving
+/// several counters measured no faster: the state of one already fills the registers.
 #[inline(always)]
-fn lane_blocks<const N: usize, const B: usize>(
-    keys: &[Key; N],
-    counters: [u64; B],
-    domain: u32,
-) -> [[[u32; N]; 4]; B] {
+fn lane_blocks<const N: usize>(keys: &[Key; N], counter: u64, domain: u32) -> [[u32; N]; 4] {
     let mut k0: [u32; N] = std::array::from_fn(|l| keys[l].k[0]);
     let mut k1: [u32; N] = std::array::from_fn(|l| keys[l].k[1]);
-    let mut c = counters.map(|n| [[n as u32; N], [(n >> 32) as u32; N], [domain; N], [0; N]]);
+    let mut c = [[counter as u32; N], [(counter >> 32) as u32; N], [domain; N], [0; N]];
     for round in 0..10 {
         if round > 0 {
             for l in 0..N {
@@ -651,11 +646,9 @@ fn lane_blocks<const N: usize, const B: usize>(
                 k1[l] = k1[l].wrapping_add(W1);
             }
         }
-        for c in c.iter_mut() {
-            for l in 0..N {
-                let next = philox_round([c[0][l], c[1][l], c[2][l], c[3][l]], k0[l], k1[l]);
-                (c[0][l], c[1][l], c[2][l], c[3][l]) = (next[0], next[1], next[2], next[3]);
-            }
+        for l in 0..N {
+            let next = philox_round([c[0][l], c[1][l], c[2][l], c[3][l]], k0[l], k1[l]);
+            (c[0][l], c[1][l], c[2][l], c[3][l]) = (next[0], next[1], next[2], next[3]);
         }
     }
     c
@@ -672,43 +665,39 @@ fn lane_keys_from_blocks<const N: usize>(w: &[[u32; N]; 4]) -> [Key; N] {
 
 /// [`Key::split`] of every lane's key at once.
 pub(crate) fn split_lanes<const N: usize>(keys: &[Key; N]) -> ([Key; N], [Key; N]) {
-    let [a, b] = lane_blocks(keys, [0, 1], DOMAIN_SPLIT);
-    (lane_keys_from_blocks(&a), lane_keys_from_blocks(&b))
+    (
+        lane_keys_from_blocks(&lane_blocks(keys, 0, DOMAIN_SPLIT)),
+        lane_keys_from_blocks(&lane_blocks(keys, 1, DOMAIN_SPLIT)),
+    )
 }
 
 /// [`Key::fold_in`] of `data` into every lane's key at once.
 pub(crate) fn fold_in_lanes<const N: usize>(keys: &[Key; N], data: u64) -> [Key; N] {
-    let [w] = lane_blocks(keys, [data], DOMAIN_FOLD);
-    lane_keys_from_blocks(&w)
+    lane_keys_from_blocks(&lane_blocks(keys, data, DOMAIN_FOLD))
 }
 
 /// Fills `out[i][lane]` with value `i` of the single-precision stream of `keys[lane]`
 /// (what [`Key::fill_normal`] or [`Key::fill_uniform`] into `f32` gives that key alone),
 /// every lane at once.
 pub(crate) fn fill_lanes_f32<const N: usize>(keys: &[Key; N], out: &mut [[f32; N]], normal: bool) {
-    // Two blocks (8 values) at a time; a short tail still computes two, side by side.
-    for (g, dst) in out.chunks_mut(8).enumerate() {
-        let first = 2 * g as u64;
-        let w = lane_blocks(keys, [first, first + 1], DOMAIN_SAMPLE);
-        let mut z = [[[0f32; N]; 4]; 2];
-        for (z, w) in z.iter_mut().zip(&w) {
-            if normal {
-                // The same pairs as `NormalF32::map`: (w0, w1) and (w2, w3).
+    for (b, dst) in out.chunks_mut(4).enumerate() {
+        let w = lane_blocks(keys, b as u64, DOMAIN_SAMPLE);
+        let mut z = [[0f32; N]; 4];
+        if normal {
+            // The same pairs as `NormalF32::map`: (w0, w1) and (w2, w3).
+            for l in 0..N {
+                (z[0][l], z[1][l]) = box_muller_f32(w[0][l], w[1][l]);
+            }
+            for l in 0..N {
+                (z[2][l], z[3][l]) = box_muller_f32(w[2][l], w[3][l]);
+            }
+        } else {
+            for (zj, wj) in z.iter_mut().zip(&w) {
                 for l in 0..N {
-                    (z[0][l], z[1][l]) = box_muller_f32(w[0][l], w[1][l]);
-                }
-                for l in 0..N {
-                    (z[2][l], z[3][l]) = box_muller_f32(w[2][l], w[3][l]);
-                }
-            } else {
-                for (zj, wj) in z.iter_mut().zip(w) {
-                    for l in 0..N {
-                        zj[l] = uniform_f32(wj[l]);
-                    }
+                    zj[l] = uniform_f32(wj[l]);
                 }
             }
         }
-        let z = z.as_flattened();
         dst.copy_from_slice(&z[..dst.len()]);
     }
 }
