@@ -262,12 +262,12 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())));
-    // Few rounds: a 64-instance call trains 64,000 instance-steps (seconds each).
-    // The `ref.*` cases alone are short: more rounds, for a steadier minimum.
+    // Seven rounds, the fewest whose median we report (a 64-instance call trains 64,000
+    // instance-steps, about 2 s). The `ref.*` cases alone are short: more rounds.
     let rounds = if cases.iter().all(|c| c.id.starts_with("ref.")) {
         15
     } else {
-        3
+        7
     };
     let s = common::run(&mut cases, rounds, Duration::from_millis(200));
     // CPU time (all threads of the process) per unit: unlike wall time it does not count
