@@ -1,17 +1,23 @@
 //! The main job: meta-train a learned optimizer.
 //!
-//! `MlpLOpt` (the JAX library's MLPLOpt) is meta-trained with truncated PES on the seed's
-//! quadratic family (`FixedDimQuadraticFamily(10)`): 16 task instances per estimate, 8 to a
-//! SIMD lane group (one θ ± ε per lane), each
-//! trained in truncations of 10 steps within runs of 50–200 steps (log-uniform), Adam on
-//! θ. A progress bar shows the meta-loss; θ and its Adam state are checkpointed
-//! atomically every 50 outer steps (`--resume` continues from the checkpoint). At the end
-//! the learned optimizer, its untrained initialization and Adam train 32 held-out tasks,
-//! and the example prints their losses and plots the meta-loss and the training curves.
+//! `MlpLOpt` (the JAX library's MLPLOpt) is meta-trained with truncated PES on two task
+//! families, one after the other:
 //!
-//! Run with `cargo run --release --example meta_train` (`-- --steps 5000` for a longer
-//! run). Writes `target/lopt-plots/meta_train.png` and
-//! `target/lopt-checkpoints/meta_train.json`.
+//! - the seed's quadratic family (`FixedDimQuadraticFamily(10)`): 16 task instances per
+//!   estimate, 8 to a SIMD lane group (one θ ± ε per lane), truncations of 10 steps within
+//!   runs of 50–200 steps (log-uniform), 2,000 outer steps;
+//! - the image-MLP family on Fashion-MNIST 8×8 (or the embedded digits): hidden widths 16,
+//!   32 or 64, so one task per group in `f32`, 8 tasks, runs of 100–400 steps, 150 outer
+//!   steps.
+//!
+//! A progress bar shows the meta-loss; θ and its Adam state are checkpointed atomically
+//! every 50 outer steps (`--resume` continues from the checkpoints). At the end the
+//! learned optimizer, its untrained initialization and Adam train held-out tasks; the
+//! example prints their losses and plots the meta-losses and the training curves.
+//!
+//! Run with `cargo run --release --example meta_train` (`-- --steps 5000` sets the
+//! quadratic family's outer steps, `-- --quadratic-only` skips the image MLPs). Writes
+//! `target/lopt-plots/meta_train.png` and `target/lopt-checkpoints/meta_train_*.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,22 +25,18 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use lopt::eval_training::plot::{plot_png, Line, Panel};
 use lopt::learned_optimizers::{LearnedOptimizer, MlpLOpt, MlpLOptTheta};
-use lopt::optimizers::AdamState;
 use lopt::outer_trainers::{
-    GradientLearner, LOptTruncatedStep, LogUniformLengthSchedule, SingleMachineGradientLearner,
-    TruncatedPes,
+    ConstantTruncationSchedule, GradientEstimator, GradientLearner, LOptTruncatedStep,
+    LogUniformLengthSchedule, SingleMachineGradientLearner, TruncatedPes,
 };
 use lopt::params::ParamsRecord;
 use lopt::prelude::*;
+use lopt::tasks::image_mlp::ImageMlpFamily;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
 use serde::{Deserialize, Serialize};
 
-/// Inner steps of the held-out evaluation.
-const EVAL_STEPS: usize = 200;
-/// Held-out tasks.
-const EVAL_TASKS: usize = 32;
-/// Task instances per estimate.
-const TASKS: usize = 16;
+/// Held-out tasks of each evaluation.
+const EVAL_TASKS: usize = 16;
 /// Outer steps between checkpoints.
 const CHECKPOINT_EVERY: usize = 50;
 
@@ -69,18 +71,37 @@ fn load(path: &Path) -> lopt::Result<Checkpoint> {
     serde_json::from_str(&text).map_err(|e| lopt::Error::Data(format!("{}: {e}", path.display())))
 }
 
-/// The mean loss, per step, of the held-out tasks trained by `opt` (step 0 is the loss
-/// at initialization).
-fn eval_curve<O: Optimizer<DVector<f32>>>(family: &FixedDimQuadraticFamily, opt: &O) -> Vec<f64> {
-    let mut curve = vec![0.0; EVAL_STEPS + 1];
+/// The training batches of an evaluation: one per step, the same for every optimizer.
+fn eval_batches<F: TaskFamily>(family: &F, steps: usize) -> lopt::Result<Vec<F::Batch>> {
+    // A one-task step only to draw the family's training batches (or `()`).
+    let lopt = MlpLOpt::default();
+    let data = LOptTruncatedStep::new(
+        family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 1 },
+        1,
+    )?;
+    (0..=steps).map(|_| data.next_batch()).collect()
+}
+
+/// The mean training loss, per step, of held-out tasks of `family` trained by `opt` on
+/// `batches` (entry 0 is the loss at initialization).
+fn eval_curve<F: TaskFamily, O: Optimizer<F::Params<f32>>>(
+    family: &F,
+    opt: &O,
+    batches: &[F::Batch],
+) -> Vec<f64> {
+    let steps = batches.len() - 1;
+    let mut curve = vec![0.0; steps + 1];
     for key in Key::new(2024).split_n(EVAL_TASKS) {
         let (k1, k2) = key.split();
         let cfg = family.sample(k1);
-        let mut state = opt.init(family.init(&cfg, k2), Some(EVAL_STEPS));
-        for (t, c) in curve.iter_mut().enumerate() {
-            let (loss, grad) = family.value_and_grad::<f32>(opt.get_params(&state), &cfg, key, &());
-            *c += loss as f64 / EVAL_TASKS as f64;
-            if t < EVAL_STEPS {
+        let mut state = opt.init(family.init(&cfg, k2), Some(steps));
+        for (t, (c, batch)) in curve.iter_mut().zip(batches).enumerate() {
+            let (loss, grad) =
+                family.value_and_grad::<f32>(opt.get_params(&state), &cfg, key, batch);
+            *c += family.normalizer(loss) as f64 / EVAL_TASKS as f64;
+            if t < steps {
                 opt.update(&mut state, &grad, loss);
             }
         }
@@ -88,72 +109,64 @@ fn eval_curve<O: Optimizer<DVector<f32>>>(family: &FixedDimQuadraticFamily, opt:
     curve
 }
 
-fn main() -> lopt::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let outer_steps = args
-        .iter()
-        .position(|a| a == "--steps")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse::<usize>())
-        .transpose()
-        .map_err(|e| lopt::Error::InvalidArgument(format!("--steps: {e}")))?
-        .unwrap_or(2000);
-    let resume = args.iter().any(|a| a == "--resume");
-    let checkpoint = PathBuf::from("target/lopt-checkpoints/meta_train.json");
+/// One family's meta-training run and its evaluation.
+struct Outcome {
+    meta_losses: Vec<f32>,
+    curves: Vec<(String, Vec<f64>)>,
+}
 
-    let family = FixedDimQuadraticFamily { dim: 10 };
-    let lopt = MlpLOpt::default();
-    let schedule = LogUniformLengthSchedule {
-        min_length: 50,
-        max_length: 200,
-    };
-    let mut step = LOptTruncatedStep::new(&family, &lopt, schedule, TASKS)?;
-    step.random_initial_iteration_offset = 200;
+/// Meta-trains `MlpLOpt` on `family` with `estimator` for `outer_steps` outer steps (Adam
+/// with `theta_lr` on θ), checkpointing to `checkpoint`; then compares the learned
+/// optimizer with its initialization and Adam at `adam_lrs` on held-out tasks.
+#[allow(clippy::too_many_arguments)]
+fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
+    family: &F,
+    lopt: &MlpLOpt,
+    estimator: E,
+    theta_lr: f64,
+    outer_steps: usize,
+    eval_steps: usize,
+    adam_lrs: &[f64],
+    checkpoint: &Path,
+    resume: bool,
+) -> lopt::Result<Outcome> {
     let learner = SingleMachineGradientLearner {
         learner: GradientLearner {
-            lopt: &lopt,
-            theta_opt: Adam::new(3e-3),
+            lopt,
+            theta_opt: Adam::new(theta_lr),
         },
-        // Eight tasks per SIMD lane group, each lane with its own θ ± ε.
-        estimators: vec![TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>()],
+        estimators: vec![estimator],
     };
     let mut state = learner.init(Key::new(0))?;
     let theta0: MlpLOptTheta<f32> = learner.learner.theta(&state.learner).clone();
     let mut meta_losses = Vec::new();
     if resume && checkpoint.exists() {
-        let ck = load(&checkpoint)?;
-        let s: &mut AdamState<MlpLOptTheta<f32>> = &mut state.learner.theta_opt_state;
+        let ck = load(checkpoint)?;
+        let s = &mut state.learner.theta_opt_state;
         s.params.from_record(&ck.theta)?;
         s.mu.from_record(&ck.adam_mu)?;
         s.nu.from_record(&ck.adam_nu)?;
         s.iteration = ck.outer_iteration;
         meta_losses = ck.meta_losses;
         println!(
-            "resumed from {} at outer step {}",
+            "  resumed from {} at outer step {}",
             checkpoint.display(),
             ck.outer_iteration
         );
     }
-
-    println!(
-        "meta-training {} (θ: {} scalars) with TruncatedPes on {} tasks of {}, 8 per lane group",
-        lopt.name(),
-        theta0.num_elements(),
-        TASKS,
-        family.name()
-    );
-    let start_iteration = learner.learner.outer_iteration(&state.learner);
+    let first = learner.learner.outer_iteration(&state.learner);
     let bar = ProgressBar::new(outer_steps as u64).with_style(
         ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} outer steps (eta {eta})",
+            "  {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} outer steps (eta {eta})",
         )
         .expect("valid template"),
     );
     let start = Instant::now();
-    let keys = Key::new(1).split_n(start_iteration + outer_steps);
-    for (i, &k) in keys[start_iteration..].iter().enumerate() {
-        let loss = learner.update(&mut state, k)?;
-        meta_losses.push(loss);
+    for (i, &k) in Key::new(1).split_n(first + outer_steps)[first..]
+        .iter()
+        .enumerate()
+    {
+        meta_losses.push(learner.update(&mut state, k)?);
         let recent = &meta_losses[meta_losses.len().saturating_sub(20)..];
         bar.set_message(format!(
             "meta-loss {:.4}",
@@ -163,7 +176,7 @@ fn main() -> lopt::Result<()> {
         if (i + 1) % CHECKPOINT_EVERY == 0 || i + 1 == outer_steps {
             let s = &state.learner.theta_opt_state;
             save(
-                &checkpoint,
+                checkpoint,
                 &Checkpoint {
                     outer_iteration: s.iteration,
                     theta: s.params.to_record()?,
@@ -177,73 +190,149 @@ fn main() -> lopt::Result<()> {
     bar.finish();
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{outer_steps} outer steps in {secs:.1} s ({:.1} ms each); checkpoint {}",
+        "  {outer_steps} outer steps in {secs:.1} s ({:.1} ms each); checkpoint {}",
         1e3 * secs / outer_steps.max(1) as f64,
         checkpoint.display()
     );
-
     let theta = learner.learner.theta(&state.learner).clone();
-    let curves = [
+    let batches = eval_batches(family, eval_steps)?;
+    let mut curves = vec![
         (
-            "MlpLOpt, meta-trained",
-            eval_curve(&family, &lopt.opt_fn(&theta)),
+            "MlpLOpt, meta-trained".to_string(),
+            eval_curve(family, &lopt.opt_fn(&theta), &batches),
         ),
         (
-            "MlpLOpt, untrained",
-            eval_curve(&family, &lopt.opt_fn(&theta0)),
+            "MlpLOpt, untrained".to_string(),
+            eval_curve(family, &lopt.opt_fn(&theta0), &batches),
         ),
-        ("Adam(1e-2)", eval_curve(&family, &Adam::new(1e-2))),
-        ("Adam(1e-1)", eval_curve(&family, &Adam::new(1e-1))),
     ];
-    println!("held-out tasks ({EVAL_TASKS}), mean loss at step 0 / 50 / {EVAL_STEPS}:");
+    for &lr in adam_lrs {
+        curves.push((
+            format!("Adam({lr:e})"),
+            eval_curve(family, &Adam::new(lr), &batches),
+        ));
+    }
+    let mid = eval_steps / 4;
+    println!("  held-out tasks ({EVAL_TASKS}), mean normalized training loss at step 0 / {mid} / {eval_steps}:");
     for (name, c) in &curves {
         println!(
-            "  {name:<22} {:>9.4} {:>9.4} {:>9.4}",
-            c[0], c[50], c[EVAL_STEPS]
+            "    {name:<22} {:>9.4} {:>9.4} {:>9.4}",
+            c[0], c[mid], c[eval_steps]
         );
     }
+    Ok(Outcome {
+        meta_losses,
+        curves,
+    })
+}
 
-    let n = meta_losses.len();
+/// The meta-loss and held-out panels of one family.
+fn panels(title: &str, o: &Outcome, log: bool) -> [Panel; 2] {
+    let n = o.meta_losses.len();
     let window = 20.min(n.max(1));
     let smoothed: Vec<f64> = (window..=n)
         .map(|e| {
-            meta_losses[e - window..e]
+            o.meta_losses[e - window..e]
                 .iter()
                 .map(|&x| x as f64)
                 .sum::<f64>()
                 / window as f64
         })
         .collect();
-    let plot = PathBuf::from("target/lopt-plots/meta_train.png");
     let xs = |len: usize, first: usize| (first..first + len).map(|x| x as f64).collect::<Vec<_>>();
-    plot_png(
-        &plot,
-        &[
-            Panel::new(
-                "meta-loss (mean of 20 outer steps)",
-                "normalized inner loss",
-                vec![Line::new(
-                    "TruncatedPes",
-                    xs(smoothed.len(), window),
-                    smoothed.clone(),
-                )],
-            ),
-            Panel::new(
-                "held-out quadratic tasks",
-                "ln mean training loss",
-                curves
-                    .iter()
-                    .map(|(name, c)| {
-                        Line::new(
-                            *name,
-                            xs(c.len(), 0),
-                            c.iter().map(|&x| x.max(1e-12).ln()).collect(),
-                        )
-                    })
-                    .collect(),
-            ),
-        ],
+    let y = |x: f64| if log { x.max(1e-12).ln() } else { x };
+    [
+        Panel::new(
+            format!("{title}: meta-loss (mean of 20 outer steps)"),
+            "normalized inner loss",
+            vec![Line::new(
+                "TruncatedPes",
+                xs(smoothed.len(), window),
+                smoothed,
+            )],
+        ),
+        Panel::new(
+            format!("{title}: held-out tasks"),
+            if log {
+                "ln mean training loss"
+            } else {
+                "mean normalized training loss"
+            },
+            o.curves
+                .iter()
+                .map(|(name, c)| {
+                    Line::new(
+                        name.clone(),
+                        xs(c.len(), 0),
+                        c.iter().map(|&x| y(x)).collect(),
+                    )
+                })
+                .collect(),
+        ),
+    ]
+}
+
+fn main() -> lopt::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quad_steps = args
+        .iter()
+        .position(|a| a == "--steps")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse::<usize>())
+        .transpose()
+        .map_err(|e| lopt::Error::InvalidArgument(format!("--steps: {e}")))?
+        .unwrap_or(2000);
+    let resume = args.iter().any(|a| a == "--resume");
+    let quadratic_only = args.iter().any(|a| a == "--quadratic-only");
+    let lopt = MlpLOpt::default();
+    println!(
+        "{} (θ: {} scalars), meta-trained with TruncatedPes",
+        lopt.name(),
+        lopt.init(Key::new(0)).num_elements()
+    );
+
+    let quad = FixedDimQuadraticFamily { dim: 10 };
+    println!("{}: 16 tasks, 8 per SIMD lane group", quad.name());
+    let schedule = LogUniformLengthSchedule {
+        min_length: 50,
+        max_length: 200,
+    };
+    let mut step = LOptTruncatedStep::new(&quad, &lopt, schedule, 16)?;
+    step.random_initial_iteration_offset = 200;
+    let pes = TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>();
+    let ck = PathBuf::from("target/lopt-checkpoints/meta_train_quadratic.json");
+    let quad_out = meta_train(
+        &quad,
+        &lopt,
+        pes,
+        3e-3,
+        quad_steps,
+        200,
+        &[1e-2, 1e-1],
+        &ck,
+        resume,
     )?;
-    println!("plot: {} (right panel: ln loss)", plot.display());
+    let mut all = panels("quadratic", &quad_out, true).to_vec();
+
+    if !quadratic_only {
+        let (mlp, source) = ImageMlpFamily::fashion_mnist8_or_digits()?;
+        println!(
+            "{} on {source}: 8 tasks of hidden width 16, 32 or 64, one per f32 group",
+            mlp.name()
+        );
+        let schedule = LogUniformLengthSchedule {
+            min_length: 100,
+            max_length: 400,
+        };
+        let mut step = LOptTruncatedStep::new(&mlp, &lopt, schedule, 8)?;
+        step.random_initial_iteration_offset = 400;
+        let pes = TruncatedPes::new(step, 10, 0.01)?;
+        let ck = PathBuf::from("target/lopt-checkpoints/meta_train_image_mlp.json");
+        let out = meta_train(&mlp, &lopt, pes, 3e-3, 150, 300, &[1e-3, 1e-2], &ck, resume)?;
+        all.extend(panels("image MLP", &out, false));
+    }
+    let plot = PathBuf::from("target/lopt-plots/meta_train.png");
+    plot_png(&plot, &all)?;
+    println!("plot: {}", plot.display());
     Ok(())
 }

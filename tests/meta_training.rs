@@ -232,3 +232,46 @@ fn lane_batched_pes_matches_serial_pes() {
         assert_eq!(acc.flatten(), s8.accumulator[i].flatten());
     }
 }
+
+/// A family whose tasks differ in shape (hidden widths 16, 32, 64): in f32, one task per
+/// group, a task restarting with another width replaces its group; in lanes, the mixed
+/// shapes are a clear error, not a panic.
+#[test]
+fn tasks_of_several_shapes_train_one_per_group_and_refuse_lanes() {
+    let family = lopt::tasks::image_mlp::ImageMlpFamily::digits8(16).unwrap();
+    let lopt = MlpLOpt::default();
+    let theta = lopt.init(Key::new(0));
+    let make = || {
+        let step = LOptTruncatedStep::new(
+            &family,
+            &lopt,
+            ConstantTruncationSchedule { total_length: 2 },
+            6,
+        )
+        .unwrap();
+        TruncatedPes::new(step, 3, 0.01).unwrap()
+    };
+    let pes = make();
+    let mut state = pes.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    type Mlp = lopt::tasks::image_mlp::ImageMlpFamily;
+    let widths = |s: &lopt::outer_trainers::PesState<Mlp, MlpLOpt>| -> Vec<usize> {
+        s.pos.iter().map(|g| g.cfg.hidden).collect()
+    };
+    let before = widths(&state);
+    for k in [Key::new(2), Key::new(3)] {
+        let est = pes
+            .compute_gradient_estimate(&theta, &mut state, k, 0)
+            .unwrap();
+        assert!(est.mean_loss.is_finite() && est.grad.flatten().iter().all(|x| x.is_finite()));
+    }
+    // Every task restarted (runs of 2 in 6 steps), and some with another width.
+    assert_ne!(before, widths(&state));
+    for g in &state.pos {
+        assert_eq!(g.opt_state.params.w1.ncols(), g.cfg.hidden);
+    }
+    let batched = make().batched::<Lanes<8>>();
+    match batched.init_worker_state(&theta, Key::new(1), 0) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("one shape"), "{msg}"),
+        other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
+    }
+}

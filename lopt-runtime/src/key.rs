@@ -638,7 +638,12 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
 fn lane_blocks<const N: usize>(keys: &[Key; N], counter: u64, domain: u32) -> [[u32; N]; 4] {
     let mut k0: [u32; N] = std::array::from_fn(|l| keys[l].k[0]);
     let mut k1: [u32; N] = std::array::from_fn(|l| keys[l].k[1]);
-    let mut c = [[counter as u32; N], [(counter >> 32) as u32; N], [domain; N], [0; N]];
+    let mut c = [
+        [counter as u32; N],
+        [(counter >> 32) as u32; N],
+        [domain; N],
+        [0; N],
+    ];
     for round in 0..10 {
         if round > 0 {
             for l in 0..N {

@@ -3,6 +3,7 @@
 
 use nalgebra::{DMatrix, DVector};
 
+use crate::ad::gemm::{gemm, MatRef};
 use crate::key::Key;
 use crate::params::{Params, Rebind};
 use crate::scalar::Real;
@@ -297,7 +298,6 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
                 .fold(b0[j], |acc, (k, &tf)| acc + tf * col[CHANNELS + k])
         })
         .collect();
-    let net = Net::new(theta, first_bias);
     let (exp_mult, step_mult) = (S::from_f64(lopt.exp_mult), S::from_f64(lopt.step_mult));
     let MlpLOptState {
         params, momenta, ..
@@ -308,83 +308,56 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
         if n == 0 {
             continue;
         }
-        // Second-moment normalization of each channel over the tensor.
-        let channel = |c: usize, e: usize, p: &[S]| match c {
-            0 => g[e],
-            1 => p[e],
-            _ => momenta[c - 2].leaf(i)[e],
-        };
+        // The inputs of every element at once, `n x 8` column-major: each channel divided
+        // by its root mean square over the tensor.
         let p = params.leaf(i);
-        let scale: [S; CHANNELS] = std::array::from_fn(|c| {
-            let ms = (0..n).fold(S::zero(), |acc, e| {
-                let x = channel(c, e, p);
-                acc + x * x
-            }) / S::from_f64(n as f64);
-            S::one() / (S::from_f64(1e-5) + ms).sqrt()
-        });
-        let (mut a, mut b) = (vec![S::zero(); net.widest], vec![S::zero(); net.widest]);
-        let steps: Vec<S> = (0..n)
-            .map(|e| {
-                let x: [S; CHANNELS] = std::array::from_fn(|c| channel(c, e, p) * scale[c]);
-                let [d, mu] = net.eval(&x, &mut a, &mut b);
-                d * (exp_mult * mu).exp() * step_mult
-            })
-            .collect();
-        for (p, s) in params.leaf_mut(i).iter_mut().zip(steps) {
-            *p -= s;
+        let mut x = Vec::with_capacity(n * CHANNELS);
+        for c in 0..CHANNELS {
+            let col = match c {
+                0 => g,
+                1 => p,
+                _ => momenta[c - 2].leaf(i),
+            };
+            let ms = col.iter().fold(S::zero(), |acc, &v| acc + v * v) / S::from_f64(n as f64);
+            let scale = S::one() / (S::from_f64(1e-5) + ms).sqrt();
+            x.extend(col.iter().map(|&v| v * scale));
+        }
+        let out = forward(theta, &first_bias, x, n);
+        for (e, p) in params.leaf_mut(i).iter_mut().enumerate() {
+            let (d, mu) = (out[e], out[n + e]);
+            *p -= d * (exp_mult * mu).exp() * step_mult;
         }
     }
     state.iteration += 1;
     state.step += S::one();
 }
 
-/// The network with the time features folded into the first layer's bias.
-struct Net<'a, S: Real> {
-    theta: &'a MlpLOptTheta<S>,
-    first_bias: Vec<S>,
-    widest: usize,
-}
-
-impl<'a, S: Real> Net<'a, S> {
-    fn new(theta: &'a MlpLOptTheta<S>, first_bias: Vec<S>) -> Self {
-        let widest = theta
-            .layers
-            .iter()
-            .map(|(w, _)| w.ncols())
-            .max()
-            .unwrap_or(0);
-        Net {
-            theta,
-            first_bias,
-            widest,
-        }
-    }
-
-    /// `(d, μ)` for the normalized channels of one element; `a` and `b` are scratch of
-    /// `widest` values that the layers alternate between.
-    fn eval(&self, x: &[S; CHANNELS], a: &mut [S], b: &mut [S]) -> [S; 2] {
-        let last = self.theta.layers.len() - 1;
-        for (k, (w, bias)) in self.theta.layers.iter().enumerate() {
-            let (input, out): (&[S], &mut [S]) = if k == 0 {
-                (x, &mut a[..w.ncols()])
-            } else if !k.is_multiple_of(2) {
-                (&a[..w.nrows()], &mut b[..w.ncols()])
-            } else {
-                (&b[..w.nrows()], &mut a[..w.ncols()])
-            };
-            for (j, o) in out.iter_mut().enumerate() {
-                let col = &w.as_slice()[j * w.nrows()..j * w.nrows() + input.len()];
-                let start = if k == 0 { self.first_bias[j] } else { bias[j] };
-                let z = input
-                    .iter()
-                    .zip(col)
-                    .fold(start, |acc, (&xi, &wi)| acc + xi * wi);
-                *o = if k < last { z.max(S::zero()) } else { z };
+/// The network on `n` elements at once: `x` is `n x 8` column-major (the normalized
+/// channels), `first_bias` the first layer's bias with the time features folded in; one
+/// matrix product a layer (the first reads only the channel rows of its weights). Returns
+/// the `n x 2` outputs `(d, μ)`, column-major.
+fn forward<S: Real>(theta: &MlpLOptTheta<S>, first_bias: &[S], x: Vec<S>, n: usize) -> Vec<S> {
+    let last = theta.layers.len() - 1;
+    let mut input = x;
+    let mut width = CHANNELS;
+    for (k, (w, b)) in theta.layers.iter().enumerate() {
+        let cols = w.ncols();
+        let a = MatRef::col_major(&input, n, width).expect("n x width inputs");
+        // The rows of `w` this layer reads (all but the time-feature rows for the first).
+        let wv = MatRef::new(w.as_slice(), width, cols, 1, w.nrows()).expect("rows of w");
+        let mut out = vec![S::zero(); n * cols];
+        gemm(a, wv, &mut out, false).expect("shapes agree");
+        let bias: &[S] = if k == 0 { first_bias } else { b.as_slice() };
+        for (col, &bj) in out.chunks_exact_mut(n).zip(bias) {
+            for v in col.iter_mut() {
+                let z = *v + bj;
+                *v = if k < last { z.max(S::zero()) } else { z };
             }
         }
-        let out = if last.is_multiple_of(2) { a } else { b };
-        [out[0], out[1]]
+        input = out;
+        width = cols;
     }
+    input
 }
 
 #[cfg(test)]

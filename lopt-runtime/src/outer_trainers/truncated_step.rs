@@ -81,10 +81,18 @@ type FreshTask<F, L> = (
     usize,
 );
 
+/// `x` as a `B` when `A` and `B` are the same type, else `x` back.
+fn as_same<A: 'static, B: 'static>(x: A) -> std::result::Result<B, A> {
+    let boxed: Box<dyn Any> = Box::new(x);
+    boxed
+        .downcast::<B>()
+        .map(|b| *b)
+        .map_err(|x| *x.downcast::<A>().expect("it is an A"))
+}
+
 /// `()` as a `B` when `B` is `()`: the batch of a family without data.
 fn unit_batch<B: 'static>() -> Option<B> {
-    let unit: Box<dyn Any> = Box::new(());
-    unit.downcast::<B>().ok().map(|b| *b)
+    as_same::<(), B>(()).ok()
 }
 
 impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedStep<'a, F, L, T> {
@@ -162,7 +170,11 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             .collect();
         let lane = |l: usize| &tasks[l.min(tasks.len() - 1)];
         let first_cfg = &lane(0).0;
-        if let Some(l) = (0..tasks.len()).find(|&l| !lane(l).0.same_shape(first_cfg)) {
+        let first_params = self.lopt.params(&lane(0).1);
+        if let Some(l) = (0..tasks.len()).find(|&l| {
+            !lane(l).0.same_shape(first_cfg)
+                || !self.lopt.params(&lane(l).1).same_shape(first_params)
+        }) {
             return Err(shape_error(self.family, l));
         }
         let mut cfg = self.family.cast_cfg::<f32, S>(first_cfg);
@@ -249,16 +261,36 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             restarted[l] = true;
             let k = split[l].0.split_n(3);
             let cfg = self.family.sample(k[0]);
-            if !cfg.same_shape(&self.family.cast_cfg::<S, f32>(&group.cfg)) {
-                return Err(shape_error(self.family, l));
-            }
             let params = self.family.init(&cfg, k[1]);
             let steps = (group.length[l] != usize::MAX).then_some(group.length[l]);
             let mut theta_l: L::Theta<f32> = self.lopt.cast_theta::<S, f32>(theta);
             get_lane(theta, l, &mut theta_l);
             let fresh = self.lopt.init_state(&theta_l, params, steps);
-            set_lane(&mut group.cfg, l, &cfg);
-            set_lane(&mut group.opt_state, l, &fresh);
+            match (
+                as_same::<_, F::Cfg<S>>(cfg),
+                as_same::<_, L::State<F::Params<S>>>(fresh),
+            ) {
+                // One task per group (`S` is `f32`): the new task replaces the group, so
+                // it may differ in shape (another hidden width).
+                (Ok(cfg), Ok(fresh)) => {
+                    group.cfg = cfg;
+                    group.opt_state = fresh;
+                }
+                (Err(cfg), Err(fresh)) => {
+                    let lane0 = self.lopt.params(&group.opt_state);
+                    if !cfg.same_shape(&self.family.cast_cfg::<S, f32>(&group.cfg))
+                        || !self
+                            .lopt
+                            .params(&fresh)
+                            .same_shape(&self.family.cast_params::<S, f32>(lane0))
+                    {
+                        return Err(shape_error(self.family, l));
+                    }
+                    set_lane(&mut group.cfg, l, &cfg);
+                    set_lane(&mut group.opt_state, l, &fresh);
+                }
+                _ => unreachable!("both are f32 or neither"),
+            }
             group.inner_step[l] = 0;
         }
         let loss =
