@@ -275,3 +275,63 @@ fn tasks_of_several_shapes_train_one_per_group_and_refuse_lanes() {
         other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
     }
 }
+
+/// FullES estimates the gradient of the mean loss of a whole run from fresh tasks.
+#[test]
+fn full_es_estimates_the_gradient_of_the_run_loss() {
+    use lopt::outer_trainers::{FullEs, NeverEndingTruncationSchedule};
+    let family = Fam { dim: 4 };
+    let lopt = LearnableSgd { initial_lr: 0.05 };
+    let (n, t_len, std) = (1024, 5, 0.02f32);
+    let step = LOptTruncatedStep::new(&family, &lopt, NeverEndingTruncationSchedule, n).unwrap();
+    let es = FullEs::new(
+        step,
+        ConstantTruncationSchedule {
+            total_length: t_len,
+        },
+        std,
+    )
+    .unwrap()
+    .batched::<Lanes<8>>();
+    let theta = lopt.init(Key::new(0));
+    let key = Key::new(7);
+    let est = es
+        .compute_gradient_estimate(&theta, &mut (), key, 0)
+        .unwrap();
+    // The same tasks, one per f32 group, from the key FullEs starts them with.
+    let tasks: Vec<TaskGroup<Fam, LearnableSgd>> = es
+        .step
+        .init_step_state(&theta, key.split_n(4)[2], 0)
+        .unwrap();
+    let (th, h) = (theta[0] as f64, 1e-4);
+    let true_grad = tasks
+        .iter()
+        .map(|s| {
+            (unrolled_loss(&family, s, th + h, t_len) - unrolled_loss(&family, s, th - h, t_len))
+                / (2.0 * h)
+        })
+        .sum::<f64>()
+        / n as f64;
+    let g = est.grad[0] as f64;
+    assert!(
+        true_grad.abs() > 1.0,
+        "the test needs a clear slope: {true_grad}"
+    );
+    // As for PES: about 4.4% sampling error; 20% is over 4 standard errors.
+    assert!(
+        (g - true_grad).abs() < 0.2 * true_grad.abs(),
+        "FullEs {g} vs finite differences {true_grad}"
+    );
+    // A step whose runs end is refused.
+    let ending = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 3 },
+        2,
+    )
+    .unwrap();
+    assert!(matches!(
+        FullEs::new(ending, ConstantTruncationSchedule { total_length: 3 }, 0.01),
+        Err(Error::InvalidArgument(_))
+    ));
+}

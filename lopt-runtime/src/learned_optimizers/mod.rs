@@ -8,9 +8,11 @@
 //! own θ (an evolution-strategies population, one perturbation per lane) and trains its
 //! own task instance.
 
+mod learnable_adam;
 mod learnable_sgd;
 mod mlp_lopt;
 
+pub use learnable_adam::LearnableAdam;
 pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 

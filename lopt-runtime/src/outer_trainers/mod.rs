@@ -1,15 +1,17 @@
 //! Meta-training (the JAX library's `outer_trainers`): gradient estimators of a learned
 //! optimizer's meta-loss, truncation schedules and the learner that steps θ.
 //!
-//! A [`GradientEstimator`] ([`TruncatedPes`]) trains task instances with perturbed θ and
+//! A [`GradientEstimator`] ([`TruncatedPes`], [`FullEs`]) trains task instances with perturbed θ and
 //! returns an estimate of the meta-gradient; a [`GradientLearner`] averages the estimates
 //! of its estimators and applies an ordinary optimizer (Adam) to θ.
 
+mod full_es;
 mod gradient_learner;
 mod truncated_pes;
 mod truncated_step;
 mod truncation_schedule;
 
+pub use full_es::{EsLoss, FullEs};
 pub use gradient_learner::{
     GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner,
 };

@@ -2,11 +2,8 @@
 //! Vicol et al. 2021): an unbiased estimate of the meta-gradient of a long inner training
 //! run from short truncations, by accumulating each task's perturbations since its reset.
 
-use rayon::prelude::*;
-
 use std::marker::PhantomData;
 
-use crate::batch::set_lane;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::learned_optimizers::LearnedOptimizer;
@@ -14,7 +11,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
-use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
+use super::truncated_step::{LOptTruncatedStep, TaskGroup};
 use super::truncation_schedule::TruncationSchedule;
 use super::{GradientEstimator, GradientEstimatorOut};
 
@@ -118,13 +115,6 @@ pub fn sample_perturbations<P: Params<Scalar = f32>>(
         .collect()
 }
 
-/// `theta + sign · eps`.
-fn shifted<P: Params<Scalar = f32>>(theta: &P, eps: &P, sign: f32) -> P {
-    let mut t = theta.clone();
-    t.axpy(sign, eps);
-    t
-}
-
 impl<F, L, T, S> GradientEstimator<L> for TruncatedPes<'_, F, L, T, S>
 where
     F: TaskFamily,
@@ -158,55 +148,17 @@ where
         outer_iteration: usize,
     ) -> Result<GradientEstimatorOut<L::Theta<f32>>> {
         let (n, lanes, t_len) = (self.step.num_tasks, S::LANES, self.trunc_length);
-        let lopt = self.step.lopt;
         let (k_eps, k_unroll) = key.split();
         let eps = sample_perturbations(theta, k_eps, self.std, n);
-        // Step t, task i: key split(split(k_unroll, T)[t].k1, N)[i], as `unroll_step` does.
-        let task_keys: Vec<Vec<Key>> = k_unroll
-            .split_n(t_len)
-            .iter()
-            .map(|k| k.split().0.split_n(n))
-            .collect();
-        // One batch per group and step (the lanes of a group share it).
-        let groups = state.pos.len();
-        let batches: Vec<Vec<F::Batch>> = (0..t_len)
-            .map(|_| {
-                (0..groups)
-                    .map(|_| self.step.next_batch())
-                    .collect::<Result<_>>()
-            })
-            .collect::<Result<_>>()?;
-        let task = |g: usize, l: usize| (g * lanes + l).min(n - 1);
-        let outs: Vec<Vec<Vec<(UnrollOut, UnrollOut)>>> = state
-            .pos
-            .par_iter_mut()
-            .zip(state.neg.par_iter_mut())
-            .enumerate()
-            .map(|(g, (pos, neg))| {
-                // θ ± ε of each lane's task, packed.
-                let pack = |sign: f32| {
-                    let mut t = lopt.cast_theta::<f32, S>(theta);
-                    for l in 0..lanes {
-                        set_lane(&mut t, l, &shifted(theta, &eps[task(g, l)], sign));
-                    }
-                    t
-                };
-                let (tp, tn) = (pack(1.0), pack(-1.0));
-                let mut per_step = Vec::with_capacity(t_len);
-                for (t, keys) in task_keys.iter().enumerate() {
-                    let keys: Vec<Key> = (0..lanes).map(|l| keys[task(g, l)]).collect();
-                    let b = &batches[t][g];
-                    let op = self
-                        .step
-                        .unroll_group_step(&tp, pos, &keys, b, outer_iteration)?;
-                    let on = self
-                        .step
-                        .unroll_group_step(&tn, neg, &keys, b, outer_iteration)?;
-                    per_step.push(op.into_iter().zip(on).collect::<Vec<_>>());
-                }
-                Ok(per_step)
-            })
-            .collect::<Result<_>>()?;
+        let outs = self.step.unroll_antithetic(
+            theta,
+            &eps,
+            &mut state.pos,
+            &mut state.neg,
+            t_len,
+            k_unroll,
+            outer_iteration,
+        )?;
         let two_var = 2.0 * self.std as f64 * self.std as f64;
         let mut grad = theta.zeros_like();
         let mut mean_loss = 0.0f64;

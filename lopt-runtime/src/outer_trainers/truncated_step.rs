@@ -4,6 +4,8 @@
 
 use std::any::Any;
 
+use rayon::prelude::*;
+
 use crate::batch::{get_lane, set_lane};
 use crate::datasets::Datasets;
 use crate::error::{Error, Result};
@@ -72,6 +74,13 @@ pub struct LOptTruncatedStep<'a, F: TaskFamily, L: LearnedOptimizer, T: Truncati
     /// resets do not happen in lock step (0: off).
     pub random_initial_iteration_offset: usize,
     datasets: Option<Datasets<F::Batch>>,
+}
+
+/// `theta + sign · eps`.
+fn shifted<P: Params<Scalar = f32>>(theta: &P, eps: &P, sign: f32) -> P {
+    let mut t = theta.clone();
+    t.axpy(sign, eps);
+    t
 }
 
 /// A new task in `f32`: its configuration, optimizer state and run length.
@@ -315,6 +324,65 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 }
             })
             .collect())
+    }
+}
+
+impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedStep<'_, F, L, T> {
+    /// `t_len` steps of every task twice, the groups of `pos` with θ + εᵢ and those of
+    /// `neg` with θ − εᵢ (task `i` in lane `i mod S::LANES` of group `i / S::LANES`), with
+    /// the same keys and batches on both sides (`maybe_stacked_es_unroll`); groups run in
+    /// parallel. Step `t` of task `i` uses key `split(split(key, T)[t].k1, N)[i]`, as the
+    /// JAX library's `unroll_step` does. Returns `out[group][step][lane]` = (θ+ε, θ−ε).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn unroll_antithetic<S: Real>(
+        &self,
+        theta: &L::Theta<f32>,
+        eps: &[L::Theta<f32>],
+        pos: &mut [TaskGroup<F, L, S>],
+        neg: &mut [TaskGroup<F, L, S>],
+        t_len: usize,
+        key: Key,
+        outer_iteration: usize,
+    ) -> Result<Vec<Vec<Vec<(UnrollOut, UnrollOut)>>>> {
+        let (n, lanes) = (self.num_tasks, S::LANES);
+        let task_keys: Vec<Vec<Key>> = key
+            .split_n(t_len)
+            .iter()
+            .map(|k| k.split().0.split_n(n))
+            .collect();
+        // One batch per group and step (the lanes of a group share it).
+        let batches: Vec<Vec<F::Batch>> = (0..t_len)
+            .map(|_| {
+                (0..pos.len())
+                    .map(|_| self.next_batch())
+                    .collect::<Result<_>>()
+            })
+            .collect::<Result<_>>()?;
+        let task = |g: usize, l: usize| (g * lanes + l).min(n - 1);
+        pos.par_iter_mut()
+            .zip(neg.par_iter_mut())
+            .enumerate()
+            .map(|(g, (pos, neg))| {
+                // θ ± ε of each lane's task, packed.
+                let pack = |sign: f32| {
+                    let mut t = self.lopt.cast_theta::<f32, S>(theta);
+                    for l in 0..lanes {
+                        set_lane(&mut t, l, &shifted(theta, &eps[task(g, l)], sign));
+                    }
+                    t
+                };
+                let (tp, tn) = (pack(1.0), pack(-1.0));
+                let mut per_step = Vec::with_capacity(t_len);
+                for (t, keys) in task_keys.iter().enumerate() {
+                    let keys: Vec<Key> = (0..lanes).map(|l| keys[task(g, l)]).collect();
+                    let b = &batches[t][g];
+                    let op = self.unroll_group_step(&tp, pos, &keys, b, outer_iteration)?;
+                    let on = self.unroll_group_step(&tn, neg, &keys, b, outer_iteration)?;
+                    per_step.push(op.into_iter().zip(on).collect::<Vec<_>>());
+                }
+                Ok(per_step)
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,186 @@
+//! `LearnableAdam`: Adam whose four hyperparameters are meta-parameters (the JAX
+//! library's `LearnableAdam`).
+
+use crate::key::Key;
+use crate::optimizers::AdamState;
+use crate::params::Params;
+use crate::scalar::Real;
+use num_traits::One;
+
+use super::LearnedOptimizer;
+
+/// Adam with θ = `[log_lr, log(1 − β1), log(1 − β2), log eps]`, mapped to
+/// `Adam(e^log_lr, 1 − e^·, 1 − e^·, e^log_eps)` with `eps_root = 1e-8`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearnableAdam {
+    /// The learning rate θ starts from (default 1e-3).
+    pub initial_lr: f64,
+    /// β1 θ starts from (default 0.9).
+    pub initial_beta1: f64,
+    /// β2 θ starts from (default 0.999).
+    pub initial_beta2: f64,
+    /// eps θ starts from (default 1e-8).
+    pub initial_epsilon: f64,
+}
+
+impl Default for LearnableAdam {
+    fn default() -> Self {
+        LearnableAdam {
+            initial_lr: 1e-3,
+            initial_beta1: 0.9,
+            initial_beta2: 0.999,
+            initial_epsilon: 1e-8,
+        }
+    }
+}
+
+/// The leaves of the parameters, then of the two moments.
+impl<P: Params> Params for AdamState<P> {
+    type Scalar = P::Scalar;
+    fn num_leaves(&self) -> usize {
+        3 * self.params.num_leaves()
+    }
+    fn leaf(&self, i: usize) -> &[P::Scalar] {
+        let k = self.params.num_leaves();
+        match i / k {
+            0 => self.params.leaf(i),
+            1 => self.mu.leaf(i - k),
+            _ => self.nu.leaf(i - 2 * k),
+        }
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+        let k = self.params.num_leaves();
+        match i / k {
+            0 => self.params.leaf_mut(i),
+            1 => self.mu.leaf_mut(i - k),
+            _ => self.nu.leaf_mut(i - 2 * k),
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        let k = self.params.num_leaves();
+        out.push_str(["params", "mu", "nu"][i / k]);
+        let mut inner = String::new();
+        self.params.write_leaf_name(i % k, &mut inner);
+        if !inner.is_empty() {
+            out.push('.');
+            out.push_str(&inner);
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        self.params.leaf_shape(i % self.params.num_leaves())
+    }
+}
+
+impl LearnedOptimizer for LearnableAdam {
+    type Theta<S: Real> = [S; 4];
+    type State<P: Params> = AdamState<P>;
+
+    fn init(&self, _key: Key) -> [f32; 4] {
+        [
+            self.initial_lr.ln() as f32,
+            (1.0 - self.initial_beta1).ln() as f32,
+            (1.0 - self.initial_beta2).ln() as f32,
+            self.initial_epsilon.ln() as f32,
+        ]
+    }
+    fn cast_theta<T: Real, S: Real>(&self, theta: &[T; 4]) -> [S; 4] {
+        std::array::from_fn(|i| S::from_f64(theta[i].lane(0)))
+    }
+    fn init_state<P: Params>(
+        &self,
+        _theta: &[P::Scalar; 4],
+        params: P,
+        _n: Option<usize>,
+    ) -> AdamState<P> {
+        AdamState {
+            mu: params.zeros_like(),
+            nu: params.zeros_like(),
+            params,
+            iteration: 0,
+        }
+    }
+    /// optax's Adam with the hyperparameters of θ, lane by lane when θ is a packet.
+    fn update<P: Params>(
+        &self,
+        theta: &[P::Scalar; 4],
+        state: &mut AdamState<P>,
+        grad: &P,
+        _loss: P::Scalar,
+    ) {
+        crate::optimizers::assert_leaf_lengths(
+            "LearnableAdam::update: gradient vs params",
+            &state.params,
+            grad,
+        );
+        let one = P::Scalar::one();
+        let lr = theta[0].exp();
+        let (b1, b2) = (one - theta[1].exp(), one - theta[2].exp());
+        let eps = theta[3].exp();
+        let eps_root = P::Scalar::from_f64(1e-8);
+        let t = state.iteration as i32 + 1;
+        let (bc1, bc2) = (one - b1.powi(t), one - b2.powi(t));
+        let AdamState { params, mu, nu, .. } = state;
+        for i in 0..grad.num_leaves() {
+            let (p, m, v, g) = (
+                params.leaf_mut(i),
+                mu.leaf_mut(i),
+                nu.leaf_mut(i),
+                grad.leaf(i),
+            );
+            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                *m = (one - b1) * g + b1 * *m;
+                *v = (one - b2) * (g * g) + b2 * *v;
+                *p -= lr * (*m / bc1) / ((*v / bc2 + eps_root).sqrt() + eps);
+            }
+        }
+        state.iteration += 1;
+    }
+    fn params<'s, P: Params>(&self, state: &'s AdamState<P>) -> &'s P {
+        &state.params
+    }
+    fn set_params<P: Params>(&self, state: &mut AdamState<P>, params: P) {
+        state.params = params;
+    }
+    fn iteration<P: Params>(&self, state: &AdamState<P>) -> usize {
+        state.iteration
+    }
+    fn name(&self) -> String {
+        "LearnableAdam".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizers::{Adam, Optimizer};
+
+    /// θ from the defaults steps exactly as `Adam` with the same hyperparameters (f64).
+    #[test]
+    fn matches_adam_with_the_same_hyperparameters() {
+        let la = LearnableAdam {
+            initial_lr: 0.05,
+            ..LearnableAdam::default()
+        };
+        let theta: [f64; 4] = la.cast_theta::<f32, f64>(&la.init(Key::new(0)));
+        // f32 θ: compare with Adam at the hyperparameters θ actually holds.
+        let adam = Adam {
+            lr: theta[0].exp(),
+            beta1: 1.0 - theta[1].exp(),
+            beta2: 1.0 - theta[2].exp(),
+            epsilon: theta[3].exp(),
+            epsilon_root: 1e-8,
+        };
+        let p0: Vec<f64> = Key::new(1).normal_vec(7);
+        let opt = la.opt_fn(&theta);
+        let (mut a, mut b) = (opt.init(p0.clone(), None), adam.init(p0.clone(), None));
+        for t in 0..5 {
+            let g: Vec<f64> = Key::new(10 + t).normal_vec(7);
+            opt.update(&mut a, &g, 0.0);
+            adam.update(&mut b, &g, 0.0);
+        }
+        for (x, y) in a.params.iter().zip(&b.params) {
+            assert!((x - y).abs() < 1e-12 * y.abs().max(1.0), "{x} vs {y}");
+        }
+        assert!(a.params.iter().zip(&p0).all(|(x, y)| (x - y).abs() > 1e-3));
+    }
+}

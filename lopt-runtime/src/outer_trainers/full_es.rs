@@ -1,0 +1,182 @@
+//! Antithetic evolution strategies over whole inner training runs
+//! (`outer_trainers/full_es.py`).
+
+use std::marker::PhantomData;
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::learned_optimizers::LearnedOptimizer;
+use crate::params::Params;
+use crate::scalar::Real;
+use crate::task::TaskFamily;
+
+use super::truncated_pes::sample_perturbations;
+use super::truncated_step::{LOptTruncatedStep, UnrollOut};
+use super::truncation_schedule::TruncationSchedule;
+use super::{GradientEstimator, GradientEstimatorOut};
+
+/// How a run's step losses make its meta-loss (`loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EsLoss {
+    /// The mean over the run (`"avg"`).
+    #[default]
+    Avg,
+    /// The smallest step loss (`"min"`).
+    Min,
+    /// The last step's loss (`"last"`).
+    Last,
+}
+
+/// `FullES(truncated_step, truncation_schedule, std=0.01, loss_type="avg")`: every
+/// estimate trains fresh tasks from the start for a whole run with θ + εᵢ and θ − εᵢ
+/// (the same tasks, keys and data on both sides) and returns
+///
+/// `ĝ = meanᵢ Δᵢ · εᵢ / (2σ²)`, `Δᵢ = f(θ + εᵢ) − f(θ − εᵢ)`,
+///
+/// with non-finite Δ counted as 0 and, optionally, Δ clipped to `±clip_loss_diff`. The
+/// step's own schedule must never end a run ([`NeverEndingTruncationSchedule`]); the run
+/// length comes from `schedule`. Tasks train in groups of `S::LANES`
+/// ([`FullEs::batched`]), groups in parallel.
+///
+/// [`NeverEndingTruncationSchedule`]: super::NeverEndingTruncationSchedule
+pub struct FullEs<'a, F, L, T, U, S = f32>
+where
+    F: TaskFamily,
+    L: LearnedOptimizer,
+    T: TruncationSchedule,
+    U: TruncationSchedule,
+    S: Real,
+{
+    /// The inner training (its schedule must never end a run).
+    pub step: LOptTruncatedStep<'a, F, L, T>,
+    /// The length of each estimate's runs.
+    pub schedule: U,
+    /// Standard deviation σ of the perturbations.
+    pub std: f32,
+    /// How step losses make a run's meta-loss.
+    pub loss: EsLoss,
+    /// Clip each Δ to `±clip_loss_diff` (off when `None`).
+    pub clip_loss_diff: Option<f32>,
+    lanes: PhantomData<S>,
+}
+
+impl<'a, F, L, T, U> FullEs<'a, F, L, T, U, f32>
+where
+    F: TaskFamily,
+    L: LearnedOptimizer,
+    T: TruncationSchedule,
+    U: TruncationSchedule,
+{
+    /// Full-run ES over `step` with run lengths from `schedule` and perturbations of
+    /// standard deviation `std` (mean loss over the run, no clipping).
+    ///
+    /// Errors when `std` is not finite and positive, or when the step's schedule ends runs.
+    pub fn new(step: LOptTruncatedStep<'a, F, L, T>, schedule: U, std: f32) -> Result<Self> {
+        if !(std.is_finite() && std > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "FullEs: std must be finite and > 0 (got {std})"
+            )));
+        }
+        if step.schedule.init(Key::new(0), 0) != usize::MAX {
+            return Err(Error::InvalidArgument(
+                "FullEs: the truncated step's schedule must never end a run \
+                 (NeverEndingTruncationSchedule); FullEs's own schedule sets the length"
+                    .into(),
+            ));
+        }
+        Ok(FullEs {
+            step,
+            schedule,
+            std,
+            loss: EsLoss::Avg,
+            clip_loss_diff: None,
+            lanes: PhantomData,
+        })
+    }
+
+    /// The same estimator with tasks in SIMD lanes of `S`, one task and one θ ± ε per lane.
+    pub fn batched<S: Real>(self) -> FullEs<'a, F, L, T, U, S> {
+        FullEs {
+            step: self.step,
+            schedule: self.schedule,
+            std: self.std,
+            loss: self.loss,
+            clip_loss_diff: self.clip_loss_diff,
+            lanes: PhantomData,
+        }
+    }
+}
+
+/// A run's meta-loss from its step outputs.
+fn run_loss(loss: EsLoss, out: impl Iterator<Item = UnrollOut>) -> f64 {
+    let losses: Vec<f64> = out.map(|o| o.loss as f64).collect();
+    match loss {
+        EsLoss::Avg => losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+        EsLoss::Min => losses.iter().copied().fold(f64::INFINITY, f64::min),
+        EsLoss::Last => losses.last().copied().unwrap_or(0.0),
+    }
+}
+
+impl<F, L, T, U, S> GradientEstimator<L> for FullEs<'_, F, L, T, U, S>
+where
+    F: TaskFamily,
+    L: LearnedOptimizer,
+    T: TruncationSchedule,
+    U: TruncationSchedule,
+    S: Real,
+{
+    /// Every estimate starts fresh tasks: nothing is carried.
+    type WorkerState = ();
+
+    fn init_worker_state(&self, _theta: &L::Theta<f32>, _key: Key, _outer: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn compute_gradient_estimate(
+        &self,
+        theta: &L::Theta<f32>,
+        _state: &mut (),
+        key: Key,
+        outer_iteration: usize,
+    ) -> Result<GradientEstimatorOut<L::Theta<f32>>> {
+        let (n, lanes) = (self.step.num_tasks, S::LANES);
+        let k = key.split_n(4);
+        let eps = sample_perturbations(theta, k[0], self.std, n);
+        let t_len = self.schedule.init(k[1], outer_iteration).max(1);
+        // Both sides start from the same tasks (the same key).
+        let mut pos = self
+            .step
+            .init_step_state::<S>(theta, k[2], outer_iteration)?;
+        let mut neg = pos.clone();
+        let outs = self.step.unroll_antithetic(
+            theta,
+            &eps,
+            &mut pos,
+            &mut neg,
+            t_len,
+            k[3],
+            outer_iteration,
+        )?;
+        let two_var = 2.0 * self.std as f64 * self.std as f64;
+        let mut grad = theta.zeros_like();
+        let mut mean_loss = 0.0;
+        for (i, e) in eps.iter().enumerate() {
+            let (g, l) = (i / lanes, i % lanes);
+            let fp = run_loss(self.loss, outs[g].iter().map(|s| s[l].0));
+            let fm = run_loss(self.loss, outs[g].iter().map(|s| s[l].1));
+            let mut delta = fp - fm;
+            if !delta.is_finite() {
+                delta = 0.0;
+            }
+            if let Some(c) = self.clip_loss_diff {
+                delta = delta.clamp(-c as f64, c as f64);
+            }
+            grad.axpy((delta / two_var / n as f64) as f32, e);
+            mean_loss += (fp + fm) / 2.0 / n as f64;
+        }
+        Ok(GradientEstimatorOut {
+            mean_loss: mean_loss as f32,
+            grad,
+        })
+    }
+}
