@@ -26,6 +26,24 @@ fn unrolled_loss(family: &Fam, s: &TaskGroup<Fam, LearnableSgd>, log_lr: f64, t_
     total / t_len as f64
 }
 
+/// The derivative in `log_lr` of the tasks' mean meta-loss: central differences in f64.
+fn mean_slope(
+    family: &Fam,
+    tasks: &[TaskGroup<Fam, LearnableSgd>],
+    log_lr: f64,
+    t_len: usize,
+) -> f64 {
+    let h = 1e-4;
+    let f = |x: f64| {
+        tasks
+            .iter()
+            .map(|s| unrolled_loss(family, s, x, t_len))
+            .sum::<f64>()
+            / tasks.len() as f64
+    };
+    (f(log_lr + h) - f(log_lr - h)) / (2.0 * h)
+}
+
 #[test]
 fn first_pes_estimate_is_the_es_gradient_of_the_truncation_loss() {
     let family = Fam { dim: 4 };
@@ -47,15 +65,8 @@ fn first_pes_estimate_is_the_es_gradient_of_the_truncation_loss() {
         .unwrap();
 
     // The true gradient of the mean truncation loss: central differences in f64 per task.
-    let (th, h) = (theta[0] as f64, 1e-4);
-    let true_grad = tasks
-        .iter()
-        .map(|s| {
-            (unrolled_loss(&family, s, th + h, t_len) - unrolled_loss(&family, s, th - h, t_len))
-                / (2.0 * h)
-        })
-        .sum::<f64>()
-        / n as f64;
+    let th = theta[0] as f64;
+    let true_grad = mean_slope(&family, &tasks, th, t_len);
     let mean_loss = tasks
         .iter()
         .map(|s| unrolled_loss(&family, s, th, t_len))
@@ -303,15 +314,8 @@ fn full_es_estimates_the_gradient_of_the_run_loss() {
         .step
         .init_step_state(&theta, key.split_n(4)[2], 0)
         .unwrap();
-    let (th, h) = (theta[0] as f64, 1e-4);
-    let true_grad = tasks
-        .iter()
-        .map(|s| {
-            (unrolled_loss(&family, s, th + h, t_len) - unrolled_loss(&family, s, th - h, t_len))
-                / (2.0 * h)
-        })
-        .sum::<f64>()
-        / n as f64;
+    let th = theta[0] as f64;
+    let true_grad = mean_slope(&family, &tasks, th, t_len);
     let g = est.grad[0] as f64;
     assert!(
         true_grad.abs() > 1.0,

@@ -2,6 +2,7 @@
 //! library's `LearnableAdam`).
 
 use crate::key::Key;
+use crate::optimizers::adam::AdamStep;
 use crate::optimizers::AdamState;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -113,26 +114,19 @@ impl LearnedOptimizer for LearnableAdam {
             grad,
         );
         let one = P::Scalar::one();
-        let lr = theta[0].exp();
         let (b1, b2) = (one - theta[1].exp(), one - theta[2].exp());
-        let eps = theta[3].exp();
-        let eps_root = P::Scalar::from_f64(1e-8);
         let t = state.iteration as i32 + 1;
-        let (bc1, bc2) = (one - b1.powi(t), one - b2.powi(t));
-        let AdamState { params, mu, nu, .. } = state;
-        for i in 0..grad.num_leaves() {
-            let (p, m, v, g) = (
-                params.leaf_mut(i),
-                mu.leaf_mut(i),
-                nu.leaf_mut(i),
-                grad.leaf(i),
-            );
-            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                *m = (one - b1) * g + b1 * *m;
-                *v = (one - b2) * (g * g) + b2 * *v;
-                *p -= lr * (*m / bc1) / ((*v / bc2 + eps_root).sqrt() + eps);
-            }
+        AdamStep {
+            b1,
+            one_minus_b1: theta[1].exp(),
+            b2,
+            one_minus_b2: theta[2].exp(),
+            step_scale: -theta[0].exp() / (one - b1.powi(t)),
+            inv_bc2: one / (one - b2.powi(t)),
+            eps: theta[3].exp(),
+            eps_root: P::Scalar::from_f64(1e-8),
         }
+        .apply(state, grad);
         state.iteration += 1;
     }
     fn params<'s, P: Params>(&self, state: &'s AdamState<P>) -> &'s P {

@@ -90,6 +90,60 @@ pub struct AdamState<P> {
     pub iteration: usize,
 }
 
+/// The constants of one Adam step in the parameters' scalar (per lane when it is a packet,
+/// as for a learned Adam whose hyperparameters differ per lane).
+pub(crate) struct AdamStep<S> {
+    pub b1: S,
+    pub one_minus_b1: S,
+    pub b2: S,
+    pub one_minus_b2: S,
+    /// `−lr / (1 − β1^t)`.
+    pub step_scale: S,
+    /// `1 / (1 − β2^t)`.
+    pub inv_bc2: S,
+    pub eps: S,
+    pub eps_root: S,
+}
+
+impl<S: Real> AdamStep<S> {
+    /// `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`,
+    /// `p ← p − lr·m̂ / (sqrt(v̂ + eps_root) + eps)` on every leaf; the iteration is the
+    /// caller's.
+    pub(crate) fn apply<P: Params<Scalar = S>>(&self, state: &mut AdamState<P>, grad: &P) {
+        let AdamStep {
+            b1,
+            one_minus_b1,
+            b2,
+            one_minus_b2,
+            step_scale,
+            inv_bc2,
+            eps,
+            eps_root,
+        } = *self;
+        let AdamState { params, mu, nu, .. } = state;
+        for i in 0..grad.num_leaves() {
+            let (p, m, v, g) = (
+                params.leaf_mut(i),
+                mu.leaf_mut(i),
+                nu.leaf_mut(i),
+                grad.leaf(i),
+            );
+            // Indexing slices cut to one length (no bounds checks) compiles to a tighter
+            // loop than a four-way `zip`, whose per-element end tests LLVM keeps.
+            let n = p.len();
+            let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
+            for i in 0..n {
+                let (mi, vi, gi) = (m[i], v[i], g[i]);
+                let mi = one_minus_b1 * gi + b1 * mi;
+                let vi = one_minus_b2 * (gi * gi) + b2 * vi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] += (step_scale * mi) / ((vi * inv_bc2 + eps_root).sqrt() + eps);
+            }
+        }
+    }
+}
+
 /// `beta^t` for the bias corrections: `powi` (a few multiplications, within a few f64
 /// ulps) rather than `powf`, whose libm call cost as much as a small task's whole update.
 fn step_power(beta: f64, t: usize) -> f64 {
@@ -128,27 +182,17 @@ impl<P: Params> Optimizer<P> for Adam {
         let step_scale = s(-self.lr / (1.0 - step_power(self.beta1, t)));
         let inv_bc2 = s(1.0 / (1.0 - step_power(self.beta2, t)));
         let (eps, eps_root) = (s(self.epsilon), s(self.epsilon_root));
-        let AdamState { params, mu, nu, .. } = state;
-        for i in 0..grad.num_leaves() {
-            let (p, m, v, g) = (
-                params.leaf_mut(i),
-                mu.leaf_mut(i),
-                nu.leaf_mut(i),
-                grad.leaf(i),
-            );
-            // Indexing slices cut to one length (no bounds checks) compiles to a tighter
-            // loop than a four-way `zip`, whose per-element end tests LLVM keeps.
-            let n = p.len();
-            let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
-            for i in 0..n {
-                let (mi, vi, gi) = (m[i], v[i], g[i]);
-                let mi = one_minus_b1 * gi + b1 * mi;
-                let vi = one_minus_b2 * (gi * gi) + b2 * vi;
-                m[i] = mi;
-                v[i] = vi;
-                p[i] += (step_scale * mi) / ((vi * inv_bc2 + eps_root).sqrt() + eps);
-            }
-        }
+        let step = AdamStep {
+            b1,
+            one_minus_b1,
+            b2,
+            one_minus_b2,
+            step_scale,
+            inv_bc2,
+            eps,
+            eps_root,
+        };
+        step.apply(state, grad);
         state.iteration += 1;
     }
 

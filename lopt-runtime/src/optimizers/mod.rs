@@ -14,7 +14,7 @@
 //! | `RMSProp` | [`RmsProp`] | `lr = 0.01, decay = 0.9, epsilon = 1e-8, momentum = 0, nesterov = false` |
 //! | `GradientClipOptimizer` | [`GradientClip`] | `grad_clip = 3.0` |
 
-mod adam;
+pub(crate) mod adam;
 mod gradient_clip;
 mod rmsprop;
 mod sgd;
