@@ -26,50 +26,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lopt::eval_training::plot::{plot_png, Line, Panel};
 use lopt::learned_optimizers::{LearnedOptimizer, MlpLOpt, MlpLOptTheta};
 use lopt::outer_trainers::{
-    ConstantTruncationSchedule, GradientEstimator, GradientLearner, LOptTruncatedStep,
-    LogUniformLengthSchedule, SingleMachineGradientLearner, TruncatedPes,
+    load_checkpoint, save_checkpoint, ConstantTruncationSchedule, GradientEstimator,
+    GradientLearner, LOptTruncatedStep, LogUniformLengthSchedule, SingleMachineGradientLearner,
+    TruncatedPes,
 };
-use lopt::params::ParamsRecord;
 use lopt::prelude::*;
 use lopt::tasks::image_mlp::ImageMlpFamily;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
-use serde::{Deserialize, Serialize};
 
 /// Held-out tasks of each evaluation.
 const EVAL_TASKS: usize = 16;
 /// Outer steps between checkpoints.
 const CHECKPOINT_EVERY: usize = 50;
-
-/// What a checkpoint holds: θ, its Adam state and the meta-loss so far.
-#[derive(Serialize, Deserialize)]
-struct Checkpoint {
-    outer_iteration: usize,
-    theta: ParamsRecord,
-    adam_mu: ParamsRecord,
-    adam_nu: ParamsRecord,
-    meta_losses: Vec<f32>,
-}
-
-/// Writes `ck` to `path` atomically: a temporary file in the same directory, then a rename.
-fn save(path: &Path, ck: &Checkpoint) -> lopt::Result<()> {
-    let io = |e: std::io::Error| lopt::Error::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    std::fs::create_dir_all(path.parent().expect("a file path")).map_err(io)?;
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string(ck).map_err(|e| lopt::Error::Data(e.to_string()))?;
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
-fn load(path: &Path) -> lopt::Result<Checkpoint> {
-    let text = std::fs::read_to_string(path).map_err(|e| lopt::Error::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| lopt::Error::Data(format!("{}: {e}", path.display())))
-}
 
 /// The training batches of an evaluation: one per step, the same for every optimizer.
 fn eval_batches<F: TaskFamily>(family: &F, steps: usize) -> lopt::Result<Vec<F::Batch>> {
@@ -141,12 +109,8 @@ fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
     let theta0: MlpLOptTheta<f32> = learner.learner.theta(&state.learner).clone();
     let mut meta_losses = Vec::new();
     if resume && checkpoint.exists() {
-        let ck = load(checkpoint)?;
-        let s = &mut state.learner.theta_opt_state;
-        s.params.from_record(&ck.theta)?;
-        s.mu.from_record(&ck.adam_mu)?;
-        s.nu.from_record(&ck.adam_nu)?;
-        s.iteration = ck.outer_iteration;
+        let ck = load_checkpoint(checkpoint)?;
+        learner.learner.restore(&mut state.learner, &ck)?;
         meta_losses = ck.meta_losses;
         println!(
             "  resumed from {} at outer step {}",
@@ -174,16 +138,9 @@ fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
         ));
         bar.set_position(i as u64 + 1);
         if (i + 1) % CHECKPOINT_EVERY == 0 || i + 1 == outer_steps {
-            let s = &state.learner.theta_opt_state;
-            save(
+            save_checkpoint(
                 checkpoint,
-                &Checkpoint {
-                    outer_iteration: s.iteration,
-                    theta: s.params.to_record()?,
-                    adam_mu: s.mu.to_record()?,
-                    adam_nu: s.nu.to_record()?,
-                    meta_losses: meta_losses.clone(),
-                },
+                &learner.learner.checkpoint(&state.learner, &meta_losses)?,
             )?;
         }
     }

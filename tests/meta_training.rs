@@ -339,3 +339,77 @@ fn full_es_estimates_the_gradient_of_the_run_loss() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// A checkpoint restores θ, its Adam moments and the outer iteration exactly; it is
+/// written atomically, and a damaged or mismatched one is an error.
+#[test]
+fn learner_checkpoints_round_trip() {
+    use lopt::outer_trainers::{load_checkpoint, save_checkpoint};
+    let family = Fam { dim: 4 };
+    let lopt = MlpLOpt::default();
+    let make = || {
+        let step = LOptTruncatedStep::new(
+            &family,
+            &lopt,
+            ConstantTruncationSchedule { total_length: 8 },
+            4,
+        )
+        .unwrap();
+        SingleMachineGradientLearner {
+            learner: GradientLearner {
+                lopt: &lopt,
+                theta_opt: Adam::new(1e-3),
+            },
+            estimators: vec![TruncatedPes::new(step, 3, 0.01).unwrap()],
+        }
+    };
+    let learner = make();
+    let mut state = learner.init(Key::new(0)).unwrap();
+    let mut losses = Vec::new();
+    for k in Key::new(1).split_n(3) {
+        losses.push(learner.update(&mut state, k).unwrap());
+    }
+    let dir = std::env::temp_dir().join(format!("lopt-ck-{}", std::process::id()));
+    let path = dir.join("learner.json");
+    save_checkpoint(
+        &path,
+        &learner.learner.checkpoint(&state.learner, &losses).unwrap(),
+    )
+    .unwrap();
+    assert!(!dir.join("learner.json.tmp").exists());
+    let ck = load_checkpoint(&path).unwrap();
+    assert_eq!(ck.meta_losses, losses);
+
+    let other = make();
+    let mut fresh = other.init(Key::new(99)).unwrap();
+    assert_ne!(
+        other.learner.theta(&fresh.learner),
+        learner.learner.theta(&state.learner)
+    );
+    other.learner.restore(&mut fresh.learner, &ck).unwrap();
+    let (a, b) = (
+        &fresh.learner.theta_opt_state,
+        &state.learner.theta_opt_state,
+    );
+    assert_eq!(
+        (&a.params, &a.mu, &a.nu, a.iteration),
+        (&b.params, &b.mu, &b.nu, b.iteration)
+    );
+    assert_eq!(other.learner.outer_iteration(&fresh.learner), 3);
+
+    // Another network shape does not load; a truncated file is a data error.
+    let small = MlpLOpt {
+        hidden_size: 8,
+        ..MlpLOpt::default()
+    };
+    let learner_small = GradientLearner {
+        lopt: &small,
+        theta_opt: Adam::new(1e-3),
+    };
+    let mut st = learner_small.init(Key::new(0));
+    assert!(learner_small.restore(&mut st, &ck).is_err());
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+    assert!(matches!(load_checkpoint(&path), Err(Error::Data(_))));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

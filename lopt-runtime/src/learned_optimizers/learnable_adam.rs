@@ -35,43 +35,6 @@ impl Default for LearnableAdam {
     }
 }
 
-/// The leaves of the parameters, then of the two moments.
-impl<P: Params> Params for AdamState<P> {
-    type Scalar = P::Scalar;
-    fn num_leaves(&self) -> usize {
-        3 * self.params.num_leaves()
-    }
-    fn leaf(&self, i: usize) -> &[P::Scalar] {
-        let k = self.params.num_leaves();
-        match i / k {
-            0 => self.params.leaf(i),
-            1 => self.mu.leaf(i - k),
-            _ => self.nu.leaf(i - 2 * k),
-        }
-    }
-    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
-        let k = self.params.num_leaves();
-        match i / k {
-            0 => self.params.leaf_mut(i),
-            1 => self.mu.leaf_mut(i - k),
-            _ => self.nu.leaf_mut(i - 2 * k),
-        }
-    }
-    fn write_leaf_name(&self, i: usize, out: &mut String) {
-        let k = self.params.num_leaves();
-        out.push_str(["params", "mu", "nu"][i / k]);
-        let mut inner = String::new();
-        self.params.write_leaf_name(i % k, &mut inner);
-        if !inner.is_empty() {
-            out.push('.');
-            out.push_str(&inner);
-        }
-    }
-    fn leaf_shape(&self, i: usize) -> Vec<usize> {
-        self.params.leaf_shape(i % self.params.num_leaves())
-    }
-}
-
 impl LearnedOptimizer for LearnableAdam {
     type Theta<S: Real> = [S; 4];
     type State<P: Params> = AdamState<P>;

@@ -5,12 +5,14 @@
 //! returns an estimate of the meta-gradient; a [`GradientLearner`] averages the estimates
 //! of its estimators and applies an ordinary optimizer (Adam) to θ.
 
+mod checkpoint;
 mod full_es;
 mod gradient_learner;
 mod truncated_pes;
 mod truncated_step;
 mod truncation_schedule;
 
+pub use checkpoint::{load_checkpoint, save_checkpoint, LearnerCheckpoint};
 pub use full_es::{EsLoss, FullEs};
 pub use gradient_learner::{
     GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner,
