@@ -413,3 +413,37 @@ fn learner_checkpoints_round_trip() {
     assert!(matches!(load_checkpoint(&path), Err(Error::Data(_))));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Inner training that diverges to infinity and NaN does not stop meta-training: the
+/// learner counts non-finite gradient elements as 0 and a non-finite meta-loss as 20.
+#[test]
+fn meta_training_survives_diverging_tasks() {
+    let family = Fam { dim: 10 };
+    let lopt = LearnableSgd { initial_lr: 1e3 }; // curvature 2: any lr above 1 diverges
+    let step = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 200 },
+        4,
+    )
+    .unwrap();
+    let learner = SingleMachineGradientLearner {
+        learner: GradientLearner {
+            lopt: &lopt,
+            theta_opt: Adam::new(1e-2),
+        },
+        estimators: vec![TruncatedPes::new(step, 50, 0.01).unwrap()],
+    };
+    let mut state = learner.init(Key::new(0)).unwrap();
+    let mut saw_clipped = false;
+    for k in Key::new(1).split_n(4) {
+        let loss = learner.update(&mut state, k).unwrap();
+        assert!(loss.is_finite());
+        saw_clipped |= loss == 20.0;
+    }
+    assert!(
+        saw_clipped,
+        "the inner runs must have diverged for this test to mean anything"
+    );
+    assert!(learner.learner.theta(&state.learner)[0].is_finite());
+}
