@@ -382,3 +382,28 @@ fn unread_and_gradient_free_fields_get_zeros_of_their_shape() {
     assert_eq!(g.tag, "kept");
     assert!(g.same_shape(&p));
 }
+
+// ---------- relu(a + b): one fused rule ----------
+
+/// `relu(x w + b)` (fused), `(s + t).relu()` on scalars and `relu(a + b)` of two
+/// matrices, in both the free-function and the method form.
+#[task]
+fn fused_relu<S: Real>(p: &Two<S>, x: &DMatrix<f64>) -> S {
+    let h = relu(x * p.w1 + p.b1);
+    let o = (h * p.w2 + p.b2).relu();
+    let s = (sum(o) * 0.1 + 0.3).relu() + relu(sum(p.b2) - 10.0);
+    let m = relu(p.w1 + p.w1 * 0.5);
+    s + mean(m)
+}
+
+#[test]
+fn relu_of_a_sum_matches_finite_differences() {
+    let p = Two {
+        w1: rand_mat(4, 5, 50, 0.7),
+        b1: rand_mat(5, 1, 51, 0.3).column(0).into_owned(),
+        w2: rand_mat(5, 3, 52, 0.7),
+        b2: rand_mat(3, 1, 53, 0.3).column(0).into_owned(),
+    };
+    let x = rand_mat(6, 4, 54, 1.0);
+    check!(fused_relu, p, &x);
+}
