@@ -497,3 +497,40 @@ fn rebind_every_leaf_type() {
     let a: [f32; 2] = [0.1f64, 0.2].cast();
     assert_eq!(a, [0.1f64 as f32, 0.2f64 as f32]);
 }
+
+#[test]
+fn hollow_like_allocates_no_dynamic_leaf_and_fill_hollow_restores_zeros() {
+    let p = net();
+    let mut h = p.hollow_like();
+    // Dynamic leaves empty, static ones zeros, the skipped field carried along.
+    assert!(h.layer.w.is_empty() && h.layer.b.is_empty() && h.m.is_empty());
+    assert!(h.v.is_empty() && h.list.is_empty());
+    assert_eq!(h.sm, SMatrix::<f32, 2, 3>::zeros());
+    assert_eq!((h.arr, h.scale, h.width), ([0.0; 3], 0.0, 17));
+    // Overwrite some leaves (a gradient), leave the others hollow (fields never read).
+    let w = DMatrix::from_fn(W.0, W.1, |i, j| (i + 10 * j) as f32);
+    let list = vec![1.0, 2.0, 3.0, 4.0];
+    h.layer.w = w.clone();
+    h.list = list.clone();
+    h.scale = 2.5;
+    h.fill_hollow(&p);
+    let mut want = p.zeros_like();
+    want.layer.w = w;
+    want.list = list;
+    want.scale = 2.5;
+    assert_eq!(h, want);
+    assert!(h.same_shape(&p));
+    // Nothing overwritten: the same as `zeros_like`.
+    let mut z = p.hollow_like();
+    z.fill_hollow(&p);
+    assert_eq!(z, p.zeros_like());
+}
+
+#[test]
+fn fill_hollow_keeps_legitimately_empty_leaves_and_their_shapes() {
+    let p = net_with((0, 4)); // `m` is 0 x 4
+    let mut h = p.hollow_like();
+    h.fill_hollow(&p);
+    assert_eq!(h.m.shape(), (0, 4));
+    assert_eq!(h, p.zeros_like());
+}

@@ -334,3 +334,76 @@ fn gradients_of_overlapping_reads_add_up() {
     let x = rand_mat(6, 4, 34, 1.0);
     check!(whole_and_field, p, &x);
 }
+
+// ---------- fields the loss never reads, or reads without a gradient ----------
+
+#[derive(Params, Clone, Debug)]
+struct Partly<S: Real> {
+    inner: Two<S>,
+    used: DVector<S>,
+    unread: DMatrix<S>,
+    frozen: DVector<S>,
+    #[params(skip)]
+    tag: String,
+}
+
+/// Reads `used`, one nested field (`inner.w2`) and `frozen` through `stop_gradient` only.
+#[task]
+fn partly<S: Real>(p: &Partly<S>, _data: &()) -> S {
+    sum(square(p.used)) + sum(p.inner.w2) * sum(stop_gradient(p.frozen))
+}
+
+#[test]
+fn unread_and_gradient_free_fields_get_zeros_of_their_shape() {
+    let p = Partly {
+        inner: Two {
+            w1: rand_mat(4, 5, 40, 0.7),
+            b1: rand_mat(5, 1, 41, 0.3).column(0).into_owned(),
+            w2: rand_mat(5, 3, 42, 0.7),
+            b2: rand_mat(3, 1, 43, 0.3).column(0).into_owned(),
+        },
+        used: rand_mat(3, 1, 44, 1.0).column(0).into_owned(),
+        unread: rand_mat(2, 6, 45, 1.0),
+        frozen: rand_mat(4, 1, 46, 1.0).column(0).into_owned(),
+        tag: "kept".into(),
+    };
+    // (No finite differences: they would see through `stop_gradient`.)
+    let (v, g) = partly::value_and_grad(&p, &());
+    assert_eq!(v, partly(&p, &()));
+    // d/d used = 2 used; d/d w2 = Σ frozen everywhere; the rest zeros of the right shape.
+    assert_eq!(g.used, &p.used * 2.0);
+    let sf: f64 = p.frozen.sum();
+    assert_eq!(g.inner.w2, DMatrix::from_element(5, 3, sf));
+    assert_eq!(g.inner.w1, DMatrix::zeros(4, 5));
+    assert_eq!(g.inner.b1, DVector::zeros(5));
+    assert_eq!(g.inner.b2, DVector::zeros(3));
+    assert_eq!(g.unread, DMatrix::zeros(2, 6));
+    assert_eq!(g.frozen, DVector::zeros(4));
+    assert_eq!(g.tag, "kept");
+    assert!(g.same_shape(&p));
+}
+
+// ---------- relu(a + b): one fused rule ----------
+
+/// `relu(x w + b)` (fused), `(s + t).relu()` on scalars and `relu(a + b)` of two
+/// matrices, in both the free-function and the method form.
+#[task]
+fn fused_relu<S: Real>(p: &Two<S>, x: &DMatrix<f64>) -> S {
+    let h = relu(x * p.w1 + p.b1);
+    let o = (h * p.w2 + p.b2).relu();
+    let s = (sum(o) * 0.1 + 0.3).relu() + relu(sum(p.b2) - 10.0);
+    let m = relu(p.w1 + p.w1 * 0.5);
+    s + mean(m)
+}
+
+#[test]
+fn relu_of_a_sum_matches_finite_differences() {
+    let p = Two {
+        w1: rand_mat(4, 5, 50, 0.7),
+        b1: rand_mat(5, 1, 51, 0.3).column(0).into_owned(),
+        w2: rand_mat(5, 3, 52, 0.7),
+        b2: rand_mat(3, 1, 53, 0.3).column(0).into_owned(),
+    };
+    let x = rand_mat(6, 4, 54, 1.0);
+    check!(fused_relu, p, &x);
+}

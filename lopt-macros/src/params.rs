@@ -437,10 +437,32 @@ fn expand_params(cont: &Container) -> TokenStream {
         quote!(::lopt::__private::write_field_leaf_name(out, #name, #x, j))
     });
 
+    // Field by field: leaves hollow, skipped fields carried along as `zeros_like` does.
+    let hollow = cont.fields.iter().map(|f| {
+        let m = &f.member;
+        if f.skip {
+            quote!(#m: ::core::clone::Clone::clone(&self.#m))
+        } else {
+            quote_spanned!(f.ty.span()=> #m: ::lopt::Params::hollow_like(&self.#m))
+        }
+    });
+    let fill = cont.leaves().map(|f| {
+        let m = &f.member;
+        quote_spanned!(f.ty.span()=> ::lopt::Params::fill_hollow(&mut self.#m, &like.#m);)
+    });
+
     quote! {
         #[automatically_derived]
         impl #impl_g ::lopt::Params for #ident #ty_g #where_clause {
             type Scalar = #scalar;
+
+            fn hollow_like(&self) -> Self {
+                Self { #(#hollow,)* }
+            }
+
+            fn fill_hollow(&mut self, like: &Self) {
+                #(#fill)*
+            }
 
             #[inline]
             fn num_leaves(&self) -> usize {

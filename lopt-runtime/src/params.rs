@@ -104,6 +104,41 @@ pub trait Params: Clone + Send + Sync + std::fmt::Debug + 'static {
         z
     }
 
+    /// A tree like `self` for code that is about to overwrite most of its leaves (a
+    /// gradient assembled from per-field adjoints): dynamically sized leaves (`DMatrix`,
+    /// `DVector`, `RowDVector`, `Vec`) are left *empty*, allocating nothing; other leaves
+    /// are zeros; fields marked `#[params(skip)]` are cloned. Not a valid tree of
+    /// `self`'s shape until [`Params::fill_hollow`] has run.
+    ///
+    /// The default is [`Params::zeros_like`] (nothing hollow); `#[derive(Params)]` asks
+    /// each field.
+    ///
+    /// ```
+    /// use lopt_runtime::params::Params;
+    /// use nalgebra::{DMatrix, DVector};
+    ///
+    /// let (w, b) = (DMatrix::<f32>::from_element(2, 3, 1.0), DVector::<f32>::from_element(4, 1.0));
+    /// let (mut gw, mut gb) = (w.hollow_like(), b.hollow_like());
+    /// assert!(gw.is_empty() && gb.is_empty());
+    /// gw = DMatrix::from_element(2, 3, 0.5); // overwritten: keeps its value
+    /// gw.fill_hollow(&w);
+    /// gb.fill_hollow(&b); // never written: zeros of the right shape
+    /// assert_eq!(gw, DMatrix::from_element(2, 3, 0.5));
+    /// assert_eq!(gb, DVector::zeros(4));
+    /// ```
+    fn hollow_like(&self) -> Self {
+        self.zeros_like()
+    }
+
+    /// Replaces every leaf that [`Params::hollow_like`] left empty, and that was not
+    /// overwritten since, by zeros shaped like the matching leaf of `like` (the tree the
+    /// hollow one was made from). Leaves that hold values are untouched.
+    ///
+    /// The default does nothing (its `hollow_like` leaves nothing empty).
+    fn fill_hollow(&mut self, like: &Self) {
+        let _ = like;
+    }
+
     /// Sets every element to `v`.
     fn fill(&mut self, v: Self::Scalar) {
         for i in 0..self.num_leaves() {
@@ -408,6 +443,14 @@ impl<S: Real> Params for Vec<S> {
     fn same_shape(&self, other: &Self) -> bool {
         self.len() == other.len()
     }
+    fn hollow_like(&self) -> Self {
+        Vec::new()
+    }
+    fn fill_hollow(&mut self, like: &Self) {
+        if self.is_empty() && !like.is_empty() {
+            *self = vec![S::zero(); like.len()];
+        }
+    }
 }
 
 impl<S: Real, const N: usize> Params for [S; N] {
@@ -468,6 +511,32 @@ where
     fn same_shape(&self, other: &Self) -> bool {
         self.shape() == other.shape()
     }
+    /// Empty (no allocation) for `DMatrix`, `DVector` and `RowDVector`; zeros otherwise.
+    fn hollow_like(&self) -> Self {
+        hollow_matrix::<Self, S>(self).unwrap_or_else(|| self.zeros_like())
+    }
+    fn fill_hollow(&mut self, like: &Self) {
+        if self.is_empty() && self.shape() != like.shape() {
+            *self = like.zeros_like();
+        }
+    }
+}
+
+/// An empty `m` (`0 x 0`, `0`-long), when `M` is one of the dynamically sized nalgebra
+/// types whose storage can be built without knowing it: `DMatrix`, `DVector`,
+/// `RowDVector` (found by type id, which the compiler resolves statically).
+fn hollow_matrix<M: 'static, S: Real + Scalar>(_m: &M) -> Option<M> {
+    use std::any::Any;
+    let mut out: Option<M> = None;
+    let slot: &mut dyn Any = &mut out;
+    if let Some(o) = slot.downcast_mut::<Option<nalgebra::DMatrix<S>>>() {
+        *o = Some(nalgebra::DMatrix::zeros(0, 0));
+    } else if let Some(o) = slot.downcast_mut::<Option<nalgebra::DVector<S>>>() {
+        *o = Some(nalgebra::DVector::zeros(0));
+    } else if let Some(o) = slot.downcast_mut::<Option<nalgebra::RowDVector<S>>>() {
+        *o = Some(nalgebra::RowDVector::zeros(0));
+    }
+    out
 }
 
 #[allow(unused)]

@@ -708,18 +708,26 @@ impl<'a> Emitter<'a> {
                 });
                 continue;
             }
-            grads.extend(quote!(let mut #g = ::lopt::Params::zeros_like(&#whole);));
-            for &i in &mine {
-                let dp = path_slot(i);
-                let path = &paths[i].1;
-                if overlap {
+            if overlap {
+                // Adjoints of a field and of a part of it are summed: start from zeros.
+                grads.extend(quote!(let mut #g = ::lopt::Params::zeros_like(&#whole);));
+                for &i in &mine {
+                    let (dp, path) = (path_slot(i), &paths[i].1);
                     grads.extend(quote!(#ad::acc_into(&mut #g #path, #dp);));
-                } else {
-                    grads.extend(quote! {
-                        if let ::core::option::Option::Some(__v) = #dp { #g #path = __v; }
-                    });
                 }
+                continue;
             }
+            // Disjoint paths: each adjoint moves into a hollow tree (no zero-filled
+            // buffers to drop), and whatever is left hollow (fields the loss never reads
+            // or reads without a gradient) becomes zeros of the right shape.
+            grads.extend(quote!(let mut #g = ::lopt::Params::hollow_like(&#whole);));
+            for &i in &mine {
+                let (dp, path) = (path_slot(i), &paths[i].1);
+                grads.extend(quote! {
+                    if let ::core::option::Option::Some(__v) = #dp { #g #path = __v; }
+                });
+            }
+            grads.extend(quote!(::lopt::Params::fill_hollow(&mut #g, &#whole);));
         }
         let decls = self.adjoint_decls(&self.f.body);
         let seed_stmt = if self.active(self.f.result) {

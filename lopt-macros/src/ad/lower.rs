@@ -809,6 +809,22 @@ impl<'a> Lowerer<'a> {
                 let x = self.lower_expr(inner, out)?;
                 Ok(self.unary(out, op_marker("NormSquared"), x))
             }
+            Builtin::Unary("Relu") if add_args(args[0]).is_some() => {
+                // relu(a + b) in one pass, without the sum as an intermediate.
+                let (l, r) = add_args(args[0]).expect("checked");
+                let a = self.lower_expr(l, out)?;
+                let c = self.lower_expr(r, out)?;
+                Ok(self.def(
+                    out,
+                    Kind::Active,
+                    Access::Owned,
+                    Rhs::Binary {
+                        op: op_marker("AddRelu"),
+                        a,
+                        b: c,
+                    },
+                ))
+            }
             Builtin::Unary(op) => {
                 let x = self.lower_expr(args[0], out)?;
                 Ok(self.unary(out, op_marker(op), x))
@@ -977,6 +993,15 @@ fn is_atomic(e: &Expr) -> bool {
             _ => true,
         },
         _ => false,
+    }
+}
+
+/// `(a, b)` when `e` is `a + b` (in parentheses or not).
+fn add_args(e: &Expr) -> Option<(&Expr, &Expr)> {
+    match strip_ref(e) {
+        Expr::Binary(b) if matches!(b.op, BinOp::Add(_)) => Some((&b.left, &b.right)),
+        Expr::Group(g) => add_args(&g.expr),
+        _ => None,
     }
 }
 

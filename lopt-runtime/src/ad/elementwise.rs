@@ -316,6 +316,7 @@ macro_rules! matrix_matrix {
 }
 matrix_matrix!(
     op::Add,
+    op::AddRelu,
     op::Sub,
     op::ComponentMul,
     op::ComponentDiv,
@@ -471,6 +472,7 @@ macro_rules! matrix_scalar {
 }
 matrix_scalar!(
     op::Add,
+    op::AddRelu,
     op::Sub,
     op::Mul,
     op::Div,
@@ -515,7 +517,15 @@ macro_rules! scalar_matrix {
         }
     )*};
 }
-scalar_matrix!(op::Add, op::Sub, op::Mul, op::Div, op::Max, op::Min);
+scalar_matrix!(
+    op::Add,
+    op::AddRelu,
+    op::Sub,
+    op::Mul,
+    op::Div,
+    op::Max,
+    op::Min
+);
 
 // ---- a vector broadcast over the rows of a DMatrix ----
 //
@@ -605,6 +615,20 @@ fn sum_zip3<S: Real>(x: &[S], y: &[S], g: &[S], f: impl Fn(S, S, S) -> S) -> S {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `Σ_i x_i`, in the order of [`sum_zip3`] (eight partial sums, then the tail).
+#[inline]
+fn sum8<S: Real>(x: &[S]) -> S {
+    let mut acc = [S::zero(); 8];
+    let c = x.chunks_exact(8);
+    let tail = c.remainder().iter().fold(S::zero(), |t, &v| t + v);
+    for c in c {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// Cotangents of the matrix and of the vector (column sums).
 #[inline]
 fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
@@ -617,6 +641,25 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
 ) -> (Option<DMatrix<S>>, Option<Vec<S>>) {
     let r = m.nrows().max(1);
     let z = S::zero();
+    if Op::DB_IS_DA && need_m && need_v && m.nrows() > 0 {
+        // The vector's cotangent is the column sums of the matrix's: one sweep writes a
+        // column of it over `g` and sums it while it is in cache (the same sums, in the
+        // same order, as below).
+        let mut dv = Vec::with_capacity(v.len());
+        let cols = m
+            .as_slice()
+            .chunks_exact(r)
+            .zip(y.as_slice().chunks_exact(r))
+            .zip(g.as_mut_slice().chunks_exact_mut(r))
+            .zip(v);
+        for (((col, ycol), gcol), &vj) in cols {
+            update(gcol, col, ycol, ycol, |t, x, y, _| {
+                d_sides::<S, Op, SWAP>(x, vj, y, t, z).0
+            });
+            dv.push(sum8(gcol));
+        }
+        return (Some(g), Some(dv));
+    }
     // The vector's column sums read `g` before the matrix's cotangent overwrites it.
     let dv = need_v.then(|| {
         if m.nrows() == 0 {
@@ -722,6 +765,8 @@ macro_rules! bias {
     };
 }
 bias!(op::Add, DVector);
+bias!(op::AddRelu, DVector);
+bias!(op::AddRelu, RowDVector);
 bias!(op::Sub, DVector);
 bias!(op::Add, RowDVector);
 bias!(op::Sub, RowDVector);

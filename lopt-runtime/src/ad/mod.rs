@@ -26,6 +26,7 @@
 //! |---|---|---|
 //! | `Add`, `Sub` | `S∘S`, `M∘M`, `M∘S`, `S∘M` | `S` or `M` |
 //! | `Add`, `Sub` (bias) | `DMatrix∘DVector`, `DMatrix∘RowDVector` and the reverse orders: the vector (length = columns) is applied to every row | `DMatrix` |
+//! | `AddRelu` (`relu(a + b)`, fused by `#[task]`) | as `Add`, bias included | as `Add` |
 //! | `Mul` | `S·S`, `M·S`, `S·M` (scaling); `OMatrix<R1, C1> · OMatrix<C1, C2>` (product) | `S`, `M`, `OMatrix<R1, C2>` |
 //! | `Div` | `S/S`, `M/S`, `S/M` (elementwise) | `S` or `M` |
 //! | `Max`, `Min` | `S∘S`, `M∘M`, `M∘S`, `S∘M`; ties route the gradient to the left | `S` or `M` |

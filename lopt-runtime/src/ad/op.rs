@@ -44,6 +44,9 @@ markers!(
     Square,
     /// `max(x, 0)`.
     Relu,
+    /// `relu(a + b)` in one pass (what `#[task]` lowers `relu(a + b)` to: no `a + b`
+    /// intermediate, and the derivative's mask is read off the output).
+    AddRelu,
     /// `1 / (1 + e^-x)`.
     Sigmoid,
     /// `ln(1 + e^x)`, stable.

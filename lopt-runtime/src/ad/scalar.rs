@@ -31,6 +31,9 @@ pub(crate) trait Pointwise2<S: Real> {
     const DA_IS_T: bool = false;
     /// `db(a, b, y, t) == t` always (as [`Self::DA_IS_T`]).
     const DB_IS_T: bool = false;
+    /// `db(a, b, y, t) == da(a, b, y, t)` always: a broadcast operand's cotangent is a
+    /// sum of the other operand's, so the rules compute that one first and sum it.
+    const DB_IS_DA: bool = false;
 }
 
 /// `Φ(x)`, the standard normal CDF.
@@ -233,6 +236,25 @@ impl<S: Real> Pointwise2<S> for op::Add {
     }
 }
 
+impl<S: Real> Pointwise2<S> for op::AddRelu {
+    const NAME: &'static str = "relu(a + b)";
+    const DB_IS_DA: bool = true;
+    #[inline(always)]
+    fn f(a: S, b: S) -> S {
+        op::Relu.f(a + b)
+    }
+    /// `relu'(a + b) t`, with `a + b > 0` read as `y > 0`: the same for every input,
+    /// NaN included (`relu` passes NaN through and NaN fails both tests).
+    #[inline(always)]
+    fn da(_a: S, _b: S, y: S, t: S) -> S {
+        S::select(y.gt(S::zero()), t, S::zero())
+    }
+    #[inline(always)]
+    fn db(a: S, b: S, y: S, t: S) -> S {
+        Self::da(a, b, y, t)
+    }
+}
+
 impl<S: Real> Pointwise2<S> for op::Sub {
     const NAME: &'static str = "a - b";
     const DA_IS_T: bool = true;
@@ -423,6 +445,7 @@ macro_rules! scalar_binary {
 }
 scalar_binary!(
     op::Add,
+    op::AddRelu,
     op::Sub,
     op::Mul,
     op::Div,

@@ -412,8 +412,24 @@ fn operands<Op: 'static, A: Params<Scalar = f64>, B: Params<Scalar = f64>>(
             k += 1;
             base + away(&mut rng)
         })
+    } else if is(TypeId::of::<op::AddRelu>()) {
+        // every a + b at least 0.2 from the kink at 0 (as for max/min above)
+        let bs = b.flatten();
+        let mut rng = StdRng::seed_from_u64(seed + 1);
+        let mut k = 0;
+        a.map(|_| {
+            let base = if bs.len() == 1 { bs[0] } else { bs[k] };
+            k += 1;
+            away(&mut rng) - base
+        })
     } else {
         sample(a, seed + 1, &any)
+    };
+    let b = if is(TypeId::of::<op::AddRelu>()) && a.num_elements() == 1 {
+        let s = a.flatten()[0];
+        apart(&b.map(|_| -s), seed + 2)
+    } else {
+        b
     };
     // scalar∘matrix max/min: a is the scalar, so keep every element of b apart from it
     let b = if (is(TypeId::of::<op::Max>()) || is(TypeId::of::<op::Min>())) && a.num_elements() == 1
@@ -427,6 +443,7 @@ fn operands<Op: 'static, A: Params<Scalar = f64>, B: Params<Scalar = f64>>(
 }
 
 binary_test!(add, op::Add, [ss, mm, ms, sm]);
+binary_test!(add_relu, op::AddRelu, [ss, mm, ms, sm]);
 binary_test!(sub, op::Sub, [ss, mm, ms, sm]);
 binary_test!(mul_scaling, op::Mul, [ss, ms, sm]);
 binary_test!(div, op::Div, [ss, ms, sm]);
@@ -451,6 +468,79 @@ fn bias_broadcast() {
     binary::<op::Sub, _, _>("column bias - matrix", v, m.clone());
     binary::<op::Add, _, _>("row bias + matrix", rv.clone(), m.clone());
     binary::<op::Sub, _, _>("row bias - matrix", rv, m);
+}
+
+/// `relu(m + bias)` with every sum at least 0.2 from the kink, both orders and both
+/// vector kinds (the fused reverse sweep runs when both cotangents are asked for).
+#[test]
+fn add_relu_bias_broadcast() {
+    let v = sample(DVector::<f64>::zeros(4), 33, &any);
+    let mut rng = StdRng::seed_from_u64(34);
+    let m = DMatrix::<f64>::from_fn(5, 4, |_, j| away(&mut rng) - v[j]);
+    let rv = v.transpose();
+    binary::<op::AddRelu, _, _>("relu(matrix + column bias)", m.clone(), v.clone());
+    binary::<op::AddRelu, _, _>("relu(matrix + row bias)", m.clone(), rv.clone());
+    binary::<op::AddRelu, _, _>("relu(column bias + matrix)", v, m.clone());
+    binary::<op::AddRelu, _, _>("relu(row bias + matrix)", rv, m);
+}
+
+/// The fused rule is exactly `relu` after `+`, values and every cotangent, in `f32`
+/// and in SIMD packets, at the kink (`0`, `-0`), on both sides of it and for NaN.
+#[test]
+fn add_relu_is_relu_of_add_exactly() {
+    use crate::lanes::Lanes;
+    fn same<S: crate::scalar::Real + nalgebra::Scalar>(
+        m: DMatrix<S>,
+        v: DVector<S>,
+        g: DMatrix<S>,
+    ) {
+        let bits = |a: &DMatrix<S>, b: &DMatrix<S>| {
+            a.shape() == b.shape()
+                && a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| format!("{x:?}") == format!("{y:?}"))
+        };
+        let sum = Binary::<op::Add, _>::eval(&m, &v);
+        let y0 = Unary::eval(&sum, &op::Relu);
+        let y = Binary::<op::AddRelu, _>::eval(&m, &v);
+        assert!(bits(&y, &y0), "value");
+        let gs = Unary::vjp(&sum, &op::Relu, &y0, g.clone());
+        let (gm0, gv0) = Binary::<op::Add, _>::vjp(&m, &v, &sum, gs, true, true);
+        for (need_m, need_v) in [(true, true), (true, false), (false, true)] {
+            let (gm, gv) = Binary::<op::AddRelu, _>::vjp(&m, &v, &y, g.clone(), need_m, need_v);
+            assert_eq!(gm.is_some(), need_m);
+            assert_eq!(gv.is_some(), need_v);
+            if let Some(gm) = gm {
+                assert!(bits(&gm, gm0.as_ref().unwrap()), "matrix cotangent");
+            }
+            if let Some(gv) = gv {
+                let gv0 = DMatrix::from_column_slice(
+                    gv0.as_ref().unwrap().len(),
+                    1,
+                    gv0.as_ref().unwrap().as_slice(),
+                );
+                let gv = DMatrix::from_column_slice(gv.len(), 1, gv.as_slice());
+                assert!(bits(&gv, &gv0), "bias cotangent");
+            }
+        }
+        let (dm, dv) = (g.map(|t| t * S::c(0.5)), v.map(|t| t + S::one()));
+        let t0 = Unary::jvp(
+            &sum,
+            &op::Relu,
+            &y0,
+            &Binary::<op::Add, _>::jvp(&m, &v, &sum, Some(&dm), Some(&dv)),
+        );
+        let t = Binary::<op::AddRelu, _>::jvp(&m, &v, &y, Some(&dm), Some(&dv));
+        assert!(bits(&t, &t0), "tangent");
+    }
+    // 17 rows: two blocks of eight and a remainder.
+    let special = [0.0f32, -0.0, 1.5, -1.5, f32::NAN, 2.0, -3.0];
+    let m = DMatrix::<f32>::from_fn(17, 3, |i, j| special[(i + 2 * j) % special.len()]);
+    let v = DVector::from_vec(vec![0.0f32, -0.0, 0.25]);
+    let g = DMatrix::<f32>::from_fn(17, 3, |i, j| (i as f32 - 8.0) * 0.5 + j as f32);
+    same(m.clone(), v.clone(), g.clone());
+    let lanes = |x: f32| Lanes::<4>(std::array::from_fn(|l| x * (1.0 - l as f32 * 0.75)));
+    same(m.map(lanes), v.map(lanes), g.map(lanes));
 }
 
 #[test]
