@@ -51,7 +51,8 @@ fn main() -> lopt::Result<()> {
     let opt = Adam::new(1e-2);
     let mut state = opt.init(task.init::<f32>(Key::new(0)), None);
     let (mut waits, mut steps) = (Vec::new(), Vec::new());
-    for rep in 0..7 {
+    // Eight repeats, the first a warm-up: seven samples.
+    for rep in 0..8 {
         let (mut wait, mut step) = (0.0, 0.0);
         for _ in 0..200 {
             let t = Instant::now();
