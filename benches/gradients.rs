@@ -303,7 +303,7 @@ fn main() {
             keep(mlp_loss::value_and_jvp(keep(&p), &t, &x, &labels));
         }),
     ];
-    let s = common::run(&mut cases, 15, Duration::from_millis(40));
+    let s = common::run(&mut cases, 31, Duration::from_millis(20));
     let (val, gen, hand, jvp) = (
         median(&s, "mlp.value"),
         median(&s, "mlp.grad.generated"),

@@ -447,3 +447,42 @@ fn meta_training_survives_diverging_tasks() {
     );
     assert!(learner.learner.theta(&state.learner)[0].is_finite());
 }
+
+/// Misused pieces are typed errors, not panics: no keys for a group, a worker state from
+/// an estimator with another number of tasks.
+#[test]
+fn mismatched_inputs_are_errors() {
+    let family = Fam { dim: 3 };
+    let lopt = LearnableSgd::default();
+    let theta = lopt.init(Key::new(0));
+    let make = |n: usize| {
+        let step = LOptTruncatedStep::new(
+            &family,
+            &lopt,
+            ConstantTruncationSchedule { total_length: 5 },
+            n,
+        )
+        .unwrap();
+        TruncatedPes::new(step, 2, 0.01).unwrap()
+    };
+    let (four, six) = (make(4), make(6));
+    let mut state = four.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    assert!(matches!(
+        six.compute_gradient_estimate(&theta, &mut state, Key::new(2), 0),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let group = &mut state.pos[0];
+    assert!(matches!(
+        four.step.unroll_group_step(&theta, group, &[], &(), 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 5 },
+        0
+    )
+    .is_err());
+    assert!(TruncatedPes::new(make(2).step, 0, 0.01).is_err());
+    assert!(TruncatedPes::new(make(2).step, 3, f32::NAN).is_err());
+}

@@ -245,6 +245,12 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         outer_iteration: usize,
     ) -> Result<Vec<UnrollOut>> {
         let lanes = S::LANES;
+        if keys.is_empty() || keys.len() > lanes {
+            return Err(Error::InvalidArgument(format!(
+                "unroll_group_step: {} keys for {lanes} lanes",
+                keys.len()
+            )));
+        }
         let split: Vec<(Key, Key)> = (0..lanes)
             .map(|l| keys[l.min(keys.len() - 1)].split())
             .collect();
@@ -345,6 +351,14 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedSte
         outer_iteration: usize,
     ) -> Result<Vec<Vec<Vec<(UnrollOut, UnrollOut)>>>> {
         let (n, lanes) = (self.num_tasks, S::LANES);
+        let groups = n.div_ceil(lanes);
+        if eps.len() != n || pos.len() != groups || neg.len() != groups {
+            return Err(Error::ShapeMismatch {
+                what: "unroll_antithetic: perturbations, θ+ε groups, θ−ε groups".into(),
+                expected: vec![n, groups, groups],
+                got: vec![eps.len(), pos.len(), neg.len()],
+            });
+        }
         let task_keys: Vec<Vec<Key>> = key
             .split_n(t_len)
             .iter()
