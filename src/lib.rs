@@ -1,6 +1,39 @@
 //! # lopt
 //!
 //! Learned optimization and meta-learning in Rust. See the README for a tour.
+//!
+//! Meta-training a learned optimizer in a few lines: the learnable learning rate of SGD
+//! on the seed's quadratic family, by truncated PES with tasks in SIMD lanes.
+//!
+//! ```
+//! use lopt::learned_optimizers::LearnableSgd;
+//! use lopt::outer_trainers::{
+//!     ConstantTruncationSchedule, GradientLearner, LOptTruncatedStep,
+//!     SingleMachineGradientLearner, TruncatedPes,
+//! };
+//! use lopt::prelude::*;
+//! use lopt::tasks::quadratics::FixedDimQuadraticFamily;
+//!
+//! # fn main() -> lopt::Result<()> {
+//! let family = FixedDimQuadraticFamily { dim: 10 };
+//! let lopt = LearnableSgd { initial_lr: 1e-3 };
+//! let sched = ConstantTruncationSchedule { total_length: 40 };
+//! let step = LOptTruncatedStep::new(&family, &lopt, sched, 16)?;
+//! let learner = SingleMachineGradientLearner {
+//!     learner: GradientLearner { lopt: &lopt, theta_opt: Adam::new(0.05) },
+//!     estimators: vec![TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>()],
+//! };
+//! let mut state = learner.init(Key::new(0))?;
+//! let log_lr_before = learner.learner.theta(&state.learner)[0];
+//! for key in Key::new(1).split_n(30) {
+//!     let meta_loss = learner.update(&mut state, key)?;
+//!     assert!(meta_loss.is_finite());
+//! }
+//! // A learning rate of 1e-3 is far too small for these quadratics: it must grow.
+//! assert!(learner.learner.theta(&state.learner)[0] > log_lr_before);
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 // The macros expand to `::lopt::...` paths; this lets tasks written in this crate use them.
