@@ -486,3 +486,32 @@ fn mismatched_inputs_are_errors() {
     assert!(TruncatedPes::new(make(2).step, 0, 0.01).is_err());
     assert!(TruncatedPes::new(make(2).step, 3, f32::NAN).is_err());
 }
+
+/// A single task meta-trains through `single_task_to_family`, in lanes too.
+#[test]
+fn a_single_task_meta_trains_as_a_family() {
+    let family = single_task_to_family(lopt::tasks::quadratics::QuadraticTask::default());
+    let lopt = LearnableSgd { initial_lr: 1e-3 };
+    let step = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 30 },
+        8,
+    )
+    .unwrap();
+    let learner = SingleMachineGradientLearner {
+        learner: GradientLearner {
+            lopt: &lopt,
+            theta_opt: Adam::new(0.05),
+        },
+        estimators: vec![TruncatedPes::new(step, 10, 0.01)
+            .unwrap()
+            .batched::<Lanes<8>>()],
+    };
+    let mut state = learner.init(Key::new(0)).unwrap();
+    let before = learner.learner.theta(&state.learner)[0];
+    for k in Key::new(1).split_n(20) {
+        assert!(learner.update(&mut state, k).unwrap().is_finite());
+    }
+    assert!(learner.learner.theta(&state.learner)[0] > before);
+}
