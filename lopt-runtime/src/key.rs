@@ -568,7 +568,7 @@ fn uniform_f64(hi: u32, lo: u32) -> f64 {
 #[inline(always)]
 fn box_muller_f32(a: u32, b: u32) -> (f32, f32) {
     let u = ((a >> 8) + 1) as f32 * TWO_POW_M24; // (0, 1], so ln(u) is finite
-    let r = (-2.0 * ln_unit_f32(u)).sqrt();
+    let r = (-2.0 * crate::ad::vecmath::ln_normal_f32(u)).sqrt();
     let (s, c) = sin_cos_turn_f32(b);
     (r * c, r * s)
 }
@@ -580,34 +580,6 @@ fn box_muller_f64(a: u32, b: u32, c: u32, d: u32) -> (f64, f64) {
     let r = (-2.0 * u.ln()).sqrt();
     let (s, c) = (std::f64::consts::TAU * uniform_f64(c, d)).sin_cos();
     (r * c, r * s)
-}
-
-/// `ln(x)` for normal `x > 0` (Cephes `logf`): `x = m * 2^e` with `m` in
-/// `[sqrt(1/2), sqrt(2))`, then a degree-9 polynomial in `m - 1`. Branch-free so it
-/// vectorizes.
-#[inline(always)]
-fn ln_unit_f32(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let mut e = ((bits >> 23) as i32 - 126) as f32;
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // [0.5, 1)
-    let small = m < std::f32::consts::FRAC_1_SQRT_2;
-    e -= if small { 1.0 } else { 0.0 };
-    let x = if small { m + m - 1.0 } else { m - 1.0 };
-    let z = x * x;
-    let mut y = 7.037_683_6e-2;
-    y = y * x - 1.151_461e-1;
-    y = y * x + 1.167_699_84e-1;
-    y = y * x - 1.242_014_1e-1;
-    y = y * x + 1.424_932_3e-1;
-    y = y * x - 1.666_805_7e-1;
-    y = y * x + 2.000_071_4e-1;
-    y = y * x - 2.499_999_4e-1;
-    y = y * x + 3.333_333e-1;
-    y = y * x * z;
-    // ln 2 split in two parts so e * ln2 adds without rounding error.
-    y += e * -2.121_944_4e-4;
-    y -= 0.5 * z;
-    x + y + e * 0.693_359_4
 }
 
 /// `(sin t, cos t)` of the angle `t = q * pi/2 + (v - 1/2) * pi/2`, with the quadrant `q`

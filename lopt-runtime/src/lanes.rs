@@ -10,8 +10,10 @@
 //! an elementwise derivative rule) LLVM's loop vectorizer vectorizes *across* the packets
 //! with strided gathers instead of along the lanes, which measured 3.5x slower on an
 //! Adam update. Each lane gets exactly the IEEE operation plain `f32` does, so a lane
-//! computes bit for bit what its instance computes alone. Transcendental functions call
-//! the `f32` ones lane by lane for the same reason.
+//! computes bit for bit what its instance computes alone. `exp`, `ln`, `ln_1p` and `tanh`
+//! use branch-free polynomials (within 3 ulp of the exact value; see `ad::vecmath`) so
+//! they vectorize too, and may differ from the platform's `f32` functions in the last
+//! bits; `sin`, `cos`, `powf` and `erf` call the `f32` ones lane by lane.
 
 use std::fmt;
 use std::iter::Sum;
@@ -432,11 +434,11 @@ impl<const N: usize> Real for Lanes<N> {
     fn exp(self) -> Self {
         // The branch-free polynomial exp (about 1 ulp; 0 below -86.5) so the lane loop
         // vectorizes; libm's expf would be one scalar call per lane.
-        self.map(crate::ad::exp::exp_f32)
+        self.map(crate::ad::vecmath::exp_f32)
     }
     #[inline(always)]
     fn ln(self) -> Self {
-        self.map(f32::ln)
+        self.map(crate::ad::vecmath::ln_f32)
     }
     #[inline(always)]
     fn sqrt(self) -> Self {
@@ -444,7 +446,7 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn tanh(self) -> Self {
-        self.map(f32::tanh)
+        self.map(crate::ad::vecmath::tanh_f32)
     }
     #[inline(always)]
     fn sin(self) -> Self {
@@ -477,7 +479,7 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn ln_1p(self) -> Self {
-        self.map(f32::ln_1p)
+        self.map(crate::ad::vecmath::ln_1p_f32)
     }
     #[inline]
     fn erf(self) -> Self {

@@ -50,7 +50,7 @@
 pub mod check;
 mod data;
 mod elementwise;
-pub(crate) mod exp;
+pub(crate) mod vecmath;
 #[doc(hidden)]
 pub mod gemm;
 mod gemm_packets;

@@ -1,0 +1,239 @@
+//! Branch-free `f32` `exp`, `ln`, `ln_1p` and `tanh`, so loops over them vectorize.
+//!
+//! A libm call is scalar and opaque to the vectorizer: the softmax kernels (which spend
+//! most of their time in `exp`) and the transcendental functions of SIMD packets
+//! ([`Lanes`](crate::lanes::Lanes), one call per lane otherwise) use these instead. They
+//! are Cephes' single-precision polynomials (`expf`, `logf`, `tanhf`), within a few ulp,
+//! written with selects instead of branches; special values (0, infinities, NaN,
+//! subnormals) follow IEEE as libm does.
+
+use std::any::{Any, TypeId};
+
+use crate::scalar::Real;
+
+/// `e^x`, vectorizable for `f32`, [`Real::exp`] otherwise.
+#[inline(always)]
+pub(crate) fn exp<S: Real>(x: S) -> S {
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
+        if let Some(&v) = (&x as &dyn Any).downcast_ref::<f32>() {
+            return S::from_f32(exp_f32(v));
+        }
+    }
+    x.exp()
+}
+
+/// Cephes `expf`: `e^x = 2^n e^r`, `n = round(x / ln 2)`, `|r| <= ln 2 / 2`.
+///
+/// Returns 0 below -86.5 (where `e^x < 3e-38`: the subnormal range is given up, no
+/// softmax weight there matters) and infinity above `ln(f32::MAX)`; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const HI: f32 = 88.722_83; // ln(f32::MAX)
+    const LO: f32 = -86.5; // keeps 2^(n-1) a normal float
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n * C1 is exact
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+    const MAGIC: f32 = 12_582_912.0;
+
+    // Selects, not branches, so loops over this vectorize; both tests are false for NaN.
+    let xc = if x > HI { HI } else { x };
+    let xc = if xc < LO { LO } else { xc };
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32) - (MAGIC.to_bits() as i32);
+    let r = xc - n * C1 - n * C2;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5
+    let er = p * r * r + r + 1.0;
+    // 2^(n-1) * 2: n reaches 128 at the top, where 2^n alone is not a float
+    let half_scale = f32::from_bits(((ni + 126) as u32) << 23);
+    let y = er * half_scale * 2.0;
+    let y = if x > HI { f32::INFINITY } else { y };
+    if x < LO {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// `ln x` for a positive, normal, finite `x` (Cephes `logf`): `x = m · 2^e` with `m` in
+/// `[sqrt(1/2), sqrt(2))`, then a degree-9 polynomial in `m − 1`. The random key's
+/// Box-Muller transform uses it too, so its draws do not depend on the platform's libm.
+#[inline(always)]
+pub(crate) fn ln_normal_f32(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) as i32 - 126) as f32;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // [0.5, 1)
+    let small = m < std::f32::consts::FRAC_1_SQRT_2;
+    e -= if small { 1.0 } else { 0.0 };
+    let x = if small { m + m - 1.0 } else { m - 1.0 };
+    let z = x * x;
+    let mut y = 7.037_683_6e-2;
+    y = y * x - 1.151_461e-1;
+    y = y * x + 1.167_699_84e-1;
+    y = y * x - 1.242_014_1e-1;
+    y = y * x + 1.424_932_3e-1;
+    y = y * x - 1.666_805_7e-1;
+    y = y * x + 2.000_071_4e-1;
+    y = y * x - 2.499_999_4e-1;
+    y = y * x + 3.333_333e-1;
+    y = y * x * z;
+    // ln 2 split in two parts so e * ln2 adds without rounding error.
+    y += e * -2.121_944_4e-4;
+    y -= 0.5 * z;
+    x + y + e * 0.693_359_4
+}
+
+/// `ln x` for every `f32`: subnormals scaled into the normal range first; 0 gives −∞,
+/// +∞ gives +∞, a negative or NaN argument NaN.
+#[inline(always)]
+pub(crate) fn ln_f32(x: f32) -> f32 {
+    const TWO_POW_24: f32 = 16_777_216.0;
+    let sub = x < f32::MIN_POSITIVE;
+    let xs = if sub { x * TWO_POW_24 } else { x };
+    let y = ln_normal_f32(xs) - if sub { 24.0 * std::f32::consts::LN_2 } else { 0.0 };
+    let y = if x == f32::INFINITY { f32::INFINITY } else { y };
+    let y = if x == 0.0 { f32::NEG_INFINITY } else { y };
+    // `!(x >= 0)` also catches NaN.
+    if !(x >= 0.0) {
+        f32::NAN
+    } else {
+        y
+    }
+}
+
+/// `ln(1 + x)`, accurate for small `x`: `ln(u) · x / (u − 1)` with `u = 1 + x` corrects
+/// the rounding of `u` (Goldberg's method); `x` itself where `u` rounds to 1.
+#[inline(always)]
+pub(crate) fn ln_1p_f32(x: f32) -> f32 {
+    let u = 1.0 + x;
+    let d = u - 1.0;
+    let y = ln_f32(u) * (x / d);
+    // Where u is infinite the ratio is ∞/∞: ln u itself is the answer.
+    let y = if u == f32::INFINITY { ln_f32(u) } else { y };
+    if d == 0.0 {
+        x
+    } else {
+        y
+    }
+}
+
+/// `tanh x` (Cephes `tanhf`): an odd polynomial below `|x| = 0.625`, `1 − 2/(e^{2|x|} + 1)`
+/// above, with the sign of `x`; ±1 beyond where `e^{2|x|}` overflows; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let z = x * x;
+    let small = (((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z
+        + 1.333_144_2e-1)
+        * z
+        - 3.333_328_2e-1;
+    let small = small * z * x + x;
+    let large = 1.0 - 2.0 / (exp_f32(a + a) + 1.0);
+    let large = if x < 0.0 { -large } else { large };
+    if a < 0.625 {
+        small
+    } else {
+        large
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_f32_is_within_two_ulp_of_f64_exp() {
+        let mut worst = 0.0f64;
+        let mut x = -86.5f32;
+        while x < 88.7 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            let ulp = (want as f32).abs() * f32::EPSILON;
+            worst = worst.max((got - want).abs() / ulp as f64);
+            x += 0.0137;
+        }
+        assert!(worst <= 2.0, "max error {worst} ulp");
+        for x in [0.0f32, 1.0, -1.0, 1e-8, -1e-8, 0.5, 20.0, -20.0] {
+            let want = (x as f64).exp();
+            assert!((exp_f32(x) as f64 - want).abs() <= 2.0 * want * f32::EPSILON as f64);
+        }
+        assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_f32_special_values() {
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-200.0), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert!(exp_f32(88.5).is_finite());
+    }
+
+
+    /// Largest error in units of the f32 spacing at the true value.
+    fn worst_ulp(f: impl Fn(f32) -> f32, g: impl Fn(f64) -> f64, xs: impl Iterator<Item = f32>) -> f64 {
+        xs.map(|x| {
+            let want = g(x as f64);
+            let ulp = ((want as f32).abs() * f32::EPSILON).max(f32::MIN_POSITIVE) as f64;
+            (f(x) as f64 - want).abs() / ulp
+        })
+        .fold(0.0, f64::max)
+    }
+
+    /// Points spread log-uniformly over `[lo, hi)` (positive).
+    fn log_sweep(lo: f32, hi: f32, n: usize) -> impl Iterator<Item = f32> {
+        let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
+        (0..n).map(move |i| (a + (b - a) * i as f64 / n as f64).exp() as f32)
+    }
+
+    #[test]
+    fn ln_is_within_two_ulp_of_f64_ln_with_libm_special_values() {
+        let worst = worst_ulp(ln_f32, f64::ln, log_sweep(1e-44, 3e38, 200_000));
+        assert!(worst <= 2.0, "ln: {worst} ulp");
+        assert_eq!(ln_f32(1.0), 0.0);
+        assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
+        assert_eq!(ln_f32(-0.0), f32::NEG_INFINITY);
+        assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
+        assert!(ln_f32(-1.0).is_nan() && ln_f32(f32::NAN).is_nan() && ln_f32(f32::NEG_INFINITY).is_nan());
+        // Subnormals are scaled, not flushed.
+        let tiny = f32::from_bits(1);
+        assert!((ln_f32(tiny) as f64 - (tiny as f64).ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn ln_1p_keeps_small_arguments_accurate() {
+        let xs = log_sweep(1e-30, 1e30, 100_000).flat_map(|x| [x, -x.min(0.999)]);
+        let worst = worst_ulp(ln_1p_f32, f64::ln_1p, xs);
+        assert!(worst <= 3.0, "ln_1p: {worst} ulp");
+        assert_eq!(ln_1p_f32(0.0), 0.0);
+        assert_eq!(ln_1p_f32(-1.0), f32::NEG_INFINITY);
+        assert_eq!(ln_1p_f32(f32::INFINITY), f32::INFINITY);
+        assert!(ln_1p_f32(-2.0).is_nan() && ln_1p_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn tanh_is_within_three_ulp_of_f64_tanh() {
+        let xs = log_sweep(1e-30, 20.0, 100_000).flat_map(|x| [x, -x]);
+        let worst = worst_ulp(tanh_f32, f64::tanh, xs);
+        assert!(worst <= 3.0, "tanh: {worst} ulp");
+        assert_eq!(tanh_f32(0.0), 0.0);
+        assert_eq!(tanh_f32(100.0), 1.0);
+        assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+        assert!(tanh_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn generic_exp_dispatches() {
+        assert_eq!(exp(1.5f64), 1.5f64.exp());
+        assert_eq!(exp(0.0f32), 1.0);
+        assert!((exp(1.0f32) - std::f32::consts::E).abs() <= f32::EPSILON * 3.0);
+    }
+}
