@@ -50,7 +50,6 @@
 pub mod check;
 mod data;
 mod elementwise;
-pub(crate) mod vecmath;
 #[doc(hidden)]
 pub mod gemm;
 mod gemm_packets;
@@ -61,6 +60,7 @@ mod scalar;
 mod softmax;
 #[cfg(test)]
 mod tests;
+pub(crate) mod vecmath;
 
 use std::borrow::Cow;
 

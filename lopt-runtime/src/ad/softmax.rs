@@ -10,10 +10,10 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 
 use super::elementwise::{build_like, update};
-use super::vecmath::exp;
 use super::gemm::has_avx2;
 use super::op;
 use super::reduce::sum_by;
+use super::vecmath::exp;
 use super::Unary;
 use crate::scalar::Real;
 

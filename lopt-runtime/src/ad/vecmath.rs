@@ -97,7 +97,12 @@ pub(crate) fn ln_f32(x: f32) -> f32 {
     const TWO_POW_24: f32 = 16_777_216.0;
     let sub = x < f32::MIN_POSITIVE;
     let xs = if sub { x * TWO_POW_24 } else { x };
-    let y = ln_normal_f32(xs) - if sub { 24.0 * std::f32::consts::LN_2 } else { 0.0 };
+    let y = ln_normal_f32(xs)
+        - if sub {
+            24.0 * std::f32::consts::LN_2
+        } else {
+            0.0
+        };
     let y = if x == f32::INFINITY { f32::INFINITY } else { y };
     let y = if x == 0.0 { f32::NEG_INFINITY } else { y };
     // `!(x >= 0)` also catches NaN.
@@ -130,10 +135,9 @@ pub(crate) fn ln_1p_f32(x: f32) -> f32 {
 pub(crate) fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let small = (((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z
-        + 1.333_144_2e-1)
-        * z
-        - 3.333_328_2e-1;
+    let small =
+        (((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328_2e-1;
     let small = small * z * x + x;
     let large = 1.0 - 2.0 / (exp_f32(a + a) + 1.0);
     let large = if x < 0.0 { -large } else { large };
@@ -177,9 +181,12 @@ mod tests {
         assert!(exp_f32(88.5).is_finite());
     }
 
-
     /// Largest error in units of the f32 spacing at the true value.
-    fn worst_ulp(f: impl Fn(f32) -> f32, g: impl Fn(f64) -> f64, xs: impl Iterator<Item = f32>) -> f64 {
+    fn worst_ulp(
+        f: impl Fn(f32) -> f32,
+        g: impl Fn(f64) -> f64,
+        xs: impl Iterator<Item = f32>,
+    ) -> f64 {
         xs.map(|x| {
             let want = g(x as f64);
             let ulp = ((want as f32).abs() * f32::EPSILON).max(f32::MIN_POSITIVE) as f64;
@@ -202,7 +209,11 @@ mod tests {
         assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
         assert_eq!(ln_f32(-0.0), f32::NEG_INFINITY);
         assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
-        assert!(ln_f32(-1.0).is_nan() && ln_f32(f32::NAN).is_nan() && ln_f32(f32::NEG_INFINITY).is_nan());
+        assert!(
+            ln_f32(-1.0).is_nan()
+                && ln_f32(f32::NAN).is_nan()
+                && ln_f32(f32::NEG_INFINITY).is_nan()
+        );
         // Subnormals are scaled, not flushed.
         let tiny = f32::from_bits(1);
         assert!((ln_f32(tiny) as f64 - (tiny as f64).ln()).abs() < 1e-5);
