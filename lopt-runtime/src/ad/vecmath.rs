@@ -105,11 +105,11 @@ pub(crate) fn ln_f32(x: f32) -> f32 {
         };
     let y = if x == f32::INFINITY { f32::INFINITY } else { y };
     let y = if x == 0.0 { f32::NEG_INFINITY } else { y };
-    // `!(x >= 0)` also catches NaN.
-    if !(x >= 0.0) {
-        f32::NAN
-    } else {
+    // Negative or NaN: no ordering against 0 holds for NaN, so test `x >= 0` positively.
+    if x >= 0.0 {
         y
+    } else {
+        f32::NAN
     }
 }
 
@@ -135,9 +135,9 @@ pub(crate) fn ln_1p_f32(x: f32) -> f32 {
 pub(crate) fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let small =
-        (((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328_2e-1;
+    let small = (((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1)
+        * z
+        - 3.333_328e-1;
     let small = small * z * x + x;
     let large = 1.0 - 2.0 / (exp_f32(a + a) + 1.0);
     let large = if x < 0.0 { -large } else { large };
