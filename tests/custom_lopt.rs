@@ -1,4 +1,4 @@
-//! A learned optimizer written by a user, as in the JAX library's tutorial: SGD with a
+//! A learned optimizer written by a user, in the spirit of the JAX library's tutorial: SGD with a
 //! learned log learning rate and a learned momentum, its state a derived parameter tree.
 
 use lopt::learned_optimizers::LearnedOptimizer;
