@@ -374,6 +374,11 @@ fn learner_checkpoints_round_trip() {
     assert!(!dir.join("learner.json.tmp").exists());
     let ck = load_checkpoint(&path).unwrap();
     assert_eq!(ck.meta_losses, losses);
+    let names = &ck.theta_opt_state.names;
+    assert_eq!(
+        (names[0].as_str(), names[6].as_str(), names[17].as_str()),
+        ("params.linear_0.w", "mu.linear_0.w", "nu.linear_2.b")
+    );
 
     let other = make();
     let mut fresh = other.init(Key::new(99)).unwrap();

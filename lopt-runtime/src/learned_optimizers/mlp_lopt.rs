@@ -5,7 +5,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::ad::gemm::{gemm, MatRef};
 use crate::key::Key;
-use crate::params::{Params, Rebind};
+use crate::params::{write_field_leaf_name, Params, Rebind};
 use crate::scalar::Real;
 use num_traits::Zero;
 
@@ -241,17 +241,11 @@ impl<P: Params> Params for MlpLOptState<P> {
             return out.push_str("step");
         }
         let (m, j) = (i / k, i % k);
-        if m == 0 {
-            out.push_str("params");
-        } else {
-            out.push_str(&format!("momenta.{}", m - 1));
-        }
-        let mut inner = String::new();
-        self.params.write_leaf_name(j, &mut inner);
-        if !inner.is_empty() {
-            out.push('.');
-            out.push_str(&inner);
-        }
+        let field = match m {
+            0 => "params".to_string(),
+            _ => format!("momenta.{}", m - 1),
+        };
+        write_field_leaf_name(out, &field, &self.params, j);
     }
     fn leaf_shape(&self, i: usize) -> Vec<usize> {
         let k = self.params.num_leaves();

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{assert_leaf_lengths, py_float, Optimizer};
-use crate::params::Params;
+use crate::params::{write_field_leaf_name, Params};
 use crate::scalar::Real;
 
 /// Adam (the JAX library's `Adam`, i.e. `optax.adam` with `eps_root`). With `t` the
@@ -169,13 +169,7 @@ impl<P: Params> Params for AdamState<P> {
     }
     fn write_leaf_name(&self, i: usize, out: &mut String) {
         let k = self.params.num_leaves();
-        out.push_str(["params", "mu", "nu"][i / k]);
-        let mut inner = String::new();
-        self.params.write_leaf_name(i % k, &mut inner);
-        if !inner.is_empty() {
-            out.push('.');
-            out.push_str(&inner);
-        }
+        write_field_leaf_name(out, ["params", "mu", "nu"][i / k], &self.params, i % k);
     }
     fn leaf_shape(&self, i: usize) -> Vec<usize> {
         self.params.leaf_shape(i % self.params.num_leaves())
