@@ -515,3 +515,71 @@ fn a_single_task_meta_trains_as_a_family() {
     }
     assert!(learner.learner.theta(&state.learner)[0] > before);
 }
+
+/// A configuration whose skipped field changes the loss but no shape.
+#[derive(Params, Clone, Debug)]
+struct SignCfg<S: Real> {
+    scale: S,
+    #[params(skip)]
+    negate: bool,
+}
+
+/// Quadratics `scale · Σ p²`, twice that when `negate`; fixed dimension 3.
+struct SignFamily;
+
+#[task_family]
+impl TaskFamily for SignFamily {
+    type Cfg<S: Real> = SignCfg<S>;
+    type Params<S: Real> = DVector<S>;
+    type Batch = ();
+    fn sample(&self, key: Key) -> SignCfg<f32> {
+        SignCfg {
+            scale: 1.0,
+            negate: key.uniform::<f32>() < 0.5,
+        }
+    }
+    fn init<S: Real>(&self, _cfg: &SignCfg<S>, key: S::Key) -> DVector<S> {
+        DVector::from_vec(key.normal_vec(3))
+    }
+    fn loss<S: Real>(&self, p: &DVector<S>, cfg: &SignCfg<S>, _key: S::Key, _b: &()) -> S {
+        if cfg.negate {
+            cfg.scale * sum(square(p)) * 2.0
+        } else {
+            cfg.scale * sum(square(p))
+        }
+    }
+}
+
+/// Lanes cannot differ in a skipped configuration field (packing copies leaves only): a
+/// lane-batched estimator refuses such tasks, as `vmap` puts them in separate groups.
+#[test]
+fn lanes_refuse_tasks_that_differ_in_a_skipped_field() {
+    let family = SignFamily;
+    let lopt = LearnableSgd::default();
+    let theta = lopt.init(Key::new(0));
+    let step = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 5 },
+        8,
+    )
+    .unwrap();
+    let cfgs: Vec<bool> = Key::new(1)
+        .split()
+        .0
+        .split_n(8)
+        .iter()
+        .map(|&k| family.sample(k.split_n(4)[0]).negate)
+        .collect();
+    assert!(
+        cfgs.contains(&true) && cfgs.contains(&false),
+        "the test needs both kinds: {cfgs:?}"
+    );
+    let pes = TruncatedPes::new(step, 2, 0.01)
+        .unwrap()
+        .batched::<Lanes<8>>();
+    match pes.init_worker_state(&theta, Key::new(1), 0) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("skipped field"), "{msg}"),
+        other => panic!("expected a lane-group error, got {:?}", other.map(|_| ())),
+    }
+}

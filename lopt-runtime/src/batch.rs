@@ -180,6 +180,17 @@ fn is_bare_leaf<P: Params>(p: &P) -> bool {
     }
 }
 
+/// Whether two configurations may share a lane group: the rule of [`lane_groups`] for a
+/// pair (leaf shapes, and for structs the skipped fields too, which lanes cannot differ
+/// in since packing copies leaves only).
+pub(crate) fn same_lane_group<P: Params>(a: &P, b: &P) -> bool {
+    if is_bare_leaf(a) {
+        a.same_shape(b)
+    } else {
+        format!("{:?}", a.zeros_like()) == format!("{:?}", b.zeros_like())
+    }
+}
+
 /// Instance indices by shape, classes in order of first appearance.
 fn shape_classes<P: Params>(cfgs: &[P]) -> Vec<Vec<usize>> {
     if cfgs.iter().all(is_bare_leaf) {

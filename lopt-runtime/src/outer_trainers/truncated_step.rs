@@ -6,7 +6,7 @@ use std::any::Any;
 
 use rayon::prelude::*;
 
-use crate::batch::{get_lane, set_lane};
+use crate::batch::{get_lane, same_lane_group, set_lane};
 use crate::datasets::Datasets;
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyOps};
@@ -139,8 +139,8 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         }
     }
 
-    /// A fresh instance in `f32`: configuration, parameters, run length and optimizer
-    /// state from four keys split from `key`.
+    /// A fresh instance in `f32` from four keys split from `key`: configuration,
+    /// parameters, run length, optimizer state.
     fn fresh_task(
         &self,
         theta: &L::Theta<f32>,
@@ -148,12 +148,37 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         outer_iteration: usize,
     ) -> FreshTask<F, L> {
         let k = key.split_n(4);
-        let cfg = self.family.sample(k[0]);
-        let params = self.family.init(&cfg, k[1]);
         let length = self.schedule.init(k[2], outer_iteration);
-        let steps = (length != usize::MAX).then_some(length);
-        let state = self.lopt.init_state(theta, params, steps);
+        let (cfg, state) = self.fresh(theta, k[0], k[1], length);
         (cfg, state, length)
+    }
+
+    /// A configuration sampled from `cfg_key`, its parameters initialised from
+    /// `init_key`, and the optimizer state for a run of `length` steps.
+    fn fresh(
+        &self,
+        theta: &L::Theta<f32>,
+        cfg_key: Key,
+        init_key: Key,
+        length: usize,
+    ) -> (F::Cfg<f32>, L::State<F::Params<f32>>) {
+        let cfg = self.family.sample(cfg_key);
+        let params = self.family.init(&cfg, init_key);
+        let steps = (length != usize::MAX).then_some(length);
+        (cfg, self.lopt.init_state(theta, params, steps))
+    }
+
+    /// Whether a task (`cfg`, optimizer `state`) can share a lane group with lane 0's: its
+    /// configuration in the same lane group as `vmap` forms them (leaf shapes and skipped
+    /// fields) and its parameters of the same shapes.
+    fn fits_lanes(
+        &self,
+        cfg: &F::Cfg<f32>,
+        state: &L::State<F::Params<f32>>,
+        cfg0: &F::Cfg<f32>,
+        params0: &F::Params<f32>,
+    ) -> bool {
+        same_lane_group(cfg, cfg0) && self.lopt.params(state).same_shape(params0)
     }
 
     /// The tasks of `keys` (one per lane; missing lanes repeat the last task) packed into
@@ -180,10 +205,9 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         let lane = |l: usize| &tasks[l.min(tasks.len() - 1)];
         let first_cfg = &lane(0).0;
         let first_params = self.lopt.params(&lane(0).1);
-        if let Some(l) = (0..tasks.len()).find(|&l| {
-            !lane(l).0.same_shape(first_cfg)
-                || !self.lopt.params(&lane(l).1).same_shape(first_params)
-        }) {
+        if let Some(l) = (0..tasks.len())
+            .find(|&l| !self.fits_lanes(&lane(l).0, &lane(l).1, first_cfg, first_params))
+        {
             return Err(shape_error(self.family, l));
         }
         let mut cfg = self.family.cast_cfg::<f32, S>(first_cfg);
@@ -275,12 +299,9 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             // A lane whose run ended gets a fresh task (its training step above is void).
             restarted[l] = true;
             let k = split[l].0.split_n(3);
-            let cfg = self.family.sample(k[0]);
-            let params = self.family.init(&cfg, k[1]);
-            let steps = (group.length[l] != usize::MAX).then_some(group.length[l]);
             let mut theta_l: L::Theta<f32> = self.lopt.cast_theta::<S, f32>(theta);
             get_lane(theta, l, &mut theta_l);
-            let fresh = self.lopt.init_state(&theta_l, params, steps);
+            let (cfg, fresh) = self.fresh(&theta_l, k[0], k[1], group.length[l]);
             match (
                 as_same::<_, F::Cfg<S>>(cfg),
                 as_same::<_, L::State<F::Params<S>>>(fresh),
@@ -292,13 +313,11 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                     group.opt_state = fresh;
                 }
                 (Err(cfg), Err(fresh)) => {
-                    let lane0 = self.lopt.params(&group.opt_state);
-                    if !cfg.same_shape(&self.family.cast_cfg::<S, f32>(&group.cfg))
-                        || !self
-                            .lopt
-                            .params(&fresh)
-                            .same_shape(&self.family.cast_params::<S, f32>(lane0))
-                    {
+                    let cfg0 = self.family.cast_cfg::<S, f32>(&group.cfg);
+                    let params0 = self
+                        .family
+                        .cast_params::<S, f32>(self.lopt.params(&group.opt_state));
+                    if !self.fits_lanes(&cfg, &fresh, &cfg0, &params0) {
                         return Err(shape_error(self.family, l));
                     }
                     set_lane(&mut group.cfg, l, &cfg);
@@ -403,8 +422,9 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedSte
 /// The error of a lane-batched step whose family sampled configurations of two shapes.
 fn shape_error<F: TaskFamily>(family: &F, lane: usize) -> Error {
     Error::InvalidArgument(format!(
-        "{}: lane {lane} sampled a configuration of another shape than lane 0; lane-batched \
-         meta-training needs configurations of one shape (train in f32, one task per group)",
+        "{}: lane {lane} sampled a configuration of another shape than lane 0 (or another \
+         skipped field); lane-batched meta-training needs configurations of one shape \
+         (train in f32, one task per group)",
         family.name()
     ))
 }
