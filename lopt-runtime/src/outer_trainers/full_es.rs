@@ -13,7 +13,7 @@ use crate::task::TaskFamily;
 use super::truncated_pes::sample_perturbations;
 use super::truncated_step::{LOptTruncatedStep, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;
-use super::{GradientEstimator, GradientEstimatorOut};
+use super::{check_std, GradientEstimator, GradientEstimatorOut};
 
 /// How a run's step losses make its meta-loss (`loss_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,11 +72,7 @@ where
     ///
     /// Errors when `std` is not finite and positive, or when the step's schedule ends runs.
     pub fn new(step: LOptTruncatedStep<'a, F, L, T>, schedule: U, std: f32) -> Result<Self> {
-        if !(std.is_finite() && std > 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "FullEs: std must be finite and > 0 (got {std})"
-            )));
-        }
+        check_std("FullEs", std)?;
         if step.schedule.init(Key::new(0), 0) != usize::MAX {
             return Err(Error::InvalidArgument(
                 "FullEs: the truncated step's schedule must never end a run \

@@ -24,7 +24,7 @@ pub use truncation_schedule::{
     TruncationSchedule,
 };
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::learned_optimizers::LearnedOptimizer;
 
@@ -57,4 +57,15 @@ pub trait GradientEstimator<L: LearnedOptimizer>: Send + Sync {
         key: Key,
         outer_iteration: usize,
     ) -> Result<GradientEstimatorOut<L::Theta<f32>>>;
+}
+
+/// `Ok` when a perturbation's standard deviation is finite and positive.
+pub(crate) fn check_std(estimator: &str, std: f32) -> Result<()> {
+    if std.is_finite() && std > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{estimator}: std must be finite and > 0 (got {std})"
+        )))
+    }
 }

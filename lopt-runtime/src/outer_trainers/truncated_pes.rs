@@ -13,7 +13,7 @@ use crate::task::TaskFamily;
 
 use super::truncated_step::{LOptTruncatedStep, TaskGroup};
 use super::truncation_schedule::TruncationSchedule;
-use super::{GradientEstimator, GradientEstimatorOut};
+use super::{check_std, GradientEstimator, GradientEstimatorOut};
 
 /// `TruncatedPES(truncated_step, trunc_length=10, std=0.01)`: each call unrolls every task
 /// `trunc_length` steps twice, with θ + εᵢ and θ − εᵢ (same keys and data, so both sides
@@ -65,13 +65,11 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes
         trunc_length: usize,
         std: f32,
     ) -> Result<Self> {
-        if trunc_length == 0
-            || std.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-            || !std.is_finite()
-        {
-            return Err(Error::InvalidArgument(format!(
-                "TruncatedPes: trunc_length must be ≥ 1 and std finite and > 0 (got {trunc_length}, {std})"
-            )));
+        check_std("TruncatedPes", std)?;
+        if trunc_length == 0 {
+            return Err(Error::InvalidArgument(
+                "TruncatedPes: trunc_length must be at least 1".into(),
+            ));
         }
         Ok(TruncatedPes {
             step,
@@ -94,7 +92,8 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes
 }
 
 /// `n` perturbations `σ · N(0, I)` shaped like `theta` (`vector_sample_perturbations`):
-/// task `i` from `split(key, n)[i]`, leaf `j` from that key folded with `j`.
+/// task `i` from `split(key, n)[i]` by [`Key::normal_params`] (leaf `j` from that key
+/// folded with `j`).
 pub fn sample_perturbations<P: Params<Scalar = f32>>(
     theta: &P,
     key: Key,
@@ -103,15 +102,7 @@ pub fn sample_perturbations<P: Params<Scalar = f32>>(
 ) -> Vec<P> {
     key.split_n(n)
         .iter()
-        .map(|k| {
-            let mut e = theta.zeros_like();
-            for j in 0..e.num_leaves() {
-                let leaf = e.leaf_mut(j);
-                k.fold_in(j as u64).fill_normal(leaf);
-                leaf.iter_mut().for_each(|x| *x *= std);
-            }
-            e
-        })
+        .map(|k| k.normal_params(theta, std))
         .collect()
 }
 
