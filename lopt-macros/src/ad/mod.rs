@@ -387,26 +387,21 @@ fn has_item(imp: &syn::ItemImpl, name: &str) -> bool {
 /// A family's `init` written generic over the scalar becomes `init_lanes` (every lane of
 /// a packet initialised at once), and the plain `f32` `init` the trait asks for calls it.
 fn generic_init(imp: &mut syn::ItemImpl, extra: &mut Vec<TokenStream>) -> Result<()> {
-    let init = imp.items.iter_mut().find_map(|it| match it {
-        ImplItem::Fn(f)
-            if f.sig.ident == "init" && f.sig.generics.type_params().next().is_some() =>
-        {
-            Some(f)
-        }
-        _ => None,
-    });
-    let Some(init) = init else {
+    let user_init_lanes = has_item(imp, "init_lanes");
+    let Some(ImplItem::Fn(init)) = imp.items.iter_mut().find(|it| {
+        matches!(it, ImplItem::Fn(f)
+            if f.sig.ident == "init" && f.sig.generics.type_params().next().is_some())
+    }) else {
         return Ok(());
     };
     let span = init.sig.ident.span();
-    init.sig.ident = syn::Ident::new("init_lanes", span);
-    let defined = |it: &&ImplItem| matches!(it, ImplItem::Fn(f) if f.sig.ident == "init_lanes");
-    if imp.items.iter().filter(defined).count() > 1 {
+    if user_init_lanes {
         return Err(syn::Error::new(
             span,
             "a generic `init` becomes `init_lanes`; define one of the two, not both",
         ));
     }
+    init.sig.ident = syn::Ident::new("init_lanes", span);
     extra.push(quote::quote_spanned! {span=>
         fn init(&self, cfg: &Self::Cfg<f32>, key: ::lopt::Key) -> Self::Params<f32> {
             <Self as ::lopt::TaskFamily>::init_lanes::<f32>(self, cfg, key)
