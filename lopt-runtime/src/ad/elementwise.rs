@@ -160,22 +160,7 @@ macro_rules! matrix_unary {
         }
     )*};
 }
-matrix_unary!(
-    op::Neg,
-    op::Exp,
-    op::Ln,
-    op::Sqrt,
-    op::Tanh,
-    op::Sin,
-    op::Cos,
-    op::Abs,
-    op::Square,
-    op::Powi,
-    op::Relu,
-    op::Sigmoid,
-    op::Softplus,
-    op::Gelu,
-);
+op::with_elementwise_unary!(matrix_unary);
 
 // ---- matrix ∘ matrix (same type) ----
 

@@ -10,6 +10,30 @@ macro_rules! markers {
     };
 }
 
+/// Calls `$rules!` with every elementwise unary primitive, so the scalar and the matrix
+/// rules list them once: a primitive added here gets both.
+macro_rules! with_elementwise_unary {
+    ($rules:ident) => {
+        $rules!(
+            op::Neg,
+            op::Exp,
+            op::Ln,
+            op::Sqrt,
+            op::Tanh,
+            op::Sin,
+            op::Cos,
+            op::Abs,
+            op::Square,
+            op::Powi,
+            op::Relu,
+            op::Sigmoid,
+            op::Softplus,
+            op::Gelu,
+        );
+    };
+}
+pub(crate) use with_elementwise_unary;
+
 markers!(
     /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).
     Add,

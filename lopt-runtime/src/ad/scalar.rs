@@ -389,22 +389,7 @@ macro_rules! scalar_unary {
         }
     )*};
 }
-scalar_unary!(
-    op::Neg,
-    op::Exp,
-    op::Ln,
-    op::Sqrt,
-    op::Tanh,
-    op::Sin,
-    op::Cos,
-    op::Abs,
-    op::Square,
-    op::Powi,
-    op::Relu,
-    op::Sigmoid,
-    op::Softplus,
-    op::Gelu,
-);
+op::with_elementwise_unary!(scalar_unary);
 
 /// Binary rules on two scalars.
 macro_rules! scalar_binary {
