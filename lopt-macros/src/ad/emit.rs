@@ -376,7 +376,11 @@ impl<'a> Emitter<'a> {
         let mut assigned = Vec::new();
         let mut declared = Vec::new();
         for b in [then, els] {
-            walk_slots(b, &mut assigned, &mut declared);
+            for_each_stmt(b, &mut |s| match s {
+                Stmt::SlotSet { slot, .. } => assigned.push(*slot),
+                Stmt::SlotDecl { slot, .. } => declared.push(*slot),
+                _ => {}
+            });
         }
         let mut out: Vec<SlotId> = assigned
             .into_iter()
@@ -575,29 +579,19 @@ impl<'a> Emitter<'a> {
 
     /// Distinct (argument, field path) pairs read by the body, in first-read order.
     fn arg_paths(&self) -> Vec<(usize, TokenStream)> {
-        fn walk(stmts: &[Stmt], out: &mut Vec<(usize, TokenStream)>) {
-            for s in stmts {
-                match s {
-                    Stmt::Def {
-                        rhs: Rhs::ArgRead { arg, path },
-                        ..
-                    } => {
-                        let key = path.to_string();
-                        if !out.iter().any(|(a, p)| a == arg && p.to_string() == key) {
-                            out.push((*arg, path.clone()));
-                        }
-                    }
-                    Stmt::For { body, .. } => walk(body, out),
-                    Stmt::If { then, els, .. } => {
-                        walk(then, out);
-                        walk(els, out);
-                    }
-                    _ => {}
+        let mut out: Vec<(usize, TokenStream)> = Vec::new();
+        for_each_stmt(&self.f.body, &mut |s| {
+            if let Stmt::Def {
+                rhs: Rhs::ArgRead { arg, path },
+                ..
+            } = s
+            {
+                let key = path.to_string();
+                if !out.iter().any(|(a, p)| a == arg && p.to_string() == key) {
+                    out.push((*arg, path.clone()));
                 }
             }
-        }
-        let mut out = Vec::new();
-        walk(&self.f.body, &mut out);
+        });
         out
     }
 
@@ -640,9 +634,16 @@ impl<'a> Emitter<'a> {
             let t = branch_tape(k);
             out.extend(quote!(let mut #t: ::std::vec::Vec<u8> = ::std::vec::Vec::new();));
         }
-        for_each_masked_if(&self.f.body, &mut |id| {
-            let t = mask_tape(id);
-            out.extend(quote!(let mut #t = ::std::vec::Vec::new();));
+        for_each_stmt(&self.f.body, &mut |s| {
+            if let Stmt::If {
+                id,
+                cond: Cond::Mask(_),
+                ..
+            } = s
+            {
+                let t = mask_tape(*id);
+                out.extend(quote!(let mut #t = ::std::vec::Vec::new();));
+            }
         });
         out
     }
@@ -761,65 +762,17 @@ fn is_path_prefix(a: &str, b: &str) -> bool {
     a.is_empty() || (b.starts_with(a) && b[a.len()..].trim_start().starts_with('.'))
 }
 
-/// Every slot assigned and every slot declared in a block, nested blocks included.
-fn walk_slots(stmts: &[Stmt], assigned: &mut Vec<SlotId>, declared: &mut Vec<SlotId>) {
-    for s in stmts {
-        match s {
-            Stmt::SlotSet { slot, .. } => assigned.push(*slot),
-            Stmt::SlotDecl { slot, .. } => declared.push(*slot),
-            Stmt::For { body, .. } => walk_slots(body, assigned, declared),
-            Stmt::If { then, els, .. } => {
-                walk_slots(then, assigned, declared);
-                walk_slots(els, assigned, declared);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn for_each_masked_if(stmts: &[Stmt], f: &mut impl FnMut(usize)) {
-    for s in stmts {
-        match s {
-            Stmt::For { body, .. } => for_each_masked_if(body, f),
-            Stmt::If {
-                id,
-                cond,
-                then,
-                els,
-            } => {
-                if matches!(cond, Cond::Mask(_)) {
-                    f(*id);
-                }
-                for_each_masked_if(then, f);
-                for_each_masked_if(els, f);
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Per slot, whether it is declared without a value.
 fn deferred_slots(f: &Func) -> Vec<bool> {
-    fn walk(stmts: &[Stmt], out: &mut Vec<bool>) {
-        for s in stmts {
-            match s {
-                Stmt::SlotDecl { slot, init } => {
-                    if out.len() <= *slot {
-                        out.resize(*slot + 1, false);
-                    }
-                    out[*slot] = init.is_none();
-                }
-                Stmt::For { body, .. } => walk(body, out),
-                Stmt::If { then, els, .. } => {
-                    walk(then, out);
-                    walk(els, out);
-                }
-                _ => {}
-            }
-        }
-    }
     let mut out = Vec::new();
-    walk(&f.body, &mut out);
+    for_each_stmt(&f.body, &mut |s| {
+        if let Stmt::SlotDecl { slot, init } = s {
+            if out.len() <= *slot {
+                out.resize(*slot + 1, false);
+            }
+            out[*slot] = init.is_none();
+        }
+    });
     out
 }
 

@@ -94,6 +94,22 @@ pub enum Stmt {
     },
 }
 
+/// Calls `f` on every statement of `stmts` and of the blocks nested in them, in program
+/// order (a loop or `if` before its body).
+pub fn for_each_stmt<'a>(stmts: &'a [Stmt], f: &mut impl FnMut(&'a Stmt)) {
+    for s in stmts {
+        f(s);
+        match s {
+            Stmt::For { body, .. } => for_each_stmt(body, f),
+            Stmt::If { then, els, .. } => {
+                for_each_stmt(then, f);
+                for_each_stmt(els, f);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// An `if` condition.
 #[derive(Clone, Debug)]
 pub enum Cond {
