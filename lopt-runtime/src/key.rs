@@ -608,6 +608,22 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
 /// several counters measured no faster: the state of one already fills the registers.
 #[inline(always)]
 fn lane_blocks<const N: usize>(keys: &[Key; N], counter: u64, domain: u32) -> [[u32; N]; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if N % 8 == 0 {
+        // LLVM widens the portable loops' 32 x 32 -> 64-bit products lane by lane; the
+        // AVX2 form multiplies even and odd lanes in place (about 3x faster).
+        let mut out = [[0u32; N]; 4];
+        for l0 in (0..N).step_by(8) {
+            let k0: [u32; 8] = std::array::from_fn(|l| keys[l0 + l].k[0]);
+            let k1: [u32; 8] = std::array::from_fn(|l| keys[l0 + l].k[1]);
+            let c = [counter as u32, (counter >> 32) as u32, domain, 0];
+            let w = philox_avx2::blocks8(k0, k1, c);
+            for (o, wj) in out.iter_mut().zip(&w) {
+                o[l0..l0 + 8].copy_from_slice(wj);
+            }
+        }
+        return out;
+    }
     let mut k0: [u32; N] = std::array::from_fn(|l| keys[l].k[0]);
     let mut k1: [u32; N] = std::array::from_fn(|l| keys[l].k[1]);
     let mut c = [
@@ -629,6 +645,66 @@ fn lane_blocks<const N: usize>(keys: &[Key; N], counter: u64, domain: u32) -> [[
         }
     }
     c
+}
+
+/// Philox4x32-10 under eight keys at once with AVX2 integer vectors: the operations of
+/// [`philox_round`], eight lanes per instruction, so the words are bit for bit the same.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod philox_avx2 {
+    use std::arch::x86_64::*;
+
+    /// High and low halves of the 32 x 32 -> 64-bit products `a * m`, lane by lane.
+    #[inline(always)]
+    fn mul_hi_lo(a: __m256i, m: __m256i) -> (__m256i, __m256i) {
+        // SAFETY: this module is compiled only when the target has AVX2.
+        unsafe {
+            let even = _mm256_mul_epu32(a, m);
+            let odd = _mm256_mul_epu32(_mm256_srli_epi64::<32>(a), m);
+            let hi = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+            let lo = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+            (hi, lo)
+        }
+    }
+
+    /// The blocks of counter `c` (the same in every lane) under keys `(k0[l], k1[l])`,
+    /// word-major.
+    #[inline(always)]
+    pub(super) fn blocks8(k0: [u32; 8], k1: [u32; 8], c: [u32; 4]) -> [[u32; 8]; 4] {
+        // SAFETY: this module is compiled only when the target has AVX2; the loads and
+        // stores are unaligned ones of whole `[u32; 8]` arrays.
+        unsafe {
+            let load = |a: &[u32; 8]| _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+            let splat = |x: u32| _mm256_set1_epi32(x as i32);
+            let (m0, m1, w0, w1) = (
+                splat(super::M0),
+                splat(super::M1),
+                splat(super::W0),
+                splat(super::W1),
+            );
+            let (mut k0, mut k1) = (load(&k0), load(&k1));
+            let (mut c0, mut c1, mut c2, mut c3) =
+                (splat(c[0]), splat(c[1]), splat(c[2]), splat(c[3]));
+            for round in 0..10 {
+                if round > 0 {
+                    k0 = _mm256_add_epi32(k0, w0);
+                    k1 = _mm256_add_epi32(k1, w1);
+                }
+                let (hi0, lo0) = mul_hi_lo(c0, m0);
+                let (hi1, lo1) = mul_hi_lo(c2, m1);
+                (c0, c1, c2, c3) = (
+                    _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0),
+                    lo1,
+                    _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1),
+                    lo0,
+                );
+            }
+            let mut out = [[0u32; 8]; 4];
+            for (o, v) in out.iter_mut().zip([c0, c1, c2, c3]) {
+                _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, v);
+            }
+            out
+        }
+    }
 }
 
 /// The keys that words 0 and 1 of lane blocks make (as [`Key::child`] and
