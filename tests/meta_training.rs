@@ -2,10 +2,11 @@
 //! finite differences in f64, its reset bookkeeping, determinism over thread counts, and
 //! a learner that improves a learned optimizer.
 
+use lopt::datasets::{Datasets, Split};
 use lopt::learned_optimizers::{LearnableSgd, LearnedOptimizer, MlpLOpt};
 use lopt::outer_trainers::{
     sample_perturbations, ConstantTruncationSchedule, GradientEstimator, GradientLearner,
-    LOptTruncatedStep, SingleMachineGradientLearner, TaskGroup, TruncatedPes,
+    LOptTruncatedStep, MetaLossSplit, SingleMachineGradientLearner, TaskGroup, TruncatedPes,
 };
 use lopt::prelude::*;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
@@ -13,17 +14,33 @@ use lopt::tasks::quadratics::FixedDimQuadraticFamily;
 type Fam = FixedDimQuadraticFamily;
 
 /// Task `s`'s meta-loss in f64: the mean over `t_len` steps of the training loss before
-/// each LearnableSgd update with θ = `[log_lr]`, from its initial state.
-fn unrolled_loss(family: &Fam, s: &TaskGroup<Fam, LearnableSgd>, log_lr: f64, t_len: usize) -> f64 {
+/// each LearnableSgd update with θ = `[log_lr]`, from its initial state (after each
+/// update when `after`: `meta_loss_split = SameData`).
+fn unrolled_loss_at(
+    family: &Fam,
+    s: &TaskGroup<Fam, LearnableSgd>,
+    log_lr: f64,
+    t_len: usize,
+    after: bool,
+) -> f64 {
     let cfg: DVector<f64> = family.cast_cfg::<f32, f64>(&s.cfg);
     let mut p: DVector<f64> = family.cast_params::<f32, f64>(&s.opt_state.params);
     let mut total = 0.0;
     for _ in 0..t_len {
         let (l, g) = family.value_and_grad::<f64>(&p, &cfg, Key::new(0), &());
-        total += l;
         p -= g * log_lr.exp();
+        total += if after {
+            family.loss::<f64>(&p, &cfg, Key::new(0), &())
+        } else {
+            l
+        };
     }
     total / t_len as f64
+}
+
+/// [`unrolled_loss_at`] with the library's default meta-loss (before each update).
+fn unrolled_loss(family: &Fam, s: &TaskGroup<Fam, LearnableSgd>, log_lr: f64, t_len: usize) -> f64 {
+    unrolled_loss_at(family, s, log_lr, t_len, false)
 }
 
 /// The derivative in `log_lr` of the tasks' mean meta-loss: central differences in f64.
@@ -33,11 +50,22 @@ fn mean_slope(
     log_lr: f64,
     t_len: usize,
 ) -> f64 {
+    mean_slope_at(family, tasks, log_lr, t_len, false)
+}
+
+/// [`mean_slope`] of the meta-loss before (`after = false`) or after each update.
+fn mean_slope_at(
+    family: &Fam,
+    tasks: &[TaskGroup<Fam, LearnableSgd>],
+    log_lr: f64,
+    t_len: usize,
+    after: bool,
+) -> f64 {
     let h = 1e-4;
     let f = |x: f64| {
         tasks
             .iter()
-            .map(|s| unrolled_loss(family, s, x, t_len))
+            .map(|s| unrolled_loss_at(family, s, x, t_len, after))
             .sum::<f64>()
             / tasks.len() as f64
     };
@@ -93,6 +121,171 @@ fn first_pes_estimate_is_the_es_gradient_of_the_truncation_loss() {
         "{} vs {mean_loss}",
         est.mean_loss
     );
+}
+
+/// With `meta_loss_split = SameData` the meta-loss is the loss after each update: PES
+/// estimates that objective's slope, which over two steps is more than twice the
+/// default's (the test's 20% tolerance tells them apart), and reports its mean.
+#[test]
+fn pes_with_same_data_meta_loss_follows_the_post_update_loss() {
+    let family = Fam { dim: 4 };
+    let lopt = LearnableSgd { initial_lr: 0.05 };
+    let (n, t_len, std) = (1024, 2, 0.02f32);
+    let mut step = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 1000 },
+        n,
+    )
+    .unwrap();
+    step.meta_loss_split = Some(MetaLossSplit::SameData);
+    let pes = TruncatedPes::new(step, t_len, std).unwrap();
+    let theta = lopt.init(Key::new(0));
+    let mut state = pes.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    let tasks = state.pos.clone();
+    let est = pes
+        .compute_gradient_estimate(&theta, &mut state, Key::new(2), 0)
+        .unwrap();
+    let th = theta[0] as f64;
+    let (after, before) = (
+        mean_slope_at(&family, &tasks, th, t_len, true),
+        mean_slope_at(&family, &tasks, th, t_len, false),
+    );
+    assert!(
+        (after - before).abs() > 0.5 * after.abs(),
+        "{after} {before}"
+    );
+    assert_es_estimate("PES (same data)", est.grad[0] as f64, after);
+    let mean_loss = tasks
+        .iter()
+        .map(|s| unrolled_loss_at(&family, s, th, t_len, true))
+        .sum::<f64>()
+        / n as f64;
+    assert!(
+        (est.mean_loss as f64 - mean_loss).abs() < 1e-2 * mean_loss,
+        "{} vs {mean_loss}",
+        est.mean_loss
+    );
+}
+
+/// `Σ (p − c)²` scaled by the batch: the training split serves 1, outer_valid 3, so a
+/// meta-loss read on the wrong split is off by a factor of 3.
+struct ScaledFamily {
+    datasets: Datasets<f32>,
+}
+
+impl ScaledFamily {
+    fn new() -> Self {
+        ScaledFamily {
+            datasets: Datasets::new(
+                std::iter::repeat(1.0f32),
+                std::iter::repeat(2.0f32),
+                std::iter::repeat(3.0f32),
+                std::iter::repeat(4.0f32),
+            ),
+        }
+    }
+}
+
+#[task_family]
+impl TaskFamily for ScaledFamily {
+    type Cfg<S: Real> = DVector<S>;
+    type Params<S: Real> = DVector<S>;
+    type Batch = f32;
+    fn sample(&self, key: Key) -> DVector<f32> {
+        DVector::from_vec(key.normal_vec(3))
+    }
+    fn init<S: Real>(&self, _cfg: &DVector<S>, key: S::Key) -> DVector<S> {
+        DVector::from_vec(key.normal_vec(3))
+    }
+    fn loss<S: Real>(&self, p: &DVector<S>, c: &DVector<S>, _key: S::Key, b: &f32) -> S {
+        sum(square(p - c)) * b
+    }
+    fn datasets(&self) -> Option<Datasets<f32>> {
+        Some(self.datasets.clone())
+    }
+}
+
+/// Each meta-loss choice reports the loss of the right parameters on the right split,
+/// computed here in f64 from the group's state before and after the step, in one lane
+/// and in a group of eight.
+#[test]
+fn meta_loss_split_reads_the_named_split_after_the_update() {
+    fn check<S: Real>(choice: Option<MetaLossSplit>) {
+        let family = ScaledFamily::new();
+        let lopt = LearnableSgd { initial_lr: 0.1 };
+        let mut step = LOptTruncatedStep::new(
+            &family,
+            &lopt,
+            ConstantTruncationSchedule { total_length: 100 },
+            S::LANES,
+        )
+        .unwrap();
+        step.meta_loss_split = choice;
+        let theta = lopt.init(Key::new(0));
+        let mut groups = step.init_step_state::<S>(&theta, Key::new(1), 0).unwrap();
+        let group = &mut groups[0];
+        let lane_f64 = |g: &TaskGroup<ScaledFamily, LearnableSgd, S>, l: usize| {
+            let c = g.cfg.map(|x| x.lane(l));
+            let p = g.opt_state.params.map(|x| x.lane(l));
+            (c, p)
+        };
+        let before: Vec<_> = (0..S::LANES).map(|l| lane_f64(group, l)).collect();
+        let keys = Key::new(2).split_n(S::LANES);
+        let theta_s = lopt.cast_theta::<f32, S>(&theta);
+        let meta = step.next_meta_batch().unwrap();
+        let out = step
+            .unroll_group_step(&theta_s, group, &keys, &1.0, meta.as_ref(), 0)
+            .unwrap();
+        for (l, o) in out.iter().enumerate() {
+            let (c, p0) = &before[l];
+            let (_, p1) = lane_f64(group, l);
+            let sq = |p: &DVector<f64>| (p - c).norm_squared();
+            let want = match choice {
+                None => sq(p0),
+                Some(MetaLossSplit::SameData) => sq(&p1),
+                Some(MetaLossSplit::Split(Split::OuterValid)) => 3.0 * sq(&p1),
+                Some(MetaLossSplit::Split(_)) => unreachable!("not tested"),
+            };
+            // The update itself: p1 = p0 − lr · 2 (p0 − c).
+            let p1_want = p0 - (p0 - c) * (2.0 * 0.1);
+            assert!((&p1 - p1_want).norm() < 1e-5, "lane {l}: the update");
+            assert!(
+                (o.loss as f64 - want).abs() < 1e-5 * want.max(1.0),
+                "{choice:?} lane {l}: {} vs {want}",
+                o.loss
+            );
+        }
+    }
+    for choice in [
+        None,
+        Some(MetaLossSplit::SameData),
+        Some(MetaLossSplit::Split(Split::OuterValid)),
+    ] {
+        check::<f32>(choice);
+        check::<Lanes<8>>(choice);
+    }
+}
+
+/// A split meta-loss without its batch is a typed error.
+#[test]
+fn meta_loss_split_without_its_batch_is_an_error() {
+    let family = ScaledFamily::new();
+    let lopt = LearnableSgd::default();
+    let mut step = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule { total_length: 5 },
+        1,
+    )
+    .unwrap();
+    step.meta_loss_split = Some(MetaLossSplit::Split(Split::OuterValid));
+    let theta = lopt.init(Key::new(0));
+    let mut groups = step.init_step_state::<f32>(&theta, Key::new(1), 0).unwrap();
+    assert!(matches!(
+        step.unroll_group_step(&theta, &mut groups[0], &[Key::new(2)], &1.0, None, 0),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -473,7 +666,8 @@ fn mismatched_inputs_are_errors() {
     ));
     let group = &mut state.pos[0];
     assert!(matches!(
-        four.step.unroll_group_step(&theta, group, &[], &(), 0),
+        four.step
+            .unroll_group_step(&theta, group, &[], &(), None, 0),
         Err(Error::InvalidArgument(_))
     ));
     assert!(LOptTruncatedStep::new(

@@ -18,7 +18,7 @@ pub use gradient_learner::{
     GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner,
 };
 pub use truncated_pes::{sample_perturbations, PesState, TruncatedPes};
-pub use truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
+pub use truncated_step::{LOptTruncatedStep, MetaLossSplit, TaskGroup, UnrollOut};
 pub use truncation_schedule::{
     ConstantTruncationSchedule, LogUniformLengthSchedule, NeverEndingTruncationSchedule,
     TruncationSchedule,

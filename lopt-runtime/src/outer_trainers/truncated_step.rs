@@ -7,7 +7,7 @@ use std::any::Any;
 use rayon::prelude::*;
 
 use crate::batch::{get_lane, same_lane_group, set_lane};
-use crate::datasets::Datasets;
+use crate::datasets::{Datasets, Split};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyOps};
 use crate::learned_optimizers::LearnedOptimizer;
@@ -58,9 +58,22 @@ pub struct UnrollOut {
     pub iteration: usize,
 }
 
+/// What a step reports as its meta-loss when it is not the training loss before the
+/// update (the JAX library's `meta_loss_split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaLossSplit {
+    /// The loss of the updated parameters on the step's own training batch
+    /// (`"same_data"`).
+    SameData,
+    /// The loss of the updated parameters on a batch of this split (`"outer_valid"`,
+    /// ...): one batch per lane group and step, the same for θ + ε and θ − ε.
+    Split(Split),
+}
+
 /// Trains `num_tasks` instances of a family with a learned optimizer, in truncations
 /// (`VectorizedLOptTruncatedStep`). The meta-loss of a step is the normalized training
-/// loss before the update (the JAX library's default, `meta_loss_split=None`).
+/// loss before the update (the JAX library's default, `meta_loss_split=None`), or with
+/// [`meta_loss_split`](Self::meta_loss_split) the loss after it on other data.
 pub struct LOptTruncatedStep<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> {
     /// The task family.
     pub family: &'a F,
@@ -73,6 +86,10 @@ pub struct LOptTruncatedStep<'a, F: TaskFamily, L: LearnedOptimizer, T: Truncati
     /// Starts each task's truncation counter at a random step in `[0, offset)` so that
     /// resets do not happen in lock step (0: off).
     pub random_initial_iteration_offset: usize,
+    /// `None` (default): the meta-loss is the training loss before each update. `Some`:
+    /// the loss after the update, on the data named (see [`MetaLossSplit`]). A family
+    /// without datasets (`Batch = ()`) has the same `()` batch in every split.
+    pub meta_loss_split: Option<MetaLossSplit>,
     datasets: Option<Datasets<F::Batch>>,
 }
 
@@ -127,15 +144,30 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             schedule,
             num_tasks,
             random_initial_iteration_offset: 0,
+            meta_loss_split: None,
             datasets,
         })
     }
 
     /// The next training batch (one per task and step).
     pub fn next_batch(&self) -> Result<F::Batch> {
+        self.next_from(Split::Train)
+    }
+
+    /// The next batch of `split` (`()` for a family without datasets).
+    fn next_from(&self, split: Split) -> Result<F::Batch> {
         match &self.datasets {
-            Some(ds) => ds.train(),
+            Some(ds) => ds.next(split),
             None => Ok(unit_batch().expect("checked in new")),
+        }
+    }
+
+    /// The next meta-loss batch when [`meta_loss_split`](Self::meta_loss_split) names a
+    /// split; `None` otherwise (the meta-loss then needs no batch of its own).
+    pub fn next_meta_batch(&self) -> Result<Option<F::Batch>> {
+        match self.meta_loss_split {
+            Some(MetaLossSplit::Split(split)) => self.next_from(split).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -260,12 +292,16 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
     /// One inner step of a group with meta-parameters `theta` (one θ per lane): lanes
     /// whose run goes on train on `batch` with their key (`keys[lane]`), lanes whose run
     /// ended restart with a fresh task (`unroll_step`, the lanes of a batch as rows).
+    /// `meta_batch` is the step's batch of the meta-loss split
+    /// ([`next_meta_batch`](Self::next_meta_batch)), needed when
+    /// [`meta_loss_split`](Self::meta_loss_split) names one.
     pub fn unroll_group_step<S: Real>(
         &self,
         theta: &L::Theta<S>,
         group: &mut TaskGroup<F, L, S>,
         keys: &[Key],
         batch: &F::Batch,
+        meta_batch: Option<&F::Batch>,
         outer_iteration: usize,
     ) -> Result<Vec<UnrollOut>> {
         let lanes = S::LANES;
@@ -275,6 +311,15 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 keys.len()
             )));
         }
+        let meta_batch = match self.meta_loss_split {
+            None => None,
+            Some(MetaLossSplit::SameData) => Some(batch),
+            Some(MetaLossSplit::Split(split)) => Some(meta_batch.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unroll_group_step: meta_loss_split is {split} but no meta batch was given"
+                ))
+            })?),
+        };
         let split: Vec<(Key, Key)> = (0..lanes)
             .map(|l| keys[l.min(keys.len() - 1)].split())
             .collect();
@@ -288,7 +333,19 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 batch,
             );
             self.lopt.update(theta, &mut group.opt_state, &grad, l);
-            loss = l;
+            loss = match meta_batch {
+                // The updated parameters on the meta data, with a key of their own.
+                Some(mb) => {
+                    let meta_keys: Vec<Key> = split.iter().map(|(ka, _)| ka.split().1).collect();
+                    self.family.loss::<S>(
+                        self.lopt.params(&group.opt_state),
+                        &group.cfg,
+                        <S::Key as KeyOps<S>>::from_lane_keys(&meta_keys),
+                        mb,
+                    )
+                }
+                None => l,
+            };
         }
         let mut restarted = vec![false; lanes];
         for l in 0..lanes {
@@ -383,11 +440,13 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedSte
             .iter()
             .map(|k| k.split().0.split_n(n))
             .collect();
-        // One batch per group and step (the lanes of a group share it).
-        let batches: Vec<Vec<F::Batch>> = (0..t_len)
+        // One batch per group and step (the lanes of a group share it), and the
+        // meta-loss split's batch when there is one.
+        type StepData<B> = (B, Option<B>);
+        let batches: Vec<Vec<StepData<F::Batch>>> = (0..t_len)
             .map(|_| {
                 (0..pos.len())
-                    .map(|_| self.next_batch())
+                    .map(|_| Ok((self.next_batch()?, self.next_meta_batch()?)))
                     .collect::<Result<_>>()
             })
             .collect::<Result<_>>()?;
@@ -408,9 +467,10 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedSte
                 let mut per_step = Vec::with_capacity(t_len);
                 for (t, keys) in task_keys.iter().enumerate() {
                     let keys: Vec<Key> = (0..lanes).map(|l| keys[task(g, l)]).collect();
-                    let b = &batches[t][g];
-                    let op = self.unroll_group_step(&tp, pos, &keys, b, outer_iteration)?;
-                    let on = self.unroll_group_step(&tn, neg, &keys, b, outer_iteration)?;
+                    let (b, mb) = &batches[t][g];
+                    let (mb, it) = (mb.as_ref(), outer_iteration);
+                    let op = self.unroll_group_step(&tp, pos, &keys, b, mb, it)?;
+                    let on = self.unroll_group_step(&tn, neg, &keys, b, mb, it)?;
                     per_step.push(op.into_iter().zip(on).collect::<Vec<_>>());
                 }
                 Ok(per_step)
