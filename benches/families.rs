@@ -393,11 +393,7 @@ fn main() -> lopt::Result<()> {
         }),
     ];
     // `cargo bench --bench families -- seed` runs the cases whose id contains `seed`.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())));
+    common::select(&mut cases);
     let (peak, how) = peak_flops();
     println!("machine: peak {:.0} GFLOP/s f32 ({how})", peak / 1e9);
     println!(

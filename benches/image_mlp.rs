@@ -257,11 +257,7 @@ fn main() {
         );
     }
     // `cargo bench --bench image_mlp -- <substring>...` runs only the matching cases.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())));
+    common::select(&mut cases);
     // Seven rounds, the fewest whose median we report (a 64-instance call trains 64,000
     // instance-steps, about 2 s). The `ref.*` cases alone are short: more rounds.
     let rounds = if cases.iter().all(|c| c.id.starts_with("ref.")) {

@@ -300,6 +300,8 @@ fn main() -> lopt::Result<()> {
         outer_case("pes.mlp", &mlp_serial, m1),
         outer_case("pes.mlp.lanes8", &mlp_lanes8, m8),
     ];
+    // `cargo bench --bench meta -- pes.mlp` runs the cases whose id contains `pes.mlp`.
+    common::select(&mut cases);
     let s = common::run(&mut cases, 9, Duration::from_millis(100));
     let serial = median(&s, "meta.pes.serial");
     println!(

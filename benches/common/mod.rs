@@ -91,6 +91,16 @@ pub fn run(cases: &mut [Case<'_>], rounds: usize, target: Duration) -> Vec<Summa
         .collect()
 }
 
+/// Keeps the cases whose id contains one of the command-line arguments that are not
+/// flags (`cargo bench --bench X -- <substring>...`); all of them when there is none.
+pub fn select(cases: &mut Vec<Case<'_>>) {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())));
+}
+
 /// Prevents the optimizer from discarding a value.
 pub fn keep<T>(x: T) -> T {
     black_box(x)

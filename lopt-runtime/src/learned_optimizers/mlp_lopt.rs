@@ -3,7 +3,7 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use crate::ad::gemm::{gemm, MatRef};
+use crate::ad::gemm::{gemm_raw, MatRef};
 use crate::key::Key;
 use crate::params::{write_field_leaf_name, Params, Rebind};
 use crate::scalar::Real;
@@ -296,62 +296,113 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
     let MlpLOptState {
         params, momenta, ..
     } = state;
+    let widest = theta
+        .layers
+        .iter()
+        .map(|(w, _)| w.ncols())
+        .max()
+        .unwrap_or(0);
+    let mut net = Net {
+        x: Vec::with_capacity(BLOCK * CHANNELS),
+        a: Vec::with_capacity(BLOCK * widest),
+        b: Vec::with_capacity(BLOCK * widest),
+    };
     for i in 0..grad.num_leaves() {
         let g = grad.leaf(i);
         let n = g.len();
         if n == 0 {
             continue;
         }
-        // The inputs of every element at once, `n x 8` column-major: each channel divided
-        // by its root mean square over the tensor.
-        let p = params.leaf(i);
-        let mut x = Vec::with_capacity(n * CHANNELS);
-        for c in 0..CHANNELS {
-            let col = match c {
-                0 => g,
-                1 => p,
-                _ => momenta[c - 2].leaf(i),
-            };
+        // Each channel is divided by its root mean square over the whole tensor.
+        let scale: [S; CHANNELS] = std::array::from_fn(|c| {
+            let col = channel(c, g, params.leaf(i), momenta, i);
             let ms = col.iter().fold(S::zero(), |acc, &v| acc + v * v) / S::from_f64(n as f64);
-            let scale = S::one() / (S::from_f64(1e-5) + ms).sqrt();
-            x.extend(col.iter().map(|&v| v * scale));
-        }
-        let out = forward(theta, &first_bias, x, n);
-        for (e, p) in params.leaf_mut(i).iter_mut().enumerate() {
-            let (d, mu) = (out[e], out[n + e]);
-            *p -= d * (exp_mult * mu).exp() * step_mult;
+            S::one() / (S::from_f64(1e-5) + ms).sqrt()
+        });
+        for start in (0..n).step_by(BLOCK) {
+            let rows = start..n.min(start + BLOCK);
+            net.x.clear();
+            for (c, &sc) in scale.iter().enumerate() {
+                let col = &channel(c, g, params.leaf(i), momenta, i)[rows.clone()];
+                net.x.extend(col.iter().map(|&v| v * sc));
+            }
+            let out = net.forward(theta, &first_bias, rows.len());
+            let (d, mu) = out.split_at(rows.len());
+            for ((p, &d), &mu) in params.leaf_mut(i)[rows].iter_mut().zip(d).zip(mu) {
+                *p -= d * crate::ad::vecmath::exp(exp_mult * mu) * step_mult;
+            }
         }
     }
     state.iteration += 1;
     state.step += S::one();
 }
 
-/// The network on `n` elements at once: `x` is `n x 8` column-major (the normalized
-/// channels), `first_bias` the first layer's bias with the time features folded in; one
-/// matrix product a layer (the first reads only the channel rows of its weights). Returns
-/// the `n x 2` outputs `(d, μ)`, column-major.
-fn forward<S: Real>(theta: &MlpLOptTheta<S>, first_bias: &[S], x: Vec<S>, n: usize) -> Vec<S> {
-    let last = theta.layers.len() - 1;
-    let mut input = x;
-    let mut width = CHANNELS;
-    for (k, (w, b)) in theta.layers.iter().enumerate() {
-        let cols = w.ncols();
-        let a = MatRef::col_major(&input, n, width).expect("n x width inputs");
-        // The rows of `w` this layer reads (all but the time-feature rows for the first).
-        let wv = MatRef::new(w.as_slice(), width, cols, 1, w.nrows()).expect("rows of w");
-        let mut out = vec![S::zero(); n * cols];
-        gemm(a, wv, &mut out, false).expect("shapes agree");
-        let bias: &[S] = if k == 0 { first_bias } else { b.as_slice() };
-        for (col, &bj) in out.chunks_exact_mut(n).zip(bias) {
-            for v in col.iter_mut() {
-                let z = *v + bj;
-                *v = if k < last { z.max(S::zero()) } else { z };
-            }
-        }
-        input = out;
-        width = cols;
+/// Elements the network takes at once: its activations (`BLOCK x 32` per layer) stay in
+/// L1/L2, and no buffer is large enough for the allocator to map fresh pages each call
+/// (whole-tensor buffers made page faults most of the update's time).
+const BLOCK: usize = 128;
+
+/// Input channel `c` of leaf `i`: the gradient, the parameters, then the momenta.
+fn channel<'a, S: Real, P: Params<Scalar = S>>(
+    c: usize,
+    g: &'a [S],
+    p: &'a [S],
+    momenta: &'a [P; 6],
+    i: usize,
+) -> &'a [S] {
+    match c {
+        0 => g,
+        1 => p,
+        _ => momenta[c - 2].leaf(i),
     }
-    input
+}
+
+/// The network's buffers, reused across blocks: the inputs and two activation buffers.
+struct Net<S> {
+    x: Vec<S>,
+    a: Vec<S>,
+    b: Vec<S>,
+}
+
+impl<S: Real> Net<S> {
+    /// The network on the `n` elements whose normalized channels are in `self.x` (`n x
+    /// 8` column-major); `first_bias` is the first layer's bias with the time features
+    /// folded in. One matrix product a layer (the first reads only the channel rows of
+    /// its weights) into `b`, then bias and ReLU into `a`. Returns the `n x 2` outputs `(d, μ)`,
+    /// column-major.
+    fn forward(&mut self, theta: &MlpLOptTheta<S>, first_bias: &[S], n: usize) -> &[S] {
+        let last = theta.layers.len() - 1;
+        let mut width = CHANNELS;
+        for (k, (w, b)) in theta.layers.iter().enumerate() {
+            let cols = w.ncols();
+            let input: &[S] = if k == 0 { &self.x } else { &self.a };
+            let a = MatRef::col_major(&input[..n * width], n, width).expect("n x width inputs");
+            // The rows of `w` this layer reads (all but the time-feature rows for the first).
+            let wv = MatRef::new(w.as_slice(), width, cols, 1, w.nrows()).expect("rows of w");
+            self.b.clear();
+            self.b.reserve(n * cols);
+            // SAFETY: `b` has room for the `n x cols` product, which `gemm_raw` writes
+            // whole without reading when not accumulating (no zeroing pass first).
+            unsafe {
+                gemm_raw(a, wv, self.b.as_mut_ptr(), false);
+                self.b.set_len(n * cols);
+            }
+            let bias: &[S] = if k == 0 { first_bias } else { b.as_slice() };
+            if k < last {
+                // Bias and ReLU into the other buffer, the next layer's input.
+                self.a.clear();
+                for (col, &bj) in self.b.chunks_exact(n).zip(bias) {
+                    self.a.extend(col.iter().map(|&v| (v + bj).max(S::zero())));
+                }
+            } else {
+                for (col, &bj) in self.b.chunks_exact_mut(n).zip(bias) {
+                    col.iter_mut().for_each(|v| *v += bj);
+                }
+            }
+            width = cols;
+        }
+        &self.b[..n * width]
+    }
 }
 
 #[cfg(test)]
@@ -419,7 +470,8 @@ mod tests {
         }
     }
 
-    /// Parameters with three leaves of different sizes, including a 1-element one.
+    /// Parameters with four leaves of different sizes: one of 300 elements (more than two
+    /// of the network's blocks of [`BLOCK`], with a remainder) and one of 1.
     fn tree(key: Key) -> MlpLOptTheta<f64> {
         let shape = MlpLOpt {
             hidden_size: 3,
@@ -428,6 +480,8 @@ mod tests {
         };
         let mut t: MlpLOptTheta<f64> = Rebind::cast(&shape.init(key));
         t.layers.truncate(2);
+        t.layers[0].0 = DMatrix::zeros(20, 15);
+        assert!(300 > 2 * BLOCK && 300 % BLOCK != 0);
         t.layers[1].0 = DMatrix::zeros(1, 1);
         t.layers[1].1 = DVector::zeros(1);
         for i in 0..t.num_leaves() {
