@@ -92,13 +92,15 @@ pub fn run(cases: &mut [Case<'_>], rounds: usize, target: Duration) -> Vec<Summa
 }
 
 /// Keeps the cases whose id contains one of the command-line arguments that are not
-/// flags (`cargo bench --bench X -- <substring>...`); all of them when there is none.
+/// flags (`cargo bench --bench X -- <substring>...`), or equals one ending in `$`
+/// (`pes.mlp$`); all of them when there is none.
 pub fn select(cases: &mut Vec<Case<'_>>) {
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())));
+    let hit = |id: &str, f: &str| f.strip_suffix('$').map_or(id.contains(f), |e| id == e);
+    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| hit(&c.id, f)));
 }
 
 /// Prevents the optimizer from discarding a value.
