@@ -7,7 +7,7 @@
 //!   estimate, 8 to a SIMD lane group (one θ ± ε per lane), truncations of 10 steps within
 //!   runs of 50–200 steps (log-uniform), 2,000 outer steps;
 //! - the image-MLP family on Fashion-MNIST 8×8 (or the embedded digits): hidden widths 16,
-//!   32 or 64, so one task per group in `f32`, 8 tasks, runs of 100–400 steps, 150 outer
+//!   32 or 64, so one task per group in `f32`, 8 tasks, runs of 100–400 steps, 400 outer
 //!   steps.
 //!
 //! A progress bar shows the meta-loss; θ and its Adam state are checkpointed atomically
@@ -285,7 +285,7 @@ fn main() -> lopt::Result<()> {
         step.random_initial_iteration_offset = 400;
         let pes = TruncatedPes::new(step, 10, 0.01)?;
         let ck = PathBuf::from("target/lopt-checkpoints/meta_train_image_mlp.json");
-        let out = meta_train(&mlp, &lopt, pes, 3e-3, 150, 300, &[1e-3, 1e-2], &ck, resume)?;
+        let out = meta_train(&mlp, &lopt, pes, 3e-3, 400, 300, &[1e-3, 1e-2], &ck, resume)?;
         all.extend(panels("image MLP", &out, false));
     }
     let plot = PathBuf::from("target/lopt-plots/meta_train.png");

@@ -609,7 +609,7 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
 #[inline(always)]
 fn lane_blocks<const N: usize>(keys: &[Key; N], counter: u64, domain: u32) -> [[u32; N]; 4] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if N % 8 == 0 {
+    if N.is_multiple_of(8) {
         // LLVM widens the portable loops' 32 x 32 -> 64-bit products lane by lane; the
         // AVX2 form multiplies even and odd lanes in place (about 3x faster).
         let mut out = [[0u32; N]; 4];

@@ -481,7 +481,7 @@ mod tests {
         let mut t: MlpLOptTheta<f64> = Rebind::cast(&shape.init(key));
         t.layers.truncate(2);
         t.layers[0].0 = DMatrix::zeros(20, 15);
-        assert!(300 > 2 * BLOCK && 300 % BLOCK != 0);
+        const { assert!(300 > 2 * BLOCK && 300 % BLOCK != 0) };
         t.layers[1].0 = DMatrix::zeros(1, 1);
         t.layers[1].1 = DVector::zeros(1);
         for i in 0..t.num_leaves() {
