@@ -28,7 +28,6 @@ use lopt::lanes::LaneKeys;
 use lopt::lanes::Lanes;
 use lopt::prelude::*;
 use lopt::tasks::image_mlp::{ImageMlpFamily, ImageMlpFamilyCfg, ImageMlpTask, Mlp1};
-use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 const BATCH: usize = 128;
@@ -55,19 +54,6 @@ const STEP_PRODUCTS: [(usize, usize, usize, bool, bool); 5] = [
     (BATCH, 10, 32, false, true),
     (64, BATCH, 32, true, false),
 ];
-
-fn pool() -> Vec<ImageBatch> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    (0..POOL)
-        .map(|_| ImageBatch {
-            image: DMatrix::from_fn(BATCH, 64, |_, _| rng.gen::<f32>()),
-            label: (0..BATCH).map(|_| rng.gen_range(0..10)).collect(),
-            height: 8,
-            width: 8,
-            channels: 1,
-        })
-        .collect()
-}
 
 /// Datasets that are never read (batches come from the pool), declaring 10 classes.
 fn no_data() -> Datasets<ImageBatch> {
@@ -158,7 +144,7 @@ fn step_products<S: Real>(ops: &mut Products<S>, only: Option<usize>) {
 }
 
 fn main() {
-    let pool = pool();
+    let pool = common::random_image_batches(0, POOL, BATCH);
     let task = ImageMlpTask::<1>::new(no_data(), 64, vec![32]).expect("valid task");
     let family = ImageMlpFamily::new(no_data(), 64, vec![32], (1.0, 1.0)).expect("valid family");
     let cfg = family.cfg(32, 1.0);

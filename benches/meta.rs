@@ -55,7 +55,6 @@ use lopt::outer_trainers::{
 use lopt::prelude::*;
 use lopt::tasks::image_mlp::ImageMlpTask;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
-use rand::{Rng, SeedableRng};
 
 const TASKS: usize = 64;
 const TRUNC: usize = 10;
@@ -154,16 +153,7 @@ where
 
 /// `n` random batches of the image MLP (images ~ U[0,1), labels ~ U{0..9}).
 fn random_batches(seed: u64, n: usize) -> Vec<ImageBatch> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| ImageBatch {
-            image: DMatrix::from_fn(BATCH, 64, |_, _| rng.gen::<f32>()),
-            label: (0..BATCH).map(|_| rng.gen_range(0..10)).collect(),
-            height: 8,
-            width: 8,
-            channels: 1,
-        })
-        .collect()
+    common::random_image_batches(seed, n, BATCH)
 }
 
 /// Four splits cycling pools of random batches, declaring 10 classes.

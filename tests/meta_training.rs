@@ -38,22 +38,8 @@ fn unrolled_loss_at(
     total / t_len as f64
 }
 
-/// [`unrolled_loss_at`] with the library's default meta-loss (before each update).
-fn unrolled_loss(family: &Fam, s: &TaskGroup<Fam, LearnableSgd>, log_lr: f64, t_len: usize) -> f64 {
-    unrolled_loss_at(family, s, log_lr, t_len, false)
-}
-
-/// The derivative in `log_lr` of the tasks' mean meta-loss: central differences in f64.
-fn mean_slope(
-    family: &Fam,
-    tasks: &[TaskGroup<Fam, LearnableSgd>],
-    log_lr: f64,
-    t_len: usize,
-) -> f64 {
-    mean_slope_at(family, tasks, log_lr, t_len, false)
-}
-
-/// [`mean_slope`] of the meta-loss before (`after = false`) or after each update.
+/// The derivative in `log_lr` of the tasks' mean meta-loss (before or `after` each
+/// update): central differences in f64.
 fn mean_slope_at(
     family: &Fam,
     tasks: &[TaskGroup<Fam, LearnableSgd>],
@@ -108,10 +94,10 @@ fn first_pes_estimate_is_the_es_gradient_of_the_truncation_loss() {
 
     // The true gradient of the mean truncation loss: central differences in f64 per task.
     let th = theta[0] as f64;
-    let true_grad = mean_slope(&family, &tasks, th, t_len);
+    let true_grad = mean_slope_at(&family, &tasks, th, t_len, false);
     let mean_loss = tasks
         .iter()
-        .map(|s| unrolled_loss(&family, s, th, t_len))
+        .map(|s| unrolled_loss_at(&family, s, th, t_len, false))
         .sum::<f64>()
         / n as f64;
     assert_es_estimate("PES", est.grad[0] as f64, true_grad);
@@ -512,7 +498,7 @@ fn full_es_estimates_the_gradient_of_the_run_loss() {
         .init_step_state(&theta, key.split_n(4)[2], 0)
         .unwrap();
     let th = theta[0] as f64;
-    let true_grad = mean_slope(&family, &tasks, th, t_len);
+    let true_grad = mean_slope_at(&family, &tasks, th, t_len, false);
     assert_es_estimate("FullEs", est.grad[0] as f64, true_grad);
     // A step whose runs end is refused.
     let ending = LOptTruncatedStep::new(

@@ -5,6 +5,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use lopt::datasets::ImageBatch;
+use lopt::prelude::DMatrix;
+use rand::{Rng, SeedableRng};
+
 /// One case: an id and a closure that runs the measured work once.
 pub struct Case<'a> {
     pub id: String,
@@ -114,4 +118,19 @@ pub fn median(s: &[Summary], id: &str) -> f64 {
         .find(|x| x.id == id)
         .map(|x| x.median)
         .unwrap_or(f64::NAN)
+}
+
+/// `n` random 8x8 image batches of `batch` examples from `seed`: images ~ U[0,1), labels
+/// ~ U{0..9} (the anchors' fixed random data).
+pub fn random_image_batches(seed: u64, n: usize, batch: usize) -> Vec<ImageBatch> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| ImageBatch {
+            image: DMatrix::from_fn(batch, 64, |_, _| rng.gen::<f32>()),
+            label: (0..batch).map(|_| rng.gen_range(0..10)).collect(),
+            height: 8,
+            width: 8,
+            channels: 1,
+        })
+        .collect()
 }
