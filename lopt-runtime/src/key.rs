@@ -590,9 +590,7 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
     let q = b >> 30;
     let v = ((b >> 8) & 0x3f_ffff) as f32 * TWO_POW_M22;
     let x = (v - 0.5) * std::f32::consts::FRAC_PI_2;
-    let z = x * x;
-    let s = ((-1.951_529_6e-4 * z + 8.332_161e-3) * z - 1.666_665_5e-1) * z * x + x;
-    let c = ((2.443_315_7e-5 * z - 1.388_731_6e-3) * z + 4.166_664_6e-2) * z * z - 0.5 * z + 1.0;
+    let (s, c) = crate::ad::vecmath::sin_cos_poly(x);
     // Rotate by q quarter turns.
     let (s, c) = if q & 1 == 1 { (c, -s) } else { (s, c) };
     if q & 2 == 2 {

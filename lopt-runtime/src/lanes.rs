@@ -286,6 +286,14 @@ impl<const N: usize> Lanes<N> {
         }
         Lanes(o)
     }
+    /// Whether every lane is within the polynomial `sin`/`cos` range (NaN and infinities
+    /// are not: libm gives them their NaN).
+    #[inline(always)]
+    fn within_sin_cos_range(self) -> bool {
+        self.0.iter().fold(true, |ok, x| {
+            ok & (x.abs() <= crate::ad::vecmath::SIN_COS_LIMIT)
+        })
+    }
     /// `f` on every lane pair (scalar code).
     #[inline(always)]
     fn zip(self, b: Self, f: impl Fn(f32, f32) -> f32) -> Self {
@@ -450,11 +458,19 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn sin(self) -> Self {
-        self.map(f32::sin)
+        if self.within_sin_cos_range() {
+            self.map(|x| crate::ad::vecmath::sin_cos_f32(x).0)
+        } else {
+            self.map(f32::sin)
+        }
     }
     #[inline(always)]
     fn cos(self) -> Self {
-        self.map(f32::cos)
+        if self.within_sin_cos_range() {
+            self.map(|x| crate::ad::vecmath::sin_cos_f32(x).1)
+        } else {
+            self.map(f32::cos)
+        }
     }
     #[inline(always)]
     fn abs(self) -> Self {
@@ -584,6 +600,36 @@ mod tests {
                     assert_eq!(z[i].0[l].to_bits(), zk[i].to_bits(), "normal {i} lane {l}");
                     assert_eq!(u[i].0[l].to_bits(), uk[i].to_bits(), "uniform {i} lane {l}");
                 }
+            }
+        }
+    }
+
+    /// Packets take the polynomial sine and cosine while every lane is in its range, and
+    /// libm's lane by lane otherwise (so NaN and huge arguments stay exact).
+    #[test]
+    fn sin_cos_take_the_polynomial_in_range_and_libm_outside() {
+        use crate::ad::vecmath::sin_cos_f32;
+        let x = Lanes::<8>::from_lanes(|i| (i as f64 - 3.5) * 1.7);
+        let (s, c) = (Real::sin(x), Real::cos(x));
+        for l in 0..8 {
+            assert_eq!(s.0[l], sin_cos_f32(x.0[l]).0);
+            assert_eq!(c.0[l], sin_cos_f32(x.0[l]).1);
+        }
+        for odd in [1e5f32, f32::NAN, f32::INFINITY] {
+            let mut y = x;
+            y.0[3] = odd;
+            let (s, c) = (Real::sin(y), Real::cos(y));
+            for l in 0..8 {
+                assert_eq!(
+                    s.0[l].to_bits(),
+                    y.0[l].sin().to_bits(),
+                    "sin lane {l} of {odd}"
+                );
+                assert_eq!(
+                    c.0[l].to_bits(),
+                    y.0[l].cos().to_bits(),
+                    "cos lane {l} of {odd}"
+                );
             }
         }
     }

@@ -1,9 +1,10 @@
-//! Branch-free `f32` `exp`, `ln`, `ln_1p` and `tanh`, so loops over them vectorize.
+//! Branch-free `f32` `exp`, `ln`, `ln_1p`, `tanh`, `sin` and `cos`, so loops over them
+//! vectorize.
 //!
 //! A libm call is scalar and opaque to the vectorizer: the softmax kernels (which spend
 //! most of their time in `exp`) and the transcendental functions of SIMD packets
 //! ([`Lanes`](crate::lanes::Lanes), one call per lane otherwise) use these instead. They
-//! are Cephes' single-precision polynomials (`expf`, `logf`, `tanhf`), within a few ulp,
+//! are Cephes' single-precision polynomials (`expf`, `logf`, `tanhf`, `sinf`, `cosf`), within a few ulp,
 //! written with selects instead of branches; special values (0, infinities, NaN,
 //! subnormals) follow IEEE as libm does.
 
@@ -148,6 +149,46 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
     }
 }
 
+/// Cephes' `sinf` and `cosf` polynomials: `(sin r, cos r)` for `r` in `[-π/4, π/4]`.
+#[inline(always)]
+pub(crate) fn sin_cos_poly(r: f32) -> (f32, f32) {
+    let z = r * r;
+    let s = ((-1.951_529_6e-4 * z + 8.332_161e-3) * z - 1.666_665_5e-1) * z * r + r;
+    let c = ((2.443_315_7e-5 * z - 1.388_731_6e-3) * z + 4.166_664_6e-2) * z * z - 0.5 * z + 1.0;
+    (s, c)
+}
+
+/// The largest `|x|` [`sin_cos_f32`] serves (Cephes' bound for `sinf`): beyond it the
+/// three-part reduction by π/2 loses bits, and callers take libm.
+pub(crate) const SIN_COS_LIMIT: f32 = 8192.0;
+
+/// `(sin x, cos x)` for `|x| <= SIN_COS_LIMIT` (Cephes `sinf`/`cosf` without branches):
+/// `|x|` less the nearest even multiple `j` of π/4 (in three parts, so the first
+/// product is exact), the polynomials on the remainder, then swapped and signed by
+/// `j mod 8`. Odd in `x` for the sine, signed zeros included.
+#[inline(always)]
+pub(crate) fn sin_cos_f32(x: f32) -> (f32, f32) {
+    const FOPI: f32 = 1.273_239_5; // 4/π
+    const DP1: f32 = 0.785_156_25;
+    const DP2: f32 = 2.418_756_5e-4;
+    const DP3: f32 = 3.774_895e-8;
+    let a = x.abs();
+    let mut j = (a * FOPI) as i32;
+    j += j & 1;
+    let y = j as f32;
+    let (ps, pc) = sin_cos_poly(((a - y * DP1) - y * DP2) - y * DP3);
+    // sin(r + q·π/4) and cos(r + q·π/4) for q = j mod 8 in {0, 2, 4, 6}.
+    let q = j & 7;
+    let (s, c) = if q & 2 != 0 { (pc, ps) } else { (ps, pc) };
+    let s = if (q & 4 != 0) != x.is_sign_negative() {
+        -s
+    } else {
+        s
+    };
+    let c = if q == 2 || q == 4 { -c } else { c };
+    (s, c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +280,40 @@ mod tests {
         assert_eq!(tanh_f32(100.0), 1.0);
         assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
         assert!(tanh_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn sin_cos_match_f64_on_the_served_range() {
+        // Near π/4 and below: within 1 ulp of the value (0.6 measured).
+        let small = || log_sweep(1e-30, std::f32::consts::FRAC_PI_4, 50_000).flat_map(|x| [x, -x]);
+        let ws = worst_ulp(|x| sin_cos_f32(x).0, f64::sin, small());
+        let wc = worst_ulp(|x| sin_cos_f32(x).1, f64::cos, small());
+        assert!(ws <= 1.0 && wc <= 1.0, "sin {ws} cos {wc} ulp");
+        // Over the whole range: the absolute error stays within one f32 epsilon (0.65
+        // measured; near zeros of the function the reduction's rounding dominates, as in libm's
+        // single-precision algorithms).
+        let mut worst = 0.0f64;
+        let mut x = -SIN_COS_LIMIT;
+        while x <= SIN_COS_LIMIT {
+            let (s, c) = sin_cos_f32(x);
+            let (ws, wc) = ((x as f64).sin(), (x as f64).cos());
+            worst = worst.max((s as f64 - ws).abs()).max((c as f64 - wc).abs());
+            x += 0.001_37;
+        }
+        assert!(
+            worst <= f32::EPSILON as f64,
+            "{} epsilons",
+            worst / f32::EPSILON as f64
+        );
+        // Quadrant boundaries and signed zeros.
+        for k in -16..=16 {
+            let x = k as f32 * std::f32::consts::FRAC_PI_4;
+            let (s, c) = sin_cos_f32(x);
+            assert!((s as f64 - (x as f64).sin()).abs() < 3e-7, "sin {x}");
+            assert!((c as f64 - (x as f64).cos()).abs() < 3e-7, "cos {x}");
+        }
+        assert_eq!(sin_cos_f32(0.0), (0.0, 1.0));
+        assert!(sin_cos_f32(-0.0).0.is_sign_negative());
     }
 
     #[test]
