@@ -47,15 +47,32 @@ fn mean_slope_at(
     t_len: usize,
     after: bool,
 ) -> f64 {
+    mean_slope_of(tasks, log_lr, |s, x| {
+        unrolled_loss_at(family, s, x, t_len, after)
+    })
+}
+
+/// The derivative in `log_lr` of the mean over `tasks` of `f(task, log_lr)`: central
+/// differences in f64.
+fn mean_slope_of(
+    tasks: &[TaskGroup<Fam, LearnableSgd>],
+    log_lr: f64,
+    f: impl Fn(&TaskGroup<Fam, LearnableSgd>, f64) -> f64,
+) -> f64 {
     let h = 1e-4;
-    let f = |x: f64| {
-        tasks
-            .iter()
-            .map(|s| unrolled_loss_at(family, s, x, t_len, after))
-            .sum::<f64>()
-            / tasks.len() as f64
-    };
-    (f(log_lr + h) - f(log_lr - h)) / (2.0 * h)
+    let mean = |x: f64| tasks.iter().map(|s| f(s, x)).sum::<f64>() / tasks.len() as f64;
+    (mean(log_lr + h) - mean(log_lr - h)) / (2.0 * h)
+}
+
+/// Task `s`'s loss after `t_len` LearnableSgd updates with θ = `[log_lr]`, in f64.
+fn trained_loss(family: &Fam, s: &TaskGroup<Fam, LearnableSgd>, log_lr: f64, t_len: usize) -> f64 {
+    let cfg: DVector<f64> = family.cast_cfg::<f32, f64>(&s.cfg);
+    let mut p: DVector<f64> = family.cast_params::<f32, f64>(&s.opt_state.params);
+    for _ in 0..t_len {
+        let (_, g) = family.value_and_grad::<f64>(&p, &cfg, Key::new(0), &());
+        p -= g * log_lr.exp();
+    }
+    family.loss::<f64>(&p, &cfg, Key::new(0), &())
 }
 
 /// An ES estimate from 1,024 tasks against the true slope. ES averages f'(θ)·z² over N
@@ -490,6 +507,69 @@ fn full_es_estimates_the_gradient_of_the_run_loss() {
     .unwrap();
     assert!(matches!(
         FullEs::new(ending, ConstantTruncationSchedule { total_length: 3 }, 0.01),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// `EsLoss::LastRecompute` scores a run by the loss of its trained parameters: over two
+/// steps its slope is 60% steeper than that of `Last` (the loss before the last update),
+/// and FullEs estimates it, in lanes and in f32 groups alike.
+#[test]
+fn full_es_last_recompute_estimates_the_trained_loss_gradient() {
+    use lopt::outer_trainers::{EsLoss, FullEs, NeverEndingTruncationSchedule};
+    let family = Fam { dim: 4 };
+    let lopt = LearnableSgd { initial_lr: 0.05 };
+    let (n, t_len, std) = (1024, 2, 0.02f32);
+    let es = || {
+        let step =
+            LOptTruncatedStep::new(&family, &lopt, NeverEndingTruncationSchedule, n).unwrap();
+        let sched = ConstantTruncationSchedule {
+            total_length: t_len,
+        };
+        let mut es = FullEs::new(step, sched, std).unwrap();
+        es.loss = EsLoss::LastRecompute { samples: 3 };
+        es
+    };
+    let theta = lopt.init(Key::new(0));
+    let key = Key::new(7);
+    let serial = es()
+        .compute_gradient_estimate(&theta, &mut (), key, 0)
+        .unwrap();
+    let lanes = es()
+        .batched::<Lanes<8>>()
+        .compute_gradient_estimate(&theta, &mut (), key, 0)
+        .unwrap();
+    let tasks: Vec<TaskGroup<Fam, LearnableSgd>> = es()
+        .step
+        .init_step_state(&theta, key.split_n(4)[2], 0)
+        .unwrap();
+    let th = theta[0] as f64;
+    let trained = mean_slope_of(&tasks, th, |s, x| trained_loss(&family, s, x, t_len));
+    let last = mean_slope_of(&tasks, th, |s, x| trained_loss(&family, s, x, t_len - 1));
+    // The two slopes' 20% bands do not overlap: the estimate can match only one.
+    assert!(0.8 * trained.abs() > 1.2 * last.abs(), "{trained} {last}");
+    assert_es_estimate("FullEs last_recompute", serial.grad[0] as f64, trained);
+    assert!(
+        (serial.grad[0] - lanes.grad[0]).abs() <= 1e-4 * serial.grad[0].abs(),
+        "{} vs {}",
+        serial.grad[0],
+        lanes.grad[0]
+    );
+    let mean_loss = tasks
+        .iter()
+        .map(|s| trained_loss(&family, s, th, t_len))
+        .sum::<f64>()
+        / n as f64;
+    assert!(
+        (serial.mean_loss as f64 - mean_loss).abs() < 1e-2 * mean_loss,
+        "{} vs {mean_loss}",
+        serial.mean_loss
+    );
+    // No samples is an error, not a division by zero.
+    let mut none = es();
+    none.loss = EsLoss::LastRecompute { samples: 0 };
+    assert!(matches!(
+        none.compute_gradient_estimate(&theta, &mut (), key, 0),
         Err(Error::InvalidArgument(_))
     ));
 }

@@ -3,6 +3,8 @@
 
 use std::marker::PhantomData;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::learned_optimizers::LearnedOptimizer;
@@ -11,7 +13,7 @@ use crate::scalar::Real;
 use crate::task::TaskFamily;
 
 use super::truncated_pes::sample_perturbations;
-use super::truncated_step::{LOptTruncatedStep, UnrollOut};
+use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;
 use super::{check_std, GradientEstimator, GradientEstimatorOut};
 
@@ -25,9 +27,18 @@ pub enum EsLoss {
     Min,
     /// The last step's loss (`"last"`).
     Last,
+    /// The normalized loss of the trained parameters, averaged over `samples` batches of
+    /// the step's [`outer_data_split`](LOptTruncatedStep::outer_data_split), the same
+    /// batches and keys on both sides (`"last_recompute"`, `recompute_samples`; the JAX
+    /// library's default is 50).
+    LastRecompute {
+        /// Batches averaged.
+        samples: usize,
+    },
 }
 
-/// `FullES(truncated_step, truncation_schedule, std=0.01, loss_type="avg")`: every
+/// `FullES(truncated_step, truncation_schedule, std=0.01, loss_type="avg",
+/// recompute_samples=..)`: every
 /// estimate trains fresh tasks from the start for a whole run with θ + εᵢ and θ − εᵢ
 /// (the same tasks, keys and data on both sides) and returns
 ///
@@ -103,14 +114,66 @@ where
     }
 }
 
-/// A run's meta-loss from its step outputs.
+/// A run's meta-loss from its step outputs (`LastRecompute` is computed apart).
 fn run_loss(loss: EsLoss, out: impl Iterator<Item = UnrollOut>) -> f64 {
     let losses: Vec<f64> = out.map(|o| o.loss as f64).collect();
     match loss {
         EsLoss::Avg => losses.iter().sum::<f64>() / losses.len().max(1) as f64,
         EsLoss::Min => losses.iter().copied().fold(f64::INFINITY, f64::min),
-        EsLoss::Last => losses.last().copied().unwrap_or(0.0),
+        EsLoss::Last | EsLoss::LastRecompute { .. } => losses.last().copied().unwrap_or(0.0),
     }
+}
+
+/// `last_recompute`: per task, the mean normalized loss of the trained parameters of
+/// each side over `samples` outer batches (one per group and sample, shared by the two
+/// sides, as are the keys: sample `s` of task `i` uses `split(fold_in(key, s), N)[i]`).
+#[allow(clippy::type_complexity)]
+fn recomputed_losses<F, L, T, S>(
+    step: &LOptTruncatedStep<'_, F, L, T>,
+    pos: &[TaskGroup<F, L, S>],
+    neg: &[TaskGroup<F, L, S>],
+    samples: usize,
+    key: Key,
+) -> Result<Vec<(f64, f64)>>
+where
+    F: TaskFamily,
+    L: LearnedOptimizer,
+    T: TruncationSchedule,
+    S: Real,
+{
+    let (n, lanes) = (step.num_tasks, S::LANES);
+    if samples == 0 {
+        return Err(Error::InvalidArgument(
+            "FullEs: LastRecompute needs at least one sample".into(),
+        ));
+    }
+    let batches: Vec<Vec<F::Batch>> = (0..samples)
+        .map(|_| pos.iter().map(|_| step.next_outer_batch()).collect())
+        .collect::<Result<_>>()?;
+    let keys: Vec<Vec<Key>> = (0..samples)
+        .map(|s| key.fold_in(s as u64).split_n(n))
+        .collect();
+    let per_group: Vec<Vec<(f64, f64)>> = pos
+        .par_iter()
+        .zip(neg.par_iter())
+        .enumerate()
+        .map(|(g, (p, m))| {
+            let mut sum = vec![(0.0, 0.0); lanes];
+            for (b, ks) in batches.iter().zip(&keys) {
+                let ks: Vec<Key> = (0..lanes).map(|l| ks[(g * lanes + l).min(n - 1)]).collect();
+                let (lp, lm) = (
+                    step.meta_loss_batch(p, &ks, &b[g])?,
+                    step.meta_loss_batch(m, &ks, &b[g])?,
+                );
+                for (l, acc) in sum.iter_mut().enumerate() {
+                    acc.0 += lp.lane(l) / samples as f64;
+                    acc.1 += lm.lane(l) / samples as f64;
+                }
+            }
+            Ok(sum)
+        })
+        .collect::<Result<_>>()?;
+    Ok((0..n).map(|i| per_group[i / lanes][i % lanes]).collect())
 }
 
 impl<F, L, T, U, S> GradientEstimator<L> for FullEs<'_, F, L, T, U, S>
@@ -136,7 +199,7 @@ where
         outer_iteration: usize,
     ) -> Result<GradientEstimatorOut<L::Theta<f32>>> {
         let (n, lanes) = (self.step.num_tasks, S::LANES);
-        let k = key.split_n(4);
+        let k = key.split_n(5);
         let eps = sample_perturbations(theta, k[0], self.std, n);
         let t_len = self.schedule.init(k[1], outer_iteration).max(1);
         // Both sides start from the same tasks (the same key).
@@ -153,13 +216,24 @@ where
             k[3],
             outer_iteration,
         )?;
+        let recomputed = match self.loss {
+            EsLoss::LastRecompute { samples } => {
+                Some(recomputed_losses(&self.step, &pos, &neg, samples, k[4])?)
+            }
+            _ => None,
+        };
         let two_var = 2.0 * self.std as f64 * self.std as f64;
         let mut grad = theta.zeros_like();
         let mut mean_loss = 0.0;
         for (i, e) in eps.iter().enumerate() {
             let (g, l) = (i / lanes, i % lanes);
-            let fp = run_loss(self.loss, outs[g].iter().map(|s| s[l].0));
-            let fm = run_loss(self.loss, outs[g].iter().map(|s| s[l].1));
+            let (fp, fm) = match &recomputed {
+                Some(r) => r[i],
+                None => (
+                    run_loss(self.loss, outs[g].iter().map(|s| s[l].0)),
+                    run_loss(self.loss, outs[g].iter().map(|s| s[l].1)),
+                ),
+            };
             let mut delta = fp - fm;
             if !delta.is_finite() {
                 delta = 0.0;

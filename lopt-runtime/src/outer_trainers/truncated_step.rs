@@ -90,6 +90,9 @@ pub struct LOptTruncatedStep<'a, F: TaskFamily, L: LearnedOptimizer, T: Truncati
     /// the loss after the update, on the data named (see [`MetaLossSplit`]). A family
     /// without datasets (`Batch = ()`) has the same `()` batch in every split.
     pub meta_loss_split: Option<MetaLossSplit>,
+    /// The split of the batches [`meta_loss_batch`](Self::meta_loss_batch) is given by
+    /// estimators that evaluate trained tasks (`outer_data_split`, default `Train`).
+    pub outer_data_split: Split,
     datasets: Option<Datasets<F::Batch>>,
 }
 
@@ -145,6 +148,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             num_tasks,
             random_initial_iteration_offset: 0,
             meta_loss_split: None,
+            outer_data_split: Split::Train,
             datasets,
         })
     }
@@ -160,6 +164,35 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             Some(ds) => ds.next(split),
             None => Ok(unit_batch().expect("checked in new")),
         }
+    }
+
+    /// The next batch of [`outer_data_split`](Self::outer_data_split) (`get_outer_batch`).
+    pub fn next_outer_batch(&self) -> Result<F::Batch> {
+        self.next_from(self.outer_data_split)
+    }
+
+    /// The normalized loss of a group's current parameters on `batch`, lane `l` with key
+    /// `keys[l]` (missing lanes repeat the last key): `meta_loss_batch`.
+    pub fn meta_loss_batch<S: Real>(
+        &self,
+        group: &TaskGroup<F, L, S>,
+        keys: &[Key],
+        batch: &F::Batch,
+    ) -> Result<S> {
+        if keys.is_empty() || keys.len() > S::LANES {
+            return Err(Error::InvalidArgument(format!(
+                "meta_loss_batch: {} keys for {} lanes",
+                keys.len(),
+                S::LANES
+            )));
+        }
+        let keys: Vec<Key> = (0..S::LANES).map(|l| keys[l.min(keys.len() - 1)]).collect();
+        Ok(self.family.normalizer(self.family.loss::<S>(
+            self.lopt.params(&group.opt_state),
+            &group.cfg,
+            <S::Key as KeyOps<S>>::from_lane_keys(&keys),
+            batch,
+        )))
     }
 
     /// The next meta-loss batch when [`meta_loss_split`](Self::meta_loss_split) names a
