@@ -306,7 +306,7 @@ fn main() -> lopt::Result<()> {
     }
     println!(
         "per outer step ({ANCHOR_INNER_STEPS} inner instance-steps); JAX figures from \
-         bench-anchors (same machine type):"
+         bench-anchors (an AVX-512 Xeon, not this machine):"
     );
     for (id, jax, (lo, hi)) in JAX {
         for sm in s.iter().filter(|sm| sm.id.starts_with(id)) {

@@ -41,6 +41,9 @@ PAIRS = [
      "c.vmap8.train_scan_1000.per_task_step"),
     ("image_mlp", "vmap64.train_1000", "bench_image_mlp.py",
      "c.vmap64.train_scan_1000.per_task_step"),
+    # 64 plain f32 instances over the threads, against JAX's vmap of 64.
+    ("image_mlp", "serial64.train_1000", "bench_image_mlp.py",
+     "c.vmap64.train_scan_1000.per_task_step"),
 ]
 
 BENCH_LINE = re.compile(r"^bench (\S+) median_s=(\S+) min_s=(\S+) max_s=(\S+) n=(\d+)")

@@ -151,8 +151,8 @@ fn pes_with_same_data_meta_loss_follows_the_post_update_loss() {
     );
 }
 
-/// `Σ (p − c)²` scaled by the batch: the training split serves 1, outer_valid 3, so a
-/// meta-loss read on the wrong split is off by a factor of 3.
+/// `Σ (p − c)²` scaled by the batch: the training split serves 1, outer_valid 3, 5, 7,
+/// 3, 5, 7, ..., so a meta-loss read on the wrong split is off by a factor of 3 or more.
 struct ScaledFamily {
     datasets: Datasets<f32>,
 }
@@ -163,7 +163,7 @@ impl ScaledFamily {
             datasets: Datasets::new(
                 std::iter::repeat(1.0f32),
                 std::iter::repeat(2.0f32),
-                std::iter::repeat(3.0f32),
+                [3.0f32, 5.0, 7.0].into_iter().cycle(),
                 std::iter::repeat(4.0f32),
             ),
         }
@@ -247,6 +247,101 @@ fn meta_loss_split_reads_the_named_split_after_the_update() {
     ] {
         check::<f32>(choice);
         check::<Lanes<8>>(choice);
+    }
+}
+
+/// Task `s` of [`ScaledFamily`] after `t_len` LearnableSgd steps on the training split
+/// (scale 1) with θ = `[log_lr]`: `Σ (p − c)²` in f64.
+fn scaled_trained_loss(
+    s: &TaskGroup<ScaledFamily, LearnableSgd>,
+    log_lr: f64,
+    t_len: usize,
+) -> f64 {
+    let c = s.cfg.map(|x| x as f64);
+    let mut p = s.opt_state.params.map(|x| x as f64);
+    for _ in 0..t_len {
+        p -= (&p - &c) * (2.0 * log_lr.exp());
+    }
+    (p - c).norm_squared()
+}
+
+/// A split meta-loss reaches PES through its unroll: one task, one step, the same
+/// θ ± ε, keys and training data; only the meta batch differs (3 against the training
+/// batch's 1), so the estimate's mean loss is exactly three times `SameData`'s.
+#[test]
+fn pes_reads_the_meta_loss_split_through_its_unroll() {
+    let mean_loss = |split: MetaLossSplit| {
+        let family = ScaledFamily::new();
+        let lopt = LearnableSgd { initial_lr: 0.1 };
+        let sched = ConstantTruncationSchedule { total_length: 100 };
+        let mut step = LOptTruncatedStep::new(&family, &lopt, sched, 1).unwrap();
+        step.meta_loss_split = Some(split);
+        let pes = TruncatedPes::new(step, 1, 0.01).unwrap();
+        let theta = lopt.init(Key::new(0));
+        let mut state = pes.init_worker_state(&theta, Key::new(1), 0).unwrap();
+        let est = pes
+            .compute_gradient_estimate(&theta, &mut state, Key::new(2), 0)
+            .unwrap();
+        est.mean_loss as f64
+    };
+    let (same, outer) = (
+        mean_loss(MetaLossSplit::SameData),
+        mean_loss(MetaLossSplit::Split(Split::OuterValid)),
+    );
+    assert!(same > 0.1, "{same}");
+    assert!(
+        (outer - 3.0 * same).abs() <= 1e-5 * outer,
+        "{outer} vs 3 × {same}"
+    );
+}
+
+/// `LastRecompute` reads its batches from `outer_data_split` and averages all of them:
+/// outer_valid serves 3, 5 and 7 in turn, so with 3 samples every task's score is 5×
+/// its trained loss, in f32 groups and in lanes; FullEs estimates that score's slope.
+#[test]
+fn full_es_last_recompute_reads_and_averages_the_outer_split() {
+    use lopt::outer_trainers::{EsLoss, FullEs, NeverEndingTruncationSchedule};
+    let family = ScaledFamily::new();
+    let lopt = LearnableSgd { initial_lr: 0.05 };
+    let (n, t_len) = (1024, 2);
+    let es = || {
+        let mut step =
+            LOptTruncatedStep::new(&family, &lopt, NeverEndingTruncationSchedule, n).unwrap();
+        step.outer_data_split = Split::OuterValid;
+        let sched = ConstantTruncationSchedule {
+            total_length: t_len,
+        };
+        let mut es = FullEs::new(step, sched, 0.02).unwrap();
+        es.loss = EsLoss::LastRecompute { samples: 3 };
+        es
+    };
+    let theta = lopt.init(Key::new(0));
+    let key = Key::new(7);
+    let tasks: Vec<TaskGroup<ScaledFamily, LearnableSgd>> = es()
+        .step
+        .init_step_state(&theta, key.split_n(4)[2], 0)
+        .unwrap();
+    let th = theta[0] as f64;
+    let score =
+        |s: &TaskGroup<ScaledFamily, LearnableSgd>, x: f64| 5.0 * scaled_trained_loss(s, x, t_len);
+    let want_loss = tasks.iter().map(|s| score(s, th)).sum::<f64>() / n as f64;
+    let h = 1e-4;
+    let mean = |x: f64| tasks.iter().map(|s| score(s, x)).sum::<f64>() / n as f64;
+    let want_grad = (mean(th + h) - mean(th - h)) / (2.0 * h);
+    let serial = es()
+        .compute_gradient_estimate(&theta, &mut (), key, 0)
+        .unwrap();
+    let lanes = es()
+        .batched::<Lanes<8>>()
+        .compute_gradient_estimate(&theta, &mut (), key, 0)
+        .unwrap();
+    for (what, est) in [("f32 groups", &serial), ("lanes", &lanes)] {
+        assert!(
+            (est.mean_loss as f64 - want_loss).abs() < 1e-2 * want_loss,
+            "{what}: {} vs {want_loss}",
+            est.mean_loss
+        );
+        assert_es_estimate(what, est.grad[0] as f64, want_grad);
     }
 }
 

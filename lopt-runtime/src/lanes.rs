@@ -286,13 +286,23 @@ impl<const N: usize> Lanes<N> {
         }
         Lanes(o)
     }
-    /// Whether every lane is within the polynomial `sin`/`cos` range (NaN and infinities
-    /// are not: libm gives them their NaN).
+    /// `poly` (the branch-free sine or cosine) on every lane, then `libm` on the lanes
+    /// outside its range (NaN and infinities included), so a lane's value never depends
+    /// on its neighbours.
     #[inline(always)]
-    fn within_sin_cos_range(self) -> bool {
-        self.0.iter().fold(true, |ok, x| {
-            ok & (x.abs() <= crate::ad::vecmath::SIN_COS_LIMIT)
-        })
+    fn sin_cos_with(self, poly: impl Fn(f32) -> f32, libm: impl Fn(f32) -> f32) -> Self {
+        let limit = crate::ad::vecmath::SIN_COS_LIMIT;
+        let inside = |x: f32| x.abs() <= limit;
+        // Out-of-range lanes go through the polynomial as 0 (their value is replaced).
+        let mut out = self.map(|x| poly(if inside(x) { x } else { 0.0 }));
+        if !self.0.iter().fold(true, |ok, &x| ok & inside(x)) {
+            for (o, &x) in out.0.iter_mut().zip(&self.0) {
+                if !inside(x) {
+                    *o = libm(x);
+                }
+            }
+        }
+        out
     }
     /// `f` on every lane pair (scalar code).
     #[inline(always)]
@@ -458,19 +468,11 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn sin(self) -> Self {
-        if self.within_sin_cos_range() {
-            self.map(|x| crate::ad::vecmath::sin_cos_f32(x).0)
-        } else {
-            self.map(f32::sin)
-        }
+        self.sin_cos_with(|x| crate::ad::vecmath::sin_cos_f32(x).0, f32::sin)
     }
     #[inline(always)]
     fn cos(self) -> Self {
-        if self.within_sin_cos_range() {
-            self.map(|x| crate::ad::vecmath::sin_cos_f32(x).1)
-        } else {
-            self.map(f32::cos)
-        }
+        self.sin_cos_with(|x| crate::ad::vecmath::sin_cos_f32(x).1, f32::cos)
     }
     #[inline(always)]
     fn abs(self) -> Self {
@@ -574,20 +576,27 @@ mod tests {
     type Op<const N: usize> = (fn(f32, f32) -> f32, fn(Lanes<N>, Lanes<N>) -> Lanes<N>);
 
     /// Every lane of a key operation on `LaneKeys` is what that lane's key gives alone,
-    /// bit for bit, for fill lengths around the 4-value block size.
+    /// bit for bit, for fill lengths around the 4-value block size; at 4 lanes (the
+    /// portable Philox loops) and at 8 and 16 (AVX2 vectors where the target has them).
     #[test]
     fn lane_keys_match_each_key_alone() {
-        let keys: Vec<Key> = Key::new(42).split_n(16);
-        let lk = LaneKeys::<16>::from_lane_keys(&keys);
-        let (a, b) = KeyOps::<Lanes<16>>::split(lk);
-        let f = KeyOps::<Lanes<16>>::fold_in(lk, 12345);
+        lane_keys_match_each_key_alone_at::<4>();
+        lane_keys_match_each_key_alone_at::<8>();
+        lane_keys_match_each_key_alone_at::<16>();
+    }
+
+    fn lane_keys_match_each_key_alone_at<const N: usize>() {
+        let keys: Vec<Key> = Key::new(42).split_n(N);
+        let lk = LaneKeys::<N>::from_lane_keys(&keys);
+        let (a, b) = KeyOps::<Lanes<N>>::split(lk);
+        let f = KeyOps::<Lanes<N>>::fold_in(lk, 12345);
         for (l, k) in keys.iter().enumerate() {
             assert_eq!((a.0[l], b.0[l]), k.split());
             assert_eq!(f.0[l], k.fold_in(12345));
         }
         for n in [0, 1, 3, 4, 5, 10, 33] {
-            let mut z = vec![Lanes::<16>::default(); n];
-            let mut u = vec![Lanes::<16>::default(); n];
+            let mut z = vec![Lanes::<N>::default(); n];
+            let mut u = vec![Lanes::<N>::default(); n];
             lk.fill_normal(&mut z);
             lk.fill_uniform(&mut u);
             for (l, k) in keys.iter().enumerate() {
@@ -604,32 +613,25 @@ mod tests {
         }
     }
 
-    /// Packets take the polynomial sine and cosine while every lane is in its range, and
-    /// libm's lane by lane otherwise (so NaN and huge arguments stay exact).
+    /// Packets take the polynomial sine and cosine on the lanes in its range and libm's on
+    /// the others (so NaN and huge arguments stay exact), whatever the other lanes hold.
     #[test]
     fn sin_cos_take_the_polynomial_in_range_and_libm_outside() {
         use crate::ad::vecmath::sin_cos_f32;
         let x = Lanes::<8>::from_lanes(|i| (i as f64 - 3.5) * 1.7);
-        let (s, c) = (Real::sin(x), Real::cos(x));
-        for l in 0..8 {
-            assert_eq!(s.0[l], sin_cos_f32(x.0[l]).0);
-            assert_eq!(c.0[l], sin_cos_f32(x.0[l]).1);
-        }
-        for odd in [1e5f32, f32::NAN, f32::INFINITY] {
+        for odd in [None, Some(1e5f32), Some(f32::NAN), Some(f32::INFINITY)] {
             let mut y = x;
-            y.0[3] = odd;
+            if let Some(v) = odd {
+                y.0[3] = v;
+            }
             let (s, c) = (Real::sin(y), Real::cos(y));
             for l in 0..8 {
-                assert_eq!(
-                    s.0[l].to_bits(),
-                    y.0[l].sin().to_bits(),
-                    "sin lane {l} of {odd}"
-                );
-                assert_eq!(
-                    c.0[l].to_bits(),
-                    y.0[l].cos().to_bits(),
-                    "cos lane {l} of {odd}"
-                );
+                let (ws, wc) = match odd {
+                    Some(v) if l == 3 => (v.sin(), v.cos()),
+                    _ => sin_cos_f32(y.0[l]),
+                };
+                assert_eq!(s.0[l].to_bits(), ws.to_bits(), "sin lane {l} with {odd:?}");
+                assert_eq!(c.0[l].to_bits(), wc.to_bits(), "cos lane {l} with {odd:?}");
             }
         }
     }

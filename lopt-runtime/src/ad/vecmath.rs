@@ -162,7 +162,8 @@ pub(crate) fn sin_cos_poly(r: f32) -> (f32, f32) {
 /// three-part reduction by π/2 loses bits, and callers take libm.
 pub(crate) const SIN_COS_LIMIT: f32 = 8192.0;
 
-/// `(sin x, cos x)` for `|x| <= SIN_COS_LIMIT` (Cephes `sinf`/`cosf` without branches):
+/// `(sin x, cos x)` for `|x| <= SIN_COS_LIMIT` (Cephes `sinf`/`cosf` without branches;
+/// outside that range the result is meaningless, and callers take libm there):
 /// `|x|` less the nearest even multiple `j` of π/4 (in three parts, so the first
 /// product is exact), the polynomials on the remainder, then swapped and signed by
 /// `j mod 8`. Odd in `x` for the sine, signed zeros included.
@@ -174,7 +175,7 @@ pub(crate) fn sin_cos_f32(x: f32) -> (f32, f32) {
     const DP3: f32 = 3.774_895e-8;
     let a = x.abs();
     let mut j = (a * FOPI) as i32;
-    j += j & 1;
+    j = j.wrapping_add(j & 1);
     let y = j as f32;
     let (ps, pc) = sin_cos_poly(((a - y * DP1) - y * DP2) - y * DP3);
     // sin(r + q·π/4) and cos(r + q·π/4) for q = j mod 8 in {0, 2, 4, 6}.

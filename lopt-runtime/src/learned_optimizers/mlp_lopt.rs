@@ -269,6 +269,14 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
         &state.params,
         grad,
     );
+    // The network reads 19 input rows and writes (direction, magnitude): a θ of another
+    // shape would read the wrong columns rather than fail.
+    let layers = &theta.layers;
+    assert!(
+        layers.first().is_some_and(|(w, _)| w.nrows() == INPUTS)
+            && layers.last().is_some_and(|(w, _)| w.ncols() == 2),
+        "MlpLOpt::update: θ must map {INPUTS} inputs to 2 outputs (a θ of MlpLOpt::init)"
+    );
     for (m, d) in state.momenta.iter_mut().zip(DECAYS) {
         let (d, one_minus_d) = (S::from_f64(d), S::from_f64(1.0 - d));
         for i in 0..grad.num_leaves() {
@@ -392,7 +400,9 @@ impl<S: Real> Net<S> {
                 // Bias and ReLU into the other buffer, the next layer's input.
                 self.a.clear();
                 for (col, &bj) in self.b.chunks_exact(n).zip(bias) {
-                    self.a.extend(col.iter().map(|&v| (v + bj).max(S::zero())));
+                    // `0.max(z)` keeps a NaN (`z.max(0)` would turn it into 0), as JAX's
+                    // relu does: a NaN gradient must not vanish into a bias-only step.
+                    self.a.extend(col.iter().map(|&v| S::zero().max(v + bj)));
                 }
             } else {
                 for (col, &bj) in self.b.chunks_exact_mut(n).zip(bias) {
@@ -488,6 +498,20 @@ mod tests {
             key.fold_in(7 + i as u64).fill_normal(t.leaf_mut(i));
         }
         t
+    }
+
+    /// A NaN in the gradient reaches the parameters (as in the JAX library), instead of
+    /// vanishing in the network's ReLUs into a finite step.
+    #[test]
+    fn a_nan_gradient_is_not_hidden() {
+        let lopt = MlpLOpt::default();
+        let theta = lopt.init(Key::new(0));
+        let opt = lopt.opt_fn(&theta);
+        let mut state = opt.init(DVector::from_element(5, 0.5f32), None);
+        let mut g = DVector::from_element(5, 0.1f32);
+        g[2] = f32::NAN;
+        opt.update(&mut state, &g, 0.0);
+        assert!(state.params.iter().all(|p| p.is_nan()), "{}", state.params);
     }
 
     #[test]

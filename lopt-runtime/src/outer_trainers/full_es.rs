@@ -30,7 +30,8 @@ pub enum EsLoss {
     /// The normalized loss of the trained parameters, averaged over `samples` batches of
     /// the step's [`outer_data_split`](LOptTruncatedStep::outer_data_split), the same
     /// batches and keys on both sides (`"last_recompute"`, `recompute_samples`; the JAX
-    /// library's default is 50).
+    /// library's default is 50). The tasks of a lane group share each sample's batch
+    /// (the JAX library draws one per task).
     LastRecompute {
         /// Batches averaged.
         samples: usize,
@@ -120,7 +121,8 @@ fn run_loss(loss: EsLoss, out: impl Iterator<Item = UnrollOut>) -> f64 {
     match loss {
         EsLoss::Avg => losses.iter().sum::<f64>() / losses.len().max(1) as f64,
         EsLoss::Min => losses.iter().copied().fold(f64::INFINITY, f64::min),
-        EsLoss::Last | EsLoss::LastRecompute { .. } => losses.last().copied().unwrap_or(0.0),
+        EsLoss::Last => losses.last().copied().unwrap_or(0.0),
+        EsLoss::LastRecompute { .. } => unreachable!("computed from the trained tasks"),
     }
 }
 

@@ -87,7 +87,9 @@ pub struct LOptTruncatedStep<'a, F: TaskFamily, L: LearnedOptimizer, T: Truncati
     /// resets do not happen in lock step (0: off).
     pub random_initial_iteration_offset: usize,
     /// `None` (default): the meta-loss is the training loss before each update. `Some`:
-    /// the loss after the update, on the data named (see [`MetaLossSplit`]). A family
+    /// the loss after the update, on the data named (see [`MetaLossSplit`]), with a key
+    /// of its own per task (the second half of the split of the task's training key;
+    /// the JAX library splits another key, which changes no distribution). A family
     /// without datasets (`Batch = ()`) has the same `()` batch in every split.
     pub meta_loss_split: Option<MetaLossSplit>,
     /// The split of the batches [`meta_loss_batch`](Self::meta_loss_batch) is given by
