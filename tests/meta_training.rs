@@ -602,6 +602,48 @@ fn full_es_estimates_the_gradient_of_the_run_loss() {
     ));
 }
 
+/// `sign_delta_loss_scalar = s` replaces each task's Δ by `sign(Δ) · s`. Here every
+/// task's loss falls as the learning rate grows, so `sign(Δᵢ) = −sign(εᵢ)` and both PES
+/// and FullEs must give `meanᵢ −s·|εᵢ| / (2σ²)`, about `−s·sqrt(2/π) / (2σ)` (the mean of
+/// 1,024 half-normals is within 10% of its expectation by far), whatever the slope's size
+/// (the plain estimate here is about −2; this is about −10).
+#[test]
+fn sign_delta_estimates_follow_the_closed_form() {
+    use lopt::outer_trainers::{FullEs, NeverEndingTruncationSchedule};
+    let family = Fam { dim: 4 };
+    let lopt = LearnableSgd { initial_lr: 0.05 };
+    let (n, t_len, std, scalar) = (1024, 3, 0.02f32, 0.5f32);
+    let want = -(scalar as f64) * (2.0 / std::f64::consts::PI).sqrt() / (2.0 * std as f64);
+    let theta = lopt.init(Key::new(0));
+    let sched = ConstantTruncationSchedule { total_length: 1000 };
+    let mut pes = TruncatedPes::new(
+        LOptTruncatedStep::new(&family, &lopt, sched, n).unwrap(),
+        t_len,
+        std,
+    )
+    .unwrap();
+    pes.sign_delta_loss_scalar = Some(scalar);
+    let mut state = pes.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    let pes_est = pes
+        .compute_gradient_estimate(&theta, &mut state, Key::new(2), 0)
+        .unwrap();
+    let step = LOptTruncatedStep::new(&family, &lopt, NeverEndingTruncationSchedule, n).unwrap();
+    let sched = ConstantTruncationSchedule {
+        total_length: t_len,
+    };
+    let mut es = FullEs::new(step, sched, std).unwrap().batched::<Lanes<8>>();
+    es.sign_delta_loss_scalar = Some(scalar);
+    let es_est = es
+        .compute_gradient_estimate(&theta, &mut (), Key::new(3), 0)
+        .unwrap();
+    for (what, g) in [("PES", pes_est.grad[0]), ("FullEs", es_est.grad[0])] {
+        assert!(
+            (g as f64 - want).abs() < 0.1 * want.abs(),
+            "{what}: {g} vs {want}"
+        );
+    }
+}
+
 /// A checkpoint restores θ, its Adam moments and the outer iteration exactly; it is
 /// written atomically, and a damaged or mismatched one is an error.
 #[test]

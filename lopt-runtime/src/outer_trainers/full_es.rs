@@ -15,7 +15,7 @@ use crate::task::TaskFamily;
 use super::truncated_pes::sample_perturbations;
 use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;
-use super::{check_std, GradientEstimator, GradientEstimatorOut};
+use super::{check_std, sign_delta, GradientEstimator, GradientEstimatorOut};
 
 /// How a run's step losses make its meta-loss (`loss_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +69,9 @@ where
     pub loss: EsLoss,
     /// Clip each Δ to `±clip_loss_diff` (off when `None`).
     pub clip_loss_diff: Option<f32>,
+    /// With `Some(s)`, each Δ becomes `sign(Δ) · s` after clipping
+    /// (`sign_delta_loss_scalar`; `None`: off).
+    pub sign_delta_loss_scalar: Option<f32>,
     lanes: PhantomData<S>,
 }
 
@@ -98,6 +101,7 @@ where
             std,
             loss: EsLoss::Avg,
             clip_loss_diff: None,
+            sign_delta_loss_scalar: None,
             lanes: PhantomData,
         })
     }
@@ -110,6 +114,7 @@ where
             std: self.std,
             loss: self.loss,
             clip_loss_diff: self.clip_loss_diff,
+            sign_delta_loss_scalar: self.sign_delta_loss_scalar,
             lanes: PhantomData,
         }
     }
@@ -242,6 +247,9 @@ where
             }
             if let Some(c) = self.clip_loss_diff {
                 delta = delta.clamp(-c as f64, c as f64);
+            }
+            if let Some(s) = self.sign_delta_loss_scalar {
+                delta = sign_delta(delta, s);
             }
             grad.axpy((delta / two_var / n as f64) as f32, e);
             mean_loss += (fp + fm) / 2.0 / n as f64;

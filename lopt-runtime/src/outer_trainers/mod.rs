@@ -59,6 +59,16 @@ pub trait GradientEstimator<L: LearnedOptimizer>: Send + Sync {
     ) -> Result<GradientEstimatorOut<L::Theta<f32>>>;
 }
 
+/// `sign(delta) · scalar` (`sign_delta_loss_scalar`), with `jnp.sign`'s 0 for 0 (and
+/// NaN for NaN).
+pub(crate) fn sign_delta(delta: f64, scalar: f32) -> f64 {
+    if delta == 0.0 {
+        0.0
+    } else {
+        delta.signum() * scalar as f64
+    }
+}
+
 /// `Ok` when a perturbation's standard deviation is finite and positive.
 pub(crate) fn check_std(estimator: &str, std: f32) -> Result<()> {
     if std.is_finite() && std > 0.0 {
@@ -67,5 +77,19 @@ pub(crate) fn check_std(estimator: &str, std: f32) -> Result<()> {
         Err(Error::InvalidArgument(format!(
             "{estimator}: std must be finite and > 0 (got {std})"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sign_delta;
+
+    #[test]
+    fn sign_delta_is_jnp_sign_times_the_scalar() {
+        assert_eq!(sign_delta(0.0, 2.0), 0.0);
+        assert_eq!(sign_delta(-0.0, 2.0), 0.0);
+        assert_eq!(sign_delta(-3.5, 2.0), -2.0);
+        assert_eq!(sign_delta(1e-30, 2.0), 2.0);
+        assert!(sign_delta(f64::NAN, 2.0).is_nan());
     }
 }

@@ -13,7 +13,7 @@ use crate::task::TaskFamily;
 
 use super::truncated_step::{LOptTruncatedStep, TaskGroup};
 use super::truncation_schedule::TruncationSchedule;
-use super::{check_std, GradientEstimator, GradientEstimatorOut};
+use super::{check_std, sign_delta, GradientEstimator, GradientEstimatorOut};
 
 /// `TruncatedPES(truncated_step, trunc_length=10, std=0.01)`: each call unrolls every task
 /// `trunc_length` steps twice, with θ + εᵢ and θ − εᵢ (same keys and data, so both sides
@@ -43,6 +43,9 @@ pub struct TruncatedPes<
     pub trunc_length: usize,
     /// Standard deviation σ of the perturbations.
     pub std: f32,
+    /// With `Some(s)`, every step's loss difference of a task becomes `sign(mean Δ) · s`,
+    /// the mean over its masked steps (`sign_delta_loss_scalar`; `None`: off).
+    pub sign_delta_loss_scalar: Option<f32>,
     lanes: PhantomData<S>,
 }
 
@@ -75,6 +78,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes
             step,
             trunc_length,
             std,
+            sign_delta_loss_scalar: None,
             lanes: PhantomData,
         })
     }
@@ -86,6 +90,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> TruncatedPes
             step: self.step,
             trunc_length: self.trunc_length,
             std: self.std,
+            sign_delta_loss_scalar: self.sign_delta_loss_scalar,
             lanes: PhantomData,
         }
     }
@@ -157,12 +162,21 @@ where
             let (g, l) = (i / lanes, i % lanes);
             let out = outs[g].iter().map(|step| step[l]);
             let den = out.clone().filter(|(p, _)| p.mask).count();
+            // Sign mode: one Δ for every step, from the mean over the masked ones.
+            let sign = self.sign_delta_loss_scalar.map(|s| {
+                let total: f64 = out
+                    .clone()
+                    .filter(|(p, _)| p.mask)
+                    .map(|(p, m)| p.loss as f64 - m.loss as f64)
+                    .sum();
+                sign_delta(total / den.max(1) as f64, s)
+            });
             let (mut a, mut b, mut finished) = (0.0f64, 0.0f64, false);
             let (mut lp, mut ln) = (0.0f64, 0.0f64);
             for (p, m) in out {
                 finished |= p.is_done;
                 if p.mask {
-                    let delta = p.loss as f64 - m.loss as f64;
+                    let delta = sign.unwrap_or(p.loss as f64 - m.loss as f64);
                     if finished {
                         b += delta;
                     } else {
