@@ -626,11 +626,9 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
 ) -> (Option<DMatrix<S>>, Option<Vec<S>>) {
     let r = m.nrows().max(1);
     let z = S::zero();
-    if Op::DB_IS_DA && need_m && need_v && m.nrows() > 0 {
-        // The vector's cotangent is the column sums of the matrix's: one sweep writes a
-        // column of it over `g` and sums it while it is in cache (the same sums, in the
-        // same order, as below).
-        let mut dv = Vec::with_capacity(v.len());
+    // The matrix's cotangent, written over `g` a column at a time; `each` sees every
+    // finished column while it is in cache.
+    let write_dm = |g: &mut DMatrix<S>, each: &mut dyn FnMut(&[S])| {
         let cols = m
             .as_slice()
             .chunks_exact(r)
@@ -641,8 +639,14 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
             update(gcol, col, ycol, ycol, |t, x, y, _| {
                 d_sides::<S, Op, SWAP>(x, vj, y, t, z).0
             });
-            dv.push(sum8(gcol));
+            each(gcol);
         }
+    };
+    if Op::DB_IS_DA && need_m && need_v && m.nrows() > 0 {
+        // The vector's cotangent is the column sums of the matrix's: one sweep writes a
+        // column of it over `g` and sums it (the same sums, in the same order, as below).
+        let mut dv = Vec::with_capacity(v.len());
+        write_dm(&mut g, &mut |gcol| dv.push(sum8(gcol)));
         return (Some(g), Some(dv));
     }
     // The vector's column sums read `g` before the matrix's cotangent overwrites it.
@@ -662,19 +666,8 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
         .collect()
     });
     let dm = need_m.then(|| {
-        if m_side_is_t::<S, Op, SWAP>() {
-            return g;
-        }
-        let cols = m
-            .as_slice()
-            .chunks_exact(r)
-            .zip(y.as_slice().chunks_exact(r))
-            .zip(g.as_mut_slice().chunks_exact_mut(r))
-            .zip(v);
-        for (((col, ycol), gcol), &vj) in cols {
-            update(gcol, col, ycol, ycol, |t, x, y, _| {
-                d_sides::<S, Op, SWAP>(x, vj, y, t, z).0
-            });
+        if !m_side_is_t::<S, Op, SWAP>() {
+            write_dm(&mut g, &mut |_| {});
         }
         g
     });
