@@ -189,12 +189,25 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             )));
         }
         let keys: Vec<Key> = (0..S::LANES).map(|l| keys[l.min(keys.len() - 1)]).collect();
-        Ok(self.family.normalizer(self.family.loss::<S>(
+        Ok(self
+            .family
+            .normalizer(self.current_loss(group, &keys, batch)))
+    }
+
+    /// The loss (not normalized) of a group's current parameters on `batch`, with one
+    /// key per lane.
+    fn current_loss<S: Real>(
+        &self,
+        group: &TaskGroup<F, L, S>,
+        keys: &[Key],
+        batch: &F::Batch,
+    ) -> S {
+        self.family.loss::<S>(
             self.lopt.params(&group.opt_state),
             &group.cfg,
-            <S::Key as KeyOps<S>>::from_lane_keys(&keys),
+            <S::Key as KeyOps<S>>::from_lane_keys(keys),
             batch,
-        )))
+        )
     }
 
     /// The next meta-loss batch when [`meta_loss_split`](Self::meta_loss_split) names a
@@ -372,12 +385,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 // The updated parameters on the meta data, with a key of their own.
                 Some(mb) => {
                     let meta_keys: Vec<Key> = split.iter().map(|(ka, _)| ka.split().1).collect();
-                    self.family.loss::<S>(
-                        self.lopt.params(&group.opt_state),
-                        &group.cfg,
-                        <S::Key as KeyOps<S>>::from_lane_keys(&meta_keys),
-                        mb,
-                    )
+                    self.current_loss(group, &meta_keys, mb)
                 }
                 None => l,
             };
