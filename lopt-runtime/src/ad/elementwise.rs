@@ -10,7 +10,7 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 
 use super::op;
-use super::reduce::sum_by;
+use super::reduce::{sum, sum_by};
 use super::scalar::{Pointwise, Pointwise2};
 use super::{Binary, Unary};
 use crate::scalar::Real;
@@ -600,20 +600,6 @@ fn sum_zip3<S: Real>(x: &[S], y: &[S], g: &[S], f: impl Fn(S, S, S) -> S) -> S {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `Σ_i x_i`, in the order of [`sum_zip3`] (eight partial sums, then the tail).
-#[inline]
-fn sum8<S: Real>(x: &[S]) -> S {
-    let mut acc = [S::zero(); 8];
-    let c = x.chunks_exact(8);
-    let tail = c.remainder().iter().fold(S::zero(), |t, &v| t + v);
-    for c in c {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
 /// Cotangents of the matrix and of the vector (column sums).
 #[inline]
 fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
@@ -646,7 +632,7 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
         // The vector's cotangent is the column sums of the matrix's: one sweep writes a
         // column of it over `g` and sums it (the same sums, in the same order, as below).
         let mut dv = Vec::with_capacity(v.len());
-        write_dm(&mut g, &mut |gcol| dv.push(sum8(gcol)));
+        write_dm(&mut g, &mut |gcol| dv.push(sum(gcol)));
         return (Some(g), Some(dv));
     }
     // The vector's column sums read `g` before the matrix's cotangent overwrites it.

@@ -29,18 +29,51 @@ pub(crate) fn sum_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `Σ x_i`.
+/// `Σ f(a_i, b_i)` over the common length: four blocks of eight partial sums (one vector
+/// chain each, so the adds overlap), folded pairwise, then the tail. Chunks, not indexing
+/// through a closure: a bounds check per element stops the loop from vectorizing.
+#[inline(always)]
+fn sum_zip<S: Real>(a: &[S], b: &[S], f: impl Fn(S, S) -> S) -> S {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (wa, wb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (ra, rb) = (wa.remainder(), wb.remainder());
+    let mut acc = [[S::zero(); 8]; 4];
+    for (ca, cb) in wa.zip(wb) {
+        for (q, aq) in acc.iter_mut().enumerate() {
+            for (l, a) in aq.iter_mut().enumerate() {
+                *a += f(ca[8 * q + l], cb[8 * q + l]);
+            }
+        }
+    }
+    let (ea, eb) = (ra.chunks_exact(8), rb.chunks_exact(8));
+    let tail = ea
+        .remainder()
+        .iter()
+        .zip(eb.remainder())
+        .fold(S::zero(), |t, (&a, &b)| t + f(a, b));
+    for (ca, cb) in ea.zip(eb) {
+        for (l, a) in acc[0].iter_mut().enumerate() {
+            *a += f(ca[l], cb[l]);
+        }
+    }
+    // Through memory: otherwise the vectorizer shapes the loops for the folds below
+    // (half-width adds and shuffles) instead of one full-width add per chunk.
+    let acc = std::hint::black_box(acc);
+    let s: [S; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail
+}
+
+/// `Σ x_i`, summed as [`sum_zip`].
 #[inline]
 pub(crate) fn sum<S: Real>(x: &[S]) -> S {
-    sum_by(x.len(), |i| x[i])
+    sum_zip(x, x, |a, _| a)
 }
 
 /// `Σ a_i b_i` over the common length.
 #[inline]
 pub(crate) fn dot<S: Real>(a: &[S], b: &[S]) -> S {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    sum_by(n, |i| a[i] * b[i])
+    sum_zip(a, b, |a, b| a * b)
 }
 
 impl<S: Real, R: Dim, C: Dim> Unary<op::Sum> for OMatrix<S, R, C>
@@ -94,13 +127,7 @@ where
     }
     #[inline]
     fn jvp(&self, _op: &op::NormSquared, _out: &S, dx: &Self) -> S {
-        let s: S = self
-            .as_slice()
-            .iter()
-            .zip(dx.as_slice())
-            .map(|(&x, &t)| x * t)
-            .sum();
-        S::c(2.0) * s
+        S::c(2.0) * dot(self.as_slice(), dx.as_slice())
     }
     #[inline]
     fn vjp(&self, _op: &op::NormSquared, _out: &S, g: S) -> Self {
