@@ -206,6 +206,76 @@ fn every_primitive_in_one_loss() {
     check!(all_primitives, p, &labels, &d);
 }
 
+// ---------- mean(softmax_cross_entropy(..)), fused into one rule ----------
+
+#[derive(Params, Clone, Debug)]
+struct Logits<S: Real> {
+    z: DMatrix<S>,
+}
+
+#[task]
+fn ce_fused<S: Real>(p: &Logits<S>, labels: &Vec<i32>) -> S {
+    mean(softmax_cross_entropy(p.z * 2.0, labels))
+}
+
+#[task]
+fn ce_method<S: Real>(p: &Logits<S>, labels: &Vec<i32>) -> S {
+    (p.z * 2.0).softmax_cross_entropy(labels).mean()
+}
+
+/// The losses bound to a name first: not fused.
+#[task]
+fn ce_unfused<S: Real>(p: &Logits<S>, labels: &Vec<i32>) -> S {
+    let losses = softmax_cross_entropy(p.z * 2.0, labels);
+    mean(losses)
+}
+
+#[test]
+fn fused_mean_cross_entropy_matches_the_unfused_loss() {
+    // 21 examples: two blocks of eight and a remainder; 4 classes.
+    let p = Logits {
+        z: rand_mat(21, 4, 31, 2.0),
+    };
+    let labels: Vec<i32> = (0..21).map(|i| i * 3 % 4).collect();
+    check!(ce_fused, p.clone(), &labels);
+    check!(ce_method, p.clone(), &labels);
+    check!(ce_unfused, p.clone(), &labels);
+    let t = Logits {
+        z: rand_mat(21, 4, 32, 1.0),
+    };
+    let (v, g) = ce_unfused::value_and_grad(&p, &labels);
+    let (_, d) = ce_unfused::value_and_jvp(&p, &t, &labels);
+    for (vf, gf, df) in [
+        (
+            ce_fused::value_and_grad(&p, &labels),
+            ce_fused::value_and_jvp(&p, &t, &labels).1,
+        ),
+        (
+            ce_method::value_and_grad(&p, &labels),
+            ce_method::value_and_jvp(&p, &t, &labels).1,
+        ),
+    ]
+    .map(|((v, g), d)| (v, g, d))
+    {
+        assert!(
+            (vf - v).abs() < 1e-13 && (df - d).abs() < 1e-13,
+            "{vf} {v} {df} {d}"
+        );
+        assert!((&gf.z - &g.z).amax() < 1e-13);
+    }
+    // In f32, as the benchmark and the image-MLP tasks run it.
+    let p32 = Logits {
+        z: p.z.map(|x| x as f32),
+    };
+    let (v32, g32) = ce_fused::value_and_grad(&p32, &labels);
+    assert!((v32 as f64 - v).abs() < 1e-5);
+    assert!(g32
+        .z
+        .iter()
+        .zip(g.z.iter())
+        .all(|(&a, &b)| (a as f64 - b).abs() < 1e-6));
+}
+
 // ---------- impl Task and the generated trait methods ----------
 
 struct Quad {

@@ -825,6 +825,12 @@ impl<'a> Lowerer<'a> {
                     },
                 ))
             }
+            Builtin::Unary("Mean") if cross_entropy_args(args[0]).is_some() => {
+                // mean(softmax_cross_entropy(z, labels)) in one rule, which makes the
+                // gradient in the sweep that makes the loss.
+                let (z, labels) = cross_entropy_args(args[0]).expect("checked");
+                self.cross_entropy(quote!(MeanSoftmaxCrossEntropy), z, labels, out)
+            }
             Builtin::Unary(op) => {
                 let x = self.lower_expr(args[0], out)?;
                 Ok(self.unary(out, op_marker(op), x))
@@ -869,20 +875,31 @@ impl<'a> Lowerer<'a> {
                 ))
             }
             Builtin::SoftmaxCrossEntropy => {
-                if self.mentions_active(args[1]) {
-                    return err(args[1], "labels cannot be differentiated");
-                }
-                let x = self.lower_expr(args[0], out)?;
-                let labels = self.rewrite_passive(strip_ref(args[1]));
-                Ok(self.unary(
-                    out,
-                    quote!(::lopt::__private::ad::op::SoftmaxCrossEntropy::new(
-                        ::core::convert::AsRef::<[i32]>::as_ref(&(#labels))
-                    )),
-                    x,
-                ))
+                self.cross_entropy(quote!(SoftmaxCrossEntropy), args[0], args[1], out)
             }
         }
+    }
+
+    /// `op(logits, labels)` for a cross-entropy op `op` (`new(&[i32])`).
+    fn cross_entropy(
+        &mut self,
+        op: TokenStream,
+        logits: &Expr,
+        labels: &Expr,
+        out: &mut Vec<Stmt>,
+    ) -> Result<VarId> {
+        if self.mentions_active(labels) {
+            return err(labels, "labels cannot be differentiated");
+        }
+        let x = self.lower_expr(logits, out)?;
+        let labels = self.rewrite_passive(strip_ref(labels));
+        Ok(self.unary(
+            out,
+            quote!(::lopt::__private::ad::op::#op::new(
+                ::core::convert::AsRef::<[i32]>::as_ref(&(#labels))
+            )),
+            x,
+        ))
     }
 
     fn lower_call(&mut self, c: &syn::ExprCall, out: &mut Vec<Stmt>) -> Result<VarId> {
@@ -891,12 +908,7 @@ impl<'a> Lowerer<'a> {
             other => return err(other, "only calls of named functions are supported"),
         };
         let last = &path.segments.last().expect("path").ident;
-        let builtin_path = path.segments.len() == 1
-            || path
-                .segments
-                .iter()
-                .any(|s| s.ident == "ops" || s.ident == "lopt");
-        if builtin_path {
+        if is_builtin_path(path, &last.to_string()) {
             if let Some(b) = builtins::lookup(&last.to_string()) {
                 let args: Vec<&Expr> = c.args.iter().collect();
                 return self.builtin(b, last, &args, c, out);
@@ -1003,6 +1015,38 @@ fn add_args(e: &Expr) -> Option<(&Expr, &Expr)> {
         Expr::Group(g) => add_args(&g.expr),
         _ => None,
     }
+}
+
+/// `(logits, labels)` when `e` is `softmax_cross_entropy(logits, labels)` (the builtin,
+/// as `lower_call` resolves it) or `logits.softmax_cross_entropy(labels)`.
+fn cross_entropy_args(e: &Expr) -> Option<(&Expr, &Expr)> {
+    const NAME: &str = "softmax_cross_entropy";
+    match strip_ref(e) {
+        Expr::Call(c) if c.args.len() == 2 => match &*c.func {
+            Expr::Path(p) if p.qself.is_none() && is_builtin_path(&p.path, NAME) => {
+                Some((&c.args[0], &c.args[1]))
+            }
+            _ => None,
+        },
+        Expr::MethodCall(m) if m.method == NAME && m.args.len() == 1 => {
+            Some((&m.receiver, &m.args[0]))
+        }
+        Expr::Paren(p) => cross_entropy_args(&p.expr),
+        Expr::Group(g) => cross_entropy_args(&g.expr),
+        _ => None,
+    }
+}
+
+/// Whether `path` names the builtin `name`: the bare name, or a path through `lopt` or
+/// `ops` ending in it.
+fn is_builtin_path(path: &syn::Path, name: &str) -> bool {
+    let last = &path.segments.last().expect("path").ident;
+    last == name
+        && (path.segments.len() == 1
+            || path
+                .segments
+                .iter()
+                .any(|s| s.ident == "ops" || s.ident == "lopt"))
 }
 
 /// `x` when `e` is `square(x)` or `x.square()`.

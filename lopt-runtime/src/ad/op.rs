@@ -129,3 +129,34 @@ impl std::fmt::Debug for SoftmaxCrossEntropy<'_> {
         f.debug_tuple("SoftmaxCrossEntropy").field(&self.0).finish()
     }
 }
+
+/// `mean(softmax_cross_entropy(logits, labels))` in one rule (fused by `#[task]`): the
+/// mean loss over the examples (rows), a scalar.
+///
+/// `eval` computes the gradient `(softmax − onehot) / rows` in the same sweep (the
+/// exponentials are in registers then) and keeps it in the op (the second field); the
+/// first `jvp` or `vjp` for the same logits and loss takes it, any other call
+/// recomputes it.
+pub struct MeanSoftmaxCrossEntropy<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
+
+impl<'a> MeanSoftmaxCrossEntropy<'a> {
+    /// The op for `labels` (one class index per example), with nothing kept yet.
+    pub fn new(labels: &'a [i32]) -> Self {
+        MeanSoftmaxCrossEntropy(labels, Cell::new(None))
+    }
+}
+
+impl Clone for MeanSoftmaxCrossEntropy<'_> {
+    /// The same labels, without the kept gradient.
+    fn clone(&self) -> Self {
+        Self::new(self.0)
+    }
+}
+
+impl std::fmt::Debug for MeanSoftmaxCrossEntropy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MeanSoftmaxCrossEntropy")
+            .field(&self.0)
+            .finish()
+    }
+}

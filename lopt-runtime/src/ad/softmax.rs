@@ -12,8 +12,8 @@ use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 use super::elementwise::{build_like, update};
 use super::gemm::has_avx2;
 use super::op;
-use super::reduce::sum_by;
-use super::vecmath::exp;
+use super::reduce::{dot, sum, sum_by};
+use super::vecmath::{exp, ln};
 use super::Unary;
 use crate::scalar::Real;
 
@@ -394,6 +394,126 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
             k.e[i + l as usize * rows] -= gs[i];
         }
         DMatrix::from_vec(rows, self.ncols(), k.e)
+    }
+}
+
+/// The mean softmax cross-entropy of the column-major `rows x (x.len() / rows)` logits
+/// `x` against `labels` (already validated), writing its gradient
+/// `(softmax − onehot) / rows` over `g` (as long as `x`).
+fn mean_ce<S: Real>(x: &[S], rows: usize, labels: &[i32], g: &mut [S]) -> S {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<S: Real>(x: &[S], rows: usize, labels: &[i32], g: &mut [S]) -> S {
+            mean_ce_in(x, rows, labels, g)
+        }
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { wide(x, rows, labels, g) };
+    }
+    mean_ce_in(x, rows, labels, g)
+}
+
+/// The loops of [`mean_ce`], always inlined (as [`row_lse_in`]). Each is a sweep over
+/// whole columns with one entry per row in a buffer (`m`, then `s`): long runs of
+/// independent vector operations, where blocks of rows held in registers would leave
+/// short chains waiting on each other.
+#[inline(always)]
+fn mean_ce_in<S: Real>(x: &[S], rows: usize, labels: &[i32], g: &mut [S]) -> S {
+    if rows == 0 {
+        // The mean of no losses, as `mean` of an empty vector gives.
+        return S::zero() / S::zero();
+    }
+    let inv_b = S::one() / S::c(rows as f64);
+    let mut buf = vec![S::zero(); 2 * rows];
+    let (m, s) = buf.split_at_mut(rows);
+    // Row maxima (through `update`: a max kept in place would become a masked store).
+    let mut cols = x.chunks_exact(rows);
+    m.copy_from_slice(cols.next().expect("validated labels imply a column"));
+    for col in cols {
+        update(m, col, col, col, |t, v, _, _| t.max(v));
+    }
+    // Exponentials into `g`, and their row sums.
+    for (col, gcol) in x.chunks_exact(rows).zip(g.chunks_exact_mut(rows)) {
+        for (((e, &v), &m), s) in gcol.iter_mut().zip(col).zip(&*m).zip(s.iter_mut()) {
+            *e = exp(v - m);
+            *s += *e;
+        }
+    }
+    // Losses `m + ln s - x[label]` (over `m`) and reciprocal row sums scaled by `1 / rows`.
+    for (m, s) in m.iter_mut().zip(s.iter_mut()) {
+        *m += ln(*s);
+        *s = inv_b / *s;
+    }
+    for (i, (m, &l)) in m.iter_mut().zip(labels).enumerate() {
+        *m -= x[i + l as usize * rows];
+    }
+    for gcol in g.chunks_exact_mut(rows) {
+        for (v, &r) in gcol.iter_mut().zip(&*s) {
+            *v *= r;
+        }
+    }
+    for (i, &l) in labels.iter().enumerate() {
+        g[i + l as usize * rows] -= inv_b;
+    }
+    sum(m) / S::c(rows as f64)
+}
+
+/// What `MeanSoftmaxCrossEntropy`'s `eval` keeps: the gradient, and the address and
+/// length of the logits and the loss it came from (only compared).
+struct KeptGrad<S> {
+    logits: usize,
+    len: usize,
+    value: S,
+    g: Vec<S>,
+}
+
+impl<'a> op::MeanSoftmaxCrossEntropy<'a> {
+    /// The gradient `eval` kept, if it was computed from `x` with loss `out`; else
+    /// computed again.
+    fn grad<S: Real>(&self, x: &DMatrix<S>, out: &S) -> Vec<S> {
+        let kept = self.1.take().and_then(|k| k.downcast::<KeptGrad<S>>().ok());
+        match kept {
+            Some(k) if k.logits == x.as_ptr() as usize && k.len == x.len() && k.value == *out => {
+                k.g
+            }
+            _ => {
+                let (rows, cols) = x.shape();
+                check_labels(self.0, rows, cols);
+                let mut g = vec![S::zero(); x.len()];
+                mean_ce(x.as_slice(), rows, self.0, &mut g);
+                g
+            }
+        }
+    }
+}
+
+impl<'a, S: Real> Unary<op::MeanSoftmaxCrossEntropy<'a>> for DMatrix<S> {
+    type Out = S;
+    /// The mean loss; its gradient, made in the same sweep, is kept in `op` for the
+    /// derivative that follows.
+    #[track_caller]
+    fn eval(&self, op: &op::MeanSoftmaxCrossEntropy<'a>) -> S {
+        let (rows, cols) = self.shape();
+        check_labels(op.0, rows, cols);
+        let mut g = vec![S::zero(); self.len()];
+        let value = mean_ce(self.as_slice(), rows, op.0, &mut g);
+        op.1.set(Some(Box::new(KeptGrad {
+            logits: self.as_ptr() as usize,
+            len: self.len(),
+            value,
+            g,
+        })));
+        value
+    }
+    fn jvp(&self, op: &op::MeanSoftmaxCrossEntropy<'a>, out: &S, dx: &Self) -> S {
+        dot(&op.grad(self, out), dx.as_slice())
+    }
+    fn vjp(&self, op: &op::MeanSoftmaxCrossEntropy<'a>, out: &S, g: S) -> Self {
+        let mut d = op.grad(self, out);
+        for v in &mut d {
+            *v *= g;
+        }
+        DMatrix::from_vec(self.nrows(), self.ncols(), d)
     }
 }
 

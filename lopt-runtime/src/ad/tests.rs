@@ -267,6 +267,109 @@ fn softmax_cross_entropy() {
 }
 
 #[test]
+fn mean_softmax_cross_entropy() {
+    // Rows below, at and past a multiple of eight, and one class.
+    for (rows, cols, seed) in [(4, 3, 11), (8, 1, 12), (19, 5, 13)] {
+        let x = sample(DMatrix::<f64>::zeros(rows, cols), seed, &any);
+        let labels: Vec<i32> = (0..rows).map(|i| ((i * 7) % cols) as i32).collect();
+        unary(
+            "mean_softmax_cross_entropy",
+            op::MeanSoftmaxCrossEntropy::new(&labels),
+            x,
+        );
+    }
+}
+
+/// The fused rule gives what `mean` of the per-example losses gives, value and gradient,
+/// in f64 and f32, whether its derivative takes the kept gradient or recomputes it.
+#[test]
+fn mean_softmax_cross_entropy_is_the_mean_of_the_losses() {
+    fn case<S: crate::scalar::Real>(rows: usize, cols: usize, scale: f64, tol: f64) {
+        let x = DMatrix::<S>::from_fn(rows, cols, |i, j| {
+            S::c((((i * 7 + j * 13) % 11) as f64 * 0.7 - 3.0) * scale)
+        });
+        let labels: Vec<i32> = (0..rows).map(|i| ((i * 5 + 1) % cols) as i32).collect();
+        let sce = op::SoftmaxCrossEntropy::new(&labels);
+        let losses = Unary::eval(&x, &sce);
+        let mean = Unary::eval(&losses, &op::Mean);
+        let g = Unary::vjp(
+            &x,
+            &sce,
+            &losses,
+            Unary::vjp(&losses, &op::Mean, &mean, S::c(2.5)),
+        );
+        let dx = x.map(|v| S::c((v.lane(0) * 3.0).sin()));
+        let t = Unary::jvp(
+            &losses,
+            &op::Mean,
+            &mean,
+            &Unary::jvp(&x, &sce, &losses, &dx),
+        );
+
+        let fused = op::MeanSoftmaxCrossEntropy::new(&labels);
+        let v = Unary::eval(&x, &fused);
+        let close = |a: S, b: S| (a.lane(0) - b.lane(0)).abs() <= tol * b.lane(0).abs().max(1.0);
+        assert!(
+            close(v, mean),
+            "{rows}x{cols}: {} vs {}",
+            v.lane(0),
+            mean.lane(0)
+        );
+        // kept, then recomputed (taken already), then on a fresh op
+        let gk = Unary::vjp(&x, &fused, &v, S::c(2.5));
+        let gr = Unary::vjp(&x, &fused, &v, S::c(2.5));
+        let gf = Unary::vjp(
+            &x,
+            &op::MeanSoftmaxCrossEntropy::new(&labels),
+            &v,
+            S::c(2.5),
+        );
+        for d in [&gk, &gr, &gf] {
+            assert!(
+                d.iter().zip(g.iter()).all(|(&a, &b)| close(a, b)),
+                "{rows}x{cols}"
+            );
+        }
+        assert!(
+            gk == gr && gr == gf,
+            "{rows}x{cols}: the kept gradient is the recomputed one"
+        );
+        let _ = Unary::eval(&x, &fused);
+        for tf in [
+            Unary::jvp(&x, &fused, &v, &dx),
+            Unary::jvp(&x, &fused, &v, &dx),
+        ] {
+            assert!(
+                close(tf, t),
+                "{rows}x{cols}: {} vs {}",
+                tf.lane(0),
+                t.lane(0)
+            );
+        }
+    }
+    // scale 30: logits up to ±120, past f32's exp range unless the row max is subtracted
+    for (rows, cols, scale) in [(19, 5, 1.0), (16, 10, 30.0), (7, 3, 30.0), (128, 10, 1.0)] {
+        case::<f64>(rows, cols, scale, 1e-13);
+        case::<f32>(rows, cols, scale, 2e-5);
+    }
+}
+
+#[test]
+fn mean_softmax_cross_entropy_of_no_examples_is_nan() {
+    let m = DMatrix::<f64>::zeros(0, 3);
+    let op = op::MeanSoftmaxCrossEntropy::new(&[]);
+    assert!(Unary::eval(&m, &op).is_nan());
+    assert_eq!(Unary::vjp(&m, &op, &f64::NAN, 1.0).shape(), (0, 3));
+}
+
+#[test]
+#[should_panic(expected = "label 3 of example 1 is out of range for 3 classes")]
+fn mean_softmax_cross_entropy_rejects_out_of_range_labels() {
+    let m = DMatrix::<f64>::zeros(2, 3);
+    Unary::eval(&m, &op::MeanSoftmaxCrossEntropy::new(&[0, 3]));
+}
+
+#[test]
 fn log_softmax_is_per_row_of_a_matrix_and_over_a_vector() {
     let m = DMatrix::from_row_slice(2, 2, &[0.0, 1.0, 3.0, 3.0]);
     let y = Unary::eval(&m, &op::LogSoftmax);

@@ -23,6 +23,17 @@ pub(crate) fn exp<S: Real>(x: S) -> S {
     x.exp()
 }
 
+/// `ln x`, vectorizable for `f32`, [`Real::ln`] otherwise.
+#[inline(always)]
+pub(crate) fn ln<S: Real>(x: S) -> S {
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
+        if let Some(&v) = (&x as &dyn Any).downcast_ref::<f32>() {
+            return S::from_f32(ln_f32(v));
+        }
+    }
+    x.ln()
+}
+
 /// Cephes `expf`: `e^x = 2^n e^r`, `n = round(x / ln 2)`, `|r| <= ln 2 / 2`.
 ///
 /// Returns 0 below -86.5 (where `e^x < 3e-38`: the subnormal range is given up, no
