@@ -102,61 +102,52 @@ pub struct Index(pub usize);
 #[derive(Debug, Clone, Copy)]
 pub struct Index2(pub usize, pub usize);
 
-/// Per-row softmax cross-entropy of a logits matrix (rows = examples) against integer
-/// labels; the output is the vector of per-example losses.
-///
-/// `eval` keeps the softmax it computes in the op (the second field), and the first
-/// `jvp` or `vjp` for the same logits and losses takes it instead of exponentiating
-/// again; any other call recomputes it.
-pub struct SoftmaxCrossEntropy<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
+/// A cross-entropy op: the labels (one class index per example), and a slot (the second
+/// field) where `eval` keeps what the derivative that follows needs. A clone has the same
+/// labels and nothing kept.
+macro_rules! cross_entropy_op {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
 
-impl<'a> SoftmaxCrossEntropy<'a> {
-    /// The op for `labels` (one class index per example), with nothing kept yet.
-    pub fn new(labels: &'a [i32]) -> Self {
-        SoftmaxCrossEntropy(labels, Cell::new(None))
-    }
+        impl<'a> $name<'a> {
+            /// The op for `labels` (one class index per example), with nothing kept yet.
+            pub fn new(labels: &'a [i32]) -> Self {
+                $name(labels, Cell::new(None))
+            }
+        }
+
+        impl Clone for $name<'_> {
+            /// The same labels, with nothing kept.
+            fn clone(&self) -> Self {
+                Self::new(self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&self.0).finish()
+            }
+        }
+    };
 }
 
-impl Clone for SoftmaxCrossEntropy<'_> {
-    /// The same labels, without the kept softmax.
-    fn clone(&self) -> Self {
-        Self::new(self.0)
-    }
-}
+cross_entropy_op!(
+    /// Per-row softmax cross-entropy of a logits matrix (rows = examples) against integer
+    /// labels; the output is the vector of per-example losses.
+    ///
+    /// `eval` keeps the softmax it computes in the op, and the first `jvp` or `vjp` for the
+    /// same logits and losses takes it instead of exponentiating again; any other call
+    /// recomputes it.
+    SoftmaxCrossEntropy
+);
 
-impl std::fmt::Debug for SoftmaxCrossEntropy<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("SoftmaxCrossEntropy").field(&self.0).finish()
-    }
-}
-
-/// `mean(softmax_cross_entropy(logits, labels))` in one rule (fused by `#[task]`): the
-/// mean loss over the examples (rows), a scalar.
-///
-/// `eval` computes the gradient `(softmax − onehot) / rows` in the same sweep (the
-/// exponentials are in registers then) and keeps it in the op (the second field); the
-/// first `jvp` or `vjp` for the same logits and loss takes it, any other call
-/// recomputes it.
-pub struct MeanSoftmaxCrossEntropy<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
-
-impl<'a> MeanSoftmaxCrossEntropy<'a> {
-    /// The op for `labels` (one class index per example), with nothing kept yet.
-    pub fn new(labels: &'a [i32]) -> Self {
-        MeanSoftmaxCrossEntropy(labels, Cell::new(None))
-    }
-}
-
-impl Clone for MeanSoftmaxCrossEntropy<'_> {
-    /// The same labels, without the kept gradient.
-    fn clone(&self) -> Self {
-        Self::new(self.0)
-    }
-}
-
-impl std::fmt::Debug for MeanSoftmaxCrossEntropy<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("MeanSoftmaxCrossEntropy")
-            .field(&self.0)
-            .finish()
-    }
-}
+cross_entropy_op!(
+    /// `mean(softmax_cross_entropy(logits, labels))` in one rule (fused by `#[task]`): the
+    /// mean loss over the examples (rows), a scalar.
+    ///
+    /// `eval` computes the gradient `(softmax − onehot) / rows` in the sweeps that compute
+    /// the loss and keeps it in the op; the first `jvp` or `vjp` for the same logits and
+    /// loss takes it, any other call recomputes it.
+    MeanSoftmaxCrossEntropy
+);

@@ -12,26 +12,28 @@ use std::any::{Any, TypeId};
 
 use crate::scalar::Real;
 
+/// `fast(x)` when `S` is `f32` (a branch-free polynomial, which vectorizes), `other(x)`
+/// otherwise.
+#[inline(always)]
+fn on_f32<S: Real>(x: S, fast: impl Fn(f32) -> f32, other: impl Fn(S) -> S) -> S {
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
+        if let Some(&v) = (&x as &dyn Any).downcast_ref::<f32>() {
+            return S::from_f32(fast(v));
+        }
+    }
+    other(x)
+}
+
 /// `e^x`, vectorizable for `f32`, [`Real::exp`] otherwise.
 #[inline(always)]
 pub(crate) fn exp<S: Real>(x: S) -> S {
-    if TypeId::of::<S>() == TypeId::of::<f32>() {
-        if let Some(&v) = (&x as &dyn Any).downcast_ref::<f32>() {
-            return S::from_f32(exp_f32(v));
-        }
-    }
-    x.exp()
+    on_f32(x, exp_f32, S::exp)
 }
 
 /// `ln x`, vectorizable for `f32`, [`Real::ln`] otherwise.
 #[inline(always)]
 pub(crate) fn ln<S: Real>(x: S) -> S {
-    if TypeId::of::<S>() == TypeId::of::<f32>() {
-        if let Some(&v) = (&x as &dyn Any).downcast_ref::<f32>() {
-            return S::from_f32(ln_f32(v));
-        }
-    }
-    x.ln()
+    on_f32(x, ln_f32, S::ln)
 }
 
 /// `a·b + c`: one fused multiply-add where the build targets FMA (`-C target-cpu=native`
