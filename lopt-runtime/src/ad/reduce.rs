@@ -29,56 +29,31 @@ pub(crate) fn sum_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `Σ f(a_i, b_i)` over the common length, over chunks (indexing through a closure keeps a
-/// bounds check per element, which stops the loop from vectorizing).
-///
-/// A plain float sums into four blocks of eight partial sums, so four vector chains
-/// overlap; a SIMD packet is several vector chains already, and sums into one block of
-/// eight (as [`sum_by`]), which keeps a small sum of packets small.
+/// `Σ f(a_i, b_i)` over the common length, summed in the order of [`sum_by`] (eight
+/// partial sums, then the tail) for every scalar type, so a lane of a SIMD packet sums
+/// exactly as a lone `f32` does. Over chunks rather than indexing through a closure: a
+/// bounds check per element stops the loop from vectorizing.
 #[inline(always)]
 fn sum_zip<S: Real>(a: &[S], b: &[S], f: impl Fn(S, S) -> S) -> S {
-    if S::LANES == 1 {
-        sum_blocks::<S, 4>(a, b, f)
-    } else {
-        sum_blocks::<S, 1>(a, b, f)
-    }
-}
-
-/// [`sum_zip`] with `NB` blocks of eight partial sums: chunks of `8 NB`, then chunks of
-/// eight into the first block, then the tail; the blocks are added elementwise, then
-/// folded pairwise.
-#[inline(always)]
-fn sum_blocks<S: Real, const NB: usize>(a: &[S], b: &[S], f: impl Fn(S, S) -> S) -> S {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (wa, wb) = (a.chunks_exact(8 * NB), b.chunks_exact(8 * NB));
-    let (ra, rb) = (wa.remainder(), wb.remainder());
-    let mut acc = [[S::zero(); 8]; NB];
-    for (ca, cb) in wa.zip(wb) {
-        for (q, aq) in acc.iter_mut().enumerate() {
-            for (l, a) in aq.iter_mut().enumerate() {
-                *a += f(ca[8 * q + l], cb[8 * q + l]);
-            }
-        }
-    }
-    let (ea, eb) = (ra.chunks_exact(8), rb.chunks_exact(8));
-    let tail = ea
+    let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let tail = ca
         .remainder()
         .iter()
-        .zip(eb.remainder())
+        .zip(cb.remainder())
         .fold(S::zero(), |t, (&a, &b)| t + f(a, b));
-    for (ca, cb) in ea.zip(eb) {
-        for (l, a) in acc[0].iter_mut().enumerate() {
+    let mut acc = [S::zero(); 8];
+    for (ca, cb) in ca.zip(cb) {
+        for (l, a) in acc.iter_mut().enumerate() {
             *a += f(ca[l], cb[l]);
         }
     }
-    if NB > 1 {
-        // Through memory: otherwise the vectorizer shapes the loops for the folds below
+    if S::LANES == 1 {
+        // Through memory: otherwise the vectorizer shapes the loop for the fold below
         // (half-width adds and shuffles) instead of one full-width add per chunk.
         acc = std::hint::black_box(acc);
     }
-    let s: [S; 8] = std::array::from_fn(|l| acc[1..].iter().fold(acc[0][l], |v, aq| v + aq[l]));
-    ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// `Σ x_i`, summed as [`sum_zip`].
