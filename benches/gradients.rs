@@ -94,7 +94,7 @@ fn cm(d: &[f32], r: usize, c: usize) -> MatRef<'_, f32> {
 /// `a·b + c`, fused where the build targets FMA (as `lopt`'s `exp` does).
 #[inline(always)]
 fn madd(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(target_feature = "fma") {
+    if cfg!(any(target_feature = "fma", target_arch = "aarch64")) {
         a.mul_add(b, c)
     } else {
         a * b + c

@@ -508,3 +508,59 @@ fn expand_impl(mut imp: syn::ItemImpl, kind: Kind) -> Result<TokenStream> {
     }
     Ok(imp.into_token_stream())
 }
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    /// The expansion of a `#[task]` loss with `body`.
+    fn expand(body: TokenStream) -> String {
+        let item = quote! {
+            fn loss<S: Real>(p: &P<S>, labels: &Vec<i32>, d: &DMatrix<f32>) -> S { #body }
+        };
+        super::expand_task(TokenStream::new(), item)
+            .expect("expands")
+            .to_string()
+    }
+
+    /// The fused rules are emitted for the compositions they stand for (the values would
+    /// agree without them, so only the expansion shows it), and not when the parts are
+    /// apart or are not the builtins.
+    #[test]
+    fn compositions_are_fused_into_one_rule() {
+        let fused = [
+            (
+                quote!(mean(softmax_cross_entropy(p.z, labels))),
+                "MeanSoftmaxCrossEntropy",
+            ),
+            (
+                quote!(p.z.softmax_cross_entropy(labels).mean()),
+                "MeanSoftmaxCrossEntropy",
+            ),
+            (
+                quote!(lopt::ops::mean(lopt::ops::softmax_cross_entropy(
+                    p.z, labels
+                ))),
+                "MeanSoftmaxCrossEntropy",
+            ),
+            (quote!(sum(square(p.z))), "NormSquared"),
+            (quote!(sum(relu(p.z * 2.0 + p.b))), "AddRelu"),
+        ];
+        for (body, op) in fused {
+            let e = expand(body.clone());
+            assert!(e.contains(op), "{body} should use {op}");
+        }
+        let apart = [
+            quote!(let l = softmax_cross_entropy(p.z, labels); mean(l)),
+            quote!(mean(other::softmax_cross_entropy(p.z, labels))),
+        ];
+        for body in apart {
+            let e = expand(body.clone());
+            assert!(
+                !e.contains("MeanSoftmaxCrossEntropy"),
+                "{body} is not fused"
+            );
+        }
+    }
+}

@@ -41,7 +41,7 @@
 //! | `Index(i)` | `M` (column-major), `Vec<S>`, `[S; N]` | `S` |
 //! | `Index2(i, j)` | `M` | `S` |
 //! | `SoftmaxCrossEntropy(labels)` | `DMatrix` of logits, one example per row | `DVector` of losses |
-//! | `MeanSoftmaxCrossEntropy(labels)` (`mean(softmax_cross_entropy(..))`, fused by `#[task]`) | as `SoftmaxCrossEntropy` | `S`, the mean loss |
+//! | `MeanSoftmaxCrossEntropy(labels)` (`mean(softmax_cross_entropy(..))`, fused by `#[task]` and `#[differentiable]`) | as `SoftmaxCrossEntropy` | `S`, the mean loss |
 //!
 //! Operands of incompatible shapes (only possible with dynamic sizes), out-of-range
 //! indices and labels are bugs in the loss: the rule panics with a message naming the

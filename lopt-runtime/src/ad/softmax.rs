@@ -506,6 +506,10 @@ impl<'a, S: Real> Unary<op::MeanSoftmaxCrossEntropy<'a>> for DMatrix<S> {
         value
     }
     fn jvp(&self, op: &op::MeanSoftmaxCrossEntropy<'a>, out: &S, dx: &Self) -> S {
+        if self.nrows() == 0 {
+            // As `mean`'s tangent of no losses.
+            return S::zero() / S::zero();
+        }
         dot(&op.grad(self, out), dx.as_slice())
     }
     fn vjp(&self, op: &op::MeanSoftmaxCrossEntropy<'a>, out: &S, g: S) -> Self {

@@ -359,7 +359,54 @@ fn mean_softmax_cross_entropy_of_no_examples_is_nan() {
     let m = DMatrix::<f64>::zeros(0, 3);
     let op = op::MeanSoftmaxCrossEntropy::new(&[]);
     assert!(Unary::eval(&m, &op).is_nan());
+    assert!(Unary::jvp(&m, &op, &f64::NAN, &m).is_nan());
     assert_eq!(Unary::vjp(&m, &op, &f64::NAN, 1.0).shape(), (0, 3));
+}
+
+/// A gradient kept for one matrix of logits is not used for another: the op evaluated at
+/// `x1`, then differentiated at `x2` with `x1`'s loss value (so only the logits tell them
+/// apart), gives `x2`'s gradient.
+#[test]
+fn mean_softmax_cross_entropy_keeps_its_gradient_for_its_own_logits_only() {
+    let labels = [1, 0, 2];
+    let x1 = DMatrix::<f64>::from_row_slice(3, 3, &[0.1, 0.5, -0.3, 1.0, 0.2, 0.0, -1.0, 0.4, 0.8]);
+    let x2 = x1.map(|v| v * 1.5 - 0.2);
+    let op = op::MeanSoftmaxCrossEntropy::new(&labels);
+    let v1 = Unary::eval(&x1, &op);
+    let stale = Unary::vjp(&x2, &op, &v1, 1.0);
+    let fresh = Unary::vjp(&x2, &op::MeanSoftmaxCrossEntropy::new(&labels), &v1, 1.0);
+    assert_eq!(stale, fresh);
+    let g1 = Unary::vjp(&x1, &op::MeanSoftmaxCrossEntropy::new(&labels), &v1, 1.0);
+    assert!((&stale - &g1).amax() > 0.01);
+    // and the tangent
+    let _ = Unary::eval(&x1, &op);
+    let t = Unary::jvp(&x2, &op, &v1, &x1);
+    let t_fresh = Unary::jvp(&x2, &op::MeanSoftmaxCrossEntropy::new(&labels), &v1, &x1);
+    assert_eq!(t, t_fresh);
+}
+
+/// A NaN logit makes its example's loss, hence the mean, and that example's gradient row
+/// NaN (the row's max is taken first; NaN must not be skipped by it); other rows stay
+/// finite.
+#[test]
+fn mean_softmax_cross_entropy_propagates_nan() {
+    for j in 0..3 {
+        let mut x = DMatrix::<f32>::from_fn(9, 3, |i, k| (i + 2 * k) as f32 * 0.1);
+        x[(4, j)] = f32::NAN;
+        let labels: Vec<i32> = (0..9).map(|i| i % 3).collect();
+        let op = op::MeanSoftmaxCrossEntropy::new(&labels);
+        let v = Unary::eval(&x, &op);
+        assert!(v.is_nan(), "column {j}");
+        let g = Unary::vjp(&x, &op, &v, 1.0);
+        for i in 0..9 {
+            let row_nan = (0..3).all(|k| g[(i, k)].is_nan());
+            let row_finite = (0..3).all(|k| g[(i, k)].is_finite());
+            assert!(
+                if i == 4 { row_nan } else { row_finite },
+                "column {j}, row {i}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -1040,4 +1087,37 @@ fn nan_propagates_through_relu_max_min() {
         Binary::<op::Min, _>::vjp(&1.0, &1.0, &1.0, 1.0, true, true),
         (Some(1.0), Some(0.0))
     );
+}
+
+/// A lane of a SIMD packet sums exactly as a lone `f32` does (the batched-equals-serial
+/// contract of `vmap`), for lengths below, at and past the reductions' blocks.
+#[test]
+fn sums_of_packets_are_their_lanes_sums_bit_for_bit() {
+    use super::reduce::{dot, sum};
+    use crate::lanes::Lanes;
+    use crate::scalar::Real;
+    for n in [0, 5, 8, 31, 32, 33, 100, 257] {
+        let draw = |seed: usize| -> Vec<Lanes<8>> {
+            (0..n)
+                .map(|i| Lanes::from_lanes(|l| ((i * 7 + l * 13 + seed) % 17) as f64 * 0.37 - 2.9))
+                .collect()
+        };
+        let (x, y) = (draw(0), draw(5));
+        let (s, d) = (sum(&x), dot(&x, &y));
+        for l in 0..8 {
+            let lane =
+                |v: &[Lanes<8>]| -> Vec<f32> { v.iter().map(|p| p.lane(l) as f32).collect() };
+            let (xl, yl) = (lane(&x), lane(&y));
+            assert_eq!(
+                sum(&xl).to_bits(),
+                (s.lane(l) as f32).to_bits(),
+                "sum, n = {n}"
+            );
+            assert_eq!(
+                dot(&xl, &yl).to_bits(),
+                (d.lane(l) as f32).to_bits(),
+                "dot, n = {n}"
+            );
+        }
+    }
 }

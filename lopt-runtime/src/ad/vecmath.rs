@@ -51,6 +51,9 @@ fn madd(a: f32, b: f32, c: f32) -> f32 {
 
 /// Cephes `expf`: `e^x = 2^n e^r`, `n = round(x / ln 2)`, `|r| <= ln 2 / 2`.
 ///
+/// The polynomial runs on [`madd`], so its last bit depends on whether the build targets
+/// FMA (`RUSTFLAGS`), as a compiler's contraction would.
+///
 /// Returns 0 below -86.5 (where `e^x < 3e-38`: the subnormal range is given up, no
 /// softmax weight there matters) and infinity above `ln(f32::MAX)`; NaN stays NaN.
 #[inline(always)]
