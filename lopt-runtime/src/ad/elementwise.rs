@@ -10,7 +10,7 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 
 use super::op;
-use super::reduce::{sum, sum_by};
+use super::reduce::{sum, sum_by, sum_zip3};
 use super::scalar::{Pointwise, Pointwise2};
 use super::{Binary, Unary};
 use crate::scalar::Real;
@@ -574,30 +574,6 @@ fn bias_jvp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
         }
     }
     DMatrix::from_vec(m.nrows(), m.ncols(), out)
-}
-
-/// `Σ_i f(x_i, y_i, g_i)` over equal-length slices, summed in the order of
-/// [`sum_by`](super::reduce::sum_by) (eight partial sums), but over chunks of the slices:
-/// no bounds checks, so the loop vectorizes.
-#[inline]
-fn sum_zip3<S: Real>(x: &[S], y: &[S], g: &[S], f: impl Fn(S, S, S) -> S) -> S {
-    let mut acc = [S::zero(); 8];
-    let (xc, yc, gc) = (x.chunks_exact(8), y.chunks_exact(8), g.chunks_exact(8));
-    let mut tail = S::zero();
-    for ((&a, &b), &c) in xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .zip(gc.remainder())
-    {
-        tail += f(a, b, c);
-    }
-    for ((a, b), c) in xc.zip(yc).zip(gc) {
-        for l in 0..8 {
-            acc[l] += f(a[l], b[l], c[l]);
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Cotangents of the matrix and of the vector (column sums).

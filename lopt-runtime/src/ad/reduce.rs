@@ -29,23 +29,28 @@ pub(crate) fn sum_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `Σ f(a_i, b_i)` over the common length, summed in the order of [`sum_by`] (eight
+/// `Σ f(a_i, b_i, c_i)` over the common length, summed in the order of [`sum_by`] (eight
 /// partial sums, then the tail) for every scalar type, so a lane of a SIMD packet sums
 /// exactly as a lone `f32` does. Over chunks rather than indexing through a closure: a
 /// bounds check per element stops the loop from vectorizing.
 #[inline(always)]
-fn sum_zip<S: Real>(a: &[S], b: &[S], f: impl Fn(S, S) -> S) -> S {
-    let n = a.len().min(b.len());
-    let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+pub(crate) fn sum_zip3<S: Real>(a: &[S], b: &[S], c: &[S], f: impl Fn(S, S, S) -> S) -> S {
+    let n = a.len().min(b.len()).min(c.len());
+    let (ca, cb, cc) = (
+        a[..n].chunks_exact(8),
+        b[..n].chunks_exact(8),
+        c[..n].chunks_exact(8),
+    );
     let tail = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .fold(S::zero(), |t, (&a, &b)| t + f(a, b));
+        .zip(cc.remainder())
+        .fold(S::zero(), |t, ((&a, &b), &c)| t + f(a, b, c));
     let mut acc = [S::zero(); 8];
-    for (ca, cb) in ca.zip(cb) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(ca[l], cb[l]);
+    for ((ca, cb), cc) in ca.zip(cb).zip(cc) {
+        for (l, s) in acc.iter_mut().enumerate() {
+            *s += f(ca[l], cb[l], cc[l]);
         }
     }
     if S::LANES == 1 {
@@ -56,16 +61,16 @@ fn sum_zip<S: Real>(a: &[S], b: &[S], f: impl Fn(S, S) -> S) -> S {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `Σ x_i`, summed as [`sum_zip`].
+/// `Σ x_i`, summed as [`sum_zip3`].
 #[inline]
 pub(crate) fn sum<S: Real>(x: &[S]) -> S {
-    sum_zip(x, x, |a, _| a)
+    sum_zip3(x, x, x, |a, _, _| a)
 }
 
 /// `Σ a_i b_i` over the common length.
 #[inline]
 pub(crate) fn dot<S: Real>(a: &[S], b: &[S]) -> S {
-    sum_zip(a, b, |a, b| a * b)
+    sum_zip3(a, b, b, |a, b, _| a * b)
 }
 
 impl<S: Real, R: Dim, C: Dim> Unary<op::Sum> for OMatrix<S, R, C>

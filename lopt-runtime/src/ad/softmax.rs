@@ -439,21 +439,21 @@ fn mean_ce_in<S: Real>(x: &[S], rows: usize, labels: &[i32], g: &mut [S]) -> S {
             *s += *e;
         }
     }
-    // Losses `m + ln s - x[label]` (over `m`) and reciprocal row sums scaled by `1 / rows`.
+    // Log-sum-exps (over `m`) and reciprocal row sums scaled by `1 / rows` (over `s`).
     for (m, s) in m.iter_mut().zip(s.iter_mut()) {
         *m += ln(*s);
         *s = inv_b / *s;
-    }
-    for (i, (m, &l)) in m.iter_mut().zip(labels).enumerate() {
-        *m -= x[i + l as usize * rows];
     }
     for gcol in g.chunks_exact_mut(rows) {
         for (v, &r) in gcol.iter_mut().zip(&*s) {
             *v *= r;
         }
     }
-    for (i, &l) in labels.iter().enumerate() {
-        g[i + l as usize * rows] -= inv_b;
+    // The label's logit out of each loss, and its one-hot out of the gradient.
+    for (i, (m, &l)) in m.iter_mut().zip(labels).enumerate() {
+        let y = i + l as usize * rows;
+        *m -= x[y];
+        g[y] -= inv_b;
     }
     sum(m) / S::c(rows as f64)
 }
