@@ -67,6 +67,23 @@ pub enum Error {
     },
     /// An argument outside its valid range.
     InvalidArgument(String),
+    /// A checkpoint file that cannot be used: malformed, truncated, of another format
+    /// version, or holding values a run cannot have had.
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A checkpoint written by another setup than the one resuming it.
+    CheckpointMismatch {
+        /// What differs (`learned optimizer`, `family`, `estimator 0`, ...).
+        what: String,
+        /// What the checkpoint holds.
+        saved: String,
+        /// What the resuming run has.
+        current: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -109,6 +126,15 @@ impl fmt::Display for Error {
                 write!(f, "non-finite value in {what} at step {step}")
             }
             Error::InvalidArgument(s) => write!(f, "invalid argument: {s}"),
+            Error::Checkpoint { path, message } => write!(f, "checkpoint {path}: {message}"),
+            Error::CheckpointMismatch {
+                what,
+                saved,
+                current,
+            } => write!(
+                f,
+                "the checkpoint was written for another {what}: it holds `{saved}`, this run has `{current}`"
+            ),
         }
     }
 }

@@ -142,6 +142,16 @@ impl Key {
         }
     }
 
+    /// The key as 64 bits, for storing it (a checkpoint); [`Key::from_bits`] inverts it.
+    pub fn to_bits(self) -> u64 {
+        u64::from(self.k[0]) | (u64::from(self.k[1]) << 32)
+    }
+
+    /// The key stored by [`Key::to_bits`].
+    pub fn from_bits(bits: u64) -> Key {
+        Key::new(bits)
+    }
+
     /// The Philox block at counter `(lo(counter), hi(counter), domain, 0)`.
     #[inline(always)]
     fn block(self, counter: u64, domain: u32) -> [u32; 4] {

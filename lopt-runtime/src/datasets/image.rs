@@ -364,6 +364,33 @@ impl Iterator for EpochBatches {
             channels,
         })
     }
+
+    /// Skips `n` batches without building them (a resumed run catching up), then returns
+    /// the next: the same batch as `n + 1` calls of `next`.
+    fn nth(&mut self, mut n: usize) -> Option<ImageBatch> {
+        let b = self.batch_size;
+        let per_epoch = self.range.len().checked_div(b).unwrap_or(0);
+        if per_epoch == 0 {
+            return None;
+        }
+        let left = self.order.len().saturating_sub(self.pos) / b;
+        if n < left {
+            self.pos += n * b;
+            return self.next();
+        }
+        n -= left;
+        let whole = n / per_epoch;
+        self.epoch = self.epoch.wrapping_add(whole as u32);
+        n -= whole * per_epoch;
+        // The epoch holding the batch wanted, shuffled as `next` would shuffle it.
+        self.order = self
+            .key
+            .fold_in(u64::from(self.epoch))
+            .permutation(self.range.len());
+        self.epoch = self.epoch.wrapping_add(1);
+        self.pos = n * b;
+        self.next()
+    }
 }
 
 /// Examples ahead whose pixels a batch gather prefetches.
@@ -670,6 +697,39 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// `nth(k)` is `k + 1` calls of `next` within an epoch, across one and across many
+    /// (a mutation that skips whole epochs without advancing the epoch counter fails).
+    #[test]
+    fn nth_skips_exactly_as_next_would() {
+        let file = numbered(23);
+        let ex = Arc::new(Examples {
+            pixels: file.preprocess((1, 1)).unwrap(),
+            labels: file.labels.clone(),
+            dim: 1,
+            shape: (1, 1, 1),
+        });
+        for start in [0, 1, 3] {
+            for k in [0, 1, 4, 5, 6, 11, 17, 40] {
+                let mut a = EpochBatches::new(ex.clone(), 0..23, 4, Key::new(9));
+                let mut b = EpochBatches::new(ex.clone(), 0..23, 4, Key::new(9));
+                for _ in 0..start {
+                    a.next();
+                    b.next();
+                }
+                for _ in 0..k {
+                    a.next();
+                }
+                let (x, y) = (a.next().unwrap(), b.nth(k).unwrap());
+                assert_eq!(
+                    (x.label, x.image),
+                    (y.label, y.image),
+                    "start {start}, k {k}"
+                );
+                assert_eq!(a.next().unwrap().label, b.next().unwrap().label);
+            }
+        }
     }
 
     #[test]

@@ -135,8 +135,12 @@ impl ExtraInfo {
     }
 }
 
-/// A boxed batch stream as stored in a [`Datasets`].
-type Stream<B> = Mutex<Box<dyn Iterator<Item = B> + Send>>;
+/// A boxed batch stream as stored in a [`Datasets`], with the number of batches it has
+/// handed out (its position, which a checkpoint records).
+type Stream<B> = Mutex<Counted<B>>;
+
+/// A batch stream and the number of batches it has handed out.
+type Counted<B> = (Box<dyn Iterator<Item = B> + Send>, u64);
 
 /// Four infinite streams of batches, shared by every clone (see the [module docs](self)).
 pub struct Datasets<B> {
@@ -179,7 +183,7 @@ impl<B: 'static> Datasets<B> {
         Te::IntoIter: Send + 'static,
     {
         fn boxed<B, I: Iterator<Item = B> + Send + 'static>(it: I) -> Stream<B> {
-            Mutex::new(Box::new(it))
+            Mutex::new((Box::new(it), 0))
         }
         Datasets {
             streams: Arc::new([
@@ -210,14 +214,77 @@ impl<B> Datasets<B> {
     /// Errors: [`Error::DataExhausted`] if the stream ended, [`Error::Data`] if an earlier
     /// pull panicked inside the stream (its state can no longer be trusted).
     pub fn next(&self, split: Split) -> Result<B> {
-        let mut stream = self.streams[split.index()].lock().map_err(|_| {
+        let mut stream = self.lock(split)?;
+        let batch = stream
+            .0
+            .next()
+            .ok_or_else(|| Error::DataExhausted(split.name().to_string()))?;
+        stream.1 += 1;
+        Ok(batch)
+    }
+
+    fn lock(&self, split: Split) -> Result<std::sync::MutexGuard<'_, Counted<B>>> {
+        self.streams[split.index()].lock().map_err(|_| {
             Error::Data(format!(
                 "the `{split}` stream panicked during an earlier pull"
             ))
-        })?;
-        stream
-            .next()
-            .ok_or_else(|| Error::DataExhausted(split.name().to_string()))
+        })
+    }
+
+    /// How many batches each split has handed out so far (train, inner_valid,
+    /// outer_valid, test), counted over every clone: what a checkpoint records so that a
+    /// resumed run reads the batches the uninterrupted run would have read.
+    pub fn positions(&self) -> Result<[u64; 4]> {
+        let mut out = [0; 4];
+        for (o, split) in out.iter_mut().zip(Split::ALL) {
+            *o = self.lock(split)?.1;
+        }
+        Ok(out)
+    }
+
+    /// Moves every split forward to `positions` (as returned by [`Datasets::positions`]
+    /// on the same data), skipping the batches between: a deterministic stream then
+    /// continues exactly where the recorded one was. Image streams skip without building
+    /// the skipped batches.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when a split is already past its target (a
+    /// stream cannot go back: build the datasets anew), [`Error::DataExhausted`] when a
+    /// stream ends first.
+    ///
+    /// ```
+    /// use lopt_runtime::datasets::Datasets;
+    ///
+    /// let a = Datasets::new(0.., 100.., 200.., 300..);
+    /// a.train()?;
+    /// a.train()?;
+    /// let b = Datasets::new(0.., 100.., 200.., 300..);
+    /// b.advance_to(a.positions()?)?;
+    /// assert_eq!(b.train()?, a.train()?);
+    /// assert!(a.advance_to([0; 4]).is_err());
+    /// # Ok::<(), lopt_runtime::Error>(())
+    /// ```
+    pub fn advance_to(&self, positions: [u64; 4]) -> Result<()> {
+        for (split, target) in Split::ALL.into_iter().zip(positions) {
+            let mut stream = self.lock(split)?;
+            let at = stream.1;
+            if at > target {
+                return Err(Error::InvalidArgument(format!(
+                    "the `{split}` stream has handed out {at} batches, past the {target} to \
+                     resume at: resume with datasets built anew"
+                )));
+            }
+            if target > at {
+                let skip = usize::try_from(target - at - 1).map_err(|_| {
+                    Error::InvalidArgument(format!("`{split}` position {target} is too large"))
+                })?;
+                stream
+                    .0
+                    .nth(skip)
+                    .ok_or_else(|| Error::DataExhausted(split.name().to_string()))?;
+                stream.1 = target;
+            }
+        }
+        Ok(())
     }
 
     /// The next training batch (`next(ds.train)` in the JAX library).

@@ -86,6 +86,21 @@ where
             State::Idle(..) => None,
         }
     }
+
+    /// Before the first pull, skips on the wrapped iterator itself (an image stream skips
+    /// without building batches); afterwards, as `next` would.
+    fn nth(&mut self, n: usize) -> Option<I::Item> {
+        if let State::Idle(Some(iter), _) = &mut self.state {
+            if n > 0 {
+                iter.nth(n - 1)?;
+            }
+            return self.next();
+        }
+        for _ in 0..n {
+            self.next()?;
+        }
+        self.next()
+    }
 }
 
 #[cfg(test)]

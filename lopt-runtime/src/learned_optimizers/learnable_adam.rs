@@ -101,6 +101,17 @@ impl LearnedOptimizer for LearnableAdam {
     fn iteration<P: Params>(&self, state: &AdamState<P>) -> usize {
         state.iteration
     }
+    fn set_iteration<P: Params>(
+        &self,
+        state: &mut AdamState<P>,
+        iteration: usize,
+    ) -> crate::error::Result<()> {
+        state.iteration = iteration;
+        Ok(())
+    }
+    fn config(&self) -> String {
+        format!("{self:?}")
+    }
     fn name(&self) -> String {
         "LearnableAdam".into()
     }

@@ -94,6 +94,17 @@ impl LearnedOptimizer for LearnableSgd {
     fn iteration<P: Params>(&self, state: &LearnableSgdState<P>) -> usize {
         state.iteration
     }
+    fn set_iteration<P: Params>(
+        &self,
+        state: &mut LearnableSgdState<P>,
+        iteration: usize,
+    ) -> crate::error::Result<()> {
+        state.iteration = iteration;
+        Ok(())
+    }
+    fn config(&self) -> String {
+        format!("{self:?}")
+    }
     fn name(&self) -> String {
         "LearnableSgd".into()
     }

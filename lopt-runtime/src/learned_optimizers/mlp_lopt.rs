@@ -192,6 +192,17 @@ impl LearnedOptimizer for MlpLOpt {
     fn iteration<P: Params>(&self, state: &MlpLOptState<P>) -> usize {
         state.iteration
     }
+    fn set_iteration<P: Params>(
+        &self,
+        state: &mut MlpLOptState<P>,
+        iteration: usize,
+    ) -> crate::error::Result<()> {
+        state.iteration = iteration;
+        Ok(())
+    }
+    fn config(&self) -> String {
+        format!("{self:?}")
+    }
 
     fn name(&self) -> String {
         format!("MlpLOpt_hidden{}x{}", self.hidden_layers, self.hidden_size)

@@ -16,6 +16,7 @@ pub use learnable_adam::LearnableAdam;
 pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::optimizers::Optimizer;
 use crate::params::Params;
@@ -61,6 +62,26 @@ pub trait LearnedOptimizer: Send + Sync + Sized {
     fn iteration<P: Params>(&self, state: &Self::State<P>) -> usize;
     /// A short name.
     fn name(&self) -> String;
+    /// The name and every setting that changes what θ means (hidden sizes, feature
+    /// choices, scales): a checkpoint refuses to resume into a different one. Defaults to
+    /// [`name`](Self::name).
+    fn config(&self) -> String {
+        self.name()
+    }
+    /// Sets the count of updates applied (a resumed checkpoint's). The default accepts
+    /// only the count the state already has: override it where the state carries the
+    /// count outside its leaves, so such a state can be checkpointed.
+    fn set_iteration<P: Params>(&self, state: &mut Self::State<P>, iteration: usize) -> Result<()> {
+        if self.iteration(state) == iteration {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{}: cannot restore an iteration count of {iteration} (implement \
+                 LearnedOptimizer::set_iteration to checkpoint its state)",
+                self.name()
+            )))
+        }
+    }
 
     /// The optimizer θ defines (`opt_fn(theta)`).
     fn opt_fn<'a, S: Real>(&'a self, theta: &'a Self::Theta<S>) -> LOptOptimizer<'a, Self, S> {

@@ -12,6 +12,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
+use super::checkpoint_file::Checkpoint;
 use super::truncated_pes::sample_perturbations;
 use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;
@@ -88,6 +89,7 @@ where
     /// Errors when `std` is not finite and positive, or when the step's schedule ends runs.
     pub fn new(step: LOptTruncatedStep<'a, F, L, T>, schedule: U, std: f32) -> Result<Self> {
         check_std("FullEs", std)?;
+        schedule.validate()?;
         if step.schedule.init(Key::new(0), 0) != usize::MAX {
             return Err(Error::InvalidArgument(
                 "FullEs: the truncated step's schedule must never end a run \
@@ -196,6 +198,33 @@ where
 
     fn init_worker_state(&self, _theta: &L::Theta<f32>, _key: Key, _outer: usize) -> Result<()> {
         Ok(())
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "FullEs {{ schedule: {}, std: {}, loss: {:?}, clip_loss_diff: {:?}, sign_delta_loss_scalar: {:?}, lanes: {}, step: {} }}",
+            self.schedule.config(),
+            self.std,
+            self.loss,
+            self.clip_loss_diff,
+            self.sign_delta_loss_scalar,
+            S::LANES,
+            self.step.config()
+        )
+    }
+
+    /// Nothing is carried between estimates but the data streams' positions.
+    fn save_worker_state(&self, _state: &(), prefix: &str, ck: &mut Checkpoint) -> Result<()> {
+        self.step.save_data_positions(prefix, ck)
+    }
+
+    fn load_worker_state(
+        &self,
+        _theta: &L::Theta<f32>,
+        prefix: &str,
+        ck: &Checkpoint,
+    ) -> Result<()> {
+        self.step.load_data_positions(prefix, ck)
     }
 
     fn compute_gradient_estimate(

@@ -6,6 +6,7 @@
 //! of its estimators and applies an ordinary optimizer (Adam) to θ.
 
 mod checkpoint;
+mod checkpoint_file;
 mod full_es;
 mod gradient_learner;
 mod truncated_pes;
@@ -13,9 +14,10 @@ mod truncated_step;
 mod truncation_schedule;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, LearnerCheckpoint};
+pub use checkpoint_file::{Checkpoint, FORMAT_VERSION};
 pub use full_es::{EsLoss, FullEs};
 pub use gradient_learner::{
-    GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner,
+    GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner, NAN_LOSS,
 };
 pub use truncated_pes::{sample_perturbations, PesState, TruncatedPes};
 pub use truncated_step::{LOptTruncatedStep, MetaLossSplit, TaskGroup, UnrollOut};
@@ -57,6 +59,41 @@ pub trait GradientEstimator<L: LearnedOptimizer>: Send + Sync {
         key: Key,
         outer_iteration: usize,
     ) -> Result<GradientEstimatorOut<L::Theta<f32>>>;
+    /// The estimator and every setting of it, for a checkpoint's header (resuming into
+    /// another configuration is refused). Default: the type's name.
+    fn config(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
+    /// Writes everything `state` holds, and the positions of the data streams the
+    /// estimator reads, into `ck` under `prefix`, so that
+    /// [`load_worker_state`](Self::load_worker_state) continues bit for bit. Default: an
+    /// error saying this estimator cannot be checkpointed.
+    fn save_worker_state(
+        &self,
+        state: &Self::WorkerState,
+        prefix: &str,
+        ck: &mut Checkpoint,
+    ) -> Result<()> {
+        let _ = (state, prefix, ck);
+        Err(Error::InvalidArgument(format!(
+            "{} does not implement save_worker_state: its state cannot be checkpointed",
+            self.config()
+        )))
+    }
+    /// The state written by [`save_worker_state`](Self::save_worker_state) (with `theta`
+    /// the checkpoint's θ), and the data streams moved to where they were.
+    fn load_worker_state(
+        &self,
+        theta: &L::Theta<f32>,
+        prefix: &str,
+        ck: &Checkpoint,
+    ) -> Result<Self::WorkerState> {
+        let _ = (theta, prefix, ck);
+        Err(Error::InvalidArgument(format!(
+            "{} does not implement load_worker_state: its state cannot be checkpointed",
+            self.config()
+        )))
+    }
 }
 
 /// `sign(delta) · scalar` (`sign_delta_loss_scalar`), with `jnp.sign`'s 0 for 0 (and

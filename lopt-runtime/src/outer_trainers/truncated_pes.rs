@@ -11,6 +11,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
+use super::checkpoint_file::Checkpoint;
 use super::truncated_step::{LOptTruncatedStep, TaskGroup};
 use super::truncation_schedule::TruncationSchedule;
 use super::{check_std, sign_delta, GradientEstimator, GradientEstimatorOut};
@@ -133,6 +134,55 @@ where
             neg: pos.clone(),
             pos,
             accumulator: vec![theta.zeros_like(); self.step.num_tasks],
+        })
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "TruncatedPes {{ trunc_length: {}, std: {}, sign_delta_loss_scalar: {:?}, lanes: {}, step: {} }}",
+            self.trunc_length,
+            self.std,
+            self.sign_delta_loss_scalar,
+            S::LANES,
+            self.step.config()
+        )
+    }
+
+    fn save_worker_state(
+        &self,
+        state: &PesState<F, L, S>,
+        prefix: &str,
+        ck: &mut Checkpoint,
+    ) -> Result<()> {
+        self.step
+            .save_groups(&state.pos, &format!("{prefix}.pos"), ck)?;
+        self.step
+            .save_groups(&state.neg, &format!("{prefix}.neg"), ck)?;
+        let acc: Vec<f32> = state.accumulator.iter().flat_map(|a| a.flatten()).collect();
+        ck.put_f32(&format!("{prefix}.accumulator"), acc)?;
+        self.step.save_data_positions(prefix, ck)
+    }
+
+    fn load_worker_state(
+        &self,
+        theta: &L::Theta<f32>,
+        prefix: &str,
+        ck: &Checkpoint,
+    ) -> Result<PesState<F, L, S>> {
+        let pos = self.step.load_groups(theta, &format!("{prefix}.pos"), ck)?;
+        let neg = self.step.load_groups(theta, &format!("{prefix}.neg"), ck)?;
+        let per = theta.num_elements();
+        let flat = ck.f32s(&format!("{prefix}.accumulator"), per * self.step.num_tasks)?;
+        let accumulator = flat
+            .chunks_exact(per.max(1))
+            .take(self.step.num_tasks)
+            .map(|c| theta.with_flat(c))
+            .collect::<Result<Vec<_>>>()?;
+        self.step.load_data_positions(prefix, ck)?;
+        Ok(PesState {
+            pos,
+            neg,
+            accumulator,
         })
     }
 

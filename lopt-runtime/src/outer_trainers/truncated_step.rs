@@ -15,6 +15,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
+use super::checkpoint_file::Checkpoint;
 use super::truncation_schedule::TruncationSchedule;
 
 /// Task instances in training, one per lane of `S` (one for `f32`): their configurations,
@@ -31,6 +32,9 @@ pub struct TaskGroup<F: TaskFamily, L: LearnedOptimizer, S: Real = f32> {
     pub length: Vec<usize>,
     /// Whether each lane's run ended at the last step (its next step restarts it).
     pub is_done: Vec<bool>,
+    /// Per lane, the keys its current task's configuration was sampled from and its
+    /// parameters initialised from: what a checkpoint rebuilds the task's shape from.
+    pub task_keys: Vec<[Key; 2]>,
 }
 
 impl<F: TaskFamily, L: LearnedOptimizer, S: Real> Clone for TaskGroup<F, L, S> {
@@ -41,6 +45,7 @@ impl<F: TaskFamily, L: LearnedOptimizer, S: Real> Clone for TaskGroup<F, L, S> {
             inner_step: self.inner_step.clone(),
             length: self.length.clone(),
             is_done: self.is_done.clone(),
+            task_keys: self.task_keys.clone(),
         }
     }
 }
@@ -105,11 +110,13 @@ fn shifted<P: Params<Scalar = f32>>(theta: &P, eps: &P, sign: f32) -> P {
     t
 }
 
-/// A new task in `f32`: its configuration, optimizer state and run length.
+/// A new task in `f32`: its configuration, optimizer state, run length and the keys of
+/// its configuration and parameters.
 type FreshTask<F, L> = (
     <F as TaskFamily>::Cfg<f32>,
     <L as LearnedOptimizer>::State<<F as TaskFamily>::Params<f32>>,
     usize,
+    [Key; 2],
 );
 
 /// `x` as a `B` when `A` and `B` are the same type, else `x` back.
@@ -136,6 +143,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 "LOptTruncatedStep: num_tasks must be at least 1".into(),
             ));
         }
+        schedule.validate()?;
         let datasets = family.datasets();
         if datasets.is_none() && unit_batch::<F::Batch>().is_none() {
             return Err(Error::NoDatasets(format!(
@@ -230,7 +238,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         let k = key.split_n(4);
         let length = self.schedule.init(k[2], outer_iteration);
         let (cfg, state) = self.fresh(theta, k[0], k[1], length);
-        (cfg, state, length)
+        (cfg, state, length, [k[0], k[1]])
     }
 
     /// A configuration sampled from `cfg_key`, its parameters initialised from
@@ -282,6 +290,17 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             .zip(thetas)
             .map(|(&k, t)| self.fresh_task(t, k, outer_iteration))
             .collect();
+        self.pack_group(thetas[0], &tasks)
+    }
+
+    /// Tasks in `f32` (one per lane; missing lanes repeat the last) packed into a group
+    /// at their run's start; `theta` gives the optimizer state its structure.
+    fn pack_group<S: Real>(
+        &self,
+        theta: &L::Theta<f32>,
+        tasks: &[FreshTask<F, L>],
+    ) -> Result<TaskGroup<F, L, S>> {
+        let lanes = S::LANES;
         let lane = |l: usize| &tasks[l.min(tasks.len() - 1)];
         let first_cfg = &lane(0).0;
         let first_params = self.lopt.params(&lane(0).1);
@@ -292,7 +311,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         }
         let mut cfg = self.family.cast_cfg::<f32, S>(first_cfg);
         let mut opt_state = self.lopt.init_state(
-            &self.lopt.cast_theta::<f32, S>(thetas[0]),
+            &self.lopt.cast_theta::<f32, S>(theta),
             self.family
                 .cast_params::<f32, S>(self.lopt.params(&lane(0).1)),
             None,
@@ -307,6 +326,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             inner_step: vec![0; lanes],
             length: (0..lanes).map(|l| lane(l).2).collect(),
             is_done: vec![false; lanes],
+            task_keys: (0..lanes).map(|l| lane(l).3).collect(),
         })
     }
 
@@ -426,6 +446,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 _ => unreachable!("both are f32 or neither"),
             }
             group.inner_step[l] = 0;
+            group.task_keys[l] = [k[0], k[1]];
         }
         let loss =
             self.family.normalizer(S::from_lanes(
@@ -519,6 +540,173 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedSte
                 Ok(per_step)
             })
             .collect()
+    }
+}
+
+/// Per lane in a checkpoint: inner step, run length, done flag and the two task keys.
+const LANE_INTS: usize = 5;
+
+impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedStep<'_, F, L, T> {
+    /// What this step is, for a checkpoint's header: the family, the learned optimizer,
+    /// the number of tasks, the schedule and the meta-loss settings.
+    pub fn config(&self) -> String {
+        format!(
+            "LOptTruncatedStep {{ family: {}, learned optimizer: {}, num_tasks: {}, schedule: {}, \
+             random_initial_iteration_offset: {}, meta_loss_split: {:?}, outer_data_split: {} }}",
+            self.family.name(),
+            self.lopt.config(),
+            self.num_tasks,
+            self.schedule.config(),
+            self.random_initial_iteration_offset,
+            self.meta_loss_split,
+            self.outer_data_split
+        )
+    }
+
+    /// Records the positions of the family's data streams under `prefix` (nothing for a
+    /// family without datasets).
+    pub fn save_data_positions(&self, prefix: &str, ck: &mut Checkpoint) -> Result<()> {
+        if let Some(ds) = &self.datasets {
+            ck.put_u64(
+                &format!("{prefix}.data_positions"),
+                ds.positions()?.to_vec(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Moves the family's data streams to the positions recorded by
+    /// [`save_data_positions`](Self::save_data_positions).
+    pub fn load_data_positions(&self, prefix: &str, ck: &Checkpoint) -> Result<()> {
+        if let Some(ds) = &self.datasets {
+            let p = ck.u64s(&format!("{prefix}.data_positions"), 4)?;
+            ds.advance_to([p[0], p[1], p[2], p[3]])?;
+        }
+        Ok(())
+    }
+
+    /// Writes task groups into `ck` under `prefix`: per lane its counters and task keys,
+    /// its optimizer state (parameters and moments) and its configuration, each in `f32`
+    /// as the lane holds it, and per group the optimizer's iteration count.
+    pub fn save_groups<S: Real>(
+        &self,
+        groups: &[TaskGroup<F, L, S>],
+        prefix: &str,
+        ck: &mut Checkpoint,
+    ) -> Result<()> {
+        ck.put_u64(&format!("{prefix}.groups"), vec![groups.len() as u64])?;
+        for (g, group) in groups.iter().enumerate() {
+            let p = format!("{prefix}.{g}");
+            let mut ints = Vec::with_capacity(LANE_INTS * S::LANES);
+            for l in 0..S::LANES {
+                ints.extend([
+                    group.inner_step[l] as u64,
+                    group.length[l] as u64,
+                    group.is_done[l] as u64,
+                    group.task_keys[l][0].to_bits(),
+                    group.task_keys[l][1].to_bits(),
+                ]);
+            }
+            ck.put_u64(&format!("{p}.lanes"), ints)?;
+            let iteration = self.lopt.iteration(&group.opt_state) as u64;
+            ck.put_u64(&format!("{p}.iteration"), vec![iteration])?;
+            ck.put_f32(&format!("{p}.state"), lanes_flat(&group.opt_state))?;
+            ck.put_f32(&format!("{p}.cfg"), lanes_flat(&group.cfg))?;
+        }
+        Ok(())
+    }
+
+    /// The task groups saved by [`save_groups`](Self::save_groups), for the same family,
+    /// learned optimizer, number of tasks and lane width. Each lane's task is rebuilt
+    /// from its keys (which fixes its shape, e.g. a sampled hidden width), then its state
+    /// is overwritten with the saved values; a configuration that differs from the saved
+    /// one means another family and is an [`Error::CheckpointMismatch`].
+    pub fn load_groups<S: Real>(
+        &self,
+        theta: &L::Theta<f32>,
+        prefix: &str,
+        ck: &Checkpoint,
+    ) -> Result<Vec<TaskGroup<F, L, S>>> {
+        let lanes = S::LANES;
+        let groups = self.num_tasks.div_ceil(lanes);
+        let saved = ck.count(&format!("{prefix}.groups"), 1 << 32)?;
+        if saved != groups {
+            return Err(Error::CheckpointMismatch {
+                what: format!("number of task groups ({prefix})"),
+                saved: saved.to_string(),
+                current: groups.to_string(),
+            });
+        }
+        (0..groups)
+            .map(|g| {
+                let p = format!("{prefix}.{g}");
+                let ints = ck.u64s(&format!("{p}.lanes"), LANE_INTS * lanes)?;
+                let lane_ints = |l: usize| &ints[LANE_INTS * l..LANE_INTS * (l + 1)];
+                let tasks: Vec<FreshTask<F, L>> = (0..lanes)
+                    .map(|l| {
+                        let v = lane_ints(l);
+                        let keys = [Key::from_bits(v[3]), Key::from_bits(v[4])];
+                        let length = usize::try_from(v[1]).unwrap_or(usize::MAX);
+                        let (cfg, state) = self.fresh(theta, keys[0], keys[1], length);
+                        (cfg, state, length, keys)
+                    })
+                    .collect();
+                let mut group = self.pack_group::<S>(theta, &tasks)?;
+                for l in 0..lanes {
+                    let v = lane_ints(l);
+                    let bad = |what: &str| Error::Checkpoint {
+                        path: format!("{p}.lanes"),
+                        message: format!("lane {l}: {what}"),
+                    };
+                    if v[2] > 1 || v[1] == 0 {
+                        return Err(bad("a run length of 0 or a done flag other than 0 or 1"));
+                    }
+                    group.inner_step[l] = v[0] as usize;
+                    group.is_done[l] = v[2] == 1;
+                }
+                let cfg = ck.f32s(&format!("{p}.cfg"), lanes * group.cfg.num_elements())?;
+                let now = lanes_flat(&group.cfg);
+                if let Some(i) = (0..now.len()).find(|&i| now[i].to_bits() != cfg[i].to_bits()) {
+                    return Err(Error::CheckpointMismatch {
+                        what: format!("task configuration (group {g}, value {i})"),
+                        saved: cfg[i].to_string(),
+                        current: now[i].to_string(),
+                    });
+                }
+                let state = ck.f32s(
+                    &format!("{p}.state"),
+                    lanes * group.opt_state.num_elements(),
+                )?;
+                set_lanes_flat(&mut group.opt_state, state);
+                let iteration = ck.count(&format!("{p}.iteration"), 1 << 48)?;
+                self.lopt.set_iteration(&mut group.opt_state, iteration)?;
+                Ok(group)
+            })
+            .collect()
+    }
+}
+
+/// Every element of `p`, lane by lane (all of lane 0, then lane 1, ...), in `f32`.
+fn lanes_flat<P: Params>(p: &P) -> Vec<f32> {
+    let lanes = P::Scalar::LANES;
+    let mut out = Vec::with_capacity(lanes * p.num_elements());
+    for l in 0..lanes {
+        p.for_each_leaf(|leaf| out.extend(leaf.iter().map(|x| x.lane(l) as f32)));
+    }
+    out
+}
+
+/// The inverse of [`lanes_flat`] (`v` holds exactly `LANES · num_elements` values).
+fn set_lanes_flat<P: Params>(p: &mut P, v: &[f32]) {
+    let n = p.num_elements();
+    for (l, lane) in v.chunks_exact(n).enumerate() {
+        let mut at = 0;
+        for i in 0..p.num_leaves() {
+            for x in p.leaf_mut(i) {
+                x.set_lane(l, f64::from(lane[at]));
+                at += 1;
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Truncation schedules (`outer_trainers/truncation_schedule.py`): how long an inner
 //! training run lasts before its task is replaced by a fresh one.
 
+use crate::error::{Error, Result};
 use crate::key::Key;
 
 /// Decides the length of each inner training run. The state is the current length.
@@ -16,6 +17,15 @@ pub trait TruncationSchedule: Send + Sync {
         key: Key,
         outer_iteration: usize,
     ) -> (usize, bool);
+    /// `Ok` when the settings make sense; checked when a step or estimator is built
+    /// ([`LOptTruncatedStep::new`](super::LOptTruncatedStep::new)). Default: `Ok`.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The schedule and its settings, for a checkpoint's header. Default: the type's name.
+    fn config(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
 }
 
 /// Every run lasts `total_length` steps (`ConstantTruncationSchedule`).
@@ -32,6 +42,18 @@ impl TruncationSchedule for ConstantTruncationSchedule {
     fn next_state(&self, length: usize, step: usize, _key: Key, _outer: usize) -> (usize, bool) {
         (length, step >= length)
     }
+    /// A run of 0 steps would train nothing: refused.
+    fn validate(&self) -> Result<()> {
+        if self.total_length == 0 {
+            return Err(Error::InvalidArgument(
+                "ConstantTruncationSchedule: total_length must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+    fn config(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 /// Runs never end (`NeverEndingTruncationSchedule`; what full-length ES uses).
@@ -44,6 +66,9 @@ impl TruncationSchedule for NeverEndingTruncationSchedule {
     }
     fn next_state(&self, length: usize, _step: usize, _key: Key, _outer: usize) -> (usize, bool) {
         (length, false)
+    }
+    fn config(&self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -78,6 +103,19 @@ impl TruncationSchedule for LogUniformLengthSchedule {
         } else {
             (length, false)
         }
+    }
+    /// Refuses a minimum of 0 and a minimum above the maximum.
+    fn validate(&self) -> Result<()> {
+        if self.min_length == 0 || self.min_length > self.max_length {
+            return Err(Error::InvalidArgument(format!(
+                "LogUniformLengthSchedule: need 1 <= min_length <= max_length (got min {} and max {})",
+                self.min_length, self.max_length
+            )));
+        }
+        Ok(())
+    }
+    fn config(&self) -> String {
+        format!("{self:?}")
     }
 }
 
