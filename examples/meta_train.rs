@@ -10,25 +10,27 @@
 //!   32 or 64, so one task per group in `f32`, 8 tasks, runs of 100–400 steps, 400 outer
 //!   steps.
 //!
-//! A progress bar shows the meta-loss; θ and its Adam state are checkpointed atomically
-//! every 50 outer steps (`--resume` continues from the checkpoints). At the end the
-//! learned optimizer, its untrained initialization and Adam train held-out tasks; the
-//! example prints their losses and plots the meta-losses and the training curves.
+//! A progress bar shows the meta-loss; everything the run's future depends on (θ, its
+//! Adam state, the tasks in training, the PES accumulators, the data streams' positions)
+//! is checkpointed atomically every 50 outer steps, and `--resume` continues a stopped
+//! run to the same result bit for bit. At the end the learned optimizer, its untrained
+//! initialization and Adam train held-out tasks; the example prints their losses and
+//! plots the meta-losses and the training curves.
 //!
-//! Run with `cargo run --release --example meta_train` (`-- --steps 5000` sets the
-//! quadratic family's outer steps, `-- --quadratic-only` skips the image MLPs). Writes
-//! `target/lopt-plots/meta_train.png` and `target/lopt-checkpoints/meta_train_*.json`.
+//! Run with `cargo run --release --example meta_train`; `-- --help` lists the flags.
+//! Writes `target/lopt-meta-train/{quadratic,image_mlp}.ckpt` and `meta_train.png`.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use lopt::datasets::ImageSource;
 use lopt::eval_training::plot::{plot_png, Line, Panel};
 use lopt::learned_optimizers::{LearnedOptimizer, MlpLOpt, MlpLOptTheta};
 use lopt::outer_trainers::{
-    load_checkpoint, save_checkpoint, ConstantTruncationSchedule, GradientEstimator,
-    GradientLearner, LOptTruncatedStep, LogUniformLengthSchedule, SingleMachineGradientLearner,
-    TruncatedPes,
+    Checkpoint, ConstantTruncationSchedule, GradientEstimator, GradientLearner, LOptTruncatedStep,
+    LogUniformLengthSchedule, SingleMachineGradientLearner, TruncatedPes, NAN_LOSS,
 };
 use lopt::prelude::*;
 use lopt::tasks::image_mlp::ImageMlpFamily;
@@ -83,9 +85,13 @@ struct Outcome {
     curves: Vec<(String, Vec<f64>)>,
 }
 
-/// Meta-trains `MlpLOpt` on `family` with `estimator` for `outer_steps` outer steps (Adam
-/// with `theta_lr` on θ), checkpointing to `checkpoint`; then compares the learned
-/// optimizer with its initialization and Adam at `adam_lrs` on held-out tasks.
+/// Outer steps in a row with a non-finite meta-loss before the example warns.
+const NAN_WARN_STREAK: usize = 10;
+
+/// Meta-trains `MlpLOpt` on `family` with `estimator` up to `outer_steps` outer steps in
+/// all (Adam with `theta_lr` on θ), checkpointing to `checkpoint` (a resumed run
+/// continues from it to the same total, exactly as the uninterrupted run); then compares
+/// the learned optimizer with its initialization and Adam at `adam_lrs` on held-out tasks.
 #[allow(clippy::too_many_arguments)]
 fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
     family: &F,
@@ -105,19 +111,19 @@ fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
         },
         estimators: vec![estimator],
     };
-    let mut state = learner.init(Key::new(0))?;
-    let theta0: MlpLOptTheta<f32> = learner.learner.theta(&state.learner).clone();
-    let mut meta_losses = Vec::new();
-    if resume && checkpoint.exists() {
-        let ck = load_checkpoint(checkpoint)?;
-        learner.learner.restore(&mut state.learner, &ck)?;
-        meta_losses = ck.meta_losses;
+    let fresh = learner.init(Key::new(0))?;
+    let theta0: MlpLOptTheta<f32> = learner.learner.theta(&fresh.learner).clone();
+    let mut state = if resume && checkpoint.exists() {
+        let state = learner.restore(&Checkpoint::load(checkpoint)?)?;
         println!(
             "  resumed from {} at outer step {}",
             checkpoint.display(),
-            ck.outer_iteration
+            learner.learner.outer_iteration(&state.learner)
         );
-    }
+        state
+    } else {
+        fresh
+    };
     let first = learner.learner.outer_iteration(&state.learner);
     let bar = ProgressBar::new(outer_steps as u64).with_style(
         ProgressStyle::with_template(
@@ -125,31 +131,36 @@ fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
         )
         .expect("valid template"),
     );
+    bar.set_position(first.min(outer_steps) as u64);
     let start = Instant::now();
-    for (i, &k) in Key::new(1).split_n(first + outer_steps)[first..]
-        .iter()
-        .enumerate()
-    {
-        meta_losses.push(learner.update(&mut state, k)?);
-        let recent = &meta_losses[meta_losses.len().saturating_sub(20)..];
+    // Outer step i uses child i of one key, whatever the run's length: a resumed run
+    // draws what the uninterrupted run drew.
+    let keys = Key::new(1).split_n(outer_steps);
+    for (i, &k) in keys.iter().enumerate().skip(first) {
+        learner.update(&mut state, k)?;
+        let recent = &state.meta_losses[state.meta_losses.len().saturating_sub(20)..];
         bar.set_message(format!(
             "meta-loss {:.4}",
             recent.iter().sum::<f32>() / recent.len() as f32
         ));
         bar.set_position(i as u64 + 1);
+        if state.learner.non_finite_streak == NAN_WARN_STREAK {
+            bar.println(format!(
+                "  warning: the meta-loss has been NaN or infinite for {NAN_WARN_STREAK} outer \
+                 steps in a row (each counted as {NAN_LOSS}); meta-training has likely diverged"
+            ));
+        }
         if (i + 1) % CHECKPOINT_EVERY == 0 || i + 1 == outer_steps {
-            save_checkpoint(
-                checkpoint,
-                &learner.learner.checkpoint(&state.learner, &meta_losses)?,
-            )?;
+            learner.checkpoint(&state)?.save(checkpoint)?;
         }
     }
     bar.finish();
+    let done = outer_steps.saturating_sub(first);
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "  {outer_steps} outer steps in {secs:.1} s ({:.1} ms each); checkpoint {}",
-        1e3 * secs / outer_steps.max(1) as f64,
-        checkpoint.display()
+        "  {done} outer steps in {secs:.1} s ({:.1} ms each); checkpoint {}",
+        1e3 * secs / done.max(1) as f64,
+        absolute(checkpoint).display()
     );
     let theta = learner.learner.theta(&state.learner).clone();
     let batches = eval_batches(family, eval_steps)?;
@@ -178,7 +189,7 @@ fn meta_train<F: TaskFamily, E: GradientEstimator<MlpLOpt>>(
         );
     }
     Ok(Outcome {
-        meta_losses,
+        meta_losses: state.meta_losses,
         curves,
     })
 }
@@ -229,18 +240,112 @@ fn panels(title: &str, o: &Outcome, log: bool) -> [Panel; 2] {
     ]
 }
 
-fn main() -> lopt::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let quad_steps = args
-        .iter()
-        .position(|a| a == "--steps")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse::<usize>())
-        .transpose()
-        .map_err(|e| lopt::Error::InvalidArgument(format!("--steps: {e}")))?
-        .unwrap_or(2000);
-    let resume = args.iter().any(|a| a == "--resume");
-    let quadratic_only = args.iter().any(|a| a == "--quadratic-only");
+/// The command line.
+struct Args {
+    steps: usize,
+    resume: bool,
+    overwrite: bool,
+    quadratic_only: bool,
+    data_dir: Option<PathBuf>,
+    out_dir: PathBuf,
+}
+
+const HELP: &str = "\
+meta_train: meta-train MlpLOpt with truncated PES on the quadratic family, then on the
+image-MLP family (Fashion-MNIST 8x8, or the embedded digits when it is not installed).
+
+USAGE: cargo run --release --example meta_train -- [OPTIONS]
+
+OPTIONS:
+  --steps N          outer steps on the quadratic family, in all (default 2000)
+  --resume           continue from the checkpoints in the output folder, up to the same
+                     totals; the result equals the uninterrupted run's bit for bit
+  --overwrite        start afresh even where a checkpoint exists (it is replaced)
+  --quadratic-only   skip the image-MLP family
+  --data-dir DIR     the folder holding Fashion-MNIST's four files, or its parent
+                     (default: $LOPT_DATA_DIR, else /usr/share/datasets/fashion-mnist)
+  --out DIR          where checkpoints and the plot go (default target/lopt-meta-train)
+  -h, --help         this text";
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut a = Args {
+        steps: 2000,
+        resume: false,
+        overwrite: false,
+        quadratic_only: false,
+        data_dir: None,
+        out_dir: PathBuf::from("target/lopt-meta-train"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--steps" => {
+                a.steps = value("--steps")?
+                    .parse()
+                    .map_err(|e| format!("--steps: {e}"))?
+            }
+            "--resume" => a.resume = true,
+            "--overwrite" => a.overwrite = true,
+            "--quadratic-only" => a.quadratic_only = true,
+            "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--out" => a.out_dir = PathBuf::from(value("--out")?),
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    if a.resume && a.overwrite {
+        return Err("--resume and --overwrite exclude each other".into());
+    }
+    Ok(Some(a))
+}
+
+/// `p` made absolute (as printed for the user).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> lopt::Result<()> {
+    let ck_quad = args.out_dir.join("quadratic.ckpt");
+    let ck_mlp = args.out_dir.join("image_mlp.ckpt");
+    let plot = args.out_dir.join("meta_train.png");
+    for ck in [&ck_quad, &ck_mlp] {
+        if ck.exists() && !args.resume && !args.overwrite {
+            return Err(lopt::Error::InvalidArgument(format!(
+                "{} exists: pass --resume to continue it or --overwrite to start afresh",
+                absolute(ck).display()
+            )));
+        }
+    }
+    // The data is opened and checked before any training.
+    let image = if args.quadratic_only {
+        None
+    } else {
+        let (family, source) =
+            ImageMlpFamily::fashion_mnist8_or_digits_in(args.data_dir.as_deref())?;
+        Some((family, source))
+    };
     let lopt = MlpLOpt::default();
     println!(
         "{} (θ: {} scalars), meta-trained with TruncatedPes",
@@ -257,39 +362,52 @@ fn main() -> lopt::Result<()> {
     let mut step = LOptTruncatedStep::new(&quad, &lopt, schedule, 16)?;
     step.random_initial_iteration_offset = 200;
     let pes = TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>();
-    let ck = PathBuf::from("target/lopt-checkpoints/meta_train_quadratic.json");
     let quad_out = meta_train(
         &quad,
         &lopt,
         pes,
         3e-3,
-        quad_steps,
+        args.steps,
         200,
         &[1e-2, 1e-1],
-        &ck,
-        resume,
+        &ck_quad,
+        args.resume,
     )?;
     let mut all = panels("quadratic", &quad_out, true).to_vec();
 
-    if !quadratic_only {
-        let (mlp, source) = ImageMlpFamily::fashion_mnist8_or_digits()?;
-        println!(
-            "{} on {source}: 8 tasks of hidden width 16, 32 or 64, one per f32 group",
-            mlp.name()
-        );
+    if let Some((mlp, source)) = &image {
+        match source {
+            ImageSource::Digits => println!(
+                "{}: Fashion-MNIST was not found ({}), so this trains on the embedded 8x8 \
+                 digits. To use Fashion-MNIST: `apt-get install dataset-fashion-mnist`, or \
+                 put its four files in a folder and pass --data-dir FOLDER.",
+                mlp.name(),
+                ImageMlpFamily::fashion_mnist_missing_reason(args.data_dir.as_deref())
+            ),
+            _ => println!("{} on {source}", mlp.name()),
+        }
+        println!("  8 tasks of hidden width 16, 32 or 64, one per f32 group");
         let schedule = LogUniformLengthSchedule {
             min_length: 100,
             max_length: 400,
         };
-        let mut step = LOptTruncatedStep::new(&mlp, &lopt, schedule, 8)?;
+        let mut step = LOptTruncatedStep::new(mlp, &lopt, schedule, 8)?;
         step.random_initial_iteration_offset = 400;
         let pes = TruncatedPes::new(step, 10, 0.01)?;
-        let ck = PathBuf::from("target/lopt-checkpoints/meta_train_image_mlp.json");
-        let out = meta_train(&mlp, &lopt, pes, 3e-3, 400, 300, &[1e-3, 1e-2], &ck, resume)?;
+        let out = meta_train(
+            mlp,
+            &lopt,
+            pes,
+            3e-3,
+            400,
+            300,
+            &[1e-3, 1e-2],
+            &ck_mlp,
+            args.resume,
+        )?;
         all.extend(panels("image MLP", &out, false));
     }
-    let plot = PathBuf::from("target/lopt-plots/meta_train.png");
     plot_png(&plot, &all)?;
-    println!("plot: {}", plot.display());
+    println!("plot: {}", absolute(&plot).display());
     Ok(())
 }

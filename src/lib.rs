@@ -64,3 +64,8 @@ pub mod __private {
     pub use lopt_runtime::ad;
     pub use lopt_runtime::params::{locate_leaf, write_field_leaf_name};
 }
+
+/// The README's Rust snippets, compiled and run as doc tests by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -252,7 +252,11 @@ pub trait Params: Clone + Send + Sync + std::fmt::Debug + 'static {
                 let mut name = String::new();
                 self.write_leaf_name(i, &mut name);
                 return Err(Error::ShapeMismatch {
-                    what: format!("leaf `{name}`"),
+                    what: if name.is_empty() {
+                        format!("leaf {i} of the parameters")
+                    } else {
+                        format!("leaf `{name}`")
+                    },
                     expected: a,
                     got: b,
                 });

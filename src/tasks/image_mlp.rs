@@ -34,6 +34,8 @@
 //! # Ok::<(), lopt::Error>(())
 //! ```
 
+use std::path::Path;
+
 use nalgebra::{DMatrix, DVector};
 
 use crate::datasets::{
@@ -559,7 +561,13 @@ impl ImageMlpFamily {
     /// batch 128 when the files are found, else on the embedded digits; and which data
     /// it used.
     pub fn fashion_mnist8_or_digits() -> Result<(Self, ImageSource)> {
-        let (ds, source) = image_datasets_or_digits(128, (8, 8), None)?;
+        Self::fashion_mnist8_or_digits_in(None)
+    }
+
+    /// [`fashion_mnist8_or_digits`](Self::fashion_mnist8_or_digits) with Fashion-MNIST
+    /// looked up in `dir` (the folder holding its files, or its parent) when given.
+    pub fn fashion_mnist8_or_digits_in(dir: Option<&Path>) -> Result<(Self, ImageSource)> {
+        let (ds, source) = image_datasets_or_digits(128, (8, 8), dir)?;
         let data = match source {
             ImageSource::Digits => "Digits8",
             _ => "FashionMnist8",
@@ -572,6 +580,17 @@ impl ImageMlpFamily {
         )?
         .with_name(format!("ImageMLPFamily_{data}_Relu16to64"));
         Ok((family, source))
+    }
+
+    /// Why Fashion-MNIST is not used from `dir` (or the default places): the message of
+    /// the error that made [`fashion_mnist8_or_digits_in`](Self::fashion_mnist8_or_digits_in)
+    /// fall back, e.g. the file looked for. Empty when it is found.
+    pub fn fashion_mnist_missing_reason(dir: Option<&Path>) -> String {
+        match fashion_mnist_datasets(128, (8, 8), dir) {
+            Ok(_) => String::new(),
+            Err(Error::DatasetMissing { path, .. }) => format!("no file {path}"),
+            Err(e) => e.to_string(),
+        }
     }
 
     /// The default family on the embedded 8×8 digits with batch size `batch_size`.

@@ -545,15 +545,21 @@ const MNIST: IdxSource = IdxSource {
     seed: 0x3a15_0001,
 };
 
-/// The directory searched for `source`'s files: `dir`, else `$LOPT_DATA_DIR/<subdir>`,
-/// else `/usr/share/datasets/<subdir>`.
+/// The directory searched for `source`'s files: `dir`, else `$LOPT_DATA_DIR`, else
+/// `/usr/share/datasets`; in each case its `<subdir>` (e.g. `fashion-mnist/`) when it has
+/// one, else the directory itself, so a user may name the folder holding the files or
+/// its parent.
 fn resolve_dir(dir: Option<&Path>, subdir: &str) -> PathBuf {
-    match dir {
-        Some(d) => d.to_path_buf(),
-        None => std::env::var_os(DATA_DIR_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_ROOT))
-            .join(subdir),
+    let (base, named) = match (dir, std::env::var_os(DATA_DIR_ENV)) {
+        (Some(d), _) => (d.to_path_buf(), true),
+        (None, Some(e)) => (PathBuf::from(e), true),
+        (None, None) => (PathBuf::from(DEFAULT_DATA_ROOT), false),
+    };
+    let nested = base.join(subdir);
+    if named && !nested.is_dir() {
+        base
+    } else {
+        nested
     }
 }
 

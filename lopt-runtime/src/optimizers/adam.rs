@@ -45,11 +45,22 @@ pub struct Adam {
 
 impl Adam {
     /// Adam with learning rate `lr` and the other defaults.
+    ///
+    /// # Panics
+    /// When `lr` is NaN, infinite or negative ([`Adam::try_new`] returns the error).
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        Adam {
+        super::or_panic(Self::try_new(lr))
+    }
+
+    /// [`Adam::new`], or [`Error::InvalidArgument`](crate::Error::InvalidArgument) when
+    /// `lr` is NaN, infinite or negative.
+    pub fn try_new(lr: f64) -> crate::error::Result<Self> {
+        let lr = super::check_lr("Adam", lr)?;
+        Ok(Adam {
             lr,
             ..Self::default()
-        }
+        })
     }
 
     /// The JAX library's name for this configuration.

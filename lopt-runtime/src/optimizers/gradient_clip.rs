@@ -40,8 +40,24 @@ impl<O> GradientClip<O> {
     }
 
     /// Clips gradients to `[−grad_clip, grad_clip]` before `inner`.
+    ///
+    /// # Panics
+    /// When `grad_clip` is NaN or not positive ([`GradientClip::try_with_clip`] returns
+    /// the error).
+    #[track_caller]
     pub fn with_clip(inner: O, grad_clip: f64) -> Self {
-        GradientClip { inner, grad_clip }
+        super::or_panic(Self::try_with_clip(inner, grad_clip))
+    }
+
+    /// [`GradientClip::with_clip`], or [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// when `grad_clip` is NaN or not positive (an infinite bound clips nothing).
+    pub fn try_with_clip(inner: O, grad_clip: f64) -> crate::error::Result<Self> {
+        if grad_clip.is_nan() || grad_clip <= 0.0 {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "GradientClip: the bound must be > 0 (got {grad_clip})"
+            )));
+        }
+        Ok(GradientClip { inner, grad_clip })
     }
 }
 

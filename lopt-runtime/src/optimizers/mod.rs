@@ -123,7 +123,10 @@ pub trait Optimizer<P: Params>: Send + Sync {
     ///
     /// # Panics
     /// The built-in optimizers panic when `grad` does not have the leaves of the current
-    /// parameters; [`Optimizer::try_update`] reports that as an [`Error`] instead.
+    /// parameters, each of the same length (always), or of the same shape (in debug
+    /// builds: in release a transposed leaf of the same length is not caught here);
+    /// [`Optimizer::try_update`] checks everything in every build and reports it as an
+    /// [`Error`] instead.
     fn update(&self, state: &mut Self::State, grad: &P, loss: P::Scalar);
 
     /// [`Optimizer::update`] after checking that `grad` has the structure and shapes of
@@ -175,12 +178,36 @@ fn check_leaf_lengths<P: Params>(what: &str, a: &P, b: &P) -> Result<()> {
     Ok(())
 }
 
+/// `Ok(lr)` when a learning rate is finite and not negative; the error names the
+/// optimizer.
+pub(crate) fn check_lr(optimizer: &str, lr: f64) -> Result<f64> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(lr)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{optimizer}: the learning rate must be finite and >= 0 (got {lr})"
+        )))
+    }
+}
+
+/// Unwraps a constructor's check, panicking with its message at the caller's line.
+#[track_caller]
+pub(crate) fn or_panic<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Panics with a clear message when `b` cannot be walked side by side with `a`.
 #[inline]
 #[track_caller]
 pub(crate) fn assert_leaf_lengths<P: Params>(what: &str, a: &P, b: &P) {
     if let Err(e) = check_leaf_lengths(what, a, b) {
         panic!("{e} (Optimizer::try_update reports this as an Err)");
+    }
+    // Same lengths but other shapes (a 2×3 gradient for 3×2 parameters): checked in
+    // debug builds only, as the full shape check allocates per leaf.
+    #[cfg(debug_assertions)]
+    if let Err(e) = a.check_same_shape(b) {
+        panic!("{what}: {e} (Optimizer::try_update reports this as an Err)");
     }
 }
 

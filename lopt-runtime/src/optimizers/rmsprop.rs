@@ -44,11 +44,22 @@ pub struct RmsProp {
 
 impl RmsProp {
     /// RMSProp with learning rate `lr` and the other defaults.
+    ///
+    /// # Panics
+    /// When `lr` is NaN, infinite or negative ([`RmsProp::try_new`] returns the error).
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        RmsProp {
+        super::or_panic(Self::try_new(lr))
+    }
+
+    /// [`RmsProp::new`], or [`Error::InvalidArgument`](crate::Error::InvalidArgument) when
+    /// `lr` is NaN, infinite or negative.
+    pub fn try_new(lr: f64) -> crate::error::Result<Self> {
+        let lr = super::check_lr("RmsProp", lr)?;
+        Ok(RmsProp {
             lr,
             ..Self::default()
-        }
+        })
     }
 
     /// The JAX library's name for this configuration.

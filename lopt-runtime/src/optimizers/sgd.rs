@@ -29,8 +29,19 @@ pub struct Sgd {
 
 impl Sgd {
     /// SGD with learning rate `lr`.
+    ///
+    /// # Panics
+    /// When `lr` is NaN, infinite or negative ([`Sgd::try_new`] returns the error).
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        Sgd { lr }
+        super::or_panic(Self::try_new(lr))
+    }
+
+    /// [`Sgd::new`], or [`Error::InvalidArgument`](crate::Error::InvalidArgument) when
+    /// `lr` is NaN, infinite or negative.
+    pub fn try_new(lr: f64) -> crate::error::Result<Self> {
+        let lr = super::check_lr("Sgd", lr)?;
+        Ok(Sgd { lr })
     }
 
     /// The JAX library's name for this configuration.

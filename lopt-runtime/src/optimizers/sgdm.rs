@@ -32,11 +32,22 @@ pub struct Sgdm {
 
 impl Sgdm {
     /// SGDM with learning rate `lr` and the default momentum 0.9.
+    ///
+    /// # Panics
+    /// When `lr` is NaN, infinite or negative ([`Sgdm::try_new`] returns the error).
+    #[track_caller]
     pub fn new(lr: f64) -> Self {
-        Sgdm {
+        super::or_panic(Self::try_new(lr))
+    }
+
+    /// [`Sgdm::new`], or [`Error::InvalidArgument`](crate::Error::InvalidArgument) when
+    /// `lr` is NaN, infinite or negative.
+    pub fn try_new(lr: f64) -> crate::error::Result<Self> {
+        let lr = super::check_lr("Sgdm", lr)?;
+        Ok(Sgdm {
             lr,
             ..Self::default()
-        }
+        })
     }
 
     /// The JAX library's name for this configuration.

@@ -118,10 +118,11 @@ impl Checkpoint {
                 current.get(k).unwrap_or(&none),
             );
             if saved != now {
+                let (saved, current) = differing_part(saved, now);
                 return Err(Error::CheckpointMismatch {
                     what: k.clone(),
-                    saved: saved.clone(),
-                    current: now.clone(),
+                    saved,
+                    current,
                 });
             }
         }
@@ -440,6 +441,29 @@ impl Checkpoint {
         }
         Ok(ck)
     }
+}
+
+/// The setting in which two long descriptions first differ (from the `{`, `,` or `(`
+/// before the difference to the `,` or `}` after it), or both whole when short.
+fn differing_part(a: &str, b: &str) -> (String, String) {
+    if a.len().max(b.len()) <= 60 {
+        return (a.to_string(), b.to_string());
+    }
+    let first = a
+        .char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i);
+    let cut = |s: &str| {
+        let start = s[..first.min(s.len())]
+            .rfind([',', '{', '('])
+            .map_or(0, |i| i + 1);
+        let end = s[first.min(s.len())..]
+            .find([',', '}', ')'])
+            .map_or(s.len(), |i| i + first.min(s.len()));
+        format!("…{}…", s[start..end].trim())
+    };
+    (cut(a), cut(b))
 }
 
 /// FNV-1a, 64 bits: detects truncation and stray edits (not an adversary).
