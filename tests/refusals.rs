@@ -100,6 +100,27 @@ fn cases() -> BTreeMap<&'static str, Case> {
     c.insert("resume_other_tasks", || {
         learner(vec![pes(4)]).restore(&checkpoint(2)).err()
     });
+    c.insert("resume_other_network", || {
+        let small: &'static MlpLOpt = Box::leak(Box::new(MlpLOpt {
+            hidden_size: 8,
+            ..MlpLOpt::default()
+        }));
+        let step = LOptTruncatedStep::new(
+            quad(),
+            small,
+            ConstantTruncationSchedule { total_length: 20 },
+            2,
+        )
+        .unwrap();
+        let l = SingleMachineGradientLearner {
+            learner: GradientLearner {
+                lopt: small,
+                theta_opt: Adam::new(1e-3),
+            },
+            estimators: vec![TruncatedPes::new(step, 4, 0.01).unwrap()],
+        };
+        l.restore(&checkpoint(2)).err()
+    });
     c.insert("load_truncated", || {
         let b = checkpoint(2).to_bytes().unwrap();
         Checkpoint::from_bytes(&b[..b.len() - 1], "meta.ckpt").err()

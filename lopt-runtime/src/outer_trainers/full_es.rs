@@ -12,7 +12,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
-use super::checkpoint_file::Checkpoint;
+use super::checkpoint::Checkpoint;
 use super::truncated_pes::sample_perturbations;
 use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;

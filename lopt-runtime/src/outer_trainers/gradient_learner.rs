@@ -1,14 +1,13 @@
 //! The learner (`outer_trainers/gradient_learner.py`): averages meta-gradient estimates
 //! and steps θ with an ordinary optimizer.
 
-use std::collections::BTreeMap;
-
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::learned_optimizers::LearnedOptimizer;
 use crate::optimizers::{Adam, AdamState, Optimizer};
 use crate::params::Params;
 
+use super::checkpoint::Setup;
 use super::{Checkpoint, GradientEstimator, GradientEstimatorOut};
 
 /// A meta-loss that is NaN or infinite counts as this (`clip_nan_loss_to_value`).
@@ -183,22 +182,23 @@ where
     /// What this meta-training is, as a checkpoint's header records it: lopt's version,
     /// the learned optimizer and θ's leaves, θ's optimizer, each estimator's
     /// configuration (family, schedule, tasks, lanes, σ, ...).
-    pub fn setup(&self) -> BTreeMap<String, String> {
+    pub fn setup(&self) -> Setup {
         let theta = self.learner.lopt.init(Key::new(0));
         let leaves: Vec<String> = (0..theta.num_leaves())
             .map(|i| format!("{}{:?}", theta.leaf_names()[i], theta.leaf_shape(i)))
             .collect();
-        let mut setup = BTreeMap::new();
-        setup.insert("lopt version".into(), env!("CARGO_PKG_VERSION").into());
-        setup.insert("learned optimizer".into(), self.learner.lopt.config());
-        setup.insert("theta leaves".into(), leaves.join(", "));
-        setup.insert(
-            "theta optimizer".into(),
-            format!("{:?}", self.learner.theta_opt),
-        );
-        setup.insert("estimators".into(), self.estimators.len().to_string());
+        let mut setup: Setup = vec![
+            ("lopt version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("learned optimizer".into(), self.learner.lopt.config()),
+            ("theta leaves".into(), leaves.join(", ")),
+            (
+                "theta optimizer".into(),
+                format!("{:?}", self.learner.theta_opt),
+            ),
+            ("estimators".into(), self.estimators.len().to_string()),
+        ];
         for (i, e) in self.estimators.iter().enumerate() {
-            setup.insert(format!("estimator {i}"), e.config());
+            setup.push((format!("estimator {i}"), e.config()));
         }
         setup
     }

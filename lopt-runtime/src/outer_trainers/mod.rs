@@ -6,15 +6,13 @@
 //! of its estimators and applies an ordinary optimizer (Adam) to θ.
 
 mod checkpoint;
-mod checkpoint_file;
 mod full_es;
 mod gradient_learner;
 mod truncated_pes;
 mod truncated_step;
 mod truncation_schedule;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, LearnerCheckpoint};
-pub use checkpoint_file::{Checkpoint, FORMAT_VERSION};
+pub use checkpoint::{Checkpoint, Setup, FORMAT_VERSION};
 pub use full_es::{EsLoss, FullEs};
 pub use gradient_learner::{
     GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner, NAN_LOSS,

@@ -11,7 +11,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
-use super::checkpoint_file::Checkpoint;
+use super::checkpoint::Checkpoint;
 use super::truncated_step::{LOptTruncatedStep, TaskGroup};
 use super::truncation_schedule::TruncationSchedule;
 use super::{check_std, sign_delta, GradientEstimator, GradientEstimatorOut};

@@ -15,7 +15,7 @@ use crate::params::Params;
 use crate::scalar::Real;
 use crate::task::TaskFamily;
 
-use super::checkpoint_file::Checkpoint;
+use super::checkpoint::Checkpoint;
 use super::truncation_schedule::TruncationSchedule;
 
 /// Task instances in training, one per lane of `S` (one for `f32`): their configurations,
