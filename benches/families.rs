@@ -1,5 +1,5 @@
 //! `cargo bench --bench families`: batched Adam training of the seed's quadratic task
-//! family, the same computations as /work/shared/bench-anchors/bench_quadratic.py
+//! family, the same computations as scripts/jax/bench_quadratic.py
 //! (targets ~ N(0, 1), params ~ N(0, 1), loss sum((target − params)²), Adam with the JAX
 //! library's defaults, lr 0.01).
 //!

@@ -328,7 +328,7 @@ fn main() {
     println!("ratio grad.generated / value            = {:.3}", gen / val);
     println!("ratio jvp.generated / value             = {:.3}", jvp / val);
     println!(
-        "JAX jit(value_and_grad) here: 88 us (bench-anchors); generated is {:.1}x faster",
+        "JAX jit(value_and_grad) here: 88 us (scripts/jax/README.md); generated is {:.1}x faster",
         88e-6 / gen
     );
     // Matrix-product flops (2 per multiply-add): the forward products, and for the

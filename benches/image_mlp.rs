@@ -1,5 +1,5 @@
 //! `cargo bench --bench image_mlp`: the computations of
-//! `../shared/bench-anchors/bench_image_mlp.py`, side by side with its JAX figures.
+//! `scripts/jax/bench_image_mlp.py`, side by side with its JAX figures.
 //!
 //! The task has the shape of ImageMLP_FashionMnist8_Relu32 (64 -> 32 relu -> 10, softmax
 //! cross-entropy, batch 128, f32, 2410 parameters) on a pool of 256 fixed random batches
@@ -36,7 +36,7 @@ const STEPS: usize = 1000;
 const FLOP_PER_STEP: f64 = (2 * BATCH * (64 * 32 + 32 * 10) * 2
     + 2 * BATCH * 32 * 10
     + 20 * (64 * 32 + 32 + 32 * 10 + 10)) as f64;
-/// JAX medians from ../shared/bench-anchors/README.md (seconds per (instance-)step).
+/// JAX medians from scripts/jax/README.md (seconds per (instance-)step).
 const JAX: [(&str, f64); 3] = [
     ("train_1000", 54e-6),
     ("vmap8.train_1000", 56e-6),
@@ -278,7 +278,7 @@ fn main() {
         })
         .collect();
 
-    println!("per (instance-)step; JAX figures from bench-anchors (same machine type):");
+    println!("per (instance-)step; JAX figures from scripts/jax/README.md (another machine):");
     for (id, jax) in JAX {
         if !s.iter().any(|sm| sm.id == id) {
             continue;

@@ -13,7 +13,7 @@
 //!
 //! The anchor cases time one full outer step of meta-training, the configuration of the
 //! "Meta-training with learned_optimization" section of
-//! /work/shared/bench-anchors/README.md: `SingleMachineGradientLearner::update` (one
+//! scripts/jax/README.md: `SingleMachineGradientLearner::update` (one
 //! `TruncatedPes` estimate, then Adam(1e-3) on θ) of `MlpLOpt::default()` (1,762 θ), with
 //! `LOptTruncatedStep` of 8 tasks and `random_initial_iteration_offset = 200`,
 //! `ConstantTruncationSchedule` of 200 steps, `TruncatedPes` with truncations of 50 steps
@@ -67,7 +67,7 @@ const ANCHOR_STD: f32 = 0.01;
 const ANCHOR_THETA_LR: f64 = 1e-3;
 /// Inner instance-steps per outer step (both antithetic sides).
 const ANCHOR_INNER_STEPS: f64 = (2 * ANCHOR_TASKS * ANCHOR_TRUNC) as f64;
-/// JAX figures per outer step from bench-anchors/README.md: case, median, range (s).
+/// JAX figures per outer step from scripts/jax/README.md: case, median, range (s).
 const JAX: [(&str, f64, (f64, f64)); 2] = [
     ("pes.quad", 12.6e-3, (8.5e-3, 18.0e-3)),
     ("pes.mlp", 338e-3, (252e-3, 401e-3)),
@@ -306,7 +306,7 @@ fn main() -> lopt::Result<()> {
     }
     println!(
         "per outer step ({ANCHOR_INNER_STEPS} inner instance-steps); JAX figures from \
-         bench-anchors (an AVX-512 Xeon, not this machine):"
+         scripts/jax/README.md (an AVX-512 Xeon, not this machine):"
     );
     for (id, jax, (lo, hi)) in JAX {
         for sm in s.iter().filter(|sm| sm.id.starts_with(id)) {

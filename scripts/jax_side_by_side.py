@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """lopt against JAX on this machine, measured side by side.
 
-The README's JAX anchors were measured on another machine. This script runs the
-anchor scripts (../shared/bench-anchors: bench_quadratic.py, bench_image_mlp.py) and
+The README's JAX reference figures were measured on another machine. This script runs
+the JAX benchmark scripts (scripts/jax: bench_quadratic.py, bench_image_mlp.py) and
 lopt's benches (`cargo bench --bench families|image_mlp|gradients`) in alternation,
 ROUNDS times, swapping which goes first each round, and prints for every pair of
 corresponding cases the ratio JAX median / lopt median of each round, then the median
 and range of those ratios. Only ratios from the same round are compared, because these
 machines drift by 25% between minutes.
 
-Usage (the Python must have the anchors' requirements.txt installed):
+Usage (the Python must have scripts/jax/requirements.txt installed):
 
     /path/to/venv/bin/python scripts/jax_side_by_side.py [--rounds 3] \
-        [--anchors ../shared/bench-anchors] [--out target/side_by_side.json]
+        [--anchors scripts/jax] [--out target/side_by_side.json]
 
 Standard library only; it reads lopt's `bench <id> median_s=...` lines and the JSON
 files the anchor scripts write with `--json`.
@@ -77,7 +77,7 @@ def main():
   repo = os.path.dirname(here)
   p = argparse.ArgumentParser()
   p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--anchors", default=os.path.join(repo, "..", "shared", "bench-anchors"))
+  p.add_argument("--anchors", default=os.path.join(repo, "scripts", "jax"))
   p.add_argument("--out", default=os.path.join(repo, "target", "side_by_side.json"))
   args = p.parse_args()
   anchors = os.path.abspath(args.anchors)
