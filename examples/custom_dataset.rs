@@ -47,7 +47,18 @@ fn get_datasets() -> Datasets<Batch> {
     })
 }
 
-fn main() -> lopt::Result<()> {
+/// Errors print as their message (`Display`), not in `Debug` form.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> lopt::Result<()> {
     // ds = get_datasets()
     let ds = get_datasets();
     // next(ds.train)

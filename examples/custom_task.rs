@@ -58,7 +58,18 @@ impl Task for MyTask {
     }
 }
 
-fn main() -> lopt::Result<()> {
+/// Errors print as their message (`Display`), not in `Debug` form.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> lopt::Result<()> {
     // task = MyTask()
     let task = MyTask {
         datasets: noise_datasets(),

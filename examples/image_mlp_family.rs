@@ -27,7 +27,18 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     s / n.max(1) as f64
 }
 
-fn main() -> lopt::Result<()> {
+/// Errors print as their message (`Display`), not in `Debug` form.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> lopt::Result<()> {
     let steps: usize = match std::env::args().nth(1) {
         Some(s) => s
             .parse()

@@ -77,7 +77,18 @@ impl VmapFn<FixedDimQuadraticFamily> for TrainTask {
     }
 }
 
-fn main() -> lopt::Result<()> {
+/// Errors print as their message (`Display`), not in `Debug` form.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> lopt::Result<()> {
     // task_family = FixedDimQuadraticFamily(10)
     // key = jax.random.PRNGKey(0)
     // task_cfg = task_family.sample(key)
