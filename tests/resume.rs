@@ -91,6 +91,14 @@ fn quad_pes<'a, S: Real>(
     TruncatedPes::new(step, 3, 0.01).unwrap().batched::<S>()
 }
 
+/// `MlpLOpt` with a narrow network: the same code paths at a fraction of the cost.
+fn small_lopt() -> MlpLOpt {
+    MlpLOpt {
+        hidden_size: 8,
+        ..MlpLOpt::default()
+    }
+}
+
 fn on_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -122,10 +130,7 @@ fn leak<T>(x: T) -> &'static T {
 
 #[test]
 fn pes_resumes_bit_for_bit_in_lanes_and_in_f32() {
-    let (family, lopt) = (
-        leak(FixedDimQuadraticFamily { dim: 4 }),
-        leak(MlpLOpt::default()),
-    );
+    let (family, lopt) = (leak(FixedDimQuadraticFamily { dim: 4 }), leak(small_lopt()));
     assert_resume_is_exact("PES, quadratics, Lanes<4>", || {
         learner(lopt, quad_pes::<Lanes<4>>(family, lopt))
     });
@@ -139,7 +144,7 @@ fn pes_resumes_bit_for_bit_in_lanes_and_in_f32() {
 /// back where they were.
 #[test]
 fn pes_on_image_data_resumes_bit_for_bit() {
-    let lopt = leak(MlpLOpt::default());
+    let lopt = leak(small_lopt());
     assert_resume_is_exact("PES, image MLPs, f32", || {
         let family = leak(digits_family(vec![4, 6, 8]));
         let schedule = ConstantTruncationSchedule { total_length: 5 };
@@ -161,7 +166,7 @@ fn pes_on_image_data_resumes_bit_for_bit() {
 
 #[test]
 fn full_es_on_image_data_resumes_bit_for_bit() {
-    let lopt = leak(MlpLOpt::default());
+    let lopt = leak(small_lopt());
     let make = || {
         let family = leak(digits_family(vec![6]));
         let step = LOptTruncatedStep::new(family, lopt, NeverEndingTruncationSchedule, 3).unwrap();
@@ -183,7 +188,7 @@ fn full_es_on_image_data_resumes_bit_for_bit() {
 /// trips are compared in the final bytes of the exact-resume tests.
 #[test]
 fn every_section_of_the_checkpoint_matters() {
-    let lopt = leak(MlpLOpt::default());
+    let lopt = leak(small_lopt());
     let make = || {
         let family = leak(digits_family(vec![4, 6]));
         // Runs of 8 to 11 steps end after the resume (at inner step 6), so both what
