@@ -14,9 +14,9 @@ mod common;
 use std::time::Duration;
 
 use common::{keep, median, Case};
-use lopt::batch::FamilyLanes;
 use lopt::lanes::LaneKeys;
 use lopt::prelude::*;
+use lopt::vmap::FamilyLanes;
 
 const DIM: usize = 64;
 const STEPS: usize = 20;

@@ -37,8 +37,8 @@ mod common;
 use std::time::Duration;
 
 use common::{keep, Case};
-use lopt::batch::{vmap, FamilyLanes, VmapFn, Width};
 use lopt::prelude::*;
+use lopt::vmap::{vmap, FamilyLanes, VmapFn, Width};
 use rayon::prelude::*;
 
 /// The JAX anchor's medians (seconds) on this machine.

@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use common::{keep, median, Case};
 use lopt::ad::gemm::{gemm, MatRef};
-use lopt::batch::FamilyLanes;
 use lopt::datasets::{Datasets, ExtraInfo, ImageBatch};
 use lopt::lanes::LaneKeys;
 use lopt::lanes::Lanes;
 use lopt::prelude::*;
 use lopt::tasks::image_mlp::{ImageMlpFamily, ImageMlpFamilyCfg, ImageMlpTask, Mlp1};
+use lopt::vmap::FamilyLanes;
 use rayon::prelude::*;
 
 const BATCH: usize = 128;

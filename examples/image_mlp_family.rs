@@ -13,12 +13,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lopt::batch::Width;
 use lopt::datasets::Split;
 use lopt::eval_training::plot::{plot_png, Line, Panel};
 use lopt::eval_training::{multi_task_training_curves, sample_instances, MultiTaskConfig};
 use lopt::prelude::*;
 use lopt::tasks::image_mlp::{Accuracy, ImageMlpFamily};
+use lopt::vmap::Width;
 
 const INSTANCES: usize = 64;
 

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use lopt::batch::{vmap, VmapFn, Width};
 use lopt::prelude::*;
+use lopt::vmap::{vmap, VmapFn, Width};
 
 // class FixedDimQuadraticFamily(tasks_base.TaskFamily):
 //   """A simple TaskFamily with a fixed dimensionality but sampled target."""

@@ -8,9 +8,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lopt::batch::{lane_groups, vmap, FamilyLanes, VmapFn, Width};
 use lopt::lanes::LaneKeys;
 use lopt::prelude::*;
+use lopt::vmap::{lane_groups, vmap, FamilyLanes, VmapFn, Width};
 
 const WIDTHS: [Width; 3] = [Width::Serial, Width::W8, Width::W16];
 

@@ -2,10 +2,10 @@
 //! "Limitations of TaskFamily" example). Batched, lanes that pick differently each get
 //! their own branch's loss and gradient.
 
-use lopt::batch::FamilyLanes;
 use lopt::key::KeyOps;
 use lopt::lanes::LaneKeys;
 use lopt::prelude::*;
+use lopt::vmap::FamilyLanes;
 
 #[derive(Params, Clone, Debug)]
 struct ActCfg<S: Real> {

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use lopt::batch::Width;
 use lopt::datasets::digits::{load_digits, NUM_DIGITS, NUM_TEST_DIGITS};
 use lopt::datasets::{digits_datasets, image_datasets, Datasets, ImageBatch, Split};
 use lopt::eval_training::plot::{plot_png, Line, Panel};
@@ -24,6 +23,7 @@ use lopt::tasks::image_mlp::{
     ImageMLP_FashionMnist8_Relu32, ImageMLP_FashionMnist_Relu128x128, ImageMlpFamily, ImageMlpTask,
     Mlp1, Mlp2,
 };
+use lopt::vmap::Width;
 
 fn fashion_mnist_present() -> bool {
     match ImageMLP_FashionMnist8_Relu32() {

@@ -2,7 +2,6 @@
 //! differences, loss values against closed forms written out here, init statistics,
 //! datasets, normalizer and aux, and batched == serial for the families.
 
-use lopt::batch::{vmap, VmapFn, Width};
 use lopt::datasets::Split;
 use lopt::gradcheck::{check_gradient, check_task, GradCheck};
 use lopt::prelude::*;
@@ -11,6 +10,7 @@ use lopt::tasks::quadratics::{
     FixedDimQuadraticFamilyData, LogQuadraticTask, NoiseBatch, NoisyMeanQuadraticTask,
     NoisyQuadraticCfg, NoisyQuadraticFamily, QuadraticTask, SumQuadraticParams, SumQuadraticTask,
 };
+use lopt::vmap::{vmap, VmapFn, Width};
 
 // ----- helpers -----
 

@@ -2,9 +2,9 @@
 //! examples/quadratic_family.rs), gradient-checked in f64 at many random points, and the
 //! seed's batched training compared with serial training.
 
-use lopt::batch::{vmap, VmapFn, Width};
 use lopt::gradcheck::{check_task, GradCheck};
 use lopt::prelude::*;
+use lopt::vmap::{vmap, VmapFn, Width};
 
 type Target = SMatrix<f32, 4, 2>;
 

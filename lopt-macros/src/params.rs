@@ -305,7 +305,8 @@ fn expand(cont: &Container) -> TokenStream {
 /// concrete type when the scalar is a projection `<Nested as Params>::Scalar`; such a
 /// global predicate in the impl's environment would shadow the real impls and make rustc
 /// cycle while normalising it, so those fields are checked by the method bodies instead.
-/// Skipped fields must be carriable by a `Params` struct.
+/// Skipped fields must be carriable by a `Params` struct, and comparable (instances
+/// share a lane group only when their skipped fields are equal).
 fn where_clause(cont: &Container) -> (TokenStream, TokenStream) {
     let first = cont
         .leaves()
@@ -344,6 +345,7 @@ fn where_clause(cont: &Container) -> (TokenStream, TokenStream) {
         preds.push(parse_quote_spanned!(ty.span()=>
             #ty: ::core::clone::Clone
                 + ::core::fmt::Debug
+                + ::core::cmp::PartialEq
                 + ::core::marker::Send
                 + ::core::marker::Sync
                 + 'static
@@ -451,10 +453,24 @@ fn expand_params(cont: &Container) -> TokenStream {
         quote_spanned!(f.ty.span()=> ::lopt::Params::fill_hollow(&mut self.#m, &like.#m);)
     });
 
+    // Leaves recursively, skipped fields by `==` (what lanes of one group must share).
+    let same_structure = cont.fields.iter().map(|f| {
+        let m = &f.member;
+        if f.skip {
+            quote_spanned!(f.ty.span()=> && self.#m == other.#m)
+        } else {
+            quote_spanned!(f.ty.span()=> && ::lopt::Params::same_structure(&self.#m, &other.#m))
+        }
+    });
+
     quote! {
         #[automatically_derived]
         impl #impl_g ::lopt::Params for #ident #ty_g #where_clause {
             type Scalar = #scalar;
+
+            fn same_structure(&self, other: &Self) -> bool {
+                true #(#same_structure)*
+            }
 
             fn hollow_like(&self) -> Self {
                 Self { #(#hollow,)* }

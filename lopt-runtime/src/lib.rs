@@ -4,11 +4,11 @@
 #![warn(missing_docs)]
 
 pub mod ad;
-pub mod batch;
 pub mod datasets;
 pub mod error;
 pub mod gradcheck;
 pub mod key;
+pub mod lane_groups;
 pub mod lanes;
 pub mod learned_optimizers;
 pub mod ops;
@@ -17,6 +17,7 @@ pub mod outer_trainers;
 pub mod params;
 pub mod scalar;
 pub mod task;
+pub mod vmap;
 
 pub use datasets::Datasets;
 pub use error::{Error, Result};

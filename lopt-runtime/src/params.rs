@@ -59,6 +59,14 @@ pub trait Params: Clone + Send + Sync + std::fmt::Debug + 'static {
             && (0..self.num_leaves()).all(|i| self.leaf_shape(i) == other.leaf_shape(i))
     }
 
+    /// Whether `other` can share a SIMD lane group with `self`: the same leaves of the
+    /// same shapes and, for `#[derive(Params)]` structs, equal `#[params(skip)]` fields
+    /// (packing into lanes copies leaves only, so lanes cannot differ in those). Defaults
+    /// to [`same_shape`](Params::same_shape) for types without skipped fields.
+    fn same_structure(&self, other: &Self) -> bool {
+        self.same_shape(other)
+    }
+
     /// Total number of scalars over all leaves.
     fn num_elements(&self) -> usize {
         (0..self.num_leaves()).map(|i| self.leaf(i).len()).sum()

@@ -2,6 +2,7 @@
 
 use crate::datasets::Datasets;
 use crate::key::Key;
+use crate::lane_groups::{get_lane, padded, set_lane};
 use crate::params::Params;
 use crate::scalar::Real;
 
@@ -66,7 +67,7 @@ pub trait Task: Send + Sync {
 /// the parameters *and* the configuration, so many instances run batched: the
 /// configuration and the parameters of a lane group are packed into SIMD lanes
 /// ([`Lanes`](crate::lanes::Lanes)) and the same generated code advances all of them (see
-/// [`crate::batch`]). `#[task_family]` generates `value_and_grad`, `value_and_jvp` and the
+/// [`crate::vmap`] and [`crate::lane_groups`]). `#[task_family]` generates `value_and_grad`, `value_and_jvp` and the
 /// casts from `loss`.
 ///
 /// Configurations are parameter trees too, so they pack into lanes. A discrete choice that
@@ -98,7 +99,6 @@ pub trait TaskFamily: Send + Sync {
     /// (the keys of a packet draw lane-parallel, see [`KeyOps`](crate::key::KeyOps)), and
     /// derives the plain `init` from it.
     fn init_lanes<S: Real>(&self, cfg: &Self::Cfg<S>, keys: S::Key) -> Self::Params<S> {
-        use crate::batch::{get_lane, set_lane};
         use crate::key::KeyOps;
         // One plain configuration, refilled lane by lane; lane 0 is what the cast reads.
         let mut c = self.cast_cfg::<S, f32>(cfg);
@@ -160,6 +160,41 @@ pub trait TaskFamily: Send + Sync {
         short_type_name::<Self>()
     }
 }
+
+/// Family operations on lane-packed values.
+pub trait FamilyLanes: TaskFamily {
+    /// Packs configurations (all of one shape, at most `S::LANES`) into one; unused lanes
+    /// repeat the last instance.
+    fn pack_cfg<S: Real>(&self, cfgs: &[&Self::Cfg<f32>]) -> Self::Cfg<S> {
+        let mut out = self.cast_cfg::<f32, S>(cfgs[0]);
+        for (lane, c) in padded(cfgs, S::LANES).into_iter().enumerate() {
+            set_lane(&mut out, lane, c);
+        }
+        out
+    }
+    /// Packs parameters like [`FamilyLanes::pack_cfg`].
+    fn pack_params<S: Real>(&self, ps: &[&Self::Params<f32>]) -> Self::Params<S> {
+        let mut out = self.cast_params::<f32, S>(ps[0]);
+        for (lane, p) in padded(ps, S::LANES).into_iter().enumerate() {
+            set_lane(&mut out, lane, p);
+        }
+        out
+    }
+    /// The configuration of lane `lane`.
+    fn unpack_cfg<S: Real>(&self, cfg: &Self::Cfg<S>, lane: usize) -> Self::Cfg<f32> {
+        let mut out = self.cast_cfg::<S, f32>(cfg);
+        get_lane(cfg, lane, &mut out);
+        out
+    }
+    /// The parameters of lane `lane`.
+    fn unpack_params<S: Real>(&self, p: &Self::Params<S>, lane: usize) -> Self::Params<f32> {
+        let mut out = self.cast_params::<S, f32>(p);
+        get_lane(p, lane, &mut out);
+        out
+    }
+}
+
+impl<F: TaskFamily + ?Sized> FamilyLanes for F {}
 
 /// One task of a family: the family and a configuration (what `#[task_family]` makes
 /// `task_fn` return).

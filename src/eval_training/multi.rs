@@ -23,16 +23,16 @@
 //! its key (dropout) should be run [`Width::Serial`] when per-instance randomness matters.
 
 use crate::key::KeyOps;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{next_batch, Aux};
-use crate::batch::{FamilyLanes, Width};
 use crate::datasets::Split;
+use crate::lane_groups::{map_groups, map_groups_mut, LaneGroups, Width};
 use crate::lanes::Lanes;
-use crate::{Error, Key, Optimizer, Params, Real, Result, TaskFamily};
+use crate::task::FamilyLanes;
+use crate::{Error, Key, Optimizer, Real, Result, TaskFamily};
 
 /// An optimizer that can step a family's parameters one instance at a time (`f32`) and
 /// in lane groups of 8 and 16. Every built-in optimizer is one.
@@ -220,32 +220,6 @@ where
     }
 }
 
-/// Instances of one shape, in chunks of `w`, in order of first appearance (the
-/// grouping of [`crate::batch::vmap`]: zeroed so only shapes and skipped fields count).
-fn lane_groups<P: Params>(cfgs: &[P], w: usize) -> Vec<Vec<usize>> {
-    let mut by_shape: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut order = Vec::new();
-    for (i, c) in cfgs.iter().enumerate() {
-        let s = format!("{:?}", c.zeros_like());
-        by_shape
-            .entry(s.clone())
-            .or_insert_with(|| {
-                order.push(s);
-                Vec::new()
-            })
-            .push(i);
-    }
-    order
-        .iter()
-        .flat_map(|s| {
-            by_shape[s]
-                .chunks(w)
-                .map(<[usize]>::to_vec)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// One lane group: its instances, packed configuration, keys and optimizer state.
 struct Group<C, K, St> {
     idx: Vec<usize>,
@@ -292,10 +266,11 @@ where
         let n = cfgs.len();
         let datasets = family.datasets();
         let owner = || family.name();
-        let mut groups: Vec<GroupOf<F, S, O>> = lane_groups(cfgs, S::LANES)
-            .into_iter()
-            .map(|idx| {
-                let lanes = |l: usize| idx[l.min(idx.len() - 1)];
+        let lane_groups = LaneGroups::by_structure(cfgs, S::LANES);
+        let mut groups: Vec<GroupOf<F, S, O>> = (0..lane_groups.len())
+            .map(|k| {
+                let idx = lane_groups.get(k).to_vec();
+                let lanes = |l: usize| lane_groups.member(k, l);
                 let cfg_refs: Vec<&F::Cfg<f32>> = idx.iter().map(|&i| &cfgs[i]).collect();
                 let inits: Vec<F::Params<f32>> = idx
                     .iter()
@@ -344,16 +319,13 @@ where
                 self.evaluate(&groups, t, config.eval_batches, &mut out)?;
             }
             let batch = next_batch(&datasets, Split::Train, &owner)?;
-            let losses: Vec<S> = groups
-                .par_iter_mut()
-                .map(|g| {
-                    let key = g.train_key.fold_in(t as u64);
-                    let (l, grad) =
-                        family.value_and_grad(opt.get_params(&g.state), &g.cfg, key, &batch);
-                    opt.update(&mut g.state, &grad, l);
-                    l
-                })
-                .collect();
+            let losses: Vec<S> = map_groups_mut(&mut groups, |_, g| {
+                let key = g.train_key.fold_in(t as u64);
+                let (l, grad) =
+                    family.value_and_grad(opt.get_params(&g.state), &g.cfg, key, &batch);
+                opt.update(&mut g.state, &grad, l);
+                l
+            });
             for (g, l) in groups.iter().zip(&losses) {
                 for (lane, &i) in g.idx.iter().enumerate() {
                     let v = l.lane(lane) as f32;
@@ -405,43 +377,41 @@ where
             let batches = (0..n_batches)
                 .map(|_| next_batch(&datasets, *split, &owner))
                 .collect::<Result<Vec<_>>>()?;
-            let sums: Vec<EvalSums> = groups
-                .par_iter()
-                .map(|g| {
-                    let lanes = g.idx.len();
-                    let params = opt.get_params(&g.state);
-                    let unpacked: Vec<F::Params<f32>> = if self.aux_names.is_empty() {
-                        Vec::new()
-                    } else {
-                        (0..lanes)
-                            .map(|l| family.unpack_params(params, l))
-                            .collect()
-                    };
-                    let mut loss = vec![0.0; lanes];
-                    let mut norm = vec![0.0; lanes];
-                    let mut aux = vec![vec![0.0; self.aux_names.len()]; lanes];
-                    for (j, b) in batches.iter().enumerate() {
-                        let key = g
-                            .eval_key
-                            .fold_in(t as u64)
-                            .fold_in(si as u64)
-                            .fold_in(j as u64);
-                        let l = family.loss(params, &g.cfg, key, b);
-                        let nl = family.normalizer(l);
-                        for lane in 0..lanes {
-                            // Through f32, as a lone f32 instance would have it.
-                            loss[lane] += f64::from(l.lane(lane) as f32);
-                            norm[lane] += f64::from(nl.lane(lane) as f32);
-                        }
-                        for (lane, p) in unpacked.iter().enumerate() {
-                            for (s, v) in aux[lane].iter_mut().zip(self.aux.eval(p, b)) {
-                                *s += v;
-                            }
+            let sums: Vec<EvalSums> = map_groups(groups.len(), |k| {
+                let g = &groups[k];
+                let lanes = g.idx.len();
+                let params = opt.get_params(&g.state);
+                let unpacked: Vec<F::Params<f32>> = if self.aux_names.is_empty() {
+                    Vec::new()
+                } else {
+                    (0..lanes)
+                        .map(|l| family.unpack_params(params, l))
+                        .collect()
+                };
+                let mut loss = vec![0.0; lanes];
+                let mut norm = vec![0.0; lanes];
+                let mut aux = vec![vec![0.0; self.aux_names.len()]; lanes];
+                for (j, b) in batches.iter().enumerate() {
+                    let key = g
+                        .eval_key
+                        .fold_in(t as u64)
+                        .fold_in(si as u64)
+                        .fold_in(j as u64);
+                    let l = family.loss(params, &g.cfg, key, b);
+                    let nl = family.normalizer(l);
+                    for lane in 0..lanes {
+                        // Through f32, as a lone f32 instance would have it.
+                        loss[lane] += f64::from(l.lane(lane) as f32);
+                        norm[lane] += f64::from(nl.lane(lane) as f32);
+                    }
+                    for (lane, p) in unpacked.iter().enumerate() {
+                        for (s, v) in aux[lane].iter_mut().zip(self.aux.eval(p, b)) {
+                            *s += v;
                         }
                     }
-                    (loss, norm, aux)
-                })
-                .collect();
+                }
+                (loss, norm, aux)
+            });
             let sc = out
                 .eval
                 .get_mut(split.name())

@@ -429,7 +429,7 @@ impl<S: Real> Net<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{get_lane, set_lane};
+    use crate::lane_groups::{get_lane, set_lane};
     use crate::lanes::Lanes;
     use crate::optimizers::Optimizer;
 

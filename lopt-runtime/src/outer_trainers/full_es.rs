@@ -3,10 +3,9 @@
 
 use std::marker::PhantomData;
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::lane_groups::{map_groups, LaneGroups};
 use crate::learned_optimizers::LearnedOptimizer;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -162,26 +161,25 @@ where
     let keys: Vec<Vec<Key>> = (0..samples)
         .map(|s| key.fold_in(s as u64).split_n(n))
         .collect();
-    let per_group: Vec<Vec<(f64, f64)>> = pos
-        .par_iter()
-        .zip(neg.par_iter())
-        .enumerate()
-        .map(|(g, (p, m))| {
-            let mut sum = vec![(0.0, 0.0); lanes];
-            for (b, ks) in batches.iter().zip(&keys) {
-                let ks: Vec<Key> = (0..lanes).map(|l| ks[(g * lanes + l).min(n - 1)]).collect();
-                let (lp, lm) = (
-                    step.meta_loss_batch(p, &ks, &b[g])?,
-                    step.meta_loss_batch(m, &ks, &b[g])?,
-                );
-                for (l, acc) in sum.iter_mut().enumerate() {
-                    acc.0 += lp.lane(l) / samples as f64;
-                    acc.1 += lm.lane(l) / samples as f64;
-                }
+    let groups = LaneGroups::in_order(n, lanes);
+    let per_group: Vec<Vec<(f64, f64)>> = map_groups(pos.len(), |g| {
+        let (p, m) = (&pos[g], &neg[g]);
+        let mut sum = vec![(0.0, 0.0); lanes];
+        for (b, ks) in batches.iter().zip(&keys) {
+            let ks: Vec<Key> = (0..lanes).map(|l| ks[groups.member(g, l)]).collect();
+            let (lp, lm) = (
+                step.meta_loss_batch(p, &ks, &b[g])?,
+                step.meta_loss_batch(m, &ks, &b[g])?,
+            );
+            for (l, acc) in sum.iter_mut().enumerate() {
+                acc.0 += lp.lane(l) / samples as f64;
+                acc.1 += lm.lane(l) / samples as f64;
             }
-            Ok(sum)
-        })
-        .collect::<Result<_>>()?;
+        }
+        Ok(sum)
+    })
+    .into_iter()
+    .collect::<Result<_>>()?;
     Ok((0..n).map(|i| per_group[i / lanes][i % lanes]).collect())
 }
 

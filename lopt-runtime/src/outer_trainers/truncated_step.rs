@@ -4,12 +4,10 @@
 
 use std::any::Any;
 
-use rayon::prelude::*;
-
-use crate::batch::{get_lane, same_lane_group, set_lane};
 use crate::datasets::{Datasets, Split};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyOps};
+use crate::lane_groups::{get_lane, map_groups_mut, padded, same_lane_group, set_lane, LaneGroups};
 use crate::learned_optimizers::LearnedOptimizer;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -196,7 +194,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 S::LANES
             )));
         }
-        let keys: Vec<Key> = (0..S::LANES).map(|l| keys[l.min(keys.len() - 1)]).collect();
+        let keys = padded(keys, S::LANES);
         Ok(self
             .family
             .normalizer(self.current_loss(group, &keys, batch)))
@@ -301,7 +299,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
         tasks: &[FreshTask<F, L>],
     ) -> Result<TaskGroup<F, L, S>> {
         let lanes = S::LANES;
-        let lane = |l: usize| &tasks[l.min(tasks.len() - 1)];
+        let lane = |l: usize| &tasks[l.min(tasks.len() - 1)]; // padding repeats the last
         let first_cfg = &lane(0).0;
         let first_params = self.lopt.params(&lane(0).1);
         if let Some(l) = (0..tasks.len())
@@ -340,14 +338,14 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
     ) -> Result<Vec<TaskGroup<F, L, S>>> {
         let (k1, k2) = key.split();
         let keys = k1.split_n(self.num_tasks);
-        let lanes = S::LANES;
-        keys.chunks(lanes)
-            .enumerate()
-            .map(|(g, ks)| {
-                let mut group = self.init_group(&vec![theta; ks.len()], ks, outer_iteration)?;
+        let groups = LaneGroups::in_order(self.num_tasks, S::LANES);
+        (0..groups.len())
+            .map(|g| {
+                let ks: Vec<Key> = groups.get(g).iter().map(|&i| keys[i]).collect();
+                let mut group = self.init_group(&vec![theta; ks.len()], &ks, outer_iteration)?;
                 if self.random_initial_iteration_offset > 0 {
                     for (l, s) in group.inner_step.iter_mut().enumerate() {
-                        let i = (g * lanes + l).min(self.num_tasks - 1);
+                        let i = groups.member(g, l);
                         let hi = self.random_initial_iteration_offset as i64;
                         *s = k2.fold_in(i as u64).randint(0, hi) as usize;
                     }
@@ -388,9 +386,7 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
                 ))
             })?),
         };
-        let split: Vec<(Key, Key)> = (0..lanes)
-            .map(|l| keys[l.min(keys.len() - 1)].split())
-            .collect();
+        let split: Vec<(Key, Key)> = padded(keys, lanes).iter().map(|k| k.split()).collect();
         let mut loss = S::zero();
         if group.is_done.iter().any(|d| !d) {
             let train_keys: Vec<Key> = split.iter().map(|(ka, _)| ka.split().0).collect();
@@ -514,32 +510,32 @@ impl<F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncatedSte
                     .collect::<Result<_>>()
             })
             .collect::<Result<_>>()?;
-        let task = |g: usize, l: usize| (g * lanes + l).min(n - 1);
-        pos.par_iter_mut()
-            .zip(neg.par_iter_mut())
-            .enumerate()
-            .map(|(g, (pos, neg))| {
-                // θ ± ε of each lane's task, packed.
-                let pack = |sign: f32| {
-                    let mut t = self.lopt.cast_theta::<f32, S>(theta);
-                    for l in 0..lanes {
-                        set_lane(&mut t, l, &shifted(theta, &eps[task(g, l)], sign));
-                    }
-                    t
-                };
-                let (tp, tn) = (pack(1.0), pack(-1.0));
-                let mut per_step = Vec::with_capacity(t_len);
-                for (t, keys) in task_keys.iter().enumerate() {
-                    let keys: Vec<Key> = (0..lanes).map(|l| keys[task(g, l)]).collect();
-                    let (b, mb) = &batches[t][g];
-                    let (mb, it) = (mb.as_ref(), outer_iteration);
-                    let op = self.unroll_group_step(&tp, pos, &keys, b, mb, it)?;
-                    let on = self.unroll_group_step(&tn, neg, &keys, b, mb, it)?;
-                    per_step.push(op.into_iter().zip(on).collect::<Vec<_>>());
+        let lane_groups = LaneGroups::in_order(n, lanes);
+        let task = |g: usize, l: usize| lane_groups.member(g, l);
+        let mut pairs: Vec<_> = pos.iter_mut().zip(neg.iter_mut()).collect();
+        map_groups_mut(&mut pairs, |g, (pos, neg)| {
+            // θ ± ε of each lane's task, packed.
+            let pack = |sign: f32| {
+                let mut t = self.lopt.cast_theta::<f32, S>(theta);
+                for l in 0..lanes {
+                    set_lane(&mut t, l, &shifted(theta, &eps[task(g, l)], sign));
                 }
-                Ok(per_step)
-            })
-            .collect()
+                t
+            };
+            let (tp, tn) = (pack(1.0), pack(-1.0));
+            let mut per_step = Vec::with_capacity(t_len);
+            for (t, keys) in task_keys.iter().enumerate() {
+                let keys: Vec<Key> = (0..lanes).map(|l| keys[task(g, l)]).collect();
+                let (b, mb) = &batches[t][g];
+                let (mb, it) = (mb.as_ref(), outer_iteration);
+                let op = self.unroll_group_step(&tp, pos, &keys, b, mb, it)?;
+                let on = self.unroll_group_step(&tn, neg, &keys, b, mb, it)?;
+                per_step.push(op.into_iter().zip(on).collect::<Vec<_>>());
+            }
+            Ok(per_step)
+        })
+        .into_iter()
+        .collect()
     }
 }
 
