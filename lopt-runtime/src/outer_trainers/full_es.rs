@@ -12,8 +12,8 @@ use crate::scalar::Real;
 use crate::task::TaskFamily;
 
 use super::checkpoint::Checkpoint;
+use super::lopt_truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncated_pes::sample_perturbations;
-use super::truncated_step::{LOptTruncatedStep, TaskGroup, UnrollOut};
 use super::truncation_schedule::TruncationSchedule;
 use super::{check_std, sign_delta, GradientEstimator, GradientEstimatorOut};
 

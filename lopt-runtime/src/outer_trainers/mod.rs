@@ -8,8 +8,8 @@
 mod checkpoint;
 mod full_es;
 mod gradient_learner;
+mod lopt_truncated_step;
 mod truncated_pes;
-mod truncated_step;
 mod truncation_schedule;
 
 pub use checkpoint::{Checkpoint, Setup, FORMAT_VERSION};
@@ -17,8 +17,8 @@ pub use full_es::{EsLoss, FullEs};
 pub use gradient_learner::{
     GradientLearner, GradientLearnerState, MetaState, SingleMachineGradientLearner, NAN_LOSS,
 };
+pub use lopt_truncated_step::{LOptTruncatedStep, MetaLossSplit, TaskGroup, UnrollOut};
 pub use truncated_pes::{sample_perturbations, PesState, TruncatedPes};
-pub use truncated_step::{LOptTruncatedStep, MetaLossSplit, TaskGroup, UnrollOut};
 pub use truncation_schedule::{
     ConstantTruncationSchedule, LogUniformLengthSchedule, NeverEndingTruncationSchedule,
     TruncationSchedule,

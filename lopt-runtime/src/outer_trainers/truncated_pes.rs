@@ -12,7 +12,7 @@ use crate::scalar::Real;
 use crate::task::TaskFamily;
 
 use super::checkpoint::Checkpoint;
-use super::truncated_step::{LOptTruncatedStep, TaskGroup};
+use super::lopt_truncated_step::{LOptTruncatedStep, TaskGroup};
 use super::truncation_schedule::TruncationSchedule;
 use super::{check_std, sign_delta, GradientEstimator, GradientEstimatorOut};
 
