@@ -49,13 +49,7 @@ fn get_datasets() -> Datasets<Batch> {
 
 /// Errors print as their message (`Display`), not in `Debug` form.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    lopt::exit_code(run())
 }
 
 fn run() -> lopt::Result<()> {

@@ -317,13 +317,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    lopt::exit_code(run(&args))
 }
 
 fn run(args: &Args) -> lopt::Result<()> {

@@ -79,13 +79,7 @@ impl VmapFn<FixedDimQuadraticFamily> for TrainTask {
 
 /// Errors print as their message (`Display`), not in `Debug` form.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    lopt::exit_code(run())
 }
 
 fn run() -> lopt::Result<()> {

@@ -43,6 +43,19 @@ pub use lopt_macros::*;
 pub use lopt_runtime::*;
 
 pub mod eval_training;
+
+/// What `main` returns for `result`: success, or the error's message (its `Display`, not
+/// its `Debug` form) on standard error and a failure code. Examples end with it:
+/// `fn main() -> ExitCode { lopt::exit_code(run()) }`.
+pub fn exit_code(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 pub mod tasks;
 
 /// Everything a typical program needs: `use lopt::prelude::*;`.

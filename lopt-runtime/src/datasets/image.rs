@@ -693,6 +693,17 @@ mod tests {
         }
     }
 
+    /// [`numbered`] as preprocessed examples.
+    fn one_pixel_examples(n: usize) -> Arc<Examples> {
+        let file = numbered(n);
+        Arc::new(Examples {
+            pixels: file.preprocess((1, 1)).unwrap(),
+            labels: file.labels.clone(),
+            dim: 1,
+            shape: (1, 1, 1),
+        })
+    }
+
     fn epoch_ids(it: &mut EpochBatches, batches: usize) -> Vec<usize> {
         (0..batches)
             .flat_map(|_| {
@@ -709,13 +720,7 @@ mod tests {
     /// (a mutation that skips whole epochs without advancing the epoch counter fails).
     #[test]
     fn nth_skips_exactly_as_next_would() {
-        let file = numbered(23);
-        let ex = Arc::new(Examples {
-            pixels: file.preprocess((1, 1)).unwrap(),
-            labels: file.labels.clone(),
-            dim: 1,
-            shape: (1, 1, 1),
-        });
+        let ex = one_pixel_examples(23);
         for start in [0, 1, 3] {
             for k in [0, 1, 4, 5, 6, 11, 17, 40] {
                 let mut a = EpochBatches::new(ex.clone(), 0..23, 4, Key::new(9));
@@ -740,13 +745,7 @@ mod tests {
 
     #[test]
     fn epochs_are_permutations_with_the_remainder_dropped() {
-        let file = numbered(23);
-        let ex = Arc::new(Examples {
-            pixels: file.preprocess((1, 1)).unwrap(),
-            labels: file.labels.clone(),
-            dim: 1,
-            shape: (1, 1, 1),
-        });
+        let ex = one_pixel_examples(23);
         // Split 3..23 (20 examples) in batches of 6: 3 batches an epoch, 2 dropped.
         let mut it = EpochBatches::new(ex, 3..23, 6, Key::new(5));
         let e1 = epoch_ids(&mut it, 3);

@@ -109,9 +109,6 @@ impl LearnedOptimizer for LearnableAdam {
         state.iteration = iteration;
         Ok(())
     }
-    fn config(&self) -> String {
-        format!("{self:?}")
-    }
     fn name(&self) -> String {
         "LearnableAdam".into()
     }

@@ -102,9 +102,6 @@ impl LearnedOptimizer for LearnableSgd {
         state.iteration = iteration;
         Ok(())
     }
-    fn config(&self) -> String {
-        format!("{self:?}")
-    }
     fn name(&self) -> String {
         "LearnableSgd".into()
     }
