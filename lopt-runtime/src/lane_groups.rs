@@ -61,6 +61,7 @@ pub enum Width {
 
 impl Width {
     /// Instances per lane group (1 for [`Width::Serial`]).
+    #[inline]
     pub fn lanes(self) -> usize {
         match self {
             Width::Serial => 1,
@@ -146,16 +147,19 @@ impl LaneGroups {
     }
 
     /// The number of groups.
+    #[inline]
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
     /// Whether there are no groups.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
     /// The instances of group `k`, in lane order.
+    #[inline]
     pub fn get(&self, k: usize) -> &[usize] {
         let start = if k == 0 { 0 } else { self.ends[k - 1] };
         &self.idx[start..self.ends[k]]
@@ -163,6 +167,7 @@ impl LaneGroups {
 
     /// The instance in lane `lane` of group `k`: past the group's last instance, that
     /// instance again (padding).
+    #[inline]
     pub fn member(&self, k: usize, lane: usize) -> usize {
         let g = self.get(k);
         g[lane.min(g.len() - 1)]
