@@ -678,10 +678,34 @@ mod tests {
             type F32 = fn(f32) -> f32;
             type Packet<const N: usize> = fn(Lanes<N>) -> Lanes<N>;
             let cases: [(&str, Packet<N>, F32, fn(f64) -> f64, f64, f32, f32); 4] = [
-                ("exp", Real::exp, vecmath::exp_f32, f64::exp, 2.0, -86.5, 88.7),
+                (
+                    "exp",
+                    Real::exp,
+                    vecmath::exp_f32,
+                    f64::exp,
+                    2.0,
+                    -86.5,
+                    88.7,
+                ),
                 ("ln", Real::ln, vecmath::ln_f32, f64::ln, 2.0, 1e-30, 3e38),
-                ("ln_1p", Real::ln_1p, vecmath::ln_1p_f32, f64::ln_1p, 3.0, -0.999, 1e30),
-                ("tanh", Real::tanh, vecmath::tanh_f32, f64::tanh, 3.0, -20.0, 20.0),
+                (
+                    "ln_1p",
+                    Real::ln_1p,
+                    vecmath::ln_1p_f32,
+                    f64::ln_1p,
+                    3.0,
+                    -0.999,
+                    1e30,
+                ),
+                (
+                    "tanh",
+                    Real::tanh,
+                    vecmath::tanh_f32,
+                    f64::tanh,
+                    3.0,
+                    -20.0,
+                    20.0,
+                ),
             ];
             for (name, packet, scalar, exact, ulps, lo, hi) in cases {
                 // Uniform on [lo, hi], or log-uniform where the range spans decades.
