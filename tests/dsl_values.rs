@@ -274,7 +274,7 @@ fn fused_f64(p: &Two<f64>, x: &DMatrix<f64>, labels: &[i32]) -> f64 {
 #[test]
 fn fused_compositions_and_method_forms_match_plain_rust() {
     let x = rand_mat(11, 4, 21, 1.0);
-    let labels: Vec<i32> = (0..11).map(|i| (i * 2 % 3) as i32).collect();
+    let labels: Vec<i32> = (0..11).map(|i| i * 2 % 3).collect();
     check_against!(
         fused,
         two(22),

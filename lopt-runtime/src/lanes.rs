@@ -675,10 +675,28 @@ mod tests {
     #[test]
     fn packet_transcendentals_are_the_scalar_polynomials_within_their_accuracy() {
         fn check<const N: usize>() {
-            type F32 = fn(f32) -> f32;
-            type Packet<const N: usize> = fn(Lanes<N>) -> Lanes<N>;
-            let cases: [(&str, Packet<N>, F32, fn(f64) -> f64, f64, f32, f32); 4] = [
-                (
+            /// A packet function, its scalar polynomial, the exact function, the
+            /// accuracy bound in ulp and the range swept.
+            struct Case<const N: usize> {
+                name: &'static str,
+                packet: fn(Lanes<N>) -> Lanes<N>,
+                scalar: fn(f32) -> f32,
+                exact: fn(f64) -> f64,
+                ulps: f64,
+                lo: f32,
+                hi: f32,
+            }
+            let case = |name, packet, scalar, exact, ulps, lo, hi| Case::<N> {
+                name,
+                packet,
+                scalar,
+                exact,
+                ulps,
+                lo,
+                hi,
+            };
+            let cases = [
+                case(
                     "exp",
                     Real::exp,
                     vecmath::exp_f32,
@@ -687,8 +705,8 @@ mod tests {
                     -86.5,
                     88.7,
                 ),
-                ("ln", Real::ln, vecmath::ln_f32, f64::ln, 2.0, 1e-30, 3e38),
-                (
+                case("ln", Real::ln, vecmath::ln_f32, f64::ln, 2.0, 1e-30, 3e38),
+                case(
                     "ln_1p",
                     Real::ln_1p,
                     vecmath::ln_1p_f32,
@@ -697,7 +715,7 @@ mod tests {
                     -0.999,
                     1e30,
                 ),
-                (
+                case(
                     "tanh",
                     Real::tanh,
                     vecmath::tanh_f32,
@@ -707,7 +725,16 @@ mod tests {
                     20.0,
                 ),
             ];
-            for (name, packet, scalar, exact, ulps, lo, hi) in cases {
+            for c in cases {
+                let Case {
+                    name,
+                    packet,
+                    scalar,
+                    exact,
+                    ulps,
+                    lo,
+                    hi,
+                } = c;
                 // Uniform on [lo, hi], or log-uniform where the range spans decades.
                 let n = 40_000;
                 let at = |i: usize| -> f32 {
