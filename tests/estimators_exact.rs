@@ -515,3 +515,94 @@ fn full_es_estimates_are_the_exact_antithetic_sums() {
     check::<f32>(EsLoss::Avg, Some(0.5));
     check::<Lanes<8>>(EsLoss::Last, Some(2.0));
 }
+
+/// The same unbiasedness check as above with resets inside the estimates (runs of 4
+/// steps, truncations of 3, 8 estimates, 4,096 tasks): the mean of the estimates against
+/// the central-difference slope of the mean loss over the 24 steps, the fresh tasks'
+/// targets read from the state as the runs restart.
+///
+/// Ignored because it fails: the documented rule counts the step that ends a run among
+/// the steps "after" the reset and weights its loss difference by ε alone, but that loss
+/// is the old run's, which depends on every perturbation since the run began (the
+/// accumulator). Its dependence on earlier truncations is dropped: the mean estimate
+/// here is −0.94 against a slope of −1.39 (5 standard errors: 0.07). Counting the
+/// ending step with the steps before it (`finished |= p.is_done` after the step is
+/// added, in `truncated_pes.rs`) removes the bias (1.374 ± 0.008 against 1.372 in the
+/// f64 replay); the JAX library has the same rule (`has_finished = cumsum(is_done) > 0`).
+/// With that fix, [`PesReplay::estimate`] (which replays the documented rule) moves its
+/// `finished |= done` the same way, and this test loses its `ignore`.
+#[test]
+#[ignore = "known PES bias at resets (see the doc comment): the step ending a run is weighted by ε alone"]
+fn mean_pes_estimate_with_resets_follows_the_whole_run_loss() {
+    use std::cell::RefCell;
+    let family = Quad;
+    let lopt = LearnableSgd { initial_lr: 0.05 };
+    let (n, t_len, j, std, length) = (4096, 3, 8, 0.02f32, 4);
+    let step = LOptTruncatedStep::new(
+        &family,
+        &lopt,
+        ConstantTruncationSchedule {
+            total_length: length,
+        },
+        n,
+    )
+    .unwrap();
+    let pes = TruncatedPes::new(step, t_len, std)
+        .unwrap()
+        .batched::<Lanes<16>>();
+    let theta = lopt.init(Key::new(0));
+    let th = theta[0] as f64;
+    let mut state = pes.init_worker_state(&theta, Key::new(1), 0).unwrap();
+    let first: Vec<Vec<f64>> = (0..n).map(|i| task_cfg(&state.pos, i)).collect();
+    // Per task, the targets of its runs in order.
+    let targets = RefCell::new(first.iter().map(|c| vec![c.clone()]).collect::<Vec<_>>());
+    let mut replay = PesReplay::new(first.clone(), length, std, None);
+    let (mut mean, mut per_task) = (0.0, vec![0.0; n]);
+    for e in 0..j {
+        let key = Key::new(300 + e as u64);
+        let est = pes
+            .compute_gradient_estimate(&theta, &mut state, key, 0)
+            .unwrap();
+        let eps: Vec<f64> = sample_perturbations(&theta, key.split().0, std, n)
+            .iter()
+            .map(|e| e[0] as f64)
+            .collect();
+        let want = replay.estimate(th, &eps, t_len, |i| {
+            let c = task_cfg(&state.pos, i);
+            targets.borrow_mut()[i].push(c.clone());
+            c
+        });
+        mean += est.grad[0] as f64 / j as f64;
+        for (s, g) in per_task.iter_mut().zip(&want.per_task) {
+            *s += g / j as f64;
+        }
+    }
+    let targets = targets.into_inner();
+    // The whole-run objective at log lr `x`: the mean over the estimates' truncations of
+    // each task's masked mean loss, the same runs restarting with the same targets.
+    let objective = |x: f64| {
+        let mut r = PesReplay::new(first.clone(), length, std, None);
+        let next = RefCell::new(vec![1usize; n]);
+        let zeros = vec![0.0; n];
+        (0..j)
+            .map(|_| {
+                r.estimate(x, &zeros, t_len, |i| {
+                    let k = next.borrow()[i];
+                    next.borrow_mut()[i] += 1;
+                    targets[i][k].clone()
+                })
+                .mean_loss
+            })
+            .sum::<f64>()
+            / j as f64
+    };
+    let h = 1e-4;
+    let slope = (objective(th + h) - objective(th - h)) / (2.0 * h);
+    let m = per_task.iter().sum::<f64>() / n as f64;
+    let var = per_task.iter().map(|g| (g - m) * (g - m)).sum::<f64>() / (n - 1) as f64;
+    let band = 5.0 * (var / n as f64).sqrt();
+    assert!(
+        (mean - slope).abs() < band,
+        "mean PES estimate {mean} vs whole-run slope {slope} (band {band})"
+    );
+}
