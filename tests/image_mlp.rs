@@ -25,11 +25,24 @@ use lopt::tasks::image_mlp::{
 };
 use lopt::vmap::Width;
 
+/// Whether Fashion-MNIST is installed. Missing, the parts of tests that need it are
+/// skipped with a note, except in CI (the `CI` environment variable set to anything but
+/// `false`/`0`, as CI services and `.ci/run` set it), where `.ci/run` installs the data,
+/// so a missing dataset is a failure rather than a silently smaller test.
+///
+/// Catches (tried with `LOPT_DATA_DIR=/nonexistent CI=true`): a CI run that lost the
+/// dataset and would otherwise pass while testing less.
 fn fashion_mnist_present() -> bool {
     match ImageMLP_FashionMnist8_Relu32() {
         Ok(_) => true,
-        Err(Error::DatasetMissing { .. }) => {
-            eprintln!("Fashion-MNIST not installed: skipping its part of this test");
+        Err(Error::DatasetMissing { help, .. }) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v != "false" && v != "0");
+            assert!(
+                !ci,
+                "Fashion-MNIST is missing in CI (CI is set): .ci/run must install \
+                 dataset-fashion-mnist. {help}"
+            );
+            eprintln!("note: Fashion-MNIST not installed: skipping its part of this test");
             false
         }
         Err(e) => panic!("Fashion-MNIST files exist but fail to load: {e}"),

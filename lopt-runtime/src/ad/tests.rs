@@ -1121,3 +1121,395 @@ fn sums_of_packets_are_their_lanes_sums_bit_for_bit() {
         }
     }
 }
+
+// ---- thin spots: asymptotic ranges, kinks and ties, powf at 0 ----
+
+/// `erfc(x)` for `x ≥ 2` by its continued fraction
+/// `e^{−x²}/√π · 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + …))))`, evaluated backwards from 200
+/// terms (independent of `erf_f64`'s series and asymptotic expansion).
+fn erfc_cf(x: f64) -> f64 {
+    let mut k = x;
+    for n in (1..=200).rev() {
+        k = x + (n as f64 / 2.0) / k;
+    }
+    (-x * x).exp() / std::f64::consts::PI.sqrt() / k
+}
+
+/// `erf(x)` for `|x| < 2` by its Maclaurin series (well conditioned there).
+fn erf_series(x: f64) -> f64 {
+    let (mut term, mut sum) = (x, x);
+    for n in 1..80 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * std::f64::consts::FRAC_2_SQRT_PI
+}
+
+/// `erf_f64` keeps its documented accuracy (1e-10 absolute) over [−7, 7], against the
+/// series below 2 and the continued fraction of erfc above (46e-12 measured, near |x| = 4
+/// where its series cancels most), and is odd, 0 at 0, ±1 far out.
+///
+/// Catches: a wrong switch point or sign in `erf_f64`; a truncated series or expansion
+/// (errors of 1e-6 and more in the asymptotic range).
+#[test]
+fn erf_matches_independent_references_into_the_asymptotic_range() {
+    use crate::scalar::erf_f64;
+    let mut worst = 0.0f64;
+    for i in -7000..=7000 {
+        let x = i as f64 * 1e-3;
+        let want = if x.abs() < 2.0 {
+            erf_series(x)
+        } else {
+            x.signum() * (1.0 - erfc_cf(x.abs()))
+        };
+        worst = worst.max((erf_f64(x) - want).abs());
+        assert_eq!(erf_f64(-x), -erf_f64(x), "odd at {x}");
+    }
+    assert!(worst <= 1e-10, "erf: {worst:e} absolute");
+    assert_eq!(erf_f64(0.0), 0.0);
+    assert_eq!((erf_f64(30.0), erf_f64(-30.0)), (1.0, -1.0));
+}
+
+/// GELU `x Φ(x)` and its derivative `Φ(x) + x φ(x)` in the asymptotic range |x| ∈ [2, 12]
+/// against `Φ` from the continued fraction of erfc (independent code): within 1e-9
+/// absolute in f64 (the error of `erf_f64` times |x|), in f32 within 2e-6 relative to
+/// max(|x|, 1); finite with the right limits far out (gelu(x) = x and gelu' = 1 for large
+/// x, 0 for very negative x), in f32 and on packets lane for lane as in f32.
+///
+/// Catches: the derivative's `x φ(x)` term dropped or with the wrong sign (wrong by up
+/// to 0.3 at |x| = 2); a φ constant wrong; NaN from `0 · ∞` far out.
+#[test]
+fn gelu_value_and_derivative_in_the_asymptotic_range() {
+    use crate::lanes::Lanes;
+    let phi_cdf = |x: f64| {
+        if x >= 0.0 {
+            1.0 - 0.5 * erfc_cf(x / std::f64::consts::SQRT_2)
+        } else {
+            0.5 * erfc_cf(-x / std::f64::consts::SQRT_2)
+        }
+    };
+    let pdf = |x: f64| (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    for i in 0..=1000 {
+        let m = 2.0 + 10.0 * i as f64 / 1000.0;
+        for x in [m, -m] {
+            let (want, dwant) = (x * phi_cdf(x), phi_cdf(x) + x * pdf(x));
+            let y = <f64 as Unary<op::Gelu>>::eval(&x, &op::Gelu);
+            let d = Unary::jvp(&x, &op::Gelu, &y, &1.0);
+            assert!((y - want).abs() <= 1e-9, "gelu({x}) = {y}, want {want}");
+            assert!((d - dwant).abs() <= 1e-9, "gelu'({x}) = {d}, want {dwant}");
+            let x32 = x as f32;
+            let y32 = <f32 as Unary<op::Gelu>>::eval(&x32, &op::Gelu);
+            let d32 = Unary::jvp(&x32, &op::Gelu, &y32, &1.0);
+            let tol = 2e-6 * x.abs().max(1.0);
+            assert!((y32 as f64 - want).abs() <= tol, "f32 gelu({x}) = {y32}");
+            assert!((d32 as f64 - dwant).abs() <= tol, "f32 gelu'({x}) = {d32}");
+        }
+    }
+    for x in [40.0f32, 1e3, 1e30, -40.0, -1e3, -1e30] {
+        let y = <f32 as Unary<op::Gelu>>::eval(&x, &op::Gelu);
+        let d = Unary::jvp(&x, &op::Gelu, &y, &1.0);
+        let (wy, wd) = if x > 0.0 { (x, 1.0) } else { (0.0, 0.0) };
+        assert!(y == wy && d == wd, "gelu({x}) = {y}, gelu' = {d}");
+    }
+    let x = Lanes::<8>([-40.0, -6.5, -3.0, -0.0, 2.5, 7.0, 40.0, 1e30]);
+    let y = <Lanes<8> as Unary<op::Gelu>>::eval(&x, &op::Gelu);
+    let d = Unary::jvp(&x, &op::Gelu, &y, &Lanes::<8>::splat(1.0));
+    for l in 0..8 {
+        let x1 = x.0[l];
+        let y1 = <f32 as Unary<op::Gelu>>::eval(&x1, &op::Gelu);
+        let d1 = Unary::jvp(&x1, &op::Gelu, &y1, &1.0);
+        assert!(
+            y.0[l].to_bits() == y1.to_bits(),
+            "lane {l}: {} vs {y1}",
+            y.0[l]
+        );
+        assert!((d.0[l] - d1).abs() <= 1e-6 * d1.abs().max(1.0), "lane {l}");
+    }
+}
+
+/// `sigmoid` and `softplus` derivatives over |x| ∈ [2, 60] (the rule tests sample only
+/// (−2, 2)) against closed forms written stably here (`e^{−|x|}/(1 + e^{−|x|})²` and
+/// `σ(x)` from `e^{−|x|}`): within 1e-13 relative in f64 (on the positive side σ' =
+/// σ(1 − σ) where 1 − σ rounds at 1e-16 absolute, so that much more), 2e-6 relative in
+/// f32 (1e-7 absolute where σ rounds to 1); beyond, in f32, finite, not negative, with
+/// the 0/1 limits; on packets lane for lane as in f32.
+///
+/// Catches: softplus' computed as `1 − σ(−x)` (cancels: relative error 1e-3 at x = −30
+/// in f64, 1 in f32); sigmoid' as `σ(x) · σ(−x)` evaluated through `1 − σ` of a large
+/// argument; NaN from `∞/∞` far out.
+#[test]
+fn sigmoid_and_softplus_derivatives_beyond_two() {
+    use crate::lanes::Lanes;
+    let dsig = |x: f64| {
+        let e = (-x.abs()).exp();
+        e / ((1.0 + e) * (1.0 + e))
+    };
+    let sig = |x: f64| {
+        let e = (-x.abs()).exp();
+        if x >= 0.0 {
+            1.0 / (1.0 + e)
+        } else {
+            e / (1.0 + e)
+        }
+    };
+    let rel = |got: f64, want: f64| (got - want).abs() / want.abs();
+    for i in 0..=2000 {
+        let m = 2.0 + 58.0 * i as f64 / 2000.0;
+        for x in [m, -m] {
+            let y = <f64 as Unary<op::Sigmoid>>::eval(&x, &op::Sigmoid);
+            let d = Unary::jvp(&x, &op::Sigmoid, &y, &1.0);
+            let ys = <f64 as Unary<op::Softplus>>::eval(&x, &op::Softplus);
+            let ds = Unary::jvp(&x, &op::Softplus, &ys, &1.0);
+            // In f64 only the negative side keeps σ' relative: for x > 0, 1 − σ(x)
+            // rounds at 1e-16 absolute.
+            if x < 0.0 || m < 30.0 {
+                let tol = if x < 0.0 {
+                    1e-13
+                } else {
+                    5e-16 / dsig(x) + 1e-13
+                };
+                assert!(rel(d, dsig(x)) <= tol, "sigmoid'({x}) = {d:e}");
+            }
+            assert!(rel(ds, sig(x)) <= 1e-13, "softplus'({x}) = {ds:e}");
+            let x32 = x as f32;
+            let y32 = <f32 as Unary<op::Sigmoid>>::eval(&x32, &op::Sigmoid);
+            let d32 = Unary::jvp(&x32, &op::Sigmoid, &y32, &1.0);
+            let s32 = <f32 as Unary<op::Softplus>>::eval(&x32, &op::Softplus);
+            let ds32 = Unary::jvp(&x32, &op::Softplus, &s32, &1.0);
+            if x < 0.0 {
+                assert!(
+                    rel(d32 as f64, dsig(x32 as f64)) <= 2e-6,
+                    "f32 sigmoid'({x}) = {d32:e}"
+                );
+            } else {
+                // σ rounds to 1 in f32 from x ≈ 17: σ' is 0 there, within 1e-7 absolute.
+                assert!(
+                    (d32 as f64 - dsig(x32 as f64)).abs() <= 1e-7,
+                    "f32 sigmoid'({x})"
+                );
+            }
+            assert!(
+                rel(ds32 as f64, sig(x32 as f64)) <= 2e-6,
+                "f32 softplus'({x}) = {ds32:e}"
+            );
+        }
+    }
+    for x in [100.0f32, 1e30, f32::MAX, -100.0, -1e30, -f32::MAX] {
+        let y = <f32 as Unary<op::Sigmoid>>::eval(&x, &op::Sigmoid);
+        let d = Unary::jvp(&x, &op::Sigmoid, &y, &1.0);
+        let s = <f32 as Unary<op::Softplus>>::eval(&x, &op::Softplus);
+        let ds = Unary::jvp(&x, &op::Softplus, &s, &1.0);
+        assert!(
+            d.is_finite() && (0.0..1e-30).contains(&d),
+            "sigmoid'({x}) = {d}"
+        );
+        assert_eq!(ds, if x > 0.0 { 1.0 } else { 0.0 }, "softplus'({x})");
+        assert!(s.is_finite() && s >= 0.0, "softplus({x}) = {s}");
+    }
+    let x = Lanes::<8>([-60.0, -25.0, -9.0, -2.5, 2.5, 9.0, 25.0, 60.0]);
+    let one = Lanes::<8>::splat(1.0);
+    let y = <Lanes<8> as Unary<op::Sigmoid>>::eval(&x, &op::Sigmoid);
+    let d = Unary::jvp(&x, &op::Sigmoid, &y, &one);
+    let s = <Lanes<8> as Unary<op::Softplus>>::eval(&x, &op::Softplus);
+    let ds = Unary::jvp(&x, &op::Softplus, &s, &one);
+    for l in 0..8 {
+        let x1 = x.0[l];
+        let y1 = <f32 as Unary<op::Sigmoid>>::eval(&x1, &op::Sigmoid);
+        let d1 = Unary::jvp(&x1, &op::Sigmoid, &y1, &1.0);
+        let s1 = <f32 as Unary<op::Softplus>>::eval(&x1, &op::Softplus);
+        let ds1 = Unary::jvp(&x1, &op::Softplus, &s1, &1.0);
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs() + 1e-38;
+        assert!(close(d.0[l], d1) && close(ds.0[l], ds1), "lane {l} at {x1}");
+        assert!(close(y.0[l], y1) && close(s.0[l], s1), "lane {l} at {x1}");
+    }
+}
+
+/// `powf(a, b)` at `a = 0`: the value 0 (b > 0), ∂/∂b = 0 (the limit of `a^b ln a`, not
+/// `0 · −∞`), ∂/∂a = `b · 0^(b−1)`: 0 for b > 1, 1 for b = 1; in f64, f32 and on packets
+/// with a zero lane among ordinary ones (whose derivatives stay those of f32).
+///
+/// Catches: the `a > 0` guard of ∂/∂b removed (NaN at 0, and on packets the NaN would
+/// stay in that lane only if the select is per lane); ∂/∂a computed as `b · y / a`
+/// (0/0 at a = 0).
+#[test]
+fn powf_at_a_zero_base() {
+    use crate::lanes::Lanes;
+    fn at<S: crate::scalar::Real + std::fmt::Debug>(a: S, b: S) -> (S, S, S) {
+        let y = <S as Binary<op::Powf, S>>::eval(&a, &b);
+        let da = Binary::<op::Powf, S>::jvp(&a, &b, &y, Some(&S::one()), None);
+        let db = Binary::<op::Powf, S>::jvp(&a, &b, &y, None, Some(&S::one()));
+        (y, da, db)
+    }
+    for (b, want_da) in [(1.0, 1.0), (2.0, 0.0), (2.5, 0.0), (3.0, 0.0)] {
+        assert_eq!(at(0.0f64, b), (0.0, want_da, 0.0), "f64 b = {b}");
+        assert_eq!(
+            at(0.0f32, b as f32),
+            (0.0, want_da as f32, 0.0),
+            "f32 b = {b}"
+        );
+        // The gradient (vjp) agrees with the tangent.
+        let y = <f64 as Binary<op::Powf, f64>>::eval(&0.0, &b);
+        let (ga, gb) = Binary::<op::Powf, f64>::vjp(&0.0, &b, &y, 1.0, true, true);
+        assert_eq!((ga, gb), (Some(want_da), Some(0.0)), "vjp b = {b}");
+        // One-sided differences in a from 0⁺ and central ones in b agree.
+        let h = 1e-6f64;
+        let fd_a = h.powf(b) / h;
+        assert!((fd_a - want_da).abs() < 1e-5, "fd ∂a {fd_a} b = {b}");
+    }
+    let a = Lanes::<8>([0.0, 0.5, 2.0, 0.0, 1.5, 3.0, 0.0, 0.25]);
+    let b = Lanes::<8>([2.5, 1.5, 0.5, 1.0, 3.0, 2.0, 3.0, 2.5]);
+    let (y, da, db) = at(a, b);
+    for l in 0..8 {
+        let (y1, da1, db1) = at(a.0[l], b.0[l]);
+        assert!(da.0[l].is_finite() && db.0[l].is_finite(), "lane {l}");
+        let close = |p: f32, q: f32| (p - q).abs() <= 1e-6 * q.abs().max(1.0);
+        assert!(
+            close(y.0[l], y1) && close(da.0[l], da1) && close(db.0[l], db1),
+            "lane {l}"
+        );
+    }
+}
+
+/// Ties of `max`/`min` and the kinks of `abs`/`relu` at 0 (and −0) on packets: every
+/// lane gives what f32 gives, value and both derivatives, and the documented
+/// conventions hold: at a tie the derivative goes to `a`; `abs'(0) = relu'(0) = 0`;
+/// `relu(−0) = abs(−0) = +0`.
+///
+/// Catches: a tie routed to `b` (or split) on packets only; a packet `relu`/`abs` whose
+/// select treats −0 or 0 differently from the scalar rule (a nonzero derivative at 0).
+#[test]
+fn ties_and_kinks_on_packets_are_as_in_f32() {
+    use crate::lanes::Lanes;
+    type L8 = Lanes<8>;
+    let a = Lanes::<8>([0.0, -0.0, 1.5, -2.0, 3.0, 0.0, -1.0, 2.0]);
+    let b = Lanes::<8>([0.0, 0.0, 1.5, -2.0, 1.0, -0.0, 4.0, 2.0]);
+    let one = L8::splat(1.0);
+    fn both<Op>(a: L8, b: L8, one: L8) -> (L8, L8, L8)
+    where
+        L8: Binary<Op, L8, Out = L8>,
+    {
+        let y = <L8 as Binary<Op, L8>>::eval(&a, &b);
+        let da = Binary::<Op, L8>::jvp(&a, &b, &y, Some(&one), None);
+        let db = Binary::<Op, L8>::jvp(&a, &b, &y, None, Some(&one));
+        (y, da, db)
+    }
+    fn both1<Op>(a: f32, b: f32) -> (f32, f32, f32)
+    where
+        f32: Binary<Op, f32, Out = f32>,
+    {
+        let y = <f32 as Binary<Op, f32>>::eval(&a, &b);
+        let da = Binary::<Op, f32>::jvp(&a, &b, &y, Some(&1.0), None);
+        let db = Binary::<Op, f32>::jvp(&a, &b, &y, None, Some(&1.0));
+        (y, da, db)
+    }
+    let bits = |t: (f32, f32, f32)| (t.0.to_bits(), t.1.to_bits(), t.2.to_bits());
+    let (ymax, damax, dbmax) = both::<op::Max>(a, b, one);
+    let (ymin, damin, dbmin) = both::<op::Min>(a, b, one);
+    for l in 0..8 {
+        let (x, z) = (a.0[l], b.0[l]);
+        let want_max = both1::<op::Max>(x, z);
+        let want_min = both1::<op::Min>(x, z);
+        assert_eq!(
+            bits((ymax.0[l], damax.0[l], dbmax.0[l])),
+            bits(want_max),
+            "max lane {l}"
+        );
+        assert_eq!(
+            bits((ymin.0[l], damin.0[l], dbmin.0[l])),
+            bits(want_min),
+            "min lane {l}"
+        );
+        if x == z {
+            assert_eq!((want_max.1, want_max.2), (1.0, 0.0), "max tie at {x}");
+            assert_eq!((want_min.1, want_min.2), (1.0, 0.0), "min tie at {x}");
+        }
+    }
+    let x = Lanes::<8>([0.0, -0.0, 1e-45, -1e-45, 2.0, -2.0, 0.0, -0.0]);
+    for (name, f, f1) in [
+        (
+            "relu",
+            (|x: L8| {
+                let y = <L8 as Unary<op::Relu>>::eval(&x, &op::Relu);
+                (y, Unary::jvp(&x, &op::Relu, &y, &L8::splat(1.0)))
+            }) as fn(L8) -> (L8, L8),
+            (|x: f32| {
+                let y = <f32 as Unary<op::Relu>>::eval(&x, &op::Relu);
+                (y, Unary::jvp(&x, &op::Relu, &y, &1.0))
+            }) as fn(f32) -> (f32, f32),
+        ),
+        (
+            "abs",
+            |x: L8| {
+                let y = <L8 as Unary<op::Abs>>::eval(&x, &op::Abs);
+                (y, Unary::jvp(&x, &op::Abs, &y, &L8::splat(1.0)))
+            },
+            |x: f32| {
+                let y = <f32 as Unary<op::Abs>>::eval(&x, &op::Abs);
+                (y, Unary::jvp(&x, &op::Abs, &y, &1.0))
+            },
+        ),
+    ] {
+        let (y, d) = f(x);
+        for l in 0..8 {
+            let (y1, d1) = f1(x.0[l]);
+            assert_eq!(
+                (y.0[l].to_bits(), d.0[l].to_bits()),
+                (y1.to_bits(), d1.to_bits())
+            );
+            if x.0[l] == 0.0 {
+                assert_eq!(
+                    (y1.to_bits(), d1),
+                    (0f32.to_bits(), 0.0),
+                    "{name} at {}",
+                    x.0[l]
+                );
+            }
+        }
+    }
+}
+
+/// The unfused softmax cross-entropy's tangent and gradient (per-example losses; in f32
+/// its rows go through the 8-row block kernel where the CPU has AVX2) against
+/// `d_r = Σ_c (p_rc − [c = label_r]) t_rc` written here in f64, for row counts below, at
+/// and past multiples of eight and 1 to 17 classes: within 2e-6 of the sum of the
+/// terms' magnitudes.
+///
+/// Catches: a block row reading another row's logits, label or tangent; the block
+/// remainder skipped or done twice; a softmax normalized over the wrong axis.
+#[test]
+fn unfused_softmax_cross_entropy_blocks_match_independent_f64() {
+    for (rows, cols) in [(21, 5), (16, 10), (8, 3), (9, 17), (7, 1), (24, 8)] {
+        let mut rng = StdRng::seed_from_u64((rows * 31 + cols) as u64);
+        let z = DMatrix::<f32>::from_fn(rows, cols, |_, _| rng.gen_range(-4.0f32..4.0));
+        let t = DMatrix::<f32>::from_fn(rows, cols, |_, _| rng.gen_range(-1.0f32..1.0));
+        let g = DVector::<f32>::from_fn(rows, |_, _| rng.gen_range(-1.0f32..1.0));
+        let labels: Vec<i32> = (0..rows).map(|i| ((i * 7 + 3) % cols) as i32).collect();
+        let sce = op::SoftmaxCrossEntropy::new(&labels);
+        let losses = Unary::eval(&z, &sce);
+        let dz = Unary::jvp(&z, &sce, &losses, &t);
+        let gz = Unary::vjp(&z, &sce, &losses, g.clone());
+        for r in 0..rows {
+            let m = (0..cols).map(|c| z[(r, c)] as f64).fold(f64::MIN, f64::max);
+            let e: Vec<f64> = (0..cols).map(|c| (z[(r, c)] as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let p = |c: usize| e[c] / s - if c == labels[r] as usize { 1.0 } else { 0.0 };
+            let loss = m + s.ln() - z[(r, labels[r] as usize)] as f64;
+            assert!((losses[r] as f64 - loss).abs() <= 2e-6 * loss.abs().max(1.0));
+            let want: f64 = (0..cols).map(|c| p(c) * t[(r, c)] as f64).sum();
+            let scale: f64 = (0..cols).map(|c| (p(c) * t[(r, c)] as f64).abs()).sum();
+            assert!(
+                (dz[r] as f64 - want).abs() <= 2e-6 * scale.max(1e-30),
+                "{rows}x{cols} row {r}: tangent {} vs {want}",
+                dz[r]
+            );
+            for c in 0..cols {
+                let want = p(c) * g[r] as f64;
+                assert!(
+                    (gz[(r, c)] as f64 - want).abs() <= 2e-6 * g[r].abs() as f64,
+                    "{rows}x{cols} ({r}, {c}): gradient {} vs {want}",
+                    gz[(r, c)]
+                );
+            }
+        }
+    }
+}
