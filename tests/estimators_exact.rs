@@ -10,7 +10,7 @@
 //! PES estimates to finite differences of the whole-run loss (what PES is unbiased for)
 //! and shows that truncated ES (the accumulator replaced by ε) misses it.
 
-use lopt::batch::get_lane;
+use lopt::lane_groups::get_lane;
 use lopt::learned_optimizers::{LearnableSgd, LearnedOptimizer};
 use lopt::outer_trainers::{
     sample_perturbations, ConstantTruncationSchedule, EsLoss, FullEs, GradientEstimator,

@@ -1,4 +1,4 @@
-//! Batched task families (`lopt::batch`): lane groups compute what each instance computes
+//! Batched task families (`lopt::vmap`, `lopt::lane_groups`): lane groups compute what each instance computes
 //! alone, at every lane width and thread count.
 //!
 //! The reference for every instance is the same instance run by itself in plain `f32`;
