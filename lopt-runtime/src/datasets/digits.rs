@@ -16,7 +16,11 @@
 
 use std::io::Read;
 
-use super::image::{image_datasets, ImageBatch, LabeledImages};
+use std::path::Path;
+
+use super::image::{
+    fashion_mnist_datasets, image_datasets, ImageBatch, ImageSource, LabeledImages,
+};
 use super::{try_cached_datasets, Datasets};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -116,6 +120,26 @@ pub fn digits_datasets_resized(
         let test = all.slice(NUM_DIGITS - NUM_TEST_DIGITS..NUM_DIGITS)?;
         image_datasets(&train, &test, batch_size, image_size, Key::new(SEED))
     })
+}
+
+/// Fashion-MNIST if its files are found, else the embedded digits resized to
+/// `image_size`, and which one was used.
+///
+/// Only *absent* files fall back ([`Error::DatasetMissing`]); files that exist but are
+/// unreadable or malformed are reported, not silently replaced.
+pub fn image_datasets_or_digits(
+    batch_size: usize,
+    image_size: (usize, usize),
+    dir: Option<&Path>,
+) -> Result<(Datasets<ImageBatch>, ImageSource)> {
+    match fashion_mnist_datasets(batch_size, image_size, dir) {
+        Ok(ds) => Ok((ds, ImageSource::FashionMnist)),
+        Err(Error::DatasetMissing { .. }) => Ok((
+            digits_datasets_resized(batch_size, image_size)?,
+            ImageSource::Digits,
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@
 //! before anything is allocated from header values.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
@@ -25,114 +24,7 @@ use crate::error::{Error, Result};
 /// The IDX element type code for unsigned bytes.
 pub const IDX_U8: u8 = 0x08;
 
-/// What is wrong with an IDX file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IdxError {
-    /// The first two bytes are not zero: not an IDX file.
-    BadMagic {
-        /// The first two bytes found.
-        found: [u8; 2],
-    },
-    /// The element type is not the one required (unsigned bytes, `0x08`).
-    WrongDtype {
-        /// The type code required.
-        expected: u8,
-        /// The type code found.
-        found: u8,
-    },
-    /// The number of dimensions is not the one required.
-    WrongRank {
-        /// The rank required.
-        expected: u8,
-        /// The rank found.
-        found: u8,
-    },
-    /// The product of the header's dimensions does not fit in memory sizes.
-    DimsOverflow {
-        /// The dimensions in the header.
-        dims: Vec<u32>,
-    },
-    /// The file ends before the header or the data it announces.
-    Truncated {
-        /// Bytes required (header plus data, after decompression).
-        expected: u64,
-        /// Bytes present.
-        found: u64,
-    },
-    /// The file is longer than its header says: the dimensions disagree with the size.
-    SizeMismatch {
-        /// Bytes the header accounts for.
-        expected: u64,
-        /// Bytes present.
-        found: u64,
-    },
-    /// An image dimension (rows or columns) is zero.
-    ZeroDimension {
-        /// The dimensions in the header.
-        dims: Vec<u32>,
-    },
-    /// An images file and a labels file hold different numbers of examples.
-    CountMismatch {
-        /// Images in the images file.
-        images: usize,
-        /// Labels in the labels file.
-        labels: usize,
-    },
-    /// A label is not a valid class index.
-    LabelOutOfRange {
-        /// The example's position.
-        index: usize,
-        /// The label found.
-        label: u8,
-        /// The number of classes.
-        num_classes: usize,
-    },
-    /// The data starts with the gzip magic bytes but does not decompress.
-    Gzip(String),
-}
-
-impl fmt::Display for IdxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IdxError::BadMagic { found } => write!(
-                f,
-                "not an IDX file: first bytes are {:02x} {:02x}, expected 00 00",
-                found[0], found[1]
-            ),
-            IdxError::WrongDtype { expected, found } => {
-                write!(
-                    f,
-                    "element type 0x{found:02x}, expected 0x{expected:02x} (unsigned byte)"
-                )
-            }
-            IdxError::WrongRank { expected, found } => {
-                write!(f, "{found} dimensions, expected {expected}")
-            }
-            IdxError::DimsOverflow { dims } => write!(f, "dimensions {dims:?} overflow"),
-            IdxError::Truncated { expected, found } => {
-                write!(f, "truncated: {found} bytes, expected {expected}")
-            }
-            IdxError::SizeMismatch { expected, found } => write!(
-                f,
-                "{found} bytes but the header's dimensions account for {expected}"
-            ),
-            IdxError::ZeroDimension { dims } => write!(f, "zero-sized images {dims:?}"),
-            IdxError::CountMismatch { images, labels } => {
-                write!(f, "{images} images but {labels} labels")
-            }
-            IdxError::LabelOutOfRange {
-                index,
-                label,
-                num_classes,
-            } => write!(
-                f,
-                "label {label} of example {index} is not below the number of classes {num_classes}"
-            ),
-            IdxError::Gzip(msg) => write!(f, "gzip data does not decompress: {msg}"),
-        }
-    }
-}
+pub use crate::error::IdxError;
 
 impl std::error::Error for IdxError {}
 

@@ -654,26 +654,6 @@ pub fn mnist_datasets(
     cached_idx_datasets(&MNIST, batch_size, image_size, dir)
 }
 
-/// Fashion-MNIST if its files are found, else the embedded digits resized to
-/// `image_size`, and which one was used.
-///
-/// Only *absent* files fall back ([`Error::DatasetMissing`]); files that exist but are
-/// unreadable or malformed are reported, not silently replaced.
-pub fn image_datasets_or_digits(
-    batch_size: usize,
-    image_size: (usize, usize),
-    dir: Option<&Path>,
-) -> Result<(Datasets<ImageBatch>, ImageSource)> {
-    match fashion_mnist_datasets(batch_size, image_size, dir) {
-        Ok(ds) => Ok((ds, ImageSource::FashionMnist)),
-        Err(Error::DatasetMissing { .. }) => Ok((
-            super::digits::digits_datasets_resized(batch_size, image_size)?,
-            ImageSource::Digits,
-        )),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,10 +53,9 @@ pub mod image;
 pub mod prefetch;
 
 pub use cache::{cached_datasets, clear_dataset_cache, try_cached_datasets};
-pub use digits::{digits_datasets, digits_datasets_resized};
+pub use digits::{digits_datasets, digits_datasets_resized, image_datasets_or_digits};
 pub use image::{
-    fashion_mnist_datasets, image_datasets, image_datasets_or_digits, mnist_datasets, ImageBatch,
-    ImageSource, LabeledImages,
+    fashion_mnist_datasets, image_datasets, mnist_datasets, ImageBatch, ImageSource, LabeledImages,
 };
 pub use prefetch::prefetch;
 
