@@ -144,6 +144,14 @@ pub fn image_datasets_or_digits(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn absent_fashion_mnist_falls_back_to_the_digits() {
+        let dir = std::env::temp_dir().join("lopt-no-such-dataset-dir");
+        let (ds, source) = image_datasets_or_digits(8, (8, 8), Some(&dir)).unwrap();
+        assert_eq!(source, ImageSource::Digits);
+        assert_eq!(ds.train().unwrap().image.shape(), (8, 64));
+    }
+
     use super::*;
 
     #[test]
