@@ -463,6 +463,13 @@ fn expand_params(cont: &Container) -> TokenStream {
         }
     });
 
+    // Leaf by leaf without allocating (the default builds every leaf's shape), so an
+    // optimizer can check its gradient on every update.
+    let same_shape = cont.leaves().map(|f| {
+        let m = &f.member;
+        quote_spanned!(f.ty.span()=> && ::lopt::Params::same_shape(&self.#m, &other.#m))
+    });
+
     quote! {
         #[automatically_derived]
         impl #impl_g ::lopt::Params for #ident #ty_g #where_clause {
@@ -470,6 +477,10 @@ fn expand_params(cont: &Container) -> TokenStream {
 
             fn same_structure(&self, other: &Self) -> bool {
                 true #(#same_structure)*
+            }
+
+            fn same_shape(&self, other: &Self) -> bool {
+                true #(#same_shape)*
             }
 
             fn hollow_like(&self) -> Self {
