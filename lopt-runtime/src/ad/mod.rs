@@ -49,6 +49,7 @@
 //! in an `f32` loss); [`crate::ops`] has every primitive as a plain function.
 
 pub mod check;
+pub mod conv;
 mod data;
 mod elementwise;
 #[doc(hidden)]
