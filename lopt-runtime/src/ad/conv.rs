@@ -201,6 +201,182 @@ impl Conv2dGeometry {
     }
 }
 
+impl Conv2dGeometry {
+    /// Calls `f(out_index, in_index)` for every input element of every pooling window
+    /// (one output per window and channel), both column-major offsets into matrices of
+    /// `channels` columns.
+    #[inline]
+    fn for_each_window_tap(&self, mut f: impl FnMut(usize, usize)) {
+        let (ho, wo) = self.out_hw();
+        let (pt, pl) = self.pads();
+        let (rows_in, rows_out) = (self.in_rows(), self.out_rows());
+        for c in 0..self.channels {
+            for n in 0..self.batch {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let out = c * rows_out + (n * ho + oh) * wo + ow;
+                        for i in 0..self.kh {
+                            let h = (oh * self.stride.0 + i) as isize - pt as isize;
+                            if h < 0 || h >= self.height as isize {
+                                continue;
+                            }
+                            for j in 0..self.kw {
+                                let w = (ow * self.stride.1 + j) as isize - pl as isize;
+                                if w >= 0 && w < self.width as isize {
+                                    let row = (n * self.height + h as usize) * self.width;
+                                    f(out, c * rows_in + row + w as usize);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many input elements each window covers (padding excluded), per output row.
+    fn window_counts(&self) -> Vec<f64> {
+        let mut counts = vec![0.0; self.out_rows() * self.channels];
+        self.for_each_window_tap(|o, _| counts[o] += 1.0);
+        counts.truncate(self.out_rows());
+        counts
+    }
+}
+
+/// The op of `avg_pool(x, &geometry)` (`hk.avg_pool`): the mean of each window over the
+/// elements inside the image (with `SAME` padding the zeros are not counted, as haiku
+/// divides by the count of valid entries).
+#[derive(Debug, Clone, Copy)]
+pub struct AvgPool2d<'a>(pub &'a Conv2dGeometry);
+
+impl AvgPool2d<'_> {
+    fn apply<S: Real>(&self, x: &DMatrix<S>) -> DMatrix<S> {
+        let g = self.0;
+        g.check_input(x);
+        let counts = g.window_counts();
+        let rows = g.out_rows();
+        let mut out = DMatrix::<S>::zeros(rows, g.channels);
+        let (src, dst) = (x.as_slice(), out.as_mut_slice());
+        g.for_each_window_tap(|o, i| dst[o] += src[i]);
+        for (k, v) in dst.iter_mut().enumerate() {
+            *v *= S::from_f64(1.0 / counts[k % rows]);
+        }
+        out
+    }
+}
+
+impl<S: Real> Unary<AvgPool2d<'_>> for DMatrix<S> {
+    type Out = DMatrix<S>;
+    fn eval(&self, op: &AvgPool2d<'_>) -> DMatrix<S> {
+        op.apply(self)
+    }
+    fn jvp(&self, op: &AvgPool2d<'_>, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+        op.apply(dx)
+    }
+    fn vjp(&self, op: &AvgPool2d<'_>, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
+        let geo = op.0;
+        let counts = geo.window_counts();
+        let rows = geo.out_rows();
+        let mut dx = DMatrix::<S>::zeros(geo.in_rows(), geo.channels);
+        let (src, dst) = (g.as_slice(), dx.as_mut_slice());
+        geo.for_each_window_tap(|o, i| dst[i] += src[o] * S::from_f64(1.0 / counts[o % rows]));
+        dx
+    }
+}
+
+/// The op of `max_pool(x, &geometry)` (`hk.max_pool`): the largest element of each
+/// window (padding never wins). The derivative goes to the window's first largest
+/// element, per lane.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2d<'a>(pub &'a Conv2dGeometry);
+
+impl MaxPool2d<'_> {
+    /// For each output element, the input offset of its window's first largest element,
+    /// per lane.
+    fn argmax<S: Real>(&self, x: &DMatrix<S>) -> (DMatrix<S>, Vec<Vec<usize>>) {
+        let g = self.0;
+        g.check_input(x);
+        let n_out = g.out_rows() * g.channels;
+        let mut best = vec![S::from_f64(f64::NEG_INFINITY); n_out];
+        let mut at = vec![vec![usize::MAX; S::LANES]; n_out];
+        let src = x.as_slice();
+        g.for_each_window_tap(|o, i| {
+            let v = src[i];
+            for l in 0..S::LANES {
+                if at[o][l] == usize::MAX || v.lane(l) > best[o].lane(l) {
+                    at[o][l] = i;
+                }
+            }
+            best[o] = S::from_lanes(|l| src[at[o][l]].lane(l));
+        });
+        (DMatrix::from_vec(g.out_rows(), g.channels, best), at)
+    }
+}
+
+impl<S: Real> Unary<MaxPool2d<'_>> for DMatrix<S> {
+    type Out = DMatrix<S>;
+    fn eval(&self, op: &MaxPool2d<'_>) -> DMatrix<S> {
+        op.argmax(self).0
+    }
+    fn jvp(&self, op: &MaxPool2d<'_>, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+        let (out, at) = op.argmax(self);
+        let d = dx.as_slice();
+        DMatrix::from_iterator(
+            out.nrows(),
+            out.ncols(),
+            at.iter().map(|a| S::from_lanes(|l| d[a[l]].lane(l))),
+        )
+    }
+    fn vjp(&self, op: &MaxPool2d<'_>, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
+        let (_, at) = op.argmax(self);
+        let mut dx = DMatrix::<S>::zeros(self.nrows(), self.ncols());
+        let dst = dx.as_mut_slice();
+        for (o, a) in at.iter().enumerate() {
+            for (l, &i) in a.iter().enumerate() {
+                let v = dst[i].lane(l) + g.as_slice()[o].lane(l);
+                dst[i].set_lane(l, v);
+            }
+        }
+        dx
+    }
+}
+
+/// The op of `global_mean_pool(x, positions)` (`jnp.mean(x, axis=(1, 2))`): the mean over
+/// each image's `positions = height · width` rows, one row per image.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalMeanPool(pub usize);
+
+impl GlobalMeanPool {
+    fn apply<S: Real>(&self, x: &DMatrix<S>) -> DMatrix<S> {
+        let p = self.0;
+        assert!(
+            p > 0 && x.nrows() % p == 0,
+            "global_mean_pool: {} rows are not whole images of {p} positions",
+            x.nrows()
+        );
+        let inv = S::from_f64(1.0 / p as f64);
+        DMatrix::from_fn(x.nrows() / p, x.ncols(), |n, c| {
+            let start = c * x.nrows() + n * p;
+            let col = &x.as_slice()[start..start + p];
+            col.iter().fold(S::zero(), |a, &v| a + v) * inv
+        })
+    }
+}
+
+impl<S: Real> Unary<GlobalMeanPool> for DMatrix<S> {
+    type Out = DMatrix<S>;
+    fn eval(&self, op: &GlobalMeanPool) -> DMatrix<S> {
+        op.apply(self)
+    }
+    fn jvp(&self, op: &GlobalMeanPool, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+        op.apply(dx)
+    }
+    fn vjp(&self, op: &GlobalMeanPool, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
+        let inv = S::from_f64(1.0 / op.0 as f64);
+        DMatrix::from_fn(self.nrows(), self.ncols(), |r, c| g[(r / op.0, c)] * inv)
+    }
+}
+
 /// The op of `im2col(x, &geometry)`: the receptive fields of every output position.
 #[derive(Debug, Clone, Copy)]
 pub struct Im2col<'a>(pub &'a Conv2dGeometry);
@@ -394,6 +570,99 @@ mod tests {
                 assert_eq!(a.lane(l) as f32, *b);
             }
         }
+    }
+
+    /// Average pooling of one channel written from haiku's definition (sum of the window
+    /// inside the image over the count of such elements), max pooling likewise.
+    fn naive_pool(x: &[f64], g: &Conv2dGeometry, max: bool) -> Vec<f64> {
+        let (ho, wo) = g.out_hw();
+        let (pt, pl) = g.pads();
+        let mut y = Vec::new();
+        for c in 0..g.channels {
+            for n in 0..g.batch {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let (mut s, mut k, mut m) = (0.0, 0.0, f64::NEG_INFINITY);
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                let h = (oh * g.stride.0 + i) as isize - pt as isize;
+                                let w = (ow * g.stride.1 + j) as isize - pl as isize;
+                                if h >= 0 && w >= 0 && h < g.height as isize && w < g.width as isize
+                                {
+                                    let v = x[c * g.in_rows()
+                                        + (n * g.height + h as usize) * g.width
+                                        + w as usize];
+                                    s += v;
+                                    k += 1.0;
+                                    m = m.max(v);
+                                }
+                            }
+                        }
+                        y.push(if max { m } else { s / k });
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Pools against their definitions, and their rules against f64 central differences
+    /// of those definitions (independent of the rules) and the adjoint identity.
+    #[test]
+    fn pools_match_their_definitions_and_differentiate() {
+        for (k, g) in geometries().into_iter().enumerate() {
+            let xv = normals(g.in_rows() * g.channels, 40 + k as u64);
+            let x = DMatrix::from_vec(g.in_rows(), g.channels, xv.clone());
+            let u = DMatrix::from_vec(
+                g.out_rows(),
+                g.channels,
+                normals(g.out_rows() * g.channels, 50 + k as u64),
+            );
+            for max in [false, true] {
+                let (y, dx_rev) = if max {
+                    let op = MaxPool2d(&g);
+                    let y = x.eval(&op);
+                    let d = x.vjp(&op, &y, u.clone());
+                    (y, d)
+                } else {
+                    let op = AvgPool2d(&g);
+                    let y = x.eval(&op);
+                    let d = x.vjp(&op, &y, u.clone());
+                    (y, d)
+                };
+                let want = naive_pool(&xv, &g, max);
+                assert!(
+                    y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
+                    "{g:?} max={max}"
+                );
+                // ⟨u, pool(x)⟩ by central differences of the definition.
+                let f = |x: &[f64]| {
+                    naive_pool(x, &g, max)
+                        .iter()
+                        .zip(u.iter())
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                };
+                for i in (0..xv.len()).step_by(3) {
+                    let (mut a, mut b) = (xv.clone(), xv.clone());
+                    a[i] += 1e-6;
+                    b[i] -= 1e-6;
+                    let fd = (f(&a) - f(&b)) / 2e-6;
+                    assert!(
+                        (dx_rev.as_slice()[i] - fd).abs() < 1e-6,
+                        "{g:?} max={max} element {i}: {} vs {fd}",
+                        dx_rev.as_slice()[i]
+                    );
+                }
+            }
+        }
+        let x = DMatrix::from_vec(6, 2, normals(12, 7));
+        let op = GlobalMeanPool(3);
+        let y = x.eval(&op);
+        assert!((y[(1, 0)] - (x[(3, 0)] + x[(4, 0)] + x[(5, 0)]) / 3.0).abs() < 1e-15);
+        let u = DMatrix::from_vec(2, 2, normals(4, 8));
+        let t = DMatrix::from_vec(6, 2, normals(12, 9));
+        assert!((x.vjp(&op, &y, u.clone()).dot(&t) - u.dot(&x.jvp(&op, &y, &t))).abs() < 1e-12);
     }
 
     #[test]
