@@ -302,9 +302,9 @@ impl MaxPool2d<'_> {
         let src = x.as_slice();
         g.for_each_window_tap(|o, i| {
             let v = src[i];
-            for l in 0..S::LANES {
-                if at[o][l] == usize::MAX || v.lane(l) > best[o].lane(l) {
-                    at[o][l] = i;
+            for (l, a) in at[o].iter_mut().enumerate() {
+                if *a == usize::MAX || v.lane(l) > best[o].lane(l) {
+                    *a = i;
                 }
             }
             best[o] = S::from_lanes(|l| src[at[o][l]].lane(l));
@@ -350,7 +350,7 @@ impl GlobalMeanPool {
     fn apply<S: Real>(&self, x: &DMatrix<S>) -> DMatrix<S> {
         let p = self.0;
         assert!(
-            p > 0 && x.nrows() % p == 0,
+            p > 0 && x.nrows().is_multiple_of(p),
             "global_mean_pool: {} rows are not whole images of {p} positions",
             x.nrows()
         );
