@@ -52,10 +52,12 @@ pub mod check;
 pub mod conv;
 mod data;
 mod elementwise;
+pub mod gather;
 #[doc(hidden)]
 pub mod gemm;
 mod gemm_packets;
 mod matmul;
+pub mod norm;
 pub mod op;
 mod reduce;
 mod scalar;

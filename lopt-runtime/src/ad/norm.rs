@@ -1,0 +1,157 @@
+//! Normalization over each row's features: `layer_norm` (`hk.LayerNorm(axis=-1)` without
+//! its scale and offset, which are a component product and a broadcast bias) and
+//! `rms_norm` (`hk.RMSNorm` likewise).
+//!
+//! Per row, with `r = 1 / sqrt(v + eps)`: layer norm is `x̂ = (x − mean x) · r` with the
+//! two-pass variance `v = mean((x − mean x)²)` (as `jnp.var`), RMS norm is `x̂ = x · r` with
+//! `v = mean(x²)`. Both Jacobians are symmetric, `r (I − 11ᵀ/n − x̂x̂ᵀ/n)` and
+//! `r (I − x̂x̂ᵀ/n)`, so one formula serves the forward and the reverse mode.
+
+use nalgebra::DMatrix;
+
+use crate::scalar::Real;
+
+use super::Unary;
+
+/// The op of `layer_norm(x, eps)`: each row centred and scaled to unit variance.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerNorm(pub f64);
+
+/// The op of `rms_norm(x, eps)`: each row scaled to unit mean square.
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNorm(pub f64);
+
+/// Per row: the normalized row and its `r`.
+fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Vec<S>) {
+    let (rows, n) = x.shape();
+    assert!(n > 0, "normalizing rows of no features");
+    let inv_n = S::from_f64(1.0 / n as f64);
+    let mut out = x.clone();
+    let mut rs = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let mean = if center {
+            (0..n).fold(S::zero(), |a, j| a + x[(i, j)]) * inv_n
+        } else {
+            S::zero()
+        };
+        let var = (0..n).fold(S::zero(), |a, j| {
+            let d = x[(i, j)] - mean;
+            a + d * d
+        }) * inv_n;
+        let r = S::one() / (var + S::from_f64(eps)).sqrt();
+        for j in 0..n {
+            out[(i, j)] = (x[(i, j)] - mean) * r;
+        }
+        rs.push(r);
+    }
+    (out, rs)
+}
+
+/// `r (t − [mean t] − x̂ · mean(x̂ t))` per row: the (symmetric) Jacobian applied to `t`.
+fn apply_jacobian<S: Real>(
+    xhat: &DMatrix<S>,
+    rs: &[S],
+    t: &DMatrix<S>,
+    center: bool,
+) -> DMatrix<S> {
+    let (rows, n) = xhat.shape();
+    let inv_n = S::from_f64(1.0 / n as f64);
+    let mut out = t.clone();
+    for i in 0..rows {
+        let mean_t = if center {
+            (0..n).fold(S::zero(), |a, j| a + t[(i, j)]) * inv_n
+        } else {
+            S::zero()
+        };
+        let proj = (0..n).fold(S::zero(), |a, j| a + xhat[(i, j)] * t[(i, j)]) * inv_n;
+        for j in 0..n {
+            out[(i, j)] = rs[i] * (t[(i, j)] - mean_t - xhat[(i, j)] * proj);
+        }
+    }
+    out
+}
+
+macro_rules! norm_rules {
+    ($op:ident, $center:expr) => {
+        impl<S: Real> Unary<$op> for DMatrix<S> {
+            type Out = DMatrix<S>;
+            fn eval(&self, op: &$op) -> DMatrix<S> {
+                normalize(self, op.0, $center).0
+            }
+            fn jvp(&self, op: &$op, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+                let (xhat, rs) = normalize(self, op.0, $center);
+                apply_jacobian(&xhat, &rs, dx, $center)
+            }
+            fn vjp(&self, op: &$op, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
+                let (xhat, rs) = normalize(self, op.0, $center);
+                apply_jacobian(&xhat, &rs, &g, $center)
+            }
+        }
+    };
+}
+norm_rules!(LayerNorm, true);
+norm_rules!(RmsNorm, false);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+
+    fn normal_matrix(r: usize, c: usize, seed: u64) -> DMatrix<f64> {
+        let mut v = vec![0.0f32; r * c];
+        Key::new(seed).fill_normal(&mut v);
+        DMatrix::from_iterator(r, c, v.into_iter().map(|x| 2.0 * f64::from(x) + 0.3))
+    }
+
+    /// hk.LayerNorm's forward pass written out (mean, two-pass variance, rsqrt), and
+    /// RMSNorm's, independent of the rules.
+    fn by_definition(x: &DMatrix<f64>, eps: f64, center: bool) -> DMatrix<f64> {
+        let mut y = x.clone();
+        for mut row in y.row_iter_mut() {
+            let n = row.len() as f64;
+            let mean = if center { row.sum() / n } else { 0.0 };
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            row.iter_mut()
+                .for_each(|v| *v = (*v - mean) / (var + eps).sqrt());
+        }
+        y
+    }
+
+    /// Values against the definitions; both modes against f64 central differences of
+    /// them (a mutation that drops the mean of the tangent fails for layer norm).
+    #[test]
+    fn norms_match_their_definitions_and_differentiate() {
+        for center in [true, false] {
+            let x = normal_matrix(3, 5, 1);
+            let eps = 1e-5;
+            let (y, t, u) = (
+                if center {
+                    x.eval(&LayerNorm(eps))
+                } else {
+                    x.eval(&RmsNorm(eps))
+                },
+                normal_matrix(3, 5, 2),
+                normal_matrix(3, 5, 3),
+            );
+            let want = by_definition(&x, eps, center);
+            assert!((&y - &want).abs().max() < 1e-12);
+            let h = 1e-6;
+            let fd = (by_definition(&(&x + &t * h), eps, center)
+                - by_definition(&(&x - &t * h), eps, center))
+                / (2.0 * h);
+            let (jvp, vjp) = if center {
+                (
+                    x.jvp(&LayerNorm(eps), &y, &t),
+                    x.vjp(&LayerNorm(eps), &y, u.clone()),
+                )
+            } else {
+                (
+                    x.jvp(&RmsNorm(eps), &y, &t),
+                    x.vjp(&RmsNorm(eps), &y, u.clone()),
+                )
+            };
+            assert!((&jvp - &fd).abs().max() < 1e-6, "center={center}");
+            assert!((vjp.dot(&t) - u.dot(&jvp)).abs() < 1e-10);
+        }
+    }
+}
