@@ -61,6 +61,7 @@ pub mod norm;
 pub mod op;
 mod reduce;
 mod scalar;
+pub mod slice;
 mod softmax;
 #[cfg(test)]
 mod tests;
