@@ -186,7 +186,7 @@ pub fn read_batch_file(path: &Path) -> Result<LabeledImages> {
 }
 
 /// Reads the five training files (concatenated in order) and the test file from `dir` or
-/// the default lookup (see [`resolve_dir`](self)); raw, unresized.
+/// the default lookup (see [`cifar10_datasets`]); raw, unresized.
 ///
 /// Errors: as [`read_batch_file`], for the first file that fails.
 pub fn load_cifar10(dir: Option<&Path>) -> Result<(LabeledImages, LabeledImages)> {
@@ -211,7 +211,9 @@ pub fn load_cifar10(dir: Option<&Path>) -> Result<(LabeledImages, LabeledImages)
 /// CIFAR-10 as [`ImageBatch`]es of `image_size` (`(32, 32)` is the original size; the JAX
 /// library's `cifar10_datasets`): 40,000 / 5,000 / 5,000 training images and the 10,000
 /// test images with the official files. Cached by its arguments (the resolved directory
-/// included); shuffled with a fixed key.
+/// included); shuffled with a fixed key. The files are looked up in `dir`, else
+/// `$LOPT_DATA_DIR`, else `/usr/share/datasets`, each as its `cifar-10-batches-bin/`
+/// when it has one, else the folder itself.
 ///
 /// Errors: as [`load_cifar10`] and [`image_datasets`].
 pub fn cifar10_datasets(

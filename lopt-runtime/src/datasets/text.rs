@@ -41,13 +41,15 @@
 //! # Corpora
 //!
 //! * [`TextCorpus::fortunes`]: Debian's package `fortunes` (`apt-get install fortunes`:
-//!   about 2.6 MB of English in `/usr/share/games/fortunes/`, 15,000 documents separated
-//!   by lines holding `%`), looked up in `dir`, else `$LOPT_DATA_DIR/fortunes/` (or
+//!   2.5 MB of English in `/usr/share/games/fortunes/`, 15,217 documents separated by
+//!   lines holding `%`; 12,174 / 760 / 761 / 1,522 documents in the four splits, 4.76
+//!   bits per byte of unigram entropy in `train`), looked up in `dir`, else `$LOPT_DATA_DIR/fortunes/` (or
 //!   `$LOPT_DATA_DIR` itself), else [`DEFAULT_FORTUNES_DIR`].
 //! * [`TextCorpus::from_dir`]: any directory of text files (see [`read_text_dir`]).
 //! * [`TextCorpus::embedded`]: the Constitution of the United States (a public-domain
 //!   work of the U.S. government, 132 documents: the preamble, each clause and each
-//!   amendment section; 42 KB), compiled into the crate as the fallback.
+//!   amendment section; 42 KB; 106 / 6 / 7 / 13 documents, 4.37 bits per byte), compiled
+//!   into the crate as the fallback.
 
 use std::fmt;
 use std::ops::Range;
@@ -659,8 +661,8 @@ pub fn fortunes_lm_datasets(
 /// ([`SequenceCut::Chunks`]: cropping its 132 documents would leave too few examples),
 /// seqio vocabulary; cached by its arguments.
 ///
-/// Errors: as [`lm_datasets`] (e.g. at `seq_len` 32 the smallest split holds about 60
-/// examples, so `batch_size` must not exceed that).
+/// Errors: as [`lm_datasets`] (at `seq_len` 32 the splits hold 1,010 / 68 / 144 / 148
+/// windows, so `batch_size` must not exceed 68).
 pub fn embedded_lm_datasets(batch_size: usize, seq_len: usize) -> Result<Datasets<LmBatch>> {
     try_cached_datasets(("embedded_lm", batch_size, seq_len), || {
         let options = LmOptions {
