@@ -11,8 +11,8 @@ use lopt::datasets::text::{
     SequenceCut, TextSource,
 };
 use lopt::datasets::{
-    fortunes_lm_datasets, lm_datasets, lm_datasets_or_embedded, unigram_entropy_bits, LmBatch,
-    Split, TextCorpus,
+    fortunes_lm_datasets, lm_datasets, lm_datasets_or_embedded, target_unigram_entropy_bits,
+    unigram_entropy_bits, LmBatch, Split, TextCorpus,
 };
 use lopt::{Error, Key};
 
@@ -272,6 +272,55 @@ fn unigram_entropy_closed_forms() {
         all,
         "entropy of the train split only"
     );
+}
+
+/// The entropy of the targets the loss counts: closed form (documents "ab" at T = 4:
+/// targets b and pad, 1 bit; documents "aaab" at T = 2 with `Crop`: targets a, a, 0 bits,
+/// while the whole text has 0.811 bits) and counted here from one epoch of batches (a
+/// version that counts targets at pad positions, or ignores the crop, fails).
+#[test]
+fn target_entropy_counts_what_the_loss_counts() {
+    let same = |text: &str| {
+        let docs = vec![text.as_bytes().to_vec(); 40];
+        TextCorpus::from_documents(TextSource::Memory, docs, Key::new(0)).unwrap()
+    };
+    let crop = LmOptions::default();
+    let h = target_unigram_entropy_bits(&same("ab"), Split::Train, 4, crop);
+    assert!((h - 1.0).abs() < 1e-12, "{h}");
+    let h = target_unigram_entropy_bits(&same("aaab"), Split::Train, 2, crop);
+    assert_eq!(h, 0.0);
+    let c = corpus(200, 6);
+    for cut in [SequenceCut::Crop, SequenceCut::Chunks] {
+        let opts = LmOptions {
+            cut,
+            ..LmOptions::default()
+        };
+        let t = 10;
+        let ds = lm_datasets(&c, 1, t, opts, Key::new(0)).unwrap();
+        let windows: usize = c
+            .documents(Split::Test)
+            .map(|d| {
+                if cut == SequenceCut::Crop {
+                    1
+                } else {
+                    d.len().div_ceil(t)
+                }
+            })
+            .sum();
+        let mut counts: HashMap<i32, f64> = HashMap::new();
+        for _ in 0..windows {
+            let b = ds.test().unwrap();
+            for i in 0..t {
+                if b.obs[(0, i)] != 0 {
+                    *counts.entry(b.target[(0, i)]).or_default() += 1.0;
+                }
+            }
+        }
+        let n: f64 = counts.values().sum();
+        let want: f64 = counts.values().map(|k| -(k / n) * (k / n).log2()).sum();
+        let got = target_unigram_entropy_bits(&c, Split::Test, t, opts);
+        assert!((got - want).abs() < 1e-9, "{cut:?}: {got} vs {want}");
+    }
 }
 
 /// Documents: `%` lines separate (with or without `\r`), whitespace around is trimmed,

@@ -64,8 +64,8 @@ pub use image::{
 };
 pub use prefetch::prefetch;
 pub use text::{
-    fortunes_lm_datasets, lm_datasets, lm_datasets_or_embedded, unigram_entropy_bits, LmBatch,
-    TextCorpus,
+    fortunes_lm_datasets, lm_datasets, lm_datasets_or_embedded, target_unigram_entropy_bits,
+    unigram_entropy_bits, LmBatch, TextCorpus,
 };
 
 /// One of the four splits of a [`Datasets`].

@@ -346,6 +346,9 @@ impl TextCorpus {
         cut: SequenceCut,
     ) -> Vec<i32> {
         let mut out = Vec::new();
+        if seq_len == 0 {
+            return out; // no window fits; `lm_datasets` refuses this length
+        }
         for doc in self.documents(split) {
             let mut start = 0;
             while start < doc.len() {
@@ -462,6 +465,34 @@ pub fn unigram_entropy_bits(corpus: &TextCorpus) -> f64 {
             counts[usize::from(b)] += 1;
         }
     }
+    entropy_bits(&counts)
+}
+
+/// The entropy in bits of the distribution of the **targets the loss counts** (those at
+/// `obs != 0`, the pad id included as a symbol) over the examples of `split` as
+/// [`lm_datasets`] cuts them: the loss, in bits per token, of the best model that ignores
+/// its input, for exactly the tokens a task's masked loss averages over. With
+/// [`SequenceCut::Crop`] the examples see only the start of each document, whose byte
+/// distribution differs from the whole text's ([`unigram_entropy_bits`]).
+pub fn target_unigram_entropy_bits(
+    corpus: &TextCorpus,
+    split: Split,
+    seq_len: usize,
+    options: LmOptions,
+) -> f64 {
+    let mut counts = [0u64; 259];
+    let width = seq_len + 1;
+    let ids = corpus.examples(split, seq_len, options.vocab, options.cut);
+    for row in ids.chunks_exact(width) {
+        for w in row.windows(2).filter(|w| w[0] != PAD_ID) {
+            counts[w[1] as usize] += 1;
+        }
+    }
+    entropy_bits(&counts)
+}
+
+/// `-sum p log2 p` of the frequencies `counts` (0 when all are 0).
+fn entropy_bits(counts: &[u64]) -> f64 {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return 0.0;
