@@ -190,7 +190,7 @@ impl LaneGroups {
 const INLINE_BELOW: Duration = Duration::from_micros(30);
 
 /// `f(k)` for groups `0..n`, in order. The first runs on the calling thread and is timed;
-/// the rest go to the Rayon pool unless they would take less than [`INLINE_BELOW`] in
+/// the rest go to the Rayon pool unless they would take less than 30 µs in
 /// all (or the pool has one thread).
 pub fn map_groups<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if n == 0 {

@@ -37,7 +37,8 @@
 //!
 //! Submodules: [`idx`] reads MNIST-style IDX files, [`image`] resizes images and builds
 //! image-classification datasets, [`digits`] embeds a small real dataset,
-//! [`prefetch`](mod@prefetch) produces batches ahead of need on a background thread.
+//! [`prefetch`](mod@prefetch) produces batches ahead of need on a background thread,
+//! [`text`] builds byte-level language-modelling datasets, [`cifar`] reads CIFAR-10.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,17 +48,24 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 
 mod cache;
+pub mod cifar;
 pub mod digits;
 pub mod idx;
 pub mod image;
 pub mod prefetch;
+pub mod text;
 
 pub use cache::{cached_datasets, clear_dataset_cache, try_cached_datasets};
+pub use cifar::cifar10_datasets;
 pub use digits::{digits_datasets, digits_datasets_resized, image_datasets_or_digits};
 pub use image::{
     fashion_mnist_datasets, image_datasets, mnist_datasets, ImageBatch, ImageSource, LabeledImages,
 };
 pub use prefetch::prefetch;
+pub use text::{
+    fortunes_lm_datasets, lm_datasets, lm_datasets_or_embedded, target_unigram_entropy_bits,
+    unigram_entropy_bits, LmBatch, TextCorpus,
+};
 
 /// One of the four splits of a [`Datasets`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
