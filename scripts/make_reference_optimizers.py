@@ -12,8 +12,9 @@ Run from the repository root with the JAX library's source on PYTHONPATH:
 Packages used for the committed file: see the "versions" entry it writes (jax 0.10.2,
 optax 0.2.8, flax, dm-haiku 0.0.17) and the library commit below.
 
-The library's `filesystem` module imports TensorFlow only for `tf.io.gfile`; this script
-installs a tiny stand-in (plain `open`) in `sys.modules` before importing the library, so
+The library's `filesystem` and `summary` modules import TensorFlow (for `tf.io.gfile` and
+summary writing, neither used here); this script installs a tiny stand-in (plain `open`,
+a no-op `enable_v2_behavior`) in `sys.modules` before importing the library, so
 TensorFlow is not needed. Nothing else of the library is changed.
 """
 import json
@@ -44,8 +45,20 @@ def _stub_tensorflow():
       listdir=os.listdir,
   )
   tf.io = types.SimpleNamespace(gfile=gfile)
+  tf.enable_v2_behavior = lambda: None
+  # `import tensorflow.compat.v2 as tf` (summary.py) gets the same stand-in.
+  compat = types.ModuleType("tensorflow.compat")
+  compat.v2 = tf
+  tf.compat = compat
+  tf.__path__ = []  # a package, so that submodule imports resolve
   sys.modules.setdefault("tensorflow", tf)
+  sys.modules.setdefault("tensorflow.compat", compat)
+  sys.modules.setdefault("tensorflow.compat.v2", tf)
 
+
+# flax.io looks for TensorFlow itself and falls back to plain files without it: import
+# it before the stand-in exists, so that it takes that fallback.
+import flax.io  # noqa: E402,F401
 
 _stub_tensorflow()
 

@@ -8,12 +8,15 @@
 //! own θ (an evolution-strategies population, one perturbation per lane) and trains its
 //! own task instance.
 
+pub mod flax_msgpack;
 mod learnable_adam;
 mod learnable_sgd;
+mod learnable_sgdm;
 mod mlp_lopt;
 
 pub use learnable_adam::LearnableAdam;
 pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
+pub use learnable_sgdm::{LearnableSgdm, LearnableSgdmState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 
 use crate::key::Key;

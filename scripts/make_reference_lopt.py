@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Reference θ files and trajectories of the JAX library's learned optimizers.
+
+For each learned optimizer: θ from the library's own `init`, saved with the library's own
+checkpoint code (`checkpoints.save_state`, i.e. flax msgpack) as
+tests/reference/<name>_theta.msgpack; a small parameter tree; and the parameter
+trajectory over 50 updates on fixed gradients, in tests/reference/lopt_<name>.json.
+Read by tests/lopt_reference.rs.
+
+    PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/make_reference_lopt.py
+    # after `LOPT_WRITE_REFERENCE=1 cargo test --test lopt_reference` wrote θ files from Rust:
+    PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/make_reference_lopt.py --check-lopt-written
+
+The second form loads every tests/reference/*_theta.lopt.msgpack (written by lopt) with
+the library's `checkpoints.load_state` against the library's θ structure and checks its
+values against those recorded beside it; it exits non-zero on any failure.
+
+Versions for the committed files: recorded in each JSON's "versions" (jax 0.10.2,
+optax 0.2.8, dm-haiku 0.0.17, flax 0.12.8) and library commit 32186aa. As in
+make_reference_optimizers.py, TensorFlow (imported by the library only for tf.io.gfile)
+is replaced by a small stand-in in sys.modules.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import make_reference_optimizers as mro  # noqa: E402  (installs the tf stand-in)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from learned_optimization import checkpoints  # noqa: E402
+from learned_optimization.learned_optimizers import base as lopt_base  # noqa: E402
+from learned_optimization.learned_optimizers import nn_adam  # noqa: E402
+
+STEPS = 50
+OUT = mro.OUT
+
+
+def tree_problem():
+  """A two-leaf parameter tree {"b": f32[4], "w": f32[3, 4]} and fixed gradients."""
+  i = np.arange(12, dtype=np.float64)
+  w0 = np.sin(0.9 * i + 0.3).reshape(3, 4).astype(np.float32)
+  b0 = (0.1 * np.cos(np.arange(4) + 0.5)).astype(np.float32)
+  grads = []
+  for t in range(STEPS):
+    gw = (np.cos(0.37 * t + 0.8 * i) * (0.2 + 0.1 * (t % 5))).reshape(3, 4)
+    gb = np.sin(0.5 * t + np.arange(4)) * 0.05 + 0.01
+    grads.append({"b": gb.astype(np.float32), "w": gw.astype(np.float32)})
+  losses = [float(np.float32(2.0 - 0.01 * t)) for t in range(STEPS)]
+  return {"b": b0, "w": w0}, grads, losses
+
+
+def as_json_tree(tree):
+  return {k: mro.f32list(v) for k, v in sorted(tree.items())}
+
+
+def trajectory(lopt, theta, p0, grads, losses):
+  opt = lopt.opt_fn(theta)
+  state = opt.init(jax.tree_util.tree_map(jnp.asarray, p0), num_steps=STEPS)
+  upd = jax.jit(lambda s, g, l: opt.update(s, g, loss=l))
+  traj = []
+  for g, l in zip(grads, losses):
+    state = upd(state, jax.tree_util.tree_map(jnp.asarray, g),
+                jnp.asarray(l, jnp.float32))
+    traj.append(as_json_tree(opt.get_params(state)))
+  return traj
+
+
+def flat_theta(theta):
+  """θ's leaves with their '/'-joined paths, for the JSON (and lopt's check)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    out[name] = {"shape": list(np.shape(leaf)), "values": mro.f32list(leaf)}
+  return out
+
+
+def lopts():
+  """name -> (learned optimizer, θ). θ is the library's init; where that init leaves a
+  part of the update unused (NNAdam's zero-initialized output layer), θ is the init
+  plus a fixed perturbation so that every part of θ shapes the trajectory."""
+  out = {}
+  sgdm = lopt_base.LearnableSGDM(initial_lr=0.02, initial_momentum=0.8)
+  out["learnable_sgdm"] = (sgdm, sgdm.init(jax.random.PRNGKey(0)))
+  return out
+
+
+def write():
+  p0, grads, losses = tree_problem()
+  for name, (lopt, theta) in lopts().items():
+    theta_path = os.path.join(OUT, f"{name}_theta.msgpack")
+    checkpoints.save_state(theta_path, theta)
+    ref = {
+        "generated_by": "scripts/make_reference_lopt.py",
+        "versions": mro.versions(),
+        "name": name,
+        "theta_file": os.path.basename(theta_path),
+        "theta": flat_theta(theta),
+        "params0": as_json_tree(p0),
+        "grads": [as_json_tree(g) for g in grads],
+        "losses": losses,
+        "trajectory": trajectory(lopt, theta, p0, grads, losses),
+    }
+    path = os.path.join(OUT, f"lopt_{name}.json")
+    with open(path, "w") as fh:
+      json.dump(ref, fh, separators=(",", ":"))
+      fh.write("\n")
+    print("wrote", path, theta_path)
+
+
+def check_lopt_written():
+  """Loads θ files written by lopt with the library's checkpoint code."""
+  failures = 0
+  for name, (lopt, theta) in lopts().items():
+    path = os.path.join(OUT, f"{name}_theta.lopt.msgpack")
+    expect_path = os.path.join(OUT, f"{name}_theta.lopt.json")
+    if not os.path.exists(path):
+      print("MISSING", path)
+      failures += 1
+      continue
+    loaded = checkpoints.load_state(path, theta)
+    with open(expect_path) as fh:
+      expect = json.load(fh)
+    got = flat_theta(loaded)
+    for k, v in expect.items():
+      ok = (k in got and got[k]["shape"] == v["shape"] and
+            got[k]["values"] == [float(np.float32(x)) for x in v["values"]])
+      if not ok:
+        print("MISMATCH", name, k)
+        failures += 1
+    if set(got) != set(expect):
+      print("KEYS DIFFER", name, sorted(set(got) ^ set(expect)))
+      failures += 1
+    # The loaded θ must also drive the library's optimizer.
+    p0, grads, losses = tree_problem()
+    trajectory(lopt, loaded, p0, grads[:2], losses[:2])
+    print("loaded", path, "ok" if not failures else "")
+  sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+  if "--check-lopt-written" in sys.argv:
+    check_lopt_written()
+  else:
+    write()

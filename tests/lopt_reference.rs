@@ -1,0 +1,271 @@
+//! Learned optimizers against the JAX library: θ files written by the library's own
+//! checkpoint code, trajectories of its update, and θ files written by lopt that the
+//! library loads back.
+//!
+//! `scripts/make_reference_lopt.py` (jax 0.10.2, optax 0.2.8, dm-haiku 0.0.17, flax
+//! 0.12.8, library commit 32186aa; recorded in each JSON's `versions`) writes, per learned
+//! optimizer, `tests/reference/<name>_theta.msgpack` (θ from the library's `init`, saved by
+//! `checkpoints.save_state`) and `tests/reference/lopt_<name>.json` (θ's values, a
+//! parameter tree `{"b": f32[4], "w": f32[3, 4]}`, 50 fixed gradients and losses, and the
+//! library's trajectory). Each test loads θ from the msgpack file, not from the JSON.
+//!
+//! The other direction: `LOPT_WRITE_REFERENCE=1 cargo test --test lopt_reference` writes
+//! `<name>_theta.lopt.msgpack` (θ changed by lopt) and `<name>_theta.lopt.json` (its
+//! values); `make_reference_lopt.py --check-lopt-written` loads them with the library's
+//! `checkpoints.load_state` and runs its optimizer on them. Without the variable the tests
+//! check that lopt's writer still produces exactly the committed bytes.
+
+use lopt::learned_optimizers::flax_msgpack::{
+    ArrayData, FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue,
+};
+use lopt::learned_optimizers::{LearnableSgdm, LearnedOptimizer};
+use lopt::prelude::*;
+use lopt::Optimizer;
+use serde_json::Value;
+
+const TOL: f64 = 1e-5;
+
+fn ref_path(file: &str) -> String {
+    format!("{}/tests/reference/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load_json(file: &str) -> Value {
+    let text = std::fs::read_to_string(ref_path(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+/// The reference parameter tree; the fields are in the library's (sorted) leaf order.
+#[derive(Params, Clone, Debug, PartialEq)]
+struct Tree<S: Real> {
+    b: DVector<S>,
+    w: DMatrix<S>,
+}
+
+/// `{"b": [4], "w": [3·4 row-major]}` from the JSON.
+fn tree(v: &Value) -> Tree<f32> {
+    Tree {
+        b: DVector::from_vec(f32s(&v["b"])),
+        w: DMatrix::from_row_slice(3, 4, &f32s(&v["w"])),
+    }
+}
+
+fn rel_err(got: &Tree<f32>, want: &Tree<f32>) -> f64 {
+    let pairs = got
+        .b
+        .iter()
+        .zip(want.b.iter())
+        .chain(got.w.iter().zip(want.w.iter()));
+    pairs
+        .map(|(&g, &w)| (g as f64 - w as f64).abs() / (w as f64).abs().max(1e-3))
+        .fold(0.0, f64::max)
+}
+
+/// Runs `opt` over the reference's gradients; every step must match within [`TOL`].
+fn check_trajectory<O: Optimizer<Tree<f32>>>(opt: &O, r: &Value) -> f64 {
+    let grads: Vec<Tree<f32>> = r["grads"].as_array().unwrap().iter().map(tree).collect();
+    let losses = f32s(&r["losses"]);
+    let want: Vec<Tree<f32>> = r["trajectory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(tree)
+        .collect();
+    assert!(want.len() >= 50 && want.len() == grads.len());
+    let mut state = opt.init(tree(&r["params0"]), Some(grads.len()));
+    let mut worst: f64 = 0.0;
+    for (t, ((g, &l), w)) in grads.iter().zip(&losses).zip(&want).enumerate() {
+        opt.try_update(&mut state, g, l).unwrap();
+        let e = rel_err(opt.get_params(&state), w);
+        assert!(e <= TOL, "{}: step {t}: relative error {e:.2e}", r["name"]);
+        worst = worst.max(e);
+    }
+    worst
+}
+
+/// θ from the library's file must equal the values the script recorded beside it.
+fn check_theta_values(theta: &FlaxValue, r: &Value) {
+    let recorded = r["theta"].as_object().unwrap();
+    for (path, entry) in recorded {
+        let parts: Vec<&str> = path.split('/').collect();
+        let shape: Vec<usize> = entry["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let got: Vec<f32> = theta.real_array::<f32>(&parts, &shape).unwrap();
+        assert_eq!(got, f32s(&entry["values"]), "θ entry {path}");
+    }
+}
+
+/// θ written by lopt: compared with the committed file, or (with
+/// `LOPT_WRITE_REFERENCE=1`) written for the script to load.
+fn check_written(name: &str, value: &FlaxValue, values: &[(&str, Vec<f32>)]) {
+    let bytes = value.to_bytes();
+    let path = ref_path(&format!("{name}_theta.lopt.msgpack"));
+    if std::env::var_os("LOPT_WRITE_REFERENCE").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+        let expect: serde_json::Map<String, Value> = values
+            .iter()
+            .map(|(k, v)| {
+                let shape = match value.get(&k.split('/').collect::<Vec<_>>()).unwrap() {
+                    FlaxValue::Array(a) => a.shape.clone(),
+                    _ => panic!("{k} is not an array"),
+                };
+                (
+                    k.to_string(),
+                    serde_json::json!({"shape": shape, "values": v}),
+                )
+            })
+            .collect();
+        std::fs::write(
+            ref_path(&format!("{name}_theta.lopt.json")),
+            serde_json::to_string(&expect).unwrap(),
+        )
+        .unwrap();
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(
+        bytes, committed,
+        "lopt's writer changed: the library checked other bytes"
+    );
+    assert_eq!(&FlaxValue::from_bytes(&committed).unwrap(), value);
+}
+
+/// `LearnableSGDM`: θ from the library's checkpoint, the trajectory, and a θ written by lopt.
+/// Catches: `μ = exp(θ₁)` instead of `1 − exp(θ₁)`, dampened momentum, the two θ entries
+/// swapped (the file's names are used, not its order).
+#[test]
+fn learnable_sgdm_matches_library() {
+    let r = load_json("lopt_learnable_sgdm.json");
+    let lopt = LearnableSgdm::try_new(0.02, 0.8).unwrap();
+    let file = FlaxValue::read_file(ref_path("learnable_sgdm_theta.msgpack")).unwrap();
+    check_theta_values(&file, &r);
+    let theta = <[f32; 2]>::from_flax(&lopt, &file).unwrap();
+    // The library's init and lopt's agree.
+    assert_eq!(theta, lopt.init(Key::new(0)));
+    // Re-serialized θ is byte for byte the library's file.
+    assert_eq!(
+        theta.to_flax().to_bytes(),
+        std::fs::read(ref_path("learnable_sgdm_theta.msgpack")).unwrap()
+    );
+    let e = check_trajectory(&lopt.opt_fn(&theta), &r);
+    eprintln!("learnable_sgdm: max relative error {e:.2e}");
+    let changed = [theta[0] + 0.25, theta[1] - 0.125];
+    check_written(
+        "learnable_sgdm",
+        &changed.to_flax(),
+        &[
+            ("log_lr", vec![changed[0]]),
+            ("one_minus_momentum", vec![changed[1]]),
+        ],
+    );
+}
+
+/// Wrong and truncated files are typed errors, never panics. Catches: a truncated buffer
+/// read past its end, trailing garbage accepted, shape and dtype not checked.
+#[test]
+fn flax_msgpack_errors_are_typed() {
+    let good = std::fs::read(ref_path("learnable_sgdm_theta.msgpack")).unwrap();
+    let lopt = LearnableSgdm::default();
+    // Every truncation fails to parse.
+    for n in 0..good.len() {
+        assert!(
+            FlaxValue::from_bytes(&good[..n]).is_err(),
+            "a file cut at {n} of {} bytes parsed",
+            good.len()
+        );
+    }
+    let mut trailing = good.clone();
+    trailing.push(0xc0);
+    assert_eq!(
+        FlaxValue::from_bytes(&trailing),
+        Err(FlaxMsgpackError::TrailingBytes(1))
+    );
+    // Not msgpack at all, or a header claiming 4 GiB that is not there (which must fail
+    // without allocating it).
+    for bad in [
+        &b"\xdb\xff\xff\xff\xff"[..],
+        b"\xc6\xff\xff\xff\xffab",
+        b"\xdf\xff\xff\xff\xff",
+    ] {
+        assert!(
+            matches!(
+                FlaxValue::from_bytes(bad),
+                Err(FlaxMsgpackError::Malformed(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    // A missing entry, a wrong shape, a wrong dtype.
+    let missing = FlaxValue::map([("log_lr", FlaxValue::Array(FlaxArray::scalar_f32(0.0)))]);
+    assert_eq!(
+        <[f32; 2]>::from_flax(&lopt, &missing),
+        Err(FlaxMsgpackError::Missing("one_minus_momentum".into()))
+    );
+    let vec2 = FlaxArray {
+        shape: vec![2],
+        data: ArrayData::F32(vec![0.0, 1.0]),
+    };
+    let wrong_shape = FlaxValue::map([
+        ("log_lr", FlaxValue::Array(vec2)),
+        (
+            "one_minus_momentum",
+            FlaxValue::Array(FlaxArray::scalar_f32(0.0)),
+        ),
+    ]);
+    assert!(matches!(
+        <[f32; 2]>::from_flax(&lopt, &wrong_shape),
+        Err(FlaxMsgpackError::Shape { .. })
+    ));
+    let ints = FlaxValue::map([
+        (
+            "log_lr",
+            FlaxValue::Array(FlaxArray {
+                shape: vec![],
+                data: ArrayData::I32(vec![1]),
+            }),
+        ),
+        (
+            "one_minus_momentum",
+            FlaxValue::Array(FlaxArray::scalar_f32(0.0)),
+        ),
+    ]);
+    let back = FlaxValue::from_bytes(&ints.to_bytes()).unwrap();
+    assert_eq!(back, ints);
+    assert!(matches!(
+        <[f32; 2]>::from_flax(&lopt, &back),
+        Err(FlaxMsgpackError::UnsupportedDtype(_))
+    ));
+    // An array payload whose buffer is shorter than its shape: the file's first array
+    // claims shape [] float32 (4 bytes); patch its bin length 4 → 3 and drop a byte.
+    let pos = good
+        .windows(2)
+        .position(|w| w == [0xc4, 0x04])
+        .expect("a 4-byte bin in the file");
+    let mut bad = good.clone();
+    bad[pos + 1] = 0x03;
+    bad.remove(pos + 2);
+    // The ext header's length is now one more than its payload: the whole file is off by
+    // one, so it fails either as malformed msgpack or as a bad array; both are typed.
+    assert!(FlaxValue::from_bytes(&bad).is_err());
+    // An unknown extension code.
+    let unknown_ext = [0x81, 0xa1, b'a', 0xd4, 0x07, 0x00];
+    assert_eq!(
+        FlaxValue::from_bytes(&unknown_ext),
+        Err(FlaxMsgpackError::UnsupportedExt(7))
+    );
+    // A missing file is an I/O error with its path.
+    assert!(matches!(
+        FlaxValue::read_file(ref_path("no_such_theta.msgpack")),
+        Err(lopt::Error::Io { .. })
+    ));
+}
