@@ -27,6 +27,8 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 import make_reference_optimizers as mro  # noqa: E402  (installs the tf stand-in)
 
+import flax  # noqa: E402
+import flax.serialization  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,6 +37,9 @@ from learned_optimization.learned_optimizers import base as lopt_base  # noqa: E
 from learned_optimization.learned_optimizers import nn_adam  # noqa: E402
 
 STEPS = 50
+# The learned optimizers whose θ tests/lopt_reference.rs writes (nn_adam_decay shares
+# nn_adam's θ layout).
+LOPT_WRITTEN = ("learnable_sgdm", "nn_adam")
 OUT = mro.OUT
 
 
@@ -69,11 +74,19 @@ def trajectory(lopt, theta, p0, grads, losses):
 
 
 def flat_theta(theta):
-  """θ's leaves with their '/'-joined paths, for the JSON (and lopt's check)."""
+  """θ's arrays by their path in flax's state dict (the file's layout), '/'-joined
+  (haiku module names contain '/' themselves; lopt splits on known names)."""
   out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    out[name] = {"shape": list(np.shape(leaf)), "values": mro.f32list(leaf)}
+
+  def walk(prefix, d):
+    if isinstance(d, dict):
+      for k, v in d.items():
+        walk(prefix + [str(k)], v)
+    else:
+      out["/".join(prefix)] = {"shape": list(np.shape(d)),
+                               "values": mro.f32list(d)}
+
+  walk([], flax.serialization.to_state_dict(theta))
   return out
 
 
@@ -83,19 +96,52 @@ def lopts():
   plus a fixed perturbation so that every part of θ shapes the trajectory."""
   out = {}
   sgdm = lopt_base.LearnableSGDM(initial_lr=0.02, initial_momentum=0.8)
-  out["learnable_sgdm"] = (sgdm, sgdm.init(jax.random.PRNGKey(0)))
+  out["learnable_sgdm"] = (sgdm, sgdm.init(jax.random.PRNGKey(0)), {
+      "initial_lr": 0.02, "initial_momentum": 0.8})
+
+  cfg = dict(output_scale=0.01, initial_learning_rate=0.01, initial_beta1=0.9,
+             initial_beta2=0.99, initial_epsilon=1e-6, decay_strength=0.0,
+             lstm_hidden_size=8)
+
+  def perturbed(lopt, bias=None):
+    theta = dict(lopt.init(jax.random.PRNGKey(1)))
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(2), 4)
+    st = theta["lstm_init_state"]
+    theta["lstm_init_state"] = type(st)(
+        hidden=st.hidden + 0.1 * jax.random.normal(k1, st.hidden.shape),
+        cell=st.cell + 0.1 * jax.random.normal(k2, st.cell.shape))
+    ctl = dict(theta["rnn_to_controls_params"]["rnn_to_controls"])
+    ctl["w"] = ctl["w"] + 0.3 * jax.random.normal(k3, ctl["w"].shape)
+    ctl["b"] = ctl["b"] + 0.1 * jax.random.normal(k4, ctl["b"].shape)
+    if bias is not None:
+      ctl["b"] = ctl["b"] + jnp.asarray(bias, jnp.float32)
+    theta["rnn_to_controls_params"] = {"rnn_to_controls": ctl}
+    return flax.core.FrozenDict(theta)
+
+  nna = nn_adam.NNAdam(**cfg)
+  out["nn_adam"] = (nna, perturbed(nna), cfg)
+  # With decay toward θ's hyperparameters.
+  cfg_d = dict(cfg, decay_strength=0.05)
+  nnd = nn_adam.NNAdam(**cfg_d)
+  out["nn_adam_decay"] = (nnd, perturbed(nnd), cfg_d)
+  # At the clip bounds: β1 = 0 and ε = 1e4, pushed further out by the output bias, so
+  # that the clips in fwd(inv(x)) act.
+  cfg_c = dict(cfg, initial_beta1=0.0, initial_epsilon=1e4)
+  nnc = nn_adam.NNAdam(**cfg_c)
+  out["nn_adam_clipped"] = (nnc, perturbed(nnc, [0.0, 3.0, 0.0, 3.0]), cfg_c)
   return out
 
 
 def write():
   p0, grads, losses = tree_problem()
-  for name, (lopt, theta) in lopts().items():
+  for name, (lopt, theta, cfg) in lopts().items():
     theta_path = os.path.join(OUT, f"{name}_theta.msgpack")
     checkpoints.save_state(theta_path, theta)
     ref = {
         "generated_by": "scripts/make_reference_lopt.py",
         "versions": mro.versions(),
         "name": name,
+        "config": cfg,
         "theta_file": os.path.basename(theta_path),
         "theta": flat_theta(theta),
         "params0": as_json_tree(p0),
@@ -113,7 +159,9 @@ def write():
 def check_lopt_written():
   """Loads θ files written by lopt with the library's checkpoint code."""
   failures = 0
-  for name, (lopt, theta) in lopts().items():
+  for name, (lopt, theta, _) in lopts().items():
+    if name not in LOPT_WRITTEN:
+      continue
     path = os.path.join(OUT, f"{name}_theta.lopt.msgpack")
     expect_path = os.path.join(OUT, f"{name}_theta.lopt.json")
     if not os.path.exists(path):

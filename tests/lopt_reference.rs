@@ -18,7 +18,7 @@
 use lopt::learned_optimizers::flax_msgpack::{
     ArrayData, FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue,
 };
-use lopt::learned_optimizers::{LearnableSgdm, LearnedOptimizer};
+use lopt::learned_optimizers::{LearnableSgdm, LearnedOptimizer, NnAdam, NnAdamTheta};
 use lopt::prelude::*;
 use lopt::Optimizer;
 use serde_json::Value;
@@ -90,11 +90,32 @@ fn check_trajectory<O: Optimizer<Tree<f32>>>(opt: &O, r: &Value) -> f64 {
     worst
 }
 
+/// The keys of a `/`-joined path in `v` (haiku's module names contain `/` themselves, so
+/// at each level the longest key that is a prefix of the rest is taken).
+fn split_path<'a>(mut v: &'a FlaxValue, path: &str) -> Vec<&'a str> {
+    let mut rest = path;
+    let mut keys = Vec::new();
+    while !rest.is_empty() {
+        let FlaxValue::Map(m) = v else {
+            panic!("{path}: not a map at `{rest}`")
+        };
+        let (k, next) = m
+            .iter()
+            .filter(|(k, _)| rest == k || rest.starts_with(&format!("{k}/")))
+            .max_by_key(|(k, _)| k.len())
+            .unwrap_or_else(|| panic!("{path}: no key for `{rest}`"));
+        keys.push(k.as_str());
+        rest = rest[k.len()..].trim_start_matches('/');
+        v = next;
+    }
+    keys
+}
+
 /// θ from the library's file must equal the values the script recorded beside it.
 fn check_theta_values(theta: &FlaxValue, r: &Value) {
     let recorded = r["theta"].as_object().unwrap();
     for (path, entry) in recorded {
-        let parts: Vec<&str> = path.split('/').collect();
+        let parts = split_path(theta, path);
         let shape: Vec<usize> = entry["shape"]
             .as_array()
             .unwrap()
@@ -106,25 +127,40 @@ fn check_theta_values(theta: &FlaxValue, r: &Value) {
     }
 }
 
+/// Every array of `v` by its `/`-joined path, as `(path, shape, values)`.
+fn flatten(v: &FlaxValue, prefix: &str, out: &mut Vec<(String, Vec<usize>, Vec<f32>)>) {
+    match v {
+        FlaxValue::Map(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}/{k}")
+                };
+                flatten(x, &p, out);
+            }
+        }
+        FlaxValue::Array(a) => {
+            let vals = a.to_f64().unwrap().into_iter().map(|x| x as f32).collect();
+            out.push((prefix.to_string(), a.shape.clone(), vals));
+        }
+        other => panic!("{prefix}: {other:?} in a θ tree"),
+    }
+}
+
 /// θ written by lopt: compared with the committed file, or (with
-/// `LOPT_WRITE_REFERENCE=1`) written for the script to load.
-fn check_written(name: &str, value: &FlaxValue, values: &[(&str, Vec<f32>)]) {
+/// `LOPT_WRITE_REFERENCE=1`) written, with its values in `<name>_theta.lopt.json`, for
+/// `make_reference_lopt.py --check-lopt-written` to load with the library.
+fn check_written(name: &str, value: &FlaxValue) {
     let bytes = value.to_bytes();
     let path = ref_path(&format!("{name}_theta.lopt.msgpack"));
     if std::env::var_os("LOPT_WRITE_REFERENCE").is_some() {
         std::fs::write(&path, &bytes).unwrap();
-        let expect: serde_json::Map<String, Value> = values
-            .iter()
-            .map(|(k, v)| {
-                let shape = match value.get(&k.split('/').collect::<Vec<_>>()).unwrap() {
-                    FlaxValue::Array(a) => a.shape.clone(),
-                    _ => panic!("{k} is not an array"),
-                };
-                (
-                    k.to_string(),
-                    serde_json::json!({"shape": shape, "values": v}),
-                )
-            })
+        let mut leaves = Vec::new();
+        flatten(value, "", &mut leaves);
+        let expect: serde_json::Map<String, Value> = leaves
+            .into_iter()
+            .map(|(k, shape, v)| (k, serde_json::json!({"shape": shape, "values": v})))
             .collect();
         std::fs::write(
             ref_path(&format!("{name}_theta.lopt.json")),
@@ -160,14 +196,65 @@ fn learnable_sgdm_matches_library() {
     let e = check_trajectory(&lopt.opt_fn(&theta), &r);
     eprintln!("learnable_sgdm: max relative error {e:.2e}");
     let changed = [theta[0] + 0.25, theta[1] - 0.125];
-    check_written(
-        "learnable_sgdm",
-        &changed.to_flax(),
-        &[
-            ("log_lr", vec![changed[0]]),
-            ("one_minus_momentum", vec![changed[1]]),
-        ],
-    );
+    check_written("learnable_sgdm", &changed.to_flax());
+}
+
+fn nn_adam_config(c: &Value) -> NnAdam {
+    let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("config {k}"));
+    let opt = NnAdam {
+        output_scale: f("output_scale"),
+        initial_learning_rate: f("initial_learning_rate"),
+        initial_beta1: f("initial_beta1"),
+        initial_beta2: f("initial_beta2"),
+        initial_epsilon: f("initial_epsilon"),
+        decay_strength: f("decay_strength"),
+        lstm_hidden_size: c["lstm_hidden_size"].as_u64().unwrap() as usize,
+    };
+    opt.validate().unwrap();
+    opt
+}
+
+/// `NNAdam` with a θ whose LSTM output layer and initial state are nonzero (the library's
+/// init zeroes the output layer, which would leave the LSTM untested), without and with
+/// `decay_strength`, and at the clip bounds of β1 and ε. Catches: a feature out of the library's alphabetical order, the
+/// features read from the parameters after the step, the forget-gate bias of haiku's LSTM
+/// dropped, the gates in another order, bias correction added, the clip of the scaled
+/// hyperparameters (`fwd(inv(x))`) skipped, decay pulling toward the wrong target.
+#[test]
+fn nn_adam_matches_library() {
+    for name in ["nn_adam", "nn_adam_decay", "nn_adam_clipped"] {
+        let r = load_json(&format!("lopt_{name}.json"));
+        let lopt = nn_adam_config(&r["config"]);
+        let file = FlaxValue::read_file(ref_path(&format!("{name}_theta.msgpack"))).unwrap();
+        check_theta_values(&file, &r);
+        let theta = NnAdamTheta::<f32>::from_flax(&lopt, &file).unwrap();
+        // The library's layout and lopt's init agree in every shape.
+        let mine = lopt.init(Key::new(0));
+        for i in 0..mine.num_leaves() {
+            assert_eq!(mine.leaf_shape(i), theta.leaf_shape(i));
+            assert_eq!(mine.leaf(i).len(), theta.leaf(i).len());
+        }
+        assert_eq!(mine.per_layer, {
+            let z = NnAdamTheta::<f32>::from_flax(&lopt, &file).unwrap();
+            // The library's init values of the scaled hyperparameters (not perturbed).
+            z.per_layer
+        });
+        // Written back, the tree reads as the same θ.
+        let again = NnAdamTheta::<f32>::from_flax(
+            &lopt,
+            &FlaxValue::from_bytes(&theta.to_flax().to_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(again, theta);
+        let e = check_trajectory(&lopt.opt_fn(&theta), &r);
+        eprintln!("{name}: max relative error {e:.2e}");
+        if name == "nn_adam" {
+            let mut changed = theta.clone();
+            changed.out_w.iter_mut().for_each(|w| *w *= 0.5);
+            changed.per_layer[0] += 0.01;
+            check_written(name, &changed.to_flax());
+        }
+    }
 }
 
 /// Wrong and truncated files are typed errors, never panics. Catches: a truncated buffer

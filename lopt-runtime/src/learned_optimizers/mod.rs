@@ -13,11 +13,13 @@ mod learnable_adam;
 mod learnable_sgd;
 mod learnable_sgdm;
 mod mlp_lopt;
+mod nn_adam;
 
 pub use learnable_adam::LearnableAdam;
 pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
 pub use learnable_sgdm::{LearnableSgdm, LearnableSgdmState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
+pub use nn_adam::{NnAdam, NnAdamState, NnAdamTheta, NN_ADAM_FEATURES};
 
 use crate::key::Key;
 use crate::optimizers::Optimizer;
