@@ -33,28 +33,42 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from learned_optimization import checkpoints  # noqa: E402
+from learned_optimization.learned_optimizers import adafac_mlp_lopt  # noqa: E402
 from learned_optimization.learned_optimizers import base as lopt_base  # noqa: E402
 from learned_optimization.learned_optimizers import nn_adam  # noqa: E402
 
 STEPS = 50
 # The learned optimizers whose θ tests/lopt_reference.rs writes (nn_adam_decay shares
 # nn_adam's θ layout).
-LOPT_WRITTEN = ("learnable_sgdm", "nn_adam")
+LOPT_WRITTEN = ("learnable_sgdm", "nn_adam", "adafac_mlp_lopt")
 OUT = mro.OUT
 
 
-def tree_problem():
-  """A two-leaf parameter tree {"b": f32[4], "w": f32[3, 4]} and fixed gradients."""
+def tree_problem(wide=False):
+  """A parameter tree {"b": f32[4], "w": f32[3, 4]} (with `wide`, also a scalar "s" and a
+  tall matrix "v": f32[5, 2] and a square "q": f32[3, 3], so that both factorings, the
+  tie and the scalar path are used) and
+  fixed gradients."""
   i = np.arange(12, dtype=np.float64)
-  w0 = np.sin(0.9 * i + 0.3).reshape(3, 4).astype(np.float32)
-  b0 = (0.1 * np.cos(np.arange(4) + 0.5)).astype(np.float32)
+  p0 = {"b": (0.1 * np.cos(np.arange(4) + 0.5)).astype(np.float32),
+        "w": np.sin(0.9 * i + 0.3).reshape(3, 4).astype(np.float32)}
+  if wide:
+    p0["s"] = np.asarray(0.7, np.float32)
+    p0["v"] = np.cos(1.7 * np.arange(10) + 0.2).reshape(5, 2).astype(np.float32)
+    p0["q"] = np.sin(2.1 * np.arange(9) - 0.4).reshape(3, 3).astype(np.float32)
   grads = []
   for t in range(STEPS):
-    gw = (np.cos(0.37 * t + 0.8 * i) * (0.2 + 0.1 * (t % 5))).reshape(3, 4)
-    gb = np.sin(0.5 * t + np.arange(4)) * 0.05 + 0.01
-    grads.append({"b": gb.astype(np.float32), "w": gw.astype(np.float32)})
+    g = {"w": (np.cos(0.37 * t + 0.8 * i) * (0.2 + 0.1 * (t % 5))).reshape(3, 4),
+         "b": np.sin(0.5 * t + np.arange(4)) * 0.05 + 0.01}
+    if wide:
+      g["s"] = np.asarray(0.3 * np.sin(0.2 * t) + 0.05)
+      g["v"] = (np.sin(0.23 * t + 1.3 * np.arange(10)) *
+                (1.0 + np.arange(10) / 3)).reshape(5, 2)
+      g["q"] = (np.cos(0.41 * t + 0.7 * np.arange(9)) *
+                (0.5 + np.arange(9) / 4)).reshape(3, 3)
+    grads.append({k: v.astype(np.float32) for k, v in g.items()})
   losses = [float(np.float32(2.0 - 0.01 * t)) for t in range(STEPS)]
-  return {"b": b0, "w": w0}, grads, losses
+  return p0, grads, losses
 
 
 def as_json_tree(tree):
@@ -129,12 +143,33 @@ def lopts():
   cfg_c = dict(cfg, initial_beta1=0.0, initial_epsilon=1e4)
   nnc = nn_adam.NNAdam(**cfg_c)
   out["nn_adam_clipped"] = (nnc, perturbed(nnc, [0.0, 3.0, 0.0, 3.0]), cfg_c)
+
+  def perturbed_adafac(lopt):
+    theta = lopt.init(jax.random.PRNGKey(3))
+    keys = iter(jax.random.split(jax.random.PRNGKey(4), 16))
+    theta = dict(theta)
+    for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
+      theta[k] = theta[k] + 0.1 * jax.random.normal(next(keys), theta[k].shape)
+    nn = {k: dict(v) for k, v in theta["nn"].items()}
+    for mod in nn.values():
+      for k in list(mod):
+        if k.startswith("b"):
+          mod[k] = mod[k] + 0.1 * jax.random.normal(next(keys), mod[k].shape)
+    theta["nn"] = nn
+    return theta
+
+  cfg = dict(exp_mult=0.001, step_mult=0.001, hidden_size=4, hidden_layers=2)
+  ada = adafac_mlp_lopt.AdafacMLPLOpt(**cfg)
+  out["adafac_mlp_lopt"] = (ada, perturbed_adafac(ada), cfg)
+  cfg = dict(exp_mult=0.3, step_mult=0.02, hidden_size=6, hidden_layers=1)
+  ada = adafac_mlp_lopt.AdafacMLPLOpt(**cfg)
+  out["adafac_mlp_lopt_big_steps"] = (ada, perturbed_adafac(ada), cfg)
   return out
 
 
 def write():
-  p0, grads, losses = tree_problem()
   for name, (lopt, theta, cfg) in lopts().items():
+    p0, grads, losses = tree_problem(wide=name.startswith("adafac"))
     theta_path = os.path.join(OUT, f"{name}_theta.msgpack")
     checkpoints.save_state(theta_path, theta)
     ref = {
@@ -182,7 +217,7 @@ def check_lopt_written():
       print("KEYS DIFFER", name, sorted(set(got) ^ set(expect)))
       failures += 1
     # The loaded θ must also drive the library's optimizer.
-    p0, grads, losses = tree_problem()
+    p0, grads, losses = tree_problem(wide=name.startswith("adafac"))
     trajectory(lopt, loaded, p0, grads[:2], losses[:2])
     print("loaded", path, "ok" if not failures else "")
   sys.exit(1 if failures else 0)

@@ -8,6 +8,7 @@
 //! own θ (an evolution-strategies population, one perturbation per lane) and trains its
 //! own task instance.
 
+mod adafac_mlp_lopt;
 pub mod flax_msgpack;
 mod learnable_adam;
 mod learnable_sgd;
@@ -15,6 +16,7 @@ mod learnable_sgdm;
 mod mlp_lopt;
 mod nn_adam;
 
+pub use adafac_mlp_lopt::{AdafacMlpLOpt, AdafacMlpLOptState, AdafacMlpLOptTheta};
 pub use learnable_adam::LearnableAdam;
 pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
 pub use learnable_sgdm::{LearnableSgdm, LearnableSgdmState};
