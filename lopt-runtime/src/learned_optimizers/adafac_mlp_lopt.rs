@@ -154,7 +154,7 @@ impl<S: Real> Params for AdafacMlpLOptTheta<S> {
             0 => &self.momentum_decays,
             1 => &self.rms_decays,
             2 => &self.adafactor_decays,
-            _ if (i - 3) % 2 == 0 => &self.layers[(i - 3) / 2].0,
+            _ if (i - 3).is_multiple_of(2) => &self.layers[(i - 3) / 2].0,
             _ => &self.layers[(i - 3) / 2].1,
         }
     }
@@ -163,7 +163,7 @@ impl<S: Real> Params for AdafacMlpLOptTheta<S> {
             0 => &mut self.momentum_decays,
             1 => &mut self.rms_decays,
             2 => &mut self.adafactor_decays,
-            _ if (i - 3) % 2 == 0 => &mut self.layers[(i - 3) / 2].0,
+            _ if (i - 3).is_multiple_of(2) => &mut self.layers[(i - 3) / 2].0,
             _ => &mut self.layers[(i - 3) / 2].1,
         }
     }
@@ -176,7 +176,7 @@ impl<S: Real> Params for AdafacMlpLOptTheta<S> {
                 let k = (i - 3) / 2;
                 out.push_str(&format!(
                     "nn.{}{k}",
-                    if (i - 3) % 2 == 0 { "w" } else { "b" }
+                    if (i - 3).is_multiple_of(2) { "w" } else { "b" }
                 ));
             }
         }
