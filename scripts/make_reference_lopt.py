@@ -36,11 +36,12 @@ from learned_optimization import checkpoints  # noqa: E402
 from learned_optimization.learned_optimizers import adafac_mlp_lopt  # noqa: E402
 from learned_optimization.learned_optimizers import base as lopt_base  # noqa: E402
 from learned_optimization.learned_optimizers import nn_adam  # noqa: E402
+from learned_optimization.learned_optimizers import rnn_mlp_lopt  # noqa: E402
 
 STEPS = 50
 # The learned optimizers whose θ tests/lopt_reference.rs writes (nn_adam_decay shares
 # nn_adam's θ layout).
-LOPT_WRITTEN = ("learnable_sgdm", "nn_adam", "adafac_mlp_lopt")
+LOPT_WRITTEN = ("learnable_sgdm", "nn_adam", "adafac_mlp_lopt", "rnn_mlp_lopt")
 OUT = mro.OUT
 
 
@@ -76,9 +77,19 @@ def as_json_tree(tree):
 
 
 def trajectory(lopt, theta, p0, grads, losses):
+  """The library's update over the gradients.
+
+  Jitted, except for RNNMLPLOpt: under jit with jax/jaxlib 0.10.2, XLA rewrites
+  `_LossNormalizer.corrected_mean`'s `1 / (1 - 0.95**0 + 1e-8)` as `1 / (1 - (1 - 1e-8))`
+  (the `+ 1e-8` folded into the subtraction, where it vanishes in f32), so the validation
+  loss feature is 0·inf = NaN and every parameter is NaN from the first step. Run op by
+  op, the library computes what its code says (1e8·0 = 0); that is the reference."""
   opt = lopt.opt_fn(theta)
   state = opt.init(jax.tree_util.tree_map(jnp.asarray, p0), num_steps=STEPS)
-  upd = jax.jit(lambda s, g, l: opt.update(s, g, loss=l))
+  if isinstance(lopt, rnn_mlp_lopt.RNNMLPLOpt):
+    upd = lambda s, g, l: opt.update(s, g, loss=l)  # noqa: E731
+  else:
+    upd = jax.jit(lambda s, g, l: opt.update(s, g, loss=l))
   traj = []
   for g, l in zip(grads, losses):
     state = upd(state, jax.tree_util.tree_map(jnp.asarray, g),
@@ -164,12 +175,39 @@ def lopts():
   cfg = dict(exp_mult=0.3, step_mult=0.02, hidden_size=6, hidden_layers=1)
   ada = adafac_mlp_lopt.AdafacMLPLOpt(**cfg)
   out["adafac_mlp_lopt_big_steps"] = (ada, perturbed_adafac(ada), cfg)
+
+  def perturbed_rnn(lopt):
+    theta = lopt.init(jax.random.PRNGKey(5))
+    keys = iter(jax.random.split(jax.random.PRNGKey(6), 32))
+
+    def bump(tree):
+      if isinstance(tree, dict) or hasattr(tree, "items"):
+        return {k: (bump(v) if k != "w" else v) for k, v in tree.items()}
+      return tree + 0.1 * jax.random.normal(next(keys), tree.shape)
+
+    theta = dict(theta)
+    st = theta["lstm_init_state"]
+    theta["lstm_init_state"] = type(st)(hidden=bump(st.hidden), cell=bump(st.cell))
+    for k in ("ffmod_params", "rnn_params", "rnn_to_ff_params",
+              "rnn_to_in_params"):
+      theta[k] = bump(theta[k])
+    return theta
+
+  small = dict(hidden_size=6, hidden_layer=1, from_mlp_size=3,
+               from_lstm_size=4, lstm_to_ff=5, lstm_hidden_size=8)
+  cfg = dict(step_multiplier=0.001, magnitude_rate=0.001, **small)
+  rnn = rnn_mlp_lopt.RNNMLPLOpt(**cfg)
+  out["rnn_mlp_lopt"] = (rnn, perturbed_rnn(rnn), cfg)
+  cfg = dict(step_multiplier=0.02, magnitude_rate=0.3,
+             **dict(small, hidden_layer=2))
+  rnn = rnn_mlp_lopt.RNNMLPLOpt(**cfg)
+  out["rnn_mlp_lopt_big_steps"] = (rnn, perturbed_rnn(rnn), cfg)
   return out
 
 
 def write():
   for name, (lopt, theta, cfg) in lopts().items():
-    p0, grads, losses = tree_problem(wide=name.startswith("adafac"))
+    p0, grads, losses = tree_problem(wide=name.startswith(("adafac", "rnn")))
     theta_path = os.path.join(OUT, f"{name}_theta.msgpack")
     checkpoints.save_state(theta_path, theta)
     ref = {
@@ -217,7 +255,7 @@ def check_lopt_written():
       print("KEYS DIFFER", name, sorted(set(got) ^ set(expect)))
       failures += 1
     # The loaded θ must also drive the library's optimizer.
-    p0, grads, losses = tree_problem(wide=name.startswith("adafac"))
+    p0, grads, losses = tree_problem(wide=name.startswith(("adafac", "rnn")))
     trajectory(lopt, loaded, p0, grads[:2], losses[:2])
     print("loaded", path, "ok" if not failures else "")
   sys.exit(1 if failures else 0)

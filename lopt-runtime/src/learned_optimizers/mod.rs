@@ -15,6 +15,7 @@ mod learnable_sgd;
 mod learnable_sgdm;
 mod mlp_lopt;
 mod nn_adam;
+mod rnn_mlp_lopt;
 
 pub use adafac_mlp_lopt::{AdafacMlpLOpt, AdafacMlpLOptState, AdafacMlpLOptTheta};
 pub use learnable_adam::LearnableAdam;
@@ -22,6 +23,7 @@ pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
 pub use learnable_sgdm::{LearnableSgdm, LearnableSgdmState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 pub use nn_adam::{NnAdam, NnAdamState, NnAdamTheta, NN_ADAM_FEATURES};
+pub use rnn_mlp_lopt::{LossNormalizerState, RnnMlpLOpt, RnnMlpLOptState, RnnMlpLOptTheta};
 
 use crate::key::Key;
 use crate::optimizers::Optimizer;
