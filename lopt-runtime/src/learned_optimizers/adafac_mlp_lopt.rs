@@ -256,7 +256,7 @@ impl<P: Params> Params for AdafacMlpLOptState<P> {
 /// A leaf's factoring: `None` for rank < 2, else `(a_len, b_len, transposed)` where the
 /// "row" accumulator is indexed by `a` (the library's `d1`: the smaller dimension, the
 /// first when equal) and the "column" one by `b`; `transposed` when `a` is the columns.
-fn factoring(shape: &[usize]) -> Option<(usize, usize, bool)> {
+pub(crate) fn factoring(shape: &[usize]) -> Option<(usize, usize, bool)> {
     match *shape {
         [r, c] => {
             if r <= c {
@@ -269,7 +269,7 @@ fn factoring(shape: &[usize]) -> Option<(usize, usize, bool)> {
     }
 }
 
-fn rsqrt<S: Real>(x: S) -> S {
+pub(crate) fn rsqrt<S: Real>(x: S) -> S {
     S::from_f64(1.0) / x.sqrt()
 }
 
@@ -404,7 +404,6 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             let g = grad.leaf(li);
             let n = g.len();
             let shape = state.params.leaf_shape(li);
-            let fac = factoring(&shape);
             let m = &mut state.m[off_n * km..(off_n + n) * km];
             let v = &mut state.rms[off_n * kr..(off_n + n) * kr];
             for (e, &ge) in g.iter().enumerate() {
@@ -417,84 +416,20 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                     *x = rms_d[k] * *x + (c(1.0) - rms_d[k]) * (ge * ge);
                 }
             }
-            // Factored / diagonal accumulators and the preconditioned gradient y, [n, Kf].
-            let mut y = vec![c(0.0); n * kf];
-            // Per-element row and column accumulator values, [n, Kf] each, and the
-            // factored momentum's multipliers (or the diagonal's).
-            let mut row_feat = vec![c(0.0); n * kf];
-            let mut col_feat = vec![c(0.0); n * kf];
-            // The factored momentum is m·mult1·mult2 (row and column factors; the diagonal's
-            // (v + 1e-6)^-½ and 1), multiplied in the library's order.
-            let mut mult1 = vec![c(0.0); n * kf];
-            let mut mult2 = vec![c(1.0); n * kf];
-            let gsq = |e: usize| g[e] * g[e] + c(1e-30);
-            match fac {
-                Some((la, lb, transposed)) => {
-                    let rows_n = shape[0];
-                    // (a, b) of element e (column-major: e = r + c·rows).
-                    let ab = |e: usize| {
-                        let (r, col) = (e % rows_n, e / rows_n);
-                        if transposed {
-                            (col, r)
-                        } else {
-                            (r, col)
-                        }
-                    };
-                    let vr = &mut state.fac_row[off_row * kf..(off_row + la) * kf];
-                    let vc = &mut state.fac_col[off_col * kf..(off_col + lb) * kf];
-                    let mut mean_b = vec![c(0.0); la]; // mean over b for each a
-                    let mut mean_a = vec![c(0.0); lb]; // mean over a for each b
-                    for e in 0..n {
-                        let (a, b) = ab(e);
-                        mean_b[a] += gsq(e);
-                        mean_a[b] += gsq(e);
-                    }
-                    mean_b.iter_mut().for_each(|x| *x /= c(lb as f64));
-                    mean_a.iter_mut().for_each(|x| *x /= c(la as f64));
-                    for k in 0..kf {
-                        let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
-                        for a in 0..la {
-                            vr[a * kf + k] = d * vr[a * kf + k] + mix * mean_b[a];
-                        }
-                        for b in 0..lb {
-                            vc[b * kf + k] = d * vc[b * kf + k] + mix * mean_a[b];
-                        }
-                        let mut rcm = c(0.0);
-                        for a in 0..la {
-                            rcm += vr[a * kf + k];
-                        }
-                        let rcm = rcm / c(la as f64);
-                        for e in 0..n {
-                            let (a, b) = ab(e);
-                            let (r, col) = (vr[a * kf + k], vc[b * kf + k]);
-                            let row_factor = rsqrt((r / (rcm + c(1e-9))).max(c(1e-9)));
-                            let col_factor = rsqrt(col.max(c(1e-9)));
-                            y[e * kf + k] = g[e] * row_factor * col_factor;
-                            row_feat[e * kf + k] = r;
-                            col_feat[e * kf + k] = col;
-                            mult1[e * kf + k] = row_factor;
-                            mult2[e * kf + k] = col_factor;
-                        }
-                    }
-                    off_row += la;
-                    off_col += lb;
-                }
-                None => {
-                    let vd = &mut state.fac_diag[off_diag * kf..(off_diag + n) * kf];
-                    for e in 0..n {
-                        for k in 0..kf {
-                            let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
-                            let x = d * vd[e * kf + k] + mix * gsq(e);
-                            vd[e * kf + k] = x;
-                            y[e * kf + k] = g[e] * rsqrt((x + c(1e-9)).max(c(1e-9)));
-                            row_feat[e * kf + k] = x;
-                            col_feat[e * kf + k] = x;
-                            mult1[e * kf + k] = (x + c(1e-6)).powf(c(-0.5));
-                        }
-                    }
-                    off_diag += n;
-                }
-            }
+            let FacOut {
+                y,
+                row_feat,
+                col_feat,
+                mult1,
+                mult2,
+            } = factored_step(
+                g,
+                &shape,
+                &fac_d,
+                (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
+                (&mut off_row, &mut off_col, &mut off_diag),
+                c(1e-6),
+            );
             // Features, [n, nf], in the library's order.
             let p = state.params.leaf(li);
             let mut feats = vec![c(0.0); n * nf];
@@ -582,6 +517,117 @@ impl LearnedOptimizer for AdafacMlpLOpt {
     }
     fn name(&self) -> String {
         "AdafacMlpLOpt".into()
+    }
+}
+
+/// What [`factored_step`] gives for one tensor, each `[n, Kf]` (element-major).
+pub(crate) struct FacOut<S> {
+    /// The preconditioned gradient (the library's `fac_g`).
+    pub y: Vec<S>,
+    /// The row accumulator at each element (the diagonal one for rank < 2).
+    pub row_feat: Vec<S>,
+    /// The column accumulator at each element (the diagonal one for rank < 2).
+    pub col_feat: Vec<S>,
+    /// The factored momentum is `m·mult1·mult2`: the row and column factors, or
+    /// `(v + diag_eps)^-½` and 1 for rank < 2.
+    pub mult1: Vec<S>,
+    /// See `mult1`.
+    pub mult2: Vec<S>,
+}
+
+/// The library's `common.factored_rolling` update of one tensor at every Adafactor decay
+/// (`fac_d`, already clipped to `[0, 1]`), on the accumulators at the given offsets, which
+/// it advances.
+pub(crate) fn factored_step<S: Real>(
+    g: &[S],
+    shape: &[usize],
+    fac_d: &[S],
+    (fac_row, fac_col, fac_diag): (&mut [S], &mut [S], &mut [S]),
+    (off_row, off_col, off_diag): (&mut usize, &mut usize, &mut usize),
+    diag_eps: S,
+) -> FacOut<S> {
+    let c = S::from_f64;
+    let n = g.len();
+    let kf = fac_d.len();
+    let mut y = vec![c(0.0); n * kf];
+    let mut row_feat = vec![c(0.0); n * kf];
+    let mut col_feat = vec![c(0.0); n * kf];
+    let mut mult1 = vec![c(0.0); n * kf];
+    let mut mult2 = vec![c(1.0); n * kf];
+    let gsq = |e: usize| g[e] * g[e] + c(1e-30);
+    match factoring(shape) {
+        Some((la, lb, transposed)) => {
+            let rows_n = shape[0];
+            // (a, b) of element e (column-major: e = r + c·rows).
+            let ab = |e: usize| {
+                let (r, col) = (e % rows_n, e / rows_n);
+                if transposed {
+                    (col, r)
+                } else {
+                    (r, col)
+                }
+            };
+            let vr = &mut fac_row[*off_row * kf..(*off_row + la) * kf];
+            let vc = &mut fac_col[*off_col * kf..(*off_col + lb) * kf];
+            let mut mean_b = vec![c(0.0); la]; // mean over b for each a
+            let mut mean_a = vec![c(0.0); lb]; // mean over a for each b
+            for e in 0..n {
+                let (a, b) = ab(e);
+                mean_b[a] += gsq(e);
+                mean_a[b] += gsq(e);
+            }
+            mean_b.iter_mut().for_each(|x| *x /= c(lb as f64));
+            mean_a.iter_mut().for_each(|x| *x /= c(la as f64));
+            for k in 0..kf {
+                let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
+                for a in 0..la {
+                    vr[a * kf + k] = d * vr[a * kf + k] + mix * mean_b[a];
+                }
+                for b in 0..lb {
+                    vc[b * kf + k] = d * vc[b * kf + k] + mix * mean_a[b];
+                }
+                let mut rcm = c(0.0);
+                for a in 0..la {
+                    rcm += vr[a * kf + k];
+                }
+                let rcm = rcm / c(la as f64);
+                for e in 0..n {
+                    let (a, b) = ab(e);
+                    let (r, col) = (vr[a * kf + k], vc[b * kf + k]);
+                    let row_factor = rsqrt((r / (rcm + c(1e-9))).max(c(1e-9)));
+                    let col_factor = rsqrt(col.max(c(1e-9)));
+                    y[e * kf + k] = g[e] * row_factor * col_factor;
+                    row_feat[e * kf + k] = r;
+                    col_feat[e * kf + k] = col;
+                    mult1[e * kf + k] = row_factor;
+                    mult2[e * kf + k] = col_factor;
+                }
+            }
+            *off_row += la;
+            *off_col += lb;
+        }
+        None => {
+            let vd = &mut fac_diag[*off_diag * kf..(*off_diag + n) * kf];
+            for e in 0..n {
+                for k in 0..kf {
+                    let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
+                    let x = d * vd[e * kf + k] + mix * gsq(e);
+                    vd[e * kf + k] = x;
+                    y[e * kf + k] = g[e] * rsqrt((x + c(1e-9)).max(c(1e-9)));
+                    row_feat[e * kf + k] = x;
+                    col_feat[e * kf + k] = x;
+                    mult1[e * kf + k] = (x + diag_eps).powf(c(-0.5));
+                }
+            }
+            *off_diag += n;
+        }
+    }
+    FacOut {
+        y,
+        row_feat,
+        col_feat,
+        mult1,
+        mult2,
     }
 }
 
