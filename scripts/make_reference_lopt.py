@@ -37,11 +37,13 @@ from learned_optimization.learned_optimizers import adafac_mlp_lopt  # noqa: E40
 from learned_optimization.learned_optimizers import base as lopt_base  # noqa: E402
 from learned_optimization.learned_optimizers import nn_adam  # noqa: E402
 from learned_optimization.learned_optimizers import rnn_mlp_lopt  # noqa: E402
+from learned_optimization.research.general_lopt import hyper_v2  # noqa: E402
 
 STEPS = 50
 # The learned optimizers whose θ tests/lopt_reference.rs writes (nn_adam_decay shares
 # nn_adam's θ layout).
-LOPT_WRITTEN = ("learnable_sgdm", "nn_adam", "adafac_mlp_lopt", "rnn_mlp_lopt")
+LOPT_WRITTEN = ("learnable_sgdm", "nn_adam", "adafac_mlp_lopt", "rnn_mlp_lopt",
+                "velo")
 OUT = mro.OUT
 
 
@@ -68,7 +70,13 @@ def tree_problem(wide=False):
       g["q"] = (np.cos(0.41 * t + 0.7 * np.arange(9)) *
                 (0.5 + np.arange(9) / 4)).reshape(3, 3)
     grads.append({k: v.astype(np.float32) for k, v in g.items()})
-  losses = [float(np.float32(2.0 - 0.01 * t)) for t in range(STEPS)]
+  if wide:
+    # Not monotone, with a spike at step 20 that VeLO's loss buffer clips to twice its
+    # running maximum.
+    losses = [float(np.float32(2.0 - 0.02 * t + 0.3 * np.sin(0.9 * t) +
+                               (8.0 if t == 20 else 0.0))) for t in range(STEPS)]
+  else:
+    losses = [float(np.float32(2.0 - 0.01 * t)) for t in range(STEPS)]
   return p0, grads, losses
 
 
@@ -88,6 +96,10 @@ def trajectory(lopt, theta, p0, grads, losses):
   state = opt.init(jax.tree_util.tree_map(jnp.asarray, p0), num_steps=STEPS)
   if isinstance(lopt, rnn_mlp_lopt.RNNMLPLOpt):
     upd = lambda s, g, l: opt.update(s, g, loss=l)  # noqa: E731
+  elif isinstance(lopt, hyper_v2.HyperV2):
+    # HyperV2 splits a key it does not otherwise use (its MLP has no randomness).
+    key = jax.random.PRNGKey(0)
+    upd = jax.jit(lambda s, g, l: opt.update(s, g, loss=l, key=key))
   else:
     upd = jax.jit(lambda s, g, l: opt.update(s, g, loss=l))
   traj = []
@@ -202,12 +214,42 @@ def lopts():
              **dict(small, hidden_layer=2))
   rnn = rnn_mlp_lopt.RNNMLPLOpt(**cfg)
   out["rnn_mlp_lopt_big_steps"] = (rnn, perturbed_rnn(rnn), cfg)
+
+  def perturbed_velo(lopt):
+    theta = lopt.init(jax.random.PRNGKey(7))
+    keys = iter(jax.random.split(jax.random.PRNGKey(8), 64))
+
+    def bump(tree):
+      if hasattr(tree, "items"):
+        return {k: (bump(v) if not k.startswith("w") else v)
+                for k, v in tree.items()}
+      return tree + 0.1 * jax.random.normal(next(keys), tree.shape)
+
+    theta = dict(theta)
+    st = theta["lstm_init_state"]
+    theta["lstm_init_state"] = type(st)(hidden=bump(st.hidden), cell=bump(st.cell))
+    theta["rnn_params"] = bump(theta["rnn_params"])
+    theta["ff_mod_stack"] = bump(theta["ff_mod_stack"])
+    return theta
+
+  cfg = dict(lstm_hidden_size=8, param_inits=4)
+  velo = hyper_v2.HyperV2(**cfg)
+  out["velo"] = (velo, perturbed_velo(velo), cfg)
+  cfg = dict(lstm_hidden_size=8, param_inits=4, ff_hidden_layers=1,
+             use_bugged_next_lstm_state=True)
+  velo = hyper_v2.HyperV2(**cfg)
+  out["velo_released_flags"] = (velo, perturbed_velo(velo), cfg)
+  # The loss buffer sized for the run (the default and released flag sizes it for 10
+  # steps, which makes its decays equal and its features nearly constant).
+  cfg = dict(lstm_hidden_size=8, param_inits=4, use_bugged_loss_features=False)
+  velo = hyper_v2.HyperV2(**cfg)
+  out["velo_loss_features"] = (velo, perturbed_velo(velo), cfg)
   return out
 
 
 def write():
   for name, (lopt, theta, cfg) in lopts().items():
-    p0, grads, losses = tree_problem(wide=name.startswith(("adafac", "rnn")))
+    p0, grads, losses = tree_problem(wide=name.startswith(("adafac", "rnn", "velo")))
     theta_path = os.path.join(OUT, f"{name}_theta.msgpack")
     checkpoints.save_state(theta_path, theta)
     ref = {
@@ -255,7 +297,7 @@ def check_lopt_written():
       print("KEYS DIFFER", name, sorted(set(got) ^ set(expect)))
       failures += 1
     # The loaded θ must also drive the library's optimizer.
-    p0, grads, losses = tree_problem(wide=name.startswith(("adafac", "rnn")))
+    p0, grads, losses = tree_problem(wide=name.startswith(("adafac", "rnn", "velo")))
     trajectory(lopt, loaded, p0, grads[:2], losses[:2])
     print("loaded", path, "ok" if not failures else "")
   sys.exit(1 if failures else 0)

@@ -16,6 +16,7 @@ mod learnable_sgdm;
 mod mlp_lopt;
 mod nn_adam;
 mod rnn_mlp_lopt;
+mod velo;
 
 pub use adafac_mlp_lopt::{AdafacMlpLOpt, AdafacMlpLOptState, AdafacMlpLOptTheta};
 pub use learnable_adam::LearnableAdam;
@@ -24,6 +25,7 @@ pub use learnable_sgdm::{LearnableSgdm, LearnableSgdmState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
 pub use nn_adam::{NnAdam, NnAdamState, NnAdamTheta, NN_ADAM_FEATURES};
 pub use rnn_mlp_lopt::{LossNormalizerState, RnnMlpLOpt, RnnMlpLOptState, RnnMlpLOptTheta};
+pub use velo::{Linear, Velo, VeloState, VeloTheta};
 
 use crate::key::Key;
 use crate::optimizers::Optimizer;
