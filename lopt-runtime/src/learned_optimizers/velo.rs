@@ -567,6 +567,8 @@ impl LearnedOptimizer for Velo {
         }
     }
 
+    // Index loops walk several parallel arrays (decays, moments, buffers) at once.
+    #[allow(clippy::needless_range_loop)]
     fn update<P: Params>(
         &self,
         theta: &VeloTheta<P::Scalar>,
@@ -827,7 +829,7 @@ impl LearnedOptimizer for Velo {
         let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
         let mut w0: Vec<Vec<P::Scalar>> = vec![Vec::new(); in_w.len()];
         let mut b0 = Vec::new();
-        let mut layers: Vec<(Vec<P::Scalar>, Vec<P::Scalar>)> =
+        let mut layers: Vec<Linear<P::Scalar>> =
             vec![(Vec::new(), Vec::new()); theta.ff_layers.len()];
         let total_in: usize = in_w.iter().sum();
         for (li, g) in g_all.iter().enumerate() {
