@@ -8,13 +8,24 @@
 //! own θ (an evolution-strategies population, one perturbation per lane) and trains its
 //! own task instance.
 
+mod adafac_mlp_lopt;
+pub mod flax_msgpack;
 mod learnable_adam;
 mod learnable_sgd;
+mod learnable_sgdm;
 mod mlp_lopt;
+mod nn_adam;
+mod rnn_mlp_lopt;
+mod velo;
 
+pub use adafac_mlp_lopt::{AdafacMlpLOpt, AdafacMlpLOptState, AdafacMlpLOptTheta};
 pub use learnable_adam::LearnableAdam;
 pub use learnable_sgd::{LearnableSgd, LearnableSgdState};
+pub use learnable_sgdm::{LearnableSgdm, LearnableSgdmState};
 pub use mlp_lopt::{MlpLOpt, MlpLOptState, MlpLOptTheta};
+pub use nn_adam::{NnAdam, NnAdamState, NnAdamTheta, NN_ADAM_FEATURES};
+pub use rnn_mlp_lopt::{LossNormalizerState, RnnMlpLOpt, RnnMlpLOptState, RnnMlpLOptTheta};
+pub use velo::{Linear, Velo, VeloState, VeloTheta};
 
 use crate::error::{Error, Result};
 use crate::key::Key;

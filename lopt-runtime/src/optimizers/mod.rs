@@ -13,20 +13,35 @@
 //! | `Adam` | [`Adam`] | `lr = 0.01, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, epsilon_root = 1e-8` |
 //! | `RMSProp` | [`RmsProp`] | `lr = 0.01, decay = 0.9, epsilon = 1e-8, momentum = 0, nesterov = false` |
 //! | `GradientClipOptimizer` | [`GradientClip`] | `grad_clip = 3.0` |
+//! | `optax.adamw` | [`AdamW`] | optax's: `b1 = 0.9, b2 = 0.999, eps = 1e-8, eps_root = 0, weight_decay = 1e-4` |
+//! | `NAdamW`, `OptList(idx)` | [`NAdamW`], [`NAdamW::opt_list`] | `lr = 1e-4, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8`, Nesterov |
+//! | optax schedules, `CosineLearningRateSchedule` | [`Schedule`] | |
+//! | `WeightDecayWrapper` | [`WeightDecay`] | `add_to_loss = true` |
+//! | `GradientAccumulator`, `optax.MultiSteps` | [`GradientAccumulation`] | |
 
+mod accumulate;
 pub(crate) mod adam;
+mod adamw;
 mod gradient_clip;
+mod nadamw;
 mod rmsprop;
+mod schedules;
 mod sgd;
 mod sgdm;
 #[cfg(test)]
 mod tests;
+mod weight_decay;
 
+pub use accumulate::{GradientAccumulation, GradientAccumulationState};
 pub use adam::{Adam, AdamState};
+pub use adamw::{AdamW, AdamWState};
 pub use gradient_clip::{GradientClip, GradientClipState};
+pub use nadamw::{NAdamW, OptListEntry, OPT_LIST_HEAD};
 pub use rmsprop::{RmsProp, RmsPropState};
+pub use schedules::Schedule;
 pub use sgd::{Sgd, SgdState};
 pub use sgdm::{Sgdm, SgdmState};
+pub use weight_decay::WeightDecay;
 
 use crate::error::{Error, Result};
 use crate::params::Params;

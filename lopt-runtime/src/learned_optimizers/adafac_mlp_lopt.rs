@@ -1,0 +1,685 @@
+//! `AdafacMlpLOpt`: a per-parameter MLP learned optimizer over momentum, RMS and
+//! Adafactor-style factored second-moment features (the JAX library's `AdafacMLPLOpt`,
+//! `learned_optimizers/adafac_mlp_lopt.py`, with its default `concat_weights=True`).
+
+use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::LearnedOptimizer;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::params::Params;
+use crate::scalar::Real;
+
+/// Timescales of the library's `tanh_embedding` of the step count.
+const TIMESCALES: [f64; 11] = [
+    1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0,
+];
+
+/// The library's `AdafacMLPLOpt` (defaults: `exp_mult = step_mult = 0.001`,
+/// `hidden_size = 4`, `hidden_layers = 2`, momentum decays `(0.9, 0.99, 0.999)`, RMS decay
+/// `(0.999,)`, Adafactor decays `(0.9, 0.99, 0.999)`).
+///
+/// Per step, with decays `d = 1 − exp(10·(ln(1 − d₀)/10 + θ_d))` from θ:
+/// momenta `m_k ← d_k·m_k + (1 − d_k)·g`; second moments `v ← d·v + (1 − d)·g²` (decay
+/// clipped to `[0, 1]`); and per Adafactor decay, for a matrix, row and column means of
+/// `g² + 1e-30` (the library's `factored_dims`: the smaller dimension, or the first when
+/// equal, indexes the "row" accumulator) and the preconditioned gradient
+/// `g·rsqrt(v_row/mean(v_row) …)·rsqrt(v_col)`; for a vector or a scalar a diagonal
+/// accumulator. Each element then gets 28 features (with the default decays: `g`, `p`,
+/// `m`, `v`, `m·rsqrt(v + 1e-6)`, `rsqrt(v + 1e-6)`, the preconditioned gradients, the row
+/// and column accumulators and their `rsqrt(· + 1e-8)`, and the factored momentum), each
+/// normalized by its root mean square over the tensor (`x·rsqrt(1e-5 + mean x²)`), then
+/// the 11 `tanh(step/τ − 1)` features, into an MLP (ReLU, `hidden_layers` of
+/// `hidden_size`, 2 outputs `(d, s)`): `p ← p − step_mult·d·exp(exp_mult·s)`.
+///
+/// Tensors of rank up to 2 (lopt's leaves); matrices are read in lopt's column-major leaf
+/// order with the shape [`Params::leaf_shape`] reports. The loss is ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdafacMlpLOpt {
+    /// Multiplier of the magnitude output inside the exponential.
+    pub exp_mult: f64,
+    /// Multiplier of the step.
+    pub step_mult: f64,
+    /// Width of the hidden layers.
+    pub hidden_size: usize,
+    /// Number of hidden layers.
+    pub hidden_layers: usize,
+    /// Momentum decays θ starts from.
+    pub initial_momentum_decays: Vec<f64>,
+    /// RMS decays θ starts from.
+    pub initial_rms_decays: Vec<f64>,
+    /// Adafactor decays θ starts from.
+    pub initial_adafactor_decays: Vec<f64>,
+}
+
+impl Default for AdafacMlpLOpt {
+    fn default() -> Self {
+        AdafacMlpLOpt {
+            exp_mult: 0.001,
+            step_mult: 0.001,
+            hidden_size: 4,
+            hidden_layers: 2,
+            initial_momentum_decays: vec![0.9, 0.99, 0.999],
+            initial_rms_decays: vec![0.999],
+            initial_adafactor_decays: vec![0.9, 0.99, 0.999],
+        }
+    }
+}
+
+impl AdafacMlpLOpt {
+    /// `Ok` when the multipliers are finite, every decay lies in `[0, 1)`, each list is
+    /// non-empty, the Adafactor and momentum lists have one length, and the RMS list has
+    /// one entry or that length (the library broadcasts them against each other), and
+    /// `hidden_size > 0`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidArgument(format!("AdafacMlpLOpt: {s}")));
+        if !(self.exp_mult.is_finite() && self.step_mult.is_finite()) {
+            return bad("exp_mult and step_mult must be finite".into());
+        }
+        for (w, l) in [
+            ("momentum", &self.initial_momentum_decays),
+            ("rms", &self.initial_rms_decays),
+            ("adafactor", &self.initial_adafactor_decays),
+        ] {
+            if l.is_empty() || l.iter().any(|d| !(0.0..1.0).contains(d)) {
+                return bad(format!("{w} decays must be non-empty and in [0, 1): {l:?}"));
+            }
+        }
+        let (km, kr, kf) = self.counts();
+        if km != kf || !(kr == 1 || kr == km) {
+            return bad(format!(
+                "{km} momentum, {kr} rms and {kf} adafactor decays do not broadcast"
+            ));
+        }
+        if self.hidden_size == 0 {
+            return bad("hidden_size must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.initial_momentum_decays.len(),
+            self.initial_rms_decays.len(),
+            self.initial_adafactor_decays.len(),
+        )
+    }
+
+    /// Per-element features before the step-count features.
+    pub fn num_features(&self) -> usize {
+        let (km, kr, kf) = self.counts();
+        2 + km + kr + km.max(kr) + kr + 6 * kf
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        let mut w = vec![self.num_features() + TIMESCALES.len()];
+        w.extend(std::iter::repeat_n(self.hidden_size, self.hidden_layers));
+        w.push(2);
+        w
+    }
+}
+
+/// θ of [`AdafacMlpLOpt`]. Weights are row-major `[in, out]` as haiku stores them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdafacMlpLOptTheta<S> {
+    /// `momentum_decays`: offsets of the momentum decays in `ln(1 − d)/10` units.
+    pub momentum_decays: Vec<S>,
+    /// `rms_decays`, likewise.
+    pub rms_decays: Vec<S>,
+    /// `adafactor_decays`, likewise.
+    pub adafactor_decays: Vec<S>,
+    /// `nn/~/w{i}` (row-major `[in, out]`) and `nn/~/b{i}`.
+    pub layers: Vec<(Vec<S>, Vec<S>)>,
+}
+
+impl<S: Real> AdafacMlpLOptTheta<S> {
+    fn cast<T: Real>(&self) -> AdafacMlpLOptTheta<T> {
+        let c = |v: &Vec<S>| v.iter().map(|x| T::from_f64(x.lane(0))).collect::<Vec<T>>();
+        AdafacMlpLOptTheta {
+            momentum_decays: c(&self.momentum_decays),
+            rms_decays: c(&self.rms_decays),
+            adafactor_decays: c(&self.adafactor_decays),
+            layers: self.layers.iter().map(|(w, b)| (c(w), c(b))).collect(),
+        }
+    }
+}
+
+/// Leaves: the three decay vectors, then `w0, b0, w1, b1, …` (flat, row-major).
+impl<S: Real> Params for AdafacMlpLOptTheta<S> {
+    type Scalar = S;
+    fn num_leaves(&self) -> usize {
+        3 + 2 * self.layers.len()
+    }
+    fn leaf(&self, i: usize) -> &[S] {
+        match i {
+            0 => &self.momentum_decays,
+            1 => &self.rms_decays,
+            2 => &self.adafactor_decays,
+            _ if (i - 3).is_multiple_of(2) => &self.layers[(i - 3) / 2].0,
+            _ => &self.layers[(i - 3) / 2].1,
+        }
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [S] {
+        match i {
+            0 => &mut self.momentum_decays,
+            1 => &mut self.rms_decays,
+            2 => &mut self.adafactor_decays,
+            _ if (i - 3).is_multiple_of(2) => &mut self.layers[(i - 3) / 2].0,
+            _ => &mut self.layers[(i - 3) / 2].1,
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        match i {
+            0 => out.push_str("momentum_decays"),
+            1 => out.push_str("rms_decays"),
+            2 => out.push_str("adafactor_decays"),
+            _ => {
+                let k = (i - 3) / 2;
+                out.push_str(&format!(
+                    "nn.{}{k}",
+                    if (i - 3).is_multiple_of(2) { "w" } else { "b" }
+                ));
+            }
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        vec![self.leaf(i).len()]
+    }
+}
+
+/// State of [`AdafacMlpLOpt`]'s inner optimizer. The accumulators of all leaves are
+/// concatenated, leaf by leaf, element-major with the decays innermost.
+#[derive(Debug, Clone)]
+pub struct AdafacMlpLOptState<P: Params> {
+    /// Current parameters.
+    pub params: P,
+    /// Momenta, `Km` per element.
+    pub m: Vec<P::Scalar>,
+    /// Second moments, `Kr` per element.
+    pub rms: Vec<P::Scalar>,
+    /// Factored "row" accumulators of the matrices, `Kf` per entry.
+    pub fac_row: Vec<P::Scalar>,
+    /// Factored "column" accumulators of the matrices, `Kf` per entry.
+    pub fac_col: Vec<P::Scalar>,
+    /// Diagonal accumulators of vectors and scalars, `Kf` per element.
+    pub fac_diag: Vec<P::Scalar>,
+    /// Updates applied so far.
+    pub iteration: usize,
+}
+
+const STATE_EXTRA: [&str; 5] = ["m", "rms", "fac_row", "fac_col", "fac_diag"];
+
+/// Leaves: the parameters, then `m`, `rms`, `fac_row`, `fac_col`, `fac_diag` (one leaf each).
+impl<P: Params> Params for AdafacMlpLOptState<P> {
+    type Scalar = P::Scalar;
+    fn num_leaves(&self) -> usize {
+        self.params.num_leaves() + 5
+    }
+    fn leaf(&self, i: usize) -> &[P::Scalar] {
+        let k = self.params.num_leaves();
+        match i.checked_sub(k) {
+            None => self.params.leaf(i),
+            Some(0) => &self.m,
+            Some(1) => &self.rms,
+            Some(2) => &self.fac_row,
+            Some(3) => &self.fac_col,
+            Some(_) => &self.fac_diag,
+        }
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+        let k = self.params.num_leaves();
+        match i.checked_sub(k) {
+            None => self.params.leaf_mut(i),
+            Some(0) => &mut self.m,
+            Some(1) => &mut self.rms,
+            Some(2) => &mut self.fac_row,
+            Some(3) => &mut self.fac_col,
+            Some(_) => &mut self.fac_diag,
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        let k = self.params.num_leaves();
+        match i.checked_sub(k) {
+            None => crate::params::write_field_leaf_name(out, "params", &self.params, i),
+            Some(j) => out.push_str(STATE_EXTRA[j]),
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        let k = self.params.num_leaves();
+        if i < k {
+            self.params.leaf_shape(i)
+        } else {
+            vec![self.leaf(i).len()]
+        }
+    }
+}
+
+/// A leaf's factoring: `None` for rank < 2, else `(a_len, b_len, transposed)` where the
+/// "row" accumulator is indexed by `a` (the library's `d1`: the smaller dimension, the
+/// first when equal) and the "column" one by `b`; `transposed` when `a` is the columns.
+pub(crate) fn factoring(shape: &[usize]) -> Option<(usize, usize, bool)> {
+    match *shape {
+        [r, c] => {
+            if r <= c {
+                Some((r, c, false))
+            } else {
+                Some((c, r, true))
+            }
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn rsqrt<S: Real>(x: S) -> S {
+    S::from_f64(1.0) / x.sqrt()
+}
+
+/// `1 − exp(10·(ln(1 − d₀)/10 + θ))`.
+fn decays<S: Real>(initial: &[f64], theta: &[S]) -> Vec<S> {
+    let c = S::from_f64;
+    initial
+        .iter()
+        .zip(theta)
+        .map(|(&d0, &t)| {
+            let base = (c(1.0) - c(d0)).ln() / c(10.0);
+            c(1.0) - ((base + t) * c(10.0)).exp()
+        })
+        .collect()
+}
+
+fn clip01<S: Real>(x: S) -> S {
+    x.max(S::from_f64(0.0)).min(S::from_f64(1.0))
+}
+
+impl LearnedOptimizer for AdafacMlpLOpt {
+    type Theta<S: Real> = AdafacMlpLOptTheta<S>;
+    type State<P: Params> = AdafacMlpLOptState<P>;
+
+    /// Zero decay offsets, weights from haiku's truncated normal (σ = 1/√fan_in, cut at
+    /// ±2σ), zero biases (lopt's random stream, not JAX's).
+    fn init(&self, key: Key) -> AdafacMlpLOptTheta<f32> {
+        let (km, kr, kf) = self.counts();
+        let widths = self.widths();
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(k, io)| {
+                let mut w = vec![0.0f32; io[0] * io[1]];
+                key.fold_in(k as u64)
+                    .fill_truncated_normal(&mut w, 1.0 / (io[0] as f32).sqrt());
+                (w, vec![0.0f32; io[1]])
+            })
+            .collect();
+        AdafacMlpLOptTheta {
+            momentum_decays: vec![0.0; km],
+            rms_decays: vec![0.0; kr],
+            adafactor_decays: vec![0.0; kf],
+            layers,
+        }
+    }
+
+    fn cast_theta<T: Real, S: Real>(&self, theta: &AdafacMlpLOptTheta<T>) -> AdafacMlpLOptTheta<S> {
+        theta.cast()
+    }
+
+    fn init_state<P: Params>(
+        &self,
+        _theta: &AdafacMlpLOptTheta<P::Scalar>,
+        params: P,
+        _num_steps: Option<usize>,
+    ) -> AdafacMlpLOptState<P> {
+        let (km, kr, kf) = self.counts();
+        let zero = P::Scalar::from_f64(0.0);
+        let (mut n, mut rows, mut cols, mut diag) = (0, 0, 0, 0);
+        for i in 0..params.num_leaves() {
+            let len = params.leaf(i).len();
+            n += len;
+            match factoring(&params.leaf_shape(i)) {
+                Some((a, b, _)) => {
+                    rows += a;
+                    cols += b;
+                }
+                None => diag += len,
+            }
+        }
+        AdafacMlpLOptState {
+            params,
+            m: vec![zero; n * km],
+            rms: vec![zero; n * kr],
+            fac_row: vec![zero; rows * kf],
+            fac_col: vec![zero; cols * kf],
+            fac_diag: vec![zero; diag * kf],
+            iteration: 0,
+        }
+    }
+
+    fn update<P: Params>(
+        &self,
+        theta: &AdafacMlpLOptTheta<P::Scalar>,
+        state: &mut AdafacMlpLOptState<P>,
+        grad: &P,
+        _loss: P::Scalar,
+    ) {
+        crate::optimizers::assert_leaf_lengths(
+            "AdafacMlpLOpt::update: gradient vs params",
+            &state.params,
+            grad,
+        );
+        let c = P::Scalar::from_f64;
+        let (km, kr, kf) = self.counts();
+        let widths = self.widths();
+        assert!(
+            theta.momentum_decays.len() == km
+                && theta.rms_decays.len() == kr
+                && theta.adafactor_decays.len() == kf
+                && theta.layers.len() == widths.len() - 1
+                && theta
+                    .layers
+                    .iter()
+                    .zip(widths.windows(2))
+                    .all(|((w, b), io)| w.len() == io[0] * io[1] && b.len() == io[1]),
+            "AdafacMlpLOpt::update: θ's shapes do not match the configuration"
+        );
+        let mom_d = decays(&self.initial_momentum_decays, &theta.momentum_decays);
+        let rms_d: Vec<_> = decays(&self.initial_rms_decays, &theta.rms_decays)
+            .into_iter()
+            .map(clip01)
+            .collect();
+        let fac_d: Vec<_> = decays(&self.initial_adafactor_decays, &theta.adafactor_decays)
+            .into_iter()
+            .map(clip01)
+            .collect();
+        // The step-count features from the iteration before this update.
+        let t = c(state.iteration as f64);
+        let tsf: Vec<_> = TIMESCALES
+            .iter()
+            .map(|&s| (t / c(s) - c(1.0)).tanh())
+            .collect();
+        let nf = self.num_features();
+        let kmr = km.max(kr);
+        let (mut off_n, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
+        let max_width = *widths.iter().max().expect("widths");
+        let mut act = vec![c(0.0); max_width];
+        let mut nxt = vec![c(0.0); max_width];
+        for li in 0..grad.num_leaves() {
+            let g = grad.leaf(li);
+            let n = g.len();
+            let shape = state.params.leaf_shape(li);
+            let m = &mut state.m[off_n * km..(off_n + n) * km];
+            let v = &mut state.rms[off_n * kr..(off_n + n) * kr];
+            for (e, &ge) in g.iter().enumerate() {
+                for k in 0..km {
+                    let x = &mut m[e * km + k];
+                    *x = mom_d[k] * *x + (c(1.0) - mom_d[k]) * ge;
+                }
+                for k in 0..kr {
+                    let x = &mut v[e * kr + k];
+                    *x = rms_d[k] * *x + (c(1.0) - rms_d[k]) * (ge * ge);
+                }
+            }
+            let FacOut {
+                y,
+                row_feat,
+                col_feat,
+                mult1,
+                mult2,
+            } = factored_step(
+                g,
+                &shape,
+                &fac_d,
+                (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
+                (&mut off_row, &mut off_col, &mut off_diag),
+                c(1e-6),
+            );
+            // Features, [n, nf], in the library's order.
+            let p = state.params.leaf(li);
+            let mut feats = vec![c(0.0); n * nf];
+            for e in 0..n {
+                let f = &mut feats[e * nf..(e + 1) * nf];
+                let mut j = 0;
+                let mut push = |x| {
+                    f[j] = x;
+                    j += 1;
+                };
+                push(g[e]);
+                push(p[e]);
+                let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
+                me.iter().for_each(|&x| push(x));
+                ve.iter().for_each(|&x| push(x));
+                for k in 0..kmr {
+                    let mk = me[if km == 1 { 0 } else { k }];
+                    let vk = ve[if kr == 1 { 0 } else { k }];
+                    push(mk * rsqrt(vk + c(1e-6)));
+                }
+                ve.iter().for_each(|&x| push(rsqrt(x + c(1e-6))));
+                let s = e * kf..(e + 1) * kf;
+                y[s.clone()].iter().for_each(|&x| push(x));
+                row_feat[s.clone()].iter().for_each(|&x| push(x));
+                col_feat[s.clone()].iter().for_each(|&x| push(x));
+                row_feat[s.clone()]
+                    .iter()
+                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
+                col_feat[s.clone()]
+                    .iter()
+                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
+                for k in 0..kf {
+                    push(me[k] * mult1[e * kf + k] * mult2[e * kf + k]);
+                }
+            }
+            // Second-moment normalization of each feature over the tensor.
+            let nn = c(n as f64);
+            for j in 0..nf {
+                let mut ms = c(0.0);
+                for e in 0..n {
+                    let x = feats[e * nf + j];
+                    ms += x * x;
+                }
+                let scale = rsqrt(c(1e-5) + ms / nn);
+                for e in 0..n {
+                    feats[e * nf + j] *= scale;
+                }
+            }
+            // The MLP, element by element.
+            let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
+            let p = state.params.leaf_mut(li);
+            for e in 0..n {
+                act[..nf].copy_from_slice(&feats[e * nf..(e + 1) * nf]);
+                act[nf..nf + tsf.len()].copy_from_slice(&tsf);
+                let last = theta.layers.len() - 1;
+                for (l, ((w, b), io)) in theta.layers.iter().zip(widths.windows(2)).enumerate() {
+                    let (din, dout) = (io[0], io[1]);
+                    nxt[..dout].copy_from_slice(b);
+                    for (i, &x) in act[..din].iter().enumerate() {
+                        for (o, &wv) in nxt[..dout].iter_mut().zip(&w[i * dout..(i + 1) * dout]) {
+                            *o += x * wv;
+                        }
+                    }
+                    if l != last {
+                        nxt[..dout].iter_mut().for_each(|x| *x = x.max(c(0.0)));
+                    }
+                    std::mem::swap(&mut act, &mut nxt);
+                }
+                let (direction, magnitude) = (act[0], act[1]);
+                p[e] -= direction * (magnitude * exp_mult).exp() * step_mult;
+            }
+            off_n += n;
+        }
+        state.iteration += 1;
+    }
+
+    fn params<'s, P: Params>(&self, state: &'s AdafacMlpLOptState<P>) -> &'s P {
+        &state.params
+    }
+    fn set_params<P: Params>(&self, state: &mut AdafacMlpLOptState<P>, params: P) {
+        state.params = params;
+    }
+    fn iteration<P: Params>(&self, state: &AdafacMlpLOptState<P>) -> usize {
+        state.iteration
+    }
+    fn name(&self) -> String {
+        "AdafacMlpLOpt".into()
+    }
+}
+
+/// What [`factored_step`] gives for one tensor, each `[n, Kf]` (element-major).
+pub(crate) struct FacOut<S> {
+    /// The preconditioned gradient (the library's `fac_g`).
+    pub y: Vec<S>,
+    /// The row accumulator at each element (the diagonal one for rank < 2).
+    pub row_feat: Vec<S>,
+    /// The column accumulator at each element (the diagonal one for rank < 2).
+    pub col_feat: Vec<S>,
+    /// The factored momentum is `m·mult1·mult2`: the row and column factors, or
+    /// `(v + diag_eps)^-½` and 1 for rank < 2.
+    pub mult1: Vec<S>,
+    /// See `mult1`.
+    pub mult2: Vec<S>,
+}
+
+/// The library's `common.factored_rolling` update of one tensor at every Adafactor decay
+/// (`fac_d`, already clipped to `[0, 1]`), on the accumulators at the given offsets, which
+/// it advances.
+pub(crate) fn factored_step<S: Real>(
+    g: &[S],
+    shape: &[usize],
+    fac_d: &[S],
+    (fac_row, fac_col, fac_diag): (&mut [S], &mut [S], &mut [S]),
+    (off_row, off_col, off_diag): (&mut usize, &mut usize, &mut usize),
+    diag_eps: S,
+) -> FacOut<S> {
+    let c = S::from_f64;
+    let n = g.len();
+    let kf = fac_d.len();
+    let mut y = vec![c(0.0); n * kf];
+    let mut row_feat = vec![c(0.0); n * kf];
+    let mut col_feat = vec![c(0.0); n * kf];
+    let mut mult1 = vec![c(0.0); n * kf];
+    let mut mult2 = vec![c(1.0); n * kf];
+    let gsq = |e: usize| g[e] * g[e] + c(1e-30);
+    match factoring(shape) {
+        Some((la, lb, transposed)) => {
+            let rows_n = shape[0];
+            // (a, b) of element e (column-major: e = r + c·rows).
+            let ab = |e: usize| {
+                let (r, col) = (e % rows_n, e / rows_n);
+                if transposed {
+                    (col, r)
+                } else {
+                    (r, col)
+                }
+            };
+            let vr = &mut fac_row[*off_row * kf..(*off_row + la) * kf];
+            let vc = &mut fac_col[*off_col * kf..(*off_col + lb) * kf];
+            let mut mean_b = vec![c(0.0); la]; // mean over b for each a
+            let mut mean_a = vec![c(0.0); lb]; // mean over a for each b
+            for e in 0..n {
+                let (a, b) = ab(e);
+                mean_b[a] += gsq(e);
+                mean_a[b] += gsq(e);
+            }
+            mean_b.iter_mut().for_each(|x| *x /= c(lb as f64));
+            mean_a.iter_mut().for_each(|x| *x /= c(la as f64));
+            for k in 0..kf {
+                let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
+                for a in 0..la {
+                    vr[a * kf + k] = d * vr[a * kf + k] + mix * mean_b[a];
+                }
+                for b in 0..lb {
+                    vc[b * kf + k] = d * vc[b * kf + k] + mix * mean_a[b];
+                }
+                let mut rcm = c(0.0);
+                for a in 0..la {
+                    rcm += vr[a * kf + k];
+                }
+                let rcm = rcm / c(la as f64);
+                for e in 0..n {
+                    let (a, b) = ab(e);
+                    let (r, col) = (vr[a * kf + k], vc[b * kf + k]);
+                    let row_factor = rsqrt((r / (rcm + c(1e-9))).max(c(1e-9)));
+                    let col_factor = rsqrt(col.max(c(1e-9)));
+                    y[e * kf + k] = g[e] * row_factor * col_factor;
+                    row_feat[e * kf + k] = r;
+                    col_feat[e * kf + k] = col;
+                    mult1[e * kf + k] = row_factor;
+                    mult2[e * kf + k] = col_factor;
+                }
+            }
+            *off_row += la;
+            *off_col += lb;
+        }
+        None => {
+            let vd = &mut fac_diag[*off_diag * kf..(*off_diag + n) * kf];
+            for e in 0..n {
+                for k in 0..kf {
+                    let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
+                    let x = d * vd[e * kf + k] + mix * gsq(e);
+                    vd[e * kf + k] = x;
+                    y[e * kf + k] = g[e] * rsqrt((x + c(1e-9)).max(c(1e-9)));
+                    row_feat[e * kf + k] = x;
+                    col_feat[e * kf + k] = x;
+                    mult1[e * kf + k] = (x + diag_eps).powf(c(-0.5));
+                }
+            }
+            *off_diag += n;
+        }
+    }
+    FacOut {
+        y,
+        row_feat,
+        col_feat,
+        mult1,
+        mult2,
+    }
+}
+
+fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
+    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
+}
+
+/// The library's θ: `adafactor_decays`, `momentum_decays`, `rms_decays` and
+/// `nn/~/{w0, b0, w1, b1, …}`.
+impl<S: Real> FlaxTheta for AdafacMlpLOptTheta<S> {
+    type Config = AdafacMlpLOpt;
+    fn to_flax(&self) -> FlaxValue {
+        let mut nn = Vec::new();
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            let (din, dout) = (w.len() / b.len().max(1), b.len());
+            nn.push((format!("b{i}"), arr(vec![dout], b)));
+            nn.push((format!("w{i}"), arr(vec![din, dout], w)));
+        }
+        FlaxValue::map([
+            (
+                "adafactor_decays",
+                arr(vec![self.adafactor_decays.len()], &self.adafactor_decays),
+            ),
+            (
+                "momentum_decays",
+                arr(vec![self.momentum_decays.len()], &self.momentum_decays),
+            ),
+            ("nn", FlaxValue::map([("~", FlaxValue::Map(nn))])),
+            (
+                "rms_decays",
+                arr(vec![self.rms_decays.len()], &self.rms_decays),
+            ),
+        ])
+    }
+
+    fn from_flax(config: &AdafacMlpLOpt, v: &FlaxValue) -> Result<Self, FlaxMsgpackError> {
+        let (km, kr, kf) = config.counts();
+        let widths = config.widths();
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, io)| {
+                let w = v.real_array(&["nn", "~", &format!("w{i}")], &[io[0], io[1]])?;
+                let b = v.real_array(&["nn", "~", &format!("b{i}")], &[io[1]])?;
+                Ok((w, b))
+            })
+            .collect::<Result<_, FlaxMsgpackError>>()?;
+        Ok(AdafacMlpLOptTheta {
+            momentum_decays: v.real_array(&["momentum_decays"], &[km])?,
+            rms_decays: v.real_array(&["rms_decays"], &[kr])?,
+            adafactor_decays: v.real_array(&["adafactor_decays"], &[kf])?,
+            layers,
+        })
+    }
+}

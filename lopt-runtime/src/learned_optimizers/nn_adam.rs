@@ -1,0 +1,594 @@
+//! `NnAdam`: Adam whose per-tensor hyperparameters an LSTM adjusts every step (the JAX
+//! library's `NNAdam`, `learned_optimizers/nn_adam.py`).
+
+use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::LearnedOptimizer;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::params::Params;
+use crate::scalar::Real;
+
+/// Number of per-tensor features the LSTM reads.
+pub const NN_ADAM_FEATURES: usize = 19;
+
+/// Adam with a learning rate, β1, β2 and ε per tensor, each changed after every step by
+/// an LSTM that reads 19 summary features of the tensor, exactly as the library's
+/// `NNAdam` (defaults: `output_scale = 0.01`, `initial_learning_rate = 1e-4`,
+/// `initial_beta1 = 0.9`, `initial_beta2 = 0.999`, `initial_epsilon = 1e-8`,
+/// `decay_strength = 0`, `lstm_hidden_size = 32`).
+///
+/// Hyperparameters are kept in scaled form `x`: `lr = clip(exp(10x), 1e-8, 1e3)`,
+/// `ε = clip(exp(10x), 1e-11, 1e4)`, `β = 1 − exp(clip(10x, −10, 0))`. One step, per tensor,
+/// with `g` clipped to ±1000:
+///
+/// ```text
+/// m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²                (no bias correction)
+/// p ← p − lr·(1 + ε) / (ε + √(v + 1e-10)) · m
+/// (h, c) ← LSTM(features(p_old, g, m, v, x_lr, x_β1, x_β2, x_ε), (h, c))  (haiku's LSTM)
+/// x ← fwd(inv(x + output_scale · (W·h + b)))   for x in (x_lr, x_β1, x_β2, x_ε)
+/// ```
+///
+/// The features, in the library's (alphabetical) order: the four scaled hyperparameters
+/// clipped to ±5 and times 0.2, whether the tensor is a vector / a scalar (±1), and
+/// `½·clip(ln(1e-8 + |·|), ±5)` of the means of `g`, `|g|`, `m`, `p`, `v` and of the
+/// variances of `g`, `m`, `p`, `v`, with the signs of the means of `g`, `m`, `p`, `v`.
+/// θ holds the LSTM's weights and initial state, the output layer (zero at init, so a
+/// fresh θ is plain Adam-like), and the initial scaled hyperparameters. The loss is
+/// ignored. `init_state` accepts `num_steps = None` (the library requires it but does not
+/// use it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NnAdam {
+    /// Multiplier of the LSTM's output.
+    pub output_scale: f64,
+    /// Learning rate θ starts from.
+    pub initial_learning_rate: f64,
+    /// β1 θ starts from.
+    pub initial_beta1: f64,
+    /// β2 θ starts from.
+    pub initial_beta2: f64,
+    /// ε θ starts from.
+    pub initial_epsilon: f64,
+    /// Pull of the per-tensor hyperparameters back to θ's (0 = none).
+    pub decay_strength: f64,
+    /// Width of the LSTM.
+    pub lstm_hidden_size: usize,
+}
+
+impl Default for NnAdam {
+    fn default() -> Self {
+        NnAdam {
+            output_scale: 0.01,
+            initial_learning_rate: 1e-4,
+            initial_beta1: 0.9,
+            initial_beta2: 0.999,
+            initial_epsilon: 1e-8,
+            decay_strength: 0.0,
+            lstm_hidden_size: 32,
+        }
+    }
+}
+
+impl NnAdam {
+    /// `Ok` when the initial learning rate and ε are finite and positive, the betas lie in
+    /// `[0, 1)`, `output_scale` and `decay_strength` are finite and ≥ 0, and the LSTM has a
+    /// positive width.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |w: &str, x: f64| {
+            Err(Error::InvalidArgument(format!(
+                "NnAdam {w} out of range: {x}"
+            )))
+        };
+        for (w, x) in [
+            ("initial_learning_rate", self.initial_learning_rate),
+            ("initial_epsilon", self.initial_epsilon),
+        ] {
+            if !(x.is_finite() && x > 0.0) {
+                return bad(w, x);
+            }
+        }
+        for (w, x) in [
+            ("initial_beta1", self.initial_beta1),
+            ("initial_beta2", self.initial_beta2),
+        ] {
+            if !(0.0..1.0).contains(&x) {
+                return bad(w, x);
+            }
+        }
+        for (w, x) in [
+            ("output_scale", self.output_scale),
+            ("decay_strength", self.decay_strength),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                return bad(w, x);
+            }
+        }
+        if self.lstm_hidden_size == 0 {
+            return bad("lstm_hidden_size", 0.0);
+        }
+        Ok(())
+    }
+}
+
+/// θ of [`NnAdam`]; matrices are row-major `[in, out]` as haiku stores them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NnAdamTheta<S> {
+    /// `lstm_init_state.hidden`, `[H]`.
+    pub init_hidden: Vec<S>,
+    /// `lstm_init_state.cell`, `[H]`.
+    pub init_cell: Vec<S>,
+    /// `rnn_params["rnn/linear"].w`, `[19 + H, 4H]` (gates i, g, f, o).
+    pub lstm_w: Vec<S>,
+    /// `rnn_params["rnn/linear"].b`, `[4H]`.
+    pub lstm_b: Vec<S>,
+    /// `rnn_to_controls_params["rnn_to_controls"].w`, `[H, 4]`.
+    pub out_w: Vec<S>,
+    /// `rnn_to_controls_params["rnn_to_controls"].b`, `[4]`.
+    pub out_b: Vec<S>,
+    /// `[per_layer_lr, per_layer_beta1, per_layer_beta2, per_layer_epsilon]`: the scaled
+    /// hyperparameters every tensor starts from.
+    pub per_layer: Vec<S>,
+}
+
+const THETA_FIELDS: [&str; 7] = [
+    "init_hidden",
+    "init_cell",
+    "lstm_w",
+    "lstm_b",
+    "out_w",
+    "out_b",
+    "per_layer",
+];
+
+impl<S: Real> NnAdamTheta<S> {
+    fn hidden(&self) -> usize {
+        self.init_hidden.len()
+    }
+    fn fields(&self) -> [&Vec<S>; 7] {
+        [
+            &self.init_hidden,
+            &self.init_cell,
+            &self.lstm_w,
+            &self.lstm_b,
+            &self.out_w,
+            &self.out_b,
+            &self.per_layer,
+        ]
+    }
+    fn cast<T: Real>(&self) -> NnAdamTheta<T> {
+        let c = |v: &Vec<S>| v.iter().map(|x| T::from_f64(x.lane(0))).collect();
+        NnAdamTheta {
+            init_hidden: c(&self.init_hidden),
+            init_cell: c(&self.init_cell),
+            lstm_w: c(&self.lstm_w),
+            lstm_b: c(&self.lstm_b),
+            out_w: c(&self.out_w),
+            out_b: c(&self.out_b),
+            per_layer: c(&self.per_layer),
+        }
+    }
+}
+
+/// The seven fields above, in order, each one leaf.
+impl<S: Real> Params for NnAdamTheta<S> {
+    type Scalar = S;
+    fn num_leaves(&self) -> usize {
+        7
+    }
+    fn leaf(&self, i: usize) -> &[S] {
+        self.fields()[i]
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [S] {
+        match i {
+            0 => &mut self.init_hidden,
+            1 => &mut self.init_cell,
+            2 => &mut self.lstm_w,
+            3 => &mut self.lstm_b,
+            4 => &mut self.out_w,
+            5 => &mut self.out_b,
+            _ => &mut self.per_layer,
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        out.push_str(THETA_FIELDS[i]);
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        let h = self.hidden();
+        match i {
+            2 => vec![NN_ADAM_FEATURES + h, 4 * h],
+            4 => vec![h, 4],
+            _ => vec![self.fields()[i].len()],
+        }
+    }
+}
+
+/// State of [`NnAdam`]'s inner optimizer.
+#[derive(Debug, Clone)]
+pub struct NnAdamState<P: Params> {
+    /// Current parameters.
+    pub params: P,
+    /// First moment.
+    pub m: P,
+    /// Second moment.
+    pub rms: P,
+    /// Scaled `[lr, β1, β2, ε]` of each tensor, 4 per leaf.
+    pub per_layer: Vec<P::Scalar>,
+    /// LSTM hidden state, `H` per leaf.
+    pub hidden: Vec<P::Scalar>,
+    /// LSTM cell state, `H` per leaf.
+    pub cell: Vec<P::Scalar>,
+    /// Updates applied so far.
+    pub iteration: usize,
+}
+
+/// Leaves: the parameters, `m`, `rms`, then `per_layer`, `hidden`, `cell` as one leaf each.
+impl<P: Params> Params for NnAdamState<P> {
+    type Scalar = P::Scalar;
+    fn num_leaves(&self) -> usize {
+        3 * self.params.num_leaves() + 3
+    }
+    fn leaf(&self, i: usize) -> &[P::Scalar] {
+        let k = self.params.num_leaves();
+        match i / k.max(1) {
+            _ if i >= 3 * k => match i - 3 * k {
+                0 => &self.per_layer,
+                1 => &self.hidden,
+                _ => &self.cell,
+            },
+            0 => self.params.leaf(i),
+            1 => self.m.leaf(i - k),
+            _ => self.rms.leaf(i - 2 * k),
+        }
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+        let k = self.params.num_leaves();
+        match i / k.max(1) {
+            _ if i >= 3 * k => match i - 3 * k {
+                0 => &mut self.per_layer,
+                1 => &mut self.hidden,
+                _ => &mut self.cell,
+            },
+            0 => self.params.leaf_mut(i),
+            1 => self.m.leaf_mut(i - k),
+            _ => self.rms.leaf_mut(i - 2 * k),
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        let k = self.params.num_leaves();
+        if i >= 3 * k {
+            out.push_str(["per_layer", "hidden", "cell"][i - 3 * k]);
+        } else {
+            crate::params::write_field_leaf_name(
+                out,
+                ["params", "m", "rms"][i / k],
+                &self.params,
+                i % k,
+            );
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        let k = self.params.num_leaves();
+        if i >= 3 * k {
+            vec![self.leaf(i).len()]
+        } else {
+            self.params.leaf_shape(i % k)
+        }
+    }
+}
+
+fn clip<S: Real>(x: S, lo: f64, hi: f64) -> S {
+    x.max(S::from_f64(lo)).min(S::from_f64(hi))
+}
+
+fn sign<S: Real>(x: S) -> S {
+    let z = S::from_f64(0.0);
+    S::select(
+        x.gt(z),
+        S::from_f64(1.0),
+        S::select(x.lt(z), S::from_f64(-1.0), z),
+    )
+}
+
+fn sigmoid<S: Real>(x: S) -> S {
+    S::from_f64(1.0) / (S::from_f64(1.0) + (-x).exp())
+}
+
+/// `½·clip(ln(1e-8 + |v|), −5, 5)`.
+fn clip_log_abs<S: Real>(v: S) -> S {
+    clip((S::from_f64(1e-8) + v.abs()).ln(), -5.0, 5.0) * S::from_f64(0.5)
+}
+
+fn lr_inv<S: Real>(x: S) -> S {
+    clip((S::from_f64(10.0) * x).exp(), 1e-8, 1e3)
+}
+fn eps_inv<S: Real>(x: S) -> S {
+    clip((S::from_f64(10.0) * x).exp(), 1e-11, 1e4)
+}
+fn beta_inv<S: Real>(x: S) -> S {
+    S::from_f64(1.0) - clip(S::from_f64(10.0) * x, -10.0, 0.0).exp()
+}
+fn log_fwd<S: Real>(x: S) -> S {
+    S::from_f64(0.1) * x.ln()
+}
+fn beta_fwd<S: Real>(x: S) -> S {
+    S::from_f64(0.1) * (S::from_f64(1.0) - x).ln()
+}
+
+/// `(mean, mean of squared deviations)` of `xs`, in `S`.
+fn mean_var<S: Real>(xs: impl Iterator<Item = S> + Clone, n: usize) -> (S, S) {
+    let nn = S::from_f64(n as f64);
+    let mut s = S::from_f64(0.0);
+    for x in xs.clone() {
+        s += x;
+    }
+    let mean = s / nn;
+    let mut v = S::from_f64(0.0);
+    for x in xs {
+        let d = x - mean;
+        v += d * d;
+    }
+    (mean, v / nn)
+}
+
+impl LearnedOptimizer for NnAdam {
+    type Theta<S: Real> = NnAdamTheta<S>;
+    type State<P: Params> = NnAdamState<P>;
+
+    /// LSTM weights from haiku's default (a normal truncated to ±2σ, σ = 1/√(19 + H)),
+    /// zero biases, zero initial LSTM state, zero output layer, and the scaled initial
+    /// hyperparameters. (lopt's random stream differs from JAX's; a θ made by the library
+    /// is read with [`FlaxTheta::from_flax`].)
+    fn init(&self, key: Key) -> NnAdamTheta<f32> {
+        let h = self.lstm_hidden_size;
+        let fan_in = NN_ADAM_FEATURES + h;
+        let mut lstm_w = vec![0.0f32; fan_in * 4 * h];
+        key.fold_in(0)
+            .fill_truncated_normal(&mut lstm_w, 1.0 / (fan_in as f32).sqrt());
+        let f = |x: f64| x as f32;
+        NnAdamTheta {
+            init_hidden: vec![0.0; h],
+            init_cell: vec![0.0; h],
+            lstm_w,
+            lstm_b: vec![0.0; 4 * h],
+            out_w: vec![0.0; 4 * h],
+            out_b: vec![0.0; 4],
+            per_layer: vec![
+                log_fwd(f(self.initial_learning_rate)),
+                beta_fwd(f(self.initial_beta1)),
+                beta_fwd(f(self.initial_beta2)),
+                log_fwd(f(self.initial_epsilon)),
+            ],
+        }
+    }
+
+    fn cast_theta<T: Real, S: Real>(&self, theta: &NnAdamTheta<T>) -> NnAdamTheta<S> {
+        theta.cast()
+    }
+
+    fn init_state<P: Params>(
+        &self,
+        theta: &NnAdamTheta<P::Scalar>,
+        params: P,
+        _num_steps: Option<usize>,
+    ) -> NnAdamState<P> {
+        let k = params.num_leaves();
+        let m = params.zeros_like();
+        let rms = params.zeros_like();
+        NnAdamState {
+            params,
+            m,
+            rms,
+            per_layer: theta.per_layer.repeat(k),
+            hidden: theta.init_hidden.repeat(k),
+            cell: theta.init_cell.repeat(k),
+            iteration: 0,
+        }
+    }
+
+    fn update<P: Params>(
+        &self,
+        theta: &NnAdamTheta<P::Scalar>,
+        state: &mut NnAdamState<P>,
+        grad: &P,
+        _loss: P::Scalar,
+    ) {
+        crate::optimizers::assert_leaf_lengths(
+            "NnAdam::update: gradient vs params",
+            &state.params,
+            grad,
+        );
+        let h = theta.hidden();
+        assert!(
+            theta.lstm_w.len() == (NN_ADAM_FEATURES + h) * 4 * h
+                && theta.lstm_b.len() == 4 * h
+                && theta.out_w.len() == 4 * h
+                && theta.out_b.len() == 4
+                && theta.per_layer.len() == 4,
+            "NnAdam::update: θ's shapes do not match its hidden size {h}"
+        );
+        let c = P::Scalar::from_f64;
+        let one = c(1.0);
+        let mut x_and_h = vec![c(0.0); NN_ADAM_FEATURES + h];
+        let mut gates = vec![c(0.0); 4 * h];
+        for li in 0..grad.num_leaves() {
+            let pl = &mut state.per_layer[4 * li..4 * li + 4];
+            let (x_lr, x_b1, x_b2, x_eps) = (pl[0], pl[1], pl[2], pl[3]);
+            let (lr, b1, b2, eps) = (lr_inv(x_lr), beta_inv(x_b1), beta_inv(x_b2), eps_inv(x_eps));
+            let rank = state.params.leaf_shape(li).len();
+            let g_raw = grad.leaf(li);
+            let n = g_raw.len();
+            let (m, v) = (state.m.leaf_mut(li), state.rms.leaf_mut(li));
+            for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g_raw) {
+                let g = clip(g, -1000.0, 1000.0);
+                *m = b1 * *m + (one - b1) * g;
+                *v = b2 * *v + (one - b2) * (g * g);
+            }
+            let (m, v) = (state.m.leaf(li), state.rms.leaf(li));
+            // Features from the parameters before the step.
+            let p = state.params.leaf(li);
+            let gc = g_raw.iter().map(|&g| clip(g, -1000.0, 1000.0));
+            let (mean_m, var_m) = mean_var(m.iter().copied(), n);
+            let (mean_v, var_v) = mean_var(v.iter().copied(), n);
+            let (mean_p, var_p) = mean_var(p.iter().copied(), n);
+            let (mean_g, var_g) = mean_var(gc.clone(), n);
+            let (mean_gabs, _) = mean_var(gc.map(|g| g.abs()), n);
+            let pm = |b: bool| if b { one } else { -one };
+            let fifth = c(0.2);
+            let features = [
+                clip(x_b1, -5.0, 5.0) * fifth,
+                clip(x_b2, -5.0, 5.0) * fifth,
+                clip(x_eps, -5.0, 5.0) * fifth,
+                pm(rank == 1),
+                pm(rank == 0),
+                clip(x_lr, -5.0, 5.0) * fifth,
+                clip_log_abs(mean_g),
+                sign(mean_g),
+                clip_log_abs(mean_gabs),
+                clip_log_abs(mean_m),
+                sign(mean_m),
+                clip_log_abs(mean_p),
+                sign(mean_p),
+                clip_log_abs(mean_v),
+                sign(mean_v),
+                clip_log_abs(var_g),
+                clip_log_abs(var_m),
+                clip_log_abs(var_p),
+                clip_log_abs(var_v),
+            ];
+            // The Adam-like step.
+            let scale = lr * (one + eps);
+            let p = state.params.leaf_mut(li);
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                *p -= scale * one / (eps + (v + c(1e-10)).sqrt()) * m;
+            }
+            // haiku's LSTM on [features, h].
+            let (hs, cs) = (
+                &mut state.hidden[li * h..(li + 1) * h],
+                &mut state.cell[li * h..(li + 1) * h],
+            );
+            x_and_h[..NN_ADAM_FEATURES].copy_from_slice(&features);
+            x_and_h[NN_ADAM_FEATURES..].copy_from_slice(hs);
+            gates.copy_from_slice(&theta.lstm_b);
+            for (r, &x) in x_and_h.iter().enumerate() {
+                let row = &theta.lstm_w[r * 4 * h..(r + 1) * 4 * h];
+                for (gt, &w) in gates.iter_mut().zip(row) {
+                    *gt += x * w;
+                }
+            }
+            for j in 0..h {
+                let (i, g, f, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
+                let f = sigmoid(f + one);
+                let cj = f * cs[j] + sigmoid(i) * g.tanh();
+                cs[j] = cj;
+                hs[j] = sigmoid(o) * cj.tanh();
+            }
+            // Controls: x ← fwd(inv(x + output_scale·(W·h + b))).
+            let mut deltas = [
+                theta.out_b[0],
+                theta.out_b[1],
+                theta.out_b[2],
+                theta.out_b[3],
+            ];
+            for (j, &hj) in hs.iter().enumerate() {
+                for (d, &w) in deltas.iter_mut().zip(&theta.out_w[4 * j..4 * j + 4]) {
+                    *d += hj * w;
+                }
+            }
+            let scale = c(self.output_scale);
+            let decay = c(self.decay_strength);
+            for (q, d) in deltas.iter().enumerate() {
+                let mut x = pl[q] + *d * scale;
+                if self.decay_strength > 0.0 {
+                    x -= (x - theta.per_layer[q]) * decay;
+                }
+                pl[q] = match q {
+                    0 => log_fwd(lr_inv(x)),
+                    3 => log_fwd(eps_inv(x)),
+                    _ => beta_fwd(beta_inv(x)),
+                };
+            }
+        }
+        state.iteration += 1;
+    }
+
+    fn params<'s, P: Params>(&self, state: &'s NnAdamState<P>) -> &'s P {
+        &state.params
+    }
+    fn set_params<P: Params>(&self, state: &mut NnAdamState<P>, params: P) {
+        state.params = params;
+    }
+    fn iteration<P: Params>(&self, state: &NnAdamState<P>) -> usize {
+        state.iteration
+    }
+    fn name(&self) -> String {
+        "NnAdam".into()
+    }
+}
+
+fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
+    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
+}
+
+/// The library's θ: `lstm_init_state/{cell,hidden}` `[1, H]`,
+/// `rnn_params/"rnn/linear"/{b,w}`, `rnn_to_controls_params/rnn_to_controls/{b,w}` and the
+/// four `per_layer_*` scalars.
+impl<S: Real> FlaxTheta for NnAdamTheta<S> {
+    type Config = NnAdam;
+    fn to_flax(&self) -> FlaxValue {
+        let h = self.hidden();
+        FlaxValue::map([
+            (
+                "lstm_init_state",
+                FlaxValue::map([
+                    ("cell", arr(vec![1, h], &self.init_cell)),
+                    ("hidden", arr(vec![1, h], &self.init_hidden)),
+                ]),
+            ),
+            ("per_layer_beta1", arr(vec![], &self.per_layer[1..2])),
+            ("per_layer_beta2", arr(vec![], &self.per_layer[2..3])),
+            ("per_layer_epsilon", arr(vec![], &self.per_layer[3..4])),
+            ("per_layer_lr", arr(vec![], &self.per_layer[0..1])),
+            (
+                "rnn_params",
+                FlaxValue::map([(
+                    "rnn/linear",
+                    FlaxValue::map([
+                        ("b", arr(vec![4 * h], &self.lstm_b)),
+                        ("w", arr(vec![NN_ADAM_FEATURES + h, 4 * h], &self.lstm_w)),
+                    ]),
+                )]),
+            ),
+            (
+                "rnn_to_controls_params",
+                FlaxValue::map([(
+                    "rnn_to_controls",
+                    FlaxValue::map([
+                        ("b", arr(vec![4], &self.out_b)),
+                        ("w", arr(vec![h, 4], &self.out_w)),
+                    ]),
+                )]),
+            ),
+        ])
+    }
+
+    fn from_flax(config: &NnAdam, v: &FlaxValue) -> Result<Self, FlaxMsgpackError> {
+        let h = config.lstm_hidden_size;
+        let scalar = |k: &str| v.real_array::<S>(&[k], &[]).map(|a| a[0]);
+        Ok(NnAdamTheta {
+            init_hidden: v.real_array(&["lstm_init_state", "hidden"], &[1, h])?,
+            init_cell: v.real_array(&["lstm_init_state", "cell"], &[1, h])?,
+            lstm_w: v.real_array(
+                &["rnn_params", "rnn/linear", "w"],
+                &[NN_ADAM_FEATURES + h, 4 * h],
+            )?,
+            lstm_b: v.real_array(&["rnn_params", "rnn/linear", "b"], &[4 * h])?,
+            out_w: v.real_array(&["rnn_to_controls_params", "rnn_to_controls", "w"], &[h, 4])?,
+            out_b: v.real_array(&["rnn_to_controls_params", "rnn_to_controls", "b"], &[4])?,
+            per_layer: vec![
+                scalar("per_layer_lr")?,
+                scalar("per_layer_beta1")?,
+                scalar("per_layer_beta2")?,
+                scalar("per_layer_epsilon")?,
+            ],
+        })
+    }
+}

@@ -1,0 +1,1100 @@
+//! VeLO: the JAX library's `HyperV2` (`research/general_lopt/hyper_v2.py`), a per-tensor
+//! LSTM that produces, as mixing weights over a bank of MLPs, the weights of the
+//! per-parameter MLP that computes each step.
+
+use super::adafac_mlp_lopt::{factored_step, factoring, rsqrt, FacOut};
+use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::LearnedOptimizer;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::params::Params;
+use crate::scalar::Real;
+
+/// Timescales of `_fractional_tanh_embed`.
+const FRACTIONS: [f64; 9] = [0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1];
+/// Decays of the loss buffer.
+const LOSS_DECAYS: usize = 10;
+
+/// The library's `HyperV2` with its default feature set (every `with_*` flag on,
+/// `mix_layers`, `adafactor_accumulator`, `param_scale_mult`, no output
+/// preconditioning, no validation feature, no param-scale clip).
+///
+/// Per step: the loss enters a buffer of ten EMAs whose normalized position between its
+/// running minimum and the slower EMAs gives 9 loss features (with
+/// `use_bugged_loss_features`, as in the released optimizer, the buffer's half-lives are
+/// all 10 whatever the training length); gradients are clipped to ±1000; each tensor's 30
+/// features (9 `tanh(10·(t/T − τ))` of the fraction of training done, the loss features,
+/// log-magnitudes of the mean and variance of its momenta and second moments scaled by
+/// the tensor's RMS, and a one-hot of its number of dimensions larger than 1) pass a
+/// mixing layer (max over tensors) and haiku's LSTM, whose output gives `param_inits`
+/// mixing weights `c` and a step multiplier `λ`. The per-parameter MLP's weights are
+/// `100·mean_j(c_j·W_j)` over the bank `W_j` in θ; its inputs are 14 feature groups
+/// (`g`, `clip(g, ±0.1)`, `p`, momenta, second moments, `m·rsqrt(v + 1e-6)`,
+/// `rsqrt(v + 1e-6)`, the Adafactor-preconditioned gradient, `g·rsqrt(v + 1e-6)`, row
+/// and column accumulators, their `rsqrt(· + 1e-8)`, the factored momentum), each
+/// normalized by its RMS over the tensor, and its outputs `(d, s, ·)` give
+/// `p ← p − λ·d·(rms(p)·exp(exp_mult·s))·step_mult`.
+///
+/// It needs the planned number of training steps (`num_steps` at init; see
+/// [`Velo::try_init_state`]). Decays are fixed (not in θ). As in the library, with
+/// `use_bugged_next_lstm_state` (the released optimizer's setting) the LSTM state never
+/// advances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Velo {
+    /// Width of the per-tensor LSTM (released: 512).
+    pub lstm_hidden_size: usize,
+    /// Width of the per-parameter MLP (4).
+    pub ff_hidden_size: usize,
+    /// Hidden layers of the per-parameter MLP (2).
+    pub ff_hidden_layers: usize,
+    /// Size of the bank of MLPs mixed per tensor (released: 256).
+    pub param_inits: usize,
+    /// Momentum decays (0.9, 0.99, 0.999).
+    pub momentum_decays: Vec<f64>,
+    /// Second-moment decays (0.999).
+    pub rms_decays: Vec<f64>,
+    /// Adafactor decays (0.9, 0.99, 0.999).
+    pub adafactor_decays: Vec<f64>,
+    /// Multiplier of the magnitude output inside the exponential (0.001).
+    pub exp_mult: f64,
+    /// Multiplier of the step (0.001).
+    pub step_mult: f64,
+    /// Keep the LSTM state fixed at its initial value (released: true).
+    pub use_bugged_next_lstm_state: bool,
+    /// Loss buffer sized for 10 steps whatever the training length (default and
+    /// released: true).
+    pub use_bugged_loss_features: bool,
+    /// Decay of the LSTM state per step (0).
+    pub rnn_state_decay: f64,
+}
+
+impl Default for Velo {
+    /// The library's `HyperV2()` defaults (`lstm_hidden_size = 128`, `param_inits = 64`).
+    fn default() -> Self {
+        Velo {
+            lstm_hidden_size: 128,
+            ff_hidden_size: 4,
+            ff_hidden_layers: 2,
+            param_inits: 64,
+            momentum_decays: vec![0.9, 0.99, 0.999],
+            rms_decays: vec![0.999],
+            adafactor_decays: vec![0.9, 0.99, 0.999],
+            exp_mult: 0.001,
+            step_mult: 0.001,
+            use_bugged_next_lstm_state: false,
+            use_bugged_loss_features: true,
+            rnn_state_decay: 0.0,
+        }
+    }
+}
+
+impl Velo {
+    /// The configuration of the released VeLO weights (`pretrained_optimizers.py`:
+    /// `HyperV2(lstm_hidden_size=512, param_inits=256, use_bugged_next_lstm_state=True)`).
+    pub fn released() -> Self {
+        Velo {
+            lstm_hidden_size: 512,
+            param_inits: 256,
+            use_bugged_next_lstm_state: true,
+            ..Velo::default()
+        }
+    }
+
+    /// `Ok` when sizes are positive, decays lie in `[0, 1)` with as many Adafactor as
+    /// momentum decays and one second-moment decay or as many, and the multipliers are
+    /// finite.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidArgument(format!("Velo: {s}")));
+        if [self.lstm_hidden_size, self.ff_hidden_size, self.param_inits].contains(&0) {
+            return bad("sizes must be positive".into());
+        }
+        for l in [
+            &self.momentum_decays,
+            &self.rms_decays,
+            &self.adafactor_decays,
+        ] {
+            if l.is_empty() || l.iter().any(|d| !(0.0..1.0).contains(d)) {
+                return bad(format!("decays must be non-empty and in [0, 1): {l:?}"));
+            }
+        }
+        let (km, kr, kf) = self.counts();
+        if km != kf || !(kr == 1 || kr == km) {
+            return bad("momentum, rms and adafactor decays do not broadcast".into());
+        }
+        if !(self.exp_mult.is_finite()
+            && self.step_mult.is_finite()
+            && (0.0..1.0).contains(&self.rnn_state_decay))
+        {
+            return bad("multipliers must be finite, rnn_state_decay in [0, 1)".into());
+        }
+        Ok(())
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.momentum_decays.len(),
+            self.rms_decays.len(),
+            self.adafactor_decays.len(),
+        )
+    }
+
+    /// Per-tensor LSTM input size (30 with the default decays).
+    pub fn rnn_features(&self) -> usize {
+        let (km, kr, _) = self.counts();
+        FRACTIONS.len() + (LOSS_DECAYS - 1) + kr + 5 + km + km.max(kr)
+    }
+
+    /// Widths of the 14 input groups of the per-parameter MLP.
+    pub fn ff_input_widths(&self) -> Vec<usize> {
+        let (km, kr, kf) = self.counts();
+        vec![
+            1,
+            1,
+            1,
+            km,
+            kr,
+            km.max(kr),
+            kr,
+            kf,
+            kr,
+            kf,
+            kf,
+            kf,
+            kf,
+            km.max(kf),
+        ]
+    }
+
+    fn ff_widths(&self) -> Vec<usize> {
+        let mut w = vec![self.ff_hidden_size; self.ff_hidden_layers];
+        w.push(3);
+        w
+    }
+
+    /// [`LearnedOptimizer::init_state`], but `Err` without `num_steps` (VeLO's features
+    /// use the fraction of training done; the library fails too). `init_state` panics then.
+    pub fn try_init_state<P: Params>(
+        &self,
+        theta: &VeloTheta<P::Scalar>,
+        params: P,
+        num_steps: Option<usize>,
+    ) -> Result<VeloState<P>> {
+        match num_steps {
+            Some(n) if n > 0 => Ok(self.init_state(theta, params, Some(n))),
+            _ => Err(Error::InvalidArgument(
+                "Velo needs the planned number of training steps (num_steps > 0)".into(),
+            )),
+        }
+    }
+}
+
+/// A dense layer, row-major `w: [in, out]`, `b: [out]`.
+pub type Linear<S> = (Vec<S>, Vec<S>);
+
+/// θ of [`Velo`], in the library's layout (row-major `[in, out]` weights; the MLP bank
+/// with the bank index first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VeloTheta<S> {
+    /// `lstm_init_state.hidden`, `[H]`.
+    pub init_hidden: Vec<S>,
+    /// `lstm_init_state.cell`, `[H]`.
+    pub init_cell: Vec<S>,
+    /// `rnn_params.linear`, `linear_1`, `linear_2` (the mixing layers; the first is
+    /// computed by the library and unused, kept for the layout).
+    pub mix: [Linear<S>; 3],
+    /// `rnn_params["rnn/linear"]`, `[2H, 4H]`.
+    pub lstm: Linear<S>,
+    /// `rnn_params.rnn_to_controls`, `[H, param_inits]`.
+    pub to_controls: Linear<S>,
+    /// `rnn_params.step_size`, `[H, 1]`.
+    pub step_size: Linear<S>,
+    /// `ff_mod_stack["~"]["w0__i"]`, one per input group, `[param_inits, width_i, hidden]`.
+    pub ff_w0: Vec<Vec<S>>,
+    /// The other bank arrays: `b0`, then `(w1, b1)`, … as `[param_inits, …]`.
+    pub ff_b0: Vec<S>,
+    /// `(w_l, b_l)` for `l ≥ 1`.
+    pub ff_layers: Vec<Linear<S>>,
+}
+
+impl<S: Real> VeloTheta<S> {
+    fn leaves(&self) -> Vec<&Vec<S>> {
+        let mut v = vec![&self.init_hidden, &self.init_cell];
+        for (w, b) in self
+            .mix
+            .iter()
+            .chain([&self.lstm, &self.to_controls, &self.step_size])
+        {
+            v.push(w);
+            v.push(b);
+        }
+        v.extend(self.ff_w0.iter());
+        v.push(&self.ff_b0);
+        for (w, b) in &self.ff_layers {
+            v.push(w);
+            v.push(b);
+        }
+        v
+    }
+    fn leaves_mut(&mut self) -> Vec<&mut Vec<S>> {
+        let mut v = vec![&mut self.init_hidden, &mut self.init_cell];
+        for (w, b) in
+            self.mix
+                .iter_mut()
+                .chain([&mut self.lstm, &mut self.to_controls, &mut self.step_size])
+        {
+            v.push(w);
+            v.push(b);
+        }
+        v.extend(self.ff_w0.iter_mut());
+        v.push(&mut self.ff_b0);
+        for (w, b) in &mut self.ff_layers {
+            v.push(w);
+            v.push(b);
+        }
+        v
+    }
+    fn cast<T: Real>(&self) -> VeloTheta<T> {
+        let c = |v: &Vec<S>| v.iter().map(|x| T::from_f64(x.lane(0))).collect::<Vec<T>>();
+        let l = |(w, b): &Linear<S>| (c(w), c(b));
+        VeloTheta {
+            init_hidden: c(&self.init_hidden),
+            init_cell: c(&self.init_cell),
+            mix: [l(&self.mix[0]), l(&self.mix[1]), l(&self.mix[2])],
+            lstm: l(&self.lstm),
+            to_controls: l(&self.to_controls),
+            step_size: l(&self.step_size),
+            ff_w0: self.ff_w0.iter().map(c).collect(),
+            ff_b0: c(&self.ff_b0),
+            ff_layers: self.ff_layers.iter().map(l).collect(),
+        }
+    }
+}
+
+/// Leaves in field order, each flat.
+impl<S: Real> Params for VeloTheta<S> {
+    type Scalar = S;
+    fn num_leaves(&self) -> usize {
+        2 + 12 + self.ff_w0.len() + 1 + 2 * self.ff_layers.len()
+    }
+    fn leaf(&self, i: usize) -> &[S] {
+        self.leaves()[i]
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [S] {
+        self.leaves_mut().swap_remove(i)
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        const HEAD: [&str; 14] = [
+            "init_hidden",
+            "init_cell",
+            "mix0.w",
+            "mix0.b",
+            "mix1.w",
+            "mix1.b",
+            "mix2.w",
+            "mix2.b",
+            "lstm.w",
+            "lstm.b",
+            "to_controls.w",
+            "to_controls.b",
+            "step_size.w",
+            "step_size.b",
+        ];
+        let k = self.ff_w0.len();
+        if i < 14 {
+            out.push_str(HEAD[i]);
+        } else if i < 14 + k {
+            out.push_str(&format!("ff.w0__{}", i - 14));
+        } else if i == 14 + k {
+            out.push_str("ff.b0");
+        } else {
+            let j = i - 15 - k;
+            let wb = if j.is_multiple_of(2) { "w" } else { "b" };
+            out.push_str(&format!("ff.{wb}{}", j / 2 + 1));
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        vec![self.leaf(i).len()]
+    }
+}
+
+/// State of [`Velo`]'s inner optimizer; accumulators concatenated over leaves,
+/// element-major, decays innermost.
+#[derive(Debug, Clone)]
+pub struct VeloState<P: Params> {
+    /// Current parameters.
+    pub params: P,
+    /// Momenta.
+    pub m: Vec<P::Scalar>,
+    /// Second moments.
+    pub rms: Vec<P::Scalar>,
+    /// Factored row accumulators.
+    pub fac_row: Vec<P::Scalar>,
+    /// Factored column accumulators.
+    pub fac_col: Vec<P::Scalar>,
+    /// Diagonal accumulators (rank < 2).
+    pub fac_diag: Vec<P::Scalar>,
+    /// LSTM hidden state, `H` per tensor.
+    pub hidden: Vec<P::Scalar>,
+    /// LSTM cell state, `H` per tensor.
+    pub cell: Vec<P::Scalar>,
+    /// Loss buffer: 10 EMAs, then 10 running minima.
+    pub loss_buffer: Vec<P::Scalar>,
+    /// Loss buffer updates.
+    pub loss_iteration: usize,
+    /// Planned number of steps.
+    pub num_steps: usize,
+    /// Updates applied so far.
+    pub iteration: usize,
+}
+
+const STATE_EXTRA: [&str; 8] = [
+    "m",
+    "rms",
+    "fac_row",
+    "fac_col",
+    "fac_diag",
+    "hidden",
+    "cell",
+    "loss_buffer",
+];
+
+/// Leaves: the parameters, then the eight vectors above.
+impl<P: Params> Params for VeloState<P> {
+    type Scalar = P::Scalar;
+    fn num_leaves(&self) -> usize {
+        self.params.num_leaves() + 8
+    }
+    fn leaf(&self, i: usize) -> &[P::Scalar] {
+        let k = self.params.num_leaves();
+        match i.checked_sub(k) {
+            None => self.params.leaf(i),
+            Some(0) => &self.m,
+            Some(1) => &self.rms,
+            Some(2) => &self.fac_row,
+            Some(3) => &self.fac_col,
+            Some(4) => &self.fac_diag,
+            Some(5) => &self.hidden,
+            Some(6) => &self.cell,
+            Some(_) => &self.loss_buffer,
+        }
+    }
+    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+        let k = self.params.num_leaves();
+        match i.checked_sub(k) {
+            None => self.params.leaf_mut(i),
+            Some(0) => &mut self.m,
+            Some(1) => &mut self.rms,
+            Some(2) => &mut self.fac_row,
+            Some(3) => &mut self.fac_col,
+            Some(4) => &mut self.fac_diag,
+            Some(5) => &mut self.hidden,
+            Some(6) => &mut self.cell,
+            Some(_) => &mut self.loss_buffer,
+        }
+    }
+    fn write_leaf_name(&self, i: usize, out: &mut String) {
+        let k = self.params.num_leaves();
+        match i.checked_sub(k) {
+            None => crate::params::write_field_leaf_name(out, "params", &self.params, i),
+            Some(j) => out.push_str(STATE_EXTRA[j]),
+        }
+    }
+    fn leaf_shape(&self, i: usize) -> Vec<usize> {
+        let k = self.params.num_leaves();
+        if i < k {
+            self.params.leaf_shape(i)
+        } else {
+            vec![self.leaf(i).len()]
+        }
+    }
+}
+
+fn clip<S: Real>(x: S, lo: f64, hi: f64) -> S {
+    x.max(S::from_f64(lo)).min(S::from_f64(hi))
+}
+
+fn sigmoid<S: Real>(x: S) -> S {
+    S::from_f64(1.0) / (S::from_f64(1.0) + (-x).exp())
+}
+
+/// `½·clip(ln(1e-8 + |10·v|), −5, 5)`.
+fn clip_log_abs10<S: Real>(v: S) -> S {
+    clip(
+        (S::from_f64(1e-8) + (v * S::from_f64(10.0)).abs()).ln(),
+        -5.0,
+        5.0,
+    ) * S::from_f64(0.5)
+}
+
+fn linear<S: Real>((w, b): &Linear<S>, x: &[S], out: &mut [S]) {
+    out.copy_from_slice(b);
+    let n = out.len();
+    for (i, &xi) in x.iter().enumerate() {
+        for (o, &wv) in out.iter_mut().zip(&w[i * n..(i + 1) * n]) {
+            *o += xi * wv;
+        }
+    }
+}
+
+/// The loss buffer's decays: `exp(−1/h)`, `h = logspace(1, log10(n), 10)`, in the
+/// scalar's precision as the library computes them in `f32`.
+fn loss_decays<S: Real>(n: usize) -> Vec<S> {
+    let c = S::from_f64;
+    let top = c(n as f64).ln() / c(std::f64::consts::LN_10);
+    (0..LOSS_DECAYS)
+        .map(|i| {
+            let e = c(1.0) + (top - c(1.0)) * c(i as f64) / c((LOSS_DECAYS - 1) as f64);
+            let h = c(10.0).powf(e);
+            (c(-1.0) / h).exp()
+        })
+        .collect()
+}
+
+/// `100·mean_j(c_j·bank_j)` of a bank `[P, len]`.
+fn mix_bank<S: Real>(bank: &[S], c: &[S], out: &mut Vec<S>) {
+    let p = c.len();
+    let len = bank.len() / p;
+    out.clear();
+    out.resize(len, S::from_f64(0.0));
+    for (j, &cj) in c.iter().enumerate() {
+        for (o, &b) in out.iter_mut().zip(&bank[j * len..(j + 1) * len]) {
+            *o += b * cj;
+        }
+    }
+    let scale = S::from_f64(p as f64);
+    out.iter_mut()
+        .for_each(|x| *x = S::from_f64(100.0) * (*x / scale));
+}
+
+impl LearnedOptimizer for Velo {
+    type Theta<S: Real> = VeloTheta<S>;
+    type State<P: Params> = VeloState<P>;
+
+    /// Weights from haiku's truncated normal (σ = 1/√fan_in, ±2σ; the MLP bank with the
+    /// fan-in of all its inputs, as the library), zero biases, zero LSTM state — lopt's
+    /// random stream, not JAX's. Load the released weights with [`FlaxTheta::from_flax`].
+    fn init(&self, key: Key) -> VeloTheta<f32> {
+        let h = self.lstm_hidden_size;
+        let f = self.rnn_features();
+        let lin = |k: u64, din: usize, dout: usize| {
+            let mut w = vec![0.0f32; din * dout];
+            key.fold_in(k)
+                .fill_truncated_normal(&mut w, 1.0 / (din as f32).sqrt());
+            (w, vec![0.0f32; dout])
+        };
+        let pi = self.param_inits;
+        let widths = self.ff_input_widths();
+        let total: usize = widths.iter().sum();
+        let ffw = self.ff_widths();
+        let ff_w0 = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let mut w = vec![0.0f32; pi * d * ffw[0]];
+                key.fold_in(100 + i as u64)
+                    .fill_truncated_normal(&mut w, 1.0 / (total as f32).sqrt());
+                w
+            })
+            .collect();
+        let ff_layers = ffw
+            .windows(2)
+            .enumerate()
+            .map(|(l, io)| {
+                let mut w = vec![0.0f32; pi * io[0] * io[1]];
+                key.fold_in(200 + l as u64)
+                    .fill_truncated_normal(&mut w, 1.0 / (io[0] as f32).sqrt());
+                (w, vec![0.0f32; pi * io[1]])
+            })
+            .collect();
+        VeloTheta {
+            init_hidden: vec![0.0; h],
+            init_cell: vec![0.0; h],
+            mix: [lin(0, f, h), lin(1, f, h), lin(2, f, h)],
+            lstm: lin(3, 2 * h, 4 * h),
+            to_controls: lin(4, h, pi),
+            step_size: lin(5, h, 1),
+            ff_w0,
+            ff_b0: vec![0.0; pi * ffw[0]],
+            ff_layers,
+        }
+    }
+
+    fn cast_theta<T: Real, S: Real>(&self, theta: &VeloTheta<T>) -> VeloTheta<S> {
+        theta.cast()
+    }
+
+    /// # Panics
+    /// Without `num_steps` ([`Velo::try_init_state`] returns an error instead).
+    fn init_state<P: Params>(
+        &self,
+        theta: &VeloTheta<P::Scalar>,
+        params: P,
+        num_steps: Option<usize>,
+    ) -> VeloState<P> {
+        let num_steps = num_steps
+            .filter(|&n| n > 0)
+            .expect("Velo needs num_steps at init (Velo::try_init_state reports this)");
+        let c = P::Scalar::from_f64;
+        let (km, kr, kf) = self.counts();
+        let (mut n, mut rows, mut cols, mut diag) = (0, 0, 0, 0);
+        for i in 0..params.num_leaves() {
+            let len = params.leaf(i).len();
+            n += len;
+            match factoring(&params.leaf_shape(i)) {
+                Some((a, b, _)) => {
+                    rows += a;
+                    cols += b;
+                }
+                None => diag += len,
+            }
+        }
+        let k = params.num_leaves();
+        let mut loss_buffer = vec![c(0.0); LOSS_DECAYS];
+        loss_buffer.extend(std::iter::repeat_n(c(999999999999.0), LOSS_DECAYS));
+        VeloState {
+            params,
+            m: vec![c(0.0); n * km],
+            rms: vec![c(0.0); n * kr],
+            fac_row: vec![c(0.0); rows * kf],
+            fac_col: vec![c(0.0); cols * kf],
+            fac_diag: vec![c(0.0); diag * kf],
+            hidden: theta.init_hidden.repeat(k),
+            cell: theta.init_cell.repeat(k),
+            loss_buffer,
+            loss_iteration: 0,
+            num_steps,
+            iteration: 0,
+        }
+    }
+
+    // Index loops walk several parallel arrays (decays, moments, buffers) at once.
+    #[allow(clippy::needless_range_loop)]
+    fn update<P: Params>(
+        &self,
+        theta: &VeloTheta<P::Scalar>,
+        state: &mut VeloState<P>,
+        grad: &P,
+        loss: P::Scalar,
+    ) {
+        crate::optimizers::assert_leaf_lengths(
+            "Velo::update: gradient vs params",
+            &state.params,
+            grad,
+        );
+        let c = P::Scalar::from_f64;
+        let one = c(1.0);
+        let h = self.lstm_hidden_size;
+        let pi = self.param_inits;
+        let f = self.rnn_features();
+        let (km, kr, kf) = self.counts();
+        let in_w = self.ff_input_widths();
+        let ffw = self.ff_widths();
+        assert!(
+            theta
+                .mix
+                .iter()
+                .all(|(w, b)| w.len() == f * h && b.len() == h)
+                && theta.lstm.0.len() == 2 * h * 4 * h
+                && theta.to_controls.0.len() == h * pi
+                && theta.step_size.0.len() == h
+                && theta.ff_w0.len() == in_w.len()
+                && theta
+                    .ff_w0
+                    .iter()
+                    .zip(&in_w)
+                    .all(|(w, &d)| w.len() == pi * d * ffw[0])
+                && theta.ff_b0.len() == pi * ffw[0]
+                && theta.ff_layers.len() == ffw.len() - 1,
+            "Velo::update: θ's shapes do not match the configuration"
+        );
+        // Loss buffer: update, then features.
+        let buf_n = if self.use_bugged_loss_features {
+            10
+        } else {
+            state.num_steps
+        };
+        let decays: Vec<P::Scalar> = loss_decays(buf_n);
+        let it = state.loss_iteration;
+        {
+            let (means, mins) = state.loss_buffer.split_at_mut(LOSS_DECAYS);
+            let cor = |means: &[P::Scalar], j: usize, t: usize| {
+                means[j] / (one - decays[j].powi(t as i32))
+            };
+            let mut approx_max = cor(means, 0, it + 1);
+            for j in 1..LOSS_DECAYS {
+                approx_max = approx_max.max(cor(means, j, it + 1));
+            }
+            if it == 0 {
+                approx_max = loss;
+            }
+            let l = (approx_max.abs() * c(2.0)).min(loss);
+            for j in 0..LOSS_DECAYS {
+                means[j] = means[j] * decays[j] + l * (one - decays[j]);
+            }
+            for j in 0..LOSS_DECAYS {
+                mins[j] = mins[j].min(cor(means, j, it + 1));
+            }
+        }
+        state.loss_iteration += 1;
+        let it = state.loss_iteration;
+        let loss_feats: Vec<_> = {
+            let (means, mins) = state.loss_buffer.split_at(LOSS_DECAYS);
+            let cor: Vec<_> = (0..LOSS_DECAYS)
+                .map(|j| means[j] / (one - decays[j].powi(it as i32)))
+                .collect();
+            (0..LOSS_DECAYS - 1)
+                .map(|j| {
+                    let den = (cor[j + 1] - mins[j]).max(c(1e-8));
+                    let f1 = clip((cor[j] - mins[j]) / den - one, -1.0, 1.0);
+                    if it <= 2 {
+                        f1 * c(0.0)
+                    } else {
+                        f1
+                    }
+                })
+                .collect()
+        };
+        let k = grad.num_leaves();
+        let g_all: Vec<Vec<P::Scalar>> = (0..k)
+            .map(|i| {
+                grad.leaf(i)
+                    .iter()
+                    .map(|&x| clip(x, -1000.0, 1000.0))
+                    .collect()
+            })
+            .collect();
+        let frac = c(state.iteration as f64) / c(state.num_steps as f64);
+        let frac_feats: Vec<_> = FRACTIONS
+            .iter()
+            .map(|&t| ((frac - c(t)) * c(10.0)).tanh())
+            .collect();
+        // Per-tensor features from the accumulators before this step.
+        let mut feats = vec![c(0.0); k * f];
+        let mut off = 0;
+        for (li, g) in g_all.iter().enumerate() {
+            let n = g.len();
+            let nn = c(n as f64);
+            let p = state.params.leaf(li);
+            let mut ss = c(0.0);
+            for &x in p {
+                ss += x * x;
+            }
+            let norm_mult = rsqrt((ss / nn).max(c(1e-9)));
+            let m = &state.m[off * km..(off + n) * km];
+            let v = &state.rms[off * kr..(off + n) * kr];
+            let mean_m: Vec<_> = (0..km)
+                .map(|j| {
+                    let mut s = c(0.0);
+                    for e in 0..n {
+                        s += m[e * km + j] * norm_mult;
+                    }
+                    s / nn
+                })
+                .collect();
+            let var_m: Vec<_> = (0..km)
+                .map(|j| {
+                    let mut s = c(0.0);
+                    for e in 0..n {
+                        let d = m[e * km + j] * norm_mult - mean_m[j];
+                        s += d * d;
+                    }
+                    s / nn
+                })
+                .collect();
+            let mean_rms: Vec<_> = (0..kr)
+                .map(|j| {
+                    let mut s = c(0.0);
+                    for e in 0..n {
+                        s += v[e * kr + j] * norm_mult;
+                    }
+                    s / nn
+                })
+                .collect();
+            // As in the library: the second moments' spread around the momenta's mean.
+            let var_rms: Vec<_> = (0..km.max(kr))
+                .map(|j| {
+                    let (jr, jm) = (if kr == 1 { 0 } else { j }, if km == 1 { 0 } else { j });
+                    let mut s = c(0.0);
+                    for e in 0..n {
+                        let d = v[e * kr + jr] * norm_mult - mean_m[jm];
+                        s += d * d;
+                    }
+                    s / nn
+                })
+                .collect();
+            let n_rank = state
+                .params
+                .leaf_shape(li)
+                .iter()
+                .filter(|&&d| d > 1)
+                .count();
+            let row = &mut feats[li * f..(li + 1) * f];
+            let mut j = 0;
+            let mut push = |x| {
+                row[j] = x;
+                j += 1;
+            };
+            // Sorted: fraction_left, loss_features, mean_rms, rank, var_m, var_rms.
+            frac_feats.iter().for_each(|&x| push(x));
+            loss_feats.iter().for_each(|&x| push(x));
+            mean_rms.iter().for_each(|&x| push(clip_log_abs10(x)));
+            for r in 0..5 {
+                push(if r == n_rank { one } else { c(0.0) });
+            }
+            var_m.iter().for_each(|&x| push(clip_log_abs10(x)));
+            var_rms.iter().for_each(|&x| push(clip_log_abs10(x)));
+            off += n;
+        }
+        // Mixing layers, LSTM, controls.
+        let mut mixed = vec![c(0.0); k * h];
+        let mut tmp = vec![c(0.0); h];
+        let mut vmax = vec![c(f64::NEG_INFINITY); h];
+        for li in 0..k {
+            linear(&theta.mix[1], &feats[li * f..(li + 1) * f], &mut tmp);
+            for (m, &t) in vmax.iter_mut().zip(&tmp) {
+                *m = m.max(t.max(c(0.0)));
+            }
+        }
+        for li in 0..k {
+            linear(&theta.mix[2], &feats[li * f..(li + 1) * f], &mut tmp);
+            for ((o, &t), &m) in mixed[li * h..(li + 1) * h].iter_mut().zip(&tmp).zip(&vmax) {
+                *o = t + m;
+            }
+        }
+        let mut x_and_h = vec![c(0.0); 2 * h];
+        let mut gates = vec![c(0.0); 4 * h];
+        let mut controls = vec![c(0.0); k * pi];
+        let mut lr_mult = vec![c(0.0); k];
+        let mut one_out = [c(0.0)];
+        for li in 0..k {
+            x_and_h[..h].copy_from_slice(&mixed[li * h..(li + 1) * h]);
+            x_and_h[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
+            linear(&theta.lstm, &x_and_h, &mut gates);
+            let mut hn = vec![c(0.0); h];
+            let mut cn = vec![c(0.0); h];
+            for j in 0..h {
+                let (i, gg, fg, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
+                let fg = sigmoid(fg + one);
+                let cj = fg * state.cell[li * h + j] + sigmoid(i) * gg.tanh();
+                cn[j] = cj;
+                hn[j] = sigmoid(o) * cj.tanh();
+            }
+            linear(
+                &theta.to_controls,
+                &hn,
+                &mut controls[li * pi..(li + 1) * pi],
+            );
+            linear(&theta.step_size, &hn, &mut one_out);
+            lr_mult[li] = one_out[0];
+            if !self.use_bugged_next_lstm_state {
+                state.hidden[li * h..(li + 1) * h].copy_from_slice(&hn);
+                state.cell[li * h..(li + 1) * h].copy_from_slice(&cn);
+            }
+        }
+        if self.rnn_state_decay > 0.0 {
+            let d = c(1.0 - self.rnn_state_decay);
+            state
+                .hidden
+                .iter_mut()
+                .chain(state.cell.iter_mut())
+                .for_each(|x| *x *= d);
+        }
+        // Accumulators (fixed decays).
+        let mom_d: Vec<_> = self.momentum_decays.iter().map(|&d| c(d)).collect();
+        let rms_d: Vec<_> = self
+            .rms_decays
+            .iter()
+            .map(|&d| clip(c(d), 0.0, 1.0))
+            .collect();
+        let fac_d: Vec<_> = self
+            .adafactor_decays
+            .iter()
+            .map(|&d| clip(c(d), 0.0, 1.0))
+            .collect();
+        let mut off = 0;
+        for g in &g_all {
+            for (e, &ge) in g.iter().enumerate() {
+                for j in 0..km {
+                    let x = &mut state.m[(off + e) * km + j];
+                    *x = mom_d[j] * *x + (one - mom_d[j]) * ge;
+                }
+                for j in 0..kr {
+                    let x = &mut state.rms[(off + e) * kr + j];
+                    *x = rms_d[j] * *x + (one - rms_d[j]) * (ge * ge);
+                }
+            }
+            off += g.len();
+        }
+        // Per tensor: the mixed MLP and the step.
+        let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
+        let mut w0: Vec<Vec<P::Scalar>> = vec![Vec::new(); in_w.len()];
+        let mut b0 = Vec::new();
+        let mut layers: Vec<Linear<P::Scalar>> =
+            vec![(Vec::new(), Vec::new()); theta.ff_layers.len()];
+        let total_in: usize = in_w.iter().sum();
+        for (li, g) in g_all.iter().enumerate() {
+            let n = g.len();
+            let nn = c(n as f64);
+            let shape = state.params.leaf_shape(li);
+            let ctl = &controls[li * pi..(li + 1) * pi];
+            for (dst, bank) in w0.iter_mut().zip(&theta.ff_w0) {
+                mix_bank(bank, ctl, dst);
+            }
+            mix_bank(&theta.ff_b0, ctl, &mut b0);
+            for ((dw, db), (bw, bb)) in layers.iter_mut().zip(&theta.ff_layers) {
+                mix_bank(bw, ctl, dw);
+                mix_bank(bb, ctl, db);
+            }
+            let FacOut {
+                y,
+                row_feat,
+                col_feat,
+                mult1,
+                mult2,
+            } = factored_step(
+                g,
+                &shape,
+                &fac_d,
+                (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
+                (&mut off_row, &mut off_col, &mut off_diag),
+                c(0.0),
+            );
+            let m = &state.m[off * km..(off + n) * km];
+            let v = &state.rms[off * kr..(off + n) * kr];
+            let p = state.params.leaf(li);
+            // Inputs, [n, total_in], group by group.
+            let mut inp = vec![c(0.0); n * total_in];
+            for e in 0..n {
+                let row = &mut inp[e * total_in..(e + 1) * total_in];
+                let mut j = 0;
+                let mut push = |x| {
+                    row[j] = x;
+                    j += 1;
+                };
+                let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
+                let rsq: Vec<_> = ve.iter().map(|&x| rsqrt(x + c(1e-6))).collect();
+                push(g[e]);
+                push(clip(g[e], -0.1, 0.1));
+                push(p[e]);
+                me.iter().for_each(|&x| push(x));
+                ve.iter().for_each(|&x| push(x));
+                for q in 0..km.max(kr) {
+                    push(me[if km == 1 { 0 } else { q }] * rsq[if kr == 1 { 0 } else { q }]);
+                }
+                rsq.iter().for_each(|&x| push(x));
+                let s = e * kf..(e + 1) * kf;
+                y[s.clone()].iter().for_each(|&x| push(x));
+                rsq.iter().for_each(|&x| push(g[e] * x));
+                row_feat[s.clone()].iter().for_each(|&x| push(x));
+                col_feat[s.clone()].iter().for_each(|&x| push(x));
+                row_feat[s.clone()]
+                    .iter()
+                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
+                col_feat[s.clone()]
+                    .iter()
+                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
+                for q in 0..km.max(kf) {
+                    let qm = if km == 1 { 0 } else { q };
+                    let qf = e * kf + if kf == 1 { 0 } else { q };
+                    push(me[qm] * mult1[qf] * mult2[qf]);
+                }
+            }
+            for j in 0..total_in {
+                let mut s = c(0.0);
+                for e in 0..n {
+                    let x = inp[e * total_in + j];
+                    s += x * x;
+                }
+                let scale = rsqrt(c(1e-5) + s / nn);
+                for e in 0..n {
+                    inp[e * total_in + j] *= scale;
+                }
+            }
+            let mut ss = c(0.0);
+            for &x in p {
+                ss += x * x;
+            }
+            let param_scale = (ss / nn + c(1e-9)).sqrt();
+            let hid0 = ffw[0];
+            let mut act = vec![c(0.0); ffw.iter().copied().max().unwrap_or(3)];
+            let mut nxt = act.clone();
+            let mut part = vec![c(0.0); hid0];
+            let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
+            let last = ffw.len() - 1;
+            let p = state.params.leaf_mut(li);
+            for e in 0..n {
+                // Layer 0: Σ over groups of (group · w0__i), then the bias.
+                act[..hid0].iter_mut().for_each(|x| *x = c(0.0));
+                let mut col = 0;
+                for (gi, &d) in in_w.iter().enumerate() {
+                    let xs = &inp[e * total_in + col..e * total_in + col + d];
+                    part.iter_mut().for_each(|x| *x = c(0.0));
+                    for (r, &x) in xs.iter().enumerate() {
+                        for (o, &wv) in part.iter_mut().zip(&w0[gi][r * hid0..(r + 1) * hid0]) {
+                            *o += x * wv;
+                        }
+                    }
+                    for (a, &q) in act[..hid0].iter_mut().zip(&part) {
+                        *a += q;
+                    }
+                    col += d;
+                }
+                for (a, &b) in act[..hid0].iter_mut().zip(&b0) {
+                    *a += b;
+                }
+                if last != 0 {
+                    act[..hid0].iter_mut().for_each(|x| *x = x.max(c(0.0)));
+                }
+                for (l, (w, b)) in layers.iter().enumerate() {
+                    let (din, dout) = (ffw[l], ffw[l + 1]);
+                    linear(&(w.clone(), b.clone()), &act[..din], &mut nxt[..dout]);
+                    if l + 1 != last {
+                        nxt[..dout].iter_mut().for_each(|x| *x = x.max(c(0.0)));
+                    }
+                    std::mem::swap(&mut act, &mut nxt);
+                }
+                let (direction, magnitude) = (act[0], act[1]);
+                let mag = (magnitude * exp_mult).exp();
+                let step = direction * (param_scale * mag) * step_mult;
+                p[e] -= lr_mult[li] * step;
+            }
+            off += n;
+        }
+        state.iteration += 1;
+    }
+
+    fn params<'s, P: Params>(&self, state: &'s VeloState<P>) -> &'s P {
+        &state.params
+    }
+    fn set_params<P: Params>(&self, state: &mut VeloState<P>, params: P) {
+        state.params = params;
+    }
+    fn iteration<P: Params>(&self, state: &VeloState<P>) -> usize {
+        state.iteration
+    }
+    fn name(&self) -> String {
+        "Velo".into()
+    }
+}
+
+fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
+    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
+}
+
+fn lin_flax<S: Real>((w, b): &Linear<S>, din: usize) -> FlaxValue {
+    let dout = b.len();
+    FlaxValue::map([("b", arr(vec![dout], b)), ("w", arr(vec![din, dout], w))])
+}
+
+fn lin_from<S: Real>(
+    v: &FlaxValue,
+    path: &[&str],
+    din: usize,
+    dout: usize,
+) -> Result<Linear<S>, FlaxMsgpackError> {
+    let with = |last: &'static str| {
+        let mut p = path.to_vec();
+        p.push(last);
+        p
+    };
+    Ok((
+        v.real_array(&with("w"), &[din, dout])?,
+        v.real_array(&with("b"), &[dout])?,
+    ))
+}
+
+/// The library's θ: `lstm_init_state/{cell, hidden}`, `rnn_params/{linear, linear_1,
+/// linear_2, "rnn/linear", rnn_to_controls, step_size}`, `ff_mod_stack/"~"/{w0__i, b0, w1,
+/// b1, …}`. [`FlaxTheta::from_flax`] also accepts the released checkpoints' wrapping of θ
+/// as the first element of a tuple (`{"0": θ, …}`).
+impl<S: Real> FlaxTheta for VeloTheta<S> {
+    type Config = Velo;
+    fn to_flax(&self) -> FlaxValue {
+        let h = self.init_hidden.len();
+        let pi = self.to_controls.1.len();
+        let f = self.mix[0].0.len() / h.max(1);
+        let hid0 = self.ff_b0.len() / pi.max(1);
+        let mut ff = Vec::new();
+        ff.push(("b0".to_string(), arr(vec![pi, hid0], &self.ff_b0)));
+        let mut din = hid0;
+        for (l, (w, b)) in self.ff_layers.iter().enumerate() {
+            let dout = b.len() / pi.max(1);
+            ff.push((format!("b{}", l + 1), arr(vec![pi, dout], b)));
+            ff.push((format!("w{}", l + 1), arr(vec![pi, din, dout], w)));
+            din = dout;
+        }
+        for (i, w) in self.ff_w0.iter().enumerate() {
+            let d = w.len() / (pi * hid0).max(1);
+            ff.push((format!("w0__{i}"), arr(vec![pi, d, hid0], w)));
+        }
+        FlaxValue::map([
+            ("ff_mod_stack", FlaxValue::map([("~", FlaxValue::Map(ff))])),
+            (
+                "lstm_init_state",
+                FlaxValue::map([
+                    ("cell", arr(vec![1, h], &self.init_cell)),
+                    ("hidden", arr(vec![1, h], &self.init_hidden)),
+                ]),
+            ),
+            (
+                "rnn_params",
+                FlaxValue::map([
+                    ("linear", lin_flax(&self.mix[0], f)),
+                    ("linear_1", lin_flax(&self.mix[1], f)),
+                    ("linear_2", lin_flax(&self.mix[2], f)),
+                    ("rnn/linear", lin_flax(&self.lstm, 2 * h)),
+                    ("rnn_to_controls", lin_flax(&self.to_controls, h)),
+                    ("step_size", lin_flax(&self.step_size, h)),
+                ]),
+            ),
+        ])
+    }
+
+    fn from_flax(cfg: &Velo, v: &FlaxValue) -> Result<Self, FlaxMsgpackError> {
+        let v = match (v.get(&["rnn_params"]), v.get(&["0"])) {
+            (Err(_), Ok(inner)) => inner,
+            _ => v,
+        };
+        let h = cfg.lstm_hidden_size;
+        let f = cfg.rnn_features();
+        let pi = cfg.param_inits;
+        let ffw = cfg.ff_widths();
+        let ff_w0 = cfg
+            .ff_input_widths()
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                v.real_array(
+                    &["ff_mod_stack", "~", &format!("w0__{i}")],
+                    &[pi, d, ffw[0]],
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let ff_layers = ffw
+            .windows(2)
+            .enumerate()
+            .map(|(l, io)| {
+                let (wn, bn) = (format!("w{}", l + 1), format!("b{}", l + 1));
+                Ok((
+                    v.real_array(&["ff_mod_stack", "~", &wn], &[pi, io[0], io[1]])?,
+                    v.real_array(&["ff_mod_stack", "~", &bn], &[pi, io[1]])?,
+                ))
+            })
+            .collect::<Result<_, FlaxMsgpackError>>()?;
+        Ok(VeloTheta {
+            init_hidden: v.real_array(&["lstm_init_state", "hidden"], &[1, h])?,
+            init_cell: v.real_array(&["lstm_init_state", "cell"], &[1, h])?,
+            mix: [
+                lin_from(v, &["rnn_params", "linear"], f, h)?,
+                lin_from(v, &["rnn_params", "linear_1"], f, h)?,
+                lin_from(v, &["rnn_params", "linear_2"], f, h)?,
+            ],
+            lstm: lin_from(v, &["rnn_params", "rnn/linear"], 2 * h, 4 * h)?,
+            to_controls: lin_from(v, &["rnn_params", "rnn_to_controls"], h, pi)?,
+            step_size: lin_from(v, &["rnn_params", "step_size"], h, 1)?,
+            ff_w0,
+            ff_b0: v.real_array(&["ff_mod_stack", "~", "b0"], &[pi, ffw[0]])?,
+            ff_layers,
+        })
+    }
+}
