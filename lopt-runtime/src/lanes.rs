@@ -504,6 +504,10 @@ impl<const N: usize> Real for Lanes<N> {
         self.map(|x| erf_f64(x as f64) as f32)
     }
     #[inline(always)]
+    fn per_lane(self, f32_fn: impl Fn(f32) -> f32, _f64_fn: impl Fn(f64) -> f64) -> Self {
+        self.map(f32_fn)
+    }
+    #[inline(always)]
     fn lt(self, o: Self) -> LaneMask<N> {
         self.cmp(o, |a, b| a < b)
     }

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod optimizers;
 pub mod outer_trainers;
 pub mod params;
+pub mod primitives;
 pub mod scalar;
 pub mod task;
 

@@ -63,6 +63,8 @@ mod softmax;
 mod tests;
 pub(crate) mod vecmath;
 
+pub(crate) use elementwise::lift;
+
 use std::borrow::Cow;
 
 use crate::params::Params;
