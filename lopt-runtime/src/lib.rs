@@ -8,6 +8,7 @@ pub mod batch;
 pub mod datasets;
 pub mod error;
 pub mod gradcheck;
+pub mod kernels;
 pub mod key;
 pub mod lanes;
 pub mod learned_optimizers;

@@ -51,9 +51,6 @@
 pub mod check;
 mod data;
 mod elementwise;
-#[doc(hidden)]
-pub mod gemm;
-mod gemm_packets;
 mod matmul;
 pub mod op;
 mod reduce;
@@ -61,7 +58,6 @@ mod scalar;
 mod softmax;
 #[cfg(test)]
 mod tests;
-pub(crate) mod vecmath;
 
 pub(crate) use elementwise::lift;
 
