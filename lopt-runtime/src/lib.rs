@@ -1,6 +1,24 @@
 //! Runtime of [lopt](https://docs.rs/lopt): everything that runs.
 //!
 //! Users normally depend on the `lopt` crate, which re-exports this one with the macros.
+//!
+//! # Rooms
+//!
+//! - [`primitives`]: every primitive of the loss language, declared once with its rules
+//!   (`primitives/declared.rs`). **Add a primitive** there (one entry for an elementwise
+//!   one); declare your own outside lopt with [`elementwise_primitive!`].
+//! - [`ad`]: differentiation: the [`ad::Unary`] / [`ad::Binary`] rule traits the
+//!   generated code calls, the rules of the non-elementwise primitives, their tests.
+//! - [`kernels`]: what runs fast and is not differentiation: GEMM, the packet GEMM,
+//!   vector math, and the one place CPU features are detected.
+//! - [`ops`]: the primitives as plain functions, for hand-written code.
+//! - [`scalar`], [`lanes`]: the [`Real`] trait; SIMD packets whose lanes are task
+//!   instances.
+//! - [`task`], [`batch`]: tasks and task families (**add a task**: implement [`Task`] under
+//!   `#[task]`); vmap over lanes.
+//! - [`optimizers`] (**add an optimizer**: implement [`Optimizer`]),
+//!   [`learned_optimizers`] (a learned optimizer), [`outer_trainers`] (**add a gradient
+//!   estimator** here, beside PES and ES), [`params`], [`key`], [`datasets`], [`error`].
 #![warn(missing_docs)]
 
 pub mod ad;

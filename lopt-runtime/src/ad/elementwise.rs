@@ -136,8 +136,9 @@ where
     }
 }
 
-/// The rules of a unary elementwise primitive (a [`Pointwise`]) on any owned nalgebra
-/// matrix or vector, element by element: what `primitives/` lifts every one of them with.
+/// The rules of a unary elementwise primitive (a
+/// [`Pointwise`](crate::primitives::Pointwise)) on any owned nalgebra matrix or vector,
+/// element by element: what `primitives/` lifts every one of them with.
 pub(crate) mod lift {
     use super::*;
     use crate::primitives::Pointwise;
