@@ -137,11 +137,11 @@ where
 }
 
 /// The rules of a unary elementwise primitive (a
-/// [`Pointwise`](crate::primitives::Pointwise)) on any owned nalgebra matrix or vector,
+/// [`Pointwise`](crate::ad::Pointwise)) on any owned nalgebra matrix or vector,
 /// element by element: what `primitives/` lifts every one of them with.
 pub(crate) mod lift {
     use super::*;
-    use crate::primitives::Pointwise;
+    use crate::ad::Pointwise;
 
     /// The value: `f` on every element.
     #[inline(always)]

@@ -62,6 +62,7 @@ mod softmax;
 mod tests;
 
 pub(crate) use elementwise::lift;
+pub use scalar::Pointwise;
 
 use std::borrow::Cow;
 

@@ -12,6 +12,8 @@ macro_rules! markers {
 
 /// The markers of the elementwise unary primitives (`Exp`, `Tanh`, ...), declared with
 /// their rules in `crate::primitives::declared`.
+// The one import circle kept (ad <-> primitives): a declaration implements ad's rule
+// traits, and every op, declared there or here, is named `ad::op::X` by generated code.
 pub use crate::primitives::declared::markers::*;
 
 markers!(

@@ -8,8 +8,16 @@
 
 use super::op;
 use super::{Binary, Unary};
-use crate::primitives::Pointwise;
 use crate::scalar::Real;
+
+/// A unary elementwise function and its derivative: one declaration gives both
+/// derivative modes on scalars, matrices, vectors and lanes.
+pub trait Pointwise<S: Real> {
+    /// `f(x)`.
+    fn f(&self, x: S) -> S;
+    /// `f'(x) * t`, given `y = f(x)` (rules such as `exp` reuse it).
+    fn d(&self, x: S, y: S, t: S) -> S;
+}
 
 /// A binary elementwise function and its partial derivatives.
 pub(crate) trait Pointwise2<S: Real> {

@@ -72,14 +72,9 @@ use nalgebra::{DefaultAllocator, Dim, OMatrix};
 use crate::ad::Unary;
 use crate::scalar::Real;
 
-/// A unary elementwise function and its derivative: one declaration gives both
-/// derivative modes on scalars, matrices, vectors and lanes.
-pub trait Pointwise<S: Real> {
-    /// `f(x)`.
-    fn f(&self, x: S) -> S;
-    /// `f'(x) * t`, given `y = f(x)` (rules such as `exp` reuse it).
-    fn d(&self, x: S, y: S, t: S) -> S;
-}
+/// The rule of an elementwise unary primitive (defined with the other rule traits in
+/// [`crate::ad`]).
+pub use crate::ad::Pointwise;
 
 /// The op of a user-declared elementwise primitive `P` (see
 /// [`elementwise_primitive!`](crate::elementwise_primitive)): `Unary<Map<P>>` holds for
