@@ -65,3 +65,37 @@ pub fn is_shape_query(name: &str) -> bool {
 pub const SUPPORTED: &str = "the primitives of `lopt::ops` (declared in \
 lopt-runtime/src/primitives/declared.rs), data, stop_gradient, and calls to #[differentiable] \
 functions and user primitives (lopt::elementwise_primitive!)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The build script read every kind of declaration in the runtime's `declared.rs`.
+    /// Catches a build script that skips a block or misreads a line (the names would then
+    /// lower as calls to `#[differentiable]` functions that do not exist).
+    #[test]
+    fn declared_names_are_read_with_their_kinds() {
+        assert_eq!(lookup("exp"), Some(Builtin::Unary("Exp")));
+        assert_eq!(lookup("atan"), Some(Builtin::Unary("Atan")));
+        assert_eq!(lookup("sum"), Some(Builtin::Unary("Sum")));
+        assert_eq!(lookup("max"), Some(Builtin::Binary("Max")));
+        assert_eq!(
+            lookup("component_div"),
+            Some(Builtin::Binary("ComponentDiv"))
+        );
+        assert_eq!(lookup("powi"), Some(Builtin::Powi("Powi")));
+        assert_eq!(
+            lookup("softmax_cross_entropy"),
+            Some(Builtin::SoftmaxCrossEntropy("SoftmaxCrossEntropy"))
+        );
+        assert_eq!(lookup("data"), Some(Builtin::Data));
+        assert_eq!(lookup("floor"), None);
+        // Every name once, and at least today's 17 elementwise, 6 reductions, 6 binary
+        // and 2 special (a bound, so adding a primitive does not touch this file).
+        let mut names: Vec<&str> = DECLARED.iter().map(|d| d.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DECLARED.len());
+        assert!(DECLARED.len() >= 31, "{} names", DECLARED.len());
+    }
+}
