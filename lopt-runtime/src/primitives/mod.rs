@@ -1,7 +1,7 @@
 //! The primitives of the loss language, each declared once.
 //!
 //! A primitive is what a `#[task]` or `#[differentiable]` body may call by name
-//! (`exp(x)`, `x.tanh()`, `max(a, b)`, ...). [`declared`](self) (the file
+//! (`exp(x)`, `x.tanh()`, `max(a, b)`, ...). [`declared`] (the file
 //! `lopt-runtime/src/primitives/declared.rs`) holds every one of them:
 //!
 //! - an **elementwise unary** primitive is one entry of `declare_elementwise!`: its name,
@@ -17,8 +17,9 @@
 //!   `ad/` (`reduce.rs`, `elementwise.rs`, `softmax.rs`, `matmul.rs`).
 //!
 //! The `#[task]` macro holds no list of its own: its build script reads the names and
-//! kinds of `declared.rs`, so adding an entry there is all it takes for a loss to call it
-//! (`cargo test --test primitives` then grad-checks it, when its test is added).
+//! kinds of `declared.rs`, so adding an entry there is all it takes for a loss to call it;
+//! its test goes in `tests/primitives.rs` (grad-checked against finite differences of
+//! separately written `f64` code, and its lanes against separate `f32` runs). Two files.
 //!
 //! # Adding a primitive
 //!
@@ -26,7 +27,7 @@
 //! declare_elementwise! {
 //!     ...
 //!     /// Arctangent, elementwise.
-//!     atan => Atan(x, _y, t) {
+//!     atan => Atan(x, y, t) {
 //!         value: x.per_lane(f32::atan, f64::atan),
 //!         derivative: t / (S::one() + x * x),
 //!     },
