@@ -6,7 +6,7 @@
 mod common;
 
 use common::{keep, median, Case};
-use lopt::ad::gemm::{gemm, MatRef};
+use lopt::kernels::gemm::{gemm, MatRef};
 use lopt::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -66,7 +66,7 @@ fn mlp_loss<S: Real>(p: &Mlp<S>, x: &DMatrix<f32>, labels: &Vec<i32>) -> S {
 }
 
 /// Hand-written value and gradient: column-major buffers (nalgebra's layout) allocated
-/// once, the same GEMM as the generated code (`lopt::ad::gemm`, reading transposes in
+/// once, the same GEMM as the generated code (`lopt::kernels::gemm`, reading transposes in
 /// place), bias and relu fused, the softmax eight examples at a time in registers.
 struct Manual {
     x: Vec<f32>,

@@ -21,8 +21,8 @@ mod common;
 use std::time::Duration;
 
 use common::{keep, median, Case};
-use lopt::ad::gemm::{gemm, MatRef};
 use lopt::datasets::{Datasets, ExtraInfo, ImageBatch};
+use lopt::kernels::gemm::{gemm, MatRef};
 use lopt::lanes::LaneKeys;
 use lopt::lanes::Lanes;
 use lopt::prelude::*;

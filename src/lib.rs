@@ -3,7 +3,7 @@
 //! Learned optimization and meta-learning in Rust. See the README for a tour.
 //!
 //! Meta-training a learned optimizer in a few lines: the learnable learning rate of SGD
-//! on the seed's quadratic family, by truncated PES with tasks in SIMD lanes.
+//! on the tutorial's quadratic family, by truncated PES with tasks in SIMD lanes.
 //!
 //! ```
 //! use lopt::learned_optimizers::LearnableSgd;

@@ -337,21 +337,10 @@ impl Key {
                 self.fill_lanes::<f64, S>(out, d)
             };
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: this CPU supports AVX2, checked just above.
-            return unsafe { self.fill_scalar_avx2(out, d) };
-        }
-        self.fill_scalar(out, d)
-    }
-
-    /// [`Key::fill_scalar`] compiled for AVX2: twice the lanes for the Box-Muller math.
-    /// The arithmetic is the same IEEE operations (no fused multiply-add), so the numbers
-    /// are bit-identical to the baseline build.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn fill_scalar_avx2<S: Real>(self, out: &mut [S], d: Dist) {
-        self.fill_scalar(out, d)
+        // Compiled for AVX2 too: twice the lanes for the Box-Muller math. The arithmetic is
+        // the same IEEE operations (no fused multiply-add), so the numbers are
+        // bit-identical to the baseline build.
+        crate::kernels::cpu::with_avx2(|| self.fill_scalar(out, d))
     }
 
     /// Fills a slice of plain scalars (`S::LANES == 1`).
@@ -578,7 +567,7 @@ fn uniform_f64(hi: u32, lo: u32) -> f64 {
 #[inline(always)]
 fn box_muller_f32(a: u32, b: u32) -> (f32, f32) {
     let u = ((a >> 8) + 1) as f32 * TWO_POW_M24; // (0, 1], so ln(u) is finite
-    let r = (-2.0 * crate::ad::vecmath::ln_normal_f32(u)).sqrt();
+    let r = (-2.0 * crate::kernels::vecmath::ln_normal_f32(u)).sqrt();
     let (s, c) = sin_cos_turn_f32(b);
     (r * c, r * s)
 }
@@ -600,7 +589,7 @@ fn sin_cos_turn_f32(b: u32) -> (f32, f32) {
     let q = b >> 30;
     let v = ((b >> 8) & 0x3f_ffff) as f32 * TWO_POW_M22;
     let x = (v - 0.5) * std::f32::consts::FRAC_PI_2;
-    let (s, c) = crate::ad::vecmath::sin_cos_poly(x);
+    let (s, c) = crate::kernels::vecmath::sin_cos_poly(x);
     // Rotate by q quarter turns.
     let (s, c) = if q & 1 == 1 { (c, -s) } else { (s, c) };
     if q & 2 == 2 {
@@ -970,20 +959,18 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_build_matches_baseline() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !crate::kernels::cpu::has_avx2() {
             return;
         }
         let key = Key::new(77);
         for d in [Dist::Uniform, Dist::Normal, Dist::TruncatedNormal] {
             let (mut a, mut b) = (vec![0f32; 1003], vec![0f32; 1003]);
             key.fill_scalar(&mut a, d);
-            // SAFETY: AVX2 support was checked above.
-            unsafe { key.fill_scalar_avx2(&mut b, d) };
+            crate::kernels::cpu::with_avx2(|| key.fill_scalar(&mut b, d));
             assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
             let (mut a, mut b) = (vec![0f64; 1003], vec![0f64; 1003]);
             key.fill_scalar(&mut a, d);
-            // SAFETY: as above.
-            unsafe { key.fill_scalar_avx2(&mut b, d) };
+            crate::kernels::cpu::with_avx2(|| key.fill_scalar(&mut b, d));
             assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
         }
     }

@@ -11,7 +11,7 @@
 //! with strided gathers instead of along the lanes, which measured 3.5x slower on an
 //! Adam update. Each lane gets exactly the IEEE operation plain `f32` does, so a lane
 //! computes bit for bit what its instance computes alone. `exp`, `ln`, `ln_1p` and `tanh`
-//! use branch-free polynomials (within 3 ulp of the exact value; see `ad::vecmath`) so
+//! use branch-free polynomials (within 3 ulp of the exact value; see `kernels::vecmath`) so
 //! they vectorize too, and may differ from the platform's `f32` functions in the last
 //! bits; `sin`, `cos`, `powf` and `erf` call the `f32` ones lane by lane.
 
@@ -291,7 +291,7 @@ impl<const N: usize> Lanes<N> {
     /// on its neighbours.
     #[inline(always)]
     fn sin_cos_with(self, poly: impl Fn(f32) -> f32, libm: impl Fn(f32) -> f32) -> Self {
-        let limit = crate::ad::vecmath::SIN_COS_LIMIT;
+        let limit = crate::kernels::vecmath::SIN_COS_LIMIT;
         let inside = |x: f32| x.abs() <= limit;
         // Out-of-range lanes go through the polynomial as 0 (their value is replaced).
         let mut out = self.map(|x| poly(if inside(x) { x } else { 0.0 }));
@@ -452,11 +452,11 @@ impl<const N: usize> Real for Lanes<N> {
     fn exp(self) -> Self {
         // The branch-free polynomial exp (about 1 ulp; 0 below -86.5) so the lane loop
         // vectorizes; libm's expf would be one scalar call per lane.
-        self.map(crate::ad::vecmath::exp_f32)
+        self.map(crate::kernels::vecmath::exp_f32)
     }
     #[inline(always)]
     fn ln(self) -> Self {
-        self.map(crate::ad::vecmath::ln_f32)
+        self.map(crate::kernels::vecmath::ln_f32)
     }
     #[inline(always)]
     fn sqrt(self) -> Self {
@@ -464,15 +464,15 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn tanh(self) -> Self {
-        self.map(crate::ad::vecmath::tanh_f32)
+        self.map(crate::kernels::vecmath::tanh_f32)
     }
     #[inline(always)]
     fn sin(self) -> Self {
-        self.sin_cos_with(|x| crate::ad::vecmath::sin_cos_f32(x).0, f32::sin)
+        self.sin_cos_with(|x| crate::kernels::vecmath::sin_cos_f32(x).0, f32::sin)
     }
     #[inline(always)]
     fn cos(self) -> Self {
-        self.sin_cos_with(|x| crate::ad::vecmath::sin_cos_f32(x).1, f32::cos)
+        self.sin_cos_with(|x| crate::kernels::vecmath::sin_cos_f32(x).1, f32::cos)
     }
     #[inline(always)]
     fn abs(self) -> Self {
@@ -497,11 +497,15 @@ impl<const N: usize> Real for Lanes<N> {
     }
     #[inline(always)]
     fn ln_1p(self) -> Self {
-        self.map(crate::ad::vecmath::ln_1p_f32)
+        self.map(crate::kernels::vecmath::ln_1p_f32)
     }
     #[inline]
     fn erf(self) -> Self {
         self.map(|x| erf_f64(x as f64) as f32)
+    }
+    #[inline(always)]
+    fn per_lane(self, f32_fn: impl Fn(f32) -> f32, _f64_fn: impl Fn(f64) -> f64) -> Self {
+        self.map(f32_fn)
     }
     #[inline(always)]
     fn lt(self, o: Self) -> LaneMask<N> {
@@ -571,7 +575,7 @@ fn lanes_as_arrays<const N: usize>(x: &mut [Lanes<N>]) -> &mut [[f32; N]] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ad::vecmath;
+    use crate::kernels::vecmath;
 
     /// A plain `f32` operation and the same on packets.
     type Op<const N: usize> = (fn(f32, f32) -> f32, fn(Lanes<N>, Lanes<N>) -> Lanes<N>);
@@ -618,7 +622,7 @@ mod tests {
     /// the others (so NaN and huge arguments stay exact), whatever the other lanes hold.
     #[test]
     fn sin_cos_take_the_polynomial_in_range_and_libm_outside() {
-        use crate::ad::vecmath::sin_cos_f32;
+        use crate::kernels::vecmath::sin_cos_f32;
         let x = Lanes::<8>::from_lanes(|i| (i as f64 - 3.5) * 1.7);
         for odd in [None, Some(1e5f32), Some(f32::NAN), Some(f32::INFINITY)] {
             let mut y = x;
@@ -662,7 +666,7 @@ mod tests {
     }
 
     /// The packet transcendental functions: every lane computes what the scalar
-    /// polynomial (`ad::vecmath`) computes for it alone, bit for bit, over a dense sweep
+    /// polynomial (`kernels::vecmath`) computes for it alone, bit for bit, over a dense sweep
     /// (at a width that fills registers and one that does not), and the packet results
     /// are within the documented accuracy of the exact value (f64): `exp` 2 ulp on
     /// [−86.5, 88.7], `ln` 2 ulp on (0, 3e38), `ln_1p` 3 ulp, `tanh` 3 ulp. They are not

@@ -1,12 +1,33 @@
 //! Runtime of [lopt](https://docs.rs/lopt): everything that runs.
 //!
 //! Users normally depend on the `lopt` crate, which re-exports this one with the macros.
+//!
+//! # Rooms
+//!
+//! - [`primitives`]: every primitive of the loss language, declared once with its rules
+//!   (`primitives/declared.rs`). **Add a primitive** there (one entry for an elementwise
+//!   one); declare your own outside lopt with [`elementwise_primitive!`].
+//! - [`ad`]: differentiation: the [`ad::Unary`] / [`ad::Binary`] rule traits the
+//!   generated code calls, the rules of the non-elementwise primitives, their tests.
+//! - [`kernels`]: what runs fast and is not differentiation: GEMM, the packet GEMM,
+//!   vector math, and the one place CPU features are detected.
+//! - [`ops`]: the primitives as plain functions, for hand-written code.
+//! - [`scalar`], [`lanes`]: the [`Real`] trait; SIMD packets whose lanes are task
+//!   instances.
+//! - [`lane_groups`]: instances in SIMD lanes: grouping by structure, padding, packing,
+//!   widths and the dispatch of groups to Rayon, for every batched runner.
+//! - [`task`], [`vmap`]: tasks and task families (**add a task**: implement [`Task`] under
+//!   `#[task]`); vmap over lanes.
+//! - [`optimizers`] (**add an optimizer**: implement [`Optimizer`]),
+//!   [`learned_optimizers`] (a learned optimizer), [`outer_trainers`] (**add a gradient
+//!   estimator** here, beside PES and ES), [`params`], [`key`], [`datasets`], [`error`].
 #![warn(missing_docs)]
 
 pub mod ad;
 pub mod datasets;
 pub mod error;
 pub mod gradcheck;
+pub mod kernels;
 pub mod key;
 pub mod lane_groups;
 pub mod lanes;
@@ -15,6 +36,7 @@ pub mod ops;
 pub mod optimizers;
 pub mod outer_trainers;
 pub mod params;
+pub mod primitives;
 pub mod scalar;
 pub mod task;
 pub mod vmap;

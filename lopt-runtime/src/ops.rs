@@ -1,5 +1,8 @@
 //! The primitives of the loss language as plain functions, for hand-written code.
 //!
+//! They are declared, with their rules, in [`crate::primitives`]; this module gathers
+//! their functions.
+//!
 //! Each function evaluates the same rule the `#[task]` macro calls for its value path,
 //! so a hand-written loss that uses them computes exactly what the generated code does.
 //! They accept every type the rules do: scalars (`f32`, `f64`, any [`Real`]), nalgebra
@@ -19,100 +22,16 @@
 //!
 //! [`Real`]: crate::Real
 
-use crate::ad::{op, Binary, Unary};
+use crate::ad::{op, Unary};
 
-macro_rules! unary_fns {
-    ($($(#[$m:meta])* $name:ident => $op:ident),* $(,)?) => {$(
-        $(#[$m])*
-        #[inline]
-        pub fn $name<X: Unary<op::$op>>(x: &X) -> X::Out {
-            x.eval(&op::$op)
-        }
-    )*};
-}
-
-unary_fns!(
-    /// `e^x`, elementwise.
-    exp => Exp,
-    /// Natural logarithm, elementwise.
-    ln => Ln,
-    /// Square root, elementwise.
-    sqrt => Sqrt,
-    /// Hyperbolic tangent, elementwise.
-    tanh => Tanh,
-    /// Sine, elementwise.
-    sin => Sin,
-    /// Cosine, elementwise.
-    cos => Cos,
-    /// Absolute value, elementwise (its derivative is 0 at 0).
-    abs => Abs,
-    /// `x * x`, elementwise.
-    square => Square,
-    /// `max(x, 0)`, elementwise (its derivative is 0 at 0).
-    relu => Relu,
-    /// `1 / (1 + e^-x)`, elementwise.
-    sigmoid => Sigmoid,
-    /// `ln(1 + e^x)`, elementwise, computed as `max(x, 0) + ln(1 + e^-|x|)` (no overflow).
-    softplus => Softplus,
-    /// Exact GELU `x Φ(x)`, elementwise, with `Φ` the standard normal CDF.
-    gelu => Gelu,
-    /// Sum of all elements (a scalar's sum is itself).
-    sum => Sum,
-    /// Mean of all elements.
-    mean => Mean,
-    /// Sum of the squares of all elements.
-    norm_squared => NormSquared,
-    /// The transpose (a column vector becomes a row vector and back).
-    transpose => Transpose,
-    /// Log-softmax: over all elements of a column vector; per row of a matrix (one
-    /// example per row). Stable for logits of any magnitude.
-    log_softmax => LogSoftmax,
-    /// `ln Σ e^x` over all elements, stable for logits of any magnitude.
-    log_sum_exp => LogSumExp,
-);
+pub use crate::primitives::declared::binary_functions::*;
+pub use crate::primitives::declared::functions::*;
+pub use crate::primitives::declared::unary_functions::*;
 
 /// `x^n`, elementwise, for an integer `n`.
 #[inline]
 pub fn powi<X: Unary<op::Powi>>(x: &X, n: i32) -> X::Out {
     x.eval(&op::Powi(n))
-}
-
-/// `a^b`: scalars, or a matrix raised elementwise to a scalar power.
-#[inline]
-pub fn powf<A: Binary<op::Powf, B>, B>(a: &A, b: &B) -> A::Out {
-    a.eval(b)
-}
-
-/// Elementwise maximum (scalars, equal-shaped matrices, or a matrix and a scalar); at
-/// ties the derivative goes to `a`.
-#[inline]
-pub fn max<A: Binary<op::Max, B>, B>(a: &A, b: &B) -> A::Out {
-    a.eval(b)
-}
-
-/// Elementwise minimum; at ties the derivative goes to `a`.
-#[inline]
-pub fn min<A: Binary<op::Min, B>, B>(a: &A, b: &B) -> A::Out {
-    a.eval(b)
-}
-
-/// Inner product of two equal-shaped vectors or matrices: the sum of elementwise
-/// products.
-#[inline]
-pub fn dot<A: Binary<op::Dot, B>, B>(a: &A, b: &B) -> A::Out {
-    a.eval(b)
-}
-
-/// Elementwise product of two equal-shaped matrices or vectors.
-#[inline]
-pub fn component_mul<A: Binary<op::ComponentMul, B>, B>(a: &A, b: &B) -> A::Out {
-    a.eval(b)
-}
-
-/// Elementwise quotient of two equal-shaped matrices or vectors.
-#[inline]
-pub fn component_div<A: Binary<op::ComponentDiv, B>, B>(a: &A, b: &B) -> A::Out {
-    a.eval(b)
 }
 
 /// Per-example softmax cross-entropy: `logits` has one example per row, `labels[i]` is

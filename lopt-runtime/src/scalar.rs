@@ -124,6 +124,10 @@ pub trait Real:
     fn ln_1p(self) -> Self;
     /// Error function (used by the exact GELU).
     fn erf(self) -> Self;
+    /// `f32_fn` on an `f32` and on every lane of a packet, `f64_fn` on an `f64`: the lane
+    /// form of a function `Real` has no method for, which makes a packet's lanes equal to
+    /// the same function on each instance alone.
+    fn per_lane(self, f32_fn: impl Fn(f32) -> f32, f64_fn: impl Fn(f64) -> f64) -> Self;
 
     /// Lane-wise `self < o`.
     fn lt(self, o: Self) -> Self::Mask;
@@ -154,7 +158,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real_float {
-    ($t:ty) => {
+    ($t:ty, $pick:ident) => {
         impl Real for $t {
             type Mask = bool;
             type Key = crate::key::Key;
@@ -240,6 +244,10 @@ macro_rules! impl_real_float {
                 erf_f64(self as f64) as $t
             }
             #[inline(always)]
+            fn per_lane(self, f32_fn: impl Fn(f32) -> f32, f64_fn: impl Fn(f64) -> f64) -> Self {
+                $pick(self, f32_fn, f64_fn)
+            }
+            #[inline(always)]
             fn lt(self, o: Self) -> bool {
                 self < o
             }
@@ -271,8 +279,20 @@ macro_rules! impl_real_float {
     };
 }
 
-impl_real_float!(f32);
-impl_real_float!(f64);
+/// [`Real::per_lane`] on an `f32`: the `f32` function.
+#[inline(always)]
+fn first(x: f32, f: impl Fn(f32) -> f32, _g: impl Fn(f64) -> f64) -> f32 {
+    f(x)
+}
+
+/// [`Real::per_lane`] on an `f64`: the `f64` function.
+#[inline(always)]
+fn second(x: f64, _f: impl Fn(f32) -> f32, g: impl Fn(f64) -> f64) -> f64 {
+    g(x)
+}
+
+impl_real_float!(f32, first);
+impl_real_float!(f64, second);
 
 /// Error function in `f64`, accurate to about 1e-10 absolute: the Maclaurin series
 /// below |x| = 4 and the asymptotic expansion of erfc above (where erfc < 2e-8).

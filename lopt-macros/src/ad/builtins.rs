@@ -1,16 +1,34 @@
-//! The primitives a differentiable body may call, by name.
+//! The names a differentiable body may call: the language's own (`data`, `clone`,
+//! `stop_gradient`) and the primitives the runtime declares, read from
+//! `lopt-runtime/src/primitives/declared.rs` by the build script (this crate holds no
+//! list of runtime primitives).
+
+/// How a declared primitive is lowered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// `Unary<op::Marker>` with a unit marker.
+    Unary,
+    /// `Binary<op::Marker, _>`.
+    Binary,
+    /// `Unary<op::Marker(n)>`: the second argument is a non-differentiated `i32`.
+    IntegerExponent,
+    /// `Unary<op::Marker::new(labels)>`: the second argument is integer labels.
+    Labels,
+}
+
+include!(concat!(env!("OUT_DIR"), "/declared.rs"));
 
 /// How a builtin maps onto the runtime's rule traits.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Builtin {
     /// `Unary<op::Name>` with a unit marker.
     Unary(&'static str),
-    /// `Unary<op::Powi(n)>`: second argument is a non-differentiable `i32`.
-    Powi,
+    /// `Unary<op::Name(n)>`: second argument is a non-differentiable `i32`.
+    Powi(&'static str),
     /// `Binary<op::Name, _>`.
     Binary(&'static str),
-    /// `Unary<op::SoftmaxCrossEntropy(labels)>`: second argument is integer labels.
-    SoftmaxCrossEntropy,
+    /// `Unary<op::Name::new(labels)>`: second argument is integer labels.
+    SoftmaxCrossEntropy(&'static str),
     /// Explicit data conversion `data(x)`.
     Data,
     /// `x.clone()`: the same value.
@@ -21,38 +39,19 @@ pub enum Builtin {
 
 /// Looks up a primitive by the name used in the loss.
 pub fn lookup(name: &str) -> Option<Builtin> {
-    use Builtin::*;
     Some(match name {
-        "exp" => Unary("Exp"),
-        "ln" => Unary("Ln"),
-        "sqrt" => Unary("Sqrt"),
-        "tanh" => Unary("Tanh"),
-        "sin" => Unary("Sin"),
-        "cos" => Unary("Cos"),
-        "abs" => Unary("Abs"),
-        "square" => Unary("Square"),
-        "relu" => Unary("Relu"),
-        "sigmoid" => Unary("Sigmoid"),
-        "softplus" => Unary("Softplus"),
-        "gelu" => Unary("Gelu"),
-        "sum" => Unary("Sum"),
-        "mean" => Unary("Mean"),
-        "norm_squared" => Unary("NormSquared"),
-        "transpose" => Unary("Transpose"),
-        "log_softmax" => Unary("LogSoftmax"),
-        "log_sum_exp" => Unary("LogSumExp"),
-        "powi" => Powi,
-        "max" => Binary("Max"),
-        "min" => Binary("Min"),
-        "powf" => Binary("Powf"),
-        "dot" => Binary("Dot"),
-        "component_mul" => Binary("ComponentMul"),
-        "component_div" => Binary("ComponentDiv"),
-        "softmax_cross_entropy" => SoftmaxCrossEntropy,
-        "data" => Data,
-        "clone" => Identity,
-        "stop_gradient" => StopGradient,
-        _ => return None,
+        "data" => Builtin::Data,
+        "clone" => Builtin::Identity,
+        "stop_gradient" => Builtin::StopGradient,
+        _ => {
+            let &(_, marker, kind) = DECLARED.iter().find(|(n, _, _)| *n == name)?;
+            match kind {
+                Kind::Unary => Builtin::Unary(marker),
+                Kind::Binary => Builtin::Binary(marker),
+                Kind::IntegerExponent => Builtin::Powi(marker),
+                Kind::Labels => Builtin::SoftmaxCrossEntropy(marker),
+            }
+        }
     })
 }
 
@@ -61,8 +60,42 @@ pub fn is_shape_query(name: &str) -> bool {
     matches!(name, "nrows" | "ncols" | "len" | "shape" | "is_empty")
 }
 
-/// The list shown in "unsupported" errors.
-pub const SUPPORTED: &str = "exp, ln, sqrt, tanh, sin, cos, abs, square, powi, powf, max, \
-min, relu, sigmoid, softplus, gelu, sum, mean, dot, norm_squared, transpose, component_mul, \
-component_div, log_softmax, log_sum_exp, softmax_cross_entropy, data, stop_gradient, and calls to \
-#[differentiable] functions";
+/// What exists, for "unsupported" errors: where the primitives are declared, and the
+/// rest of the language.
+pub const SUPPORTED: &str = "the primitives of `lopt::ops` (declared in \
+lopt-runtime/src/primitives/declared.rs), data, stop_gradient, and calls to #[differentiable] \
+functions and user primitives (lopt::elementwise_primitive!)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The build script read every kind of declaration in the runtime's `declared.rs`.
+    /// Catches a build script that skips a block or misreads a line (the names would then
+    /// lower as calls to `#[differentiable]` functions that do not exist).
+    #[test]
+    fn declared_names_are_read_with_their_kinds() {
+        assert_eq!(lookup("exp"), Some(Builtin::Unary("Exp")));
+        assert_eq!(lookup("atan"), Some(Builtin::Unary("Atan")));
+        assert_eq!(lookup("sum"), Some(Builtin::Unary("Sum")));
+        assert_eq!(lookup("max"), Some(Builtin::Binary("Max")));
+        assert_eq!(
+            lookup("component_div"),
+            Some(Builtin::Binary("ComponentDiv"))
+        );
+        assert_eq!(lookup("powi"), Some(Builtin::Powi("Powi")));
+        assert_eq!(
+            lookup("softmax_cross_entropy"),
+            Some(Builtin::SoftmaxCrossEntropy("SoftmaxCrossEntropy"))
+        );
+        assert_eq!(lookup("data"), Some(Builtin::Data));
+        assert_eq!(lookup("floor"), None);
+        // Every name once, and at least today's 17 elementwise, 6 reductions, 6 binary
+        // and 2 special (a bound, so adding a primitive does not touch this file).
+        let mut names: Vec<&str> = DECLARED.iter().map(|d| d.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DECLARED.len());
+        assert!(DECLARED.len() >= 31, "{} names", DECLARED.len());
+    }
+}

@@ -849,7 +849,7 @@ impl<'a> Lowerer<'a> {
                 }
                 Ok(self.data(e, out))
             }
-            Builtin::Powi => {
+            Builtin::Powi(op) => {
                 if self.mentions_active(args[1]) {
                     return err(
                         args[1],
@@ -858,7 +858,8 @@ impl<'a> Lowerer<'a> {
                 }
                 let x = self.lower_expr(args[0], out)?;
                 let n = self.rewrite_passive(args[1]);
-                Ok(self.unary(out, quote!(::lopt::__private::ad::op::Powi((#n) as i32)), x))
+                let op = op_marker(op);
+                Ok(self.unary(out, quote!(#op((#n) as i32)), x))
             }
             Builtin::Binary(op) => {
                 let a = self.lower_expr(args[0], out)?;
@@ -874,8 +875,9 @@ impl<'a> Lowerer<'a> {
                     },
                 ))
             }
-            Builtin::SoftmaxCrossEntropy => {
-                self.cross_entropy(quote!(SoftmaxCrossEntropy), args[0], args[1], out)
+            Builtin::SoftmaxCrossEntropy(op) => {
+                let op = syn::Ident::new(op, proc_macro2::Span::call_site());
+                self.cross_entropy(quote!(#op), args[0], args[1], out)
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Elementwise primitives on vectors and matrices, with scalar and bias broadcasting.
 //!
-//! The scalar rules of `scalar.rs` applied element by element: matrix∘matrix (same
+//! The scalar rules of `scalar.rs` (binary) and `primitives/` (unary) applied element by element: matrix∘matrix (same
 //! type), matrix∘scalar, scalar∘matrix, and a vector broadcast over the rows of a
 //! `DMatrix` (numpy's last-axis rule: `x * w + b` with one example per row).
 //!
@@ -11,8 +11,8 @@ use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 
 use super::op;
 use super::reduce::{sum, sum_by, sum_zip3};
-use super::scalar::{Pointwise, Pointwise2};
-use super::{Binary, Unary};
+use super::scalar::Pointwise2;
+use super::Binary;
 use crate::scalar::Real;
 
 /// A new matrix shaped like `like`, filled from `it` in column-major order.
@@ -136,31 +136,54 @@ where
     }
 }
 
-/// Unary elementwise rules on any owned nalgebra matrix or vector.
-macro_rules! matrix_unary {
-    ($($op:ty),* $(,)?) => {$(
-        impl<S: Real, R: Dim, C: Dim> Unary<$op> for OMatrix<S, R, C>
-        where
-            DefaultAllocator: Allocator<R, C>,
-        {
-            type Out = Self;
-            #[inline]
-            fn eval(&self, op: &$op) -> Self {
-                build_like(self, self.as_slice().iter().map(|&x| op.f(x)))
-            }
-            #[inline]
-            fn jvp(&self, op: &$op, out: &Self, dx: &Self) -> Self {
-                let it = self.as_slice().iter().zip(out.as_slice()).zip(dx.as_slice());
-                build_like(self, it.map(|((&x, &y), &t)| op.d(x, y, t)))
-            }
-            #[inline]
-            fn vjp(&self, op: &$op, out: &Self, g: Self) -> Self {
-                map_into(g, self.as_slice(), out.as_slice(), |x, y, t| op.d(x, y, t))
-            }
-        }
-    )*};
+/// The rules of a unary elementwise primitive (a
+/// [`Pointwise`](crate::ad::Pointwise)) on any owned nalgebra matrix or vector,
+/// element by element: what `primitives/` lifts every one of them with.
+pub(crate) mod lift {
+    use super::*;
+    use crate::ad::Pointwise;
+
+    /// The value: `f` on every element.
+    #[inline(always)]
+    pub(crate) fn eval<S: Real, R: Dim, C: Dim, P: Pointwise<S>>(
+        x: &OMatrix<S, R, C>,
+        op: &P,
+    ) -> OMatrix<S, R, C>
+    where
+        DefaultAllocator: Allocator<R, C>,
+    {
+        build_like(x, x.as_slice().iter().map(|&x| op.f(x)))
+    }
+
+    /// The tangent: `f'(x) dx` on every element.
+    #[inline(always)]
+    pub(crate) fn jvp<S: Real, R: Dim, C: Dim, P: Pointwise<S>>(
+        x: &OMatrix<S, R, C>,
+        op: &P,
+        out: &OMatrix<S, R, C>,
+        dx: &OMatrix<S, R, C>,
+    ) -> OMatrix<S, R, C>
+    where
+        DefaultAllocator: Allocator<R, C>,
+    {
+        let it = x.as_slice().iter().zip(out.as_slice()).zip(dx.as_slice());
+        build_like(x, it.map(|((&x, &y), &t)| op.d(x, y, t)))
+    }
+
+    /// The cotangent `f'(x) g`, written into `g`'s buffer.
+    #[inline(always)]
+    pub(crate) fn vjp<S: Real, R: Dim, C: Dim, P: Pointwise<S>>(
+        x: &OMatrix<S, R, C>,
+        op: &P,
+        out: &OMatrix<S, R, C>,
+        g: OMatrix<S, R, C>,
+    ) -> OMatrix<S, R, C>
+    where
+        DefaultAllocator: Allocator<R, C>,
+    {
+        map_into(g, x.as_slice(), out.as_slice(), |x, y, t| op.d(x, y, t))
+    }
 }
-op::with_elementwise_unary!(matrix_unary);
 
 // ---- matrix ∘ matrix (same type) ----
 

@@ -10,9 +10,9 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DefaultAllocator, Dim, OMatrix, UninitMatrix};
 
 use super::elementwise::shape_panic;
-use super::gemm::{gemm_raw, MatRef};
 use super::op;
 use super::Binary;
+use crate::kernels::gemm::{gemm_raw, MatRef};
 use crate::scalar::Real;
 
 /// A strided view of a whole matrix or of its transpose.
@@ -34,7 +34,7 @@ impl<'a, S: Real> MatRef<'a, S> {
 /// `c += a·b` by plain loops, for any scalar (the reference for the kernels).
 #[cfg(test)]
 pub(crate) fn gemm_generic<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
-    super::gemm::gemm_loop(a, b, c)
+    crate::kernels::gemm::gemm_loop(a, b, c)
 }
 
 /// `a·b` as a new `r x c` matrix (`r = a.rows`, `c = b.cols`).

@@ -33,7 +33,7 @@
 //! | `Powf` | `S^S`, `M^S` | `S` or `M` |
 //! | `ComponentMul`, `ComponentDiv` | `M∘M` | `M` |
 //! | `Dot` | `M·M` | `S` |
-//! | `Neg`, `Exp`, `Ln`, `Sqrt`, `Tanh`, `Sin`, `Cos`, `Abs`, `Square`, `Powi`, `Relu`, `Sigmoid`, `Softplus`, `Gelu` | `S`, `M` (elementwise) | same |
+//! | every elementwise unary primitive of [`crate::primitives`] (`Neg`, `Exp`, `Tanh`, `Atan`, ..., and `Powi`) | `S`, `M` (elementwise) | same |
 //! | `Sum`, `Mean`, `NormSquared` | `S`, `M` | `S` |
 //! | `Transpose` | `OMatrix<R, C>` | `OMatrix<C, R>` |
 //! | `LogSoftmax` | `M`: a column vector as one set of logits, otherwise per row | `M` |
@@ -46,16 +46,15 @@
 //! Operands of incompatible shapes (only possible with dynamic sizes), out-of-range
 //! indices and labels are bugs in the loss: the rule panics with a message naming the
 //! operation and the shapes. [`Data`] converts batch fields to `S` (borrowing `f32` data
-//! in an `f32` loss); [`crate::ops`] has every primitive as a plain function.
+//! in an `f32` loss); [`crate::ops`] has every primitive as a plain function. The
+//! elementwise unary primitives are declared, rules included, in [`crate::primitives`];
+//! the fast loops the rules call (GEMM, vector math) are in [`crate::kernels`].
 
 pub mod check;
 pub mod conv;
 mod data;
 mod elementwise;
 pub mod gather;
-#[doc(hidden)]
-pub mod gemm;
-mod gemm_packets;
 mod matmul;
 pub mod norm;
 pub mod op;
@@ -65,7 +64,9 @@ pub mod slice;
 mod softmax;
 #[cfg(test)]
 mod tests;
-pub(crate) mod vecmath;
+
+pub(crate) use elementwise::lift;
+pub use scalar::Pointwise;
 
 use std::borrow::Cow;
 

@@ -10,29 +10,11 @@ macro_rules! markers {
     };
 }
 
-/// Calls `$rules!` with every elementwise unary primitive, so the scalar and the matrix
-/// rules list them once: a primitive added here gets both.
-macro_rules! with_elementwise_unary {
-    ($rules:ident) => {
-        $rules!(
-            op::Neg,
-            op::Exp,
-            op::Ln,
-            op::Sqrt,
-            op::Tanh,
-            op::Sin,
-            op::Cos,
-            op::Abs,
-            op::Square,
-            op::Powi,
-            op::Relu,
-            op::Sigmoid,
-            op::Softplus,
-            op::Gelu,
-        );
-    };
-}
-pub(crate) use with_elementwise_unary;
+/// The markers of the elementwise unary primitives (`Exp`, `Tanh`, ...), declared with
+/// their rules in `crate::primitives::declared`.
+// The one import circle kept (ad <-> primitives): a declaration implements ad's rule
+// traits, and every op, declared there or here, is named `ad::op::X` by generated code.
+pub use crate::primitives::declared::markers::*;
 
 markers!(
     /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).
@@ -55,28 +37,9 @@ markers!(
     ComponentMul,
     /// Elementwise quotient.
     ComponentDiv,
-    /// `-a`.
-    Neg,
-    Exp,
-    Ln,
-    Sqrt,
-    Tanh,
-    Sin,
-    Cos,
-    Abs,
-    /// `x * x` elementwise.
-    Square,
-    /// `max(x, 0)`.
-    Relu,
     /// `relu(a + b)` in one pass (what `#[task]` lowers `relu(a + b)` to: no `a + b`
     /// intermediate, and the derivative's mask is read off the output).
     AddRelu,
-    /// `1 / (1 + e^-x)`.
-    Sigmoid,
-    /// `ln(1 + e^x)`, stable.
-    Softplus,
-    /// Exact GELU `x * Phi(x)`.
-    Gelu,
     /// Sum of all elements.
     Sum,
     /// Mean of all elements.

@@ -1,15 +1,18 @@
-//! The math of every elementwise primitive, on one scalar, and its rules for `S` itself.
+//! The math of every binary elementwise primitive, on one scalar, and the rules of the
+//! non-elementwise primitives for `S` itself.
 //!
-//! Each elementwise primitive is written once here as a [`Pointwise`] (unary) or
-//! [`Pointwise2`] (binary) rule; `elementwise.rs` lifts the same rules to matrices and
-//! vectors, so scalar and matrix derivatives cannot drift apart.
+//! Each binary elementwise primitive is written once here as a [`Pointwise2`] rule;
+//! `elementwise.rs` lifts the same rules to matrices and vectors, so scalar and matrix
+//! derivatives cannot drift apart. The unary elementwise primitives are declared, rules
+//! and all, in `crate::primitives`.
 
 use super::op;
 use super::{Binary, Unary};
 use crate::scalar::Real;
 
-/// A unary elementwise function and its derivative.
-pub(crate) trait Pointwise<S: Real> {
+/// A unary elementwise function and its derivative: one declaration gives both
+/// derivative modes on scalars, matrices, vectors and lanes.
+pub trait Pointwise<S: Real> {
     /// `f(x)`.
     fn f(&self, x: S) -> S;
     /// `f'(x) * t`, given `y = f(x)` (rules such as `exp` reuse it).
@@ -34,188 +37,6 @@ pub(crate) trait Pointwise2<S: Real> {
     /// `db(a, b, y, t) == da(a, b, y, t)` always: a broadcast operand's cotangent is a
     /// sum of the other operand's, so the rules compute that one first and sum it.
     const DB_IS_DA: bool = false;
-}
-
-/// `Φ(x)`, the standard normal CDF.
-#[inline]
-fn normal_cdf<S: Real>(x: S) -> S {
-    S::c(0.5) * (S::one() + (x * S::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
-}
-
-/// `σ(x) = 1 / (1 + e^-x)`; saturates to exactly 0 or 1 without NaN.
-#[inline]
-pub(crate) fn sigmoid<S: Real>(x: S) -> S {
-    S::one() / (S::one() + (-x).exp())
-}
-
-/// 1 where `x > 0`, -1 where `x < 0`, 0 at 0.
-#[inline]
-fn sign<S: Real>(x: S) -> S {
-    let z = S::zero();
-    S::select(x.gt(z), S::one(), S::select(x.lt(z), -S::one(), z))
-}
-
-impl<S: Real> Pointwise<S> for op::Neg {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        -x
-    }
-    #[inline(always)]
-    fn d(&self, _x: S, _y: S, t: S) -> S {
-        -t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Exp {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.exp()
-    }
-    #[inline(always)]
-    fn d(&self, _x: S, y: S, t: S) -> S {
-        y * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Ln {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.ln()
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        t / x
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Sqrt {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.sqrt()
-    }
-    #[inline(always)]
-    fn d(&self, _x: S, y: S, t: S) -> S {
-        S::c(0.5) * t / y
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Tanh {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.tanh()
-    }
-    #[inline(always)]
-    fn d(&self, _x: S, y: S, t: S) -> S {
-        (S::one() - y * y) * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Sin {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.sin()
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        x.cos() * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Cos {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.cos()
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        -x.sin() * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Abs {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.abs()
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        sign(x) * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Square {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x * x
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        S::c(2.0) * x * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Powi {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x.powi(self.0)
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        // n = 0 is constant; x^(n-1) would be 0 * inf at x = 0.
-        if self.0 == 0 {
-            S::zero()
-        } else {
-            S::c(self.0 as f64) * x.powi(self.0 - 1) * t
-        }
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Relu {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        // NaN fails `x <= 0` and passes through: a diverged activation is not hidden.
-        S::select(x.le(S::zero()), S::zero(), x)
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        S::select(x.gt(S::zero()), t, S::zero())
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Sigmoid {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        sigmoid(x)
-    }
-    #[inline(always)]
-    fn d(&self, _x: S, y: S, t: S) -> S {
-        y * (S::one() - y) * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Softplus {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        // max(x, 0) + ln(1 + e^-|x|): never overflows.
-        x.max(S::zero()) + (-x.abs()).exp().ln_1p()
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        sigmoid(x) * t
-    }
-}
-
-impl<S: Real> Pointwise<S> for op::Gelu {
-    #[inline(always)]
-    fn f(&self, x: S) -> S {
-        x * normal_cdf(x)
-    }
-    #[inline(always)]
-    fn d(&self, x: S, _y: S, t: S) -> S {
-        // Φ(x) + x φ(x), φ(x) = e^(-x²/2) / sqrt(2π)
-        let phi = (S::c(-0.5) * x * x).exp() * S::c(0.398_942_280_401_432_7);
-        (normal_cdf(x) + x * phi) * t
-    }
 }
 
 impl<S: Real> Pointwise2<S> for op::Add {
@@ -368,28 +189,6 @@ impl<S: Real> Pointwise2<S> for op::Powf {
         S::select(a.gt(S::zero()), y * a.ln() * t, S::zero())
     }
 }
-
-/// Unary rules on a scalar: `y = f(x)`, tangent and cotangent both `f'(x) * t`.
-macro_rules! scalar_unary {
-    ($($op:ty),* $(,)?) => {$(
-        impl<S: Real> Unary<$op> for S {
-            type Out = S;
-            #[inline]
-            fn eval(&self, op: &$op) -> S {
-                op.f(*self)
-            }
-            #[inline]
-            fn jvp(&self, op: &$op, out: &S, dx: &S) -> S {
-                op.d(*self, *out, *dx)
-            }
-            #[inline]
-            fn vjp(&self, op: &$op, out: &S, g: S) -> S {
-                op.d(*self, *out, g)
-            }
-        }
-    )*};
-}
-op::with_elementwise_unary!(scalar_unary);
 
 /// Binary rules on two scalars.
 macro_rules! scalar_binary {

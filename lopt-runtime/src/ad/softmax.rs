@@ -10,11 +10,11 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 
 use super::elementwise::{build_like, update};
-use super::gemm::has_avx2;
 use super::op;
 use super::reduce::{dot, sum, sum_by};
-use super::vecmath::{exp, ln};
 use super::Unary;
+use crate::kernels::cpu::with_avx2_fma;
+use crate::kernels::vecmath::{exp, ln};
 use crate::scalar::Real;
 
 /// `ln Σ_j exp(x[i, j])` for every row `i` of the column-major `rows x (len / rows)` matrix
@@ -33,20 +33,7 @@ fn row_lse<S: Real>(x: &[S], rows: usize, keep: Option<(&mut [S], &mut [S])>) ->
     if x.is_empty() {
         return vec![S::c(f64::NEG_INFINITY); rows];
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<S: Real>(
-            x: &[S],
-            rows: usize,
-            keep: Option<(&mut [S], &mut [S])>,
-        ) -> Vec<S> {
-            row_lse_in(x, rows, keep)
-        }
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { wide(x, rows, keep) };
-    }
-    row_lse_in(x, rows, keep)
+    with_avx2_fma(|| row_lse_in(x, rows, keep))
 }
 
 /// The loops of [`row_lse`], always inlined: compiled once for the baseline and once for
@@ -145,24 +132,7 @@ fn per_row_mut<S: Real>(
     if rows == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<S: Real>(
-            o: &mut [S],
-            b: &[S],
-            rows: usize,
-            r: &[S],
-            s: &[S],
-            f: &impl Fn(S, S, S, S) -> S,
-        ) {
-            per_row_in(o, b, rows, r, s, f)
-        }
-        // SAFETY: the CPU has AVX2 and FMA.
-        unsafe { wide(o, b, rows, r, s, &f) };
-        return;
-    }
-    per_row_in(o, b, rows, r, s, &f);
+    with_avx2_fma(|| per_row_in(o, b, rows, r, s, &f));
 }
 
 /// The loops of [`per_row_mut`], always inlined (as [`row_log_sum_exp_in`]).
@@ -186,17 +156,7 @@ fn row_dot<S: Real>(a: &[S], b: &[S], rows: usize, f: impl Fn(S) -> S) -> Vec<S>
     if rows == 0 {
         return s;
     }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<S: Real>(a: &[S], b: &[S], rows: usize, f: &impl Fn(S) -> S, s: &mut [S]) {
-            row_dot_in(a, b, rows, f, s)
-        }
-        // SAFETY: the CPU has AVX2 and FMA.
-        unsafe { wide(a, b, rows, &f, &mut s) };
-        return s;
-    }
-    row_dot_in(a, b, rows, &f, &mut s);
+    with_avx2_fma(|| row_dot_in(a, b, rows, &f, &mut s));
     s
 }
 
@@ -401,16 +361,7 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
 /// `x` against `labels` (already validated), writing its gradient
 /// `(softmax − onehot) / rows` over `g` (as long as `x`).
 fn mean_ce<S: Real>(x: &[S], rows: usize, labels: &[i32], g: &mut [S]) -> S {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<S: Real>(x: &[S], rows: usize, labels: &[i32], g: &mut [S]) -> S {
-            mean_ce_in(x, rows, labels, g)
-        }
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { wide(x, rows, labels, g) };
-    }
-    mean_ce_in(x, rows, labels, g)
+    with_avx2_fma(|| mean_ce_in(x, rows, labels, g))
 }
 
 /// The loops of [`mean_ce`], always inlined (as [`row_lse_in`]). Each is a sweep over

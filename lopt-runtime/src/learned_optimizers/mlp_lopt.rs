@@ -3,7 +3,7 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use crate::ad::gemm::{gemm_raw, MatRef};
+use crate::kernels::gemm::{gemm_raw, MatRef};
 use crate::key::Key;
 use crate::params::{write_field_leaf_name, Params, Rebind};
 use crate::scalar::Real;
@@ -348,7 +348,7 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
             let out = net.forward(theta, &first_bias, rows.len());
             let (d, mu) = out.split_at(rows.len());
             for ((p, &d), &mu) in params.leaf_mut(i)[rows].iter_mut().zip(d).zip(mu) {
-                *p -= d * crate::ad::vecmath::exp(exp_mult * mu) * step_mult;
+                *p -= d * crate::kernels::vecmath::exp(exp_mult * mu) * step_mult;
             }
         }
     }

@@ -95,7 +95,7 @@ pub(crate) unsafe fn gemm_packets_raw<S: Real>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if lanes_multiple_of_8::<S>() && super::gemm::has_avx2() {
+    if lanes_multiple_of_8::<S>() && super::cpu::has_avx2_fma() {
         // SAFETY: `S` is `Lanes<S::LANES>` (checked by TypeId), so its storage is
         // `S::LANES` contiguous `f32`; the CPU has AVX2 and FMA; the views lie inside
         // their data (asserted above) and `c` is valid for `m·n` packets (the caller's

@@ -1,0 +1,128 @@
+//! Instruction-set dispatch: the kernels compiled once per [`Isa`] (detected in
+//! `kernels/cpu.rs`), and `matrixmultiply` for large products.
+
+use super::*;
+use crate::kernels::cpu::Isa;
+
+/// The operands of one product, as raw parts.
+#[derive(Clone, Copy)]
+pub(super) struct Job<T> {
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) n: usize,
+    pub(super) a: *const T,
+    pub(super) rsa: usize,
+    pub(super) csa: usize,
+    pub(super) b: *const T,
+    pub(super) rsb: usize,
+    pub(super) csb: usize,
+    pub(super) c: *mut T,
+    pub(super) acc: bool,
+}
+
+impl<T> Job<T> {
+    pub(super) fn new(a: MatRef<'_, T>, b: MatRef<'_, T>, c: *mut T, acc: bool) -> Self {
+        Job {
+            m: a.rows,
+            k: a.cols,
+            n: b.cols,
+            a: a.data.as_ptr(),
+            rsa: a.rs,
+            csa: a.cs,
+            b: b.data.as_ptr(),
+            rsb: b.rs,
+            csb: b.cs,
+            c,
+            acc,
+        }
+    }
+}
+
+pub(super) fn large<T>(j: &Job<T>) -> bool {
+    let limit = if j.rsb == 1 { LARGE } else { LARGE_STRIDED_B };
+    j.m.min(j.k).min(j.n) >= LARGE_DIM && j.m.saturating_mul(j.k).saturating_mul(j.n) > limit
+}
+
+macro_rules! matrixmultiply_entry {
+    ($name:ident, $t:ty, $f:path) => {
+        /// The product through `matrixmultiply` (always succeeds; returns true).
+        ///
+        /// # Safety
+        /// As [`gemm_raw`]; the views' invariant keeps every read inside their data.
+        pub(super) unsafe fn $name(j: &Job<$t>) -> bool {
+            $f(
+                j.m,
+                j.k,
+                j.n,
+                1.0,
+                j.a,
+                j.rsa as isize,
+                j.csa as isize,
+                j.b,
+                j.rsb as isize,
+                j.csb as isize,
+                if j.acc { 1.0 } else { 0.0 },
+                j.c,
+                1,
+                j.m as isize,
+            );
+            true
+        }
+    };
+}
+matrixmultiply_entry!(mm_f32, f32, matrixmultiply::sgemm);
+matrixmultiply_entry!(mm_f64, f64, matrixmultiply::dgemm);
+
+/// One entry per (instruction set, element type): the kernel bodies inlined under the
+/// instruction set's target features, with the vector type, the broadcast blocks (`NV`
+/// vectors x `NR` columns) and the dot blocks (`MI x NJ`).
+macro_rules! entry {
+    ($name:ident, $t:ty, $feat:literal, $simd:ty, $nv:literal, $nr:literal, $mi:literal, $nj:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(j: &Job<$t>) {
+            drive::<$simd, Arr<$t, Fused, 1>, $nv, $nr, $mi, $nj>(j)
+        }
+    };
+}
+entry!(f32_avx512, f32, "avx512f,avx2,fma", x86::F32x16, 2, 8, 4, 4);
+entry!(f64_avx512, f64, "avx512f,avx2,fma", x86::F64x8, 2, 8, 4, 4);
+entry!(f32_avx2, f32, "avx2,fma", x86::F32x8, 2, 6, 4, 2);
+entry!(f64_avx2, f64, "avx2,fma", x86::F64x4, 2, 6, 4, 2);
+
+/// Fused multiply-add in the portable variant only where the baseline has it (a library
+/// call otherwise).
+#[cfg(any(target_feature = "fma", target_arch = "aarch64"))]
+pub(super) type PortableMadd = Fused;
+#[cfg(not(any(target_feature = "fma", target_arch = "aarch64")))]
+pub(super) type PortableMadd = Unfused;
+
+pub(super) unsafe fn f32_portable(j: &Job<f32>) {
+    drive::<Arr<f32, PortableMadd, 4>, Arr<f32, PortableMadd, 1>, 2, 4, 4, 2>(j)
+}
+pub(super) unsafe fn f64_portable(j: &Job<f64>) {
+    drive::<Arr<f64, PortableMadd, 2>, Arr<f64, PortableMadd, 1>, 2, 4, 2, 2>(j)
+}
+
+macro_rules! run {
+    ($name:ident, $t:ty, $avx512:ident, $avx2:ident, $portable:ident) => {
+        /// Runs the product with the variant `isa`.
+        ///
+        /// # Safety
+        /// As [`gemm_raw`], and the CPU supports `isa`.
+        pub(super) unsafe fn $name(isa: Isa, j: &Job<$t>) {
+            match isa {
+                // SAFETY (both x86 arms): `isa` was checked against the CPU's features
+                // (`Isa::supported`), so the target-feature functions run on hardware
+                // that has every instruction they were compiled with.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => $avx512(j),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => $avx2(j),
+                _ => $portable(j),
+            }
+        }
+    };
+}
+run!(run_f32, f32, f32_avx512, f32_avx2, f32_portable);
+run!(run_f64, f64, f64_avx512, f64_avx2, f64_portable);

@@ -1,0 +1,401 @@
+//! The kernels. `S` is the vector type, `S1` the one-lane type with the same
+//! arithmetic: the broadcast kernel (with its panel packing) and the dot kernel, and
+//! `drive`, which walks `C` in blocks and picks between them.
+
+use super::*;
+
+/// The largest vector block of `C` a kernel keeps (elements), for partial stores.
+pub(super) const MAX_BLOCK: usize = 64;
+/// The most lanes of any vector type.
+pub(super) const MAX_LANES: usize = 16;
+
+/// Stores the `NV` vectors `s` into the column of `C` at `c`, skipping its first `skip`
+/// elements (already written by an earlier, overlapping block).
+#[inline(always)]
+pub(super) unsafe fn store_col<S: Simd, const NV: usize>(c: *mut S::E, s: [S; NV], skip: usize) {
+    if skip == 0 {
+        for (v, &x) in s.iter().enumerate() {
+            x.store(c.add(v * S::LANES));
+        }
+    } else {
+        let mut tmp = [<S::E as Elem>::ZERO; MAX_BLOCK];
+        for (v, &x) in s.iter().enumerate() {
+            x.store(tmp.as_mut_ptr().add(v * S::LANES));
+        }
+        for (r, &v) in tmp.iter().enumerate().take(NV * S::LANES).skip(skip) {
+            c.add(r).write(v);
+        }
+    }
+}
+
+/// Broadcast kernel: `C[0..NV·LANES, 0..NR] = C0 + A[0..NV·LANES, :] · B[:, 0..NR]`, each
+/// element one multiply-add chain in order of `k`, starting from `C`'s value when
+/// `from_c` (else from zero). `A` has contiguous columns `lda` apart, `C` columns are
+/// `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
+    k: usize,
+    a: *const S::E,
+    lda: usize,
+    b: *const S::E,
+    rsb: usize,
+    csb: usize,
+    c: *mut S::E,
+    ldc: usize,
+    from_c: bool,
+    skip: usize,
+) {
+    let mut s = [[S::zero(); NV]; NR];
+    if from_c {
+        for (j, sj) in s.iter_mut().enumerate() {
+            for (v, x) in sj.iter_mut().enumerate() {
+                // Rows below `skip` belong to an earlier block, which wrote them.
+                *x = S::load(c.add(j * ldc + v * S::LANES));
+            }
+        }
+    }
+    for p in 0..k {
+        let ap = a.add(p * lda);
+        let av: [S; NV] = build(S::zero(), |v| S::load(ap.add(v * S::LANES)));
+        let bp = b.add(p * rsb);
+        for (j, sj) in s.iter_mut().enumerate() {
+            let bj = S::splat(bp.add(j * csb));
+            for v in 0..NV {
+                sj[v] = S::madd(av[v], bj, sj[v]);
+            }
+        }
+    }
+    for (j, &sj) in s.iter().enumerate() {
+        store_col::<S, NV>(c.add(j * ldc), sj, skip);
+    }
+}
+
+/// Where a row block of `A` is read: `a` with columns `lda` apart.
+#[derive(Clone, Copy)]
+pub(super) struct Panel<E> {
+    a: *const E,
+    lda: usize,
+}
+
+/// The broadcast kernel over all column blocks for rows `i..i+NV·LANES` of `C` and the
+/// `k` range `p0..p0+kc` (`A` rows already at `panel`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
+    j: &Job<S::E>,
+    panel: Panel<S::E>,
+    p0: usize,
+    kc: usize,
+    i: usize,
+    from_c: bool,
+    skip: usize,
+) {
+    let Panel { a, lda } = panel;
+    let c = j.c.add(i);
+    let b0 = j.b.add(p0 * j.rsb);
+    let (rsb, csb, ldc) = (j.rsb, j.csb, j.m);
+    let mut col = 0;
+    while col + NR <= j.n {
+        let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+        bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
+        col += NR;
+    }
+    let nr = j.n - col;
+    if nr == 0 {
+        return;
+    }
+    let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+    // `NR > x` is known at compile time: arms wider than this variant's block vanish.
+    macro_rules! edge {
+        ($($w:literal)*) => {
+            match nr {
+                $($w if NR > $w => bcast::<S, NV, $w>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip),)*
+                _ => unreachable!(),
+            }
+        };
+    }
+    edge!(1 2 3 4 5 6 7)
+}
+
+/// Below this many columns of `C`, a product with a transposed `A` takes dot products
+/// rather than packing `A`.
+pub(super) const PACK_MIN_N: usize = 4;
+
+/// Bytes of the stack buffer a transposed panel of `A` is packed into.
+pub(super) const PACK_BYTES: usize = 16 * 1024;
+
+/// A 64-byte aligned buffer (aligned loads of the packed panel never split a line).
+#[repr(C, align(64))]
+pub(super) struct PackBuf([u8; PACK_BYTES]);
+
+/// Copies rows `i..i+rows` of the row-contiguous `A` (rows `j.rsa` apart), columns
+/// `p0..p0+kc`, into `dst` as a column-major `rows x kc` panel, by transposed tiles.
+#[inline(always)]
+pub(super) unsafe fn pack_rows<S: Simd>(
+    j: &Job<S::E>,
+    i: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    dst: *mut S::E,
+) {
+    let t = S::TILE;
+    let src = j.a.add(i * j.rsa + p0);
+    let full = kc - kc % t;
+    for r0 in (0..rows).step_by(t) {
+        let (s, d) = (src.add(r0 * j.rsa), dst.add(r0));
+        let mut q = 0;
+        while q < full {
+            S::transpose_tile(s.add(q), j.rsa, d.add(q * rows), rows);
+            q += t;
+        }
+        for q in full..kc {
+            for r in 0..t {
+                *d.add(q * rows + r) = *s.add(r * j.rsa + q);
+            }
+        }
+    }
+}
+
+/// One row block of `C` (`NV` vectors tall, at row `i`): read in place when `A` has
+/// contiguous columns, else packed (transposed) chunk by chunk of `k`; a chunk after the
+/// first continues each chain from the `C` the previous one stored, so chunking does not
+/// change a single rounding.
+#[inline(always)]
+pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
+    j: &Job<S::E>,
+    buf: *mut S::E,
+    i: usize,
+    skip: usize,
+) {
+    if j.rsa == 1 {
+        let panel = Panel {
+            a: j.a.add(i),
+            lda: j.csa,
+        };
+        bcast_row_block::<S, NV, NR>(j, panel, 0, j.k, i, j.acc, skip);
+        return;
+    }
+    let rows = NV * S::LANES;
+    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
+    let mut p0 = 0;
+    while p0 < j.k {
+        let kc = kc_max.min(j.k - p0);
+        pack_rows::<S>(j, i, rows, p0, kc, buf);
+        let panel = Panel { a: buf, lda: rows };
+        bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
+        p0 += kc;
+    }
+}
+
+/// `C (=|+=) A·B` by broadcast kernels, `A` column-contiguous (read in place) or
+/// row-contiguous with at least `LANES` rows (packed): row blocks of `NV` vectors, then of
+/// one, then one last vector block shifted back to end at row `m` (single rows when
+/// `m < LANES`, only for column-contiguous `A`).
+#[inline(always)]
+pub(super) unsafe fn drive_bcast<S: Simd, S1: Simd<E = S::E>, const NV: usize, const NR: usize>(
+    j: &Job<S::E>,
+) {
+    let mut buf = std::mem::MaybeUninit::<PackBuf>::uninit();
+    let buf = buf.as_mut_ptr() as *mut S::E;
+    let (m, w) = (j.m, S::LANES);
+    let mut i = 0;
+    while i + NV * w <= m {
+        row_block::<S, NV, NR>(j, buf, i, 0);
+        i += NV * w;
+    }
+    while i + w <= m {
+        row_block::<S, 1, NR>(j, buf, i, 0);
+        i += w;
+    }
+    if i < m {
+        if m >= w {
+            row_block::<S, 1, NR>(j, buf, m - w, i - (m - w));
+        } else {
+            debug_assert_eq!(j.rsa, 1);
+            for r in i..m {
+                let panel = Panel {
+                    a: j.a.add(r),
+                    lda: j.csa,
+                };
+                bcast_row_block::<S1, 1, NR>(j, panel, 0, j.k, r, j.acc, 0);
+            }
+        }
+    }
+}
+
+/// Dot kernel: the `MI x NJ` dot products of rows `a[i]` and columns `b[j]` (both
+/// contiguous, length `k`).
+#[inline(always)]
+pub(super) unsafe fn dot<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usize>(
+    k: usize,
+    a: [*const S::E; MI],
+    b: [*const S::E; NJ],
+) -> [[S::E; NJ]; MI] {
+    let w = S::LANES;
+    let mut s = [[S::zero(); NJ]; MI];
+    let kv = k - k % w;
+    let mut p = 0;
+    while p < kv {
+        let bv: [S; NJ] = build(S::zero(), |q| S::load(b[q].add(p)));
+        for (si, ai) in s.iter_mut().zip(&a) {
+            let av = S::load(ai.add(p));
+            for (sij, &bj) in si.iter_mut().zip(&bv) {
+                *sij = S::madd(av, bj, *sij);
+            }
+        }
+        p += w;
+    }
+    let mut out = [[<S::E as Elem>::ZERO; NJ]; MI];
+    if w <= MAX_LANES && MI * NJ >= w / 2 {
+        // LANES accumulators at a time (column-major order within the block; the last
+        // group padded with zeros) folded into one vector of their sums: a transposing
+        // reduction, far cheaper than one horizontal sum each.
+        let mut tmp = [<S::E as Elem>::ZERO; MAX_LANES];
+        for g in 0..(MI * NJ).div_ceil(w) {
+            let x: [S; MAX_LANES] = build(S::zero(), |l| {
+                let q = g * w + l;
+                if l < w && q < MI * NJ {
+                    s[q % MI][q / MI]
+                } else {
+                    S::zero()
+                }
+            });
+            S::fold(&x[..w]).store(tmp.as_mut_ptr());
+            for (l, &v) in tmp.iter().enumerate().take(w) {
+                let q = g * w + l;
+                if q < MI * NJ {
+                    out[q % MI][q / MI] = v;
+                }
+            }
+        }
+    } else {
+        for (o, si) in out.iter_mut().zip(&s) {
+            for (o, sij) in o.iter_mut().zip(si) {
+                *o = sij.hsum();
+            }
+        }
+    }
+    if kv < k {
+        for (o, ai) in out.iter_mut().zip(&a) {
+            for (o, bj) in o.iter_mut().zip(&b) {
+                let mut t = S1::splat(o);
+                for q in kv..k {
+                    t = S1::madd(S1::load(ai.add(q)), S1::load(bj.add(q)), t);
+                }
+                t.store(o);
+            }
+        }
+    }
+    out
+}
+
+/// The dot kernel for rows `i..i+mi` and columns `col..col+NJ` of `C` (`mi <= MI`; the
+/// row pointers beyond `mi` repeat the last row), `B` columns `ldb` apart.
+#[inline(always)]
+pub(super) unsafe fn dot_block<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usize>(
+    j: &Job<S::E>,
+    a_rows: [*const S::E; MI],
+    mi: usize,
+    i: usize,
+    col: usize,
+    ldb: usize,
+) {
+    let b_cols: [*const S::E; NJ] = build(j.b, |q| j.b.add((col + q) * ldb));
+    let out = dot::<S, S1, MI, NJ>(j.k, a_rows, b_cols);
+    for jj in 0..NJ {
+        let c = j.c.add(i + (col + jj) * j.m);
+        for (q, oq) in out.iter().take(mi).enumerate() {
+            let p = c.add(q);
+            p.write(if j.acc { *p + oq[jj] } else { oq[jj] });
+        }
+    }
+}
+
+/// `C (+)= A·B` with `A` row-contiguous (rows `lda` apart) and `B` column-contiguous
+/// (columns `ldb` apart), in `MI x NJ` blocks; the last row block repeats its last row
+/// (stored once), the last column block is narrower.
+#[inline(always)]
+pub(super) unsafe fn drive_dot<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usize>(
+    j: &Job<S::E>,
+    lda: usize,
+    ldb: usize,
+) {
+    let (m, n) = (j.m, j.n);
+    let mut i = 0;
+    while i < m {
+        let mi = MI.min(m - i);
+        let a_rows: [*const S::E; MI] = build(j.a, |q| j.a.add((i + q.min(mi - 1)) * lda));
+        let mut col = 0;
+        while col + NJ <= n {
+            dot_block::<S, S1, MI, NJ>(j, a_rows, mi, i, col, ldb);
+            col += NJ;
+        }
+        if col < n {
+            macro_rules! edge {
+                ($($w:literal)*) => {
+                    match n - col {
+                        $($w if NJ > $w => dot_block::<S, S1, MI, $w>(j, a_rows, mi, i, col, ldb),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            edge!(1 2 3 4 5 6 7)
+        }
+        i += MI;
+    }
+}
+
+/// Routes a product to a kernel by the operands' layout.
+#[inline(always)]
+pub(super) unsafe fn drive<
+    S: Simd,
+    S1: Simd<E = S::E>,
+    const NV: usize,
+    const NR: usize,
+    const MI: usize,
+    const NJ: usize,
+>(
+    j: &Job<S::E>,
+) {
+    // A single row against column-contiguous B, or a transpose too narrow to pay for
+    // packing: dot products along k. Otherwise broadcast kernels, with A read in place
+    // or packed.
+    let dot_ok = j.csa == 1 && (j.rsb == 1 || j.k == 1);
+    let pack_ok = j.rsa != 1 && j.csa == 1 && j.m >= S::LANES && j.n >= PACK_MIN_N;
+    if dot_ok && ((j.rsa != 1 && !pack_ok) || j.m == 1) {
+        drive_dot::<S, S1, MI, NJ>(j, j.rsa, j.csb);
+    } else if j.rsa == 1 || pack_ok {
+        drive_bcast::<S, S1, NV, NR>(j);
+    } else if j.csa == 1 {
+        // Aᵀ·Bᵀ: copy B to column-major once, then dot products.
+        let b: Vec<S::E> = (0..j.n)
+            .flat_map(|c| (0..j.k).map(move |p| (c, p)))
+            .map(|(c, p)| *j.b.add(p * j.rsb + c * j.csb))
+            .collect();
+        let jb = Job {
+            b: b.as_ptr(),
+            rsb: 1,
+            csb: j.k,
+            ..*j
+        };
+        drive_dot::<S, S1, MI, NJ>(&jb, j.rsa, j.k);
+    } else {
+        // Neither layout (general strides): one dot product at a time.
+        for q in 0..j.n {
+            for r in 0..j.m {
+                let c = j.c.add(r + q * j.m);
+                let mut s = if j.acc { S1::splat(c) } else { S1::zero() };
+                for p in 0..j.k {
+                    let (x, y) = (
+                        j.a.add(r * j.rsa + p * j.csa),
+                        j.b.add(p * j.rsb + q * j.csb),
+                    );
+                    s = S1::madd(S1::splat(x), S1::splat(y), s);
+                }
+                s.store(c);
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Small dense matrix products `C = A·B` and `C += A·B` in `f32`/`f64`, tuned for
+//! operands that fit in L1/L2 (dimensions up to a few hundred), as the AD rules and
+//! small MLPs need them.
+//!
+//! `C` is column-major and contiguous; `A` and `B` are strided views ([`MatRef`]), so the
+//! reverse-mode products `G·Bᵀ` and `Aᵀ·G` read their transposes in place: no transposed
+//! matrix is ever built. The work is done by a register-blocked *broadcast* kernel: an
+//! `MR x NR` block of `C` accumulates `A[i..i+MR, p] · B[p, j]` over `p`, the `MR` rows
+//! in a few vector registers, `B[p, j]` broadcast, so the `NR` columns share each load
+//! of `A`. It reads `A`'s columns in place when they are contiguous; when `A` is a
+//! transpose (rows contiguous), each `MR`-row panel is first packed, by 8x8 tile
+//! transposes, into an aligned stack buffer (a chunk of `k` at a time). `B` may have any
+//! strides. Either way every element of `C` is one multiply-add chain in the order of
+//! `k` (continuing from `C` for `+=`), so results do not depend on the operands'
+//! layout, on alignment, or on the vector width. Products too narrow to pay for packing
+//! (`Aᵀ·v`, a row times a matrix) take a *dot* kernel instead: blocks of dot products
+//! vectorized along `k`, reduced by one transposing fold.
+//!
+//! The kernels are compiled three times, for AVX-512, for AVX2 + FMA (both with
+//! `core::arch` vectors) and for the target's baseline (portable arrays); the widest the
+//! CPU supports is chosen once at run time, so a default build uses the vector units the
+//! machine has. The variants differ only in fused versus separate multiply-add (the
+//! baseline has no FMA on x86-64) and, in the dot kernel, in the order of the `k`-sums.
+//! Above [`LARGE`] multiply-adds `matrixmultiply` (cache-blocked, packed) takes over;
+//! other scalar types (SIMD packets) use a plain loop.
+
+use std::any::TypeId;
+
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+
+/// Above this many multiply-adds (`m·k·n`, every dimension at least [`LARGE_DIM`]) the
+/// operands outgrow L1/L2 and `matrixmultiply`'s cache blocking wins (measured on an AVX2
+/// machine: ahead of it up to 384³, behind at 512³).
+pub const LARGE: usize = 1 << 26;
+/// [`LARGE`] when `B` is a transpose (its broadcasts stride across rows): the crossover
+/// comes earlier (between 128³ and 256³).
+pub const LARGE_STRIDED_B: usize = 1 << 23;
+/// The smallest dimension for which [`LARGE`] applies (a thin product stays in cache).
+pub const LARGE_DIM: usize = 64;
+
+/// A read-only strided view of a matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+///
+/// Construction checks that every element lies inside `data`, which the kernels rely on.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, S> {
+    data: &'a [S],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, S: Copy> MatRef<'a, S> {
+    /// A `rows x cols` view with row stride `rs` and column stride `cs`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when some element would lie outside `data`.
+    pub fn new(data: &'a [S], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
+        let last = if rows == 0 || cols == 0 {
+            Some(0)
+        } else {
+            (rows - 1)
+                .checked_mul(rs)
+                .and_then(|x| (cols - 1).checked_mul(cs).and_then(|y| x.checked_add(y)))
+                .and_then(|x| x.checked_add(1))
+        };
+        match last {
+            Some(len) if len <= data.len() => Ok(MatRef {
+                data,
+                rows,
+                cols,
+                rs,
+                cs,
+            }),
+            _ => Err(Error::InvalidArgument(format!(
+                "gemm: a {rows}x{cols} view with strides ({rs}, {cs}) does not fit in {} \
+                 elements",
+                data.len()
+            ))),
+        }
+    }
+
+    /// A column-major `rows x cols` view of `data` (column stride `rows`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `data` holds fewer than `rows * cols` elements.
+    pub fn col_major(data: &'a [S], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, 1, rows)
+    }
+
+    /// The transpose, without copying.
+    #[inline]
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// The number of rows.
+    #[inline]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The number of columns.
+    #[inline]
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Element `(i, j)`.
+    #[inline(always)]
+    #[cfg(test)]
+    pub(crate) fn at(&self, i: usize, j: usize) -> S {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// The same view of the same memory as another element type of the same layout.
+    ///
+    /// # Safety
+    /// `T` and `S` must be the same type.
+    unsafe fn cast<T>(self) -> MatRef<'a, T> {
+        MatRef {
+            data: std::slice::from_raw_parts(self.data.as_ptr() as *const T, self.data.len()),
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+}
+
+/// `c = a·b`, or `c += a·b` when `accumulate`; `c` is column-major, `a.rows() x
+/// b.cols()`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `a.cols() != b.rows()` or `c` has the wrong length.
+pub fn gemm<S: Real>(
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: &mut [S],
+    accumulate: bool,
+) -> Result<()> {
+    if a.cols != b.rows {
+        return Err(Error::ShapeMismatch {
+            what: "gemm: columns of a vs rows of b".into(),
+            expected: vec![a.cols],
+            got: vec![b.rows],
+        });
+    }
+    if c.len() != a.rows * b.cols {
+        return Err(Error::ShapeMismatch {
+            what: "gemm: c (rows of a x columns of b)".into(),
+            expected: vec![a.rows, b.cols],
+            got: vec![c.len()],
+        });
+    }
+    // SAFETY: the shapes agree and `c` is an initialized slice of `a.rows * b.cols`.
+    unsafe { gemm_raw(a, b, c.as_mut_ptr(), accumulate) };
+    Ok(())
+}
+
+/// [`gemm`] into raw memory.
+///
+/// # Safety
+/// `a.cols == b.rows`; `c` is valid for writes of `a.rows * b.cols` elements (column-major)
+/// and, when `accumulate`, initialized. Without `accumulate` every element is written and
+/// none is read, so `c` may be uninitialized.
+pub(crate) unsafe fn gemm_raw<S: Real>(
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: *mut S,
+    accumulate: bool,
+) {
+    gemm_with(isa(), a, b, c, accumulate)
+}
+
+/// [`gemm_raw`] with the instruction set given (which the CPU must support).
+unsafe fn gemm_with<S: Real>(
+    isa: Isa,
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: *mut S,
+    accumulate: bool,
+) {
+    debug_assert_eq!(a.cols, b.rows);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m * n {
+                c.add(i).write(S::zero());
+            }
+        }
+        return;
+    }
+    // The TypeId tests make the casts identities.
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
+        let job = Job::new(a.cast::<f32>(), b.cast::<f32>(), c as *mut f32, accumulate);
+        if !large(&job) || !mm_f32(&job) {
+            run_f32(isa, &job);
+        }
+    } else if TypeId::of::<S>() == TypeId::of::<f64>() {
+        let job = Job::new(a.cast::<f64>(), b.cast::<f64>(), c as *mut f64, accumulate);
+        if !large(&job) || !mm_f64(&job) {
+            run_f64(isa, &job);
+        }
+    } else {
+        let (av, bv) = (
+            super::gemm_packets::Strided {
+                data: a.data,
+                rs: a.rs,
+                cs: a.cs,
+            },
+            super::gemm_packets::Strided {
+                data: b.data,
+                rs: b.rs,
+                cs: b.cs,
+            },
+        );
+        // SAFETY: as this function's contract (`c` valid for m·n writes, initialized
+        // when accumulating).
+        super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, accumulate);
+    }
+}
+
+/// `c += a·b` for any scalar, by plain loops ordered for column-major locality (the
+/// reference the kernels are tested against).
+#[cfg(test)]
+pub(crate) fn gemm_loop<S: Real>(a: MatRef<'_, S>, b: MatRef<'_, S>, c: &mut [S]) {
+    let (m, k) = (a.rows, a.cols);
+    assert_eq!(k, b.rows);
+    assert_eq!(c.len(), m * b.cols);
+    if m == 0 {
+        return;
+    }
+    for (j, cj) in c.chunks_exact_mut(m).enumerate() {
+        if a.rs == 1 {
+            // Columns of `a` are contiguous: c[:, j] += a[:, p] * b[p, j].
+            for p in 0..k {
+                let bpj = b.at(p, j);
+                let ap = &a.data[p * a.cs..p * a.cs + m];
+                cj.iter_mut().zip(ap).for_each(|(c, &x)| *c += x * bpj);
+            }
+        } else {
+            for (i, c) in cj.iter_mut().enumerate() {
+                let mut s = S::zero();
+                for p in 0..k {
+                    s += a.at(i, p) * b.at(p, j);
+                }
+                *c += s;
+            }
+        }
+    }
+}
+
+mod dispatch;
+mod kernels;
+mod simd;
+#[cfg(test)]
+mod tests;
+
+use crate::kernels::cpu::{isa, Isa};
+use dispatch::*;
+use kernels::*;
+use simd::*;

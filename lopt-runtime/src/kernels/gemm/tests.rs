@@ -1,0 +1,371 @@
+//! GEMM against a plain loop, for every variant this CPU runs.
+
+use super::*;
+
+const SIZES: [usize; 8] = [1, 5, 7, 17, 33, 64, 128, 129];
+
+/// Deterministic values in [-1, 1) (a 64-bit LCG's high bits).
+fn values(len: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A logical `rows x cols` matrix stored column-major, or stored as its transpose
+/// (row-major) and viewed through `t()`.
+struct Stored {
+    data: Vec<f64>,
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl Stored {
+    fn new(rows: usize, cols: usize, transposed: bool, seed: u64) -> Self {
+        Stored {
+            data: values(rows * cols, seed),
+            rows,
+            cols,
+            transposed,
+        }
+    }
+    /// Logical element `(i, j)`.
+    fn get(&self, i: usize, j: usize) -> f64 {
+        if self.transposed {
+            self.data[j + i * self.cols]
+        } else {
+            self.data[i + j * self.rows]
+        }
+    }
+    fn view<'a, S: Copy>(&self, data: &'a [S]) -> MatRef<'a, S> {
+        if self.transposed {
+            MatRef::col_major(data, self.cols, self.rows).unwrap().t()
+        } else {
+            MatRef::col_major(data, self.rows, self.cols).unwrap()
+        }
+    }
+    fn f32s(&self) -> Vec<f32> {
+        self.data.iter().map(|&x| x as f32).collect()
+    }
+}
+
+/// The f64 reference `c0 + a·b` by a plain triple loop, and the error scale
+/// `|c0| + Σ_p |a_ip b_pj|` of each element.
+fn reference(a: &Stored, b: &Stored, c0: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let mut want = vec![0.0; m * n];
+    let mut scale = vec![0.0; m * n];
+    for j in 0..n {
+        for i in 0..m {
+            let (mut s, mut t) = c0.map_or((0.0, 0.0), |c| (c[i + j * m], c[i + j * m].abs()));
+            for p in 0..k {
+                s += a.get(i, p) * b.get(p, j);
+                t += (a.get(i, p) * b.get(p, j)).abs();
+            }
+            want[i + j * m] = s;
+            scale[i + j * m] = t;
+        }
+    }
+    (want, scale)
+}
+
+/// Every element within the classic bound `(k + 2) u Σ|a b|` of a k-term dot product
+/// in precision `u` (plus the reference's own, much smaller, f64 error).
+#[track_caller]
+fn check(got: &[f64], want: &[f64], scale: &[f64], k: usize, u: f64, what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (idx, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let tol = (k as f64 + 2.0) * u * s + 1e-300;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {idx}: got {g}, want {w}, |error| {:e} > {tol:e}",
+            (g - w).abs()
+        );
+    }
+}
+
+/// Shapes: every combination of the sizes up to 2^14 multiply-adds, and every size in
+/// each dimension with the other two at 7 and 33.
+fn shapes() -> Vec<(usize, usize, usize)> {
+    let mut v = Vec::new();
+    for &m in &SIZES {
+        for &k in &SIZES {
+            for &n in &SIZES {
+                let others = [(m, k), (k, n), (m, n)].contains(&(7, 33));
+                if m * k * n <= 1 << 14 || others {
+                    v.push((m, k, n));
+                }
+            }
+        }
+    }
+    // k beyond one packed chunk (256 or 512 elements)
+    v.extend([(17, 600, 5), (40, 1100, 4)]);
+    v.extend([
+        (128, 64, 32),
+        (64, 128, 32),
+        (128, 32, 10),
+        (32, 128, 10),
+        (128, 10, 32),
+    ]);
+    v
+}
+
+fn run<S: Real>(isa: Isa, a: MatRef<'_, S>, b: MatRef<'_, S>, c: &mut [S], acc: bool) {
+    assert!(isa.supported());
+    assert_eq!((a.cols(), c.len()), (b.rows(), a.rows() * b.cols()));
+    // SAFETY: shapes checked above, `c` initialized, `isa` supported.
+    unsafe { gemm_with(isa, a, b, c.as_mut_ptr(), acc) }
+}
+
+/// All four transposition variants, `=` and `+=`, f32 and f64, against the f64 loop.
+fn check_variant(isa: Isa) {
+    for (m, k, n) in shapes() {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let seed = (m * 1_000_000 + k * 1000 + n) as u64 * 4 + (ta as u64) * 2 + tb as u64;
+            let a = Stored::new(m, k, ta, seed);
+            let b = Stored::new(k, n, tb, seed + 7);
+            let c0 = values(m * n, seed + 11);
+            let what = format!("{isa:?} {m}x{k}x{n} ta={ta} tb={tb}");
+            // f64; the output starts as NaN so any element read before written shows.
+            let (want, scale) = reference(&a, &b, None);
+            let mut c = vec![f64::NAN; m * n];
+            run(isa, a.view(&a.data), b.view(&b.data), &mut c, false);
+            check(&c, &want, &scale, k, f64::EPSILON, &what);
+            let (want_acc, scale_acc) = reference(&a, &b, Some(&c0));
+            let mut c = c0.clone();
+            run(isa, a.view(&a.data), b.view(&b.data), &mut c, true);
+            check(&c, &want_acc, &scale_acc, k + 1, f64::EPSILON, &what);
+            // f32 (the inputs are rounded to f32 first, so the reference is exact
+            // for the f32 operands up to f64 rounding)
+            let (a32, b32) = (a.f32s(), b.f32s());
+            let a_r = Stored {
+                data: a32.iter().map(|&x| x as f64).collect(),
+                ..a
+            };
+            let b_r = Stored {
+                data: b32.iter().map(|&x| x as f64).collect(),
+                ..b
+            };
+            let (want, scale) = reference(&a_r, &b_r, None);
+            let mut c = vec![f32::NAN; m * n];
+            run(isa, a_r.view(&a32), b_r.view(&b32), &mut c, false);
+            let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+            check(&c, &want, &scale, k, f32::EPSILON as f64, &what);
+        }
+    }
+}
+
+#[test]
+fn portable_kernels_match_f64_loop_for_all_transpositions_and_odd_shapes() {
+    check_variant(Isa::Portable);
+}
+
+#[test]
+fn dispatched_kernels_match_f64_loop_and_portable() {
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if !isa.supported() {
+            eprintln!("{isa:?} not supported by this CPU: skipped");
+            continue;
+        }
+        check_variant(isa);
+        // and against the portable variant directly
+        for (m, k, n) in [(128, 64, 32), (128, 32, 10), (33, 129, 17), (1, 64, 10)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = Stored::new(m, k, ta, 3);
+                let b = Stored::new(k, n, tb, 4);
+                let (want, scale) = reference(&a, &b, None);
+                let (a32, b32) = (a.f32s(), b.f32s());
+                let mut x = vec![0f32; m * n];
+                let mut y = vec![0f32; m * n];
+                run(isa, a.view(&a32), b.view(&b32), &mut x, false);
+                run(Isa::Portable, a.view(&a32), b.view(&b32), &mut y, false);
+                let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                let y: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+                // two f32 results, each within (k+2)u Σ|ab| of the exact f32-operand
+                // product, are within twice that of each other; the f32 inputs
+                // differ from `a` by 2^-24 relative, covered by one more u
+                check(
+                    &x,
+                    &y,
+                    &scale,
+                    2 * k + 6,
+                    f32::EPSILON as f64,
+                    "vs portable",
+                );
+                let _ = want;
+            }
+        }
+    }
+}
+
+/// Broadcast-kernel products (at least one vector of rows and `PACK_MIN_N` columns)
+/// compute every element as one multiply-add chain in order of `k`: bit for bit the
+/// scalar chain, whatever the layout of the operands.
+#[test]
+fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
+    fn chain<M: Madd>(a: &Stored, b: &Stored, a32: &[f32], b32: &[f32], acc: &[f32]) -> Vec<f32> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let (va, vb) = (a.view(a32), b.view(b32));
+        let mut c = acc.to_vec();
+        for j in 0..n {
+            for i in 0..m {
+                let mut s = c[i + j * m];
+                for p in 0..k {
+                    s = M::madd(va.at(i, p), vb.at(p, j), s);
+                }
+                c[i + j * m] = s;
+            }
+        }
+        c
+    }
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        if !isa.supported() {
+            continue;
+        }
+        for (m, k, n) in [
+            (128, 64, 32),
+            (33, 129, 7),
+            (8, 300, 4),
+            (20, 600, 5),
+            (17, 5, 17),
+        ] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = Stored::new(m, k, ta, 5);
+                let b = Stored::new(k, n, tb, 6);
+                let (a32, b32) = (a.f32s(), b.f32s());
+                let c0: Vec<f32> = values(m * n, 7).iter().map(|&x| x as f32).collect();
+                for acc in [false, true] {
+                    let start = if acc { c0.clone() } else { vec![0.0; m * n] };
+                    let want = if isa == Isa::Portable {
+                        chain::<PortableMadd>(&a, &b, &a32, &b32, &start)
+                    } else {
+                        chain::<Fused>(&a, &b, &a32, &b32, &start)
+                    };
+                    let mut c = if acc {
+                        c0.clone()
+                    } else {
+                        vec![f32::NAN; m * n]
+                    };
+                    run(isa, a.view(&a32), b.view(&b32), &mut c, acc);
+                    let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{isa:?} {m}x{k}x{n} ta={ta} tb={tb} acc={acc}");
+                }
+            }
+        }
+    }
+}
+
+/// The AVX-512 blocking (16-lane vectors, 32 x 8 broadcast blocks, 4 x 4 dot blocks),
+/// run with portable vectors of the same width, so the driver logic those entry
+/// points use is checked on any CPU.
+#[test]
+fn wide_vector_blocking_matches_f64_loop() {
+    unsafe fn go(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], acc: bool) {
+        let j = Job::new(a, b, c.as_mut_ptr(), acc);
+        drive::<Arr<f32, Fused, 16>, Arr<f32, Fused, 1>, 2, 8, 4, 4>(&j)
+    }
+    unsafe fn go64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: &mut [f64], acc: bool) {
+        let j = Job::new(a, b, c.as_mut_ptr(), acc);
+        drive::<Arr<f64, Fused, 8>, Arr<f64, Fused, 1>, 2, 8, 4, 4>(&j)
+    }
+    let shapes = [
+        (1, 33, 17),
+        (15, 7, 9),
+        (17, 129, 3),
+        (33, 64, 10),
+        (47, 300, 9),
+        (64, 600, 33),
+    ];
+    for (m, k, n) in shapes {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = Stored::new(m, k, ta, 8);
+            let b = Stored::new(k, n, tb, 9);
+            let what = format!("wide {m}x{k}x{n} ta={ta} tb={tb}");
+            let (want, scale) = reference(&a, &b, None);
+            let mut c = vec![f64::NAN; m * n];
+            // SAFETY: shapes agree, `c` holds m * n elements; portable vectors only.
+            unsafe { go64(a.view(&a.data), b.view(&b.data), &mut c, false) };
+            check(&c, &want, &scale, k, f64::EPSILON, &what);
+            let (a32, b32) = (a.f32s(), b.f32s());
+            let a_r = Stored {
+                data: a32.iter().map(|&x| x as f64).collect(),
+                ..a
+            };
+            let b_r = Stored {
+                data: b32.iter().map(|&x| x as f64).collect(),
+                ..b
+            };
+            // `+=` onto f32 start values (exactly representable in the reference)
+            let mut c: Vec<f32> = values(m * n, 10).iter().map(|&x| x as f32).collect();
+            let c0: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+            let (want, scale) = reference(&a_r, &b_r, Some(&c0));
+            // SAFETY: as above.
+            unsafe { go(a_r.view(&a32), b_r.view(&b32), &mut c, true) };
+            let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+            check(&c, &want, &scale, k + 1, f32::EPSILON as f64, &what);
+        }
+    }
+}
+
+#[test]
+fn large_products_go_through_matrixmultiply_correctly() {
+    // above the threshold for a transposed B (an untransposed one needs 2^26, too
+    // slow for the f64 reference in a debug build)
+    let (m, k, n) = (256, 130, 256);
+    assert!(m * k * n > LARGE_STRIDED_B && m * k * n < LARGE);
+    for (ta, tb) in [(false, true), (true, true)] {
+        let a = Stored::new(m, k, ta, 1);
+        let b = Stored::new(k, n, tb, 2);
+        let (want, scale) = reference(&a, &b, None);
+        let mut c = vec![f64::NAN; m * n];
+        let job = Job::new(a.view(&a.data), b.view(&b.data), c.as_mut_ptr(), false);
+        assert!(large(&job));
+        gemm(a.view(&a.data), b.view(&b.data), &mut c, false).unwrap();
+        check(&c, &want, &scale, k, f64::EPSILON, "large");
+    }
+}
+
+#[test]
+fn bad_views_and_shapes_are_errors() {
+    let d = [0.0f32; 6];
+    assert!(MatRef::col_major(&d, 2, 3).is_ok());
+    assert!(matches!(
+        MatRef::col_major(&d, 3, 3),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(MatRef::new(&d, 2, 2, 1, 5).is_err());
+    assert!(MatRef::new(&d, 2, 2, usize::MAX, 1).is_err());
+    assert!(MatRef::new(&d[..0], 0, 5, 1, 0).is_ok());
+    let a = MatRef::col_major(&d, 2, 3).unwrap();
+    let mut c = [0.0f32; 4];
+    assert!(matches!(
+        gemm(a, a, &mut c, false),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut c = [0.0f32; 3];
+    assert!(matches!(
+        gemm(a, a.t(), &mut c, false),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut c = [7.0f32; 4];
+    gemm(a, a.t(), &mut c, false).unwrap();
+    assert_eq!(c, [0.0; 4]);
+}
+
+#[test]
+fn empty_inner_dimension_gives_zeros_or_leaves_c() {
+    let e: [f64; 0] = [];
+    let a = MatRef::col_major(&e, 3, 0).unwrap();
+    let b = MatRef::col_major(&e, 0, 2).unwrap();
+    let mut c = [5.0; 6];
+    gemm(a, b, &mut c, true).unwrap();
+    assert_eq!(c, [5.0; 6]);
+    gemm(a, b, &mut c, false).unwrap();
+    assert_eq!(c, [0.0; 6]);
+}

@@ -1,0 +1,18 @@
+//! Kernels: what runs fast, and is not differentiation.
+//!
+//! - [`gemm`]: dense `f32`/`f64` matrix products on strided views (API and views in
+//!   `gemm/mod.rs`, instruction-set dispatch in `gemm/dispatch.rs`, the `Simd` vector
+//!   abstraction with its portable and x86 forms in `gemm/simd.rs`, the broadcast, dot
+//!   and packing kernels in `gemm/kernels.rs`);
+//! - `gemm_packets`: products of matrices of SIMD-lane packets ([`Lanes`](crate::lanes::Lanes));
+//! - `vecmath`: branch-free `f32` transcendental functions that vectorize;
+//! - `cpu`: the one place CPU features are detected, and the one way a loop is compiled
+//!   for AVX2 (+FMA) beside the baseline.
+//!
+//! The derivative rules in [`crate::ad`] call these.
+
+pub(crate) mod cpu;
+#[doc(hidden)]
+pub mod gemm;
+pub(crate) mod gemm_packets;
+pub(crate) mod vecmath;
