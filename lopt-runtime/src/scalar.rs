@@ -4,6 +4,7 @@
 //! runs on `f32` (training), `f64` (gradient checks against finite differences) and, for
 //! batched task families, on SIMD packets whose lanes are task instances.
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
@@ -53,6 +54,16 @@ impl Mask for bool {
     }
 }
 
+/// Non-differentiable data (batch and config fields) converted to the loss's scalar type.
+///
+/// `f32` data read by an `f32` loss is borrowed, not copied.
+pub trait Data<S> {
+    /// The value type in scalar `S`.
+    type Out: Clone;
+    /// The data as an `S` value.
+    fn data(&self) -> Cow<'_, Self::Out>;
+}
+
 /// A real scalar: `f32`, `f64`, or a packet of lanes that behaves like one.
 ///
 /// Every operation is elementwise (lane-wise for packets). Comparisons return a
@@ -77,12 +88,14 @@ pub trait Real:
     + Zero
     + One
     + Sum
-    + crate::ad::Data<Self, Out = Self>
+    + Data<Self, Out = Self>
 {
     /// Result of a lane-wise comparison.
     type Mask: Mask;
     /// The key a loss receives: a [`Key`](crate::Key) for plain floats, one key per lane
     /// for packets, so batched instances draw what they would draw alone.
+    // The one import circle kept: a scalar names its key (one per lane) and the key's
+    // operations are generic over the scalar, one concept over two files.
     type Key: crate::key::KeyOps<Self>;
     /// Number of lanes (1 for `f32` and `f64`).
     const LANES: usize;

@@ -12,21 +12,9 @@ use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 use super::op;
 use super::reduce::{sum, sum_by, sum_zip3};
 use super::scalar::Pointwise2;
+use super::shape::{build_like, shape_panic, zeros_like};
 use super::Binary;
 use crate::scalar::Real;
-
-/// A new matrix shaped like `like`, filled from `it` in column-major order.
-#[inline]
-pub(crate) fn build_like<S: Real, R: Dim, C: Dim>(
-    like: &OMatrix<S, R, C>,
-    it: impl Iterator<Item = S>,
-) -> OMatrix<S, R, C>
-where
-    DefaultAllocator: Allocator<R, C>,
-{
-    let (r, c) = like.shape_generic();
-    OMatrix::from_iterator_generic(r, c, it)
-}
 
 /// `o[i] = f(o[i], a[i], b[i], c[i])` for every element (the shortest length): the
 /// in-place update every rule that writes into a buffer it owns goes through.
@@ -96,28 +84,6 @@ where
 {
     update(g.as_mut_slice(), a, b, y, |t, a, b, y| f(a, b, y, t));
     g
-}
-
-/// A zero matrix shaped like `like`.
-#[inline]
-pub(crate) fn zeros_like<S: Real, R: Dim, C: Dim>(like: &OMatrix<S, R, C>) -> OMatrix<S, R, C>
-where
-    DefaultAllocator: Allocator<R, C>,
-{
-    let (r, c) = like.shape_generic();
-    OMatrix::zeros_generic(r, c)
-}
-
-/// Panics for operands of incompatible shapes: a bug in the loss, which the macro cannot
-/// see because it has no types.
-#[cold]
-#[track_caller]
-pub(crate) fn shape_panic(what: &str, a: (usize, usize), b: (usize, usize), rule: &str) -> ! {
-    panic!(
-        "lopt: shape mismatch in `{what}`: left operand is {}x{}, right operand is {}x{} \
-         ({rule})",
-        a.0, a.1, b.0, b.1
-    )
 }
 
 #[inline]

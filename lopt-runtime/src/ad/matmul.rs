@@ -9,8 +9,8 @@
 use nalgebra::allocator::Allocator;
 use nalgebra::{DefaultAllocator, Dim, OMatrix, UninitMatrix};
 
-use super::elementwise::shape_panic;
 use super::op;
+use super::shape::shape_panic;
 use super::Binary;
 use crate::kernels::gemm::{gemm_raw, MatRef};
 use crate::scalar::Real;

@@ -60,6 +60,7 @@ pub mod norm;
 pub mod op;
 mod reduce;
 mod scalar;
+mod shape;
 pub mod slice;
 mod softmax;
 #[cfg(test)]
@@ -107,15 +108,9 @@ pub trait Unary<Op>: Sized {
     fn vjp(&self, op: &Op, out: &Self::Out, g: Self::Out) -> Self;
 }
 
-/// Non-differentiable data (batch and config fields) converted to the loss's scalar type.
-///
-/// `f32` data read by an `f32` loss is borrowed, not copied.
-pub trait Data<S> {
-    /// The value type in scalar `S`.
-    type Out: Clone;
-    /// The data as an `S` value.
-    fn data(&self) -> Cow<'_, Self::Out>;
-}
+/// Non-differentiable data converted to the loss's scalar type (defined beside [`Real`],
+/// which every scalar implements it through).
+pub use crate::scalar::Data;
 
 /// Adds `v` into an adjoint slot (the first contribution moves in).
 #[inline]

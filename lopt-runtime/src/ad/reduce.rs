@@ -4,8 +4,8 @@
 use nalgebra::allocator::Allocator;
 use nalgebra::{DefaultAllocator, Dim, OMatrix};
 
-use super::elementwise::{build_like, shape_panic, zeros_like};
 use super::op;
+use super::shape::{build_like, shape_panic, zeros_like};
 use super::{Binary, Unary};
 use crate::scalar::Real;
 

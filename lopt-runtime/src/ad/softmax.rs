@@ -9,9 +9,10 @@
 use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, U1};
 
-use super::elementwise::{build_like, update};
+use super::elementwise::update;
 use super::op;
 use super::reduce::{dot, sum, sum_by};
+use super::shape::build_like;
 use super::Unary;
 use crate::kernels::cpu::with_avx2_fma;
 use crate::kernels::vecmath::{exp, ln};
