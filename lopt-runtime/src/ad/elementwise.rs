@@ -10,8 +10,8 @@ use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 
 use super::op;
+use super::pointwise::Pointwise2;
 use super::reduce::{sum, sum_by, sum_zip3};
-use super::scalar::Pointwise2;
 use super::shape::{build_like, shape_panic, zeros_like};
 use super::Binary;
 use crate::scalar::Real;

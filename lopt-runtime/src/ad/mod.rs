@@ -50,16 +50,16 @@
 //! elementwise unary primitives are declared, rules included, in [`crate::primitives`];
 //! the fast loops the rules call (GEMM, vector math) are in [`crate::kernels`].
 
-pub mod check;
 pub mod conv;
 mod data;
+pub mod derivative_check;
 mod elementwise;
 pub mod gather;
 mod matmul;
 pub mod norm;
 pub mod op;
+mod pointwise;
 mod reduce;
-mod scalar;
 mod shape;
 pub mod slice;
 mod softmax;
@@ -67,7 +67,7 @@ mod softmax;
 mod tests;
 
 pub(crate) use elementwise::lift;
-pub use scalar::Pointwise;
+pub use pointwise::Pointwise;
 
 use std::borrow::Cow;
 

@@ -10,7 +10,7 @@ use nalgebra::{DMatrix, DVector, RowDVector, SMatrix, SVector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::check::{check_derivatives, CheckOptions, Pair};
+use super::derivative_check::{check_derivatives, CheckOptions, Pair};
 use super::matmul::{gemm_generic, product, View};
 use super::{op, Binary, Data, Unary};
 use crate::params::Params;

@@ -12,7 +12,7 @@
 //! build on it.
 //!
 //! ```
-//! use lopt_runtime::ad::check::{check_derivatives, CheckOptions};
+//! use lopt_runtime::ad::derivative_check::{check_derivatives, CheckOptions};
 //! use nalgebra::DVector;
 //!
 //! // f(x) = x ⊙ x, f'(x) dx = 2 x ⊙ dx
