@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use nalgebra::DMatrix;
 
+use super::epochs::EpochOrder;
 use super::idx::{self, IdxError, IdxImages};
 use super::prefetch::{prefetch, DEFAULT_PREFETCH};
 use super::{try_cached_datasets, Datasets, ExtraInfo, Split};
@@ -299,24 +300,46 @@ struct Examples {
 struct EpochBatches {
     examples: Arc<Examples>,
     range: Range<usize>,
-    batch_size: usize,
-    key: Key,
-    epoch: u32,
-    order: Vec<usize>,
-    pos: usize,
+    order: EpochOrder,
 }
 
 impl EpochBatches {
     fn new(examples: Arc<Examples>, range: Range<usize>, batch_size: usize, key: Key) -> Self {
+        let order = EpochOrder::new(range.len(), batch_size, key);
         EpochBatches {
             examples,
             range,
-            batch_size,
-            key,
-            epoch: 0,
-            order: Vec::new(),
-            pos: 0,
+            order,
         }
+    }
+}
+/// The batch of the examples `rows` (indices into `range` of `ex`).
+fn gather_batch(ex: &Examples, range: &Range<usize>, rows: &[usize]) -> ImageBatch {
+    // Gathered straight into nalgebra's column-major layout (column c holds pixel c of
+    // every example), with no row-major staging copy.
+    let b = rows.len();
+    let mut buf = vec![0.0f32; b * ex.dim];
+    let mut label = Vec::with_capacity(b);
+    for (k, &r) in rows.iter().enumerate() {
+        // The examples are random rows of a table larger than the caches: ask for the
+        // ones a few rows ahead now, so their memory latency overlaps this copy.
+        if let Some(&ahead) = rows.get(k + PREFETCH_AHEAD) {
+            prefetch_rows(&ex.pixels, (range.start + ahead) * ex.dim, ex.dim);
+        }
+        let i = range.start + r;
+        let src = &ex.pixels[i * ex.dim..(i + 1) * ex.dim];
+        for (c, &v) in src.iter().enumerate() {
+            buf[c * b + k] = v;
+        }
+        label.push(ex.labels[i]);
+    }
+    let (height, width, channels) = ex.shape;
+    ImageBatch {
+        image: DMatrix::from_vec(b, ex.dim, buf),
+        label,
+        height,
+        width,
+        channels,
     }
 }
 
@@ -324,72 +347,15 @@ impl Iterator for EpochBatches {
     type Item = ImageBatch;
 
     fn next(&mut self) -> Option<ImageBatch> {
-        let n = self.range.len();
-        if self.batch_size == 0 || self.batch_size > n {
-            return None; // rejected by the constructor; never loop forever
-        }
-        if self.pos + self.batch_size > self.order.len() {
-            // New epoch; the partial batch left over is dropped.
-            self.order = self.key.fold_in(u64::from(self.epoch)).permutation(n);
-            self.epoch = self.epoch.wrapping_add(1);
-            self.pos = 0;
-        }
-        let ex = &*self.examples;
-        let rows = &self.order[self.pos..self.pos + self.batch_size];
-        self.pos += self.batch_size;
-        // Gathered straight into nalgebra's column-major layout (column c holds pixel c of
-        // every example), with no row-major staging copy.
-        let b = self.batch_size;
-        let mut buf = vec![0.0f32; b * ex.dim];
-        let mut label = Vec::with_capacity(b);
-        for (k, &r) in rows.iter().enumerate() {
-            // The examples are random rows of a table larger than the caches: ask for the
-            // ones a few rows ahead now, so their memory latency overlaps this copy.
-            if let Some(&ahead) = rows.get(k + PREFETCH_AHEAD) {
-                prefetch_rows(&ex.pixels, (self.range.start + ahead) * ex.dim, ex.dim);
-            }
-            let i = self.range.start + r;
-            let src = &ex.pixels[i * ex.dim..(i + 1) * ex.dim];
-            for (c, &v) in src.iter().enumerate() {
-                buf[c * b + k] = v;
-            }
-            label.push(ex.labels[i]);
-        }
-        let (height, width, channels) = ex.shape;
-        Some(ImageBatch {
-            image: DMatrix::from_vec(b, ex.dim, buf),
-            label,
-            height,
-            width,
-            channels,
-        })
+        let rows = self.order.next_rows()?;
+        Some(gather_batch(&self.examples, &self.range, rows))
     }
 
     /// Skips `n` batches without building them (a resumed run catching up), then returns
     /// the next: the same batch as `n + 1` calls of `next`.
-    fn nth(&mut self, mut n: usize) -> Option<ImageBatch> {
-        let b = self.batch_size;
-        let per_epoch = self.range.len().checked_div(b).unwrap_or(0);
-        if per_epoch == 0 {
-            return None;
-        }
-        let left = self.order.len().saturating_sub(self.pos) / b;
-        if n < left {
-            self.pos += n * b;
-            return self.next();
-        }
-        n -= left;
-        let whole = n / per_epoch;
-        self.epoch = self.epoch.wrapping_add(whole as u32);
-        n -= whole * per_epoch;
-        // The epoch holding the batch wanted, shuffled as `next` would shuffle it.
-        self.order = self
-            .key
-            .fold_in(u64::from(self.epoch))
-            .permutation(self.range.len());
-        self.epoch = self.epoch.wrapping_add(1);
-        self.pos = n * b;
-        self.next()
+    fn nth(&mut self, n: usize) -> Option<ImageBatch> {
+        let rows = self.order.nth_rows(n)?;
+        Some(gather_batch(&self.examples, &self.range, rows))
     }
 }
 

@@ -50,6 +50,7 @@ use crate::error::{Error, Result};
 mod cache;
 pub mod cifar;
 pub mod digits;
+mod epochs;
 pub mod idx;
 pub mod image;
 pub mod prefetch;

@@ -58,6 +58,7 @@ use std::sync::Arc;
 
 use nalgebra::DMatrix;
 
+use super::epochs::EpochOrder;
 use super::image::DATA_DIR_ENV;
 use super::prefetch::{prefetch, DEFAULT_PREFETCH};
 use super::{try_cached_datasets, Datasets, ExtraInfo, Split};
@@ -533,76 +534,39 @@ impl Examples {
 /// datasets' stream).
 struct EpochLm {
     examples: Arc<Examples>,
-    batch_size: usize,
-    key: Key,
-    epoch: u32,
-    order: Vec<usize>,
-    pos: usize,
+    order: EpochOrder,
 }
 
 impl EpochLm {
     fn new(examples: Arc<Examples>, batch_size: usize, key: Key) -> Self {
-        EpochLm {
-            examples,
-            batch_size,
-            key,
-            epoch: 0,
-            order: Vec::new(),
-            pos: 0,
-        }
+        let order = EpochOrder::new(examples.len(), batch_size, key);
+        EpochLm { examples, order }
     }
+}
 
-    fn start_epoch(&mut self) {
-        self.order = self
-            .key
-            .fold_in(u64::from(self.epoch))
-            .permutation(self.examples.len());
-        self.epoch = self.epoch.wrapping_add(1);
-        self.pos = 0;
-    }
+/// The batch of the examples `rows`: `obs` the first `T` ids of each, `target` the last.
+fn lm_batch(ex: &Examples, rows: &[usize]) -> LmBatch {
+    let (b, w) = (rows.len(), ex.width);
+    let t = w - 1;
+    let ids = &ex.ids;
+    let obs = DMatrix::from_fn(b, t, |r, i| ids[rows[r] * w + i]);
+    let target = DMatrix::from_fn(b, t, |r, i| ids[rows[r] * w + i + 1]);
+    LmBatch { obs, target }
 }
 
 impl Iterator for EpochLm {
     type Item = LmBatch;
 
     fn next(&mut self) -> Option<LmBatch> {
-        let n = self.examples.len();
-        if self.batch_size == 0 || self.batch_size > n {
-            return None; // rejected by the constructor; never loop forever
-        }
-        if self.pos + self.batch_size > self.order.len() {
-            self.start_epoch(); // the partial batch left over is dropped
-        }
-        let b = self.batch_size;
-        let w = self.examples.width;
-        let t = w - 1;
-        let rows = &self.order[self.pos..self.pos + b];
-        self.pos += b;
-        let ids = &self.examples.ids;
-        let obs = DMatrix::from_fn(b, t, |r, i| ids[rows[r] * w + i]);
-        let target = DMatrix::from_fn(b, t, |r, i| ids[rows[r] * w + i + 1]);
-        Some(LmBatch { obs, target })
+        let rows = self.order.next_rows()?;
+        Some(lm_batch(&self.examples, rows))
     }
 
     /// Skips `n` batches without building them (a resumed run catching up), then returns
     /// the next: the same batch as `n + 1` calls of `next`.
-    fn nth(&mut self, mut n: usize) -> Option<LmBatch> {
-        let b = self.batch_size;
-        let per_epoch = self.examples.len().checked_div(b).unwrap_or(0);
-        if per_epoch == 0 {
-            return None;
-        }
-        let left = self.order.len().saturating_sub(self.pos) / b;
-        if n < left {
-            self.pos += n * b;
-            return self.next();
-        }
-        n -= left;
-        let whole = n / per_epoch;
-        self.epoch = self.epoch.wrapping_add(whole as u32);
-        self.start_epoch();
-        self.pos = (n - whole * per_epoch) * b;
-        self.next()
+    fn nth(&mut self, n: usize) -> Option<LmBatch> {
+        let rows = self.order.nth_rows(n)?;
+        Some(lm_batch(&self.examples, rows))
     }
 }
 
