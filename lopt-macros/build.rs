@@ -57,6 +57,7 @@ fn main() {
                 match form {
                     "integer_exponent" => "Kind::IntegerExponent".to_string(),
                     "labels" => "Kind::Labels".to_string(),
+                    "data" => "Kind::WithData".to_string(),
                     other => {
                         panic!("lopt-macros: unknown form `{other}` for `{name}` in declared.rs")
                     }

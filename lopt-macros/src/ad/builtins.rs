@@ -14,6 +14,9 @@ pub enum Kind {
     IntegerExponent,
     /// `Unary<op::Marker::new(labels)>`: the second argument is integer labels.
     Labels,
+    /// `Unary<op::Marker::new(&data)>`: the second argument is non-differentiated data
+    /// (a convolution's geometry, ids, an epsilon).
+    WithData,
 }
 
 include!(concat!(env!("OUT_DIR"), "/declared.rs"));
@@ -29,6 +32,8 @@ pub enum Builtin {
     Binary(&'static str),
     /// `Unary<op::Name::new(labels)>`: second argument is integer labels.
     SoftmaxCrossEntropy(&'static str),
+    /// `Unary<op::Name::new(&data)>`: second argument is non-differentiated data.
+    WithData(&'static str),
     /// Explicit data conversion `data(x)`.
     Data,
     /// `x.clone()`: the same value.
@@ -50,6 +55,7 @@ pub fn lookup(name: &str) -> Option<Builtin> {
                 Kind::Binary => Builtin::Binary(marker),
                 Kind::IntegerExponent => Builtin::Powi(marker),
                 Kind::Labels => Builtin::SoftmaxCrossEntropy(marker),
+                Kind::WithData => Builtin::WithData(marker),
             }
         }
     })

@@ -879,6 +879,24 @@ impl<'a> Lowerer<'a> {
                 let op = syn::Ident::new(op, proc_macro2::Span::call_site());
                 self.cross_entropy(quote!(#op), args[0], args[1], out)
             }
+            Builtin::WithData(op) => {
+                if self.mentions_active(args[1]) {
+                    return err(
+                        args[1],
+                        format!(
+                            "the second argument of `{name}` is data and cannot be differentiated"
+                        ),
+                    );
+                }
+                let x = self.lower_expr(args[0], out)?;
+                let data = self.rewrite_passive(strip_ref(args[1]));
+                let op = syn::Ident::new(op, proc_macro2::Span::call_site());
+                Ok(self.unary(
+                    out,
+                    quote!(::lopt::__private::ad::op::#op::new(&(#data))),
+                    x,
+                ))
+            }
         }
     }
 

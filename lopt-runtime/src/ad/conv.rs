@@ -249,6 +249,13 @@ impl Conv2dGeometry {
 #[derive(Debug, Clone, Copy)]
 pub struct AvgPool2d<'a>(pub &'a Conv2dGeometry);
 
+impl<'a> AvgPool2d<'a> {
+    /// The op for `geometry` (what `#[task]` builds for `avg_pool(x, &geometry)`).
+    pub fn new(geometry: &'a Conv2dGeometry) -> Self {
+        AvgPool2d(geometry)
+    }
+}
+
 impl AvgPool2d<'_> {
     fn apply<S: Real>(&self, x: &DMatrix<S>) -> DMatrix<S> {
         let g = self.0;
@@ -289,6 +296,13 @@ impl<S: Real> Unary<AvgPool2d<'_>> for DMatrix<S> {
 /// element, per lane.
 #[derive(Debug, Clone, Copy)]
 pub struct MaxPool2d<'a>(pub &'a Conv2dGeometry);
+
+impl<'a> MaxPool2d<'a> {
+    /// The op for `geometry` (what `#[task]` builds for `max_pool(x, &geometry)`).
+    pub fn new(geometry: &'a Conv2dGeometry) -> Self {
+        MaxPool2d(geometry)
+    }
+}
 
 impl MaxPool2d<'_> {
     /// For each output element, the input offset of its window's first largest element,
@@ -347,6 +361,14 @@ impl<S: Real> Unary<MaxPool2d<'_>> for DMatrix<S> {
 pub struct GlobalMeanPool(pub usize);
 
 impl GlobalMeanPool {
+    /// The op for images of `positions` rows (what `#[task]` builds for
+    /// `global_mean_pool(x, positions)`).
+    pub fn new(positions: &usize) -> Self {
+        GlobalMeanPool(*positions)
+    }
+}
+
+impl GlobalMeanPool {
     fn apply<S: Real>(&self, x: &DMatrix<S>) -> DMatrix<S> {
         let p = self.0;
         assert!(
@@ -380,6 +402,13 @@ impl<S: Real> Unary<GlobalMeanPool> for DMatrix<S> {
 /// The op of `im2col(x, &geometry)`: the receptive fields of every output position.
 #[derive(Debug, Clone, Copy)]
 pub struct Im2col<'a>(pub &'a Conv2dGeometry);
+
+impl<'a> Im2col<'a> {
+    /// The op for `geometry` (what `#[task]` builds for `im2col(x, &geometry)`).
+    pub fn new(geometry: &'a Conv2dGeometry) -> Self {
+        Im2col(geometry)
+    }
+}
 
 impl<S: Real> Unary<Im2col<'_>> for DMatrix<S> {
     type Out = DMatrix<S>;

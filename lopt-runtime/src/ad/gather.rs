@@ -45,6 +45,14 @@ fn checked<I: Id>(ids: &[I], k: usize, n: usize, what: &str) -> usize {
 #[derive(Debug, Clone, Copy)]
 pub struct Embed<'a, I: Id>(pub &'a [I]);
 
+impl<'a, I: Id> Embed<'a, I> {
+    /// The op for `ids` (a `Vec`, slice or array of integers: what `#[task]` builds for
+    /// `embed(&table, &ids)`).
+    pub fn new<V: AsRef<[I]> + ?Sized>(ids: &'a V) -> Self {
+        Embed(ids.as_ref())
+    }
+}
+
 impl<S: Real, I: Id> Unary<Embed<'_, I>> for DMatrix<S> {
     type Out = DMatrix<S>;
     fn eval(&self, op: &Embed<'_, I>) -> DMatrix<S> {
@@ -75,6 +83,13 @@ impl<S: Real, I: Id> Unary<Embed<'_, I>> for DMatrix<S> {
 /// label's log-probability).
 #[derive(Debug, Clone, Copy)]
 pub struct TakeAlong<'a, I: Id>(pub &'a [I]);
+
+impl<'a, I: Id> TakeAlong<'a, I> {
+    /// The op for one index per row (what `#[task]` builds for `take_along(x, &idx)`).
+    pub fn new<V: AsRef<[I]> + ?Sized>(idx: &'a V) -> Self {
+        TakeAlong(idx.as_ref())
+    }
+}
 
 impl<S: Real, I: Id> Unary<TakeAlong<'_, I>> for DMatrix<S> {
     type Out = DVector<S>;

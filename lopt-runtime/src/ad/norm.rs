@@ -21,6 +21,20 @@ pub struct LayerNorm(pub f64);
 #[derive(Debug, Clone, Copy)]
 pub struct RmsNorm(pub f64);
 
+impl LayerNorm {
+    /// The op with `eps` (what `#[task]` builds for `layer_norm(x, eps)`).
+    pub fn new(eps: &f64) -> Self {
+        LayerNorm(*eps)
+    }
+}
+
+impl RmsNorm {
+    /// The op with `eps` (what `#[task]` builds for `rms_norm(x, eps)`).
+    pub fn new(eps: &f64) -> Self {
+        RmsNorm(*eps)
+    }
+}
+
 /// Per row: the normalized row and its `r`.
 fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Vec<S>) {
     let (rows, n) = x.shape();

@@ -16,6 +16,12 @@ macro_rules! markers {
 // traits, and every op, declared there or here, is named `ad::op::X` by generated code.
 pub use crate::primitives::declared::markers::*;
 
+// Ops that carry data (geometry, ids, an epsilon), built by generated code as
+// `op::X::new(&data)`; their rules live beside them.
+pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
+pub use super::gather::{Embed, TakeAlong};
+pub use super::norm::{LayerNorm, RmsNorm};
+
 markers!(
     /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).
     Add,

@@ -135,7 +135,8 @@ macro_rules! declare_ruled {
 /// argument); their functions are written in [`crate::ops`].
 macro_rules! declare_special {
     ($($name:ident => $op:ident: $form:ident,)*) => {
-        $(const _: Option<op::$op> = None;)*
+        // Each marker exists (generic and lifetime-carrying ones too).
+        $(#[allow(unused_imports)] use crate::ad::op::$op as _;)*
     };
 }
 
@@ -312,4 +313,12 @@ declare_ruled! {
 declare_special! {
     powi => Powi: integer_exponent,
     softmax_cross_entropy => SoftmaxCrossEntropy: labels,
+    im2col => Im2col: data,
+    avg_pool => AvgPool2d: data,
+    max_pool => MaxPool2d: data,
+    global_mean_pool => GlobalMeanPool: data,
+    embed => Embed: data,
+    take_along => TakeAlong: data,
+    layer_norm => LayerNorm: data,
+    rms_norm => RmsNorm: data,
 }
