@@ -134,3 +134,82 @@ fn conv_net_matches_its_definition_and_differentiates() {
     );
     assert!(report.passed(), "{report}");
 }
+
+#[derive(Params, Clone, Debug)]
+struct TinyLm<S: Real> {
+    embed: DMatrix<S>,
+    scale: DVector<S>,
+    w: DMatrix<S>,
+}
+
+/// Embedding lookup → layer norm → max pool over pairs of positions → linear → the log-
+/// probability of each target (take_along of log_softmax), averaged: an embedding model's
+/// pieces in one loss.
+#[task]
+fn tiny_lm<S: Real>(
+    p: &TinyLm<S>,
+    ids: &Vec<u32>,
+    targets: &Vec<usize>,
+    pool: &Conv2dGeometry,
+) -> S {
+    let e = embed(&p.embed, ids);
+    let h = layer_norm(&e, 1e-5) + &p.scale;
+    let pooled = max_pool(&h, pool);
+    let logp = log_softmax(pooled * &p.w);
+    -mean(take_along(&logp, targets))
+}
+
+fn tiny_lm_f64(p: &TinyLm<f64>, ids: &[u32], targets: &[usize]) -> f64 {
+    let d = p.embed.ncols();
+    // Rows by id, each normalized (two-pass variance, eps 1e-5) and shifted.
+    let h: Vec<Vec<f64>> = ids
+        .iter()
+        .map(|&i| {
+            let row: Vec<f64> = (0..d).map(|c| p.embed[(i as usize, c)]).collect();
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            (0..d)
+                .map(|c| (row[c] - mean) / (var + 1e-5).sqrt() + p.scale[c])
+                .collect()
+        })
+        .collect();
+    // Max over consecutive pairs of positions (a 2×1 window, stride 2, VALID).
+    let pooled: Vec<Vec<f64>> = h
+        .chunks(2)
+        .map(|pair| (0..d).map(|c| pair[0][c].max(pair[1][c])).collect())
+        .collect();
+    let mut total = 0.0;
+    for (r, row) in pooled.iter().enumerate() {
+        let z: Vec<f64> = (0..p.w.ncols())
+            .map(|o| (0..d).map(|c| row[c] * p.w[(c, o)]).sum())
+            .collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        total += z[targets[r]] - lse;
+    }
+    -total / pooled.len() as f64
+}
+
+#[test]
+fn embedding_model_matches_its_definition_and_differentiates() {
+    // 6 tokens of a vocabulary of 5, features 4; pooled in pairs: 3 rows, 3 classes.
+    let ids: Vec<u32> = vec![4, 1, 1, 3, 0, 4];
+    let targets: Vec<usize> = vec![2, 0, 1];
+    let pool = Conv2dGeometry::new((1, 6, 1, 4), (2, 1), (2, 1), Padding::Valid).unwrap();
+    let p = TinyLm {
+        embed: rand_mat(5, 4, 11, 1.0),
+        scale: rand_mat(4, 1, 12, 0.3).column(0).into_owned(),
+        w: rand_mat(4, 3, 13, 0.8),
+    };
+    let indep = |p: &TinyLm<f64>| tiny_lm_f64(p, &ids, &targets);
+    let got = tiny_lm(&p, &ids, &targets, &pool);
+    assert!((got - indep(&p)).abs() < 1e-12, "{got} vs {}", indep(&p));
+    let report = check_gradient(
+        &p,
+        indep,
+        |p| tiny_lm::value_and_grad(p, &ids, &targets, &pool),
+        |p, t| tiny_lm::value_and_jvp(p, t, &ids, &targets, &pool),
+        &GradCheck::default(),
+    );
+    assert!(report.passed(), "{report}");
+}
