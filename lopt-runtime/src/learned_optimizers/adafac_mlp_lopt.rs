@@ -2,7 +2,8 @@
 //! Adafactor-style factored second-moment features (the JAX library's `AdafacMLPLOpt`,
 //! `learned_optimizers/adafac_mlp_lopt.py`, with its default `concat_weights=True`).
 
-use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::parts::{params_then_vectors, rsqrt};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -206,52 +207,14 @@ pub struct AdafacMlpLOptState<P: Params> {
     pub iteration: usize,
 }
 
-const STATE_EXTRA: [&str; 5] = ["m", "rms", "fac_row", "fac_col", "fac_diag"];
-
-/// Leaves: the parameters, then `m`, `rms`, `fac_row`, `fac_col`, `fac_diag` (one leaf each).
-impl<P: Params> Params for AdafacMlpLOptState<P> {
-    type Scalar = P::Scalar;
-    fn num_leaves(&self) -> usize {
-        self.params.num_leaves() + 5
-    }
-    fn leaf(&self, i: usize) -> &[P::Scalar] {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => self.params.leaf(i),
-            Some(0) => &self.m,
-            Some(1) => &self.rms,
-            Some(2) => &self.fac_row,
-            Some(3) => &self.fac_col,
-            Some(_) => &self.fac_diag,
-        }
-    }
-    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => self.params.leaf_mut(i),
-            Some(0) => &mut self.m,
-            Some(1) => &mut self.rms,
-            Some(2) => &mut self.fac_row,
-            Some(3) => &mut self.fac_col,
-            Some(_) => &mut self.fac_diag,
-        }
-    }
-    fn write_leaf_name(&self, i: usize, out: &mut String) {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => crate::params::write_field_leaf_name(out, "params", &self.params, i),
-            Some(j) => out.push_str(STATE_EXTRA[j]),
-        }
-    }
-    fn leaf_shape(&self, i: usize) -> Vec<usize> {
-        let k = self.params.num_leaves();
-        if i < k {
-            self.params.leaf_shape(i)
-        } else {
-            vec![self.leaf(i).len()]
-        }
-    }
-}
+// Leaves: the parameters, then one each for the statistics.
+params_then_vectors!(AdafacMlpLOptState {
+    m,
+    rms,
+    fac_row,
+    fac_col,
+    fac_diag
+});
 
 /// A leaf's factoring: `None` for rank < 2, else `(a_len, b_len, transposed)` where the
 /// "row" accumulator is indexed by `a` (the library's `d1`: the smaller dimension, the
@@ -267,10 +230,6 @@ pub(crate) fn factoring(shape: &[usize]) -> Option<(usize, usize, bool)> {
         }
         _ => None,
     }
-}
-
-pub(crate) fn rsqrt<S: Real>(x: S) -> S {
-    S::from_f64(1.0) / x.sqrt()
 }
 
 /// `1 − exp(10·(ln(1 − d₀)/10 + θ))`.
@@ -629,10 +588,6 @@ pub(crate) fn factored_step<S: Real>(
         mult1,
         mult2,
     }
-}
-
-fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
-    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
 }
 
 /// The library's θ: `adafactor_decays`, `momentum_decays`, `rms_decays` and

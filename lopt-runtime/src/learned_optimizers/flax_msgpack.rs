@@ -459,3 +459,7 @@ pub trait FlaxTheta: Sized {
     /// θ from the library's state dict; `Err` on a missing entry or a wrong shape.
     fn from_flax(config: &Self::Config, value: &FlaxValue) -> Result<Self, FlaxMsgpackError>;
 }
+/// A θ leaf as a flax array of `shape` (which `v` fills: the leaf is its own shape).
+pub(crate) fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
+    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
+}

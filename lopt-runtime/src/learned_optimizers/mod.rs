@@ -15,6 +15,7 @@ mod learnable_sgd;
 mod learnable_sgdm;
 mod mlp_lopt;
 mod nn_adam;
+mod parts;
 mod rnn_mlp_lopt;
 mod velo;
 

@@ -1,7 +1,8 @@
 //! `NnAdam`: Adam whose per-tensor hyperparameters an LSTM adjusts every step (the JAX
 //! library's `NNAdam`, `learned_optimizers/nn_adam.py`).
 
-use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::parts::{clip, sigmoid, sign};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -275,23 +276,6 @@ impl<P: Params> Params for NnAdamState<P> {
     }
 }
 
-fn clip<S: Real>(x: S, lo: f64, hi: f64) -> S {
-    x.max(S::from_f64(lo)).min(S::from_f64(hi))
-}
-
-fn sign<S: Real>(x: S) -> S {
-    let z = S::from_f64(0.0);
-    S::select(
-        x.gt(z),
-        S::from_f64(1.0),
-        S::select(x.lt(z), S::from_f64(-1.0), z),
-    )
-}
-
-fn sigmoid<S: Real>(x: S) -> S {
-    S::from_f64(1.0) / (S::from_f64(1.0) + (-x).exp())
-}
-
 /// `½·clip(ln(1e-8 + |v|), −5, 5)`.
 fn clip_log_abs<S: Real>(v: S) -> S {
     clip((S::from_f64(1e-8) + v.abs()).ln(), -5.0, 5.0) * S::from_f64(0.5)
@@ -522,10 +506,6 @@ impl LearnedOptimizer for NnAdam {
     fn name(&self) -> String {
         "NnAdam".into()
     }
-}
-
-fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
-    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
 }
 
 /// The library's θ: `lstm_init_state/{cell,hidden}` `[1, H]`,

@@ -1,7 +1,8 @@
 //! `RnnMlpLOpt`: a per-tensor LSTM over summary statistics that conditions a per-parameter
 //! MLP (the JAX library's `RNNMLPLOpt`, `learned_optimizers/rnn_mlp_lopt.py`).
 
-use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::parts::{clip, linear, params_then_vectors, rsqrt, sigmoid, sign};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -273,100 +274,20 @@ pub struct RnnMlpLOptState<P: Params> {
     pub iteration: usize,
 }
 
-const STATE_EXTRA: [&str; 7] = [
-    "m",
-    "rms",
-    "hidden",
-    "cell",
-    "from_mlp",
-    "from_lstm",
-    "scalars",
-];
-
-/// Leaves: the parameters, then the seven vectors above.
-impl<P: Params> Params for RnnMlpLOptState<P> {
-    type Scalar = P::Scalar;
-    fn num_leaves(&self) -> usize {
-        self.params.num_leaves() + 7
-    }
-    fn leaf(&self, i: usize) -> &[P::Scalar] {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => self.params.leaf(i),
-            Some(0) => &self.m,
-            Some(1) => &self.rms,
-            Some(2) => &self.hidden,
-            Some(3) => &self.cell,
-            Some(4) => &self.from_mlp,
-            Some(5) => &self.from_lstm,
-            Some(_) => &self.scalars,
-        }
-    }
-    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => self.params.leaf_mut(i),
-            Some(0) => &mut self.m,
-            Some(1) => &mut self.rms,
-            Some(2) => &mut self.hidden,
-            Some(3) => &mut self.cell,
-            Some(4) => &mut self.from_mlp,
-            Some(5) => &mut self.from_lstm,
-            Some(_) => &mut self.scalars,
-        }
-    }
-    fn write_leaf_name(&self, i: usize, out: &mut String) {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => crate::params::write_field_leaf_name(out, "params", &self.params, i),
-            Some(j) => out.push_str(STATE_EXTRA[j]),
-        }
-    }
-    fn leaf_shape(&self, i: usize) -> Vec<usize> {
-        let k = self.params.num_leaves();
-        if i < k {
-            self.params.leaf_shape(i)
-        } else {
-            vec![self.leaf(i).len()]
-        }
-    }
-}
-
-fn clip<S: Real>(x: S, lo: f64, hi: f64) -> S {
-    x.max(S::from_f64(lo)).min(S::from_f64(hi))
-}
-
-fn sign<S: Real>(x: S) -> S {
-    let z = S::from_f64(0.0);
-    S::select(
-        x.gt(z),
-        S::from_f64(1.0),
-        S::select(x.lt(z), S::from_f64(-1.0), z),
-    )
-}
-
-fn sigmoid<S: Real>(x: S) -> S {
-    S::from_f64(1.0) / (S::from_f64(1.0) + (-x).exp())
-}
-
-fn rsqrt<S: Real>(x: S) -> S {
-    S::from_f64(1.0) / x.sqrt()
-}
+// Leaves: the parameters, then one each for the statistics and the LSTM.
+params_then_vectors!(RnnMlpLOptState {
+    m,
+    rms,
+    hidden,
+    cell,
+    from_mlp,
+    from_lstm,
+    scalars
+});
 
 /// `clip(ln(1e-8 + |v|), −5, 5)` (no ½ here, unlike NNAdam's).
 fn clip_log_abs<S: Real>(v: S) -> S {
     clip((S::from_f64(1e-8) + v.abs()).ln(), -5.0, 5.0)
-}
-
-/// `out = b + x·W` for row-major `W: [x.len(), out.len()]`.
-fn linear<S: Real>(w: &[S], b: &[S], x: &[S], out: &mut [S]) {
-    out.copy_from_slice(b);
-    let n = out.len();
-    for (i, &xi) in x.iter().enumerate() {
-        for (o, &wv) in out.iter_mut().zip(&w[i * n..(i + 1) * n]) {
-            *o += xi * wv;
-        }
-    }
 }
 
 /// The library's `_LossNormalizer.weight_loss`.
@@ -724,10 +645,6 @@ impl LearnedOptimizer for RnnMlpLOpt {
     fn name(&self) -> String {
         "RnnMlpLOpt".into()
     }
-}
-
-fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
-    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
 }
 
 fn linear_flax<S: Real>(name: &str, (w, b): &(Vec<S>, Vec<S>)) -> (String, FlaxValue) {

@@ -2,8 +2,9 @@
 //! LSTM that produces, as mixing weights over a bank of MLPs, the weights of the
 //! per-parameter MLP that computes each step.
 
-use super::adafac_mlp_lopt::{factored_step, factoring, rsqrt, FacOut};
-use super::flax_msgpack::{FlaxArray, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::adafac_mlp_lopt::{factored_step, factoring, FacOut};
+use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
+use super::parts::{self, clip, params_then_vectors, rsqrt, sigmoid};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -347,75 +348,17 @@ pub struct VeloState<P: Params> {
     pub iteration: usize,
 }
 
-const STATE_EXTRA: [&str; 8] = [
-    "m",
-    "rms",
-    "fac_row",
-    "fac_col",
-    "fac_diag",
-    "hidden",
-    "cell",
-    "loss_buffer",
-];
-
-/// Leaves: the parameters, then the eight vectors above.
-impl<P: Params> Params for VeloState<P> {
-    type Scalar = P::Scalar;
-    fn num_leaves(&self) -> usize {
-        self.params.num_leaves() + 8
-    }
-    fn leaf(&self, i: usize) -> &[P::Scalar] {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => self.params.leaf(i),
-            Some(0) => &self.m,
-            Some(1) => &self.rms,
-            Some(2) => &self.fac_row,
-            Some(3) => &self.fac_col,
-            Some(4) => &self.fac_diag,
-            Some(5) => &self.hidden,
-            Some(6) => &self.cell,
-            Some(_) => &self.loss_buffer,
-        }
-    }
-    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => self.params.leaf_mut(i),
-            Some(0) => &mut self.m,
-            Some(1) => &mut self.rms,
-            Some(2) => &mut self.fac_row,
-            Some(3) => &mut self.fac_col,
-            Some(4) => &mut self.fac_diag,
-            Some(5) => &mut self.hidden,
-            Some(6) => &mut self.cell,
-            Some(_) => &mut self.loss_buffer,
-        }
-    }
-    fn write_leaf_name(&self, i: usize, out: &mut String) {
-        let k = self.params.num_leaves();
-        match i.checked_sub(k) {
-            None => crate::params::write_field_leaf_name(out, "params", &self.params, i),
-            Some(j) => out.push_str(STATE_EXTRA[j]),
-        }
-    }
-    fn leaf_shape(&self, i: usize) -> Vec<usize> {
-        let k = self.params.num_leaves();
-        if i < k {
-            self.params.leaf_shape(i)
-        } else {
-            vec![self.leaf(i).len()]
-        }
-    }
-}
-
-fn clip<S: Real>(x: S, lo: f64, hi: f64) -> S {
-    x.max(S::from_f64(lo)).min(S::from_f64(hi))
-}
-
-fn sigmoid<S: Real>(x: S) -> S {
-    S::from_f64(1.0) / (S::from_f64(1.0) + (-x).exp())
-}
+// Leaves: the parameters, then one each for the statistics, the LSTM and the losses.
+params_then_vectors!(VeloState {
+    m,
+    rms,
+    fac_row,
+    fac_col,
+    fac_diag,
+    hidden,
+    cell,
+    loss_buffer
+});
 
 /// `½·clip(ln(1e-8 + |10·v|), −5, 5)`.
 fn clip_log_abs10<S: Real>(v: S) -> S {
@@ -427,13 +370,7 @@ fn clip_log_abs10<S: Real>(v: S) -> S {
 }
 
 fn linear<S: Real>((w, b): &Linear<S>, x: &[S], out: &mut [S]) {
-    out.copy_from_slice(b);
-    let n = out.len();
-    for (i, &xi) in x.iter().enumerate() {
-        for (o, &wv) in out.iter_mut().zip(&w[i * n..(i + 1) * n]) {
-            *o += xi * wv;
-        }
-    }
+    parts::linear(w, b, x, out)
 }
 
 /// The loss buffer's decays: `exp(−1/h)`, `h = logspace(1, log10(n), 10)`, in the
@@ -947,7 +884,7 @@ impl LearnedOptimizer for Velo {
                 }
                 for (l, (w, b)) in layers.iter().enumerate() {
                     let (din, dout) = (ffw[l], ffw[l + 1]);
-                    linear(&(w.clone(), b.clone()), &act[..din], &mut nxt[..dout]);
+                    parts::linear(w, b, &act[..din], &mut nxt[..dout]);
                     if l + 1 != last {
                         nxt[..dout].iter_mut().for_each(|x| *x = x.max(c(0.0)));
                     }
@@ -975,10 +912,6 @@ impl LearnedOptimizer for Velo {
     fn name(&self) -> String {
         "Velo".into()
     }
-}
-
-fn arr<S: Real>(shape: Vec<usize>, v: &[S]) -> FlaxValue {
-    FlaxValue::Array(FlaxArray::from_real(shape, v).expect("θ leaf of its own shape"))
 }
 
 fn lin_flax<S: Real>((w, b): &Linear<S>, din: usize) -> FlaxValue {

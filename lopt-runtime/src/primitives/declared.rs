@@ -154,7 +154,7 @@ pub(crate) fn sigmoid<S: Real>(x: S) -> S {
 
 /// 1 where `x > 0`, -1 where `x < 0`, 0 at 0.
 #[inline]
-fn sign<S: Real>(x: S) -> S {
+pub(crate) fn sign<S: Real>(x: S) -> S {
     let z = S::zero();
     S::select(x.gt(z), S::one(), S::select(x.lt(z), -S::one(), z))
 }
