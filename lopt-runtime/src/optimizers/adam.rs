@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{assert_leaf_lengths, py_float, Optimizer};
-use crate::params::{write_field_leaf_name, Params};
+use crate::params::Params;
 use crate::scalar::Real;
 
 /// Adam (the JAX library's `Adam`, i.e. `optax.adam` with `eps_root`). With `t` the
@@ -155,37 +155,9 @@ impl<S: Real> AdamStep<S> {
     }
 }
 
-/// The leaves of the parameters, then of the two moments (so a state can be checkpointed,
-/// or packed lane by lane, like any tree); the iteration is not a leaf.
-impl<P: Params> Params for AdamState<P> {
-    type Scalar = P::Scalar;
-    fn num_leaves(&self) -> usize {
-        3 * self.params.num_leaves()
-    }
-    fn leaf(&self, i: usize) -> &[P::Scalar] {
-        let k = self.params.num_leaves();
-        match i / k {
-            0 => self.params.leaf(i),
-            1 => self.mu.leaf(i - k),
-            _ => self.nu.leaf(i - 2 * k),
-        }
-    }
-    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
-        let k = self.params.num_leaves();
-        match i / k {
-            0 => self.params.leaf_mut(i),
-            1 => self.mu.leaf_mut(i - k),
-            _ => self.nu.leaf_mut(i - 2 * k),
-        }
-    }
-    fn write_leaf_name(&self, i: usize, out: &mut String) {
-        let k = self.params.num_leaves();
-        write_field_leaf_name(out, ["params", "mu", "nu"][i / k], &self.params, i % k);
-    }
-    fn leaf_shape(&self, i: usize) -> Vec<usize> {
-        self.params.leaf_shape(i % self.params.num_leaves())
-    }
-}
+// The leaves of the parameters, then of the two moments (so a state can be checkpointed,
+// or packed lane by lane, like any tree); the iteration is not a leaf.
+super::params_mu_nu!(AdamState);
 
 /// `beta^t` for the bias corrections: `powi` (a few multiplications, within a few f64
 /// ulps) rather than `powf`, whose libm call cost as much as a small task's whole update.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{assert_leaf_lengths, Optimizer, Schedule};
 use crate::error::{Error, Result};
-use crate::params::{write_field_leaf_name, Params};
+use crate::params::Params;
 use crate::scalar::Real;
 
 /// AdamW, exactly `optax.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay)`
@@ -112,36 +112,8 @@ pub struct AdamWState<P> {
     pub num_steps: Option<usize>,
 }
 
-/// Parameters, then the two moments (as [`AdamState`](super::AdamState)).
-impl<P: Params> Params for AdamWState<P> {
-    type Scalar = P::Scalar;
-    fn num_leaves(&self) -> usize {
-        3 * self.params.num_leaves()
-    }
-    fn leaf(&self, i: usize) -> &[P::Scalar] {
-        let k = self.params.num_leaves();
-        match i / k {
-            0 => self.params.leaf(i),
-            1 => self.mu.leaf(i - k),
-            _ => self.nu.leaf(i - 2 * k),
-        }
-    }
-    fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
-        let k = self.params.num_leaves();
-        match i / k {
-            0 => self.params.leaf_mut(i),
-            1 => self.mu.leaf_mut(i - k),
-            _ => self.nu.leaf_mut(i - 2 * k),
-        }
-    }
-    fn write_leaf_name(&self, i: usize, out: &mut String) {
-        let k = self.params.num_leaves();
-        write_field_leaf_name(out, ["params", "mu", "nu"][i / k], &self.params, i % k);
-    }
-    fn leaf_shape(&self, i: usize) -> Vec<usize> {
-        self.params.leaf_shape(i % self.params.num_leaves())
-    }
-}
+// Parameters, then the two moments, as `AdamState`.
+super::params_mu_nu!(AdamWState);
 
 pub(crate) fn moments_init<P: Params>(params: P, num_steps: Option<usize>) -> AdamWState<P> {
     let mu = params.zeros_like();

@@ -194,6 +194,49 @@ fn check_leaf_lengths<P: Params>(what: &str, a: &P, b: &P) -> Result<()> {
     Ok(())
 }
 
+/// `impl Params` for an Adam-like state `$ty<P>` with trees `params`, `mu` and `nu`:
+/// their leaves in that order, named `params.*`, `mu.*`, `nu.*`, with the parameters'
+/// shapes; counters are not leaves.
+macro_rules! params_mu_nu {
+    ($ty:ident) => {
+        impl<P: $crate::params::Params> $crate::params::Params for $ty<P> {
+            type Scalar = P::Scalar;
+            fn num_leaves(&self) -> usize {
+                3 * self.params.num_leaves()
+            }
+            fn leaf(&self, i: usize) -> &[P::Scalar] {
+                let k = self.params.num_leaves();
+                match i / k {
+                    0 => self.params.leaf(i),
+                    1 => self.mu.leaf(i - k),
+                    _ => self.nu.leaf(i - 2 * k),
+                }
+            }
+            fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
+                let k = self.params.num_leaves();
+                match i / k {
+                    0 => self.params.leaf_mut(i),
+                    1 => self.mu.leaf_mut(i - k),
+                    _ => self.nu.leaf_mut(i - 2 * k),
+                }
+            }
+            fn write_leaf_name(&self, i: usize, out: &mut String) {
+                let k = self.params.num_leaves();
+                $crate::params::write_field_leaf_name(
+                    out,
+                    ["params", "mu", "nu"][i / k],
+                    &self.params,
+                    i % k,
+                );
+            }
+            fn leaf_shape(&self, i: usize) -> Vec<usize> {
+                self.params.leaf_shape(i % self.params.num_leaves())
+            }
+        }
+    };
+}
+pub(crate) use params_mu_nu;
+
 /// `Ok(lr)` when a learning rate is finite and not negative; the error names the
 /// optimizer.
 pub(crate) fn check_lr(optimizer: &str, lr: f64) -> Result<f64> {
