@@ -3,7 +3,8 @@
 //! `embed`, `layer_norm`, `take_along`), each checked against the same model written a
 //! second time as plain f64 loops (convolution from its definition with TensorFlow's
 //! padding): the generated value equals it, and the generated gradient and JVP agree with
-//! central differences of it.
+//! central differences of it. Mutation tried: `col2im` (im2col's reverse rule) returning
+//! zeros fails the conv net's gradient check.
 
 use lopt::ad::conv::{Conv2dGeometry, Padding};
 use lopt::gradcheck::{check_gradient, GradCheck};

@@ -1,7 +1,8 @@
 //! Nonsense is refused with a clear message. The README's table of refusals is the
 //! specification: this test reads it, runs every row's case and compares the message it
 //! gets with the row's (a row ending in `…` gives the message's beginning), and fails on a
-//! row without a case or a case without a row.
+//! row without a case or a case without a row. Mutation it catches: any one refusal removed (the
+//! case is then accepted, and the test names it).
 
 use std::collections::BTreeMap;
 

@@ -4,6 +4,8 @@
 //! history — for PES and FullEs, in SIMD lanes and in `f32` groups, on one and two
 //! threads. And every part of the checkpoint matters: a resume with any one section
 //! altered ends elsewhere (or is refused).
+//!
+//! Mutation tried: loading the PES accumulators as zeros fails the exact-resume test.
 
 use lopt::datasets::{digits::load_digits, image_datasets, ImageBatch};
 use lopt::learned_optimizers::MlpLOpt;
