@@ -214,3 +214,56 @@ fn embedding_model_matches_its_definition_and_differentiates() {
     );
     assert!(report.passed(), "{report}");
 }
+
+#[derive(Params, Clone, Debug)]
+struct ScaledNorm<S: Real> {
+    w: DMatrix<S>,
+    scale: DVector<S>,
+    offset: DVector<S>,
+}
+
+/// `hk.LayerNorm` with its learned scale and offset: `scale_columns(layer_norm(x·w), s) +
+/// offset`, then a sum of squares weighted by data, so every column's scale matters.
+#[task]
+fn scaled_norm<S: Real>(p: &ScaledNorm<S>, x: &DMatrix<f64>, c: &DMatrix<f64>) -> S {
+    let h = scale_columns(layer_norm(x * &p.w, 1e-5), &p.scale) + &p.offset;
+    sum(component_mul(h.component_mul(&h), c))
+}
+
+/// The learned scale of a layer norm (`scale_columns`) against its definition. Mutation
+/// tried: the scale's cotangent taken over rows instead of columns (`g.row_iter()`) fails
+/// the gradient check.
+#[test]
+fn layer_norm_scale_and_offset_match_their_definition() {
+    let x = rand_mat(5, 3, 21, 1.0);
+    let c = rand_mat(5, 4, 22, 1.0);
+    let p = ScaledNorm {
+        w: rand_mat(3, 4, 23, 0.8),
+        scale: rand_mat(4, 1, 24, 1.0).column(0).into_owned(),
+        offset: rand_mat(4, 1, 25, 0.3).column(0).into_owned(),
+    };
+    let indep = |p: &ScaledNorm<f64>| {
+        let z = &x * &p.w;
+        let mut total = 0.0;
+        for i in 0..z.nrows() {
+            let row: Vec<f64> = z.row(i).iter().copied().collect();
+            let mean = row.iter().sum::<f64>() / 4.0;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
+            for j in 0..4 {
+                let h = p.scale[j] * (row[j] - mean) / (var + 1e-5).sqrt() + p.offset[j];
+                total += h * h * c[(i, j)];
+            }
+        }
+        total
+    };
+    let got = scaled_norm(&p, &x, &c);
+    assert!((got - indep(&p)).abs() < 1e-10, "{got} vs {}", indep(&p));
+    let report = check_gradient(
+        &p,
+        indep,
+        |p| scaled_norm::value_and_grad(p, &x, &c),
+        |p, t| scaled_norm::value_and_jvp(p, t, &x, &c),
+        &GradCheck::default(),
+    );
+    assert!(report.passed(), "{report}");
+}

@@ -1,5 +1,5 @@
 //! Normalization over each row's features: `layer_norm` (`hk.LayerNorm(axis=-1)` without
-//! its scale and offset, which are a component product and a broadcast bias) and
+//! its scale and offset, which are `scale_columns(x, scale)` and a broadcast bias) and
 //! `rms_norm` (`hk.RMSNorm` likewise).
 //!
 //! Per row, with `r = 1 / sqrt(v + eps)`: layer norm is `x̂ = (x − mean x) · r` with the
@@ -7,7 +7,7 @@
 //! `v = mean(x²)`. Both Jacobians are symmetric, `r (I − 11ᵀ/n − x̂x̂ᵀ/n)` and
 //! `r (I − x̂x̂ᵀ/n)`, so one formula serves the forward and the reverse mode.
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DVector};
 
 use crate::scalar::Real;
 
@@ -167,5 +167,69 @@ mod tests {
             assert!((&jvp - &fd).abs().max() < 1e-6, "center={center}");
             assert!((vjp.dot(&t) - u.dot(&jvp)).abs() < 1e-10);
         }
+    }
+}
+
+/// The op of `scale_columns(x, s)`: column `j` of the matrix `x` times `s[j]` (the
+/// learned scale of `hk.LayerNorm` / `hk.RMSNorm`, `x * scale` with the `[features]`
+/// vector broadcast over the rows, as `jnp` broadcasts it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScaleColumns;
+
+impl<S: Real> super::Binary<ScaleColumns, DVector<S>> for DMatrix<S> {
+    type Out = DMatrix<S>;
+    #[track_caller]
+    fn eval(&self, s: &DVector<S>) -> DMatrix<S> {
+        if s.len() != self.ncols() {
+            super::shape::shape_panic(
+                "scale_columns(x, s)",
+                self.shape(),
+                s.shape(),
+                "s needs one entry per column of x",
+            );
+        }
+        let mut y = self.clone();
+        for (mut col, &sj) in y.column_iter_mut().zip(s.iter()) {
+            col *= sj;
+        }
+        y
+    }
+    fn jvp(
+        &self,
+        s: &DVector<S>,
+        _out: &DMatrix<S>,
+        dx: Option<&DMatrix<S>>,
+        ds: Option<&DVector<S>>,
+    ) -> DMatrix<S> {
+        let mut t = match dx {
+            Some(dx) => super::Binary::<ScaleColumns, _>::eval(dx, s),
+            None => DMatrix::zeros(self.nrows(), self.ncols()),
+        };
+        if let Some(ds) = ds {
+            for ((mut tc, xc), &dsj) in t.column_iter_mut().zip(self.column_iter()).zip(ds.iter()) {
+                tc.axpy(dsj, &xc, S::one());
+            }
+        }
+        t
+    }
+    fn vjp(
+        &self,
+        s: &DVector<S>,
+        _out: &DMatrix<S>,
+        g: DMatrix<S>,
+        need_x: bool,
+        need_s: bool,
+    ) -> (Option<DMatrix<S>>, Option<DVector<S>>) {
+        // ds_j = Σ_i g_ij x_ij, before g is reused for dx.
+        let ds = need_s.then(|| {
+            DVector::from_iterator(
+                s.len(),
+                g.column_iter()
+                    .zip(self.column_iter())
+                    .map(|(gc, xc)| gc.dot(&xc)),
+            )
+        });
+        let dx = need_x.then(|| super::Binary::<ScaleColumns, _>::eval(&g, s));
+        (dx, ds)
     }
 }

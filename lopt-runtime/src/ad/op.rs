@@ -20,7 +20,7 @@ pub use crate::primitives::declared::markers::*;
 // `op::X::new(&data)`; their rules live beside them.
 pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
 pub use super::gather::{Embed, TakeAlong};
-pub use super::norm::{LayerNorm, RmsNorm};
+pub use super::norm::{LayerNorm, RmsNorm, ScaleColumns};
 
 markers!(
     /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).

@@ -146,6 +146,17 @@ fn normal_cdf<S: Real>(x: S) -> S {
     S::c(0.5) * (S::one() + (x * S::c(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
+/// √(2/π) and the cubic coefficient of the tanh form of GELU.
+const GELU_TANH_K: f64 = 0.797_884_560_802_865_4;
+const GELU_TANH_A: f64 = 0.044_715;
+
+/// `(½(1 + tanh u), tanh u)` with `u = √(2/π)(x + 0.044715 x³)`, as `jax.nn.gelu` writes it.
+#[inline]
+fn gelu_tanh_cdf<S: Real>(x: S) -> (S, S) {
+    let th = (S::c(GELU_TANH_K) * (x + S::c(GELU_TANH_A) * (x * x * x))).tanh();
+    (S::c(0.5) * (S::one() + th), th)
+}
+
 /// `σ(x) = 1 / (1 + e^-x)`; saturates to exactly 0 or 1 without NaN.
 #[inline]
 pub(crate) fn sigmoid<S: Real>(x: S) -> S {
@@ -231,6 +242,17 @@ declare_elementwise! {
             (normal_cdf(x) + x * phi) * t
         },
     },
+    /// The tanh approximation of GELU, `x · ½(1 + tanh(√(2/π)(x + 0.044715 x³)))`,
+    /// elementwise: `jax.nn.gelu(x, approximate=True)`, as the JAX library's transformer
+    /// uses it.
+    gelu_tanh => GeluTanh(x, y, t) {
+        value: x * gelu_tanh_cdf(x).0,
+        derivative: {
+            let (cdf, th) = gelu_tanh_cdf(x);
+            let du = S::c(GELU_TANH_K) * (S::one() + S::c(3.0 * GELU_TANH_A) * x * x);
+            (cdf + S::c(0.5) * x * (S::one() - th * th) * du) * t
+        },
+    },
     /// Arctangent, elementwise.
     atan => Atan(x, y, t) {
         value: x.per_lane(f32::atan, f64::atan),
@@ -308,6 +330,9 @@ declare_ruled! {
     component_mul => ComponentMul,
     /// Elementwise quotient of two equal-shaped matrices or vectors.
     component_div => ComponentDiv,
+    /// Column `j` of a matrix times entry `j` of a vector (`x * scale` with a
+    /// `[features]` scale broadcast over the rows, as `hk.LayerNorm`'s learned scale).
+    scale_columns => ScaleColumns,
 }
 
 declare_special! {
