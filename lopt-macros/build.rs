@@ -58,6 +58,7 @@ fn main() {
                     "integer_exponent" => "Kind::IntegerExponent".to_string(),
                     "labels" => "Kind::Labels".to_string(),
                     "data" => "Kind::WithData".to_string(),
+                    "two_sizes" => "Kind::TwoSizes".to_string(),
                     other => {
                         panic!("lopt-macros: unknown form `{other}` for `{name}` in declared.rs")
                     }

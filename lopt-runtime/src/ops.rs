@@ -48,6 +48,39 @@ pub fn softmax_cross_entropy<'a, X: Unary<op::SoftmaxCrossEntropy<'a>>>(
     logits.eval(&op::SoftmaxCrossEntropy::new(labels))
 }
 
+/// Rows `start..start + len` of a matrix, or a segment of a column vector
+/// (`x[start:start+len]`); what `x.rows(start, len)` lowers to in a loss.
+///
+/// # Panics
+/// When the rows are not all inside `x`.
+#[inline]
+#[track_caller]
+pub fn rows<X: Unary<op::Rows>>(x: &X, start: usize, len: usize) -> X::Out {
+    x.eval(&op::Rows(start, len))
+}
+
+/// Columns `start..start + len` of a matrix, or a segment of a row vector
+/// (`x[:, start:start+len]`); what `x.columns(start, len)` lowers to in a loss.
+///
+/// # Panics
+/// When the columns are not all inside `x`.
+#[inline]
+#[track_caller]
+pub fn columns<X: Unary<op::Columns>>(x: &X, start: usize, len: usize) -> X::Out {
+    x.eval(&op::Columns(start, len))
+}
+
+/// The elements of a matrix in row-major order laid out as `rows × cols`
+/// (`jnp.reshape(x, (rows, cols))`).
+///
+/// # Panics
+/// When `rows * cols` is not the number of elements.
+#[inline]
+#[track_caller]
+pub fn reshape<X: Unary<op::Reshape>>(x: &X, rows: usize, cols: usize) -> X::Out {
+    x.eval(&op::Reshape(rows, cols))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,9 @@ pub enum Kind {
     /// `Unary<op::Marker::new(&data)>`: the second argument is non-differentiated data
     /// (a convolution's geometry, ids, an epsilon).
     WithData,
+    /// `Unary<op::Marker(a as usize, b as usize)>`: two non-differentiated sizes
+    /// (`x.rows(start, len)`, `reshape(x, rows, cols)`).
+    TwoSizes,
 }
 
 include!(concat!(env!("OUT_DIR"), "/declared.rs"));
@@ -34,6 +37,8 @@ pub enum Builtin {
     SoftmaxCrossEntropy(&'static str),
     /// `Unary<op::Name::new(&data)>`: second argument is non-differentiated data.
     WithData(&'static str),
+    /// `Unary<op::Name(a as usize, b as usize)>`: two non-differentiated sizes.
+    TwoSizes(&'static str),
     /// Explicit data conversion `data(x)`.
     Data,
     /// `x.clone()`: the same value.
@@ -56,6 +61,7 @@ pub fn lookup(name: &str) -> Option<Builtin> {
                 Kind::IntegerExponent => Builtin::Powi(marker),
                 Kind::Labels => Builtin::SoftmaxCrossEntropy(marker),
                 Kind::WithData => Builtin::WithData(marker),
+                Kind::TwoSizes => Builtin::TwoSizes(marker),
             }
         }
     })
@@ -95,6 +101,8 @@ mod tests {
             Some(Builtin::SoftmaxCrossEntropy("SoftmaxCrossEntropy"))
         );
         assert_eq!(lookup("data"), Some(Builtin::Data));
+        assert_eq!(lookup("columns"), Some(Builtin::TwoSizes("Columns")));
+        assert_eq!(lookup("hconcat"), Some(Builtin::Binary("HConcat")));
         assert_eq!(lookup("floor"), None);
         // Every name once, and at least today's 17 elementwise, 6 reductions, 6 binary
         // and 2 special (a bound, so adding a primitive does not touch this file).

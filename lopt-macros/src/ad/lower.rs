@@ -797,6 +797,7 @@ impl<'a> Lowerer<'a> {
     ) -> Result<VarId> {
         let want = match b {
             Builtin::Unary(_) | Builtin::Data | Builtin::Identity | Builtin::StopGradient => 1,
+            Builtin::TwoSizes(_) => 3,
             _ => 2,
         };
         if args.len() != want {
@@ -874,6 +875,20 @@ impl<'a> Lowerer<'a> {
                         b: c,
                     },
                 ))
+            }
+            Builtin::TwoSizes(op) => {
+                for a in &args[1..] {
+                    if self.mentions_active(a) {
+                        return err(
+                            a,
+                            format!("the sizes given to `{name}` cannot be differentiated values"),
+                        );
+                    }
+                }
+                let x = self.lower_expr(args[0], out)?;
+                let (i, n) = (self.rewrite_passive(args[1]), self.rewrite_passive(args[2]));
+                let op = op_marker(op);
+                Ok(self.unary(out, quote!(#op((#i) as usize, (#n) as usize)), x))
             }
             Builtin::SoftmaxCrossEntropy(op) => {
                 let op = syn::Ident::new(op, proc_macro2::Span::call_site());

@@ -21,6 +21,7 @@ pub use crate::primitives::declared::markers::*;
 pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
 pub use super::gather::{Embed, TakeAlong};
 pub use super::norm::{LayerNorm, RmsNorm, ScaleColumns};
+pub use super::slice::{Columns, HConcat, Reshape, Rows, VConcat};
 
 markers!(
     /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).

@@ -1,141 +1,161 @@
-//! Slices and assembly of differentiated matrices: `x.rows(i, n)`, `x.columns(j, n)` (the
-//! gates of an LSTM as column blocks of one product), and concatenation along either axis
-//! (`jnp.concatenate`). Each slice's reverse rule places the cotangent back in a zero
-//! matrix of the input's shape; each concatenation's splits it.
+//! Slices and assembly of differentiated matrices and vectors: `x.rows(i, n)` (rows of a
+//! matrix, a segment of a column vector), `x.columns(j, n)` (the gates of an LSTM as
+//! column blocks of one product), concatenation along either axis (`jnp.concatenate`),
+//! and [`Reshape`] (`jnp.reshape`, row-major). Each slice's reverse rule places the
+//! cotangent back in a zero matrix of the input's shape; each concatenation's splits it.
 
-use nalgebra::DMatrix;
+use nalgebra::allocator::Allocator;
+use nalgebra::{DMatrix, DefaultAllocator, Dim, Dyn, OMatrix};
 
 use crate::scalar::Real;
 
 use super::{Binary, Unary};
 
-/// The op of `x.rows(start, len)`.
+/// The op of `x.rows(start, len)` (`x[start:start+len]`, `jax.lax.dynamic_slice` along
+/// axis 0): rows of a matrix, a segment of a column vector.
 #[derive(Debug, Clone, Copy)]
 pub struct Rows(pub usize, pub usize);
 
-/// The op of `x.columns(start, len)`.
+/// The op of `x.columns(start, len)` (`x[:, start:start+len]`): columns of a matrix, a
+/// segment of a row vector.
 #[derive(Debug, Clone, Copy)]
 pub struct Columns(pub usize, pub usize);
 
 #[track_caller]
-fn check(what: &str, start: usize, len: usize, n: usize) {
+fn check(what: &str, start: usize, len: usize, n: usize, shape: (usize, usize)) {
     if start.checked_add(len).is_none_or(|end| end > n) {
-        panic!("{what}({start}, {len}) of a matrix with {n} of them");
+        panic!(
+            "{what}({start}, {len}) of a {}x{} matrix (it has {n} {what})",
+            shape.0, shape.1
+        );
     }
 }
 
-impl<S: Real> Unary<Rows> for DMatrix<S> {
-    type Out = DMatrix<S>;
-    fn eval(&self, op: &Rows) -> DMatrix<S> {
-        check("rows", op.0, op.1, self.nrows());
+impl<S: Real, C: Dim> Unary<Rows> for OMatrix<S, Dyn, C>
+where
+    DefaultAllocator: Allocator<Dyn, C>,
+{
+    type Out = Self;
+    #[track_caller]
+    fn eval(&self, op: &Rows) -> Self {
+        check("rows", op.0, op.1, self.nrows(), self.shape());
         self.rows(op.0, op.1).into_owned()
     }
-    fn jvp(&self, op: &Rows, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+    fn jvp(&self, op: &Rows, _out: &Self, dx: &Self) -> Self {
         dx.rows(op.0, op.1).into_owned()
     }
-    fn vjp(&self, op: &Rows, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
-        let mut dx = DMatrix::<S>::zeros(self.nrows(), self.ncols());
+    fn vjp(&self, op: &Rows, _out: &Self, g: Self) -> Self {
+        let (r, c) = self.shape_generic();
+        let mut dx = Self::zeros_generic(r, c);
         dx.rows_mut(op.0, op.1).copy_from(&g);
         dx
     }
 }
 
-impl<S: Real> Unary<Columns> for DMatrix<S> {
-    type Out = DMatrix<S>;
-    fn eval(&self, op: &Columns) -> DMatrix<S> {
-        check("columns", op.0, op.1, self.ncols());
+impl<S: Real, R: Dim> Unary<Columns> for OMatrix<S, R, Dyn>
+where
+    DefaultAllocator: Allocator<R, Dyn>,
+{
+    type Out = Self;
+    #[track_caller]
+    fn eval(&self, op: &Columns) -> Self {
+        check("columns", op.0, op.1, self.ncols(), self.shape());
         self.columns(op.0, op.1).into_owned()
     }
-    fn jvp(&self, op: &Columns, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+    fn jvp(&self, op: &Columns, _out: &Self, dx: &Self) -> Self {
         dx.columns(op.0, op.1).into_owned()
     }
-    fn vjp(&self, op: &Columns, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
-        let mut dx = DMatrix::<S>::zeros(self.nrows(), self.ncols());
+    fn vjp(&self, op: &Columns, _out: &Self, g: Self) -> Self {
+        let (r, c) = self.shape_generic();
+        let mut dx = Self::zeros_generic(r, c);
         dx.columns_mut(op.0, op.1).copy_from(&g);
         dx
     }
 }
 
-/// `[a b]`: the columns of `b` after those of `a` (same rows).
+/// `[a b]` (`jnp.concatenate([a, b], axis=1)`, `jnp.hstack`): the columns of `b` after
+/// those of `a` (same rows); matrices, or row vectors.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HConcat;
 
-/// `[a; b]`: the rows of `b` below those of `a` (same columns).
+/// `[a; b]` (`jnp.concatenate([a, b], axis=0)`, `jnp.vstack`): the rows of `b` below
+/// those of `a` (same columns); matrices, or column vectors.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VConcat;
 
-fn hcat<S: Real>(a: &DMatrix<S>, b: &DMatrix<S>) -> DMatrix<S> {
+#[track_caller]
+fn hcat<S: Real, R: Dim>(a: &OMatrix<S, R, Dyn>, b: &OMatrix<S, R, Dyn>) -> OMatrix<S, R, Dyn>
+where
+    DefaultAllocator: Allocator<R, Dyn>,
+{
     assert_eq!(
         a.nrows(),
         b.nrows(),
-        "hconcat: {}x{} and {}x{}",
+        "hconcat: {}x{} and {}x{} (the row counts differ)",
         a.nrows(),
         a.ncols(),
         b.nrows(),
         b.ncols()
     );
-    let mut out = DMatrix::<S>::zeros(a.nrows(), a.ncols() + b.ncols());
+    let mut out =
+        OMatrix::<S, R, Dyn>::zeros_generic(a.shape_generic().0, Dyn(a.ncols() + b.ncols()));
     out.columns_mut(0, a.ncols()).copy_from(a);
     out.columns_mut(a.ncols(), b.ncols()).copy_from(b);
     out
 }
 
-fn vcat<S: Real>(a: &DMatrix<S>, b: &DMatrix<S>) -> DMatrix<S> {
+#[track_caller]
+fn vcat<S: Real, C: Dim>(a: &OMatrix<S, Dyn, C>, b: &OMatrix<S, Dyn, C>) -> OMatrix<S, Dyn, C>
+where
+    DefaultAllocator: Allocator<Dyn, C>,
+{
     assert_eq!(
         a.ncols(),
         b.ncols(),
-        "vconcat: {}x{} and {}x{}",
+        "vconcat: {}x{} and {}x{} (the column counts differ)",
         a.nrows(),
         a.ncols(),
         b.nrows(),
         b.ncols()
     );
-    let mut out = DMatrix::<S>::zeros(a.nrows() + b.nrows(), a.ncols());
+    let mut out =
+        OMatrix::<S, Dyn, C>::zeros_generic(Dyn(a.nrows() + b.nrows()), a.shape_generic().1);
     out.rows_mut(0, a.nrows()).copy_from(a);
     out.rows_mut(a.nrows(), b.nrows()).copy_from(b);
     out
 }
 
 macro_rules! concat_rules {
-    ($op:ident, $cat:ident, $part:ident, $len:ident) => {
-        impl<S: Real> Binary<$op, DMatrix<S>> for DMatrix<S> {
-            type Out = DMatrix<S>;
-            fn eval(&self, r: &DMatrix<S>) -> DMatrix<S> {
+    ($op:ident, $cat:ident, $part:ident, $len:ident, $fixed:ident, $R:ty, $C:ty) => {
+        impl<S: Real, $fixed: Dim> Binary<$op, OMatrix<S, $R, $C>> for OMatrix<S, $R, $C>
+        where
+            DefaultAllocator: Allocator<$R, $C>,
+        {
+            type Out = Self;
+            #[track_caller]
+            fn eval(&self, r: &Self) -> Self {
                 $cat(self, r)
             }
-            fn jvp(
-                &self,
-                r: &DMatrix<S>,
-                _out: &DMatrix<S>,
-                da: Option<&DMatrix<S>>,
-                db: Option<&DMatrix<S>>,
-            ) -> DMatrix<S> {
-                let za;
-                let zb;
-                let da = match da {
-                    Some(d) => d,
-                    None => {
-                        za = self.zeros_like_shape();
-                        &za
-                    }
+            fn jvp(&self, r: &Self, _out: &Self, da: Option<&Self>, db: Option<&Self>) -> Self {
+                let zeros = |m: &Self| {
+                    let (r, c) = m.shape_generic();
+                    Self::zeros_generic(r, c)
                 };
-                let db = match db {
-                    Some(d) => d,
-                    None => {
-                        zb = r.zeros_like_shape();
-                        &zb
-                    }
-                };
-                $cat(da, db)
+                match (da, db) {
+                    (Some(da), Some(db)) => $cat(da, db),
+                    (Some(da), None) => $cat(da, &zeros(r)),
+                    (None, Some(db)) => $cat(&zeros(self), db),
+                    (None, None) => $cat(&zeros(self), &zeros(r)),
+                }
             }
             fn vjp(
                 &self,
-                _r: &DMatrix<S>,
-                _out: &DMatrix<S>,
-                g: DMatrix<S>,
+                _r: &Self,
+                _out: &Self,
+                g: Self,
                 need_a: bool,
                 need_b: bool,
-            ) -> (Option<DMatrix<S>>, Option<DMatrix<S>>) {
+            ) -> (Option<Self>, Option<Self>) {
                 let n = self.$len();
                 let rest = g.$len() - n;
                 (
@@ -146,17 +166,46 @@ macro_rules! concat_rules {
         }
     };
 }
-concat_rules!(HConcat, hcat, columns, ncols);
-concat_rules!(VConcat, vcat, rows, nrows);
+concat_rules!(HConcat, hcat, columns, ncols, R, R, Dyn);
+concat_rules!(VConcat, vcat, rows, nrows, C, Dyn, C);
 
-/// A zero matrix of the same shape (a missing tangent).
-trait ZerosLikeShape {
-    fn zeros_like_shape(&self) -> Self;
+/// The op of `reshape(x, rows, cols)` (`jnp.reshape(x, (rows, cols))`): the elements of
+/// a matrix in row-major order (the order of JAX's arrays), laid out as `rows × cols`.
+///
+/// The storage is column-major, so this is a copy (one pass) unless one of the shapes is
+/// a single row; `(B·T) × F` activations become `B × (T·F)` as in JAX.
+#[derive(Debug, Clone, Copy)]
+pub struct Reshape(pub usize, pub usize);
+
+/// `x`'s elements in row-major order as an `r × c` matrix.
+#[track_caller]
+fn reshape_rows<S: Real>(x: &DMatrix<S>, r: usize, c: usize) -> DMatrix<S> {
+    if r.checked_mul(c) != Some(x.len()) {
+        panic!(
+            "reshape of a {}x{} matrix ({} elements) to {r}x{c}",
+            x.nrows(),
+            x.ncols(),
+            x.len()
+        );
+    }
+    let xc = x.ncols();
+    DMatrix::from_fn(r, c, |i, j| {
+        let k = i * c + j;
+        x[(k / xc, k % xc)]
+    })
 }
 
-impl<S: Real> ZerosLikeShape for DMatrix<S> {
-    fn zeros_like_shape(&self) -> Self {
-        DMatrix::zeros(self.nrows(), self.ncols())
+impl<S: Real> Unary<Reshape> for DMatrix<S> {
+    type Out = DMatrix<S>;
+    #[track_caller]
+    fn eval(&self, op: &Reshape) -> DMatrix<S> {
+        reshape_rows(self, op.0, op.1)
+    }
+    fn jvp(&self, op: &Reshape, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+        reshape_rows(dx, op.0, op.1)
+    }
+    fn vjp(&self, _op: &Reshape, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
+        reshape_rows(&g, self.nrows(), self.ncols())
     }
 }
 
@@ -206,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "columns(5, 2) of a matrix with 6 of them")]
+    #[should_panic(expected = "columns(5, 2) of a 2x6 matrix (it has 6 columns)")]
     fn slices_past_the_end_panic_with_the_sizes() {
         Unary::eval(&m(2, 6, 0.0), &Columns(5, 2));
     }

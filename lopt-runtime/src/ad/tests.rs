@@ -1513,3 +1513,62 @@ fn unfused_softmax_cross_entropy_blocks_match_independent_f64() {
         }
     }
 }
+
+// ---- slices and assembly ----
+
+/// Rows and columns of matrices, segments of column and row vectors, the two
+/// concatenations (matrices and vectors) and the row-major reshape: each against finite
+/// differences and the adjoint identity. Mutation tried: `Rows`'s reverse rule writing
+/// the cotangent at row 0 instead of at `start` fails the `rows` checks (at start 1).
+#[test]
+fn slices_concatenations_and_reshape() {
+    let m = sample(DMatrix::zeros(5, 4), 40, &any);
+    for (i, n) in [(0, 5), (1, 3), (4, 1), (2, 0)] {
+        unary("rows", op::Rows(i, n), m.clone());
+        unary("segment", op::Rows(i, n), m.column(0).into_owned());
+    }
+    for (j, n) in [(0, 4), (1, 2), (3, 1)] {
+        unary("columns", op::Columns(j, n), m.clone());
+        unary("row segment", op::Columns(j, n), m.row(0).into_owned());
+    }
+    let b = sample(DMatrix::zeros(5, 2), 41, &any);
+    binary::<op::HConcat, _, _>("hconcat", m.clone(), b.clone());
+    binary::<op::VConcat, _, _>("vconcat", m.clone(), b.transpose() * m.clone());
+    binary::<op::VConcat, _, _>(
+        "vconcat of vectors",
+        m.column(1).into_owned(),
+        b.column(0).into_owned(),
+    );
+    binary::<op::HConcat, _, _>(
+        "hconcat of row vectors",
+        m.row(1).into_owned(),
+        b.row(0).into_owned(),
+    );
+    for (r, c) in [(2, 10), (10, 2), (1, 20), (20, 1), (5, 4)] {
+        unary("reshape", op::Reshape(r, c), m.clone());
+    }
+}
+
+/// `reshape` reads row-major (`jnp.reshape`), not nalgebra's column-major order.
+#[test]
+fn reshape_is_row_major() {
+    let m = DMatrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let r: DMatrix<f64> = Unary::eval(&m, &op::Reshape(3, 2));
+    assert_eq!(
+        r,
+        DMatrix::from_row_slice(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    );
+}
+
+#[test]
+#[should_panic(expected = "reshape of a 2x3 matrix (6 elements) to 4x2")]
+fn reshape_to_another_size_panics() {
+    let _: DMatrix<f64> = Unary::eval(&DMatrix::<f64>::zeros(2, 3), &op::Reshape(4, 2));
+}
+
+#[test]
+#[should_panic(expected = "hconcat: 2x3 and 3x1 (the row counts differ)")]
+fn hconcat_of_different_heights_panics() {
+    let _: DMatrix<f64> =
+        Binary::<op::HConcat, _>::eval(&DMatrix::<f64>::zeros(2, 3), &DMatrix::<f64>::zeros(3, 1));
+}

@@ -131,8 +131,10 @@ macro_rules! declare_ruled {
     };
 }
 
-/// Names primitives the `#[task]` macro lowers in a form of its own (a non-differentiated
-/// argument); their functions are written in [`crate::ops`].
+/// Names primitives the `#[task]` macro lowers in a form of its own (non-differentiated
+/// arguments); their functions are written in [`crate::ops`]. The forms:
+/// `integer_exponent` (`op::X(n as i32)`), `labels` (`op::X::new(labels)`), `data`
+/// (`op::X::new(&data)`), `two_sizes` (`op::X(a as usize, b as usize)`: `x.rows(i, n)`).
 macro_rules! declare_special {
     ($($name:ident => $op:ident: $form:ident,)*) => {
         // Each marker exists (generic and lifetime-carrying ones too).
@@ -333,6 +335,12 @@ declare_ruled! {
     /// Column `j` of a matrix times entry `j` of a vector (`x * scale` with a
     /// `[features]` scale broadcast over the rows, as `hk.LayerNorm`'s learned scale).
     scale_columns => ScaleColumns,
+    /// `[a b]`: the columns of `b` after those of `a` (`jnp.concatenate([a, b], axis=1)`);
+    /// matrices with equal row counts, or row vectors.
+    hconcat => HConcat,
+    /// `[a; b]`: the rows of `b` below those of `a` (`jnp.concatenate([a, b], axis=0)`);
+    /// matrices with equal column counts, or column vectors.
+    vconcat => VConcat,
 }
 
 declare_special! {
@@ -346,4 +354,7 @@ declare_special! {
     take_along => TakeAlong: data,
     layer_norm => LayerNorm: data,
     rms_norm => RmsNorm: data,
+    rows => Rows: two_sizes,
+    columns => Columns: two_sizes,
+    reshape => Reshape: two_sizes,
 }
