@@ -321,4 +321,5 @@ declare_special! {
     take_along => TakeAlong: data,
     layer_norm => LayerNorm: data,
     rms_norm => RmsNorm: data,
+    causal_self_attention => CausalSelfAttention: data,
 }
