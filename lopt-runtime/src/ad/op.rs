@@ -18,6 +18,7 @@ pub use crate::primitives::declared::markers::*;
 
 // Ops that carry data (geometry, ids, an epsilon), built by generated code as
 // `op::X::new(&data)`; their rules live beside them.
+pub use super::attention::CausalSelfAttention;
 pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
 pub use super::gather::{Embed, TakeAlong};
 pub use super::norm::{LayerNorm, RmsNorm, ScaleColumns};

@@ -357,4 +357,5 @@ declare_special! {
     rows => Rows: two_sizes,
     columns => Columns: two_sizes,
     reshape => Reshape: two_sizes,
+    causal_self_attention => CausalSelfAttention: data,
 }

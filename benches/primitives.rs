@@ -1,0 +1,294 @@
+//! `cargo bench --bench primitives`: the model-building primitives at the sizes of the JAX
+//! library's tasks, each with the fraction of this core's measured f32 FMA peak it runs at.
+//!
+//! - `conv.<shape>.value`, `.grad`, `.hand`: one convolution layer of
+//!   `Conv_Cifar10_32x64x64` (3×3, SAME, bias, ReLU; strides 2, 1, 1; 32, 64, 64 channels)
+//!   on a batch of 128 32×32×3 (`c10.*`) or 28×28×1 (`fm.*`) images. The loss is
+//!   `sum(relu(im2col(x)·w + b))`; `value` is the loss, `grad` its generated
+//!   `value_and_grad` (with respect to `w`, `b`, and the input `x` for the second and
+//!   third layers, whose input is a previous layer's output), `hand` the same
+//!   forward and backward written by hand with the same im2col, col2im and GEMM, no tape.
+//! - `attn.b64t32h4d32.grad`: `causal_self_attention` of the JAX library's transformer
+//!   (batch 64, T 32, 4 heads × 32) under `⟨attention(qkv), r⟩`, gradient in `qkv`.
+//! - `embed.v256d128n2048.grad`: `embed` of 64×32 ids from a 256×128 table under
+//!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add).
+//!
+//! FLOP counts are the matrix products' (`2·m·k·n` each; a layer's `grad` does the
+//! forward product, `dW = Pᵀ·G` and, with the input differentiated, `dP = G·Wᵀ`); the
+//! attention counts its four (forward) and six (gradient) per-head products over the full
+//! `T × T` (the masked half included, as the GEMMs do it). The peak is measured at start
+//! with an FMA loop (12 independent AVX2 accumulators) on one thread; everything here
+//! runs on one thread.
+//!
+//! The JAX side: `scripts/jax/bench_primitives.py` (same ids, `jit(value_and_grad)`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{keep, Case};
+use lopt::ad::attention::AttentionGeometry;
+use lopt::ad::conv::{Conv2dGeometry, Padding};
+use lopt::kernels::gemm::{gemm, MatRef};
+use lopt::prelude::*;
+use rand::{Rng, SeedableRng};
+
+#[derive(Params, Clone, Debug)]
+struct Layer<S: Real> {
+    w: DMatrix<S>,
+    b: DVector<S>,
+}
+
+#[derive(Params, Clone, Debug)]
+struct HiddenLayer<S: Real> {
+    x: DMatrix<S>,
+    w: DMatrix<S>,
+    b: DVector<S>,
+}
+
+/// The first layer: the images are data.
+#[task]
+fn conv_input<S: Real>(p: &Layer<S>, x: &DMatrix<S>, g: &Conv2dGeometry) -> S {
+    sum(relu(im2col(x, g) * &p.w + &p.b))
+}
+
+/// A later layer: its input is differentiated too.
+#[task]
+fn conv_hidden<S: Real>(p: &HiddenLayer<S>, g: &Conv2dGeometry) -> S {
+    sum(relu(im2col(&p.x, g) * &p.w + &p.b))
+}
+
+#[derive(Params, Clone, Debug)]
+struct Qkv<S: Real> {
+    qkv: DMatrix<S>,
+}
+
+#[task]
+fn attention<S: Real>(p: &Qkv<S>, r: &DMatrix<S>, g: &AttentionGeometry) -> S {
+    dot(causal_self_attention(&p.qkv, g), r)
+}
+
+#[derive(Params, Clone, Debug)]
+struct Table<S: Real> {
+    e: DMatrix<S>,
+}
+
+#[task]
+fn embedding<S: Real>(p: &Table<S>, ids: &Vec<u32>, r: &DMatrix<S>) -> S {
+    dot(embed(&p.e, ids), r)
+}
+
+/// The hand-written layer: buffers kept across calls, the same im2col/col2im and GEMM.
+struct Hand {
+    g: Conv2dGeometry,
+    with_dx: bool,
+    x: DMatrix<f32>,
+    w: DMatrix<f32>,
+    b: Vec<f32>,
+    y: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+    dp: Vec<f32>,
+}
+
+impl Hand {
+    fn value_and_grad(&mut self) -> f32 {
+        let g = &self.g;
+        let (m, k, n) = (g.out_rows(), g.patch_len(), self.w.ncols());
+        let patches = g.im2col(&self.x);
+        let pv = MatRef::col_major(patches.as_slice(), m, k).unwrap();
+        let wv = MatRef::col_major(self.w.as_slice(), k, n).unwrap();
+        gemm(pv, wv, &mut self.y, false).unwrap();
+        // Bias, ReLU, the loss, and the cotangent (the ReLU mask) in place.
+        let mut loss = 0.0f32;
+        for (j, col) in self.y.chunks_exact_mut(m).enumerate() {
+            let (bj, mut s, mut cnt) = (self.b[j], 0.0f32, 0.0f32);
+            for v in col.iter_mut() {
+                let z = *v + bj;
+                let on = z > 0.0;
+                s += if on { z } else { 0.0 };
+                *v = if on { 1.0 } else { 0.0 };
+                cnt += *v;
+            }
+            loss += s;
+            self.db[j] = cnt;
+        }
+        let gv = MatRef::col_major(&self.y, m, n).unwrap();
+        gemm(pv.t(), gv, &mut self.dw, false).unwrap();
+        if self.with_dx {
+            gemm(gv, wv.t(), &mut self.dp, false).unwrap();
+            let dpm = DMatrix::from_column_slice(m, k, &self.dp);
+            keep(g.col2im(&dpm));
+        }
+        loss
+    }
+}
+
+/// This core's f32 FMA peak (FLOP/s): 12 independent 8-wide FMA chains, best of 5.
+fn measure_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run(iters: usize) -> f32 {
+            let mut acc = [_mm256_set1_ps(0.0); 12];
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in acc.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, a, b);
+                }
+            }
+            let mut out = [0.0f32; 8];
+            let s = acc
+                .iter()
+                .fold(_mm256_set1_ps(0.0), |s, v| _mm256_add_ps(s, *v));
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            out.iter().sum()
+        }
+        let iters = 20_000_000;
+        let best = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                keep(unsafe { run(iters) });
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        return (iters * 12 * 8 * 2) as f64 / best;
+    }
+    f64::NAN
+}
+
+fn main() {
+    let peak = measure_peak();
+    println!("peak f32 FMA one core: {:.1} GFLOP/s", peak / 1e9);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut normal = |r: usize, c: usize, s: f32| {
+        DMatrix::<f32>::from_fn(r, c, |_, _| (rng.gen::<f32>() - 0.5) * 3.46 * s)
+    };
+    // (id, input geometry, output channels, the input is differentiated)
+    let mut layers = Vec::new();
+    for (tag, hw, c) in [("c10", 32usize, 3usize), ("fm", 28, 1)] {
+        let o = hw / 2;
+        let specs = [
+            (
+                format!("{tag}1.n128h{hw}w{hw}c{c}o32s2"),
+                (hw, c, 2),
+                32,
+                false,
+            ),
+            (format!("{tag}2.n128h{o}w{o}c32o64s1"), (o, 32, 1), 64, true),
+            (format!("{tag}3.n128h{o}w{o}c64o64s1"), (o, 64, 1), 64, true),
+        ];
+        for (id, (h, ci, s), co, dx) in specs {
+            let g = Conv2dGeometry::new((128, h, h, ci), (3, 3), (s, s), Padding::Same).unwrap();
+            layers.push((id, g, co, dx));
+        }
+    }
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    let mut flops: Vec<(String, f64)> = Vec::new();
+    for (id, g, co, dx) in &layers {
+        let (g, co, dx) = (*g, *co, *dx);
+        let x = normal(g.in_rows(), g.channels, 1.0);
+        let w = normal(g.patch_len(), co, 1.0 / (g.patch_len() as f32).sqrt());
+        let b = DVector::from_element(co, 0.01f32);
+        let mm = 2.0 * (g.out_rows() * g.patch_len() * co) as f64;
+        let mut hand = Hand {
+            g,
+            with_dx: dx,
+            x: x.clone(),
+            w: w.clone(),
+            b: b.as_slice().to_vec(),
+            y: vec![0.0; g.out_rows() * co],
+            dw: vec![0.0; g.patch_len() * co],
+            db: vec![0.0; co],
+            dp: vec![0.0; g.out_rows() * g.patch_len()],
+        };
+        flops.push((format!("conv.{id}.value"), mm));
+        flops.push((format!("conv.{id}.grad"), mm * if dx { 3.0 } else { 2.0 }));
+        flops.push((format!("conv.{id}.hand"), mm * if dx { 3.0 } else { 2.0 }));
+        if dx {
+            let p = HiddenLayer { x, w, b };
+            // The generated and the hand-written gradients agree before they are timed.
+            let (v, gr) = conv_hidden::value_and_grad(&p, &g);
+            let vh = hand.value_and_grad();
+            assert!((v - vh).abs() <= 1e-3 * v.abs(), "{id}: {v} vs {vh}");
+            let err = (&gr.w - DMatrix::from_column_slice(g.patch_len(), co, &hand.dw))
+                .abs()
+                .max();
+            assert!(err <= 1e-3 * gr.w.abs().max(), "{id}: dw differs by {err}");
+            let p2 = p.clone();
+            cases.push(Case::new(format!("conv.{id}.value"), move || {
+                keep(conv_hidden(&p2, &g));
+            }));
+            cases.push(Case::new(format!("conv.{id}.grad"), move || {
+                keep(conv_hidden::value_and_grad(&p, &g));
+            }));
+        } else {
+            let p = Layer { w, b };
+            let (v, gr) = conv_input::value_and_grad(&p, &x, &g);
+            let vh = hand.value_and_grad();
+            assert!((v - vh).abs() <= 1e-3 * v.abs(), "{id}: {v} vs {vh}");
+            let err = (&gr.w - DMatrix::from_column_slice(g.patch_len(), co, &hand.dw))
+                .abs()
+                .max();
+            assert!(err <= 1e-3 * gr.w.abs().max(), "{id}: dw differs by {err}");
+            let (p2, x2) = (p.clone(), x.clone());
+            cases.push(Case::new(format!("conv.{id}.value"), move || {
+                keep(conv_input(&p2, &x2, &g));
+            }));
+            cases.push(Case::new(format!("conv.{id}.grad"), move || {
+                keep(conv_input::value_and_grad(&p, &x, &g));
+            }));
+        }
+        cases.push(Case::new(format!("conv.{id}.hand"), move || {
+            keep(hand.value_and_grad());
+        }));
+    }
+
+    // The transformer's attention: batch 64, T 32, 4 heads of 32.
+    let ag = AttentionGeometry::new(64, 32, 4, 32).unwrap();
+    let qkv = Qkv {
+        qkv: normal(ag.rows(), 3 * ag.width(), 1.0),
+    };
+    let r = normal(ag.rows(), ag.width(), 1.0);
+    flops.push(("attn.b64t32h4d32.grad".into(), ag.forward_flops() * 3.0));
+    cases.push(Case::new("attn.b64t32h4d32.grad", move || {
+        keep(attention::value_and_grad(&qkv, &r, &ag));
+    }));
+
+    // The transformer's embedding: 64×32 ids of a 256×128 table.
+    let table = Table {
+        e: normal(256, 128, 1.0),
+    };
+    let ids: Vec<u32> = (0..64 * 32).map(|i| ((i * 37 + 11) % 256) as u32).collect();
+    let re = normal(ids.len(), 128, 1.0);
+    // One add per gathered and per scattered element, and the dot's multiply-add.
+    flops.push(("embed.v256d128n2048.grad".into(), 4.0 * (2048 * 128) as f64));
+    cases.push(Case::new("embed.v256d128n2048.grad", move || {
+        keep(embedding::value_and_grad(&table, &ids, &re));
+    }));
+
+    common::select(&mut cases);
+    let summary = common::run(&mut cases, 7, Duration::from_millis(300));
+    for s in &summary {
+        if let Some((_, f)) = flops.iter().find(|(id, _)| *id == s.id) {
+            println!(
+                "flops {} gflop={:.3} gflops={:.1} peak_fraction={:.3}",
+                s.id,
+                f / 1e9,
+                f / s.median / 1e9,
+                f / s.median / peak
+            );
+        }
+    }
+    for s in summary
+        .iter()
+        .filter(|s| s.id.ends_with(".grad") && s.id.starts_with("conv"))
+    {
+        let hand = s.id.replace(".grad", ".hand");
+        if let Some(h) = summary.iter().find(|x| x.id == hand) {
+            println!("ratio {} grad/hand={:.3}", s.id, s.median / h.median);
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! Causal multi-head self-attention as one rule (haiku's `MultiHeadAttention` with a causal
+//! mask, as the JAX library's transformer calls it, without the projections).
+//!
+//! Layout: the input `qkv` has one row per token, `batch · time` rows ordered by sequence
+//! then time step (row `b·T + t`), and `3 · heads · key_size` columns `[q | k | v]`, each
+//! block `heads · key_size` wide with feature `head · key_size + d` (haiku's reshape to
+//! `[B, T, H, d]`). So `qkv = x · [Wq | Wk | Wv] + [bq | bk | bv]` is one matrix product.
+//! The output has the same rows and `heads · key_size` columns: the heads concatenated, as
+//! haiku reshapes `[B, T, H, d]` to `[B, T, H·d]` before its output projection.
+//!
+//! Per sequence `b` and head `h`, with `Q, K, V` the `T × d` blocks:
+//!
+//! `L = Q Kᵀ / sqrt(d)`, `L[t, s] = −1e30` for `s > t` (`jnp.where(mask, logits, −1e30)`),
+//! `P = softmax(L)` per row (`jax.nn.softmax`: the row maximum subtracted, exponentials
+//! divided by their sum), `O = P V`.
+//!
+//! A masked logit's exponential is exactly zero (the diagonal is never masked, so every
+//! row's maximum is a real logit), so the rule skips the masked entries: same values, and
+//! their derivative is zero as `jnp.where`'s is. The products run on the project's GEMM
+//! ([`crate::kernels::gemm`]) on strided views of `qkv`; `eval` keeps the probabilities
+//! `P` in the op for the derivative that follows.
+//!
+//! Derivatives, with `G` the output cotangent and `∘` the elementwise product:
+//! reverse `dV = Pᵀ G`, `dP = G Vᵀ`, `dL = P ∘ (dP − rowsum(P ∘ dP)) / sqrt(d)`,
+//! `dQ = dL K`, `dK = dLᵀ Q`; forward the same chain with tangents.
+
+use std::any::Any;
+use std::cell::Cell;
+
+use nalgebra::DMatrix;
+
+use super::matmul::{product_acc, View};
+use super::Unary;
+use crate::error::{Error, Result};
+use crate::kernels::vecmath::exp;
+use crate::scalar::Real;
+
+/// The geometry of a causal self-attention: `batch` sequences of `time` tokens, `heads`
+/// heads of `key_size` features each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionGeometry {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub time: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Features per head (`key_size`, 32 in the JAX library's transformer).
+    pub key_size: usize,
+}
+
+impl AttentionGeometry {
+    /// `batch` sequences of `time` tokens, `heads × key_size` features.
+    ///
+    /// Errors ([`Error::InvalidArgument`]): a zero size.
+    pub fn new(batch: usize, time: usize, heads: usize, key_size: usize) -> Result<Self> {
+        let g = AttentionGeometry {
+            batch,
+            time,
+            heads,
+            key_size,
+        };
+        if [batch, time, heads, key_size].contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "causal_self_attention geometry with a zero size: {g:?}"
+            )));
+        }
+        Ok(g)
+    }
+
+    /// Rows of the input and of the output (`batch · time`).
+    pub fn rows(&self) -> usize {
+        self.batch * self.time
+    }
+
+    /// Columns of the output (`heads · key_size`); the input has three times as many.
+    pub fn width(&self) -> usize {
+        self.heads * self.key_size
+    }
+
+    /// Multiply-adds of one forward pass (the two products per sequence and head, the
+    /// masked half included, as the GEMMs compute it).
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * 2.0 * (self.batch * self.heads * self.time * self.time * self.key_size) as f64
+    }
+
+    #[track_caller]
+    fn check_input<S>(&self, qkv: &DMatrix<S>) {
+        if qkv.shape() != (self.rows(), 3 * self.width()) {
+            panic!(
+                "causal_self_attention: qkv of shape {:?}, the geometry needs {:?} \
+                 (batch·time rows, [q | k | v] columns of heads·key_size each): {self:?}",
+                qkv.shape(),
+                (self.rows(), 3 * self.width())
+            );
+        }
+    }
+}
+
+/// What `eval` keeps for the derivative: the transposed probabilities of every sequence
+/// and head, and the addresses of the input and output they came from (only compared).
+struct Kept<S> {
+    input: usize,
+    output: usize,
+    probs: Vec<S>,
+}
+
+/// The op of `causal_self_attention(qkv, &geometry)`, with a slot where `eval` keeps the
+/// probabilities for the derivative that follows. A clone has the same geometry and
+/// nothing kept.
+pub struct CausalSelfAttention<'a>(
+    pub &'a AttentionGeometry,
+    pub(crate) Cell<Option<Box<dyn Any + Send>>>,
+);
+
+impl<'a> CausalSelfAttention<'a> {
+    /// The op for `geometry` (what `#[task]` builds for
+    /// `causal_self_attention(qkv, &geometry)`), with nothing kept yet.
+    pub fn new(geometry: &'a AttentionGeometry) -> Self {
+        CausalSelfAttention(geometry, Cell::new(None))
+    }
+
+    /// The probabilities `eval` kept, if they came from `x` with output `out` (the first
+    /// derivative takes them; a later one recomputes them).
+    fn take_kept<S: Real>(&self, x: &DMatrix<S>, out: &DMatrix<S>) -> Option<Vec<S>> {
+        let kept = self.1.take()?.downcast::<Kept<S>>().ok()?;
+        let same = kept.input == x.as_ptr() as usize
+            && kept.output == out.as_ptr() as usize
+            && kept.probs.len() == probs_len(self.0);
+        same.then_some(kept.probs)
+    }
+
+    /// The kept probabilities, or recomputed ones.
+    fn probs<S: Real>(&self, x: &DMatrix<S>, out: &DMatrix<S>) -> Vec<S> {
+        self.take_kept(x, out)
+            .unwrap_or_else(|| forward(self.0, x).1)
+    }
+}
+
+impl Clone for CausalSelfAttention<'_> {
+    /// The same geometry, nothing kept.
+    fn clone(&self) -> Self {
+        Self::new(self.0)
+    }
+}
+
+impl std::fmt::Debug for CausalSelfAttention<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CausalSelfAttention").field(self.0).finish()
+    }
+}
+
+fn probs_len(g: &AttentionGeometry) -> usize {
+    g.batch * g.heads * g.time * g.time
+}
+
+/// The `T × d` block of sequence `b` in columns `col..col + d` of the column-major
+/// `rows`-row matrix `m`, as a strided view.
+fn block<'a, S: Real>(
+    m: &'a [S],
+    rows: usize,
+    g: &AttentionGeometry,
+    b: usize,
+    col: usize,
+) -> View<'a, S> {
+    let start = col * rows + b * g.time;
+    View::new(&m[start..], g.time, g.key_size, 1, rows)
+        .expect("an attention block lies inside its matrix")
+}
+
+/// Adds (or writes, `write`) the contiguous `T × d` block `src` into sequence `b`, columns
+/// `col..col + d`, of the column-major matrix `dst`.
+fn put_block<S: Real>(
+    dst: &mut [S],
+    rows: usize,
+    g: &AttentionGeometry,
+    b: usize,
+    col: usize,
+    src: &[S],
+) {
+    for (j, s) in src.chunks_exact(g.time).enumerate() {
+        let start = (col + j) * rows + b * g.time;
+        dst[start..start + g.time].copy_from_slice(s);
+    }
+}
+
+/// Per column `t` (a query) of the `T × T` column-major `a` (the transposed probabilities)
+/// and `e`: `e[s, t] ← a[s, t] · (e[s, t] − Σ_{s' ≤ t} a[s', t] e[s', t]) · scale` for
+/// `s ≤ t` (the softmax's Jacobian, with the masked entries zero).
+fn softmax_jacobian_t<S: Real>(a: &[S], e: &mut [S], t_len: usize, scale: Option<S>) {
+    for t in 0..t_len {
+        let (ac, ec) = (
+            &a[t * t_len..t * t_len + t + 1],
+            &mut e[t * t_len..(t + 1) * t_len],
+        );
+        let dot = ac
+            .iter()
+            .zip(ec.iter())
+            .fold(S::zero(), |acc, (&p, &v)| acc + p * v);
+        for (v, &p) in ec[..=t].iter_mut().zip(ac) {
+            *v = p * (*v - dot);
+            if let Some(s) = scale {
+                *v = *v / s;
+            }
+        }
+        ec[t + 1..].iter_mut().for_each(|v| *v = S::zero());
+    }
+}
+
+/// The output and the transposed probabilities `Pᵀ` of every sequence and head (block
+/// `(b·H + h)·T²`, column `t` = query `t`'s weights over the keys).
+fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S>) {
+    g.check_input(x);
+    let (rows, w, tt, d) = (g.rows(), g.width(), g.time, g.key_size);
+    let sqrt_d = S::from_f64((d as f64).sqrt());
+    let xs = x.as_slice();
+    let mut out = DMatrix::<S>::zeros(rows, w);
+    let mut probs = vec![S::zero(); probs_len(g)];
+    let mut o = vec![S::zero(); tt * d];
+    for b in 0..g.batch {
+        for h in 0..g.heads {
+            let (q, k, v) = (
+                block(xs, rows, g, b, h * d),
+                block(xs, rows, g, b, w + h * d),
+                block(xs, rows, g, b, 2 * w + h * d),
+            );
+            let a = &mut probs[(b * g.heads + h) * tt * tt..][..tt * tt];
+            // Lᵀ = K Qᵀ: column t holds query t's logits over the keys.
+            product_acc(k, q.t(), a);
+            for t in 0..tt {
+                let col = &mut a[t * tt..(t + 1) * tt];
+                let (live, masked) = col.split_at_mut(t + 1);
+                masked.iter_mut().for_each(|v| *v = S::zero());
+                let mut m = S::c(f64::NEG_INFINITY);
+                for v in live.iter_mut() {
+                    *v = *v / sqrt_d;
+                    m = m.max(*v);
+                }
+                let mut sum = S::zero();
+                for v in live.iter_mut() {
+                    *v = exp(*v - m);
+                    sum += *v;
+                }
+                live.iter_mut().for_each(|v| *v = *v / sum);
+            }
+            // O = P V = (Pᵀ)ᵀ V.
+            o.iter_mut().for_each(|v| *v = S::zero());
+            product_acc(square(a, tt).t(), v, &mut o);
+            put_block(out.as_mut_slice(), rows, g, b, h * d, &o);
+        }
+    }
+    (out, probs)
+}
+
+/// The `n × n` column-major `a` as a view.
+fn square<S: Real>(a: &[S], n: usize) -> View<'_, S> {
+    View::col_major(a, n, n).expect("an n×n block holds n² elements")
+}
+
+impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
+    type Out = DMatrix<S>;
+
+    /// The attention output; the probabilities are kept in `op` for the derivative.
+    #[track_caller]
+    fn eval(&self, op: &CausalSelfAttention<'_>) -> DMatrix<S> {
+        let (out, probs) = forward(op.0, self);
+        op.1.set(Some(Box::new(Kept {
+            input: self.as_ptr() as usize,
+            output: out.as_ptr() as usize,
+            probs,
+        })));
+        out
+    }
+
+    fn jvp(&self, op: &CausalSelfAttention<'_>, out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+        let g = op.0;
+        g.check_input(dx);
+        let probs = op.probs(self, out);
+        let (rows, w, tt, d) = (g.rows(), g.width(), g.time, g.key_size);
+        let sqrt_d = S::from_f64((d as f64).sqrt());
+        let (xs, ts) = (self.as_slice(), dx.as_slice());
+        let mut dout = DMatrix::<S>::zeros(rows, w);
+        let mut e = vec![S::zero(); tt * tt];
+        let mut o = vec![S::zero(); tt * d];
+        for b in 0..g.batch {
+            for h in 0..g.heads {
+                let (q, k, v) = (
+                    block(xs, rows, g, b, h * d),
+                    block(xs, rows, g, b, w + h * d),
+                    block(xs, rows, g, b, 2 * w + h * d),
+                );
+                let (dq, dk, dv) = (
+                    block(ts, rows, g, b, h * d),
+                    block(ts, rows, g, b, w + h * d),
+                    block(ts, rows, g, b, 2 * w + h * d),
+                );
+                let a = &probs[(b * g.heads + h) * tt * tt..][..tt * tt];
+                // dLᵀ = (dK Qᵀ + K dQᵀ) / sqrt(d), then dPᵀ through the softmax.
+                e.iter_mut().for_each(|v| *v = S::zero());
+                product_acc(dk, q.t(), &mut e);
+                product_acc(k, dq.t(), &mut e);
+                e.iter_mut().for_each(|v| *v = *v / sqrt_d);
+                softmax_jacobian_t(a, &mut e, tt, None);
+                // dO = dP V + P dV.
+                o.iter_mut().for_each(|v| *v = S::zero());
+                product_acc(square(&e, tt).t(), v, &mut o);
+                product_acc(square(a, tt).t(), dv, &mut o);
+                put_block(dout.as_mut_slice(), rows, g, b, h * d, &o);
+            }
+        }
+        dout
+    }
+
+    fn vjp(&self, op: &CausalSelfAttention<'_>, out: &DMatrix<S>, gr: DMatrix<S>) -> DMatrix<S> {
+        let g = op.0;
+        assert_eq!(
+            gr.shape(),
+            (g.rows(), g.width()),
+            "causal_self_attention: a cotangent of the wrong shape for {g:?}"
+        );
+        let probs = op.probs(self, out);
+        let (rows, w, tt, d) = (g.rows(), g.width(), g.time, g.key_size);
+        let sqrt_d = S::from_f64((d as f64).sqrt());
+        let (xs, gs) = (self.as_slice(), gr.as_slice());
+        let mut dx = DMatrix::<S>::zeros(rows, 3 * w);
+        let mut e = vec![S::zero(); tt * tt];
+        let mut o = vec![S::zero(); tt * d];
+        for b in 0..g.batch {
+            for h in 0..g.heads {
+                let (q, k, v) = (
+                    block(xs, rows, g, b, h * d),
+                    block(xs, rows, g, b, w + h * d),
+                    block(xs, rows, g, b, 2 * w + h * d),
+                );
+                let go = block(gs, rows, g, b, h * d);
+                let a = &probs[(b * g.heads + h) * tt * tt..][..tt * tt];
+                let a_view = square(a, tt);
+                // dV = Pᵀ G.
+                o.iter_mut().for_each(|v| *v = S::zero());
+                product_acc(a_view, go, &mut o);
+                put_block(dx.as_mut_slice(), rows, g, b, 2 * w + h * d, &o);
+                // dPᵀ = V Gᵀ, then dLᵀ through the softmax and the scale.
+                e.iter_mut().for_each(|v| *v = S::zero());
+                product_acc(v, go.t(), &mut e);
+                softmax_jacobian_t(a, &mut e, tt, Some(sqrt_d));
+                let e_view = square(&e, tt);
+                // dQ = dL K = (dLᵀ)ᵀ K, dK = dLᵀ Q.
+                o.iter_mut().for_each(|v| *v = S::zero());
+                product_acc(e_view.t(), k, &mut o);
+                put_block(dx.as_mut_slice(), rows, g, b, h * d, &o);
+                o.iter_mut().for_each(|v| *v = S::zero());
+                product_acc(e_view, q, &mut o);
+                put_block(dx.as_mut_slice(), rows, g, b, w + h * d, &o);
+            }
+        }
+        dx
+    }
+}
+
+/// Causal multi-head self-attention of `qkv` (`[q | k | v]` columns, see the module) for
+/// `geometry`: haiku's `MultiHeadAttention` core with a causal mask, the heads
+/// concatenated.
+#[track_caller]
+pub fn causal_self_attention<S: Real>(
+    qkv: &DMatrix<S>,
+    geometry: &AttentionGeometry,
+) -> DMatrix<S> {
+    forward(geometry, qkv).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+    use crate::lanes::Lanes;
+
+    /// haiku's attention written from its definition in f64 loops, independent of the
+    /// rule: logits over all keys, `−1e30` where `s > t`, a softmax over the full row
+    /// (max subtracted), the weighted values; `x` row-major `[B·T, 3·H·d]`, result
+    /// row-major `[B·T, H·d]`.
+    fn plain_attention(x: &[f64], g: &AttentionGeometry) -> Vec<f64> {
+        let (tt, hh, d) = (g.time, g.heads, g.key_size);
+        let w = hh * d;
+        let at = |b: usize, t: usize, c: usize| x[(b * tt + t) * 3 * w + c];
+        let mut y = vec![0.0; g.rows() * w];
+        for b in 0..g.batch {
+            for h in 0..hh {
+                for t in 0..tt {
+                    let logits: Vec<f64> = (0..tt)
+                        .map(|s| {
+                            let l: f64 = (0..d)
+                                .map(|j| at(b, t, h * d + j) * at(b, s, w + h * d + j))
+                                .sum::<f64>()
+                                / (d as f64).sqrt();
+                            if s <= t {
+                                l
+                            } else {
+                                -1e30
+                            }
+                        })
+                        .collect();
+                    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for j in 0..d {
+                        y[(b * tt + t) * w + h * d + j] = (0..tt)
+                            .map(|s| e[s] / z * at(b, s, 2 * w + h * d + j))
+                            .sum();
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn normals(n: usize, seed: u64) -> Vec<f64> {
+        let mut v = vec![0.0f32; n];
+        Key::new(seed).fill_normal(&mut v);
+        v.into_iter().map(f64::from).collect()
+    }
+
+    /// A row-major `r × c` vector as a matrix.
+    fn from_rows(r: usize, c: usize, v: &[f64]) -> DMatrix<f64> {
+        DMatrix::from_fn(r, c, |i, j| v[i * c + j])
+    }
+
+    fn geometries() -> Vec<AttentionGeometry> {
+        vec![
+            AttentionGeometry::new(2, 5, 2, 3).unwrap(),
+            AttentionGeometry::new(1, 7, 3, 4).unwrap(),
+            AttentionGeometry::new(3, 1, 1, 2).unwrap(),
+        ]
+    }
+
+    /// The value against the definition. Mutations caught: scaling by `1/d` instead of
+    /// `1/sqrt(d)`; dropping the mask (letting `s ≤ t` become all `s`), both tried and
+    /// failing here.
+    #[test]
+    fn value_matches_the_definition() {
+        for (k, g) in geometries().into_iter().enumerate() {
+            let x = normals(g.rows() * 3 * g.width(), 1 + k as u64);
+            let y = causal_self_attention(&from_rows(g.rows(), 3 * g.width(), &x), &g);
+            let want = from_rows(g.rows(), g.width(), &plain_attention(&x, &g));
+            assert!((&y - &want).abs().max() < 1e-12, "{g:?}");
+        }
+    }
+
+    /// Both modes against f64 central differences of the definition, and the adjoint
+    /// identity ⟨vjp(u), t⟩ = ⟨u, jvp(t)⟩. Mutations caught: the softmax Jacobian without
+    /// its `− rowsum(P ∘ dP)` term; `dK` computed as `dL Q` (untransposed); the reverse
+    /// rule's scale omitted; each tried, each fails here.
+    #[test]
+    fn derivatives_match_central_differences() {
+        for (k, g) in geometries().into_iter().enumerate() {
+            let (r, c) = (g.rows(), 3 * g.width());
+            let xv = normals(r * c, 10 + k as u64);
+            let (x, t, u) = (
+                from_rows(r, c, &xv),
+                from_rows(r, c, &normals(r * c, 20 + k as u64)),
+                from_rows(r, g.width(), &normals(r * g.width(), 30 + k as u64)),
+            );
+            let op = CausalSelfAttention::new(&g);
+            let y = x.eval(&op);
+            let jvp = x.jvp(&op, &y, &t);
+            let vjp = x.vjp(&op, &y, u.clone());
+            // Forward mode: (f(x + h t) − f(x − h t)) / 2h, elementwise.
+            let h = 1e-6;
+            let tv: Vec<f64> = (0..r * c).map(|i| t[(i / c, i % c)]).collect();
+            let shifted = |sign: f64| {
+                let v: Vec<f64> = xv.iter().zip(&tv).map(|(a, b)| a + sign * h * b).collect();
+                from_rows(r, g.width(), &plain_attention(&v, &g))
+            };
+            let fd = (shifted(1.0) - shifted(-1.0)) / (2.0 * h);
+            assert!((&jvp - &fd).abs().max() < 1e-6, "{g:?} jvp");
+            // Reverse mode: d⟨u, f(x)⟩ / dx_i by central differences, every element.
+            let f = |v: &[f64]| from_rows(r, g.width(), &plain_attention(v, &g)).dot(&u);
+            for i in 0..r * c {
+                let (mut a, mut b) = (xv.clone(), xv.clone());
+                a[i] += h;
+                b[i] -= h;
+                let fd = (f(&a) - f(&b)) / (2.0 * h);
+                let got = vjp[(i / c, i % c)];
+                assert!((got - fd).abs() < 1e-6, "{g:?} element {i}: {got} vs {fd}");
+            }
+            assert!((vjp.dot(&t) - u.dot(&jvp)).abs() < 1e-10, "{g:?} adjoint");
+        }
+    }
+
+    /// The probabilities `eval` keeps are the ones the derivative would recompute: a
+    /// derivative after `eval` equals one on a fresh op (nothing kept), and the first
+    /// derivative takes what was kept. Mutation caught: keeping the probabilities
+    /// before normalization (tried: the gradients differ).
+    #[test]
+    fn kept_probabilities_equal_recomputed_ones() {
+        let g = geometries()[1];
+        let (r, c) = (g.rows(), 3 * g.width());
+        let x = from_rows(r, c, &normals(r * c, 3));
+        let u = from_rows(r, g.width(), &normals(r * g.width(), 4));
+        let op = CausalSelfAttention::new(&g);
+        let y = x.eval(&op);
+        let kept = x.vjp(&op, &y, u.clone());
+        assert!(op.1.take().is_none(), "the derivative took what eval kept");
+        let fresh = x.vjp(&CausalSelfAttention::new(&g), &y, u);
+        assert_eq!(kept, fresh);
+    }
+
+    /// Each lane of a packed attention is its own `f32` instance's, within the matrix
+    /// products' and `exp`'s 1e-6 (README, "What batched == serial promises"), value,
+    /// tangent and cotangent. Mutation caught: reading the probabilities of lane 0 for
+    /// every lane (a kept buffer of the wrong scalar type would be one way).
+    #[test]
+    fn lanes_are_their_f32_instances() {
+        let g = AttentionGeometry::new(2, 6, 2, 8).unwrap();
+        let (r, c) = (g.rows(), 3 * g.width());
+        let draw = |seed: u64, cols: usize| -> Vec<DMatrix<f32>> {
+            (0..8)
+                .map(|l| {
+                    DMatrix::from_vec(
+                        r,
+                        cols,
+                        normals(r * cols, seed * 100 + l)
+                            .iter()
+                            .map(|&v| v as f32)
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        let pack = |m: &[DMatrix<f32>]| {
+            DMatrix::<Lanes<8>>::from_fn(m[0].nrows(), m[0].ncols(), |i, j| {
+                Lanes::from_lanes(|l| m[l][(i, j)] as f64)
+            })
+        };
+        let (xs, ts, us) = (draw(1, c), draw(2, c), draw(3, g.width()));
+        let (xp, tp, up) = (pack(&xs), pack(&ts), pack(&us));
+        let op = CausalSelfAttention::new(&g);
+        let yp = xp.eval(&op);
+        let (jp, vp) = (xp.jvp(&op, &yp, &tp), xp.vjp(&op, &yp, up));
+        for l in 0..8 {
+            let op = CausalSelfAttention::new(&g);
+            let y = xs[l].eval(&op);
+            let (j, v) = (
+                xs[l].jvp(&op, &y, &ts[l]),
+                xs[l].vjp(&op, &y, us[l].clone()),
+            );
+            for (packed, single) in [(&yp, &y), (&jp, &j), (&vp, &v)] {
+                let scale = single.abs().max().max(1e-30);
+                for (a, b) in packed.iter().zip(single.iter()) {
+                    let err = (a.lane(l) as f32 - b).abs() / scale;
+                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_sizes_are_refused() {
+        assert!(matches!(
+            AttentionGeometry::new(1, 0, 2, 3),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(AttentionGeometry::new(0, 1, 1, 1).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "batch·time rows")]
+    fn wrong_input_shape_panics_with_the_shapes() {
+        let g = geometries()[0];
+        causal_self_attention(&DMatrix::<f32>::zeros(g.rows(), g.width()), &g);
+    }
+}
