@@ -60,6 +60,7 @@ pub mod norm;
 pub mod op;
 mod pointwise;
 mod reduce;
+pub mod select;
 mod shape;
 pub mod slice;
 mod softmax;
@@ -68,6 +69,7 @@ mod tests;
 
 pub(crate) use elementwise::lift;
 pub use pointwise::Pointwise;
+pub use select::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};
 
 use std::borrow::Cow;
 

@@ -21,6 +21,7 @@ pub use crate::primitives::declared::markers::*;
 pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
 pub use super::gather::{Embed, TakeAlong};
 pub use super::norm::{LayerNorm, RmsNorm};
+pub use super::select::Clip;
 pub use super::slice::{Columns, HConcat, Reshape, Rows, VConcat};
 
 markers!(
@@ -36,6 +37,16 @@ markers!(
     Max,
     /// Elementwise minimum.
     Min,
+    /// `a > b` elementwise: 1 where true, 0 where false (a mask for `select`).
+    Gt,
+    /// `a >= b` elementwise, as a mask.
+    Ge,
+    /// `a < b` elementwise, as a mask.
+    Lt,
+    /// `a <= b` elementwise, as a mask.
+    Le,
+    /// `ln(e^a + e^b)`, elementwise and stable.
+    LogAddExp,
     /// `a.powf(b)`.
     Powf,
     /// Inner product of two vectors or matrices (sum of elementwise products).
