@@ -884,7 +884,7 @@ impl<'a> Lowerer<'a> {
     /// A non-differentiated value converted to the scalar type.
     fn data(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> VarId {
         let borrow = self.is_data_place(e);
-        let expr = self.rewrite_passive(e);
+        let expr = self.rewrite_passive(&with_scalar(e, &self.scalar));
         let access = if borrow { Access::Deref } else { Access::Owned };
         self.def(out, Kind::Const, access, Rhs::Data { expr, borrow })
     }
@@ -1064,12 +1064,21 @@ impl<'a> Lowerer<'a> {
             return err(labels, "labels cannot be differentiated");
         }
         let x = self.lower_expr(logits, out)?;
-        let labels = self.rewrite_passive(strip_ref(labels));
+        let inner = strip_ref(labels);
+        // A place is borrowed; a temporary (`&labels_from(batch)`) is copied, so the op
+        // does not outlive it. Spanned at the argument: labels of another type are one
+        // error there, listing the integer types that work.
+        let read = if is_place(inner) {
+            quote!(labels_of)
+        } else {
+            quote!(owned_labels)
+        };
+        let span = syn::spanned::Spanned::span(labels);
+        let l = self.rewrite_passive(inner);
+        let read = respan(quote!(::lopt::__private::ad::#read(&(#l))), span);
         Ok(self.unary(
             out,
-            quote!(::lopt::__private::ad::op::#op::new(
-                ::core::convert::AsRef::<[i32]>::as_ref(&(#labels))
-            )),
+            quote!(::lopt::__private::ad::op::#op::from_labels(#read)),
             x,
         ))
     }
@@ -1178,6 +1187,48 @@ fn is_atomic(e: &Expr) -> bool {
         },
         _ => false,
     }
+}
+
+/// A place expression (a variable, a field, an element): borrowing it outlives the
+/// statement that reads it.
+fn is_place(e: &Expr) -> bool {
+    match e {
+        Expr::Path(_) => true,
+        Expr::Field(f) => is_place(&f.base),
+        Expr::Index(i) => is_place(&i.expr),
+        Expr::Paren(p) => is_place(&p.expr),
+        Expr::Reference(r) => is_place(&r.expr),
+        _ => false,
+    }
+}
+
+/// `DVector::zeros(n)` as `DVector::<S>::zeros(n)` (also `DMatrix`, `RowDVector`), in
+/// data read as a value of the loss: plain Rust infers the element type from the later
+/// uses, which the generated code's conversion to `S` hides.
+fn with_scalar(e: &Expr, scalar: &syn::Type) -> Expr {
+    struct V<'a>(&'a syn::Type);
+    impl VisitMut for V<'_> {
+        fn visit_expr_call_mut(&mut self, c: &mut syn::ExprCall) {
+            if let Expr::Path(p) = &mut *c.func {
+                let segs = &mut p.path.segments;
+                if p.qself.is_none() && segs.len() == 2 {
+                    let first = &mut segs[0];
+                    let generic = ["DVector", "DMatrix", "RowDVector"]
+                        .iter()
+                        .any(|t| first.ident == t);
+                    if generic && first.arguments.is_none() {
+                        let s = self.0;
+                        first.arguments =
+                            syn::PathArguments::AngleBracketed(syn::parse_quote!(::<#s>));
+                    }
+                }
+            }
+            syn::visit_mut::visit_expr_call_mut(self, c);
+        }
+    }
+    let mut e = e.clone();
+    V(scalar).visit_expr_mut(&mut e);
+    e
 }
 
 /// `(a, b)` when `e` is `a + b` (in parentheses or not).

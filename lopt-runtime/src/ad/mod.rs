@@ -55,6 +55,7 @@ mod data;
 pub mod derivative_check;
 mod elementwise;
 pub mod gather;
+mod labels;
 mod matmul;
 pub mod norm;
 pub mod op;
@@ -68,6 +69,7 @@ mod softmax;
 mod tests;
 
 pub(crate) use elementwise::lift;
+pub use labels::{labels_of, owned_labels, Labels};
 pub use pointwise::Pointwise;
 pub use select::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};
 

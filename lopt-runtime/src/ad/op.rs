@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::Cell;
 
 macro_rules! markers {
@@ -89,11 +90,16 @@ pub struct Index2(pub usize, pub usize);
 macro_rules! cross_entropy_op {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        pub struct $name<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
+        pub struct $name<'a>(pub Cow<'a, [i32]>, pub(crate) Cell<Option<Box<dyn Any + Send>>>);
 
         impl<'a> $name<'a> {
             /// The op for `labels` (one class index per example), with nothing kept yet.
             pub fn new(labels: &'a [i32]) -> Self {
+                $name(Cow::Borrowed(labels), Cell::new(None))
+            }
+            /// The op for labels borrowed or owned (what `#[task]` builds from any
+            /// [`Labels`](crate::ad::Labels)).
+            pub fn from_labels(labels: Cow<'a, [i32]>) -> Self {
                 $name(labels, Cell::new(None))
             }
         }
@@ -101,7 +107,7 @@ macro_rules! cross_entropy_op {
         impl Clone for $name<'_> {
             /// The same labels, with nothing kept.
             fn clone(&self) -> Self {
-                Self::new(self.0)
+                Self::from_labels(self.0.clone())
             }
         }
 
