@@ -61,7 +61,7 @@ pub mod norm;
 pub mod op;
 mod pointwise;
 mod reduce;
-pub mod select;
+pub mod selection;
 mod shape;
 pub mod slice;
 mod softmax;
@@ -71,7 +71,7 @@ mod tests;
 pub(crate) use elementwise::lift;
 pub use labels::{labels_of, owned_labels, Labels};
 pub use pointwise::Pointwise;
-pub use select::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};
+pub use selection::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};
 
 use std::borrow::Cow;
 

@@ -22,7 +22,7 @@ pub use crate::primitives::declared::markers::*;
 pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
 pub use super::gather::{Embed, TakeAlong};
 pub use super::norm::{LayerNorm, RmsNorm};
-pub use super::select::Clip;
+pub use super::selection::Clip;
 pub use super::slice::{Columns, HConcat, Reshape, Rows, VConcat};
 
 markers!(
