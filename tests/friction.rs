@@ -13,7 +13,9 @@
 //! Mutations tried (each made the named test fail, then was reverted): the macro no
 //! longer adding `::<S>` to `DVector::zeros` (`loop_carried_zeros_need_no_turbofish` no
 //! longer compiles: E0283); temporaries borrowed like places
-//! (`temporary_labels_and_every_label_type` no longer compiles: E0716).
+//! (`temporary_labels_and_every_label_type` no longer compiles: E0716); the rewrite also
+//! applied to `from_element` (`carried_values_from_element_keep_their_type` no longer
+//! compiles: E0308).
 
 use lopt::gradcheck::{check_gradient, GradCheck};
 use lopt::prelude::*;
@@ -123,4 +125,35 @@ fn temporary_labels_and_every_label_type() {
     check_labels(l.iter().map(|&v| v as i32).collect(), &l);
     check_labels(l.iter().map(|&v| v as i64).collect(), &l);
     check_labels(l.to_vec(), &l);
+}
+
+/// A carried value started from a constructor that takes its element
+/// (`DMatrix::from_element(r, c, 0.5)`): the element's type (`f64` data) is kept and
+/// converted, as before the `zeros` rewrite.
+#[task]
+fn from_element_start<S: Real>(w: &DMatrix<S>, steps: &usize) -> S {
+    let mut acc = DMatrix::from_element(w.nrows(), w.ncols(), 0.5);
+    for _ in 0..*steps {
+        acc = component_mul(&acc, w) + 0.1;
+    }
+    sum(acc)
+}
+
+#[test]
+fn carried_values_from_element_keep_their_type() {
+    let w = rand_mat(2, 3, 5, 0.8);
+    let reference = |w: &DMatrix<f64>| {
+        w.iter()
+            .map(|&x| (0..3).fold(0.5, |a, _| a * x + 0.1))
+            .sum::<f64>()
+    };
+    assert!((from_element_start(&w, &3) - reference(&w)).abs() < 1e-12);
+    let report = check_gradient(
+        &w,
+        reference,
+        |w| from_element_start::value_and_grad(w, &3),
+        |w, t| from_element_start::value_and_jvp(w, t, &3),
+        &GradCheck::default(),
+    );
+    assert!(report.passed(), "{report}");
 }

@@ -1202,16 +1202,19 @@ fn is_place(e: &Expr) -> bool {
     }
 }
 
-/// `DVector::zeros(n)` as `DVector::<S>::zeros(n)` (also `DMatrix`, `RowDVector`), in
-/// data read as a value of the loss: plain Rust infers the element type from the later
-/// uses, which the generated code's conversion to `S` hides.
+/// `DVector::zeros(n)` as `DVector::<S>::zeros(n)` (also `DMatrix`, `RowDVector`, and
+/// `identity`), in data read as a value of the loss: plain Rust infers the element type
+/// from the later uses, which the generated code's conversion to `S` hides. Constructors
+/// that take an element (`from_element(n, 0.5)`) keep the element's own type.
 fn with_scalar(e: &Expr, scalar: &syn::Type) -> Expr {
     struct V<'a>(&'a syn::Type);
     impl VisitMut for V<'_> {
         fn visit_expr_call_mut(&mut self, c: &mut syn::ExprCall) {
             if let Expr::Path(p) = &mut *c.func {
                 let segs = &mut p.path.segments;
-                if p.qself.is_none() && segs.len() == 2 {
+                let untyped =
+                    segs.len() == 2 && ["zeros", "identity"].iter().any(|m| segs[1].ident == m);
+                if p.qself.is_none() && untyped {
                     let first = &mut segs[0];
                     let generic = ["DVector", "DMatrix", "RowDVector"]
                         .iter()
