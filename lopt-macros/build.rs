@@ -59,6 +59,7 @@ fn main() {
                     "labels" => "Kind::Labels".to_string(),
                     "data" => "Kind::WithData".to_string(),
                     "two_sizes" => "Kind::TwoSizes".to_string(),
+                    "scalar_bounds" => "Kind::ScalarBounds".to_string(),
                     other => {
                         panic!("lopt-macros: unknown form `{other}` for `{name}` in declared.rs")
                     }

@@ -43,6 +43,7 @@ pub use lopt_macros::*;
 pub use lopt_runtime::*;
 
 pub mod eval_training;
+pub mod language;
 
 /// What `main` returns for `result`: success, or the error's message (its `Display`, not
 /// its `Debug` form) on standard error and a failure code. Examples end with it:

@@ -81,6 +81,23 @@ pub fn reshape<X: Unary<op::Reshape>>(x: &X, rows: usize, cols: usize) -> X::Out
     x.eval(&op::Reshape(rows, cols))
 }
 
+/// `select(mask, a, b)` (`jnp.where(mask, a, b)`): per element, `a` where the mask is
+/// non-zero, else `b`. A scalar `a` or `b` is broadcast over a matrix mask.
+///
+/// # Panics
+/// When a matrix operand does not have the mask's shape.
+#[inline]
+#[track_caller]
+pub fn select<M: crate::ad::Where<A, B>, A, B>(mask: &M, a: &A, b: &B) -> M::Out {
+    mask.eval(a, b)
+}
+
+/// `x` clipped to `[lo, hi]`, elementwise (`jnp.clip(x, lo, hi)`).
+#[inline]
+pub fn clip<S, X: Unary<op::Clip<S>>>(x: &X, lo: S, hi: S) -> X::Out {
+    x.eval(&op::Clip(lo, hi))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

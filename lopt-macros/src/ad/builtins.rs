@@ -20,6 +20,8 @@ pub enum Kind {
     /// `Unary<op::Marker(a as usize, b as usize)>`: two non-differentiated sizes
     /// (`x.rows(start, len)`, `reshape(x, rows, cols)`).
     TwoSizes,
+    /// `Unary<op::Marker::new(lo, hi)>`: two non-differentiated scalars (`clip`).
+    ScalarBounds,
 }
 
 include!(concat!(env!("OUT_DIR"), "/declared.rs"));
@@ -39,6 +41,10 @@ pub enum Builtin {
     WithData(&'static str),
     /// `Unary<op::Name(a as usize, b as usize)>`: two non-differentiated sizes.
     TwoSizes(&'static str),
+    /// `Unary<op::Name::new(lo, hi)>`: two non-differentiated scalars.
+    ScalarBounds(&'static str),
+    /// `select(mask, a, b)`: `Where<A, B>` on the mask.
+    Select,
     /// Explicit data conversion `data(x)`.
     Data,
     /// `x.clone()`: the same value.
@@ -53,6 +59,7 @@ pub fn lookup(name: &str) -> Option<Builtin> {
         "data" => Builtin::Data,
         "clone" => Builtin::Identity,
         "stop_gradient" => Builtin::StopGradient,
+        "select" => Builtin::Select,
         _ => {
             let &(_, marker, kind) = DECLARED.iter().find(|(n, _, _)| *n == name)?;
             match kind {
@@ -62,6 +69,7 @@ pub fn lookup(name: &str) -> Option<Builtin> {
                 Kind::Labels => Builtin::SoftmaxCrossEntropy(marker),
                 Kind::WithData => Builtin::WithData(marker),
                 Kind::TwoSizes => Builtin::TwoSizes(marker),
+                Kind::ScalarBounds => Builtin::ScalarBounds(marker),
             }
         }
     })

@@ -126,6 +126,10 @@ impl<'a> Emitter<'a> {
                 let (px, po) = (self.place(*x), self.place(*op));
                 quote!(#ad::Unary::eval(&#px, &#po))
             }
+            Rhs::Select { mask, a, b } => {
+                let (pm, pa, pb) = (self.place(*mask), self.place(*a), self.place(*b));
+                quote!(#ad::Where::eval(&#pm, &#pa, &#pb))
+            }
             Rhs::ArgRead { arg, path } => {
                 let a = &self.args[*arg];
                 let id = &a.ident;
@@ -214,6 +218,17 @@ impl<'a> Emitter<'a> {
                                     (::core::option::Option::None, ::core::option::Option::None) => ::core::option::Option::None,
                                     (__ta, __tb) => ::core::option::Option::Some(
                                         #ad::Binary::<#op, _>::jvp(&#pa, &#pb, &#v, __ta, __tb)),
+                                }
+                            }
+                        }
+                        Rhs::Select { mask, a, b } => {
+                            let (pm, pa, pb) = (self.place(*mask), self.place(*a), self.place(*b));
+                            let (ta, tb) = (self.tan_ref(*a), self.tan_ref(*b));
+                            quote! {
+                                match (#ta, #tb) {
+                                    (::core::option::Option::None, ::core::option::Option::None) => ::core::option::Option::None,
+                                    (__ta, __tb) => ::core::option::Option::Some(
+                                        #ad::Where::jvp(&#pm, &#pa, &#pb, __ta, __tb)),
                                 }
                             }
                         }
@@ -466,6 +481,22 @@ impl<'a> Emitter<'a> {
                     Rhs::Unary { op, x } => {
                         let (px, po) = (self.place(*x), self.place(*op));
                         self.acc(*x, quote!(#ad::Unary::vjp(&#px, &#po, &#pv, __g)))
+                    }
+                    Rhs::Select { mask, a, b } => {
+                        let (pm, pa, pb) = (self.place(*mask), self.place(*a), self.place(*b));
+                        let (na, nb) = (self.active(*a), self.active(*b));
+                        let mut t = quote! {
+                            let (__ga, __gb) = #ad::Where::vjp(&#pm, &#pa, &#pb, __g, #na, #nb);
+                        };
+                        if na {
+                            let da = d_ident(*a);
+                            t.extend(quote!(#ad::acc_opt(&mut #da, __ga);));
+                        }
+                        if nb {
+                            let db = d_ident(*b);
+                            t.extend(quote!(#ad::acc_opt(&mut #db, __gb);));
+                        }
+                        t
                     }
                     Rhs::ArgRead { arg, path } => {
                         let dp = path_slot(self.path_index(*arg, path));

@@ -50,6 +50,8 @@ pub struct CallArg {
 pub enum Rhs {
     /// `<A as Binary<op, B>>`.
     Binary { op: TokenStream, a: VarId, b: VarId },
+    /// `select(mask, a, b)`: `<M as Where<A, B>>` (the mask is never differentiated).
+    Select { mask: VarId, a: VarId, b: VarId },
     /// `<X as Unary<Op>>` with the op value held in an opaque variable.
     Unary { op: VarId, x: VarId },
     /// A read of differentiated argument `arg` followed by a field path (`.w1.b`).

@@ -131,6 +131,11 @@ impl<'a> Lowerer<'a> {
             (Rhs::Unary { x, .. }, Kind::Active) if self.vars[*x].kind != Kind::Active => {
                 Kind::Const
             }
+            (Rhs::Select { a, b, .. }, Kind::Active)
+                if self.vars[*a].kind != Kind::Active && self.vars[*b].kind != Kind::Active =>
+            {
+                Kind::Const
+            }
             _ => kind,
         };
         let var = self.new_var(kind, access);
@@ -648,7 +653,14 @@ impl<'a> Lowerer<'a> {
                 let a = self.lower_expr(&b.left, out)?;
                 let c = self.lower_expr(&b.right, out)?;
                 let (pa, pc) = (self.place(a), self.place(c));
-                Ok(Cond::Mask(quote!(::lopt::Real::#f(#pa, #pc))))
+                // Spanned at the condition: comparing matrices is one error there, naming
+                // `select` (the trait's `on_unimplemented`).
+                let span = syn::spanned::Spanned::span(e);
+                let f = quote::format_ident!("if_{}", f.to_string());
+                Ok(Cond::Mask(respan(
+                    quote!(::lopt::__private::ad::#f(&#pa, &#pc)),
+                    span,
+                )))
             }
             _ if self.mentions_active(e) => err(
                 e,
@@ -702,6 +714,11 @@ impl<'a> Lowerer<'a> {
                     _ => Ok(self.data(e, out)),
                 }
             }
+            Expr::Binary(b)
+                if is_comparison(&b.op) || matches!(b.op, BinOp::And(_) | BinOp::Or(_)) =>
+            {
+                Ok(self.lower_mask(e, out)?.0)
+            }
             Expr::Binary(b) => {
                 let op = match b.op {
                     BinOp::Add(_) => "Add",
@@ -711,8 +728,8 @@ impl<'a> Lowerer<'a> {
                     _ => {
                         return err(
                             b.op,
-                            "unsupported operator on differentiated values; supported: + - * / \
-                             (and comparisons inside `if` conditions)",
+                            "unsupported operator on differentiated values; supported: + - * /, \
+                             and comparisons < <= > >= (masks for `select`, or `if` conditions)",
                         )
                     }
                 };
@@ -726,7 +743,8 @@ impl<'a> Lowerer<'a> {
                     Ok(self.unary(out, quote!(::lopt::__private::ad::op::Neg), x))
                 }
                 UnOp::Deref(_) => self.lower_expr(&u.expr, out),
-                _ => err(u, "`!` is only supported inside `if` conditions"),
+                UnOp::Not(_) => Ok(self.lower_mask(e, out)?.0),
+                _ => err(u, "unsupported unary operator"),
             },
             Expr::Call(c) => self.lower_call(c, out),
             Expr::MethodCall(m) => self.lower_method(m, out),
@@ -774,10 +792,99 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// The mask of a `select`: comparisons (`a > b`, elementwise, of values or data),
+    /// combined with `&&`, `||` and `!`, or a data value (non-zero = true). Returns the
+    /// (never differentiated) mask and whether it holds only 0 and 1.
+    fn lower_mask(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> Result<(VarId, bool)> {
+        let binary = |l: &mut Self, out: &mut Vec<Stmt>, op: &str, a: VarId, b: VarId| {
+            l.def(
+                out,
+                Kind::Const,
+                Access::Owned,
+                Rhs::Binary {
+                    op: op_marker(op),
+                    a,
+                    b,
+                },
+            )
+        };
+        match e {
+            Expr::Paren(p) => self.lower_mask(&p.expr, out),
+            Expr::Group(g) => self.lower_mask(&g.expr, out),
+            Expr::Binary(b) if is_comparison(&b.op) => {
+                let op =
+                    match b.op {
+                        BinOp::Lt(_) => "Lt",
+                        BinOp::Le(_) => "Le",
+                        BinOp::Gt(_) => "Gt",
+                        BinOp::Ge(_) => "Ge",
+                        _ => return err(
+                            e,
+                            "compare with <, <=, > or >= (== and != on floats are not supported)",
+                        ),
+                    };
+                let a = self.lower_expr(&b.left, out)?;
+                let c = self.lower_expr(&b.right, out)?;
+                Ok((binary(self, out, op, a, c), true))
+            }
+            Expr::Binary(b) if matches!(b.op, BinOp::And(_) | BinOp::Or(_)) => {
+                let l = self.lower_mask(&b.left, out)?;
+                let r = self.lower_mask(&b.right, out)?;
+                let (l, r) = (self.normalized(l, out), self.normalized(r, out));
+                let op = if matches!(b.op, BinOp::And(_)) {
+                    "Min"
+                } else {
+                    "Max"
+                };
+                Ok((binary(self, out, op, l, r), true))
+            }
+            Expr::Unary(u) if matches!(u.op, UnOp::Not(_)) => {
+                // 1 where the mask is 0: |m| <= 0.
+                let m = self.lower_mask(&u.expr, out)?.0;
+                let abs = self.unary(out, op_marker("Abs"), m);
+                self.vars[abs].kind = Kind::Const;
+                let zero = self.def(out, Kind::Const, Access::Owned, Rhs::Lit(quote!(0.0)));
+                Ok((binary(self, out, "Le", abs, zero), true))
+            }
+            _ => {
+                let m = self.lower_expr(e, out)?;
+                if self.vars[m].kind == Kind::Active {
+                    return err(
+                        e,
+                        "the mask of `select` is not differentiated: write a comparison \
+                         (`select(x > 0.0, x, 0.1 * x)`) or pass data (non-zero = true), or \
+                         `stop_gradient(..)` of a value",
+                    );
+                }
+                Ok((m, false))
+            }
+        }
+    }
+
+    /// A mask as 0 and 1 (`|m| > 0`) unless it is already.
+    fn normalized(&mut self, (m, is01): (VarId, bool), out: &mut Vec<Stmt>) -> VarId {
+        if is01 {
+            return m;
+        }
+        let abs = self.unary(out, op_marker("Abs"), m);
+        self.vars[abs].kind = Kind::Const;
+        let zero = self.def(out, Kind::Const, Access::Owned, Rhs::Lit(quote!(0.0)));
+        self.def(
+            out,
+            Kind::Const,
+            Access::Owned,
+            Rhs::Binary {
+                op: op_marker("Gt"),
+                a: abs,
+                b: zero,
+            },
+        )
+    }
+
     /// A non-differentiated value converted to the scalar type.
     fn data(&mut self, e: &Expr, out: &mut Vec<Stmt>) -> VarId {
         let borrow = self.is_data_place(e);
-        let expr = self.rewrite_passive(e);
+        let expr = self.rewrite_passive(&with_scalar(e, &self.scalar));
         let access = if borrow { Access::Deref } else { Access::Owned };
         self.def(out, Kind::Const, access, Rhs::Data { expr, borrow })
     }
@@ -797,7 +904,7 @@ impl<'a> Lowerer<'a> {
     ) -> Result<VarId> {
         let want = match b {
             Builtin::Unary(_) | Builtin::Data | Builtin::Identity | Builtin::StopGradient => 1,
-            Builtin::TwoSizes(_) => 3,
+            Builtin::TwoSizes(_) | Builtin::Select | Builtin::ScalarBounds(_) => 3,
             _ => 2,
         };
         if args.len() != want {
@@ -876,6 +983,36 @@ impl<'a> Lowerer<'a> {
                     },
                 ))
             }
+            Builtin::Select => {
+                let m = self.lower_mask(args[0], out)?.0;
+                let a = self.lower_expr(args[1], out)?;
+                let c = self.lower_expr(args[2], out)?;
+                Ok(self.def(
+                    out,
+                    Kind::Active,
+                    Access::Owned,
+                    Rhs::Select { mask: m, a, b: c },
+                ))
+            }
+            Builtin::ScalarBounds(op) => {
+                for a in &args[1..] {
+                    if self.mentions_active(a) {
+                        return err(
+                            a,
+                            format!(
+                                "the bounds of `{name}` are not differentiated; for a \
+                                 differentiated bound write `min(max(x, lo), hi)`"
+                            ),
+                        );
+                    }
+                }
+                let x = self.lower_expr(args[0], out)?;
+                let lo = self.lower_expr(args[1], out)?;
+                let hi = self.lower_expr(args[2], out)?;
+                let (lo, hi) = (self.place(lo), self.place(hi));
+                let op = op_marker(op);
+                Ok(self.unary(out, quote!(#op::new(#lo, #hi)), x))
+            }
             Builtin::TwoSizes(op) => {
                 for a in &args[1..] {
                     if self.mentions_active(a) {
@@ -927,12 +1064,21 @@ impl<'a> Lowerer<'a> {
             return err(labels, "labels cannot be differentiated");
         }
         let x = self.lower_expr(logits, out)?;
-        let labels = self.rewrite_passive(strip_ref(labels));
+        let inner = strip_ref(labels);
+        // A place is borrowed; a temporary (`&labels_from(batch)`) is copied, so the op
+        // does not outlive it. Spanned at the argument: labels of another type are one
+        // error there, listing the integer types that work.
+        let read = if is_place(inner) {
+            quote!(labels_of)
+        } else {
+            quote!(owned_labels)
+        };
+        let span = syn::spanned::Spanned::span(labels);
+        let l = self.rewrite_passive(inner);
+        let read = respan(quote!(::lopt::__private::ad::#read(&(#l))), span);
         Ok(self.unary(
             out,
-            quote!(::lopt::__private::ad::op::#op::new(
-                ::core::convert::AsRef::<[i32]>::as_ref(&(#labels))
-            )),
+            quote!(::lopt::__private::ad::op::#op::from_labels(#read)),
             x,
         ))
     }
@@ -1043,6 +1189,51 @@ fn is_atomic(e: &Expr) -> bool {
     }
 }
 
+/// A place expression (a variable, a field, an element): borrowing it outlives the
+/// statement that reads it.
+fn is_place(e: &Expr) -> bool {
+    match e {
+        Expr::Path(_) => true,
+        Expr::Field(f) => is_place(&f.base),
+        Expr::Index(i) => is_place(&i.expr),
+        Expr::Paren(p) => is_place(&p.expr),
+        Expr::Reference(r) => is_place(&r.expr),
+        _ => false,
+    }
+}
+
+/// `DVector::zeros(n)` as `DVector::<S>::zeros(n)` (also `DMatrix`, `RowDVector`, and
+/// `identity`), in data read as a value of the loss: plain Rust infers the element type
+/// from the later uses, which the generated code's conversion to `S` hides. Constructors
+/// that take an element (`from_element(n, 0.5)`) keep the element's own type.
+fn with_scalar(e: &Expr, scalar: &syn::Type) -> Expr {
+    struct V<'a>(&'a syn::Type);
+    impl VisitMut for V<'_> {
+        fn visit_expr_call_mut(&mut self, c: &mut syn::ExprCall) {
+            if let Expr::Path(p) = &mut *c.func {
+                let segs = &mut p.path.segments;
+                let untyped =
+                    segs.len() == 2 && ["zeros", "identity"].iter().any(|m| segs[1].ident == m);
+                if p.qself.is_none() && untyped {
+                    let first = &mut segs[0];
+                    let generic = ["DVector", "DMatrix", "RowDVector"]
+                        .iter()
+                        .any(|t| first.ident == t);
+                    if generic && first.arguments.is_none() {
+                        let s = self.0;
+                        first.arguments =
+                            syn::PathArguments::AngleBracketed(syn::parse_quote!(::<#s>));
+                    }
+                }
+            }
+            syn::visit_mut::visit_expr_call_mut(self, c);
+        }
+    }
+    let mut e = e.clone();
+    V(scalar).visit_expr_mut(&mut e);
+    e
+}
+
 /// `(a, b)` when `e` is `a + b` (in parentheses or not).
 fn add_args(e: &Expr) -> Option<(&Expr, &Expr)> {
     match strip_ref(e) {
@@ -1146,6 +1337,22 @@ fn compound_op(op: &BinOp) -> Option<&'static str> {
         BinOp::DivAssign(_) => "Div",
         _ => return None,
     })
+}
+
+/// `t` with every token at `span` (so an error in it is reported there).
+fn respan(t: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    t.into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                tt = proc_macro2::TokenTree::Group(ng);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 pub fn op_marker(name: &str) -> TokenStream {

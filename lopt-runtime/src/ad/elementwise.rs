@@ -295,7 +295,12 @@ matrix_matrix!(
     op::ComponentMul,
     op::ComponentDiv,
     op::Max,
-    op::Min
+    op::Min,
+    op::Gt,
+    op::Ge,
+    op::Lt,
+    op::Le,
+    op::LogAddExp,
 );
 
 // ---- matrix ∘ scalar and scalar ∘ matrix ----
@@ -452,7 +457,12 @@ matrix_scalar!(
     op::Div,
     op::Max,
     op::Min,
-    op::Powf
+    op::Powf,
+    op::Gt,
+    op::Ge,
+    op::Lt,
+    op::Le,
+    op::LogAddExp,
 );
 
 macro_rules! scalar_matrix {
@@ -498,7 +508,12 @@ scalar_matrix!(
     op::Mul,
     op::Div,
     op::Max,
-    op::Min
+    op::Min,
+    op::Gt,
+    op::Ge,
+    op::Lt,
+    op::Le,
+    op::LogAddExp,
 );
 
 // ---- a vector broadcast over the rows of a DMatrix ----

@@ -13,6 +13,10 @@ use crate::scalar::Real;
 use super::Unary;
 
 /// An integer id or label.
+#[diagnostic::on_unimplemented(
+    message = "ids and labels are integers (u8, u16, u32, u64, usize, i32 or i64), not `{Self}`",
+    label = "not integer ids or labels"
+)]
 pub trait Id: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// The id as an index, `None` when negative.
     fn index(self) -> Option<usize>;

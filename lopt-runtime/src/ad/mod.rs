@@ -56,11 +56,13 @@ mod data;
 pub mod derivative_check;
 mod elementwise;
 pub mod gather;
+mod labels;
 mod matmul;
 pub mod norm;
 pub mod op;
 mod pointwise;
 mod reduce;
+pub mod selection;
 mod shape;
 pub mod slice;
 mod softmax;
@@ -68,7 +70,9 @@ mod softmax;
 mod tests;
 
 pub(crate) use elementwise::lift;
+pub use labels::{labels_of, owned_labels, Labels};
 pub use pointwise::Pointwise;
+pub use selection::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};
 
 use std::borrow::Cow;
 

@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::Cell;
 
 macro_rules! markers {
@@ -22,6 +23,7 @@ pub use super::attention::CausalSelfAttention;
 pub use super::conv::{AvgPool2d, GlobalMeanPool, Im2col, MaxPool2d};
 pub use super::gather::{Embed, TakeAlong};
 pub use super::norm::{LayerNorm, RmsNorm, ScaleColumns};
+pub use super::selection::Clip;
 pub use super::slice::{Columns, HConcat, Reshape, Rows, VConcat};
 
 markers!(
@@ -37,6 +39,16 @@ markers!(
     Max,
     /// Elementwise minimum.
     Min,
+    /// `a > b` elementwise: 1 where true, 0 where false (a mask for `select`).
+    Gt,
+    /// `a >= b` elementwise, as a mask.
+    Ge,
+    /// `a < b` elementwise, as a mask.
+    Lt,
+    /// `a <= b` elementwise, as a mask.
+    Le,
+    /// `ln(e^a + e^b)`, elementwise and stable.
+    LogAddExp,
     /// `a.powf(b)`.
     Powf,
     /// Inner product of two vectors or matrices (sum of elementwise products).
@@ -79,11 +91,16 @@ pub struct Index2(pub usize, pub usize);
 macro_rules! cross_entropy_op {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        pub struct $name<'a>(pub &'a [i32], pub(crate) Cell<Option<Box<dyn Any + Send>>>);
+        pub struct $name<'a>(pub Cow<'a, [i32]>, pub(crate) Cell<Option<Box<dyn Any + Send>>>);
 
         impl<'a> $name<'a> {
             /// The op for `labels` (one class index per example), with nothing kept yet.
             pub fn new(labels: &'a [i32]) -> Self {
+                $name(Cow::Borrowed(labels), Cell::new(None))
+            }
+            /// The op for labels borrowed or owned (what `#[task]` builds from any
+            /// [`Labels`](crate::ad::Labels)).
+            pub fn from_labels(labels: Cow<'a, [i32]>) -> Self {
                 $name(labels, Cell::new(None))
             }
         }
@@ -91,7 +108,7 @@ macro_rules! cross_entropy_op {
         impl Clone for $name<'_> {
             /// The same labels, with nothing kept.
             fn clone(&self) -> Self {
-                Self::new(self.0)
+                Self::from_labels(self.0.clone())
             }
         }
 

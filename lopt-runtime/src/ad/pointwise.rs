@@ -235,7 +235,12 @@ scalar_binary!(
     op::Div,
     op::Max,
     op::Min,
-    op::Powf
+    op::Powf,
+    op::Gt,
+    op::Ge,
+    op::Lt,
+    op::Le,
+    op::LogAddExp,
 );
 
 /// Reductions of a scalar: `sum` and `mean` are the identity, `norm_squared` is `x²`.

@@ -312,12 +312,12 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
     #[track_caller]
     fn eval(&self, op: &op::SoftmaxCrossEntropy<'a>) -> DVector<S> {
         let (rows, cols) = self.shape();
-        check_labels(op.0, rows, cols);
+        check_labels(&op.0, rows, cols);
         let x = self.as_slice();
         let (mut e, mut inv_s) = (vec![S::zero(); x.len()], vec![S::zero(); rows]);
         let mut loss = row_lse(x, rows, Some((&mut e, &mut inv_s)));
         for (i, l) in loss.iter_mut().enumerate() {
-            *l -= label_logit(x, rows, op.0, i);
+            *l -= label_logit(x, rows, &op.0, i);
         }
         let loss = DVector::from_vec(loss);
         op.1.set(Some(Box::new(Kept {
@@ -333,11 +333,11 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let rows = self.nrows();
         let k = op
             .take_kept(self, out)
-            .unwrap_or_else(|| recompute(self, op.0, out));
+            .unwrap_or_else(|| recompute(self, &op.0, out));
         let edx = row_dot(&k.e, dx.as_slice(), rows, |e| e);
         DVector::from_iterator(
             rows,
-            (0..rows).map(|i| edx[i] * k.inv_s[i] - label_logit(dx.as_slice(), rows, op.0, i)),
+            (0..rows).map(|i| edx[i] * k.inv_s[i] - label_logit(dx.as_slice(), rows, &op.0, i)),
         )
     }
     fn vjp(&self, op: &op::SoftmaxCrossEntropy<'a>, out: &DVector<S>, g: DVector<S>) -> Self {
@@ -345,7 +345,7 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let rows = self.nrows();
         let mut k = op
             .take_kept(self, out)
-            .unwrap_or_else(|| recompute(self, op.0, out));
+            .unwrap_or_else(|| recompute(self, &op.0, out));
         let gs = g.as_slice();
         let x = self.as_slice();
         per_row_mut(&mut k.e, x, rows, gs, &k.inv_s, |e, _, g, inv| {
@@ -430,9 +430,9 @@ impl<'a> op::MeanSoftmaxCrossEntropy<'a> {
             }
             _ => {
                 let (rows, cols) = x.shape();
-                check_labels(self.0, rows, cols);
+                check_labels(&self.0, rows, cols);
                 let mut g = vec![S::zero(); x.len()];
-                mean_ce(x.as_slice(), rows, self.0, &mut g);
+                mean_ce(x.as_slice(), rows, &self.0, &mut g);
                 g
             }
         }
@@ -446,9 +446,9 @@ impl<'a, S: Real> Unary<op::MeanSoftmaxCrossEntropy<'a>> for DMatrix<S> {
     #[track_caller]
     fn eval(&self, op: &op::MeanSoftmaxCrossEntropy<'a>) -> S {
         let (rows, cols) = self.shape();
-        check_labels(op.0, rows, cols);
+        check_labels(&op.0, rows, cols);
         let mut g = vec![S::zero(); self.len()];
-        let value = mean_ce(self.as_slice(), rows, op.0, &mut g);
+        let value = mean_ce(self.as_slice(), rows, &op.0, &mut g);
         op.1.set(Some(Box::new(KeptGrad {
             logits: self.as_ptr() as usize,
             len: self.len(),

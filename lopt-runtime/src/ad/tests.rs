@@ -1572,3 +1572,54 @@ fn hconcat_of_different_heights_panics() {
     let _: DMatrix<f64> =
         Binary::<op::HConcat, _>::eval(&DMatrix::<f64>::zeros(2, 3), &DMatrix::<f64>::zeros(3, 1));
 }
+
+// ---- selection ----
+
+binary_test!(logaddexp, op::LogAddExp, [ss, mm, ms, sm]);
+binary_test!(greater, op::Gt, [ss, mm, ms, sm]);
+binary_test!(less_equal, op::Le, [ss, mm, ms, sm]);
+
+#[test]
+fn clip() {
+    // Values in (-2, 2) against bounds (-0.5, 0.7): both sides of both kinks.
+    each_value!(scalar, t => unary("clip", op::Clip(-0.5, 0.7), sample(t, 50, &any)));
+}
+
+/// `select(mask, a, b)` on every operand form (matrix∘matrix, matrix∘scalar,
+/// scalar∘matrix, scalars), both operands varying: finite differences and the adjoint
+/// identity. Mutation tried: the reverse rule giving the whole cotangent to both sides
+/// fails every form.
+#[test]
+fn select_where() {
+    use super::Where;
+    fn check_where<M, A, B>(what: &str, m: M, a: A, b: B)
+    where
+        M: Where<A, B>,
+        M::Out: Params<Scalar = f64>,
+        A: Params<Scalar = f64>,
+        B: Params<Scalar = f64>,
+    {
+        check(
+            what,
+            &Pair(a, b),
+            |p| m.eval(&p.0, &p.1),
+            |p, d| m.jvp(&p.0, &p.1, Some(&d.0), Some(&d.1)),
+            |p, g| {
+                let (da, db) = m.vjp(&p.0, &p.1, g.clone(), true, true);
+                Pair(da.expect("a"), db.expect("b"))
+            },
+        );
+    }
+    let mask = DMatrix::from_fn(3, 4, |i, j| ((i + 2 * j) % 3 == 0) as u8 as f64);
+    let a = sample(DMatrix::<f64>::zeros(3, 4), 51, &any);
+    let b = sample(DMatrix::<f64>::zeros(3, 4), 52, &any);
+    check_where("select mm", mask.clone(), a.clone(), b.clone());
+    check_where("select ms", mask.clone(), a.clone(), 0.7);
+    check_where("select sm", mask.clone(), -0.3, b.clone());
+    check_where("select ss on", 1.0, 0.25, -2.0);
+    check_where("select ss off", 0.0, 0.25, -2.0);
+    let y: DMatrix<f64> = Where::eval(&mask, &a, &b);
+    for i in 0..12 {
+        assert_eq!(y[i], if mask[i] != 0.0 { a[i] } else { b[i] });
+    }
+}

@@ -134,7 +134,8 @@ macro_rules! declare_ruled {
 /// Names primitives the `#[task]` macro lowers in a form of its own (non-differentiated
 /// arguments); their functions are written in [`crate::ops`]. The forms:
 /// `integer_exponent` (`op::X(n as i32)`), `labels` (`op::X::new(labels)`), `data`
-/// (`op::X::new(&data)`), `two_sizes` (`op::X(a as usize, b as usize)`: `x.rows(i, n)`).
+/// (`op::X::new(&data)`), `two_sizes` (`op::X(a as usize, b as usize)`: `x.rows(i, n)`),
+/// `scalar_bounds` (`op::X::new(lo, hi)` with `lo`, `hi` scalars: `clip(x, lo, hi)`).
 macro_rules! declare_special {
     ($($name:ident => $op:ident: $form:ident,)*) => {
         // Each marker exists (generic and lifetime-carrying ones too).
@@ -341,6 +342,9 @@ declare_ruled! {
     /// `[a; b]`: the rows of `b` below those of `a` (`jnp.concatenate([a, b], axis=0)`);
     /// matrices with equal column counts, or column vectors.
     vconcat => VConcat,
+    /// `ln(e^a + e^b)`, elementwise and stable (`jnp.logaddexp`); the derivative is
+    /// `e^(a - y)` and `e^(b - y)`, ½ each at `a = b`.
+    logaddexp => LogAddExp,
 }
 
 declare_special! {
@@ -358,4 +362,5 @@ declare_special! {
     columns => Columns: two_sizes,
     reshape => Reshape: two_sizes,
     causal_self_attention => CausalSelfAttention: data,
+    clip => Clip: scalar_bounds,
 }
