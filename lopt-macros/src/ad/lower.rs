@@ -41,6 +41,10 @@ pub struct Lowerer<'a> {
     n_loops: usize,
     n_ifs: usize,
     depth: usize,
+    /// Per open block, the variable each `let mut` slot was last set from in this block
+    /// (since its last nested block): a read of the slot there is that variable, not a
+    /// copy (one value fewer kept per loop step for each such read).
+    known: Vec<HashMap<SlotId, VarId>>,
 }
 
 fn err<T>(span: impl ToTokens, msg: impl std::fmt::Display) -> Result<T> {
@@ -69,6 +73,7 @@ impl<'a> Lowerer<'a> {
             n_loops: 0,
             n_ifs: 0,
             depth: 0,
+            known: vec![HashMap::new()],
         }
     }
 
@@ -104,6 +109,30 @@ impl<'a> Lowerer<'a> {
 
     fn bind(&mut self, name: String, b: Binding) {
         self.scopes.last_mut().expect("scope").insert(name, b);
+    }
+
+    /// The value of slot `s`: the variable it was last set from in this block, or a read.
+    fn slot_read(&mut self, out: &mut Vec<Stmt>, s: SlotId) -> VarId {
+        if let Some(&v) = self.known.last().and_then(|k| k.get(&s)) {
+            return v;
+        }
+        self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(s))
+    }
+
+    /// Slot `s` now holds `v` (in this block).
+    fn note_set(&mut self, s: SlotId, v: VarId) {
+        self.known.last_mut().expect("block").insert(s, v);
+    }
+
+    /// Entering a nested block: what this block knew may change inside it (and in the
+    /// next iteration of a loop), and the nested block starts knowing nothing.
+    fn enter_block(&mut self) {
+        self.known.last_mut().expect("block").clear();
+        self.known.push(HashMap::new());
+    }
+
+    fn leave_block(&mut self) {
+        self.known.pop();
     }
 
     fn new_slot(&mut self) -> SlotId {
@@ -345,6 +374,7 @@ impl<'a> Lowerer<'a> {
                     slot,
                     init: Some(v),
                 });
+                self.note_set(slot, v);
                 self.bind(name, Binding::Slot(slot));
             } else {
                 self.passive_local(l, out)?;
@@ -447,7 +477,7 @@ impl<'a> Lowerer<'a> {
                 let from = match op {
                     None => rhs,
                     Some(op) => {
-                        let cur = self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(slot));
+                        let cur = self.slot_read(out, slot);
                         let op = op_marker(op);
                         self.def(
                             out,
@@ -458,6 +488,7 @@ impl<'a> Lowerer<'a> {
                     }
                 };
                 out.push(Stmt::SlotSet { slot, from });
+                self.note_set(slot, from);
                 Ok(())
             }
             Some(Binding::Passive) | None => {
@@ -523,7 +554,10 @@ impl<'a> Lowerer<'a> {
             scope.insert(p.ident.to_string(), Binding::Passive);
         }
         self.scopes.push(scope);
-        let (body, _) = self.lower_block(&f.body.stmts, false)?;
+        self.enter_block();
+        let body = self.lower_block(&f.body.stmts, false);
+        self.leave_block();
+        let (body, _) = body?;
         self.scopes.pop();
         self.depth -= 1;
         out.push(Stmt::For {
@@ -544,6 +578,7 @@ impl<'a> Lowerer<'a> {
         out: &mut Vec<Stmt>,
     ) -> Result<()> {
         let cond = self.lower_cond(&i.cond, out)?;
+        self.known.last_mut().expect("block").clear();
         let id = self.n_ifs;
         self.n_ifs += 1;
         let then = self.lower_branch(&i.then_branch, value)?;
@@ -559,8 +594,10 @@ impl<'a> Lowerer<'a> {
                 Expr::If(inner) => {
                     self.depth += 1;
                     self.scopes.push(HashMap::new());
+                    self.enter_block();
                     let mut v = Vec::new();
                     let r = self.lower_if(inner, value, &mut v);
+                    self.leave_block();
                     self.scopes.pop();
                     self.depth -= 1;
                     r?;
@@ -581,6 +618,7 @@ impl<'a> Lowerer<'a> {
     fn lower_branch(&mut self, b: &syn::Block, value: Option<SlotId>) -> Result<Vec<Stmt>> {
         self.depth += 1;
         self.scopes.push(HashMap::new());
+        self.enter_block();
         let r = (|| {
             let (mut body, tail) = self.lower_block(&b.stmts, value.is_some())?;
             if let Some(slot) = value {
@@ -598,6 +636,7 @@ impl<'a> Lowerer<'a> {
             }
             Ok(body)
         })();
+        self.leave_block();
         self.scopes.pop();
         self.depth -= 1;
         r
@@ -708,9 +747,7 @@ impl<'a> Lowerer<'a> {
                 let name = p.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
                 match self.lookup(&name) {
                     Some(Binding::Var(v)) => Ok(v),
-                    Some(Binding::Slot(s)) => {
-                        Ok(self.def(out, Kind::Active, Access::Owned, Rhs::SlotRead(s)))
-                    }
+                    Some(Binding::Slot(s)) => Ok(self.slot_read(out, s)),
                     _ => Ok(self.data(e, out)),
                 }
             }
