@@ -46,6 +46,7 @@
 //! | `abs`, `square` | `jnp.abs`, `jnp.square` (derivative of `abs` at 0: 0) |
 //! | `relu`, `sigmoid`, `softplus`, `gelu` | `jax.nn.relu`, `jax.nn.sigmoid`, `jax.nn.softplus`, `jax.nn.gelu(approximate=False)` |
 //! | `log1p`, `expm1`, `erf` | `jnp.log1p`, `jnp.expm1`, `jax.scipy.special.erf` |
+//! | `gelu_tanh` | `jax.nn.gelu(approximate=True)` (the JAX library's transformer MLP) |
 //! | `powi(x, n)` | `x ** n`, `n` an integer from data |
 //! | `clip(x, lo, hi)` | `jnp.clip`; `lo`, `hi` scalars from data or literals; derivative 1 inside, 0 outside, ½ at exactly `lo` or `hi` (as JAX's) |
 //!
@@ -57,6 +58,7 @@
 //! | `powf(a, b)` | `a ** b` (`S^S`, `M^S`) |
 //! | `logaddexp(a, b)` | `jnp.logaddexp`, stable; derivative `e^(a−y)`, `e^(b−y)` |
 //! | `component_mul(a, b)`, `component_div(a, b)` | `a * b`, `a / b` (`M∘M` only) |
+//! | `scale_columns(x, s)` | `x * s` with `s` a `[features]` vector broadcast over the rows (`D`, `v` → `D`): the learned scale of `hk.LayerNorm` / `hk.RMSNorm` |
 //! | `select(mask, a, b)` | `jnp.where(mask, a, b)`: the gradient reaches the chosen side only; `mask` a comparison or data of `a`'s shape, `a`/`b` matrices of that shape or scalars |
 //!
 //! # Reductions and shape
@@ -85,6 +87,7 @@
 //! | `im2col(x, &g)` | NHWC rows → one row per output position, `kh·kw·C` columns; a convolution is `im2col(x, &g) * w + b` (HWIO `w`) | `lax.conv_general_dilated` (`SAME` with TensorFlow's padding, `VALID`) |
 //! | `avg_pool(x, &g)`, `max_pool(x, &g)` | NHWC rows → pooled rows | `hk.avg_pool`, `hk.max_pool` |
 //! | `global_mean_pool(x, positions)` | `N·H·W × C` → `N × C` | `jnp.mean(x, axis=(1, 2))` |
+//! | `causal_self_attention(qkv, &g)` | `B·T × 3·H·d` rows `b·T + t`, columns `[q \| k \| v]` → `B·T × H·d` (heads concatenated); `g` an `AttentionGeometry` | haiku `MultiHeadAttention`'s core with a causal mask (`key_size` `d`, logits `/ √d`, masked to −1e30, softmax over keys); one fused rule |
 //!
 //! # Fused compositions
 //!
