@@ -293,7 +293,7 @@ fn nn_adam_matches_library() {
         let e = check_trajectory(&lopt.opt_fn(&theta), &r);
         eprintln!("{name}: max relative error {e:.2e}");
         let path = ref_path(&format!("{name}_theta.msgpack"));
-        check_trajectory(&prefab::load_with(lopt.clone(), path).unwrap(), &r);
+        check_trajectory(&prefab::load_with(lopt, path).unwrap(), &r);
         if name == "nn_adam" {
             let mut changed = theta.clone();
             changed.out_w.iter_mut().for_each(|w| *w *= 0.5);
