@@ -396,6 +396,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                     f[j] = x;
                     j += 1;
                 };
+                let loc = fac.locate(e);
                 push(g[e]);
                 push(p[e]);
                 let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
@@ -407,14 +408,15 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                     push(mk * rsqrt(vk + c(1e-6)));
                 }
                 ve.iter().for_each(|&x| push(rsqrt(x + c(1e-6))));
-                (0..kf).for_each(|k| push(fac.at(e, k, g[e]).y));
-                (0..kf).for_each(|k| push(fac.at(e, k, g[e]).row));
-                (0..kf).for_each(|k| push(fac.at(e, k, g[e]).col));
-                (0..kf).for_each(|k| push(rsqrt(fac.at(e, k, g[e]).row + c(1e-8))));
-                (0..kf).for_each(|k| push(rsqrt(fac.at(e, k, g[e]).col + c(1e-8))));
+                // Six groups of Kf: y, row, col, their rsqrt, the factored momentum.
                 for k in 0..kf {
-                    let a = fac.at(e, k, g[e]);
-                    push(me[k] * a.mult1 * a.mult2);
+                    let a = fac.at(loc, k, g[e]);
+                    f[j + k] = a.y;
+                    f[j + kf + k] = a.row;
+                    f[j + 2 * kf + k] = a.col;
+                    f[j + 3 * kf + k] = rsqrt(a.row + c(1e-8));
+                    f[j + 4 * kf + k] = rsqrt(a.col + c(1e-8));
+                    f[j + 5 * kf + k] = me[k] * a.mult1 * a.mult2;
                 }
             };
             // Each feature's sum of squares over the tensor (in element order), for its
@@ -517,33 +519,41 @@ pub(crate) struct FacAt<S> {
 }
 
 impl<S: Real> FacOut<S> {
-    /// Element `e`'s statistics at decay `k`, `g` its gradient.
+    /// Where element `e`'s statistics are: its row and column offsets (its own offset
+    /// twice for rank < 2), for [`FacOut::at`].
     #[inline]
-    pub(crate) fn at(&self, e: usize, k: usize, g: S) -> FacAt<S> {
+    pub(crate) fn locate(&self, e: usize) -> (usize, usize) {
         let kf = self.kf;
         match &self.kind {
             FacKind::Factored {
-                rows,
-                transposed,
-                vr,
-                vc,
-                rf,
-                cf,
+                rows, transposed, ..
             } => {
                 let (r, c) = (e % rows, e / rows);
                 let (a, b) = if *transposed { (c, r) } else { (r, c) };
-                let (row_factor, col_factor) = (rf[a * kf + k], cf[b * kf + k]);
+                (a * kf, b * kf)
+            }
+            FacKind::Diag { .. } => (e * kf, e * kf),
+        }
+    }
+
+    /// The statistics at decay `k` of the element at `(ra, cb)` ([`FacOut::locate`]),
+    /// `g` its gradient.
+    #[inline(always)]
+    pub(crate) fn at(&self, (ra, cb): (usize, usize), k: usize, g: S) -> FacAt<S> {
+        match &self.kind {
+            FacKind::Factored { vr, vc, rf, cf, .. } => {
+                let (row_factor, col_factor) = (rf[ra + k], cf[cb + k]);
                 FacAt {
                     y: g * row_factor * col_factor,
-                    row: vr[a * kf + k],
-                    col: vc[b * kf + k],
+                    row: vr[ra + k],
+                    col: vc[cb + k],
                     mult1: row_factor,
                     mult2: col_factor,
                 }
             }
             FacKind::Diag { vd, diag_eps } => {
                 let c = S::from_f64;
-                let x = vd[e * kf + k];
+                let x = vd[ra + k];
                 FacAt {
                     y: g * rsqrt((x + c(1e-9)).max(c(1e-9))),
                     row: x,

@@ -373,6 +373,30 @@ fn linear<S: Real>((w, b): &Linear<S>, x: &[S], out: &mut [S]) {
     parts::linear(w, b, x, out)
 }
 
+/// `x·W + b` for the `rows` rows of `x` (`[rows, din]` row-major) and a row-major
+/// layer: `[rows, dout]` column-major (output `j` of row `r` at `j·rows + r`). Each row
+/// is [`parts::linear`]'s sums in its order, but `W` is read once for all rows.
+fn row_major_product<S: Real>(x: &[S], rows: usize, din: usize, (w, b): &Linear<S>) -> Vec<S> {
+    let dout = b.len();
+    let mut out_rm: Vec<S> = b.repeat(rows);
+    for i in 0..din {
+        let wi = &w[i * dout..(i + 1) * dout];
+        for r in 0..rows {
+            let xi = x[r * din + i];
+            for (o, &wv) in out_rm[r * dout..(r + 1) * dout].iter_mut().zip(wi) {
+                *o += xi * wv;
+            }
+        }
+    }
+    let mut out = vec![S::from_f64(0.0); rows * dout];
+    for r in 0..rows {
+        for j in 0..dout {
+            out[j * rows + r] = out_rm[r * dout + j];
+        }
+    }
+    out
+}
+
 /// The loss buffer's decays: `exp(−1/h)`, `h = logspace(1, log10(n), 10)`, in the
 /// scalar's precision as the library computes them in `f32`.
 fn loss_decays<S: Real>(n: usize) -> Vec<S> {
@@ -698,36 +722,40 @@ impl LearnedOptimizer for Velo {
                 *o = t + m;
             }
         }
-        let mut x_and_h = vec![c(0.0); 2 * h];
-        let mut gates = vec![c(0.0); 4 * h];
-        let mut controls = vec![c(0.0); k * pi];
-        let mut lr_mult = vec![c(0.0); k];
-        let mut one_out = [c(0.0)];
+        // The LSTM and the controls of every tensor at once: one matrix product each
+        // (the released LSTM's weights are 8 MB, read once instead of once a tensor).
+        let mut x_and_h = vec![c(0.0); k * 2 * h];
         for li in 0..k {
-            x_and_h[..h].copy_from_slice(&mixed[li * h..(li + 1) * h]);
-            x_and_h[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
-            linear(&theta.lstm, &x_and_h, &mut gates);
-            let mut hn = vec![c(0.0); h];
-            let mut cn = vec![c(0.0); h];
+            let row = &mut x_and_h[li * 2 * h..(li + 1) * 2 * h];
+            row[..h].copy_from_slice(&mixed[li * h..(li + 1) * h]);
+            row[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
+        }
+        let gates = row_major_product(&x_and_h, k, 2 * h, &theta.lstm);
+        let mut hn = vec![c(0.0); k * h];
+        for li in 0..k {
+            let gate = |q: usize, j: usize| gates[(q * h + j) * k + li];
             for j in 0..h {
-                let (i, gg, fg, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
+                let (i, gg, fg, o) = (gate(0, j), gate(1, j), gate(2, j), gate(3, j));
                 let fg = sigmoid(fg + one);
                 let cj = fg * state.cell[li * h + j] + sigmoid(i) * gg.tanh();
-                cn[j] = cj;
-                hn[j] = sigmoid(o) * cj.tanh();
-            }
-            linear(
-                &theta.to_controls,
-                &hn,
-                &mut controls[li * pi..(li + 1) * pi],
-            );
-            linear(&theta.step_size, &hn, &mut one_out);
-            lr_mult[li] = one_out[0];
-            if !self.use_bugged_next_lstm_state {
-                state.hidden[li * h..(li + 1) * h].copy_from_slice(&hn);
-                state.cell[li * h..(li + 1) * h].copy_from_slice(&cn);
+                hn[li * h + j] = sigmoid(o) * cj.tanh();
+                if !self.use_bugged_next_lstm_state {
+                    state.cell[li * h + j] = cj;
+                }
             }
         }
+        if !self.use_bugged_next_lstm_state {
+            state.hidden.copy_from_slice(&hn);
+        }
+        let controls_cm = row_major_product(&hn, k, h, &theta.to_controls);
+        let lr_cm = row_major_product(&hn, k, h, &theta.step_size);
+        let mut controls = vec![c(0.0); k * pi];
+        for li in 0..k {
+            for j in 0..pi {
+                controls[li * pi + j] = controls_cm[j * k + li];
+            }
+        }
+        let lr_mult = lr_cm;
         if self.rnn_state_decay > 0.0 {
             let d = c(1.0 - self.rnn_state_decay);
             state
@@ -809,6 +837,7 @@ impl LearnedOptimizer for Velo {
                 };
                 let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
                 let rsq = |q: usize| rsqrt(ve[q] + c(1e-6));
+                let loc = fac.locate(e);
                 push(g[e]);
                 push(clip(g[e], -0.1, 0.1));
                 push(p[e]);
@@ -818,16 +847,25 @@ impl LearnedOptimizer for Velo {
                     push(me[if km == 1 { 0 } else { q }] * rsq(if kr == 1 { 0 } else { q }));
                 }
                 (0..kr).for_each(|q| push(rsq(q)));
-                (0..kf).for_each(|k| push(fac.at(e, k, g[e]).y));
-                (0..kr).for_each(|q| push(g[e] * rsq(q)));
-                (0..kf).for_each(|k| push(fac.at(e, k, g[e]).row));
-                (0..kf).for_each(|k| push(fac.at(e, k, g[e]).col));
-                (0..kf).for_each(|k| push(rsqrt(fac.at(e, k, g[e]).row + c(1e-8))));
-                (0..kf).for_each(|k| push(rsqrt(fac.at(e, k, g[e]).col + c(1e-8))));
+                // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
+                // factored momentum.
+                for q in 0..kr {
+                    f[j + kf + q] = g[e] * rsq(q);
+                }
+                let j2 = j + kf + kr;
+                for k in 0..kf {
+                    let a = fac.at(loc, k, g[e]);
+                    f[j + k] = a.y;
+                    f[j2 + k] = a.row;
+                    f[j2 + kf + k] = a.col;
+                    f[j2 + 2 * kf + k] = rsqrt(a.row + c(1e-8));
+                    f[j2 + 3 * kf + k] = rsqrt(a.col + c(1e-8));
+                }
+                let j3 = j2 + 4 * kf;
                 for q in 0..km.max(kf) {
                     let qm = if km == 1 { 0 } else { q };
-                    let a = fac.at(e, if kf == 1 { 0 } else { q }, g[e]);
-                    push(me[qm] * a.mult1 * a.mult2);
+                    let a = fac.at(loc, if kf == 1 { 0 } else { q }, g[e]);
+                    f[j3 + q] = me[qm] * a.mult1 * a.mult2;
                 }
             };
             // Each input's sum of squares over the tensor (in element order); the inputs
