@@ -3,7 +3,7 @@
 //! `learned_optimizers/adafac_mlp_lopt.py`, with its default `concat_weights=True`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{params_then_vectors, rsqrt, BlockMlp, MLP_BLOCK};
+use super::parts::{params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -356,7 +356,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
         let nf = self.num_features();
         let kmr = km.max(kr);
         let (mut off_n, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
-        let layers: Vec<(&[P::Scalar], &[P::Scalar])> = theta
+        let layers: Vec<LayerRef<P::Scalar>> = theta
             .layers
             .iter()
             .map(|(w, b)| (w.as_slice(), b.as_slice()))

@@ -76,6 +76,9 @@ macro_rules! params_then_vectors {
 }
 pub(crate) use params_then_vectors;
 
+/// A layer borrowed for [`BlockMlp::forward`]: row-major `[in, out]` weights and the bias.
+pub(crate) type LayerRef<'a, S> = (&'a [S], &'a [S]);
+
 /// Elements a [`BlockMlp`] runs at once: its activations stay in L1/L2.
 pub(crate) const MLP_BLOCK: usize = 256;
 
@@ -100,7 +103,7 @@ impl<S: Real> BlockMlp<S> {
     /// as features are built); `layers` are row-major `[in, out]` weights and biases.
     /// Returns the outputs, `n x out` column-major (output `j` of element `e` at
     /// `j·n + e`).
-    pub(crate) fn forward(&mut self, layers: &[(&[S], &[S])], x: &[S], n: usize) -> &[S] {
+    pub(crate) fn forward(&mut self, layers: &[LayerRef<'_, S>], x: &[S], n: usize) -> &[S] {
         use crate::kernels::gemm::{gemm, MatRef};
         let last = layers.len() - 1;
         let mut din = layers[0].0.len() / layers[0].1.len().max(1);

@@ -2,7 +2,9 @@
 //! MLP (the JAX library's `RNNMLPLOpt`, `learned_optimizers/rnn_mlp_lopt.py`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{clip, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, MLP_BLOCK};
+use super::parts::{
+    clip, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, LayerRef, MLP_BLOCK,
+};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -554,7 +556,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let log_num_tensors = c(k as f64).ln() - c(1.0);
         let nf = 3 + 4 * nd;
         let ff_in = self.ff_in();
-        let net: Vec<(&[P::Scalar], &[P::Scalar])> = theta
+        let net: Vec<LayerRef<P::Scalar>> = theta
             .mlp
             .iter()
             .map(|(w, b)| (w.as_slice(), b.as_slice()))

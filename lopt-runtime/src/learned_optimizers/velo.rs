@@ -4,7 +4,9 @@
 
 use super::adafac_mlp_lopt::{factored_step, factoring};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{self, clip, params_then_vectors, rsqrt, sigmoid, BlockMlp, MLP_BLOCK};
+use super::parts::{
+    self, clip, params_then_vectors, rsqrt, sigmoid, BlockMlp, LayerRef, MLP_BLOCK,
+};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -884,7 +886,7 @@ impl LearnedOptimizer for Velo {
             }
             let param_scale = (sq / nn + c(1e-9)).sqrt();
             let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
-            let mut net: Vec<(&[P::Scalar], &[P::Scalar])> = vec![(&w0, &b0)];
+            let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, &b0)];
             net.extend(layers.iter().map(|(w, b)| (w.as_slice(), b.as_slice())));
             steps.clear();
             for start in (0..n).step_by(MLP_BLOCK) {
