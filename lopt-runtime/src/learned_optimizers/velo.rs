@@ -380,20 +380,37 @@ fn linear<S: Real>((w, b): &Linear<S>, x: &[S], out: &mut [S]) {
 /// is [`parts::linear`]'s sums in its order, but `W` is read once for all rows.
 fn row_major_product<S: Real>(x: &[S], rows: usize, din: usize, (w, b): &Linear<S>) -> Vec<S> {
     let dout = b.len();
-    let mut out_rm: Vec<S> = b.repeat(rows);
-    for i in 0..din {
-        let wi = &w[i * dout..(i + 1) * dout];
-        for r in 0..rows {
-            let xi = x[r * din + i];
-            for (o, &wv) in out_rm[r * dout..(r + 1) * dout].iter_mut().zip(wi) {
-                *o += xi * wv;
+    // Columns `j0..j1` of the product, `[rows, j1 − j0]` row-major.
+    let cols = |j0: usize, j1: usize| {
+        let width = j1 - j0;
+        let mut out: Vec<S> = (0..rows).flat_map(|_| b[j0..j1].iter().copied()).collect();
+        for i in 0..din {
+            let wi = &w[i * dout + j0..i * dout + j1];
+            for r in 0..rows {
+                let xi = x[r * din + i];
+                for (o, &wv) in out[r * width..(r + 1) * width].iter_mut().zip(wi) {
+                    *o += xi * wv;
+                }
             }
         }
-    }
+        out
+    };
+    // The released LSTM's 8 MB of weights: two threads read half the columns each
+    // (every output is still summed by one thread in the same order).
+    let parts: Vec<(usize, Vec<S>)> = if din * dout >= 1 << 20 && rayon::current_num_threads() > 1 {
+        let mid = dout / 2;
+        let (a, c) = rayon::join(|| cols(0, mid), || cols(mid, dout));
+        vec![(0, a), (mid, c)]
+    } else {
+        vec![(0, cols(0, dout))]
+    };
     let mut out = vec![S::from_f64(0.0); rows * dout];
-    for r in 0..rows {
-        for j in 0..dout {
-            out[j * rows + r] = out_rm[r * dout + j];
+    for (j0, part) in &parts {
+        let width = part.len() / rows.max(1);
+        for r in 0..rows {
+            for j in 0..width {
+                out[(j0 + j) * rows + r] = part[r * width + j];
+            }
         }
     }
     out
