@@ -681,3 +681,36 @@ fn prefab_velo_runs_on_f64_trees() {
     assert!(e < 1e-4, "f64 vs f32: {e:.2e}");
     assert_eq!(pre.iteration(&s64), 10);
 }
+
+/// The released VeLO's LSTM product is split over two threads when there are two (its
+/// weights are 8 MB): the update is the one-thread update bit for bit. Catches a column
+/// offset or a bias slice wrong in the split (the small configurations above never split).
+#[test]
+fn velo_released_update_is_the_same_on_one_and_two_threads() {
+    let r = load_json("lopt_velo.json");
+    let lopt = Velo::released();
+    let theta = lopt.init(Key::new(3));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let opt = lopt.opt_fn(&theta);
+            let mut state = opt.init(wide_tree(&r["params0"]), Some(50));
+            let losses = f32s(&r["losses"]);
+            let grads = r["grads"].as_array().unwrap().iter().map(wide_tree);
+            for (g, &l) in grads.zip(&losses).take(3) {
+                opt.update(&mut state, &g, l);
+            }
+            opt.get_params(&state).clone()
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one, two);
+    assert_ne!(
+        one,
+        wide_tree(&r["params0"]),
+        "the steps must move the parameters"
+    );
+}
