@@ -22,6 +22,7 @@ use lopt::learned_optimizers::{
     AdafacMlpLOpt, AdafacMlpLOptTheta, LearnableSgdm, LearnedOptimizer, NnAdam, NnAdamTheta,
     RnnMlpLOpt, RnnMlpLOptTheta, Velo, VeloTheta,
 };
+use lopt::prefab;
 use lopt::prelude::*;
 use lopt::Optimizer;
 use serde_json::Value;
@@ -235,6 +236,9 @@ fn learnable_sgdm_matches_library() {
     );
     let e = check_trajectory(&lopt.opt_fn(&theta), &r);
     eprintln!("learnable_sgdm: max relative error {e:.2e}");
+    // The drop-in API from the same file: `prefab::load` in the default configuration.
+    let pre = prefab::load::<LearnableSgdm>(ref_path("learnable_sgdm_theta.msgpack")).unwrap();
+    check_trajectory(&pre, &r);
     let changed = [theta[0] + 0.25, theta[1] - 0.125];
     check_written("learnable_sgdm", &changed.to_flax());
 }
@@ -288,6 +292,8 @@ fn nn_adam_matches_library() {
         assert_eq!(again, theta);
         let e = check_trajectory(&lopt.opt_fn(&theta), &r);
         eprintln!("{name}: max relative error {e:.2e}");
+        let path = ref_path(&format!("{name}_theta.msgpack"));
+        check_trajectory(&prefab::load_with(lopt, path).unwrap(), &r);
         if name == "nn_adam" {
             let mut changed = theta.clone();
             changed.out_w.iter_mut().for_each(|w| *w *= 0.5);
@@ -332,6 +338,9 @@ fn adafac_mlp_lopt_matches_library() {
         assert_eq!(again.unwrap(), theta);
         let e = check_trajectory_of(&lopt.opt_fn(&theta), &r, wide_tree, TOL);
         eprintln!("{name}: max relative error {e:.2e}");
+        let path = ref_path(&format!("{name}_theta.msgpack"));
+        let pre = prefab::load_with(lopt.clone(), path).unwrap();
+        check_trajectory_of(&pre, &r, wide_tree, TOL);
         if name == "adafac_mlp_lopt" {
             let mut changed = theta.clone();
             changed.rms_decays[0] += 0.5;
@@ -381,6 +390,9 @@ fn rnn_mlp_lopt_matches_library() {
         assert_eq!(again.unwrap(), theta);
         let e = check_trajectory_of(&lopt.opt_fn(&theta), &r, wide_tree, TOL);
         eprintln!("{name}: max relative error {e:.2e}");
+        let path = ref_path(&format!("{name}_theta.msgpack"));
+        let pre = prefab::load_with(lopt.clone(), path).unwrap();
+        check_trajectory_of(&pre, &r, wide_tree, TOL);
         if name == "rnn_mlp_lopt" {
             let mut changed = theta.clone();
             changed.initial_from_lstm.iter_mut().for_each(|x| *x += 0.5);
@@ -388,6 +400,30 @@ fn rnn_mlp_lopt_matches_library() {
             check_written(name, &changed.to_flax());
         }
     }
+}
+
+/// The `Velo` of a reference's `config` (the library's defaults where it is silent).
+fn velo_config(c: &Value) -> Velo {
+    let u = |k: &str, d: usize| c.get(k).and_then(|v| v.as_u64()).map_or(d, |v| v as usize);
+    let fl = |k: &str, d: f64| c.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    let lopt = Velo {
+        lstm_hidden_size: u("lstm_hidden_size", 128),
+        param_inits: u("param_inits", 64),
+        ff_hidden_layers: u("ff_hidden_layers", 2),
+        exp_mult: fl("exp_mult", 0.001),
+        step_mult: fl("step_mult", 0.001),
+        use_bugged_next_lstm_state: c
+            .get("use_bugged_next_lstm_state")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        use_bugged_loss_features: c
+            .get("use_bugged_loss_features")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true),
+        ..Velo::default()
+    };
+    lopt.validate().unwrap();
+    lopt
 }
 
 /// VeLO (`HyperV2`) with θ from the library's init (biases and initial LSTM state
@@ -403,26 +439,7 @@ fn rnn_mlp_lopt_matches_library() {
 fn velo_matches_library() {
     for name in ["velo", "velo_released_flags", "velo_loss_features"] {
         let r = load_json(&format!("lopt_{name}.json"));
-        let c = &r["config"];
-        let u = |k: &str, d: usize| c.get(k).and_then(|v| v.as_u64()).map_or(d, |v| v as usize);
-        let fl = |k: &str, d: f64| c.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
-        let lopt = Velo {
-            lstm_hidden_size: u("lstm_hidden_size", 128),
-            param_inits: u("param_inits", 64),
-            ff_hidden_layers: u("ff_hidden_layers", 2),
-            exp_mult: fl("exp_mult", 0.001),
-            step_mult: fl("step_mult", 0.001),
-            use_bugged_next_lstm_state: c
-                .get("use_bugged_next_lstm_state")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            use_bugged_loss_features: c
-                .get("use_bugged_loss_features")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(true),
-            ..Velo::default()
-        };
-        lopt.validate().unwrap();
+        let lopt = velo_config(&r["config"]);
         let file = FlaxValue::read_file(ref_path(&format!("{name}_theta.msgpack"))).unwrap();
         check_theta_values(&file, &r);
         let theta = VeloTheta::<f32>::from_flax(&lopt, &file).unwrap();
@@ -451,6 +468,22 @@ fn velo_matches_library() {
         };
         let e = check_trajectory_of(&lopt.opt_fn(&theta), &r, wide_tree, tol);
         eprintln!("{name}: max relative error {e:.2e}");
+        // `prefab::velo_with` from the file: the planned length given at init wins over
+        // the prefab's (7 here), and without one the prefab's is used. Catches (tried):
+        // the prefab's length winning over init's.
+        let path = ref_path(&format!("{name}_theta.msgpack"));
+        let pre = prefab::velo_with(lopt.clone(), &path, 7).unwrap();
+        check_trajectory_of(&pre, &r, wide_tree, tol);
+        let steps = r["grads"].as_array().unwrap().len();
+        let pre = prefab::velo_with(lopt.clone(), &path, steps).unwrap();
+        let direct = lopt.opt_fn(&theta);
+        let p0 = wide_tree(&r["params0"]);
+        let (mut a, mut b) = (pre.init(p0.clone(), None), direct.init(p0, Some(steps)));
+        for g in r["grads"].as_array().unwrap().iter().take(5).map(wide_tree) {
+            pre.update(&mut a, &g, 1.0);
+            direct.update(&mut b, &g, 1.0);
+        }
+        assert_eq!(pre.get_params(&a), direct.get_params(&b));
         if name == "velo" {
             let mut changed = theta.clone();
             changed.step_size.1[0] += 1.0;
@@ -558,4 +591,126 @@ fn flax_msgpack_errors_are_typed() {
         FlaxValue::read_file(ref_path("no_such_theta.msgpack")),
         Err(lopt::Error::Io { .. })
     ));
+}
+
+/// The drop-in API reports a bad θ file as a typed error naming the file, never a panic.
+/// Catches (both tried): `load_with` passing a θ that does not fit on as an untyped
+/// `Error::Data`, `velo` accepting 0 training steps (its features divide by it).
+#[test]
+fn prefab_errors_are_typed() {
+    use lopt::Error;
+    let dir = std::env::temp_dir().join(format!("lopt_prefab_errors_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read(ref_path("velo_theta.msgpack")).unwrap();
+    let cut = dir.join("cut.msgpack");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    let cut_s = cut.display().to_string();
+    match prefab::velo_with(Velo::default(), &cut, 10) {
+        Err(Error::ThetaFile {
+            path,
+            error: FlaxMsgpackError::Malformed(_),
+        }) => assert_eq!(path, cut_s),
+        other => panic!("truncated file: {:?}", other.map(|_| ())),
+    }
+    // The default-configuration reference θ is not the released VeLO's.
+    let small = ref_path("velo_theta.msgpack");
+    match prefab::velo(&small, 10) {
+        Err(Error::ThetaFile {
+            path,
+            error: FlaxMsgpackError::Shape { .. },
+        }) => assert_eq!(path, small),
+        other => panic!("wrong configuration: {:?}", other.map(|_| ())),
+    }
+    // Another optimizer's θ.
+    let sgdm = ref_path("learnable_sgdm_theta.msgpack");
+    assert!(matches!(
+        prefab::velo_with(Velo::default(), &sgdm, 10),
+        Err(Error::ThetaFile {
+            error: FlaxMsgpackError::Missing(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        prefab::load::<NnAdam>(&sgdm),
+        Err(Error::ThetaFile {
+            error: FlaxMsgpackError::Missing(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        prefab::velo_with(Velo::default(), &small, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        prefab::velo(dir.join("no_such.msgpack"), 10),
+        Err(Error::Io { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `prefab::velo` gives an `Optimizer` for any tree and scalar: on `f64` parameters it
+/// steps with θ converted to `f64` and stays within `f32` rounding of the `f32` run.
+/// Catches: the prefab stepping an `f64` tree with anything but θ converted to `f64`
+/// (the run must equal `Velo` stepping with that θ exactly), or not at all.
+#[test]
+fn prefab_velo_runs_on_f64_trees() {
+    let r = load_json("lopt_velo.json");
+    let lopt = velo_config(&r["config"]);
+    let path = ref_path("velo_theta.msgpack");
+    let pre = prefab::velo_with(lopt.clone(), &path, 50).unwrap();
+    let theta = VeloTheta::<f32>::from_flax(&lopt, &FlaxValue::read_file(&path).unwrap()).unwrap();
+    let theta64: VeloTheta<f64> = lopt.cast_theta(&theta);
+    let p32 = wide_tree(&r["params0"]);
+    let p64: WideTree<f64> = p32.cast();
+    let mut s32 = pre.init(p32, None);
+    let mut s64 = pre.init(p64.clone(), None);
+    let mut d64 = lopt.init_state(&theta64, p64, Some(50));
+    // The reference's losses: a constant loss would make the loss features 0/0 (their
+    // denominator floors at 1e-8), where f32 and f64 rounding pick different signs.
+    let losses = f32s(&r["losses"]);
+    let grads = r["grads"].as_array().unwrap().iter().map(wide_tree);
+    for (g, &l) in grads.zip(&losses).take(10) {
+        let g64: WideTree<f64> = g.cast();
+        pre.update(&mut s32, &g, l);
+        pre.update(&mut s64, &g64, l as f64);
+        lopt.update(&theta64, &mut d64, &g64, l as f64);
+    }
+    assert_eq!(pre.get_params(&s64), lopt.params(&d64));
+    let back: WideTree<f32> = pre.get_params(&s64).cast();
+    let e = rel_err(&back, pre.get_params(&s32));
+    assert!(e < 1e-4, "f64 vs f32: {e:.2e}");
+    assert_eq!(pre.iteration(&s64), 10);
+}
+
+/// The released VeLO's LSTM product is split over two threads when there are two (its
+/// weights are 8 MB): the update is the one-thread update bit for bit. Catches a column
+/// offset or a bias slice wrong in the split (the small configurations above never split).
+#[test]
+fn velo_released_update_is_the_same_on_one_and_two_threads() {
+    let r = load_json("lopt_velo.json");
+    let lopt = Velo::released();
+    let theta = lopt.init(Key::new(3));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let opt = lopt.opt_fn(&theta);
+            let mut state = opt.init(wide_tree(&r["params0"]), Some(50));
+            let losses = f32s(&r["losses"]);
+            let grads = r["grads"].as_array().unwrap().iter().map(wide_tree);
+            for (g, &l) in grads.zip(&losses).take(3) {
+                opt.update(&mut state, &g, l);
+            }
+            opt.get_params(&state).clone()
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one, two);
+    assert_ne!(
+        one,
+        wide_tree(&r["params0"]),
+        "the steps must move the parameters"
+    );
 }

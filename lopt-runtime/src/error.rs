@@ -75,6 +75,15 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A learned optimizer's θ file (flax msgpack, as the JAX library saves θ) that cannot
+    /// be used: not msgpack, truncated, or not holding the θ the optimizer's configuration
+    /// needs (a missing entry, a wrong shape).
+    ThetaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        error: crate::learned_optimizers::flax_msgpack::FlaxMsgpackError,
+    },
     /// A checkpoint written by another setup than the one resuming it.
     CheckpointMismatch {
         /// What differs (`learned optimizer`, `family`, `estimator 0`, ...).
@@ -127,6 +136,7 @@ impl fmt::Display for Error {
             }
             Error::InvalidArgument(s) => write!(f, "invalid argument: {s}"),
             Error::Checkpoint { path, message } => write!(f, "checkpoint {path}: {message}"),
+            Error::ThetaFile { path, error } => write!(f, "θ file {path}: {error}"),
             Error::CheckpointMismatch {
                 what,
                 saved,

@@ -36,6 +36,7 @@ pub mod ops;
 pub mod optimizers;
 pub mod outer_trainers;
 pub mod params;
+pub mod prefab;
 pub mod primitives;
 pub mod scalar;
 pub mod task;

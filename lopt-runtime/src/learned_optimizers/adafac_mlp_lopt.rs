@@ -3,7 +3,7 @@
 //! `learned_optimizers/adafac_mlp_lopt.py`, with its default `concat_weights=True`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{params_then_vectors, rsqrt};
+use super::parts::{params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -356,9 +356,13 @@ impl LearnedOptimizer for AdafacMlpLOpt {
         let nf = self.num_features();
         let kmr = km.max(kr);
         let (mut off_n, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
-        let max_width = *widths.iter().max().expect("widths");
-        let mut act = vec![c(0.0); max_width];
-        let mut nxt = vec![c(0.0); max_width];
+        let layers: Vec<LayerRef<P::Scalar>> = theta
+            .layers
+            .iter()
+            .map(|(w, b)| (w.as_slice(), b.as_slice()))
+            .collect();
+        let mut mlp = BlockMlp::new();
+        let (mut feats, mut steps) = (Vec::new(), Vec::new());
         for li in 0..grad.num_leaves() {
             let g = grad.leaf(li);
             let n = g.len();
@@ -375,13 +379,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                     *x = rms_d[k] * *x + (c(1.0) - rms_d[k]) * (ge * ge);
                 }
             }
-            let FacOut {
-                y,
-                row_feat,
-                col_feat,
-                mult1,
-                mult2,
-            } = factored_step(
+            let fac = factored_step(
                 g,
                 &shape,
                 &fac_d,
@@ -389,16 +387,16 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                 (&mut off_row, &mut off_col, &mut off_diag),
                 c(1e-6),
             );
-            // Features, [n, nf], in the library's order.
+            let (m, v) = (&*m, &*v);
             let p = state.params.leaf(li);
-            let mut feats = vec![c(0.0); n * nf];
-            for e in 0..n {
-                let f = &mut feats[e * nf..(e + 1) * nf];
+            // Element e's features in the library's order.
+            let features = |e: usize, f: &mut [P::Scalar]| {
                 let mut j = 0;
                 let mut push = |x| {
                     f[j] = x;
                     j += 1;
                 };
+                let loc = fac.locate(e);
                 push(g[e]);
                 push(p[e]);
                 let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
@@ -410,55 +408,57 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                     push(mk * rsqrt(vk + c(1e-6)));
                 }
                 ve.iter().for_each(|&x| push(rsqrt(x + c(1e-6))));
-                let s = e * kf..(e + 1) * kf;
-                y[s.clone()].iter().for_each(|&x| push(x));
-                row_feat[s.clone()].iter().for_each(|&x| push(x));
-                col_feat[s.clone()].iter().for_each(|&x| push(x));
-                row_feat[s.clone()]
-                    .iter()
-                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
-                col_feat[s.clone()]
-                    .iter()
-                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
+                // Six groups of Kf: y, row, col, their rsqrt, the factored momentum.
                 for k in 0..kf {
-                    push(me[k] * mult1[e * kf + k] * mult2[e * kf + k]);
+                    let a = fac.at(loc, k, g[e]);
+                    f[j + k] = a.y;
+                    f[j + kf + k] = a.row;
+                    f[j + 2 * kf + k] = a.col;
+                    f[j + 3 * kf + k] = rsqrt(a.row + c(1e-8));
+                    f[j + 4 * kf + k] = rsqrt(a.col + c(1e-8));
+                    f[j + 5 * kf + k] = me[k] * a.mult1 * a.mult2;
                 }
-            }
-            // Second-moment normalization of each feature over the tensor.
-            let nn = c(n as f64);
-            for j in 0..nf {
-                let mut ms = c(0.0);
-                for e in 0..n {
-                    let x = feats[e * nf + j];
-                    ms += x * x;
-                }
-                let scale = rsqrt(c(1e-5) + ms / nn);
-                for e in 0..n {
-                    feats[e * nf + j] *= scale;
-                }
-            }
-            // The MLP, element by element.
-            let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
-            let p = state.params.leaf_mut(li);
+            };
+            // Each feature's sum of squares over the tensor (in element order), for its
+            // second-moment normalization; the features are computed again per block
+            // below rather than kept (a 1M-element tensor's would be 150 MB).
+            let mut ss = vec![c(0.0); nf];
+            let mut row = vec![c(0.0); nf];
             for e in 0..n {
-                act[..nf].copy_from_slice(&feats[e * nf..(e + 1) * nf]);
-                act[nf..nf + tsf.len()].copy_from_slice(&tsf);
-                let last = theta.layers.len() - 1;
-                for (l, ((w, b), io)) in theta.layers.iter().zip(widths.windows(2)).enumerate() {
-                    let (din, dout) = (io[0], io[1]);
-                    nxt[..dout].copy_from_slice(b);
-                    for (i, &x) in act[..din].iter().enumerate() {
-                        for (o, &wv) in nxt[..dout].iter_mut().zip(&w[i * dout..(i + 1) * dout]) {
-                            *o += x * wv;
-                        }
-                    }
-                    if l != last {
-                        nxt[..dout].iter_mut().for_each(|x| *x = x.max(c(0.0)));
-                    }
-                    std::mem::swap(&mut act, &mut nxt);
+                features(e, &mut row);
+                for (acc, &x) in ss.iter_mut().zip(&row) {
+                    *acc += x * x;
                 }
-                let (direction, magnitude) = (act[0], act[1]);
-                p[e] -= direction * (magnitude * exp_mult).exp() * step_mult;
+            }
+            let nn = c(n as f64);
+            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
+            // The MLP, a block of elements at a time: normalized features, then the
+            // time features.
+            let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
+            let din = nf + tsf.len();
+            steps.clear();
+            for start in (0..n).step_by(MLP_BLOCK) {
+                let nb = MLP_BLOCK.min(n - start);
+                feats.clear();
+                feats.resize(nb * din, c(0.0));
+                for (i, f) in feats.chunks_exact_mut(din).enumerate() {
+                    features(start + i, &mut f[..nf]);
+                    for (x, &sc) in f[..nf].iter_mut().zip(&scale) {
+                        *x *= sc;
+                    }
+                    f[nf..].copy_from_slice(&tsf);
+                }
+                let out = mlp.forward(&layers, &feats, nb);
+                let (direction, magnitude) = out.split_at(nb);
+                steps.extend(
+                    direction
+                        .iter()
+                        .zip(magnitude)
+                        .map(|(&d, &mg)| d * (mg * exp_mult).exp() * step_mult),
+                );
+            }
+            for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
+                *p -= st;
             }
             off_n += n;
         }
@@ -479,19 +479,91 @@ impl LearnedOptimizer for AdafacMlpLOpt {
     }
 }
 
-/// What [`factored_step`] gives for one tensor, each `[n, Kf]` (element-major).
+/// What [`factored_step`] gives for one tensor: the updated accumulators and the
+/// factors, per row and column (or per element for rank < 2), read per element with
+/// [`FacOut::at`].
 pub(crate) struct FacOut<S> {
+    kf: usize,
+    kind: FacKind<S>,
+}
+
+enum FacKind<S> {
+    /// A matrix: `vr`/`rf` per row index `a` (`[la, Kf]`), `vc`/`cf` per column index
+    /// `b` (`[lb, Kf]`); element `e` is at `(e % rows, e / rows)`, swapped when
+    /// `transposed`.
+    Factored {
+        rows: usize,
+        transposed: bool,
+        vr: Vec<S>,
+        vc: Vec<S>,
+        rf: Vec<S>,
+        cf: Vec<S>,
+    },
+    /// Rank < 2: the diagonal accumulators `[n, Kf]` and the ε of the factored momentum.
+    Diag { vd: Vec<S>, diag_eps: S },
+}
+
+/// The factored statistics of one element at one decay.
+pub(crate) struct FacAt<S> {
     /// The preconditioned gradient (the library's `fac_g`).
-    pub y: Vec<S>,
-    /// The row accumulator at each element (the diagonal one for rank < 2).
-    pub row_feat: Vec<S>,
-    /// The column accumulator at each element (the diagonal one for rank < 2).
-    pub col_feat: Vec<S>,
+    pub y: S,
+    /// The row accumulator (the diagonal one for rank < 2).
+    pub row: S,
+    /// The column accumulator (the diagonal one for rank < 2).
+    pub col: S,
     /// The factored momentum is `m·mult1·mult2`: the row and column factors, or
     /// `(v + diag_eps)^-½` and 1 for rank < 2.
-    pub mult1: Vec<S>,
+    pub mult1: S,
     /// See `mult1`.
-    pub mult2: Vec<S>,
+    pub mult2: S,
+}
+
+impl<S: Real> FacOut<S> {
+    /// Where element `e`'s statistics are: its row and column offsets (its own offset
+    /// twice for rank < 2), for [`FacOut::at`].
+    #[inline]
+    pub(crate) fn locate(&self, e: usize) -> (usize, usize) {
+        let kf = self.kf;
+        match &self.kind {
+            FacKind::Factored {
+                rows, transposed, ..
+            } => {
+                let (r, c) = (e % rows, e / rows);
+                let (a, b) = if *transposed { (c, r) } else { (r, c) };
+                (a * kf, b * kf)
+            }
+            FacKind::Diag { .. } => (e * kf, e * kf),
+        }
+    }
+
+    /// The statistics at decay `k` of the element at `(ra, cb)` ([`FacOut::locate`]),
+    /// `g` its gradient.
+    #[inline(always)]
+    pub(crate) fn at(&self, (ra, cb): (usize, usize), k: usize, g: S) -> FacAt<S> {
+        match &self.kind {
+            FacKind::Factored { vr, vc, rf, cf, .. } => {
+                let (row_factor, col_factor) = (rf[ra + k], cf[cb + k]);
+                FacAt {
+                    y: g * row_factor * col_factor,
+                    row: vr[ra + k],
+                    col: vc[cb + k],
+                    mult1: row_factor,
+                    mult2: col_factor,
+                }
+            }
+            FacKind::Diag { vd, diag_eps } => {
+                let c = S::from_f64;
+                let x = vd[ra + k];
+                FacAt {
+                    y: g * rsqrt((x + c(1e-9)).max(c(1e-9))),
+                    row: x,
+                    col: x,
+                    mult1: (x + *diag_eps).powf(c(-0.5)),
+                    mult2: c(1.0),
+                }
+            }
+        }
+    }
 }
 
 /// The library's `common.factored_rolling` update of one tensor at every Adafactor decay
@@ -508,35 +580,24 @@ pub(crate) fn factored_step<S: Real>(
     let c = S::from_f64;
     let n = g.len();
     let kf = fac_d.len();
-    let mut y = vec![c(0.0); n * kf];
-    let mut row_feat = vec![c(0.0); n * kf];
-    let mut col_feat = vec![c(0.0); n * kf];
-    let mut mult1 = vec![c(0.0); n * kf];
-    let mut mult2 = vec![c(1.0); n * kf];
     let gsq = |e: usize| g[e] * g[e] + c(1e-30);
-    match factoring(shape) {
+    let kind = match factoring(shape) {
         Some((la, lb, transposed)) => {
             let rows_n = shape[0];
-            // (a, b) of element e (column-major: e = r + c·rows).
-            let ab = |e: usize| {
-                let (r, col) = (e % rows_n, e / rows_n);
-                if transposed {
-                    (col, r)
-                } else {
-                    (r, col)
-                }
-            };
             let vr = &mut fac_row[*off_row * kf..(*off_row + la) * kf];
             let vc = &mut fac_col[*off_col * kf..(*off_col + lb) * kf];
             let mut mean_b = vec![c(0.0); la]; // mean over b for each a
             let mut mean_a = vec![c(0.0); lb]; // mean over a for each b
             for e in 0..n {
-                let (a, b) = ab(e);
+                let (r, col) = (e % rows_n, e / rows_n);
+                let (a, b) = if transposed { (col, r) } else { (r, col) };
                 mean_b[a] += gsq(e);
                 mean_a[b] += gsq(e);
             }
             mean_b.iter_mut().for_each(|x| *x /= c(lb as f64));
             mean_a.iter_mut().for_each(|x| *x /= c(la as f64));
+            let mut rf = vec![c(0.0); la * kf];
+            let mut cf = vec![c(0.0); lb * kf];
             for k in 0..kf {
                 let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
                 for a in 0..la {
@@ -550,44 +611,40 @@ pub(crate) fn factored_step<S: Real>(
                     rcm += vr[a * kf + k];
                 }
                 let rcm = rcm / c(la as f64);
-                for e in 0..n {
-                    let (a, b) = ab(e);
-                    let (r, col) = (vr[a * kf + k], vc[b * kf + k]);
-                    let row_factor = rsqrt((r / (rcm + c(1e-9))).max(c(1e-9)));
-                    let col_factor = rsqrt(col.max(c(1e-9)));
-                    y[e * kf + k] = g[e] * row_factor * col_factor;
-                    row_feat[e * kf + k] = r;
-                    col_feat[e * kf + k] = col;
-                    mult1[e * kf + k] = row_factor;
-                    mult2[e * kf + k] = col_factor;
+                for a in 0..la {
+                    rf[a * kf + k] = rsqrt((vr[a * kf + k] / (rcm + c(1e-9))).max(c(1e-9)));
+                }
+                for b in 0..lb {
+                    cf[b * kf + k] = rsqrt(vc[b * kf + k].max(c(1e-9)));
                 }
             }
             *off_row += la;
             *off_col += lb;
+            FacKind::Factored {
+                rows: rows_n,
+                transposed,
+                vr: vr.to_vec(),
+                vc: vc.to_vec(),
+                rf,
+                cf,
+            }
         }
         None => {
             let vd = &mut fac_diag[*off_diag * kf..(*off_diag + n) * kf];
             for e in 0..n {
                 for k in 0..kf {
                     let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
-                    let x = d * vd[e * kf + k] + mix * gsq(e);
-                    vd[e * kf + k] = x;
-                    y[e * kf + k] = g[e] * rsqrt((x + c(1e-9)).max(c(1e-9)));
-                    row_feat[e * kf + k] = x;
-                    col_feat[e * kf + k] = x;
-                    mult1[e * kf + k] = (x + diag_eps).powf(c(-0.5));
+                    vd[e * kf + k] = d * vd[e * kf + k] + mix * gsq(e);
                 }
             }
             *off_diag += n;
+            FacKind::Diag {
+                vd: vd.to_vec(),
+                diag_eps,
+            }
         }
-    }
-    FacOut {
-        y,
-        row_feat,
-        col_feat,
-        mult1,
-        mult2,
-    }
+    };
+    FacOut { kf, kind }
 }
 
 /// The library's θ: `adafactor_decays`, `momentum_decays`, `rms_decays` and

@@ -388,15 +388,18 @@ impl FlaxValue {
         out
     }
 
-    /// Reads a file; `Err` ([`Error::Io`] or [`Error::Data`]) when it cannot be read or parsed.
+    /// Reads a file; `Err` ([`Error::Io`] or [`Error::ThetaFile`]) when it cannot be read
+    /// or parsed.
     pub fn read_file(path: impl AsRef<Path>) -> crate::error::Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::Io {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Self::from_bytes(&bytes)
-            .map_err(|e| Error::Data(format!("{}: flax msgpack: {e}", path.display())))
+        Self::from_bytes(&bytes).map_err(|error| Error::ThetaFile {
+            path: path.display().to_string(),
+            error,
+        })
     }
 
     /// Writes [`FlaxValue::to_bytes`] to a file.

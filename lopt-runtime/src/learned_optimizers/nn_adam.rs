@@ -297,20 +297,12 @@ fn beta_fwd<S: Real>(x: S) -> S {
     S::from_f64(0.1) * (S::from_f64(1.0) - x).ln()
 }
 
-/// `(mean, mean of squared deviations)` of `xs`, in `S`.
-fn mean_var<S: Real>(xs: impl Iterator<Item = S> + Clone, n: usize) -> (S, S) {
-    let nn = S::from_f64(n as f64);
-    let mut s = S::from_f64(0.0);
-    for x in xs.clone() {
-        s += x;
-    }
-    let mean = s / nn;
-    let mut v = S::from_f64(0.0);
-    for x in xs {
-        let d = x - mean;
-        v += d * d;
-    }
-    (mean, v / nn)
+/// Partial sums a tensor's statistics keep (one per vector lane).
+const LANES: usize = 8;
+
+/// The sum of partial sums, pairwise.
+fn total<S: Real>(s: &[S; LANES]) -> S {
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))
 }
 
 impl LearnedOptimizer for NnAdam {
@@ -400,21 +392,57 @@ impl LearnedOptimizer for NnAdam {
             let rank = state.params.leaf_shape(li).len();
             let g_raw = grad.leaf(li);
             let n = g_raw.len();
+            // Two passes over the tensor: the moments' update with the sums of m, v, p, g
+            // and |g|, then the squared deviations from the means with the Adam-like
+            // step (the features read the parameters before it). Sums run in 8 partial
+            // sums (vector lanes), not one sequential chain.
             let (m, v) = (state.m.leaf_mut(li), state.rms.leaf_mut(li));
-            for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g_raw) {
-                let g = clip(g, -1000.0, 1000.0);
-                *m = b1 * *m + (one - b1) * g;
-                *v = b2 * *v + (one - b2) * (g * g);
-            }
-            let (m, v) = (state.m.leaf(li), state.rms.leaf(li));
-            // Features from the parameters before the step.
             let p = state.params.leaf(li);
-            let gc = g_raw.iter().map(|&g| clip(g, -1000.0, 1000.0));
-            let (mean_m, var_m) = mean_var(m.iter().copied(), n);
-            let (mean_v, var_v) = mean_var(v.iter().copied(), n);
-            let (mean_p, var_p) = mean_var(p.iter().copied(), n);
-            let (mean_g, var_g) = mean_var(gc.clone(), n);
-            let (mean_gabs, _) = mean_var(gc.map(|g| g.abs()), n);
+            let mut sums = [[c(0.0); LANES]; 5];
+            let mut pass1 = |e: usize, l: usize| {
+                let g = clip(g_raw[e], -1000.0, 1000.0);
+                m[e] = b1 * m[e] + (one - b1) * g;
+                v[e] = b2 * v[e] + (one - b2) * (g * g);
+                sums[0][l] += m[e];
+                sums[1][l] += v[e];
+                sums[2][l] += p[e];
+                sums[3][l] += g;
+                sums[4][l] += g.abs();
+            };
+            let full = n - n % LANES;
+            for base in (0..full).step_by(LANES) {
+                for l in 0..LANES {
+                    pass1(base + l, l);
+                }
+            }
+            for e in full..n {
+                pass1(e, e - full);
+            }
+            let nn = c(n as f64);
+            let [mean_m, mean_v, mean_p, mean_g, mean_gabs] = sums.map(|s| total(&s) / nn);
+            let (m, v) = (state.m.leaf(li), state.rms.leaf(li));
+            let scale = lr * (one + eps);
+            let p = state.params.leaf_mut(li);
+            let mut dev = [[c(0.0); LANES]; 4];
+            let mut pass2 = |e: usize, l: usize| {
+                let g = clip(g_raw[e], -1000.0, 1000.0);
+                let sq = |x: P::Scalar| x * x;
+                dev[0][l] += sq(m[e] - mean_m);
+                dev[1][l] += sq(v[e] - mean_v);
+                dev[2][l] += sq(p[e] - mean_p);
+                dev[3][l] += sq(g - mean_g);
+                // The Adam-like step.
+                p[e] -= scale * one / (eps + (v[e] + c(1e-10)).sqrt()) * m[e];
+            };
+            for base in (0..full).step_by(LANES) {
+                for l in 0..LANES {
+                    pass2(base + l, l);
+                }
+            }
+            for e in full..n {
+                pass2(e, e - full);
+            }
+            let [var_m, var_v, var_p, var_g] = dev.map(|s| total(&s) / nn);
             let pm = |b: bool| if b { one } else { -one };
             let fifth = c(0.2);
             let features = [
@@ -438,12 +466,6 @@ impl LearnedOptimizer for NnAdam {
                 clip_log_abs(var_p),
                 clip_log_abs(var_v),
             ];
-            // The Adam-like step.
-            let scale = lr * (one + eps);
-            let p = state.params.leaf_mut(li);
-            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                *p -= scale * one / (eps + (v + c(1e-10)).sqrt()) * m;
-            }
             // haiku's LSTM on [features, h].
             let (hs, cs) = (
                 &mut state.hidden[li * h..(li + 1) * h],

@@ -75,3 +75,64 @@ macro_rules! params_then_vectors {
     };
 }
 pub(crate) use params_then_vectors;
+
+/// A layer borrowed for [`BlockMlp::forward`]: row-major `[in, out]` weights and the bias.
+pub(crate) type LayerRef<'a, S> = (&'a [S], &'a [S]);
+
+/// Elements a [`BlockMlp`] runs at once: its activations stay in L1/L2.
+pub(crate) const MLP_BLOCK: usize = 256;
+
+/// A per-element MLP run as one matrix product a layer over a block of elements (the
+/// parameters of a tensor), with ReLU between layers: the buffers are reused across
+/// blocks and calls.
+pub(crate) struct BlockMlp<S> {
+    a: Vec<S>,
+    b: Vec<S>,
+}
+
+impl<S: Real> BlockMlp<S> {
+    /// Empty buffers.
+    pub(crate) fn new() -> Self {
+        BlockMlp {
+            a: Vec::new(),
+            b: Vec::new(),
+        }
+    }
+
+    /// The MLP on `n` elements whose inputs are `x`, `n x din` row-major (element-major,
+    /// as features are built); `layers` are row-major `[in, out]` weights and biases.
+    /// Returns the outputs, `n x out` column-major (output `j` of element `e` at
+    /// `j·n + e`).
+    pub(crate) fn forward(&mut self, layers: &[LayerRef<'_, S>], x: &[S], n: usize) -> &[S] {
+        use crate::kernels::gemm::{gemm, MatRef};
+        let last = layers.len() - 1;
+        let mut din = layers[0].0.len() / layers[0].1.len().max(1);
+        for (k, &(w, bias)) in layers.iter().enumerate() {
+            let dout = bias.len();
+            let a = if k == 0 {
+                MatRef::new(&x[..n * din], n, din, din, 1)
+            } else {
+                MatRef::col_major(&self.a[..n * din], n, din)
+            }
+            .expect("block inputs");
+            let wv = MatRef::new(w, din, dout, dout, 1).expect("row-major [in, out] weights");
+            self.b.clear();
+            self.b.resize(n * dout, S::from_f64(0.0));
+            gemm(a, wv, &mut self.b, false).expect("shapes agree");
+            if k < last {
+                self.a.clear();
+                for (col, &bj) in self.b.chunks_exact(n).zip(bias) {
+                    // `0.max(z)` keeps a NaN, as JAX's relu does.
+                    self.a
+                        .extend(col.iter().map(|&v| S::from_f64(0.0).max(v + bj)));
+                }
+            } else {
+                for (col, &bj) in self.b.chunks_exact_mut(n).zip(bias) {
+                    col.iter_mut().for_each(|v| *v += bj);
+                }
+            }
+            din = dout;
+        }
+        &self.b[..n * din]
+    }
+}

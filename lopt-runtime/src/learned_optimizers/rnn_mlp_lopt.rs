@@ -2,7 +2,9 @@
 //! MLP (the JAX library's `RNNMLPLOpt`, `learned_optimizers/rnn_mlp_lopt.py`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{clip, linear, params_then_vectors, rsqrt, sigmoid, sign};
+use super::parts::{
+    clip, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, LayerRef, MLP_BLOCK,
+};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -554,8 +556,13 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let log_num_tensors = c(k as f64).ln() - c(1.0);
         let nf = 3 + 4 * nd;
         let ff_in = self.ff_in();
-        let max_w = *widths.iter().max().expect("widths");
-        let (mut act, mut nxt) = (vec![c(0.0); max_w], vec![c(0.0); max_w]);
+        let net: Vec<LayerRef<P::Scalar>> = theta
+            .mlp
+            .iter()
+            .map(|(w, b)| (w.as_slice(), b.as_slice()))
+            .collect();
+        let mut mlp = BlockMlp::new();
+        let (mut block, mut steps) = (Vec::new(), Vec::new());
         let mut ff = vec![c(0.0); self.lstm_to_ff];
         let (step_mult, mag_rate) = (c(self.step_multiplier), c(self.magnitude_rate));
         let mut off = 0;
@@ -571,9 +578,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let rs = &state.rms[off * nd..(off + n) * nd];
             let v = state.params.leaf(li);
             // Sorted: flat_g, flat_v, log_abs_v, m, rms, rms_scaled_g, rsqrt.
-            let mut feats = vec![c(0.0); n * nf];
-            for e in 0..n {
-                let f = &mut feats[e * nf..(e + 1) * nf];
+            let features = |e: usize, f: &mut [P::Scalar]| {
                 f[0] = g[e];
                 f[1] = v[e];
                 f[2] = (v[e].abs() + c(1e-8)).ln();
@@ -585,44 +590,50 @@ impl LearnedOptimizer for RnnMlpLOpt {
                     f[3 + 2 * nd + j] = mj * rsq;
                     f[3 + 3 * nd + j] = rsq;
                 }
-            }
+            };
+            // Each feature's sum of squares over the tensor (in element order); the
+            // features are computed again per block below rather than kept.
             let nn = c(n as f64);
-            for j in 0..nf {
-                let mut s = c(0.0);
-                for e in 0..n {
-                    let x = feats[e * nf + j];
-                    s += x * x;
-                }
-                let scale = rsqrt(c(1e-5) + s / nn);
-                for e in 0..n {
-                    feats[e * nf + j] *= scale;
+            let mut ss = vec![c(0.0); nf];
+            let mut row = vec![c(0.0); nf];
+            for e in 0..n {
+                features(e, &mut row);
+                for (acc, &x) in ss.iter_mut().zip(&row) {
+                    *acc += x * x;
                 }
             }
+            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
             let (_, _, ss_v) = stats(v);
             let log_norm = (ss_v.sqrt() + c(1e-8)).ln();
             let log_n = nn.ln();
             let mut msg = vec![c(0.0); fm];
-            let last = theta.mlp.len() - 1;
-            let p = state.params.leaf_mut(li);
-            for e in 0..n {
-                act[..nf].copy_from_slice(&feats[e * nf..(e + 1) * nf]);
-                act[nf..nf + 11].copy_from_slice(&step_feat);
-                act[nf + 11] = log_num_tensors;
-                act[nf + 12] = log_norm;
-                act[nf + 13] = log_n;
-                act[nf + 14..ff_in].copy_from_slice(&ff);
-                for (l, ((w, b), io)) in theta.mlp.iter().zip(widths.windows(2)).enumerate() {
-                    linear(w, b, &act[..io[0]], &mut nxt[..io[1]]);
-                    if l != last {
-                        nxt[..io[1]].iter_mut().for_each(|x| *x = x.max(c(0.0)));
+            steps.clear();
+            for start in (0..n).step_by(MLP_BLOCK) {
+                let nb = MLP_BLOCK.min(n - start);
+                block.clear();
+                block.resize(nb * ff_in, c(0.0));
+                for (i, act) in block.chunks_exact_mut(ff_in).enumerate() {
+                    features(start + i, &mut act[..nf]);
+                    for (x, &sc) in act[..nf].iter_mut().zip(&scale) {
+                        *x *= sc;
                     }
-                    std::mem::swap(&mut act, &mut nxt);
+                    act[nf..nf + 11].copy_from_slice(&step_feat);
+                    act[nf + 11] = log_num_tensors;
+                    act[nf + 12] = log_norm;
+                    act[nf + 13] = log_n;
+                    act[nf + 14..ff_in].copy_from_slice(&ff);
                 }
-                let (direction, magnitude) = (act[0], act[1]);
-                p[e] -= direction * (magnitude * mag_rate).exp() * step_mult;
-                for (a, &o) in msg.iter_mut().zip(&act[2..2 + fm]) {
-                    *a += o;
+                let out = mlp.forward(&net, &block, nb);
+                for i in 0..nb {
+                    let (direction, magnitude) = (out[i], out[nb + i]);
+                    steps.push(direction * (magnitude * mag_rate).exp() * step_mult);
+                    for (j, a) in msg.iter_mut().enumerate() {
+                        *a += out[(2 + j) * nb + i];
+                    }
                 }
+            }
+            for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
+                *p -= st;
             }
             for (dst, &s) in state.from_mlp[li * fm..(li + 1) * fm].iter_mut().zip(&msg) {
                 *dst = s / nn;

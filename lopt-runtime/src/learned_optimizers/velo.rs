@@ -2,9 +2,11 @@
 //! LSTM that produces, as mixing weights over a bank of MLPs, the weights of the
 //! per-parameter MLP that computes each step.
 
-use super::adafac_mlp_lopt::{factored_step, factoring, FacOut};
+use super::adafac_mlp_lopt::{factored_step, factoring};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{self, clip, params_then_vectors, rsqrt, sigmoid};
+use super::parts::{
+    self, clip, params_then_vectors, rsqrt, sigmoid, BlockMlp, LayerRef, MLP_BLOCK,
+};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -373,6 +375,47 @@ fn linear<S: Real>((w, b): &Linear<S>, x: &[S], out: &mut [S]) {
     parts::linear(w, b, x, out)
 }
 
+/// `x·W + b` for the `rows` rows of `x` (`[rows, din]` row-major) and a row-major
+/// layer: `[rows, dout]` column-major (output `j` of row `r` at `j·rows + r`). Each row
+/// is [`parts::linear`]'s sums in its order, but `W` is read once for all rows.
+fn row_major_product<S: Real>(x: &[S], rows: usize, din: usize, (w, b): &Linear<S>) -> Vec<S> {
+    let dout = b.len();
+    // Columns `j0..j1` of the product, `[rows, j1 − j0]` row-major.
+    let cols = |j0: usize, j1: usize| {
+        let width = j1 - j0;
+        let mut out: Vec<S> = (0..rows).flat_map(|_| b[j0..j1].iter().copied()).collect();
+        for i in 0..din {
+            let wi = &w[i * dout + j0..i * dout + j1];
+            for r in 0..rows {
+                let xi = x[r * din + i];
+                for (o, &wv) in out[r * width..(r + 1) * width].iter_mut().zip(wi) {
+                    *o += xi * wv;
+                }
+            }
+        }
+        out
+    };
+    // The released LSTM's 8 MB of weights: two threads read half the columns each
+    // (every output is still summed by one thread in the same order).
+    let parts: Vec<(usize, Vec<S>)> = if din * dout >= 1 << 20 && rayon::current_num_threads() > 1 {
+        let mid = dout / 2;
+        let (a, c) = rayon::join(|| cols(0, mid), || cols(mid, dout));
+        vec![(0, a), (mid, c)]
+    } else {
+        vec![(0, cols(0, dout))]
+    };
+    let mut out = vec![S::from_f64(0.0); rows * dout];
+    for (j0, part) in &parts {
+        let width = part.len() / rows.max(1);
+        for r in 0..rows {
+            for j in 0..width {
+                out[(j0 + j) * rows + r] = part[r * width + j];
+            }
+        }
+    }
+    out
+}
+
 /// The loss buffer's decays: `exp(−1/h)`, `h = logspace(1, log10(n), 10)`, in the
 /// scalar's precision as the library computes them in `f32`.
 fn loss_decays<S: Real>(n: usize) -> Vec<S> {
@@ -698,36 +741,40 @@ impl LearnedOptimizer for Velo {
                 *o = t + m;
             }
         }
-        let mut x_and_h = vec![c(0.0); 2 * h];
-        let mut gates = vec![c(0.0); 4 * h];
-        let mut controls = vec![c(0.0); k * pi];
-        let mut lr_mult = vec![c(0.0); k];
-        let mut one_out = [c(0.0)];
+        // The LSTM and the controls of every tensor at once: one matrix product each
+        // (the released LSTM's weights are 8 MB, read once instead of once a tensor).
+        let mut x_and_h = vec![c(0.0); k * 2 * h];
         for li in 0..k {
-            x_and_h[..h].copy_from_slice(&mixed[li * h..(li + 1) * h]);
-            x_and_h[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
-            linear(&theta.lstm, &x_and_h, &mut gates);
-            let mut hn = vec![c(0.0); h];
-            let mut cn = vec![c(0.0); h];
+            let row = &mut x_and_h[li * 2 * h..(li + 1) * 2 * h];
+            row[..h].copy_from_slice(&mixed[li * h..(li + 1) * h]);
+            row[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
+        }
+        let gates = row_major_product(&x_and_h, k, 2 * h, &theta.lstm);
+        let mut hn = vec![c(0.0); k * h];
+        for li in 0..k {
+            let gate = |q: usize, j: usize| gates[(q * h + j) * k + li];
             for j in 0..h {
-                let (i, gg, fg, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
+                let (i, gg, fg, o) = (gate(0, j), gate(1, j), gate(2, j), gate(3, j));
                 let fg = sigmoid(fg + one);
                 let cj = fg * state.cell[li * h + j] + sigmoid(i) * gg.tanh();
-                cn[j] = cj;
-                hn[j] = sigmoid(o) * cj.tanh();
-            }
-            linear(
-                &theta.to_controls,
-                &hn,
-                &mut controls[li * pi..(li + 1) * pi],
-            );
-            linear(&theta.step_size, &hn, &mut one_out);
-            lr_mult[li] = one_out[0];
-            if !self.use_bugged_next_lstm_state {
-                state.hidden[li * h..(li + 1) * h].copy_from_slice(&hn);
-                state.cell[li * h..(li + 1) * h].copy_from_slice(&cn);
+                hn[li * h + j] = sigmoid(o) * cj.tanh();
+                if !self.use_bugged_next_lstm_state {
+                    state.cell[li * h + j] = cj;
+                }
             }
         }
+        if !self.use_bugged_next_lstm_state {
+            state.hidden.copy_from_slice(&hn);
+        }
+        let controls_cm = row_major_product(&hn, k, h, &theta.to_controls);
+        let lr_cm = row_major_product(&hn, k, h, &theta.step_size);
+        let mut controls = vec![c(0.0); k * pi];
+        for li in 0..k {
+            for j in 0..pi {
+                controls[li * pi + j] = controls_cm[j * k + li];
+            }
+        }
+        let lr_mult = lr_cm;
         if self.rnn_state_decay > 0.0 {
             let d = c(1.0 - self.rnn_state_decay);
             state
@@ -764,31 +811,32 @@ impl LearnedOptimizer for Velo {
         }
         // Per tensor: the mixed MLP and the step.
         let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
-        let mut w0: Vec<Vec<P::Scalar>> = vec![Vec::new(); in_w.len()];
+        let mut w0 = Vec::new();
+        let mut part = Vec::new();
         let mut b0 = Vec::new();
         let mut layers: Vec<Linear<P::Scalar>> =
             vec![(Vec::new(), Vec::new()); theta.ff_layers.len()];
         let total_in: usize = in_w.iter().sum();
+        let mut mlp = BlockMlp::new();
+        let (mut feats, mut steps) = (Vec::new(), Vec::new());
+        let mut row = vec![c(0.0); total_in];
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let nn = c(n as f64);
             let shape = state.params.leaf_shape(li);
             let ctl = &controls[li * pi..(li + 1) * pi];
-            for (dst, bank) in w0.iter_mut().zip(&theta.ff_w0) {
-                mix_bank(bank, ctl, dst);
+            // The first layer's groups stacked into one [total_in, hid0] matrix.
+            w0.clear();
+            for bank in &theta.ff_w0 {
+                mix_bank(bank, ctl, &mut part);
+                w0.extend_from_slice(&part);
             }
             mix_bank(&theta.ff_b0, ctl, &mut b0);
             for ((dw, db), (bw, bb)) in layers.iter_mut().zip(&theta.ff_layers) {
                 mix_bank(bw, ctl, dw);
                 mix_bank(bb, ctl, db);
             }
-            let FacOut {
-                y,
-                row_feat,
-                col_feat,
-                mult1,
-                mult2,
-            } = factored_step(
+            let fac = factored_step(
                 g,
                 &shape,
                 &fac_d,
@@ -799,101 +847,84 @@ impl LearnedOptimizer for Velo {
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
             let p = state.params.leaf(li);
-            // Inputs, [n, total_in], group by group.
-            let mut inp = vec![c(0.0); n * total_in];
-            for e in 0..n {
-                let row = &mut inp[e * total_in..(e + 1) * total_in];
+            // Element e's inputs, group by group.
+            let features = |e: usize, f: &mut [P::Scalar]| {
                 let mut j = 0;
                 let mut push = |x| {
-                    row[j] = x;
+                    f[j] = x;
                     j += 1;
                 };
                 let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
-                let rsq: Vec<_> = ve.iter().map(|&x| rsqrt(x + c(1e-6))).collect();
+                let rsq = |q: usize| rsqrt(ve[q] + c(1e-6));
+                let loc = fac.locate(e);
                 push(g[e]);
                 push(clip(g[e], -0.1, 0.1));
                 push(p[e]);
                 me.iter().for_each(|&x| push(x));
                 ve.iter().for_each(|&x| push(x));
                 for q in 0..km.max(kr) {
-                    push(me[if km == 1 { 0 } else { q }] * rsq[if kr == 1 { 0 } else { q }]);
+                    push(me[if km == 1 { 0 } else { q }] * rsq(if kr == 1 { 0 } else { q }));
                 }
-                rsq.iter().for_each(|&x| push(x));
-                let s = e * kf..(e + 1) * kf;
-                y[s.clone()].iter().for_each(|&x| push(x));
-                rsq.iter().for_each(|&x| push(g[e] * x));
-                row_feat[s.clone()].iter().for_each(|&x| push(x));
-                col_feat[s.clone()].iter().for_each(|&x| push(x));
-                row_feat[s.clone()]
-                    .iter()
-                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
-                col_feat[s.clone()]
-                    .iter()
-                    .for_each(|&x| push(rsqrt(x + c(1e-8))));
+                (0..kr).for_each(|q| push(rsq(q)));
+                // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
+                // factored momentum.
+                for q in 0..kr {
+                    f[j + kf + q] = g[e] * rsq(q);
+                }
+                let j2 = j + kf + kr;
+                for k in 0..kf {
+                    let a = fac.at(loc, k, g[e]);
+                    f[j + k] = a.y;
+                    f[j2 + k] = a.row;
+                    f[j2 + kf + k] = a.col;
+                    f[j2 + 2 * kf + k] = rsqrt(a.row + c(1e-8));
+                    f[j2 + 3 * kf + k] = rsqrt(a.col + c(1e-8));
+                }
+                let j3 = j2 + 4 * kf;
                 for q in 0..km.max(kf) {
                     let qm = if km == 1 { 0 } else { q };
-                    let qf = e * kf + if kf == 1 { 0 } else { q };
-                    push(me[qm] * mult1[qf] * mult2[qf]);
+                    let a = fac.at(loc, if kf == 1 { 0 } else { q }, g[e]);
+                    f[j3 + q] = me[qm] * a.mult1 * a.mult2;
                 }
-            }
-            for j in 0..total_in {
-                let mut s = c(0.0);
-                for e in 0..n {
-                    let x = inp[e * total_in + j];
-                    s += x * x;
-                }
-                let scale = rsqrt(c(1e-5) + s / nn);
-                for e in 0..n {
-                    inp[e * total_in + j] *= scale;
-                }
-            }
-            let mut ss = c(0.0);
-            for &x in p {
-                ss += x * x;
-            }
-            let param_scale = (ss / nn + c(1e-9)).sqrt();
-            let hid0 = ffw[0];
-            let mut act = vec![c(0.0); ffw.iter().copied().max().unwrap_or(3)];
-            let mut nxt = act.clone();
-            let mut part = vec![c(0.0); hid0];
-            let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
-            let last = ffw.len() - 1;
-            let p = state.params.leaf_mut(li);
+            };
+            // Each input's sum of squares over the tensor (in element order); the inputs
+            // are computed again per block below rather than kept.
+            let mut ss = vec![c(0.0); total_in];
             for e in 0..n {
-                // Layer 0: Σ over groups of (group · w0__i), then the bias.
-                act[..hid0].iter_mut().for_each(|x| *x = c(0.0));
-                let mut col = 0;
-                for (gi, &d) in in_w.iter().enumerate() {
-                    let xs = &inp[e * total_in + col..e * total_in + col + d];
-                    part.iter_mut().for_each(|x| *x = c(0.0));
-                    for (r, &x) in xs.iter().enumerate() {
-                        for (o, &wv) in part.iter_mut().zip(&w0[gi][r * hid0..(r + 1) * hid0]) {
-                            *o += x * wv;
-                        }
+                features(e, &mut row);
+                for (acc, &x) in ss.iter_mut().zip(&row) {
+                    *acc += x * x;
+                }
+            }
+            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
+            let mut sq = c(0.0);
+            for &x in p {
+                sq += x * x;
+            }
+            let param_scale = (sq / nn + c(1e-9)).sqrt();
+            let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
+            let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, &b0)];
+            net.extend(layers.iter().map(|(w, b)| (w.as_slice(), b.as_slice())));
+            steps.clear();
+            for start in (0..n).step_by(MLP_BLOCK) {
+                let nb = MLP_BLOCK.min(n - start);
+                feats.clear();
+                feats.resize(nb * total_in, c(0.0));
+                for (i, f) in feats.chunks_exact_mut(total_in).enumerate() {
+                    features(start + i, f);
+                    for (x, &sc) in f.iter_mut().zip(&scale) {
+                        *x *= sc;
                     }
-                    for (a, &q) in act[..hid0].iter_mut().zip(&part) {
-                        *a += q;
-                    }
-                    col += d;
                 }
-                for (a, &b) in act[..hid0].iter_mut().zip(&b0) {
-                    *a += b;
-                }
-                if last != 0 {
-                    act[..hid0].iter_mut().for_each(|x| *x = x.max(c(0.0)));
-                }
-                for (l, (w, b)) in layers.iter().enumerate() {
-                    let (din, dout) = (ffw[l], ffw[l + 1]);
-                    parts::linear(w, b, &act[..din], &mut nxt[..dout]);
-                    if l + 1 != last {
-                        nxt[..dout].iter_mut().for_each(|x| *x = x.max(c(0.0)));
-                    }
-                    std::mem::swap(&mut act, &mut nxt);
-                }
-                let (direction, magnitude) = (act[0], act[1]);
-                let mag = (magnitude * exp_mult).exp();
-                let step = direction * (param_scale * mag) * step_mult;
-                p[e] -= lr_mult[li] * step;
+                let out = mlp.forward(&net, &feats, nb);
+                let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
+                steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
+                    let mag = (mg * exp_mult).exp();
+                    lr_mult[li] * (d * (param_scale * mag) * step_mult)
+                }));
+            }
+            for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
+                *p -= st;
             }
             off += n;
         }

@@ -122,9 +122,25 @@ where
     ///
     /// Errors: [`Error::InvalidArgument`] when there are no estimators.
     pub fn init(&self, key: Key) -> Result<MetaState<O::State, E::WorkerState>> {
+        let (k1, _) = key.split();
+        self.init_from_theta(self.learner.lopt.init(k1), key)
+    }
+
+    /// [`init`](Self::init) from a given θ instead of `lopt.init` (fine-tuning a θ loaded
+    /// from a file, e.g. with [`crate::prefab::load`]): the estimators from the same keys.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when there are no estimators.
+    pub fn init_from_theta(
+        &self,
+        theta: L::Theta<f32>,
+        key: Key,
+    ) -> Result<MetaState<O::State, E::WorkerState>> {
         self.check_estimators()?;
-        let (k1, k) = key.split();
-        let learner = self.learner.init(k1);
+        let (_, k) = key.split();
+        let learner = GradientLearnerState {
+            theta_opt_state: self.learner.theta_opt.init(theta, None),
+            non_finite_streak: 0,
+        };
         let theta = self.learner.theta(&learner);
         let workers = self
             .estimators

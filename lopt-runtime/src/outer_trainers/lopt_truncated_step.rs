@@ -308,11 +308,14 @@ impl<'a, F: TaskFamily, L: LearnedOptimizer, T: TruncationSchedule> LOptTruncate
             return Err(shape_error(self.family, l));
         }
         let mut cfg = self.family.cast_cfg::<f32, S>(first_cfg);
+        // Lane 0's planned length: the lanes' leaves are set below, but an optimizer that
+        // needs the length at init (VeLO) must be given one.
+        let steps = (lane(0).2 != usize::MAX).then_some(lane(0).2);
         let mut opt_state = self.lopt.init_state(
             &self.lopt.cast_theta::<f32, S>(theta),
             self.family
                 .cast_params::<f32, S>(self.lopt.params(&lane(0).1)),
-            None,
+            steps,
         );
         for l in 0..lanes {
             set_lane(&mut cfg, l, &lane(l).0);

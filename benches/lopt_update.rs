@@ -1,0 +1,184 @@
+//! One update of each learned optimizer, on the image MLP's 2,410 parameters
+//! (`ImageMLP_Digits8_Relu32`'s tree: w1 [64, 32], b1 [32], w2 [32, 10], b2 [10]) and on a
+//! 1,001,000-parameter tree (b [1000], w [1000, 1000]): cases `update.<name>.<size>`
+//! (`2410`, `1m`), in `f32`, each θ from the optimizer's `init` in the JAX library's
+//! default configuration (VeLO: the released configuration, `Velo::released()`), the
+//! gradient `1e-3·params`, 1000 planned steps. `scripts/jax/bench_lopt_update.py` runs the
+//! JAX library's jitted update of the same configurations and trees (`--with-lopt`
+//! alternates the two and prints ratios).
+//!
+//! After the lines, the fraction of one core's FMA peak each case reaches, with the peak
+//! measured here (an FMA loop on independent accumulators) and a FLOP model that counts
+//! the multiply-adds of the networks only: per element the per-parameter MLP (as lopt
+//! computes it: `MlpLOpt`'s time features are folded into a bias), per tensor the LSTM
+//! and, for VeLO, the mixing layers, the controls and the mixing of the MLP bank.
+//!
+//! `cargo bench --bench lopt_update [-- <substring>...]`
+
+mod common;
+
+use std::cell::RefCell;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use common::{run, select, Case};
+use lopt::learned_optimizers::{
+    AdafacMlpLOpt, LearnableSgdm, LearnedOptimizer, MlpLOpt, NnAdam, RnnMlpLOpt, Velo,
+};
+use lopt::prelude::*;
+use lopt::tasks::image_mlp::ImageMLP_Digits8_Relu32;
+
+/// The 1M-parameter tree.
+#[derive(Params, Clone, Debug)]
+struct Big<S: Real> {
+    b: DVector<S>,
+    w: DMatrix<S>,
+}
+
+/// A case: one update of `lopt` with its own θ on `params`, the state kept across calls.
+fn case<'a, L: LearnedOptimizer, P: Params<Scalar = f32> + Rebind>(
+    id: String,
+    lopt: &'a L,
+    params: &P,
+) -> Case<'a> {
+    let theta = lopt.init(Key::new(0));
+    let grad = params.map(|x| 1e-3 * x);
+    let state = RefCell::new(lopt.init_state(&theta, params.clone(), Some(1000)));
+    Case::new(id, move || {
+        let mut s = state.borrow_mut();
+        lopt.update(&theta, &mut s, black_box(&grad), black_box(1.5));
+    })
+}
+
+/// Multiply-add FLOP of one update on leaves of `sizes` (see the module docs).
+fn flop_model(name: &str, sizes: &[usize]) -> f64 {
+    let n: usize = sizes.iter().sum();
+    let k = sizes.len() as f64;
+    let mlp = |w: &[usize]| 2.0 * w.windows(2).map(|p| p[0] * p[1]).sum::<usize>() as f64;
+    let lstm = |inp: usize, h: usize| 2.0 * ((inp + h) * 4 * h) as f64;
+    match name {
+        "mlp_lopt" => n as f64 * mlp(&[8, 32, 32, 2]),
+        "adafac_mlp_lopt" => n as f64 * mlp(&[39, 4, 4, 2]),
+        "rnn_mlp_lopt" => n as f64 * mlp(&[54, 32, 32, 18]) + k * lstm(18 + 16, 64),
+        "nn_adam" => k * lstm(19, 32),
+        "velo" => {
+            let (h, pi, f) = (512, 256, 30);
+            let bank = 39 * 4 + 4 + 4 * 4 + 4 + 4 * 3 + 3;
+            n as f64 * mlp(&[39, 4, 4, 3])
+                + k * (lstm(h, h)
+                    + 2.0 * (2 * f * h + h * pi + h) as f64
+                    + 2.0 * (pi * bank) as f64)
+        }
+        _ => 0.0,
+    }
+}
+
+/// One core's f32 FMA peak (FLOP/s), measured: 12 independent 8-lane accumulators.
+fn fma_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return None;
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fma_loop(iters: usize) -> f32 {
+            use std::arch::x86_64::*;
+            let a = _mm256_set1_ps(0.999_999);
+            let b = _mm256_set1_ps(1e-7);
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut s = _mm256_setzero_ps();
+            for x in acc {
+                s = _mm256_add_ps(s, x);
+            }
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            out.iter().sum()
+        }
+        let iters = 2_000_000;
+        let mut best = f64::INFINITY;
+        for _ in 0..7 {
+            let t = Instant::now();
+            // SAFETY: AVX2 and FMA were detected above.
+            black_box(unsafe { fma_loop(black_box(iters)) });
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Some(iters as f64 * 12.0 * 8.0 * 2.0 / best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+fn main() -> lopt::Result<()> {
+    let small = ImageMLP_Digits8_Relu32()?.init::<f32>(Key::new(0));
+    let mut big = Big {
+        b: DVector::<f32>::zeros(1000),
+        w: DMatrix::<f32>::zeros(1000, 1000),
+    };
+    Key::new(1).fill_normal(big.w.as_mut_slice());
+    Key::new(2).fill_normal(big.b.as_mut_slice());
+    big = big.map(|x| 0.1 * x);
+    let sizes = |p: &dyn Fn(usize) -> usize, k: usize| (0..k).map(p).collect::<Vec<_>>();
+    let small_sizes = sizes(&|i| small.leaf(i).len(), small.num_leaves());
+    let big_sizes = sizes(&|i| big.leaf(i).len(), big.num_leaves());
+
+    let mlp = MlpLOpt::default();
+    let adafac = AdafacMlpLOpt::default();
+    let rnn = RnnMlpLOpt::default();
+    let nn_adam = NnAdam::default();
+    let sgdm = LearnableSgdm::default();
+    let velo = Velo::released();
+    let mut cases = Vec::new();
+    macro_rules! both {
+        ($name:literal, $lopt:expr) => {
+            cases.push(case(format!("update.{}.2410", $name), $lopt, &small));
+            cases.push(case(format!("update.{}.1m", $name), $lopt, &big));
+        };
+    }
+    both!("mlp_lopt", &mlp);
+    both!("adafac_mlp_lopt", &adafac);
+    both!("rnn_mlp_lopt", &rnn);
+    both!("nn_adam", &nn_adam);
+    both!("learnable_sgdm", &sgdm);
+    both!("velo", &velo);
+    select(&mut cases);
+    let s = run(&mut cases, 9, Duration::from_millis(100));
+    let peak = fma_peak();
+    match peak {
+        Some(p) => println!("one core's FMA peak (measured): {:.1} GFLOP/s f32", p / 1e9),
+        None => println!("FMA peak: not measured (no AVX2+FMA)"),
+    }
+    for x in &s {
+        let mut parts = x.id.split('.');
+        let (name, size) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
+        let flop = flop_model(
+            name,
+            if size == "1m" {
+                &big_sizes
+            } else {
+                &small_sizes
+            },
+        );
+        if flop > 0.0 {
+            let gflops = flop / x.median / 1e9;
+            let frac = peak.map_or(String::new(), |p| {
+                format!(
+                    ", {:.1}% of one core's FMA peak",
+                    100.0 * flop / x.median / p
+                )
+            });
+            println!(
+                "  {}: {:.2} MFLOP (model), {gflops:.2} GFLOP/s{frac}",
+                x.id,
+                flop / 1e6
+            );
+        }
+    }
+    Ok(())
+}
