@@ -488,8 +488,8 @@ mod tests {
 
     /// The probabilities `eval` keeps are the ones the derivative would recompute: a
     /// derivative after `eval` equals one on a fresh op (nothing kept), and the first
-    /// derivative takes what was kept. Mutation caught: keeping the probabilities
-    /// before normalization (tried: the gradients differ).
+    /// derivative takes what was kept. Mutation caught: keeping a buffer other than
+    /// the probabilities (tried: every kept probability doubled; the gradients differ).
     #[test]
     fn kept_probabilities_equal_recomputed_ones() {
         let g = geometries()[1];
@@ -506,8 +506,8 @@ mod tests {
 
     /// Each lane of a packed attention is its own `f32` instance's, within the matrix
     /// products' and `exp`'s 1e-6 (README, "What batched == serial promises"), value,
-    /// tangent and cotangent. Mutation caught: reading the probabilities of lane 0 for
-    /// every lane (a kept buffer of the wrong scalar type would be one way).
+    /// tangent and cotangent. Mutation caught: normalizing every lane's softmax by
+    /// lane 0's sum (tried; invisible to the `f64` tests, where lane 0 is the value).
     #[test]
     fn lanes_are_their_f32_instances() {
         let g = AttentionGeometry::new(2, 6, 2, 8).unwrap();
@@ -553,6 +553,7 @@ mod tests {
         }
     }
 
+    /// Mutation caught: the zero-size refusal removed (tried).
     #[test]
     fn zero_sizes_are_refused() {
         assert!(matches!(
