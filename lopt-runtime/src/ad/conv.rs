@@ -14,11 +14,10 @@
 //! bias is the existing broadcast of a row vector over the rows, and a 1×1 convolution is
 //! a plain product.
 
-use std::any::TypeId;
-
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
+use crate::kernels::alloc::zeroed;
 use crate::scalar::Real;
 
 use super::Unary;
@@ -234,27 +233,6 @@ fn inside(out: usize, k: usize, pad: usize, s: usize, size: usize) -> (usize, us
         0
     };
     (lo.min(hi), hi)
-}
-
-/// `n` zeros; for `f32` and `f64` from the allocator's zeroed memory (fresh pages come
-/// zeroed from the kernel: no pass over the buffer before it is written).
-fn zeroed<S: Real>(n: usize) -> Vec<S> {
-    /// # Safety
-    /// `T` and `S` are the same type.
-    unsafe fn cast<T, S>(v: Vec<T>) -> Vec<S> {
-        let mut v = std::mem::ManuallyDrop::new(v);
-        // SAFETY: `T` = `S` (the contract): the same allocation, length and capacity.
-        unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut S, v.len(), v.capacity()) }
-    }
-    if TypeId::of::<S>() == TypeId::of::<f32>() {
-        // SAFETY: `S` is `f32` (the TypeId test).
-        unsafe { cast(vec![0f32; n]) }
-    } else if TypeId::of::<S>() == TypeId::of::<f64>() {
-        // SAFETY: `S` is `f64` (the TypeId test).
-        unsafe { cast(vec![0f64; n]) }
-    } else {
-        vec![S::zero(); n]
-    }
 }
 
 impl Conv2dGeometry {
