@@ -558,7 +558,9 @@ mod tests {
     }
 
     /// `im2col(x)·w` against the definition, for SAME (asymmetric at stride 2) and VALID.
-    /// A mutation that pads symmetrically at stride 2 fails the first geometry.
+    /// A mutation that pads symmetrically at stride 2 fails the first geometry; so do
+    /// (tried) the first valid output of a window row rounded down instead of up, and
+    /// one output too many read at its end.
     #[test]
     fn patches_times_kernel_is_the_convolution() {
         for (k, g) in geometries().into_iter().enumerate() {
@@ -582,6 +584,7 @@ mod tests {
     }
 
     /// The reverse rule is the adjoint of the forward one: ⟨col2im(u), t⟩ = ⟨u, im2col(t)⟩.
+    /// Mutation tried: col2im adding a run contiguously at a horizontal stride of 2 fails.
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         for (k, g) in geometries().into_iter().enumerate() {
