@@ -189,8 +189,22 @@ fn main() {
     }
     let mut cases: Vec<Case<'_>> = Vec::new();
     let mut flops: Vec<(String, f64)> = Vec::new();
+    // Only the layers some selected case needs are set up (and checked).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |id: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| id.contains(f.trim_end_matches('$')) || f.contains(id))
+    };
     for (id, g, co, dx) in &layers {
         let (g, co, dx) = (*g, *co, *dx);
+        if !wanted(&format!("conv.{id}.")) {
+            continue;
+        }
         let x = normal(g.in_rows(), g.channels, 1.0);
         let w = normal(g.patch_len(), co, 1.0 / (g.patch_len() as f32).sqrt());
         let b = DVector::from_element(co, 0.01f32);
