@@ -200,7 +200,7 @@ fn softmax_jacobian_t<S: Real>(a: &[S], e: &mut [S], t_len: usize, scale: Option
         for (v, &p) in ec[..=t].iter_mut().zip(ac) {
             *v = p * (*v - dot);
             if let Some(s) = scale {
-                *v = *v / s;
+                *v /= s;
             }
         }
         ec[t + 1..].iter_mut().for_each(|v| *v = S::zero());
@@ -233,7 +233,7 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                 masked.iter_mut().for_each(|v| *v = S::zero());
                 let mut m = S::c(f64::NEG_INFINITY);
                 for v in live.iter_mut() {
-                    *v = *v / sqrt_d;
+                    *v /= sqrt_d;
                     m = m.max(*v);
                 }
                 let mut sum = S::zero();
@@ -241,7 +241,7 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                     *v = exp(*v - m);
                     sum += *v;
                 }
-                live.iter_mut().for_each(|v| *v = *v / sum);
+                live.iter_mut().for_each(|v| *v /= sum);
             }
             // O = P V = (Pᵀ)ᵀ V.
             o.iter_mut().for_each(|v| *v = S::zero());
@@ -299,7 +299,7 @@ impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
                 e.iter_mut().for_each(|v| *v = S::zero());
                 product_acc(dk, q.t(), &mut e);
                 product_acc(k, dq.t(), &mut e);
-                e.iter_mut().for_each(|v| *v = *v / sqrt_d);
+                e.iter_mut().for_each(|v| *v /= sqrt_d);
                 softmax_jacobian_t(a, &mut e, tt, None);
                 // dO = dP V + P dV.
                 o.iter_mut().for_each(|v| *v = S::zero());
