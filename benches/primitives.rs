@@ -16,15 +16,17 @@
 //! FLOP counts are the matrix products' (`2·m·k·n` each; a layer's `grad` does the
 //! forward product, `dW = Pᵀ·G` and, with the input differentiated, `dP = G·Wᵀ`); the
 //! attention counts its four (forward) and six (gradient) per-head products over the full
-//! `T × T` (the masked half included, as the GEMMs do it). The peak is measured at start
-//! with an FMA loop (12 independent AVX2 accumulators) on one thread; everything here
-//! runs on one thread.
+//! `T × T` (the masked half included, as the GEMMs do it). The peak is `peak.fma`, an FMA loop
+//! (12 independent AVX2 accumulators) timed as one of the interleaved cases, so that it
+//! sees the machine's load as they do; everything here runs on one thread. The
+//! `part.c103.*` cases time the pieces of the largest layer's gradient alone (im2col,
+//! col2im, the forward product, `dW = Pᵀ·G`, `dP = G·Wᵀ`).
 //!
 //! The JAX side: `scripts/jax/bench_primitives.py` (same ids, `jit(value_and_grad)`).
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{keep, Case};
 use lopt::ad::attention::AttentionGeometry;
@@ -124,8 +126,13 @@ impl Hand {
     }
 }
 
-/// This core's f32 FMA peak (FLOP/s): 12 independent 8-wide FMA chains, best of 5.
-fn measure_peak() -> f64 {
+/// FLOP of one [`fma_loop`].
+const PEAK_FLOP: f64 = (PEAK_ITERS * 12 * 8 * 2) as f64;
+const PEAK_ITERS: usize = 1_000_000;
+
+/// 12 independent 8-wide FMA chains, `PEAK_ITERS` steps: this core's f32 FMA peak (timed
+/// as a case, interleaved with the others).
+fn fma_loop() -> f32 {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         use std::arch::x86_64::*;
@@ -145,23 +152,18 @@ fn measure_peak() -> f64 {
             _mm256_storeu_ps(out.as_mut_ptr(), s);
             out.iter().sum()
         }
-        let iters = 20_000_000;
-        let best = (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                keep(unsafe { run(iters) });
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min);
-        return (iters * 12 * 8 * 2) as f64 / best;
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { run(keep(PEAK_ITERS)) };
     }
-    f64::NAN
+    f32::NAN
+}
+
+/// A whole column-major matrix as a GEMM view.
+fn mref(m: &DMatrix<f32>) -> MatRef<'_, f32> {
+    MatRef::col_major(m.as_slice(), m.nrows(), m.ncols()).unwrap()
 }
 
 fn main() {
-    let peak = measure_peak();
-    println!("peak f32 FMA one core: {:.1} GFLOP/s", peak / 1e9);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut normal = |r: usize, c: usize, s: f32| {
         DMatrix::<f32>::from_fn(r, c, |_, _| (rng.gen::<f32>() - 0.5) * 3.46 * s)
@@ -187,8 +189,22 @@ fn main() {
     }
     let mut cases: Vec<Case<'_>> = Vec::new();
     let mut flops: Vec<(String, f64)> = Vec::new();
+    // Only the layers some selected case needs are set up (and checked).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |id: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| id.contains(f.trim_end_matches('$')) || f.contains(id))
+    };
     for (id, g, co, dx) in &layers {
         let (g, co, dx) = (*g, *co, *dx);
+        if !wanted(&format!("conv.{id}.")) {
+            continue;
+        }
         let x = normal(g.in_rows(), g.channels, 1.0);
         let w = normal(g.patch_len(), co, 1.0 / (g.patch_len() as f32).sqrt());
         let b = DVector::from_element(co, 0.01f32);
@@ -246,6 +262,63 @@ fn main() {
         }));
     }
 
+    // The parts of the largest layer's gradient, alone: the patches, their transpose
+    // (col2im), and the three products.
+    {
+        let (_, g, co, _) = layers[2].clone();
+        let (m, k) = (g.out_rows(), g.patch_len());
+        let x = normal(g.in_rows(), g.channels, 1.0);
+        let w = normal(k, co, 0.05);
+        let p = g.im2col(&x);
+        let gy = normal(m, co, 1.0);
+        let mut y = vec![0.0f32; m * co];
+        let mut dw = vec![0.0f32; k * co];
+        let mut dp = vec![0.0f32; m * k];
+        let mm = 2.0 * (m * k * co) as f64;
+        for (part, f) in [
+            ("fwd", mm),
+            ("dw", mm),
+            ("dp", mm),
+            ("im2col", 0.0),
+            ("col2im", 0.0),
+        ] {
+            flops.push((format!("part.c103.{part}"), f));
+        }
+        let (x2, p2, p3, p4, gy2, gy3, w2, w3) = (
+            x.clone(),
+            p.clone(),
+            p.clone(),
+            p.clone(),
+            gy.clone(),
+            gy.clone(),
+            w.clone(),
+            w.clone(),
+        );
+        cases.push(Case::new("part.c103.im2col", move || {
+            keep(g.im2col(&x2));
+        }));
+        cases.push(Case::new("part.c103.col2im", move || {
+            keep(g.col2im(&p2));
+        }));
+        cases.push(Case::new("part.c103.fwd", move || {
+            let (a, b) = (mref(&p3), mref(&w2));
+            gemm(a, b, &mut y, false).unwrap();
+        }));
+        cases.push(Case::new("part.c103.dw", move || {
+            let (a, b) = (mref(&p4), mref(&gy2));
+            gemm(a.t(), b, &mut dw, false).unwrap();
+        }));
+        cases.push(Case::new("part.c103.dp", move || {
+            let (a, b) = (mref(&gy3), mref(&w3));
+            gemm(a, b.t(), &mut dp, false).unwrap();
+        }));
+    }
+    // This core's FMA loop, interleaved with the cases so that it sees the same load.
+    flops.push(("peak.fma".into(), PEAK_FLOP));
+    cases.push(Case::new("peak.fma", || {
+        keep(fma_loop());
+    }));
+
     // The transformer's attention: batch 64, T 32, 4 heads of 32.
     let ag = AttentionGeometry::new(64, 32, 4, 32).unwrap();
     let qkv = Qkv {
@@ -271,6 +344,11 @@ fn main() {
 
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));
+    let peak = PEAK_FLOP / common::median(&summary, "peak.fma");
+    println!(
+        "peak f32 FMA one core, interleaved: {:.1} GFLOP/s",
+        peak / 1e9
+    );
     for s in &summary {
         if let Some((_, f)) = flops.iter().find(|(id, _)| *id == s.id) {
             println!(

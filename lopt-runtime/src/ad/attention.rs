@@ -200,7 +200,7 @@ fn softmax_jacobian_t<S: Real>(a: &[S], e: &mut [S], t_len: usize, scale: Option
         for (v, &p) in ec[..=t].iter_mut().zip(ac) {
             *v = p * (*v - dot);
             if let Some(s) = scale {
-                *v = *v / s;
+                *v /= s;
             }
         }
         ec[t + 1..].iter_mut().for_each(|v| *v = S::zero());
@@ -233,7 +233,7 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                 masked.iter_mut().for_each(|v| *v = S::zero());
                 let mut m = S::c(f64::NEG_INFINITY);
                 for v in live.iter_mut() {
-                    *v = *v / sqrt_d;
+                    *v /= sqrt_d;
                     m = m.max(*v);
                 }
                 let mut sum = S::zero();
@@ -241,7 +241,7 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                     *v = exp(*v - m);
                     sum += *v;
                 }
-                live.iter_mut().for_each(|v| *v = *v / sum);
+                live.iter_mut().for_each(|v| *v /= sum);
             }
             // O = P V = (Pᵀ)ᵀ V.
             o.iter_mut().for_each(|v| *v = S::zero());
@@ -299,7 +299,7 @@ impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
                 e.iter_mut().for_each(|v| *v = S::zero());
                 product_acc(dk, q.t(), &mut e);
                 product_acc(k, dq.t(), &mut e);
-                e.iter_mut().for_each(|v| *v = *v / sqrt_d);
+                e.iter_mut().for_each(|v| *v /= sqrt_d);
                 softmax_jacobian_t(a, &mut e, tt, None);
                 // dO = dP V + P dV.
                 o.iter_mut().for_each(|v| *v = S::zero());
@@ -488,8 +488,8 @@ mod tests {
 
     /// The probabilities `eval` keeps are the ones the derivative would recompute: a
     /// derivative after `eval` equals one on a fresh op (nothing kept), and the first
-    /// derivative takes what was kept. Mutation caught: keeping the probabilities
-    /// before normalization (tried: the gradients differ).
+    /// derivative takes what was kept. Mutation caught: keeping a buffer other than
+    /// the probabilities (tried: every kept probability doubled; the gradients differ).
     #[test]
     fn kept_probabilities_equal_recomputed_ones() {
         let g = geometries()[1];
@@ -506,8 +506,8 @@ mod tests {
 
     /// Each lane of a packed attention is its own `f32` instance's, within the matrix
     /// products' and `exp`'s 1e-6 (README, "What batched == serial promises"), value,
-    /// tangent and cotangent. Mutation caught: reading the probabilities of lane 0 for
-    /// every lane (a kept buffer of the wrong scalar type would be one way).
+    /// tangent and cotangent. Mutation caught: normalizing every lane's softmax by
+    /// lane 0's sum (tried; invisible to the `f64` tests, where lane 0 is the value).
     #[test]
     fn lanes_are_their_f32_instances() {
         let g = AttentionGeometry::new(2, 6, 2, 8).unwrap();
@@ -553,6 +553,7 @@ mod tests {
         }
     }
 
+    /// Mutation caught: the zero-size refusal removed (tried).
     #[test]
     fn zero_sizes_are_refused() {
         assert!(matches!(

@@ -64,7 +64,11 @@ impl<S: Real, I: Id> Unary<Embed<'_, I>> for DMatrix<S> {
         let rows: Vec<usize> = (0..op.0.len())
             .map(|k| checked(op.0, k, n, "embed"))
             .collect();
-        DMatrix::from_fn(rows.len(), self.ncols(), |k, c| self[(rows[k], c)])
+        let mut out = Vec::with_capacity(rows.len() * self.ncols());
+        for col in self.as_slice().chunks_exact(n.max(1)).take(self.ncols()) {
+            out.extend(rows.iter().map(|&r| col[r]));
+        }
+        DMatrix::from_vec(rows.len(), self.ncols(), out)
     }
     fn jvp(&self, op: &Embed<'_, I>, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
         dx.eval(op)
@@ -72,11 +76,19 @@ impl<S: Real, I: Id> Unary<Embed<'_, I>> for DMatrix<S> {
     /// Scatter-add: every looked-up row's cotangent adds into the table row it came from.
     fn vjp(&self, op: &Embed<'_, I>, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
         let n = self.nrows();
+        let rows: Vec<usize> = (0..op.0.len())
+            .map(|k| checked(op.0, k, n, "embed"))
+            .collect();
         let mut dt = DMatrix::<S>::zeros(n, self.ncols());
-        for k in 0..op.0.len() {
-            let r = checked(op.0, k, n, "embed");
-            for c in 0..self.ncols() {
-                dt[(r, c)] += g[(k, c)];
+        // Column by column: each cotangent column is read once, in order, and its table
+        // column stays in cache.
+        for (dcol, gcol) in dt
+            .as_mut_slice()
+            .chunks_exact_mut(n)
+            .zip(g.as_slice().chunks_exact(rows.len().max(1)))
+        {
+            for (&r, &v) in rows.iter().zip(gcol) {
+                dcol[r] += v;
             }
         }
         dt

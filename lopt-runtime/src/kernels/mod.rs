@@ -5,12 +5,14 @@
 //!   abstraction with its portable and x86 forms in `gemm/simd.rs`, the broadcast, dot
 //!   and packing kernels in `gemm/kernels.rs`);
 //! - `gemm_packets`: products of matrices of SIMD-lane packets ([`Lanes`](crate::lanes::Lanes));
+//! - `alloc`: large zeroed buffers, backed by huge pages where Linux offers them;
 //! - `vecmath`: branch-free `f32` transcendental functions that vectorize;
 //! - `cpu`: the one place CPU features are detected, and the one way a loop is compiled
 //!   for AVX2 (+FMA) beside the baseline.
 //!
 //! The derivative rules in [`crate::ad`] call these.
 
+pub(crate) mod alloc;
 pub(crate) mod cpu;
 #[doc(hidden)]
 pub mod gemm;

@@ -331,6 +331,40 @@ fn large_products_go_through_matrixmultiply_correctly() {
     }
 }
 
+/// A large product with a long `k` and an `A` of contiguous columns goes through
+/// matrixmultiply in blocks of rows copied out of `A` (the last block partial), written
+/// and accumulated. Mutation tried: copying each block from row 0 of `A` fails.
+#[test]
+fn blocked_large_products_are_exact_too() {
+    let (m, k, n) = (600, 260, 64);
+    assert!(m * k * n > LARGE_STRIDED_B && k > 256 && m % 256 != 0);
+    let a = Stored::new(m, k, false, 3);
+    let b = Stored::new(k, n, true, 4);
+    let job = Job::new(
+        a.view(&a.data),
+        b.view(&b.data),
+        std::ptr::null_mut(),
+        false,
+    );
+    assert!(large(&job));
+    let (want, scale) = reference(&a, &b, None);
+    let mut c = vec![f64::NAN; m * n];
+    gemm(a.view(&a.data), b.view(&b.data), &mut c, false).unwrap();
+    check(&c, &want, &scale, k, f64::EPSILON, "blocked");
+    let c0: Vec<f64> = values(m * n, 5);
+    let (want, scale) = reference(&a, &b, Some(&c0));
+    let mut c = c0.clone();
+    gemm(a.view(&a.data), b.view(&b.data), &mut c, true).unwrap();
+    check(
+        &c,
+        &want,
+        &scale,
+        k + 1,
+        f64::EPSILON,
+        "blocked, accumulated",
+    );
+}
+
 #[test]
 fn bad_views_and_shapes_are_errors() {
     let d = [0.0f32; 6];
