@@ -7,9 +7,10 @@
 //! Mutation tried: the attention's reverse rule without the softmax Jacobian's
 //! `− rowsum(P ∘ dP)` term fails the gradient check here.
 //!
-//! The layer norms' learned scale is a row-broadcast product; the language has no
-//! `matrix ∘ row vector` product yet, so it is written `component_mul(x, ones * scale)`
-//! with `ones` a column of ones (data) and `scale` a `1 × D` parameter.
+//! The layer norms' learned scale is written here as `component_mul(x, ones * scale)`
+//! (`ones` a column of data, `scale` a `1 × D` parameter) and the MLP's GELU spelled out
+//! with `tanh`: compositions of other rules, on purpose; the task library
+//! (`tasks::transformer_lm`) uses the primitives `scale_columns` and `gelu_tanh`.
 
 use lopt::ad::attention::AttentionGeometry;
 use lopt::gradcheck::{check_gradient, GradCheck};
