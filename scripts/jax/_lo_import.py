@@ -32,6 +32,10 @@ def install():
   tf.compat = compat
   sys.modules.setdefault("tensorflow.compat.v2", tf)
   _stub("tensorflow_datasets")
+  # `tasks/parametric/parametric_utils.py` calls `onp.product`, which numpy 2 removed.
+  import numpy
+  if not hasattr(numpy, "product"):
+    numpy.product = numpy.prod
   src = os.environ.get("LO_SRC", "/work/lo_src")
   if src not in sys.path:
     sys.path.insert(0, src)
