@@ -251,9 +251,9 @@ fn strict() -> GradCheck {
 /// 1 for b)`): computed by `scripts/jax/conv_reference_values.py`.
 ///
 /// Catches: any layout or padding difference from XLA's, which the f64 reference below
-/// (written by the same hand) could share: e.g. kernels read as `(c·9 + i·3 + j)` rows
-/// instead of HWIO's `(i·3 + j)·C + c` (tried in [`conv_params2`]'s layout: fails), or
-/// the head and a kernel swapped in order.
+/// (written by the same hand) could share. Tried: `pixel_rows` taking each image's
+/// pixels from the next example (2.33766 instead of 2.33794), and the first bias dropped
+/// from `ConvTask<2>`'s loss: both fail.
 #[test]
 fn values_equal_the_jax_library_tasks() {
     // [16, 32] on 8×8×3 (stride 2 pads 0 before, 1 after).
@@ -324,8 +324,9 @@ fn init64<T: Task>(task: &T, seed: u64) -> T::Params<f64> {
 }
 
 /// Catches: a wrong rule anywhere in the generated code of the two- and three-layer
-/// nets (e.g. `col2im` returning zeros fails, as in `tests/conv_net.rs`; tried here by
-/// dropping the `+ b1` of `ConvTask<2>`'s loss: the value check fails).
+/// nets, or a model that differs from the definition (tried: the `+ b1` of
+/// `ConvTask<2>`'s loss dropped, and `pixel_rows` reading the next example's pixels:
+/// both fail).
 #[test]
 fn conv_tasks_gradients_match_their_definition() {
     // 2-layer: 9×7×2 images (odd sizes), batch 3, labels spread.
@@ -384,9 +385,9 @@ fn family_act(which: usize) -> impl Fn(f64) -> f64 {
     }
 }
 
-/// Catches: an activation branch wired to the wrong function (tried: swapping `sin` and
-/// `cos` in `activation`: the value check of activations 2 and 3 fails) and a stride
-/// count ignored (tried: `strides` always `[2, 1]`: num_stride 0 and 2 fail).
+/// Catches: an activation branch wired to the wrong function (tried: `sin` and `cos`
+/// swapped in `activation`: fails) and a stride count ignored (tried: the loss's
+/// geometries always with strides `[2, 1]`: fails at no stride-2 convolution).
 #[test]
 fn family_gradients_match_their_definition_for_every_activation_and_stride() {
     let b = sine_batch((6, 6, 1), vec![2, 5]);
@@ -431,8 +432,8 @@ fn family_gradients_match_their_definition_for_every_activation_and_stride() {
     }
 }
 
-/// Catches: the sigmoid left out of the reconstruction, or a sum instead of a mean over
-/// features (tried: `sum(square(err))`: the value check fails by a factor of 64).
+/// Catches: a sum instead of a mean over the elements (tried: `sum(square(err))`:
+/// fails), or the sigmoid left out of the reconstruction.
 #[test]
 fn autoencoder_gradient_matches_its_definition() {
     let b = sine_batch((8, 8, 1), vec![0, 1, 2]);
@@ -471,9 +472,8 @@ fn no_data() -> Datasets<ImageBatch> {
 }
 
 /// Counts printed by haiku for the library's networks on each input shape (see
-/// `scripts/jax/conv_reference_values.py`). Catches: a missing bias or a kernel of the
-/// wrong fan-in (tried: dropping `b3` from `Conv3`'s init is a compile error; a kernel
-/// of `C_in` rows instead of `9·C_in` fails the count).
+/// `scripts/jax/conv_reference_values.py`). Catches: a kernel of the wrong size (tried:
+/// kernels of `C_in` rows instead of `9·C_in`: fails the count).
 #[test]
 fn parameter_counts_equal_the_jax_library() {
     let n2 = |shape, h: Vec<usize>| {
@@ -508,8 +508,8 @@ fn parameter_counts_equal_the_jax_library() {
     }
 }
 
-/// Catches: a fan-in of `C_in` instead of `9·C_in` for the kernels (tried: the std of
-/// `w2` comes out 3× too large), a variance correction applied (std 1/√fan_in instead of
+/// Catches: a fan-in of `C_in` instead of `9·C_in` for the kernels (tried: draws exceed
+/// the ±2σ bound, fails), a variance correction applied (std 1/√fan_in instead of
 /// 0.88/√fan_in), non-zero biases.
 #[test]
 fn init_is_haikus_uncorrected_truncated_normal() {
@@ -537,9 +537,9 @@ fn init_is_haikus_uncorrected_truncated_normal() {
         .all(|b| b.iter().all(|&x| x == 0.0)));
 }
 
-/// Catches: `pixel_rows` mixing the example and pixel axes (tried: indexing `n·C + c`:
-/// the round trip fails), and the f32 forward of `ConvParams::logits` disagreeing with
-/// the loss (tried: no ReLU in `conv_logits`: the cross-entropy of its logits differs).
+/// Catches: `pixel_rows` mixing examples (tried: each image's pixels taken from the next
+/// example: the round trip fails), and the f32 forward of `ConvParams::logits`
+/// disagreeing with the loss (tried: no ReLU in `conv_logits`: fails).
 #[test]
 fn pixel_layout_and_f32_forward_agree_with_the_loss() {
     let b = sine_batch((5, 4, 3), vec![1, 2]);
@@ -622,10 +622,9 @@ fn family_samples_the_librarys_ranges() {
 
 // ---------------------------------------------------------------- batched family training
 
-/// Catches: lanes of a group read from the wrong instance, or instances of different
-/// shapes trained with another's structure (tried: `by_structure` replaced by `in_order`
-/// grouping in the family run is not ours to edit; tried instead giving every instance
-/// the first one's activation in the serial reference: the comparison fails).
+/// Catches: instances of different shapes put in one lane group, or lanes of a group
+/// mixed up (tried, temporarily in lopt-runtime: `LaneGroups::by_structure` grouping in
+/// order regardless of structure: fails, `set_lane: leaf 0 differs in size`).
 #[test]
 fn mixed_shape_family_trains_batched_as_each_instance_alone() {
     const STEPS: usize = 4;
@@ -753,8 +752,8 @@ fn small_conv_geometries(n: usize, c: usize) -> (Conv2dGeometry, Conv2dGeometry)
 /// learns a little slower. (It runs in the debug build of `cargo test`: about 0.1 s a
 /// step there.)
 ///
-/// Catches: (tried) the images fed as the batch's rows instead of [`pixel_rows`]'s pixel
-/// rows (example and pixel axes mixed): accuracy near chance.
+/// Catches: a network that does not learn from the data (tried: `pixel_rows` taking each
+/// image's pixels from the next example, so images and labels disagree: accuracy 0.10).
 #[test]
 fn small_conv_net_beats_80_percent_on_fashion_mnist() {
     if !fashion_mnist_present() {
