@@ -392,7 +392,7 @@ fn family_act(which: usize) -> impl Fn(f64) -> f64 {
 fn family_gradients_match_their_definition_for_every_activation_and_stride() {
     let b = sine_batch((6, 6, 1), vec![2, 5]);
     let family = ParametricImageConv::new(repeating(&b), (6, 6, 1), (4, 64)).unwrap();
-    for act in 0..CONV_FAMILY_ACTIVATIONS.len() {
+    for (act, name) in CONV_FAMILY_ACTIVATIONS.iter().enumerate() {
         for num_stride in 0..3 {
             let cfg = family.cfg(3, num_stride, act, 1.3);
             let p32 = family.init(&cfg, Key::new(act as u64));
@@ -413,7 +413,7 @@ fn family_gradients_match_their_definition_for_every_activation_and_stride() {
             assert!(
                 (got - indep(&p)).abs() < 1e-12,
                 "{} stride-2 x{num_stride}: {got} vs {}",
-                CONV_FAMILY_ACTIVATIONS[act],
+                name,
                 indep(&p)
             );
             let report = check_gradient(
@@ -423,11 +423,7 @@ fn family_gradients_match_their_definition_for_every_activation_and_stride() {
                 |p, t| family.value_and_jvp(p, t, &cfg64, Key::new(0), &b),
                 &strict(),
             );
-            assert!(
-                report.passed(),
-                "{} x{num_stride}: {report}",
-                CONV_FAMILY_ACTIVATIONS[act]
-            );
+            assert!(report.passed(), "{} x{num_stride}: {report}", name);
         }
     }
 }
