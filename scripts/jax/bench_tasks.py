@@ -100,7 +100,7 @@ def stand_in_datasets(shape, seed=0, pool=8):
                                 abstract_batch=abstract)
 
 
-def bench_task(case_id, shape, skip_unrolled):
+def bench_task(case_id, shape, skip_unrolled, grad_only=False):
   task = conv._ConvTask(
       conv._cross_entropy_pool_loss([32, 64, 64], jax.nn.relu, num_classes=10),
       stand_in_datasets(shape))
@@ -111,6 +111,8 @@ def bench_task(case_id, shape, skip_unrolled):
   key = jax.random.PRNGKey(1)
   vg = jax.jit(jax.value_and_grad(task.loss))
   timed(f"{case_id}.grad", lambda: vg(params, key, pool[0]))
+  if grad_only:
+    return
 
   opt = optax.adam(1e-3)
 
@@ -220,14 +222,18 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--skip-unrolled", action="store_true",
                  help="skip the 100-steps-unrolled form (about 80 s of compile each)")
+  p.add_argument("--grad-only", action="store_true",
+                 help="only the .grad cases of the two fixed tasks")
   p.add_argument("filters", nargs="*")
   a = p.parse_args()
   print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
   want = lambda k: not a.filters or any(f in k for f in a.filters)  # noqa: E731
   if want("conv32x64x64.c10_32x32x3"):
-    bench_task("conv32x64x64.c10_32x32x3", (32, 32, 3), a.skip_unrolled)
+    bench_task("conv32x64x64.c10_32x32x3", (32, 32, 3), a.skip_unrolled, a.grad_only)
   if want("conv32x64x64.fmnist_28x28x1"):
-    bench_task("conv32x64x64.fmnist_28x28x1", (28, 28, 1), a.skip_unrolled)
+    bench_task("conv32x64x64.fmnist_28x28x1", (28, 28, 1), a.skip_unrolled, a.grad_only)
+  if a.grad_only:
+    return 0
   if want("conv_family"):
     bench_family()
   if want("pes.conv"):
