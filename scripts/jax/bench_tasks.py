@@ -25,7 +25,10 @@ Cases (ids as in benches/tasks.rs):
                             random_initial_iteration_offset 200), TruncatedPES(trunc 50,
                             steps_per_jit 10, std 0.01), SingleMachineGradientLearner with
                             Adam(1e-3), on the Conv_Cifar10_8_16x32 network with random
-                            8x8x3 data in the four splits
+                            8x8x3 data in the four splits. Its unrolls run in lax.scan
+                            (steps_per_jit 10), XLA's slow path for conv gradients: on a
+                            shared 2-core machine the first call took 90 s and 6 more did
+                            not finish in 390 s (over 65 s per outer step)
 
 Timing: warm-up (the first call, compile included, is printed separately), then 7
 repeats (3 for the unrolled form, 2 for the scan form, which are not warmed up again),
