@@ -38,6 +38,12 @@
 //!   slower still, 3x `pes.mlp`). Before timing, the two must give the same estimate on
 //!   data that repeats one batch (so that sharing does not matter).
 //!
+//! - `pes.conv`: the same on the conv net of `Conv_Cifar10_8_16x32`'s shape (8×8×3
+//!   images, 3×3 convolutions of 16 and 32 channels with strides 2 and 1, `SAME`, ReLU,
+//!   mean pool, linear head; 5,418 parameters; batch 128; `single_task_to_family`) on
+//!   random data in all four splits, the 8 tasks in eight `f32` groups on Rayon. Its JAX
+//!   counterpart is `pes.conv` of `scripts/jax/bench_tasks.py`.
+//!
 //! After the bench lines: each anchor case against the JAX figure, and inner
 //! instance-steps per second.
 
@@ -53,6 +59,7 @@ use lopt::outer_trainers::{
     LogUniformLengthSchedule, MetaState, SingleMachineGradientLearner, TruncatedPes,
 };
 use lopt::prelude::*;
+use lopt::tasks::conv::ConvTask;
 use lopt::tasks::image_mlp::ImageMlpTask;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
 
@@ -168,6 +175,31 @@ fn random_datasets() -> Datasets<ImageBatch> {
     .with_extra_info(ExtraInfo::with_num_classes(10))
 }
 
+/// Four splits cycling pools of random 8×8×3 batches (the conv anchor), 10 classes.
+fn random_conv_datasets() -> Datasets<ImageBatch> {
+    let split = |seed: u64, n: usize| {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let v: Vec<ImageBatch> = (0..n)
+            .map(|_| ImageBatch {
+                image: DMatrix::from_fn(BATCH, 192, |_, _| rng.gen::<f32>()),
+                label: (0..BATCH).map(|_| rng.gen_range(0..10)).collect(),
+                height: 8,
+                width: 8,
+                channels: 3,
+            })
+            .collect();
+        v.into_iter().cycle()
+    };
+    Datasets::new(
+        split(30, POOL),
+        split(31, POOL / 16),
+        split(32, POOL / 16),
+        split(33, POOL / 16),
+    )
+    .with_extra_info(ExtraInfo::with_num_classes(10))
+}
+
 /// Four splits repeating one batch.
 fn one_batch_datasets() -> Datasets<ImageBatch> {
     let b = random_batches(20, 1).remove(0);
@@ -251,6 +283,17 @@ fn main() -> lopt::Result<()> {
     let mlp_serial = learner(&lopt, anchor_pes(&mlp, &lopt)?);
     let mlp_lanes8 = learner(&lopt, anchor_pes(&mlp, &lopt)?.batched::<Lanes<8>>());
     let (m1, _, _) = first_estimate(&mlp_serial)?;
+    let conv = single_task_to_family(
+        ConvTask::<2>::new(random_conv_datasets(), (8, 8, 3), vec![16, 32])?
+            .with_name("Conv_Random8x8x3_16x32"),
+    );
+    let conv_serial = learner(&lopt, anchor_pes(&conv, &lopt)?);
+    let (c1, _, conv_loss) = first_estimate(&conv_serial)?;
+    // Random labels: the normalized loss of a barely trained net is about ln 10.
+    assert!(
+        (1.5..3.0).contains(&conv_loss),
+        "conv meta-loss {conv_loss}"
+    );
     let (m8, _, _) = first_estimate(&mlp_lanes8)?;
 
     let units = (2 * TASKS * TRUNC) as f64;
@@ -289,6 +332,7 @@ fn main() -> lopt::Result<()> {
         outer_case("pes.quad.serial", &quad_serial, q1),
         outer_case("pes.mlp", &mlp_serial, m1),
         outer_case("pes.mlp.lanes8", &mlp_lanes8, m8),
+        outer_case("pes.conv", &conv_serial, c1),
     ];
     // `cargo bench --bench meta -- pes.mlp` runs the cases whose id contains `pes.mlp`.
     common::select(&mut cases);

@@ -10,6 +10,13 @@
 //!   32 or 64, so one task per group in `f32`, 8 tasks, runs of 100–400 steps, 400 outer
 //!   steps.
 //!
+//! `--family quadratic|image_mlp|conv` runs one family alone; `conv` is
+//! `ParametricImageConv` (the JAX library's `tasks/parametric/image_conv.py`) on
+//! Fashion-MNIST 8×8 with batch 32 (or the embedded digits): two 3×3 convolutions of 4 to
+//! 15 channels, 0–2 of them with stride 2, one of eight activations, so tasks of several
+//! shapes train together, one per `f32` group; 8 tasks, runs of 50–200 steps, 300 outer
+//! steps, compared with Adam at three learning rates on held-out tasks.
+//!
 //! A progress bar shows the meta-loss; everything the run's future depends on (θ, its
 //! Adam state, the tasks in training, the PES accumulators, the data streams' positions)
 //! is checkpointed atomically every 50 outer steps, and `--resume` continues a stopped
@@ -18,7 +25,7 @@
 //! plots the meta-losses and the training curves.
 //!
 //! Run with `cargo run --release --example meta_train`; `-- --help` lists the flags.
-//! Writes `target/lopt-meta-train/{quadratic,image_mlp}.ckpt` and `meta_train.png`.
+//! Writes `target/lopt-meta-train/{quadratic,image_mlp,conv}.ckpt` and `meta_train.png`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +33,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use lopt::datasets::ImageSource;
+use lopt::datasets::{digits_datasets, fashion_mnist_datasets};
 use lopt::eval_training::plot::{plot_png, Line, Panel};
 use lopt::learned_optimizers::{LearnedOptimizer, MlpLOpt, MlpLOptTheta};
 use lopt::outer_trainers::{
@@ -33,6 +41,7 @@ use lopt::outer_trainers::{
     LogUniformLengthSchedule, SingleMachineGradientLearner, TruncatedPes, NAN_LOSS,
 };
 use lopt::prelude::*;
+use lopt::tasks::conv::ParametricImageConv;
 use lopt::tasks::image_mlp::ImageMlpFamily;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
 
@@ -246,13 +255,15 @@ struct Args {
     resume: bool,
     overwrite: bool,
     quadratic_only: bool,
+    family: Option<String>,
     data_dir: Option<PathBuf>,
     out_dir: PathBuf,
 }
 
 const HELP: &str = "\
 meta_train: meta-train MlpLOpt with truncated PES on the quadratic family, then on the
-image-MLP family (Fashion-MNIST 8x8, or the embedded digits when it is not installed).
+image-MLP family (Fashion-MNIST 8x8, or the embedded digits when it is not installed);
+or on one family chosen with --family.
 
 USAGE: cargo run --release --example meta_train -- [OPTIONS]
 
@@ -261,7 +272,9 @@ OPTIONS:
   --resume           continue from the checkpoints in the output folder, up to the same
                      totals; the result equals the uninterrupted run's bit for bit
   --overwrite        start afresh even where a checkpoint exists (it is replaced)
-  --quadratic-only   skip the image-MLP family
+  --quadratic-only   skip the image-MLP family (the same as --family quadratic)
+  --family F         only the family F: quadratic, image_mlp, or conv (ParametricImageConv
+                     on Fashion-MNIST 8x8, or the embedded digits; 300 outer steps)
   --data-dir DIR     the folder holding Fashion-MNIST's four files, or its parent
                      (default: $LOPT_DATA_DIR, else /usr/share/datasets/fashion-mnist)
   --out DIR          where checkpoints and the plot go (default target/lopt-meta-train)
@@ -273,6 +286,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         resume: false,
         overwrite: false,
         quadratic_only: false,
+        family: None,
         data_dir: None,
         out_dir: PathBuf::from("target/lopt-meta-train"),
     };
@@ -289,6 +303,15 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--resume" => a.resume = true,
             "--overwrite" => a.overwrite = true,
             "--quadratic-only" => a.quadratic_only = true,
+            "--family" => {
+                let f = value("--family")?;
+                if !["quadratic", "image_mlp", "conv"].contains(&f.as_str()) {
+                    return Err(format!(
+                        "--family: `{f}` is not one of quadratic, image_mlp, conv"
+                    ));
+                }
+                a.family = Some(f);
+            }
             "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
             "--out" => a.out_dir = PathBuf::from(value("--out")?),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
@@ -296,6 +319,16 @@ fn parse_args() -> Result<Option<Args>, String> {
     }
     if a.resume && a.overwrite {
         return Err("--resume and --overwrite exclude each other".into());
+    }
+    if a.quadratic_only {
+        match a.family.as_deref() {
+            None | Some("quadratic") => a.family = Some("quadratic".into()),
+            Some(f) => {
+                return Err(format!(
+                    "--quadratic-only and --family {f} exclude each other"
+                ))
+            }
+        }
     }
     Ok(Some(a))
 }
@@ -323,8 +356,21 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> lopt::Result<()> {
     let ck_quad = args.out_dir.join("quadratic.ckpt");
     let ck_mlp = args.out_dir.join("image_mlp.ckpt");
+    let ck_conv = args.out_dir.join("conv.ckpt");
     let plot = args.out_dir.join("meta_train.png");
-    for ck in [&ck_quad, &ck_mlp] {
+    // Without --family: the quadratic family, then the image MLPs.
+    let runs = |f: &str| match args.family.as_deref() {
+        None => f != "conv",
+        Some(chosen) => chosen == f,
+    };
+    for (ck, f) in [
+        (&ck_quad, "quadratic"),
+        (&ck_mlp, "image_mlp"),
+        (&ck_conv, "conv"),
+    ] {
+        if !runs(f) {
+            continue;
+        }
         if ck.exists() && !args.resume && !args.overwrite {
             return Err(lopt::Error::InvalidArgument(format!(
                 "{} exists: pass --resume to continue it or --overwrite to start afresh",
@@ -333,12 +379,17 @@ fn run(args: &Args) -> lopt::Result<()> {
         }
     }
     // The data is opened and checked before any training.
-    let image = if args.quadratic_only {
+    let image = if !runs("image_mlp") {
         None
     } else {
         let (family, source) =
             ImageMlpFamily::fashion_mnist8_or_digits_in(args.data_dir.as_deref())?;
         Some((family, source))
+    };
+    let conv = if runs("conv") {
+        Some(conv_family(args.data_dir.as_deref())?)
+    } else {
+        None
     };
     let lopt = MlpLOpt::default();
     println!(
@@ -347,28 +398,10 @@ fn run(args: &Args) -> lopt::Result<()> {
         lopt.init(Key::new(0)).num_elements()
     );
 
-    let quad = FixedDimQuadraticFamily { dim: 10 };
-    println!("{}: 16 tasks, 8 per SIMD lane group", quad.name());
-    let schedule = LogUniformLengthSchedule {
-        min_length: 50,
-        max_length: 200,
-    };
-    let mut step = LOptTruncatedStep::new(&quad, &lopt, schedule, 16)?;
-    step.random_initial_iteration_offset = 200;
-    let pes = TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>();
-    let quad_out = meta_train(
-        &quad,
-        &lopt,
-        pes,
-        3e-3,
-        args.steps,
-        200,
-        &[1e-2, 1e-1],
-        &ck_quad,
-        args.resume,
-    )?;
-    let mut all = panels("quadratic", &quad_out, true).to_vec();
-
+    let mut all = Vec::new();
+    if runs("quadratic") {
+        all.extend(run_quadratic(args, &lopt, &ck_quad)?);
+    }
     if let Some((mlp, source)) = &image {
         match source {
             ImageSource::Digits => println!(
@@ -401,7 +434,74 @@ fn run(args: &Args) -> lopt::Result<()> {
         )?;
         all.extend(panels("image MLP", &out, false));
     }
+    if let Some(conv) = &conv {
+        println!("{}", conv.name());
+        println!(
+            "  8 tasks: 3x3 convolutions of 4 to 15 channels, 0-2 with stride 2, 8 \
+             activations; one per f32 group"
+        );
+        let schedule = LogUniformLengthSchedule {
+            min_length: 50,
+            max_length: 200,
+        };
+        let mut step = LOptTruncatedStep::new(conv, &lopt, schedule, 8)?;
+        step.random_initial_iteration_offset = 200;
+        let pes = TruncatedPes::new(step, 10, 0.01)?;
+        let out = meta_train(
+            conv,
+            &lopt,
+            pes,
+            3e-3,
+            300,
+            200,
+            &[1e-3, 1e-2, 1e-1],
+            &ck_conv,
+            args.resume,
+        )?;
+        all.extend(panels("conv", &out, false));
+    }
     plot_png(&plot, &all)?;
     println!("plot: {}", absolute(&plot).display());
     Ok(())
+}
+
+/// The quadratic family's run and its panels.
+fn run_quadratic(args: &Args, lopt: &MlpLOpt, ck_quad: &Path) -> lopt::Result<[Panel; 2]> {
+    let quad = FixedDimQuadraticFamily { dim: 10 };
+    println!("{}: 16 tasks, 8 per SIMD lane group", quad.name());
+    let schedule = LogUniformLengthSchedule {
+        min_length: 50,
+        max_length: 200,
+    };
+    let mut step = LOptTruncatedStep::new(&quad, lopt, schedule, 16)?;
+    step.random_initial_iteration_offset = 200;
+    let pes = TruncatedPes::new(step, 10, 0.01)?.batched::<Lanes<8>>();
+    let quad_out = meta_train(
+        &quad,
+        lopt,
+        pes,
+        3e-3,
+        args.steps,
+        200,
+        &[1e-2, 1e-1],
+        ck_quad,
+        args.resume,
+    )?;
+    Ok(panels("quadratic", &quad_out, true))
+}
+
+/// The conv family of `--family conv`: `ParametricImageConv` with channels in 4..16 on
+/// Fashion-MNIST 8×8 with batch 32, or on the embedded 8×8 digits when Fashion-MNIST is
+/// not found (said on the console).
+fn conv_family(dir: Option<&Path>) -> lopt::Result<ParametricImageConv> {
+    let (ds, data) = match fashion_mnist_datasets(32, (8, 8), dir) {
+        Ok(ds) => (ds, "FashionMnist8"),
+        Err(lopt::Error::DatasetMissing { path, .. }) => {
+            println!("Fashion-MNIST was not found (no file {path}): the conv family trains on the embedded 8x8 digits");
+            (digits_datasets(32)?, "Digits8")
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ParametricImageConv::new(ds, (8, 8, 1), (4, 16))?
+        .with_name(format!("ParametricImageConv_{data}_bs32_4to16")))
 }

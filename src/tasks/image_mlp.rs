@@ -202,13 +202,13 @@ pub fn normalize_cross_entropy(loss: f64, num_classes: usize) -> f64 {
 
 /// [`normalize_cross_entropy`] lane by lane, in the loss's scalar type (the clip bound
 /// is rounded to `S` as `jnp.clip` rounds it to the loss's dtype).
-fn normalize_lanes<S: Real>(loss: S, num_classes: usize) -> S {
+pub(crate) fn normalize_lanes<S: Real>(loss: S, num_classes: usize) -> S {
     S::from_lanes(|i| normalize_cross_entropy(loss.lane(i), num_classes))
 }
 
 /// Fills `w` with `scale / √fan_in` times truncated normals (haiku's `Linear` init),
 /// fan_in = `w.nrows()`.
-fn init_weight(key: Key, rows: usize, cols: usize, scale: f32) -> DMatrix<f32> {
+pub(crate) fn init_weight(key: Key, rows: usize, cols: usize, scale: f32) -> DMatrix<f32> {
     let mut w = DMatrix::<f32>::zeros(rows, cols);
     let std = scale / (rows as f32).sqrt();
     key.fill_truncated_normal(w.as_mut_slice(), std);
@@ -216,7 +216,7 @@ fn init_weight(key: Key, rows: usize, cols: usize, scale: f32) -> DMatrix<f32> {
 }
 
 /// The number of classes declared by `datasets` (`extra_info.num_classes`).
-fn num_classes_of(datasets: &Datasets<ImageBatch>) -> Result<usize> {
+pub(crate) fn num_classes_of(datasets: &Datasets<ImageBatch>) -> Result<usize> {
     match datasets.extra_info().num_classes {
         Some(k) if k >= 2 => Ok(k),
         other => Err(Error::InvalidArgument(format!(
@@ -226,7 +226,11 @@ fn num_classes_of(datasets: &Datasets<ImageBatch>) -> Result<usize> {
 }
 
 /// Checks that a batch fits an MLP with `input_dim` inputs and `num_classes` classes.
-fn check_image_batch(batch: &ImageBatch, input_dim: usize, num_classes: usize) -> Result<()> {
+pub(crate) fn check_image_batch(
+    batch: &ImageBatch,
+    input_dim: usize,
+    num_classes: usize,
+) -> Result<()> {
     if batch.image.ncols() != input_dim || batch.label.len() != batch.image.nrows() {
         return Err(Error::ShapeMismatch {
             what: "image batch [batch, inputs] and labels [batch]".into(),

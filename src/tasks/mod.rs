@@ -8,6 +8,11 @@
 //! - [`quadratics`]: the quadratic tasks and families of `tasks/quadratics.py`.
 //! - [`image_mlp`]: the MLP image classifiers of `tasks/fixed/image_mlp.py`, and a family
 //!   of them with sampled hidden widths.
+//! - [`conv`]: the conv nets of `tasks/fixed/conv.py` and the family
+//!   `ParametricImageConv` of `tasks/parametric/image_conv.py`.
+//! - [`image_mlp_ae`]: the MLP autoencoder of `tasks/fixed/image_mlp_ae.py`.
 
+pub mod conv;
 pub mod image_mlp;
+pub mod image_mlp_ae;
 pub mod quadratics;

@@ -1,0 +1,220 @@
+//! `cargo bench --bench tasks`: the conv-net tasks of `tasks::conv`, side by side with
+//! `scripts/jax/bench_tasks.py` (the JAX library's own task code on the same shapes).
+//!
+//! - `conv32x64x64.c10_32x32x3`: the network of `Conv_Cifar10_32x64x64` (3×3
+//!   convolutions of 32, 64, 64 channels, strides 2, 1, 1, `SAME`, ReLU, mean pool,
+//!   linear head, 56,970 parameters) on random 32×32×3 batches of 128 (images ~ U[0,1),
+//!   labels ~ U{0..9}); `conv32x64x64.fmnist_28x28x1`: the same network on
+//!   Fashion-MNIST-shaped 28×28×1 batches of 128 (56,394 parameters).
+//!   - `.grad`: one `value_and_grad` call;
+//!   - `.train_100`: 100 Adam(1e-3) steps from the same start, reported per step (step
+//!     `t` uses batch `t mod 8` of a pool of 8).
+//! - `conv_family.8x8x3.vmap8.train_100`: 8 instances of `ParametricImageConv` (two
+//!   convolutions of 32 channels, strides 2 and 1, ReLU, init scales 0.5..2) on random
+//!   8×8×3 batches of 128, trained batched in one `Lanes<8>` group (one instance per
+//!   lane, one shared batch per step); reported per instance-step.
+//!
+//! Each line is followed by its FLOP rate and fraction of the machine's f32 FMA peak
+//! (2 FMA pipes × SIMD lanes × 2 FLOP × clock, one core and all cores). FLOP model: the
+//! convolutions' and the head's forward products, the same again for the weight
+//! gradients, and the input gradients of every layer but the first; 2 FLOP per
+//! multiply-add; Adam and the elementwise work are not counted.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{keep, Case};
+use lopt::datasets::{Datasets, ExtraInfo, ImageBatch};
+use lopt::lanes::Lanes;
+use lopt::prelude::*;
+use lopt::tasks::conv::{Conv2, ConvTask, ParametricImageConv, ParametricImageConvCfg};
+use lopt::vmap::FamilyLanes;
+use rand::{Rng, SeedableRng};
+
+const BATCH: usize = 128;
+const POOL: usize = 8;
+const STEPS: usize = 100;
+
+/// `n` random batches of `batch` images of `(h, w, c)`: pixels ~ U[0,1), labels ~ U{0..9}.
+fn random_batches(
+    seed: u64,
+    n: usize,
+    batch: usize,
+    (h, w, c): (usize, usize, usize),
+) -> Vec<ImageBatch> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| ImageBatch {
+            image: DMatrix::from_fn(batch, h * w * c, |_, _| rng.gen::<f32>()),
+            label: (0..batch).map(|_| rng.gen_range(0..10)).collect(),
+            height: h,
+            width: w,
+            channels: c,
+        })
+        .collect()
+}
+
+/// Datasets that are never read (batches come from the pool), declaring 10 classes.
+fn no_data() -> Datasets<ImageBatch> {
+    Datasets::new(
+        std::iter::empty(),
+        std::iter::empty(),
+        std::iter::empty(),
+        std::iter::empty(),
+    )
+    .with_extra_info(ExtraInfo::with_num_classes(10))
+}
+
+/// FLOP of one training step (see the module docs) of 3×3 `SAME` convolutions with
+/// `hidden` channels and `strides` on `batch` images of `(h, w, c)`, and a 10-way head.
+fn step_flops(
+    batch: usize,
+    (h, w, c): (usize, usize, usize),
+    hidden: &[usize],
+    strides: &[usize],
+) -> f64 {
+    let (mut h, mut w, mut c) = (h, w, c);
+    let (mut fwd, mut input_grads) = (0.0, 0.0);
+    for (i, (&co, &s)) in hidden.iter().zip(strides).enumerate() {
+        (h, w) = (h.div_ceil(s), w.div_ceil(s));
+        let macs = (h * w * 9 * c * co) as f64;
+        fwd += macs;
+        if i > 0 {
+            input_grads += macs;
+        }
+        c = co;
+    }
+    fwd += (c * 10) as f64;
+    input_grads += (c * 10) as f64;
+    2.0 * batch as f64 * (2.0 * fwd + input_grads)
+}
+
+/// Peak f32 FLOP/s of one core: 2 FMA pipes × lanes × 2 FLOP × clock; and the cores.
+fn peak_flops() -> (f64, f64, String) {
+    let lanes = if std::arch::is_x86_feature_detected!("avx512f") {
+        16.0
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        8.0
+    } else {
+        4.0
+    };
+    let ghz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| mhz / 1e3)
+        .unwrap_or(2.5);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let one = 2.0 * lanes * 2.0 * ghz * 1e9;
+    (
+        one,
+        cores,
+        format!("2 FMA x {lanes} f32 lanes x 2 FLOP x {ghz:.2} GHz per core, {cores} cores"),
+    )
+}
+
+/// One fixed conv task's `.grad` and `.train_100` cases.
+fn task_cases<'a, const D: usize>(
+    id: &str,
+    task: &'a ConvTask<D>,
+    pool: &'a [ImageBatch],
+) -> Vec<Case<'a>>
+where
+    ConvTask<D>: Task<Batch = ImageBatch>,
+{
+    let p0 = task.init::<f32>(Key::new(0));
+    let p1 = p0.clone();
+    vec![
+        Case::new(format!("{id}.grad"), move || {
+            keep(task.value_and_grad(&p0, Key::new(0), &pool[0]));
+        }),
+        Case::new(format!("{id}.train_100"), move || {
+            let opt = Adam::new(1e-3);
+            let mut state = opt.init(p1.clone(), None);
+            for t in 0..STEPS {
+                let (l, g) =
+                    task.value_and_grad(opt.get_params(&state), Key::new(0), &pool[t % POOL]);
+                opt.update(&mut state, &g, l);
+            }
+            keep(state);
+        })
+        .per(STEPS as f64),
+    ]
+}
+
+fn main() -> lopt::Result<()> {
+    let (peak1, cores, how) = peak_flops();
+    println!(
+        "machine: f32 FMA peak {:.0} GFLOP/s per core ({how})",
+        peak1 / 1e9
+    );
+    let c10 = ConvTask::<3>::new(no_data(), (32, 32, 3), vec![32, 64, 64])?;
+    let fm = ConvTask::<3>::new(no_data(), (28, 28, 1), vec![32, 64, 64])?;
+    let c10_pool = random_batches(1, POOL, BATCH, (32, 32, 3));
+    let fm_pool = random_batches(2, POOL, BATCH, (28, 28, 1));
+
+    // The family: 8 instances of one shape in one lane group.
+    let fam_pool = random_batches(3, POOL, BATCH, (8, 8, 3));
+    let family = ParametricImageConv::new(no_data(), (8, 8, 3), (4, 64))?;
+    let cfgs: Vec<ParametricImageConvCfg<f32>> = (0..8)
+        .map(|i| family.cfg(32, 1, 0, 0.5 + 1.5 * i as f32 / 7.0))
+        .collect();
+    let inits: Vec<Conv2<f32>> = cfgs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| family.init(c, Key::new(10 + i as u64)))
+        .collect();
+    let packed_cfg: ParametricImageConvCfg<Lanes<8>> =
+        family.pack_cfg(&cfgs.iter().collect::<Vec<_>>());
+    let packed: Conv2<Lanes<8>> = family.pack_params(&inits.iter().collect::<Vec<_>>());
+
+    let mut cases = task_cases("conv32x64x64.c10_32x32x3", &c10, &c10_pool);
+    cases.extend(task_cases("conv32x64x64.fmnist_28x28x1", &fm, &fm_pool));
+    cases.push(
+        Case::new("conv_family.8x8x3.vmap8.train_100", || {
+            let opt = Adam::new(1e-3);
+            let mut state = opt.init(packed.clone(), None);
+            for t in 0..STEPS {
+                let (l, g) = family.value_and_grad(
+                    opt.get_params(&state),
+                    &packed_cfg,
+                    <Lanes<8> as Real>::Key::from_lane_keys(&[Key::new(0)]),
+                    &fam_pool[t % POOL],
+                );
+                opt.update(&mut state, &g, l);
+            }
+            keep(state);
+        })
+        .per((STEPS * 8) as f64),
+    );
+    common::select(&mut cases);
+    let s = common::run(&mut cases, 7, Duration::from_millis(300));
+    let flops = |id: &str| {
+        if id.starts_with("conv32x64x64.c10") {
+            step_flops(BATCH, (32, 32, 3), &[32, 64, 64], &[2, 1, 1])
+        } else if id.starts_with("conv32x64x64.fmnist") {
+            step_flops(BATCH, (28, 28, 1), &[32, 64, 64], &[2, 1, 1])
+        } else {
+            step_flops(BATCH, (8, 8, 3), &[32, 32], &[2, 1])
+        }
+    };
+    for sm in &s {
+        // A value_and_grad call is the whole step's FLOP (the update is not counted).
+        let rate = flops(&sm.id) / sm.median;
+        println!(
+            "flops {}: {:.2} GFLOP/step, {:.1} GFLOP/s = {:.1}% of one core's FMA peak, \
+             {:.1}% of {cores} cores'",
+            sm.id,
+            flops(&sm.id) / 1e9,
+            rate / 1e9,
+            100.0 * rate / peak1,
+            100.0 * rate / (peak1 * cores),
+        );
+    }
+    Ok(())
+}
