@@ -8,6 +8,10 @@
 //! - [`quadratics`]: the quadratic tasks and families of `tasks/quadratics.py`.
 //! - [`image_mlp`]: the MLP image classifiers of `tasks/fixed/image_mlp.py`, and a family
 //!   of them with sampled hidden widths.
+//! - [`rnn_lm`]: the teacher-forced RNN language models of `tasks/fixed/rnn_lm.py`.
+//! - [`transformer_lm`]: the transformer language models of `tasks/fixed/transformer_lm.py`.
 
 pub mod image_mlp;
 pub mod quadratics;
+pub mod rnn_lm;
+pub mod transformer_lm;
