@@ -54,7 +54,7 @@ fn batch(b: usize, t: usize, v: i32, lens: &[usize], seed: u64) -> LmBatch {
         }
     };
     LmBatch {
-        obs: DMatrix::from_fn(b, t, |r, i| tok(r, i)),
+        obs: DMatrix::from_fn(b, t, &tok),
         target: DMatrix::from_fn(b, t, |r, i| tok(r, i + 1)),
     }
 }
@@ -86,7 +86,13 @@ fn ce(z: &[f64], y: i32) -> f64 {
 /// `bias + Σ_k x[k] w[(row0 + k, j)]` for every column `j`.
 fn affine(x: &[f64], w: &DMatrix<f64>, row0: usize, bias: &[f64]) -> Vec<f64> {
     (0..w.ncols())
-        .map(|j| bias[j] + x.iter().enumerate().map(|(k, v)| v * w[(row0 + k, j)]).sum::<f64>())
+        .map(|j| {
+            bias[j]
+                + x.iter()
+                    .enumerate()
+                    .map(|(k, v)| v * w[(row0 + k, j)])
+                    .sum::<f64>()
+        })
         .collect()
 }
 
@@ -120,7 +126,12 @@ fn lstm_ref(p: &LstmLm<f64>, batch: &LmBatch) -> f64 {
             h = p.h0.row(0).iter().cloned().collect::<Vec<f64>>();
             c = p.c0.row(0).iter().cloned().collect::<Vec<f64>>();
         }
-        let x: Vec<f64> = p.embed.row(batch.obs[(b, t)] as usize).iter().cloned().collect();
+        let x: Vec<f64> = p
+            .embed
+            .row(batch.obs[(b, t)] as usize)
+            .iter()
+            .cloned()
+            .collect();
         let zx = affine(&x, &p.w, 0, &col(&p.b));
         let z = affine(&h, &p.w, e, &zx);
         for k in 0..hd {
@@ -145,7 +156,12 @@ fn gru_ref(p: &GruLm<f64>, batch: &LmBatch) -> f64 {
         if t == 0 {
             h = p.h0.row(0).iter().cloned().collect::<Vec<f64>>();
         }
-        let x: Vec<f64> = p.embed.row(batch.obs[(b, t)] as usize).iter().cloned().collect();
+        let x: Vec<f64> = p
+            .embed
+            .row(batch.obs[(b, t)] as usize)
+            .iter()
+            .cloned()
+            .collect();
         let gx = affine(&x, &p.w_i, 0, &col(&p.b));
         let gh = affine(&h, &p.w_h, 0, &vec![0.0; 3 * hd]);
         let z: Vec<f64> = (0..hd).map(|k| sig(gx[k] + gh[k])).collect();
@@ -170,10 +186,19 @@ fn vanilla_ref(p: &VanillaRnnLm<f64>, batch: &LmBatch) -> f64 {
         if t == 0 {
             h = p.h0.row(0).iter().cloned().collect::<Vec<f64>>();
         }
-        let x: Vec<f64> = p.embed.row(batch.obs[(b, t)] as usize).iter().cloned().collect();
+        let x: Vec<f64> = p
+            .embed
+            .row(batch.obs[(b, t)] as usize)
+            .iter()
+            .cloned()
+            .collect();
         let a = affine(&x, &p.w_i, 0, &col(&p.b_i));
         let z = affine(&h, &p.w_h, 0, &a);
-        h = z.iter().zip(p.b_h.iter()).map(|(v, bh)| (v + bh).max(0.0)).collect();
+        h = z
+            .iter()
+            .zip(p.b_h.iter())
+            .map(|(v, bh)| (v + bh).max(0.0))
+            .collect();
         affine(&h, &p.wo, 0, &col(&p.bo))
     })
 }
@@ -287,7 +312,14 @@ fn block_ref(
     let (tt, d, a) = (h.len(), l.ln1_scale.len(), heads * 32);
     let qkv: Vec<Vec<f64>> = h
         .iter()
-        .map(|r| affine(&ln(r, &l.ln1_scale, &l.ln1_offset), &l.wqkv, 0, &col(&l.bqkv)))
+        .map(|r| {
+            affine(
+                &ln(r, &l.ln1_scale, &l.ln1_offset),
+                &l.wqkv,
+                0,
+                &col(&l.bqkv),
+            )
+        })
         .collect();
     let mut att = vec![vec![0.0; a]; tt];
     for hh in 0..heads {
@@ -307,7 +339,9 @@ fn block_ref(
             let e: Vec<f64> = logits.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for j in 0..32 {
-                att[t][hh * 32 + j] = (0..tt).map(|s| e[s] / z * qkv[s][2 * a + hh * 32 + j]).sum();
+                att[t][hh * 32 + j] = (0..tt)
+                    .map(|s| e[s] / z * qkv[s][2 * a + hh * 32 + j])
+                    .sum();
             }
         }
     }
@@ -330,14 +364,25 @@ fn transformer2_ref(p: &Tlm2<f64>, heads: usize, batch: &LmBatch) -> f64 {
     for r in 0..b {
         let keep: Vec<bool> = (0..t).map(|i| batch.obs[(r, i)] != 0).collect();
         let h: Vec<Vec<f64>> = (0..t)
-            .map(|i| p.embed.row(batch.obs[(r, i)] as usize).iter().cloned().collect())
+            .map(|i| {
+                p.embed
+                    .row(batch.obs[(r, i)] as usize)
+                    .iter()
+                    .cloned()
+                    .collect()
+            })
             .collect();
         let h = block_ref(&h, &keep, heads, &p.l0);
         let h = block_ref(&h, &keep, heads, &p.l1);
         finals.push(h);
     }
     masked_mean(batch, |r, i| {
-        affine(&ln(&finals[r][i], &p.lnf_scale, &p.lnf_offset), &p.wout, 0, &col(&p.bout))
+        affine(
+            &ln(&finals[r][i], &p.lnf_scale, &p.lnf_offset),
+            &p.wout,
+            0,
+            &col(&p.bout),
+        )
     })
 }
 
@@ -453,19 +498,32 @@ const TRUNC_STD: f64 = 0.879_625_661_034_239_8;
 #[test]
 fn rnn_inits_follow_haiku() {
     let ds = || embedded(ByteVocab::Raw, 4, 8);
-    let lstm = TeacherForcedRnnLm::lstm(128, 64, ds()).unwrap().init::<f32>(Key::new(1));
+    let lstm = TeacherForcedRnnLm::lstm(128, 64, ds())
+        .unwrap()
+        .init::<f32>(Key::new(1));
     let close = |got: f64, want: f64| (got / want - 1.0).abs() < 0.03;
     assert!(close(std_of(lstm.embed.as_slice()), TRUNC_STD));
     assert!(close(std_of(lstm.w.as_slice()), TRUNC_STD / 192f64.sqrt()));
     assert!(close(std_of(lstm.wo.as_slice()), TRUNC_STD / 128f64.sqrt()));
-    assert!(lstm.b.iter().chain(lstm.h0.iter()).chain(lstm.c0.iter()).all(|&x| x == 0.0));
-    let gru = TeacherForcedRnnLm::gru(128, 64, ds()).unwrap().init::<f32>(Key::new(1));
+    assert!(lstm
+        .b
+        .iter()
+        .chain(lstm.h0.iter())
+        .chain(lstm.c0.iter())
+        .all(|&x| x == 0.0));
+    let gru = TeacherForcedRnnLm::gru(128, 64, ds())
+        .unwrap()
+        .init::<f32>(Key::new(1));
     assert!(close(std_of(gru.w_i.as_slice()), 1.0 / 64f64.sqrt()));
     assert!(close(std_of(gru.w_h.as_slice()), 1.0 / 128f64.sqrt()));
-    let irnn = TeacherForcedRnnLm::irnn(128, 64, ds()).unwrap().init::<f32>(Key::new(1));
+    let irnn = TeacherForcedRnnLm::irnn(128, 64, ds())
+        .unwrap()
+        .init::<f32>(Key::new(1));
     assert_eq!(irnn.w_h, DMatrix::identity(128, 128));
     assert!(close(std_of(irnn.w_i.as_slice()), TRUNC_STD / 64f64.sqrt()));
-    let van = TeacherForcedRnnLm::vanilla(128, 64, ds()).unwrap().init::<f32>(Key::new(1));
+    let van = TeacherForcedRnnLm::vanilla(128, 64, ds())
+        .unwrap()
+        .init::<f32>(Key::new(1));
     assert!(close(std_of(van.w_h.as_slice()), TRUNC_STD / 128f64.sqrt()));
 }
 
@@ -476,12 +534,19 @@ fn rnn_inits_follow_haiku() {
 fn transformer_init_follows_haiku() {
     let ds = || embedded(ByteVocab::Raw, 4, 8);
     let close = |got: f64, want: f64| (got / want - 1.0).abs() < 0.03;
-    let p1: Tlm1<f32> = TransformerLm::<1>::new(4, 128, ds()).unwrap().init(Key::new(1));
-    assert!(close(std_of(p1.l0.wqkv.as_slice()), (2.0f64 / 128.0).sqrt()));
+    let p1: Tlm1<f32> = TransformerLm::<1>::new(4, 128, ds())
+        .unwrap()
+        .init(Key::new(1));
+    assert!(close(
+        std_of(p1.l0.wqkv.as_slice()),
+        (2.0f64 / 128.0).sqrt()
+    ));
     assert!(close(std_of(p1.l0.w2.as_slice()), (2.0f64 / 512.0).sqrt()));
     assert!(close(std_of(p1.wout.as_slice()), TRUNC_STD / 128f64.sqrt()));
     assert!(p1.l0.ln1_scale.iter().all(|&x| x == 1.0) && p1.l0.bqkv.iter().all(|&x| x == 0.0));
-    let p2: Tlm2<f32> = TransformerLm::<2>::new(4, 128, ds()).unwrap().init(Key::new(1));
+    let p2: Tlm2<f32> = TransformerLm::<2>::new(4, 128, ds())
+        .unwrap()
+        .init(Key::new(1));
     assert!(close(std_of(p2.l1.wo.as_slice()), (1.0f64 / 128.0).sqrt()));
 }
 
@@ -571,6 +636,8 @@ fn transformer_lm_beats_the_unigram_entropy_on_held_out_text() {
     let bound = target_unigram_entropy_bits(&c, Split::Test, t, opts);
     let task = TransformerLm::<1>::new(2, 32, ds.clone()).unwrap();
     let bits = train_bits(&task, &ds, 3e-3, 300, 8);
-    eprintln!("transformer h2 d32 l1, 300 Adam(3e-3) steps: test {bits:.3} bits/byte, unigram {bound:.3}");
+    eprintln!(
+        "transformer h2 d32 l1, 300 Adam(3e-3) steps: test {bits:.3} bits/byte, unigram {bound:.3}"
+    );
     assert!(bits < bound, "{bits} bits/byte vs unigram entropy {bound}");
 }

@@ -352,11 +352,7 @@ impl TeacherForcedRnnLm<VanillaCell> {
     /// A vanilla-RNN LM (`hk.VanillaRNN`); as [`TeacherForcedRnnLm::lstm`].
     ///
     /// Errors: as [`TeacherForcedRnnLm::lstm`].
-    pub fn vanilla(
-        hidden: usize,
-        embed_dim: usize,
-        datasets: Datasets<LmBatch>,
-    ) -> Result<Self> {
+    pub fn vanilla(hidden: usize, embed_dim: usize, datasets: Datasets<LmBatch>) -> Result<Self> {
         Self::build(Cell::VanillaRnn, hidden, embed_dim, datasets)
     }
 
@@ -414,7 +410,8 @@ impl Task for TeacherForcedRnnLm<LstmCell> {
             let o = sigmoid(z.columns(3 * hd, hd));
             c = component_mul(&f, &c) + component_mul(&i, &g);
             h = component_mul(&o, &tanh(&c));
-            let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+            let ce =
+                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
             total += dot(&ce, &masks[t]);
         }
         total / count
@@ -472,7 +469,8 @@ impl Task for TeacherForcedRnnLm<GruCell> {
             let r = zr.columns(hd, hd);
             let a = tanh(x_t.columns(2 * hd, hd) + component_mul(&r, &h) * &w_a);
             h = h.clone() + component_mul(&z, &(a - h));
-            let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+            let ce =
+                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
             total += dot(&ce, &masks[t]);
         }
         total / count
@@ -528,7 +526,8 @@ impl Task for TeacherForcedRnnLm<VanillaCell> {
         let mut total = 0.0;
         for t in 0..steps {
             h = relu(xw.rows(t * bsz, bsz) + &h * &params.w_h);
-            let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+            let ce =
+                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
             total += dot(&ce, &masks[t]);
         }
         total / count
@@ -572,8 +571,8 @@ pub fn RNNLM_fortunesbytes_Patch32_GRU128_Embed64() -> Result<TeacherForcedRnnLm
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64(
-) -> Result<TeacherForcedRnnLm<VanillaCell>> {
+pub fn RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64() -> Result<TeacherForcedRnnLm<VanillaCell>>
+{
     Ok(TeacherForcedRnnLm::vanilla(128, 64, fortunes(32)?)?
         .with_name("RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64"))
 }
