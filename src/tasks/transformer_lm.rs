@@ -29,7 +29,7 @@
 //! *inside* a sequence would differ; the byte datasets never make one.
 //!
 //! Layout: rows are tokens in batch-major order (`b·T + t`, what
-//! [`causal_self_attention`](crate::ops::causal_self_attention) expects).
+//! `causal_self_attention` expects, [`AttentionGeometry`]).
 //!
 //! Depth is part of the type ([`TransformerLm<1>`] has parameters [`Tlm1`], `<2>` [`Tlm2`],
 //! `<3>` [`Tlm3`]): `#[derive(Params)]` holds nested structs but not a `Vec` of them, so
