@@ -9,6 +9,11 @@
 //!
 //! The JAX side: `scripts/jax/bench_lm_tasks.py` (same ids; `jit(value_and_grad(loss))`
 //! and 100 steps in one `lax.scan`).
+//!
+//! Measured on the 2-vCPU machine with other builds running (both sides slowed): `grad`
+//! 0.40–0.56 s here against 0.17–0.22 s in JAX for both tasks; JAX's `train_100` 0.118 s
+//! (LSTM) and 0.130 s (transformer) per step. A `train_100` run here takes about 9 × 100
+//! gradient steps per case, minutes at these speeds.
 
 mod common;
 
