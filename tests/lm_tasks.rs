@@ -636,13 +636,13 @@ fn lstm_lm_beats_the_unigram_entropy_on_held_out_text() {
 fn transformer_lm_beats_the_unigram_entropy_on_held_out_text() {
     let c = corpus();
     let opts = options_for(&c);
-    let (b, t) = (16, 32);
+    let (b, t) = (8, 32);
     let ds = lm_datasets(&c, b, t, opts, Key::new(12)).unwrap();
     let bound = target_unigram_entropy_bits(&c, Split::Test, t, opts);
     let task = TransformerLm::<1>::new(2, 32, ds.clone()).unwrap();
-    let bits = train_bits(&task, &ds, 3e-3, 300, 8);
+    let bits = train_bits(&task, &ds, 3e-3, 200, 8);
     eprintln!(
-        "transformer h2 d32 l1, 300 Adam(3e-3) steps: test {bits:.3} bits/byte, unigram {bound:.3}"
+        "transformer h2 d32 l1, 200 Adam(3e-3) steps: test {bits:.3} bits/byte, unigram {bound:.3}"
     );
     assert!(bits < bound, "{bits} bits/byte vs unigram entropy {bound}");
 }
