@@ -11,8 +11,12 @@
 //! - [`conv`]: the conv nets of `tasks/fixed/conv.py` and the family
 //!   `ParametricImageConv` of `tasks/parametric/image_conv.py`.
 //! - [`image_mlp_ae`]: the MLP autoencoder of `tasks/fixed/image_mlp_ae.py`.
+//! - [`rnn_lm`]: the teacher-forced RNN language models of `tasks/fixed/rnn_lm.py`.
+//! - [`transformer_lm`]: the transformer language models of `tasks/fixed/transformer_lm.py`.
 
 pub mod conv;
 pub mod image_mlp;
 pub mod image_mlp_ae;
 pub mod quadratics;
+pub mod rnn_lm;
+pub mod transformer_lm;

@@ -1,0 +1,443 @@
+//! Decoder-only transformer language models (the JAX library's
+//! `tasks/fixed/transformer_lm.py` with its `tasks/transformer.py`) on byte-level text.
+//!
+//! The network is the library's `Transformer` exactly, with dropout 0:
+//!
+//! * `hk.Embed(V, D)` of the observed ids (truncated normal σ = 1). **No positional
+//!   embedding or encoding of any kind** (the library has none).
+//! * Each of the `L` layers is pre-LN with residuals: `h += Attn(LN₁(h))`, then
+//!   `h += MLP(LN₂(h))`. `hk.LayerNorm` (ε = 1e-5, scale 1 and offset 0 at init) is
+//!   `scale_columns(layer_norm(h, 1e-5), scale) + offset`.
+//! * Attention: `heads` heads of **key_size 32** (whatever `D` is, so the attention width
+//!   is `A = 32·heads`), query/key/value `Linear(A)` with bias, `logits / √32`, causal mask,
+//!   softmax, weighted values, heads concatenated, `Linear(D)`. The three projections are
+//!   held as one `[D, 3A]` matrix `[Wq | Wk | Wv]` and one `[3A]` bias (the same numbers as
+//!   haiku's three `[D, A]` weights, so the same parameter count and init).
+//! * MLP: `Linear(4D)`, `gelu` (tanh approximation, `jax.nn.gelu`'s default), `Linear(D)`.
+//! * Final `LayerNorm`, then `hk.Linear(V)` (default init σ = 1/√D).
+//! * Attention and MLP weights use `VarianceScaling(2/L)` (fan_in, truncated normal:
+//!   σ = √(2/(L·fan_in)) / 0.8796); biases zero.
+//! * Loss: `sum(ce · mask) / sum(mask)`, `mask = obs != 0`.
+//!
+//! **Key padding.** The library multiplies the causal mask by a key-padding mask
+//! `obs != 0`. Here the attention has only the causal mask: the data pads only at the end
+//! of a sequence (after a document's last byte, see [`crate::datasets::text`]), so for every
+//! query at a non-pad position every key at or before it is a non-pad position too, and the
+//! causal mask already excludes every pad key. Queries at pad positions differ (the library
+//! masks all their keys), but their loss is masked out and nothing later reads them (a pad
+//! is followed only by pads), so the loss and its gradient are the same. A batch with a pad
+//! *inside* a sequence would differ; the byte datasets never make one.
+//!
+//! Layout: rows are tokens in batch-major order (`b·T + t`, what
+//! `causal_self_attention` expects, [`AttentionGeometry`]).
+//!
+//! Depth is part of the type ([`TransformerLm<1>`] has parameters [`Tlm1`], `<2>` [`Tlm2`],
+//! `<3>` [`Tlm3`]): `#[derive(Params)]` holds nested structs but not a `Vec` of them, so
+//! a runtime number of layers cannot be a parameter tree; widths, heads, batch and length
+//! are runtime sizes.
+//!
+//! The library's list `TransformerLM_LM1B_MultiRuntime_{0..11}` uses `lm1b_32k`
+//! (a SentencePiece vocabulary of 32,100 ids). These tasks use byte data instead (seqio's
+//! 259-id vocabulary on Debian's `fortunes`, named `FortunesBytes`; 256 classes with
+//! [`ByteVocab::Raw`](crate::datasets::text::ByteVocab) as the benchmarks use). Configs 0
+//! and 1 (dropout 0.1) and 9–11 (d_model 256+ with batch 64–256 × 64: not CPU-sized) are
+//! not provided.
+//!
+//! | constructor | heads | D | L | batch | T | params (V = 259) | params (V = 256) |
+//! |---|---|---|---|---|---|---|---|
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_2`] | 4 | 32 | 2 | 8 | 8 | 67,459 | 67,264 |
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_3`] | 4 | 32 | 1 | 8 | 16 | 42,179 | 41,984 |
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_4`] | 4 | 32 | 2 | 16 | 4 | 67,459 | 67,264 |
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_5`] | 4 | 32 | 1 | 8 | 32 | 42,179 | 41,984 |
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_6`] | 5 | 80 | 1 | 4 | 64 | 145,539 | 145,056 |
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_7`] | 7 | 112 | 3 | 16 | 32 | 665,987 | 665,312 |
+//! | [`TransformerLM_FortunesBytes_MultiRuntime_8`] | 4 | 128 | 1 | 64 | 32 | 265,091 | 264,320 |
+//!
+//! (Counts checked against haiku's `Transformer` in `tests/lm_tasks.rs`.)
+
+use nalgebra::{DMatrix, DVector};
+
+use crate::ad::attention::AttentionGeometry;
+use crate::datasets::text::{fortunes_lm_datasets, LmBatch};
+use crate::datasets::Datasets;
+use crate::params::Rebind;
+use crate::prelude::{differentiable, task, Params};
+use crate::tasks::rnn_lm::{check_lm_batch, linear_init, trunc_normal, variance_scaling, vocab_of};
+use crate::{Error, Key, Real, Result, Task};
+
+/// The library's fixed key size per head.
+pub const KEY_SIZE: usize = 32;
+
+/// One pre-LN transformer layer's parameters (`D` model width, `A = 32·heads`).
+#[derive(Params, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Block<S: Real> {
+    /// `h{i}_ln_1` scale, `[D]`.
+    pub ln1_scale: DVector<S>,
+    /// `h{i}_ln_1` offset, `[D]`.
+    pub ln1_offset: DVector<S>,
+    /// `[Wq | Wk | Wv]`, `[D, 3A]`.
+    pub wqkv: DMatrix<S>,
+    /// `[bq | bk | bv]`, `[3A]`.
+    pub bqkv: DVector<S>,
+    /// Attention output projection, `[A, D]`.
+    pub wo: DMatrix<S>,
+    /// Its bias, `[D]`.
+    pub bo: DVector<S>,
+    /// `h{i}_ln_2` scale, `[D]`.
+    pub ln2_scale: DVector<S>,
+    /// `h{i}_ln_2` offset, `[D]`.
+    pub ln2_offset: DVector<S>,
+    /// MLP first weights, `[D, 4D]`.
+    pub w1: DMatrix<S>,
+    /// MLP first bias, `[4D]`.
+    pub b1: DVector<S>,
+    /// MLP second weights, `[4D, D]`.
+    pub w2: DMatrix<S>,
+    /// MLP second bias, `[D]`.
+    pub b2: DVector<S>,
+}
+
+macro_rules! tlm_params {
+    ($(#[$m:meta])* $name:ident { $($layer:ident),* }) => {
+        $(#[$m])*
+        #[derive(Params, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct $name<S: Real> {
+            /// Embedding table, `[V, D]`.
+            pub embed: DMatrix<S>,
+            $(
+                /// A layer.
+                pub $layer: Block<S>,
+            )*
+            /// Final layer norm (`h_f`) scale, `[D]`.
+            pub lnf_scale: DVector<S>,
+            /// Final layer norm offset, `[D]`.
+            pub lnf_offset: DVector<S>,
+            /// Readout weights, `[D, V]`.
+            pub wout: DMatrix<S>,
+            /// Readout bias, `[V]`.
+            pub bout: DVector<S>,
+        }
+    };
+}
+
+tlm_params!(
+    /// Parameters of a one-layer transformer LM.
+    Tlm1 { l0 }
+);
+tlm_params!(
+    /// Parameters of a two-layer transformer LM.
+    Tlm2 { l0, l1 }
+);
+tlm_params!(
+    /// Parameters of a three-layer transformer LM.
+    Tlm3 { l0, l1, l2 }
+);
+
+/// One pre-LN layer: `h + Attn(LN₁(h))`, then `+ MLP(LN₂(·))`.
+#[differentiable]
+#[allow(clippy::too_many_arguments)]
+pub fn transformer_block<S: Real>(
+    h: &DMatrix<S>,
+    ln1_scale: &DVector<S>,
+    ln1_offset: &DVector<S>,
+    wqkv: &DMatrix<S>,
+    bqkv: &DVector<S>,
+    wo: &DMatrix<S>,
+    bo: &DVector<S>,
+    ln2_scale: &DVector<S>,
+    ln2_offset: &DVector<S>,
+    w1: &DMatrix<S>,
+    b1: &DVector<S>,
+    w2: &DMatrix<S>,
+    b2: &DVector<S>,
+    g: &AttentionGeometry,
+) -> DMatrix<S> {
+    let a_in = scale_columns(layer_norm(h, 1e-5), ln1_scale) + ln1_offset;
+    let qkv = a_in * wqkv + bqkv;
+    let att = causal_self_attention(&qkv, g);
+    let h1 = h + (att * wo + bo);
+    let m_in = scale_columns(layer_norm(&h1, 1e-5), ln2_scale) + ln2_offset;
+    let act = gelu_tanh(m_in * w1 + b1);
+    h1 + (act * w2 + b2)
+}
+
+/// The masked mean cross-entropy of the final layer: `LN_f(h) · Wout + bout` against
+/// `targets` (batch-major), `Σ ce·mask / count`.
+#[differentiable]
+#[allow(clippy::too_many_arguments, clippy::ptr_arg)]
+pub fn transformer_head<S: Real>(
+    h: &DMatrix<S>,
+    lnf_scale: &DVector<S>,
+    lnf_offset: &DVector<S>,
+    wout: &DMatrix<S>,
+    bout: &DVector<S>,
+    targets: &Vec<i32>,
+    mask: &DVector<f32>,
+    count: f64,
+) -> S {
+    let hf = scale_columns(layer_norm(h, 1e-5), lnf_scale) + lnf_offset;
+    let ce = softmax_cross_entropy(hf * wout + bout, targets);
+    dot(&ce, mask) / count
+}
+
+/// A batch in batch-major order: ids, targets, the mask and its sum.
+pub(crate) struct BatchMajor {
+    pub ids: Vec<i32>,
+    pub targets: Vec<i32>,
+    pub mask: DVector<f32>,
+    pub count: f64,
+}
+
+/// `batch` rearranged batch-major (row `b·T + t`).
+pub(crate) fn batch_major(batch: &LmBatch) -> BatchMajor {
+    let ids: Vec<i32> = batch.obs.transpose().as_slice().to_vec();
+    let targets: Vec<i32> = batch.target.transpose().as_slice().to_vec();
+    let mask = DVector::from_iterator(
+        ids.len(),
+        ids.iter().map(|&i| if i != 0 { 1.0f32 } else { 0.0 }),
+    );
+    let count = batch.num_tokens() as f64;
+    BatchMajor {
+        ids,
+        targets,
+        mask,
+        count,
+    }
+}
+
+/// A transformer LM with `L` layers (the library's `_TransformerTask` with dropout 0); see
+/// the [module docs](self). Implemented for `L` = 1, 2, 3.
+#[derive(Debug, Clone)]
+pub struct TransformerLm<const L: usize> {
+    datasets: Datasets<LmBatch>,
+    heads: usize,
+    d_model: usize,
+    vocab: usize,
+    name: String,
+}
+
+impl<const L: usize> TransformerLm<L> {
+    /// A transformer with `heads` heads of 32 features and model width `d_model` on
+    /// `datasets` (whose `extra_info` gives the vocabulary size).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for zero sizes, `L` not 1..=3, or datasets
+    /// without a vocabulary.
+    pub fn new(heads: usize, d_model: usize, datasets: Datasets<LmBatch>) -> Result<Self> {
+        if heads == 0 || d_model == 0 || !(1..=3).contains(&L) {
+            return Err(Error::InvalidArgument(format!(
+                "TransformerLm<{L}>: need 1..=3 layers and positive sizes, got heads {heads}, \
+                 d_model {d_model}"
+            )));
+        }
+        let vocab = vocab_of(&datasets)?;
+        Ok(TransformerLm {
+            datasets,
+            heads,
+            d_model,
+            vocab,
+            name: format!("TransformerLM_Bytes_h{heads}_d{d_model}_l{L}"),
+        })
+    }
+
+    /// The same task under another name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Model width `D`.
+    pub fn d_model(&self) -> usize {
+        self.d_model
+    }
+
+    /// Vocabulary size `V`.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// The number of parameters: `V·D` + per layer `4D` (two LNs) + `D·3A + 3A + A·D + D`
+    /// + `D·4D + 4D + 4D·D + D`, then `2D + D·V + V`.
+    pub fn num_params(&self) -> usize {
+        let (v, d, a) = (self.vocab, self.d_model, KEY_SIZE * self.heads);
+        let layer = 4 * d + d * 3 * a + 3 * a + a * d + d + d * 4 * d + 4 * d + 4 * d * d + d;
+        v * d + L * layer + 2 * d + d * v + v
+    }
+
+    /// Checks that `batch` fits this task.
+    ///
+    /// Errors: [`Error::ShapeMismatch`], [`Error::InvalidArgument`].
+    pub fn check_batch(&self, batch: &LmBatch) -> Result<()> {
+        check_lm_batch(batch, self.vocab)
+    }
+
+    /// The attention geometry of `batch`.
+    ///
+    /// # Panics
+    /// On an empty batch.
+    pub fn geometry(&self, batch: &LmBatch) -> AttentionGeometry {
+        AttentionGeometry::new(batch.obs.nrows(), batch.obs.ncols(), self.heads, KEY_SIZE)
+            .expect("a non-empty LM batch")
+    }
+
+    fn init_block(&self, key: Key) -> Block<f32> {
+        let (d, a) = (self.d_model, KEY_SIZE * self.heads);
+        let s = 2.0 / L as f32;
+        Block {
+            ln1_scale: DVector::from_element(d, 1.0),
+            ln1_offset: DVector::zeros(d),
+            wqkv: variance_scaling(key.fold_in(0), d, 3 * a, s),
+            bqkv: DVector::zeros(3 * a),
+            wo: variance_scaling(key.fold_in(1), a, d, s),
+            bo: DVector::zeros(d),
+            ln2_scale: DVector::from_element(d, 1.0),
+            ln2_offset: DVector::zeros(d),
+            w1: variance_scaling(key.fold_in(2), d, 4 * d, s),
+            b1: DVector::zeros(4 * d),
+            w2: variance_scaling(key.fold_in(3), 4 * d, d, s),
+            b2: DVector::zeros(d),
+        }
+    }
+
+    /// Embedding, final LN (scale, offset) and readout (weights, bias).
+    #[allow(clippy::type_complexity)]
+    fn init_ends(
+        &self,
+        key: Key,
+    ) -> (
+        DMatrix<f32>,
+        DVector<f32>,
+        DVector<f32>,
+        DMatrix<f32>,
+        DVector<f32>,
+    ) {
+        let (v, d) = (self.vocab, self.d_model);
+        (
+            trunc_normal(key.fold_in(100), v, d, 1.0),
+            DVector::from_element(d, 1.0),
+            DVector::zeros(d),
+            linear_init(key.fold_in(101), d, v),
+            DVector::zeros(v),
+        )
+    }
+}
+
+macro_rules! transformer_task {
+    ($l:literal, $params:ident { $($layer:ident = $i:literal),* }) => {
+        #[task]
+        impl Task for TransformerLm<$l> {
+            type Params<S: Real> = $params<S>;
+            type Batch = LmBatch;
+
+            /// haiku's init (module docs), drawn in `f32` and converted; layer `i` from
+            /// `key.fold_in(i)`.
+            fn init<S: Real>(&self, key: Key) -> $params<S> {
+                let (embed, lnf_scale, lnf_offset, wout, bout) = self.init_ends(key);
+                $params {
+                    embed,
+                    $($layer: self.init_block(key.fold_in($i)),)*
+                    lnf_scale,
+                    lnf_offset,
+                    wout,
+                    bout,
+                }
+                .cast::<S>()
+            }
+
+            fn loss<S: Real>(&self, params: &$params<S>, _key: S::Key, batch: &LmBatch) -> S {
+                let g = self.geometry(batch);
+                let bm = batch_major(batch);
+                let h = embed(&params.embed, &bm.ids);
+                $(
+                    let h = transformer_block(
+                        &h,
+                        &params.$layer.ln1_scale,
+                        &params.$layer.ln1_offset,
+                        &params.$layer.wqkv,
+                        &params.$layer.bqkv,
+                        &params.$layer.wo,
+                        &params.$layer.bo,
+                        &params.$layer.ln2_scale,
+                        &params.$layer.ln2_offset,
+                        &params.$layer.w1,
+                        &params.$layer.b1,
+                        &params.$layer.w2,
+                        &params.$layer.b2,
+                        &g,
+                    );
+                )*
+                transformer_head(
+                    &h,
+                    &params.lnf_scale,
+                    &params.lnf_offset,
+                    &params.wout,
+                    &params.bout,
+                    &bm.targets,
+                    &bm.mask,
+                    bm.count,
+                )
+            }
+
+            fn datasets(&self) -> Option<Datasets<LmBatch>> {
+                Some(self.datasets.clone())
+            }
+
+            fn name(&self) -> String {
+                self.name.clone()
+            }
+        }
+    };
+}
+
+transformer_task!(1, Tlm1 { l0 = 0 });
+transformer_task!(2, Tlm2 { l0 = 0, l1 = 1 });
+transformer_task!(3, Tlm3 { l0 = 0, l1 = 1, l2 = 2 });
+
+macro_rules! multiruntime {
+    ($(#[$m:meta])* $name:ident, $l:literal, $heads:literal, $d:literal, $b:literal, $t:literal) => {
+        $(#[$m])*
+        ///
+        /// Errors: [`Error::DatasetMissing`] when the `fortunes` corpus is not installed.
+        #[allow(non_snake_case)]
+        pub fn $name() -> Result<TransformerLm<$l>> {
+            let ds = fortunes_lm_datasets($b, $t, None)?;
+            Ok(TransformerLm::<$l>::new($heads, $d, ds)?.with_name(stringify!($name)))
+        }
+    };
+}
+
+multiruntime!(
+    /// The library's `TransformerLM_LM1B_MultiRuntime_2` (4 heads, D 32, 2 layers, batch 8,
+    /// length 8) on `fortunes` bytes.
+    TransformerLM_FortunesBytes_MultiRuntime_2, 2, 4, 32, 8, 8
+);
+multiruntime!(
+    /// `MultiRuntime_3` (4 heads, D 32, 1 layer, batch 8, length 16) on `fortunes` bytes.
+    TransformerLM_FortunesBytes_MultiRuntime_3, 1, 4, 32, 8, 16
+);
+multiruntime!(
+    /// `MultiRuntime_4` (4 heads, D 32, 2 layers, batch 16, length 4) on `fortunes` bytes.
+    TransformerLM_FortunesBytes_MultiRuntime_4, 2, 4, 32, 16, 4
+);
+multiruntime!(
+    /// `MultiRuntime_5` (4 heads, D 32, 1 layer, batch 8, length 32) on `fortunes` bytes.
+    TransformerLM_FortunesBytes_MultiRuntime_5, 1, 4, 32, 8, 32
+);
+multiruntime!(
+    /// `MultiRuntime_6` (5 heads, D 80, 1 layer, batch 4, length 64) on `fortunes` bytes.
+    TransformerLM_FortunesBytes_MultiRuntime_6, 1, 5, 80, 4, 64
+);
+multiruntime!(
+    /// `MultiRuntime_7` (7 heads, D 112, 3 layers, batch 16, length 32) on `fortunes`
+    /// bytes.
+    TransformerLM_FortunesBytes_MultiRuntime_7, 3, 7, 112, 16, 32
+);
+multiruntime!(
+    /// `MultiRuntime_8` (4 heads, D 128, 1 layer, batch 64, length 32) on `fortunes`
+    /// bytes: the configuration the benchmarks compare.
+    TransformerLM_FortunesBytes_MultiRuntime_8, 1, 4, 128, 64, 32
+);
