@@ -186,33 +186,6 @@ fn train_fused(groups: &[Group], steps: usize, reciprocal: bool) -> Vec<L> {
         .collect()
 }
 
-/// Peak f32 FLOP/s of the machine: 2 FMA pipes × lanes × 2 FLOP × clock.
-fn peak_flops() -> (f64, String) {
-    let lanes = if std::arch::is_x86_feature_detected!("avx512f") {
-        16.0
-    } else if std::arch::is_x86_feature_detected!("avx2") {
-        8.0
-    } else {
-        4.0
-    };
-    let ghz = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| mhz / 1e3)
-        .unwrap_or(2.5);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let peak = cores * 2.0 * lanes * 2.0 * ghz * 1e9;
-    (
-        peak,
-        format!("{cores} cores x 2 FMA x {lanes} f32 lanes x 2 FLOP x {ghz:.2} GHz"),
-    )
-}
-
 /// Parameter-steps of a case and the JAX median of the same computation.
 fn work(id: &str) -> Option<(f64, f64)> {
     if id.starts_with("seed.") {
@@ -394,7 +367,8 @@ fn main() -> lopt::Result<()> {
     ];
     // `cargo bench --bench families -- seed` runs the cases whose id contains `seed`.
     common::select(&mut cases);
-    let (peak, how) = peak_flops();
+    let (one, cores, how) = common::nominal_peak();
+    let peak = one * cores;
     println!("machine: peak {:.0} GFLOP/s f32 ({how})", peak / 1e9);
     println!(
         "this build: {}",

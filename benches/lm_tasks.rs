@@ -17,7 +17,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{keep, run, select, Case};
 use lopt::datasets::text::{lm_datasets, ByteVocab, LmBatch, LmOptions, TextCorpus, TextSource};
@@ -25,41 +25,6 @@ use lopt::prelude::*;
 use lopt::tasks::rnn_lm::TeacherForcedRnnLm;
 use lopt::tasks::transformer_lm::TransformerLm;
 use rand::{Rng, SeedableRng};
-
-/// This core's f32 FMA peak (FLOP/s): 12 independent 8-wide FMA chains, best of 5.
-fn measure_peak() -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        use std::arch::x86_64::*;
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn run(iters: usize) -> f32 {
-            let mut acc = [_mm256_set1_ps(0.0); 12];
-            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-            for _ in 0..iters {
-                for v in acc.iter_mut() {
-                    *v = _mm256_fmadd_ps(*v, a, b);
-                }
-            }
-            let mut out = [0.0f32; 8];
-            let s = acc
-                .iter()
-                .fold(_mm256_set1_ps(0.0), |s, v| _mm256_add_ps(s, *v));
-            _mm256_storeu_ps(out.as_mut_ptr(), s);
-            out.iter().sum()
-        }
-        let iters = 20_000_000;
-        let best = (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                keep(unsafe { run(iters) });
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min);
-        return (iters * 12 * 8 * 2) as f64 / best;
-    }
-    f64::NAN
-}
 
 /// Datasets of random documents (bytes 1..=255), 256 classes, batch `b`, length `t`.
 fn random_datasets(b: usize, t: usize) -> lopt::datasets::Datasets<LmBatch> {
@@ -98,7 +63,7 @@ fn train<T: Task<Batch = LmBatch>>(
 }
 
 fn main() {
-    let peak = measure_peak();
+    let peak = common::measured_peak();
     println!("peak f32 FMA one core: {:.1} GFLOP/s", peak / 1e9);
     let (b, t, e, h, v) = (128usize, 32usize, 64usize, 128usize, 256usize);
     let ds_r = random_datasets(b, t);

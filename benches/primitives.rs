@@ -126,37 +126,9 @@ impl Hand {
     }
 }
 
-/// FLOP of one [`fma_loop`].
-const PEAK_FLOP: f64 = (PEAK_ITERS * 12 * 8 * 2) as f64;
+/// FLOP of one peak case.
+const PEAK_FLOP: f64 = common::fma_loop_flop(PEAK_ITERS);
 const PEAK_ITERS: usize = 1_000_000;
-
-/// 12 independent 8-wide FMA chains, `PEAK_ITERS` steps: this core's f32 FMA peak (timed
-/// as a case, interleaved with the others).
-fn fma_loop() -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        use std::arch::x86_64::*;
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn run(iters: usize) -> f32 {
-            let mut acc = [_mm256_set1_ps(0.0); 12];
-            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-            for _ in 0..iters {
-                for v in acc.iter_mut() {
-                    *v = _mm256_fmadd_ps(*v, a, b);
-                }
-            }
-            let mut out = [0.0f32; 8];
-            let s = acc
-                .iter()
-                .fold(_mm256_set1_ps(0.0), |s, v| _mm256_add_ps(s, *v));
-            _mm256_storeu_ps(out.as_mut_ptr(), s);
-            out.iter().sum()
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { run(keep(PEAK_ITERS)) };
-    }
-    f32::NAN
-}
 
 /// A whole column-major matrix as a GEMM view.
 fn mref(m: &DMatrix<f32>) -> MatRef<'_, f32> {
@@ -316,7 +288,7 @@ fn main() {
     // This core's FMA loop, interleaved with the cases so that it sees the same load.
     flops.push(("peak.fma".into(), PEAK_FLOP));
     cases.push(Case::new("peak.fma", || {
-        keep(fma_loop());
+        keep(common::fma_loop(PEAK_ITERS));
     }));
 
     // The transformer's attention: batch 64, T 32, 4 heads of 32.

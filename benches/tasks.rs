@@ -90,34 +90,6 @@ fn step_flops(
     2.0 * batch as f64 * (2.0 * fwd + input_grads)
 }
 
-/// Peak f32 FLOP/s of one core: 2 FMA pipes × lanes × 2 FLOP × clock; and the cores.
-fn peak_flops() -> (f64, f64, String) {
-    let lanes = if std::arch::is_x86_feature_detected!("avx512f") {
-        16.0
-    } else if std::arch::is_x86_feature_detected!("avx2") {
-        8.0
-    } else {
-        4.0
-    };
-    let ghz = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| mhz / 1e3)
-        .unwrap_or(2.5);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let one = 2.0 * lanes * 2.0 * ghz * 1e9;
-    (
-        one,
-        cores,
-        format!("2 FMA x {lanes} f32 lanes x 2 FLOP x {ghz:.2} GHz per core, {cores} cores"),
-    )
-}
-
 /// One fixed conv task's `.grad` and `.train_100` cases.
 fn task_cases<'a, const D: usize>(
     id: &str,
@@ -148,7 +120,7 @@ where
 }
 
 fn main() -> lopt::Result<()> {
-    let (peak1, cores, how) = peak_flops();
+    let (peak1, cores, how) = common::nominal_peak();
     println!(
         "machine: f32 FMA peak {:.0} GFLOP/s per core ({how})",
         peak1 / 1e9

@@ -134,3 +134,83 @@ pub fn random_image_batches(seed: u64, n: usize, batch: usize) -> Vec<ImageBatch
         })
         .collect()
 }
+
+/// FLOP of one [`fma_loop`] of `iters` steps: 12 chains × 8 lanes × 2 FLOP a step.
+#[allow(dead_code)]
+pub const fn fma_loop_flop(iters: usize) -> f64 {
+    (iters * 12 * 8 * 2) as f64
+}
+
+/// 12 independent 8-wide f32 FMA chains run for `iters` steps: what one core can do at
+/// most (two FMA pipes kept busy). NaN on a CPU without AVX2 and FMA. Timed as a case
+/// interleaved with the others, it measures the peak under the same load they run in.
+#[allow(dead_code)]
+pub fn fma_loop(iters: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run(iters: usize) -> f32 {
+            let mut acc = [_mm256_set1_ps(0.0); 12];
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in acc.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, a, b);
+                }
+            }
+            let mut out = [0.0f32; 8];
+            let s = acc
+                .iter()
+                .fold(_mm256_set1_ps(0.0), |s, v| _mm256_add_ps(s, *v));
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            out.iter().sum()
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { run(keep(iters)) };
+    }
+    f32::NAN
+}
+
+/// This core's measured f32 FMA peak in FLOP/s: the best of 5 [`fma_loop`]s.
+#[allow(dead_code)]
+pub fn measured_peak() -> f64 {
+    let iters = 20_000_000;
+    let best = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            keep(fma_loop(iters));
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    fma_loop_flop(iters) / best
+}
+
+/// The nominal f32 peak of one core from the CPU's description (2 FMA pipes × f32 lanes
+/// × 2 FLOP × the clock `/proc/cpuinfo` reports), the number of cores, and how it was
+/// computed.
+#[allow(dead_code)]
+pub fn nominal_peak() -> (f64, f64, String) {
+    let lanes = if std::arch::is_x86_feature_detected!("avx512f") {
+        16.0
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        8.0
+    } else {
+        4.0
+    };
+    let ghz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| mhz / 1e3)
+        .unwrap_or(2.5);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    (
+        2.0 * lanes * 2.0 * ghz * 1e9,
+        cores,
+        format!("2 FMA x {lanes} f32 lanes x 2 FLOP x {ghz:.2} GHz per core, {cores} cores"),
+    )
+}
