@@ -12,6 +12,11 @@ use crate::scalar::Real;
 /// Below this many bytes a buffer is left to the allocator as it is.
 const HUGE: usize = 4 << 20;
 
+/// Whether `n` elements of `S` make a buffer large enough for [`zeroed`]'s huge pages.
+pub(crate) fn is_large<S>(n: usize) -> bool {
+    n.saturating_mul(std::mem::size_of::<S>()) >= HUGE
+}
+
 /// `n` zeros. For `f32` and `f64` the memory comes zeroed from the allocator and, when
 /// it is large, is advised as huge pages before it is touched.
 pub(crate) fn zeroed<S: Real>(n: usize) -> Vec<S> {
