@@ -17,7 +17,7 @@
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
-use crate::kernels::alloc::zeroed;
+use crate::kernels::alloc::{recycle, zeroed};
 use crate::scalar::Real;
 
 use super::Unary;
@@ -453,7 +453,11 @@ impl<S: Real> Unary<Im2col<'_>> for DMatrix<S> {
         op.0.im2col(dx)
     }
     fn vjp(&self, op: &Im2col<'_>, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
-        op.0.col2im(&g)
+        let dx = op.0.col2im(&g);
+        // The patch cotangent's buffer serves the next large product on this thread
+        // (the next step's `G·Wᵀ`) instead of being returned to the system.
+        recycle(Vec::from(g.data));
+        dx
     }
 }
 

@@ -12,6 +12,7 @@ use nalgebra::{DefaultAllocator, Dim, OMatrix, UninitMatrix};
 use super::op;
 use super::shape::shape_panic;
 use super::Binary;
+use crate::kernels::alloc::{is_large, scratch};
 use crate::kernels::gemm::{gemm_raw, MatRef};
 use crate::scalar::Real;
 
@@ -38,6 +39,12 @@ pub(crate) fn gemm_generic<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S])
 }
 
 /// `a·b` as a new `r x c` matrix (`r = a.rows`, `c = b.cols`).
+///
+/// A large result (a convolution's patch cotangent `G·Wᵀ`, 75 MB for the largest layer
+/// of the benchmark) is written into the buffer the last convolution's backward pass
+/// recycled, or else into fresh pages advised as huge pages, faulted in 2 MB at a time
+/// instead of 4 KB (the faults and unmaps of an ordinary allocation cost about a
+/// quarter of that layer's gradient). See `kernels::alloc::scratch`.
 #[inline]
 pub(crate) fn product<S: Real, R: Dim, C: Dim>(
     a: View<'_, S>,
@@ -50,6 +57,14 @@ where
 {
     assert_eq!((a.rows(), b.cols()), (r.value(), c.value()));
     assert_eq!(a.cols(), b.rows());
+    let n = r.value() * c.value();
+    if is_large::<S>(n) {
+        let mut v = scratch::<S>(n);
+        // SAFETY: the shapes agree (checked above) and `v` holds `r * c` initialized
+        // elements; gemm writes every one of them.
+        unsafe { gemm_raw(a, b, v.as_mut_ptr(), false) };
+        return OMatrix::from_vec_generic(r, c, v);
+    }
     let mut out = UninitMatrix::<S, R, C>::uninit(r, c);
     // SAFETY: the shapes agree (checked above) and `out` holds exactly `r * c` elements
     // in column-major order; without accumulation gemm writes every one without reading.

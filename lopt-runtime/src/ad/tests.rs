@@ -1623,3 +1623,45 @@ fn select_where() {
         assert_eq!(y[i], if mask[i] != 0.0 { a[i] } else { b[i] });
     }
 }
+
+/// A product whose result is large enough (≥ 4 MB) to be written into huge-page zeroed
+/// memory equals the naive product, in `f32` and `f64`, plain and with a transposed
+/// operand. Catches that path skipping the product or its rows and columns swapped
+/// (tried: leaving out the `gemm_raw` call fails with every entry 0).
+#[test]
+fn large_product_results_match_the_naive_product() {
+    let (m, k, n) = (2048, 3, 600);
+    let a = sample(DMatrix::<f64>::zeros(m, k), 80, &any);
+    let b = sample(DMatrix::<f64>::zeros(k, n), 81, &any);
+    let dyn_ = nalgebra::Dyn;
+    let want = naive_product(&a, &b);
+    let bt = b.transpose();
+    for fast in [
+        product(View::of(&a), View::of(&b), dyn_(m), dyn_(n)),
+        product(View::of(&a), View::of(&bt).t(), dyn_(m), dyn_(n)),
+    ] {
+        assert_close(&fast, &want, 1e-14);
+    }
+    let (a32, b32) = (a.map(|x| x as f32), b.map(|x| x as f32));
+    let fast32 = product(View::of(&a32), View::of(&b32), dyn_(m), dyn_(n));
+    let want32 = naive_product(&a32.map(|x| x as f64), &b32.map(|x| x as f64));
+    assert_close(&fast32.map(|x| x as f64), &want32, 1e-6);
+}
+
+/// A large product written into a recycled buffer full of NaN equals the naive product:
+/// the recycled contents are overwritten, never read. Catches the large path
+/// accumulating into its buffer (tried: `gemm_raw(.., true)` there fails, every entry
+/// NaN) and a buffer of the wrong length being used.
+#[test]
+fn large_product_into_a_recycled_buffer_ignores_its_contents() {
+    let (m, k, n) = (2048, 3, 600);
+    let a = sample(DMatrix::<f64>::zeros(m, k), 82, &any);
+    let b = sample(DMatrix::<f64>::zeros(k, n), 83, &any);
+    let dyn_ = nalgebra::Dyn;
+    let want = naive_product(&a, &b);
+    // Longer than the result (within 2×): it is taken and cut to length.
+    crate::kernels::alloc::recycle(vec![f64::NAN; m * n + 1000]);
+    let fast = product(View::of(&a), View::of(&b), dyn_(m), dyn_(n));
+    assert_eq!(fast.shape(), (m, n));
+    assert_close(&fast, &want, 1e-14);
+}

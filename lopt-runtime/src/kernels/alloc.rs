@@ -6,22 +6,85 @@
 //! layer take 7× as long as col2im, which moves the same data.
 
 use std::any::TypeId;
+use std::cell::Cell;
 
 use crate::scalar::Real;
 
 /// Below this many bytes a buffer is left to the allocator as it is.
 const HUGE: usize = 4 << 20;
 
+/// Whether `n` elements of `S` make a buffer large enough for [`zeroed`]'s huge pages.
+pub(crate) fn is_large<S>(n: usize) -> bool {
+    n.saturating_mul(std::mem::size_of::<S>()) >= HUGE
+}
+
+thread_local! {
+    /// The last large `f32` buffer handed to [`recycle`] on this thread.
+    static SPARE_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The last large `f64` buffer handed to [`recycle`] on this thread.
+    static SPARE_F64: Cell<Vec<f64>> = const { Cell::new(Vec::new()) };
+}
+
+/// Keeps a large `f32`/`f64` buffer that is no longer needed (a convolution's patch
+/// cotangent once col2im has summed it) for the next [`scratch`] on this thread, in
+/// place of any buffer kept before; other buffers are dropped.
+pub(crate) fn recycle<S: Real>(v: Vec<S>) {
+    if !is_large::<S>(v.capacity()) {
+        return;
+    }
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
+        // SAFETY: `S` is `f32` (the TypeId test).
+        SPARE_F32.with(|s| s.set(unsafe { cast(v) }));
+    } else if TypeId::of::<S>() == TypeId::of::<f64>() {
+        // SAFETY: `S` is `f64` (the TypeId test).
+        SPARE_F64.with(|s| s.set(unsafe { cast(v) }));
+    }
+}
+
+/// `n` initialized elements of unspecified value, for a result that is about to be
+/// overwritten entirely: the buffer kept by [`recycle`] when its capacity is between
+/// `n` and `2n` (no fresh pages to fault in and clear), else [`zeroed`].
+pub(crate) fn scratch<S: Real>(n: usize) -> Vec<S> {
+    /// The kept buffer cut or grown to `n` when its capacity fits; else it stays kept
+    /// (a smaller result, the forward product, must not evict the patch-sized buffer).
+    fn fit<T: Copy + Default>(slot: &Cell<Vec<T>>, n: usize) -> Option<Vec<T>> {
+        let mut v = slot.take();
+        if v.capacity() < n || v.capacity() > n.saturating_mul(2) {
+            slot.set(v);
+            return None;
+        }
+        v.resize(n, T::default());
+        Some(v)
+    }
+    let spare = if TypeId::of::<S>() == TypeId::of::<f32>() {
+        // SAFETY: `S` is `f32` (the TypeId test).
+        SPARE_F32
+            .with(|s| fit(s, n))
+            .map(|v| unsafe { cast::<f32, S>(v) })
+    } else if TypeId::of::<S>() == TypeId::of::<f64>() {
+        // SAFETY: `S` is `f64` (the TypeId test).
+        SPARE_F64
+            .with(|s| fit(s, n))
+            .map(|v| unsafe { cast::<f64, S>(v) })
+    } else {
+        None
+    };
+    spare.unwrap_or_else(|| zeroed(n))
+}
+
+/// The same vector as another element type.
+///
+/// # Safety
+/// `T` and `S` are the same type.
+unsafe fn cast<T, S>(v: Vec<T>) -> Vec<S> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `T` = `S` (the contract): the same allocation, length and capacity.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut S, v.len(), v.capacity()) }
+}
+
 /// `n` zeros. For `f32` and `f64` the memory comes zeroed from the allocator and, when
 /// it is large, is advised as huge pages before it is touched.
 pub(crate) fn zeroed<S: Real>(n: usize) -> Vec<S> {
-    /// # Safety
-    /// `T` and `S` are the same type.
-    unsafe fn cast<T, S>(v: Vec<T>) -> Vec<S> {
-        let mut v = std::mem::ManuallyDrop::new(v);
-        // SAFETY: `T` = `S` (the contract): the same allocation, length and capacity.
-        unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut S, v.len(), v.capacity()) }
-    }
     let v = if TypeId::of::<S>() == TypeId::of::<f32>() {
         // SAFETY: `S` is `f32` (the TypeId test).
         unsafe { cast(vec![0f32; n]) }
