@@ -13,22 +13,32 @@
 //!   convolutions of 32 channels, strides 2 and 1, ReLU, init scales 0.5..2) on random
 //!   8×8×3 batches of 128, trained batched in one `Lanes<8>` group (one instance per
 //!   lane, one shared batch per step); reported per instance-step.
+//! - `rnnlm.lstm128`: the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64` network
+//!   (LSTM 128, embedding 64, 256 byte classes, batch 128, length 32) and `tlm.d128l1`:
+//!   its transformer at `MultiRuntime_8` (4 heads, D 128, 1 layer, batch 64, length 32,
+//!   256 byte classes), on random bytes, with `.grad` and `.train_100` as above (steps
+//!   cycle a pool of 4 batches); their JAX side is `scripts/jax/bench_lm_tasks.py`.
 //!
 //! Each line is followed by its FLOP rate and fraction of the machine's f32 FMA peak
 //! (2 FMA pipes × SIMD lanes × 2 FLOP × clock, one core and all cores). FLOP model: the
 //! convolutions' and the head's forward products, the same again for the weight
 //! gradients, and the input gradients of every layer but the first; 2 FLOP per
-//! multiply-add; Adam and the elementwise work are not counted.
+//! multiply-add; Adam and the elementwise work are not counted. For the language models:
+//! the input, recurrent (or attention and MLP) and readout products of every token, and
+//! the attention's two per-head products, the backward pass counted as twice the forward.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{keep, Case};
+use lopt::datasets::text::{lm_datasets, ByteVocab, LmBatch, LmOptions, TextCorpus, TextSource};
 use lopt::datasets::{Datasets, ExtraInfo, ImageBatch};
 use lopt::lanes::Lanes;
 use lopt::prelude::*;
 use lopt::tasks::conv::{Conv2, ConvTask, ParametricImageConv, ParametricImageConvCfg};
+use lopt::tasks::rnn_lm::TeacherForcedRnnLm;
+use lopt::tasks::transformer_lm::TransformerLm;
 use lopt::vmap::FamilyLanes;
 use rand::{Rng, SeedableRng};
 
@@ -119,6 +129,42 @@ where
     ]
 }
 
+/// Datasets of random documents (bytes 1..=255), 256 classes, batch `b`, length `t`.
+fn random_datasets(b: usize, t: usize) -> lopt::datasets::Datasets<LmBatch> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let docs: Vec<Vec<u8>> = (0..20 * b)
+        .map(|_| (0..t + 1).map(|_| rng.gen_range(1..=255u8)).collect())
+        .collect();
+    let corpus = TextCorpus::from_documents(TextSource::Memory, docs, Key::new(1)).unwrap();
+    let opts = LmOptions {
+        vocab: ByteVocab::Raw,
+        ..LmOptions::default()
+    };
+    lm_datasets(&corpus, b, t, opts, Key::new(2)).unwrap()
+}
+
+/// `steps` Adam(1e-3) steps of `task` over `batches` (cycled).
+fn train_lm<T: Task<Batch = LmBatch>>(
+    task: &T,
+    p0: &T::Params<f32>,
+    batches: &[LmBatch],
+    steps: usize,
+) -> f32 {
+    let opt = Adam::new(1e-3);
+    let mut state = opt.init(p0.clone(), None);
+    let mut last = 0.0;
+    for s in 0..steps {
+        let (l, g) = task.value_and_grad(
+            opt.get_params(&state),
+            Key::new(s as u64),
+            &batches[s % batches.len()],
+        );
+        opt.update(&mut state, &g, l);
+        last = l;
+    }
+    last
+}
+
 fn main() -> lopt::Result<()> {
     let (peak1, cores, how) = common::nominal_peak();
     println!(
@@ -145,6 +191,24 @@ fn main() -> lopt::Result<()> {
         family.pack_cfg(&cfgs.iter().collect::<Vec<_>>());
     let packed: Conv2<Lanes<8>> = family.pack_params(&inits.iter().collect::<Vec<_>>());
 
+    // The language models (FLOP: forward products ×3 for value and gradient).
+    let (b, t, e, h, v) = (128usize, 32usize, 64usize, 128usize, 256usize);
+    let ds_r = random_datasets(b, t);
+    let rnn = TeacherForcedRnnLm::lstm(h, e, ds_r.clone())?;
+    let rb: Vec<LmBatch> = (0..4).map(|_| ds_r.train()).collect::<lopt::Result<_>>()?;
+    let rp = rnn.init::<f32>(Key::new(0));
+    let rnn_flop = 3.0 * 2.0 * (b * t) as f64 * (e * 4 * h + h * 4 * h + h * v) as f64;
+    let (tb, d, heads) = (64usize, 128usize, 4usize);
+    let ds_t = random_datasets(tb, t);
+    let tlm = TransformerLm::<1>::new(heads, d, ds_t.clone())?;
+    let tbatches: Vec<LmBatch> = (0..4).map(|_| ds_t.train()).collect::<lopt::Result<_>>()?;
+    let tp = tlm.init::<f32>(Key::new(0));
+    let a = 32 * heads;
+    let tlm_flop = 3.0
+        * (2.0 * (tb * t) as f64 * (d * 3 * a + a * d + 2 * d * 4 * d + d * v) as f64
+            + 4.0 * (tb * heads * t * t * 32) as f64);
+    let (mut i, mut j) = (0usize, 0usize);
+
     let mut cases = task_cases("conv32x64x64.c10_32x32x3", &c10, &c10_pool);
     cases.extend(task_cases("conv32x64x64.fmnist_28x28x1", &fm, &fm_pool));
     cases.push(
@@ -164,11 +228,36 @@ fn main() -> lopt::Result<()> {
         })
         .per((STEPS * 8) as f64),
     );
+
+    cases.push(Case::new("rnnlm.lstm128.grad", || {
+        i += 1;
+        keep(rnn.value_and_grad(&rp, Key::new(0), &rb[i % rb.len()]));
+    }));
+    cases.push(
+        Case::new("rnnlm.lstm128.train_100", || {
+            keep(train_lm(&rnn, &rp, &rb, STEPS));
+        })
+        .per(STEPS as f64),
+    );
+    cases.push(Case::new("tlm.d128l1.grad", || {
+        j += 1;
+        keep(tlm.value_and_grad(&tp, Key::new(0), &tbatches[j % tbatches.len()]));
+    }));
+    cases.push(
+        Case::new("tlm.d128l1.train_100", || {
+            keep(train_lm(&tlm, &tp, &tbatches, STEPS));
+        })
+        .per(STEPS as f64),
+    );
     common::select(&mut cases);
     let s = common::run(&mut cases, 7, Duration::from_millis(300));
     let flops = |id: &str| {
         if id.starts_with("conv32x64x64.c10") {
             step_flops(BATCH, (32, 32, 3), &[32, 64, 64], &[2, 1, 1])
+        } else if id.starts_with("rnnlm") {
+            rnn_flop
+        } else if id.starts_with("tlm") {
+            tlm_flop
         } else if id.starts_with("conv32x64x64.fmnist") {
             step_flops(BATCH, (28, 28, 1), &[32, 64, 64], &[2, 1, 1])
         } else {

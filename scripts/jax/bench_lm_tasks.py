@@ -1,4 +1,4 @@
-"""JAX side of `cargo bench --bench lm_tasks`: the JAX library's own LM task code.
+"""JAX side of `cargo bench --bench tasks -- rnnlm tlm`: the JAX library's own LM task code.
 
 * `rnnlm.lstm128.*`: `tasks/fixed/rnn_lm.py`'s `TeacherForcedRNNLM(hk.LSTM(128),
   embedding_dim=64)` (the network of `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`) on random
