@@ -1,0 +1,143 @@
+//! The parametric language-model family (`tasks::rnn_lm::ParametricLmRnn`, the JAX
+//! library's `ParametricLMRNN` restricted to LSTMs): the sampler's ranges, and a family
+//! of mixed shapes trained batched equal to each instance trained alone.
+
+use lopt::datasets::text::{lm_datasets, ByteVocab, LmBatch, LmOptions, SequenceCut, TextCorpus};
+use lopt::datasets::{Datasets, Split};
+use lopt::eval_training::{multi_task_training_curves, sample_instances, MultiTaskConfig, NoAux};
+use lopt::prelude::*;
+use lopt::tasks::rnn_lm::{ParametricLmRnn, ParametricLmRnnCfg};
+use lopt::vmap::Width;
+
+/// LM datasets of the embedded text, batch `b`, length `t`, seqio's byte vocabulary.
+fn embedded(b: usize, t: usize) -> Datasets<LmBatch> {
+    let opts = LmOptions {
+        vocab: ByteVocab::Seqio,
+        cut: SequenceCut::Chunks,
+    };
+    lm_datasets(&TextCorpus::embedded(), b, t, opts, Key::new(5)).unwrap()
+}
+
+/// Catches: a sampler outside the library's ranges (tried: the embedding size drawn
+/// with `fold_in(0)`, the hidden size's key: the two are then always equal and the
+/// test fails; and `log_int` clamped to `hi` inclusive: fails on the upper bound).
+#[test]
+fn rnn_family_samples_the_librarys_ranges() {
+    let family = ParametricLmRnn::new(embedded(2, 4), (8, 256)).unwrap();
+    assert_eq!(family.vocab_size(), 259);
+    let cfgs: Vec<ParametricLmRnnCfg<f32>> = (0..400).map(|i| family.sample(Key::new(i))).collect();
+    assert!(cfgs.iter().all(|c| (8..256).contains(&c.hidden)));
+    assert!(cfgs.iter().all(|c| (8..256).contains(&c.embed_dim)));
+    assert!(cfgs.iter().all(|c| (0.5..=2.0).contains(&c.init_scale)));
+    // Both ends reached, and the two sizes drawn independently.
+    assert!(cfgs.iter().any(|c| c.hidden < 10) && cfgs.iter().any(|c| c.hidden > 200));
+    assert!(cfgs.iter().any(|c| c.embed_dim < 10) && cfgs.iter().any(|c| c.embed_dim > 200));
+    let same = cfgs.iter().filter(|c| c.hidden == c.embed_dim).count();
+    assert!(same < 40, "{same} of 400 with equal sizes");
+    // Log-uniform: about half below √(8·256) ≈ 45.3.
+    for size in [
+        |c: &ParametricLmRnnCfg<f32>| c.hidden,
+        |c: &ParametricLmRnnCfg<f32>| c.embed_dim,
+    ] {
+        let below = cfgs.iter().filter(|c| size(c) <= 45).count();
+        assert!((140..260).contains(&below), "{below} of 400 below 46");
+    }
+    let lo = cfgs.iter().filter(|c| c.init_scale < 1.25).count();
+    assert!((140..260).contains(&lo), "{lo} of 400 scales below 1.25");
+    // The parameters have the sampled shapes.
+    let c = &cfgs[0];
+    let p = family.init(c, Key::new(1));
+    assert_eq!(p.embed.shape(), (259, c.embed_dim));
+    assert_eq!(p.w.shape(), (c.embed_dim + c.hidden, 4 * c.hidden));
+    assert_eq!(p.wo.shape(), (c.hidden, 259));
+    assert!(ParametricLmRnn::new(embedded(2, 4), (8, 8)).is_err());
+    assert!(ParametricLmRnn::new(embedded(2, 4), (0, 8)).is_err());
+}
+
+/// Catches: instances of different shapes put in one lane group, or lanes of a group
+/// mixed up, or the family's loss reading the wrong sizes from the configuration (tried:
+/// the loss's `hd = cfg.embed_dim`: the serial run panics on a shape mismatch; and the
+/// init scale not applied to the read-out in `init`: the batched result is unchanged but
+/// the check of `init` against the scale fails).
+#[test]
+fn mixed_shape_rnn_family_trains_batched_as_each_instance_alone() {
+    const STEPS: usize = 3;
+    let batches: Vec<LmBatch> = embedded(3, 5).batches(Split::Train, 8).unwrap();
+    let fresh = || {
+        let tr = batches.clone();
+        let r = |v: Vec<LmBatch>| v.into_iter().cycle();
+        let info = embedded(3, 5).extra_info().clone();
+        Datasets::new(r(tr.clone()), r(tr.clone()), r(tr.clone()), r(tr)).with_extra_info(info)
+    };
+    let probe = ParametricLmRnn::new(fresh(), (2, 6)).unwrap();
+    let (mut cfgs, keys) = sample_instances(&probe, 12, Key::new(9));
+    // Several shapes whatever the sample.
+    for (i, c) in cfgs.iter_mut().enumerate() {
+        c.hidden = 2 + i % 3;
+        c.embed_dim = 3 + i % 2;
+    }
+    // The init scale multiplies the embedding and read-out spreads.
+    let (c0, k0) = (&cfgs[0], Key::new(3));
+    let mut big = c0.clone();
+    big.init_scale = 2.0 * c0.init_scale;
+    let (a, b) = (probe.init(c0, k0), probe.init(&big, k0));
+    for (x, y) in a.embed.iter().zip(b.embed.iter()) {
+        assert!((2.0 * x - y).abs() <= 1e-6 * y.abs().max(1.0));
+    }
+    for (x, y) in a.wo.iter().zip(b.wo.iter()) {
+        assert!((2.0 * x - y).abs() <= 1e-6 * y.abs().max(1.0));
+    }
+    assert_eq!(a.w, b.w);
+    let config = |width| MultiTaskConfig {
+        num_steps: STEPS,
+        eval_every: STEPS,
+        eval_batches: 1,
+        last_eval_batches: 1,
+        splits: vec![Split::Test],
+        width,
+    };
+    let mut results = Vec::new();
+    for width in [Width::Serial, Width::W8] {
+        let family = ParametricLmRnn::new(fresh(), (2, 6)).unwrap();
+        let out = multi_task_training_curves(
+            &family,
+            &Adam::new(1e-2),
+            &cfgs,
+            &keys,
+            &config(width),
+            &NoAux,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(out.non_finite_at.iter().all(Option::is_none));
+        results.push(out);
+    }
+    // The serial run against each instance trained alone with the plain Task API on the
+    // same stream.
+    for (i, (cfg, key)) in cfgs.iter().zip(&keys).enumerate() {
+        let task = probe.task_fn(cfg);
+        let opt = Adam::new(1e-2);
+        let init = probe.init(cfg, key.split().0);
+        let mut state = opt.init(init.clone(), None);
+        for t in 0..STEPS {
+            let b = &batches[t % batches.len()];
+            let (l, g) = task.value_and_grad(opt.get_params(&state), Key::new(0), b);
+            opt.update(&mut state, &g, l);
+        }
+        let want = opt.get_params(&state);
+        // Training moved the parameters (the comparison is not of two inits).
+        assert!(want.wo != init.wo);
+        for (w, r) in results.iter().enumerate() {
+            let s = &r.params[i];
+            assert_eq!(s.w.shape(), want.w.shape());
+            let scale = want.flatten().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let tol = if w == 0 { 0.0 } else { 1e-5 * scale };
+            for (a, bb) in s.flatten().iter().zip(want.flatten()) {
+                assert!(
+                    (a - bb).abs() <= tol,
+                    "width {w} instance {i} ({cfg:?}): {a} vs alone {bb}"
+                );
+            }
+        }
+    }
+}
