@@ -19,8 +19,8 @@ fn embedded(b: usize, t: usize) -> Datasets<LmBatch> {
 }
 
 /// Catches: a sampler outside the library's ranges (tried: the embedding size drawn
-/// with `fold_in(0)`, the hidden size's key: the two are then always equal and the
-/// test fails; and `log_int` clamped to `hi` inclusive: fails on the upper bound).
+/// with `fold_in(0)`, the hidden size's key: the two are then always equal, fails; and
+/// `log_int` drawing uniformly instead of log-uniformly: fails on the count below 46).
 #[test]
 fn rnn_family_samples_the_librarys_ranges() {
     let family = ParametricLmRnn::new(embedded(2, 4), (8, 256)).unwrap();
@@ -56,9 +56,10 @@ fn rnn_family_samples_the_librarys_ranges() {
 
 /// Catches: instances of different shapes put in one lane group, or lanes of a group
 /// mixed up, or the family's loss reading the wrong sizes from the configuration (tried:
-/// the loss's `hd = cfg.embed_dim`: the serial run panics on a shape mismatch; and the
-/// init scale not applied to the read-out in `init`: the batched result is unchanged but
-/// the check of `init` against the scale fails).
+/// temporarily in lopt-runtime, `LaneGroups::by_structure` grouping in order regardless
+/// of structure: fails, `set_lane: leaf 0 differs in size`; the loss's
+/// `hd = cfg.embed_dim`: panics on a shape mismatch; and the init scale not applied to
+/// the read-out in `init`: the check of `init` against the scale fails).
 #[test]
 fn mixed_shape_rnn_family_trains_batched_as_each_instance_alone() {
     const STEPS: usize = 3;
