@@ -1,12 +1,15 @@
-//! The parametric language-model family (`tasks::rnn_lm::ParametricLmRnn`, the JAX
-//! library's `ParametricLMRNN` restricted to LSTMs): the sampler's ranges, and a family
-//! of mixed shapes trained batched equal to each instance trained alone.
+//! The parametric language-model families (`tasks::rnn_lm::ParametricLmRnn`, the JAX
+//! library's `ParametricLMRNN` restricted to LSTMs, and
+//! `tasks::transformer_lm::ParametricLmTransformer`, its `ParametricLMTransformer` at a
+//! fixed depth): the samplers' ranges, the normalizer, and families of mixed shapes
+//! trained batched equal to each instance trained alone.
 
 use lopt::datasets::text::{lm_datasets, ByteVocab, LmBatch, LmOptions, SequenceCut, TextCorpus};
 use lopt::datasets::{Datasets, Split};
 use lopt::eval_training::{multi_task_training_curves, sample_instances, MultiTaskConfig, NoAux};
 use lopt::prelude::*;
 use lopt::tasks::rnn_lm::{ParametricLmRnn, ParametricLmRnnCfg};
+use lopt::tasks::transformer_lm::{ParametricLmTransformer, ParametricLmTransformerCfg};
 use lopt::vmap::Width;
 
 /// LM datasets of the embedded text, batch `b`, length `t`, seqio's byte vocabulary.
@@ -133,6 +136,127 @@ fn mixed_shape_rnn_family_trains_batched_as_each_instance_alone() {
             assert_eq!(s.w.shape(), want.w.shape());
             let scale = want.flatten().iter().fold(0f32, |m, v| m.max(v.abs()));
             let tol = if w == 0 { 0.0 } else { 1e-5 * scale };
+            for (a, bb) in s.flatten().iter().zip(want.flatten()) {
+                assert!(
+                    (a - bb).abs() <= tol,
+                    "width {w} instance {i} ({cfg:?}): {a} vs alone {bb}"
+                );
+            }
+        }
+    }
+}
+
+/// Catches: a transformer sampler outside the library's ranges or `D` not
+/// `heads · d_model_per_head` (tried: `heads * per_head` replaced by `heads * 32`: every
+/// width is a multiple of 32 and the test fails; heads drawn with `fold_in(0)`, the
+/// per-head key: fails on the independence count).
+#[test]
+fn transformer_family_samples_the_librarys_ranges() {
+    let family = ParametricLmTransformer::<1>::new(embedded(2, 4), (8, 128), (8, 128)).unwrap();
+    let cfgs: Vec<ParametricLmTransformerCfg<f32>> =
+        (0..400).map(|i| family.sample(Key::new(i))).collect();
+    assert!(cfgs.iter().all(|c| (8..128).contains(&c.heads)));
+    assert!(cfgs.iter().all(|c| c.d_model % c.heads == 0));
+    let per = |c: &ParametricLmTransformerCfg<f32>| c.d_model / c.heads;
+    assert!(cfgs.iter().all(|c| (8..128).contains(&per(c))));
+    assert!(cfgs.iter().any(|c| per(c) < 10) && cfgs.iter().any(|c| per(c) > 100));
+    assert!(cfgs.iter().any(|c| c.heads < 10) && cfgs.iter().any(|c| c.heads > 100));
+    assert!(cfgs.iter().any(|c| c.d_model % 32 != 0));
+    let same = cfgs.iter().filter(|c| c.heads == per(c)).count();
+    assert!(same < 40, "{same} of 400 with heads = per-head width");
+    // Log-uniform: about half below √(8·128) = 32.
+    let below = cfgs.iter().filter(|c| c.heads < 32).count();
+    assert!((140..260).contains(&below), "{below} of 400 below 32");
+    let below = cfgs.iter().filter(|c| per(c) < 32).count();
+    assert!((140..260).contains(&below), "{below} of 400 below 32");
+    assert!(cfgs.iter().all(|c| c.floats.is_empty()));
+    assert!(ParametricLmTransformer::<1>::new(embedded(2, 4), (8, 8), (8, 128)).is_err());
+    assert!(ParametricLmTransformer::<1>::new(embedded(2, 4), (8, 128), (0, 128)).is_err());
+    assert!(ParametricLmTransformer::<4>::new(embedded(2, 4), (8, 128), (8, 128)).is_err());
+}
+
+/// Catches: a normalizer other than the library's
+/// `(clip(nan_to_num(L, ln 2V), 0, ln 2V) − ln(V/5)) · 10 / ln V` (tried: the clip's upper
+/// end `ln V` instead of `ln 2V`: the value at `L = 7` changes and the test fails).
+#[test]
+fn transformer_family_normalizer_is_the_librarys() {
+    let family = ParametricLmTransformer::<1>::new(embedded(2, 4), (2, 4), (2, 4)).unwrap();
+    let v = 259f64;
+    let lib = |l: f64| (l.clamp(0.0, (2.0 * v).ln()) - (v / 5.0).ln()) * 10.0 / v.ln();
+    for l in [0.0, 1.0, 3.9, 6.0, 7.0, 100.0, -1.0] {
+        let got: f64 = family.normalizer(l);
+        assert!((got - lib(l)).abs() < 1e-12, "{l}: {got} vs {}", lib(l));
+    }
+    for l in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let got: f64 = family.normalizer(l);
+        assert!((got - lib(100.0)).abs() < 1e-12, "{l}: {got}");
+    }
+}
+
+/// Catches: transformer instances of different widths or head counts put in one lane
+/// group, or the family's loss reading the wrong sizes (tried: the loss's attention
+/// geometry with `heads + 1` heads: panics on a shape mismatch in the attention; and
+/// the init's widths swapped with `d_model = heads`: fails on the parameter shapes).
+#[test]
+fn mixed_shape_transformer_family_trains_batched_as_each_instance_alone() {
+    const STEPS: usize = 3;
+    let batches: Vec<LmBatch> = embedded(2, 4).batches(Split::Train, 8).unwrap();
+    let fresh = || {
+        let tr = batches.clone();
+        let r = |v: Vec<LmBatch>| v.into_iter().cycle();
+        let info = embedded(2, 4).extra_info().clone();
+        Datasets::new(r(tr.clone()), r(tr.clone()), r(tr.clone()), r(tr)).with_extra_info(info)
+    };
+    let probe = ParametricLmTransformer::<2>::new(fresh(), (1, 3), (3, 5)).unwrap();
+    let (mut cfgs, keys) = sample_instances(&probe, 8, Key::new(4));
+    // Widths of at least 3: a layer norm over 2 features is ±1 whatever its input, so its
+    // input's gradient is rounding noise, which Adam's g/√v turns into full steps.
+    for (i, c) in cfgs.iter_mut().enumerate() {
+        *c = ParametricLmTransformerCfg::new(1 + i % 2, (1 + i % 2) * (3 + (i / 2) % 2));
+    }
+    let config = |width| MultiTaskConfig {
+        num_steps: STEPS,
+        eval_every: STEPS,
+        eval_batches: 1,
+        last_eval_batches: 1,
+        splits: vec![Split::Test],
+        width,
+    };
+    let mut results = Vec::new();
+    for width in [Width::Serial, Width::W8] {
+        let family = ParametricLmTransformer::<2>::new(fresh(), (1, 3), (3, 5)).unwrap();
+        let out = multi_task_training_curves(
+            &family,
+            &Adam::new(1e-2),
+            &cfgs,
+            &keys,
+            &config(width),
+            &NoAux,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(out.non_finite_at.iter().all(Option::is_none));
+        results.push(out);
+    }
+    for (i, (cfg, key)) in cfgs.iter().zip(&keys).enumerate() {
+        let task = probe.task_fn(cfg);
+        let opt = Adam::new(1e-2);
+        let init = probe.init(cfg, key.split().0);
+        assert_eq!(init.embed.shape(), (259, cfg.d_model));
+        assert_eq!(init.l0.wqkv.shape(), (cfg.d_model, 3 * 32 * cfg.heads));
+        let mut state = opt.init(init.clone(), None);
+        for t in 0..STEPS {
+            let b = &batches[t % batches.len()];
+            let (l, g) = task.value_and_grad(opt.get_params(&state), Key::new(0), b);
+            opt.update(&mut state, &g, l);
+        }
+        let want = opt.get_params(&state);
+        assert!(want.wout != init.wout);
+        for (w, r) in results.iter().enumerate() {
+            let s = &r.params[i];
+            let scale = want.flatten().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let tol = if w == 0 { 0.0 } else { 1e-5 * scale };
+            assert_eq!(s.flatten().len(), want.flatten().len());
             for (a, bb) in s.flatten().iter().zip(want.flatten()) {
                 assert!(
                     (a - bb).abs() <= tol,
