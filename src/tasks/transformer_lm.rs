@@ -508,7 +508,7 @@ impl<const L: usize> ParametricLmTransformer<L> {
         per_head_range: (usize, usize),
     ) -> Result<Self> {
         for (lo, hi) in [heads_range, per_head_range] {
-            if !(lo >= 1 && lo < hi) || !(1..=3).contains(&L) {
+            if !(lo >= 1 && lo < hi && (1..=3).contains(&L)) {
                 return Err(Error::InvalidArgument(format!(
                     "ParametricLmTransformer<{L}> range ({lo}, {hi}): need 1 <= lo < hi and \
                      1..=3 layers"
