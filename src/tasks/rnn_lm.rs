@@ -54,8 +54,8 @@ use nalgebra::{DMatrix, DVector};
 use crate::datasets::text::{fortunes_lm_datasets, lm_vocab_size, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
-use crate::prelude::{task, Params};
-use crate::{Error, Key, Real, Result, Task};
+use crate::prelude::{task, task_family, Params};
+use crate::{Error, Key, Real, Result, Task, TaskFamily};
 
 /// The recurrent cells of the library's RNN LM tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -611,4 +611,163 @@ pub fn RNNLM_fortunesbytes_Patch32_LSTM256_Embed128() -> Result<TeacherForcedRnn
 pub fn RNNLM_fortunesbytes_Patch32_GRU256_Embed128() -> Result<TeacherForcedRnnLm<GruCell>> {
     Ok(TeacherForcedRnnLm::gru(256, 128, fortunes(32)?)?
         .with_name("RNNLM_fortunesbytes_Patch32_GRU256_Embed128"))
+}
+
+// ------------------------------------------------------------------ the family
+
+/// A sampled configuration of [`ParametricLmRnn`]: the init scale (a float leaf, so it
+/// packs into lanes), and the hidden and embedding sizes (structure: instances that agree
+/// on them share lane groups).
+#[derive(Params, Clone, Debug, PartialEq)]
+pub struct ParametricLmRnnCfg<S: Real> {
+    /// Multiplies the standard deviation of the embedding and read-out initialization
+    /// (the library's sampled `w_init` of `hk.Embed` and `hk.Linear`).
+    pub init_scale: S,
+    /// LSTM hidden units (`rnn_size` of the library's `sample_lm_rnn`).
+    #[params(skip)]
+    pub hidden: usize,
+    /// Embedding width (`embed_size`).
+    #[params(skip)]
+    pub embed_dim: usize,
+}
+
+/// The JAX library's `ParametricLMRNN` with `sample_lm_rnn`'s size ranges, restricted to
+/// the LSTM cell (the library also samples `vanilla_rnn_fn` and `gru_fn`, whose parameter
+/// layouts differ) and to one dataset per family (the datasets given, e.g. fortunes bytes
+/// or the embedded text; the library samples the dataset, batch size, sequence length and
+/// a vocabulary size too, fixed here by the datasets): each task samples the hidden and
+/// embedding sizes log-uniformly in `[8, 256)` (`log_int(8, 256)`, or the range given)
+/// and an init scale uniformly in `[0.5, 2]` (the range of the library's
+/// `SampleInitializer`; the embedding is truncated normal σ = scale and the read-out
+/// σ = scale/√H, where the library also samples other initializer kinds). The model and
+/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs); no normalizer (the identity).
+///
+/// Instances of different sizes train in one batched call (lane groups by structure).
+#[derive(Debug, Clone)]
+pub struct ParametricLmRnn {
+    datasets: Datasets<LmBatch>,
+    vocab: usize,
+    size_range: (usize, usize),
+    name: String,
+}
+
+impl ParametricLmRnn {
+    /// A family on `datasets` (whose `extra_info` gives the vocabulary size), hidden and
+    /// embedding sizes drawn log-uniformly from `size_range = (lo, hi)` (the library's is
+    /// `(8, 256)`).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a range that is not `1 <= lo < hi` or
+    /// datasets without a vocabulary.
+    pub fn new(datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
+        let (lo, hi) = size_range;
+        if !(lo >= 1 && lo < hi) {
+            return Err(Error::InvalidArgument(format!(
+                "ParametricLmRnn size range ({lo}, {hi}): need 1 <= lo < hi"
+            )));
+        }
+        let vocab = vocab_of(&datasets)?;
+        Ok(ParametricLmRnn {
+            datasets,
+            vocab,
+            size_range,
+            name: "ParametricLMRNN_LSTM_bytes".into(),
+        })
+    }
+
+    /// The same family under another name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Vocabulary size `V` (from the datasets).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+}
+
+/// `floor(exp(U(ln lo, ln hi)))` from `key`, clamped to `[lo, hi)` (the library's
+/// `log_int`).
+pub(crate) fn log_int(key: Key, lo: usize, hi: usize) -> usize {
+    let u: f64 = key.uniform();
+    let v = ((lo as f64).ln() + ((hi as f64).ln() - (lo as f64).ln()) * u).exp();
+    (v as usize).clamp(lo, hi - 1)
+}
+
+#[task_family]
+impl TaskFamily for ParametricLmRnn {
+    type Cfg<S: Real> = ParametricLmRnnCfg<S>;
+    type Params<S: Real> = LstmLm<S>;
+    type Batch = LmBatch;
+
+    /// Hidden size from `key.fold_in(0)`, embedding from `fold_in(1)` (both `log_int`),
+    /// scale `U(0.5, 2)` from `fold_in(2)`.
+    fn sample(&self, key: Key) -> ParametricLmRnnCfg<f32> {
+        let (lo, hi) = self.size_range;
+        ParametricLmRnnCfg {
+            init_scale: key.fold_in(2).uniform_range(0.5f32, 2.0),
+            hidden: log_int(key.fold_in(0), lo, hi),
+            embed_dim: log_int(key.fold_in(1), lo, hi),
+        }
+    }
+
+    /// As [`TeacherForcedRnnLm::lstm`]'s init, the embedding and read-out times
+    /// `cfg.init_scale`.
+    fn init(&self, cfg: &ParametricLmRnnCfg<f32>, key: Key) -> LstmLm<f32> {
+        let (v, e, h, s) = (self.vocab, cfg.embed_dim, cfg.hidden, cfg.init_scale);
+        LstmLm {
+            embed: trunc_normal(key.fold_in(0), v, e, s),
+            w: linear_init(key.fold_in(2), e + h, 4 * h),
+            b: DVector::zeros(4 * h),
+            h0: DMatrix::zeros(1, h),
+            c0: DMatrix::zeros(1, h),
+            wo: trunc_normal(key.fold_in(1), h, v, s / (h as f32).sqrt()),
+            bo: DVector::zeros(v),
+        }
+    }
+
+    fn loss<S: Real>(
+        &self,
+        params: &LstmLm<S>,
+        cfg: &ParametricLmRnnCfg<S>,
+        _key: S::Key,
+        batch: &LmBatch,
+    ) -> S {
+        let bsz = batch.obs.nrows();
+        let steps = batch.obs.ncols();
+        let hd = cfg.hidden;
+        let fd = cfg.embed_dim;
+        let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
+        let masks = step_masks(batch);
+        let count = batch.num_tokens() as f64;
+        let tgt = batch.target.as_slice();
+        let ids = batch.obs.as_slice();
+        let e = embed(&params.embed, ids);
+        let xw = e * params.w.rows(0, fd) + &params.b;
+        let wh = params.w.rows(fd, hd);
+        let mut h = &ones * &params.h0;
+        let mut c = &ones * &params.c0;
+        let mut total = 0.0;
+        for t in 0..steps {
+            let z = xw.rows(t * bsz, bsz) + &h * &wh;
+            let i = sigmoid(z.columns(0, hd));
+            let g = tanh(z.columns(hd, hd));
+            let f = sigmoid(z.columns(2 * hd, hd) + 1.0);
+            let o = sigmoid(z.columns(3 * hd, hd));
+            c = component_mul(&f, &c) + component_mul(&i, &g);
+            h = component_mul(&o, &tanh(&c));
+            let ce =
+                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+            total += dot(&ce, &masks[t]);
+        }
+        total / count
+    }
+
+    fn datasets(&self) -> Option<Datasets<LmBatch>> {
+        Some(self.datasets.clone())
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
 }

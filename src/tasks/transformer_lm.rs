@@ -61,9 +61,11 @@ use crate::ad::attention::AttentionGeometry;
 use crate::datasets::text::{fortunes_lm_datasets, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
-use crate::prelude::{differentiable, task, Params};
-use crate::tasks::rnn_lm::{check_lm_batch, linear_init, trunc_normal, variance_scaling, vocab_of};
-use crate::{Error, Key, Real, Result, Task};
+use crate::prelude::{differentiable, task, task_family, Params};
+use crate::tasks::rnn_lm::{
+    check_lm_batch, linear_init, log_int, trunc_normal, variance_scaling, vocab_of,
+};
+use crate::{Error, Key, Real, Result, Task, TaskFamily};
 
 /// The library's fixed key size per head.
 pub const KEY_SIZE: usize = 32;
@@ -441,3 +443,204 @@ multiruntime!(
     /// bytes: the configuration the benchmarks compare.
     TransformerLM_FortunesBytes_MultiRuntime_8, 1, 4, 128, 64, 32
 );
+
+// ------------------------------------------------------------------ the family
+
+/// A sampled configuration of [`ParametricLmTransformer`]: the number of heads and the
+/// model width (both structure: instances that agree on them share lane groups). The
+/// library's family samples no float (its `sample` returns an empty configuration).
+#[derive(Params, Clone, Debug, PartialEq)]
+pub struct ParametricLmTransformerCfg<S: Real> {
+    /// Attention heads (`num_heads` of the library's `sample_lm_transformer`).
+    #[params(skip)]
+    pub heads: usize,
+    /// Model width `D = heads · d_model_per_head`.
+    #[params(skip)]
+    pub d_model: usize,
+    /// Always empty: the library samples no float for this family, and `#[derive(Params)]`
+    /// needs a leaf.
+    pub floats: Vec<S>,
+}
+
+impl<S: Real> ParametricLmTransformerCfg<S> {
+    /// The configuration of `heads` heads and model width `d_model`.
+    pub fn new(heads: usize, d_model: usize) -> Self {
+        ParametricLmTransformerCfg {
+            heads,
+            d_model,
+            floats: Vec::new(),
+        }
+    }
+}
+
+/// The JAX library's `ParametricLMTransformer` (dropout 0) with `sample_lm_transformer`'s
+/// ranges for the heads and their width, restricted to a depth fixed by the type (`L` =
+/// 1, 2 or 3, where the library samples `log_int(1, 8)` layers; see the module docs on
+/// why depth is a type) and to one dataset per family (the datasets given; the library
+/// samples the dataset, batch size, sequence length and vocabulary size too): each task
+/// samples `d_model_per_head` and `num_heads` log-uniformly in `[8, 128)` (`log_int(8,
+/// 128)`; narrower ranges can be given, as a CPU needs) and takes `D = heads ·
+/// d_model_per_head`. Model and loss are [`TransformerLm`]'s (key size 32 per head);
+/// the normalizer is the library's:
+/// `(clip(nan_to_num(L, ln 2V), 0, ln 2V) − ln(V/5)) · 10 / ln V`.
+///
+/// Instances of different widths and head counts train in one batched call (lane groups
+/// by structure).
+#[derive(Debug, Clone)]
+pub struct ParametricLmTransformer<const L: usize> {
+    datasets: Datasets<LmBatch>,
+    vocab: usize,
+    heads_range: (usize, usize),
+    per_head_range: (usize, usize),
+    name: String,
+}
+
+impl<const L: usize> ParametricLmTransformer<L> {
+    /// A family on `datasets` (whose `extra_info` gives the vocabulary size), head counts
+    /// from `heads_range` and per-head widths from `per_head_range` (each `(lo, hi)`,
+    /// log-uniform; the library's are both `(8, 128)`).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a range that is not `1 <= lo < hi`, `L` not
+    /// 1..=3, or datasets without a vocabulary.
+    pub fn new(
+        datasets: Datasets<LmBatch>,
+        heads_range: (usize, usize),
+        per_head_range: (usize, usize),
+    ) -> Result<Self> {
+        for (lo, hi) in [heads_range, per_head_range] {
+            if !(lo >= 1 && lo < hi && (1..=3).contains(&L)) {
+                return Err(Error::InvalidArgument(format!(
+                    "ParametricLmTransformer<{L}> range ({lo}, {hi}): need 1 <= lo < hi and \
+                     1..=3 layers"
+                )));
+            }
+        }
+        let vocab = vocab_of(&datasets)?;
+        Ok(ParametricLmTransformer {
+            datasets,
+            vocab,
+            heads_range,
+            per_head_range,
+            name: format!("ParametricLMTransformer_bytes_l{L}"),
+        })
+    }
+
+    /// The same family under another name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Vocabulary size `V` (from the datasets).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// The family's normalizer (see the type's docs) of one loss, vocabulary `vocab`.
+    pub fn normalize(loss: f64, vocab: usize) -> f64 {
+        let v = vocab as f64;
+        let max = (2.0 * v).ln();
+        let l = if loss.is_finite() { loss } else { max };
+        (l.clamp(0.0, max) - (v / 5.0).ln()) * 10.0 / v.ln()
+    }
+
+    /// The fixed task of `cfg`'s sizes on this family's datasets.
+    fn task_of<S: Real>(&self, cfg: &ParametricLmTransformerCfg<S>) -> TransformerLm<L> {
+        TransformerLm {
+            datasets: self.datasets.clone(),
+            heads: cfg.heads,
+            d_model: cfg.d_model,
+            vocab: self.vocab,
+            name: self.name.clone(),
+        }
+    }
+}
+
+macro_rules! transformer_family {
+    ($l:literal, $params:ident { $($layer:ident),* }) => {
+        #[task_family]
+        impl TaskFamily for ParametricLmTransformer<$l> {
+            type Cfg<S: Real> = ParametricLmTransformerCfg<S>;
+            type Params<S: Real> = $params<S>;
+            type Batch = LmBatch;
+
+            /// `d_model_per_head` from `key.fold_in(0)`, heads from `fold_in(1)` (both
+            /// `log_int`).
+            fn sample(&self, key: Key) -> ParametricLmTransformerCfg<f32> {
+                let (plo, phi) = self.per_head_range;
+                let (hlo, hhi) = self.heads_range;
+                let per_head = log_int(key.fold_in(0), plo, phi);
+                let heads = log_int(key.fold_in(1), hlo, hhi);
+                ParametricLmTransformerCfg::new(heads, heads * per_head)
+            }
+
+            /// [`TransformerLm`]'s init for `cfg`'s sizes.
+            fn init(&self, cfg: &ParametricLmTransformerCfg<f32>, key: Key) -> $params<f32> {
+                Task::init::<f32>(&self.task_of(cfg), key)
+            }
+
+            fn loss<S: Real>(
+                &self,
+                params: &$params<S>,
+                cfg: &ParametricLmTransformerCfg<S>,
+                _key: S::Key,
+                batch: &LmBatch,
+            ) -> S {
+                let g = AttentionGeometry::new(
+                    batch.obs.nrows(),
+                    batch.obs.ncols(),
+                    cfg.heads,
+                    KEY_SIZE,
+                )
+                .expect("a non-empty LM batch");
+                let bm = batch_major(batch);
+                let h = embed(&params.embed, &bm.ids);
+                $(
+                    let h = transformer_block(
+                        &h,
+                        &params.$layer.ln1_scale,
+                        &params.$layer.ln1_offset,
+                        &params.$layer.wqkv,
+                        &params.$layer.bqkv,
+                        &params.$layer.wo,
+                        &params.$layer.bo,
+                        &params.$layer.ln2_scale,
+                        &params.$layer.ln2_offset,
+                        &params.$layer.w1,
+                        &params.$layer.b1,
+                        &params.$layer.w2,
+                        &params.$layer.b2,
+                        &g,
+                    );
+                )*
+                transformer_head(
+                    &h,
+                    &params.lnf_scale,
+                    &params.lnf_offset,
+                    &params.wout,
+                    &params.bout,
+                    &bm.targets,
+                    &bm.mask,
+                    bm.count,
+                )
+            }
+
+            fn normalizer<S: Real>(&self, loss: S) -> S {
+                let v = self.vocab;
+                S::from_lanes(|i| Self::normalize(loss.lane(i), v))
+            }
+
+            fn datasets(&self) -> Option<Datasets<LmBatch>> {
+                Some(self.datasets.clone())
+            }
+
+            fn name(&self) -> String {
+                self.name.clone()
+            }
+        }
+    };
+}
+
+transformer_family!(1, Tlm1 { l0 });
+transformer_family!(2, Tlm2 { l0, l1 });
+transformer_family!(3, Tlm3 { l0, l1, l2 });
