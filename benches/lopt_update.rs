@@ -19,7 +19,7 @@ mod common;
 
 use std::cell::RefCell;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{run, select, Case};
 use lopt::learned_optimizers::{
@@ -73,48 +73,6 @@ fn flop_model(name: &str, sizes: &[usize]) -> f64 {
     }
 }
 
-/// One core's f32 FMA peak (FLOP/s), measured: 12 independent 8-lane accumulators.
-fn fma_peak() -> Option<f64> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
-            return None;
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fma_loop(iters: usize) -> f32 {
-            use std::arch::x86_64::*;
-            let a = _mm256_set1_ps(0.999_999);
-            let b = _mm256_set1_ps(1e-7);
-            let mut acc = [_mm256_set1_ps(1.0); 12];
-            for _ in 0..iters {
-                for x in acc.iter_mut() {
-                    *x = _mm256_fmadd_ps(*x, a, b);
-                }
-            }
-            let mut s = _mm256_setzero_ps();
-            for x in acc {
-                s = _mm256_add_ps(s, x);
-            }
-            let mut out = [0.0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), s);
-            out.iter().sum()
-        }
-        let iters = 2_000_000;
-        let mut best = f64::INFINITY;
-        for _ in 0..7 {
-            let t = Instant::now();
-            // SAFETY: AVX2 and FMA were detected above.
-            black_box(unsafe { fma_loop(black_box(iters)) });
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        Some(iters as f64 * 12.0 * 8.0 * 2.0 / best)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    None
-}
-
 fn main() -> lopt::Result<()> {
     let small = ImageMLP_Digits8_Relu32()?.init::<f32>(Key::new(0));
     let mut big = Big {
@@ -149,7 +107,7 @@ fn main() -> lopt::Result<()> {
     both!("velo", &velo);
     select(&mut cases);
     let s = run(&mut cases, 9, Duration::from_millis(100));
-    let peak = fma_peak();
+    let peak = common::measured_peak();
     match peak {
         Some(p) => println!("one core's FMA peak (measured): {:.1} GFLOP/s f32", p / 1e9),
         None => println!("FMA peak: not measured (no AVX2+FMA)"),

@@ -171,9 +171,13 @@ pub fn fma_loop(iters: usize) -> f32 {
     f32::NAN
 }
 
-/// This core's measured f32 FMA peak in FLOP/s: the best of 5 [`fma_loop`]s.
+/// This core's measured f32 FMA peak in FLOP/s: the best of 5 [`fma_loop`]s; `None` on a
+/// CPU without AVX2 and FMA.
 #[allow(dead_code)]
-pub fn measured_peak() -> f64 {
+pub fn measured_peak() -> Option<f64> {
+    if fma_loop(1).is_nan() {
+        return None;
+    }
     let iters = 20_000_000;
     let best = (0..5)
         .map(|_| {
@@ -182,7 +186,7 @@ pub fn measured_peak() -> f64 {
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    fma_loop_flop(iters) / best
+    Some(fma_loop_flop(iters) / best)
 }
 
 /// The nominal f32 peak of one core from the CPU's description (2 FMA pipes × f32 lanes
