@@ -617,8 +617,10 @@ impl LearnedOptimizer for Velo {
         let it = state.loss_iteration;
         {
             let (means, mins) = state.loss_buffer.split_at_mut(LOSS_DECAYS);
+            // `decay^t` as XLA's `pow` (exp·log, one rounding), not `powi`'s repeated
+            // multiplication: the features divide small differences of these corrections.
             let cor = |means: &[P::Scalar], j: usize, t: usize| {
-                means[j] / (one - decays[j].powi(t as i32))
+                means[j] / (one - decays[j].powf(c(t as f64)))
             };
             let mut approx_max = cor(means, 0, it + 1);
             for j in 1..LOSS_DECAYS {
@@ -640,7 +642,7 @@ impl LearnedOptimizer for Velo {
         let loss_feats: Vec<_> = {
             let (means, mins) = state.loss_buffer.split_at(LOSS_DECAYS);
             let cor: Vec<_> = (0..LOSS_DECAYS)
-                .map(|j| means[j] / (one - decays[j].powi(it as i32)))
+                .map(|j| means[j] / (one - decays[j].powf(c(it as f64))))
                 .collect();
             (0..LOSS_DECAYS - 1)
                 .map(|j| {
