@@ -8,6 +8,8 @@ trajectory over 50 updates on fixed gradients, in tests/reference/lopt_<name>.js
 Read by tests/lopt_reference.rs.
 
     PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/make_reference_lopt.py
+    # only VeLO training a small task in closed loop (lopt_velo*_task.json):
+    PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/make_reference_lopt.py --velo-task
     # after `LOPT_WRITE_REFERENCE=1 cargo test --test lopt_reference` wrote θ files from Rust:
     PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/make_reference_lopt.py --check-lopt-written
 
@@ -271,6 +273,59 @@ def write():
     print("wrote", path, theta_path)
 
 
+def task_problem():
+  """A small closed-loop task for VeLO: least squares `mean((X·w + b − Y)²)` on fixed
+  X: f32[8, 3], Y: f32[8, 4], from the narrow tree's p0. Its gradients come from the
+  parameters VeLO produced, so the update's loss features see a real descent."""
+  x = np.sin(0.7 * np.arange(24) + 0.1).reshape(8, 3).astype(np.float32)
+  y = np.cos(1.1 * np.arange(32) - 0.2).reshape(8, 4).astype(np.float32)
+
+  def loss(p):
+    return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+  return x, y, loss
+
+
+def write_task():
+  """VeLO (θ of lopt_velo / lopt_velo_released_flags, loaded from their msgpack files)
+  trains `task_problem` for 50 steps: tests/reference/lopt_<name>_task.json holds the
+  data, p0, the library's loss at each step and its parameter trajectory."""
+  x, y, loss = task_problem()
+  vg = jax.jit(jax.value_and_grad(loss))
+  all_lopts = lopts()
+  for name in ("velo", "velo_released_flags"):
+    lopt, theta, cfg = all_lopts[name]
+    theta = checkpoints.load_state(os.path.join(OUT, f"{name}_theta.msgpack"), theta)
+    p0, _, _ = tree_problem(wide=False)
+    opt = lopt.opt_fn(theta)
+    key = jax.random.PRNGKey(0)
+    upd = jax.jit(lambda s, g, l: opt.update(s, g, loss=l, key=key))
+    state = opt.init(jax.tree_util.tree_map(jnp.asarray, p0), num_steps=STEPS)
+    losses, traj = [], []
+    for _ in range(STEPS):
+      l, g = vg(opt.get_params(state))
+      losses.append(float(l))
+      state = upd(state, g, l)
+      traj.append(as_json_tree(opt.get_params(state)))
+    ref = {
+        "generated_by": "scripts/make_reference_lopt.py --velo-task",
+        "versions": mro.versions(),
+        "name": f"{name}_task",
+        "config": cfg,
+        "theta_file": f"{name}_theta.msgpack",
+        "x": mro.f32list(x),
+        "y": mro.f32list(y),
+        "params0": as_json_tree(p0),
+        "losses": losses,
+        "trajectory": traj,
+    }
+    path = os.path.join(OUT, f"lopt_{name}_task.json")
+    with open(path, "w") as fh:
+      json.dump(ref, fh, separators=(",", ":"))
+      fh.write("\n")
+    print("wrote", path, "loss", losses[0], "->", losses[-1])
+
+
 def check_lopt_written():
   """Loads θ files written by lopt with the library's checkpoint code."""
   failures = 0
@@ -306,5 +361,8 @@ def check_lopt_written():
 if __name__ == "__main__":
   if "--check-lopt-written" in sys.argv:
     check_lopt_written()
+  elif "--velo-task" in sys.argv:
+    write_task()
   else:
     write()
+    write_task()

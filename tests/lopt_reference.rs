@@ -8,6 +8,8 @@
 //! `checkpoints.save_state`) and `tests/reference/lopt_<name>.json` (θ's values, a
 //! parameter tree `{"b": f32[4], "w": f32[3, 4]}`, 50 fixed gradients and losses, and the
 //! library's trajectory). Each test loads θ from the msgpack file, not from the JSON.
+//! `lopt_velo{,_released_flags}_task.json` hold VeLO's run on a small least-squares task
+//! in closed loop (`--velo-task`): the data, the loss at each step and the trajectory.
 //!
 //! The other direction: `LOPT_WRITE_REFERENCE=1 cargo test --test lopt_reference` writes
 //! `<name>_theta.lopt.msgpack` (θ changed by lopt) and `<name>_theta.lopt.json` (its
@@ -706,4 +708,89 @@ fn velo_released_update_is_the_same_on_one_and_two_threads() {
         wide_tree(&r["params0"]),
         "the steps must move the parameters"
     );
+}
+
+/// VeLO with θ of `name` training the least-squares task of
+/// `make_reference_lopt.py --velo-task` in closed loop, in `S`: per step, the loss it saw
+/// and the parameters after the update (rounded to `f32`). The value and gradient are
+/// written out here by hand: r = X·w + 1·bᵀ − Y, loss = Σr²/32, ∂w = Xᵀr·2/32,
+/// ∂b = Σ_rows r·2/32.
+fn velo_on_task<S: Real + nalgebra::RealField>(r: &Value) -> Vec<(f64, Tree<f32>)> {
+    let lopt = velo_config(&r["config"]);
+    let file = FlaxValue::read_file(ref_path(r["theta_file"].as_str().unwrap())).unwrap();
+    let theta = VeloTheta::<S>::from_flax(&lopt, &file).unwrap();
+    let opt = lopt.opt_fn(&theta);
+    let m = |rows: usize, cols: usize, v: &Value| {
+        DMatrix::from_row_slice(rows, cols, &f32s(v)).map(|v| <S as Real>::from_f64(v as f64))
+    };
+    let (x, y, p0) = (m(8, 3, &r["x"]), m(8, 4, &r["y"]), tree(&r["params0"]));
+    let p0 = Tree {
+        b: p0.b.map(|v| <S as Real>::from_f64(v as f64)),
+        w: p0.w.map(|v| <S as Real>::from_f64(v as f64)),
+    };
+    let to_f32 = |v: S| format!("{v:?}").parse::<f32>().unwrap();
+    let mut state = opt.init(p0, Some(50));
+    let two_over_n = <S as Real>::from_f64(2.0 / 32.0);
+    (0..50)
+        .map(|_| {
+            let p = opt.get_params(&state);
+            let mut res = &x * &p.w - &y;
+            for mut row in res.row_iter_mut() {
+                row += p.b.transpose();
+            }
+            let loss = res.iter().fold(S::zero(), |a, &v| a + v * v) / <S as Real>::from_f64(32.0);
+            let g = Tree {
+                b: res.row_sum().transpose() * two_over_n,
+                w: x.transpose() * &res * two_over_n,
+            };
+            opt.try_update(&mut state, &g, loss).unwrap();
+            let p = opt.get_params(&state);
+            let p = Tree {
+                b: p.b.map(to_f32),
+                w: p.w.map(to_f32),
+            };
+            (to_f32(loss) as f64, p)
+        })
+        .collect()
+}
+
+/// VeLO training a small task in closed loop, as the library's run did
+/// (`make_reference_lopt.py --velo-task`): unlike the fixed-gradient trajectories, an error
+/// in the update feeds back into the next gradient and loss. The loss seen at each of 50
+/// steps must match the library's within 1e-5, and the parameters within [`TOL`] or,
+/// where the library's own `f32` rounding is larger, within twice the distance between
+/// lopt's `f64` run and the library's `f32` run at that step. (With θ as drawn by `init`
+/// the default flags make this task diverge, and there the `f64` run leaves the library's
+/// by up to 4e-4; with the released flags every step is within 1.4e-7.) Catches: the loss
+/// passed to the update from the step before (tried: step 3's loss is off by 4e-4). Not
+/// this test's: the loss buffer's clip at twice its maximum never acts on this smooth run
+/// (tried); `velo_matches_library`'s spike at step 20 catches that.
+#[test]
+fn velo_trains_a_task_like_the_library() {
+    for name in ["velo", "velo_released_flags"] {
+        let r = load_json(&format!("lopt_{name}_task.json"));
+        let want_losses = f32s(&r["losses"]);
+        let want: Vec<Tree<f32>> = r["trajectory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(tree)
+            .collect();
+        assert_eq!(want.len(), 50);
+        let exact = velo_on_task::<f64>(&r);
+        let mut worst: f64 = 0.0;
+        for (t, (loss, p)) in velo_on_task::<f32>(&r).into_iter().enumerate() {
+            let want_loss = want_losses[t] as f64;
+            let e = (loss - want_loss).abs() / want_loss.abs();
+            assert!(e <= 1e-5, "{name}: step {t}: loss {loss} vs {want_loss}");
+            let e = rel_err(&p, &want[t]);
+            let bound = TOL.max(2.0 * rel_err(&exact[t].1, &want[t]));
+            assert!(
+                e <= bound,
+                "{name}: step {t}: relative error {e:.2e} > {bound:.2e}"
+            );
+            worst = worst.max(e);
+        }
+        eprintln!("{name} on the task: max relative error {worst:.2e}");
+    }
 }
