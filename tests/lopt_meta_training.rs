@@ -3,16 +3,16 @@
 //! file. Each must lower the loss of held-out tasks (keys never used in meta-training)
 //! trained by the learned optimizer with its θ, against the θ it started from.
 //!
-//! The tasks train one per group in `f32` (`TruncatedPes` unbatched): these optimizers
-//! keep their step counters outside the state's leaves, so a lane that restarts its task
-//! inside a SIMD lane group would keep the group's count (lane-batched meta-training of
-//! them is not supported yet; `MlpLOpt` keeps its count in a leaf).
+//! The meta-training runs train one task per group in `f32`; the last test checks that
+//! tasks in SIMD lanes give the same estimates (each lane keeps its own step count).
 
 use lopt::learned_optimizers::flax_msgpack::{FlaxTheta, FlaxValue};
-use lopt::learned_optimizers::{AdafacMlpLOpt, LearnedOptimizer, RnnMlpLOpt, Velo, VeloTheta};
+use lopt::learned_optimizers::{
+    AdafacMlpLOpt, LearnableSgdm, LearnedOptimizer, NnAdam, RnnMlpLOpt, Velo, VeloTheta,
+};
 use lopt::outer_trainers::{
-    ConstantTruncationSchedule, GradientLearner, LOptTruncatedStep, SingleMachineGradientLearner,
-    TruncatedPes,
+    ConstantTruncationSchedule, GradientEstimator, GradientLearner, LOptTruncatedStep,
+    SingleMachineGradientLearner, TruncatedPes,
 };
 use lopt::prefab;
 use lopt::prelude::*;
@@ -124,4 +124,75 @@ fn velo_fine_tunes_from_a_theta_file() {
     let bytes = theta0.to_flax().to_bytes();
     let again = VeloTheta::<f32>::from_flax(&config, &FlaxValue::from_bytes(&bytes).unwrap());
     assert_eq!(again.unwrap(), theta0);
+}
+
+/// Twelve tasks trained by `lopt` in PES, one per group in `f32` and eight per group in
+/// SIMD lanes, with truncation counters started at random steps so that lanes restart
+/// their tasks at different times: the two must give the same estimates, mean losses and
+/// accumulators (to `f32` rounding) over four consecutive estimates.
+fn lanes_match_one_task_per_group<L: LearnedOptimizer>(lopt: &L, theta: &L::Theta<f32>) {
+    let family = FixedDimQuadraticFamily { dim: 6 };
+    let make = || {
+        let mut step = LOptTruncatedStep::new(
+            &family,
+            lopt,
+            ConstantTruncationSchedule { total_length: 7 },
+            12,
+        )
+        .unwrap();
+        step.random_initial_iteration_offset = 7;
+        TruncatedPes::new(step, 3, 0.01).unwrap()
+    };
+    let (serial, batched) = (make(), make().batched::<Lanes<8>>());
+    let mut s1 = serial.init_worker_state(theta, Key::new(1), 0).unwrap();
+    let mut s8 = batched.init_worker_state(theta, Key::new(1), 0).unwrap();
+    for k in Key::new(2).split_n(4) {
+        let a = serial
+            .compute_gradient_estimate(theta, &mut s1, k, 0)
+            .unwrap();
+        let b = batched
+            .compute_gradient_estimate(theta, &mut s8, k, 0)
+            .unwrap();
+        let tol = 1e-5 * a.mean_loss.abs().max(1.0);
+        let name = lopt.name();
+        assert!(
+            (a.mean_loss - b.mean_loss).abs() <= tol,
+            "{name}: mean loss {} vs {}",
+            a.mean_loss,
+            b.mean_loss
+        );
+        let (ga, gb) = (a.grad.flatten(), b.grad.flatten());
+        let scale = ga.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0);
+        for (x, y) in ga.iter().zip(&gb) {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{name}: estimate {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+}
+
+/// The zoo in lanes: see [`lanes_match_one_task_per_group`]. Catches a step count kept
+/// for the whole lane group, which a lane that restarts its task inherits.
+#[test]
+fn zoo_in_lanes_matches_one_task_per_group() {
+    let adafac = AdafacMlpLOpt::default();
+    lanes_match_one_task_per_group(&adafac, &adafac.init(Key::new(0)));
+    let rnn = RnnMlpLOpt {
+        hidden_size: 8,
+        lstm_hidden_size: 8,
+        ..RnnMlpLOpt::default()
+    };
+    lanes_match_one_task_per_group(&rnn, &rnn.init(Key::new(0)));
+    let velo = Velo {
+        lstm_hidden_size: 8,
+        param_inits: 4,
+        ..Velo::default()
+    };
+    lanes_match_one_task_per_group(&velo, &velo.init(Key::new(0)));
+    let nn_adam = NnAdam::default();
+    lanes_match_one_task_per_group(&nn_adam, &nn_adam.init(Key::new(0)));
+    let sgdm = LearnableSgdm::default();
+    lanes_match_one_task_per_group(&sgdm, &sgdm.init(Key::new(0)));
 }

@@ -205,16 +205,19 @@ pub struct AdafacMlpLOptState<P: Params> {
     pub fac_diag: Vec<P::Scalar>,
     /// Updates applied so far.
     pub iteration: usize,
+    /// The updates applied in each lane, what the step-count features read (lanes of a
+    /// group restart their tasks at different times); equal to `iteration` in `f32`.
+    pub step: P::Scalar,
 }
 
-// Leaves: the parameters, then one each for the statistics.
+// Leaves: the parameters, then one each for the statistics, then the step count.
 params_then_vectors!(AdafacMlpLOptState {
     m,
     rms,
     fac_row,
     fac_col,
     fac_diag
-});
+} scalars { step });
 
 /// A leaf's factoring: `None` for rank < 2, else `(a_len, b_len, transposed)` where the
 /// "row" accumulator is indexed by `a` (the library's `d1`: the smaller dimension, the
@@ -308,6 +311,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             fac_col: vec![zero; cols * kf],
             fac_diag: vec![zero; diag * kf],
             iteration: 0,
+            step: zero,
         }
     }
 
@@ -348,7 +352,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             .map(clip01)
             .collect();
         // The step-count features from the iteration before this update.
-        let t = c(state.iteration as f64);
+        let t = state.step;
         let tsf: Vec<_> = TIMESCALES
             .iter()
             .map(|&s| (t / c(s) - c(1.0)).tanh())
@@ -463,6 +467,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             off_n += n;
         }
         state.iteration += 1;
+        state.step += c(1.0);
     }
 
     fn params<'s, P: Params>(&self, state: &'s AdafacMlpLOptState<P>) -> &'s P {
@@ -473,6 +478,15 @@ impl LearnedOptimizer for AdafacMlpLOpt {
     }
     fn iteration<P: Params>(&self, state: &AdafacMlpLOptState<P>) -> usize {
         state.iteration
+    }
+    fn set_iteration<P: Params>(
+        &self,
+        state: &mut AdafacMlpLOptState<P>,
+        iteration: usize,
+    ) -> crate::error::Result<()> {
+        // The per-lane `step` is a leaf: a checkpoint restores it with the others.
+        state.iteration = iteration;
+        Ok(())
     }
     fn name(&self) -> String {
         "AdafacMlpLOpt".into()

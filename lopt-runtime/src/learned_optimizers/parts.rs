@@ -30,21 +30,26 @@ pub(crate) fn linear<S: Real>(w: &[S], b: &[S], x: &[S], out: &mut [S]) {
 }
 
 /// `impl Params` for a state `$ty<P>` whose leaves are those of its field `params: P`,
-/// then each named `Vec<P::Scalar>` field as one flat leaf named after it (non-leaf
-/// fields, such as counters, are carried outside the leaves).
+/// then each named `Vec<P::Scalar>` field as one flat leaf named after it, then each
+/// field named after `scalars` (a `P::Scalar`, e.g. a step count that lanes keep apart
+/// because they restart their tasks at different times) as a leaf of one element.
+/// Other fields, such as `usize` counters, are carried outside the leaves.
 macro_rules! params_then_vectors {
-    ($ty:ident { $($field:ident),+ $(,)? }) => {
+    ($ty:ident { $($field:ident),+ $(,)? } $(scalars { $($sc:ident),+ $(,)? })?) => {
         impl<P: $crate::params::Params> $crate::params::Params for $ty<P> {
             type Scalar = P::Scalar;
             fn num_leaves(&self) -> usize {
-                self.params.num_leaves() + [$(stringify!($field)),+].len()
+                self.params.num_leaves() + [$(stringify!($field),)+ $($(stringify!($sc),)+)?].len()
             }
             fn leaf(&self, i: usize) -> &[P::Scalar] {
                 let k = self.params.num_leaves();
                 if i < k {
                     return self.params.leaf(i);
                 }
-                let fields: &[&[P::Scalar]] = &[$(&self.$field),+];
+                let fields: &[&[P::Scalar]] = &[
+                    $(&self.$field,)+
+                    $($(std::slice::from_ref(&self.$sc),)+)?
+                ];
                 fields[i - k]
             }
             fn leaf_mut(&mut self, i: usize) -> &mut [P::Scalar] {
@@ -52,15 +57,17 @@ macro_rules! params_then_vectors {
                 if i < k {
                     return self.params.leaf_mut(i);
                 }
-                let fields: [&mut [P::Scalar]; [$(stringify!($field)),+].len()] =
-                    [$(&mut self.$field),+];
+                let fields: [&mut [P::Scalar]; [$(stringify!($field),)+ $($(stringify!($sc),)+)?].len()] = [
+                    $(&mut self.$field,)+
+                    $($(std::slice::from_mut(&mut self.$sc),)+)?
+                ];
                 fields.into_iter().nth(i - k).expect("leaf index in range")
             }
             fn write_leaf_name(&self, i: usize, out: &mut String) {
                 let k = self.params.num_leaves();
                 match i.checked_sub(k) {
                     None => $crate::params::write_field_leaf_name(out, "params", &self.params, i),
-                    Some(j) => out.push_str([$(stringify!($field)),+][j]),
+                    Some(j) => out.push_str([$(stringify!($field),)+ $($(stringify!($sc),)+)?][j]),
                 }
             }
             fn leaf_shape(&self, i: usize) -> Vec<usize> {

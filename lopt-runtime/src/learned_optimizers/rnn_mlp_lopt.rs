@@ -242,8 +242,8 @@ pub struct LossNormalizerState<S> {
     pub mean: S,
     /// EMA of the squared deviation from the running mean.
     pub var: S,
-    /// Updates so far.
-    pub updates: usize,
+    /// Updates so far (a scalar: lanes count their own).
+    pub updates: S,
 }
 
 /// State of [`RnnMlpLOpt`]'s inner optimizer. Accumulators are concatenated over the
@@ -266,17 +266,17 @@ pub struct RnnMlpLOptState<P: Params> {
     pub from_lstm: Vec<P::Scalar>,
     /// `[train mean, train var, valid mean, valid var, clip scale]`.
     pub scalars: Vec<P::Scalar>,
-    /// Updates of the training-loss normalizer.
-    pub train_updates: usize,
-    /// Updates of the validation-loss normalizer (0: lopt has no validation mode).
-    pub valid_updates: usize,
-    /// The dynamic clipper's step count (from 1).
-    pub clip_iteration: usize,
     /// Updates applied so far.
     pub iteration: usize,
+    /// The updates applied in each lane (lanes of a group restart their tasks at
+    /// different times), which every count of the update derives from: the training-loss
+    /// normalizer's updates and the dynamic clipper's step (both `step + 1` when used)
+    /// and the step features (`step`). The validation normalizer's count is always 0
+    /// (lopt has no validation mode). Equal to `iteration` in `f32`.
+    pub step: P::Scalar,
 }
 
-// Leaves: the parameters, then one each for the statistics and the LSTM.
+// Leaves: the parameters, then one each for the statistics and the LSTM, then the step.
 params_then_vectors!(RnnMlpLOptState {
     m,
     rms,
@@ -285,7 +285,7 @@ params_then_vectors!(RnnMlpLOptState {
     from_mlp,
     from_lstm,
     scalars
-});
+} scalars { step });
 
 /// `clip(ln(1e-8 + |v|), −5, 5)` (no ½ here, unlike NNAdam's).
 fn clip_log_abs<S: Real>(v: S) -> S {
@@ -295,7 +295,7 @@ fn clip_log_abs<S: Real>(v: S) -> S {
 /// The library's `_LossNormalizer.weight_loss`.
 fn weight_loss<S: Real>(decay: f64, st: &LossNormalizerState<S>, loss: S) -> S {
     let c = S::from_f64;
-    let corr = c(1.0) / (c(1.0) - c(decay).powi(st.updates as i32) + c(1e-8));
+    let corr = c(1.0) / (c(1.0) - c(decay).powf(st.updates) + c(1e-8));
     let (mean, var) = (st.mean * corr, st.var * corr);
     clip((loss - mean) * rsqrt(var + c(1e-8)), -5.0, 5.0)
 }
@@ -380,10 +380,8 @@ impl LearnedOptimizer for RnnMlpLOpt {
             from_lstm: theta.initial_from_lstm.clone(),
             // The clipper starts at 1·(1 − 0.99).
             scalars: vec![c(0.0), c(0.0), c(0.0), c(0.0), c(1.0) * c(1.0 - 0.99)],
-            train_updates: 0,
-            valid_updates: 0,
-            clip_iteration: 1,
             iteration: 0,
+            step: c(0.0),
         }
     }
 
@@ -423,22 +421,23 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let new_mean = c(0.9) * tm + c(1.0 - 0.9) * loss;
         let d = new_mean - loss;
         let new_var = c(0.9) * tv + c(1.0 - 0.9) * (d * d);
-        state.train_updates += 1;
+        // The normalizer's count after this update, and the clipper's step (from 1).
+        let updates = state.step + c(1.0);
         state.scalars[0] = new_mean;
         state.scalars[1] = new_var;
         let train = LossNormalizerState {
             mean: new_mean,
             var: new_var,
-            updates: state.train_updates,
+            updates,
         };
         let train_loss_feat = weight_loss(0.9, &train, loss);
-        let vcorr = c(1.0) / (c(1.0) - c(0.95).powi(state.valid_updates as i32) + c(1e-8));
+        let vcorr = c(1.0) / (c(1.0) - c(0.95).powf(c(0.0)) + c(1e-8));
         let valid_loss = state.scalars[2] * vcorr;
         let valid_loss_feat = weight_loss(0.9, &train, valid_loss);
         // Dynamic gradient clipping.
         let snd = state.scalars[4];
         let alpha = 0.99;
-        let clip_amount = (snd / (c(1.0) - c(alpha).powi(state.clip_iteration as i32))) * c(10.0);
+        let clip_amount = (snd / (c(1.0) - c(alpha).powf(updates))) * c(10.0);
         let mut g_all: Vec<Vec<P::Scalar>> = Vec::with_capacity(k);
         let mut avg_sq = c(0.0);
         for li in 0..k {
@@ -457,7 +456,6 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let avg_sq = avg_sq / c(k as f64);
         let new_snd = (c(1e-8) + avg_sq).sqrt();
         state.scalars[4] = snd * c(alpha) + new_snd * c(1.0 - alpha);
-        state.clip_iteration += 1;
         // Accumulators.
         let decays: Vec<_> = self.decays.iter().map(|&d| c(d)).collect();
         let rms_decays: Vec<_> = decays.iter().map(|&d| clip(d, 0.0, 1.0)).collect();
@@ -548,7 +546,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
         }
         new_from_lstm.iter_mut().for_each(|x| *x /= c(k as f64));
         // Per-parameter MLP.
-        let t = c(state.iteration as f64);
+        let t = state.step;
         let step_feat: Vec<_> = TIMESCALES
             .iter()
             .map(|&s| (t / (c(s) * c(std::f64::consts::PI))).sin())
@@ -642,6 +640,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
         }
         state.from_lstm = new_from_lstm;
         state.iteration += 1;
+        state.step += c(1.0);
     }
 
     fn params<'s, P: Params>(&self, state: &'s RnnMlpLOptState<P>) -> &'s P {
@@ -652,6 +651,15 @@ impl LearnedOptimizer for RnnMlpLOpt {
     }
     fn iteration<P: Params>(&self, state: &RnnMlpLOptState<P>) -> usize {
         state.iteration
+    }
+    fn set_iteration<P: Params>(
+        &self,
+        state: &mut RnnMlpLOptState<P>,
+        iteration: usize,
+    ) -> crate::error::Result<()> {
+        // The per-lane `step` is a leaf: a checkpoint restores it with the others.
+        state.iteration = iteration;
+        Ok(())
     }
     fn name(&self) -> String {
         "RnnMlpLOpt".into()

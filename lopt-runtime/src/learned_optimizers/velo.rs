@@ -342,12 +342,14 @@ pub struct VeloState<P: Params> {
     pub cell: Vec<P::Scalar>,
     /// Loss buffer: 10 EMAs, then 10 running minima.
     pub loss_buffer: Vec<P::Scalar>,
-    /// Loss buffer updates.
-    pub loss_iteration: usize,
-    /// Planned number of steps.
-    pub num_steps: usize,
     /// Updates applied so far.
     pub iteration: usize,
+    /// The updates applied in each lane (lanes of a group restart their tasks at
+    /// different times): what the loss buffer's corrections and the training-fraction
+    /// features read. Equal to `iteration` in `f32`.
+    pub step: P::Scalar,
+    /// The planned number of steps, per lane.
+    pub num_steps: P::Scalar,
 }
 
 // Leaves: the parameters, then one each for the statistics, the LSTM and the losses.
@@ -360,7 +362,7 @@ params_then_vectors!(VeloState {
     hidden,
     cell,
     loss_buffer
-});
+} scalars { step, num_steps });
 
 /// `½·clip(ln(1e-8 + |10·v|), −5, 5)`.
 fn clip_log_abs10<S: Real>(v: S) -> S {
@@ -438,9 +440,9 @@ fn row_major_product<S: Real>(x: &[S], rows: usize, din: usize, (w, b): &Linear<
 
 /// The loss buffer's decays: `exp(−1/h)`, `h = logspace(1, log10(n), 10)`, in the
 /// scalar's precision as the library computes them in `f32`.
-fn loss_decays<S: Real>(n: usize) -> Vec<S> {
+fn loss_decays<S: Real>(n: S) -> Vec<S> {
     let c = S::from_f64;
-    let top = c(n as f64).ln() / c(std::f64::consts::LN_10);
+    let top = n.ln() / c(std::f64::consts::LN_10);
     (0..LOSS_DECAYS)
         .map(|i| {
             let e = c(1.0) + (top - c(1.0)) * c(i as f64) / c((LOSS_DECAYS - 1) as f64);
@@ -561,9 +563,9 @@ impl LearnedOptimizer for Velo {
             hidden: theta.init_hidden.repeat(k),
             cell: theta.init_cell.repeat(k),
             loss_buffer,
-            loss_iteration: 0,
-            num_steps,
             iteration: 0,
+            step: c(0.0),
+            num_steps: c(num_steps as f64),
         }
     }
 
@@ -609,50 +611,43 @@ impl LearnedOptimizer for Velo {
         );
         // Loss buffer: update, then features.
         let buf_n = if self.use_bugged_loss_features {
-            10
+            c(10.0)
         } else {
             state.num_steps
         };
         let decays: Vec<P::Scalar> = loss_decays(buf_n);
-        let it = state.loss_iteration;
+        let it = state.step;
         {
             let (means, mins) = state.loss_buffer.split_at_mut(LOSS_DECAYS);
             // `decay^t` as XLA's `pow` (exp·log, one rounding), not `powi`'s repeated
             // multiplication: the features divide small differences of these corrections.
-            let cor = |means: &[P::Scalar], j: usize, t: usize| {
-                means[j] / (one - decays[j].powf(c(t as f64)))
-            };
-            let mut approx_max = cor(means, 0, it + 1);
+            let cor =
+                |means: &[P::Scalar], j: usize, t: P::Scalar| means[j] / (one - decays[j].powf(t));
+            let mut approx_max = cor(means, 0, it + one);
             for j in 1..LOSS_DECAYS {
-                approx_max = approx_max.max(cor(means, j, it + 1));
+                approx_max = approx_max.max(cor(means, j, it + one));
             }
-            if it == 0 {
-                approx_max = loss;
-            }
+            // The first update (per lane) has no running maximum yet.
+            approx_max = P::Scalar::select(it.lt(c(0.5)), loss, approx_max);
             let l = (approx_max.abs() * c(2.0)).min(loss);
             for j in 0..LOSS_DECAYS {
                 means[j] = means[j] * decays[j] + l * (one - decays[j]);
             }
             for j in 0..LOSS_DECAYS {
-                mins[j] = mins[j].min(cor(means, j, it + 1));
+                mins[j] = mins[j].min(cor(means, j, it + one));
             }
         }
-        state.loss_iteration += 1;
-        let it = state.loss_iteration;
+        let it = it + one;
         let loss_feats: Vec<_> = {
             let (means, mins) = state.loss_buffer.split_at(LOSS_DECAYS);
             let cor: Vec<_> = (0..LOSS_DECAYS)
-                .map(|j| means[j] / (one - decays[j].powf(c(it as f64))))
+                .map(|j| means[j] / (one - decays[j].powf(it)))
                 .collect();
             (0..LOSS_DECAYS - 1)
                 .map(|j| {
                     let den = (cor[j + 1] - mins[j]).max(c(1e-8));
                     let f1 = clip((cor[j] - mins[j]) / den - one, -1.0, 1.0);
-                    if it <= 2 {
-                        f1 * c(0.0)
-                    } else {
-                        f1
-                    }
+                    P::Scalar::select(it.le(c(2.0)), f1 * c(0.0), f1)
                 })
                 .collect()
         };
@@ -665,7 +660,7 @@ impl LearnedOptimizer for Velo {
                     .collect()
             })
             .collect();
-        let frac = c(state.iteration as f64) / c(state.num_steps as f64);
+        let frac = state.step / state.num_steps;
         let frac_feats: Vec<_> = FRACTIONS
             .iter()
             .map(|&t| ((frac - c(t)) * c(10.0)).tanh())
@@ -951,6 +946,7 @@ impl LearnedOptimizer for Velo {
             off += n;
         }
         state.iteration += 1;
+        state.step += one;
     }
 
     fn params<'s, P: Params>(&self, state: &'s VeloState<P>) -> &'s P {
@@ -961,6 +957,15 @@ impl LearnedOptimizer for Velo {
     }
     fn iteration<P: Params>(&self, state: &VeloState<P>) -> usize {
         state.iteration
+    }
+    fn set_iteration<P: Params>(
+        &self,
+        state: &mut VeloState<P>,
+        iteration: usize,
+    ) -> crate::error::Result<()> {
+        // The per-lane counts are leaves: a checkpoint restores them with the others.
+        state.iteration = iteration;
+        Ok(())
     }
     fn name(&self) -> String {
         "Velo".into()
