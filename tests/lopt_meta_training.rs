@@ -174,7 +174,9 @@ fn lanes_match_one_task_per_group<L: LearnedOptimizer>(lopt: &L, theta: &L::Thet
 }
 
 /// The zoo in lanes: see [`lanes_match_one_task_per_group`]. Catches a step count kept
-/// for the whole lane group, which a lane that restarts its task inherits.
+/// for the whole lane group, which a lane that restarts its task inherits (tried: with
+/// group counts AdafacMlpLOpt's mean loss, RnnMlpLOpt's estimate and, with VeLO's
+/// training fraction read from the group count, VeLO's mean loss differ).
 #[test]
 fn zoo_in_lanes_matches_one_task_per_group() {
     let adafac = AdafacMlpLOpt::default();
