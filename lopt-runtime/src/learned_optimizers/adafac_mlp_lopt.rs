@@ -406,20 +406,25 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                 let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
                 me.iter().for_each(|&x| push(x));
                 ve.iter().for_each(|&x| push(x));
+                // `(v + 1e-6)^-½` once per decay: its own features come after the
+                // momenta's products with it.
+                let rs = j + kmr;
+                for (k, &x) in ve.iter().enumerate() {
+                    f[rs + k] = rsqrt(x + c(1e-6));
+                }
                 for k in 0..kmr {
                     let mk = me[if km == 1 { 0 } else { k }];
-                    let vk = ve[if kr == 1 { 0 } else { k }];
-                    push(mk * rsqrt(vk + c(1e-6)));
+                    f[j + k] = mk * f[rs + if kr == 1 { 0 } else { k }];
                 }
-                ve.iter().for_each(|&x| push(rsqrt(x + c(1e-6))));
+                j = rs + kr;
                 // Six groups of Kf: y, row, col, their rsqrt, the factored momentum.
                 for k in 0..kf {
                     let a = fac.at(loc, k, g[e]);
                     f[j + k] = a.y;
                     f[j + kf + k] = a.row;
                     f[j + 2 * kf + k] = a.col;
-                    f[j + 3 * kf + k] = rsqrt(a.row + c(1e-8));
-                    f[j + 4 * kf + k] = rsqrt(a.col + c(1e-8));
+                    f[j + 3 * kf + k] = a.row_rsqrt;
+                    f[j + 4 * kf + k] = a.col_rsqrt;
                     f[j + 5 * kf + k] = me[k] * a.mult1 * a.mult2;
                 }
             };
@@ -512,9 +517,19 @@ enum FacKind<S> {
         vc: Vec<S>,
         rf: Vec<S>,
         cf: Vec<S>,
+        /// `(vr + 1e-8)^-½` and `(vc + 1e-8)^-½`, once per row and column rather than
+        /// per element.
+        vr_rsqrt: Vec<S>,
+        vc_rsqrt: Vec<S>,
     },
-    /// Rank < 2: the diagonal accumulators `[n, Kf]` and the ε of the factored momentum.
-    Diag { vd: Vec<S>, diag_eps: S },
+    /// Rank < 2: per element and decay `[n, Kf]`, the diagonal accumulator, the factor
+    /// of `y`, `(v + 1e-8)^-½` and the factored momentum's `(v + ε)^-½`.
+    Diag {
+        vd: Vec<S>,
+        y_factor: Vec<S>,
+        vd_rsqrt: Vec<S>,
+        mult: Vec<S>,
+    },
 }
 
 /// The factored statistics of one element at one decay.
@@ -530,6 +545,10 @@ pub(crate) struct FacAt<S> {
     pub mult1: S,
     /// See `mult1`.
     pub mult2: S,
+    /// `(row + 1e-8)^-½`.
+    pub row_rsqrt: S,
+    /// `(col + 1e-8)^-½`.
+    pub col_rsqrt: S,
 }
 
 impl<S: Real> FacOut<S> {
@@ -555,7 +574,15 @@ impl<S: Real> FacOut<S> {
     #[inline(always)]
     pub(crate) fn at(&self, (ra, cb): (usize, usize), k: usize, g: S) -> FacAt<S> {
         match &self.kind {
-            FacKind::Factored { vr, vc, rf, cf, .. } => {
+            FacKind::Factored {
+                vr,
+                vc,
+                rf,
+                cf,
+                vr_rsqrt,
+                vc_rsqrt,
+                ..
+            } => {
                 let (row_factor, col_factor) = (rf[ra + k], cf[cb + k]);
                 FacAt {
                     y: g * row_factor * col_factor,
@@ -563,17 +590,25 @@ impl<S: Real> FacOut<S> {
                     col: vc[cb + k],
                     mult1: row_factor,
                     mult2: col_factor,
+                    row_rsqrt: vr_rsqrt[ra + k],
+                    col_rsqrt: vc_rsqrt[cb + k],
                 }
             }
-            FacKind::Diag { vd, diag_eps } => {
-                let c = S::from_f64;
-                let x = vd[ra + k];
+            FacKind::Diag {
+                vd,
+                y_factor,
+                vd_rsqrt,
+                mult,
+            } => {
+                let i = ra + k;
                 FacAt {
-                    y: g * rsqrt((x + c(1e-9)).max(c(1e-9))),
-                    row: x,
-                    col: x,
-                    mult1: (x + *diag_eps).powf(c(-0.5)),
-                    mult2: c(1.0),
+                    y: g * y_factor[i],
+                    row: vd[i],
+                    col: vd[i],
+                    mult1: mult[i],
+                    mult2: S::from_f64(1.0),
+                    row_rsqrt: vd_rsqrt[i],
+                    col_rsqrt: vd_rsqrt[i],
                 }
             }
         }
@@ -634,9 +669,12 @@ pub(crate) fn factored_step<S: Real>(
             }
             *off_row += la;
             *off_col += lb;
+            let rsqrt_eps = |v: &[S]| v.iter().map(|&x| rsqrt(x + c(1e-8))).collect();
             FacKind::Factored {
                 rows: rows_n,
                 transposed,
+                vr_rsqrt: rsqrt_eps(vr),
+                vc_rsqrt: rsqrt_eps(vc),
                 vr: vr.to_vec(),
                 vc: vc.to_vec(),
                 rf,
@@ -653,8 +691,13 @@ pub(crate) fn factored_step<S: Real>(
             }
             *off_diag += n;
             FacKind::Diag {
+                y_factor: vd
+                    .iter()
+                    .map(|&x| rsqrt((x + c(1e-9)).max(c(1e-9))))
+                    .collect(),
+                vd_rsqrt: vd.iter().map(|&x| rsqrt(x + c(1e-8))).collect(),
+                mult: vd.iter().map(|&x| (x + diag_eps).powf(c(-0.5))).collect(),
                 vd: vd.to_vec(),
-                diag_eps,
             }
         }
     };

@@ -872,21 +872,28 @@ impl LearnedOptimizer for Velo {
                     j += 1;
                 };
                 let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
-                let rsq = |q: usize| rsqrt(ve[q] + c(1e-6));
                 let loc = fac.locate(e);
                 push(g[e]);
                 push(clip(g[e], -0.1, 0.1));
                 push(p[e]);
                 me.iter().for_each(|&x| push(x));
                 ve.iter().for_each(|&x| push(x));
-                for q in 0..km.max(kr) {
-                    push(me[if km == 1 { 0 } else { q }] * rsq(if kr == 1 { 0 } else { q }));
+                // `(v + 1e-6)^-½` once per decay (`rs..rs + Kr`, its own features), read
+                // by the momenta's products before it and by g·rsqrt(v) after.
+                let kmr = km.max(kr);
+                let rs = j + kmr;
+                for (q, &x) in ve.iter().enumerate() {
+                    f[rs + q] = rsqrt(x + c(1e-6));
                 }
-                (0..kr).for_each(|q| push(rsq(q)));
+                for q in 0..kmr {
+                    f[j + q] =
+                        me[if km == 1 { 0 } else { q }] * f[rs + if kr == 1 { 0 } else { q }];
+                }
+                j = rs + kr;
                 // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
                 // factored momentum.
                 for q in 0..kr {
-                    f[j + kf + q] = g[e] * rsq(q);
+                    f[j + kf + q] = g[e] * f[rs + q];
                 }
                 let j2 = j + kf + kr;
                 for k in 0..kf {
@@ -894,8 +901,8 @@ impl LearnedOptimizer for Velo {
                     f[j + k] = a.y;
                     f[j2 + k] = a.row;
                     f[j2 + kf + k] = a.col;
-                    f[j2 + 2 * kf + k] = rsqrt(a.row + c(1e-8));
-                    f[j2 + 3 * kf + k] = rsqrt(a.col + c(1e-8));
+                    f[j2 + 2 * kf + k] = a.row_rsqrt;
+                    f[j2 + 3 * kf + k] = a.col_rsqrt;
                 }
                 let j3 = j2 + 4 * kf;
                 for q in 0..km.max(kf) {
