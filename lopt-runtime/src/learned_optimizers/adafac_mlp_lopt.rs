@@ -3,7 +3,7 @@
 //! `learned_optimizers/adafac_mlp_lopt.py`, with its default `concat_weights=True`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK};
+use super::parts::{fold_fixed_inputs, params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -360,11 +360,15 @@ impl LearnedOptimizer for AdafacMlpLOpt {
         let nf = self.num_features();
         let kmr = km.max(kr);
         let (mut off_n, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
-        let layers: Vec<LayerRef<P::Scalar>> = theta
+        let mut layers: Vec<LayerRef<P::Scalar>> = theta
             .layers
             .iter()
             .map(|(w, b)| (w.as_slice(), b.as_slice()))
             .collect();
+        // The time features are the same for every element: folded into the first
+        // layer's bias.
+        let mut first_bias = Vec::new();
+        layers[0] = fold_fixed_inputs(layers[0], self.num_features(), &tsf, &mut first_bias);
         let mut mlp = BlockMlp::new();
         let (mut feats, mut steps) = (Vec::new(), Vec::new());
         for li in 0..grad.num_leaves() {
@@ -444,18 +448,16 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             // The MLP, a block of elements at a time: normalized features, then the
             // time features.
             let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
-            let din = nf + tsf.len();
             steps.clear();
             for start in (0..n).step_by(MLP_BLOCK) {
                 let nb = MLP_BLOCK.min(n - start);
                 feats.clear();
-                feats.resize(nb * din, c(0.0));
-                for (i, f) in feats.chunks_exact_mut(din).enumerate() {
-                    features(start + i, &mut f[..nf]);
-                    for (x, &sc) in f[..nf].iter_mut().zip(&scale) {
+                feats.resize(nb * nf, c(0.0));
+                for (i, f) in feats.chunks_exact_mut(nf).enumerate() {
+                    features(start + i, f);
+                    for (x, &sc) in f.iter_mut().zip(&scale) {
                         *x *= sc;
                     }
-                    f[nf..].copy_from_slice(&tsf);
                 }
                 let out = mlp.forward(&layers, &feats, nb);
                 let (direction, magnitude) = out.split_at(nb);

@@ -86,6 +86,31 @@ pub(crate) use params_then_vectors;
 /// A layer borrowed for [`BlockMlp::forward`]: row-major `[in, out]` weights and the bias.
 pub(crate) type LayerRef<'a, S> = (&'a [S], &'a [S]);
 
+/// The first layer `(w, b)` of a per-element MLP whose inputs from `varying` on are
+/// `fixed` for every element of a tensor (time features, per-tensor statistics): their
+/// product with `w`'s rows is added to the bias once per tensor (into `bias`), and the
+/// layer returned reads only the first `varying` inputs. The same function as feeding
+/// every input to every element, with fewer multiplications per element (rounded
+/// differently: the fixed inputs' terms are summed apart).
+pub(crate) fn fold_fixed_inputs<'a, S: Real>(
+    (w, b): LayerRef<'a, S>,
+    varying: usize,
+    fixed: &[S],
+    bias: &'a mut Vec<S>,
+) -> LayerRef<'a, S> {
+    let dout = b.len();
+    debug_assert_eq!(w.len(), (varying + fixed.len()) * dout);
+    bias.clear();
+    bias.extend_from_slice(b);
+    for (i, &x) in fixed.iter().enumerate() {
+        let row = &w[(varying + i) * dout..(varying + i + 1) * dout];
+        for (o, &wv) in bias.iter_mut().zip(row) {
+            *o += x * wv;
+        }
+    }
+    (&w[..varying * dout], bias)
+}
+
 /// Elements a [`BlockMlp`] runs at once: its activations stay in L1/L2.
 pub(crate) const MLP_BLOCK: usize = 256;
 

@@ -3,7 +3,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, LayerRef, MLP_BLOCK,
+    clip, fold_fixed_inputs, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, LayerRef,
+    MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -561,6 +562,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             .collect();
         let mut mlp = BlockMlp::new();
         let (mut block, mut steps) = (Vec::new(), Vec::new());
+        let (mut fixed, mut first_bias) = (Vec::new(), Vec::new());
         let mut ff = vec![c(0.0); self.lstm_to_ff];
         let (step_mult, mag_rate) = (c(self.step_multiplier), c(self.magnitude_rate));
         let mut off = 0;
@@ -605,23 +607,27 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let log_norm = (ss_v.sqrt() + c(1e-8)).ln();
             let log_n = nn.ln();
             let mut msg = vec![c(0.0); fm];
+            // The inputs after the per-element features are the tensor's: folded into
+            // the first layer's bias.
+            fixed.clear();
+            fixed.extend_from_slice(&step_feat);
+            fixed.extend([log_num_tensors, log_norm, log_n]);
+            fixed.extend_from_slice(&ff);
+            debug_assert_eq!(nf + fixed.len(), ff_in);
+            let mut layers = net.clone();
+            layers[0] = fold_fixed_inputs(net[0], nf, &fixed, &mut first_bias);
             steps.clear();
             for start in (0..n).step_by(MLP_BLOCK) {
                 let nb = MLP_BLOCK.min(n - start);
                 block.clear();
-                block.resize(nb * ff_in, c(0.0));
-                for (i, act) in block.chunks_exact_mut(ff_in).enumerate() {
-                    features(start + i, &mut act[..nf]);
-                    for (x, &sc) in act[..nf].iter_mut().zip(&scale) {
+                block.resize(nb * nf, c(0.0));
+                for (i, act) in block.chunks_exact_mut(nf).enumerate() {
+                    features(start + i, act);
+                    for (x, &sc) in act.iter_mut().zip(&scale) {
                         *x *= sc;
                     }
-                    act[nf..nf + 11].copy_from_slice(&step_feat);
-                    act[nf + 11] = log_num_tensors;
-                    act[nf + 12] = log_norm;
-                    act[nf + 13] = log_n;
-                    act[nf + 14..ff_in].copy_from_slice(&ff);
                 }
-                let out = mlp.forward(&net, &block, nb);
+                let out = mlp.forward(&layers, &block, nb);
                 for i in 0..nb {
                     let (direction, magnitude) = (out[i], out[nb + i]);
                     steps.push(direction * (magnitude * mag_rate).exp() * step_mult);
