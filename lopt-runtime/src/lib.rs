@@ -11,7 +11,8 @@
 //!   generated code calls, the rules of the non-elementwise primitives, their tests.
 //! - [`kernels`]: what runs fast and is not differentiation: GEMM, the packet GEMM,
 //!   vector math, and the one place CPU features are detected.
-//! - [`ops`]: the primitives as plain functions, for hand-written code.
+//! - [`ops`] (the file `primitives/functions.rs`): the primitives as plain functions, for
+//!   hand-written code.
 //! - [`scalar`], [`lanes`]: the [`Real`] trait; SIMD packets whose lanes are task
 //!   instances.
 //! - [`lane_groups`]: instances in SIMD lanes: grouping by structure, padding, packing,
@@ -32,7 +33,6 @@ pub mod key;
 pub mod lane_groups;
 pub mod lanes;
 pub mod learned_optimizers;
-pub mod ops;
 pub mod optimizers;
 pub mod outer_trainers;
 pub mod params;
@@ -41,6 +41,10 @@ pub mod primitives;
 pub mod scalar;
 pub mod task;
 pub mod vmap;
+
+/// The primitives as plain functions, for hand-written code (the file
+/// `primitives/functions.rs`; `ops` is the short path users write: `lopt::ops::relu`).
+pub use primitives::functions as ops;
 
 pub use datasets::Datasets;
 pub use error::{Error, Result};

@@ -66,6 +66,7 @@
 //! counterpart of `jax.custom_vjp`); see `examples/custom_primitive.rs`.
 
 pub mod declared;
+pub mod functions;
 
 use nalgebra::allocator::Allocator;
 use nalgebra::{DefaultAllocator, Dim, OMatrix};

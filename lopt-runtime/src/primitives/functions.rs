@@ -1,7 +1,7 @@
 //! The primitives of the loss language as plain functions, for hand-written code.
 //!
 //! They are declared, with their rules, in [`crate::primitives`]; this module gathers
-//! their functions.
+//! their functions. Its path is [`crate::ops`] (`lopt::ops`), re-exported from here.
 //!
 //! Each function evaluates the same rule the `#[task]` macro calls for its value path,
 //! so a hand-written loss that uses them computes exactly what the generated code does.
