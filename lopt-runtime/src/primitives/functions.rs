@@ -25,6 +25,7 @@
 use crate::ad::{op, Unary};
 
 pub use crate::primitives::declared::binary_functions::*;
+pub use crate::primitives::declared::elementwise_binary_functions::*;
 pub use crate::primitives::declared::functions::*;
 pub use crate::primitives::declared::unary_functions::*;
 
