@@ -13,8 +13,8 @@ macro_rules! markers {
 
 /// The markers of the elementwise primitives (`Exp`, `Tanh`, ..., `Add`, `Max`, ...),
 /// declared with their rules in `crate::primitives::declared`.
-// The one import circle kept (ad <-> primitives): a declaration implements ad's rule
-// traits, and every op, declared there or here, is named `ad::op::X` by generated code.
+// Re-exported (a second path, not an import: scripts/import_cycles.py): generated code
+// names every op `ad::op::X`, wherever it is declared with its rules.
 pub use crate::primitives::declared::markers::*;
 
 // Ops that carry data (geometry, ids, an epsilon), built by generated code as
