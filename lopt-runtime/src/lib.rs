@@ -5,8 +5,11 @@
 //! # Rooms
 //!
 //! - [`primitives`]: every primitive of the loss language, declared once with its rules
-//!   (`primitives/declared.rs`). **Add a primitive** there (one entry for an elementwise
-//!   one); declare your own outside lopt with [`elementwise_primitive!`].
+//!   (`primitives/declared.rs`). **Add a primitive** there: an elementwise unary one is
+//!   one entry (value and derivative), an elementwise binary one too (value, both
+//!   partials, the operand shapes it takes); others name the rules they have in `ad/`.
+//!   Declare your own outside lopt with [`elementwise_primitive!`]. The declarations also
+//!   make the list the `#[task]` macros read (the macro crate holds none).
 //! - [`ad`]: differentiation: the [`ad::Unary`] / [`ad::Binary`] rule traits the
 //!   generated code calls, the rules of the non-elementwise primitives, their tests.
 //! - [`kernels`]: what runs fast and is not differentiation: GEMM, the packet GEMM,
