@@ -106,6 +106,6 @@
 //! # Adding a primitive
 //!
 //! Each primitive is declared once, in `lopt-runtime/src/primitives/declared.rs` (see
-//! [`crate::primitives`]); the macro reads the names from there. Add its row to this page
+//! [`crate::primitives`]); the macros receive the names from there. Add its row to this page
 //! and to the README's table: `tests/language_reference.rs` checks that every declared
 //! primitive appears in both.

@@ -75,6 +75,8 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use lopt_macros::__expand as expand;
+    pub use lopt_runtime::__with_primitives as with_primitives;
     pub use lopt_runtime::ad;
     pub use lopt_runtime::params::{locate_leaf, write_field_leaf_name};
 }

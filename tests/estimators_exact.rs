@@ -303,7 +303,8 @@ fn check_pes_exact<S: Real>(
 /// Catches: the accumulator replaced by ε (`grad.axpy(.., e)` for `acc` in
 /// `truncated_pes.rs`: estimates 2–5 differ by far more than rounding); the accumulator
 /// not updated (`acc.axpy` removed); one side's θ with the wrong sign (`pack(-1.0)` for
-/// both sides in `truncated_step.rs`: Δ and the estimate change sign or vanish).
+/// both sides in `outer_trainers/lopt_truncated_step.rs`: Δ and the estimate change sign
+/// or vanish).
 #[test]
 fn pes_estimates_across_truncations_are_the_exact_antithetic_sums() {
     assert_eq!(check_pes_exact::<f32>(8, 100, 3, 5, None), 0);

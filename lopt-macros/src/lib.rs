@@ -62,7 +62,7 @@ pub fn derive_params(input: TokenStream) -> TokenStream {
 /// it fills in the trait's `value_and_grad` and `value_and_jvp` from `loss`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
-    ad::expand_task(attr.into(), item.into())
+    ad::defer(ad::Mode::Task, attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -73,7 +73,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// instance at a time (`f32`, `f64`) or batched across SIMD lanes (`Lanes<N>`).
 #[proc_macro_attribute]
 pub fn task_family(attr: TokenStream, item: TokenStream) -> TokenStream {
-    ad::expand_task_family(attr.into(), item.into())
+    ad::defer(ad::Mode::TaskFamily, attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -83,7 +83,18 @@ pub fn task_family(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// differentiated; the others are data.
 #[proc_macro_attribute]
 pub fn differentiable(attr: TokenStream, item: TokenStream) -> TokenStream {
-    ad::expand_differentiable(attr.into(), item.into())
+    ad::defer(ad::Mode::Differentiable, attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// The second half of `#[task]`, `#[task_family]` and `#[differentiable]`: called by the
+/// runtime's `__with_primitives!` with the list of primitives the runtime declares (this
+/// crate holds none) in front of the item. Not for direct use.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __expand(input: TokenStream) -> TokenStream {
+    ad::expand_declared(input.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -5,13 +5,17 @@
 //! # Rooms
 //!
 //! - [`primitives`]: every primitive of the loss language, declared once with its rules
-//!   (`primitives/declared.rs`). **Add a primitive** there (one entry for an elementwise
-//!   one); declare your own outside lopt with [`elementwise_primitive!`].
+//!   (`primitives/declared.rs`). **Add a primitive** there: an elementwise unary one is
+//!   one entry (value and derivative), an elementwise binary one too (value, both
+//!   partials, the operand shapes it takes); others name the rules they have in `ad/`.
+//!   Declare your own outside lopt with [`elementwise_primitive!`]. The declarations also
+//!   make the list the `#[task]` macros read (the macro crate holds none).
 //! - [`ad`]: differentiation: the [`ad::Unary`] / [`ad::Binary`] rule traits the
 //!   generated code calls, the rules of the non-elementwise primitives, their tests.
 //! - [`kernels`]: what runs fast and is not differentiation: GEMM, the packet GEMM,
 //!   vector math, and the one place CPU features are detected.
-//! - [`ops`]: the primitives as plain functions, for hand-written code.
+//! - [`ops`] (the file `primitives/functions.rs`): the primitives as plain functions, for
+//!   hand-written code.
 //! - [`scalar`], [`lanes`]: the [`Real`] trait; SIMD packets whose lanes are task
 //!   instances.
 //! - [`lane_groups`]: instances in SIMD lanes: grouping by structure, padding, packing,
@@ -32,7 +36,6 @@ pub mod key;
 pub mod lane_groups;
 pub mod lanes;
 pub mod learned_optimizers;
-pub mod ops;
 pub mod optimizers;
 pub mod outer_trainers;
 pub mod params;
@@ -41,6 +44,10 @@ pub mod primitives;
 pub mod scalar;
 pub mod task;
 pub mod vmap;
+
+/// The primitives as plain functions, for hand-written code (the file
+/// `primitives/functions.rs`; `ops` is the short path users write: `lopt::ops::relu`).
+pub use primitives::functions as ops;
 
 pub use datasets::Datasets;
 pub use error::{Error, Result};

@@ -164,6 +164,75 @@ fn mod_fn_vis(vis: &syn::Visibility) -> TokenStream {
     }
 }
 
+/// Which macro an item was given to, carried through the runtime's list (see
+/// [`builtins`]).
+#[derive(Clone, Copy)]
+pub enum Mode {
+    /// `#[task]`.
+    Task,
+    /// `#[task_family]`.
+    TaskFamily,
+    /// `#[differentiable]`.
+    Differentiable,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Task => "task",
+            Mode::TaskFamily => "task_family",
+            Mode::Differentiable => "differentiable",
+        }
+    }
+}
+
+/// What `#[task]`, `#[task_family]` and `#[differentiable]` expand to: the runtime's
+/// `__with_primitives!`, which calls [`expand_declared`] (`__expand!`) back with its list
+/// of primitives in front of the item. A bad attribute argument is reported here, at it.
+pub fn defer(mode: Mode, attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
+    no_args(&attr, mode.name())?;
+    let mode = format_ident!("{}", mode.name());
+    Ok(quote! {
+        ::lopt::__private::with_primitives! {
+            (::lopt::__private::expand) #mode #item
+        }
+    })
+}
+
+/// `__expand! { [name Marker kind, ...] mode item }`: the item expanded by `mode` with
+/// the runtime's primitives as the names a body may call.
+pub fn expand_declared(input: TokenStream) -> Result<TokenStream> {
+    let mut it = input.into_iter();
+    let list = match it.next() {
+        Some(proc_macro2::TokenTree::Group(g))
+            if g.delimiter() == proc_macro2::Delimiter::Bracket =>
+        {
+            g.stream()
+        }
+        other => {
+            return Err(syn::Error::new(
+                other.map_or_else(proc_macro2::Span::call_site, |t| t.span()),
+                "lopt: expected the runtime's primitive list",
+            ))
+        }
+    };
+    let mode = match it.next() {
+        Some(proc_macro2::TokenTree::Ident(i)) => i.to_string(),
+        _ => String::new(),
+    };
+    let item: TokenStream = it.collect();
+    let declared = builtins::parse_declared(list)?;
+    builtins::with_declared(declared, || match mode.as_str() {
+        "task" => expand_task(TokenStream::new(), item),
+        "task_family" => expand_task_family(TokenStream::new(), item),
+        "differentiable" => expand_differentiable(TokenStream::new(), item),
+        other => Err(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            format!("lopt: unknown expansion mode `{other}`"),
+        )),
+    })
+}
+
 /// `#[differentiable] fn f(...)`: the function (value) plus `mod f { fn jvp; fn vjp }`.
 pub fn expand_differentiable(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     no_args(&attr, "differentiable")?;
@@ -519,9 +588,11 @@ mod tests {
         let item = quote! {
             fn loss<S: Real>(p: &P<S>, labels: &Vec<i32>, d: &DMatrix<f32>) -> S { #body }
         };
-        super::expand_task(TokenStream::new(), item)
-            .expect("expands")
-            .to_string()
+        super::builtins::with_declared(super::builtins::tests::fixture(), || {
+            super::expand_task(TokenStream::new(), item)
+        })
+        .expect("expands")
+        .to_string()
     }
 
     /// The fused rules are emitted for the compositions they stand for (the values would

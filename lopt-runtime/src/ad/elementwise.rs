@@ -1,7 +1,7 @@
 //! Elementwise primitives on vectors and matrices, with scalar and bias broadcasting.
 //!
-//! The scalar rules of `scalar.rs` (binary) and `primitives/` (unary) applied element by element: matrix∘matrix (same
-//! type), matrix∘scalar, scalar∘matrix, and a vector broadcast over the rows of a
+//! The rules declared in `primitives/declared.rs` applied element by element: matrix∘matrix
+//! (same type), matrix∘scalar, scalar∘matrix, and a vector broadcast over the rows of a
 //! `DMatrix` (numpy's last-axis rule: `x * w + b` with one example per row).
 //!
 //! Every loop runs over contiguous column-major slices, so it vectorizes.
@@ -9,7 +9,6 @@
 use nalgebra::allocator::Allocator;
 use nalgebra::{DMatrix, DVector, DefaultAllocator, Dim, OMatrix, RowDVector};
 
-use super::op;
 use super::pointwise::Pointwise2;
 use super::reduce::{sum, sum_by, sum_zip3};
 use super::shape::{build_like, shape_panic, zeros_like};
@@ -288,20 +287,6 @@ macro_rules! matrix_matrix {
         }
     )*};
 }
-matrix_matrix!(
-    op::Add,
-    op::AddRelu,
-    op::Sub,
-    op::ComponentMul,
-    op::ComponentDiv,
-    op::Max,
-    op::Min,
-    op::Gt,
-    op::Ge,
-    op::Lt,
-    op::Le,
-    op::LogAddExp,
-);
 
 // ---- matrix ∘ scalar and scalar ∘ matrix ----
 //
@@ -449,21 +434,6 @@ macro_rules! matrix_scalar {
         }
     )*};
 }
-matrix_scalar!(
-    op::Add,
-    op::AddRelu,
-    op::Sub,
-    op::Mul,
-    op::Div,
-    op::Max,
-    op::Min,
-    op::Powf,
-    op::Gt,
-    op::Ge,
-    op::Lt,
-    op::Le,
-    op::LogAddExp,
-);
 
 macro_rules! scalar_matrix {
     ($($op:ty),* $(,)?) => {$(
@@ -501,20 +471,6 @@ macro_rules! scalar_matrix {
         }
     )*};
 }
-scalar_matrix!(
-    op::Add,
-    op::AddRelu,
-    op::Sub,
-    op::Mul,
-    op::Div,
-    op::Max,
-    op::Min,
-    op::Gt,
-    op::Ge,
-    op::Lt,
-    op::Le,
-    op::LogAddExp,
-);
 
 // ---- a vector broadcast over the rows of a DMatrix ----
 //
@@ -708,9 +664,17 @@ macro_rules! bias {
         }
     };
 }
-bias!(op::Add, DVector);
-bias!(op::AddRelu, DVector);
-bias!(op::AddRelu, RowDVector);
-bias!(op::Sub, DVector);
-bias!(op::Add, RowDVector);
-bias!(op::Sub, RowDVector);
+/// The rules of each elementwise binary primitive on the shapes its declaration names
+/// (`on: [..]` in `crate::primitives::declared`; `scalars` is `pointwise.rs`'s).
+macro_rules! lift_binary {
+    ($op:ty: [$($form:ident),*]) => { $( lift_binary!(@$form $op); )* };
+    (@scalars $op:ty) => {};
+    (@matrices $op:ty) => { matrix_matrix!($op); };
+    (@matrix_scalar $op:ty) => { matrix_scalar!($op); };
+    (@scalar_matrix $op:ty) => { scalar_matrix!($op); };
+    (@bias $op:ty) => {
+        bias!($op, DVector);
+        bias!($op, RowDVector);
+    };
+}
+crate::primitives::declared::for_each_elementwise_binary!(lift_binary);

@@ -72,6 +72,7 @@ mod tests;
 pub(crate) use elementwise::lift;
 pub use labels::{labels_of, owned_labels, Labels};
 pub use pointwise::Pointwise;
+pub(crate) use pointwise::Pointwise2;
 pub use selection::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};
 
 use std::borrow::Cow;

@@ -11,10 +11,10 @@ macro_rules! markers {
     };
 }
 
-/// The markers of the elementwise unary primitives (`Exp`, `Tanh`, ...), declared with
-/// their rules in `crate::primitives::declared`.
-// The one import circle kept (ad <-> primitives): a declaration implements ad's rule
-// traits, and every op, declared there or here, is named `ad::op::X` by generated code.
+/// The markers of the elementwise primitives (`Exp`, `Tanh`, ..., `Add`, `Max`, ...),
+/// declared with their rules in `crate::primitives::declared`.
+// Re-exported (a second path, not an import: scripts/import_cycles.py): generated code
+// names every op `ad::op::X`, wherever it is declared with its rules.
 pub use crate::primitives::declared::markers::*;
 
 // Ops that carry data (geometry, ids, an epsilon), built by generated code as
@@ -27,39 +27,8 @@ pub use super::selection::Clip;
 pub use super::slice::{Columns, HConcat, Reshape, Rows, VConcat};
 
 markers!(
-    /// `a + b` (with bias broadcasting of a vector over the rows of a matrix).
-    Add,
-    /// `a - b`.
-    Sub,
-    /// `a * b` with nalgebra semantics: scaling, matrix-vector and matrix-matrix products.
-    Mul,
-    /// `a / b` (matrix divided by a scalar, or scalars).
-    Div,
-    /// Elementwise maximum.
-    Max,
-    /// Elementwise minimum.
-    Min,
-    /// `a > b` elementwise: 1 where true, 0 where false (a mask for `select`).
-    Gt,
-    /// `a >= b` elementwise, as a mask.
-    Ge,
-    /// `a < b` elementwise, as a mask.
-    Lt,
-    /// `a <= b` elementwise, as a mask.
-    Le,
-    /// `ln(e^a + e^b)`, elementwise and stable.
-    LogAddExp,
-    /// `a.powf(b)`.
-    Powf,
     /// Inner product of two vectors or matrices (sum of elementwise products).
     Dot,
-    /// Elementwise product.
-    ComponentMul,
-    /// Elementwise quotient.
-    ComponentDiv,
-    /// `relu(a + b)` in one pass (what `#[task]` lowers `relu(a + b)` to: no `a + b`
-    /// intermediate, and the derivative's mask is read off the output).
-    AddRelu,
     /// Sum of all elements.
     Sum,
     /// Mean of all elements.

@@ -1,10 +1,10 @@
-//! The math of every binary elementwise primitive, on one scalar, and the rules of the
-//! non-elementwise primitives for `S` itself.
+//! The pointwise rule traits ([`Pointwise`], [`Pointwise2`]), the binary elementwise rules
+//! on two scalars, and the rules of the non-elementwise primitives for `S` itself.
 //!
-//! Each binary elementwise primitive is written once here as a [`Pointwise2`] rule;
-//! `elementwise.rs` lifts the same rules to matrices and vectors, so scalar and matrix
-//! derivatives cannot drift apart. The unary elementwise primitives are declared, rules
-//! and all, in `crate::primitives`.
+//! Every elementwise primitive, unary and binary, is declared once, value and
+//! derivatives, in `crate::primitives::declared`; this file lifts each binary one declared
+//! `on: [scalars, ..]` to two scalars, and `elementwise.rs` lifts the same rule to
+//! matrices and vectors, so scalar and matrix derivatives cannot drift apart.
 
 use super::op;
 use super::{Binary, Unary};
@@ -37,157 +37,6 @@ pub(crate) trait Pointwise2<S: Real> {
     /// `db(a, b, y, t) == da(a, b, y, t)` always: a broadcast operand's cotangent is a
     /// sum of the other operand's, so the rules compute that one first and sum it.
     const DB_IS_DA: bool = false;
-}
-
-impl<S: Real> Pointwise2<S> for op::Add {
-    const NAME: &'static str = "a + b";
-    const DA_IS_T: bool = true;
-    const DB_IS_T: bool = true;
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        a + b
-    }
-    #[inline(always)]
-    fn da(_a: S, _b: S, _y: S, t: S) -> S {
-        t
-    }
-    #[inline(always)]
-    fn db(_a: S, _b: S, _y: S, t: S) -> S {
-        t
-    }
-}
-
-impl<S: Real> Pointwise2<S> for op::AddRelu {
-    const NAME: &'static str = "relu(a + b)";
-    const DB_IS_DA: bool = true;
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        op::Relu.f(a + b)
-    }
-    /// `relu'(a + b) t`, with `a + b > 0` read as `y > 0`: the same for every input,
-    /// NaN included (`relu` passes NaN through and NaN fails both tests).
-    #[inline(always)]
-    fn da(_a: S, _b: S, y: S, t: S) -> S {
-        S::select(y.gt(S::zero()), t, S::zero())
-    }
-    #[inline(always)]
-    fn db(a: S, b: S, y: S, t: S) -> S {
-        Self::da(a, b, y, t)
-    }
-}
-
-impl<S: Real> Pointwise2<S> for op::Sub {
-    const NAME: &'static str = "a - b";
-    const DA_IS_T: bool = true;
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        a - b
-    }
-    #[inline(always)]
-    fn da(_a: S, _b: S, _y: S, t: S) -> S {
-        t
-    }
-    #[inline(always)]
-    fn db(_a: S, _b: S, _y: S, t: S) -> S {
-        -t
-    }
-}
-
-/// Scaling (`Mul` with a scalar operand) and elementwise products share one rule.
-macro_rules! product_rule {
-    ($op:ty, $name:literal) => {
-        impl<S: Real> Pointwise2<S> for $op {
-            const NAME: &'static str = $name;
-            #[inline(always)]
-            fn f(a: S, b: S) -> S {
-                a * b
-            }
-            #[inline(always)]
-            fn da(_a: S, b: S, _y: S, t: S) -> S {
-                b * t
-            }
-            #[inline(always)]
-            fn db(a: S, _b: S, _y: S, t: S) -> S {
-                a * t
-            }
-        }
-    };
-}
-product_rule!(op::Mul, "a * b");
-product_rule!(op::ComponentMul, "a.component_mul(b)");
-
-macro_rules! quotient_rule {
-    ($op:ty, $name:literal) => {
-        impl<S: Real> Pointwise2<S> for $op {
-            const NAME: &'static str = $name;
-            #[inline(always)]
-            fn f(a: S, b: S) -> S {
-                a / b
-            }
-            #[inline(always)]
-            fn da(_a: S, b: S, _y: S, t: S) -> S {
-                t / b
-            }
-            #[inline(always)]
-            fn db(_a: S, b: S, y: S, t: S) -> S {
-                -(y * t) / b
-            }
-        }
-    };
-}
-quotient_rule!(op::Div, "a / b");
-quotient_rule!(op::ComponentDiv, "a.component_div(b)");
-
-impl<S: Real> Pointwise2<S> for op::Max {
-    const NAME: &'static str = "a.max(b)";
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        // Both comparisons fail only for a NaN operand, which `a + b` then propagates.
-        S::select(a.ge(b), a, S::select(a.lt(b), b, a + b))
-    }
-    // Ties route the gradient to the first argument.
-    #[inline(always)]
-    fn da(a: S, b: S, _y: S, t: S) -> S {
-        S::select(a.ge(b), t, S::zero())
-    }
-    #[inline(always)]
-    fn db(a: S, b: S, _y: S, t: S) -> S {
-        S::select(a.ge(b), S::zero(), t)
-    }
-}
-
-impl<S: Real> Pointwise2<S> for op::Min {
-    const NAME: &'static str = "a.min(b)";
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        S::select(a.le(b), a, S::select(a.gt(b), b, a + b))
-    }
-    #[inline(always)]
-    fn da(a: S, b: S, _y: S, t: S) -> S {
-        S::select(a.le(b), t, S::zero())
-    }
-    #[inline(always)]
-    fn db(a: S, b: S, _y: S, t: S) -> S {
-        S::select(a.le(b), S::zero(), t)
-    }
-}
-
-impl<S: Real> Pointwise2<S> for op::Powf {
-    const NAME: &'static str = "a.powf(b)";
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        a.powf(b)
-    }
-    #[inline(always)]
-    fn da(a: S, b: S, _y: S, t: S) -> S {
-        // b a^(b-1) rather than b y / a, which is 0/0 at a = 0.
-        b * a.powf(b - S::one()) * t
-    }
-    #[inline(always)]
-    fn db(a: S, _b: S, y: S, t: S) -> S {
-        // a^b ln a; its limit at a = 0 (b > 0) is 0, where the formula is 0 * -inf.
-        S::select(a.gt(S::zero()), y * a.ln() * t, S::zero())
-    }
 }
 
 /// Binary rules on two scalars.
@@ -227,21 +76,13 @@ macro_rules! scalar_binary {
         }
     )*};
 }
-scalar_binary!(
-    op::Add,
-    op::AddRelu,
-    op::Sub,
-    op::Mul,
-    op::Div,
-    op::Max,
-    op::Min,
-    op::Powf,
-    op::Gt,
-    op::Ge,
-    op::Lt,
-    op::Le,
-    op::LogAddExp,
-);
+/// `scalar_binary!` for each elementwise binary primitive declared `on` scalars.
+macro_rules! scalar_binary_declared {
+    ($op:ty: [$($form:ident),*]) => { $( scalar_binary_declared!(@$form $op); )* };
+    (@scalars $op:ty) => { scalar_binary!($op); };
+    (@$other:ident $op:ty) => {};
+}
+crate::primitives::declared::for_each_elementwise_binary!(scalar_binary_declared);
 
 /// Reductions of a scalar: `sum` and `mean` are the identity, `norm_squared` is `x²`.
 macro_rules! scalar_identity {

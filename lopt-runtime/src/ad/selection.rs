@@ -16,55 +16,6 @@ use super::pointwise::{Pointwise, Pointwise2};
 use super::shape::shape_panic;
 use crate::scalar::{Mask as _, Real};
 
-macro_rules! comparison {
-    ($op:ty, $name:literal, $cmp:ident) => {
-        impl<S: Real> Pointwise2<S> for $op {
-            const NAME: &'static str = $name;
-            #[inline(always)]
-            fn f(a: S, b: S) -> S {
-                S::select(a.$cmp(b), S::one(), S::zero())
-            }
-            #[inline(always)]
-            fn da(_a: S, _b: S, _y: S, _t: S) -> S {
-                S::zero()
-            }
-            #[inline(always)]
-            fn db(_a: S, _b: S, _y: S, _t: S) -> S {
-                S::zero()
-            }
-        }
-    };
-}
-comparison!(op::Gt, "a > b", gt);
-comparison!(op::Ge, "a >= b", ge);
-comparison!(op::Lt, "a < b", lt);
-comparison!(op::Le, "a <= b", le);
-
-/// `ln(e^a + e^b)`, computed as `max(a, b) + ln(1 + e^-|a - b|)`: no overflow, `-∞` for
-/// two `-∞`, `+∞` for two `+∞`, NaN for a NaN operand. The partial derivatives are
-/// `e^(a - y)` and `e^(b - y)` (each in `[0, 1]`, summing to 1; ½ each at `a = b`), which
-/// is `jnp.logaddexp`'s rule; like it, they are NaN at `a = b = -∞`. `exp` and `ln_1p`
-/// run lane by lane on packets (`f32`'s functions), so lanes equal separate `f32` runs.
-impl<S: Real> Pointwise2<S> for op::LogAddExp {
-    const NAME: &'static str = "logaddexp(a, b)";
-    #[inline(always)]
-    fn f(a: S, b: S) -> S {
-        let m = <op::Max as Pointwise2<S>>::f(a, b);
-        let d = -(a - b).abs();
-        // `d` is NaN for equal infinities: the sum is then the maximum itself.
-        let tail = (d.per_lane(f32::exp, f64::exp)).per_lane(f32::ln_1p, f64::ln_1p);
-        m + S::select(d.le(S::zero()), tail, S::zero())
-    }
-    #[inline(always)]
-    fn da(a: S, _b: S, y: S, t: S) -> S {
-        (a - y).per_lane(f32::exp, f64::exp) * t
-    }
-    #[inline(always)]
-    fn db(_a: S, b: S, y: S, t: S) -> S {
-        (b - y).per_lane(f32::exp, f64::exp) * t
-    }
-}
-
 /// The op of `clip(x, lo, hi)` (`jnp.clip(x, lo, hi)`): `min(max(x, lo), hi)`, with the
 /// bounds non-differentiated scalars.
 ///

@@ -1,6 +1,6 @@
 //! `log_softmax`, `log_sum_exp` and `softmax_cross_entropy`, computed stably (the max is
 //! subtracted before exponentiating, so logits of any magnitude stay finite), with the
-//! vectorizable `exp` of `exp.rs`.
+//! vectorizable `exp` of `kernels/vecmath.rs`.
 //!
 //! A matrix holds one example per row. Rows are strided in column-major storage, so each
 //! kernel sweeps whole columns and keeps one accumulator per row: contiguous, vectorized

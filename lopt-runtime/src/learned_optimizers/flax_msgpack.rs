@@ -39,61 +39,8 @@ const EXT_COMPLEX: i8 = 2;
 /// msgpack extension code of a NumPy scalar in flax.
 const EXT_NPSCALAR: i8 = 3;
 
-/// What is wrong with a flax msgpack file or with the tree read from it.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum FlaxMsgpackError {
-    /// The bytes end inside a value (a truncated file) or are not msgpack.
-    Malformed(String),
-    /// Bytes remain after the top-level value.
-    TrailingBytes(usize),
-    /// A msgpack extension type flax does not use, or one lopt does not read (complex).
-    UnsupportedExt(i8),
-    /// An array dtype lopt does not read.
-    UnsupportedDtype(String),
-    /// An array whose payload is malformed (wrong triple, or bytes not matching the shape).
-    BadArray(String),
-    /// A map key that is not a string, or another value flax state dicts do not hold.
-    Unexpected(String),
-    /// A name θ needs is missing from the tree.
-    Missing(String),
-    /// A leaf of θ has another shape than the optimizer's configuration implies.
-    Shape {
-        /// The leaf's path.
-        path: String,
-        /// The shape required.
-        expected: Vec<usize>,
-        /// The shape found.
-        got: Vec<usize>,
-    },
-}
-
-impl fmt::Display for FlaxMsgpackError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FlaxMsgpackError::Malformed(s) => write!(f, "not flax msgpack or truncated: {s}"),
-            FlaxMsgpackError::TrailingBytes(n) => write!(f, "{n} bytes after the top value"),
-            FlaxMsgpackError::UnsupportedExt(c) => write!(f, "unsupported msgpack ext type {c}"),
-            FlaxMsgpackError::UnsupportedDtype(d) => write!(f, "unsupported array dtype {d}"),
-            FlaxMsgpackError::BadArray(s) => write!(f, "malformed array: {s}"),
-            FlaxMsgpackError::Unexpected(s) => write!(f, "unexpected value: {s}"),
-            FlaxMsgpackError::Missing(p) => write!(f, "no entry `{p}`"),
-            FlaxMsgpackError::Shape {
-                path,
-                expected,
-                got,
-            } => write!(f, "`{path}` has shape {got:?}, expected {expected:?}"),
-        }
-    }
-}
-
-impl std::error::Error for FlaxMsgpackError {}
-
-impl From<FlaxMsgpackError> for Error {
-    fn from(e: FlaxMsgpackError) -> Error {
-        Error::Data(format!("flax msgpack: {e}"))
-    }
-}
+/// What is wrong with a flax msgpack file (defined beside [`Error`], which holds it).
+pub use crate::error::FlaxMsgpackError;
 
 /// The elements of an array, in C order, by dtype.
 #[derive(Debug, Clone, PartialEq)]

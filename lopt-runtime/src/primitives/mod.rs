@@ -4,33 +4,57 @@
 //! (`exp(x)`, `x.tanh()`, `max(a, b)`, ...). [`declared`] (the file
 //! `lopt-runtime/src/primitives/declared.rs`) holds every one of them:
 //!
-//! - an **elementwise unary** primitive is one entry of `declare_elementwise!`: its name,
-//!   its marker type, its value and its pointwise derivative `f'(x) t` (given `y = f(x)`),
-//!   both over any [`Real`], so one entry is its rules for scalars, every nalgebra matrix
-//!   and vector, and lanes of task instances ([`Lanes`](crate::lanes::Lanes)). Where the
-//!   lanes must compute something else than the generic code (a function `Real` does not
-//!   have), the value says so with [`Real::per_lane`]. Both derivative modes follow from
-//!   the one derivative ([`Pointwise`]). The entry also makes the plain function in
-//!   [`crate::ops`] and the marker in [`crate::ad::op`].
-//! - other primitives (reductions, binary operations, primitives with a non-differentiated
-//!   argument) are named in the same file with the rules they map to; their rules live in
-//!   `ad/` (`reduce.rs`, `elementwise.rs`, `softmax.rs`, `matmul.rs`).
+//! - an **elementwise unary** primitive is one entry of the `elementwise_unary` section of
+//!   `declare_primitives!`: its name, its marker type, its value and its pointwise
+//!   derivative `f'(x) t` (given `y = f(x)`), both over any [`Real`], so one entry is its
+//!   rules for scalars, every nalgebra matrix and vector, and lanes of task instances
+//!   ([`Lanes`](crate::lanes::Lanes)). Where the lanes must compute something else than
+//!   the generic code (a function `Real` does not have), the value says so with
+//!   [`Real::per_lane`]. Both derivative modes follow from the one derivative
+//!   ([`Pointwise`]). The entry also makes the plain function in [`crate::ops`] and the
+//!   marker in [`crate::ad::op`].
+//! - an **elementwise binary** primitive (`max`, `logaddexp`, and the operators `+`, `-`,
+//!   `*`, `/`, the comparisons) is one entry of the `elementwise_binary` section: its name
+//!   (`_` for an operator), its marker, its value and both partial derivatives over any
+//!   [`Real`], and the operand shapes it takes (`on: [scalars, matrices, matrix_scalar,
+//!   scalar_matrix, bias]`); `ad/pointwise.rs` and `ad/elementwise.rs` lift it to each.
+//! - other primitives (reductions, products, concatenation, primitives with a
+//!   non-differentiated argument) are named in the same file with the rules they map to;
+//!   their rules live in `ad/` (`reduce.rs`, `softmax.rs`, `matmul.rs`, `slice.rs`, ...).
 //!
-//! The `#[task]` macro holds no list of its own: its build script reads the names and
-//! kinds of `declared.rs`, so adding an entry there is all it takes for a loss to call it;
+//! The `#[task]` macros hold no list of their own: the declarations also make the
+//! runtime's `__with_primitives!`, which hands the macro crate every name and kind while
+//! it expands an item, so adding an entry there is all it takes for a loss to call it;
 //! its test goes in `tests/primitives.rs` (grad-checked against finite differences of
-//! separately written `f64` code, and its lanes against separate `f32` runs). Two files.
+//! separately written `f64` code, and its lanes against separate `f32` runs). Two code
+//! files; `tests/language_reference.rs` then asks for its row in the README's table and
+//! in `lopt::language`.
 //!
 //! # Adding a primitive
 //!
 //! ```text
-//! declare_elementwise! {
+//! declare_primitives! {
+//!     elementwise_unary {
+//!         ...
+//!         /// Arctangent, elementwise.
+//!         atan => Atan(x, y, t) {
+//!             value: x.per_lane(f32::atan, f64::atan),
+//!             derivative: t / (S::one() + x * x),
+//!         },
+//!     }
+//!     elementwise_binary {
+//!         ...
+//!         /// Elementwise minimum; at ties the derivative goes to `a`.
+//!         Min(a, b, y, t) {
+//!             function: min,
+//!             written: "a.min(b)",
+//!             on: [scalars, matrices, matrix_scalar, scalar_matrix],
+//!             value: S::select(a.le(b), a, S::select(a.gt(b), b, a + b)),
+//!             da: S::select(a.le(b), t, S::zero()),
+//!             db: S::select(a.le(b), S::zero(), t),
+//!         },
+//!     }
 //!     ...
-//!     /// Arctangent, elementwise.
-//!     atan => Atan(x, y, t) {
-//!         value: x.per_lane(f32::atan, f64::atan),
-//!         derivative: t / (S::one() + x * x),
-//!     },
 //! }
 //! ```
 //!
@@ -66,6 +90,7 @@
 //! counterpart of `jax.custom_vjp`); see `examples/custom_primitive.rs`.
 
 pub mod declared;
+pub mod functions;
 
 use nalgebra::allocator::Allocator;
 use nalgebra::{DefaultAllocator, Dim, OMatrix};

@@ -1,7 +1,7 @@
 //! The primitives of the loss language as plain functions, for hand-written code.
 //!
 //! They are declared, with their rules, in [`crate::primitives`]; this module gathers
-//! their functions.
+//! their functions. Its path is [`crate::ops`] (`lopt::ops`), re-exported from here.
 //!
 //! Each function evaluates the same rule the `#[task]` macro calls for its value path,
 //! so a hand-written loss that uses them computes exactly what the generated code does.
@@ -25,6 +25,7 @@
 use crate::ad::{op, Unary};
 
 pub use crate::primitives::declared::binary_functions::*;
+pub use crate::primitives::declared::elementwise_binary_functions::*;
 pub use crate::primitives::declared::functions::*;
 pub use crate::primitives::declared::unary_functions::*;
 
