@@ -81,7 +81,11 @@ fn meta_train<L: LearnedOptimizer>(
 #[test]
 fn adafac_mlp_lopt_meta_trains_with_pes() {
     let lopt = AdafacMlpLOpt::default();
-    let (before, after) = meta_train(&lopt, lopt.init(Key::new(0)), 100, 0.1);
+    // At 0.1 a rounding-level change to the update (the time features folded into the
+    // first layer's bias) sent θ, after 67 outer steps, where every inner run diverges:
+    // the estimate is zero from there on. At 0.05 the held-out loss fell to 5.7 and, with
+    // the outer keys 3, 4 and 5, to 11.7, 13.0 and 11.6 (the bound is 15.7).
+    let (before, after) = meta_train(&lopt, lopt.init(Key::new(0)), 100, 0.05);
     eprintln!("AdafacMlpLOpt held-out loss {before:.4} -> {after:.4}");
     assert!(after < 0.8 * before, "{before} -> {after}");
 }
