@@ -20,7 +20,10 @@
 //! (12 independent AVX2 accumulators) timed as one of the interleaved cases, so that it
 //! sees the machine's load as they do; everything here runs on one thread. The
 //! `part.c103.*` cases time the pieces of the largest layer's gradient alone (im2col,
-//! col2im, the forward product, `dW = Pᵀ·G`, `dP = G·Wᵀ`).
+//! col2im, the forward product, `dW = Pᵀ·G`, `dP = G·Wᵀ`), and the fused rule's forward
+//! and reverse (`fused_fwd`, `fused_vjp`: `ad::conv::im2col_mul`, blocks of patches,
+//! on the thread pool). `BENCH_CLOCK=cpu` times process CPU time instead of wall time
+//! (with `RAYON_NUM_THREADS=1`, a case's single-core efficiency on a loaded machine).
 //!
 //! The JAX side: `scripts/jax/bench_primitives.py` (same ids, `jit(value_and_grad)`).
 
@@ -30,7 +33,7 @@ use std::time::Duration;
 
 use common::{keep, Case};
 use lopt::ad::attention::AttentionGeometry;
-use lopt::ad::conv::{Conv2dGeometry, Padding};
+use lopt::ad::conv::{im2col_mul, Conv2dGeometry, Padding};
 use lopt::kernels::gemm::{gemm, MatRef};
 use lopt::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -247,6 +250,10 @@ fn main() {
         let mut dp = vec![0.0f32; m * k];
         let mm = 2.0 * (m * k * co) as f64;
         for (part, f) in [
+            ("fused_fwd", mm),
+            ("fused_vjp", 2.0 * mm),
+            ("fused_vjp_dw", mm),
+            ("fused_vjp_dx", mm),
             ("fwd", mm),
             ("dw", mm),
             ("dp", mm),
@@ -265,6 +272,22 @@ fn main() {
             w.clone(),
             w.clone(),
         );
+        let (x3, x4, w4, w5, gy4) = (x.clone(), x.clone(), w.clone(), w.clone(), gy.clone());
+        cases.push(Case::new("part.c103.fused_fwd", move || {
+            keep(im2col_mul(&x3, &w4, &g, &[true, true]));
+        }));
+        cases.push(Case::new("part.c103.fused_vjp", move || {
+            keep(im2col_mul::vjp(&x4, &w5, &g, &[true, true], &gy4));
+        }));
+        for (name, needs) in [
+            ("fused_vjp_dw", [false, true]),
+            ("fused_vjp_dx", [true, false]),
+        ] {
+            let (x, w, gy) = (x.clone(), w.clone(), gy.clone());
+            cases.push(Case::new(format!("part.c103.{name}"), move || {
+                keep(im2col_mul::vjp(&x, &w, &g, &needs, &gy));
+            }));
+        }
         cases.push(Case::new("part.c103.im2col", move || {
             keep(g.im2col(&x2));
         }));

@@ -580,8 +580,13 @@ impl Conv2dGeometry {
                             continue;
                         }
                         let start = (n * self.height + h) * self.width + lo * sw + j - pl;
-                        for (t, s) in src[lo..hi].iter().enumerate() {
-                            *dst.add(start + t * sw) += *s;
+                        if sw == 1 {
+                            let d = std::slice::from_raw_parts_mut(dst.add(start), hi - lo);
+                            d.iter_mut().zip(&src[lo..hi]).for_each(|(d, s)| *d += *s);
+                        } else {
+                            for (t, s) in src[lo..hi].iter().enumerate() {
+                                *dst.add(start + t * sw) += *s;
+                            }
                         }
                     }
                 }
@@ -746,6 +751,7 @@ pub mod im2col_mul {
         g.par_chunks(|ci, chunk| {
             let lines = g.block_lines::<S>().min(chunk.1 - chunk.0);
             let mut buf = vec![S::zero(); lines * wo * k];
+            let mut gbuf = vec![S::zero(); lines * wo * n];
             // SAFETY: chunk ci's partial sum is its own k·n elements of `partial`.
             let dw = need_w
                 .then(|| unsafe { std::slice::from_raw_parts_mut(dw_ptr.at(ci * k * n), k * n) });
@@ -753,7 +759,13 @@ pub mod im2col_mul {
             for (l0, l1) in g.blocks::<S>(chunk) {
                 let rows = (l1 - l0) * wo;
                 let p = &mut buf[..rows * k];
-                let gb = MatRef::new(&gs[l0 * wo..], rows, n, 1, m).expect("block of G");
+                // The block's rows of G, contiguous: read in place, its columns lie
+                // a whole G apart and fall on the same cache sets.
+                let gblock = &mut gbuf[..rows * n];
+                for (c, col) in gblock.chunks_exact_mut(rows).enumerate() {
+                    col.copy_from_slice(&gs[c * m + l0 * wo..c * m + l0 * wo + rows]);
+                }
+                let gb = MatRef::col_major(&*gblock, rows, n).expect("block of G");
                 if let Some(dw) = dw.as_deref_mut() {
                     g.im2col_lines(x.as_slice(), (l0, l1), p);
                     let pv = MatRef::col_major(&*p, rows, k).expect("block shape");
