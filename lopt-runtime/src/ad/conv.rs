@@ -430,7 +430,16 @@ impl<S: Real> Unary<GlobalMeanPool> for DMatrix<S> {
     }
     fn vjp(&self, op: &GlobalMeanPool, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
         let inv = S::from_f64(1.0 / op.0 as f64);
-        DMatrix::from_fn(self.nrows(), self.ncols(), |r, c| g[(r / op.0, c)] * inv)
+        let mut dx = DMatrix::<S>::zeros(self.nrows(), self.ncols());
+        // Column by column, each image's positions get its cotangent over their count.
+        for (dst, src) in dx
+            .as_mut_slice()
+            .chunks_exact_mut(op.0)
+            .zip(g.as_slice().iter())
+        {
+            dst.fill(*src * inv);
+        }
+        dx
     }
 }
 
@@ -479,6 +488,17 @@ const BLOCK_BYTES: usize = 192 << 10;
 /// never on the number of threads, so results are the same on any number of them.
 const MAX_CHUNKS: usize = 8;
 
+/// A run of one patch column (offsets into the block's column) in
+/// [`Conv2dGeometry::shifted_runs`].
+enum Span {
+    /// Padding rows: zeros.
+    Zero(std::ops::Range<usize>),
+    /// Patch elements `.0` read the input elements `.1` of the channel's plane.
+    Copy(std::ops::Range<usize>, std::ops::Range<usize>),
+    /// One element whose input lies outside its image row: zero.
+    Edge(usize),
+}
+
 /// A pointer shared by the threads of one convolution, each writing rows no other
 /// touches.
 #[derive(Clone, Copy)]
@@ -516,6 +536,20 @@ impl Conv2dGeometry {
     /// The patches of output lines `l0..l1` into `buf`: `(l1 − l0)·out_w` rows, one
     /// column per patch element, column-major (padding written as zeros).
     fn im2col_lines<S: Real>(&self, x: &[S], (l0, l1): (usize, usize), buf: &mut [S]) {
+        if self.rows_follow_input() {
+            let rows = (l1 - l0) * self.width;
+            return self.shifted_runs((l0, l1), false, |col, c, span| {
+                let dst_col = &mut buf[col * rows..(col + 1) * rows];
+                let src = &x[c * self.in_rows()..(c + 1) * self.in_rows()];
+                match span {
+                    Span::Zero(r) => dst_col[r].fill(S::zero()),
+                    Span::Copy(dst, from) => {
+                        dst_col[dst].copy_from_slice(&src[from]);
+                    }
+                    Span::Edge(at) => dst_col[at] = S::zero(),
+                }
+            });
+        }
         let (ho, wo) = self.out_hw();
         let (pt, pl) = self.pads();
         let (sh, sw) = self.stride;
@@ -558,7 +592,26 @@ impl Conv2dGeometry {
     /// # Safety
     /// `dx` is valid for `in_rows · channels` elements, and no other thread touches the
     /// input rows of the images of lines `l0..l1` meanwhile.
-    unsafe fn col2im_lines<S: Real>(&self, buf: &[S], (l0, l1): (usize, usize), dx: Shared<S>) {
+    unsafe fn col2im_lines<S: Real>(&self, buf: &mut [S], (l0, l1): (usize, usize), dx: Shared<S>) {
+        if self.rows_follow_input() {
+            let rows = (l1 - l0) * self.width;
+            return self.shifted_runs((l0, l1), true, |col, c, span| {
+                let src_col = &mut buf[col * rows..(col + 1) * rows];
+                match span {
+                    Span::Zero(_) => {}
+                    // An element read from outside its image row: it must not be added
+                    // (the contiguous run below would add it to a neighbouring row).
+                    Span::Edge(at) => src_col[at] = S::zero(),
+                    Span::Copy(from, to) => {
+                        let d = std::slice::from_raw_parts_mut(
+                            dx.at(c * self.in_rows() + to.start),
+                            to.len(),
+                        );
+                        d.iter_mut().zip(&src_col[from]).for_each(|(d, s)| *d += *s);
+                    }
+                }
+            });
+        }
         let (ho, wo) = self.out_hw();
         let (pt, pl) = self.pads();
         let (sh, sw) = self.stride;
@@ -588,6 +641,87 @@ impl Conv2dGeometry {
                                 *dst.add(start + t * sw) += *s;
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether output rows are input rows (stride 1 and as many outputs as inputs, as
+    /// `SAME` at stride 1): then the patch column of window element `(i, j)` over a run of
+    /// output lines is one contiguous run of the input, shifted, with the elements that
+    /// fall outside their image row set to zero.
+    fn rows_follow_input(&self) -> bool {
+        self.stride == (1, 1) && self.out_hw() == (self.height, self.width)
+    }
+
+    /// For [`rows_follow_input`](Self::rows_follow_input) geometries: the runs making the
+    /// patch columns of lines `l0..l1`, as `f(column, channel, span)` calls; each `Copy`
+    /// comes before the `Edge`s inside it, or after them when `edges_first`.
+    fn shifted_runs(
+        &self,
+        (l0, l1): (usize, usize),
+        edges_first: bool,
+        mut f: impl FnMut(usize, usize, Span),
+    ) {
+        let (ho, w) = (self.height, self.width);
+        let (pt, pl) = self.pads();
+        let plane = self.in_rows() as isize;
+        for i in 0..self.kh {
+            for j in 0..self.kw {
+                let shift = j as isize - pl as isize;
+                for c in 0..self.channels {
+                    let col = (i * self.kw + j) * self.channels + c;
+                    let mut l = l0;
+                    while l < l1 {
+                        let n = l / ho;
+                        let end = ((n + 1) * ho).min(l1);
+                        // Lines of image n in the block: oh in a..b; valid where
+                        // 0 <= oh + i - pt < H.
+                        let (a, b) = (l - n * ho, end - n * ho);
+                        let va = a.max(pt.saturating_sub(i)).min(b);
+                        let vb = b.min((ho + pt).saturating_sub(i)).max(va);
+                        let at = |oh: usize| (n * ho + oh - l0) * w;
+                        if va > a {
+                            f(col, c, Span::Zero(at(a)..at(va)));
+                        }
+                        if vb < b {
+                            f(col, c, Span::Zero(at(vb)..at(b)));
+                        }
+                        if vb > va {
+                            // Source of the first element: input row (n, va + i − pt),
+                            // column `shift`; clipped to the channel's plane.
+                            let s0 = ((n * ho + va + i - pt) * w) as isize + shift;
+                            let len = ((vb - va) * w) as isize;
+                            let lo = (-s0).clamp(0, len);
+                            let hi = (plane - s0).clamp(lo, len);
+                            let d0 = at(va) as isize;
+                            let copy = Span::Copy(
+                                (d0 + lo) as usize..(d0 + hi) as usize,
+                                (s0 + lo) as usize..(s0 + hi) as usize,
+                            );
+                            let mut edges = |f: &mut dyn FnMut(usize, usize, Span)| {
+                                for oh in va..vb {
+                                    let row = at(oh);
+                                    let cols = if shift < 0 {
+                                        0..(shift.unsigned_abs()).min(w)
+                                    } else {
+                                        w.saturating_sub(shift as usize)..w
+                                    };
+                                    for e in cols {
+                                        f(col, c, Span::Edge(row + e));
+                                    }
+                                }
+                            };
+                            if edges_first {
+                                edges(&mut f);
+                                f(col, c, copy);
+                            } else {
+                                f(col, c, copy);
+                                edges(&mut f);
+                            }
+                        }
+                        l = end;
                     }
                 }
             }
