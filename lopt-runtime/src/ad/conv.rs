@@ -700,7 +700,7 @@ impl Conv2dGeometry {
                                 (d0 + lo) as usize..(d0 + hi) as usize,
                                 (s0 + lo) as usize..(s0 + hi) as usize,
                             );
-                            let mut edges = |f: &mut dyn FnMut(usize, usize, Span)| {
+                            let edges = |f: &mut dyn FnMut(usize, usize, Span)| {
                                 for oh in va..vb {
                                     let row = at(oh);
                                     let cols = if shift < 0 {
@@ -823,6 +823,7 @@ pub mod im2col_mul {
     use super::*;
 
     /// The value and its tangent `conv(dx, w) + conv(x, dw)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn jvp<S: Real>(
         x: &DMatrix<S>,
         w: &DMatrix<S>,
