@@ -1211,9 +1211,10 @@ mod tests {
 
     /// The fused `im2col(x)·w` against the convolution's definition, and its reverse
     /// rule against the patches' rules (`col2im(G·Wᵀ)`, `im2col(x)ᵀ·G`, themselves tested
-    /// above) in f64. Mutations tried: a block's first line taken as the chunk's first
-    /// (fails the value), the last block of an image dropped, a partial kernel gradient
-    /// left out of the sum, and `col2im_lines` adding at stride 1 when the stride is 2.
+    /// above) in f64. Mutations tried, each fails: the last (partial) block of a chunk
+    /// dropped; a chunk's partial kernel gradient left out of the sum; `col2im_lines`
+    /// adding at stride 1 when the stride is 2; the shifted runs' edge elements not
+    /// zeroed in im2col, or zeroed after (not before) their run is added in col2im.
     #[test]
     fn fused_convolution_matches_the_definition_and_the_patch_rules() {
         for (k, g) in blocked_geometries().into_iter().enumerate() {
