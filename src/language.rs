@@ -99,6 +99,7 @@
 //! | `relu(a + b)` | `AddRelu`: no `a + b` intermediate, the mask read off the output |
 //! | `sum(square(x))` | `NormSquared`: no squared intermediate |
 //! | `mean(softmax_cross_entropy(z, labels))` | `MeanSoftmaxCrossEntropy`: the loss sweep also makes the gradient, kept for the reverse sweep |
+//! | `im2col(x, &g) * w` | `ad::conv::im2col_mul`: the convolution formed a cache-sized block of patches at a time (no patch matrix), chunks of images on the thread pool; the reverse rule skips the product of an undifferentiated `x` or `w` |
 //!
 //! Matrix products run on the project's GEMM (`f32`, `f64` and lanes); elementwise rules
 //! write cotangents into the buffer of the output cotangent they replace.

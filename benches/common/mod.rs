@@ -48,30 +48,53 @@ pub struct Summary {
     pub n: usize,
 }
 
+/// Seconds on the benchmark's clock: wall time, or with `BENCH_CLOCK=cpu` the CPU time
+/// of the whole process (all threads; on a loaded machine it leaves out the time the
+/// process waits for a core, so it measures a single-threaded case's efficiency).
+fn clock() -> f64 {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *CPU.get_or_init(|| std::env::var("BENCH_CLOCK").is_ok_and(|v| v == "cpu")) {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, t: *mut Timespec) -> i32;
+        }
+        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+        let mut t = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `t` is a valid timespec to write.
+        unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+        return t.sec as f64 + t.nsec as f64 * 1e-9;
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
 /// Runs the cases interleaved: calibrate each to about `target` per sample, warm up, then
 /// `rounds` rounds in which every case takes one sample. Prints one line per case.
 pub fn run(cases: &mut [Case<'_>], rounds: usize, target: Duration) -> Vec<Summary> {
     for c in cases.iter_mut() {
         // Warm up and calibrate.
-        let t = Instant::now();
+        let t = clock();
         (c.run)();
-        let mut one = t.elapsed().as_secs_f64().max(1e-9);
-        let t = Instant::now();
+        let mut one = (clock() - t).max(1e-9);
+        let t = clock();
         let k = ((0.02 / one).ceil() as u64).clamp(1, 1_000_000);
         for _ in 0..k {
             (c.run)();
         }
-        one = t.elapsed().as_secs_f64() / k as f64;
+        one = (clock() - t) / k as f64;
         c.reps = ((target.as_secs_f64() / one).ceil() as u64).max(1);
     }
     for _ in 0..rounds {
         for c in cases.iter_mut() {
-            let t = Instant::now();
+            let t = clock();
             for _ in 0..c.reps {
                 (c.run)();
             }
-            c.samples
-                .push(t.elapsed().as_secs_f64() / (c.reps as f64 * c.units));
+            c.samples.push((clock() - t) / (c.reps as f64 * c.units));
         }
     }
     cases

@@ -15,7 +15,8 @@
 //! Activations are matrices of one row per pixel (`n·H·W + h·W + w`) and one column per
 //! channel ([`pixel_rows`] turns an [`ImageBatch`] into that layout); a kernel
 //! `[3, 3, C_in, C_out]` is the matrix of `9·C_in` rows, row `(i·3 + j)·C_in + c`, so a
-//! convolution is `im2col(x, &geometry) * w + b` (see `lopt::ad::conv`).
+//! convolution is `im2col(x, &geometry) * w + b` (see `lopt::ad::conv`; `#[task]` makes
+//! `im2col(x, &g) * w` one rule that never builds the patch matrix).
 //!
 //! Depth is part of the type (the parameter structure is fixed per type):
 //! [`ConvTask<2>`] has parameters [`Conv2`], [`ConvTask<3>`] has [`Conv3`].

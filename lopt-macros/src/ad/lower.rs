@@ -756,6 +756,10 @@ impl<'a> Lowerer<'a> {
             {
                 Ok(self.lower_mask(e, out)?.0)
             }
+            Expr::Binary(b) if matches!(b.op, BinOp::Mul(_)) && im2col_args(&b.left).is_some() => {
+                let (x, g) = im2col_args(&b.left).expect("checked");
+                self.conv_product(x, g, &b.right, out)
+            }
             Expr::Binary(b) => {
                 let op = match b.op {
                     BinOp::Add(_) => "Add",
@@ -1089,6 +1093,46 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// `im2col(x, g) * w` as one rule (`ad::conv::im2col_mul`): the convolution formed a
+    /// block of patches at a time, without the patch matrix, and told which of `x` and
+    /// `w` are differentiated.
+    fn conv_product(&mut self, x: &Expr, g: &Expr, w: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
+        if self.mentions_active(g) {
+            return err(
+                g,
+                "the second argument of `im2col` is data and cannot be differentiated",
+            );
+        }
+        let x = self.lower_expr(x, out)?;
+        let w = self.lower_expr(w, out)?;
+        let data = self.rewrite_passive(strip_ref(g));
+        let g = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(quote!(&(#data))));
+        let (nx, nw) = (
+            self.vars[x].kind == Kind::Active,
+            self.vars[w].kind == Kind::Active,
+        );
+        let needs = self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!([#nx, #nw])),
+        );
+        let arg = |var, by_ref| CallArg {
+            var,
+            by_ref,
+            is_ref_value: false,
+        };
+        Ok(self.def(
+            out,
+            Kind::Active,
+            Access::Owned,
+            Rhs::Call {
+                func: syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul),
+                args: vec![arg(x, true), arg(w, true), arg(g, false), arg(needs, true)],
+            },
+        ))
+    }
+
     /// `op(logits, labels)` for a cross-entropy op `op` (`new(&[i32])`).
     fn cross_entropy(
         &mut self,
@@ -1296,6 +1340,22 @@ fn cross_entropy_args(e: &Expr) -> Option<(&Expr, &Expr)> {
         }
         Expr::Paren(p) => cross_entropy_args(&p.expr),
         Expr::Group(g) => cross_entropy_args(&g.expr),
+        _ => None,
+    }
+}
+
+/// `(x, geometry)` when `e` is `im2col(x, geometry)` (the builtin, as `lower_call`
+/// resolves it), in parentheses or not.
+fn im2col_args(e: &Expr) -> Option<(&Expr, &Expr)> {
+    match e {
+        Expr::Call(c) if c.args.len() == 2 => match &*c.func {
+            Expr::Path(p) if p.qself.is_none() && is_builtin_path(&p.path, "im2col") => {
+                Some((&c.args[0], &c.args[1]))
+            }
+            _ => None,
+        },
+        Expr::Paren(p) => im2col_args(&p.expr),
+        Expr::Group(g) => im2col_args(&g.expr),
         _ => None,
     }
 }

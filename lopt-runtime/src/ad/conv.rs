@@ -18,6 +18,7 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
 use crate::kernels::alloc::{recycle, zeroed};
+use crate::kernels::gemm::{gemm, MatRef};
 use crate::scalar::Real;
 
 use super::Unary;
@@ -429,7 +430,16 @@ impl<S: Real> Unary<GlobalMeanPool> for DMatrix<S> {
     }
     fn vjp(&self, op: &GlobalMeanPool, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
         let inv = S::from_f64(1.0 / op.0 as f64);
-        DMatrix::from_fn(self.nrows(), self.ncols(), |r, c| g[(r / op.0, c)] * inv)
+        let mut dx = DMatrix::<S>::zeros(self.nrows(), self.ncols());
+        // Column by column, each image's positions get its cotangent over their count.
+        for (dst, src) in dx
+            .as_mut_slice()
+            .chunks_exact_mut(op.0)
+            .zip(g.as_slice().iter())
+        {
+            dst.fill(*src * inv);
+        }
+        dx
     }
 }
 
@@ -466,6 +476,454 @@ impl<S: Real> Unary<Im2col<'_>> for DMatrix<S> {
 /// a `kh·kw·C_in × C_out` matrix.
 pub fn im2col<S: Real>(x: &DMatrix<S>, geometry: &Conv2dGeometry) -> DMatrix<S> {
     geometry.im2col(x)
+}
+
+/// Bytes of one block of patches in [`im2col_mul`]: about half this core's L2, so that a
+/// block, the kernel and the block's output stay in cache between forming the patches
+/// and multiplying them.
+const BLOCK_BYTES: usize = 192 << 10;
+
+/// At most this many chunks of images per convolution: the unit of work of the threads
+/// and of the kernel gradient's partial sums. The chunks depend on the geometry only,
+/// never on the number of threads, so results are the same on any number of them.
+const MAX_CHUNKS: usize = 8;
+
+/// A run of one patch column (offsets into the block's column) in
+/// [`Conv2dGeometry::shifted_runs`].
+enum Span {
+    /// Padding rows: zeros.
+    Zero(std::ops::Range<usize>),
+    /// Patch elements `.0` read the input elements `.1` of the channel's plane.
+    Copy(std::ops::Range<usize>, std::ops::Range<usize>),
+    /// One element whose input lies outside its image row: zero.
+    Edge(usize),
+}
+
+/// A pointer shared by the threads of one convolution, each writing rows no other
+/// touches.
+#[derive(Clone, Copy)]
+struct Shared<S>(*mut S);
+// SAFETY: the threads write disjoint elements (rows of their own images) and the owner
+// reads the buffer only after they have all joined.
+unsafe impl<S: Send> Send for Shared<S> {}
+unsafe impl<S: Send> Sync for Shared<S> {}
+
+impl<S> Shared<S> {
+    /// The pointer (a method, so that closures capture the whole `Shared`).
+    fn at(self, offset: usize) -> *mut S {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl Conv2dGeometry {
+    /// Output lines per block of patches (at least one); line `n·out_h + oh` holds the
+    /// outputs of row `oh` of image `n`.
+    fn block_lines<S>(&self) -> usize {
+        let line = self.out_hw().1 * self.patch_len() * std::mem::size_of::<S>();
+        (BLOCK_BYTES / line.max(1)).max(1)
+    }
+
+    /// The chunks of output lines, whole images each (see [`MAX_CHUNKS`]).
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        let ho = self.out_hw().0;
+        let per = self.batch.div_ceil(MAX_CHUNKS.min(self.batch));
+        (0..self.batch)
+            .step_by(per)
+            .map(|n| (n * ho, (n + per).min(self.batch) * ho))
+            .collect()
+    }
+
+    /// The patches of output lines `l0..l1` into `buf`: `(l1 − l0)·out_w` rows, one
+    /// column per patch element, column-major (padding written as zeros).
+    fn im2col_lines<S: Real>(&self, x: &[S], (l0, l1): (usize, usize), buf: &mut [S]) {
+        if self.rows_follow_input() {
+            let rows = (l1 - l0) * self.width;
+            return self.shifted_runs((l0, l1), false, |col, c, span| {
+                let dst_col = &mut buf[col * rows..(col + 1) * rows];
+                let src = &x[c * self.in_rows()..(c + 1) * self.in_rows()];
+                match span {
+                    Span::Zero(r) => dst_col[r].fill(S::zero()),
+                    Span::Copy(dst, from) => {
+                        dst_col[dst].copy_from_slice(&src[from]);
+                    }
+                    Span::Edge(at) => dst_col[at] = S::zero(),
+                }
+            });
+        }
+        let (ho, wo) = self.out_hw();
+        let (pt, pl) = self.pads();
+        let (sh, sw) = self.stride;
+        let (rows, rows_in) = ((l1 - l0) * wo, self.in_rows());
+        for i in 0..self.kh {
+            for j in 0..self.kw {
+                let (lo, hi) = inside(wo, j, pl, sw, self.width);
+                for c in 0..self.channels {
+                    let col = (i * self.kw + j) * self.channels + c;
+                    let dst_col = &mut buf[col * rows..(col + 1) * rows];
+                    let src = &x[c * rows_in..(c + 1) * rows_in];
+                    for (l, dst) in (l0..l1).zip(dst_col.chunks_exact_mut(wo)) {
+                        let (n, oh) = (l / ho, l % ho);
+                        let h = (oh * sh + i).wrapping_sub(pt);
+                        if h >= self.height || lo == hi {
+                            dst.fill(S::zero());
+                            continue;
+                        }
+                        dst[..lo].fill(S::zero());
+                        dst[hi..].fill(S::zero());
+                        let start = (n * self.height + h) * self.width + lo * sw + j - pl;
+                        let run = &mut dst[lo..hi];
+                        if sw == 1 {
+                            run.copy_from_slice(&src[start..start + run.len()]);
+                        } else {
+                            for (d, s) in run.iter_mut().zip(src[start..].iter().step_by(sw)) {
+                                *d = *s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transpose of [`im2col_lines`](Self::im2col_lines): adds the patch cotangents
+    /// of output lines `l0..l1` (`buf`, laid out as the patches) into `dx` (column-major
+    /// `in_rows × channels`).
+    ///
+    /// # Safety
+    /// `dx` is valid for `in_rows · channels` elements, and no other thread touches the
+    /// input rows of the images of lines `l0..l1` meanwhile.
+    unsafe fn col2im_lines<S: Real>(&self, buf: &mut [S], (l0, l1): (usize, usize), dx: Shared<S>) {
+        if self.rows_follow_input() {
+            let rows = (l1 - l0) * self.width;
+            return self.shifted_runs((l0, l1), true, |col, c, span| {
+                let src_col = &mut buf[col * rows..(col + 1) * rows];
+                match span {
+                    Span::Zero(_) => {}
+                    // An element read from outside its image row: it must not be added
+                    // (the contiguous run below would add it to a neighbouring row).
+                    Span::Edge(at) => src_col[at] = S::zero(),
+                    Span::Copy(from, to) => {
+                        let d = std::slice::from_raw_parts_mut(
+                            dx.at(c * self.in_rows() + to.start),
+                            to.len(),
+                        );
+                        d.iter_mut().zip(&src_col[from]).for_each(|(d, s)| *d += *s);
+                    }
+                }
+            });
+        }
+        let (ho, wo) = self.out_hw();
+        let (pt, pl) = self.pads();
+        let (sh, sw) = self.stride;
+        let (rows, rows_in) = ((l1 - l0) * wo, self.in_rows());
+        for i in 0..self.kh {
+            for j in 0..self.kw {
+                let (lo, hi) = inside(wo, j, pl, sw, self.width);
+                if lo == hi {
+                    continue;
+                }
+                for c in 0..self.channels {
+                    let col = (i * self.kw + j) * self.channels + c;
+                    let src_col = &buf[col * rows..(col + 1) * rows];
+                    let dst = dx.at(c * rows_in);
+                    for (l, src) in (l0..l1).zip(src_col.chunks_exact(wo)) {
+                        let (n, oh) = (l / ho, l % ho);
+                        let h = (oh * sh + i).wrapping_sub(pt);
+                        if h >= self.height {
+                            continue;
+                        }
+                        let start = (n * self.height + h) * self.width + lo * sw + j - pl;
+                        if sw == 1 {
+                            let d = std::slice::from_raw_parts_mut(dst.add(start), hi - lo);
+                            d.iter_mut().zip(&src[lo..hi]).for_each(|(d, s)| *d += *s);
+                        } else {
+                            for (t, s) in src[lo..hi].iter().enumerate() {
+                                *dst.add(start + t * sw) += *s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether output rows are input rows (stride 1 and as many outputs as inputs, as
+    /// `SAME` at stride 1): then the patch column of window element `(i, j)` over a run of
+    /// output lines is one contiguous run of the input, shifted, with the elements that
+    /// fall outside their image row set to zero.
+    fn rows_follow_input(&self) -> bool {
+        self.stride == (1, 1) && self.out_hw() == (self.height, self.width)
+    }
+
+    /// For [`rows_follow_input`](Self::rows_follow_input) geometries: the runs making the
+    /// patch columns of lines `l0..l1`, as `f(column, channel, span)` calls; each `Copy`
+    /// comes before the `Edge`s inside it, or after them when `edges_first`.
+    fn shifted_runs(
+        &self,
+        (l0, l1): (usize, usize),
+        edges_first: bool,
+        mut f: impl FnMut(usize, usize, Span),
+    ) {
+        let (ho, w) = (self.height, self.width);
+        let (pt, pl) = self.pads();
+        let plane = self.in_rows() as isize;
+        for i in 0..self.kh {
+            for j in 0..self.kw {
+                let shift = j as isize - pl as isize;
+                for c in 0..self.channels {
+                    let col = (i * self.kw + j) * self.channels + c;
+                    let mut l = l0;
+                    while l < l1 {
+                        let n = l / ho;
+                        let end = ((n + 1) * ho).min(l1);
+                        // Lines of image n in the block: oh in a..b; valid where
+                        // 0 <= oh + i - pt < H.
+                        let (a, b) = (l - n * ho, end - n * ho);
+                        let va = a.max(pt.saturating_sub(i)).min(b);
+                        let vb = b.min((ho + pt).saturating_sub(i)).max(va);
+                        let at = |oh: usize| (n * ho + oh - l0) * w;
+                        if va > a {
+                            f(col, c, Span::Zero(at(a)..at(va)));
+                        }
+                        if vb < b {
+                            f(col, c, Span::Zero(at(vb)..at(b)));
+                        }
+                        if vb > va {
+                            // Source of the first element: input row (n, va + i − pt),
+                            // column `shift`; clipped to the channel's plane.
+                            let s0 = ((n * ho + va + i - pt) * w) as isize + shift;
+                            let len = ((vb - va) * w) as isize;
+                            let lo = (-s0).clamp(0, len);
+                            let hi = (plane - s0).clamp(lo, len);
+                            let d0 = at(va) as isize;
+                            let copy = Span::Copy(
+                                (d0 + lo) as usize..(d0 + hi) as usize,
+                                (s0 + lo) as usize..(s0 + hi) as usize,
+                            );
+                            let edges = |f: &mut dyn FnMut(usize, usize, Span)| {
+                                for oh in va..vb {
+                                    let row = at(oh);
+                                    let cols = if shift < 0 {
+                                        0..(shift.unsigned_abs()).min(w)
+                                    } else {
+                                        w.saturating_sub(shift as usize)..w
+                                    };
+                                    for e in cols {
+                                        f(col, c, Span::Edge(row + e));
+                                    }
+                                }
+                            };
+                            if edges_first {
+                                edges(&mut f);
+                                f(col, c, copy);
+                            } else {
+                                f(col, c, copy);
+                                edges(&mut f);
+                            }
+                        }
+                        l = end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `f(chunk index, lines)` for every chunk, in parallel when there are
+    /// several and the thread pool has more than one thread.
+    fn par_chunks(&self, f: impl Fn(usize, (usize, usize)) + Sync) {
+        let chunks = self.chunks();
+        if chunks.len() > 1 && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            chunks.par_iter().enumerate().for_each(|(k, &c)| f(k, c));
+        } else {
+            for (k, &c) in chunks.iter().enumerate() {
+                f(k, c);
+            }
+        }
+    }
+
+    /// Splits lines `l0..l1` into the blocks of [`block_lines`](Self::block_lines).
+    fn blocks<S>(&self, (l0, l1): (usize, usize)) -> impl Iterator<Item = (usize, usize)> {
+        let step = self.block_lines::<S>();
+        (l0..l1).step_by(step).map(move |l| (l, (l + step).min(l1)))
+    }
+
+    #[track_caller]
+    fn check_kernel<S>(&self, w: &DMatrix<S>) {
+        if w.nrows() != self.patch_len() {
+            panic!(
+                "conv2d: a kernel of shape {:?}, the geometry needs {} rows (kh·kw·C_in, HWIO): {self:?}",
+                w.shape(),
+                self.patch_len()
+            );
+        }
+    }
+
+    /// The convolution `im2col(x) · w` formed a block of patches at a time (no patch
+    /// matrix is built).
+    fn conv_blocked<S: Real>(&self, x: &DMatrix<S>, w: &DMatrix<S>) -> DMatrix<S> {
+        self.check_input(x);
+        self.check_kernel(w);
+        let (m, k, n) = (self.out_rows(), self.patch_len(), w.ncols());
+        let wo = self.out_hw().1;
+        let mut y = zeroed::<S>(m * n);
+        let out = Shared(y.as_mut_ptr());
+        let wv = MatRef::col_major(w.as_slice(), k, n).expect("kernel shape checked");
+        self.par_chunks(|_, chunk| {
+            let lines = self.block_lines::<S>().min(chunk.1 - chunk.0);
+            let mut patches = vec![S::zero(); lines * wo * k];
+            let mut block = vec![S::zero(); lines * wo * n];
+            for (l0, l1) in self.blocks::<S>(chunk) {
+                let rows = (l1 - l0) * wo;
+                let (p, b) = (&mut patches[..rows * k], &mut block[..rows * n]);
+                self.im2col_lines(x.as_slice(), (l0, l1), p);
+                let pv = MatRef::col_major(p, rows, k).expect("block shape");
+                gemm(pv, wv, b, false).expect("block shapes agree");
+                for (c, col) in b.chunks_exact(rows).enumerate() {
+                    // SAFETY: rows l0·wo.. of column c are this block's alone, inside y.
+                    unsafe {
+                        let dst = out.at(c * m + l0 * wo);
+                        std::ptr::copy_nonoverlapping(col.as_ptr(), dst, rows);
+                    }
+                }
+            }
+        });
+        DMatrix::from_vec(m, n, y)
+    }
+}
+
+/// Which arguments of [`im2col_mul`] need a cotangent: `[x, w]`.
+pub type Needs = [bool; 2];
+
+/// `im2col(x, g) · w` in one rule: the convolution of NHWC activations `x` with the HWIO
+/// kernel `w` (`jax.lax.conv_general_dilated`), what `#[task]` makes of
+/// `im2col(x, &g) * w`. It forms the patches a block of output rows at a time in a
+/// cache-sized buffer and multiplies each block at once, so no patch matrix exists; the
+/// reverse rule forms each block again for `dW = Pᵀ·G` and turns `G·Wᵀ` into the input's
+/// cotangent block by block. Images are split into chunks (a function of the geometry
+/// alone) that run on the thread pool.
+///
+/// `needs` says which arguments are differentiated (the reverse rule skips the others'
+/// products).
+///
+/// # Panics
+/// When `x` or `w` does not fit the geometry (the message names the shapes).
+pub fn im2col_mul<S: Real>(
+    x: &DMatrix<S>,
+    w: &DMatrix<S>,
+    g: &Conv2dGeometry,
+    needs: &Needs,
+) -> DMatrix<S> {
+    let _ = needs;
+    g.conv_blocked(x, w)
+}
+
+/// The rules of [`im2col_mul()`] (the convention of `#[differentiable]` functions).
+pub mod im2col_mul {
+    use super::*;
+
+    /// The value and its tangent `conv(dx, w) + conv(x, dw)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn jvp<S: Real>(
+        x: &DMatrix<S>,
+        w: &DMatrix<S>,
+        g: &Conv2dGeometry,
+        _needs: &Needs,
+        dx: Option<&DMatrix<S>>,
+        dw: Option<&DMatrix<S>>,
+        _dg: Option<&Conv2dGeometry>,
+        _dn: Option<&Needs>,
+    ) -> (DMatrix<S>, DMatrix<S>) {
+        let y = g.conv_blocked(x, w);
+        let mut t = match dx {
+            Some(dx) => g.conv_blocked(dx, w),
+            None => DMatrix::zeros(y.nrows(), y.ncols()),
+        };
+        if let Some(dw) = dw {
+            t += g.conv_blocked(x, dw);
+        }
+        (y, t)
+    }
+
+    /// The cotangents of `x` (`col2im(G·Wᵀ)`) and `w` (`im2col(x)ᵀ·G`), each only when
+    /// `needs` asks for it.
+    #[allow(clippy::type_complexity)]
+    pub fn vjp<S: Real>(
+        x: &DMatrix<S>,
+        w: &DMatrix<S>,
+        g: &Conv2dGeometry,
+        needs: &Needs,
+        gy: &DMatrix<S>,
+    ) -> (
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<Conv2dGeometry>,
+        Option<Needs>,
+    ) {
+        let (m, k, n) = (g.out_rows(), g.patch_len(), w.ncols());
+        assert_eq!(
+            gy.shape(),
+            (m, n),
+            "conv2d: a cotangent of the wrong shape for {g:?}"
+        );
+        let [need_x, need_w] = *needs;
+        let wo = g.out_hw().1;
+        let chunks = g.chunks();
+        let mut dx = if need_x {
+            zeroed::<S>(g.in_rows() * g.channels)
+        } else {
+            Vec::new()
+        };
+        let dx_ptr = Shared(dx.as_mut_ptr());
+        let mut partial = if need_w {
+            vec![S::zero(); chunks.len() * k * n]
+        } else {
+            Vec::new()
+        };
+        let dw_ptr = Shared(partial.as_mut_ptr());
+        let wv = MatRef::col_major(w.as_slice(), k, n).expect("kernel shape");
+        let gs = gy.as_slice();
+        g.par_chunks(|ci, chunk| {
+            let lines = g.block_lines::<S>().min(chunk.1 - chunk.0);
+            let mut buf = vec![S::zero(); lines * wo * k];
+            let mut gbuf = vec![S::zero(); lines * wo * n];
+            // SAFETY: chunk ci's partial sum is its own k·n elements of `partial`.
+            let dw = need_w
+                .then(|| unsafe { std::slice::from_raw_parts_mut(dw_ptr.at(ci * k * n), k * n) });
+            let mut dw = dw;
+            for (l0, l1) in g.blocks::<S>(chunk) {
+                let rows = (l1 - l0) * wo;
+                let p = &mut buf[..rows * k];
+                // The block's rows of G, contiguous: read in place, its columns lie
+                // a whole G apart and fall on the same cache sets.
+                let gblock = &mut gbuf[..rows * n];
+                for (c, col) in gblock.chunks_exact_mut(rows).enumerate() {
+                    col.copy_from_slice(&gs[c * m + l0 * wo..c * m + l0 * wo + rows]);
+                }
+                let gb = MatRef::col_major(&*gblock, rows, n).expect("block of G");
+                if let Some(dw) = dw.as_deref_mut() {
+                    g.im2col_lines(x.as_slice(), (l0, l1), p);
+                    let pv = MatRef::col_major(&*p, rows, k).expect("block shape");
+                    gemm(pv.t(), gb, dw, true).expect("block shapes agree");
+                }
+                if need_x {
+                    gemm(gb, wv.t(), p, false).expect("block shapes agree");
+                    // SAFETY: the chunk's images are its own; dx holds in_rows·channels.
+                    unsafe { g.col2im_lines(p, (l0, l1), dx_ptr) };
+                }
+            }
+        });
+        let dw = need_w.then(|| {
+            let mut parts = partial.chunks_exact(k * n);
+            let mut sum = parts.next().expect("one chunk at least").to_vec();
+            for part in parts {
+                sum.iter_mut().zip(part).for_each(|(s, &v)| *s += v);
+            }
+            DMatrix::from_vec(k, n, sum)
+        });
+        let dx = need_x.then(|| DMatrix::from_vec(g.in_rows(), g.channels, dx));
+        (dx, dw, None, None)
+    }
 }
 
 #[cfg(test)]
@@ -735,6 +1193,125 @@ mod tests {
         let u = DMatrix::from_vec(2, 2, normals(4, 8));
         let t = DMatrix::from_vec(6, 2, normals(12, 9));
         assert!((x.vjp(&op, &y, u.clone()).dot(&t) - u.dot(&x.jvp(&op, &y, &t))).abs() < 1e-12);
+    }
+
+    /// Geometries whose chunks hold several images and whose blocks split an image
+    /// (at stride 1 and at stride 2 with SAME's asymmetric pad), besides the small ones.
+    fn blocked_geometries() -> Vec<Conv2dGeometry> {
+        let g =
+            |b, h, c, s| Conv2dGeometry::new((b, h, h, c), (3, 3), (s, s), Padding::Same).unwrap();
+        let mut v = vec![g(9, 20, 16, 1), g(3, 30, 16, 2)];
+        // Check the premise: several blocks per image, several images per chunk.
+        assert!(v[0].block_lines::<f64>() < v[0].out_hw().0);
+        assert!(v[1].block_lines::<f64>() < v[1].out_hw().0);
+        assert!(v[0].chunks().len() > 1 && v[0].chunks()[0].1 > v[0].out_hw().0);
+        v.extend(geometries());
+        v
+    }
+
+    /// The fused `im2col(x)·w` against the convolution's definition, and its reverse
+    /// rule against the patches' rules (`col2im(G·Wᵀ)`, `im2col(x)ᵀ·G`, themselves tested
+    /// above) in f64. Mutations tried, each fails: the last (partial) block of a chunk
+    /// dropped; a chunk's partial kernel gradient left out of the sum; `col2im_lines`
+    /// adding at stride 1 when the stride is 2; the shifted runs' edge elements not
+    /// zeroed in im2col, or zeroed after (not before) their run is added in col2im.
+    #[test]
+    fn fused_convolution_matches_the_definition_and_the_patch_rules() {
+        for (k, g) in blocked_geometries().into_iter().enumerate() {
+            let cout = 5;
+            let xv = normals(g.in_rows() * g.channels, 300 + k as u64);
+            let wv = normals(g.patch_len() * cout, 400 + k as u64);
+            let x = DMatrix::from_fn(g.in_rows(), g.channels, |r, c| xv[r * g.channels + c]);
+            let w = DMatrix::from_fn(g.patch_len(), cout, |r, c| wv[r * cout + c]);
+            let y = im2col_mul(&x, &w, &g, &[true, true]);
+            let want = naive_conv(&xv, &wv, &g, cout);
+            for r in 0..g.out_rows() {
+                for o in 0..cout {
+                    assert!(
+                        (y[(r, o)] - want[r * cout + o]).abs() < 1e-12,
+                        "{g:?} {r} {o}"
+                    );
+                }
+            }
+            let gy = DMatrix::from_vec(
+                g.out_rows(),
+                cout,
+                normals(g.out_rows() * cout, 500 + k as u64),
+            );
+            let p = g.im2col(&x);
+            let (dx, dw, _, _) = im2col_mul::vjp(&x, &w, &g, &[true, true], &gy);
+            let (dx, dw) = (dx.unwrap(), dw.unwrap());
+            let want_dx = g.col2im(&(&gy * w.transpose()));
+            let want_dw = p.transpose() * &gy;
+            assert!((&dx - &want_dx).abs().max() < 1e-11, "{g:?} dx");
+            assert!((&dw - &want_dw).abs().max() < 1e-11, "{g:?} dw");
+            // Only what is asked for is made, and it is the same.
+            let (dx2, dw2, _, _) = im2col_mul::vjp(&x, &w, &g, &[false, true], &gy);
+            assert!(dx2.is_none() && dw2.as_ref() == Some(&dw));
+            let (dx3, dw3, _, _) = im2col_mul::vjp(&x, &w, &g, &[true, false], &gy);
+            assert!(dw3.is_none() && dx3.as_ref() == Some(&dx));
+            // The forward rule: conv(tx, w) + conv(x, tw), and the adjoint identity
+            // ⟨vjp(u), t⟩ = ⟨u, jvp(t)⟩.
+            let tx = DMatrix::from_vec(x.nrows(), x.ncols(), normals(x.len(), 600 + k as u64));
+            let tw = DMatrix::from_vec(w.nrows(), w.ncols(), normals(w.len(), 700 + k as u64));
+            let (y2, t) =
+                im2col_mul::jvp(&x, &w, &g, &[true, true], Some(&tx), Some(&tw), None, None);
+            assert_eq!(y2, y);
+            let want_t = g.im2col(&tx) * &w + &p * &tw;
+            assert!((&t - &want_t).abs().max() < 1e-11, "{g:?} jvp");
+            let lhs = dx.dot(&tx) + dw.dot(&tw);
+            let rhs = gy.dot(&t);
+            assert!(
+                (lhs - rhs).abs() < 1e-10 * (1.0 + lhs.abs()),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    /// Each lane of the fused convolution on `Lanes<8>` is the lane's own `f32`
+    /// convolution (to f32 rounding: the two take different products), and the result
+    /// is the same on one thread as on the pool (the chunks do not depend on the threads).
+    /// Mutation tried: chunks made from `rayon::current_num_threads()` fails the second
+    /// check.
+    #[test]
+    fn fused_convolution_lanes_and_threads() {
+        let g = blocked_geometries()[1];
+        let cout = 4;
+        let inst: Vec<(DMatrix<f32>, DMatrix<f32>)> = (0..8)
+            .map(|l| {
+                let x = normals(g.in_rows() * g.channels, 800 + l);
+                let w = normals(g.patch_len() * cout, 900 + l);
+                (
+                    DMatrix::from_iterator(g.in_rows(), g.channels, x.iter().map(|&v| v as f32)),
+                    DMatrix::from_iterator(g.patch_len(), cout, w.iter().map(|&v| v as f32 / 12.0)),
+                )
+            })
+            .collect();
+        let px = DMatrix::<Lanes<8>>::from_fn(g.in_rows(), g.channels, |r, c| {
+            Lanes::from_lanes(|l| inst[l].0[(r, c)] as f64)
+        });
+        let pw = DMatrix::<Lanes<8>>::from_fn(g.patch_len(), cout, |r, c| {
+            Lanes::from_lanes(|l| inst[l].1[(r, c)] as f64)
+        });
+        let y = im2col_mul(&px, &pw, &g, &[true, true]);
+        for (l, (x, w)) in inst.iter().enumerate() {
+            let want = im2col_mul(x, w, &g, &[true, true]);
+            for (a, b) in y.iter().zip(want.iter()) {
+                assert!((a.lane(l) as f32 - b).abs() <= 1e-5 * (1.0 + b.abs()));
+            }
+        }
+        let (x, w) = &inst[0];
+        let gy = DMatrix::from_fn(g.out_rows(), cout, |r, c| ((r * 7 + c) % 5) as f32 - 2.0);
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(|| im2col_mul::vjp(x, w, &g, &[true, true], &gy));
+        let three = pool(3).install(|| im2col_mul::vjp(x, w, &g, &[true, true], &gy));
+        assert_eq!(one.0, three.0);
+        assert_eq!(one.1, three.1);
     }
 
     #[test]
