@@ -280,7 +280,8 @@ fn mixed_shape_transformer_family_trains_batched_as_each_instance_alone() {
 /// plain-f64 definitions. Catches: an init drifting from the fixed task's, and a family
 /// passing other sizes than its configuration's to the shared loss (tried: the RNN
 /// family's init with the embedding's `fold_in(0)` as `fold_in(5)`: the inits differ;
-/// the transformer family passing 1 head for `cfg.heads`: the values differ).
+/// the RNN family passing `embed_dim, hidden` swapped, and the transformer family passing
+/// 1 head for `cfg.heads`: both panic on shapes).
 #[test]
 fn families_at_unit_scale_are_the_fixed_tasks() {
     let ds = embedded(3, 6);
@@ -317,7 +318,9 @@ fn families_at_unit_scale_are_the_fixed_tasks() {
 /// and near the loss of an untrained byte model (between 0 and `2·ln 259`: at init the
 /// read-out is small, so the loss starts near `ln 259 ≈ 5.56`), and θ must move.
 /// Catches: an estimate that is NaN (a group's loss not reaching the estimator) or zero
-/// (θ unchanged), and a family whose instances cannot train side by side in groups.
+/// (θ unchanged), a family whose instances cannot train side by side in groups, and
+/// diverging tasks (tried: the family's read-out initialized with σ = 10³⁰: the
+/// meta-loss is 1.07e30, above the bound).
 #[test]
 fn lm_family_meta_training_runs() {
     let family = ParametricLmRnn::new(embedded(4, 8), (2, 5)).unwrap();

@@ -31,8 +31,8 @@ use lopt::datasets::{Datasets, Split};
 use lopt::gradcheck::{check_gradient, GradCheck};
 use lopt::prelude::*;
 use lopt::tasks::rnn_lm::{
-    rnn_lm_num_params, Cell, GruCell, GruLm, LstmCell, LstmLm, ParametricLmRnn,
-    TeacherForcedRnnLm, VanillaCell, VanillaRnnLm,
+    rnn_lm_num_params, Cell, GruCell, GruLm, LstmCell, LstmLm, ParametricLmRnn, TeacherForcedRnnLm,
+    VanillaCell, VanillaRnnLm,
 };
 use lopt::tasks::transformer_lm::{
     ParametricLmTransformer, ParametricLmTransformerCfg, Tlm1, Tlm2, TransformerLm,
@@ -420,8 +420,9 @@ fn transformer_task_matches_its_definition() {
 /// plain-f64 definitions: `ParametricLmRnn` at hidden 4, embedding 3 (unequal, so a family
 /// passing its two sizes in the wrong order fails on shapes) and `ParametricLmTransformer`
 /// with 2 heads of D 6, value and gradient. Catches: a family calling its loss with the
-/// wrong sizes (tried: the RNN family passing `embed_dim, hidden` swapped: panics on
-/// shapes; the transformer family passing 1 head for `cfg.heads`: the value differs).
+/// wrong sizes (tried: the RNN family, and the fixed task, passing `embed_dim, hidden`
+/// swapped: both tests panic on shapes; the transformer family passing 1 head for
+/// `cfg.heads`: panics on the attention's shapes).
 #[test]
 fn families_match_the_definitions() {
     let ds = embedded(ByteVocab::Raw, 3, 4);
