@@ -655,7 +655,8 @@ pub struct ParametricLmRnnCfg<S: Real> {
 /// and an init scale uniformly in `[0.5, 2]` (the range of the library's
 /// `SampleInitializer`; the embedding is truncated normal σ = scale and the read-out
 /// σ = scale/√H, where the library also samples other initializer kinds). The model and
-/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs); no normalizer (the identity).
+/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs): both call [`lstm_lm_loss`]; no
+/// normalizer (the identity).
 ///
 /// Instances of different sizes train in one batched call (lane groups by structure).
 #[derive(Debug, Clone)]

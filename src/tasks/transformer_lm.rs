@@ -495,8 +495,8 @@ impl<S: Real> ParametricLmTransformerCfg<S> {
 /// samples the dataset, batch size, sequence length and vocabulary size too): each task
 /// samples `d_model_per_head` and `num_heads` log-uniformly in `[8, 128)` (`log_int(8,
 /// 128)`; narrower ranges can be given, as a CPU needs) and takes `D = heads ·
-/// d_model_per_head`. Model and loss are [`TransformerLm`]'s (key size 32 per head);
-/// the normalizer is the library's:
+/// d_model_per_head`. Model and loss are [`TransformerLm`]'s (key size 32 per head;
+/// both call [`transformer_lm_loss_l1`], `_l2` or `_l3`); the normalizer is the library's:
 /// `(clip(nan_to_num(L, ln 2V), 0, ln 2V) − ln(V/5)) · 10 / ln V`.
 ///
 /// Instances of different widths and head counts train in one batched call (lane groups
