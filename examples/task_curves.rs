@@ -173,7 +173,10 @@ fn replot(dir: &Path) -> lopt::Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         if path.extension().is_some_and(|e| e == "csv") {
-            draw(&TrainingCurves::read_csv(&path)?, &path.with_extension("png"))?;
+            draw(
+                &TrainingCurves::read_csv(&path)?,
+                &path.with_extension("png"),
+            )?;
             println!("{}", path.with_extension("png").display());
         }
     }
