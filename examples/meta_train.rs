@@ -17,6 +17,13 @@
 //! shapes train together, one per `f32` group; 8 tasks, runs of 50–200 steps, 300 outer
 //! steps, compared with Adam at three learning rates on held-out tasks.
 //!
+//! `--family lm` is `ParametricLmRnn` (the JAX library's `ParametricLMRNN`, LSTM cell) on
+//! byte-level `fortunes` text with batch 16 and sequences of 16 bytes (or the embedded
+//! text when `fortunes` is not installed): hidden and embedding sizes `log_int(8, 32)`,
+//! init scale `U(0.5, 2)`, so the tasks of an estimate have different shapes and train one
+//! per `f32` group; 8 tasks, runs of 50–200 steps, 300 outer steps, compared with Adam at
+//! three learning rates on held-out tasks.
+//!
 //! A progress bar shows the meta-loss; everything the run's future depends on (θ, its
 //! Adam state, the tasks in training, the PES accumulators, the data streams' positions)
 //! is checkpointed atomically every 50 outer steps, and `--resume` continues a stopped
@@ -25,13 +32,14 @@
 //! plots the meta-losses and the training curves.
 //!
 //! Run with `cargo run --release --example meta_train`; `-- --help` lists the flags.
-//! Writes `target/lopt-meta-train/{quadratic,image_mlp,conv}.ckpt` and `meta_train.png`.
+//! Writes `target/lopt-meta-train/{quadratic,image_mlp,conv,lm}.ckpt` and `meta_train.png`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use lopt::datasets::text::{lm_datasets_or_embedded, TextSource};
 use lopt::datasets::ImageSource;
 use lopt::datasets::{digits_datasets, fashion_mnist_datasets};
 use lopt::eval_training::plot::{plot_png, Line, Panel};
@@ -44,6 +52,7 @@ use lopt::prelude::*;
 use lopt::tasks::conv::ParametricImageConv;
 use lopt::tasks::image_mlp::ImageMlpFamily;
 use lopt::tasks::quadratics::FixedDimQuadraticFamily;
+use lopt::tasks::rnn_lm::ParametricLmRnn;
 
 /// Held-out tasks of each evaluation.
 const EVAL_TASKS: usize = 16;
@@ -273,8 +282,10 @@ OPTIONS:
                      totals; the result equals the uninterrupted run's bit for bit
   --overwrite        start afresh even where a checkpoint exists (it is replaced)
   --quadratic-only   skip the image-MLP family (the same as --family quadratic)
-  --family F         only the family F: quadratic, image_mlp, or conv (ParametricImageConv
-                     on Fashion-MNIST 8x8, or the embedded digits; 300 outer steps)
+  --family F         only the family F: quadratic, image_mlp, conv (ParametricImageConv
+                     on Fashion-MNIST 8x8, or the embedded digits; 300 outer steps) or lm
+                     (ParametricLmRnn, LSTMs of 8-31 units on fortunes bytes, or the
+                     embedded text; 300 outer steps)
   --data-dir DIR     the folder holding Fashion-MNIST's four files, or its parent
                      (default: $LOPT_DATA_DIR, else /usr/share/datasets/fashion-mnist)
   --out DIR          where checkpoints and the plot go (default target/lopt-meta-train)
@@ -305,9 +316,9 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--quadratic-only" => a.quadratic_only = true,
             "--family" => {
                 let f = value("--family")?;
-                if !["quadratic", "image_mlp", "conv"].contains(&f.as_str()) {
+                if !["quadratic", "image_mlp", "conv", "lm"].contains(&f.as_str()) {
                     return Err(format!(
-                        "--family: `{f}` is not one of quadratic, image_mlp, conv"
+                        "--family: `{f}` is not one of quadratic, image_mlp, conv, lm"
                     ));
                 }
                 a.family = Some(f);
@@ -357,16 +368,18 @@ fn run(args: &Args) -> lopt::Result<()> {
     let ck_quad = args.out_dir.join("quadratic.ckpt");
     let ck_mlp = args.out_dir.join("image_mlp.ckpt");
     let ck_conv = args.out_dir.join("conv.ckpt");
+    let ck_lm = args.out_dir.join("lm.ckpt");
     let plot = args.out_dir.join("meta_train.png");
     // Without --family: the quadratic family, then the image MLPs.
     let runs = |f: &str| match args.family.as_deref() {
-        None => f != "conv",
+        None => f != "conv" && f != "lm",
         Some(chosen) => chosen == f,
     };
     for (ck, f) in [
         (&ck_quad, "quadratic"),
         (&ck_mlp, "image_mlp"),
         (&ck_conv, "conv"),
+        (&ck_lm, "lm"),
     ] {
         if !runs(f) {
             continue;
@@ -391,6 +404,7 @@ fn run(args: &Args) -> lopt::Result<()> {
     } else {
         None
     };
+    let lm = if runs("lm") { Some(lm_family()?) } else { None };
     let lopt = MlpLOpt::default();
     println!(
         "{} (θ: {} scalars), meta-trained with TruncatedPes",
@@ -460,6 +474,31 @@ fn run(args: &Args) -> lopt::Result<()> {
         )?;
         all.extend(panels("conv", &out, false));
     }
+    if let Some(lm) = &lm {
+        println!("{}", lm.name());
+        println!(
+            "  8 tasks: LSTMs of 8 to 31 hidden units, embeddings of 8 to 31; one per f32 group"
+        );
+        let schedule = LogUniformLengthSchedule {
+            min_length: 50,
+            max_length: 200,
+        };
+        let mut step = LOptTruncatedStep::new(lm, &lopt, schedule, 8)?;
+        step.random_initial_iteration_offset = 200;
+        let pes = TruncatedPes::new(step, 10, 0.01)?;
+        let out = meta_train(
+            lm,
+            &lopt,
+            pes,
+            3e-3,
+            300,
+            200,
+            &[1e-3, 1e-2, 1e-1],
+            &ck_lm,
+            args.resume,
+        )?;
+        all.extend(panels("LM", &out, false));
+    }
     plot_png(&plot, &all)?;
     println!("plot: {}", absolute(&plot).display());
     Ok(())
@@ -504,4 +543,23 @@ fn conv_family(dir: Option<&Path>) -> lopt::Result<ParametricImageConv> {
     };
     Ok(ParametricImageConv::new(ds, (8, 8, 1), (4, 16))?
         .with_name(format!("ParametricImageConv_{data}_bs32_4to16")))
+}
+
+/// The LM family of `--family lm`: `ParametricLmRnn` (LSTM) with hidden and embedding
+/// sizes in `log_int(8, 32)` on `fortunes` bytes with batch 16 and sequences of 16, or on
+/// the embedded text when `fortunes` is not installed (said on the console).
+fn lm_family() -> lopt::Result<ParametricLmRnn> {
+    let (ds, source) = lm_datasets_or_embedded(16, 16, None)?;
+    let data = match source {
+        TextSource::Embedded => {
+            println!(
+                "fortunes was not found (`apt-get install fortunes`): the LM family trains on \
+                 the embedded text"
+            );
+            "Embedded"
+        }
+        _ => "FortunesBytes",
+    };
+    Ok(ParametricLmRnn::new(ds, (8, 32))?
+        .with_name(format!("ParametricLMRNN_LSTM_{data}_bs16_T16_8to32")))
 }

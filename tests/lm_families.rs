@@ -1,12 +1,17 @@
 //! The parametric language-model families (`tasks::rnn_lm::ParametricLmRnn`, the JAX
 //! library's `ParametricLMRNN` restricted to LSTMs, and
 //! `tasks::transformer_lm::ParametricLmTransformer`, its `ParametricLMTransformer` at a
-//! fixed depth): the samplers' ranges, the normalizer, and families of mixed shapes
-//! trained batched equal to each instance trained alone.
+//! fixed depth): the samplers' ranges, the normalizer, families of mixed shapes trained
+//! batched equal to each instance trained alone, and `MlpLOpt` meta-trained on the RNN
+//! family (the path of `meta_train --family lm`).
 
 use lopt::datasets::text::{lm_datasets, ByteVocab, LmBatch, LmOptions, SequenceCut, TextCorpus};
 use lopt::datasets::{Datasets, Split};
 use lopt::eval_training::{multi_task_training_curves, sample_instances, MultiTaskConfig, NoAux};
+use lopt::outer_trainers::{
+    ConstantTruncationSchedule, GradientLearner, LOptTruncatedStep, SingleMachineGradientLearner,
+    TruncatedPes,
+};
 use lopt::prelude::*;
 use lopt::tasks::rnn_lm::{LstmLm, ParametricLmRnn, ParametricLmRnnCfg, TeacherForcedRnnLm};
 use lopt::tasks::transformer_lm::{
@@ -269,10 +274,14 @@ fn mixed_shape_transformer_family_trains_batched_as_each_instance_alone() {
     }
 }
 
-/// Catches: the families' losses or inits drifting from the fixed tasks they restate
-/// (those are checked against haiku in `tests/lm_tasks.rs`) (tried: the RNN family's
-/// forget bias `+ 1.0` dropped: the values differ; the transformer family's layers run
-/// in the order `l1, l0`: the values differ).
+/// The families at unit scale are the fixed tasks: the same init, and (their losses being
+/// the fixed tasks' own loss functions, `lstm_lm_loss` and `transformer_lm_loss_l2`) the
+/// same value and gradient bit for bit; `tests/lm_tasks.rs` checks both against the
+/// plain-f64 definitions. Catches: an init drifting from the fixed task's, and a family
+/// passing other sizes than its configuration's to the shared loss (tried: the RNN
+/// family's init with the embedding's `fold_in(0)` as `fold_in(5)`: the inits differ;
+/// the RNN family passing `embed_dim, hidden` swapped, and the transformer family passing
+/// 1 head for `cfg.heads`: both panic on shapes).
 #[test]
 fn families_at_unit_scale_are_the_fixed_tasks() {
     let ds = embedded(3, 6);
@@ -298,4 +307,39 @@ fn families_at_unit_scale_are_the_fixed_tasks() {
     let (l2, g2) = fixed.value_and_grad(&p, Key::new(0), &batch);
     assert_eq!((l1, g1.flatten()), (l2, g2.flatten()));
     assert!(l1.is_finite() && l1 > 0.0);
+}
+
+// ------------------------------------------------- meta-training (`meta_train --family lm`)
+
+/// The path of `meta_train --family lm` at a test's size: `MlpLOpt` meta-trained with
+/// `TruncatedPes` on a tiny `ParametricLmRnn` (LSTMs of 2–4 units and embeddings of 2–4 on
+/// the embedded text, batch 4, length 8; 4 tasks of mixed shapes, one per `f32` group,
+/// truncations of 10 in runs of 20) for two outer steps. The meta-losses must be finite
+/// and near the loss of an untrained byte model (between 0 and `2·ln 259`: at init the
+/// read-out is small, so the loss starts near `ln 259 ≈ 5.56`), and θ must move.
+/// Catches: an estimate that is NaN (a group's loss not reaching the estimator) or zero
+/// (θ unchanged), a family whose instances cannot train side by side in groups, and
+/// diverging tasks (tried: the family's read-out initialized with σ = 10³⁰: the
+/// meta-loss is 1.07e30, above the bound).
+#[test]
+fn lm_family_meta_training_runs() {
+    let family = ParametricLmRnn::new(embedded(4, 8), (2, 5)).unwrap();
+    let lopt = MlpLOpt::default();
+    let sched = ConstantTruncationSchedule { total_length: 20 };
+    let step = LOptTruncatedStep::new(&family, &lopt, sched, 4).unwrap();
+    let learner = SingleMachineGradientLearner {
+        learner: GradientLearner {
+            lopt: &lopt,
+            theta_opt: Adam::new(1e-2),
+        },
+        estimators: vec![TruncatedPes::new(step, 10, 0.01).unwrap()],
+    };
+    let mut state = learner.init(Key::new(0)).unwrap();
+    let theta0 = learner.learner.theta(&state.learner).flatten();
+    let max = 2.0 * (259f32).ln();
+    for k in Key::new(1).split_n(2) {
+        let l = learner.update(&mut state, k).unwrap();
+        assert!(l.is_finite() && l > 0.0 && l < max, "meta-loss {l}");
+    }
+    assert_ne!(learner.learner.theta(&state.learner).flatten(), theta0);
 }

@@ -31,10 +31,12 @@ use lopt::datasets::{Datasets, Split};
 use lopt::gradcheck::{check_gradient, GradCheck};
 use lopt::prelude::*;
 use lopt::tasks::rnn_lm::{
-    rnn_lm_num_params, Cell, GruCell, GruLm, LstmCell, LstmLm, TeacherForcedRnnLm, VanillaCell,
-    VanillaRnnLm,
+    rnn_lm_num_params, Cell, GruCell, GruLm, LstmCell, LstmLm, ParametricLmRnn, TeacherForcedRnnLm,
+    VanillaCell, VanillaRnnLm,
 };
-use lopt::tasks::transformer_lm::{Tlm1, Tlm2, TransformerLm};
+use lopt::tasks::transformer_lm::{
+    ParametricLmTransformer, ParametricLmTransformerCfg, Tlm1, Tlm2, TransformerLm,
+};
 
 /// LM datasets of the embedded text with vocabulary `vocab`, batch `b`, length `t`.
 fn embedded(vocab: ByteVocab, b: usize, t: usize) -> Datasets<LmBatch> {
@@ -406,6 +408,51 @@ fn transformer_task_matches_its_definition() {
     let report = check_gradient(
         &p,
         |p| transformer2_ref(p, 1, &batch),
+        |p| task.value_and_grad(p, key, &batch),
+        |p, t| task.value_and_jvp(p, t, key, &batch),
+        &grad_config(),
+    );
+    assert!(report.passed(), "{report}");
+}
+
+/// The families' losses are the fixed tasks' loss functions (`lstm_lm_loss`,
+/// `transformer_lm_loss_l2`, one body each), so they are checked against the same
+/// plain-f64 definitions: `ParametricLmRnn` at hidden 4, embedding 3 (unequal, so a family
+/// passing its two sizes in the wrong order fails on shapes) and `ParametricLmTransformer`
+/// with 2 heads of D 6, value and gradient. Catches: a family calling its loss with the
+/// wrong sizes (tried: the RNN family, and the fixed task, passing `embed_dim, hidden`
+/// swapped: both tests panic on shapes; the transformer family passing 1 head for
+/// `cfg.heads`: panics on the attention's shapes).
+#[test]
+fn families_match_the_definitions() {
+    let ds = embedded(ByteVocab::Raw, 3, 4);
+    let batch = small_batch(40, 11);
+    let key = Key::new(0);
+    let rnn = ParametricLmRnn::new(ds.clone(), (2, 8)).unwrap();
+    let mut cfg = rnn.sample(Key::new(1));
+    (cfg.hidden, cfg.embed_dim) = (4, 3);
+    let task = rnn.task_fn(&cfg);
+    let p: LstmLm<f64> = perturbed(&rnn.init(&cfg, Key::new(2)).cast::<f64>(), 0.3, 12);
+    let (got, want) = (task.loss(&p, key, &batch), lstm_ref(&p, &batch));
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    let report = check_gradient(
+        &p,
+        |p| lstm_ref(p, &batch),
+        |p| task.value_and_grad(p, key, &batch),
+        |p, t| task.value_and_jvp(p, t, key, &batch),
+        &grad_config(),
+    );
+    assert!(report.passed(), "{report}");
+
+    let tf = ParametricLmTransformer::<2>::new(ds, (1, 3), (2, 4)).unwrap();
+    let cfg = ParametricLmTransformerCfg::new(2, 6);
+    let task = tf.task_fn(&cfg);
+    let p: Tlm2<f64> = perturbed(&tf.init(&cfg, Key::new(3)).cast::<f64>(), 0.1, 13);
+    let (got, want) = (task.loss(&p, key, &batch), transformer2_ref(&p, 2, &batch));
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    let report = check_gradient(
+        &p,
+        |p| transformer2_ref(p, 2, &batch),
         |p| task.value_and_grad(p, key, &batch),
         |p, t| task.value_and_jvp(p, t, key, &batch),
         &grad_config(),

@@ -54,7 +54,7 @@ use nalgebra::{DMatrix, DVector};
 use crate::datasets::text::{fortunes_lm_datasets, lm_vocab_size, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
-use crate::prelude::{task, task_family, Params};
+use crate::prelude::{differentiable, task, task_family, Params};
 use crate::{Error, Key, Real, Result, Task, TaskFamily};
 
 /// The recurrent cells of the library's RNN LM tasks.
@@ -364,6 +364,48 @@ impl TeacherForcedRnnLm<VanillaCell> {
     }
 }
 
+/// The LSTM language model's loss (the [module docs](self)) for `hidden` units and
+/// embedding width `embed_dim`: embed the ids time-major, unroll the cell over the
+/// sequence, read out every step, `Σ ce·mask / Σ mask`. The one body both
+/// [`TeacherForcedRnnLm<LstmCell>`] and [`ParametricLmRnn`] call (with their own sizes),
+/// so the fixed task and the family cannot drift apart.
+#[differentiable]
+pub fn lstm_lm_loss<S: Real>(
+    params: &LstmLm<S>,
+    hidden: usize,
+    embed_dim: usize,
+    batch: &LmBatch,
+) -> S {
+    let bsz = batch.obs.nrows();
+    let steps = batch.obs.ncols();
+    let hd = hidden;
+    let fd = embed_dim;
+    let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
+    let masks = step_masks(batch);
+    let count = batch.num_tokens() as f64;
+    let tgt = batch.target.as_slice();
+    // Time-major: row t·B + b is example b at step t.
+    let ids = batch.obs.as_slice();
+    let e = embed(&params.embed, ids);
+    let xw = e * params.w.rows(0, fd) + &params.b;
+    let wh = params.w.rows(fd, hd);
+    let mut h = &ones * &params.h0;
+    let mut c = &ones * &params.c0;
+    let mut total = 0.0;
+    for t in 0..steps {
+        let z = xw.rows(t * bsz, bsz) + &h * &wh;
+        let i = sigmoid(z.columns(0, hd));
+        let g = tanh(z.columns(hd, hd));
+        let f = sigmoid(z.columns(2 * hd, hd) + 1.0);
+        let o = sigmoid(z.columns(3 * hd, hd));
+        c = component_mul(&f, &c) + component_mul(&i, &g);
+        h = component_mul(&o, &tanh(&c));
+        let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+        total += dot(&ce, &masks[t]);
+    }
+    total / count
+}
+
 #[task]
 impl Task for TeacherForcedRnnLm<LstmCell> {
     type Params<S: Real> = LstmLm<S>;
@@ -385,36 +427,9 @@ impl Task for TeacherForcedRnnLm<LstmCell> {
         .cast::<S>()
     }
 
+    /// [`lstm_lm_loss`] with this task's sizes.
     fn loss<S: Real>(&self, params: &LstmLm<S>, _key: S::Key, batch: &LmBatch) -> S {
-        let bsz = batch.obs.nrows();
-        let steps = batch.obs.ncols();
-        let hd = self.hidden;
-        let fd = self.embed_dim;
-        let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
-        let masks = step_masks(batch);
-        let count = batch.num_tokens() as f64;
-        let tgt = batch.target.as_slice();
-        // Time-major: row t·B + b is example b at step t.
-        let ids = batch.obs.as_slice();
-        let e = embed(&params.embed, ids);
-        let xw = e * params.w.rows(0, fd) + &params.b;
-        let wh = params.w.rows(fd, hd);
-        let mut h = &ones * &params.h0;
-        let mut c = &ones * &params.c0;
-        let mut total = 0.0;
-        for t in 0..steps {
-            let z = xw.rows(t * bsz, bsz) + &h * &wh;
-            let i = sigmoid(z.columns(0, hd));
-            let g = tanh(z.columns(hd, hd));
-            let f = sigmoid(z.columns(2 * hd, hd) + 1.0);
-            let o = sigmoid(z.columns(3 * hd, hd));
-            c = component_mul(&f, &c) + component_mul(&i, &g);
-            h = component_mul(&o, &tanh(&c));
-            let ce =
-                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
-            total += dot(&ce, &masks[t]);
-        }
-        total / count
+        lstm_lm_loss(params, self.hidden, self.embed_dim, batch)
     }
 
     fn datasets(&self) -> Option<Datasets<LmBatch>> {
@@ -640,7 +655,8 @@ pub struct ParametricLmRnnCfg<S: Real> {
 /// and an init scale uniformly in `[0.5, 2]` (the range of the library's
 /// `SampleInitializer`; the embedding is truncated normal σ = scale and the read-out
 /// σ = scale/√H, where the library also samples other initializer kinds). The model and
-/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs); no normalizer (the identity).
+/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs): both call [`lstm_lm_loss`]; no
+/// normalizer (the identity).
 ///
 /// Instances of different sizes train in one batched call (lane groups by structure).
 #[derive(Debug, Clone)]
@@ -726,6 +742,7 @@ impl TaskFamily for ParametricLmRnn {
         }
     }
 
+    /// [`lstm_lm_loss`] with `cfg`'s sizes: the fixed task's loss, the same function.
     fn loss<S: Real>(
         &self,
         params: &LstmLm<S>,
@@ -733,34 +750,7 @@ impl TaskFamily for ParametricLmRnn {
         _key: S::Key,
         batch: &LmBatch,
     ) -> S {
-        let bsz = batch.obs.nrows();
-        let steps = batch.obs.ncols();
-        let hd = cfg.hidden;
-        let fd = cfg.embed_dim;
-        let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
-        let masks = step_masks(batch);
-        let count = batch.num_tokens() as f64;
-        let tgt = batch.target.as_slice();
-        let ids = batch.obs.as_slice();
-        let e = embed(&params.embed, ids);
-        let xw = e * params.w.rows(0, fd) + &params.b;
-        let wh = params.w.rows(fd, hd);
-        let mut h = &ones * &params.h0;
-        let mut c = &ones * &params.c0;
-        let mut total = 0.0;
-        for t in 0..steps {
-            let z = xw.rows(t * bsz, bsz) + &h * &wh;
-            let i = sigmoid(z.columns(0, hd));
-            let g = tanh(z.columns(hd, hd));
-            let f = sigmoid(z.columns(2 * hd, hd) + 1.0);
-            let o = sigmoid(z.columns(3 * hd, hd));
-            c = component_mul(&f, &c) + component_mul(&i, &g);
-            h = component_mul(&o, &tanh(&c));
-            let ce =
-                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
-            total += dot(&ce, &masks[t]);
-        }
-        total / count
+        lstm_lm_loss(params, cfg.hidden, cfg.embed_dim, batch)
     }
 
     fn datasets(&self) -> Option<Datasets<LmBatch>> {

@@ -329,7 +329,51 @@ impl<const L: usize> TransformerLm<L> {
 }
 
 macro_rules! transformer_task {
-    ($l:literal, $params:ident { $($layer:ident = $i:literal),* }) => {
+    ($l:literal, $params:ident, $loss:ident { $($layer:ident = $i:literal),* }) => {
+        #[doc = concat!(
+            "The loss of a ", stringify!($l), "-layer transformer LM (the [module docs](self)) ",
+            "with `heads` heads of 32: embed the ids batch-major, the layers in order, the ",
+            "final layer norm and read-out, `Σ ce·mask / Σ mask`. The one body both ",
+            "[`TransformerLm<", stringify!($l), ">`] and [`ParametricLmTransformer<",
+            stringify!($l), ">`] call, so the fixed task and the family cannot drift apart.\n\n",
+            "# Panics\nOn an empty batch."
+        )]
+        #[differentiable]
+        pub fn $loss<S: Real>(params: &$params<S>, heads: usize, batch: &LmBatch) -> S {
+            let g = AttentionGeometry::new(batch.obs.nrows(), batch.obs.ncols(), heads, KEY_SIZE)
+                .expect("a non-empty LM batch");
+            let bm = batch_major(batch);
+            let h = embed(&params.embed, &bm.ids);
+            $(
+                let h = transformer_block(
+                    &h,
+                    &params.$layer.ln1_scale,
+                    &params.$layer.ln1_offset,
+                    &params.$layer.wqkv,
+                    &params.$layer.bqkv,
+                    &params.$layer.wo,
+                    &params.$layer.bo,
+                    &params.$layer.ln2_scale,
+                    &params.$layer.ln2_offset,
+                    &params.$layer.w1,
+                    &params.$layer.b1,
+                    &params.$layer.w2,
+                    &params.$layer.b2,
+                    &g,
+                );
+            )*
+            transformer_head(
+                &h,
+                &params.lnf_scale,
+                &params.lnf_offset,
+                &params.wout,
+                &params.bout,
+                &bm.targets,
+                &bm.mask,
+                bm.count,
+            )
+        }
+
         #[task]
         impl Task for TransformerLm<$l> {
             type Params<S: Real> = $params<S>;
@@ -350,38 +394,9 @@ macro_rules! transformer_task {
                 .cast::<S>()
             }
 
+            #[doc = concat!("[`", stringify!($loss), "`] with this task's heads.")]
             fn loss<S: Real>(&self, params: &$params<S>, _key: S::Key, batch: &LmBatch) -> S {
-                let g = self.geometry(batch);
-                let bm = batch_major(batch);
-                let h = embed(&params.embed, &bm.ids);
-                $(
-                    let h = transformer_block(
-                        &h,
-                        &params.$layer.ln1_scale,
-                        &params.$layer.ln1_offset,
-                        &params.$layer.wqkv,
-                        &params.$layer.bqkv,
-                        &params.$layer.wo,
-                        &params.$layer.bo,
-                        &params.$layer.ln2_scale,
-                        &params.$layer.ln2_offset,
-                        &params.$layer.w1,
-                        &params.$layer.b1,
-                        &params.$layer.w2,
-                        &params.$layer.b2,
-                        &g,
-                    );
-                )*
-                transformer_head(
-                    &h,
-                    &params.lnf_scale,
-                    &params.lnf_offset,
-                    &params.wout,
-                    &params.bout,
-                    &bm.targets,
-                    &bm.mask,
-                    bm.count,
-                )
+                $loss(params, self.heads, batch)
             }
 
             fn datasets(&self) -> Option<Datasets<LmBatch>> {
@@ -395,9 +410,9 @@ macro_rules! transformer_task {
     };
 }
 
-transformer_task!(1, Tlm1 { l0 = 0 });
-transformer_task!(2, Tlm2 { l0 = 0, l1 = 1 });
-transformer_task!(3, Tlm3 { l0 = 0, l1 = 1, l2 = 2 });
+transformer_task!(1, Tlm1, transformer_lm_loss_l1 { l0 = 0 });
+transformer_task!(2, Tlm2, transformer_lm_loss_l2 { l0 = 0, l1 = 1 });
+transformer_task!(3, Tlm3, transformer_lm_loss_l3 { l0 = 0, l1 = 1, l2 = 2 });
 
 macro_rules! multiruntime {
     ($(#[$m:meta])* $name:ident, $l:literal, $heads:literal, $d:literal, $b:literal, $t:literal) => {
@@ -480,8 +495,8 @@ impl<S: Real> ParametricLmTransformerCfg<S> {
 /// samples the dataset, batch size, sequence length and vocabulary size too): each task
 /// samples `d_model_per_head` and `num_heads` log-uniformly in `[8, 128)` (`log_int(8,
 /// 128)`; narrower ranges can be given, as a CPU needs) and takes `D = heads ·
-/// d_model_per_head`. Model and loss are [`TransformerLm`]'s (key size 32 per head);
-/// the normalizer is the library's:
+/// d_model_per_head`. Model and loss are [`TransformerLm`]'s (key size 32 per head;
+/// both call [`transformer_lm_loss_l1`], `_l2` or `_l3`); the normalizer is the library's:
 /// `(clip(nan_to_num(L, ln 2V), 0, ln 2V) − ln(V/5)) · 10 / ln V`.
 ///
 /// Instances of different widths and head counts train in one batched call (lane groups
@@ -557,7 +572,7 @@ impl<const L: usize> ParametricLmTransformer<L> {
 }
 
 macro_rules! transformer_family {
-    ($l:literal, $params:ident { $($layer:ident),* }) => {
+    ($l:literal, $params:ident, $loss:ident) => {
         #[task_family]
         impl TaskFamily for ParametricLmTransformer<$l> {
             type Cfg<S: Real> = ParametricLmTransformerCfg<S>;
@@ -579,6 +594,7 @@ macro_rules! transformer_family {
                 Task::init::<f32>(&self.task_of(cfg), key)
             }
 
+            /// The fixed task's loss function with `cfg`'s heads.
             fn loss<S: Real>(
                 &self,
                 params: &$params<S>,
@@ -586,43 +602,7 @@ macro_rules! transformer_family {
                 _key: S::Key,
                 batch: &LmBatch,
             ) -> S {
-                let g = AttentionGeometry::new(
-                    batch.obs.nrows(),
-                    batch.obs.ncols(),
-                    cfg.heads,
-                    KEY_SIZE,
-                )
-                .expect("a non-empty LM batch");
-                let bm = batch_major(batch);
-                let h = embed(&params.embed, &bm.ids);
-                $(
-                    let h = transformer_block(
-                        &h,
-                        &params.$layer.ln1_scale,
-                        &params.$layer.ln1_offset,
-                        &params.$layer.wqkv,
-                        &params.$layer.bqkv,
-                        &params.$layer.wo,
-                        &params.$layer.bo,
-                        &params.$layer.ln2_scale,
-                        &params.$layer.ln2_offset,
-                        &params.$layer.w1,
-                        &params.$layer.b1,
-                        &params.$layer.w2,
-                        &params.$layer.b2,
-                        &g,
-                    );
-                )*
-                transformer_head(
-                    &h,
-                    &params.lnf_scale,
-                    &params.lnf_offset,
-                    &params.wout,
-                    &params.bout,
-                    &bm.targets,
-                    &bm.mask,
-                    bm.count,
-                )
+                $loss(params, cfg.heads, batch)
             }
 
             fn normalizer<S: Real>(&self, loss: S) -> S {
@@ -641,6 +621,6 @@ macro_rules! transformer_family {
     };
 }
 
-transformer_family!(1, Tlm1 { l0 });
-transformer_family!(2, Tlm2 { l0, l1 });
-transformer_family!(3, Tlm3 { l0, l1, l2 });
+transformer_family!(1, Tlm1, transformer_lm_loss_l1);
+transformer_family!(2, Tlm2, transformer_lm_loss_l2);
+transformer_family!(3, Tlm3, transformer_lm_loss_l3);
