@@ -54,7 +54,7 @@ use nalgebra::{DMatrix, DVector};
 use crate::datasets::text::{fortunes_lm_datasets, lm_vocab_size, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
-use crate::prelude::{differentiable, task, task_family, Params};
+use crate::prelude::{task, task_family, Params};
 use crate::{Error, Key, Real, Result, Task, TaskFamily};
 
 /// The recurrent cells of the library's RNN LM tasks.
@@ -364,22 +364,110 @@ impl TeacherForcedRnnLm<VanillaCell> {
     }
 }
 
-/// The LSTM language model's loss (the [module docs](self)) for `hidden` units and
-/// embedding width `embed_dim`: embed the ids time-major, unroll the cell over the
-/// sequence, read out every step, `Σ ce·mask / Σ mask`. The one body both
-/// [`TeacherForcedRnnLm<LstmCell>`] and [`ParametricLmRnn`] call (with their own sizes),
-/// so the fixed task and the family cannot drift apart.
-#[differentiable]
-pub fn lstm_lm_loss<S: Real>(
-    params: &LstmLm<S>,
-    hidden: usize,
-    embed_dim: usize,
-    batch: &LmBatch,
-) -> S {
+/// The LSTM LM's task ([`TeacherForcedRnnLm<LstmCell>`]) and family ([`ParametricLmRnn`])
+/// with one loss body, transcribed into both `loss` functions: embed the ids time-major,
+/// unroll the cell over the sequence, read out every step, `Σ ce·mask / Σ mask` (module
+/// docs). Not a `#[differentiable]` function both call: such a call runs its forward pass
+/// again in the reverse sweep, the whole loss here. The body is taken as tokens, not as a
+/// `block` fragment, which would reach `#[task]` as one opaque group.
+macro_rules! lstm_lm_task_and_family {
+    (|$params:ident, $batch:ident, $hd:ident, $fd:ident| { $($body:tt)* }) => {
+        #[task]
+        impl Task for TeacherForcedRnnLm<LstmCell> {
+            type Params<S: Real> = LstmLm<S>;
+            type Batch = LmBatch;
+
+            /// haiku's init (module docs), drawn in `f32` and converted.
+            fn init<S: Real>(&self, key: Key) -> LstmLm<S> {
+                let (e, h) = (self.embed_dim, self.hidden);
+                let (embed, wo, bo) = self.embed_and_readout(key);
+                LstmLm {
+                    embed,
+                    w: linear_init(key.fold_in(2), e + h, 4 * h),
+                    b: DVector::zeros(4 * h),
+                    h0: DMatrix::zeros(1, h),
+                    c0: DMatrix::zeros(1, h),
+                    wo,
+                    bo,
+                }
+                .cast::<S>()
+            }
+
+            /// The LSTM LM's loss (module docs) with this task's sizes.
+            fn loss<S: Real>(&self, $params: &LstmLm<S>, _key: S::Key, $batch: &LmBatch) -> S {
+                let $hd = self.hidden;
+                let $fd = self.embed_dim;
+                $($body)*
+            }
+
+            fn datasets(&self) -> Option<Datasets<LmBatch>> {
+                Some(self.datasets.clone())
+            }
+
+            fn name(&self) -> String {
+                self.name.clone()
+            }
+        }
+
+        #[task_family]
+        impl TaskFamily for ParametricLmRnn {
+            type Cfg<S: Real> = ParametricLmRnnCfg<S>;
+            type Params<S: Real> = LstmLm<S>;
+            type Batch = LmBatch;
+
+            /// Hidden size from `key.fold_in(0)`, embedding from `fold_in(1)` (both `log_int`),
+            /// scale `U(0.5, 2)` from `fold_in(2)`.
+            fn sample(&self, key: Key) -> ParametricLmRnnCfg<f32> {
+                let (lo, hi) = self.size_range;
+                ParametricLmRnnCfg {
+                    init_scale: key.fold_in(2).uniform_range(0.5f32, 2.0),
+                    hidden: log_int(key.fold_in(0), lo, hi),
+                    embed_dim: log_int(key.fold_in(1), lo, hi),
+                }
+            }
+
+            /// As [`TeacherForcedRnnLm::lstm`]'s init, the embedding and read-out times
+            /// `cfg.init_scale`.
+            fn init(&self, cfg: &ParametricLmRnnCfg<f32>, key: Key) -> LstmLm<f32> {
+                let (v, e, h, s) = (self.vocab, cfg.embed_dim, cfg.hidden, cfg.init_scale);
+                LstmLm {
+                    embed: trunc_normal(key.fold_in(0), v, e, s),
+                    w: linear_init(key.fold_in(2), e + h, 4 * h),
+                    b: DVector::zeros(4 * h),
+                    h0: DMatrix::zeros(1, h),
+                    c0: DMatrix::zeros(1, h),
+                    wo: trunc_normal(key.fold_in(1), h, v, s / (h as f32).sqrt()),
+                    bo: DVector::zeros(v),
+                }
+            }
+
+            /// The fixed task's loss (the same body) with `cfg`'s sizes.
+            fn loss<S: Real>(
+                &self,
+                $params: &LstmLm<S>,
+                cfg: &ParametricLmRnnCfg<S>,
+                _key: S::Key,
+                $batch: &LmBatch,
+            ) -> S {
+                let $hd = cfg.hidden;
+                let $fd = cfg.embed_dim;
+                $($body)*
+            }
+
+            fn datasets(&self) -> Option<Datasets<LmBatch>> {
+                Some(self.datasets.clone())
+            }
+
+            fn name(&self) -> String {
+                self.name.clone()
+            }
+        }
+    };
+}
+
+lstm_lm_task_and_family!(|params, batch, hd, fd| {
     let bsz = batch.obs.nrows();
     let steps = batch.obs.ncols();
-    let hd = hidden;
-    let fd = embed_dim;
     let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
     let masks = step_masks(batch);
     let count = batch.num_tokens() as f64;
@@ -404,42 +492,7 @@ pub fn lstm_lm_loss<S: Real>(
         total += dot(&ce, &masks[t]);
     }
     total / count
-}
-
-#[task]
-impl Task for TeacherForcedRnnLm<LstmCell> {
-    type Params<S: Real> = LstmLm<S>;
-    type Batch = LmBatch;
-
-    /// haiku's init (module docs), drawn in `f32` and converted.
-    fn init<S: Real>(&self, key: Key) -> LstmLm<S> {
-        let (e, h) = (self.embed_dim, self.hidden);
-        let (embed, wo, bo) = self.embed_and_readout(key);
-        LstmLm {
-            embed,
-            w: linear_init(key.fold_in(2), e + h, 4 * h),
-            b: DVector::zeros(4 * h),
-            h0: DMatrix::zeros(1, h),
-            c0: DMatrix::zeros(1, h),
-            wo,
-            bo,
-        }
-        .cast::<S>()
-    }
-
-    /// [`lstm_lm_loss`] with this task's sizes.
-    fn loss<S: Real>(&self, params: &LstmLm<S>, _key: S::Key, batch: &LmBatch) -> S {
-        lstm_lm_loss(params, self.hidden, self.embed_dim, batch)
-    }
-
-    fn datasets(&self) -> Option<Datasets<LmBatch>> {
-        Some(self.datasets.clone())
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-}
+});
 
 #[task]
 impl Task for TeacherForcedRnnLm<GruCell> {
@@ -655,7 +708,7 @@ pub struct ParametricLmRnnCfg<S: Real> {
 /// and an init scale uniformly in `[0.5, 2]` (the range of the library's
 /// `SampleInitializer`; the embedding is truncated normal σ = scale and the read-out
 /// σ = scale/√H, where the library also samples other initializer kinds). The model and
-/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs): both call [`lstm_lm_loss`]; no
+/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs): both share one loss body; no
 /// normalizer (the identity).
 ///
 /// Instances of different sizes train in one batched call (lane groups by structure).
@@ -708,56 +761,4 @@ pub(crate) fn log_int(key: Key, lo: usize, hi: usize) -> usize {
     let u: f64 = key.uniform();
     let v = ((lo as f64).ln() + ((hi as f64).ln() - (lo as f64).ln()) * u).exp();
     (v as usize).clamp(lo, hi - 1)
-}
-
-#[task_family]
-impl TaskFamily for ParametricLmRnn {
-    type Cfg<S: Real> = ParametricLmRnnCfg<S>;
-    type Params<S: Real> = LstmLm<S>;
-    type Batch = LmBatch;
-
-    /// Hidden size from `key.fold_in(0)`, embedding from `fold_in(1)` (both `log_int`),
-    /// scale `U(0.5, 2)` from `fold_in(2)`.
-    fn sample(&self, key: Key) -> ParametricLmRnnCfg<f32> {
-        let (lo, hi) = self.size_range;
-        ParametricLmRnnCfg {
-            init_scale: key.fold_in(2).uniform_range(0.5f32, 2.0),
-            hidden: log_int(key.fold_in(0), lo, hi),
-            embed_dim: log_int(key.fold_in(1), lo, hi),
-        }
-    }
-
-    /// As [`TeacherForcedRnnLm::lstm`]'s init, the embedding and read-out times
-    /// `cfg.init_scale`.
-    fn init(&self, cfg: &ParametricLmRnnCfg<f32>, key: Key) -> LstmLm<f32> {
-        let (v, e, h, s) = (self.vocab, cfg.embed_dim, cfg.hidden, cfg.init_scale);
-        LstmLm {
-            embed: trunc_normal(key.fold_in(0), v, e, s),
-            w: linear_init(key.fold_in(2), e + h, 4 * h),
-            b: DVector::zeros(4 * h),
-            h0: DMatrix::zeros(1, h),
-            c0: DMatrix::zeros(1, h),
-            wo: trunc_normal(key.fold_in(1), h, v, s / (h as f32).sqrt()),
-            bo: DVector::zeros(v),
-        }
-    }
-
-    /// [`lstm_lm_loss`] with `cfg`'s sizes: the fixed task's loss, the same function.
-    fn loss<S: Real>(
-        &self,
-        params: &LstmLm<S>,
-        cfg: &ParametricLmRnnCfg<S>,
-        _key: S::Key,
-        batch: &LmBatch,
-    ) -> S {
-        lstm_lm_loss(params, cfg.hidden, cfg.embed_dim, batch)
-    }
-
-    fn datasets(&self) -> Option<Datasets<LmBatch>> {
-        Some(self.datasets.clone())
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
 }
