@@ -64,14 +64,20 @@ pub fn run(cases: &mut [Case<'_>], rounds: usize, target: Duration) -> Vec<Summa
         one = t.elapsed().as_secs_f64() / k as f64;
         c.reps = ((target.as_secs_f64() / one).ceil() as u64).max(1);
     }
+    let cpu = cpu_clock();
     for _ in 0..rounds {
         for c in cases.iter_mut() {
             let t = Instant::now();
+            let t0 = if cpu { process_cpu_seconds() } else { 0.0 };
             for _ in 0..c.reps {
                 (c.run)();
             }
-            c.samples
-                .push(t.elapsed().as_secs_f64() / (c.reps as f64 * c.units));
+            let secs = if cpu {
+                process_cpu_seconds() - t0
+            } else {
+                t.elapsed().as_secs_f64()
+            };
+            c.samples.push(secs / (c.reps as f64 * c.units));
         }
     }
     cases
@@ -217,4 +223,35 @@ pub fn nominal_peak() -> (f64, f64, String) {
         cores,
         format!("2 FMA x {lanes} f32 lanes x 2 FLOP x {ghz:.2} GHz per core, {cores} cores"),
     )
+}
+
+/// Whether samples are CPU time (`LOPT_BENCH_CLOCK=cpu`): the seconds every thread of the
+/// process ran, which a machine shared with other jobs inflates far less than wall time
+/// (`scripts/jax/*` read the same variable and use `time.process_time()`). The default
+/// is wall time.
+pub fn cpu_clock() -> bool {
+    std::env::var("LOPT_BENCH_CLOCK").is_ok_and(|v| v == "cpu")
+}
+
+/// CPU seconds used so far by all threads of this process (`CLOCK_PROCESS_CPUTIME_ID`);
+/// NaN where that clock is not available.
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+        }
+        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+        let mut t = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `t` is a valid, writable timespec.
+        if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0 {
+            return t.sec as f64 + t.nsec as f64 * 1e-9;
+        }
+    }
+    f64::NAN
 }

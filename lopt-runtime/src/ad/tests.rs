@@ -1665,3 +1665,82 @@ fn large_product_into_a_recycled_buffer_ignores_its_contents() {
     assert_eq!(fast.shape(), (m, n));
     assert_close(&fast, &want, 1e-14);
 }
+
+/// `exp`, `tanh` and `sigmoid` on `f32`: the scalar rule, the matrix rule (its
+/// vectorized fast path) and every lane of a `Lanes<8>` packet give the same bits over a
+/// dense sweep of [−90, 90] (the README's "bit for bit" promise for these three), and the
+/// `f32` values are within 4 ulp (relative to the exact value in `f64`; `exp` and `tanh`
+/// 2–3 ulp as their polynomials, `sigmoid` one division and one addition more). Where
+/// `exp` leaves the normal range (below −86.5 it gives 0) only the bits are compared.
+///
+/// Catches: the matrix fast path computing another function than the scalar rule (e.g.
+/// `sigmoid` as `1 / (1 + exp(x))`, or libm's `tanhf` on the scalar `f32`, which rounds
+/// the other way for a few per cent of arguments), and a broken polynomial (many ulp).
+#[test]
+fn f32_exp_tanh_sigmoid_are_one_function_on_scalars_matrices_and_lanes() {
+    use crate::lanes::Lanes;
+    use crate::scalar::Real;
+    let n = 36_000usize;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| -90.0 + 180.0 * i as f32 / n as f32)
+        .collect();
+    let m = DMatrix::from_column_slice(n / 8, 8, &xs);
+    fn ulps(got: f32, exact: f64) -> f64 {
+        let e = exact as f32;
+        if e == 0.0 || !e.is_normal() {
+            return 0.0;
+        }
+        let ulp = f32::from_bits(e.abs().to_bits() + 1) - e.abs();
+        (got as f64 - exact).abs() / ulp as f64
+    }
+    type Scalar = fn(f32) -> f32;
+    type Packet = fn(Lanes<8>) -> Lanes<8>;
+    let cases: [(&str, DMatrix<f32>, Scalar, Packet, fn(f64) -> f64); 3] = [
+        (
+            "exp",
+            Unary::eval(&m, &op::Exp),
+            |x| Unary::eval(&x, &op::Exp),
+            |x| Unary::eval(&x, &op::Exp),
+            f64::exp,
+        ),
+        (
+            "tanh",
+            Unary::eval(&m, &op::Tanh),
+            |x| Unary::eval(&x, &op::Tanh),
+            |x| Unary::eval(&x, &op::Tanh),
+            f64::tanh,
+        ),
+        (
+            "sigmoid",
+            Unary::eval(&m, &op::Sigmoid),
+            |x| Unary::eval(&x, &op::Sigmoid),
+            |x| Unary::eval(&x, &op::Sigmoid),
+            |x| 1.0 / (1.0 + (-x).exp()),
+        ),
+    ];
+    for (name, mat, scalar, packet, exact) in cases {
+        let mut worst = 0.0f64;
+        for (k, chunk) in xs.chunks_exact(8).enumerate() {
+            let lanes = packet(Lanes::<8>::from_lanes(|l| chunk[l] as f64));
+            for (l, &x) in chunk.iter().enumerate() {
+                let s = scalar(x);
+                let i = k * 8 + l;
+                assert_eq!(
+                    mat.as_slice()[i].to_bits(),
+                    s.to_bits(),
+                    "{name}({x}): matrix {} vs scalar {s}",
+                    mat.as_slice()[i]
+                );
+                assert_eq!(
+                    lanes.lane(l) as f32,
+                    s,
+                    "{name}({x}): lane {l} vs scalar"
+                );
+                if !(name == "exp" && x < -86.5) {
+                    worst = worst.max(ulps(s, exact(x as f64)));
+                }
+            }
+        }
+        assert!(worst <= 4.0, "{name}: {worst} ulp from the exact value");
+    }
+}
