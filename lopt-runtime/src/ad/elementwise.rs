@@ -183,16 +183,28 @@ pub(crate) mod lift {
     }
 
     /// The cotangent `f'(x) g`, written into `g`'s buffer.
+    ///
+    /// `gelu_tanh`'s derivative (a `tanh` polynomial and a dozen more operations per
+    /// element) runs as one plain loop, which inlines and vectorizes; through [`update`]'s
+    /// blocks of eight it stayed a call per element (measured: 15% of the transformer
+    /// LM's gradient).
     #[inline(always)]
-    pub(crate) fn vjp<S: Real, R: Dim, C: Dim, P: Pointwise<S>>(
+    pub(crate) fn vjp<S: Real, R: Dim, C: Dim, P: Pointwise<S> + 'static>(
         x: &OMatrix<S, R, C>,
         op: &P,
         out: &OMatrix<S, R, C>,
-        g: OMatrix<S, R, C>,
+        mut g: OMatrix<S, R, C>,
     ) -> OMatrix<S, R, C>
     where
         DefaultAllocator: Allocator<R, C>,
     {
+        if std::any::TypeId::of::<P>() == std::any::TypeId::of::<op::GeluTanh>() {
+            let it = g.as_mut_slice().iter_mut().zip(x.as_slice()).zip(out.as_slice());
+            for ((t, &x), &y) in it {
+                *t = op.d(x, y, *t);
+            }
+            return g;
+        }
         map_into(g, x.as_slice(), out.as_slice(), |x, y, t| op.d(x, y, t))
     }
 }
