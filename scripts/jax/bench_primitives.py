@@ -16,8 +16,11 @@ benchmark (only the `.grad` cases: JAX's `jit(value_and_grad)`):
 
 Cases are interleaved: warm-up, then 7 rounds in which every case takes one sample of
 calls lasting about 0.3 s. Usage: `python3 scripts/jax/bench_primitives.py [substring...]`.
+With `LOPT_BENCH_CLOCK=cpu` (as for the Rust side) the samples are the CPU seconds of all
+the process's threads (`time.process_time`) instead of wall time.
 """
 
+import os
 import statistics
 import sys
 import time
@@ -125,13 +128,16 @@ def main():
     one = max(time.perf_counter() - t0, 1e-9)
     reps[cid] = max(1, int(np.ceil(0.3 / one)))
   samples = {cid: [] for cid, _ in cases}
+  # LOPT_BENCH_CLOCK=cpu: CPU seconds of all the process's threads (as the Rust side).
+  clock = (time.process_time if os.environ.get("LOPT_BENCH_CLOCK") == "cpu"
+           else time.perf_counter)
   for _ in range(7):
     for cid, (f, args) in cases:
-      t0 = time.perf_counter()
+      t0 = clock()
       for _ in range(reps[cid]):
         out = f(*args)
       jax.block_until_ready(out)
-      samples[cid].append((time.perf_counter() - t0) / reps[cid])
+      samples[cid].append((clock() - t0) / reps[cid])
   for cid, _ in cases:
     s = samples[cid]
     print(f"bench {cid} median_s={statistics.median(s):.9f} "

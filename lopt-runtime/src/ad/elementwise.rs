@@ -199,7 +199,11 @@ pub(crate) mod lift {
         DefaultAllocator: Allocator<R, C>,
     {
         if std::any::TypeId::of::<P>() == std::any::TypeId::of::<op::GeluTanh>() {
-            let it = g.as_mut_slice().iter_mut().zip(x.as_slice()).zip(out.as_slice());
+            let it = g
+                .as_mut_slice()
+                .iter_mut()
+                .zip(x.as_slice())
+                .zip(out.as_slice());
             for ((t, &x), &y) in it {
                 *t = op.d(x, y, *t);
             }

@@ -69,9 +69,9 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use elementwise::lift;
 /// Called by every `value_and_grad` that `#[task]` generates, before its forward sweep.
 pub use crate::kernels::alloc::keep_freed_memory;
+pub(crate) use elementwise::lift;
 pub use labels::{labels_of, owned_labels, Labels};
 pub use pointwise::Pointwise;
 pub use selection::{if_ge, if_gt, if_le, if_lt, IfCompare, IfSide, Where};

@@ -60,7 +60,7 @@ fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Ve
     let mut mean = vec![S::zero(); rows];
     if center {
         fold_rows(xs, rows, &mut mean, |a, _, x| a + x);
-        mean.iter_mut().for_each(|m| *m = *m * inv_n);
+        mean.iter_mut().for_each(|m| *m *= inv_n);
     }
     let mut var = vec![S::zero(); rows];
     fold_rows(xs, rows, &mut var, |a, i, x| {
@@ -97,15 +97,19 @@ fn apply_jacobian<S: Real>(
     let mut mean_t = vec![S::zero(); rows];
     if center {
         fold_rows(ts, rows, &mut mean_t, |a, _, x| a + x);
-        mean_t.iter_mut().for_each(|m| *m = *m * inv_n);
+        mean_t.iter_mut().for_each(|m| *m *= inv_n);
     }
     let mut proj = vec![S::zero(); rows];
-    for (xc, tc) in xhat.as_slice().chunks_exact(rows).zip(ts.chunks_exact(rows)) {
+    for (xc, tc) in xhat
+        .as_slice()
+        .chunks_exact(rows)
+        .zip(ts.chunks_exact(rows))
+    {
         for ((p, &x), &t) in proj.iter_mut().zip(xc).zip(tc) {
-            *p = *p + x * t;
+            *p += x * t;
         }
     }
-    proj.iter_mut().for_each(|p| *p = *p * inv_n);
+    proj.iter_mut().for_each(|p| *p *= inv_n);
     for (oc, xc) in out
         .as_mut_slice()
         .chunks_exact_mut(rows)

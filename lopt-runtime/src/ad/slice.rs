@@ -32,7 +32,11 @@ fn check(what: &str, start: usize, len: usize, n: usize, shape: (usize, usize)) 
 }
 
 /// Rows `start..start + len` of `x` (column-major): one slice copy per column.
-fn copy_rows<S: Real, C: Dim>(x: &OMatrix<S, Dyn, C>, start: usize, len: usize) -> OMatrix<S, Dyn, C>
+fn copy_rows<S: Real, C: Dim>(
+    x: &OMatrix<S, Dyn, C>,
+    start: usize,
+    len: usize,
+) -> OMatrix<S, Dyn, C>
 where
     DefaultAllocator: Allocator<Dyn, C>,
 {
@@ -47,7 +51,11 @@ where
 }
 
 /// Columns `start..start + len` of `x`: one contiguous copy (column-major storage).
-fn copy_columns<S: Real, R: Dim>(x: &OMatrix<S, R, Dyn>, start: usize, len: usize) -> OMatrix<S, R, Dyn>
+fn copy_columns<S: Real, R: Dim>(
+    x: &OMatrix<S, R, Dyn>,
+    start: usize,
+    len: usize,
+) -> OMatrix<S, R, Dyn>
 where
     DefaultAllocator: Allocator<R, Dyn>,
 {
@@ -127,7 +135,10 @@ where
         let (r, c) = self.shape_generic();
         let dx = slot.get_or_insert_with(|| Self::zeros_generic(r, c));
         let nr = dx.nrows();
-        add_into(&mut dx.as_mut_slice()[op.0 * nr..(op.0 + op.1) * nr], g.as_slice());
+        add_into(
+            &mut dx.as_mut_slice()[op.0 * nr..(op.0 + op.1) * nr],
+            g.as_slice(),
+        );
     }
 }
 

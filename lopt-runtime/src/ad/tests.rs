@@ -1695,7 +1695,8 @@ fn f32_exp_tanh_sigmoid_are_one_function_on_scalars_matrices_and_lanes() {
     }
     type Scalar = fn(f32) -> f32;
     type Packet = fn(Lanes<8>) -> Lanes<8>;
-    let cases: [(&str, DMatrix<f32>, Scalar, Packet, fn(f64) -> f64); 3] = [
+    type Case = (&'static str, DMatrix<f32>, Scalar, Packet, fn(f64) -> f64);
+    let cases: [Case; 3] = [
         (
             "exp",
             Unary::eval(&m, &op::Exp),
@@ -1731,11 +1732,7 @@ fn f32_exp_tanh_sigmoid_are_one_function_on_scalars_matrices_and_lanes() {
                     "{name}({x}): matrix {} vs scalar {s}",
                     mat.as_slice()[i]
                 );
-                assert_eq!(
-                    lanes.lane(l) as f32,
-                    s,
-                    "{name}({x}): lane {l} vs scalar"
-                );
+                assert_eq!(lanes.lane(l) as f32, s, "{name}({x}): lane {l} vs scalar");
                 if !(name == "exp" && x < -86.5) {
                     worst = worst.max(ulps(s, exact(x as f64)));
                 }
