@@ -196,12 +196,9 @@ macro_rules! impl_real_float {
             fn set_lane(&mut self, _i: usize, v: f64) {
                 *self = v as $t;
             }
-            /// On `f32` the branch-free Cephes polynomial of `kernels::vecmath` (within 3
-            /// ulp; loops over it vectorize, and packets compute the same function lane
-            /// by lane); libm on `f64`.
             #[inline(always)]
             fn exp(self) -> Self {
-                $pick(self, crate::kernels::vecmath::exp_f32, f64::exp)
+                <$t>::exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -211,10 +208,9 @@ macro_rules! impl_real_float {
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }
-            /// On `f32` the branch-free Cephes polynomial (as [`Real::exp`]); libm on `f64`.
             #[inline(always)]
             fn tanh(self) -> Self {
-                $pick(self, crate::kernels::vecmath::tanh_f32, f64::tanh)
+                <$t>::tanh(self)
             }
             #[inline(always)]
             fn sin(self) -> Self {

@@ -102,6 +102,20 @@ where
     }
 }
 
+/// `gelu_tanh`'s constants as `primitives` converts them to `f32` (`S::c` of √(2/π), and of
+/// 3 × 0.044715 for the derivative).
+const GELU_K: f32 = 0.797_884_560_802_865_4_f64 as f32;
+const GELU_A: f32 = 0.044_715_f64 as f32;
+const GELU_3A: f32 = (3.0 * 0.044_715_f64) as f32;
+
+/// `(½(1 + tanh u), tanh u)`, `u = √(2/π)(x + 0.044715 x³)`: `primitives`' `gelu_tanh_cdf`
+/// on `f32` with the packets' `tanh` polynomial, the same operations in the same order.
+#[inline(always)]
+fn gelu_tanh_f32(x: f32) -> (f32, f32) {
+    let th = crate::kernels::vecmath::tanh_f32(GELU_K * (x + GELU_A * (x * x * x)));
+    (0.5 * (1.0 + th), th)
+}
+
 /// The rules of a unary elementwise primitive (a
 /// [`Pointwise`](crate::ad::Pointwise)) on any owned nalgebra matrix or vector,
 /// element by element: what `primitives/` lifts every one of them with.
@@ -111,12 +125,13 @@ pub(crate) mod lift {
 
     /// The value: `f` on every element.
     ///
-    /// On `f32`, `exp`, `tanh` and `sigmoid` run the branch-free polynomials of
-    /// `kernels::vecmath` (Cephes', within 3 ulp, as on packets), so the loop vectorizes;
-    /// libm's are opaque scalar calls (measured: 10% of the LSTM language model's
-    /// gradient). The packets ([`Lanes`](crate::lanes::Lanes)) compute the same
-    /// functions lane by lane, so a matrix of lanes still equals separate `f32` instances,
-    /// now bit for bit for these three.
+    /// On `f32` matrices and vectors, `exp`, `tanh`, `sigmoid` and `gelu_tanh` run the
+    /// branch-free polynomials of `kernels::vecmath` (Cephes', within 3 ulp, as on
+    /// packets), so the loop vectorizes; libm's are opaque scalar calls (measured: 10% of
+    /// the LSTM language model's gradient, a third of the transformer's). The packets
+    /// ([`Lanes`](crate::lanes::Lanes)) compute the same functions lane by lane, so for
+    /// these four a matrix of lanes equals separate `f32` matrices bit for bit. A scalar
+    /// `f32` keeps the platform's `exp` and `tanh` (within 1e-6 of these).
     #[inline(always)]
     pub(crate) fn eval<S: Real, R: Dim, C: Dim, P: Pointwise<S> + 'static>(
         x: &OMatrix<S, R, C>,
@@ -156,6 +171,8 @@ pub(crate) mod lift {
             xs.iter().map(|&x| 1.0 / (1.0 + exp_f32(-x))).collect()
         } else if p == TypeId::of::<op::Exp>() {
             xs.iter().map(|&x| exp_f32(x)).collect()
+        } else if p == TypeId::of::<op::GeluTanh>() {
+            xs.iter().map(|&x| x * gelu_tanh_f32(x).0).collect()
         } else {
             return None;
         };
@@ -198,7 +215,29 @@ pub(crate) mod lift {
     where
         DefaultAllocator: Allocator<R, C>,
     {
-        if std::any::TypeId::of::<P>() == std::any::TypeId::of::<op::GeluTanh>() {
+        use std::any::TypeId;
+        if TypeId::of::<P>() == TypeId::of::<op::GeluTanh>()
+            && TypeId::of::<S>() == TypeId::of::<f32>()
+        {
+            // SAFETY: `S` is `f32` (the TypeId test): the same layout.
+            let (gs, xs) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(
+                        g.as_mut_slice().as_mut_ptr() as *mut f32,
+                        g.len(),
+                    ),
+                    std::slice::from_raw_parts(x.as_slice().as_ptr() as *const f32, x.len()),
+                )
+            };
+            for (t, &x) in gs.iter_mut().zip(xs) {
+                // `primitives`' derivative of `gelu_tanh`, with the packets' `tanh`.
+                let (cdf, th) = gelu_tanh_f32(x);
+                let du = GELU_K * (1.0 + GELU_3A * x * x);
+                *t *= cdf + 0.5 * x * (1.0 - th * th) * du;
+            }
+            return g;
+        }
+        if TypeId::of::<P>() == TypeId::of::<op::GeluTanh>() {
             let it = g
                 .as_mut_slice()
                 .iter_mut()

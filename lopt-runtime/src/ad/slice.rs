@@ -323,6 +323,50 @@ mod tests {
         assert_eq!(jv.rows(0, 2).sum(), 0.0);
     }
 
+    /// The in-place reverse rules `#[task]` emits (`vjp_acc`) add exactly what `vjp`
+    /// returns: into an empty slot (which becomes `vjp`'s matrix) and into a slot holding
+    /// an earlier contribution (`slot + vjp`), for rows and columns at an offset.
+    ///
+    /// Catches: `vjp_acc` adding at offset 0 instead of at `start` (tried on `Columns`:
+    /// `op.0 * nr` replaced by `0`, and on `Rows`: `d[op.0..]` by `d[0..]`; both fail
+    /// here), or overwriting the earlier contribution instead of adding to it.
+    #[test]
+    fn in_place_reverse_rules_add_what_vjp_returns() {
+        let x = m(5, 6, 0.5);
+        let earlier = m(5, 6, -3.0);
+        let cases: [(&dyn Fn(&mut Option<DMatrix<f64>>), DMatrix<f64>); 2] = [
+            (
+                &|slot| {
+                    let op = Columns(3, 2);
+                    let g = m(5, 2, 2.0);
+                    Unary::vjp_acc(&x, &op, &Unary::eval(&x, &op), g, slot)
+                },
+                Unary::vjp(
+                    &x,
+                    &Columns(3, 2),
+                    &x.columns(3, 2).into_owned(),
+                    m(5, 2, 2.0),
+                ),
+            ),
+            (
+                &|slot| {
+                    let op = Rows(2, 3);
+                    let g = m(3, 6, 2.0);
+                    Unary::vjp_acc(&x, &op, &Unary::eval(&x, &op), g, slot)
+                },
+                Unary::vjp(&x, &Rows(2, 3), &x.rows(2, 3).into_owned(), m(3, 6, 2.0)),
+            ),
+        ];
+        for (acc, want) in cases {
+            let mut empty = None;
+            acc(&mut empty);
+            assert_eq!(empty.as_ref(), Some(&want));
+            let mut held = Some(earlier.clone());
+            acc(&mut held);
+            assert_eq!(held, Some(&earlier + &want));
+        }
+    }
+
     #[test]
     #[should_panic(expected = "columns(5, 2) of a 2x6 matrix (it has 6 columns)")]
     fn slices_past_the_end_panic_with_the_sizes() {
