@@ -334,7 +334,8 @@ mod tests {
     fn in_place_reverse_rules_add_what_vjp_returns() {
         let x = m(5, 6, 0.5);
         let earlier = m(5, 6, -3.0);
-        let cases: [(&dyn Fn(&mut Option<DMatrix<f64>>), DMatrix<f64>); 2] = [
+        type Acc<'a> = &'a dyn Fn(&mut Option<DMatrix<f64>>);
+        let cases: [(Acc, DMatrix<f64>); 2] = [
             (
                 &|slot| {
                     let op = Columns(3, 2);
