@@ -1760,8 +1760,9 @@ fn f32_matrix_exp_tanh_sigmoid_gelu_are_the_packets_functions() {
 /// are `G·Bᵀ` and `Aᵀ·G`; into slots holding earlier contributions, the GEMM accumulates
 /// onto them (compared with `earlier + vjp` within 1e-12, the sums' order differs).
 ///
-/// Catches: an accumulating product that overwrites the slot (`product_acc` replaced by
-/// a fresh product), or the two cotangents swapped between the slots.
+/// Catches: an accumulating product that overwrites the slot (tried: `acc_b`'s
+/// `product_acc` replaced by a fresh product, which fails here), or the two cotangents
+/// swapped between the slots.
 #[test]
 fn product_in_place_reverse_rules_add_what_vjp_returns() {
     let a = DMatrix::from_fn(4, 3, |i, j| (i * 3 + j) as f64 * 0.25 - 1.0);
