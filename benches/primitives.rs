@@ -12,17 +12,23 @@
 //!   (batch 64, T 32, 4 heads × 32) under `⟨attention(qkv), r⟩`, gradient in `qkv`.
 //! - `embed.v256d128n2048.grad`: `embed` of 64×32 ids from a 256×128 table under
 //!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add).
+//! - `lstm.b128t32e64h128.grad`: an LSTM layer (as in `tests/recurrent.rs`: gates
+//!   `[i f g o]` as column slices of `x_t Wx + h Wh + b`, `c = σ(f)∘c + σ(i)∘tanh(g)`,
+//!   `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64 inputs, 128 hidden (the
+//!   cell of the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`), under
+//!   `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data).
 //!
 //! FLOP counts are the matrix products' (`2·m·k·n` each; a layer's `grad` does the
 //! forward product, `dW = Pᵀ·G` and, with the input differentiated, `dP = G·Wᵀ`); the
 //! attention counts its four (forward) and six (gradient) per-head products over the full
-//! `T × T` (the masked half included, as the GEMMs do it). The peak is `peak.fma`, an FMA loop
+//! `T × T` (the masked half included, as the GEMMs do it); the LSTM per step `x Wx` and
+//! `h Wh` forward, `dWx`, `dWh` and `dh = G Whᵀ` backward (`2·B·4H·(2E + 3H)`). The peak is `peak.fma`, an FMA loop
 //! (12 independent AVX2 accumulators) timed as one of the interleaved cases, so that it
 //! sees the machine's load as they do; everything here runs on one thread. The
 //! `part.c103.*` cases time the pieces of the largest layer's gradient alone (im2col,
 //! col2im, the forward product, `dW = Pᵀ·G`, `dP = G·Wᵀ`), and the fused rule's forward
 //! and reverse (`fused_fwd`, `fused_vjp`: `ad::conv::im2col_mul`, blocks of patches,
-//! on the thread pool). `BENCH_CLOCK=cpu` times process CPU time instead of wall time
+//! on the thread pool). `LOPT_BENCH_CLOCK=cpu` times process CPU time instead of wall time
 //! (with `RAYON_NUM_THREADS=1`, a case's single-core efficiency on a loaded machine).
 //!
 //! The JAX side: `scripts/jax/bench_primitives.py` (same ids, `jit(value_and_grad)`).
@@ -81,6 +87,34 @@ struct Table<S: Real> {
 #[task]
 fn embedding<S: Real>(p: &Table<S>, ids: &Vec<u32>, r: &DMatrix<S>) -> S {
     dot(embed(&p.e, ids), r)
+}
+
+#[derive(Params, Clone, Debug)]
+struct LstmLayer<S: Real> {
+    wx: DMatrix<S>,
+    wh: DMatrix<S>,
+    b: DVector<S>,
+}
+
+/// An LSTM layer over `xs.len()` steps under `Σ_t ⟨h_t, r_t⟩` (see the module docs).
+#[task]
+fn lstm_layer<S: Real>(p: &LstmLayer<S>, xs: &Vec<DMatrix<S>>, rs: &Vec<DMatrix<S>>) -> S {
+    let hd = p.wh.nrows();
+    let rows = xs[0].nrows();
+    let mut h = DMatrix::<S>::zeros(rows, hd);
+    let mut c = DMatrix::<S>::zeros(rows, hd);
+    let mut loss = 0.0;
+    for t in 0..xs.len() {
+        let z = &xs[t] * &p.wx + &h * &p.wh + &p.b;
+        let i = sigmoid(z.columns(0, hd));
+        let f = sigmoid(z.columns(hd, hd));
+        let g = tanh(z.columns(2 * hd, hd));
+        let o = sigmoid(z.columns(3 * hd, hd));
+        c = component_mul(&f, &c) + component_mul(&i, &g);
+        h = component_mul(&o, &tanh(&c));
+        loss += dot(&h, &rs[t]);
+    }
+    loss
 }
 
 /// The hand-written layer: buffers kept across calls, the same im2col/col2im and GEMM.
@@ -334,6 +368,24 @@ fn main() {
     flops.push(("embed.v256d128n2048.grad".into(), 4.0 * (2048 * 128) as f64));
     cases.push(Case::new("embed.v256d128n2048.grad", move || {
         keep(embedding::value_and_grad(&table, &ids, &re));
+    }));
+
+    // An LSTM layer of the RNN LM task: batch 128, 32 steps, 64 inputs, 128 hidden.
+    let (lb, lt, le, lh) = (128usize, 32usize, 64usize, 128usize);
+    let lstm = LstmLayer {
+        wx: normal(le, 4 * lh, 1.0 / (le as f32).sqrt()),
+        wh: normal(lh, 4 * lh, 1.0 / (lh as f32).sqrt()),
+        b: DVector::zeros(4 * lh),
+    };
+    let xs: Vec<DMatrix<f32>> = (0..lt).map(|_| normal(lb, le, 1.0)).collect();
+    let rs: Vec<DMatrix<f32>> = (0..lt).map(|_| normal(lb, lh, 1.0)).collect();
+    let lstm_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad");
+    flops.push((
+        lstm_id.clone(),
+        2.0 * (lt * lb * 4 * lh * (2 * le + 3 * lh)) as f64,
+    ));
+    cases.push(Case::new(lstm_id, move || {
+        keep(lstm_layer::value_and_grad(&lstm, &xs, &rs));
     }));
 
     common::select(&mut cases);

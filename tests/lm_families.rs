@@ -275,7 +275,7 @@ fn mixed_shape_transformer_family_trains_batched_as_each_instance_alone() {
 }
 
 /// The families at unit scale are the fixed tasks: the same init, and (their losses being
-/// the fixed tasks' own loss functions, `lstm_lm_loss` and `transformer_lm_loss_l2`) the
+/// the fixed tasks' own loss bodies, transcribed into both) the
 /// same value and gradient bit for bit; `tests/lm_tasks.rs` checks both against the
 /// plain-f64 definitions. Catches: an init drifting from the fixed task's, and a family
 /// passing other sizes than its configuration's to the shared loss (tried: the RNN

@@ -415,8 +415,8 @@ fn transformer_task_matches_its_definition() {
     assert!(report.passed(), "{report}");
 }
 
-/// The families' losses are the fixed tasks' loss functions (`lstm_lm_loss`,
-/// `transformer_lm_loss_l2`, one body each), so they are checked against the same
+/// The families' losses are the fixed tasks' loss bodies (one body each, transcribed into
+/// both), so they are checked against the same
 /// plain-f64 definitions: `ParametricLmRnn` at hidden 4, embedding 3 (unequal, so a family
 /// passing its two sizes in the wrong order fails on shapes) and `ParametricLmTransformer`
 /// with 2 heads of D 6, value and gradient. Catches: a family calling its loss with the

@@ -48,12 +48,12 @@ pub struct Summary {
     pub n: usize,
 }
 
-/// Seconds on the benchmark's clock: wall time, or with `BENCH_CLOCK=cpu` the CPU time
+/// Seconds on the benchmark's clock: wall time, or with `LOPT_BENCH_CLOCK=cpu` the CPU time
 /// of the whole process (all threads; on a loaded machine it leaves out the time the
 /// process waits for a core, so it measures a single-threaded case's efficiency).
 fn clock() -> f64 {
     static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *CPU.get_or_init(|| std::env::var("BENCH_CLOCK").is_ok_and(|v| v == "cpu")) {
+    if *CPU.get_or_init(|| std::env::var("LOPT_BENCH_CLOCK").is_ok_and(|v| v == "cpu")) {
         #[repr(C)]
         struct Timespec {
             sec: i64,

@@ -18,7 +18,10 @@ The library is imported from a checkout given by `LO_SRC` (a directory holding t
 `learned_optimization` package with its `tasks/`; e.g. `git archive` of the library's
 mirror). TensorFlow, tfds and seqio are only needed by the dataset readers, which are not
 used; they are stubbed when missing. Usage:
-`LO_SRC=/path python3 scripts/jax/bench_lm_tasks.py [substring...]`.
+`LO_SRC=/path python3 scripts/jax/bench_lm_tasks.py [substring...]`. With
+`LOPT_BENCH_CLOCK=cpu` (as for the Rust side) the samples are the CPU seconds of all the
+process's threads (`time.process_time`), and a `wall` line per case gives the wall time
+and the CPU/wall ratio (how many threads XLA kept busy).
 """
 
 import os
@@ -108,16 +111,26 @@ def main():
     one = time.perf_counter() - t
     reps[cid] = max(1, int(np.ceil(0.3 / one)))
   samples = {c[0]: [] for c in cs}
+  # LOPT_BENCH_CLOCK=cpu: CPU seconds of all the process's threads (as the Rust side).
+  clock = (time.process_time if os.environ.get("LOPT_BENCH_CLOCK") == "cpu"
+           else time.perf_counter)
+  walls = {c[0]: [] for c in cs}
   for _ in range(7):
     for cid, fn, units in cs:
-      t = time.perf_counter()
+      w = time.perf_counter()
+      t = clock()
       for _ in range(reps[cid]):
         jax.block_until_ready(fn())
-      samples[cid].append((time.perf_counter() - t) / (reps[cid] * units))
+      samples[cid].append((clock() - t) / (reps[cid] * units))
+      walls[cid].append((time.perf_counter() - w) / (reps[cid] * units))
   for cid, _, _ in cs:
     s = sorted(samples[cid])
     print(f"bench {cid} median_s={statistics.median(s):.9f} min_s={s[0]:.9f} "
           f"max_s={s[-1]:.9f} n={len(s)}")
+    if clock is time.process_time:
+      print(f"wall {cid} median_s={statistics.median(walls[cid]):.9f} "
+            f"(CPU/wall {statistics.median(s) / statistics.median(walls[cid]):.2f}: "
+            "threads XLA kept busy)")
 
 
 if __name__ == "__main__":

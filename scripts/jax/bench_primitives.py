@@ -9,12 +9,18 @@ benchmark (only the `.grad` cases: JAX's `jit(value_and_grad)`):
 * `attn.b64t32h4d32.grad`: haiku MultiHeadAttention's core with the causal mask
   (einsum logits / sqrt(32), where(mask, logits, -1e30), softmax, einsum, reshape)
   under `vdot(attention(qkv), r)`, gradient in qkv;
-* `embed.v256d128n2048.grad`: `vdot(table[ids], r)`, gradient in the table.
+* `embed.v256d128n2048.grad`: `vdot(table[ids], r)`, gradient in the table;
+* `lstm.b128t32e64h128.grad`: an LSTM layer over 32 steps (`lax.scan`, as haiku's
+  `dynamic_unroll` runs `hk.LSTM`; gates `[i f g o]` of `x Wx + h Wh + b`) of a batch of
+  128, 64 inputs, 128 hidden, under `sum_t vdot(h_t, r_t)`, gradient in Wx, Wh, b.
 
 Cases are interleaved: warm-up, then 7 rounds in which every case takes one sample of
 calls lasting about 0.3 s. Usage: `python3 scripts/jax/bench_primitives.py [substring...]`.
+With `LOPT_BENCH_CLOCK=cpu` (as for the Rust side) the samples are the CPU seconds of all
+the process's threads (`time.process_time`) instead of wall time.
 """
 
+import os
 import statistics
 import sys
 import time
@@ -71,6 +77,31 @@ def embed_case(rng):
   return f, (table, ids, r)
 
 
+def lstm_case(rng, batch=128, steps=32, e=64, h=128):
+  wx = jnp.asarray(rng.standard_normal((e, 4 * h)) / np.sqrt(e), jnp.float32)
+  wh = jnp.asarray(rng.standard_normal((h, 4 * h)) / np.sqrt(h), jnp.float32)
+  b = jnp.zeros((4 * h,), jnp.float32)
+  xs = jnp.asarray(rng.standard_normal((steps, batch, e)), jnp.float32)
+  rs = jnp.asarray(rng.standard_normal((steps, batch, h)), jnp.float32)
+
+  def loss(wx, wh, b, xs, rs):
+    def step(carry, xr):
+      hh, c = carry
+      x, r = xr
+      z = x @ wx + hh @ wh + b
+      i, f, g, o = jnp.split(z, 4, axis=-1)
+      c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+      hh = jax.nn.sigmoid(o) * jnp.tanh(c)
+      return (hh, c), jnp.vdot(hh, r)
+
+    zero = jnp.zeros((batch, h), jnp.float32)
+    _, ls = jax.lax.scan(step, (zero, zero), (xs, rs))
+    return jnp.sum(ls)
+
+  f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  return f, (wx, wh, b, xs, rs)
+
+
 def main():
   filters = [a for a in sys.argv[1:] if not a.startswith("--")]
   rng = np.random.default_rng(7)
@@ -85,6 +116,7 @@ def main():
                   conv_case(128, o, 64, 64, 1, True, rng)))
   cases.append(("attn.b64t32h4d32.grad", attention_case(rng)))
   cases.append(("embed.v256d128n2048.grad", embed_case(rng)))
+  cases.append(("lstm.b128t32e64h128.grad", lstm_case(rng)))
   cases = [c for c in cases if not filters or any(f in c[0] for f in filters)]
   print("jax", jax.__version__, jax.devices())
 
@@ -96,13 +128,16 @@ def main():
     one = max(time.perf_counter() - t0, 1e-9)
     reps[cid] = max(1, int(np.ceil(0.3 / one)))
   samples = {cid: [] for cid, _ in cases}
+  # LOPT_BENCH_CLOCK=cpu: CPU seconds of all the process's threads (as the Rust side).
+  clock = (time.process_time if os.environ.get("LOPT_BENCH_CLOCK") == "cpu"
+           else time.perf_counter)
   for _ in range(7):
     for cid, (f, args) in cases:
-      t0 = time.perf_counter()
+      t0 = clock()
       for _ in range(reps[cid]):
         out = f(*args)
       jax.block_until_ready(out)
-      samples[cid].append((time.perf_counter() - t0) / reps[cid])
+      samples[cid].append((clock() - t0) / reps[cid])
   for cid, _ in cases:
     s = samples[cid]
     print(f"bench {cid} median_s={statistics.median(s):.9f} "

@@ -61,7 +61,7 @@ use crate::ad::attention::AttentionGeometry;
 use crate::datasets::text::{fortunes_lm_datasets, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
-use crate::prelude::{differentiable, task, task_family, Params};
+use crate::prelude::{task, task_family, Params};
 use crate::tasks::rnn_lm::{
     check_lm_batch, linear_init, log_int, trunc_normal, variance_scaling, vocab_of,
 };
@@ -134,53 +134,6 @@ tlm_params!(
     /// Parameters of a three-layer transformer LM.
     Tlm3 { l0, l1, l2 }
 );
-
-/// One pre-LN layer: `h + Attn(LN₁(h))`, then `+ MLP(LN₂(·))`.
-#[differentiable]
-#[allow(clippy::too_many_arguments)]
-pub fn transformer_block<S: Real>(
-    h: &DMatrix<S>,
-    ln1_scale: &DVector<S>,
-    ln1_offset: &DVector<S>,
-    wqkv: &DMatrix<S>,
-    bqkv: &DVector<S>,
-    wo: &DMatrix<S>,
-    bo: &DVector<S>,
-    ln2_scale: &DVector<S>,
-    ln2_offset: &DVector<S>,
-    w1: &DMatrix<S>,
-    b1: &DVector<S>,
-    w2: &DMatrix<S>,
-    b2: &DVector<S>,
-    g: &AttentionGeometry,
-) -> DMatrix<S> {
-    let a_in = scale_columns(layer_norm(h, 1e-5), ln1_scale) + ln1_offset;
-    let qkv = a_in * wqkv + bqkv;
-    let att = causal_self_attention(&qkv, g);
-    let h1 = h + (att * wo + bo);
-    let m_in = scale_columns(layer_norm(&h1, 1e-5), ln2_scale) + ln2_offset;
-    let act = gelu_tanh(m_in * w1 + b1);
-    h1 + (act * w2 + b2)
-}
-
-/// The masked mean cross-entropy of the final layer: `LN_f(h) · Wout + bout` against
-/// `targets` (batch-major), `Σ ce·mask / count`.
-#[differentiable]
-#[allow(clippy::too_many_arguments, clippy::ptr_arg)]
-pub fn transformer_head<S: Real>(
-    h: &DMatrix<S>,
-    lnf_scale: &DVector<S>,
-    lnf_offset: &DVector<S>,
-    wout: &DMatrix<S>,
-    bout: &DVector<S>,
-    targets: &Vec<i32>,
-    mask: &DVector<f32>,
-    count: f64,
-) -> S {
-    let hf = scale_columns(layer_norm(h, 1e-5), lnf_scale) + lnf_offset;
-    let ce = softmax_cross_entropy(hf * wout + bout, targets);
-    dot(&ce, mask) / count
-}
 
 /// A batch in batch-major order: ids, targets, the mask and its sum.
 pub(crate) struct BatchMajor {
@@ -328,52 +281,19 @@ impl<const L: usize> TransformerLm<L> {
     }
 }
 
-macro_rules! transformer_task {
-    ($l:literal, $params:ident, $loss:ident { $($layer:ident = $i:literal),* }) => {
-        #[doc = concat!(
-            "The loss of a ", stringify!($l), "-layer transformer LM (the [module docs](self)) ",
-            "with `heads` heads of 32: embed the ids batch-major, the layers in order, the ",
-            "final layer norm and read-out, `Σ ce·mask / Σ mask`. The one body both ",
-            "[`TransformerLm<", stringify!($l), ">`] and [`ParametricLmTransformer<",
-            stringify!($l), ">`] call, so the fixed task and the family cannot drift apart.\n\n",
-            "# Panics\nOn an empty batch."
-        )]
-        #[differentiable]
-        pub fn $loss<S: Real>(params: &$params<S>, heads: usize, batch: &LmBatch) -> S {
-            let g = AttentionGeometry::new(batch.obs.nrows(), batch.obs.ncols(), heads, KEY_SIZE)
-                .expect("a non-empty LM batch");
-            let bm = batch_major(batch);
-            let h = embed(&params.embed, &bm.ids);
-            $(
-                let h = transformer_block(
-                    &h,
-                    &params.$layer.ln1_scale,
-                    &params.$layer.ln1_offset,
-                    &params.$layer.wqkv,
-                    &params.$layer.bqkv,
-                    &params.$layer.wo,
-                    &params.$layer.bo,
-                    &params.$layer.ln2_scale,
-                    &params.$layer.ln2_offset,
-                    &params.$layer.w1,
-                    &params.$layer.b1,
-                    &params.$layer.w2,
-                    &params.$layer.b2,
-                    &g,
-                );
-            )*
-            transformer_head(
-                &h,
-                &params.lnf_scale,
-                &params.lnf_offset,
-                &params.wout,
-                &params.bout,
-                &bm.targets,
-                &bm.mask,
-                bm.count,
-            )
-        }
-
+/// The transformer LM's task ([`TransformerLm<L>`]) and family
+/// ([`ParametricLmTransformer<L>`]) of one depth, with one loss body transcribed into both
+/// `loss` functions: embed the ids batch-major, the pre-LN layers in order
+/// (`h + Attn(LN₁(h))`, then `+ MLP(LN₂(·))`), the final layer norm and read-out,
+/// `Σ ce·mask / Σ mask`. Not a `#[differentiable]` function both call: such a call runs
+/// its forward pass again in the reverse sweep (a quarter of this gradient's time). The
+/// body is written once, in `transformer_task!`, and passed here as tokens (a `block`
+/// fragment would reach `#[task]` as one opaque group).
+macro_rules! transformer_impls {
+    (
+        $l:literal, $params:ident { $($layer:ident = $i:literal),* },
+        |$p:ident, $b:ident, $g:ident| { $($body:tt)* }
+    ) => {
         #[task]
         impl Task for TransformerLm<$l> {
             type Params<S: Real> = $params<S>;
@@ -394,9 +314,58 @@ macro_rules! transformer_task {
                 .cast::<S>()
             }
 
-            #[doc = concat!("[`", stringify!($loss), "`] with this task's heads.")]
-            fn loss<S: Real>(&self, params: &$params<S>, _key: S::Key, batch: &LmBatch) -> S {
-                $loss(params, self.heads, batch)
+            /// The transformer LM's loss (module docs) with this task's heads.
+            fn loss<S: Real>(&self, $p: &$params<S>, _key: S::Key, $b: &LmBatch) -> S {
+                let $g = self.geometry($b);
+                $($body)*
+            }
+
+            fn datasets(&self) -> Option<Datasets<LmBatch>> {
+                Some(self.datasets.clone())
+            }
+
+            fn name(&self) -> String {
+                self.name.clone()
+            }
+        }
+
+        #[task_family]
+        impl TaskFamily for ParametricLmTransformer<$l> {
+            type Cfg<S: Real> = ParametricLmTransformerCfg<S>;
+            type Params<S: Real> = $params<S>;
+            type Batch = LmBatch;
+
+            /// `d_model_per_head` from `key.fold_in(0)`, heads from `fold_in(1)` (both
+            /// `log_int`).
+            fn sample(&self, key: Key) -> ParametricLmTransformerCfg<f32> {
+                let (plo, phi) = self.per_head_range;
+                let (hlo, hhi) = self.heads_range;
+                let per_head = log_int(key.fold_in(0), plo, phi);
+                let heads = log_int(key.fold_in(1), hlo, hhi);
+                ParametricLmTransformerCfg::new(heads, heads * per_head)
+            }
+
+            /// [`TransformerLm`]'s init for `cfg`'s sizes.
+            fn init(&self, cfg: &ParametricLmTransformerCfg<f32>, key: Key) -> $params<f32> {
+                Task::init::<f32>(&self.task_of(cfg), key)
+            }
+
+            /// The fixed task's loss (the same body) with `cfg`'s heads.
+            fn loss<S: Real>(
+                &self,
+                $p: &$params<S>,
+                cfg: &ParametricLmTransformerCfg<S>,
+                _key: S::Key,
+                $b: &LmBatch,
+            ) -> S {
+                let $g = AttentionGeometry::new($b.obs.nrows(), $b.obs.ncols(), cfg.heads, KEY_SIZE)
+                    .expect("a non-empty LM batch");
+                $($body)*
+            }
+
+            fn normalizer<S: Real>(&self, loss: S) -> S {
+                let v = self.vocab;
+                S::from_lanes(|i| Self::normalize(loss.lane(i), v))
             }
 
             fn datasets(&self) -> Option<Datasets<LmBatch>> {
@@ -410,9 +379,32 @@ macro_rules! transformer_task {
     };
 }
 
-transformer_task!(1, Tlm1, transformer_lm_loss_l1 { l0 = 0 });
-transformer_task!(2, Tlm2, transformer_lm_loss_l2 { l0 = 0, l1 = 1 });
-transformer_task!(3, Tlm3, transformer_lm_loss_l3 { l0 = 0, l1 = 1, l2 = 2 });
+macro_rules! transformer_task {
+    ($l:literal, $params:ident { $($layer:ident = $i:literal),* }) => {
+        transformer_impls!($l, $params { $($layer = $i),* }, |params, batch, g| {
+            let bm = batch_major(batch);
+            let h = embed(&params.embed, &bm.ids);
+            $(
+                let a_in = scale_columns(layer_norm(&h, 1e-5), &params.$layer.ln1_scale)
+                    + &params.$layer.ln1_offset;
+                let qkv = a_in * &params.$layer.wqkv + &params.$layer.bqkv;
+                let att = causal_self_attention(&qkv, &g);
+                let h1 = &h + (att * &params.$layer.wo + &params.$layer.bo);
+                let m_in = scale_columns(layer_norm(&h1, 1e-5), &params.$layer.ln2_scale)
+                    + &params.$layer.ln2_offset;
+                let act = gelu_tanh(m_in * &params.$layer.w1 + &params.$layer.b1);
+                let h = h1 + (act * &params.$layer.w2 + &params.$layer.b2);
+            )*
+            let hf = scale_columns(layer_norm(&h, 1e-5), &params.lnf_scale) + &params.lnf_offset;
+            let ce = softmax_cross_entropy(hf * &params.wout + &params.bout, &bm.targets);
+            dot(&ce, &bm.mask) / bm.count
+        });
+    };
+}
+
+transformer_task!(1, Tlm1 { l0 = 0 });
+transformer_task!(2, Tlm2 { l0 = 0, l1 = 1 });
+transformer_task!(3, Tlm3 { l0 = 0, l1 = 1, l2 = 2 });
 
 macro_rules! multiruntime {
     ($(#[$m:meta])* $name:ident, $l:literal, $heads:literal, $d:literal, $b:literal, $t:literal) => {
@@ -496,7 +488,7 @@ impl<S: Real> ParametricLmTransformerCfg<S> {
 /// samples `d_model_per_head` and `num_heads` log-uniformly in `[8, 128)` (`log_int(8,
 /// 128)`; narrower ranges can be given, as a CPU needs) and takes `D = heads ·
 /// d_model_per_head`. Model and loss are [`TransformerLm`]'s (key size 32 per head;
-/// both call [`transformer_lm_loss_l1`], `_l2` or `_l3`); the normalizer is the library's:
+/// one loss body, written once for both); the normalizer is the library's:
 /// `(clip(nan_to_num(L, ln 2V), 0, ln 2V) − ln(V/5)) · 10 / ln V`.
 ///
 /// Instances of different widths and head counts train in one batched call (lane groups
@@ -570,57 +562,3 @@ impl<const L: usize> ParametricLmTransformer<L> {
         }
     }
 }
-
-macro_rules! transformer_family {
-    ($l:literal, $params:ident, $loss:ident) => {
-        #[task_family]
-        impl TaskFamily for ParametricLmTransformer<$l> {
-            type Cfg<S: Real> = ParametricLmTransformerCfg<S>;
-            type Params<S: Real> = $params<S>;
-            type Batch = LmBatch;
-
-            /// `d_model_per_head` from `key.fold_in(0)`, heads from `fold_in(1)` (both
-            /// `log_int`).
-            fn sample(&self, key: Key) -> ParametricLmTransformerCfg<f32> {
-                let (plo, phi) = self.per_head_range;
-                let (hlo, hhi) = self.heads_range;
-                let per_head = log_int(key.fold_in(0), plo, phi);
-                let heads = log_int(key.fold_in(1), hlo, hhi);
-                ParametricLmTransformerCfg::new(heads, heads * per_head)
-            }
-
-            /// [`TransformerLm`]'s init for `cfg`'s sizes.
-            fn init(&self, cfg: &ParametricLmTransformerCfg<f32>, key: Key) -> $params<f32> {
-                Task::init::<f32>(&self.task_of(cfg), key)
-            }
-
-            /// The fixed task's loss function with `cfg`'s heads.
-            fn loss<S: Real>(
-                &self,
-                params: &$params<S>,
-                cfg: &ParametricLmTransformerCfg<S>,
-                _key: S::Key,
-                batch: &LmBatch,
-            ) -> S {
-                $loss(params, cfg.heads, batch)
-            }
-
-            fn normalizer<S: Real>(&self, loss: S) -> S {
-                let v = self.vocab;
-                S::from_lanes(|i| Self::normalize(loss.lane(i), v))
-            }
-
-            fn datasets(&self) -> Option<Datasets<LmBatch>> {
-                Some(self.datasets.clone())
-            }
-
-            fn name(&self) -> String {
-                self.name.clone()
-            }
-        }
-    };
-}
-
-transformer_family!(1, Tlm1, transformer_lm_loss_l1);
-transformer_family!(2, Tlm2, transformer_lm_loss_l2);
-transformer_family!(3, Tlm3, transformer_lm_loss_l3);

@@ -465,22 +465,41 @@ impl<'a> Emitter<'a> {
                     Rhs::Binary { op, a, b } => {
                         let (pa, pb) = (self.place(*a), self.place(*b));
                         let (na, nb) = (self.active(*a), self.active(*b));
-                        let mut t = quote! {
-                            let (__ga, __gb) = #ad::Binary::<#op, _>::vjp(&#pa, &#pb, &#pv, __g, #na, #nb);
-                        };
-                        if na {
-                            let da = d_ident(*a);
-                            t.extend(quote!(#ad::acc_opt(&mut #da, __ga);));
+                        // The rule adds into the adjoint slots (in place where it can);
+                        // an operand used twice (`x * x`) takes both cotangents first.
+                        let (da, db) = (d_ident(*a), d_ident(*b));
+                        match (na, nb) {
+                            (true, true) if a != b => quote! {
+                                #ad::Binary::<#op, _>::vjp_acc(&#pa, &#pb, &#pv, __g, &mut #da, &mut #db);
+                            },
+                            (true, false) => quote! {
+                                #ad::Binary::<#op, _>::vjp_acc_a(&#pa, &#pb, &#pv, __g, &mut #da);
+                            },
+                            (false, true) => quote! {
+                                #ad::Binary::<#op, _>::vjp_acc_b(&#pa, &#pb, &#pv, __g, &mut #db);
+                            },
+                            _ => {
+                                let mut t = quote! {
+                                    let (__ga, __gb) = #ad::Binary::<#op, _>::vjp(&#pa, &#pb, &#pv, __g, #na, #nb);
+                                };
+                                if na {
+                                    t.extend(quote!(#ad::acc_opt(&mut #da, __ga);));
+                                }
+                                if nb {
+                                    t.extend(quote!(#ad::acc_opt(&mut #db, __gb);));
+                                }
+                                t
+                            }
                         }
-                        if nb {
-                            let db = d_ident(*b);
-                            t.extend(quote!(#ad::acc_opt(&mut #db, __gb);));
-                        }
-                        t
                     }
                     Rhs::Unary { op, x } => {
                         let (px, po) = (self.place(*x), self.place(*op));
-                        self.acc(*x, quote!(#ad::Unary::vjp(&#px, &#po, &#pv, __g)))
+                        if self.active(*x) {
+                            let dx = d_ident(*x);
+                            quote!(#ad::Unary::vjp_acc(&#px, &#po, &#pv, __g, &mut #dx);)
+                        } else {
+                            TokenStream::new()
+                        }
                     }
                     Rhs::Select { mask, a, b } => {
                         let (pm, pa, pb) = (self.place(*mask), self.place(*a), self.place(*b));
@@ -771,6 +790,7 @@ impl<'a> Emitter<'a> {
         let rev = self.rev_block(&self.f.body);
         let _ = &ad;
         quote!({
+            #ad::keep_freed_memory();
             #tapes
             #fwd
             let __value = ::core::clone::Clone::clone(&#r);

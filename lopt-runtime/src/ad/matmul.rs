@@ -144,4 +144,71 @@ where
             need_b.then(|| product(View::of(self).t(), View::of(&g), c1, c2)),
         )
     }
+
+    /// `dA += G·Bᵀ` and `dB += Aᵀ·G` accumulated inside the GEMM when the slots already
+    /// hold a contribution (a weight used at every step of a loop), else written fresh:
+    /// no product matrix allocated and added afterwards.
+    fn vjp_acc(
+        &self,
+        b: &OMatrix<S, C1, C2>,
+        _out: &Self::Out,
+        g: Self::Out,
+        slot_a: &mut Option<Self>,
+        slot_b: &mut Option<OMatrix<S, C1, C2>>,
+    ) {
+        acc_b(self, &g, slot_b);
+        acc_a(&g, b, self.shape_generic(), slot_a);
+    }
+
+    fn vjp_acc_a(
+        &self,
+        b: &OMatrix<S, C1, C2>,
+        _out: &Self::Out,
+        g: Self::Out,
+        slot_a: &mut Option<Self>,
+    ) {
+        acc_a(&g, b, self.shape_generic(), slot_a);
+    }
+
+    fn vjp_acc_b(
+        &self,
+        _b: &OMatrix<S, C1, C2>,
+        _out: &Self::Out,
+        g: Self::Out,
+        slot_b: &mut Option<OMatrix<S, C1, C2>>,
+    ) {
+        acc_b(self, &g, slot_b);
+    }
+}
+
+/// `slot += G·Bᵀ` (the left operand's cotangent of `A·B`), or `G·Bᵀ` into an empty slot.
+fn acc_a<S: Real, R1: Dim, C1: Dim, C2: Dim>(
+    g: &OMatrix<S, R1, C2>,
+    b: &OMatrix<S, C1, C2>,
+    (r1, c1): (R1, C1),
+    slot: &mut Option<OMatrix<S, R1, C1>>,
+) where
+    DefaultAllocator: Allocator<R1, C1> + Allocator<C1, C2> + Allocator<R1, C2>,
+{
+    match slot {
+        Some(da) => product_acc(View::of(g), View::of(b).t(), da.as_mut_slice()),
+        None => *slot = Some(product(View::of(g), View::of(b).t(), r1, c1)),
+    }
+}
+
+/// `slot += Aᵀ·G` (the right operand's cotangent of `A·B`), or `Aᵀ·G` into an empty slot.
+fn acc_b<S: Real, R1: Dim, C1: Dim, C2: Dim>(
+    a: &OMatrix<S, R1, C1>,
+    g: &OMatrix<S, R1, C2>,
+    slot: &mut Option<OMatrix<S, C1, C2>>,
+) where
+    DefaultAllocator: Allocator<R1, C1> + Allocator<C1, C2> + Allocator<R1, C2>,
+{
+    match slot {
+        Some(db) => product_acc(View::of(a).t(), View::of(g), db.as_mut_slice()),
+        None => {
+            let (c1, c2) = (a.shape_generic().1, g.shape_generic().1);
+            *slot = Some(product(View::of(a).t(), View::of(g), c1, c2))
+        }
+    }
 }

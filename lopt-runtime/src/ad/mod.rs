@@ -69,6 +69,8 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
+/// Called by every `value_and_grad` that `#[task]` generates, before its forward sweep.
+pub use crate::kernels::alloc::keep_freed_memory;
 pub(crate) use elementwise::lift;
 pub use labels::{labels_of, owned_labels, Labels};
 pub use pointwise::Pointwise;
@@ -98,6 +100,45 @@ pub trait Binary<Op, R>: Sized {
         need_a: bool,
         need_b: bool,
     ) -> (Option<Self>, Option<R>);
+
+    /// [`Binary::vjp`] for both operands (distinct variables), each cotangent added into
+    /// its adjoint slot as [`acc`] does. What `#[task]` emits; a rule overrides it when it
+    /// can add in place (a matrix product accumulates `Aᵀ·G` into the slot inside the
+    /// GEMM instead of allocating the product and adding it).
+    #[inline]
+    fn vjp_acc(
+        &self,
+        r: &R,
+        out: &Self::Out,
+        g: Self::Out,
+        slot_a: &mut Option<Self>,
+        slot_b: &mut Option<R>,
+    ) where
+        Self: Params,
+        R: Params,
+    {
+        let (ga, gb) = self.vjp(r, out, g, true, true);
+        acc_opt(slot_a, ga);
+        acc_opt(slot_b, gb);
+    }
+
+    /// [`Binary::vjp_acc`] when only the left operand is differentiated.
+    #[inline]
+    fn vjp_acc_a(&self, r: &R, out: &Self::Out, g: Self::Out, slot_a: &mut Option<Self>)
+    where
+        Self: Params,
+    {
+        acc_opt(slot_a, self.vjp(r, out, g, true, false).0);
+    }
+
+    /// [`Binary::vjp_acc`] when only the right operand is differentiated.
+    #[inline]
+    fn vjp_acc_b(&self, r: &R, out: &Self::Out, g: Self::Out, slot_b: &mut Option<R>)
+    where
+        R: Params,
+    {
+        acc_opt(slot_b, self.vjp(r, out, g, false, true).1);
+    }
 }
 
 /// A unary primitive `Op` (which may carry non-differentiable arguments such as an
@@ -112,6 +153,19 @@ pub trait Unary<Op>: Sized {
     /// The cotangent of `self` given the output cotangent `g` (consumed: a rule may
     /// return its buffer as the cotangent).
     fn vjp(&self, op: &Op, out: &Self::Out, g: Self::Out) -> Self;
+
+    /// [`Unary::vjp`] added into the adjoint slot of `self` as [`acc`] does: what
+    /// `#[task]` emits. A rule overrides it when it can add in place: a slice adds its
+    /// cotangent into the rows or columns it read, instead of building a zero matrix of
+    /// the whole input and adding all of it (which, for `xw.rows(t·B, B)` in a loop over
+    /// `t`, is quadratic in the number of steps).
+    #[inline]
+    fn vjp_acc(&self, op: &Op, out: &Self::Out, g: Self::Out, slot: &mut Option<Self>)
+    where
+        Self: Params,
+    {
+        acc(slot, self.vjp(op, out, g));
+    }
 }
 
 /// Non-differentiable data converted to the loss's scalar type (defined beside [`Real`],

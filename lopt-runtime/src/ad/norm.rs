@@ -35,28 +35,47 @@ impl RmsNorm {
     }
 }
 
+/// `acc[i] = f(acc[i], i, column)` for every column of a column-major `rows`-row matrix
+/// in order: a per-row fold over the features that sweeps memory contiguously (each row's
+/// sum still runs over its columns in order, as a row-by-row fold would).
+#[inline(always)]
+fn fold_rows<S: Real>(data: &[S], rows: usize, acc: &mut [S], f: impl Fn(S, usize, S) -> S) {
+    for col in data.chunks_exact(rows) {
+        for (i, (a, &x)) in acc.iter_mut().zip(col).enumerate() {
+            *a = f(*a, i, x);
+        }
+    }
+}
+
 /// Per row: the normalized row and its `r`.
 fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Vec<S>) {
     let (rows, n) = x.shape();
     assert!(n > 0, "normalizing rows of no features");
     let inv_n = S::from_f64(1.0 / n as f64);
     let mut out = x.clone();
-    let mut rs = Vec::with_capacity(rows);
-    for i in 0..rows {
-        let mean = if center {
-            (0..n).fold(S::zero(), |a, j| a + x[(i, j)]) * inv_n
-        } else {
-            S::zero()
-        };
-        let var = (0..n).fold(S::zero(), |a, j| {
-            let d = x[(i, j)] - mean;
-            a + d * d
-        }) * inv_n;
-        let r = S::one() / (var + S::from_f64(eps)).sqrt();
-        for j in 0..n {
-            out[(i, j)] = (x[(i, j)] - mean) * r;
+    if rows == 0 {
+        return (out, Vec::new());
+    }
+    let xs = x.as_slice();
+    let mut mean = vec![S::zero(); rows];
+    if center {
+        fold_rows(xs, rows, &mut mean, |a, _, x| a + x);
+        mean.iter_mut().for_each(|m| *m *= inv_n);
+    }
+    let mut var = vec![S::zero(); rows];
+    fold_rows(xs, rows, &mut var, |a, i, x| {
+        let d = x - mean[i];
+        a + d * d
+    });
+    let eps = S::from_f64(eps);
+    let rs: Vec<S> = var
+        .iter()
+        .map(|&v| S::one() / (v * inv_n + eps).sqrt())
+        .collect();
+    for col in out.as_mut_slice().chunks_exact_mut(rows) {
+        for ((o, &m), &r) in col.iter_mut().zip(&mean).zip(&rs) {
+            *o = (*o - m) * r;
         }
-        rs.push(r);
     }
     (out, rs)
 }
@@ -68,18 +87,36 @@ fn apply_jacobian<S: Real>(
     t: &DMatrix<S>,
     center: bool,
 ) -> DMatrix<S> {
-    let (rows, n) = xhat.shape();
-    let inv_n = S::from_f64(1.0 / n as f64);
+    let (rows, _) = xhat.shape();
+    let inv_n = S::from_f64(1.0 / xhat.ncols() as f64);
     let mut out = t.clone();
-    for i in 0..rows {
-        let mean_t = if center {
-            (0..n).fold(S::zero(), |a, j| a + t[(i, j)]) * inv_n
-        } else {
-            S::zero()
-        };
-        let proj = (0..n).fold(S::zero(), |a, j| a + xhat[(i, j)] * t[(i, j)]) * inv_n;
-        for j in 0..n {
-            out[(i, j)] = rs[i] * (t[(i, j)] - mean_t - xhat[(i, j)] * proj);
+    if rows == 0 {
+        return out;
+    }
+    let ts = t.as_slice();
+    let mut mean_t = vec![S::zero(); rows];
+    if center {
+        fold_rows(ts, rows, &mut mean_t, |a, _, x| a + x);
+        mean_t.iter_mut().for_each(|m| *m *= inv_n);
+    }
+    let mut proj = vec![S::zero(); rows];
+    for (xc, tc) in xhat
+        .as_slice()
+        .chunks_exact(rows)
+        .zip(ts.chunks_exact(rows))
+    {
+        for ((p, &x), &t) in proj.iter_mut().zip(xc).zip(tc) {
+            *p += x * t;
+        }
+    }
+    proj.iter_mut().for_each(|p| *p *= inv_n);
+    for (oc, xc) in out
+        .as_mut_slice()
+        .chunks_exact_mut(rows)
+        .zip(xhat.as_slice().chunks_exact(rows))
+    {
+        for (i, (o, &x)) in oc.iter_mut().zip(xc).enumerate() {
+            *o = rs[i] * (*o - mean_t[i] - x * proj[i]);
         }
     }
     out

@@ -31,6 +31,47 @@ fn check(what: &str, start: usize, len: usize, n: usize, shape: (usize, usize)) 
     }
 }
 
+/// Rows `start..start + len` of `x` (column-major): one slice copy per column.
+fn copy_rows<S: Real, C: Dim>(
+    x: &OMatrix<S, Dyn, C>,
+    start: usize,
+    len: usize,
+) -> OMatrix<S, Dyn, C>
+where
+    DefaultAllocator: Allocator<Dyn, C>,
+{
+    let nr = x.nrows();
+    let mut v = Vec::with_capacity(len * x.ncols());
+    if nr > 0 {
+        for col in x.as_slice().chunks_exact(nr) {
+            v.extend_from_slice(&col[start..start + len]);
+        }
+    }
+    OMatrix::from_vec_generic(Dyn(len), x.shape_generic().1, v)
+}
+
+/// Columns `start..start + len` of `x`: one contiguous copy (column-major storage).
+fn copy_columns<S: Real, R: Dim>(
+    x: &OMatrix<S, R, Dyn>,
+    start: usize,
+    len: usize,
+) -> OMatrix<S, R, Dyn>
+where
+    DefaultAllocator: Allocator<R, Dyn>,
+{
+    let nr = x.nrows();
+    let v = x.as_slice()[start * nr..(start + len) * nr].to_vec();
+    OMatrix::from_vec_generic(x.shape_generic().0, Dyn(len), v)
+}
+
+/// `dst[i] += src[i]`.
+#[inline]
+fn add_into<S: Real>(dst: &mut [S], src: &[S]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
 impl<S: Real, C: Dim> Unary<Rows> for OMatrix<S, Dyn, C>
 where
     DefaultAllocator: Allocator<Dyn, C>,
@@ -39,16 +80,33 @@ where
     #[track_caller]
     fn eval(&self, op: &Rows) -> Self {
         check("rows", op.0, op.1, self.nrows(), self.shape());
-        self.rows(op.0, op.1).into_owned()
+        copy_rows(self, op.0, op.1)
     }
     fn jvp(&self, op: &Rows, _out: &Self, dx: &Self) -> Self {
-        dx.rows(op.0, op.1).into_owned()
+        copy_rows(dx, op.0, op.1)
     }
     fn vjp(&self, op: &Rows, _out: &Self, g: Self) -> Self {
         let (r, c) = self.shape_generic();
         let mut dx = Self::zeros_generic(r, c);
         dx.rows_mut(op.0, op.1).copy_from(&g);
         dx
+    }
+    /// Adds `g` into rows `op.0..op.0 + op.1` of the slot (a zero matrix is made only
+    /// for the first contribution): `O(rows read)`, not `O(input)`, per call.
+    fn vjp_acc(&self, op: &Rows, _out: &Self, g: Self, slot: &mut Option<Self>) {
+        let (r, c) = self.shape_generic();
+        let dx = slot.get_or_insert_with(|| Self::zeros_generic(r, c));
+        let (nr, n) = (dx.nrows(), op.1);
+        if n == 0 || nr == 0 {
+            return;
+        }
+        for (d, s) in dx
+            .as_mut_slice()
+            .chunks_exact_mut(nr)
+            .zip(g.as_slice().chunks_exact(n))
+        {
+            add_into(&mut d[op.0..op.0 + n], s);
+        }
     }
 }
 
@@ -60,16 +118,27 @@ where
     #[track_caller]
     fn eval(&self, op: &Columns) -> Self {
         check("columns", op.0, op.1, self.ncols(), self.shape());
-        self.columns(op.0, op.1).into_owned()
+        copy_columns(self, op.0, op.1)
     }
     fn jvp(&self, op: &Columns, _out: &Self, dx: &Self) -> Self {
-        dx.columns(op.0, op.1).into_owned()
+        copy_columns(dx, op.0, op.1)
     }
     fn vjp(&self, op: &Columns, _out: &Self, g: Self) -> Self {
         let (r, c) = self.shape_generic();
         let mut dx = Self::zeros_generic(r, c);
         dx.columns_mut(op.0, op.1).copy_from(&g);
         dx
+    }
+    /// Adds `g` into columns `op.0..op.0 + op.1` of the slot (one contiguous block; a
+    /// zero matrix is made only for the first contribution).
+    fn vjp_acc(&self, op: &Columns, _out: &Self, g: Self, slot: &mut Option<Self>) {
+        let (r, c) = self.shape_generic();
+        let dx = slot.get_or_insert_with(|| Self::zeros_generic(r, c));
+        let nr = dx.nrows();
+        add_into(
+            &mut dx.as_mut_slice()[op.0 * nr..(op.0 + op.1) * nr],
+            g.as_slice(),
+        );
     }
 }
 
@@ -252,6 +321,51 @@ mod tests {
         assert_eq!((c.nrows(), c.rows(2, 5).into_owned()), (7, b.clone()));
         let jv = <DMatrix<f64> as Binary<VConcat, _>>::jvp(&a, &b, &c, None, Some(&b));
         assert_eq!(jv.rows(0, 2).sum(), 0.0);
+    }
+
+    /// The in-place reverse rules `#[task]` emits (`vjp_acc`) add exactly what `vjp`
+    /// returns: into an empty slot (which becomes `vjp`'s matrix) and into a slot holding
+    /// an earlier contribution (`slot + vjp`), for rows and columns at an offset.
+    ///
+    /// Catches: `vjp_acc` adding at offset 0 instead of at `start` (tried on `Columns`:
+    /// `op.0 * nr` replaced by `0`, and on `Rows`: `d[op.0..]` by `d[0..]`; both fail
+    /// here), or overwriting the earlier contribution instead of adding to it.
+    #[test]
+    fn in_place_reverse_rules_add_what_vjp_returns() {
+        let x = m(5, 6, 0.5);
+        let earlier = m(5, 6, -3.0);
+        type Acc<'a> = &'a dyn Fn(&mut Option<DMatrix<f64>>);
+        let cases: [(Acc, DMatrix<f64>); 2] = [
+            (
+                &|slot| {
+                    let op = Columns(3, 2);
+                    let g = m(5, 2, 2.0);
+                    Unary::vjp_acc(&x, &op, &Unary::eval(&x, &op), g, slot)
+                },
+                Unary::vjp(
+                    &x,
+                    &Columns(3, 2),
+                    &x.columns(3, 2).into_owned(),
+                    m(5, 2, 2.0),
+                ),
+            ),
+            (
+                &|slot| {
+                    let op = Rows(2, 3);
+                    let g = m(3, 6, 2.0);
+                    Unary::vjp_acc(&x, &op, &Unary::eval(&x, &op), g, slot)
+                },
+                Unary::vjp(&x, &Rows(2, 3), &x.rows(2, 3).into_owned(), m(3, 6, 2.0)),
+            ),
+        ];
+        for (acc, want) in cases {
+            let mut empty = None;
+            acc(&mut empty);
+            assert_eq!(empty.as_ref(), Some(&want));
+            let mut held = Some(earlier.clone());
+            acc(&mut held);
+            assert_eq!(held, Some(&earlier + &want));
+        }
     }
 
     #[test]

@@ -1665,3 +1665,129 @@ fn large_product_into_a_recycled_buffer_ignores_its_contents() {
     assert_eq!(fast.shape(), (m, n));
     assert_close(&fast, &want, 1e-14);
 }
+
+/// `exp`, `tanh`, `sigmoid` and `gelu_tanh` on `f32` matrices (their vectorized fast
+/// path) and every lane of a `Lanes<8>` packet give the same bits over a dense sweep of
+/// [−90, 90] (the README's "bit for bit" promise for these), for the values and for
+/// `gelu_tanh`'s derivative; the `f32` values of the first three are within 4 ulp of the
+/// exact value in `f64` (`exp` and `tanh` 2–3 ulp as their polynomials, `sigmoid` one
+/// division and one addition more). Where `exp` leaves the normal range (below −86.5 it
+/// gives 0) only the bits are compared.
+///
+/// Catches: the matrix fast path computing another function than the packets (tried:
+/// `sigmoid` as `1 / (1 + exp(x))`, which fails here), libm's `tanhf` on `f32` matrices
+/// (rounds the other way for a few per cent of arguments), and a broken polynomial.
+#[test]
+fn f32_matrix_exp_tanh_sigmoid_gelu_are_the_packets_functions() {
+    use crate::lanes::Lanes;
+    use crate::scalar::Real;
+    let n = 36_000usize;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| -90.0 + 180.0 * i as f32 / n as f32)
+        .collect();
+    let m = DMatrix::from_column_slice(n / 8, 8, &xs);
+    fn ulps(got: f32, exact: f64) -> f64 {
+        let e = exact as f32;
+        if e == 0.0 || !e.is_normal() {
+            return 0.0;
+        }
+        let ulp = f32::from_bits(e.abs().to_bits() + 1) - e.abs();
+        (got as f64 - exact).abs() / ulp as f64
+    }
+    type Packet = fn(Lanes<8>) -> Lanes<8>;
+    type Case = (&'static str, DMatrix<f32>, Packet, Option<fn(f64) -> f64>);
+    let ones = DMatrix::from_element(n / 8, 8, 1.0f32);
+    let gm = Unary::eval(&m, &op::GeluTanh);
+    let cases: [Case; 5] = [
+        (
+            "exp",
+            Unary::eval(&m, &op::Exp),
+            |x| Unary::eval(&x, &op::Exp),
+            Some(f64::exp),
+        ),
+        (
+            "tanh",
+            Unary::eval(&m, &op::Tanh),
+            |x| Unary::eval(&x, &op::Tanh),
+            Some(f64::tanh),
+        ),
+        (
+            "sigmoid",
+            Unary::eval(&m, &op::Sigmoid),
+            |x| Unary::eval(&x, &op::Sigmoid),
+            Some(|x| 1.0 / (1.0 + (-x).exp())),
+        ),
+        (
+            "gelu_tanh",
+            gm.clone(),
+            |x| Unary::eval(&x, &op::GeluTanh),
+            None,
+        ),
+        (
+            "gelu_tanh'",
+            Unary::vjp(&m, &op::GeluTanh, &gm, ones),
+            |x| {
+                let y = Unary::eval(&x, &op::GeluTanh);
+                Unary::vjp(&x, &op::GeluTanh, &y, Lanes::<8>::from_f64(1.0))
+            },
+            None,
+        ),
+    ];
+    for (name, mat, packet, exact) in cases {
+        let mut worst = 0.0f64;
+        for (k, chunk) in xs.chunks_exact(8).enumerate() {
+            let lanes = packet(Lanes::<8>::from_lanes(|l| chunk[l] as f64));
+            for (l, &x) in chunk.iter().enumerate() {
+                let v = mat.as_slice()[k * 8 + l];
+                assert_eq!(
+                    lanes.lane(l) as f32,
+                    v,
+                    "{name}({x}): lane {l} vs f32 matrix"
+                );
+                if let Some(exact) = exact {
+                    if !(name == "exp" && x < -86.5) {
+                        worst = worst.max(ulps(v, exact(x as f64)));
+                    }
+                }
+            }
+        }
+        assert!(worst <= 4.0, "{name}: {worst} ulp from the exact value");
+    }
+}
+
+/// The matrix product's in-place reverse rules (`vjp_acc`, `vjp_acc_a`, `vjp_acc_b`, what
+/// `#[task]` emits) equal `vjp`'s cotangents added into the slots: into empty slots they
+/// are `G·Bᵀ` and `Aᵀ·G`; into slots holding earlier contributions, the GEMM accumulates
+/// onto them (compared with `earlier + vjp` within 1e-12, the sums' order differs).
+///
+/// Catches: an accumulating product that overwrites the slot (tried: `acc_b`'s
+/// `product_acc` replaced by a fresh product, which fails here), or the two cotangents
+/// swapped between the slots.
+#[test]
+fn product_in_place_reverse_rules_add_what_vjp_returns() {
+    let a = DMatrix::from_fn(4, 3, |i, j| (i * 3 + j) as f64 * 0.25 - 1.0);
+    let b = DMatrix::from_fn(3, 5, |i, j| (i * 5 + j) as f64 * 0.125 + 0.5);
+    let out = Binary::<op::Mul, _>::eval(&a, &b);
+    let g = DMatrix::from_fn(4, 5, |i, j| ((i + 2 * j) % 7) as f64 - 3.0);
+    let (ga, gb) = Binary::<op::Mul, _>::vjp(&a, &b, &out, g.clone(), true, true);
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    let (ea, eb) = (a.map(|v| v * 3.0 + 1.0), b.map(|v| 2.0 - v));
+    let close = |x: &DMatrix<f64>, y: &DMatrix<f64>| (x - y).amax() <= 1e-12;
+    for held in [false, true] {
+        let mut sa = held.then(|| ea.clone());
+        let mut sb = held.then(|| eb.clone());
+        Binary::<op::Mul, _>::vjp_acc(&a, &b, &out, g.clone(), &mut sa, &mut sb);
+        let (wa, wb) = if held {
+            (&ea + &ga, &eb + &gb)
+        } else {
+            (ga.clone(), gb.clone())
+        };
+        assert!(close(sa.as_ref().unwrap(), &wa) && close(sb.as_ref().unwrap(), &wb));
+        let mut sa = held.then(|| ea.clone());
+        Binary::<op::Mul, _>::vjp_acc_a(&a, &b, &out, g.clone(), &mut sa);
+        assert!(close(sa.as_ref().unwrap(), &wa));
+        let mut sb = held.then(|| eb.clone());
+        Binary::<op::Mul, _>::vjp_acc_b(&a, &b, &out, g.clone(), &mut sb);
+        assert!(close(sb.as_ref().unwrap(), &wb));
+    }
+}

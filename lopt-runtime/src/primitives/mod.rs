@@ -125,7 +125,7 @@ impl<S: Real, P: Pointwise<S>> Unary<Map<P>> for S {
     }
 }
 
-impl<S: Real, R: Dim, C: Dim, P: Pointwise<S>> Unary<Map<P>> for OMatrix<S, R, C>
+impl<S: Real, R: Dim, C: Dim, P: Pointwise<S> + 'static> Unary<Map<P>> for OMatrix<S, R, C>
 where
     DefaultAllocator: Allocator<R, C>,
 {
