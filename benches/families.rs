@@ -36,7 +36,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{keep, Case};
+use common::{keep, process_cpu_seconds, Case};
 use lopt::prelude::*;
 use lopt::vmap::{vmap, FamilyLanes, VmapFn, Width};
 use rayon::prelude::*;
@@ -218,40 +218,16 @@ fn report(id: &str, secs: f64, params_steps: f64, jax: f64, peak: f64) {
     );
 }
 
-/// Nanoseconds the threads of this process have spent on a CPU
-/// (`CLOCK_PROCESS_CPUTIME_ID`), which unlike wall time does not grow while other
-/// processes hold the cores.
-#[cfg(target_os = "linux")]
-fn on_cpu_ns() -> Option<u64> {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `ts` is a valid `struct timespec` (two 64-bit fields on 64-bit Linux).
-    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.sec as u64 * 1_000_000_000 + ts.nsec as u64)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn on_cpu_ns() -> Option<u64> {
-    None
-}
-
 /// The `--on-cpu` mode: every case on one Rayon thread, timed by on-CPU time (median of
 /// 7 samples of about 50 ms). On a busy shared machine this is the steadier figure; a
 /// case whose lane groups spread evenly takes about half of it on two cores.
 fn run_on_cpu(cases: &mut [Case<'_>]) -> Vec<(String, f64)> {
-    if on_cpu_ns().is_none() {
+    if process_cpu_seconds().is_none() {
         println!("(--on-cpu needs Linux)");
         return Vec::new();
     }
-    let cpu = || on_cpu_ns().expect("schedstat");
+    // Whole nanoseconds, as the sample arithmetic below counts them.
+    let cpu = || (process_cpu_seconds().expect("checked above") * 1e9) as u64;
     let mut out = Vec::new();
     for c in cases.iter_mut() {
         (c.run)();

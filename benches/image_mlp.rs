@@ -20,7 +20,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{keep, median, Case};
+use common::{keep, median, process_cpu_seconds, Case};
 use lopt::datasets::{Datasets, ExtraInfo, ImageBatch};
 use lopt::kernels::gemm::{gemm, MatRef};
 use lopt::lanes::LaneKeys;
@@ -266,13 +266,14 @@ fn main() {
     let cpu: Vec<(String, f64)> = cases
         .iter_mut()
         .map(|c| {
-            let (t, c0) = (std::time::Instant::now(), process_cpu_seconds());
+            let cpu = || process_cpu_seconds().unwrap_or(0.0);
+            let (t, c0) = (std::time::Instant::now(), cpu());
             let mut calls = 0;
             while calls == 0 || t.elapsed() < Duration::from_secs(1) {
                 (c.run)();
                 calls += 1;
             }
-            let per = (process_cpu_seconds() - c0) / (calls as f64 * units(&c.id));
+            let per = (cpu() - c0) / (calls as f64 * units(&c.id));
             println!("cpu {} {:.3} us per unit ({calls} calls)", c.id, per * 1e6);
             (c.id.clone(), per)
         })
@@ -330,18 +331,4 @@ fn main() {
             );
         }
     }
-}
-
-/// User + system CPU seconds of this process so far (all threads), from
-/// `/proc/self/stat` (Linux; 0 elsewhere).
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    // Clock ticks are 100 per second on Linux.
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -54,6 +54,20 @@ pub struct Summary {
 fn clock() -> f64 {
     static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *CPU.get_or_init(|| std::env::var("LOPT_BENCH_CLOCK").is_ok_and(|v| v == "cpu")) {
+        if let Some(s) = process_cpu_seconds() {
+            return s;
+        }
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Seconds the threads of this process have spent on a CPU (`CLOCK_PROCESS_CPUTIME_ID`),
+/// which unlike wall time does not grow while other processes hold the cores; `None`
+/// where that clock is not available.
+pub fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
         #[repr(C)]
         struct Timespec {
             sec: i64,
@@ -64,12 +78,12 @@ fn clock() -> f64 {
         }
         const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
         let mut t = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: `t` is a valid timespec to write.
-        unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-        return t.sec as f64 + t.nsec as f64 * 1e-9;
+        // SAFETY: `t` is a valid `struct timespec` (two 64-bit fields on 64-bit Linux).
+        let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+        (rc == 0).then_some(t.sec as f64 + t.nsec as f64 * 1e-9)
     }
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 /// Runs the cases interleaved: calibrate each to about `target` per sample, warm up, then
