@@ -728,7 +728,7 @@ fn velo_on_task<S: Real + nalgebra::RealField>(r: &Value) -> Vec<(f64, Tree<f32>
         b: p0.b.map(|v| <S as Real>::from_f64(v as f64)),
         w: p0.w.map(|v| <S as Real>::from_f64(v as f64)),
     };
-    let to_f32 = |v: S| format!("{v:?}").parse::<f32>().unwrap();
+    let to_f32 = |v: S| v.lane(0) as f32;
     let mut state = opt.init(p0, Some(50));
     let two_over_n = <S as Real>::from_f64(2.0 / 32.0);
     (0..50)
