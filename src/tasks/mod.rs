@@ -13,10 +13,13 @@
 //! - [`image_mlp_ae`]: the MLP autoencoder of `tasks/fixed/image_mlp_ae.py`.
 //! - [`rnn_lm`]: the teacher-forced RNN language models of `tasks/fixed/rnn_lm.py`.
 //! - [`transformer_lm`]: the transformer language models of `tasks/fixed/transformer_lm.py`.
+//! - [`lm_samplers`]: the family-level samplers `sample_lm_rnn` and `sample_lm_transformer`
+//!   of `tasks/parametric/lm_rnn.py` and `lm_transformer.py`.
 
 pub mod conv;
 pub mod image_mlp;
 pub mod image_mlp_ae;
+pub mod lm_samplers;
 pub mod quadratics;
 pub mod rnn_lm;
 pub mod transformer_lm;

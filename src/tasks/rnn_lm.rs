@@ -364,37 +364,108 @@ impl TeacherForcedRnnLm<VanillaCell> {
     }
 }
 
-/// The LSTM LM's task ([`TeacherForcedRnnLm<LstmCell>`]) and family ([`ParametricLmRnn`])
-/// with one loss body, transcribed into both `loss` functions: embed the ids time-major,
+/// The initial parameters of one cell's LM from its embedding and read-out: the cell's own
+/// weights are drawn as the fixed tasks draw them (module docs; `key.fold_in(2)` and
+/// `fold_in(3)`), so a task and a family instance of the same sizes differ only in the
+/// embedding and read-out they are given.
+pub(crate) trait AssembleRnnLm: Sized {
+    fn assemble(
+        cell: Cell,
+        key: Key,
+        e: usize,
+        h: usize,
+        readout: (DMatrix<f32>, DMatrix<f32>, DVector<f32>),
+    ) -> Self;
+}
+
+impl AssembleRnnLm for LstmLm<f32> {
+    fn assemble(
+        _cell: Cell,
+        key: Key,
+        e: usize,
+        h: usize,
+        (embed, wo, bo): (DMatrix<f32>, DMatrix<f32>, DVector<f32>),
+    ) -> Self {
+        LstmLm {
+            embed,
+            w: linear_init(key.fold_in(2), e + h, 4 * h),
+            b: DVector::zeros(4 * h),
+            h0: DMatrix::zeros(1, h),
+            c0: DMatrix::zeros(1, h),
+            wo,
+            bo,
+        }
+    }
+}
+
+impl AssembleRnnLm for GruLm<f32> {
+    fn assemble(
+        _cell: Cell,
+        key: Key,
+        e: usize,
+        h: usize,
+        (embed, wo, bo): (DMatrix<f32>, DMatrix<f32>, DVector<f32>),
+    ) -> Self {
+        GruLm {
+            embed,
+            w_i: variance_scaling(key.fold_in(2), e, 3 * h, 1.0),
+            w_h: variance_scaling(key.fold_in(3), h, 3 * h, 1.0),
+            b: DVector::zeros(3 * h),
+            h0: DMatrix::zeros(1, h),
+            wo,
+            bo,
+        }
+    }
+}
+
+impl AssembleRnnLm for VanillaRnnLm<f32> {
+    /// The IRNN's recurrent weights are the identity.
+    fn assemble(
+        cell: Cell,
+        key: Key,
+        e: usize,
+        h: usize,
+        (embed, wo, bo): (DMatrix<f32>, DMatrix<f32>, DVector<f32>),
+    ) -> Self {
+        let w_h = if cell == Cell::Irnn {
+            DMatrix::identity(h, h)
+        } else {
+            linear_init(key.fold_in(3), h, h)
+        };
+        VanillaRnnLm {
+            embed,
+            w_i: linear_init(key.fold_in(2), e, h),
+            b_i: DVector::zeros(h),
+            w_h,
+            b_h: DVector::zeros(h),
+            h0: DMatrix::zeros(1, h),
+            wo,
+            bo,
+        }
+    }
+}
+
+/// One cell's task ([`TeacherForcedRnnLm<C>`]) and family ([`ParametricLmRnn<C>`]) with
+/// one loss body, transcribed into both `loss` functions: embed the ids time-major,
 /// unroll the cell over the sequence, read out every step, `Σ ce·mask / Σ mask` (module
 /// docs). Not a `#[differentiable]` function both call: such a call runs its forward pass
 /// again in the reverse sweep, the whole loss here. The body is taken as tokens, not as a
 /// `block` fragment, which would reach `#[task]` as one opaque group.
-macro_rules! lstm_lm_task_and_family {
-    (|$params:ident, $batch:ident, $hd:ident, $fd:ident| { $($body:tt)* }) => {
+macro_rules! rnn_lm_task_and_family {
+    ($marker:ty, $p:ident, |$params:ident, $batch:ident, $hd:ident, $fd:ident| { $($body:tt)* }) => {
         #[task]
-        impl Task for TeacherForcedRnnLm<LstmCell> {
-            type Params<S: Real> = LstmLm<S>;
+        impl Task for TeacherForcedRnnLm<$marker> {
+            type Params<S: Real> = $p<S>;
             type Batch = LmBatch;
 
             /// haiku's init (module docs), drawn in `f32` and converted.
-            fn init<S: Real>(&self, key: Key) -> LstmLm<S> {
+            fn init<S: Real>(&self, key: Key) -> $p<S> {
                 let (e, h) = (self.embed_dim, self.hidden);
-                let (embed, wo, bo) = self.embed_and_readout(key);
-                LstmLm {
-                    embed,
-                    w: linear_init(key.fold_in(2), e + h, 4 * h),
-                    b: DVector::zeros(4 * h),
-                    h0: DMatrix::zeros(1, h),
-                    c0: DMatrix::zeros(1, h),
-                    wo,
-                    bo,
-                }
-                .cast::<S>()
+                $p::<f32>::assemble(self.cell, key, e, h, self.embed_and_readout(key)).cast::<S>()
             }
 
-            /// The LSTM LM's loss (module docs) with this task's sizes.
-            fn loss<S: Real>(&self, $params: &LstmLm<S>, _key: S::Key, $batch: &LmBatch) -> S {
+            /// The cell's LM loss (module docs) with this task's sizes.
+            fn loss<S: Real>(&self, $params: &$p<S>, _key: S::Key, $batch: &LmBatch) -> S {
                 let $hd = self.hidden;
                 let $fd = self.embed_dim;
                 $($body)*
@@ -410,41 +481,27 @@ macro_rules! lstm_lm_task_and_family {
         }
 
         #[task_family]
-        impl TaskFamily for ParametricLmRnn {
+        impl TaskFamily for ParametricLmRnn<$marker> {
             type Cfg<S: Real> = ParametricLmRnnCfg<S>;
-            type Params<S: Real> = LstmLm<S>;
+            type Params<S: Real> = $p<S>;
             type Batch = LmBatch;
 
             /// Hidden size from `key.fold_in(0)`, embedding from `fold_in(1)` (both `log_int`),
             /// scale `U(0.5, 2)` from `fold_in(2)`.
             fn sample(&self, key: Key) -> ParametricLmRnnCfg<f32> {
-                let (lo, hi) = self.size_range;
-                ParametricLmRnnCfg {
-                    init_scale: key.fold_in(2).uniform_range(0.5f32, 2.0),
-                    hidden: log_int(key.fold_in(0), lo, hi),
-                    embed_dim: log_int(key.fold_in(1), lo, hi),
-                }
+                self.sample_cfg(key)
             }
 
-            /// As [`TeacherForcedRnnLm::lstm`]'s init, the embedding and read-out times
-            /// `cfg.init_scale`.
-            fn init(&self, cfg: &ParametricLmRnnCfg<f32>, key: Key) -> LstmLm<f32> {
-                let (v, e, h, s) = (self.vocab, cfg.embed_dim, cfg.hidden, cfg.init_scale);
-                LstmLm {
-                    embed: trunc_normal(key.fold_in(0), v, e, s),
-                    w: linear_init(key.fold_in(2), e + h, 4 * h),
-                    b: DVector::zeros(4 * h),
-                    h0: DMatrix::zeros(1, h),
-                    c0: DMatrix::zeros(1, h),
-                    wo: trunc_normal(key.fold_in(1), h, v, s / (h as f32).sqrt()),
-                    bo: DVector::zeros(v),
-                }
+            /// As the fixed task's init, the embedding and read-out times `cfg.init_scale`.
+            fn init(&self, cfg: &ParametricLmRnnCfg<f32>, key: Key) -> $p<f32> {
+                let (e, h) = (cfg.embed_dim, cfg.hidden);
+                $p::<f32>::assemble(self.cell, key, e, h, self.scaled_readout(cfg, key))
             }
 
             /// The fixed task's loss (the same body) with `cfg`'s sizes.
             fn loss<S: Real>(
                 &self,
-                $params: &LstmLm<S>,
+                $params: &$p<S>,
                 cfg: &ParametricLmRnnCfg<S>,
                 _key: S::Key,
                 $batch: &LmBatch,
@@ -465,7 +522,7 @@ macro_rules! lstm_lm_task_and_family {
     };
 }
 
-lstm_lm_task_and_family!(|params, batch, hd, fd| {
+rnn_lm_task_and_family!(LstmCell, LstmLm, |params, batch, hd, fd| {
     let bsz = batch.obs.nrows();
     let steps = batch.obs.ncols();
     let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
@@ -494,121 +551,52 @@ lstm_lm_task_and_family!(|params, batch, hd, fd| {
     total / count
 });
 
-#[task]
-impl Task for TeacherForcedRnnLm<GruCell> {
-    type Params<S: Real> = GruLm<S>;
-    type Batch = LmBatch;
-
-    /// haiku's init (module docs), drawn in `f32` and converted.
-    fn init<S: Real>(&self, key: Key) -> GruLm<S> {
-        let (e, h) = (self.embed_dim, self.hidden);
-        let (embed, wo, bo) = self.embed_and_readout(key);
-        GruLm {
-            embed,
-            w_i: variance_scaling(key.fold_in(2), e, 3 * h, 1.0),
-            w_h: variance_scaling(key.fold_in(3), h, 3 * h, 1.0),
-            b: DVector::zeros(3 * h),
-            h0: DMatrix::zeros(1, h),
-            wo,
-            bo,
-        }
-        .cast::<S>()
+rnn_lm_task_and_family!(GruCell, GruLm, |params, batch, hd, _fd| {
+    let bsz = batch.obs.nrows();
+    let steps = batch.obs.ncols();
+    let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
+    let masks = step_masks(batch);
+    let count = batch.num_tokens() as f64;
+    let tgt = batch.target.as_slice();
+    let ids = batch.obs.as_slice();
+    let e = embed(&params.embed, ids);
+    let xw = e * &params.w_i + &params.b;
+    let w_zr = params.w_h.columns(0, 2 * hd);
+    let w_a = params.w_h.columns(2 * hd, hd);
+    let mut h = &ones * &params.h0;
+    let mut total = 0.0;
+    for t in 0..steps {
+        let x_t = xw.rows(t * bsz, bsz);
+        let zr = sigmoid(x_t.columns(0, 2 * hd) + &h * &w_zr);
+        let z = zr.columns(0, hd);
+        let r = zr.columns(hd, hd);
+        let a = tanh(x_t.columns(2 * hd, hd) + component_mul(&r, &h) * &w_a);
+        h = h.clone() + component_mul(&z, &(a - h));
+        let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+        total += dot(&ce, &masks[t]);
     }
+    total / count
+});
 
-    fn loss<S: Real>(&self, params: &GruLm<S>, _key: S::Key, batch: &LmBatch) -> S {
-        let bsz = batch.obs.nrows();
-        let steps = batch.obs.ncols();
-        let hd = self.hidden;
-        let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
-        let masks = step_masks(batch);
-        let count = batch.num_tokens() as f64;
-        let tgt = batch.target.as_slice();
-        let ids = batch.obs.as_slice();
-        let e = embed(&params.embed, ids);
-        let xw = e * &params.w_i + &params.b;
-        let w_zr = params.w_h.columns(0, 2 * hd);
-        let w_a = params.w_h.columns(2 * hd, hd);
-        let mut h = &ones * &params.h0;
-        let mut total = 0.0;
-        for t in 0..steps {
-            let x_t = xw.rows(t * bsz, bsz);
-            let zr = sigmoid(x_t.columns(0, 2 * hd) + &h * &w_zr);
-            let z = zr.columns(0, hd);
-            let r = zr.columns(hd, hd);
-            let a = tanh(x_t.columns(2 * hd, hd) + component_mul(&r, &h) * &w_a);
-            h = h.clone() + component_mul(&z, &(a - h));
-            let ce =
-                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
-            total += dot(&ce, &masks[t]);
-        }
-        total / count
+rnn_lm_task_and_family!(VanillaCell, VanillaRnnLm, |params, batch, _hd, _fd| {
+    let bsz = batch.obs.nrows();
+    let steps = batch.obs.ncols();
+    let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
+    let masks = step_masks(batch);
+    let count = batch.num_tokens() as f64;
+    let tgt = batch.target.as_slice();
+    let ids = batch.obs.as_slice();
+    let e = embed(&params.embed, ids);
+    let xw = e * &params.w_i + &params.b_i + &params.b_h;
+    let mut h = &ones * &params.h0;
+    let mut total = 0.0;
+    for t in 0..steps {
+        h = relu(xw.rows(t * bsz, bsz) + &h * &params.w_h);
+        let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
+        total += dot(&ce, &masks[t]);
     }
-
-    fn datasets(&self) -> Option<Datasets<LmBatch>> {
-        Some(self.datasets.clone())
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-}
-
-#[task]
-impl Task for TeacherForcedRnnLm<VanillaCell> {
-    type Params<S: Real> = VanillaRnnLm<S>;
-    type Batch = LmBatch;
-
-    /// haiku's init (module docs); the IRNN's recurrent weights are the identity.
-    fn init<S: Real>(&self, key: Key) -> VanillaRnnLm<S> {
-        let (e, h) = (self.embed_dim, self.hidden);
-        let (embed, wo, bo) = self.embed_and_readout(key);
-        let w_h = if self.cell == Cell::Irnn {
-            DMatrix::identity(h, h)
-        } else {
-            linear_init(key.fold_in(3), h, h)
-        };
-        VanillaRnnLm {
-            embed,
-            w_i: linear_init(key.fold_in(2), e, h),
-            b_i: DVector::zeros(h),
-            w_h,
-            b_h: DVector::zeros(h),
-            h0: DMatrix::zeros(1, h),
-            wo,
-            bo,
-        }
-        .cast::<S>()
-    }
-
-    fn loss<S: Real>(&self, params: &VanillaRnnLm<S>, _key: S::Key, batch: &LmBatch) -> S {
-        let bsz = batch.obs.nrows();
-        let steps = batch.obs.ncols();
-        let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
-        let masks = step_masks(batch);
-        let count = batch.num_tokens() as f64;
-        let tgt = batch.target.as_slice();
-        let ids = batch.obs.as_slice();
-        let e = embed(&params.embed, ids);
-        let xw = e * &params.w_i + &params.b_i + &params.b_h;
-        let mut h = &ones * &params.h0;
-        let mut total = 0.0;
-        for t in 0..steps {
-            h = relu(xw.rows(t * bsz, bsz) + &h * &params.w_h);
-            let ce =
-                softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
-            total += dot(&ce, &masks[t]);
-        }
-        total / count
-    }
-
-    fn datasets(&self) -> Option<Datasets<LmBatch>> {
-        Some(self.datasets.clone())
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-}
+    total / count
+});
 
 /// Fortunes byte datasets at batch 128 and length `seq`, the task named by the library's
 /// scheme.
@@ -691,7 +679,7 @@ pub struct ParametricLmRnnCfg<S: Real> {
     /// Multiplies the standard deviation of the embedding and read-out initialization
     /// (the library's sampled `w_init` of `hk.Embed` and `hk.Linear`).
     pub init_scale: S,
-    /// LSTM hidden units (`rnn_size` of the library's `sample_lm_rnn`).
+    /// Hidden units (`rnn_size` of the library's `sample_lm_rnn`).
     #[params(skip)]
     pub hidden: usize,
     /// Embedding width (`embed_size`).
@@ -699,35 +687,32 @@ pub struct ParametricLmRnnCfg<S: Real> {
     pub embed_dim: usize,
 }
 
-/// The JAX library's `ParametricLMRNN` with `sample_lm_rnn`'s size ranges, restricted to
-/// the LSTM cell (the library also samples `vanilla_rnn_fn` and `gru_fn`, whose parameter
-/// layouts differ) and to one dataset per family (the datasets given, e.g. fortunes bytes
-/// or the embedded text; the library samples the dataset, batch size, sequence length and
-/// a vocabulary size too, fixed here by the datasets): each task samples the hidden and
-/// embedding sizes log-uniformly in `[8, 256)` (`log_int(8, 256)`, or the range given)
-/// and an init scale uniformly in `[0.5, 2]` (the range of the library's
-/// `SampleInitializer`; the embedding is truncated normal σ = scale and the read-out
-/// σ = scale/√H, where the library also samples other initializer kinds). The model and
-/// loss are [`TeacherForcedRnnLm`]'s LSTM (module docs): both share one loss body; no
-/// normalizer (the identity).
+/// The JAX library's `ParametricLMRNN` with `sample_lm_rnn`'s size ranges, one cell per
+/// family as in the library (its `rnn_core_fn`: [`ParametricLmRnn::new`] for the LSTM,
+/// [`ParametricLmRnn::gru`], [`ParametricLmRnn::vanilla`], [`ParametricLmRnn::irnn`]; the
+/// family-level draw of the cell, batch size and sequence length is
+/// [`sample_lm_rnn`](crate::tasks::lm_samplers::sample_lm_rnn)) and
+/// one dataset per family (the datasets given, e.g. fortunes bytes or the embedded text):
+/// each task samples the hidden and embedding sizes log-uniformly in `[8, 256)`
+/// (`log_int(8, 256)`, or the range given) and an init scale uniformly in `[0.5, 2]` (the
+/// range of the library's `SampleInitializer`; the embedding is truncated normal
+/// σ = scale and the read-out σ = scale/√H, where the library also samples other
+/// initializer kinds). The model and loss are [`TeacherForcedRnnLm<C>`]'s (module docs):
+/// task and family share one loss body; no normalizer (the identity).
 ///
 /// Instances of different sizes train in one batched call (lane groups by structure).
 #[derive(Debug, Clone)]
-pub struct ParametricLmRnn {
+pub struct ParametricLmRnn<C = LstmCell> {
     datasets: Datasets<LmBatch>,
     vocab: usize,
+    cell: Cell,
     size_range: (usize, usize),
     name: String,
+    _cell: PhantomData<C>,
 }
 
-impl ParametricLmRnn {
-    /// A family on `datasets` (whose `extra_info` gives the vocabulary size), hidden and
-    /// embedding sizes drawn log-uniformly from `size_range = (lo, hi)` (the library's is
-    /// `(8, 256)`).
-    ///
-    /// Errors: [`Error::InvalidArgument`] for a range that is not `1 <= lo < hi` or
-    /// datasets without a vocabulary.
-    pub fn new(datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
+impl<C> ParametricLmRnn<C> {
+    fn build(cell: Cell, datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
         let (lo, hi) = size_range;
         if !(lo >= 1 && lo < hi) {
             return Err(Error::InvalidArgument(format!(
@@ -738,8 +723,10 @@ impl ParametricLmRnn {
         Ok(ParametricLmRnn {
             datasets,
             vocab,
+            cell,
             size_range,
-            name: "ParametricLMRNN_LSTM_bytes".into(),
+            name: format!("ParametricLMRNN_{}_bytes", cell.jax_name()),
+            _cell: PhantomData,
         })
     }
 
@@ -752,6 +739,71 @@ impl ParametricLmRnn {
     /// Vocabulary size `V` (from the datasets).
     pub fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    /// The cell of every task of the family.
+    pub fn cell(&self) -> Cell {
+        self.cell
+    }
+
+    fn sample_cfg(&self, key: Key) -> ParametricLmRnnCfg<f32> {
+        let (lo, hi) = self.size_range;
+        ParametricLmRnnCfg {
+            init_scale: key.fold_in(2).uniform_range(0.5f32, 2.0),
+            hidden: log_int(key.fold_in(0), lo, hi),
+            embed_dim: log_int(key.fold_in(1), lo, hi),
+        }
+    }
+
+    /// Embedding σ = scale, read-out σ = scale/√H, read-out bias zero.
+    fn scaled_readout(
+        &self,
+        cfg: &ParametricLmRnnCfg<f32>,
+        key: Key,
+    ) -> (DMatrix<f32>, DMatrix<f32>, DVector<f32>) {
+        let (v, e, h, s) = (self.vocab, cfg.embed_dim, cfg.hidden, cfg.init_scale);
+        (
+            trunc_normal(key.fold_in(0), v, e, s),
+            trunc_normal(key.fold_in(1), h, v, s / (h as f32).sqrt()),
+            DVector::zeros(v),
+        )
+    }
+}
+
+impl ParametricLmRnn<LstmCell> {
+    /// An LSTM family on `datasets` (whose `extra_info` gives the vocabulary size), hidden
+    /// and embedding sizes drawn log-uniformly from `size_range = (lo, hi)` (the library's
+    /// is `(8, 256)`).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a range that is not `1 <= lo < hi` or
+    /// datasets without a vocabulary.
+    pub fn new(datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
+        Self::build(Cell::Lstm, datasets, size_range)
+    }
+}
+
+impl ParametricLmRnn<GruCell> {
+    /// A GRU family (the library's `gru_fn`); as [`ParametricLmRnn::new`].
+    ///
+    /// Errors: as [`ParametricLmRnn::new`].
+    pub fn gru(datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
+        Self::build(Cell::Gru, datasets, size_range)
+    }
+}
+
+impl ParametricLmRnn<VanillaCell> {
+    /// A vanilla-RNN family (the library's `vanilla_rnn_fn`); as [`ParametricLmRnn::new`].
+    ///
+    /// Errors: as [`ParametricLmRnn::new`].
+    pub fn vanilla(datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
+        Self::build(Cell::VanillaRnn, datasets, size_range)
+    }
+
+    /// An IRNN family (identity-initialized recurrence); as [`ParametricLmRnn::new`].
+    ///
+    /// Errors: as [`ParametricLmRnn::new`].
+    pub fn irnn(datasets: Datasets<LmBatch>, size_range: (usize, usize)) -> Result<Self> {
+        Self::build(Cell::Irnn, datasets, size_range)
     }
 }
 
