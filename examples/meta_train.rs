@@ -428,25 +428,17 @@ fn run(args: &Args) -> lopt::Result<()> {
             _ => println!("{} on {source}", mlp.name()),
         }
         println!("  8 tasks of hidden width 16, 32 or 64, one per f32 group");
-        let schedule = LogUniformLengthSchedule {
-            min_length: 100,
-            max_length: 400,
-        };
-        let mut step = LOptTruncatedStep::new(mlp, &lopt, schedule, 8)?;
-        step.random_initial_iteration_offset = 400;
-        let pes = TruncatedPes::new(step, 10, 0.01)?;
-        let out = meta_train(
+        all.extend(run_family(
             mlp,
             &lopt,
-            pes,
-            3e-3,
+            "image MLP",
+            (100, 400),
             400,
             300,
             &[1e-3, 1e-2],
             &ck_mlp,
             args.resume,
-        )?;
-        all.extend(panels("image MLP", &out, false));
+        )?);
     }
     if let Some(conv) = &conv {
         println!("{}", conv.name());
@@ -454,54 +446,75 @@ fn run(args: &Args) -> lopt::Result<()> {
             "  8 tasks: 3x3 convolutions of 4 to 15 channels, 0-2 with stride 2, 8 \
              activations; one per f32 group"
         );
-        let schedule = LogUniformLengthSchedule {
-            min_length: 50,
-            max_length: 200,
-        };
-        let mut step = LOptTruncatedStep::new(conv, &lopt, schedule, 8)?;
-        step.random_initial_iteration_offset = 200;
-        let pes = TruncatedPes::new(step, 10, 0.01)?;
-        let out = meta_train(
+        all.extend(run_family(
             conv,
             &lopt,
-            pes,
-            3e-3,
+            "conv",
+            (50, 200),
             300,
             200,
             &[1e-3, 1e-2, 1e-1],
             &ck_conv,
             args.resume,
-        )?;
-        all.extend(panels("conv", &out, false));
+        )?);
     }
     if let Some(lm) = &lm {
         println!("{}", lm.name());
         println!(
             "  8 tasks: LSTMs of 8 to 31 hidden units, embeddings of 8 to 31; one per f32 group"
         );
-        let schedule = LogUniformLengthSchedule {
-            min_length: 50,
-            max_length: 200,
-        };
-        let mut step = LOptTruncatedStep::new(lm, &lopt, schedule, 8)?;
-        step.random_initial_iteration_offset = 200;
-        let pes = TruncatedPes::new(step, 10, 0.01)?;
-        let out = meta_train(
+        all.extend(run_family(
             lm,
             &lopt,
-            pes,
-            3e-3,
+            "LM",
+            (50, 200),
             300,
             200,
             &[1e-3, 1e-2, 1e-1],
             &ck_lm,
             args.resume,
-        )?;
-        all.extend(panels("LM", &out, false));
+        )?);
     }
     plot_png(&plot, &all)?;
     println!("plot: {}", absolute(&plot).display());
     Ok(())
+}
+
+/// One family's run for `--family image_mlp|conv|lm`: `MlpLOpt` meta-trained with
+/// `TruncatedPes` (8 tasks, one per `f32` group, truncations of 10 steps in runs whose
+/// lengths are log-uniform in `lengths`, meta learning rate 3e-3) for `outer_steps`, then
+/// compared on a held-out task over `eval_steps` against Adam at `adam_lrs`; its panels.
+#[allow(clippy::too_many_arguments)]
+fn run_family<F: TaskFamily>(
+    family: &F,
+    lopt: &MlpLOpt,
+    title: &str,
+    (min_length, max_length): (usize, usize),
+    outer_steps: usize,
+    eval_steps: usize,
+    adam_lrs: &[f64],
+    checkpoint: &Path,
+    resume: bool,
+) -> lopt::Result<[Panel; 2]> {
+    let schedule = LogUniformLengthSchedule {
+        min_length,
+        max_length,
+    };
+    let mut step = LOptTruncatedStep::new(family, lopt, schedule, 8)?;
+    step.random_initial_iteration_offset = max_length;
+    let pes = TruncatedPes::new(step, 10, 0.01)?;
+    let out = meta_train(
+        family,
+        lopt,
+        pes,
+        3e-3,
+        outer_steps,
+        eval_steps,
+        adam_lrs,
+        checkpoint,
+        resume,
+    )?;
+    Ok(panels(title, &out, false))
 }
 
 /// The quadratic family's run and its panels.
