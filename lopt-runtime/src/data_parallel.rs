@@ -377,8 +377,8 @@ mod tests {
     }
 
     /// Seven rows in chunks of 3, 2, 2: the split loss, gradient and JVP equal the whole
-    /// batch's in f64. Catches: chunks weighted equally (tried:
-    /// every weight set to 1 in `map_chunks` — the value is 1.420 for 1.503), a chunk's gradient left unscaled.
+    /// batch's in f64. Catches: chunks weighted equally (tried: every weight set to 1 in
+    /// `map_chunks` — the value is 1.420 for 1.503), a chunk's gradient left unscaled.
     #[test]
     fn split_mean_loss_equals_the_whole_batch() {
         let task = DataParallel::new(RowMse, 2).unwrap();
