@@ -201,7 +201,6 @@ fn main() -> lopt::Result<()> {
     let ds_r = random_datasets(b, t);
     let rnn_whole = TeacherForcedRnnLm::lstm(h, e, ds_r.clone())?;
     let rnn = rnn_whole.clone().data_parallel();
-    let rnn4 = lopt::data_parallel::DataParallel::new(rnn_whole.clone(), 32)?;
     let rb: Vec<LmBatch> = (0..4).map(|_| ds_r.train()).collect::<lopt::Result<_>>()?;
     let rp = rnn.init::<f32>(Key::new(0));
     let rnn_flop = 3.0 * 2.0 * (b * t) as f64 * (e * 4 * h + h * 4 * h + h * v) as f64;
@@ -216,7 +215,7 @@ fn main() -> lopt::Result<()> {
         * (2.0 * (tb * t) as f64 * (d * 3 * a + a * d + 2 * d * 4 * d + d * v) as f64
             + 4.0 * (tb * heads * t * t * 32) as f64);
     let (mut i, mut j) = (0usize, 0usize);
-    let (mut iw, mut jw, mut i4) = (0usize, 0usize, 0usize);
+    let (mut iw, mut jw) = (0usize, 0usize);
 
     let mut cases = task_cases("conv32x64x64.c10_32x32x3", &c10, &c10_pool);
     cases.extend(task_cases("conv32x64x64.fmnist_28x28x1", &fm, &fm_pool));
@@ -251,10 +250,6 @@ fn main() -> lopt::Result<()> {
     cases.push(Case::new("rnnlm.lstm128.whole.grad", || {
         iw += 1;
         keep(rnn_whole.value_and_grad(&rp, Key::new(0), &rb[iw % rb.len()]));
-    }));
-    cases.push(Case::new("rnnlm.lstm128.chunk32.grad", || {
-        i4 += 1;
-        keep(rnn4.value_and_grad(&rp, Key::new(0), &rb[i4 % rb.len()]));
     }));
     cases.push(
         Case::new("rnnlm.lstm128.whole.train_100", || {
