@@ -48,7 +48,7 @@
 //! for the same configuration (checked with haiku, see `tests/lm_tasks.rs`).
 //!
 //! The named constructors return the task wrapped in
-//! [`DataParallel`](crate::data_parallel::DataParallel)
+//! [`DataParallel`]
 //! ([`TeacherForcedRnnLm::data_parallel`]): the loss and gradient of a batch of 128 are
 //! computed as two chunks of 64 sequences on the Rayon pool and combined by their mask
 //! sums, the same loss up to `f32` rounding. [`TeacherForcedRnnLm::lstm`] and the other

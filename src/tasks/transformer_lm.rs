@@ -56,7 +56,7 @@
 //! (Counts checked against haiku's `Transformer` in `tests/lm_tasks.rs`.)
 //!
 //! The constructors above return the task wrapped in
-//! [`DataParallel`](crate::data_parallel::DataParallel) ([`TransformerLm::data_parallel`]):
+//! [`DataParallel`] ([`TransformerLm::data_parallel`]):
 //! batches of 64 or more sequences are computed as chunks of [`TLM_CHUNK_ROWS`] on the
 //! Rayon pool and combined by their mask sums (the same loss up to `f32` rounding);
 //! smaller batches run whole. [`TransformerLm::new`] gives the whole-batch task.
