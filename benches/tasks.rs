@@ -18,6 +18,11 @@
 //!   its transformer at `MultiRuntime_8` (4 heads, D 128, 1 layer, batch 64, length 32,
 //!   256 byte classes), on random bytes, with `.grad` and `.train_100` as above (steps
 //!   cycle a pool of 4 batches); their JAX side is `scripts/jax/bench_lm_tasks.py`.
+//!   Both run as the named fixed tasks do, data-parallel
+//!   ([`DataParallel`](lopt::data_parallel::DataParallel): the LSTM's batch as two chunks
+//!   of 64 sequences, the transformer's as two of 32, on the Rayon pool, so measure them
+//!   in wall time); `rnnlm.lstm128.whole.*` and `tlm.d128l1.whole.*` are the same tasks
+//!   on the whole batch on one thread (the form before the split).
 //!
 //! Each line is followed by its FLOP rate and fraction of the machine's f32 FMA peak
 //! (2 FMA pipes × SIMD lanes × 2 FLOP × clock, one core and all cores). FLOP model: the
@@ -194,13 +199,15 @@ fn main() -> lopt::Result<()> {
     // The language models (FLOP: forward products ×3 for value and gradient).
     let (b, t, e, h, v) = (128usize, 32usize, 64usize, 128usize, 256usize);
     let ds_r = random_datasets(b, t);
-    let rnn = TeacherForcedRnnLm::lstm(h, e, ds_r.clone())?;
+    let rnn_whole = TeacherForcedRnnLm::lstm(h, e, ds_r.clone())?;
+    let rnn = rnn_whole.clone().data_parallel();
     let rb: Vec<LmBatch> = (0..4).map(|_| ds_r.train()).collect::<lopt::Result<_>>()?;
     let rp = rnn.init::<f32>(Key::new(0));
     let rnn_flop = 3.0 * 2.0 * (b * t) as f64 * (e * 4 * h + h * 4 * h + h * v) as f64;
     let (tb, d, heads) = (64usize, 128usize, 4usize);
     let ds_t = random_datasets(tb, t);
-    let tlm = TransformerLm::<1>::new(heads, d, ds_t.clone())?;
+    let tlm_whole = TransformerLm::<1>::new(heads, d, ds_t.clone())?;
+    let tlm = tlm_whole.clone().data_parallel();
     let tbatches: Vec<LmBatch> = (0..4).map(|_| ds_t.train()).collect::<lopt::Result<_>>()?;
     let tp = tlm.init::<f32>(Key::new(0));
     let a = 32 * heads;
@@ -208,6 +215,7 @@ fn main() -> lopt::Result<()> {
         * (2.0 * (tb * t) as f64 * (d * 3 * a + a * d + 2 * d * 4 * d + d * v) as f64
             + 4.0 * (tb * heads * t * t * 32) as f64);
     let (mut i, mut j) = (0usize, 0usize);
+    let (mut iw, mut jw) = (0usize, 0usize);
 
     let mut cases = task_cases("conv32x64x64.c10_32x32x3", &c10, &c10_pool);
     cases.extend(task_cases("conv32x64x64.fmnist_28x28x1", &fm, &fm_pool));
@@ -236,6 +244,26 @@ fn main() -> lopt::Result<()> {
     cases.push(
         Case::new("rnnlm.lstm128.train_100", || {
             keep(train_lm(&rnn, &rp, &rb, STEPS));
+        })
+        .per(STEPS as f64),
+    );
+    cases.push(Case::new("rnnlm.lstm128.whole.grad", || {
+        iw += 1;
+        keep(rnn_whole.value_and_grad(&rp, Key::new(0), &rb[iw % rb.len()]));
+    }));
+    cases.push(
+        Case::new("rnnlm.lstm128.whole.train_100", || {
+            keep(train_lm(&rnn_whole, &rp, &rb, STEPS));
+        })
+        .per(STEPS as f64),
+    );
+    cases.push(Case::new("tlm.d128l1.whole.grad", || {
+        jw += 1;
+        keep(tlm_whole.value_and_grad(&tp, Key::new(0), &tbatches[jw % tbatches.len()]));
+    }));
+    cases.push(
+        Case::new("tlm.d128l1.whole.train_100", || {
+            keep(train_lm(&tlm_whole, &tp, &tbatches, STEPS));
         })
         .per(STEPS as f64),
     );

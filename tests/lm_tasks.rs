@@ -21,8 +21,12 @@
 //! - the vanilla RNN's second bias `b_h` dropped: `vanilla_rnn_task_matches_its_definition`;
 //! - exact `gelu` in place of the tanh form: `transformer_task_matches_its_definition`;
 //! - the LSTM's readout fed the learned initial state instead of `h_t` (a model that
-//!   ignores its context): `lstm_lm_beats_the_unigram_entropy_on_held_out_text`.
+//!   ignores its context): `lstm_lm_beats_the_unigram_entropy_on_held_out_text`;
+//! - `DataParallel` (the split batch): chunks weighted equally, a padding-only chunk
+//!   evaluated, the chunk count capped by the thread count — see the `data_parallel_*`
+//!   tests at the end.
 
+use lopt::data_parallel::{DataParallel, SplitBatch};
 use lopt::datasets::text::{
     lm_datasets, target_unigram_entropy_bits, ByteVocab, LmBatch, LmOptions, SequenceCut,
     TextCorpus, TextSource,
@@ -692,4 +696,132 @@ fn transformer_lm_beats_the_unigram_entropy_on_held_out_text() {
         "transformer h2 d32 l1, 200 Adam(3e-3) steps: test {bits:.3} bits/byte, unigram {bound:.3}"
     );
     assert!(bits < bound, "{bits} bits/byte vs unigram entropy {bound}");
+}
+
+// ------------------------------------------------------------ data-parallel gradients
+
+/// Eight rows of `T = 4` whose chunks of two (`DataParallel` with `chunk_rows = 2`) count
+/// 8, 4, 0 and 6 tokens: unequal mask sums, and one chunk of padding only.
+fn uneven_batch(v: i32, seed: u64) -> LmBatch {
+    batch(8, 4, v, &[5, 5, 3, 1, 0, 0, 2, 5], seed)
+}
+
+/// The largest absolute difference between two parameter trees' elements.
+fn max_diff<P: Params<Scalar = f64>>(a: &P, b: &P) -> f64 {
+    a.flatten()
+        .iter()
+        .zip(b.flatten().iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The LSTM split into four chunks of unequal mask sums (one of none) has the whole
+/// batch's loss and gradient: its value equals the plain-f64 definition, its gradient and
+/// JVP agree with central differences of that definition, its f64 gradient equals the
+/// unsplit task's to 1e-12 and its f32 gradient to f32 rounding. Catches: chunks weighted
+/// equally rather than by their mask sums (tried: every weight 1 in `map_chunks` — the
+/// value is 5.5958 for 5.5670, the transformer's 5.6899 for 5.7852), a padding-only chunk
+/// evaluated (tried: the `w > 0` filter removed — both values NaN).
+#[test]
+fn data_parallel_lstm_has_the_whole_batch_loss_and_gradient() {
+    let whole = TeacherForcedRnnLm::lstm(4, 3, embedded(ByteVocab::Raw, 8, 4)).unwrap();
+    let task = DataParallel::new(whole.clone(), 2).unwrap();
+    let batch = uneven_batch(40, 21);
+    let weights: Vec<usize> = task
+        .chunks(8)
+        .into_iter()
+        .map(|r| batch.rows(r).num_tokens())
+        .collect();
+    assert_eq!(weights, vec![8, 4, 0, 6]);
+    let p: LstmLm<f64> = perturbed(&task.init::<f64>(Key::new(2)), 0.3, 22);
+    let key = Key::new(0);
+    let got = task.loss(&p, key, &batch);
+    let want = lstm_ref(&p, &batch);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    let report = check_gradient(
+        &p,
+        |p| lstm_ref(p, &batch),
+        |p| task.value_and_grad(p, key, &batch),
+        |p, t| task.value_and_jvp(p, t, key, &batch),
+        &grad_config(),
+    );
+    assert!(report.passed(), "{report}");
+    let (v, g) = task.value_and_grad(&p, key, &batch);
+    let (v0, g0) = whole.value_and_grad(&p, key, &batch);
+    assert!((v - v0).abs() < 1e-12 && max_diff(&g, &g0) < 1e-12);
+    let p32: LstmLm<f32> = p.cast();
+    let (v32, g32) = task.value_and_grad(&p32, key, &batch);
+    let scale = g0.flatten().iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!((f64::from(v32) - v0).abs() < 1e-5 * v0.abs());
+    assert!(max_diff(&g32.cast::<f64>(), &g0) < 1e-5 * scale);
+}
+
+/// As [`data_parallel_lstm_has_the_whole_batch_loss_and_gradient`] for the two-layer
+/// transformer (rows are sequences; attention stays within one).
+#[test]
+fn data_parallel_transformer_has_the_whole_batch_loss_and_gradient() {
+    let whole = TransformerLm::<2>::new(1, 8, embedded(ByteVocab::Raw, 8, 4)).unwrap();
+    let task = DataParallel::new(whole.clone(), 2).unwrap();
+    let batch = uneven_batch(40, 23);
+    let p: Tlm2<f64> = perturbed(&task.init::<f64>(Key::new(2)), 0.1, 24);
+    let key = Key::new(0);
+    let got = task.loss(&p, key, &batch);
+    let want = transformer2_ref(&p, 1, &batch);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    let report = check_gradient(
+        &p,
+        |p| transformer2_ref(p, 1, &batch),
+        |p| task.value_and_grad(p, key, &batch),
+        |p, t| task.value_and_jvp(p, t, key, &batch),
+        &grad_config(),
+    );
+    assert!(report.passed(), "{report}");
+    let (v, g) = task.value_and_grad(&p, key, &batch);
+    let (v0, g0) = whole.value_and_grad(&p, key, &batch);
+    assert!((v - v0).abs() < 1e-12 && max_diff(&g, &g0) < 1e-12);
+}
+
+/// The bits of an `f32` loss and gradient.
+fn bits<P: Params<Scalar = f32>>(v: f32, g: &P) -> Vec<u32> {
+    std::iter::once(v.to_bits())
+        .chain(g.flatten().iter().map(|x| x.to_bits()))
+        .collect()
+}
+
+/// The split loss and gradient are bit-identical on pools of 1, 2, 3 and 4 threads, and
+/// when called from inside the pool's own workers (as a vmapped family's lane groups or
+/// `map_groups_mut` would): the chunks follow the batch's rows, not the threads, and are
+/// summed in chunk order. Catches: a chunk count taken from the thread count (tried:
+/// `n` capped at `rayon::current_num_threads()` in `chunk_ranges` — the chunk-count
+/// assertion fails, and with it removed, "2 threads differ from 1").
+#[test]
+fn data_parallel_gradients_do_not_depend_on_the_thread_count() {
+    let ds = embedded(ByteVocab::Raw, 12, 8);
+    let lstm = DataParallel::new(TeacherForcedRnnLm::lstm(16, 8, ds.clone()).unwrap(), 3).unwrap();
+    let tlm = DataParallel::new(TransformerLm::<1>::new(2, 16, ds.clone()).unwrap(), 3).unwrap();
+    assert_eq!(lstm.chunks(12).len(), 4);
+    let lens: Vec<usize> = (0..12).map(|r| [9, 4, 9, 1, 9, 6][r % 6]).collect();
+    let batch = batch(12, 8, 40, &lens, 31);
+    let pl: LstmLm<f32> = lstm.init(Key::new(3));
+    let pt: Tlm1<f32> = tlm.init(Key::new(4));
+    let run = || {
+        let (vl, gl) = lstm.value_and_grad(&pl, Key::new(0), &batch);
+        let (vt, gt) = tlm.value_and_grad(&pt, Key::new(0), &batch);
+        (bits(vl, &gl), bits(vt, &gt))
+    };
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let one = pool(1).install(run);
+    for n in 2..=4 {
+        assert!(pool(n).install(run) == one, "{n} threads differ from 1");
+    }
+    let nested: Vec<_> = pool(2).install(|| {
+        use rayon::prelude::*;
+        (0..4).into_par_iter().map(|_| run()).collect()
+    });
+    assert!(nested.iter().all(|r| *r == one), "nested calls differ");
 }

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod ad;
+pub mod data_parallel;
 pub mod datasets;
 pub mod error;
 pub mod gradcheck;

@@ -46,11 +46,19 @@
 //! with its `lm1b_bytes` replaced by `fortunes_bytes` (Debian's `fortunes`, seqio's
 //! 259-id byte vocabulary, as the library's byte datasets); the counts are the library's
 //! for the same configuration (checked with haiku, see `tests/lm_tasks.rs`).
+//!
+//! The named constructors return the task wrapped in
+//! [`DataParallel`]
+//! ([`TeacherForcedRnnLm::data_parallel`]): the loss and gradient of a batch of 128 are
+//! computed as two chunks of 64 sequences on the Rayon pool and combined by their mask
+//! sums, the same loss up to `f32` rounding. [`TeacherForcedRnnLm::lstm`] and the other
+//! plain constructors give the whole-batch task.
 
 use std::marker::PhantomData;
 
 use nalgebra::{DMatrix, DVector};
 
+use crate::data_parallel::DataParallel;
 use crate::datasets::text::{fortunes_lm_datasets, lm_vocab_size, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
@@ -234,6 +242,11 @@ pub(crate) fn step_masks(batch: &LmBatch) -> Vec<DVector<f32>> {
     (0..m.ncols()).map(|t| m.column(t).into_owned()).collect()
 }
 
+/// Sequences per chunk of [`TeacherForcedRnnLm::data_parallel`]: the library's batch of
+/// 128 runs as two chunks of 64 (smaller chunks cost more than they balance: the
+/// recurrent product of a chunk has only its rows).
+pub const RNN_CHUNK_ROWS: usize = 64;
+
 /// A teacher-forced RNN language model (the library's `TeacherForcedRNNLM`); see the
 /// [module docs](self). `C` is the cell's parameter layout: [`LstmCell`], [`GruCell`] or
 /// [`VanillaCell`] (vanilla and IRNN).
@@ -317,6 +330,14 @@ impl<C> TeacherForcedRnnLm<C> {
     /// Errors: [`Error::ShapeMismatch`], [`Error::InvalidArgument`].
     pub fn check_batch(&self, batch: &LmBatch) -> Result<()> {
         check_lm_batch(batch, self.vocab)
+    }
+
+    /// This task with its loss and gradient computed over chunks of [`RNN_CHUNK_ROWS`]
+    /// sequences in parallel ([`DataParallel`]; the same loss and gradient up to `f32`
+    /// rounding, bit-identical on any number of threads). What the named constructors
+    /// (`RNNLM_fortunesbytes_*`) return.
+    pub fn data_parallel(self) -> DataParallel<Self> {
+        DataParallel::new(self, RNN_CHUNK_ROWS).expect("a positive chunk size")
     }
 
     fn embed_and_readout(&self, key: Key) -> (DMatrix<f32>, DMatrix<f32>, DVector<f32>) {
@@ -609,64 +630,77 @@ fn fortunes(seq: usize) -> Result<Datasets<LmBatch>> {
 ///
 /// Errors: [`Error::DatasetMissing`] when the corpus is not installed.
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_LSTM128_Embed64() -> Result<TeacherForcedRnnLm<LstmCell>> {
+pub fn RNNLM_fortunesbytes_Patch32_LSTM128_Embed64(
+) -> Result<DataParallel<TeacherForcedRnnLm<LstmCell>>> {
     Ok(TeacherForcedRnnLm::lstm(128, 64, fortunes(32)?)?
-        .with_name("RNNLM_fortunesbytes_Patch32_LSTM128_Embed64"))
+        .with_name("RNNLM_fortunesbytes_Patch32_LSTM128_Embed64")
+        .data_parallel())
 }
 
 /// `RNNLM_fortunesbytes_Patch32_GRU128_Embed64` (124,227 parameters).
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_GRU128_Embed64() -> Result<TeacherForcedRnnLm<GruCell>> {
+pub fn RNNLM_fortunesbytes_Patch32_GRU128_Embed64(
+) -> Result<DataParallel<TeacherForcedRnnLm<GruCell>>> {
     Ok(TeacherForcedRnnLm::gru(128, 64, fortunes(32)?)?
-        .with_name("RNNLM_fortunesbytes_Patch32_GRU128_Embed64"))
+        .with_name("RNNLM_fortunesbytes_Patch32_GRU128_Embed64")
+        .data_parallel())
 }
 
 /// `RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64` (74,947 parameters).
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64() -> Result<TeacherForcedRnnLm<VanillaCell>>
-{
+pub fn RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64(
+) -> Result<DataParallel<TeacherForcedRnnLm<VanillaCell>>> {
     Ok(TeacherForcedRnnLm::vanilla(128, 64, fortunes(32)?)?
-        .with_name("RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64"))
+        .with_name("RNNLM_fortunesbytes_Patch32_VanillaRNN128_Embed64")
+        .data_parallel())
 }
 
 /// `RNNLM_fortunesbytes_Patch32_IRNN128_Embed64` (74,947 parameters).
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_IRNN128_Embed64() -> Result<TeacherForcedRnnLm<VanillaCell>> {
+pub fn RNNLM_fortunesbytes_Patch32_IRNN128_Embed64(
+) -> Result<DataParallel<TeacherForcedRnnLm<VanillaCell>>> {
     Ok(TeacherForcedRnnLm::irnn(128, 64, fortunes(32)?)?
-        .with_name("RNNLM_fortunesbytes_Patch32_IRNN128_Embed64"))
+        .with_name("RNNLM_fortunesbytes_Patch32_IRNN128_Embed64")
+        .data_parallel())
 }
 
 /// `RNNLM_fortunesbytes_Patch128_LSTM128_Embed64` (sequences of 128; 149,059 parameters).
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch128_LSTM128_Embed64() -> Result<TeacherForcedRnnLm<LstmCell>> {
+pub fn RNNLM_fortunesbytes_Patch128_LSTM128_Embed64(
+) -> Result<DataParallel<TeacherForcedRnnLm<LstmCell>>> {
     Ok(TeacherForcedRnnLm::lstm(128, 64, fortunes(128)?)?
-        .with_name("RNNLM_fortunesbytes_Patch128_LSTM128_Embed64"))
+        .with_name("RNNLM_fortunesbytes_Patch128_LSTM128_Embed64")
+        .data_parallel())
 }
 
 /// `RNNLM_fortunesbytes_Patch32_LSTM256_Embed128` (494,467 parameters).
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_LSTM256_Embed128() -> Result<TeacherForcedRnnLm<LstmCell>> {
+pub fn RNNLM_fortunesbytes_Patch32_LSTM256_Embed128(
+) -> Result<DataParallel<TeacherForcedRnnLm<LstmCell>>> {
     Ok(TeacherForcedRnnLm::lstm(256, 128, fortunes(32)?)?
-        .with_name("RNNLM_fortunesbytes_Patch32_LSTM256_Embed128"))
+        .with_name("RNNLM_fortunesbytes_Patch32_LSTM256_Embed128")
+        .data_parallel())
 }
 
 /// `RNNLM_fortunesbytes_Patch32_GRU256_Embed128` (395,651 parameters).
 ///
 /// Errors: as [`RNNLM_fortunesbytes_Patch32_LSTM128_Embed64`].
 #[allow(non_snake_case)]
-pub fn RNNLM_fortunesbytes_Patch32_GRU256_Embed128() -> Result<TeacherForcedRnnLm<GruCell>> {
+pub fn RNNLM_fortunesbytes_Patch32_GRU256_Embed128(
+) -> Result<DataParallel<TeacherForcedRnnLm<GruCell>>> {
     Ok(TeacherForcedRnnLm::gru(256, 128, fortunes(32)?)?
-        .with_name("RNNLM_fortunesbytes_Patch32_GRU256_Embed128"))
+        .with_name("RNNLM_fortunesbytes_Patch32_GRU256_Embed128")
+        .data_parallel())
 }
 
 // ------------------------------------------------------------------ the family

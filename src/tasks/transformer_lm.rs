@@ -54,10 +54,17 @@
 //! | [`TransformerLM_FortunesBytes_MultiRuntime_8`] | 4 | 128 | 1 | 64 | 32 | 265,091 | 264,320 |
 //!
 //! (Counts checked against haiku's `Transformer` in `tests/lm_tasks.rs`.)
+//!
+//! The constructors above return the task wrapped in
+//! [`DataParallel`] ([`TransformerLm::data_parallel`]):
+//! batches of 64 or more sequences are computed as chunks of [`TLM_CHUNK_ROWS`] on the
+//! Rayon pool and combined by their mask sums (the same loss up to `f32` rounding);
+//! smaller batches run whole. [`TransformerLm::new`] gives the whole-batch task.
 
 use nalgebra::{DMatrix, DVector};
 
 use crate::ad::attention::AttentionGeometry;
+use crate::data_parallel::DataParallel;
 use crate::datasets::text::{fortunes_lm_datasets, LmBatch};
 use crate::datasets::Datasets;
 use crate::params::Rebind;
@@ -160,6 +167,10 @@ pub(crate) fn batch_major(batch: &LmBatch) -> BatchMajor {
     }
 }
 
+/// Sequences per chunk of [`TransformerLm::data_parallel`]: `MultiRuntime_8`'s batch of
+/// 64 runs as two chunks of 32.
+pub const TLM_CHUNK_ROWS: usize = 32;
+
 /// A transformer LM with `L` layers (the library's `_TransformerTask` with dropout 0); see
 /// the [module docs](self). Implemented for `L` = 1, 2, 3.
 #[derive(Debug, Clone)]
@@ -198,6 +209,14 @@ impl<const L: usize> TransformerLm<L> {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+
+    /// This task with its loss and gradient computed over chunks of [`TLM_CHUNK_ROWS`]
+    /// sequences in parallel ([`DataParallel`]; the same loss and gradient up to `f32`
+    /// rounding, bit-identical on any number of threads). Attention stays within a
+    /// sequence, so rows are independent.
+    pub fn data_parallel(self) -> DataParallel<Self> {
+        DataParallel::new(self, TLM_CHUNK_ROWS).expect("a positive chunk size")
     }
 
     /// Heads.
@@ -412,9 +431,11 @@ macro_rules! multiruntime {
         ///
         /// Errors: [`Error::DatasetMissing`] when the `fortunes` corpus is not installed.
         #[allow(non_snake_case)]
-        pub fn $name() -> Result<TransformerLm<$l>> {
+        pub fn $name() -> Result<DataParallel<TransformerLm<$l>>> {
             let ds = fortunes_lm_datasets($b, $t, None)?;
-            Ok(TransformerLm::<$l>::new($heads, $d, ds)?.with_name(stringify!($name)))
+            Ok(TransformerLm::<$l>::new($heads, $d, ds)?
+                .with_name(stringify!($name))
+                .data_parallel())
         }
     };
 }
