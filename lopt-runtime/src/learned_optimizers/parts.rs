@@ -131,10 +131,10 @@ impl<S: Real> BlockMlp<S> {
         }
     }
 
-    /// The MLP on `n` elements whose inputs are `x`, `n x din` row-major (element-major,
-    /// as features are built); `layers` are row-major `[in, out]` weights and biases.
-    /// Returns the outputs, `n x out` column-major (output `j` of element `e` at
-    /// `j·n + e`).
+    /// The MLP on `n` elements whose inputs are `x`, `n x din` column-major
+    /// (feature-major: input `j` of element `e` at `j·n + e`, as features built a column
+    /// at a time are); `layers` are row-major `[in, out]` weights and biases. Returns the
+    /// outputs, `n x out` column-major (output `j` of element `e` at `j·n + e`).
     pub(crate) fn forward(&mut self, layers: &[LayerRef<'_, S>], x: &[S], n: usize) -> &[S] {
         use crate::kernels::gemm::{gemm, MatRef};
         let last = layers.len() - 1;
@@ -142,7 +142,7 @@ impl<S: Real> BlockMlp<S> {
         for (k, &(w, bias)) in layers.iter().enumerate() {
             let dout = bias.len();
             let a = if k == 0 {
-                MatRef::new(&x[..n * din], n, din, din, 1)
+                MatRef::col_major(&x[..n * din], n, din)
             } else {
                 MatRef::col_major(&self.a[..n * din], n, din)
             }
@@ -166,5 +166,59 @@ impl<S: Real> BlockMlp<S> {
             din = dout;
         }
         &self.b[..n * din]
+    }
+}
+
+/// Tensors of up to this many inputs (elements × features) keep their features between
+/// [`normalized_mlp`]'s two passes instead of building them again.
+const KEEP_FEATURES: usize = 1 << 17;
+
+/// The per-element MLP on a tensor of `n` elements whose `nf` features are each
+/// normalized by their root mean square over the tensor (`x·rsqrt(1e-5 + mean x²)`, the
+/// sum of squares taken in element order): `build(start, cols)` writes the features of
+/// elements `start..start + nb` feature-major (`cols[j·nb + i]`, `nb = cols.len() / nf`),
+/// a block of at most [`MLP_BLOCK`] at a time; `emit(out, nb)` receives each block's
+/// outputs as [`BlockMlp::forward`] gives them, in element order. `buf` is scratch space
+/// kept by the caller.
+pub(crate) fn normalized_mlp<S: Real>(
+    n: usize,
+    nf: usize,
+    mut build: impl FnMut(usize, &mut [S]),
+    mlp: &mut BlockMlp<S>,
+    layers: &[LayerRef<'_, S>],
+    buf: &mut Vec<S>,
+    mut emit: impl FnMut(&[S], usize),
+) {
+    let c = S::from_f64;
+    let keep = n * nf <= KEEP_FEATURES;
+    buf.clear();
+    buf.resize(if keep { n * nf } else { MLP_BLOCK * nf }, c(0.0));
+    let mut ss = vec![c(0.0); nf];
+    for start in (0..n).step_by(MLP_BLOCK) {
+        let nb = MLP_BLOCK.min(n - start);
+        let at = if keep { start * nf } else { 0 };
+        let cols = &mut buf[at..at + nb * nf];
+        build(start, cols);
+        for i in 0..nb {
+            for (j, acc) in ss.iter_mut().enumerate() {
+                let x = cols[j * nb + i];
+                *acc += x * x;
+            }
+        }
+    }
+    let nn = c(n as f64);
+    let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
+    for start in (0..n).step_by(MLP_BLOCK) {
+        let nb = MLP_BLOCK.min(n - start);
+        let at = if keep { start * nf } else { 0 };
+        let cols = &mut buf[at..at + nb * nf];
+        if !keep {
+            build(start, cols);
+        }
+        for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
+            col.iter_mut().for_each(|x| *x *= sc);
+        }
+        let out = mlp.forward(layers, cols, nb);
+        emit(out, nb);
     }
 }

@@ -3,8 +3,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, fold_fixed_inputs, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, LayerRef,
-    MLP_BLOCK,
+    clip, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sign,
+    BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -577,32 +577,41 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let ms = &state.m[off * nd..(off + n) * nd];
             let rs = &state.rms[off * nd..(off + n) * nd];
             let v = state.params.leaf(li);
-            // Sorted: flat_g, flat_v, log_abs_v, m, rms, rms_scaled_g, rsqrt.
-            let features = |e: usize, f: &mut [P::Scalar]| {
-                f[0] = g[e];
-                f[1] = v[e];
-                f[2] = (v[e].abs() + c(1e-8)).ln();
+            // Sorted: flat_g, flat_v, log_abs_v, m, rms, rms_scaled_g, rsqrt; the
+            // features of elements `start..start + nb`, feature-major.
+            let build = |start: usize, cols: &mut [P::Scalar]| {
+                let nb = cols.len() / nf;
+                let (gb, vb) = (&g[start..start + nb], &v[start..start + nb]);
+                let (mb, rb) = (
+                    &ms[start * nd..(start + nb) * nd],
+                    &rs[start * nd..(start + nb) * nd],
+                );
+                let col = |j: usize| j * nb..(j + 1) * nb;
+                cols[col(0)].copy_from_slice(gb);
+                cols[col(1)].copy_from_slice(vb);
+                for (o, &x) in cols[col(2)].iter_mut().zip(vb) {
+                    *o = (x.abs() + c(1e-8)).ln();
+                }
                 for j in 0..nd {
-                    let (mj, rj) = (ms[e * nd + j], rs[e * nd + j]);
-                    let rsq = rsqrt(rj + c(1e-6));
-                    f[3 + j] = mj;
-                    f[3 + nd + j] = rj;
-                    f[3 + 2 * nd + j] = mj * rsq;
-                    f[3 + 3 * nd + j] = rsq;
+                    let (head, tail) = cols.split_at_mut((3 + 3 * nd + j) * nb);
+                    let rsq = &mut tail[..nb];
+                    for (o, ri) in rsq.iter_mut().zip(rb.chunks_exact(nd)) {
+                        *o = rsqrt(ri[j] + c(1e-6));
+                    }
+                    let (head, scaled) = head.split_at_mut((3 + 2 * nd + j) * nb);
+                    let scaled = &mut scaled[..nb];
+                    for ((o, mi), &r) in scaled.iter_mut().zip(mb.chunks_exact(nd)).zip(&*rsq) {
+                        *o = mi[j] * r;
+                    }
+                    for (o, mi) in head[col(3 + j)].iter_mut().zip(mb.chunks_exact(nd)) {
+                        *o = mi[j];
+                    }
+                    for (o, ri) in head[col(3 + nd + j)].iter_mut().zip(rb.chunks_exact(nd)) {
+                        *o = ri[j];
+                    }
                 }
             };
-            // Each feature's sum of squares over the tensor (in element order); the
-            // features are computed again per block below rather than kept.
             let nn = c(n as f64);
-            let mut ss = vec![c(0.0); nf];
-            let mut row = vec![c(0.0); nf];
-            for e in 0..n {
-                features(e, &mut row);
-                for (acc, &x) in ss.iter_mut().zip(&row) {
-                    *acc += x * x;
-                }
-            }
-            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
             let (_, _, ss_v) = stats(v);
             let log_norm = (ss_v.sqrt() + c(1e-8)).ln();
             let log_n = nn.ln();
@@ -617,25 +626,21 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let mut layers = net.clone();
             layers[0] = fold_fixed_inputs(net[0], nf, &fixed, &mut first_bias);
             steps.clear();
-            for start in (0..n).step_by(MLP_BLOCK) {
-                let nb = MLP_BLOCK.min(n - start);
-                block.clear();
-                block.resize(nb * nf, c(0.0));
-                for (i, act) in block.chunks_exact_mut(nf).enumerate() {
-                    features(start + i, act);
-                    for (x, &sc) in act.iter_mut().zip(&scale) {
-                        *x *= sc;
-                    }
-                }
-                let out = mlp.forward(&layers, &block, nb);
+            normalized_mlp(n, nf, build, &mut mlp, &layers, &mut block, |out, nb| {
+                let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
+                steps.extend(
+                    direction
+                        .iter()
+                        .zip(magnitude)
+                        .map(|(&d, &mg)| d * (mg * mag_rate).exp() * step_mult),
+                );
+                // Per element in order, as the library's mean over the tensor sums.
                 for i in 0..nb {
-                    let (direction, magnitude) = (out[i], out[nb + i]);
-                    steps.push(direction * (magnitude * mag_rate).exp() * step_mult);
                     for (j, a) in msg.iter_mut().enumerate() {
                         *a += out[(2 + j) * nb + i];
                     }
                 }
-            }
+            });
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
             }
