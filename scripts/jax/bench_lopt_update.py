@@ -24,6 +24,8 @@ computation timed is still the whole update.
     # side by side with lopt, alternating which goes first, ratios per round:
     PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/jax/bench_lopt_update.py \
         --with-lopt --rounds 3
+    # single-threaded XLA (for the LOPT_BENCH_CLOCK=cpu comparison, which sums threads):
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" ...
 """
 import argparse
 import os
@@ -125,9 +127,9 @@ def measure(select, rounds, target_s):
 LINE = re.compile(r"^bench (\S+) median_s=(\S+)")
 
 
-def run_lopt(select):
+def run_lopt(select, binary=None):
   root = os.path.abspath(os.path.join(HERE, "..", ".."))
-  cmd = ["cargo", "bench", "--bench", "lopt_update", "--", *select]
+  cmd = ([binary] if binary else ["cargo", "bench", "--bench", "lopt_update", "--"]) + list(select)
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True)
   print(out.stdout, end="", flush=True)
   return {m.group(1): float(m.group(2))
@@ -143,6 +145,9 @@ def main():
   ap.add_argument("--target-s", type=float, default=0.1, help="seconds per sample")
   ap.add_argument("--with-lopt", action="store_true",
                   help="alternate with `cargo bench --bench lopt_update`, print ratios")
+  ap.add_argument("--lopt-bin", default=None,
+                  help="with --with-lopt: run this built lopt_update binary instead of "
+                  "`cargo bench` (no rebuild between rounds)")
   a = ap.parse_args()
   print(f"# jax {jax.__version__}, devices {jax.devices()}", flush=True)
   if not a.with_lopt:
@@ -152,9 +157,9 @@ def main():
     print(f"# round {r + 1}", flush=True)
     if r % 2 == 0:
       jx = measure(a.select, a.samples, a.target_s)
-      lo = run_lopt(a.select)
+      lo = run_lopt(a.select, a.lopt_bin)
     else:
-      lo = run_lopt(a.select)
+      lo = run_lopt(a.select, a.lopt_bin)
       jx = measure(a.select, a.samples, a.target_s)
     for cid in sorted(jx):
       if cid in lo:
