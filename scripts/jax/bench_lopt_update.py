@@ -14,7 +14,8 @@ Cases `update.<name>.<size>`:
 Per case: `jax.jit(lambda s, g, l: opt.update(s, g, loss=l))` on a state from
 `opt.init(params, num_steps=1000)`, the gradient 1e-3·params, warmed up (compile + 2
 calls), then rounds interleaving the cases, each sample the mean of back-to-back blocked
-calls. Prints `bench <id> median_s=<f> min_s=<f> max_s=<f> n=<int>` like lopt's benches.
+calls (wall time, or with `LOPT_BENCH_CLOCK=cpu`, as on the Rust side, the CPU seconds of
+all the process's threads: on a busy machine use it with single-threaded XLA, below). Prints `bench <id> median_s=<f> min_s=<f> max_s=<f> n=<int>` like lopt's benches.
 
 Note: under jit on jax 0.10.2 RNNMLPLOpt's update is NaN from its first step (XLA folds
 the `+ 1e-8` of `_LossNormalizer.corrected_mean`; see scripts/make_reference_lopt.py); the
@@ -92,6 +93,9 @@ def make_case(lopt, params):
 
 
 def measure(select, rounds, target_s):
+  # LOPT_BENCH_CLOCK=cpu: CPU seconds of all the process's threads (as the Rust side).
+  clock = (time.process_time if os.environ.get("LOPT_BENCH_CLOCK") == "cpu"
+           else time.perf_counter)
   cases = []
   for name, lopt in lopts().items():
     for size, params in trees().items():
@@ -110,10 +114,10 @@ def measure(select, rounds, target_s):
   for _ in range(rounds):
     for c in cases:
       _, fn, args, reps, samples = c
-      t = time.perf_counter()
+      t = clock()
       for _ in range(reps):
         jax.block_until_ready(fn(*args))
-      samples.append((time.perf_counter() - t) / reps)
+      samples.append((clock() - t) / reps)
   out = {}
   for cid, _, _, _, s in cases:
     s = sorted(s)

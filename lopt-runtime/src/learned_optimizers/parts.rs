@@ -199,6 +199,9 @@ pub(crate) fn normalized_mlp<S: Real>(
         let at = if keep { start * nf } else { 0 };
         let cols = &mut buf[at..at + nb * nf];
         build(start, cols);
+        // In element order, one running sum per feature: the rounding is part of what
+        // meta-training sees (a reordered sum sent the AdafacMlpLOpt meta-training test
+        // to a diverging θ).
         for i in 0..nb {
             for (j, acc) in ss.iter_mut().enumerate() {
                 let x = cols[j * nb + i];
@@ -221,4 +224,38 @@ pub(crate) fn normalized_mlp<S: Real>(
         let out = mlp.forward(layers, cols, nb);
         emit(out, nb);
     }
+}
+
+/// The sum of `f(x)` over `xs` in eight interleaved partial sums, added pairwise at the
+/// end: vectorizable, and rounded no worse than one running sum (the order differs from
+/// it, and from XLA's reductions, only in rounding).
+#[inline]
+pub(crate) fn sum8<S: Real>(xs: &[S], f: impl Fn(S) -> S) -> S {
+    let mut acc = [S::from_f64(0.0); 8];
+    let mut chunks = xs.chunks_exact(8);
+    for ch in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// [`sum8`] of `f(e)` over the indices `e` in `0..n` (e.g. a strided column).
+#[inline]
+pub(crate) fn sum8_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
+    let mut acc = [S::from_f64(0.0); 8];
+    let full = n - n % 8;
+    for base in (0..full).step_by(8) {
+        for (t, a) in acc.iter_mut().enumerate() {
+            *a += f(base + t);
+        }
+    }
+    for (a, e) in acc.iter_mut().zip(full..n) {
+        *a += f(e);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }

@@ -4,7 +4,7 @@
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     clip, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sign,
-    BlockMlp, LayerRef,
+    sum8, BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -304,19 +304,9 @@ fn weight_loss<S: Real>(decay: f64, st: &LossNormalizerState<S>, loss: S) -> S {
 /// `(mean, mean squared deviation, sum of squares)` of `xs`.
 fn stats<S: Real>(xs: &[S]) -> (S, S, S) {
     let n = S::from_f64(xs.len() as f64);
-    let mut s = S::from_f64(0.0);
-    let mut ss = S::from_f64(0.0);
-    for &x in xs {
-        s += x;
-        ss += x * x;
-    }
-    let mean = s / n;
-    let mut v = S::from_f64(0.0);
-    for &x in xs {
-        let d = x - mean;
-        v += d * d;
-    }
-    (mean, v / n, ss)
+    let mean = sum8(xs, |x| x) / n;
+    let var = sum8(xs, |x| (x - mean) * (x - mean)) / n;
+    (mean, var, sum8(xs, |x| x * x))
 }
 
 impl LearnedOptimizer for RnnMlpLOpt {
@@ -477,6 +467,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let mut gates = vec![c(0.0); 4 * h];
         let mut off = 0;
         let mut lstm_out = vec![c(0.0); k * h];
+        let mut ss_vs = Vec::with_capacity(k);
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let ms = &state.m[off * nd..(off + n) * nd];
@@ -486,6 +477,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let (mean_ms, var_ms, _) = stats(ms);
             let (mean_rms, var_rms, _) = stats(rs);
             let (mean_v, var_v, ss_v) = stats(v);
+            ss_vs.push(ss_v);
             let (_, _, ss_g) = stats(g);
             let mut dims = [c(1.0); 4];
             for (dj, &s) in dims.iter_mut().zip(&shape) {
@@ -612,8 +604,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 }
             };
             let nn = c(n as f64);
-            let (_, _, ss_v) = stats(v);
-            let log_norm = (ss_v.sqrt() + c(1e-8)).ln();
+            let log_norm = (ss_vs[li].sqrt() + c(1e-8)).ln();
             let log_n = nn.ln();
             let mut msg = vec![c(0.0); fm];
             // The inputs after the per-element features are the tensor's: folded into

@@ -5,7 +5,8 @@
 use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    self, clip, normalized_mlp, params_then_vectors, rsqrt, sigmoid, BlockMlp, LayerRef, MLP_BLOCK,
+    self, clip, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sum8, sum8_by, BlockMlp,
+    LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -672,51 +673,28 @@ impl LearnedOptimizer for Velo {
             let n = g.len();
             let nn = c(n as f64);
             let p = state.params.leaf(li);
-            let mut ss = c(0.0);
-            for &x in p {
-                ss += x * x;
-            }
+            let ss = sum8(p, |x| x * x);
             let norm_mult = rsqrt((ss / nn).max(c(1e-9)));
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
             let mean_m: Vec<_> = (0..km)
-                .map(|j| {
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        s += m[e * km + j] * norm_mult;
-                    }
-                    s / nn
-                })
+                .map(|j| sum8_by(n, |e| m[e * km + j] * norm_mult) / nn)
                 .collect();
             let var_m: Vec<_> = (0..km)
                 .map(|j| {
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        let d = m[e * km + j] * norm_mult - mean_m[j];
-                        s += d * d;
-                    }
-                    s / nn
+                    let d = |e: usize| m[e * km + j] * norm_mult - mean_m[j];
+                    sum8_by(n, |e| d(e) * d(e)) / nn
                 })
                 .collect();
             let mean_rms: Vec<_> = (0..kr)
-                .map(|j| {
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        s += v[e * kr + j] * norm_mult;
-                    }
-                    s / nn
-                })
+                .map(|j| sum8_by(n, |e| v[e * kr + j] * norm_mult) / nn)
                 .collect();
             // As in the library: the second moments' spread around the momenta's mean.
             let var_rms: Vec<_> = (0..km.max(kr))
                 .map(|j| {
                     let (jr, jm) = (if kr == 1 { 0 } else { j }, if km == 1 { 0 } else { j });
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        let d = v[e * kr + jr] * norm_mult - mean_m[jm];
-                        s += d * d;
-                    }
-                    s / nn
+                    let d = |e: usize| v[e * kr + jr] * norm_mult - mean_m[jm];
+                    sum8_by(n, |e| d(e) * d(e)) / nn
                 })
                 .collect();
             let n_rank = state
@@ -938,10 +916,7 @@ impl LearnedOptimizer for Velo {
                     }
                 }
             };
-            let mut sq = c(0.0);
-            for &x in p {
-                sq += x * x;
-            }
+            let sq = sum8(p, |x| x * x);
             let param_scale = (sq / nn + c(1e-9)).sqrt();
             let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
             let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, &b0)];
