@@ -465,7 +465,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             };
             let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
             steps.clear();
-            normalized_mlp(n, nf, build, &mut mlp, &layers, &mut feats, |out, nb| {
+            normalized_mlp(n, nf, build, &mut mlp, &layers, &mut feats, |out, _, nb| {
                 let (direction, magnitude) = out.split_at(nb);
                 steps.extend(
                     direction

@@ -134,8 +134,15 @@ impl<S: Real> BlockMlp<S> {
     /// The MLP on `n` elements whose inputs are `x`, `n x din` column-major
     /// (feature-major: input `j` of element `e` at `j·n + e`, as features built a column
     /// at a time are); `layers` are row-major `[in, out]` weights and biases. Returns the
-    /// outputs, `n x out` column-major (output `j` of element `e` at `j·n + e`).
-    pub(crate) fn forward(&mut self, layers: &[LayerRef<'_, S>], x: &[S], n: usize) -> &[S] {
+    /// outputs, `n x out` column-major (output `j` of element `e` at `j·n + e`), and the
+    /// last layer's inputs (the last hidden layer's activations, `n x in` column-major;
+    /// empty for a single layer).
+    pub(crate) fn forward(
+        &mut self,
+        layers: &[LayerRef<'_, S>],
+        x: &[S],
+        n: usize,
+    ) -> (&[S], &[S]) {
         use crate::kernels::gemm::{gemm, MatRef};
         let last = layers.len() - 1;
         let mut din = layers[0].0.len() / layers[0].1.len().max(1);
@@ -163,9 +170,14 @@ impl<S: Real> BlockMlp<S> {
                     col.iter_mut().for_each(|v| *v += bj);
                 }
             }
-            din = dout;
+            if k < last {
+                din = dout;
+            } else {
+                let hidden = if last > 0 { &self.a[..n * din] } else { &[] };
+                return (&self.b[..n * dout], hidden);
+            }
         }
-        &self.b[..n * din]
+        (&[], &[])
     }
 }
 
@@ -177,8 +189,9 @@ const KEEP_FEATURES: usize = 1 << 17;
 /// normalized by their root mean square over the tensor (`x·rsqrt(1e-5 + mean x²)`, the
 /// sum of squares taken in element order): `build(start, cols)` writes the features of
 /// elements `start..start + nb` feature-major (`cols[j·nb + i]`, `nb = cols.len() / nf`),
-/// a block of at most [`MLP_BLOCK`] at a time; `emit(out, nb)` receives each block's
-/// outputs as [`BlockMlp::forward`] gives them, in element order. `buf` is scratch space
+/// a block of at most [`MLP_BLOCK`] at a time; `emit(out, hidden, nb)` receives each
+/// block's outputs and last hidden activations as [`BlockMlp::forward`] gives them, in
+/// element order. `buf` is scratch space
 /// kept by the caller.
 pub(crate) fn normalized_mlp<S: Real>(
     n: usize,
@@ -187,7 +200,7 @@ pub(crate) fn normalized_mlp<S: Real>(
     mlp: &mut BlockMlp<S>,
     layers: &[LayerRef<'_, S>],
     buf: &mut Vec<S>,
-    mut emit: impl FnMut(&[S], usize),
+    mut emit: impl FnMut(&[S], &[S], usize),
 ) {
     let c = S::from_f64;
     let keep = n * nf <= KEEP_FEATURES;
@@ -221,8 +234,8 @@ pub(crate) fn normalized_mlp<S: Real>(
         for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
             col.iter_mut().for_each(|x| *x *= sc);
         }
-        let out = mlp.forward(layers, cols, nb);
-        emit(out, nb);
+        let (out, hidden) = mlp.forward(layers, cols, nb);
+        emit(out, hidden, nb);
     }
 }
 

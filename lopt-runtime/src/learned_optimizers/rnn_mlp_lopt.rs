@@ -554,7 +554,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             .collect();
         let mut mlp = BlockMlp::new();
         let (mut block, mut steps) = (Vec::new(), Vec::new());
-        let (mut fixed, mut first_bias) = (Vec::new(), Vec::new());
+        let (mut fixed, mut first_bias, mut last_w) = (Vec::new(), Vec::new(), Vec::new());
         let mut ff = vec![c(0.0); self.lstm_to_ff];
         let (step_mult, mag_rate) = (c(self.step_multiplier), c(self.magnitude_rate));
         let mut off = 0;
@@ -616,22 +616,59 @@ impl LearnedOptimizer for RnnMlpLOpt {
             debug_assert_eq!(nf + fixed.len(), ff_in);
             let mut layers = net.clone();
             layers[0] = fold_fixed_inputs(net[0], nf, &fixed, &mut first_bias);
-            steps.clear();
-            normalized_mlp(n, nf, build, &mut mlp, &layers, &mut block, |out, nb| {
-                let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                steps.extend(
-                    direction
-                        .iter()
-                        .zip(magnitude)
-                        .map(|(&d, &mg)| d * (mg * mag_rate).exp() * step_mult),
-                );
-                // Per element in order, as the library's mean over the tensor sums.
-                for i in 0..nb {
-                    for (j, a) in msg.iter_mut().enumerate() {
-                        *a += out[(2 + j) * nb + i];
-                    }
+            // The message outputs are needed only as their mean over the tensor, and they
+            // are affine in the last hidden layer: the per-element MLP computes the two
+            // step outputs, and the message is the hidden layer's sum times the last
+            // weights (plus n times the bias) once per tensor. (Without hidden layers
+            // every output comes from the per-element MLP.)
+            let (w_last, b_last) = *layers.last().expect("layers");
+            let (h_last, d_last) = (w_last.len() / b_last.len(), b_last.len());
+            let shortcut = layers.len() > 1;
+            if shortcut {
+                last_w.clear();
+                for row in w_last.chunks_exact(d_last) {
+                    last_w.extend_from_slice(&row[..2]);
                 }
-            });
+                let last = layers.len() - 1;
+                layers[last] = (&last_w, &b_last[..2]);
+            }
+            let mut hsum = vec![c(0.0); h_last];
+            steps.clear();
+            normalized_mlp(
+                n,
+                nf,
+                build,
+                &mut mlp,
+                &layers,
+                &mut block,
+                |out, hidden, nb| {
+                    let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
+                    steps.extend(
+                        direction
+                            .iter()
+                            .zip(magnitude)
+                            .map(|(&d, &mg)| d * (mg * mag_rate).exp() * step_mult),
+                    );
+                    if shortcut {
+                        for (col, a) in hidden.chunks_exact(nb).zip(hsum.iter_mut()) {
+                            *a += sum8(col, |x| x);
+                        }
+                    } else {
+                        for (col, a) in out[2 * nb..].chunks_exact(nb).zip(msg.iter_mut()) {
+                            *a += sum8(col, |x| x);
+                        }
+                    }
+                },
+            );
+            if shortcut {
+                for (j, a) in msg.iter_mut().enumerate() {
+                    let mut s = nn * b_last[2 + j];
+                    for (q, &hq) in hsum.iter().enumerate() {
+                        s += hq * w_last[q * d_last + 2 + j];
+                    }
+                    *a = s;
+                }
+            }
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
             }

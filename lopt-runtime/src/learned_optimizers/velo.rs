@@ -922,13 +922,21 @@ impl LearnedOptimizer for Velo {
             let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, &b0)];
             net.extend(layers.iter().map(|(w, b)| (w.as_slice(), b.as_slice())));
             steps.clear();
-            normalized_mlp(n, total_in, build, &mut mlp, &net, &mut feats, |out, nb| {
-                let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
-                    let mag = (mg * exp_mult).exp();
-                    lr_mult[li] * (d * (param_scale * mag) * step_mult)
-                }));
-            });
+            normalized_mlp(
+                n,
+                total_in,
+                build,
+                &mut mlp,
+                &net,
+                &mut feats,
+                |out, _, nb| {
+                    let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
+                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
+                        let mag = (mg * exp_mult).exp();
+                        lr_mult[li] * (d * (param_scale * mag) * step_mult)
+                    }));
+                },
+            );
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
             }
