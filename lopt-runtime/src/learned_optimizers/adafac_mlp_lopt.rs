@@ -329,9 +329,6 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             &state.params,
             grad,
         );
-        // The feature buffers are large and allocated per call: keep freed memory
-        // mapped rather than faulting fresh pages in every update.
-        crate::kernels::alloc::keep_freed_memory();
         let c = P::Scalar::from_f64;
         let (km, kr, kf) = self.counts();
         let widths = self.widths();

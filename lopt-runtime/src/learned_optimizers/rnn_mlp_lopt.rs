@@ -388,9 +388,6 @@ impl LearnedOptimizer for RnnMlpLOpt {
             &state.params,
             grad,
         );
-        // The feature buffers are large and allocated per call: keep freed memory
-        // mapped rather than faulting fresh pages in every update.
-        crate::kernels::alloc::keep_freed_memory();
         let c = P::Scalar::from_f64;
         let h = self.lstm_hidden_size;
         let (fm, fl, nd) = (self.from_mlp_size, self.from_lstm_size, self.decays.len());

@@ -584,9 +584,6 @@ impl LearnedOptimizer for Velo {
             &state.params,
             grad,
         );
-        // The feature buffers are large and allocated per call: keep freed memory
-        // mapped rather than faulting fresh pages in every update.
-        crate::kernels::alloc::keep_freed_memory();
         let c = P::Scalar::from_f64;
         let one = c(1.0);
         let h = self.lstm_hidden_size;
