@@ -9,9 +9,12 @@
 //!
 //! After the lines, the fraction of one core's FMA peak each case reaches, with the peak
 //! measured here (an FMA loop on independent accumulators) and a FLOP model that counts
-//! the multiply-adds of the networks only: per element the per-parameter MLP (as lopt
-//! computes it: `MlpLOpt`'s time features are folded into a bias), per tensor the LSTM
-//! and, for VeLO, the mixing layers, the controls and the mixing of the MLP bank.
+//! the multiply-adds of the networks only: per element the per-parameter MLP as lopt
+//! computes it (inputs that are constant over a tensor, such as the time features and
+//! `RnnMlpLOpt`'s per-tensor inputs, are folded into a bias; `RnnMlpLOpt`'s 16 message
+//! outputs are taken once per tensor from the last hidden layer's sum), per tensor the
+//! LSTM (and `RnnMlpLOpt`'s message layer) and, for VeLO, the mixing layers, the
+//! controls and the mixing of the MLP bank.
 //!
 //! `cargo bench --bench lopt_update [-- <substring>...]`
 
@@ -58,8 +61,12 @@ fn flop_model(name: &str, sizes: &[usize]) -> f64 {
     let lstm = |inp: usize, h: usize| 2.0 * ((inp + h) * 4 * h) as f64;
     match name {
         "mlp_lopt" => n as f64 * mlp(&[8, 32, 32, 2]),
-        "adafac_mlp_lopt" => n as f64 * mlp(&[39, 4, 4, 2]),
-        "rnn_mlp_lopt" => n as f64 * mlp(&[54, 32, 32, 18]) + k * lstm(18 + 16, 64),
+        // 28 features per element (the 11 time features folded).
+        "adafac_mlp_lopt" => n as f64 * mlp(&[28, 4, 4, 2]),
+        // 23 features per element (5 decays); the message layer once per tensor.
+        "rnn_mlp_lopt" => {
+            n as f64 * mlp(&[23, 32, 32, 2]) + k * (lstm(18 + 16, 64) + mlp(&[32, 16]))
+        }
         "nn_adam" => k * lstm(19, 32),
         "velo" => {
             let (h, pi, f) = (512, 256, 30);

@@ -14,7 +14,8 @@ Cases `update.<name>.<size>`:
 Per case: `jax.jit(lambda s, g, l: opt.update(s, g, loss=l))` on a state from
 `opt.init(params, num_steps=1000)`, the gradient 1e-3·params, warmed up (compile + 2
 calls), then rounds interleaving the cases, each sample the mean of back-to-back blocked
-calls. Prints `bench <id> median_s=<f> min_s=<f> max_s=<f> n=<int>` like lopt's benches.
+calls (wall time, or with `LOPT_BENCH_CLOCK=cpu`, as on the Rust side, the CPU seconds of
+all the process's threads: on a busy machine use it with single-threaded XLA, below). Prints `bench <id> median_s=<f> min_s=<f> max_s=<f> n=<int>` like lopt's benches.
 
 Note: under jit on jax 0.10.2 RNNMLPLOpt's update is NaN from its first step (XLA folds
 the `+ 1e-8` of `_LossNormalizer.corrected_mean`; see scripts/make_reference_lopt.py); the
@@ -24,6 +25,8 @@ computation timed is still the whole update.
     # side by side with lopt, alternating which goes first, ratios per round:
     PYTHONPATH=/work/lo_src JAX_PLATFORMS=cpu python3 scripts/jax/bench_lopt_update.py \
         --with-lopt --rounds 3
+    # single-threaded XLA (for the LOPT_BENCH_CLOCK=cpu comparison, which sums threads):
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" ...
 """
 import argparse
 import os
@@ -90,6 +93,9 @@ def make_case(lopt, params):
 
 
 def measure(select, rounds, target_s):
+  # LOPT_BENCH_CLOCK=cpu: CPU seconds of all the process's threads (as the Rust side).
+  clock = (time.process_time if os.environ.get("LOPT_BENCH_CLOCK") == "cpu"
+           else time.perf_counter)
   cases = []
   for name, lopt in lopts().items():
     for size, params in trees().items():
@@ -108,10 +114,10 @@ def measure(select, rounds, target_s):
   for _ in range(rounds):
     for c in cases:
       _, fn, args, reps, samples = c
-      t = time.perf_counter()
+      t = clock()
       for _ in range(reps):
         jax.block_until_ready(fn(*args))
-      samples.append((time.perf_counter() - t) / reps)
+      samples.append((clock() - t) / reps)
   out = {}
   for cid, _, _, _, s in cases:
     s = sorted(s)
@@ -125,9 +131,9 @@ def measure(select, rounds, target_s):
 LINE = re.compile(r"^bench (\S+) median_s=(\S+)")
 
 
-def run_lopt(select):
+def run_lopt(select, binary=None):
   root = os.path.abspath(os.path.join(HERE, "..", ".."))
-  cmd = ["cargo", "bench", "--bench", "lopt_update", "--", *select]
+  cmd = ([binary] if binary else ["cargo", "bench", "--bench", "lopt_update", "--"]) + list(select)
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True)
   print(out.stdout, end="", flush=True)
   return {m.group(1): float(m.group(2))
@@ -143,6 +149,9 @@ def main():
   ap.add_argument("--target-s", type=float, default=0.1, help="seconds per sample")
   ap.add_argument("--with-lopt", action="store_true",
                   help="alternate with `cargo bench --bench lopt_update`, print ratios")
+  ap.add_argument("--lopt-bin", default=None,
+                  help="with --with-lopt: run this built lopt_update binary instead of "
+                  "`cargo bench` (no rebuild between rounds)")
   a = ap.parse_args()
   print(f"# jax {jax.__version__}, devices {jax.devices()}", flush=True)
   if not a.with_lopt:
@@ -152,9 +161,9 @@ def main():
     print(f"# round {r + 1}", flush=True)
     if r % 2 == 0:
       jx = measure(a.select, a.samples, a.target_s)
-      lo = run_lopt(a.select)
+      lo = run_lopt(a.select, a.lopt_bin)
     else:
-      lo = run_lopt(a.select)
+      lo = run_lopt(a.select, a.lopt_bin)
       jx = measure(a.select, a.samples, a.target_s)
     for cid in sorted(jx):
       if cid in lo:

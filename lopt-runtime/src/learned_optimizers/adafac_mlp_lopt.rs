@@ -3,7 +3,9 @@
 //! `learned_optimizers/adafac_mlp_lopt.py`, with its default `concat_weights=True`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{fold_fixed_inputs, params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK};
+use super::parts::{
+    fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK,
+};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -397,69 +399,73 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             );
             let (m, v) = (&*m, &*v);
             let p = state.params.leaf(li);
-            // Element e's features in the library's order.
-            let features = |e: usize, f: &mut [P::Scalar]| {
-                let mut j = 0;
-                let mut push = |x| {
-                    f[j] = x;
-                    j += 1;
-                };
-                let loc = fac.locate(e);
-                push(g[e]);
-                push(p[e]);
-                let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
-                me.iter().for_each(|&x| push(x));
-                ve.iter().for_each(|&x| push(x));
-                // `(v + 1e-6)^-½` once per decay: its own features come after the
-                // momenta's products with it.
-                let rs = j + kmr;
-                for (k, &x) in ve.iter().enumerate() {
-                    f[rs + k] = rsqrt(x + c(1e-6));
-                }
-                for k in 0..kmr {
-                    let mk = me[if km == 1 { 0 } else { k }];
-                    f[j + k] = mk * f[rs + if kr == 1 { 0 } else { k }];
-                }
-                j = rs + kr;
-                // Six groups of Kf: y, row, col, their rsqrt, the factored momentum.
-                for k in 0..kf {
-                    let a = fac.at(loc, k, g[e]);
-                    f[j + k] = a.y;
-                    f[j + kf + k] = a.row;
-                    f[j + 2 * kf + k] = a.col;
-                    f[j + 3 * kf + k] = a.row_rsqrt;
-                    f[j + 4 * kf + k] = a.col_rsqrt;
-                    f[j + 5 * kf + k] = me[k] * a.mult1 * a.mult2;
-                }
-            };
-            // Each feature's sum of squares over the tensor (in element order), for its
-            // second-moment normalization; the features are computed again per block
-            // below rather than kept (a 1M-element tensor's would be 150 MB).
-            let mut ss = vec![c(0.0); nf];
-            let mut row = vec![c(0.0); nf];
-            for e in 0..n {
-                features(e, &mut row);
-                for (acc, &x) in ss.iter_mut().zip(&row) {
-                    *acc += x * x;
-                }
-            }
-            let nn = c(n as f64);
-            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
-            // The MLP, a block of elements at a time: normalized features, then the
-            // time features.
-            let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
-            steps.clear();
-            for start in (0..n).step_by(MLP_BLOCK) {
-                let nb = MLP_BLOCK.min(n - start);
-                feats.clear();
-                feats.resize(nb * nf, c(0.0));
-                for (i, f) in feats.chunks_exact_mut(nf).enumerate() {
-                    features(start + i, f);
-                    for (x, &sc) in f.iter_mut().zip(&scale) {
-                        *x *= sc;
+            // The features of elements `start..start + nb`, feature-major, in the
+            // library's order.
+            let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+            let build = |start: usize, cols: &mut [P::Scalar]| {
+                let nb = cols.len() / nf;
+                let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
+                let (mb, vb) = (
+                    &m[start * km..(start + nb) * km],
+                    &v[start * kr..(start + nb) * kr],
+                );
+                let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
+                let mut cols = cols.chunks_exact_mut(nb);
+                let mut next = || cols.next().expect("nf columns");
+                next().copy_from_slice(gb);
+                next().copy_from_slice(pb);
+                for k in 0..km {
+                    for (o, mi) in next().iter_mut().zip(mb.chunks_exact(km)) {
+                        *o = mi[k];
                     }
                 }
-                let out = mlp.forward(&layers, &feats, nb);
+                for k in 0..kr {
+                    for (o, vi) in next().iter_mut().zip(vb.chunks_exact(kr)) {
+                        *o = vi[k];
+                    }
+                }
+                // `(v + 1e-6)^-½` at decay `k`, into `out`.
+                let rs = |k: usize, out: &mut [P::Scalar]| {
+                    for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
+                        *o = rsqrt(vi[k] + c(1e-6));
+                    }
+                };
+                for k in 0..kmr {
+                    let (km_k, kr_k) = (if km == 1 { 0 } else { k }, if kr == 1 { 0 } else { k });
+                    rs(kr_k, t1);
+                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(&*t1) {
+                        *o = mi[km_k] * r;
+                    }
+                }
+                for k in 0..kr {
+                    rs(k, next());
+                }
+                // Six groups of Kf: y, row, col, their rsqrt, the factored momentum.
+                use FacField::*;
+                for k in 0..kf {
+                    fac.expand(start, k, Y1, t1);
+                    fac.expand(start, k, Y2, t2);
+                    for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
+                        *o = ge * a * b;
+                    }
+                }
+                for field in [Row, Col, RowRsqrt, ColRsqrt] {
+                    for k in 0..kf {
+                        fac.expand(start, k, field, next());
+                    }
+                }
+                for k in 0..kf {
+                    fac.expand(start, k, Mom1, t1);
+                    fac.expand(start, k, Mom2, t2);
+                    let mom = next().iter_mut().zip(mb.chunks_exact(km));
+                    for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
+                        *o = mi[k] * a * b;
+                    }
+                }
+            };
+            let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
+            steps.clear();
+            normalized_mlp(n, nf, build, &mut mlp, &layers, &mut feats, |out, _, nb| {
                 let (direction, magnitude) = out.split_at(nb);
                 steps.extend(
                     direction
@@ -467,7 +473,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                         .zip(magnitude)
                         .map(|(&d, &mg)| d * (mg * exp_mult).exp() * step_mult),
                 );
-            }
+            });
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
             }
@@ -501,20 +507,22 @@ impl LearnedOptimizer for AdafacMlpLOpt {
 }
 
 /// What [`factored_step`] gives for one tensor: the updated accumulators and the
-/// factors, per row and column (or per element for rank < 2), read per element with
-/// [`FacOut::at`].
+/// factors, per row and column (or per element for rank < 2), stored decay-major (one
+/// contiguous array per decay) and spread over a block of elements with
+/// [`FacOut::expand`].
 pub(crate) struct FacOut<S> {
-    kf: usize,
     kind: FacKind<S>,
 }
 
 enum FacKind<S> {
-    /// A matrix: `vr`/`rf` per row index `a` (`[la, Kf]`), `vc`/`cf` per column index
-    /// `b` (`[lb, Kf]`); element `e` is at `(e % rows, e / rows)`, swapped when
-    /// `transposed`.
+    /// A matrix: `vr`, `rf`, `vr_rsqrt` per row index `a` (`[Kf, la]`), `vc`, `cf`,
+    /// `vc_rsqrt` per column index `b` (`[Kf, lb]`); element `e` is at
+    /// `(e % rows, e / rows)`, swapped when `transposed`.
     Factored {
         rows: usize,
         transposed: bool,
+        la: usize,
+        lb: usize,
         vr: Vec<S>,
         vc: Vec<S>,
         rf: Vec<S>,
@@ -524,9 +532,10 @@ enum FacKind<S> {
         vr_rsqrt: Vec<S>,
         vc_rsqrt: Vec<S>,
     },
-    /// Rank < 2: per element and decay `[n, Kf]`, the diagonal accumulator, the factor
+    /// Rank < 2: per decay and element `[Kf, n]`, the diagonal accumulator, the factor
     /// of `y`, `(v + 1e-8)^-½` and the factored momentum's `(v + ε)^-½`.
     Diag {
+        n: usize,
         vd: Vec<S>,
         y_factor: Vec<S>,
         vd_rsqrt: Vec<S>,
@@ -534,87 +543,105 @@ enum FacKind<S> {
     },
 }
 
-/// The factored statistics of one element at one decay.
-pub(crate) struct FacAt<S> {
-    /// The preconditioned gradient (the library's `fac_g`).
-    pub y: S,
+/// A per-element statistic of [`FacOut`] at one decay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FacField {
     /// The row accumulator (the diagonal one for rank < 2).
-    pub row: S,
+    Row,
     /// The column accumulator (the diagonal one for rank < 2).
-    pub col: S,
-    /// The factored momentum is `m·mult1·mult2`: the row and column factors, or
-    /// `(v + diag_eps)^-½` and 1 for rank < 2.
-    pub mult1: S,
-    /// See `mult1`.
-    pub mult2: S,
+    Col,
     /// `(row + 1e-8)^-½`.
-    pub row_rsqrt: S,
+    RowRsqrt,
     /// `(col + 1e-8)^-½`.
-    pub col_rsqrt: S,
+    ColRsqrt,
+    /// The preconditioned gradient (the library's `fac_g`) is `g·y1·y2`: the row and
+    /// column factors, or the diagonal factor and 1 for rank < 2.
+    Y1,
+    /// See [`FacField::Y1`].
+    Y2,
+    /// The factored momentum is `m·mom1·mom2`: the row and column factors, or
+    /// `(v + diag_eps)^-½` and 1 for rank < 2.
+    Mom1,
+    /// See [`FacField::Mom1`].
+    Mom2,
 }
 
 impl<S: Real> FacOut<S> {
-    /// Where element `e`'s statistics are: its row and column offsets (its own offset
-    /// twice for rank < 2), for [`FacOut::at`].
-    #[inline]
-    pub(crate) fn locate(&self, e: usize) -> (usize, usize) {
-        let kf = self.kf;
+    /// Writes `field` at decay `k` of elements `start..start + out.len()` into `out`:
+    /// copies of row or column runs, no per-element index arithmetic.
+    pub(crate) fn expand(&self, start: usize, k: usize, field: FacField, out: &mut [S]) {
+        use FacField::*;
+        let nb = out.len();
         match &self.kind {
             FacKind::Factored {
-                rows, transposed, ..
-            } => {
-                let (r, c) = (e % rows, e / rows);
-                let (a, b) = if *transposed { (c, r) } else { (r, c) };
-                (a * kf, b * kf)
-            }
-            FacKind::Diag { .. } => (e * kf, e * kf),
-        }
-    }
-
-    /// The statistics at decay `k` of the element at `(ra, cb)` ([`FacOut::locate`]),
-    /// `g` its gradient.
-    #[inline(always)]
-    pub(crate) fn at(&self, (ra, cb): (usize, usize), k: usize, g: S) -> FacAt<S> {
-        match &self.kind {
-            FacKind::Factored {
+                rows,
+                transposed,
+                la,
+                lb,
                 vr,
                 vc,
                 rf,
                 cf,
                 vr_rsqrt,
                 vc_rsqrt,
-                ..
             } => {
-                let (row_factor, col_factor) = (rf[ra + k], cf[cb + k]);
-                FacAt {
-                    y: g * row_factor * col_factor,
-                    row: vr[ra + k],
-                    col: vc[cb + k],
-                    mult1: row_factor,
-                    mult2: col_factor,
-                    row_rsqrt: vr_rsqrt[ra + k],
-                    col_rsqrt: vc_rsqrt[cb + k],
+                let (row_side, arr) = match field {
+                    Row => (true, vr),
+                    Col => (false, vc),
+                    RowRsqrt => (true, vr_rsqrt),
+                    ColRsqrt => (false, vc_rsqrt),
+                    Y1 | Mom1 => (true, rf),
+                    Y2 | Mom2 => (false, cf),
+                };
+                let len = if row_side { *la } else { *lb };
+                let arr = &arr[k * len..(k + 1) * len];
+                // Along a column of the leaf the row index `r` varies: it indexes the
+                // "row" accumulator unless transposed.
+                let varying = row_side != *transposed;
+                let (mut e, end) = (start, start + nb);
+                while e < end {
+                    let (r0, c) = (e % rows, e / rows);
+                    let run = (rows - r0).min(end - e);
+                    let o = &mut out[e - start..e - start + run];
+                    if varying {
+                        o.copy_from_slice(&arr[r0..r0 + run]);
+                    } else {
+                        o.fill(arr[c]);
+                    }
+                    e += run;
                 }
             }
             FacKind::Diag {
+                n,
                 vd,
                 y_factor,
                 vd_rsqrt,
                 mult,
             } => {
-                let i = ra + k;
-                FacAt {
-                    y: g * y_factor[i],
-                    row: vd[i],
-                    col: vd[i],
-                    mult1: mult[i],
-                    mult2: S::from_f64(1.0),
-                    row_rsqrt: vd_rsqrt[i],
-                    col_rsqrt: vd_rsqrt[i],
-                }
+                let arr = match field {
+                    Row | Col => vd,
+                    RowRsqrt | ColRsqrt => vd_rsqrt,
+                    Y1 => y_factor,
+                    Mom1 => mult,
+                    Y2 | Mom2 => {
+                        out.fill(S::from_f64(1.0));
+                        return;
+                    }
+                };
+                out.copy_from_slice(&arr[k * n + start..k * n + start + nb]);
             }
         }
     }
+}
+
+/// `[len, kf]` (decay innermost) as `[kf, len]`.
+fn decay_major<S: Real>(x: &[S], kf: usize) -> Vec<S> {
+    let len = x.len() / kf.max(1);
+    let mut out = Vec::with_capacity(x.len());
+    for k in 0..kf {
+        out.extend((0..len).map(|a| x[a * kf + k]));
+    }
+    out
 }
 
 /// The library's `common.factored_rolling` update of one tensor at every Adafactor decay
@@ -631,20 +658,29 @@ pub(crate) fn factored_step<S: Real>(
     let c = S::from_f64;
     let n = g.len();
     let kf = fac_d.len();
-    let gsq = |e: usize| g[e] * g[e] + c(1e-30);
+    let gsq = |x: S| x * x + c(1e-30);
     let kind = match factoring(shape) {
         Some((la, lb, transposed)) => {
             let rows_n = shape[0];
             let vr = &mut fac_row[*off_row * kf..(*off_row + la) * kf];
             let vc = &mut fac_col[*off_col * kf..(*off_col + lb) * kf];
-            let mut mean_b = vec![c(0.0); la]; // mean over b for each a
-            let mut mean_a = vec![c(0.0); lb]; // mean over a for each b
-            for e in 0..n {
-                let (r, col) = (e % rows_n, e / rows_n);
-                let (a, b) = if transposed { (col, r) } else { (r, col) };
-                mean_b[a] += gsq(e);
-                mean_a[b] += gsq(e);
+            // Sums over the leaf's rows `r` (for each column) and columns `c` (for
+            // each row), in element order.
+            let mut sum_r = vec![c(0.0); shape[1]];
+            let mut sum_c = vec![c(0.0); rows_n];
+            for (col, sr) in g.chunks_exact(rows_n).zip(sum_r.iter_mut()) {
+                for (&x, sc) in col.iter().zip(sum_c.iter_mut()) {
+                    let q = gsq(x);
+                    *sr += q;
+                    *sc += q;
+                }
             }
+            // mean over b for each a, mean over a for each b
+            let (mut mean_b, mut mean_a) = if transposed {
+                (sum_r, sum_c)
+            } else {
+                (sum_c, sum_r)
+            };
             mean_b.iter_mut().for_each(|x| *x /= c(lb as f64));
             mean_a.iter_mut().for_each(|x| *x /= c(la as f64));
             let mut rf = vec![c(0.0); la * kf];
@@ -663,22 +699,25 @@ pub(crate) fn factored_step<S: Real>(
                 }
                 let rcm = rcm / c(la as f64);
                 for a in 0..la {
-                    rf[a * kf + k] = rsqrt((vr[a * kf + k] / (rcm + c(1e-9))).max(c(1e-9)));
+                    rf[k * la + a] = rsqrt((vr[a * kf + k] / (rcm + c(1e-9))).max(c(1e-9)));
                 }
                 for b in 0..lb {
-                    cf[b * kf + k] = rsqrt(vc[b * kf + k].max(c(1e-9)));
+                    cf[k * lb + b] = rsqrt(vc[b * kf + k].max(c(1e-9)));
                 }
             }
             *off_row += la;
             *off_col += lb;
+            let (vr, vc) = (decay_major(vr, kf), decay_major(vc, kf));
             let rsqrt_eps = |v: &[S]| v.iter().map(|&x| rsqrt(x + c(1e-8))).collect();
             FacKind::Factored {
                 rows: rows_n,
                 transposed,
-                vr_rsqrt: rsqrt_eps(vr),
-                vc_rsqrt: rsqrt_eps(vc),
-                vr: vr.to_vec(),
-                vc: vc.to_vec(),
+                la,
+                lb,
+                vr_rsqrt: rsqrt_eps(&vr),
+                vc_rsqrt: rsqrt_eps(&vc),
+                vr,
+                vc,
                 rf,
                 cf,
             }
@@ -688,22 +727,24 @@ pub(crate) fn factored_step<S: Real>(
             for e in 0..n {
                 for k in 0..kf {
                     let (d, mix) = (fac_d[k], c(1.0) - fac_d[k]);
-                    vd[e * kf + k] = d * vd[e * kf + k] + mix * gsq(e);
+                    vd[e * kf + k] = d * vd[e * kf + k] + mix * gsq(g[e]);
                 }
             }
             *off_diag += n;
+            let vd = decay_major(vd, kf);
             FacKind::Diag {
+                n,
                 y_factor: vd
                     .iter()
                     .map(|&x| rsqrt((x + c(1e-9)).max(c(1e-9))))
                     .collect(),
                 vd_rsqrt: vd.iter().map(|&x| rsqrt(x + c(1e-8))).collect(),
                 mult: vd.iter().map(|&x| (x + diag_eps).powf(c(-0.5))).collect(),
-                vd: vd.to_vec(),
+                vd,
             }
         }
     };
-    FacOut { kf, kind }
+    FacOut { kind }
 }
 
 /// The library's θ: `adafactor_decays`, `momentum_decays`, `rms_decays` and

@@ -131,18 +131,25 @@ impl<S: Real> BlockMlp<S> {
         }
     }
 
-    /// The MLP on `n` elements whose inputs are `x`, `n x din` row-major (element-major,
-    /// as features are built); `layers` are row-major `[in, out]` weights and biases.
-    /// Returns the outputs, `n x out` column-major (output `j` of element `e` at
-    /// `j·n + e`).
-    pub(crate) fn forward(&mut self, layers: &[LayerRef<'_, S>], x: &[S], n: usize) -> &[S] {
+    /// The MLP on `n` elements whose inputs are `x`, `n x din` column-major
+    /// (feature-major: input `j` of element `e` at `j·n + e`, as features built a column
+    /// at a time are); `layers` are row-major `[in, out]` weights and biases. Returns the
+    /// outputs, `n x out` column-major (output `j` of element `e` at `j·n + e`), and the
+    /// last layer's inputs (the last hidden layer's activations, `n x in` column-major;
+    /// empty for a single layer).
+    pub(crate) fn forward(
+        &mut self,
+        layers: &[LayerRef<'_, S>],
+        x: &[S],
+        n: usize,
+    ) -> (&[S], &[S]) {
         use crate::kernels::gemm::{gemm, MatRef};
         let last = layers.len() - 1;
         let mut din = layers[0].0.len() / layers[0].1.len().max(1);
         for (k, &(w, bias)) in layers.iter().enumerate() {
             let dout = bias.len();
             let a = if k == 0 {
-                MatRef::new(&x[..n * din], n, din, din, 1)
+                MatRef::col_major(&x[..n * din], n, din)
             } else {
                 MatRef::col_major(&self.a[..n * din], n, din)
             }
@@ -163,8 +170,105 @@ impl<S: Real> BlockMlp<S> {
                     col.iter_mut().for_each(|v| *v += bj);
                 }
             }
-            din = dout;
+            if k < last {
+                din = dout;
+            } else {
+                let hidden = if last > 0 { &self.a[..n * din] } else { &[] };
+                return (&self.b[..n * dout], hidden);
+            }
         }
-        &self.b[..n * din]
+        (&[], &[])
     }
+}
+
+/// Tensors of up to this many inputs (elements × features) keep their features between
+/// [`normalized_mlp`]'s two passes instead of building them again.
+const KEEP_FEATURES: usize = 1 << 17;
+
+/// The per-element MLP on a tensor of `n` elements whose `nf` features are each
+/// normalized by their root mean square over the tensor (`x·rsqrt(1e-5 + mean x²)`, the
+/// sum of squares taken in element order): `build(start, cols)` writes the features of
+/// elements `start..start + nb` feature-major (`cols[j·nb + i]`, `nb = cols.len() / nf`),
+/// a block of at most [`MLP_BLOCK`] at a time; `emit(out, hidden, nb)` receives each
+/// block's outputs and last hidden activations as [`BlockMlp::forward`] gives them, in
+/// element order. `buf` is scratch space
+/// kept by the caller.
+pub(crate) fn normalized_mlp<S: Real>(
+    n: usize,
+    nf: usize,
+    mut build: impl FnMut(usize, &mut [S]),
+    mlp: &mut BlockMlp<S>,
+    layers: &[LayerRef<'_, S>],
+    buf: &mut Vec<S>,
+    mut emit: impl FnMut(&[S], &[S], usize),
+) {
+    let c = S::from_f64;
+    let keep = n * nf <= KEEP_FEATURES;
+    buf.clear();
+    buf.resize(if keep { n * nf } else { MLP_BLOCK * nf }, c(0.0));
+    let mut ss = vec![c(0.0); nf];
+    for start in (0..n).step_by(MLP_BLOCK) {
+        let nb = MLP_BLOCK.min(n - start);
+        let at = if keep { start * nf } else { 0 };
+        let cols = &mut buf[at..at + nb * nf];
+        build(start, cols);
+        // In element order, one running sum per feature: the rounding is part of what
+        // meta-training sees (a reordered sum sent the AdafacMlpLOpt meta-training test
+        // to a diverging θ).
+        for i in 0..nb {
+            for (j, acc) in ss.iter_mut().enumerate() {
+                let x = cols[j * nb + i];
+                *acc += x * x;
+            }
+        }
+    }
+    let nn = c(n as f64);
+    let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
+    for start in (0..n).step_by(MLP_BLOCK) {
+        let nb = MLP_BLOCK.min(n - start);
+        let at = if keep { start * nf } else { 0 };
+        let cols = &mut buf[at..at + nb * nf];
+        if !keep {
+            build(start, cols);
+        }
+        for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
+            col.iter_mut().for_each(|x| *x *= sc);
+        }
+        let (out, hidden) = mlp.forward(layers, cols, nb);
+        emit(out, hidden, nb);
+    }
+}
+
+/// The sum of `f(x)` over `xs` in eight interleaved partial sums, added pairwise at the
+/// end: vectorizable, and rounded no worse than one running sum (the order differs from
+/// it, and from XLA's reductions, only in rounding).
+#[inline]
+pub(crate) fn sum8<S: Real>(xs: &[S], f: impl Fn(S) -> S) -> S {
+    let mut acc = [S::from_f64(0.0); 8];
+    let mut chunks = xs.chunks_exact(8);
+    for ch in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// [`sum8`] of `f(e)` over the indices `e` in `0..n` (e.g. a strided column).
+#[inline]
+pub(crate) fn sum8_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
+    let mut acc = [S::from_f64(0.0); 8];
+    let full = n - n % 8;
+    for base in (0..full).step_by(8) {
+        for (t, a) in acc.iter_mut().enumerate() {
+            *a += f(base + t);
+        }
+    }
+    for (a, e) in acc.iter_mut().zip(full..n) {
+        *a += f(e);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }

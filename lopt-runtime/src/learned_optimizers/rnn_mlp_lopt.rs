@@ -3,8 +3,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, fold_fixed_inputs, linear, params_then_vectors, rsqrt, sigmoid, sign, BlockMlp, LayerRef,
-    MLP_BLOCK,
+    clip, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sign,
+    sum8, BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -304,19 +304,9 @@ fn weight_loss<S: Real>(decay: f64, st: &LossNormalizerState<S>, loss: S) -> S {
 /// `(mean, mean squared deviation, sum of squares)` of `xs`.
 fn stats<S: Real>(xs: &[S]) -> (S, S, S) {
     let n = S::from_f64(xs.len() as f64);
-    let mut s = S::from_f64(0.0);
-    let mut ss = S::from_f64(0.0);
-    for &x in xs {
-        s += x;
-        ss += x * x;
-    }
-    let mean = s / n;
-    let mut v = S::from_f64(0.0);
-    for &x in xs {
-        let d = x - mean;
-        v += d * d;
-    }
-    (mean, v / n, ss)
+    let mean = sum8(xs, |x| x) / n;
+    let var = sum8(xs, |x| (x - mean) * (x - mean)) / n;
+    (mean, var, sum8(xs, |x| x * x))
 }
 
 impl LearnedOptimizer for RnnMlpLOpt {
@@ -477,6 +467,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let mut gates = vec![c(0.0); 4 * h];
         let mut off = 0;
         let mut lstm_out = vec![c(0.0); k * h];
+        let mut ss_vs = Vec::with_capacity(k);
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let ms = &state.m[off * nd..(off + n) * nd];
@@ -486,6 +477,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let (mean_ms, var_ms, _) = stats(ms);
             let (mean_rms, var_rms, _) = stats(rs);
             let (mean_v, var_v, ss_v) = stats(v);
+            ss_vs.push(ss_v);
             let (_, _, ss_g) = stats(g);
             let mut dims = [c(1.0); 4];
             for (dj, &s) in dims.iter_mut().zip(&shape) {
@@ -562,7 +554,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             .collect();
         let mut mlp = BlockMlp::new();
         let (mut block, mut steps) = (Vec::new(), Vec::new());
-        let (mut fixed, mut first_bias) = (Vec::new(), Vec::new());
+        let (mut fixed, mut first_bias, mut last_w) = (Vec::new(), Vec::new(), Vec::new());
         let mut ff = vec![c(0.0); self.lstm_to_ff];
         let (step_mult, mag_rate) = (c(self.step_multiplier), c(self.magnitude_rate));
         let mut off = 0;
@@ -577,34 +569,42 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let ms = &state.m[off * nd..(off + n) * nd];
             let rs = &state.rms[off * nd..(off + n) * nd];
             let v = state.params.leaf(li);
-            // Sorted: flat_g, flat_v, log_abs_v, m, rms, rms_scaled_g, rsqrt.
-            let features = |e: usize, f: &mut [P::Scalar]| {
-                f[0] = g[e];
-                f[1] = v[e];
-                f[2] = (v[e].abs() + c(1e-8)).ln();
+            // Sorted: flat_g, flat_v, log_abs_v, m, rms, rms_scaled_g, rsqrt; the
+            // features of elements `start..start + nb`, feature-major.
+            let build = |start: usize, cols: &mut [P::Scalar]| {
+                let nb = cols.len() / nf;
+                let (gb, vb) = (&g[start..start + nb], &v[start..start + nb]);
+                let (mb, rb) = (
+                    &ms[start * nd..(start + nb) * nd],
+                    &rs[start * nd..(start + nb) * nd],
+                );
+                let col = |j: usize| j * nb..(j + 1) * nb;
+                cols[col(0)].copy_from_slice(gb);
+                cols[col(1)].copy_from_slice(vb);
+                for (o, &x) in cols[col(2)].iter_mut().zip(vb) {
+                    *o = (x.abs() + c(1e-8)).ln();
+                }
                 for j in 0..nd {
-                    let (mj, rj) = (ms[e * nd + j], rs[e * nd + j]);
-                    let rsq = rsqrt(rj + c(1e-6));
-                    f[3 + j] = mj;
-                    f[3 + nd + j] = rj;
-                    f[3 + 2 * nd + j] = mj * rsq;
-                    f[3 + 3 * nd + j] = rsq;
+                    let (head, tail) = cols.split_at_mut((3 + 3 * nd + j) * nb);
+                    let rsq = &mut tail[..nb];
+                    for (o, ri) in rsq.iter_mut().zip(rb.chunks_exact(nd)) {
+                        *o = rsqrt(ri[j] + c(1e-6));
+                    }
+                    let (head, scaled) = head.split_at_mut((3 + 2 * nd + j) * nb);
+                    let scaled = &mut scaled[..nb];
+                    for ((o, mi), &r) in scaled.iter_mut().zip(mb.chunks_exact(nd)).zip(&*rsq) {
+                        *o = mi[j] * r;
+                    }
+                    for (o, mi) in head[col(3 + j)].iter_mut().zip(mb.chunks_exact(nd)) {
+                        *o = mi[j];
+                    }
+                    for (o, ri) in head[col(3 + nd + j)].iter_mut().zip(rb.chunks_exact(nd)) {
+                        *o = ri[j];
+                    }
                 }
             };
-            // Each feature's sum of squares over the tensor (in element order); the
-            // features are computed again per block below rather than kept.
             let nn = c(n as f64);
-            let mut ss = vec![c(0.0); nf];
-            let mut row = vec![c(0.0); nf];
-            for e in 0..n {
-                features(e, &mut row);
-                for (acc, &x) in ss.iter_mut().zip(&row) {
-                    *acc += x * x;
-                }
-            }
-            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
-            let (_, _, ss_v) = stats(v);
-            let log_norm = (ss_v.sqrt() + c(1e-8)).ln();
+            let log_norm = (ss_vs[li].sqrt() + c(1e-8)).ln();
             let log_n = nn.ln();
             let mut msg = vec![c(0.0); fm];
             // The inputs after the per-element features are the tensor's: folded into
@@ -616,24 +616,57 @@ impl LearnedOptimizer for RnnMlpLOpt {
             debug_assert_eq!(nf + fixed.len(), ff_in);
             let mut layers = net.clone();
             layers[0] = fold_fixed_inputs(net[0], nf, &fixed, &mut first_bias);
-            steps.clear();
-            for start in (0..n).step_by(MLP_BLOCK) {
-                let nb = MLP_BLOCK.min(n - start);
-                block.clear();
-                block.resize(nb * nf, c(0.0));
-                for (i, act) in block.chunks_exact_mut(nf).enumerate() {
-                    features(start + i, act);
-                    for (x, &sc) in act.iter_mut().zip(&scale) {
-                        *x *= sc;
-                    }
+            // The message outputs are needed only as their mean over the tensor, and they
+            // are affine in the last hidden layer: the per-element MLP computes the two
+            // step outputs, and the message is the hidden layer's sum times the last
+            // weights (plus n times the bias) once per tensor. (Without hidden layers
+            // every output comes from the per-element MLP.)
+            let (w_last, b_last) = *layers.last().expect("layers");
+            let (h_last, d_last) = (w_last.len() / b_last.len(), b_last.len());
+            let shortcut = layers.len() > 1;
+            if shortcut {
+                last_w.clear();
+                for row in w_last.chunks_exact(d_last) {
+                    last_w.extend_from_slice(&row[..2]);
                 }
-                let out = mlp.forward(&layers, &block, nb);
-                for i in 0..nb {
-                    let (direction, magnitude) = (out[i], out[nb + i]);
-                    steps.push(direction * (magnitude * mag_rate).exp() * step_mult);
-                    for (j, a) in msg.iter_mut().enumerate() {
-                        *a += out[(2 + j) * nb + i];
+                let last = layers.len() - 1;
+                layers[last] = (&last_w, &b_last[..2]);
+            }
+            let mut hsum = vec![c(0.0); h_last];
+            steps.clear();
+            normalized_mlp(
+                n,
+                nf,
+                build,
+                &mut mlp,
+                &layers,
+                &mut block,
+                |out, hidden, nb| {
+                    let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
+                    steps.extend(
+                        direction
+                            .iter()
+                            .zip(magnitude)
+                            .map(|(&d, &mg)| d * (mg * mag_rate).exp() * step_mult),
+                    );
+                    if shortcut {
+                        for (col, a) in hidden.chunks_exact(nb).zip(hsum.iter_mut()) {
+                            *a += sum8(col, |x| x);
+                        }
+                    } else {
+                        for (col, a) in out[2 * nb..].chunks_exact(nb).zip(msg.iter_mut()) {
+                            *a += sum8(col, |x| x);
+                        }
                     }
+                },
+            );
+            if shortcut {
+                for (j, a) in msg.iter_mut().enumerate() {
+                    let mut s = nn * b_last[2 + j];
+                    for (q, &hq) in hsum.iter().enumerate() {
+                        s += hq * w_last[q * d_last + 2 + j];
+                    }
+                    *a = s;
                 }
             }
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {

@@ -2,10 +2,11 @@
 //! LSTM that produces, as mixing weights over a bank of MLPs, the weights of the
 //! per-parameter MLP that computes each step.
 
-use super::adafac_mlp_lopt::{factored_step, factoring};
+use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    self, clip, params_then_vectors, rsqrt, sigmoid, BlockMlp, LayerRef, MLP_BLOCK,
+    self, clip, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sum8, sum8_by, BlockMlp,
+    LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -672,51 +673,28 @@ impl LearnedOptimizer for Velo {
             let n = g.len();
             let nn = c(n as f64);
             let p = state.params.leaf(li);
-            let mut ss = c(0.0);
-            for &x in p {
-                ss += x * x;
-            }
+            let ss = sum8(p, |x| x * x);
             let norm_mult = rsqrt((ss / nn).max(c(1e-9)));
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
             let mean_m: Vec<_> = (0..km)
-                .map(|j| {
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        s += m[e * km + j] * norm_mult;
-                    }
-                    s / nn
-                })
+                .map(|j| sum8_by(n, |e| m[e * km + j] * norm_mult) / nn)
                 .collect();
             let var_m: Vec<_> = (0..km)
                 .map(|j| {
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        let d = m[e * km + j] * norm_mult - mean_m[j];
-                        s += d * d;
-                    }
-                    s / nn
+                    let d = |e: usize| m[e * km + j] * norm_mult - mean_m[j];
+                    sum8_by(n, |e| d(e) * d(e)) / nn
                 })
                 .collect();
             let mean_rms: Vec<_> = (0..kr)
-                .map(|j| {
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        s += v[e * kr + j] * norm_mult;
-                    }
-                    s / nn
-                })
+                .map(|j| sum8_by(n, |e| v[e * kr + j] * norm_mult) / nn)
                 .collect();
             // As in the library: the second moments' spread around the momenta's mean.
             let var_rms: Vec<_> = (0..km.max(kr))
                 .map(|j| {
                     let (jr, jm) = (if kr == 1 { 0 } else { j }, if km == 1 { 0 } else { j });
-                    let mut s = c(0.0);
-                    for e in 0..n {
-                        let d = v[e * kr + jr] * norm_mult - mean_m[jm];
-                        s += d * d;
-                    }
-                    s / nn
+                    let d = |e: usize| v[e * kr + jr] * norm_mult - mean_m[jm];
+                    sum8_by(n, |e| d(e) * d(e)) / nn
                 })
                 .collect();
             let n_rank = state
@@ -836,7 +814,6 @@ impl LearnedOptimizer for Velo {
         let total_in: usize = in_w.iter().sum();
         let mut mlp = BlockMlp::new();
         let (mut feats, mut steps) = (Vec::new(), Vec::new());
-        let mut row = vec![c(0.0); total_in];
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let nn = c(n as f64);
@@ -864,89 +841,102 @@ impl LearnedOptimizer for Velo {
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
             let p = state.params.leaf(li);
-            // Element e's inputs, group by group.
-            let features = |e: usize, f: &mut [P::Scalar]| {
-                let mut j = 0;
-                let mut push = |x| {
-                    f[j] = x;
-                    j += 1;
+            let kmr = km.max(kr);
+            // The inputs of elements `start..start + nb`, feature-major, group by group.
+            let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+            let build = |start: usize, cols: &mut [P::Scalar]| {
+                let nb = cols.len() / total_in;
+                let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
+                let (mb, vb) = (
+                    &m[start * km..(start + nb) * km],
+                    &v[start * kr..(start + nb) * kr],
+                );
+                let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
+                let mut cols = cols.chunks_exact_mut(nb);
+                let mut next = || cols.next().expect("total_in columns");
+                next().copy_from_slice(gb);
+                for (o, &x) in next().iter_mut().zip(gb) {
+                    *o = clip(x, -0.1, 0.1);
+                }
+                next().copy_from_slice(pb);
+                for k in 0..km {
+                    for (o, mi) in next().iter_mut().zip(mb.chunks_exact(km)) {
+                        *o = mi[k];
+                    }
+                }
+                for k in 0..kr {
+                    for (o, vi) in next().iter_mut().zip(vb.chunks_exact(kr)) {
+                        *o = vi[k];
+                    }
+                }
+                // `(v + 1e-6)^-½` at decay `k`, into `out`.
+                let rs = |k: usize, out: &mut [P::Scalar]| {
+                    for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
+                        *o = rsqrt(vi[k] + c(1e-6));
+                    }
                 };
-                let (me, ve) = (&m[e * km..(e + 1) * km], &v[e * kr..(e + 1) * kr]);
-                let loc = fac.locate(e);
-                push(g[e]);
-                push(clip(g[e], -0.1, 0.1));
-                push(p[e]);
-                me.iter().for_each(|&x| push(x));
-                ve.iter().for_each(|&x| push(x));
-                // `(v + 1e-6)^-½` once per decay (`rs..rs + Kr`, its own features), read
-                // by the momenta's products before it and by g·rsqrt(v) after.
-                let kmr = km.max(kr);
-                let rs = j + kmr;
-                for (q, &x) in ve.iter().enumerate() {
-                    f[rs + q] = rsqrt(x + c(1e-6));
-                }
                 for q in 0..kmr {
-                    f[j + q] =
-                        me[if km == 1 { 0 } else { q }] * f[rs + if kr == 1 { 0 } else { q }];
+                    let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
+                    rs(qr, t1);
+                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(&*t1) {
+                        *o = mi[qm] * r;
+                    }
                 }
-                j = rs + kr;
+                for q in 0..kr {
+                    rs(q, next());
+                }
                 // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
                 // factored momentum.
-                for q in 0..kr {
-                    f[j + kf + q] = g[e] * f[rs + q];
-                }
-                let j2 = j + kf + kr;
+                use FacField::*;
                 for k in 0..kf {
-                    let a = fac.at(loc, k, g[e]);
-                    f[j + k] = a.y;
-                    f[j2 + k] = a.row;
-                    f[j2 + kf + k] = a.col;
-                    f[j2 + 2 * kf + k] = a.row_rsqrt;
-                    f[j2 + 3 * kf + k] = a.col_rsqrt;
+                    fac.expand(start, k, Y1, t1);
+                    fac.expand(start, k, Y2, t2);
+                    for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
+                        *o = ge * a * b;
+                    }
                 }
-                let j3 = j2 + 4 * kf;
+                for q in 0..kr {
+                    rs(q, t1);
+                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(&*t1) {
+                        *o = ge * r;
+                    }
+                }
+                for field in [Row, Col, RowRsqrt, ColRsqrt] {
+                    for k in 0..kf {
+                        fac.expand(start, k, field, next());
+                    }
+                }
                 for q in 0..km.max(kf) {
-                    let qm = if km == 1 { 0 } else { q };
-                    let a = fac.at(loc, if kf == 1 { 0 } else { q }, g[e]);
-                    f[j3 + q] = me[qm] * a.mult1 * a.mult2;
+                    let (qm, qf) = (if km == 1 { 0 } else { q }, if kf == 1 { 0 } else { q });
+                    fac.expand(start, qf, Mom1, t1);
+                    fac.expand(start, qf, Mom2, t2);
+                    let mom = next().iter_mut().zip(mb.chunks_exact(km));
+                    for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
+                        *o = mi[qm] * a * b;
+                    }
                 }
             };
-            // Each input's sum of squares over the tensor (in element order); the inputs
-            // are computed again per block below rather than kept.
-            let mut ss = vec![c(0.0); total_in];
-            for e in 0..n {
-                features(e, &mut row);
-                for (acc, &x) in ss.iter_mut().zip(&row) {
-                    *acc += x * x;
-                }
-            }
-            let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
-            let mut sq = c(0.0);
-            for &x in p {
-                sq += x * x;
-            }
+            let sq = sum8(p, |x| x * x);
             let param_scale = (sq / nn + c(1e-9)).sqrt();
             let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
             let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, &b0)];
             net.extend(layers.iter().map(|(w, b)| (w.as_slice(), b.as_slice())));
             steps.clear();
-            for start in (0..n).step_by(MLP_BLOCK) {
-                let nb = MLP_BLOCK.min(n - start);
-                feats.clear();
-                feats.resize(nb * total_in, c(0.0));
-                for (i, f) in feats.chunks_exact_mut(total_in).enumerate() {
-                    features(start + i, f);
-                    for (x, &sc) in f.iter_mut().zip(&scale) {
-                        *x *= sc;
-                    }
-                }
-                let out = mlp.forward(&net, &feats, nb);
-                let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
-                    let mag = (mg * exp_mult).exp();
-                    lr_mult[li] * (d * (param_scale * mag) * step_mult)
-                }));
-            }
+            normalized_mlp(
+                n,
+                total_in,
+                build,
+                &mut mlp,
+                &net,
+                &mut feats,
+                |out, _, nb| {
+                    let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
+                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
+                        let mag = (mg * exp_mult).exp();
+                        lr_mult[li] * (d * (param_scale * mag) * step_mult)
+                    }));
+                },
+            );
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
             }
