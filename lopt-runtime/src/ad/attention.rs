@@ -253,10 +253,16 @@ fn softmax_jacobian_t<S: Real>(a: &[S], e: &mut [S], t_len: usize, scale: Option
             .iter()
             .zip(ec.iter())
             .fold(S::zero(), |acc, (&p, &v)| acc + p * v);
-        for (v, &p) in ec[..=t].iter_mut().zip(ac) {
-            *v = p * (*v - dot);
-            if let Some(s) = scale {
-                *v /= s;
+        match scale {
+            Some(s) => {
+                for (v, &p) in ec[..=t].iter_mut().zip(ac) {
+                    *v = p * (*v - dot) / s;
+                }
+            }
+            None => {
+                for (v, &p) in ec[..=t].iter_mut().zip(ac) {
+                    *v = p * (*v - dot);
+                }
             }
         }
         ec[t + 1..].iter_mut().for_each(|v| *v = S::zero());
@@ -293,16 +299,12 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                         let col = &mut a[t * tt..(t + 1) * tt];
                         let (live, masked) = col.split_at_mut(t + 1);
                         masked.iter_mut().for_each(|v| *v = S::zero());
-                        let mut m = S::c(f64::NEG_INFINITY);
-                        for v in live.iter_mut() {
-                            *v /= sqrt_d;
-                            m = m.max(*v);
-                        }
-                        let mut sum = S::zero();
-                        for v in live.iter_mut() {
-                            *v = exp(*v - m);
-                            sum += *v;
-                        }
+                        // Maps and reductions in separate loops, so that the maps (the
+                        // exponentials above all) vectorize; the sum keeps its order.
+                        live.iter_mut().for_each(|v| *v /= sqrt_d);
+                        let m = live.iter().fold(S::c(f64::NEG_INFINITY), |m, &v| m.max(v));
+                        live.iter_mut().for_each(|v| *v = exp(*v - m));
+                        let sum = live.iter().fold(S::zero(), |s, &v| s + v);
                         live.iter_mut().for_each(|v| *v /= sum);
                     }
                     // O = P V = (Pᵀ)ᵀ V.
