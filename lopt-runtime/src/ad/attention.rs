@@ -29,7 +29,7 @@ use std::cell::Cell;
 
 use nalgebra::DMatrix;
 
-use super::matmul::{product_acc, View};
+use super::matmul::{product_acc, product_into, View};
 use super::Unary;
 use crate::error::{Error, Result};
 use crate::kernels::vecmath::exp;
@@ -294,7 +294,7 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                     );
                     let a = std::slice::from_raw_parts_mut(pp.at(pair * tt * tt), tt * tt);
                     // Lᵀ = K Qᵀ: column t holds query t's logits over the keys.
-                    product_acc(k, q.t(), a);
+                    product_into(k, q.t(), a);
                     for t in 0..tt {
                         let col = &mut a[t * tt..(t + 1) * tt];
                         let (live, masked) = col.split_at_mut(t + 1);
@@ -308,8 +308,7 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
                         live.iter_mut().for_each(|v| *v /= sum);
                     }
                     // O = P V = (Pᵀ)ᵀ V.
-                    o.iter_mut().for_each(|v| *v = S::zero());
-                    product_acc(square(a, tt).t(), v, &mut o);
+                    product_into(square(a, tt).t(), v, &mut o);
                     put_block(op, rows, g, b, h * d, &o);
                 }
             })
@@ -365,14 +364,12 @@ impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
                         );
                         let a = &probs[pair * tt * tt..][..tt * tt];
                         // dLᵀ = (dK Qᵀ + K dQᵀ) / sqrt(d), then dPᵀ through the softmax.
-                        e.iter_mut().for_each(|v| *v = S::zero());
-                        product_acc(dk, q.t(), &mut e);
+                        product_into(dk, q.t(), &mut e);
                         product_acc(k, dq.t(), &mut e);
                         e.iter_mut().for_each(|v| *v /= sqrt_d);
                         softmax_jacobian_t(a, &mut e, tt, None);
                         // dO = dP V + P dV.
-                        o.iter_mut().for_each(|v| *v = S::zero());
-                        product_acc(square(&e, tt).t(), v, &mut o);
+                        product_into(square(&e, tt).t(), v, &mut o);
                         product_acc(square(a, tt).t(), dv, &mut o);
                         put_block(dout, rows, g, b, h * d, &o);
                     }
@@ -409,20 +406,16 @@ impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
                         let a = &probs[pair * tt * tt..][..tt * tt];
                         let a_view = square(a, tt);
                         // dV = Pᵀ G.
-                        o.iter_mut().for_each(|v| *v = S::zero());
-                        product_acc(a_view, go, &mut o);
+                        product_into(a_view, go, &mut o);
                         put_block(dx, rows, g, b, 2 * w + h * d, &o);
                         // dPᵀ = V Gᵀ, then dLᵀ through the softmax and the scale.
-                        e.iter_mut().for_each(|v| *v = S::zero());
-                        product_acc(v, go.t(), &mut e);
+                        product_into(v, go.t(), &mut e);
                         softmax_jacobian_t(a, &mut e, tt, Some(sqrt_d));
                         let e_view = square(&e, tt);
                         // dQ = dL K = (dLᵀ)ᵀ K, dK = dLᵀ Q.
-                        o.iter_mut().for_each(|v| *v = S::zero());
-                        product_acc(e_view.t(), k, &mut o);
+                        product_into(e_view.t(), k, &mut o);
                         put_block(dx, rows, g, b, h * d, &o);
-                        o.iter_mut().for_each(|v| *v = S::zero());
-                        product_acc(e_view, q, &mut o);
+                        product_into(e_view, q, &mut o);
                         put_block(dx, rows, g, b, w + h * d, &o);
                     }
                 })

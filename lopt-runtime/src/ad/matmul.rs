@@ -127,6 +127,16 @@ fn product_acc_cols<S: Real>(a: View<'_, S>, b: Cols<'_, S>, c: &mut [S]) {
     unsafe { gemm_split(a, b, c.as_mut_ptr(), true) }
 }
 
+/// `c = a·b` into an existing matrix (written, not read: no zero-fill needed first).
+#[inline]
+pub(crate) fn product_into<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
+    assert_eq!(a.cols(), b.rows());
+    assert_eq!(c.len(), a.rows() * b.cols());
+    // SAFETY: the shapes agree and `c` is a slice of `a.rows * b.cols` elements; without
+    // accumulation gemm writes every one.
+    unsafe { gemm_raw(a, b, c.as_mut_ptr(), false) }
+}
+
 /// `c += a·b` into an existing matrix.
 #[inline]
 pub(crate) fn product_acc<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
