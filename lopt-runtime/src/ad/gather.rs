@@ -150,6 +150,7 @@ fn scatter_add_plain<S: Real>(g: &[S], n: usize, d: usize, rows: &[u32]) -> Vec<
 mod tiles {
     use std::any::TypeId;
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     use crate::kernels::cpu::has_avx2;
     use crate::scalar::Real;
@@ -190,7 +191,9 @@ mod tiles {
         unsafe {
             transpose(t, n, d, rm.as_mut_ptr());
             rm.set_len(n * d);
-            gather_rm(&rm, d, rows, out.as_mut_ptr());
+            let o = Shared(out.as_mut_ptr());
+            // SAFETY (each chunk): its own columns of `out`.
+            par_col_chunks(d, |cols| gather_rm(&rm, d, rows, o.ptr(), cols));
             out.set_len(m * d);
         }
         Some(from_f32(out))
@@ -217,11 +220,48 @@ mod tiles {
         let mut dt = Vec::with_capacity(n * d);
         // SAFETY: as in `gather_f32`.
         unsafe {
-            scatter_rm(g, d, rows, &mut rm);
+            let p = Shared(rm.as_mut_ptr());
+            // SAFETY (each chunk): its own columns of `rm`.
+            par_col_chunks(d, |cols| scatter_rm(g, d, rows, p.ptr(), cols));
             transpose(&rm, d, n, dt.as_mut_ptr());
             dt.set_len(n * d);
         }
         Some(from_f32(dt))
+    }
+
+    /// A pointer shared by the chunks of one gather or scatter, each writing its own
+    /// columns.
+    #[derive(Clone, Copy)]
+    struct Shared(*mut f32);
+    // SAFETY: the chunks write disjoint columns, and the owner reads the buffer only after
+    // they have all joined.
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+
+    impl Shared {
+        /// The pointer (a method, so that closures capture the whole `Shared`).
+        fn ptr(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// Columns per chunk of work: fixed (never by the number of threads), a multiple of 8.
+    const CHUNK_COLS: usize = 32;
+
+    /// Calls `f(columns)` for consecutive ranges of [`CHUNK_COLS`] columns covering
+    /// `0..d`, on the thread pool when there are several and it has more than one
+    /// thread. Each column's values are computed alone, so the results are the same on
+    /// any number of threads.
+    fn par_col_chunks(d: usize, f: impl Fn(Range<usize>) + Sync) {
+        let range = |c: usize| c..(c + CHUNK_COLS).min(d);
+        if d > CHUNK_COLS && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            (0..d.div_ceil(CHUNK_COLS))
+                .into_par_iter()
+                .for_each(|i| f(range(i * CHUNK_COLS)));
+        } else {
+            (0..d).step_by(CHUNK_COLS).for_each(|c| f(range(c)));
+        }
     }
 
     /// Transposes the 8 × 8 tile held as 8 rows in `r`, in place.
@@ -285,19 +325,20 @@ mod tiles {
         }
     }
 
-    /// `out` (column-major `rows.len() × d`) = rows `rows` of the row-major `rm` (`d`
-    /// columns).
+    /// Columns `cols` of `out` (column-major `rows.len() × d`) = those of rows `rows` of
+    /// the row-major `rm` (`d` columns).
     ///
     /// # Safety
-    /// AVX2; `out` valid for `rows.len()·d` writes (every one is written); every
+    /// AVX2; `cols` starts at a multiple of 8 and ends by `d`; `out` valid for
+    /// `rows.len()·d` writes (every one in `cols` is written, no other); every
     /// `rows[k]·d + d <= rm.len()`.
     #[target_feature(enable = "avx2")]
-    unsafe fn gather_rm(rm: &[f32], d: usize, rows: &[u32], out: *mut f32) {
+    unsafe fn gather_rm(rm: &[f32], d: usize, rows: &[u32], out: *mut f32, cols: Range<usize>) {
         let m = rows.len();
         let (s, o) = (rm.as_ptr(), out);
-        let (m8, d8) = (m / 8 * 8, d / 8 * 8);
+        let (m8, d8) = (m / 8 * 8, cols.start + cols.len() / 8 * 8);
         // 8 output columns at a time (8 write streams), 8 ids at a time.
-        for cb in (0..d8).step_by(8) {
+        for cb in (cols.start..d8).step_by(8) {
             for kb in (0..m8).step_by(8) {
                 let mut t = [_mm256_setzero_ps(); 8];
                 for (i, v) in t.iter_mut().enumerate() {
@@ -309,7 +350,7 @@ mod tiles {
                 }
             }
         }
-        for c in 0..d {
+        for c in cols {
             let k0 = if c < d8 { m8 } else { 0 };
             for (k, &r) in rows.iter().enumerate().skip(k0) {
                 o.add(c * m + k).write(*s.add(r as usize * d + c));
@@ -317,18 +358,20 @@ mod tiles {
         }
     }
 
-    /// `rm[rows[k], :] += g[k, :]` (row-major `rm` of `d` columns, column-major `g` of
-    /// `rows.len()` rows), each entry's terms added in the order of `k`.
+    /// `rm[rows[k], cols] += g[k, cols]` (row-major `rm` of `d` columns, column-major `g`
+    /// of `rows.len()` rows), each entry's terms added in the order of `k`.
     ///
     /// # Safety
-    /// AVX2; `g.len() == rows.len()·d`; every `rows[k]·d + d <= rm.len()`.
+    /// AVX2; `cols` starts at a multiple of 8 and ends by `d`; `g.len() == rows.len()·d`;
+    /// `rm` valid for reads and writes of `n·d` initialized elements, every
+    /// `rows[k] < n`; only columns `cols` are touched.
     #[target_feature(enable = "avx2")]
-    unsafe fn scatter_rm(g: &[f32], d: usize, rows: &[u32], rm: &mut [f32]) {
+    unsafe fn scatter_rm(g: &[f32], d: usize, rows: &[u32], rm: *mut f32, cols: Range<usize>) {
         let m = rows.len();
         assert_eq!(g.len(), m * d);
-        let (s, o) = (g.as_ptr(), rm.as_mut_ptr());
-        let (m8, d8) = (m / 8 * 8, d / 8 * 8);
-        for cb in (0..d8).step_by(8) {
+        let (s, o) = (g.as_ptr(), rm);
+        let (m8, d8) = (m / 8 * 8, cols.start + cols.len() / 8 * 8);
+        for cb in (cols.start..d8).step_by(8) {
             for kb in (0..m8).step_by(8) {
                 let mut t = [_mm256_setzero_ps(); 8];
                 for (j, v) in t.iter_mut().enumerate() {
@@ -348,7 +391,7 @@ mod tiles {
                 }
             }
         }
-        for c in d8..d {
+        for c in d8..cols.end {
             for (k, &r) in rows.iter().enumerate() {
                 *o.add(r as usize * d + c) += *s.add(c * m + k);
             }
@@ -434,9 +477,10 @@ mod tests {
     /// The `f32` tile path (8 × 8 transposes, AVX2) equals the plain loops bit for bit,
     /// gather and scatter-add, on shapes with edges in every dimension and repeated ids
     /// inside one tile (whose sums must keep the order of `k`), and on the benchmark's
-    /// shape. Mutations caught: the scatter's leftover ids (after the last whole tile)
-    /// dropped; the transpose's edge rows skipped; the tile's second shuffle pair swapped
-    /// (`0xEE` for `0x44`); each tried, each fails here.
+    /// shape, on 1 and on 3 threads (chunks of 32 columns, the last one with an edge:
+    /// 75 columns). Mutations caught: the scatter's leftover ids (after the last whole
+    /// tile) dropped; the transpose's edge rows skipped; the tile's second shuffle pair
+    /// swapped (`0xEE` for `0x44`); each tried, each fails here.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn f32_tiles_equal_the_plain_loops() {
@@ -448,6 +492,7 @@ mod tests {
             (8, 8, 8, 2),
             (5, 3, 2, 3),
             (256, 128, 2048, 4),
+            (40, 75, 29, 5),
         ] {
             let t: Vec<f32> = normal_matrix(n, d, seed)
                 .iter()
@@ -459,21 +504,27 @@ mod tests {
                 .collect();
             // Ids with repeats: runs of equal ids inside a tile and ids seen many times.
             let rows: Vec<u32> = (0..m).map(|k| ((k * 7 / 3 + k * k) % n) as u32).collect();
-            let (got, want) = (
-                tiles::gather_f32(&t, n, d, &rows).unwrap(),
-                gather_plain(&t, n, d, &rows),
-            );
-            assert_eq!(got, want, "gather {n}x{d}, {m} ids");
-            let (got, want) = (
-                tiles::scatter_add_f32(&g, n, d, &rows).unwrap(),
-                scatter_add_plain(&g, n, d, &rows),
-            );
-            assert!(
-                got.iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "scatter-add {n}x{d}, {m} ids"
-            );
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (got, want) = (
+                    pool.install(|| tiles::gather_f32(&t, n, d, &rows).unwrap()),
+                    gather_plain(&t, n, d, &rows),
+                );
+                assert_eq!(got, want, "gather {n}x{d}, {m} ids, {threads} threads");
+                let (got, want) = (
+                    pool.install(|| tiles::scatter_add_f32(&g, n, d, &rows).unwrap()),
+                    scatter_add_plain(&g, n, d, &rows),
+                );
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "scatter-add {n}x{d}, {m} ids, {threads} threads"
+                );
+            }
         }
     }
 
