@@ -9,14 +9,21 @@
 //!   third layers, whose input is a previous layer's output), `hand` the same
 //!   forward and backward written by hand with the same im2col, col2im and GEMM, no tape.
 //! - `attn.b64t32h4d32.grad`: `causal_self_attention` of the JAX library's transformer
-//!   (batch 64, T 32, 4 heads × 32) under `⟨attention(qkv), r⟩`, gradient in `qkv`.
+//!   (batch 64, T 32, 4 heads × 32) under `⟨attention(qkv), r⟩`, gradient in `qkv`; the
+//!   rule runs its (sequence, head) pairs in fixed chunks on the thread pool.
 //! - `embed.v256d128n2048.grad`: `embed` of 64×32 ids from a 256×128 table under
-//!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add).
+//!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add); the `f32` gather and
+//!   scatter-add run in fixed chunks of 32 columns on the thread pool.
 //! - `lstm.b128t32e64h128.grad`: an LSTM layer (as in `tests/recurrent.rs`: gates
 //!   `[i f g o]` as column slices of `x_t Wx + h Wh + b`, `c = σ(f)∘c + σ(i)∘tanh(g)`,
 //!   `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64 inputs, 128 hidden (the
 //!   cell of the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`), under
-//!   `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data).
+//!   `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data); its products
+//!   (above 2^20 multiply-adds) are split into fixed chunks of columns on the thread pool.
+//!
+//! These three use both cores: compare them with JAX (which also does) in wall time on a
+//! quiet machine, or in CPU time with `RAYON_NUM_THREADS=1 LOPT_BENCH_CLOCK=cpu` for one
+//! core's efficiency (the fractions of `peak.fma` printed are then per core).
 //!
 //! FLOP counts are the matrix products' (`2·m·k·n` each; a layer's `grad` does the
 //! forward product, `dW = Pᵀ·G` and, with the input differentiated, `dP = G·Wᵀ`); the

@@ -14,6 +14,7 @@ use super::shape::shape_panic;
 use super::Binary;
 use crate::kernels::alloc::{is_large, scratch};
 use crate::kernels::gemm::{gemm_raw, MatRef};
+use crate::kernels::gemm_threads::{gemm_split, Cols};
 use crate::scalar::Real;
 
 /// A strided view of a whole matrix or of its transpose.
@@ -44,7 +45,9 @@ pub(crate) fn gemm_generic<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S])
 /// of the benchmark) is written into the buffer the last convolution's backward pass
 /// recycled, or else into fresh pages advised as huge pages, faulted in 2 MB at a time
 /// instead of 4 KB (the faults and unmaps of an ordinary allocation cost about a
-/// quarter of that layer's gradient). See `kernels::alloc::scratch`.
+/// quarter of that layer's gradient). See `kernels::alloc::scratch`. (The rules call
+/// [`product_cols`], which may split the product over threads; the tests call this.)
+#[cfg(test)]
 #[inline]
 pub(crate) fn product<S: Real, R: Dim, C: Dim>(
     a: View<'_, S>,
@@ -74,6 +77,66 @@ where
     }
 }
 
+/// The whole of `m` as a right operand that a threaded product can split by columns.
+#[inline]
+fn cols<S: Real, R: Dim, C: Dim>(m: &OMatrix<S, R, C>) -> Cols<'_, S>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    Cols::col_major(m.as_slice(), m.nrows(), m.ncols())
+}
+
+/// [`product`] with the right operand given as [`Cols`]: a product large enough is split
+/// into fixed chunks of columns on the thread pool (`kernels::gemm_threads`; the same
+/// result bit for bit on any number of threads). The matrix product rule's products.
+#[inline]
+fn product_cols<S: Real, R: Dim, C: Dim>(
+    a: View<'_, S>,
+    b: Cols<'_, S>,
+    r: R,
+    c: C,
+) -> OMatrix<S, R, C>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    assert_eq!((a.rows(), b.cols), (r.value(), c.value()));
+    assert_eq!(a.cols(), b.rows);
+    let n = r.value() * c.value();
+    if is_large::<S>(n) {
+        let mut v = scratch::<S>(n);
+        // SAFETY: the shapes agree (checked above) and `v` holds `r * c` initialized
+        // elements; gemm writes every one of them.
+        unsafe { gemm_split(a, b, v.as_mut_ptr(), false) };
+        return OMatrix::from_vec_generic(r, c, v);
+    }
+    let mut out = UninitMatrix::<S, R, C>::uninit(r, c);
+    // SAFETY: the shapes agree (checked above) and `out` holds exactly `r * c` elements
+    // in column-major order; without accumulation gemm writes every one without reading.
+    unsafe {
+        gemm_split(a, b, out.as_mut_ptr() as *mut S, false);
+        out.assume_init()
+    }
+}
+
+/// [`product_acc`] with the right operand given as [`Cols`] (split as [`product_cols`]).
+#[inline]
+fn product_acc_cols<S: Real>(a: View<'_, S>, b: Cols<'_, S>, c: &mut [S]) {
+    assert_eq!(a.cols(), b.rows);
+    assert_eq!(c.len(), a.rows() * b.cols);
+    // SAFETY: the shapes agree and `c` is an initialized slice of `a.rows * b.cols`.
+    unsafe { gemm_split(a, b, c.as_mut_ptr(), true) }
+}
+
+/// `c = a·b` into an existing matrix (written, not read: no zero-fill needed first).
+#[inline]
+pub(crate) fn product_into<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
+    assert_eq!(a.cols(), b.rows());
+    assert_eq!(c.len(), a.rows() * b.cols());
+    // SAFETY: the shapes agree and `c` is a slice of `a.rows * b.cols` elements; without
+    // accumulation gemm writes every one.
+    unsafe { gemm_raw(a, b, c.as_mut_ptr(), false) }
+}
+
 /// `c += a·b` into an existing matrix.
 #[inline]
 pub(crate) fn product_acc<S: Real>(a: View<'_, S>, b: View<'_, S>, c: &mut [S]) {
@@ -100,9 +163,9 @@ where
                 "a matrix product needs as many columns on the left as rows on the right",
             );
         }
-        product(
+        product_cols(
             View::of(self),
-            View::of(b),
+            cols(b),
             self.shape_generic().0,
             b.shape_generic().1,
         )
@@ -118,12 +181,12 @@ where
         let (r, c) = out.shape_generic();
         match (da, db) {
             (Some(da), Some(db)) => {
-                let mut t = product(View::of(da), View::of(b), r, c);
-                product_acc(View::of(self), View::of(db), t.as_mut_slice());
+                let mut t = product_cols(View::of(da), cols(b), r, c);
+                product_acc_cols(View::of(self), cols(db), t.as_mut_slice());
                 t
             }
-            (Some(da), None) => product(View::of(da), View::of(b), r, c),
-            (None, Some(db)) => product(View::of(self), View::of(db), r, c),
+            (Some(da), None) => product_cols(View::of(da), cols(b), r, c),
+            (None, Some(db)) => product_cols(View::of(self), cols(db), r, c),
             (None, None) => OMatrix::zeros_generic(r, c),
         }
     }
@@ -140,8 +203,8 @@ where
         let c2 = b.shape_generic().1;
         (
             // dA = G·Bᵀ, dB = Aᵀ·G
-            need_a.then(|| product(View::of(&g), View::of(b).t(), r1, c1)),
-            need_b.then(|| product(View::of(self).t(), View::of(&g), c1, c2)),
+            need_a.then(|| product_cols(View::of(&g), cols(b).t(), r1, c1)),
+            need_b.then(|| product_cols(View::of(self).t(), cols(&g), c1, c2)),
         )
     }
 
@@ -191,8 +254,8 @@ fn acc_a<S: Real, R1: Dim, C1: Dim, C2: Dim>(
     DefaultAllocator: Allocator<R1, C1> + Allocator<C1, C2> + Allocator<R1, C2>,
 {
     match slot {
-        Some(da) => product_acc(View::of(g), View::of(b).t(), da.as_mut_slice()),
-        None => *slot = Some(product(View::of(g), View::of(b).t(), r1, c1)),
+        Some(da) => product_acc_cols(View::of(g), cols(b).t(), da.as_mut_slice()),
+        None => *slot = Some(product_cols(View::of(g), cols(b).t(), r1, c1)),
     }
 }
 
@@ -205,10 +268,10 @@ fn acc_b<S: Real, R1: Dim, C1: Dim, C2: Dim>(
     DefaultAllocator: Allocator<R1, C1> + Allocator<C1, C2> + Allocator<R1, C2>,
 {
     match slot {
-        Some(db) => product_acc(View::of(a).t(), View::of(g), db.as_mut_slice()),
+        Some(db) => product_acc_cols(View::of(a).t(), cols(g), db.as_mut_slice()),
         None => {
             let (c1, c2) = (a.shape_generic().1, g.shape_generic().1);
-            *slot = Some(product(View::of(a).t(), View::of(g), c1, c2))
+            *slot = Some(product_cols(View::of(a).t(), cols(g), c1, c2))
         }
     }
 }

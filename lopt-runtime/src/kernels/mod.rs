@@ -4,6 +4,8 @@
 //!   `gemm/mod.rs`, instruction-set dispatch in `gemm/dispatch.rs`, the `Simd` vector
 //!   abstraction with its portable and x86 forms in `gemm/simd.rs`, the broadcast, dot
 //!   and packing kernels in `gemm/kernels.rs`);
+//! - `gemm_threads`: products large enough to share, split into fixed chunks of columns
+//!   on the thread pool (the same result on any number of threads);
 //! - `gemm_packets`: products of matrices of SIMD-lane packets ([`Lanes`](crate::lanes::Lanes));
 //! - `alloc`: large zeroed buffers, backed by huge pages where Linux offers them;
 //! - `vecmath`: branch-free `f32` transcendental functions that vectorize;
@@ -17,4 +19,5 @@ pub(crate) mod cpu;
 #[doc(hidden)]
 pub mod gemm;
 pub(crate) mod gemm_packets;
+pub(crate) mod gemm_threads;
 pub(crate) mod vecmath;

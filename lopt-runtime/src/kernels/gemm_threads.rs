@@ -1,0 +1,209 @@
+//! Matrix products large enough to share between cores: `C = A·B` (or `C += A·B`) split
+//! into chunks of `C`'s columns, run on the thread pool.
+//!
+//! The chunks depend on the product's shape only, never on the number of threads, and
+//! each chunk is one [`gemm_raw`] call on the columns of `B` and `C` it owns. The GEMM
+//! computes every element of `C` as one multiply-add chain in the order of `k` whatever
+//! the number of columns it is given (the broadcast kernels; products narrow enough to
+//! take the dot kernel or large enough to take `matrixmultiply` are not split), so a
+//! split product equals the whole one bit for bit, on one thread or many (tested).
+
+use crate::kernels::gemm::{gemm_raw, MatRef, LARGE, LARGE_DIM, LARGE_STRIDED_B};
+use crate::scalar::Real;
+
+/// Multiply-adds (`m·k·n`) from which a product is split: about 30 µs of one core's work
+/// at the GEMM's speed, so that a chunk outweighs handing it to another thread.
+pub(crate) const SPLIT_MIN: usize = 1 << 20;
+
+/// The narrowest chunk of columns (wide enough that each chunk keeps the broadcast
+/// kernel's full column blocks).
+const MIN_COLS: usize = 64;
+
+/// At most this many chunks per product.
+const MAX_CHUNKS: usize = 4;
+
+/// `B` as a strided matrix whose column ranges can be taken (the GEMM's own view keeps
+/// its strides private).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cols<'a, S> {
+    /// The elements; `(i, j)` is `data[i·rs + j·cs]`.
+    pub data: &'a [S],
+    /// Rows (`k` of the product).
+    pub rows: usize,
+    /// Columns (`n` of the product).
+    pub cols: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<'a, S: Copy> Cols<'a, S> {
+    /// The column-major `rows × cols` `data`.
+    pub(crate) fn col_major(data: &'a [S], rows: usize, cols: usize) -> Self {
+        Cols {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+
+    /// The transpose, without copying.
+    pub(crate) fn t(self) -> Self {
+        Cols {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Columns `j0..j0 + w` as the GEMM's view.
+    fn view(&self, j0: usize, w: usize) -> MatRef<'a, S> {
+        let start = if w == 0 { 0 } else { j0 * self.cs };
+        MatRef::new(
+            &self.data[start.min(self.data.len())..],
+            self.rows,
+            w,
+            self.rs,
+            self.cs,
+        )
+        .expect("a column range of a view lies inside it")
+    }
+
+    /// The whole matrix as the GEMM's view.
+    pub(crate) fn all(&self) -> MatRef<'a, S> {
+        self.view(0, self.cols)
+    }
+}
+
+/// Columns per chunk for an `m × k` by `k × n` product (`rsb`: `B`'s row stride), `None`
+/// when it is not split: too small, too narrow, or large enough for `matrixmultiply`
+/// (whose blocked sums differ from the broadcast kernels').
+pub(crate) fn chunk_cols(m: usize, k: usize, n: usize, rsb: usize) -> Option<usize> {
+    let work = m.saturating_mul(k).saturating_mul(n);
+    let limit = if rsb == 1 { LARGE } else { LARGE_STRIDED_B };
+    let large = m.min(k).min(n) >= LARGE_DIM && work > limit;
+    if work < SPLIT_MIN || n < 2 * MIN_COLS || large {
+        return None;
+    }
+    Some(n.div_ceil(MAX_CHUNKS).next_multiple_of(8).max(MIN_COLS))
+}
+
+/// A pointer to `C` shared by the chunks, each writing its own columns.
+#[derive(Clone, Copy)]
+struct Shared<S>(*mut S);
+// SAFETY: the chunks write disjoint columns of `C`, and the caller reads it only after
+// they have all joined.
+unsafe impl<S: Send> Send for Shared<S> {}
+unsafe impl<S: Send> Sync for Shared<S> {}
+
+impl<S> Shared<S> {
+    /// The pointer (a method, so that closures capture the whole `Shared`).
+    fn at(self, offset: usize) -> *mut S {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `c = a·b`, or `c += a·b` when `accumulate`, split into [`chunk_cols`] columns on the
+/// thread pool when the product is large enough (see the module).
+///
+/// # Safety
+/// As [`gemm_raw`]: `a.cols() == b.rows`; `c` valid for `a.rows() · b.cols` writes
+/// (column-major) and initialized when accumulating.
+pub(crate) unsafe fn gemm_split<S: Real>(
+    a: MatRef<'_, S>,
+    b: Cols<'_, S>,
+    c: *mut S,
+    accumulate: bool,
+) {
+    let (m, n) = (a.rows(), b.cols);
+    let Some(w) = chunk_cols(m, a.cols(), n, b.rs) else {
+        return gemm_raw(a, b.all(), c, accumulate);
+    };
+    let chunks = n.div_ceil(w);
+    let out = Shared(c);
+    let run = |i: usize| {
+        let j0 = i * w;
+        let cols = w.min(n - j0);
+        // SAFETY: chunk `i` writes columns `j0..j0 + cols` of `c` only (inside it, as the
+        // caller guarantees for all `n`), and reads nothing another chunk writes.
+        unsafe { gemm_raw(a, b.view(j0, cols), out.at(j0 * m), accumulate) }
+    };
+    if rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        (0..chunks).into_par_iter().for_each(run);
+    } else {
+        (0..chunks).for_each(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+
+    fn normals(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = vec![0.0f32; n];
+        Key::new(seed).fill_normal(&mut v);
+        v
+    }
+
+    /// Split products equal the whole product (one `gemm_raw` call) bit for bit, written
+    /// and accumulated, with `A` and `B` plain and transposed, on 1 and 3 threads, at the LSTM
+    /// benchmark's shapes and at a width the chunks do not divide. Mutations caught: a
+    /// chunk's `C` offset of `j0` instead of `j0·m`; the last chunk's width not clamped
+    /// (`w` for `w.min(n − j0)`, a view outside `B`); each tried, each fails here.
+    #[test]
+    fn split_products_equal_the_whole_product() {
+        // (m, k, n): z = x·Wx, h·Wh, dW = hᵀ·G, dh = G·Whᵀ, and an odd width.
+        for (m, k, n) in [
+            (128, 64, 512),
+            (128, 128, 512),
+            (128, 512, 128),
+            (96, 120, 203),
+        ] {
+            assert!(chunk_cols(m, k, n, 1).is_some(), "{m}x{k}x{n} is split");
+            let a = normals(m * k, 1);
+            let b = normals(k * n, 2);
+            let c0 = normals(m * n, 3);
+            let a_views = [
+                MatRef::col_major(&a, m, k).unwrap(),
+                MatRef::col_major(&a, k, m).unwrap().t(),
+            ];
+            let b_views = [Cols::col_major(&b, k, n), Cols::col_major(&b, n, k).t()];
+            for (av, b) in a_views.into_iter().flat_map(|a| b_views.map(|b| (a, b))) {
+                for accumulate in [false, true] {
+                    let mut want = c0.clone();
+                    // SAFETY: shapes agree; `want` holds m·n initialized elements.
+                    unsafe { gemm_raw(av, b.all(), want.as_mut_ptr(), accumulate) };
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let mut got = c0.clone();
+                        // SAFETY: as above.
+                        pool.install(|| unsafe { gemm_split(av, b, got.as_mut_ptr(), accumulate) });
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(
+                            same,
+                            "{m}x{k}x{n} rs {} acc {accumulate} on {threads}",
+                            b.rs
+                        );
+                    }
+                }
+            }
+        }
+        // Small, narrow and large products stay whole.
+        assert_eq!(chunk_cols(64, 64, 64, 1), None);
+        assert_eq!(chunk_cols(4096, 16, 100, 1), None);
+        assert_eq!(chunk_cols(512, 512, 512, 1), None);
+    }
+}
