@@ -169,16 +169,26 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     i: usize,
     skip: usize,
 ) {
+    let rows = NV * S::LANES;
+    // Chunks of equal length (at most a packed panel's), e.g. 3 x 192 rather than
+    // 256 + 256 + 64 for k = 576.
+    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
+    let kc_max = j.k.div_ceil(j.k.div_ceil(kc_max));
     if j.rsa == 1 {
-        let panel = Panel {
-            a: j.a.add(i),
-            lda: j.csa,
-        };
-        bcast_row_block::<S, NV, NR>(j, panel, 0, j.k, i, j.acc, skip);
+        // Read in place, in chunks of `k` as long as a packed panel's, so that the
+        // panel's rows stay in L1 across the column blocks.
+        let mut p0 = 0;
+        while p0 < j.k {
+            let kc = kc_max.min(j.k - p0);
+            let panel = Panel {
+                a: j.a.add(i + p0 * j.csa),
+                lda: j.csa,
+            };
+            bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
+            p0 += kc;
+        }
         return;
     }
-    let rows = NV * S::LANES;
-    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
     let mut p0 = 0;
     while p0 < j.k {
         let kc = kc_max.min(j.k - p0);

@@ -206,7 +206,10 @@ fn dispatched_kernels_match_f64_loop_and_portable() {
 
 /// Broadcast-kernel products (at least one vector of rows and `PACK_MIN_N` columns)
 /// compute every element as one multiply-add chain in order of `k`: bit for bit the
-/// scalar chain, whatever the layout of the operands.
+/// scalar chain, whatever the layout of the operands. `k = 300, 600` take several
+/// chunks of `k` in both the packed and the in-place path (mutation tried: a chunk
+/// after the first starting from zero instead of continuing from `C`, in the in-place
+/// path: this and three other tests fail).
 #[test]
 fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
     fn chain<M: Madd>(a: &Stored, b: &Stored, a32: &[f32], b32: &[f32], acc: &[f32]) -> Vec<f32> {
