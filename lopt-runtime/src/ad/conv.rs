@@ -18,7 +18,7 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
 use crate::kernels::alloc::{recycle, zeroed};
-use crate::kernels::gemm::{gemm, MatRef};
+use crate::kernels::gemm::{gemm, gemm_raw_ldc, MatRef};
 use crate::scalar::Real;
 
 use super::Unary;
@@ -826,21 +826,15 @@ impl Conv2dGeometry {
         self.par_chunks(|_, chunk| {
             let lines = self.block_lines::<S>().min(chunk.1 - chunk.0);
             let mut patches = vec![S::zero(); lines * wo * k];
-            let mut block = vec![S::zero(); lines * wo * n];
             for (l0, l1) in self.blocks::<S>(chunk) {
                 let rows = (l1 - l0) * wo;
-                let (p, b) = (&mut patches[..rows * k], &mut block[..rows * n]);
+                let p = &mut patches[..rows * k];
                 self.im2col_lines(x.as_slice(), (l0, l1), p);
                 self.prefetch_input(x.as_slice(), (l1, (2 * l1 - l0).min(chunk.1)));
                 let pv = MatRef::col_major(p, rows, k).expect("block shape");
-                gemm(pv, wv, b, false).expect("block shapes agree");
-                for (c, col) in b.chunks_exact(rows).enumerate() {
-                    // SAFETY: rows l0·wo.. of column c are this block's alone, inside y.
-                    unsafe {
-                        let dst = out.at(c * m + l0 * wo);
-                        std::ptr::copy_nonoverlapping(col.as_ptr(), dst, rows);
-                    }
-                }
+                // SAFETY: the block's rows l0·wo.. of every column of y (m apart) are
+                // this block's alone and inside y; the shapes agree.
+                unsafe { gemm_raw_ldc(pv, wv, out.at(l0 * wo), m, false) };
             }
         });
         DMatrix::from_vec(m, n, y)

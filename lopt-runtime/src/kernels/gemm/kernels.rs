@@ -94,7 +94,7 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
     let Panel { a, lda } = panel;
     let c = j.c.add(i);
     let b0 = j.b.add(p0 * j.rsb);
-    let (rsb, csb, ldc) = (j.rsb, j.csb, j.m);
+    let (rsb, csb, ldc) = (j.rsb, j.csb, j.ldc);
     let mut col = 0;
     while col + NR <= j.n {
         let (b, c) = (b0.add(col * csb), c.add(col * ldc));
@@ -315,7 +315,7 @@ pub(super) unsafe fn dot_block<S: Simd, S1: Simd<E = S::E>, const MI: usize, con
     let b_cols: [*const S::E; NJ] = build(j.b, |q| j.b.add((col + q) * ldb));
     let out = dot::<S, S1, MI, NJ>(j.k, a_rows, b_cols);
     for jj in 0..NJ {
-        let c = j.c.add(i + (col + jj) * j.m);
+        let c = j.c.add(i + (col + jj) * j.ldc);
         for (q, oq) in out.iter().take(mi).enumerate() {
             let p = c.add(q);
             p.write(if j.acc { *p + oq[jj] } else { oq[jj] });
@@ -395,7 +395,7 @@ pub(super) unsafe fn drive<
         // Neither layout (general strides): one dot product at a time.
         for q in 0..j.n {
             for r in 0..j.m {
-                let c = j.c.add(r + q * j.m);
+                let c = j.c.add(r + q * j.ldc);
                 let mut s = if j.acc { S1::splat(c) } else { S1::zero() };
                 for p in 0..j.k {
                     let (x, y) = (
