@@ -478,9 +478,13 @@ pub fn im2col<S: Real>(x: &DMatrix<S>, geometry: &Conv2dGeometry) -> DMatrix<S> 
     geometry.im2col(x)
 }
 
-/// Bytes of one block of patches in [`im2col_mul`]: about half this core's L2, so that a
-/// block, the kernel and the block's output stay in cache between forming the patches
-/// and multiplying them.
+/// Bytes of one block of patches in [`im2col_mul`]: three quarters of this core's L2
+/// (512 KiB), so that a block stays in cache between forming the patches and
+/// multiplying them. Larger than half of L2 on purpose: each block's patch columns are
+/// copied run by run, and longer runs (10 output lines of 16 rather than 5 at 576
+/// patch columns) cost less per element; measured side by side on the 3×3 layers of
+/// `Conv_Cifar10_32x64x64` (`cargo bench --bench primitives -- conv.`, process CPU time,
+/// one thread, under load): 384 KiB ran them 5–20% faster than 192 KiB.
 const BLOCK_BYTES: usize = 384 << 10;
 
 /// At most this many chunks of images per convolution: the unit of work of the threads
@@ -935,7 +939,8 @@ pub mod im2col_mul {
         g.par_chunks(|ci, chunk| {
             let lines = g.block_lines::<S>().min(chunk.1 - chunk.0);
             let mut buf = vec![S::zero(); lines * wo * k];
-            let mut gbuf = vec![S::zero(); lines * wo * n];
+            // Filled by copies block by block (no pass of zeros first).
+            let mut gbuf: Vec<S> = Vec::with_capacity(lines * wo * n);
             // SAFETY: chunk ci's partial sum is its own k·n elements of `partial`.
             let dw = need_w
                 .then(|| unsafe { std::slice::from_raw_parts_mut(dw_ptr.at(ci * k * n), k * n) });
@@ -945,16 +950,19 @@ pub mod im2col_mul {
                 let p = &mut buf[..rows * k];
                 // The block's rows of G, contiguous: read in place, its columns lie
                 // a whole G apart and fall on the same cache sets.
-                let gblock = &mut gbuf[..rows * n];
-                for (c, col) in gblock.chunks_exact_mut(rows).enumerate() {
-                    col.copy_from_slice(&gs[c * m + l0 * wo..c * m + l0 * wo + rows]);
+                gbuf.clear();
+                for c in 0..n {
+                    gbuf.extend_from_slice(&gs[c * m + l0 * wo..c * m + l0 * wo + rows]);
                 }
-                let gb = MatRef::col_major(&*gblock, rows, n).expect("block of G");
+                let gb = MatRef::col_major(&gbuf, rows, n).expect("block of G");
                 if let Some(dw) = dw.as_deref_mut() {
                     g.im2col_lines(x.as_slice(), (l0, l1), p);
                     g.prefetch_input(x.as_slice(), (l1, (2 * l1 - l0).min(chunk.1)));
                     let pv = MatRef::col_major(&*p, rows, k).expect("block shape");
-                    gemm(pv.t(), gb, dw, true).expect("block shapes agree");
+                    // dWᵀ += Gᵀ·P: the kernel packs (transposes) the block of G, C_out
+                    // columns, rather than the block of patches, kh·kw·C_in of them;
+                    // every element is the same chain of multiply-adds as in Pᵀ·G.
+                    gemm(gb.t(), pv, dw, true).expect("block shapes agree");
                 }
                 if need_x {
                     gemm(gb, wv.t(), p, false).expect("block shapes agree");
@@ -969,7 +977,8 @@ pub mod im2col_mul {
             for part in parts {
                 sum.iter_mut().zip(part).for_each(|(s, &v)| *s += v);
             }
-            DMatrix::from_vec(k, n, sum)
+            // The partial sums hold dWᵀ (C_out × kh·kw·C_in).
+            DMatrix::from_vec(n, k, sum).transpose()
         });
         let dx = need_x.then(|| DMatrix::from_vec(g.in_rows(), g.channels, dx));
         (dx, dw, None, None)
@@ -1266,7 +1275,8 @@ mod tests {
     /// adding at stride 1 when the stride is 2; the shifted runs' edge elements not
     /// zeroed in im2col, or zeroed after (not before) their run is added in col2im; the
     /// shifted runs' channel-major replay writing column `c·taps + t` instead of
-    /// `t·channels + c`.
+    /// `t·channels + c`; the kernel gradient's partial sums (dWᵀ) read back without the
+    /// transpose.
     #[test]
     fn fused_convolution_matches_the_definition_and_the_patch_rules() {
         for (k, g) in blocked_geometries().into_iter().enumerate() {
