@@ -347,6 +347,29 @@ fn main() {
             let (a, b) = (mref(&gy3), mref(&w3));
             gemm(a, b.t(), &mut dp, false).unwrap();
         }));
+        // The three products on one block of the fused rule (80 patch rows: five output
+        // lines of 16 at 576 patch columns fill its 192 KiB block), alone.
+        let rows = 80;
+        let pb = normal(rows, k, 1.0);
+        let gb = normal(rows, co, 1.0);
+        let wb = normal(k, co, 0.05);
+        let bm = 2.0 * (rows * k * co) as f64;
+        for part in ["blk_fwd", "blk_dw", "blk_dx"] {
+            flops.push((format!("part.c103.{part}"), bm));
+        }
+        let (pb2, gb2, wb2) = (pb.clone(), gb.clone(), wb.clone());
+        let mut yb = vec![0.0f32; rows * co];
+        cases.push(Case::new("part.c103.blk_fwd", move || {
+            gemm(mref(&pb), mref(&wb), &mut yb, false).unwrap();
+        }));
+        let mut dwb = vec![0.0f32; k * co];
+        cases.push(Case::new("part.c103.blk_dw", move || {
+            gemm(mref(&pb2).t(), mref(&gb), &mut dwb, true).unwrap();
+        }));
+        let mut dpb = vec![0.0f32; rows * k];
+        cases.push(Case::new("part.c103.blk_dx", move || {
+            gemm(mref(&gb2), mref(&wb2).t(), &mut dpb, false).unwrap();
+        }));
     }
     // This core's FMA loop, interleaved with the cases so that it sees the same load.
     flops.push(("peak.fma".into(), PEAK_FLOP));

@@ -17,11 +17,26 @@ pub(super) struct Job<T> {
     pub(super) rsb: usize,
     pub(super) csb: usize,
     pub(super) c: *mut T,
+    /// Elements between the starts of `C`'s columns (at least `m`).
+    pub(super) ldc: usize,
     pub(super) acc: bool,
 }
 
 impl<T> Job<T> {
+    #[cfg(test)]
     pub(super) fn new(a: MatRef<'_, T>, b: MatRef<'_, T>, c: *mut T, acc: bool) -> Self {
+        let rows = a.rows;
+        Self::with_ldc(a, b, c, rows, acc)
+    }
+
+    /// [`Job::new`] with `C`'s columns `ldc` apart.
+    pub(super) fn with_ldc(
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+        c: *mut T,
+        ldc: usize,
+        acc: bool,
+    ) -> Self {
         Job {
             m: a.rows,
             k: a.cols,
@@ -33,6 +48,7 @@ impl<T> Job<T> {
             rsb: b.rs,
             csb: b.cs,
             c,
+            ldc,
             acc,
         }
     }
@@ -103,7 +119,7 @@ macro_rules! matrixmultiply_entry {
                     if j.acc { 1.0 } else { 0.0 },
                     j.c.add(i),
                     1,
-                    j.m as isize,
+                    j.ldc as isize,
                 );
                 i += mc;
             }

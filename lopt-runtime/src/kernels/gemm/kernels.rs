@@ -94,7 +94,7 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
     let Panel { a, lda } = panel;
     let c = j.c.add(i);
     let b0 = j.b.add(p0 * j.rsb);
-    let (rsb, csb, ldc) = (j.rsb, j.csb, j.m);
+    let (rsb, csb, ldc) = (j.rsb, j.csb, j.ldc);
     let mut col = 0;
     while col + NR <= j.n {
         let (b, c) = (b0.add(col * csb), c.add(col * ldc));
@@ -169,16 +169,26 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     i: usize,
     skip: usize,
 ) {
+    let rows = NV * S::LANES;
+    // Chunks of equal length (at most a packed panel's), e.g. 3 x 192 rather than
+    // 256 + 256 + 64 for k = 576.
+    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
+    let kc_max = j.k.div_ceil(j.k.div_ceil(kc_max));
     if j.rsa == 1 {
-        let panel = Panel {
-            a: j.a.add(i),
-            lda: j.csa,
-        };
-        bcast_row_block::<S, NV, NR>(j, panel, 0, j.k, i, j.acc, skip);
+        // Read in place, in chunks of `k` as long as a packed panel's, so that the
+        // panel's rows stay in L1 across the column blocks.
+        let mut p0 = 0;
+        while p0 < j.k {
+            let kc = kc_max.min(j.k - p0);
+            let panel = Panel {
+                a: j.a.add(i + p0 * j.csa),
+                lda: j.csa,
+            };
+            bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
+            p0 += kc;
+        }
         return;
     }
-    let rows = NV * S::LANES;
-    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
     let mut p0 = 0;
     while p0 < j.k {
         let kc = kc_max.min(j.k - p0);
@@ -305,7 +315,7 @@ pub(super) unsafe fn dot_block<S: Simd, S1: Simd<E = S::E>, const MI: usize, con
     let b_cols: [*const S::E; NJ] = build(j.b, |q| j.b.add((col + q) * ldb));
     let out = dot::<S, S1, MI, NJ>(j.k, a_rows, b_cols);
     for jj in 0..NJ {
-        let c = j.c.add(i + (col + jj) * j.m);
+        let c = j.c.add(i + (col + jj) * j.ldc);
         for (q, oq) in out.iter().take(mi).enumerate() {
             let p = c.add(q);
             p.write(if j.acc { *p + oq[jj] } else { oq[jj] });
@@ -385,7 +395,7 @@ pub(super) unsafe fn drive<
         // Neither layout (general strides): one dot product at a time.
         for q in 0..j.n {
             for r in 0..j.m {
-                let c = j.c.add(r + q * j.m);
+                let c = j.c.add(r + q * j.ldc);
                 let mut s = if j.acc { S1::splat(c) } else { S1::zero() };
                 for p in 0..j.k {
                     let (x, y) = (

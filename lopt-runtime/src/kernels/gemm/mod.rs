@@ -180,12 +180,60 @@ pub(crate) unsafe fn gemm_raw<S: Real>(
     gemm_with(isa(), a, b, c, accumulate)
 }
 
+/// [`gemm_raw`] into a column-major block of a larger matrix: `c` points at its first
+/// element, its columns `ldc` apart (`ldc >= a.rows`). Only the block's elements are
+/// read (when `accumulate`) or written; the results are those of [`gemm_raw`].
+///
+/// # Safety
+/// As [`gemm_raw`], with `c` valid for the `a.rows` elements at `c + j·ldc` of every
+/// column `j < b.cols`.
+pub(crate) unsafe fn gemm_raw_ldc<S: Real>(
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: *mut S,
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(ldc >= a.rows);
+    if ldc == a.rows
+        || TypeId::of::<S>() == TypeId::of::<f32>()
+        || TypeId::of::<S>() == TypeId::of::<f64>()
+    {
+        return gemm_ldc_with(isa(), a, b, c, ldc, accumulate);
+    }
+    // Other scalars: through a contiguous block.
+    let (m, n) = (a.rows, b.cols);
+    let mut tmp = vec![S::zero(); m * n];
+    if accumulate {
+        for (j, col) in tmp.chunks_exact_mut(m).enumerate() {
+            col.copy_from_slice(std::slice::from_raw_parts(c.add(j * ldc), m));
+        }
+    }
+    gemm_ldc_with(isa(), a, b, tmp.as_mut_ptr(), m, accumulate);
+    for (j, col) in tmp.chunks_exact(m).enumerate() {
+        std::ptr::copy_nonoverlapping(col.as_ptr(), c.add(j * ldc), m);
+    }
+}
+
 /// [`gemm_raw`] with the instruction set given (which the CPU must support).
 unsafe fn gemm_with<S: Real>(
     isa: Isa,
     a: MatRef<'_, S>,
     b: MatRef<'_, S>,
     c: *mut S,
+    accumulate: bool,
+) {
+    gemm_ldc_with(isa, a, b, c, a.rows, accumulate)
+}
+
+/// [`gemm_with`] with `C`'s columns `ldc` apart (`ldc == a.rows` unless `S` is `f32` or
+/// `f64`).
+unsafe fn gemm_ldc_with<S: Real>(
+    isa: Isa,
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: *mut S,
+    ldc: usize,
     accumulate: bool,
 ) {
     debug_assert_eq!(a.cols, b.rows);
@@ -195,20 +243,34 @@ unsafe fn gemm_with<S: Real>(
     }
     if k == 0 {
         if !accumulate {
-            for i in 0..m * n {
-                c.add(i).write(S::zero());
+            for j in 0..n {
+                for i in 0..m {
+                    c.add(i + j * ldc).write(S::zero());
+                }
             }
         }
         return;
     }
     // The TypeId tests make the casts identities.
     if TypeId::of::<S>() == TypeId::of::<f32>() {
-        let job = Job::new(a.cast::<f32>(), b.cast::<f32>(), c as *mut f32, accumulate);
+        let job = Job::with_ldc(
+            a.cast::<f32>(),
+            b.cast::<f32>(),
+            c as *mut f32,
+            ldc,
+            accumulate,
+        );
         if !large(&job) || !mm_f32(&job) {
             run_f32(isa, &job);
         }
     } else if TypeId::of::<S>() == TypeId::of::<f64>() {
-        let job = Job::new(a.cast::<f64>(), b.cast::<f64>(), c as *mut f64, accumulate);
+        let job = Job::with_ldc(
+            a.cast::<f64>(),
+            b.cast::<f64>(),
+            c as *mut f64,
+            ldc,
+            accumulate,
+        );
         if !large(&job) || !mm_f64(&job) {
             run_f64(isa, &job);
         }

@@ -206,7 +206,10 @@ fn dispatched_kernels_match_f64_loop_and_portable() {
 
 /// Broadcast-kernel products (at least one vector of rows and `PACK_MIN_N` columns)
 /// compute every element as one multiply-add chain in order of `k`: bit for bit the
-/// scalar chain, whatever the layout of the operands.
+/// scalar chain, whatever the layout of the operands. `k = 300, 600` take several
+/// chunks of `k` in both the packed and the in-place path (mutation tried: a chunk
+/// after the first starting from zero instead of continuing from `C`, in the in-place
+/// path: this and three other tests fail).
 #[test]
 fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
     fn chain<M: Madd>(a: &Stored, b: &Stored, a32: &[f32], b32: &[f32], acc: &[f32]) -> Vec<f32> {
@@ -402,4 +405,62 @@ fn empty_inner_dimension_gives_zeros_or_leaves_c() {
     assert_eq!(c, [5.0; 6]);
     gemm(a, b, &mut c, false).unwrap();
     assert_eq!(c, [0.0; 6]);
+}
+
+/// A product into a block of a larger column-major matrix (`gemm_raw_ldc`) is the
+/// contiguous product bit for bit, and leaves every element outside the block alone, for
+/// `f32`, `f64` (the kernels' own `ldc`) and lanes (through a contiguous buffer), with
+/// and without accumulation. Mutation tried: the broadcast kernel's column stride taken
+/// as `m` instead of `ldc` (fails).
+#[test]
+fn products_into_a_block_of_a_larger_matrix() {
+    fn check<S: Real>(m: usize, k: usize, n: usize, seed: u64) {
+        let a: Vec<S> = values(m * k, seed)
+            .iter()
+            .map(|&x| S::from_f64(x))
+            .collect();
+        let b: Vec<S> = values(k * n, seed + 1)
+            .iter()
+            .map(|&x| S::from_f64(x))
+            .collect();
+        let c0: Vec<S> = values(m * n, seed + 2)
+            .iter()
+            .map(|&x| S::from_f64(x))
+            .collect();
+        let (av, bv) = (
+            MatRef::col_major(&a, m, k).unwrap(),
+            MatRef::col_major(&b, k, n).unwrap(),
+        );
+        let (ldc, off) = (m + 5, 3);
+        let sentinel = S::from_f64(7.5);
+        for acc in [false, true] {
+            let mut want = c0.clone();
+            gemm(av, bv, &mut want, acc).unwrap();
+            let mut big = vec![sentinel; off + ldc * n];
+            for j in 0..n {
+                big[off + j * ldc..off + j * ldc + m].copy_from_slice(&c0[j * m..(j + 1) * m]);
+            }
+            // SAFETY: every column's m elements lie inside `big`.
+            unsafe { gemm_raw_ldc(av, bv, big.as_mut_ptr().add(off), ldc, acc) };
+            for (i, x) in big.iter().enumerate() {
+                let (j, r) = ((i.wrapping_sub(off)) / ldc, (i.wrapping_sub(off)) % ldc);
+                if i >= off && j < n && r < m {
+                    assert!(
+                        *x == want[r + j * m],
+                        "{m}x{k}x{n} acc={acc} element ({r}, {j})"
+                    );
+                } else {
+                    assert!(
+                        *x == sentinel,
+                        "{m}x{k}x{n} acc={acc}: {i} outside the block written"
+                    );
+                }
+            }
+        }
+    }
+    for (m, k, n) in [(37, 20, 9), (80, 300, 13), (3, 4, 2)] {
+        check::<f32>(m, k, n, 11);
+        check::<f64>(m, k, n, 12);
+        check::<crate::lanes::Lanes<4>>(m, k, n, 13);
+    }
 }
