@@ -103,7 +103,7 @@ def stand_in_datasets(shape, seed=0, pool=8):
                                 abstract_batch=abstract)
 
 
-def bench_task(case_id, shape, skip_unrolled, grad_only=False):
+def bench_task(case_id, shape, skip_unrolled, grad_only=False, skip_scan=False):
   task = conv._ConvTask(
       conv._cross_entropy_pool_loss([32, 64, 64], jax.nn.relu, num_classes=10),
       stand_in_datasets(shape))
@@ -148,8 +148,9 @@ def bench_task(case_id, shape, skip_unrolled, grad_only=False):
 
   # The in-loop form is 12-32x slower: 10 steps in the scan, 2 timed calls, per step.
   jscan = jax.jit(scan_train)
-  timed(f"{case_id}.train_100.scan", lambda: jscan(params), per=SCAN_STEPS, repeats=2,
-        warm=False)
+  if not skip_scan:
+    timed(f"{case_id}.train_100.scan", lambda: jscan(params), per=SCAN_STEPS, repeats=2,
+          warm=False)
 
   if not skip_unrolled:
     def unrolled(p):
@@ -227,14 +228,18 @@ def main():
                  help="skip the 100-steps-unrolled form (about 80 s of compile each)")
   p.add_argument("--grad-only", action="store_true",
                  help="only the .grad cases of the two fixed tasks")
+  p.add_argument("--skip-scan", action="store_true",
+                 help="skip the in-loop (lax.scan) form, minutes per task on this machine")
   p.add_argument("filters", nargs="*")
   a = p.parse_args()
   print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
   want = lambda k: not a.filters or any(f in k for f in a.filters)  # noqa: E731
   if want("conv32x64x64.c10_32x32x3"):
-    bench_task("conv32x64x64.c10_32x32x3", (32, 32, 3), a.skip_unrolled, a.grad_only)
+    bench_task("conv32x64x64.c10_32x32x3", (32, 32, 3), a.skip_unrolled, a.grad_only,
+               a.skip_scan)
   if want("conv32x64x64.fmnist_28x28x1"):
-    bench_task("conv32x64x64.fmnist_28x28x1", (28, 28, 1), a.skip_unrolled, a.grad_only)
+    bench_task("conv32x64x64.fmnist_28x28x1", (28, 28, 1), a.skip_unrolled, a.grad_only,
+               a.skip_scan)
   if a.grad_only:
     return 0
   if want("conv_family"):
