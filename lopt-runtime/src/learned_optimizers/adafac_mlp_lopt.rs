@@ -4,7 +4,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, BlockMlp, LayerRef, MLP_BLOCK,
+    fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column, BlockMlp,
+    LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -415,14 +416,10 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                 next().copy_from_slice(gb);
                 next().copy_from_slice(pb);
                 for k in 0..km {
-                    for (o, mi) in next().iter_mut().zip(mb.chunks_exact(km)) {
-                        *o = mi[k];
-                    }
+                    strided_column(next(), mb, km, k);
                 }
                 for k in 0..kr {
-                    for (o, vi) in next().iter_mut().zip(vb.chunks_exact(kr)) {
-                        *o = vi[k];
-                    }
+                    strided_column(next(), vb, kr, k);
                 }
                 // `(v + 1e-6)^-½` at decay `k`, into `out`.
                 let rs = |k: usize, out: &mut [P::Scalar]| {

@@ -239,6 +239,14 @@ pub(crate) fn normalized_mlp<S: Real>(
     }
 }
 
+/// `out[i] = records[i·stride + k]`: entry `k` of each of the interleaved records (a
+/// block's moments stored decay-major per element), as one feature column.
+pub(crate) fn strided_column<S: Real>(out: &mut [S], records: &[S], stride: usize, k: usize) {
+    for (o, r) in out.iter_mut().zip(records.chunks_exact(stride)) {
+        *o = r[k];
+    }
+}
+
 /// The sum of `f(x)` over `xs` in eight interleaved partial sums, added pairwise at the
 /// end: vectorizable, and rounded no worse than one running sum (the order differs from
 /// it, and from XLA's reductions, only in rounding).

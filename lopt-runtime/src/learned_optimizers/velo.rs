@@ -5,8 +5,8 @@
 use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    self, clip, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sum8, sum8_by, BlockMlp,
-    LayerRef, MLP_BLOCK,
+    self, clip, normalized_mlp, params_then_vectors, rsqrt, sigmoid, strided_column, sum8, sum8_by,
+    BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -860,14 +860,10 @@ impl LearnedOptimizer for Velo {
                 }
                 next().copy_from_slice(pb);
                 for k in 0..km {
-                    for (o, mi) in next().iter_mut().zip(mb.chunks_exact(km)) {
-                        *o = mi[k];
-                    }
+                    strided_column(next(), mb, km, k);
                 }
                 for k in 0..kr {
-                    for (o, vi) in next().iter_mut().zip(vb.chunks_exact(kr)) {
-                        *o = vi[k];
-                    }
+                    strided_column(next(), vb, kr, k);
                 }
                 // `(v + 1e-6)^-½` at decay `k`, into `out`.
                 let rs = |k: usize, out: &mut [P::Scalar]| {
