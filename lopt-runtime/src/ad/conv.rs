@@ -579,6 +579,13 @@ impl Conv2dGeometry {
                         let run = &mut dst[lo..hi];
                         if sw == 1 {
                             run.copy_from_slice(&src[start..start + run.len()]);
+                        } else if sw == 2 && src.len() >= start + 2 * run.len() {
+                            // Pairs, the first of each: a form the compiler turns into
+                            // vector loads and shuffles (`step_by` stays a scalar loop).
+                            let pairs = src[start..start + 2 * run.len()].chunks_exact(2);
+                            for (d, s) in run.iter_mut().zip(pairs) {
+                                *d = s[0];
+                            }
                         } else {
                             for (d, s) in run.iter_mut().zip(src[start..].iter().step_by(sw)) {
                                 *d = *s;
