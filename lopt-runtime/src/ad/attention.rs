@@ -296,10 +296,10 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
         // pool joins before the output's length is set.
         unsafe {
             par_pairs(g, |pairs| {
-                let mut p = vec![0.0f32; tt * tt];
+                let mut scratch = vec![0.0f32; fast::scratch_len(g)];
                 for pair in pairs {
                     let pt = std::slice::from_raw_parts_mut(pp.at(pair * tt * tt), tt * tt);
-                    fast::forward_pair(g, xs, pair, op.at(0), pt, &mut p);
+                    fast::forward_pair(g, xs, pair, op.at(0), pt, &mut scratch);
                 }
             });
             out.set_len(rows * w);
@@ -433,10 +433,10 @@ impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
             // length is set.
             unsafe {
                 par_pairs(g, |pairs| {
-                    let (mut e, mut el) = (vec![0.0f32; tt * tt], vec![0.0f32; tt * tt]);
+                    let mut scratch = vec![0.0f32; fast::scratch_len(g)];
                     for pair in pairs {
                         let pt = &pf[pair * tt * tt..][..tt * tt];
-                        fast::reverse_pair(g, xf, gf, pair, pt, dp.at(0), &mut e, &mut el);
+                        fast::reverse_pair(g, xf, gf, pair, pt, dp.at(0), &mut scratch);
                     }
                 });
                 dx.set_len(rows * 3 * w);

@@ -226,10 +226,6 @@ mod tiles {
         }
     }
 
-    /// Ids per run of a column written (gather) or read (scatter) at once: two cache
-    /// lines.
-    const RUN: usize = 32;
-
     /// Columns per chunk of work: fixed (never by the number of threads), a multiple of 8.
     const CHUNK_COLS: usize = 32;
 
@@ -320,34 +316,18 @@ mod tiles {
         let m8 = m / 8 * 8;
         let d8 = cols.start + cols.len() / 8 * 8;
         let mut blk = vec![0.0f32; 8 * n];
-        let mut stage = [[0.0f32; RUN]; 8];
         let o = out;
         for cb in (cols.start..d8).step_by(8) {
             block_rows(t, n, cb, &mut blk);
             let b = blk.as_ptr();
-            // Tiles go through `stage` and out by runs of RUN ids per column: whole cache
-            // lines written back to back. (The 8 output columns lie `m` apart: at
-            // `m = 2048` on one L1 set, where lines written 32 bytes a tile apart were
-            // evicted half-written.)
             for kb in (0..m8).step_by(8) {
                 let mut v = [_mm256_setzero_ps(); 8];
                 for (i, v) in v.iter_mut().enumerate() {
                     *v = _mm256_loadu_ps(b.add(rows[kb + i] as usize * 8));
                 }
                 tr8(&mut v);
-                let q = kb % RUN;
                 for (j, v) in v.iter().enumerate() {
-                    _mm256_storeu_ps(stage[j].as_mut_ptr().add(q), *v);
-                }
-                if q + 8 == RUN || kb + 8 == m8 {
-                    let start = kb + 8 - (q + 8);
-                    for (j, st) in stage.iter().enumerate() {
-                        std::ptr::copy_nonoverlapping(
-                            st.as_ptr(),
-                            o.add((cb + j) * m + start),
-                            q + 8,
-                        );
-                    }
+                    _mm256_storeu_ps(o.add((cb + j) * m + kb), *v);
                 }
             }
             for (k, &r) in rows.iter().enumerate().skip(m8) {
@@ -382,23 +362,13 @@ mod tiles {
         let d8 = cols.start + cols.len() / 8 * 8;
         assert!(g.len() >= cols.end * m);
         let mut acc = vec![0.0f32; 8 * n];
-        let mut stage = [[0.0f32; RUN]; 8];
         let (s, a) = (g.as_ptr(), acc.as_mut_ptr());
         for cb in (cols.start..d8).step_by(8) {
             acc.fill(0.0);
             for kb in (0..m8).step_by(8) {
-                // The cotangent's 8 columns come in through `stage` by runs of RUN ids:
-                // whole cache lines read back to back (see `gather_cols`).
-                let q = kb % RUN;
-                if q == 0 {
-                    let len = RUN.min(m8 - kb);
-                    for (j, st) in stage.iter_mut().enumerate() {
-                        std::ptr::copy_nonoverlapping(s.add((cb + j) * m + kb), st.as_mut_ptr(), len);
-                    }
-                }
                 let mut v = [_mm256_setzero_ps(); 8];
                 for (j, v) in v.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(stage[j].as_ptr().add(q));
+                    *v = _mm256_loadu_ps(s.add((cb + j) * m + kb));
                 }
                 tr8(&mut v);
                 // In the order of k: two equal ids in one tile add one after the other.
