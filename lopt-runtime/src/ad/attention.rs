@@ -755,11 +755,11 @@ mod tests {
     /// form: `T` of 8, 16, 24 (pairs of row blocks and a single one), 32, and `d` of 32,
     /// 5, 6, 7 (column groups of 4 and remainders of 1, 2, 3); and bit for bit the same
     /// on 1 and 3 threads. The tangent (generic products on the fast path's
-    /// probabilities) against the f64 rule's. Mutations caught: see the report of the
-    /// session that added it (each tried, each fails here): the dV product's term range
-    /// starting at `8·hi` instead of `8·lo`; `O = P V` summing keys only below `8·lo`;
-    /// the logits' row blocks one short (`c1 / 8` instead of `c1.div_ceil(8)`); `dK`
-    /// from `dL` instead of `dLᵀ`.
+    /// probabilities) against the f64 rule's. Mutations caught (each tried, each fails
+    /// here): the dV product's term range starting at `8·hi` instead of `8·lo`;
+    /// `O = P V` summing keys only below `8·lo`; the logits' row blocks one short (`c0 / 8`
+    /// instead of `c1.div_ceil(8)`: the diagonal block left out); `dK` from `dL` instead
+    /// of `dLᵀ`.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn f32_fast_path_matches_the_f64_definitions() {

@@ -477,7 +477,10 @@ mod tests {
     /// shape, on 1 and on 3 threads (chunks of 32 columns, the last one with an edge:
     /// 75 columns). Mutations caught: the scatter's leftover ids (after the last whole
     /// tile) dropped; the transpose's edge rows skipped; the tile's second shuffle pair
-    /// swapped (`0xEE` for `0x44`); each tried, each fails here.
+    /// swapped (`0xEE` for `0x44`); each tried, each fails here. Again after the tiles
+    /// went by 8-column blocks through an L1 buffer (no whole-table transposes): the
+    /// leftover ids dropped, and `block_rows`' edge rows (`n % 8`) skipped; each tried,
+    /// each fails here.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn f32_tiles_equal_the_plain_loops() {
