@@ -724,7 +724,12 @@ mod tests {
                 let (qc, kc, vc) = (h * d, w + h * d, 2 * w + h * d);
                 for t in 0..tt {
                     let l: Vec<f64> = (0..=t)
-                        .map(|s| (0..d).map(|j| at(b, t, qc + j) * at(b, s, kc + j)).sum::<f64>() / sq)
+                        .map(|s| {
+                            (0..d)
+                                .map(|j| at(b, t, qc + j) * at(b, s, kc + j))
+                                .sum::<f64>()
+                                / sq
+                        })
                         .collect();
                     let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = l.iter().map(|v| (v - m).exp()).collect();
@@ -802,7 +807,11 @@ mod tests {
                 assert!(err < 2e-6, "{g:?} {what}: relative error {err}");
             };
             close(&y, &from_rows(r, w, &plain_attention(&xv, &g)), "value");
-            close(&dx, &from_rows(r, c, &plain_attention_vjp(&xv, &gv, &g)), "vjp");
+            close(
+                &dx,
+                &from_rows(r, c, &plain_attention_vjp(&xv, &gv, &g)),
+                "vjp",
+            );
             let x64 = from_rows(r, c, &xv);
             let op = CausalSelfAttention::new(&g);
             let y64 = x64.eval(&op);

@@ -316,18 +316,41 @@ mod tiles {
         let m8 = m / 8 * 8;
         let d8 = cols.start + cols.len() / 8 * 8;
         let mut blk = vec![0.0f32; 8 * n];
+        let mut stage = [0.0f32; 8 * 32];
         let o = out;
         for cb in (cols.start..d8).step_by(8) {
             block_rows(t, n, cb, &mut blk);
             let b = blk.as_ptr();
+            // Four tiles (32 ids) go through `stage`, then out a column at a time: two
+            // whole cache lines per column written back to back, where tile by tile
+            // each line of the 8 columns (`m` floats apart: on one L1 set at
+            // m = 2,048) was written in halves a tile apart.
+            let m32 = m8 / 32 * 32;
             for kb in (0..m8).step_by(8) {
                 let mut v = [_mm256_setzero_ps(); 8];
                 for (i, v) in v.iter_mut().enumerate() {
                     *v = _mm256_loadu_ps(b.add(rows[kb + i] as usize * 8));
                 }
                 tr8(&mut v);
+                if kb >= m32 {
+                    for (j, v) in v.iter().enumerate() {
+                        _mm256_storeu_ps(o.add((cb + j) * m + kb), *v);
+                    }
+                    continue;
+                }
+                let q = kb % 32;
                 for (j, v) in v.iter().enumerate() {
-                    _mm256_storeu_ps(o.add((cb + j) * m + kb), *v);
+                    _mm256_storeu_ps(stage.as_mut_ptr().add(j * 32 + q), *v);
+                }
+                if q == 24 {
+                    let st = stage.as_ptr();
+                    for j in 0..8 {
+                        let to = o.add((cb + j) * m + kb - 24);
+                        let w = [0, 8, 16, 24].map(|x| _mm256_loadu_ps(st.add(j * 32 + x)));
+                        for (x, w) in [0, 8, 16, 24].into_iter().zip(w) {
+                            _mm256_storeu_ps(to.add(x), w);
+                        }
+                    }
                 }
             }
             for (k, &r) in rows.iter().enumerate().skip(m8) {
@@ -480,7 +503,9 @@ mod tests {
     /// swapped (`0xEE` for `0x44`); each tried, each fails here. Again after the tiles
     /// went by 8-column blocks through an L1 buffer (no whole-table transposes): the
     /// leftover ids dropped, and `block_rows`' edge rows (`n % 8`) skipped; each tried,
-    /// each fails here.
+    /// each fails here. The gather's runs of 32 ids through `stage` (50 ids: one run,
+    /// then two tiles stored directly, then two ids): the tiles after the last whole run
+    /// dropped (tried, fails here).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn f32_tiles_equal_the_plain_loops() {
@@ -493,6 +518,7 @@ mod tests {
             (5, 3, 2, 3),
             (256, 128, 2048, 4),
             (40, 75, 29, 5),
+            (11, 16, 50, 6),
         ] {
             let t: Vec<f32> = normal_matrix(n, d, seed)
                 .iter()

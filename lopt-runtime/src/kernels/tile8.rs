@@ -57,5 +57,4 @@ mod x86 {
         r[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
         r[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
     }
-
 }

@@ -327,9 +327,12 @@ pub(super) unsafe fn forward_pair(
     transpose_square(pt, p, tt);
     // O = P V (V[s, j] = v[s + j·T]); row block rb (queries t < 8(rb + 1)) needs keys
     // s ≤ t only.
-    band(&product(p, v, (1, tt), o, tt), (0, tt / 8), (0, d), |_, hi| {
-        (0, 8 * hi)
-    });
+    band(
+        &product(p, v, (1, tt), o, tt),
+        (0, tt / 8),
+        (0, d),
+        |_, hi| (0, 8 * hi),
+    );
     unpack(o, out, qo, rows, tt);
 }
 
@@ -377,9 +380,12 @@ pub(super) unsafe fn reverse_pair(
     }
     let sqrt_d = (d as f32).sqrt();
     // dV = Pᵀ G (G[t, j] = gb[t + j·T]): keys s ≥ 8·rb need queries t ≥ s only.
-    band(&product(pt, gb, (1, tt), db, tt), (0, tt / 8), (0, d), |lo, _| {
-        (8 * lo, tt)
-    });
+    band(
+        &product(pt, gb, (1, tt), db, tt),
+        (0, tt / 8),
+        (0, d),
+        |lo, _| (8 * lo, tt),
+    );
     unpack(db, dx, vo, rows, tt);
     // dPᵀ = V Gᵀ (Gᵀ[j, t] = gb[t + j·T]; rows s ≤ t of column t), then dLᵀ through the
     // softmax and the scale.
@@ -387,13 +393,19 @@ pub(super) unsafe fn reverse_pair(
     softmax_jacobian_t(pt, e, tt, Some(sqrt_d));
     transpose_square(e, el, tt);
     // dQ = dL K: queries t < 8(rb + 1) need keys s ≤ t only.
-    band(&product(el, k, (1, tt), db, tt), (0, tt / 8), (0, d), |_, hi| {
-        (0, 8 * hi)
-    });
+    band(
+        &product(el, k, (1, tt), db, tt),
+        (0, tt / 8),
+        (0, d),
+        |_, hi| (0, 8 * hi),
+    );
     unpack(db, dx, qo, rows, tt);
     // dK = dLᵀ Q: keys s ≥ 8·rb need queries t ≥ s only.
-    band(&product(e, q, (1, tt), db, tt), (0, tt / 8), (0, d), |lo, _| {
-        (8 * lo, tt)
-    });
+    band(
+        &product(e, q, (1, tt), db, tt),
+        (0, tt / 8),
+        (0, d),
+        |lo, _| (8 * lo, tt),
+    );
     unpack(db, dx, ko, rows, tt);
 }
