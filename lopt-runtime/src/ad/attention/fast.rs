@@ -57,8 +57,8 @@ unsafe fn tile<const RB: usize, const NC: usize>(
         }
         for j in 0..NC {
             let bv = _mm256_broadcast_ss(&*bp.add(j * x.bj));
-            for i in 0..RB {
-                acc[i][j] = _mm256_fmadd_ps(av[i], bv, acc[i][j]);
+            for (row, &a) in acc.iter_mut().zip(&av) {
+                row[j] = _mm256_fmadd_ps(a, bv, row[j]);
             }
         }
     }
@@ -128,7 +128,7 @@ unsafe fn upper_columns(x: &Product, tt: usize, k: usize) {
 /// of 8).
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_square(src: &[f32], dst: &mut [f32], tt: usize) {
-    assert!(src.len() == tt * tt && dst.len() == tt * tt && tt % 8 == 0);
+    assert!(src.len() == tt * tt && dst.len() == tt * tt && tt.is_multiple_of(8));
     let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
     for j in (0..tt).step_by(8) {
         for i in (0..tt).step_by(8) {
@@ -176,7 +176,7 @@ unsafe fn softmax_column(col: &mut [f32], live: usize, scale: f32) {
 
 /// Whether the fast path applies: AVX2 and FMA, and `T` a multiple of 8.
 pub(super) fn applies(g: &AttentionGeometry) -> bool {
-    g.time % 8 == 0 && crate::kernels::cpu::has_avx2_fma()
+    g.time.is_multiple_of(8) && crate::kernels::cpu::has_avx2_fma()
 }
 
 /// The column offsets of head `h`'s `q`, `k` and `v` blocks in `qkv`, and the start of
