@@ -140,36 +140,22 @@ fn scatter_add_plain<S: Real>(g: &[S], n: usize, d: usize, rows: &[u32]) -> Vec<
     dt
 }
 
-/// The `f32` gather and scatter-add by 8 × 8 tiles (AVX2): the table is transposed to
-/// row-major once, so that 8 looked-up rows are 8 vector loads; one in-register
-/// transpose turns them into 8 contiguous pieces of 8 output columns (and back for the
-/// scatter, whose sums go into a row-major table transposed at the end). Same values
+/// The `f32` gather and scatter-add by 8 × 8 tiles (AVX2), 8 table columns at a time:
+/// the block is transposed into a row-major `n × 8` buffer that stays in L1, so that 8
+/// looked-up rows are 8 vector loads; one in-register transpose turns them into 8
+/// contiguous pieces of 8 output columns (and back for the scatter, whose sums go into
+/// such a buffer, transposed straight into the block's columns of the gradient). No
+/// pass over a whole copy of the table. Same values
 /// as the plain loops bit for bit: a gather only moves values, and each scatter sum
 /// adds its terms in the order of `k` as they do.
 #[cfg(target_arch = "x86_64")]
 mod tiles {
-    use std::any::TypeId;
     use std::arch::x86_64::*;
     use std::ops::Range;
 
     use crate::kernels::cpu::has_avx2;
+    use crate::kernels::tile8::{as_f32, from_f32, tr8};
     use crate::scalar::Real;
-
-    /// `v` as `f32` when `S` is `f32`.
-    fn as_f32<S: Real>(v: &[S]) -> Option<&[f32]> {
-        (TypeId::of::<S>() == TypeId::of::<f32>()).then(|| {
-            // SAFETY: `S` is `f32` (the TypeId test): the same layout.
-            unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) }
-        })
-    }
-
-    /// A `Vec<f32>` as `Vec<S>`, `S` being `f32`.
-    fn from_f32<S: Real>(v: Vec<f32>) -> Vec<S> {
-        assert_eq!(TypeId::of::<S>(), TypeId::of::<f32>());
-        let mut v = std::mem::ManuallyDrop::new(v);
-        // SAFETY: `S` is `f32` (asserted): the same allocation, length and capacity.
-        unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut S, v.len(), v.capacity()) }
-    }
 
     /// The tile path's [`super::gather`], `None` unless `S` is `f32` and the CPU has AVX2.
     pub(super) fn gather_f32<S: Real>(t: &[S], n: usize, d: usize, rows: &[u32]) -> Option<Vec<S>> {
@@ -183,17 +169,14 @@ mod tiles {
             "embed: an id outside the table"
         );
         let m = rows.len();
-        let mut rm = Vec::with_capacity(n * d);
         let mut out = Vec::with_capacity(m * d);
-        // SAFETY: the CPU has AVX2 (checked); the buffers have the capacities the
-        // functions need, every row is below `n` (checked by the caller), and both
-        // functions write every element of their output before the lengths are set.
+        // SAFETY: the CPU has AVX2 (checked); `out` has the capacity `gather_cols` needs,
+        // every row is below `n` (checked above), and the chunks together write every
+        // element of `out` before its length is set.
         unsafe {
-            transpose(t, n, d, rm.as_mut_ptr());
-            rm.set_len(n * d);
             let o = Shared(out.as_mut_ptr());
             // SAFETY (each chunk): its own columns of `out`.
-            par_col_chunks(d, |cols| gather_rm(&rm, d, rows, o.ptr(), cols));
+            par_col_chunks(d, |cols| gather_cols(t, n, rows, o.ptr(), cols));
             out.set_len(m * d);
         }
         Some(from_f32(out))
@@ -216,14 +199,12 @@ mod tiles {
             rows.iter().all(|&r| (r as usize) < n),
             "embed: an id outside the table"
         );
-        let mut rm = vec![0.0f32; n * d];
         let mut dt = Vec::with_capacity(n * d);
         // SAFETY: as in `gather_f32`.
         unsafe {
-            let p = Shared(rm.as_mut_ptr());
-            // SAFETY (each chunk): its own columns of `rm`.
-            par_col_chunks(d, |cols| scatter_rm(g, d, rows, p.ptr(), cols));
-            transpose(&rm, d, n, dt.as_mut_ptr());
+            let p = Shared(dt.as_mut_ptr());
+            // SAFETY (each chunk): its own columns of `dt`.
+            par_col_chunks(d, |cols| scatter_cols(g, n, rows, p.ptr(), cols));
             dt.set_len(n * d);
         }
         Some(from_f32(dt))
@@ -264,136 +245,175 @@ mod tiles {
         }
     }
 
-    /// Transposes the 8 × 8 tile held as 8 rows in `r`, in place.
-    #[inline(always)]
-    unsafe fn tr8(r: &mut [__m256; 8]) {
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        r[0] = _mm256_permute2f128_ps::<0x20>(s0, s4);
-        r[1] = _mm256_permute2f128_ps::<0x20>(s1, s5);
-        r[2] = _mm256_permute2f128_ps::<0x20>(s2, s6);
-        r[3] = _mm256_permute2f128_ps::<0x20>(s3, s7);
-        r[4] = _mm256_permute2f128_ps::<0x31>(s0, s4);
-        r[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
-        r[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
-        r[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
-    }
-
-    /// `dst` (column-major `c × r`) = the transpose of `src` (column-major `r × c`).
+    /// `blk` (row-major `n × 8`) = columns `c..c + 8` of the column-major `t` (`n` rows):
+    /// one 8-column block of the table, transposed by 8 × 8 tiles.
     ///
     /// # Safety
-    /// AVX2; `src.len() == r·c`; `dst` valid for `r·c` writes (every one is written).
+    /// AVX2; `t` holds columns `c..c + 8` of `n` rows; `blk.len() == 8·n`.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn transpose(src: &[f32], r: usize, c: usize, dst: *mut f32) {
-        assert_eq!(src.len(), r * c);
-        let (s, o) = (src.as_ptr(), dst);
-        let (r8, c8) = (r / 8 * 8, c / 8 * 8);
-        for j in (0..c8).step_by(8) {
-            for i in (0..r8).step_by(8) {
-                // Columns j..j+8 of src at rows i..i+8, transposed: rows j..j+8 of src's
-                // transpose are dst's columns i..i+8 at rows j..j+8.
-                let mut t = [_mm256_setzero_ps(); 8];
-                for (q, v) in t.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(s.add((j + q) * r + i));
-                }
-                tr8(&mut t);
-                for (q, v) in t.iter().enumerate() {
-                    _mm256_storeu_ps(o.add((i + q) * c + j), *v);
-                }
+    unsafe fn block_rows(t: &[f32], n: usize, c: usize, blk: &mut [f32]) {
+        assert!(t.len() >= (c + 8) * n && blk.len() == 8 * n);
+        let (s, o) = (t.as_ptr().add(c * n), blk.as_mut_ptr());
+        let n8 = n / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (j, v) in v.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(s.add(j * n + i));
+            }
+            tr8(&mut v);
+            for (q, v) in v.iter().enumerate() {
+                _mm256_storeu_ps(o.add((i + q) * 8), *v);
             }
         }
-        // The edges.
-        for j in 0..c {
-            let i0 = if j < c8 { r8 } else { 0 };
-            for i in i0..r {
-                o.add(i * c + j).write(*s.add(j * r + i));
+        for i in n8..n {
+            for j in 0..8 {
+                *o.add(i * 8 + j) = *s.add(j * n + i);
+            }
+        }
+    }
+
+    /// Columns `c..c + 8` of the column-major `dst` (`n` rows) = the row-major `n × 8`
+    /// `blk` (the inverse of [`block_rows`]).
+    ///
+    /// # Safety
+    /// AVX2; `blk.len() == 8·n`; `dst` valid for writes of columns `c..c + 8` of `n` rows.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block_cols(blk: &[f32], n: usize, c: usize, dst: *mut f32) {
+        assert_eq!(blk.len(), 8 * n);
+        let (s, o) = (blk.as_ptr(), dst.add(c * n));
+        let n8 = n / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (q, v) in v.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(s.add((i + q) * 8));
+            }
+            tr8(&mut v);
+            for (j, v) in v.iter().enumerate() {
+                _mm256_storeu_ps(o.add(j * n + i), *v);
+            }
+        }
+        for i in n8..n {
+            for j in 0..8 {
+                *o.add(j * n + i) = *s.add(i * 8 + j);
             }
         }
     }
 
     /// Columns `cols` of `out` (column-major `rows.len() × d`) = those of rows `rows` of
-    /// the row-major `rm` (`d` columns).
+    /// the column-major table `t` (`n` rows). Eight columns at a time: the block is
+    /// transposed into a row-major `n × 8` buffer that stays in L1, from which 8 ids are
+    /// 8 aligned loads and one in-register transpose gives 8 contiguous pieces of the 8
+    /// output columns. No copy of the whole table.
     ///
     /// # Safety
-    /// AVX2; `cols` starts at a multiple of 8 and ends by `d`; `out` valid for
-    /// `rows.len()·d` writes (every one in `cols` is written, no other); every
-    /// `rows[k]·d + d <= rm.len()`.
+    /// AVX2; `cols` ends by `d = t.len() / n`; `out` valid for `rows.len()·d` writes
+    /// (every one in `cols` is written, no other); every `rows[k] < n`.
     #[target_feature(enable = "avx2")]
-    unsafe fn gather_rm(rm: &[f32], d: usize, rows: &[u32], out: *mut f32, cols: Range<usize>) {
+    unsafe fn gather_cols(t: &[f32], n: usize, rows: &[u32], out: *mut f32, cols: Range<usize>) {
         let m = rows.len();
-        let (s, o) = (rm.as_ptr(), out);
-        let (m8, d8) = (m / 8 * 8, cols.start + cols.len() / 8 * 8);
-        // 8 output columns at a time (8 write streams), 8 ids at a time.
+        let m8 = m / 8 * 8;
+        let d8 = cols.start + cols.len() / 8 * 8;
+        let mut blk = vec![0.0f32; 8 * n];
+        let mut stage = [0.0f32; 8 * 32];
+        let o = out;
         for cb in (cols.start..d8).step_by(8) {
+            block_rows(t, n, cb, &mut blk);
+            let b = blk.as_ptr();
+            // Four tiles (32 ids) go through `stage`, then out a column at a time: two
+            // whole cache lines per column written back to back, where tile by tile
+            // each line of the 8 columns (`m` floats apart: on one L1 set at
+            // m = 2,048) was written in halves a tile apart.
+            let m32 = m8 / 32 * 32;
             for kb in (0..m8).step_by(8) {
-                let mut t = [_mm256_setzero_ps(); 8];
-                for (i, v) in t.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(s.add(rows[kb + i] as usize * d + cb));
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (i, v) in v.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(b.add(rows[kb + i] as usize * 8));
                 }
-                tr8(&mut t);
-                for (j, v) in t.iter().enumerate() {
-                    _mm256_storeu_ps(o.add((cb + j) * m + kb), *v);
+                tr8(&mut v);
+                if kb >= m32 {
+                    for (j, v) in v.iter().enumerate() {
+                        _mm256_storeu_ps(o.add((cb + j) * m + kb), *v);
+                    }
+                    continue;
+                }
+                let q = kb % 32;
+                for (j, v) in v.iter().enumerate() {
+                    _mm256_storeu_ps(stage.as_mut_ptr().add(j * 32 + q), *v);
+                }
+                if q == 24 {
+                    let st = stage.as_ptr();
+                    for j in 0..8 {
+                        let to = o.add((cb + j) * m + kb - 24);
+                        let w = [0, 8, 16, 24].map(|x| _mm256_loadu_ps(st.add(j * 32 + x)));
+                        for (x, w) in [0, 8, 16, 24].into_iter().zip(w) {
+                            _mm256_storeu_ps(to.add(x), w);
+                        }
+                    }
+                }
+            }
+            for (k, &r) in rows.iter().enumerate().skip(m8) {
+                for j in 0..8 {
+                    o.add((cb + j) * m + k).write(*b.add(r as usize * 8 + j));
                 }
             }
         }
-        for c in cols {
-            let k0 = if c < d8 { m8 } else { 0 };
-            for (k, &r) in rows.iter().enumerate().skip(k0) {
-                o.add(c * m + k).write(*s.add(r as usize * d + c));
+        // The columns after the last whole block, straight from the table.
+        for c in d8..cols.end {
+            let col = &t[c * n..(c + 1) * n];
+            for (k, &r) in rows.iter().enumerate() {
+                o.add(c * m + k).write(*col.get_unchecked(r as usize));
             }
         }
     }
 
-    /// `rm[rows[k], cols] += g[k, cols]` (row-major `rm` of `d` columns, column-major `g`
-    /// of `rows.len()` rows), each entry's terms added in the order of `k`.
+    /// Columns `cols` of the column-major `n × d` table `dt` = the scatter-add
+    /// `dt[rows[k], cols] = Σ_k g[k, cols]` (column-major `g` of `rows.len()` rows), each
+    /// entry's terms added in the order of `k` from zero. Eight columns at a time into a
+    /// zeroed row-major `n × 8` accumulator that stays in L1 (8 cotangent columns loaded
+    /// as a tile and transposed: one vector add per id), then transposed straight into
+    /// the 8 columns of `dt`.
     ///
     /// # Safety
-    /// AVX2; `cols` starts at a multiple of 8 and ends by `d`; `g.len() == rows.len()·d`;
-    /// `rm` valid for reads and writes of `n·d` initialized elements, every
-    /// `rows[k] < n`; only columns `cols` are touched.
+    /// AVX2; `cols` ends by `d = g.len() / rows.len()`; `dt` valid for `n·d` writes
+    /// (every one in `cols` is written, no other); every `rows[k] < n`.
     #[target_feature(enable = "avx2")]
-    unsafe fn scatter_rm(g: &[f32], d: usize, rows: &[u32], rm: *mut f32, cols: Range<usize>) {
+    unsafe fn scatter_cols(g: &[f32], n: usize, rows: &[u32], dt: *mut f32, cols: Range<usize>) {
         let m = rows.len();
-        assert_eq!(g.len(), m * d);
-        let (s, o) = (g.as_ptr(), rm);
-        let (m8, d8) = (m / 8 * 8, cols.start + cols.len() / 8 * 8);
+        let m8 = m / 8 * 8;
+        let d8 = cols.start + cols.len() / 8 * 8;
+        assert!(g.len() >= cols.end * m);
+        let mut acc = vec![0.0f32; 8 * n];
+        let (s, a) = (g.as_ptr(), acc.as_mut_ptr());
         for cb in (cols.start..d8).step_by(8) {
+            acc.fill(0.0);
             for kb in (0..m8).step_by(8) {
-                let mut t = [_mm256_setzero_ps(); 8];
-                for (j, v) in t.iter_mut().enumerate() {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (j, v) in v.iter_mut().enumerate() {
                     *v = _mm256_loadu_ps(s.add((cb + j) * m + kb));
                 }
-                tr8(&mut t);
+                tr8(&mut v);
                 // In the order of k: two equal ids in one tile add one after the other.
-                for (i, v) in t.iter().enumerate() {
-                    let p = o.add(rows[kb + i] as usize * d + cb);
+                for (i, v) in v.iter().enumerate() {
+                    let p = a.add(rows[kb + i] as usize * 8);
                     _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), *v));
                 }
             }
-            // The ids after the last whole tile, for these 8 columns, still in order.
+            // The ids after the last whole tile, still in order.
             for (k, &r) in rows.iter().enumerate().skip(m8) {
-                for c in cb..cb + 8 {
-                    *o.add(r as usize * d + c) += *s.add(c * m + k);
+                for j in 0..8 {
+                    *a.add(r as usize * 8 + j) += *s.add((cb + j) * m + k);
                 }
             }
+            block_cols(&acc, n, cb, dt);
         }
+        // The columns after the last whole block, one at a time.
         for c in d8..cols.end {
+            std::ptr::write_bytes(dt.add(c * n), 0, n);
+            let col = std::slice::from_raw_parts_mut(dt.add(c * n), n);
             for (k, &r) in rows.iter().enumerate() {
-                *o.add(r as usize * d + c) += *s.add(c * m + k);
+                *col.get_unchecked_mut(r as usize) += *s.add(c * m + k);
             }
         }
     }
@@ -480,7 +500,12 @@ mod tests {
     /// shape, on 1 and on 3 threads (chunks of 32 columns, the last one with an edge:
     /// 75 columns). Mutations caught: the scatter's leftover ids (after the last whole
     /// tile) dropped; the transpose's edge rows skipped; the tile's second shuffle pair
-    /// swapped (`0xEE` for `0x44`); each tried, each fails here.
+    /// swapped (`0xEE` for `0x44`); each tried, each fails here. Again after the tiles
+    /// went by 8-column blocks through an L1 buffer (no whole-table transposes): the
+    /// leftover ids dropped, and `block_rows`' edge rows (`n % 8`) skipped; each tried,
+    /// each fails here. The gather's runs of 32 ids through `stage` (50 ids: one run,
+    /// then two tiles stored directly, then two ids): the tiles after the last whole run
+    /// dropped (tried, fails here).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn f32_tiles_equal_the_plain_loops() {
@@ -493,6 +518,7 @@ mod tests {
             (5, 3, 2, 3),
             (256, 128, 2048, 4),
             (40, 75, 29, 5),
+            (11, 16, 50, 6),
         ] {
             let t: Vec<f32> = normal_matrix(n, d, seed)
                 .iter()

@@ -8,6 +8,7 @@
 //!   on the thread pool (the same result on any number of threads);
 //! - `gemm_packets`: products of matrices of SIMD-lane packets ([`Lanes`](crate::lanes::Lanes));
 //! - `alloc`: large zeroed buffers, backed by huge pages where Linux offers them;
+//! - `tile8`: the 8 × 8 in-register transpose and `f32` casts of the AVX2 tile paths;
 //! - `vecmath`: branch-free `f32` transcendental functions that vectorize;
 //! - `cpu`: the one place CPU features are detected, and the one way a loop is compiled
 //!   for AVX2 (+FMA) beside the baseline.
@@ -20,4 +21,6 @@ pub(crate) mod cpu;
 pub mod gemm;
 pub(crate) mod gemm_packets;
 pub(crate) mod gemm_threads;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod tile8;
 pub(crate) mod vecmath;
