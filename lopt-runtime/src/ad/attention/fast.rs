@@ -1,7 +1,8 @@
 //! The `f32` attention on AVX2 + FMA: every product of a (sequence, head) pair by one
-//! register-tiled kernel that reads `q`, `k`, `v` and the output cotangent in place from
-//! their column-major matrices (no packing, no copies of blocks), writes the output and
-//! the input cotangent's blocks in place, and skips the causal mask's zero half: the
+//! register-tiled kernel over the pair's blocks of `q`, `k`, `v` and the output cotangent,
+//! first copied into contiguous buffers that stay in L1 (read in place, their columns lie
+//! a whole matrix apart and share one L1 set), with results copied back into the output
+//! and the input cotangent; it skips the causal mask's zero half: the
 //! logits only for keys `s ≤ t`, the products with `P` or `dL` only over their nonzero
 //! triangle (by blocks of 8 rows).
 //!
