@@ -7,6 +7,7 @@
 //! - `gemm_threads`: products large enough to share, split into fixed chunks of columns
 //!   on the thread pool (the same result on any number of threads);
 //! - `gemm_packets`: products of matrices of SIMD-lane packets ([`Lanes`](crate::lanes::Lanes));
+//! - `small_rows`: `b + x·W` for a few rows and a large weight matrix, read once;
 //! - `alloc`: large zeroed buffers, backed by huge pages where Linux offers them;
 //! - `vecmath`: branch-free `f32` transcendental functions that vectorize;
 //! - `cpu`: the one place CPU features are detected, and the one way a loop is compiled
@@ -20,4 +21,5 @@ pub(crate) mod cpu;
 pub mod gemm;
 pub(crate) mod gemm_packets;
 pub(crate) mod gemm_threads;
+pub(crate) mod small_rows;
 pub(crate) mod vecmath;

@@ -4,8 +4,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column, BlockMlp,
-    LayerRef, MLP_BLOCK,
+    ema_interleaved, fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column,
+    BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -380,16 +380,8 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             let shape = state.params.leaf_shape(li);
             let m = &mut state.m[off_n * km..(off_n + n) * km];
             let v = &mut state.rms[off_n * kr..(off_n + n) * kr];
-            for (e, &ge) in g.iter().enumerate() {
-                for k in 0..km {
-                    let x = &mut m[e * km + k];
-                    *x = mom_d[k] * *x + (c(1.0) - mom_d[k]) * ge;
-                }
-                for k in 0..kr {
-                    let x = &mut v[e * kr + k];
-                    *x = rms_d[k] * *x + (c(1.0) - rms_d[k]) * (ge * ge);
-                }
-            }
+            ema_interleaved(m, g, &mom_d, |x| x);
+            ema_interleaved(v, g, &rms_d, |x| x * x);
             let fac = factored_step(
                 g,
                 &shape,

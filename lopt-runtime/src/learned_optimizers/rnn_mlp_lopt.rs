@@ -3,8 +3,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sign,
-    sum8, BlockMlp, LayerRef,
+    clip, ema_interleaved, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt,
+    sigmoid, sign, strided_column, sum8, BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -452,14 +452,9 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let rms_decays: Vec<_> = decays.iter().map(|&d| clip(d, 0.0, 1.0)).collect();
         let mut off = 0;
         for g in &g_all {
-            for (e, &ge) in g.iter().enumerate() {
-                for j in 0..nd {
-                    let i = (off + e) * nd + j;
-                    state.m[i] = decays[j] * state.m[i] + (c(1.0) - decays[j]) * ge;
-                    state.rms[i] =
-                        rms_decays[j] * state.rms[i] + (c(1.0) - rms_decays[j]) * (ge * ge);
-                }
-            }
+            let span = off * nd..(off + g.len()) * nd;
+            ema_interleaved(&mut state.m[span.clone()], g, &decays, |x| x);
+            ema_interleaved(&mut state.rms[span], g, &rms_decays, |x| x * x);
             off += g.len();
         }
         // Per-tensor LSTM inputs, then the LSTM.
@@ -581,25 +576,24 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 let col = |j: usize| j * nb..(j + 1) * nb;
                 cols[col(0)].copy_from_slice(gb);
                 cols[col(1)].copy_from_slice(vb);
+                // The branch-free `ln` (for `f32`, as the lanes use): the loop vectorizes.
                 for (o, &x) in cols[col(2)].iter_mut().zip(vb) {
-                    *o = (x.abs() + c(1e-8)).ln();
+                    *o = crate::kernels::vecmath::ln(x.abs() + c(1e-8));
                 }
+                // Each decay's columns of `m` and `rms` copied out first, so the loops
+                // over them read contiguous columns.
                 for j in 0..nd {
+                    strided_column(&mut cols[col(3 + j)], mb, nd, j);
+                    strided_column(&mut cols[col(3 + nd + j)], rb, nd, j);
                     let (head, tail) = cols.split_at_mut((3 + 3 * nd + j) * nb);
                     let rsq = &mut tail[..nb];
-                    for (o, ri) in rsq.iter_mut().zip(rb.chunks_exact(nd)) {
-                        *o = rsqrt(ri[j] + c(1e-6));
+                    for (o, &r) in rsq.iter_mut().zip(&head[col(3 + nd + j)]) {
+                        *o = rsqrt(r + c(1e-6));
                     }
                     let (head, scaled) = head.split_at_mut((3 + 2 * nd + j) * nb);
                     let scaled = &mut scaled[..nb];
-                    for ((o, mi), &r) in scaled.iter_mut().zip(mb.chunks_exact(nd)).zip(&*rsq) {
-                        *o = mi[j] * r;
-                    }
-                    for (o, mi) in head[col(3 + j)].iter_mut().zip(mb.chunks_exact(nd)) {
-                        *o = mi[j];
-                    }
-                    for (o, ri) in head[col(3 + nd + j)].iter_mut().zip(rb.chunks_exact(nd)) {
-                        *o = ri[j];
+                    for ((o, &m), &r) in scaled.iter_mut().zip(&head[col(3 + j)]).zip(&*rsq) {
+                        *o = m * r;
                     }
                 }
             };
