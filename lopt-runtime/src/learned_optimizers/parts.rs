@@ -155,7 +155,7 @@ impl<S: Real> BlockMlp<S> {
             }
             .expect("block inputs");
             let wv = MatRef::new(w, din, dout, dout, 1).expect("row-major [in, out] weights");
-            self.b.clear();
+            // Every element is written by the product (not accumulated): no zeroing.
             self.b.resize(n * dout, S::from_f64(0.0));
             gemm(a, wv, &mut self.b, false).expect("shapes agree");
             if k < last {

@@ -4,10 +4,11 @@
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     clip, ema_interleaved, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt,
-    sigmoid, sign, strided_column, sum8, BlockMlp, LayerRef,
+    sign, strided_column, sum8, BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
+use crate::kernels::small_rows::small_rows_product;
 use crate::key::Key;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -458,8 +459,8 @@ impl LearnedOptimizer for RnnMlpLOpt {
             off += g.len();
         }
         // Per-tensor LSTM inputs, then the LSTM.
-        let mut x_and_h = vec![c(0.0); rnn_in + h];
-        let mut gates = vec![c(0.0); 4 * h];
+        // Every tensor's LSTM input (its features, then its hidden state) as a row.
+        let mut x_and_h = vec![c(0.0); k * (rnn_in + h)];
         let mut off = 0;
         let mut lstm_out = vec![c(0.0); k * h];
         let mut ss_vs = Vec::with_capacity(k);
@@ -501,22 +502,33 @@ impl LearnedOptimizer for RnnMlpLOpt {
             feats.push(clip_log_abs(var_rms));
             feats.push(clip_log_abs(var_v));
             debug_assert_eq!(feats.len(), rnn_in);
-            let (hs, cs) = (
-                &mut state.hidden[li * h..(li + 1) * h],
-                &mut state.cell[li * h..(li + 1) * h],
-            );
-            x_and_h[..rnn_in].copy_from_slice(&feats);
-            x_and_h[rnn_in..].copy_from_slice(hs);
-            linear(&theta.lstm.0, &theta.lstm.1, &x_and_h, &mut gates);
-            for j in 0..h {
-                let (i, gg, f, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
-                let f = sigmoid(f + c(1.0));
-                let cj = f * cs[j] + sigmoid(i) * gg.tanh();
-                cs[j] = cj;
-                hs[j] = sigmoid(o) * cj.tanh();
-            }
-            lstm_out[li * h..(li + 1) * h].copy_from_slice(hs);
+            let row = &mut x_and_h[li * (rnn_in + h)..(li + 1) * (rnn_in + h)];
+            row[..rnn_in].copy_from_slice(&feats);
+            row[rnn_in..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
             off += n;
+        }
+        // The LSTM of every tensor: one product (the weights read once), then the gates
+        // with the branch-free `exp` and `tanh` (for `f32`; the lanes' own otherwise).
+        let mut gates = vec![c(0.0); k * 4 * h];
+        let (lw, lb) = &theta.lstm;
+        small_rows_product(&x_and_h, k, rnn_in + h, lw, lb, &mut gates);
+        {
+            use crate::kernels::vecmath::{sigmoid, tanh};
+            for li in 0..k {
+                let gate = &gates[li * 4 * h..(li + 1) * 4 * h];
+                let (hs, cs) = (
+                    &mut state.hidden[li * h..(li + 1) * h],
+                    &mut state.cell[li * h..(li + 1) * h],
+                );
+                for j in 0..h {
+                    let (i, gg, f, o) = (gate[j], gate[h + j], gate[2 * h + j], gate[3 * h + j]);
+                    let f = sigmoid(f + c(1.0));
+                    let cj = f * cs[j] + sigmoid(i) * tanh(gg);
+                    cs[j] = cj;
+                    hs[j] = sigmoid(o) * tanh(cj);
+                }
+                lstm_out[li * h..(li + 1) * h].copy_from_slice(hs);
+            }
         }
         // The LSTM's message to itself: the mean over tensors of its projection.
         let mut proj = vec![c(0.0); fl];
