@@ -276,6 +276,36 @@ mod tests {
         }
     }
 
+    /// A weight matrix past the size two threads share (4 MiB, 1040 columns: a split
+    /// point inside and columns after the last whole block): still the fused chain per
+    /// output (with FMA) and the `f64` sums within rounding. Catches: the right half's
+    /// columns copied to the wrong place (tried: `o[..width]`, fails).
+    #[test]
+    fn small_rows_product_split_over_threads_is_the_plain_product() {
+        let (rows, din, dout) = (5, 1024, 1040);
+        let x = draw(rows * din, 11);
+        let w = draw(din * dout, 12);
+        let b = draw(dout, 13);
+        let mut got = vec![f32::NAN; rows * dout];
+        small_rows_product(&x, rows, din, &w, &b, &mut got);
+        for r in 0..rows {
+            for j in (0..dout).step_by(7).chain([dout - 1]) {
+                let (mut want, mut mag, mut fused) = (b[j] as f64, (b[j] as f64).abs(), b[j]);
+                for i in 0..din {
+                    let t = x[r * din + i] as f64 * w[i * dout + j] as f64;
+                    want += t;
+                    mag += t.abs();
+                    fused = x[r * din + i].mul_add(w[i * dout + j], fused);
+                }
+                let g = got[r * dout + j];
+                assert!((g as f64 - want).abs() <= 4.0 * din as f64 * 1.2e-7 * mag);
+                if crate::kernels::cpu::has_avx2_fma() {
+                    assert_eq!(g, fused, "({r}, {j})");
+                }
+            }
+        }
+    }
+
     /// `f64` takes the plain path: equal to the same sums in `f64`, for a row count past
     /// a group.
     #[test]

@@ -204,7 +204,7 @@ pub(crate) fn normalized_mlp<S: Real>(
 ) {
     let c = S::from_f64;
     let keep = n * nf <= KEEP_FEATURES;
-    buf.clear();
+    // `build` writes every feature of every block: only new space is zeroed.
     buf.resize(if keep { n * nf } else { MLP_BLOCK * nf }, c(0.0));
     let mut ss = vec![c(0.0); nf];
     for start in (0..n).step_by(MLP_BLOCK) {
@@ -431,4 +431,72 @@ pub(crate) fn sum8_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
         *a += f(e);
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+
+    /// [`sum_squares_in_order`] equals, bit for bit, one running `f32` sum per feature in
+    /// element order (what the normalization's rounding is defined as), and is within
+    /// `f32` rounding of the `f64` sums; for feature counts below, at and past whole
+    /// groups of eight and beyond four groups, and element counts with and without a
+    /// remainder of the tiles; starting from nonzero sums (the blocks after the first).
+    /// Catches: the padded lanes of the last group written back (tried: fails at 23
+    /// features), the tail elements skipped (tried: fails at `nb = 13`), a reordered
+    /// (pairwise) sum (tried: `t[e]` added in reverse, fails bit for bit).
+    #[test]
+    fn sum_squares_in_order_is_the_running_sum() {
+        for nf in [1usize, 7, 8, 9, 23, 28, 39, 40] {
+            for nb in [1usize, 8, 13, 256] {
+                let mut cols = vec![0.0f32; nf * nb];
+                Key::new(nf as u64 * 1000 + nb as u64).fill_normal(&mut cols);
+                let start: Vec<f32> = (0..nf).map(|j| 0.5 + j as f32).collect();
+                let mut got = start.clone();
+                sum_squares_in_order(&cols, nb, &mut got);
+                for j in 0..nf {
+                    let (mut want, mut exact) = (start[j], start[j] as f64);
+                    for i in 0..nb {
+                        let x = cols[j * nb + i];
+                        want += x * x;
+                        exact += x as f64 * x as f64;
+                    }
+                    assert_eq!(got[j], want, "nf {nf} nb {nb} feature {j}");
+                    assert!(((got[j] as f64) - exact).abs() <= 1e-6 * exact * nb as f64);
+                }
+            }
+        }
+    }
+
+    /// [`ema_interleaved`] equals the element-by-element update bit for bit, and the
+    /// `f64` definition within rounding, for 1, 3 and 5 decays and element counts with and
+    /// without a remainder of eight. Catches: the decays applied to the wrong slot (tried:
+    /// `d[t / 8]`, fails at 3 decays), the tail elements skipped (tried: fails at 13).
+    #[test]
+    fn ema_interleaved_is_the_elementwise_update() {
+        for k in [1usize, 3, 5] {
+            for n in [1usize, 8, 13, 40] {
+                let mut acc = vec![0.0f32; n * k];
+                let mut g = vec![0.0f32; n];
+                Key::new(3).fill_normal(&mut acc);
+                Key::new(4).fill_normal(&mut g);
+                let d: Vec<f32> = [0.5f32, 0.9, 0.99, 0.999, 0.9999][..k].to_vec();
+                let mut got = acc.clone();
+                ema_interleaved(&mut got, &g, &d, |x| x * x);
+                for e in 0..n {
+                    for j in 0..k {
+                        let x = acc[e * k + j];
+                        let want = d[j] * x + (1.0 - d[j]) * (g[e] * g[e]);
+                        assert_eq!(got[e * k + j], want, "k {k} n {n} ({e}, {j})");
+                        let exact = d[j] as f64 * x as f64
+                            + (1.0 - d[j] as f64) * (g[e] as f64 * g[e] as f64);
+                        assert!(
+                            (got[e * k + j] as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs())
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -788,6 +788,7 @@ impl LearnedOptimizer for Velo {
             let kmr = km.max(kr);
             // The inputs of elements `start..start + nb`, feature-major, group by group.
             let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+            let mut rq = vec![c(0.0); MLP_BLOCK * kr];
             let build = |start: usize, cols: &mut [P::Scalar]| {
                 let nb = cols.len() / total_in;
                 let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
@@ -809,21 +810,22 @@ impl LearnedOptimizer for Velo {
                 for k in 0..kr {
                     strided_column(next(), vb, kr, k);
                 }
-                // `(v + 1e-6)^-½` at decay `k`, into `out`.
-                let rs = |k: usize, out: &mut [P::Scalar]| {
+                // `(v + 1e-6)^-½` at each decay, once a block (`rq[k·nb + i]`).
+                let rq = &mut rq[..kr * nb];
+                for (k, out) in rq.chunks_exact_mut(nb).enumerate() {
                     for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
                         *o = rsqrt(vi[k] + c(1e-6));
                     }
-                };
+                }
+                let rs = |k: usize| &rq[k * nb..(k + 1) * nb];
                 for q in 0..kmr {
                     let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
-                    rs(qr, t1);
-                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(&*t1) {
+                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(rs(qr)) {
                         *o = mi[qm] * r;
                     }
                 }
                 for q in 0..kr {
-                    rs(q, next());
+                    next().copy_from_slice(rs(q));
                 }
                 // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
                 // factored momentum.
@@ -836,8 +838,7 @@ impl LearnedOptimizer for Velo {
                     }
                 }
                 for q in 0..kr {
-                    rs(q, t1);
-                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(&*t1) {
+                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(rs(q)) {
                         *o = ge * r;
                     }
                 }
