@@ -235,8 +235,9 @@ mod tests {
     /// widths with and without a remainder of the vector width and beyond a column
     /// block; the error bound is a few `f32` roundings of `Σ|x·w|`. With FMA, also bit
     /// for bit the fused chain in the order of `i` that the docs promise. Catches: the
-    /// odd last input skipped (tried: fails at `din = 5`), remainder columns skipped
-    /// (tried: fails at `dout = 9`), a row group's last rows dropped (tried: `rows = 3`).
+    /// odd last input skipped (tried: fails at `din = 1`), remainder columns skipped
+    /// (tried: fails at `dout = 1`), a group of three rows run as two (tried: stopped by
+    /// the kernel's debug assertion in a debug build).
     #[test]
     fn small_rows_product_is_the_plain_product() {
         for &rows in &[1usize, 2, 3, 4, 5, 9] {

@@ -443,9 +443,9 @@ mod tests {
     /// `f32` rounding of the `f64` sums; for feature counts below, at and past whole
     /// groups of eight and beyond four groups, and element counts with and without a
     /// remainder of the tiles; starting from nonzero sums (the blocks after the first).
-    /// Catches: the padded lanes of the last group written back (tried: fails at 23
-    /// features), the tail elements skipped (tried: fails at `nb = 13`), a reordered
-    /// (pairwise) sum (tried: `t[e]` added in reverse, fails bit for bit).
+    /// Catches: the elements after the last whole tile skipped (tried: fails at
+    /// `nb = 1`), a tile's eight elements added in reverse order (tried: fails bit for
+    /// bit at `nb = 8`).
     #[test]
     fn sum_squares_in_order_is_the_running_sum() {
         for nf in [1usize, 7, 8, 9, 23, 28, 39, 40] {
@@ -472,7 +472,8 @@ mod tests {
     /// [`ema_interleaved`] equals the element-by-element update bit for bit, and the
     /// `f64` definition within rounding, for 1, 3 and 5 decays and element counts with and
     /// without a remainder of eight. Catches: the decays applied to the wrong slot (tried:
-    /// `d[t / 8]`, fails at 3 decays), the tail elements skipped (tried: fails at 13).
+    /// `d[t / 8]`, fails at 3 decays), the elements after the last eight skipped (tried:
+    /// fails at 1 element).
     #[test]
     fn ema_interleaved_is_the_elementwise_update() {
         for k in [1usize, 3, 5] {
