@@ -103,6 +103,8 @@ mod avx2 {
     /// # Safety
     /// The CPU has AVX2 and FMA; the lengths agree as the caller checked; `out` is valid
     /// for `rows` rows of `cols.len()` elements, `ldo` apart.
+    // The operands of one product, as the caller has them (a struct would only rename).
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn product(
         x: &[f32],
         rows: usize,
@@ -135,6 +137,8 @@ mod avx2 {
     /// a multiple of 4 KiB as `out`'s rows may be (the released VeLO's 2048 outputs):
     /// there a row's loads wait on the stores of the row before (4K aliasing).
     #[target_feature(enable = "avx2,fma")]
+    // Index loops walk the rows of several arrays (broadcasts, `x`, the buffer) at once.
+    #[allow(clippy::needless_range_loop)]
     unsafe fn group<const M: usize>(
         x: &[f32],
         din: usize,

@@ -751,7 +751,7 @@ impl LearnedOptimizer for Velo {
         };
         let w0_all: Vec<Vec<P::Scalar>> = theta.ff_w0.iter().map(|b| mix_all(b)).collect();
         let b0_all = mix_all(&theta.ff_b0);
-        let layers_all: Vec<(Vec<P::Scalar>, Vec<P::Scalar>)> = theta
+        let layers_all: Vec<Linear<P::Scalar>> = theta
             .ff_layers
             .iter()
             .map(|(w, b)| (mix_all(w), mix_all(b)))
