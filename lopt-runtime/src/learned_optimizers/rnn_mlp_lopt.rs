@@ -649,12 +649,10 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 &mut block,
                 |out, hidden, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                    steps.extend(
-                        direction
-                            .iter()
-                            .zip(magnitude)
-                            .map(|(&d, &mg)| d * (mg * mag_rate).exp() * step_mult),
-                    );
+                    // The branch-free `exp` (for `f32`, as the lanes use): vectorizes.
+                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
+                        d * crate::kernels::vecmath::exp(mg * mag_rate) * step_mult
+                    }));
                     if shortcut {
                         for (col, a) in hidden.chunks_exact(nb).zip(hsum.iter_mut()) {
                             *a += sum8(col, |x| x);
