@@ -30,6 +30,18 @@ pub(crate) fn exp<S: Real>(x: S) -> S {
     on_f32(x, exp_f32, S::exp)
 }
 
+/// `tanh x`, vectorizable for `f32`, [`Real::tanh`] otherwise.
+#[inline(always)]
+pub(crate) fn tanh<S: Real>(x: S) -> S {
+    on_f32(x, tanh_f32, S::tanh)
+}
+
+/// `1 / (1 + e^-x)` with [`exp`]: vectorizable for `f32`.
+#[inline(always)]
+pub(crate) fn sigmoid<S: Real>(x: S) -> S {
+    S::from_f64(1.0) / (S::from_f64(1.0) + exp(-x))
+}
+
 /// `ln x`, vectorizable for `f32`, [`Real::ln`] otherwise.
 #[inline(always)]
 pub(crate) fn ln<S: Real>(x: S) -> S {

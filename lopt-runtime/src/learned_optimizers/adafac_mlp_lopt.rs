@@ -4,8 +4,8 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column, BlockMlp,
-    LayerRef, MLP_BLOCK,
+    ema_interleaved, fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column,
+    BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -380,16 +380,8 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             let shape = state.params.leaf_shape(li);
             let m = &mut state.m[off_n * km..(off_n + n) * km];
             let v = &mut state.rms[off_n * kr..(off_n + n) * kr];
-            for (e, &ge) in g.iter().enumerate() {
-                for k in 0..km {
-                    let x = &mut m[e * km + k];
-                    *x = mom_d[k] * *x + (c(1.0) - mom_d[k]) * ge;
-                }
-                for k in 0..kr {
-                    let x = &mut v[e * kr + k];
-                    *x = rms_d[k] * *x + (c(1.0) - rms_d[k]) * (ge * ge);
-                }
-            }
+            ema_interleaved(m, g, &mom_d, |x| x);
+            ema_interleaved(v, g, &rms_d, |x| x * x);
             let fac = factored_step(
                 g,
                 &shape,
@@ -403,6 +395,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             // The features of elements `start..start + nb`, feature-major, in the
             // library's order.
             let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+            let mut rq = vec![c(0.0); MLP_BLOCK * kr];
             let build = |start: usize, cols: &mut [P::Scalar]| {
                 let nb = cols.len() / nf;
                 let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
@@ -411,54 +404,66 @@ impl LearnedOptimizer for AdafacMlpLOpt {
                     &v[start * kr..(start + nb) * kr],
                 );
                 let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
-                let mut cols = cols.chunks_exact_mut(nb);
-                let mut next = || cols.next().expect("nf columns");
-                next().copy_from_slice(gb);
-                next().copy_from_slice(pb);
+                let col = |j: usize| j * nb..(j + 1) * nb;
+                cols[col(0)].copy_from_slice(gb);
+                cols[col(1)].copy_from_slice(pb);
                 for k in 0..km {
-                    strided_column(next(), mb, km, k);
+                    strided_column(&mut cols[col(2 + k)], mb, km, k);
                 }
                 for k in 0..kr {
-                    strided_column(next(), vb, kr, k);
+                    strided_column(&mut cols[col(2 + km + k)], vb, kr, k);
                 }
-                // `(v + 1e-6)^-½` at decay `k`, into `out`.
-                let rs = |k: usize, out: &mut [P::Scalar]| {
-                    for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
-                        *o = rsqrt(vi[k] + c(1e-6));
+                // `(v + 1e-6)^-½` at each decay, once (from the contiguous columns of `v`).
+                let rq = &mut rq[..kr * nb];
+                for q in 0..kr {
+                    let vq = &cols[col(2 + km + q)];
+                    for (o, &x) in rq[col(q)].iter_mut().zip(vq) {
+                        *o = rsqrt(x + c(1e-6));
                     }
-                };
+                }
+                let base = 2 + km + kr;
                 for k in 0..kmr {
                     let (km_k, kr_k) = (if km == 1 { 0 } else { k }, if kr == 1 { 0 } else { k });
-                    rs(kr_k, t1);
-                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(&*t1) {
-                        *o = mi[km_k] * r;
+                    let (head, tail) = cols.split_at_mut((base + k) * nb);
+                    let mk = &head[col(2 + km_k)];
+                    for ((o, &mi), &r) in tail[..nb].iter_mut().zip(mk).zip(&rq[col(kr_k)]) {
+                        *o = mi * r;
                     }
                 }
-                for k in 0..kr {
-                    rs(k, next());
+                for q in 0..kr {
+                    cols[col(base + kmr + q)].copy_from_slice(&rq[col(q)]);
                 }
+                let mut j = base + kmr + kr;
                 // Six groups of Kf: y, row, col, their rsqrt, the factored momentum.
                 use FacField::*;
                 for k in 0..kf {
                     fac.expand(start, k, Y1, t1);
                     fac.expand(start, k, Y2, t2);
-                    for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
+                    let out = &mut cols[col(j)];
+                    for ((o, &ge), (&a, &b)) in out.iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
                         *o = ge * a * b;
                     }
+                    j += 1;
                 }
                 for field in [Row, Col, RowRsqrt, ColRsqrt] {
                     for k in 0..kf {
-                        fac.expand(start, k, field, next());
+                        fac.expand(start, k, field, &mut cols[col(j)]);
+                        j += 1;
                     }
                 }
                 for k in 0..kf {
                     fac.expand(start, k, Mom1, t1);
                     fac.expand(start, k, Mom2, t2);
-                    let mom = next().iter_mut().zip(mb.chunks_exact(km));
-                    for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
-                        *o = mi[k] * a * b;
+                    let (head, tail) = cols.split_at_mut(j * nb);
+                    let mk = &head[col(2 + k)];
+                    for ((o, &mi), (&a, &b)) in
+                        tail[..nb].iter_mut().zip(mk).zip(t1.iter().zip(&*t2))
+                    {
+                        *o = mi * a * b;
                     }
+                    j += 1;
                 }
+                debug_assert_eq!(j, nf);
             };
             let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
             steps.clear();

@@ -3,11 +3,12 @@
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt, sigmoid, sign,
-    sum8, BlockMlp, LayerRef,
+    clip, ema_interleaved, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt,
+    sign, strided_column, sum8, BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
+use crate::kernels::small_rows::small_rows_product;
 use crate::key::Key;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -452,19 +453,14 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let rms_decays: Vec<_> = decays.iter().map(|&d| clip(d, 0.0, 1.0)).collect();
         let mut off = 0;
         for g in &g_all {
-            for (e, &ge) in g.iter().enumerate() {
-                for j in 0..nd {
-                    let i = (off + e) * nd + j;
-                    state.m[i] = decays[j] * state.m[i] + (c(1.0) - decays[j]) * ge;
-                    state.rms[i] =
-                        rms_decays[j] * state.rms[i] + (c(1.0) - rms_decays[j]) * (ge * ge);
-                }
-            }
+            let span = off * nd..(off + g.len()) * nd;
+            ema_interleaved(&mut state.m[span.clone()], g, &decays, |x| x);
+            ema_interleaved(&mut state.rms[span], g, &rms_decays, |x| x * x);
             off += g.len();
         }
         // Per-tensor LSTM inputs, then the LSTM.
-        let mut x_and_h = vec![c(0.0); rnn_in + h];
-        let mut gates = vec![c(0.0); 4 * h];
+        // Every tensor's LSTM input (its features, then its hidden state) as a row.
+        let mut x_and_h = vec![c(0.0); k * (rnn_in + h)];
         let mut off = 0;
         let mut lstm_out = vec![c(0.0); k * h];
         let mut ss_vs = Vec::with_capacity(k);
@@ -506,22 +502,33 @@ impl LearnedOptimizer for RnnMlpLOpt {
             feats.push(clip_log_abs(var_rms));
             feats.push(clip_log_abs(var_v));
             debug_assert_eq!(feats.len(), rnn_in);
-            let (hs, cs) = (
-                &mut state.hidden[li * h..(li + 1) * h],
-                &mut state.cell[li * h..(li + 1) * h],
-            );
-            x_and_h[..rnn_in].copy_from_slice(&feats);
-            x_and_h[rnn_in..].copy_from_slice(hs);
-            linear(&theta.lstm.0, &theta.lstm.1, &x_and_h, &mut gates);
-            for j in 0..h {
-                let (i, gg, f, o) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
-                let f = sigmoid(f + c(1.0));
-                let cj = f * cs[j] + sigmoid(i) * gg.tanh();
-                cs[j] = cj;
-                hs[j] = sigmoid(o) * cj.tanh();
-            }
-            lstm_out[li * h..(li + 1) * h].copy_from_slice(hs);
+            let row = &mut x_and_h[li * (rnn_in + h)..(li + 1) * (rnn_in + h)];
+            row[..rnn_in].copy_from_slice(&feats);
+            row[rnn_in..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
             off += n;
+        }
+        // The LSTM of every tensor: one product (the weights read once), then the gates
+        // with the branch-free `exp` and `tanh` (for `f32`; the lanes' own otherwise).
+        let mut gates = vec![c(0.0); k * 4 * h];
+        let (lw, lb) = &theta.lstm;
+        small_rows_product(&x_and_h, k, rnn_in + h, lw, lb, &mut gates);
+        {
+            use crate::kernels::vecmath::{sigmoid, tanh};
+            for li in 0..k {
+                let gate = &gates[li * 4 * h..(li + 1) * 4 * h];
+                let (hs, cs) = (
+                    &mut state.hidden[li * h..(li + 1) * h],
+                    &mut state.cell[li * h..(li + 1) * h],
+                );
+                for j in 0..h {
+                    let (i, gg, f, o) = (gate[j], gate[h + j], gate[2 * h + j], gate[3 * h + j]);
+                    let f = sigmoid(f + c(1.0));
+                    let cj = f * cs[j] + sigmoid(i) * tanh(gg);
+                    cs[j] = cj;
+                    hs[j] = sigmoid(o) * tanh(cj);
+                }
+                lstm_out[li * h..(li + 1) * h].copy_from_slice(hs);
+            }
         }
         // The LSTM's message to itself: the mean over tensors of its projection.
         let mut proj = vec![c(0.0); fl];
@@ -581,25 +588,24 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 let col = |j: usize| j * nb..(j + 1) * nb;
                 cols[col(0)].copy_from_slice(gb);
                 cols[col(1)].copy_from_slice(vb);
+                // The branch-free `ln` (for `f32`, as the lanes use): the loop vectorizes.
                 for (o, &x) in cols[col(2)].iter_mut().zip(vb) {
-                    *o = (x.abs() + c(1e-8)).ln();
+                    *o = crate::kernels::vecmath::ln(x.abs() + c(1e-8));
                 }
+                // Each decay's columns of `m` and `rms` copied out first, so the loops
+                // over them read contiguous columns.
                 for j in 0..nd {
+                    strided_column(&mut cols[col(3 + j)], mb, nd, j);
+                    strided_column(&mut cols[col(3 + nd + j)], rb, nd, j);
                     let (head, tail) = cols.split_at_mut((3 + 3 * nd + j) * nb);
                     let rsq = &mut tail[..nb];
-                    for (o, ri) in rsq.iter_mut().zip(rb.chunks_exact(nd)) {
-                        *o = rsqrt(ri[j] + c(1e-6));
+                    for (o, &r) in rsq.iter_mut().zip(&head[col(3 + nd + j)]) {
+                        *o = rsqrt(r + c(1e-6));
                     }
                     let (head, scaled) = head.split_at_mut((3 + 2 * nd + j) * nb);
                     let scaled = &mut scaled[..nb];
-                    for ((o, mi), &r) in scaled.iter_mut().zip(mb.chunks_exact(nd)).zip(&*rsq) {
-                        *o = mi[j] * r;
-                    }
-                    for (o, mi) in head[col(3 + j)].iter_mut().zip(mb.chunks_exact(nd)) {
-                        *o = mi[j];
-                    }
-                    for (o, ri) in head[col(3 + nd + j)].iter_mut().zip(rb.chunks_exact(nd)) {
-                        *o = ri[j];
+                    for ((o, &m), &r) in scaled.iter_mut().zip(&head[col(3 + j)]).zip(&*rsq) {
+                        *o = m * r;
                     }
                 }
             };
@@ -643,12 +649,10 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 &mut block,
                 |out, hidden, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                    steps.extend(
-                        direction
-                            .iter()
-                            .zip(magnitude)
-                            .map(|(&d, &mg)| d * (mg * mag_rate).exp() * step_mult),
-                    );
+                    // The branch-free `exp` (for `f32`, as the lanes use): vectorizes.
+                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
+                        d * crate::kernels::vecmath::exp(mg * mag_rate) * step_mult
+                    }));
                     if shortcut {
                         for (col, a) in hidden.chunks_exact(nb).zip(hsum.iter_mut()) {
                             *a += sum8(col, |x| x);

@@ -5,11 +5,12 @@
 use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    self, clip, normalized_mlp, params_then_vectors, rsqrt, sigmoid, strided_column, sum8, sum8_by,
-    BlockMlp, LayerRef, MLP_BLOCK,
+    clip, ema_interleaved, normalized_mlp, params_then_vectors, rsqrt, strided_column, sum8,
+    sum8_by, BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
+use crate::kernels::small_rows::small_rows_product;
 use crate::key::Key;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -374,71 +375,6 @@ fn clip_log_abs10<S: Real>(v: S) -> S {
     ) * S::from_f64(0.5)
 }
 
-fn linear<S: Real>((w, b): &Linear<S>, x: &[S], out: &mut [S]) {
-    parts::linear(w, b, x, out)
-}
-
-/// `x·W + b` for the `rows` rows of `x` (`[rows, din]` row-major) and a row-major
-/// layer: `[rows, dout]` column-major (output `j` of row `r` at `j·rows + r`). Each row
-/// is [`parts::linear`]'s sums in its order, but `W` is read once for all rows.
-fn row_major_product<S: Real>(x: &[S], rows: usize, din: usize, (w, b): &Linear<S>) -> Vec<S> {
-    let dout = b.len();
-    // Columns `j0..j1` of the product, `[rows, j1 − j0]` row-major.
-    let cols = |j0: usize, j1: usize| {
-        let width = j1 - j0;
-        let mut out: Vec<S> = (0..rows).flat_map(|_| b[j0..j1].iter().copied()).collect();
-        // Four inputs at a time: each output is loaded and stored once per four terms
-        // (added in the same order as one at a time), not once per term.
-        let row = |i: usize| &w[i * dout + j0..i * dout + j1];
-        let quads = din - din % 4;
-        for i in (0..quads).step_by(4) {
-            let (w0, w1, w2, w3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
-            for r in 0..rows {
-                let xr = &x[r * din + i..r * din + i + 4];
-                let (x0, x1, x2, x3) = (xr[0], xr[1], xr[2], xr[3]);
-                for ((((o, &a), &b), &c), &d) in out[r * width..(r + 1) * width]
-                    .iter_mut()
-                    .zip(w0)
-                    .zip(w1)
-                    .zip(w2)
-                    .zip(w3)
-                {
-                    *o = (((*o + x0 * a) + x1 * b) + x2 * c) + x3 * d;
-                }
-            }
-        }
-        for i in quads..din {
-            let wi = row(i);
-            for r in 0..rows {
-                let xi = x[r * din + i];
-                for (o, &wv) in out[r * width..(r + 1) * width].iter_mut().zip(wi) {
-                    *o += xi * wv;
-                }
-            }
-        }
-        out
-    };
-    // The released LSTM's 8 MB of weights: two threads read half the columns each
-    // (every output is still summed by one thread in the same order).
-    let parts: Vec<(usize, Vec<S>)> = if din * dout >= 1 << 20 && rayon::current_num_threads() > 1 {
-        let mid = dout / 2;
-        let (a, c) = rayon::join(|| cols(0, mid), || cols(mid, dout));
-        vec![(0, a), (mid, c)]
-    } else {
-        vec![(0, cols(0, dout))]
-    };
-    let mut out = vec![S::from_f64(0.0); rows * dout];
-    for (j0, part) in &parts {
-        let width = part.len() / rows.max(1);
-        for r in 0..rows {
-            for j in 0..width {
-                out[(j0 + j) * rows + r] = part[r * width + j];
-            }
-        }
-    }
-    out
-}
-
 /// The loss buffer's decays: `exp(−1/h)`, `h = logspace(1, log10(n), 10)`, in the
 /// scalar's precision as the library computes them in `f32`.
 fn loss_decays<S: Real>(n: S) -> Vec<S> {
@@ -453,17 +389,15 @@ fn loss_decays<S: Real>(n: S) -> Vec<S> {
         .collect()
 }
 
-/// `100·mean_j(c_j·bank_j)` of a bank `[P, len]`.
-fn mix_bank<S: Real>(bank: &[S], c: &[S], out: &mut Vec<S>) {
-    let p = c.len();
+/// `100·mean_j(c_j·bank_j)` of a bank `[P, len]` for each of the `k` rows of `c`
+/// (`[k, P]`, one per tensor): `[k, len]`, one product for all tensors.
+fn mix_bank<S: Real>(bank: &[S], c: &[S], k: usize, out: &mut Vec<S>) {
+    let p = c.len() / k.max(1);
     let len = bank.len() / p;
     out.clear();
-    out.resize(len, S::from_f64(0.0));
-    for (j, &cj) in c.iter().enumerate() {
-        for (o, &b) in out.iter_mut().zip(&bank[j * len..(j + 1) * len]) {
-            *o += b * cj;
-        }
-    }
+    out.resize(k * len, S::from_f64(0.0));
+    let zeros = vec![S::from_f64(0.0); len];
+    small_rows_product(c, k, p, bank, &zeros, out);
     let scale = S::from_f64(p as f64);
     out.iter_mut()
         .for_each(|x| *x = S::from_f64(100.0) * (*x / scale));
@@ -720,56 +654,64 @@ impl LearnedOptimizer for Velo {
             var_rms.iter().for_each(|&x| push(clip_log_abs10(x)));
             off += n;
         }
-        // Mixing layers, LSTM, controls.
-        let mut mixed = vec![c(0.0); k * h];
-        let mut tmp = vec![c(0.0); h];
+        // Mixing layers, LSTM, controls: each one product for every tensor at once (the
+        // released LSTM's weights are 8 MB, read once instead of once a tensor).
+        let mut tmp = vec![c(0.0); k * h];
+        small_rows_product(&feats, k, f, &theta.mix[1].0, &theta.mix[1].1, &mut tmp);
         let mut vmax = vec![c(f64::NEG_INFINITY); h];
-        for li in 0..k {
-            linear(&theta.mix[1], &feats[li * f..(li + 1) * f], &mut tmp);
-            for (m, &t) in vmax.iter_mut().zip(&tmp) {
+        for row in tmp.chunks_exact(h) {
+            for (m, &t) in vmax.iter_mut().zip(row) {
                 *m = m.max(t.max(c(0.0)));
             }
         }
-        for li in 0..k {
-            linear(&theta.mix[2], &feats[li * f..(li + 1) * f], &mut tmp);
-            for ((o, &t), &m) in mixed[li * h..(li + 1) * h].iter_mut().zip(&tmp).zip(&vmax) {
-                *o = t + m;
-            }
-        }
-        // The LSTM and the controls of every tensor at once: one matrix product each
-        // (the released LSTM's weights are 8 MB, read once instead of once a tensor).
+        small_rows_product(&feats, k, f, &theta.mix[2].0, &theta.mix[2].1, &mut tmp);
         let mut x_and_h = vec![c(0.0); k * 2 * h];
         for li in 0..k {
             let row = &mut x_and_h[li * 2 * h..(li + 1) * 2 * h];
-            row[..h].copy_from_slice(&mixed[li * h..(li + 1) * h]);
+            for ((o, &t), &m) in row[..h].iter_mut().zip(&tmp[li * h..]).zip(&vmax) {
+                *o = t + m;
+            }
             row[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
         }
-        let gates = row_major_product(&x_and_h, k, 2 * h, &theta.lstm);
+        let mut gates = vec![c(0.0); k * 4 * h];
+        small_rows_product(&x_and_h, k, 2 * h, &theta.lstm.0, &theta.lstm.1, &mut gates);
         let mut hn = vec![c(0.0); k * h];
+        let mut cnew = vec![c(0.0); h];
         for li in 0..k {
-            let gate = |q: usize, j: usize| gates[(q * h + j) * k + li];
+            let gate = &gates[li * 4 * h..(li + 1) * 4 * h];
+            let (gi, rest) = gate.split_at(h);
+            let (gg, rest) = rest.split_at(h);
+            let (gf, go) = rest.split_at(h);
+            let cell = &mut state.cell[li * h..(li + 1) * h];
+            let hrow = &mut hn[li * h..(li + 1) * h];
+            // Branch-free exp and tanh (for `f32`; the lanes' own otherwise): the loop
+            // vectorizes.
+            use crate::kernels::vecmath::{sigmoid as vsigmoid, tanh as vtanh};
             for j in 0..h {
-                let (i, gg, fg, o) = (gate(0, j), gate(1, j), gate(2, j), gate(3, j));
-                let fg = sigmoid(fg + one);
-                let cj = fg * state.cell[li * h + j] + sigmoid(i) * gg.tanh();
-                hn[li * h + j] = sigmoid(o) * cj.tanh();
-                if !self.use_bugged_next_lstm_state {
-                    state.cell[li * h + j] = cj;
-                }
+                let fg = vsigmoid(gf[j] + one);
+                let cj = fg * cell[j] + vsigmoid(gi[j]) * vtanh(gg[j]);
+                hrow[j] = vsigmoid(go[j]) * vtanh(cj);
+                cnew[j] = cj;
+            }
+            if !self.use_bugged_next_lstm_state {
+                cell.copy_from_slice(&cnew);
             }
         }
         if !self.use_bugged_next_lstm_state {
             state.hidden.copy_from_slice(&hn);
         }
-        let controls_cm = row_major_product(&hn, k, h, &theta.to_controls);
-        let lr_cm = row_major_product(&hn, k, h, &theta.step_size);
         let mut controls = vec![c(0.0); k * pi];
-        for li in 0..k {
-            for j in 0..pi {
-                controls[li * pi + j] = controls_cm[j * k + li];
-            }
-        }
-        let lr_mult = lr_cm;
+        let (cw, cb) = &theta.to_controls;
+        small_rows_product(&hn, k, h, cw, cb, &mut controls);
+        let mut lr_mult = vec![c(0.0); k];
+        small_rows_product(
+            &hn,
+            k,
+            h,
+            &theta.step_size.0,
+            &theta.step_size.1,
+            &mut lr_mult,
+        );
         if self.rnn_state_decay > 0.0 {
             let d = c(1.0 - self.rnn_state_decay);
             state
@@ -792,25 +734,29 @@ impl LearnedOptimizer for Velo {
             .collect();
         let mut off = 0;
         for g in &g_all {
-            for (e, &ge) in g.iter().enumerate() {
-                for j in 0..km {
-                    let x = &mut state.m[(off + e) * km + j];
-                    *x = mom_d[j] * *x + (one - mom_d[j]) * ge;
-                }
-                for j in 0..kr {
-                    let x = &mut state.rms[(off + e) * kr + j];
-                    *x = rms_d[j] * *x + (one - rms_d[j]) * (ge * ge);
-                }
-            }
-            off += g.len();
+            let n = g.len();
+            ema_interleaved(&mut state.m[off * km..(off + n) * km], g, &mom_d, |x| x);
+            ema_interleaved(&mut state.rms[off * kr..(off + n) * kr], g, &rms_d, |x| {
+                x * x
+            });
+            off += n;
         }
         // Per tensor: the mixed MLP and the step.
         let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
+        // The bank mixed for every tensor at once: `[k, len]` per bank array.
+        let mix_all = |bank: &[P::Scalar]| {
+            let mut out = Vec::new();
+            mix_bank(bank, &controls, k, &mut out);
+            out
+        };
+        let w0_all: Vec<Vec<P::Scalar>> = theta.ff_w0.iter().map(|b| mix_all(b)).collect();
+        let b0_all = mix_all(&theta.ff_b0);
+        let layers_all: Vec<Linear<P::Scalar>> = theta
+            .ff_layers
+            .iter()
+            .map(|(w, b)| (mix_all(w), mix_all(b)))
+            .collect();
         let mut w0 = Vec::new();
-        let mut part = Vec::new();
-        let mut b0 = Vec::new();
-        let mut layers: Vec<Linear<P::Scalar>> =
-            vec![(Vec::new(), Vec::new()); theta.ff_layers.len()];
         let total_in: usize = in_w.iter().sum();
         let mut mlp = BlockMlp::new();
         let (mut feats, mut steps) = (Vec::new(), Vec::new());
@@ -818,18 +764,16 @@ impl LearnedOptimizer for Velo {
             let n = g.len();
             let nn = c(n as f64);
             let shape = state.params.leaf_shape(li);
-            let ctl = &controls[li * pi..(li + 1) * pi];
             // The first layer's groups stacked into one [total_in, hid0] matrix.
+            fn row<S>(a: &[S], k: usize, li: usize) -> &[S] {
+                let len = a.len() / k;
+                &a[li * len..(li + 1) * len]
+            }
             w0.clear();
-            for bank in &theta.ff_w0 {
-                mix_bank(bank, ctl, &mut part);
-                w0.extend_from_slice(&part);
+            for bank in &w0_all {
+                w0.extend_from_slice(row(bank, k, li));
             }
-            mix_bank(&theta.ff_b0, ctl, &mut b0);
-            for ((dw, db), (bw, bb)) in layers.iter_mut().zip(&theta.ff_layers) {
-                mix_bank(bw, ctl, dw);
-                mix_bank(bb, ctl, db);
-            }
+            let b0 = row(&b0_all, k, li);
             let fac = factored_step(
                 g,
                 &shape,
@@ -844,6 +788,7 @@ impl LearnedOptimizer for Velo {
             let kmr = km.max(kr);
             // The inputs of elements `start..start + nb`, feature-major, group by group.
             let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+            let mut rq = vec![c(0.0); MLP_BLOCK * kr];
             let build = |start: usize, cols: &mut [P::Scalar]| {
                 let nb = cols.len() / total_in;
                 let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
@@ -865,21 +810,22 @@ impl LearnedOptimizer for Velo {
                 for k in 0..kr {
                     strided_column(next(), vb, kr, k);
                 }
-                // `(v + 1e-6)^-½` at decay `k`, into `out`.
-                let rs = |k: usize, out: &mut [P::Scalar]| {
+                // `(v + 1e-6)^-½` at each decay, once a block (`rq[k·nb + i]`).
+                let rq = &mut rq[..kr * nb];
+                for (k, out) in rq.chunks_exact_mut(nb).enumerate() {
                     for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
                         *o = rsqrt(vi[k] + c(1e-6));
                     }
-                };
+                }
+                let rs = |k: usize| &rq[k * nb..(k + 1) * nb];
                 for q in 0..kmr {
                     let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
-                    rs(qr, t1);
-                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(&*t1) {
+                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(rs(qr)) {
                         *o = mi[qm] * r;
                     }
                 }
                 for q in 0..kr {
-                    rs(q, next());
+                    next().copy_from_slice(rs(q));
                 }
                 // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
                 // factored momentum.
@@ -892,8 +838,7 @@ impl LearnedOptimizer for Velo {
                     }
                 }
                 for q in 0..kr {
-                    rs(q, t1);
-                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(&*t1) {
+                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(rs(q)) {
                         *o = ge * r;
                     }
                 }
@@ -915,8 +860,12 @@ impl LearnedOptimizer for Velo {
             let sq = sum8(p, |x| x * x);
             let param_scale = (sq / nn + c(1e-9)).sqrt();
             let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
-            let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, &b0)];
-            net.extend(layers.iter().map(|(w, b)| (w.as_slice(), b.as_slice())));
+            let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, b0)];
+            net.extend(
+                layers_all
+                    .iter()
+                    .map(|(w, b)| (row(w, k, li), row(b, k, li))),
+            );
             steps.clear();
             normalized_mlp(
                 n,
@@ -1080,34 +1029,5 @@ impl<S: Real> FlaxTheta for VeloTheta<S> {
             ff_b0: v.real_array(&["ff_mod_stack", "~", "b0"], &[pi, ffw[0]])?,
             ff_layers,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `row_major_product` equals [`parts::linear`] row by row, bit for bit (the same sums
-    /// in the same order), for input widths with and without a remainder of the four-input
-    /// steps. Catches: the remainder inputs skipped (tried: fails at `din = 7`).
-    #[test]
-    fn row_major_product_is_linear_per_row() {
-        for din in [4, 7, 9] {
-            let (rows, dout) = (3, 5);
-            let mut x = vec![0.0f32; rows * din];
-            let mut w = vec![0.0f32; din * dout];
-            let mut b = vec![0.0f32; dout];
-            Key::new(1).fill_normal(&mut x);
-            Key::new(2).fill_normal(&mut w);
-            Key::new(3).fill_normal(&mut b);
-            let got = row_major_product(&x, rows, din, &(w.clone(), b.clone()));
-            for r in 0..rows {
-                let mut want = vec![0.0f32; dout];
-                parts::linear(&w, &b, &x[r * din..(r + 1) * din], &mut want);
-                for j in 0..dout {
-                    assert_eq!(got[j * rows + r], want[j], "din {din} row {r} col {j}");
-                }
-            }
-        }
     }
 }

@@ -1,0 +1,334 @@
+//! `out = b + x·W` for a few rows `x` (`[rows, din]` row-major) and a large row-major
+//! weight matrix `W: [din, dout]`: the per-tensor LSTMs and read-out layers of the
+//! learned optimizers (one row per tensor of the optimized tree, a weight matrix of up to
+//! megabytes). A matrix product with so few rows is bound by reading `W`; this kernel
+//! reads it once for up to [`ROW_GROUP`] rows, as sequential runs of its rows.
+//!
+//! Every output is one multiply-add chain in the order of `i`, starting from `b[j]`:
+//! `(((b_j + x_0·w_0j) + x_1·w_1j) + …)`. For `f32` on a CPU with AVX2 and FMA each step
+//! is one fused multiply-add (vector or scalar, the same rounding), elsewhere a multiply
+//! and an add (as [`parts::linear`](crate::learned_optimizers) does). The result does not
+//! depend on the number of rows, on `dout`'s remainder of the vector width, or on the
+//! blocking.
+
+use std::any::TypeId;
+
+use crate::scalar::Real;
+
+/// Rows sharing one pass over `W`.
+pub(crate) const ROW_GROUP: usize = 4;
+/// Columns per block: a block's outputs (`ROW_GROUP × COL_BLOCK`) and the two rows of `W`
+/// read per step stay in L1.
+const COL_BLOCK: usize = 512;
+/// Elements between the rows of a block's outputs on the stack (a block plus 64 bytes).
+const STRIDE: usize = COL_BLOCK + 16;
+/// From this many weights (4 MiB of `f32`) two threads share the columns.
+const SPLIT: usize = 1 << 20;
+
+/// `out[r·dout + j] = b[j] + Σ_i x[r·din + i]·w[i·dout + j]` for `r < rows` (see the
+/// module docs for the order of the sums).
+///
+/// # Panics
+/// When the lengths disagree: `x.len() != rows·din`, `w.len() != din·dout`,
+/// `out.len() != rows·dout` with `dout = b.len()`.
+pub(crate) fn small_rows_product<S: Real>(
+    x: &[S],
+    rows: usize,
+    din: usize,
+    w: &[S],
+    b: &[S],
+    out: &mut [S],
+) {
+    let dout = b.len();
+    assert!(
+        x.len() == rows * din && w.len() == din * dout && out.len() == rows * dout,
+        "small_rows_product: x {} (rows {rows} × din {din}), w {}, b {dout}, out {}",
+        x.len(),
+        w.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<S>() == TypeId::of::<f32>() && crate::kernels::cpu::has_avx2_fma() {
+        // SAFETY: `S` is `f32` (checked), so the slices reinterpret as `f32` slices of the
+        // same lengths; the CPU has AVX2 and FMA (checked).
+        unsafe {
+            let cast = |s: &[S]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
+            let out = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len());
+            let (x, w, b) = (cast(x), cast(w), cast(b));
+            if din * dout >= SPLIT && dout >= 2 * COL_BLOCK && rayon::current_num_threads() > 1 {
+                // Two threads read half the columns of `W` each (the released VeLO's LSTM:
+                // 8 MB); every output is still one chain summed by one thread.
+                let mid = dout / 2 / COL_BLOCK * COL_BLOCK;
+                let mut right = vec![0.0f32; rows * (dout - mid)];
+                rayon::join(
+                    || avx2::product(x, rows, din, w, b, 0..mid, out.as_mut_ptr(), dout),
+                    || {
+                        let width = dout - mid;
+                        avx2::product(x, rows, din, w, b, mid..dout, right.as_mut_ptr(), width)
+                    },
+                );
+                for (o, r) in out
+                    .chunks_exact_mut(dout)
+                    .zip(right.chunks_exact(dout - mid))
+                {
+                    o[mid..].copy_from_slice(r);
+                }
+            } else {
+                avx2::product(x, rows, din, w, b, 0..dout, out.as_mut_ptr(), dout);
+            }
+        }
+        return;
+    }
+    for r in 0..rows {
+        let o = &mut out[r * dout..(r + 1) * dout];
+        o.copy_from_slice(b);
+        for (i, &xi) in x[r * din..(r + 1) * din].iter().enumerate() {
+            for (o, &wv) in o.iter_mut().zip(&w[i * dout..(i + 1) * dout]) {
+                *o += xi * wv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{COL_BLOCK, ROW_GROUP, STRIDE};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// [`super::small_rows_product`] for `f32`, columns `cols` of `W` (`b.len()` wide)
+    /// into `out` (rows `ldo` apart, column `cols.start` first), in groups of up to
+    /// [`ROW_GROUP`] rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the lengths agree as the caller checked; `out` is valid
+    /// for `rows` rows of `cols.len()` elements, `ldo` apart.
+    // The operands of one product, as the caller has them (a struct would only rename).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product(
+        x: &[f32],
+        rows: usize,
+        din: usize,
+        w: &[f32],
+        b: &[f32],
+        cols: Range<usize>,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut r0 = 0;
+        while r0 < rows {
+            let m = (rows - r0).min(ROW_GROUP);
+            let xg = &x[r0 * din..(r0 + m) * din];
+            let og = out.add(r0 * ldo);
+            let c = cols.clone();
+            match m {
+                1 => group::<1>(xg, din, w, b, c, og, ldo),
+                2 => group::<2>(xg, din, w, b, c, og, ldo),
+                3 => group::<3>(xg, din, w, b, c, og, ldo),
+                _ => group::<4>(xg, din, w, b, c, og, ldo),
+            }
+            r0 += m;
+        }
+    }
+
+    /// `M` rows: for each block of columns, the outputs start from `b` in a buffer on
+    /// the stack and take two rows of `W` per step (each output's two terms added one
+    /// after the other), then are copied out. The buffer's rows are [`STRIDE`] apart, not
+    /// a multiple of 4 KiB as `out`'s rows may be (the released VeLO's 2048 outputs):
+    /// there a row's loads wait on the stores of the row before (4K aliasing).
+    #[target_feature(enable = "avx2,fma")]
+    // Index loops walk the rows of several arrays (broadcasts, `x`, the buffer) at once.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn group<const M: usize>(
+        x: &[f32],
+        din: usize,
+        w: &[f32],
+        b: &[f32],
+        cols: Range<usize>,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let dout = b.len();
+        debug_assert!(x.len() == M * din && w.len() == din * dout && cols.end <= dout);
+        let mut buf = [0.0f32; ROW_GROUP * STRIDE];
+        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), buf.as_mut_ptr());
+        let mut j0 = cols.start;
+        while j0 < cols.end {
+            let j1 = (j0 + COL_BLOCK).min(cols.end);
+            let width = j1 - j0;
+            let vend = width / 8 * 8;
+            for r in 0..M {
+                std::ptr::copy_nonoverlapping(b.as_ptr().add(j0), op.add(r * STRIDE), width);
+            }
+            let pairs = din / 2 * 2;
+            let mut i = 0;
+            while i < pairs {
+                let mut x0 = [_mm256_setzero_ps(); M];
+                let mut x1 = [_mm256_setzero_ps(); M];
+                for r in 0..M {
+                    x0[r] = _mm256_set1_ps(*xp.add(r * din + i));
+                    x1[r] = _mm256_set1_ps(*xp.add(r * din + i + 1));
+                }
+                let (w0, w1) = (wp.add(i * dout + j0), wp.add((i + 1) * dout + j0));
+                let mut j = 0;
+                while j < vend {
+                    let a = _mm256_loadu_ps(w0.add(j));
+                    let c = _mm256_loadu_ps(w1.add(j));
+                    for r in 0..M {
+                        let o = op.add(r * STRIDE + j);
+                        let acc = _mm256_fmadd_ps(x0[r], a, _mm256_loadu_ps(o));
+                        _mm256_storeu_ps(o, _mm256_fmadd_ps(x1[r], c, acc));
+                    }
+                    j += 8;
+                }
+                for j in vend..width {
+                    let (a, c) = (*w0.add(j), *w1.add(j));
+                    for r in 0..M {
+                        let o = op.add(r * STRIDE + j);
+                        let (u, v) = (*xp.add(r * din + i), *xp.add(r * din + i + 1));
+                        *o = v.mul_add(c, u.mul_add(a, *o));
+                    }
+                }
+                i += 2;
+            }
+            if pairs < din {
+                let i = pairs;
+                let mut x0 = [_mm256_setzero_ps(); M];
+                for r in 0..M {
+                    x0[r] = _mm256_set1_ps(*xp.add(r * din + i));
+                }
+                let w0 = wp.add(i * dout + j0);
+                let mut j = 0;
+                while j < vend {
+                    let a = _mm256_loadu_ps(w0.add(j));
+                    for r in 0..M {
+                        let o = op.add(r * STRIDE + j);
+                        _mm256_storeu_ps(o, _mm256_fmadd_ps(x0[r], a, _mm256_loadu_ps(o)));
+                    }
+                    j += 8;
+                }
+                for j in vend..width {
+                    for r in 0..M {
+                        let o = op.add(r * STRIDE + j);
+                        *o = (*xp.add(r * din + i)).mul_add(*w0.add(j), *o);
+                    }
+                }
+            }
+            for r in 0..M {
+                let o = out.add(r * ldo + j0 - cols.start);
+                std::ptr::copy_nonoverlapping(op.add(r * STRIDE), o, width);
+            }
+            j0 = j1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+
+    fn draw(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = vec![0.0f32; n];
+        Key::new(seed).fill_normal(&mut v);
+        v
+    }
+
+    /// Against a plain `f64` evaluation of `b + x·W`, for row counts across and beyond a
+    /// row group, input widths odd and even (the last single row of `W`), and output
+    /// widths with and without a remainder of the vector width and beyond a column
+    /// block; the error bound is a few `f32` roundings of `Σ|x·w|`. With FMA, also bit
+    /// for bit the fused chain in the order of `i` that the docs promise. Catches: the
+    /// odd last input skipped (tried: fails at `din = 1`), remainder columns skipped
+    /// (tried: fails at `dout = 1`), a group of three rows run as two (tried: stopped by
+    /// the kernel's debug assertion in a debug build).
+    #[test]
+    fn small_rows_product_is_the_plain_product() {
+        for &rows in &[1usize, 2, 3, 4, 5, 9] {
+            for &din in &[1usize, 2, 5, 8, 33] {
+                for &dout in &[1usize, 7, 8, 9, 24, 600] {
+                    let x = draw(rows * din, 1 + rows as u64);
+                    let w = draw(din * dout, 2 + din as u64);
+                    let b = draw(dout, 3 + dout as u64);
+                    let mut got = vec![f32::NAN; rows * dout];
+                    small_rows_product(&x, rows, din, &w, &b, &mut got);
+                    for r in 0..rows {
+                        for j in 0..dout {
+                            let (mut want, mut mag) = (b[j] as f64, (b[j] as f64).abs());
+                            let mut fused = b[j];
+                            for i in 0..din {
+                                let t = x[r * din + i] as f64 * w[i * dout + j] as f64;
+                                want += t;
+                                mag += t.abs();
+                                fused = x[r * din + i].mul_add(w[i * dout + j], fused);
+                            }
+                            let g = got[r * dout + j];
+                            let tol = 4.0 * (din as f64 + 1.0) * f32::EPSILON as f64 * mag;
+                            assert!(
+                                (g as f64 - want).abs() <= tol,
+                                "rows {rows} din {din} dout {dout} ({r}, {j}): {g} vs {want}"
+                            );
+                            if crate::kernels::cpu::has_avx2_fma() {
+                                assert_eq!(
+                                    g, fused,
+                                    "rows {rows} din {din} dout {dout} ({r}, {j})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A weight matrix past the size two threads share (4 MiB, 1040 columns: a split
+    /// point inside and columns after the last whole block): still the fused chain per
+    /// output (with FMA) and the `f64` sums within rounding. Catches: the right half's
+    /// columns copied to the wrong place (tried: `o[..width]`, fails).
+    #[test]
+    fn small_rows_product_split_over_threads_is_the_plain_product() {
+        let (rows, din, dout) = (5, 1024, 1040);
+        let x = draw(rows * din, 11);
+        let w = draw(din * dout, 12);
+        let b = draw(dout, 13);
+        let mut got = vec![f32::NAN; rows * dout];
+        small_rows_product(&x, rows, din, &w, &b, &mut got);
+        for r in 0..rows {
+            for j in (0..dout).step_by(7).chain([dout - 1]) {
+                let (mut want, mut mag, mut fused) = (b[j] as f64, (b[j] as f64).abs(), b[j]);
+                for i in 0..din {
+                    let t = x[r * din + i] as f64 * w[i * dout + j] as f64;
+                    want += t;
+                    mag += t.abs();
+                    fused = x[r * din + i].mul_add(w[i * dout + j], fused);
+                }
+                let g = got[r * dout + j];
+                assert!((g as f64 - want).abs() <= 4.0 * din as f64 * 1.2e-7 * mag);
+                if crate::kernels::cpu::has_avx2_fma() {
+                    assert_eq!(g, fused, "({r}, {j})");
+                }
+            }
+        }
+    }
+
+    /// `f64` takes the plain path: equal to the same sums in `f64`, for a row count past
+    /// a group.
+    #[test]
+    fn small_rows_product_f64_is_the_plain_loop() {
+        let (rows, din, dout) = (5, 3, 10);
+        let x: Vec<f64> = draw(rows * din, 7).iter().map(|&v| v as f64).collect();
+        let w: Vec<f64> = draw(din * dout, 8).iter().map(|&v| v as f64).collect();
+        let b: Vec<f64> = draw(dout, 9).iter().map(|&v| v as f64).collect();
+        let mut got = vec![0.0; rows * dout];
+        small_rows_product(&x, rows, din, &w, &b, &mut got);
+        for r in 0..rows {
+            for j in 0..dout {
+                let mut want = b[j];
+                for i in 0..din {
+                    want += x[r * din + i] * w[i * dout + j];
+                }
+                assert_eq!(got[r * dout + j], want);
+            }
+        }
+    }
+}
