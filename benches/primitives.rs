@@ -48,6 +48,7 @@ use common::{keep, Case};
 use lopt::ad::attention::AttentionGeometry;
 use lopt::ad::conv::{im2col_mul, Conv2dGeometry, Padding};
 use lopt::kernels::gemm::{gemm, MatRef};
+use lopt::ops::lstm_sequence;
 use lopt::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -122,6 +123,16 @@ fn lstm_layer<S: Real>(p: &LstmLayer<S>, xs: &Vec<DMatrix<S>>, rs: &Vec<DMatrix<
         loss += dot(&h, &rs[t]);
     }
     loss
+}
+
+/// The same layer as one `lstm_sequence` rule (haiku's gate order `i, g, f, o` and forget
+/// bias `+1`; the same products): `x` holds every step's inputs time-major (row `t·B + b`),
+/// `r` the weights of `Σ_t ⟨h_t, r_t⟩` in the same rows, `s0` the zero initial state (data).
+#[task]
+fn lstm_fused<S: Real>(p: &LstmLayer<S>, x: &DMatrix<S>, r: &DMatrix<S>, s0: &DMatrix<S>) -> S {
+    let xw = x * &p.wx + &p.b;
+    let hs = lstm_sequence(&xw, &p.wh, s0, s0);
+    dot(&hs, r)
 }
 
 /// The hand-written layer: buffers kept across calls, the same im2col/col2im and GEMM.
@@ -409,12 +420,22 @@ fn main() {
     };
     let xs: Vec<DMatrix<f32>> = (0..lt).map(|_| normal(lb, le, 1.0)).collect();
     let rs: Vec<DMatrix<f32>> = (0..lt).map(|_| normal(lb, lh, 1.0)).collect();
+    let stacked = |ms: &[DMatrix<f32>]| {
+        let (r, c) = ms[0].shape();
+        DMatrix::from_fn(ms.len() * r, c, |i, j| ms[i / r][(i % r, j)])
+    };
+    let (x_all, r_all) = (stacked(&xs), stacked(&rs));
+    let s0 = DMatrix::<f32>::zeros(lb, lh);
+    let lstm_flop = 2.0 * (lt * lb * 4 * lh * (2 * le + 3 * lh)) as f64;
     let lstm_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad");
-    flops.push((
-        lstm_id.clone(),
-        2.0 * (lt * lb * 4 * lh * (2 * le + 3 * lh)) as f64,
-    ));
+    let steps_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad_steps");
+    flops.push((lstm_id.clone(), lstm_flop));
+    flops.push((steps_id.clone(), lstm_flop));
+    let fused = lstm.clone();
     cases.push(Case::new(lstm_id, move || {
+        keep(lstm_fused::value_and_grad(&fused, &x_all, &r_all, &s0));
+    }));
+    cases.push(Case::new(steps_id, move || {
         keep(lstm_layer::value_and_grad(&lstm, &xs, &rs));
     }));
 

@@ -30,6 +30,13 @@ pub(crate) fn exp<S: Real>(x: S) -> S {
     on_f32(x, exp_f32, S::exp)
 }
 
+/// `tanh x`, vectorizable for `f32` ([`tanh_f32`], what the elementwise `tanh` rule and
+/// packets use), [`Real::tanh`] otherwise.
+#[inline(always)]
+pub(crate) fn tanh<S: Real>(x: S) -> S {
+    on_f32(x, tanh_f32, S::tanh)
+}
+
 /// `ln x`, vectorizable for `f32`, [`Real::ln`] otherwise.
 #[inline(always)]
 pub(crate) fn ln<S: Real>(x: S) -> S {
