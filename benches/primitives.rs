@@ -439,6 +439,37 @@ fn main() {
         keep(lstm_layer::value_and_grad(&lstm, &xs, &rs));
     }));
 
+    // The read-out products of the LSTM LM on one data-parallel chunk (64 sequences of
+    // 32): `H·W_o`, `dW_o = Hᵀ·G`, `dH = G·W_oᵀ` (each 2048 × 128 × 256).
+    {
+        let (m, k, n) = (2048usize, 128usize, 256usize);
+        let (hm, wo, gm) = (normal(m, k, 1.0), normal(k, n, 0.1), normal(m, n, 1.0));
+        for part in ["fwd", "dw", "dx"] {
+            flops.push((format!("part.rnn.readout_{part}"), 2.0 * (m * k * n) as f64));
+            let (hm, wo, gm) = (hm.clone(), wo.clone(), gm.clone());
+            cases.push(Case::new(format!("part.rnn.readout_{part}"), move || {
+                let out = match part {
+                    "fwd" => {
+                        let mut c = vec![0.0f32; m * n];
+                        gemm(mref(&hm), mref(&wo), &mut c, false).unwrap();
+                        c
+                    }
+                    "dw" => {
+                        let mut c = vec![0.0f32; k * n];
+                        gemm(mref(&hm).t(), mref(&gm), &mut c, false).unwrap();
+                        c
+                    }
+                    _ => {
+                        let mut c = vec![0.0f32; m * k];
+                        gemm(mref(&gm), mref(&wo).t(), &mut c, false).unwrap();
+                        c
+                    }
+                };
+                keep(out);
+            }));
+        }
+    }
+
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));
     let peak = PEAK_FLOP / common::median(&summary, "peak.fma");
