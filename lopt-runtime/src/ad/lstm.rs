@@ -913,6 +913,34 @@ mod tests {
         assert!((one.0 .0.map(f64::from) - want).abs().max() < 1e-5);
     }
 
+    /// The forward pass the value keeps is the one the `vjp` would recompute: a `vjp`
+    /// right after the value (which takes the kept pass) equals one with nothing kept, bit
+    /// for bit, and takes it; a `vjp` of other arguments after a value leaves the kept pass
+    /// alone and recomputes. Mutations caught: keeping the pass before the gates are
+    /// activated (the pre-activations; tried, the cotangents differ); a key without the
+    /// address of `xw` (tried: the `vjp` of other inputs then takes the kept pass).
+    #[test]
+    fn the_kept_forward_pass_equals_a_recomputed_one() {
+        let (b, t, h) = (67, 3, 2);
+        let x = inputs(b, t, h, 71).map(|m| m.map(|v| v as f32));
+        let other = inputs(b, t, h, 81).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 91).map(|v| v as f32);
+        let fresh = rules::vjp(&x[0], &x[1], &x[2], &x[3], &u);
+        let _ = lstm_sequence(&x[0], &x[1], &x[2], &x[3]);
+        let kept = rules::vjp(&x[0], &x[1], &x[2], &x[3], &u);
+        assert_eq!(kept, fresh);
+        assert!(
+            KEPT.with(|k| k.borrow().is_none()),
+            "the vjp took the kept pass"
+        );
+        let _ = lstm_sequence(&other[0], &x[1], &x[2], &x[3]);
+        assert_eq!(rules::vjp(&x[0], &x[1], &x[2], &x[3], &u), fresh);
+        assert!(
+            KEPT.with(|k| k.borrow().is_some()),
+            "another call's pass stays"
+        );
+    }
+
     #[test]
     #[should_panic(expected = "do not fit together")]
     fn mismatched_shapes_panic_with_the_shapes() {
