@@ -724,13 +724,13 @@ mod tests {
         ]
     }
 
-    /// Single chunk, two unequal... (B = 70: chunks of 35), one step.
+    /// `(B, T, H)`: one chunk; two chunks (B = 70: 35 + 35); one step; one unit.
     const SIZES: [(usize, usize, usize); 4] = [(3, 4, 2), (70, 3, 3), (2, 1, 5), (1, 6, 1)];
 
     /// The value against the definition, on one chunk and on two (B = 70). Mutations
     /// caught: the forget bias dropped; the gate order i, f, g, o (haiku's is i, g, f, o);
     /// the second chunk reading the first chunk's rows of `h0` (`r.start` dropped from
-    /// the view); each tried, each fails here.
+    /// the forward pass's view); each tried, each fails here.
     #[test]
     fn value_matches_the_definition() {
         for (k, &(b, t, h)) in SIZES.iter().enumerate() {
@@ -744,9 +744,10 @@ mod tests {
     /// Forward mode against f64 central differences of the definition along each
     /// argument's tangent alone and all four at once; reverse mode by the adjoint identity
     /// ⟨vjp(u)_k, t_k⟩ = ⟨u, jvp(t_k)⟩ for each argument `k`, and element by element against
-    /// central differences on the smallest size. Mutations caught: `dz_f` without `c_{t−1}`
-    /// (`cp` as 1); the reverse `dc` not carried through `f` (`dcj = dck`); `dwh` missing
-    /// the `h0` term; the tangent's `f∘dc_{t−1}` term dropped; each tried, each fails here.
+    /// central differences on the smallest size. Mutations caught: `dz_f` without `c_{t−1}`;
+    /// the reverse `dc` not carried through `f` (`dc ← dc`); `dwh` without the `h0` term
+    /// (zeros for `h0`); the tangent's `f∘dc_{t−1}` term dropped; each tried, each fails
+    /// here.
     #[test]
     fn derivatives_match_central_differences() {
         for (k, &(b, t, h)) in SIZES.iter().enumerate() {
@@ -806,8 +807,8 @@ mod tests {
 
     /// Each lane of a packed LSTM is its own `f32` instance's, within the products' 1e-6
     /// (README, "What batched == serial promises"): value, tangent and cotangents, on two
-    /// chunks. Mutation caught: every lane's gates activated with lane 0's cell (tried:
-    /// `tanh` of the first lane broadcast; invisible to the f64 tests).
+    /// chunks. Mutation caught: `tanh` of lane 0 broadcast to every lane (tried;
+    /// invisible to the `f64` tests, where lane 0 is the value).
     #[test]
     fn lanes_are_their_f32_instances() {
         let (b, t, h) = (66, 3, 4);
@@ -870,8 +871,8 @@ mod tests {
 
     /// The batch runs in fixed chunks of rows on the pool: on 1 and on 3 threads the value,
     /// tangent and cotangents are the same bit for bit (B = 130: three chunks of 44, 44,
-    /// 42). Mutation caught: chunks sized by the thread count
-    /// (`rayon::current_num_threads()` chunks; `dwh`'s chunk sums then differ), tried.
+    /// 42). Mutation caught: as many chunks as threads
+    /// (`rayon::current_num_threads()`), tried.
     #[test]
     fn chunks_on_the_pool_are_bit_identical_to_one_thread() {
         let (b, t, h) = (130, 3, 4);
@@ -916,9 +917,9 @@ mod tests {
     /// The forward pass the value keeps is the one the `vjp` would recompute: a `vjp`
     /// right after the value (which takes the kept pass) equals one with nothing kept, bit
     /// for bit, and takes it; a `vjp` of other arguments after a value leaves the kept pass
-    /// alone and recomputes. Mutations caught: keeping the pass before the gates are
-    /// activated (the pre-activations; tried, the cotangents differ); a key without the
-    /// address of `xw` (tried: the `vjp` of other inputs then takes the kept pass).
+    /// alone and recomputes. Mutations caught: keeping the pass of other inputs (`c0`
+    /// for `h0`; tried, the cotangents differ); a key without the addresses (tried: the
+    /// `vjp` then takes the pass of other inputs).
     #[test]
     fn the_kept_forward_pass_equals_a_recomputed_one() {
         let (b, t, h) = (67, 3, 2);
