@@ -14,12 +14,18 @@
 //! - `embed.v256d128n2048.grad`: `embed` of 64×32 ids from a 256×128 table under
 //!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add); the `f32` gather and
 //!   scatter-add run in fixed chunks of 32 columns on the thread pool.
-//! - `lstm.b128t32e64h128.grad`: an LSTM layer (as in `tests/recurrent.rs`: gates
-//!   `[i f g o]` as column slices of `x_t Wx + h Wh + b`, `c = σ(f)∘c + σ(i)∘tanh(g)`,
-//!   `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64 inputs, 128 hidden (the
-//!   cell of the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`), under
-//!   `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data); its products
+//! - `lstm.b128t32e64h128.grad_steps`: an LSTM layer written step by step (as in
+//!   `tests/recurrent.rs`: gates `[i f g o]` as column slices of `x_t Wx + h Wh + b`,
+//!   `c = σ(f)∘c + σ(i)∘tanh(g)`, `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64
+//!   inputs, 128 hidden (the cell of the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`),
+//!   under `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data); its products
 //!   (above 2^20 multiply-adds) are split into fixed chunks of columns on the thread pool.
+//!   `lstm.b128t32e64h128.grad`: the same layer (haiku's gate order `i, g, f, o` and forget
+//!   bias `+1`, the same products) as `x Wx + b` for all steps and one `lstm_sequence` rule,
+//!   whose two chunks of 64 sequences run on the thread pool. The JAX script's
+//!   `lstm.b128t32e64h128.grad` is the comparison for both.
+//! - `part.rnn.readout_{fwd,dw,dx}`: the read-out products of the LSTM LM on one
+//!   data-parallel chunk (2048 × 128 × 256), alone.
 //!
 //! These three use both cores: compare them with JAX (which also does) in wall time on a
 //! quiet machine, or in CPU time with `RAYON_NUM_THREADS=1 LOPT_BENCH_CLOCK=cpu` for one
