@@ -476,6 +476,38 @@ fn main() {
         }
     }
 
+    // The LSTM layer's input products (4096 × 64 × 512): whole (`matrixmultiply`, above
+    // the GEMM's LARGE) and as two column halves (the broadcast kernels).
+    {
+        let (m, k, n) = (4096usize, 64usize, 512usize);
+        let (xm, wx, gm) = (normal(m, k, 1.0), normal(k, n, 0.1), normal(m, n, 1.0));
+        for part in ["xw", "xw_halves", "dwx", "dwx_halves"] {
+            flops.push((format!("part.lstm.{part}"), 2.0 * (m * k * n) as f64));
+            let (xm, wx, gm) = (xm.clone(), wx.clone(), gm.clone());
+            cases.push(Case::new(format!("part.lstm.{part}"), move || {
+                let halves = part.ends_with("halves");
+                let (a, b, rows) = if part.starts_with("xw") {
+                    (mref(&xm), mref(&wx), m)
+                } else {
+                    (mref(&xm).t(), mref(&gm), k)
+                };
+                let mut c = vec![0.0f32; rows * n];
+                if halves {
+                    let bs = if part.starts_with("xw") { wx.as_slice() } else { gm.as_slice() };
+                    let kk = b.rows();
+                    for h in 0..2 {
+                        let bh = MatRef::col_major(&bs[h * kk * n / 2..], kk, n / 2).unwrap();
+                        gemm(a, bh, &mut c[h * rows * n / 2..(h + 1) * rows * n / 2], false)
+                            .unwrap();
+                    }
+                } else {
+                    gemm(a, b, &mut c, false).unwrap();
+                }
+                keep(c);
+            }));
+        }
+    }
+
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));
     let peak = PEAK_FLOP / common::median(&summary, "peak.fma");
