@@ -493,12 +493,21 @@ fn main() {
                 };
                 let mut c = vec![0.0f32; rows * n];
                 if halves {
-                    let bs = if part.starts_with("xw") { wx.as_slice() } else { gm.as_slice() };
+                    let bs = if part.starts_with("xw") {
+                        wx.as_slice()
+                    } else {
+                        gm.as_slice()
+                    };
                     let kk = b.rows();
                     for h in 0..2 {
                         let bh = MatRef::col_major(&bs[h * kk * n / 2..], kk, n / 2).unwrap();
-                        gemm(a, bh, &mut c[h * rows * n / 2..(h + 1) * rows * n / 2], false)
-                            .unwrap();
+                        gemm(
+                            a,
+                            bh,
+                            &mut c[h * rows * n / 2..(h + 1) * rows * n / 2],
+                            false,
+                        )
+                        .unwrap();
                     }
                 } else {
                     gemm(a, b, &mut c, false).unwrap();

@@ -73,7 +73,7 @@ impl Dims {
             && wh.shape() == (h, 4 * h)
             && c0.shape() == (b, h)
             && xw.ncols() == 4 * h
-            && xw.nrows() % b == 0;
+            && xw.nrows().is_multiple_of(b);
         if !ok {
             panic!(
                 "lstm_sequence(xw, wh, h0, c0): xw {:?} (T·B × 4H), wh {:?} (H × 4H), h0 {:?} \
@@ -133,7 +133,7 @@ fn chunk_ld<S>(rows: usize) -> usize {
     let size = std::mem::size_of::<S>().max(1);
     let line = (64 / size).max(1);
     let ld = rows.next_multiple_of(line);
-    if (ld * size) % 512 == 0 {
+    if (ld * size).is_multiple_of(512) {
         ld + line
     } else {
         ld
@@ -398,6 +398,7 @@ pub mod lstm_sequence {
 
     /// The value and its tangent along the tangents of the arguments (`None`: constant).
     #[track_caller]
+    #[allow(clippy::too_many_arguments)]
     pub fn jvp<S: Real>(
         xw: &DMatrix<S>,
         wh: &DMatrix<S>,

@@ -167,7 +167,7 @@ pub(super) unsafe fn pack_rows<S: Simd>(
 /// (one pass over the panel per row block) pays from a few column blocks on.
 #[inline(always)]
 fn same_sets<E>(csa: usize, n: usize) -> bool {
-    n >= 16 && (csa * std::mem::size_of::<E>()) % 128 == 0
+    n >= 16 && (csa * std::mem::size_of::<E>()).is_multiple_of(128)
 }
 
 /// One row block of `C` (`NV` vectors tall, at row `i`): read in place when `A` has
