@@ -221,18 +221,22 @@ fn forward_chunk<S: Real>(
 ) -> Chunk<S> {
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
     let ld = chunk_ld::<S>(tt * n);
-    let mut gates = vec![S::zero(); ld * 4 * h];
+    let (xs, whv) = (xw.as_slice(), MatRef::of(wh));
+    // The chunk's rows of `xw`, column by column, step by step (built in order: no
+    // zero-fill first); each step then adds h_{t−1}·wh in place.
+    let mut gates = Vec::with_capacity(ld * 4 * h);
+    for j in 0..4 * h {
+        for t in 0..tt {
+            let src = t * b + r.start + j * tt * b;
+            gates.extend_from_slice(&xs[src..src + n]);
+        }
+        gates.resize((j + 1) * ld, S::zero());
+    }
     let mut c = vec![S::zero(); ld * h];
     let mut tc = vec![S::zero(); ld * h];
     let mut hs = vec![S::zero(); ld * h];
-    let (xs, whv) = (xw.as_slice(), MatRef::of(wh));
     for t in 0..tt {
         let row = t * n;
-        // z = xw_t + h_{t−1}·wh, in place in the gate block.
-        for j in 0..4 * h {
-            let src = t * b + r.start + j * tt * b;
-            gates[row + j * ld..][..n].copy_from_slice(&xs[src..src + n]);
-        }
         let hprev = if t == 0 {
             view(h0.as_slice(), r.start, n, h, b)
         } else {
