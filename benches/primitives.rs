@@ -14,12 +14,18 @@
 //! - `embed.v256d128n2048.grad`: `embed` of 64×32 ids from a 256×128 table under
 //!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add); the `f32` gather and
 //!   scatter-add run in fixed chunks of 32 columns on the thread pool.
-//! - `lstm.b128t32e64h128.grad`: an LSTM layer (as in `tests/recurrent.rs`: gates
-//!   `[i f g o]` as column slices of `x_t Wx + h Wh + b`, `c = σ(f)∘c + σ(i)∘tanh(g)`,
-//!   `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64 inputs, 128 hidden (the
-//!   cell of the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`), under
-//!   `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data); its products
+//! - `lstm.b128t32e64h128.grad_steps`: an LSTM layer written step by step (as in
+//!   `tests/recurrent.rs`: gates `[i f g o]` as column slices of `x_t Wx + h Wh + b`,
+//!   `c = σ(f)∘c + σ(i)∘tanh(g)`, `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64
+//!   inputs, 128 hidden (the cell of the library's `RNNLM_lm1bbytes_Patch32_LSTM128_Embed64`),
+//!   under `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data); its products
 //!   (above 2^20 multiply-adds) are split into fixed chunks of columns on the thread pool.
+//!   `lstm.b128t32e64h128.grad`: the same layer (haiku's gate order `i, g, f, o` and forget
+//!   bias `+1`, the same products) as `x Wx + b` for all steps and one `lstm_sequence` rule,
+//!   whose two chunks of 64 sequences run on the thread pool. The JAX script's
+//!   `lstm.b128t32e64h128.grad` is the comparison for both.
+//! - `part.rnn.readout_{fwd,dw,dx}`: the read-out products of the LSTM LM on one
+//!   data-parallel chunk (2048 × 128 × 256), alone.
 //!
 //! These three use both cores: compare them with JAX (which also does) in wall time on a
 //! quiet machine, or in CPU time with `RAYON_NUM_THREADS=1 LOPT_BENCH_CLOCK=cpu` for one
@@ -48,6 +54,7 @@ use common::{keep, Case};
 use lopt::ad::attention::AttentionGeometry;
 use lopt::ad::conv::{im2col_mul, Conv2dGeometry, Padding};
 use lopt::kernels::gemm::{gemm, MatRef};
+use lopt::ops::lstm_sequence;
 use lopt::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -122,6 +129,16 @@ fn lstm_layer<S: Real>(p: &LstmLayer<S>, xs: &Vec<DMatrix<S>>, rs: &Vec<DMatrix<
         loss += dot(&h, &rs[t]);
     }
     loss
+}
+
+/// The same layer as one `lstm_sequence` rule (haiku's gate order `i, g, f, o` and forget
+/// bias `+1`; the same products): `x` holds every step's inputs time-major (row `t·B + b`),
+/// `r` the weights of `Σ_t ⟨h_t, r_t⟩` in the same rows, `s0` the zero initial state (data).
+#[task]
+fn lstm_fused<S: Real>(p: &LstmLayer<S>, x: &DMatrix<S>, r: &DMatrix<S>, s0: &DMatrix<S>) -> S {
+    let xw = x * &p.wx + &p.b;
+    let hs = lstm_sequence(&xw, &p.wh, s0, s0);
+    dot(&hs, r)
 }
 
 /// The hand-written layer: buffers kept across calls, the same im2col/col2im and GEMM.
@@ -409,14 +426,96 @@ fn main() {
     };
     let xs: Vec<DMatrix<f32>> = (0..lt).map(|_| normal(lb, le, 1.0)).collect();
     let rs: Vec<DMatrix<f32>> = (0..lt).map(|_| normal(lb, lh, 1.0)).collect();
+    let stacked = |ms: &[DMatrix<f32>]| {
+        let (r, c) = ms[0].shape();
+        DMatrix::from_fn(ms.len() * r, c, |i, j| ms[i / r][(i % r, j)])
+    };
+    let (x_all, r_all) = (stacked(&xs), stacked(&rs));
+    let s0 = DMatrix::<f32>::zeros(lb, lh);
+    let lstm_flop = 2.0 * (lt * lb * 4 * lh * (2 * le + 3 * lh)) as f64;
     let lstm_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad");
-    flops.push((
-        lstm_id.clone(),
-        2.0 * (lt * lb * 4 * lh * (2 * le + 3 * lh)) as f64,
-    ));
+    let steps_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad_steps");
+    flops.push((lstm_id.clone(), lstm_flop));
+    flops.push((steps_id.clone(), lstm_flop));
+    let fused = lstm.clone();
     cases.push(Case::new(lstm_id, move || {
+        keep(lstm_fused::value_and_grad(&fused, &x_all, &r_all, &s0));
+    }));
+    cases.push(Case::new(steps_id, move || {
         keep(lstm_layer::value_and_grad(&lstm, &xs, &rs));
     }));
+
+    // The read-out products of the LSTM LM on one data-parallel chunk (64 sequences of
+    // 32): `H·W_o`, `dW_o = Hᵀ·G`, `dH = G·W_oᵀ` (each 2048 × 128 × 256).
+    {
+        let (m, k, n) = (2048usize, 128usize, 256usize);
+        let (hm, wo, gm) = (normal(m, k, 1.0), normal(k, n, 0.1), normal(m, n, 1.0));
+        for part in ["fwd", "dw", "dx"] {
+            flops.push((format!("part.rnn.readout_{part}"), 2.0 * (m * k * n) as f64));
+            let (hm, wo, gm) = (hm.clone(), wo.clone(), gm.clone());
+            cases.push(Case::new(format!("part.rnn.readout_{part}"), move || {
+                let out = match part {
+                    "fwd" => {
+                        let mut c = vec![0.0f32; m * n];
+                        gemm(mref(&hm), mref(&wo), &mut c, false).unwrap();
+                        c
+                    }
+                    "dw" => {
+                        let mut c = vec![0.0f32; k * n];
+                        gemm(mref(&hm).t(), mref(&gm), &mut c, false).unwrap();
+                        c
+                    }
+                    _ => {
+                        let mut c = vec![0.0f32; m * k];
+                        gemm(mref(&gm), mref(&wo).t(), &mut c, false).unwrap();
+                        c
+                    }
+                };
+                keep(out);
+            }));
+        }
+    }
+
+    // The LSTM layer's input products (4096 × 64 × 512): whole (`matrixmultiply`, above
+    // the GEMM's LARGE) and as two column halves (the broadcast kernels).
+    {
+        let (m, k, n) = (4096usize, 64usize, 512usize);
+        let (xm, wx, gm) = (normal(m, k, 1.0), normal(k, n, 0.1), normal(m, n, 1.0));
+        for part in ["xw", "xw_halves", "dwx", "dwx_halves"] {
+            flops.push((format!("part.lstm.{part}"), 2.0 * (m * k * n) as f64));
+            let (xm, wx, gm) = (xm.clone(), wx.clone(), gm.clone());
+            cases.push(Case::new(format!("part.lstm.{part}"), move || {
+                let halves = part.ends_with("halves");
+                let (a, b, rows) = if part.starts_with("xw") {
+                    (mref(&xm), mref(&wx), m)
+                } else {
+                    (mref(&xm).t(), mref(&gm), k)
+                };
+                let mut c = vec![0.0f32; rows * n];
+                if halves {
+                    let bs = if part.starts_with("xw") {
+                        wx.as_slice()
+                    } else {
+                        gm.as_slice()
+                    };
+                    let kk = b.rows();
+                    for h in 0..2 {
+                        let bh = MatRef::col_major(&bs[h * kk * n / 2..], kk, n / 2).unwrap();
+                        gemm(
+                            a,
+                            bh,
+                            &mut c[h * rows * n / 2..(h + 1) * rows * n / 2],
+                            false,
+                        )
+                        .unwrap();
+                    }
+                } else {
+                    gemm(a, b, &mut c, false).unwrap();
+                }
+                keep(c);
+            }));
+        }
+    }
 
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));

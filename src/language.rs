@@ -88,6 +88,7 @@
 //! | `avg_pool(x, &g)`, `max_pool(x, &g)` | NHWC rows → pooled rows | `hk.avg_pool`, `hk.max_pool` |
 //! | `global_mean_pool(x, positions)` | `N·H·W × C` → `N × C` | `jnp.mean(x, axis=(1, 2))` |
 //! | `causal_self_attention(qkv, &g)` | `B·T × 3·H·d` rows `b·T + t`, columns `[q \| k \| v]` → `B·T × H·d` (heads concatenated); `g` an `AttentionGeometry` | haiku `MultiHeadAttention`'s core with a causal mask (`key_size` `d`, logits `/ √d`, masked to −1e30, softmax over keys); one fused rule |
+//! | `lstm_sequence(&xw, &wh, &h0, &c0)` (`use lopt::ops::lstm_sequence`; four differentiated operands) | `xw` `T·B × 4H` (rows `t·B + b`, the input's gate pre-activations `x W_x + b`, gates `i, g, f, o`), `wh` `H × 4H`, `h0`, `c0` `B × H` → every step's `h`, `T·B × H` | `hk.dynamic_unroll(hk.LSTM(H))` (forget bias `+1`); one rule: the batch in fixed row chunks on the thread pool, the forward pass kept for the reverse one, `dW_h` as one product over the steps |
 //!
 //! # Fused compositions
 //!

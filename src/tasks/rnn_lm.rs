@@ -61,6 +61,7 @@ use nalgebra::{DMatrix, DVector};
 use crate::data_parallel::DataParallel;
 use crate::datasets::text::{fortunes_lm_datasets, lm_vocab_size, LmBatch};
 use crate::datasets::Datasets;
+use crate::ops::lstm_sequence;
 use crate::params::Rebind;
 use crate::prelude::{task, task_family, Params};
 use crate::{Error, Key, Real, Result, Task, TaskFamily};
@@ -240,6 +241,11 @@ pub(crate) fn check_lm_batch(batch: &LmBatch, vocab: usize) -> Result<()> {
 pub(crate) fn step_masks(batch: &LmBatch) -> Vec<DVector<f32>> {
     let m = batch.mask();
     (0..m.ncols()).map(|t| m.column(t).into_owned()).collect()
+}
+
+/// The loss mask of every step, time-major (entry `t·B + b`), `1` where `obs != 0`.
+pub(crate) fn time_major_mask(batch: &LmBatch) -> DVector<f32> {
+    DVector::from_column_slice(batch.mask().as_slice())
 }
 
 /// Sequences per chunk of [`TeacherForcedRnnLm::data_parallel`]: the library's batch of
@@ -545,31 +551,22 @@ macro_rules! rnn_lm_task_and_family {
 
 rnn_lm_task_and_family!(LstmCell, LstmLm, |params, batch, hd, fd| {
     let bsz = batch.obs.nrows();
-    let steps = batch.obs.ncols();
     let ones = DMatrix::<f32>::from_element(bsz, 1, 1.0);
-    let masks = step_masks(batch);
+    let mask = time_major_mask(batch);
     let count = batch.num_tokens() as f64;
-    let tgt = batch.target.as_slice();
     // Time-major: row t·B + b is example b at step t.
     let ids = batch.obs.as_slice();
-    let e = embed(&params.embed, ids);
-    let xw = e * params.w.rows(0, fd) + &params.b;
+    // embed(E, ids)·W_x = embed(E·W_x, ids): the input projection of the V table rows
+    // (V·E·4H multiply-adds) instead of the T·B embedded rows (T·B = 4096 > V = 259).
+    let xw = embed(&(&params.embed * params.w.rows(0, fd)), ids) + &params.b;
     let wh = params.w.rows(fd, hd);
-    let mut h = &ones * &params.h0;
-    let mut c = &ones * &params.c0;
-    let mut total = 0.0;
-    for t in 0..steps {
-        let z = xw.rows(t * bsz, bsz) + &h * &wh;
-        let i = sigmoid(z.columns(0, hd));
-        let g = tanh(z.columns(hd, hd));
-        let f = sigmoid(z.columns(2 * hd, hd) + 1.0);
-        let o = sigmoid(z.columns(3 * hd, hd));
-        c = component_mul(&f, &c) + component_mul(&i, &g);
-        h = component_mul(&o, &tanh(&c));
-        let ce = softmax_cross_entropy(&h * &params.wo + &params.bo, &tgt[t * bsz..(t + 1) * bsz]);
-        total += dot(&ce, &masks[t]);
-    }
-    total / count
+    let h0 = &ones * &params.h0;
+    let c0 = &ones * &params.c0;
+    // hk.LSTM over all steps as one rule (gates i, g, f, o; forget bias +1), then the
+    // read-out of every step as one product.
+    let hs = lstm_sequence(&xw, &wh, &h0, &c0);
+    let ce = softmax_cross_entropy(hs * &params.wo + &params.bo, batch.target.as_slice());
+    dot(&ce, &mask) / count
 });
 
 rnn_lm_task_and_family!(GruCell, GruLm, |params, batch, hd, _fd| {

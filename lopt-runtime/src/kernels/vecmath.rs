@@ -30,7 +30,8 @@ pub(crate) fn exp<S: Real>(x: S) -> S {
     on_f32(x, exp_f32, S::exp)
 }
 
-/// `tanh x`, vectorizable for `f32`, [`Real::tanh`] otherwise.
+/// `tanh x`, vectorizable for `f32` ([`tanh_f32`], what the elementwise `tanh` rule and
+/// packets use), [`Real::tanh`] otherwise.
 #[inline(always)]
 pub(crate) fn tanh<S: Real>(x: S) -> S {
     on_f32(x, tanh_f32, S::tanh)

@@ -29,6 +29,10 @@ pub use crate::primitives::declared::elementwise_binary_functions::*;
 pub use crate::primitives::declared::functions::*;
 pub use crate::primitives::declared::unary_functions::*;
 
+/// The LSTM over a whole sequence as one rule (`hk.dynamic_unroll(hk.LSTM)`); see
+/// [`crate::ad::lstm`].
+pub use crate::ad::lstm::lstm_sequence;
+
 /// `x^n`, elementwise, for an integer `n`.
 #[inline]
 pub fn powi<X: Unary<op::Powi>>(x: &X, n: i32) -> X::Out {

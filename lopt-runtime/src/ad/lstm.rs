@@ -1,0 +1,950 @@
+//! An LSTM unrolled over a whole sequence as one rule: `lstm_sequence(xw, wh, h0, c0)`,
+//! haiku's `hk.LSTM` under `hk.dynamic_unroll` with the input projection done outside
+//! (JAX: `hk.dynamic_unroll(hk.LSTM(H), x, state)` with `x·W_x + b` as the input).
+//!
+//! Layout (time-major, as the rest of the language lays out sequences): `xw` has one row per
+//! (step, example), row `t·B + b`, and `4H` columns, the gate pre-activations of the input
+//! `x_t W_x + b` in haiku's order **i, g, f, o**; `wh` is the recurrent `H × 4H` block of the
+//! gate weights; `h0`, `c0` are the `B × H` initial state. The result has the same rows and
+//! `H` columns: `h_t` of every step, row `t·B + b`. Per step, with `h_{-1} = h0`,
+//! `c_{-1} = c0`:
+//!
+//! `z = xw_t + h_{t−1} wh`, `i = σ(z_i)`, `g = tanh(z_g)`, `f = σ(z_f + 1)` (haiku's forget
+//! bias, added in the forward pass), `o = σ(z_o)`, `c_t = f∘c_{t−1} + i∘g`,
+//! `h_t = o∘tanh(c_t)`.
+//!
+//! What makes it one rule: the serial products `h_{t−1}·wh` (forward) and `dz_t·whᵀ`
+//! (reverse) run back to back with `wh` in cache and nothing else in between but the gate
+//! arithmetic, in place; the reverse sweep keeps only the activated gates, `c_t` and
+//! `tanh(c_t)` of each step (`(4H + 2H)·B` values per step, besides the output), overwrites
+//! the gates with their cotangents (which are `xw`'s cotangent), and makes
+//! `dwh = Σ_t h_{t−1}ᵀ dz_t` one large product over all steps. The examples are
+//! independent, so the batch runs in fixed chunks of rows ([`CHUNK_ROWS`]) on the thread
+//! pool, each chunk its own recurrence; the chunks depend on `B` only, so the results are the
+//! same bit for bit on any number of threads (`dwh` sums the chunks' parts in chunk order).
+//!
+//! Derivatives (`∘` elementwise, `G` the output cotangent), reverse over `t`:
+//! `dh ← dh + G_t`, `dc ← dc + dh∘o∘(1 − tanh²c_t)`, `dz_o = dh∘tanh(c_t)∘o(1 − o)`,
+//! `dz_i = dc∘g∘i(1 − i)`, `dz_g = dc∘i∘(1 − g²)`, `dz_f = dc∘c_{t−1}∘f(1 − f)`,
+//! `dc ← dc∘f`, `dh ← dz_t whᵀ`; then `dxw = dz`, `dh0 = dh`, `dc0 = dc`,
+//! `dwh = Σ_t h_{t−1}ᵀ dz_t`. Forward mode runs the same chain with tangents.
+//!
+//! It is called like a `#[differentiable]` function (a function and a module of the same
+//! name with `jvp` and `vjp`), so it takes four differentiated matrices. Such a call keeps
+//! no tape, so the value keeps its forward pass (gates and cells) on its thread, keyed by
+//! the addresses and shapes of its four arguments, and the `vjp` that follows in the same
+//! reverse sweep takes it instead of running the forward pass again (a third of the work).
+//! One pass is kept per thread (the last); a `vjp` whose arguments are not the kept ones
+//! recomputes. The key cannot match stale contents: the arguments of a `vjp` are alive
+//! from their forward call to it (the tape holds them, and the loss language never
+//! mutates a value), and every forward call on the thread in between replaces the kept
+//! pass; a forward call whose `vjp` never comes (a value-only call) leaves its pass kept
+//! until the next call on that thread.
+
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::ops::Range;
+
+use nalgebra::DMatrix;
+
+use crate::kernels::gemm::{gemm_raw_ldc, MatRef};
+use crate::kernels::vecmath::{sigmoid as sig, tanh};
+use crate::scalar::Real;
+
+/// Rows per chunk of the batch: the chunks run on the thread pool, each its own recurrence
+/// (`B = 128` runs as two chunks of 64, `B ≤ 64` as one).
+pub const CHUNK_ROWS: usize = 64;
+
+/// Sizes of one call: `b` examples, `t` steps, `h` hidden units.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+}
+
+impl Dims {
+    /// The sizes, or a panic naming the shapes.
+    #[track_caller]
+    fn of<S: Real>(xw: &DMatrix<S>, wh: &DMatrix<S>, h0: &DMatrix<S>, c0: &DMatrix<S>) -> Dims {
+        let (b, h) = h0.shape();
+        let ok = b > 0
+            && h > 0
+            && wh.shape() == (h, 4 * h)
+            && c0.shape() == (b, h)
+            && xw.ncols() == 4 * h
+            && xw.nrows().is_multiple_of(b);
+        if !ok {
+            panic!(
+                "lstm_sequence(xw, wh, h0, c0): xw {:?} (T·B × 4H), wh {:?} (H × 4H), h0 {:?} \
+                 and c0 {:?} (B × H, B and H positive) do not fit together",
+                xw.shape(),
+                wh.shape(),
+                h0.shape(),
+                c0.shape()
+            );
+        }
+        Dims {
+            b,
+            t: xw.nrows() / b,
+            h,
+        }
+    }
+
+    /// The fixed row chunks of the batch (they depend on `b` only).
+    fn chunks(&self) -> Vec<Range<usize>> {
+        let n = self.b.div_ceil(CHUNK_ROWS);
+        let per = self.b.div_ceil(n);
+        (0..n)
+            .map(|i| i * per..((i + 1) * per).min(self.b))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+}
+
+/// `f(i)` for `i < n`, on the thread pool when there is more than one and more than one
+/// thread; in order either way.
+fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if n > 1 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
+/// [`par_map`] over owned items.
+fn par_map_owned<T: Send, U: Send>(v: Vec<T>, f: impl Fn(T) -> U + Sync + Send) -> Vec<U> {
+    if v.len() > 1 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        v.into_par_iter().map(f).collect()
+    } else {
+        v.into_iter().map(f).collect()
+    }
+}
+
+/// The column stride of a chunk's buffers of `rows` rows: `rows` rounded up to whole
+/// cache lines, plus one line when the stride in bytes is a multiple of 512. A stride of
+/// a multiple of 4 KB (`T·n = 32·64` `f32`s is 8 KB) puts every column of a block in the
+/// same L1 set, and the GEMM, which reads a block of `A` along its columns once per
+/// column block of `B`, then misses L1 on every read (measured: the step products at
+/// about half their speed).
+fn chunk_ld<S>(rows: usize) -> usize {
+    let size = std::mem::size_of::<S>().max(1);
+    let line = (64 / size).max(1);
+    let ld = rows.next_multiple_of(line);
+    if (ld * size).is_multiple_of(512) {
+        ld + line
+    } else {
+        ld
+    }
+}
+
+/// A strided view (`rows × cols`, columns `ld` apart) starting at `data[offset]`.
+fn view<S: Real>(data: &[S], offset: usize, rows: usize, cols: usize, ld: usize) -> MatRef<'_, S> {
+    MatRef::new(&data[offset..], rows, cols, 1, ld).expect("an LSTM block lies inside its buffer")
+}
+
+/// `c[offset..]` (a `a.rows × b.cols` block, columns `ld` apart) `= a·b`, or `+=` when
+/// `acc`.
+fn product_ldc<S: Real>(
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: &mut [S],
+    offset: usize,
+    ld: usize,
+    acc: bool,
+) {
+    let (m, n) = (a.rows(), b.cols());
+    assert_eq!(a.cols(), b.rows());
+    assert!(m <= ld && (n == 0 || offset + (n - 1) * ld + m <= c.len()));
+    // SAFETY: the shapes agree and every column `j < n` of the block, `m` elements at
+    // `offset + j·ld`, lies inside `c` (checked above); the block is initialized.
+    unsafe { gemm_raw_ldc(a, b, c.as_mut_ptr().add(offset), ld, acc) }
+}
+
+/// `v ← σ(v + shift)`, elementwise.
+#[inline(always)]
+fn map_sig<S: Real>(v: &mut [S], shift: S) {
+    for x in v {
+        *x = sig(*x + shift);
+    }
+}
+
+/// `v ← tanh(v)`, elementwise.
+#[inline(always)]
+fn map_tanh<S: Real>(v: &mut [S]) {
+    for x in v {
+        *x = tanh(*x);
+    }
+}
+
+/// The four gate columns `j`, `H + j`, `2H + j`, `3H + j` of the block of rows starting at
+/// `row` (each `n` long) of a buffer with columns `ld` apart.
+fn gate_cols<S>(z: &mut [S], row: usize, j: usize, h: usize, ld: usize, n: usize) -> [&mut [S]; 4] {
+    let (a, rest) = z.split_at_mut((h + j) * ld);
+    let (b, rest) = rest.split_at_mut(h * ld);
+    let (c, d) = rest.split_at_mut(h * ld);
+    let at = row + j * ld;
+    [
+        &mut a[at..at + n],
+        &mut b[row..row + n],
+        &mut c[row..row + n],
+        &mut d[row..row + n],
+    ]
+}
+
+/// One chunk's forward pass: for rows `r` of the batch, every step's activated gates
+/// (`T·n × 4H`, row `t·n + k`, columns `i, g, f, o`), cell `c_t`, `tanh(c_t)` and output
+/// `h_t` (each `T·n × H`), all column-major with `T·n` rows.
+struct Chunk<S> {
+    r: Range<usize>,
+    gates: Vec<S>,
+    c: Vec<S>,
+    tc: Vec<S>,
+    hs: Vec<S>,
+}
+
+fn forward_chunk<S: Real>(
+    d: Dims,
+    r: Range<usize>,
+    xw: &DMatrix<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+) -> Chunk<S> {
+    let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
+    let ld = chunk_ld::<S>(tt * n);
+    let (xs, whv) = (xw.as_slice(), MatRef::of(wh));
+    // The chunk's rows of `xw`, column by column, step by step (built in order: no
+    // zero-fill first); each step then adds h_{t−1}·wh in place.
+    let mut gates = Vec::with_capacity(ld * 4 * h);
+    for j in 0..4 * h {
+        for t in 0..tt {
+            let src = t * b + r.start + j * tt * b;
+            gates.extend_from_slice(&xs[src..src + n]);
+        }
+        gates.resize((j + 1) * ld, S::zero());
+    }
+    let mut c = vec![S::zero(); ld * h];
+    let mut tc = vec![S::zero(); ld * h];
+    let mut hs = vec![S::zero(); ld * h];
+    for t in 0..tt {
+        let row = t * n;
+        let hprev = if t == 0 {
+            view(h0.as_slice(), r.start, n, h, b)
+        } else {
+            view(&hs, row - n, n, h, ld)
+        };
+        product_ldc(hprev, whv, &mut gates, row, ld, true);
+        for j in 0..h {
+            let [zi, zg, zf, zo] = gate_cols(&mut gates, row, j, h, ld, n);
+            let (c_before, c_now) = c.split_at_mut(row + j * ld);
+            let cp = if t == 0 {
+                &c0.as_slice()[r.start + j * b..][..n]
+            } else {
+                &c_before[row - n + j * ld..][..n]
+            };
+            let cn = &mut c_now[..n];
+            let tcn = &mut tc[row + j * ld..][..n];
+            let hn = &mut hs[row + j * ld..][..n];
+            // One simple loop per function, so that each vectorizes.
+            map_sig(zi, S::zero());
+            map_tanh(zg);
+            map_sig(zf, S::one());
+            map_sig(zo, S::zero());
+            for k in 0..n {
+                cn[k] = zf[k] * cp[k] + zi[k] * zg[k];
+            }
+            tcn.copy_from_slice(cn);
+            map_tanh(tcn);
+            for k in 0..n {
+                hn[k] = zo[k] * tcn[k];
+            }
+        }
+    }
+    Chunk {
+        r,
+        gates,
+        c,
+        tc,
+        hs,
+    }
+}
+
+/// Every chunk's forward pass (on the pool).
+fn forward_all<S: Real>(
+    d: Dims,
+    xw: &DMatrix<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+) -> Vec<Chunk<S>> {
+    let chunks = d.chunks();
+    par_map(chunks.len(), |i| {
+        forward_chunk(d, chunks[i].clone(), xw, wh, h0, c0)
+    })
+}
+
+/// The chunks' `T·n × w` blocks (row `t·n + k`) as one `T·B × w` matrix (row `t·B + r.start
+/// + k`); a single chunk's buffer is the matrix itself.
+fn assemble<S: Real>(d: Dims, w: usize, parts: Vec<(Range<usize>, Vec<S>)>) -> DMatrix<S> {
+    if parts.len() == 1 && chunk_ld::<S>(d.t * d.b) == d.t * d.b {
+        let (_, v) = parts.into_iter().next().expect("one part");
+        return DMatrix::from_vec(d.t * d.b, w, v);
+    }
+    assemble_ref(
+        d,
+        w,
+        parts.iter().map(|(r, v)| (r.clone(), &v[..])).collect(),
+    )
+}
+
+/// [`assemble`] of borrowed blocks (always copied).
+fn assemble_ref<S: Real>(d: Dims, w: usize, parts: Vec<(Range<usize>, &[S])>) -> DMatrix<S> {
+    let rows = d.t * d.b;
+    if parts.len() == 1 && chunk_ld::<S>(rows) == rows {
+        return DMatrix::from_column_slice(rows, w, parts[0].1);
+    }
+    let mut out = DMatrix::<S>::zeros(rows, w);
+    let o = out.as_mut_slice();
+    for (r, v) in parts {
+        let n = r.len();
+        let ld = chunk_ld::<S>(d.t * n);
+        for j in 0..w {
+            for t in 0..d.t {
+                let dst = j * rows + t * d.b + r.start;
+                o[dst..dst + n].copy_from_slice(&v[j * ld + t * n..][..n]);
+            }
+        }
+    }
+    out
+}
+
+/// The chunks' `n × H` blocks (rows `r`) as one `B × H` matrix.
+fn stack<S: Real>(d: Dims, parts: Vec<(Range<usize>, Vec<S>)>) -> DMatrix<S> {
+    let mut out = DMatrix::<S>::zeros(d.b, d.h);
+    let o = out.as_mut_slice();
+    for (r, v) in parts {
+        let n = r.len();
+        for j in 0..d.h {
+            o[j * d.b + r.start..][..n].copy_from_slice(&v[j * n..][..n]);
+        }
+    }
+    out
+}
+
+/// What identifies a forward pass's arguments: the scalar type, and the address and shape
+/// of `xw`, `wh`, `h0`, `c0`.
+type KeepKey = (TypeId, [(usize, usize, usize); 4]);
+
+fn keep_key<S: Real>(args: [&DMatrix<S>; 4]) -> KeepKey {
+    (
+        TypeId::of::<S>(),
+        args.map(|m| (m.as_ptr() as usize, m.nrows(), m.ncols())),
+    )
+}
+
+thread_local! {
+    /// The last forward pass of [`lstm_sequence()`] on this thread (see the module).
+    static KEPT: RefCell<Option<(KeepKey, Box<dyn Any>)>> = const { RefCell::new(None) };
+}
+
+/// Keeps `chunks` as this thread's forward pass for `key`, in place of any kept before.
+fn keep<S: Real>(key: KeepKey, chunks: Vec<Chunk<S>>) {
+    KEPT.with(|k| *k.borrow_mut() = Some((key, Box::new(chunks))));
+}
+
+/// The kept forward pass if it is `key`'s (taken), else `None` (what was kept stays).
+fn take_kept<S: Real>(key: &KeepKey) -> Option<Vec<Chunk<S>>> {
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.as_ref().is_some_and(|(kk, _)| kk == key) {
+            let (_, v) = k.take()?;
+            v.downcast::<Vec<Chunk<S>>>().ok().map(|b| *b)
+        } else {
+            None
+        }
+    })
+}
+
+/// The LSTM over the whole sequence (see the [module](self)): `h_t` of every step, row
+/// `t·B + b`, from the input pre-activations `xw` (`T·B × 4H`, gates `i, g, f, o`), the
+/// recurrent weights `wh` (`H × 4H`) and the initial state `h0`, `c0` (`B × H`).
+///
+/// Panics with the shapes when they do not fit together.
+#[track_caller]
+pub fn lstm_sequence<S: Real>(
+    xw: &DMatrix<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+) -> DMatrix<S> {
+    let d = Dims::of(xw, wh, h0, c0);
+    let chunks = forward_all(d, xw, wh, h0, c0);
+    let parts = chunks.iter().map(|c| (c.r.clone(), &c.hs[..])).collect();
+    let out = assemble_ref(d, d.h, parts);
+    keep(keep_key([xw, wh, h0, c0]), chunks);
+    out
+}
+
+/// The rules of [`lstm_sequence()`] (the convention of `#[differentiable]` functions, which
+/// a loss calls them by): `jvp(args, tangents) -> (value, tangent)` and
+/// `vjp(args, cotangent) -> (cotangent of each argument)`.
+pub mod lstm_sequence {
+    use super::*;
+
+    /// The value and its tangent along the tangents of the arguments (`None`: constant).
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn jvp<S: Real>(
+        xw: &DMatrix<S>,
+        wh: &DMatrix<S>,
+        h0: &DMatrix<S>,
+        c0: &DMatrix<S>,
+        dxw: Option<&DMatrix<S>>,
+        dwh: Option<&DMatrix<S>>,
+        dh0: Option<&DMatrix<S>>,
+        dc0: Option<&DMatrix<S>>,
+    ) -> (DMatrix<S>, DMatrix<S>) {
+        let d = Dims::of(xw, wh, h0, c0);
+        for (m, like, what) in [
+            (dxw, xw, "xw"),
+            (dwh, wh, "wh"),
+            (dh0, h0, "h0"),
+            (dc0, c0, "c0"),
+        ] {
+            if let Some(m) = m {
+                assert_eq!(
+                    m.shape(),
+                    like.shape(),
+                    "lstm_sequence: the tangent of {what} has the wrong shape"
+                );
+            }
+        }
+        let chunks = d.chunks();
+        let parts = par_map(chunks.len(), |i| {
+            let fwd = forward_chunk(d, chunks[i].clone(), xw, wh, h0, c0);
+            let dhs = tangent_chunk(d, &fwd, wh, h0, c0, [dxw, dwh, dh0, dc0]);
+            (fwd.r, fwd.hs, dhs)
+        });
+        let (mut vals, mut tans) = (Vec::new(), Vec::new());
+        for (r, hs, dhs) in parts {
+            vals.push((r.clone(), hs));
+            tans.push((r, dhs));
+        }
+        (assemble(d, d.h, vals), assemble(d, d.h, tans))
+    }
+
+    /// The cotangents of `xw`, `wh`, `h0` and `c0` given the cotangent `g` of the output
+    /// (`T·B × H`). Runs the forward pass first.
+    #[track_caller]
+    #[allow(clippy::type_complexity)]
+    pub fn vjp<S: Real>(
+        xw: &DMatrix<S>,
+        wh: &DMatrix<S>,
+        h0: &DMatrix<S>,
+        c0: &DMatrix<S>,
+        g: &DMatrix<S>,
+    ) -> (
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+    ) {
+        let d = Dims::of(xw, wh, h0, c0);
+        assert_eq!(
+            g.shape(),
+            (d.t * d.b, d.h),
+            "lstm_sequence: a cotangent of the wrong shape"
+        );
+        let fwds = match take_kept::<S>(&keep_key([xw, wh, h0, c0])) {
+            Some(f) => f,
+            None => forward_all(d, xw, wh, h0, c0),
+        };
+        let parts = par_map_owned(fwds, |fwd| reverse_chunk(d, fwd, wh, h0, c0, g));
+        let mut dwh = DMatrix::<S>::zeros(d.h, 4 * d.h);
+        let (mut dz, mut dh, mut dc) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            dwh += p.dwh;
+            dz.push((p.r.clone(), p.dz));
+            dh.push((p.r.clone(), p.dh));
+            dc.push((p.r, p.dc));
+        }
+        (
+            Some(assemble(d, 4 * d.h, dz)),
+            Some(dwh),
+            Some(stack(d, dh)),
+            Some(stack(d, dc)),
+        )
+    }
+}
+
+/// One chunk's cotangents: `dz` (`xw`'s rows of the chunk, `T·n × 4H`), its part of `dwh`,
+/// and `dh0`, `dc0` of its rows (`n × H`).
+struct Reverse<S> {
+    r: Range<usize>,
+    dz: Vec<S>,
+    dwh: DMatrix<S>,
+    dh: Vec<S>,
+    dc: Vec<S>,
+}
+
+fn reverse_chunk<S: Real>(
+    d: Dims,
+    fwd: Chunk<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+    g: &DMatrix<S>,
+) -> Reverse<S> {
+    let Chunk {
+        r,
+        gates: mut z,
+        c,
+        tc,
+        hs,
+    } = fwd;
+    let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
+    let ld = chunk_ld::<S>(tt * n);
+    let (one, gs) = (S::one(), g.as_slice());
+    let mut dh = vec![S::zero(); n * h];
+    let mut dc = vec![S::zero(); n * h];
+    let wht = MatRef::of(wh).t();
+    for t in (0..tt).rev() {
+        let row = t * n;
+        for j in 0..h {
+            let [zi, zg, zf, zo] = gate_cols(&mut z, row, j, h, ld, n);
+            let cp = if t == 0 {
+                &c0.as_slice()[r.start + j * b..][..n]
+            } else {
+                &c[row - n + j * ld..][..n]
+            };
+            let tcn = &tc[row + j * ld..][..n];
+            let gt = &gs[t * b + r.start + j * tt * b..][..n];
+            let (dhj, dcj) = (&mut dh[j * n..][..n], &mut dc[j * n..][..n]);
+            for k in 0..n {
+                let (i, gg, f, o) = (zi[k], zg[k], zf[k], zo[k]);
+                let dhk = dhj[k] + gt[k];
+                let th = tcn[k];
+                let dck = dcj[k] + dhk * o * (one - th * th);
+                zo[k] = dhk * th * o * (one - o);
+                zi[k] = dck * gg * i * (one - i);
+                zg[k] = dck * i * (one - gg * gg);
+                zf[k] = dck * cp[k] * f * (one - f);
+                dcj[k] = dck * f;
+            }
+        }
+        // dh_{t−1} = dz_t · whᵀ (written over dh).
+        product_ldc(view(&z, row, n, 4 * h, ld), wht, &mut dh, 0, n, false);
+    }
+    // dwh = Σ_t h_{t−1}ᵀ dz_t: h0's rows against step 0, the outputs of steps 0..T−1
+    // against steps 1..T as one product.
+    let mut dwh = DMatrix::<S>::zeros(h, 4 * h);
+    if tt > 0 {
+        let h0c = view(h0.as_slice(), r.start, n, h, b);
+        product_ldc(
+            h0c.t(),
+            view(&z, 0, n, 4 * h, ld),
+            dwh.as_mut_slice(),
+            0,
+            h,
+            true,
+        );
+        if tt > 1 {
+            let m = (tt - 1) * n;
+            let hp = view(&hs, 0, m, h, ld);
+            product_ldc(
+                hp.t(),
+                view(&z, n, m, 4 * h, ld),
+                dwh.as_mut_slice(),
+                0,
+                h,
+                true,
+            );
+        }
+    }
+    drop((c, tc, hs));
+    Reverse {
+        r,
+        dz: z,
+        dwh,
+        dh,
+        dc,
+    }
+}
+
+/// One chunk's output tangent (`T·n × H`) along the argument tangents `[dxw, dwh, dh0,
+/// dc0]` (`None`: zero), from its forward pass.
+fn tangent_chunk<S: Real>(
+    d: Dims,
+    fwd: &Chunk<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+    tans: [Option<&DMatrix<S>>; 4],
+) -> Vec<S> {
+    let [dxw, dwh, dh0, dc0] = tans;
+    let r = &fwd.r;
+    let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
+    let ld = chunk_ld::<S>(tt * n);
+    let one = S::one();
+    // dz_t = dxw_t + h_{t−1}·dwh (+ dh_{t−1}·wh in the loop).
+    let mut dz = vec![S::zero(); ld * 4 * h];
+    if let Some(dxw) = dxw {
+        let xs = dxw.as_slice();
+        for t in 0..tt {
+            for j in 0..4 * h {
+                let src = t * b + r.start + j * tt * b;
+                dz[t * n + j * ld..][..n].copy_from_slice(&xs[src..src + n]);
+            }
+        }
+    }
+    if let (Some(dwh), true) = (dwh, tt > 0) {
+        let dwv = MatRef::of(dwh);
+        product_ldc(
+            view(h0.as_slice(), r.start, n, h, b),
+            dwv,
+            &mut dz,
+            0,
+            ld,
+            true,
+        );
+        if tt > 1 {
+            let hp = view(&fwd.hs, 0, (tt - 1) * n, h, ld);
+            product_ldc(hp, dwv, &mut dz, n, ld, true);
+        }
+    }
+    let mut dc = vec![S::zero(); n * h];
+    if let Some(dc0) = dc0 {
+        for j in 0..h {
+            dc[j * n..][..n].copy_from_slice(&dc0.as_slice()[r.start + j * b..][..n]);
+        }
+    }
+    let mut dhs = vec![S::zero(); ld * h];
+    let whv = MatRef::of(wh);
+    for t in 0..tt {
+        let row = t * n;
+        if t > 0 {
+            product_ldc(view(&dhs, row - n, n, h, ld), whv, &mut dz, row, ld, true);
+        } else if let Some(dh0) = dh0 {
+            product_ldc(
+                view(dh0.as_slice(), r.start, n, h, b),
+                whv,
+                &mut dz,
+                0,
+                ld,
+                true,
+            );
+        }
+        for j in 0..h {
+            let gcol = |q: usize| &fwd.gates[row + (q * h + j) * ld..][..n];
+            let (gi, gg, gf, go) = (gcol(0), gcol(1), gcol(2), gcol(3));
+            let [di, dg, df, dout] = gate_cols(&mut dz, row, j, h, ld, n);
+            let cp = if t == 0 {
+                &c0.as_slice()[r.start + j * b..][..n]
+            } else {
+                &fwd.c[row - n + j * ld..][..n]
+            };
+            let tcn = &fwd.tc[row + j * ld..][..n];
+            let dcj = &mut dc[j * n..][..n];
+            let dhn = &mut dhs[row + j * ld..][..n];
+            for k in 0..n {
+                let (i, g, f, o) = (gi[k], gg[k], gf[k], go[k]);
+                let dcv = df[k] * f * (one - f) * cp[k]
+                    + f * dcj[k]
+                    + di[k] * i * (one - i) * g
+                    + i * dg[k] * (one - g * g);
+                let th = tcn[k];
+                dhn[k] = dout[k] * o * (one - o) * th + o * (one - th * th) * dcv;
+                dcj[k] = dcv;
+            }
+        }
+    }
+    dhs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lstm_sequence as rules;
+    use super::*;
+    use crate::key::Key;
+    use crate::lanes::Lanes;
+
+    /// haiku's LSTM unrolled, written from its definition with `f64` element loops,
+    /// independent of the rule: per step `z = x_t + h W`, gates `i, g, f, o`, forget bias
+    /// `+1`; returns every `h_t` as row `t·B + b`.
+    fn plain_lstm(
+        xw: &DMatrix<f64>,
+        wh: &DMatrix<f64>,
+        h0: &DMatrix<f64>,
+        c0: &DMatrix<f64>,
+    ) -> DMatrix<f64> {
+        let (b, h) = h0.shape();
+        let steps = xw.nrows() / b;
+        let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let (mut hp, mut cp) = (h0.clone(), c0.clone());
+        let mut out = DMatrix::zeros(steps * b, h);
+        for t in 0..steps {
+            let (mut hn, mut cn) = (hp.clone(), cp.clone());
+            for e in 0..b {
+                let z = |q: usize, j: usize| {
+                    let mut v = xw[(t * b + e, q * h + j)];
+                    for k in 0..h {
+                        v += hp[(e, k)] * wh[(k, q * h + j)];
+                    }
+                    v
+                };
+                for j in 0..h {
+                    let (i, g, f, o) = (s(z(0, j)), z(1, j).tanh(), s(z(2, j) + 1.0), s(z(3, j)));
+                    cn[(e, j)] = f * cp[(e, j)] + i * g;
+                    hn[(e, j)] = o * cn[(e, j)].tanh();
+                    out[(t * b + e, j)] = hn[(e, j)];
+                }
+            }
+            (hp, cp) = (hn, cn);
+        }
+        out
+    }
+
+    fn normal(r: usize, c: usize, scale: f64, seed: u64) -> DMatrix<f64> {
+        let mut v = vec![0.0f32; r * c];
+        Key::new(seed).fill_normal(&mut v);
+        DMatrix::from_iterator(r, c, v.into_iter().map(|x| f64::from(x) * scale))
+    }
+
+    /// `[xw, wh, h0, c0]` for `b` examples, `t` steps, `h` units.
+    fn inputs(b: usize, t: usize, h: usize, seed: u64) -> [DMatrix<f64>; 4] {
+        [
+            normal(t * b, 4 * h, 1.0, seed),
+            normal(h, 4 * h, 0.6, seed + 1),
+            normal(b, h, 0.5, seed + 2),
+            normal(b, h, 0.5, seed + 3),
+        ]
+    }
+
+    /// `(B, T, H)`: one chunk; two chunks (B = 70: 35 + 35); one step; one unit.
+    const SIZES: [(usize, usize, usize); 4] = [(3, 4, 2), (70, 3, 3), (2, 1, 5), (1, 6, 1)];
+
+    /// The value against the definition, on one chunk and on two (B = 70). Mutations
+    /// caught: the forget bias dropped; the gate order i, f, g, o (haiku's is i, g, f, o);
+    /// the second chunk reading the first chunk's rows of `h0` (`r.start` dropped from
+    /// the forward pass's view); each tried, each fails here.
+    #[test]
+    fn value_matches_the_definition() {
+        for (k, &(b, t, h)) in SIZES.iter().enumerate() {
+            let [xw, wh, h0, c0] = inputs(b, t, h, 10 * k as u64);
+            let got = lstm_sequence(&xw, &wh, &h0, &c0);
+            let want = plain_lstm(&xw, &wh, &h0, &c0);
+            assert!((&got - &want).abs().max() < 1e-12, "{b} {t} {h}");
+        }
+    }
+
+    /// Forward mode against f64 central differences of the definition along each
+    /// argument's tangent alone and all four at once; reverse mode by the adjoint identity
+    /// ⟨vjp(u)_k, t_k⟩ = ⟨u, jvp(t_k)⟩ for each argument `k`, and element by element against
+    /// central differences on the smallest size. Mutations caught: `dz_f` without `c_{t−1}`;
+    /// the reverse `dc` not carried through `f` (`dc ← dc`); `dwh` without the `h0` term
+    /// (zeros for `h0`); the tangent's `f∘dc_{t−1}` term dropped; each tried, each fails
+    /// here.
+    #[test]
+    fn derivatives_match_central_differences() {
+        for (k, &(b, t, h)) in SIZES.iter().enumerate() {
+            let x = inputs(b, t, h, 100 + 10 * k as u64);
+            let tans = inputs(b, t, h, 200 + 10 * k as u64);
+            let u = normal(t * b, h, 1.0, 300 + k as u64);
+            let f = |a: &[DMatrix<f64>; 4]| plain_lstm(&a[0], &a[1], &a[2], &a[3]);
+            let eps = 1e-6;
+            let shifted = |which: Option<usize>, sign: f64| {
+                let mut a = x.clone();
+                for (q, m) in a.iter_mut().enumerate() {
+                    if which.is_none_or(|w| w == q) {
+                        *m += &tans[q] * (sign * eps);
+                    }
+                }
+                f(&a)
+            };
+            let jvp = |which: Option<usize>| {
+                let pick = |q: usize| which.is_none_or(|w| w == q).then_some(&tans[q]);
+                rules::jvp(
+                    &x[0],
+                    &x[1],
+                    &x[2],
+                    &x[3],
+                    pick(0),
+                    pick(1),
+                    pick(2),
+                    pick(3),
+                )
+            };
+            let (gx, gw, gh, gc) = rules::vjp(&x[0], &x[1], &x[2], &x[3], &u);
+            let grads = [gx.unwrap(), gw.unwrap(), gh.unwrap(), gc.unwrap()];
+            for which in [None, Some(0), Some(1), Some(2), Some(3)] {
+                let (val, tan) = jvp(which);
+                assert!((&val - f(&x)).abs().max() < 1e-12);
+                let fd = (shifted(which, 1.0) - shifted(which, -1.0)) / (2.0 * eps);
+                assert!((&tan - &fd).abs().max() < 1e-6, "{b} {t} {h} jvp {which:?}");
+                if let Some(q) = which {
+                    let (lhs, rhs) = (grads[q].dot(&tans[q]), u.dot(&tan));
+                    assert!((lhs - rhs).abs() < 1e-10 * (1.0 + rhs.abs()), "adjoint {q}");
+                }
+            }
+            if k == 0 {
+                for q in 0..4 {
+                    for e in 0..x[q].len() {
+                        let mut a = x.clone();
+                        a[q][e] += eps;
+                        let up = f(&a).dot(&u);
+                        a[q][e] -= 2.0 * eps;
+                        let fd = (up - f(&a).dot(&u)) / (2.0 * eps);
+                        assert!((grads[q][e] - fd).abs() < 1e-6, "argument {q} element {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each lane of a packed LSTM is its own `f32` instance's, within the products' 1e-6
+    /// (README, "What batched == serial promises"): value, tangent and cotangents, on two
+    /// chunks. Mutation caught: `tanh` of lane 0 broadcast to every lane (tried;
+    /// invisible to the `f64` tests, where lane 0 is the value).
+    #[test]
+    fn lanes_are_their_f32_instances() {
+        let (b, t, h) = (66, 3, 4);
+        let draws: Vec<[DMatrix<f32>; 4]> = (0..8)
+            .map(|l| inputs(b, t, h, 500 + 10 * l).map(|m| m.map(|v| v as f32)))
+            .collect();
+        let tans: Vec<[DMatrix<f32>; 4]> = (0..8)
+            .map(|l| inputs(b, t, h, 900 + 10 * l).map(|m| m.map(|v| v as f32)))
+            .collect();
+        let us: Vec<DMatrix<f32>> = (0..8)
+            .map(|l| normal(t * b, h, 1.0, 1300 + l).map(|v| v as f32))
+            .collect();
+        let pack = |m: &dyn Fn(usize) -> DMatrix<f32>| {
+            let first = m(0);
+            let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
+            DMatrix::<Lanes<8>>::from_fn(first.nrows(), first.ncols(), |i, j| {
+                Lanes::from_lanes(|l| all[l][(i, j)] as f64)
+            })
+        };
+        let xp: Vec<DMatrix<Lanes<8>>> = (0..4).map(|q| pack(&|l| draws[l][q].clone())).collect();
+        let tp: Vec<DMatrix<Lanes<8>>> = (0..4).map(|q| pack(&|l| tans[l][q].clone())).collect();
+        let up = pack(&|l| us[l].clone());
+        let (yp, jp) = rules::jvp(
+            &xp[0],
+            &xp[1],
+            &xp[2],
+            &xp[3],
+            Some(&tp[0]),
+            Some(&tp[1]),
+            Some(&tp[2]),
+            Some(&tp[3]),
+        );
+        let vp = rules::vjp(&xp[0], &xp[1], &xp[2], &xp[3], &up);
+        let vp = [vp.0.unwrap(), vp.1.unwrap(), vp.2.unwrap(), vp.3.unwrap()];
+        for l in 0..8 {
+            let (x, tn) = (&draws[l], &tans[l]);
+            let (y, j) = rules::jvp(
+                &x[0],
+                &x[1],
+                &x[2],
+                &x[3],
+                Some(&tn[0]),
+                Some(&tn[1]),
+                Some(&tn[2]),
+                Some(&tn[3]),
+            );
+            let v = rules::vjp(&x[0], &x[1], &x[2], &x[3], &us[l]);
+            let v = [v.0.unwrap(), v.1.unwrap(), v.2.unwrap(), v.3.unwrap()];
+            let mut pairs = vec![(&yp, &y), (&jp, &j)];
+            pairs.extend(vp.iter().zip(v.iter()));
+            for (packed, single) in pairs {
+                let scale = single.abs().max().max(1e-30);
+                for (a, b) in packed.iter().zip(single.iter()) {
+                    let err = (a.lane(l) as f32 - b).abs() / scale;
+                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
+                }
+            }
+        }
+    }
+
+    /// The batch runs in fixed chunks of rows on the pool: on 1 and on 3 threads the value,
+    /// tangent and cotangents are the same bit for bit (B = 130: three chunks of 44, 44,
+    /// 42). Mutation caught: as many chunks as threads
+    /// (`rayon::current_num_threads()`), tried.
+    #[test]
+    fn chunks_on_the_pool_are_bit_identical_to_one_thread() {
+        let (b, t, h) = (130, 3, 4);
+        let d = Dims { b, t, h };
+        assert_eq!(
+            d.chunks().iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [44, 44, 42]
+        );
+        let x = inputs(b, t, h, 7).map(|m| m.map(|v| v as f32));
+        let tn = inputs(b, t, h, 17).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 27).map(|v| v as f32);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let jvp = rules::jvp(
+                    &x[0],
+                    &x[1],
+                    &x[2],
+                    &x[3],
+                    Some(&tn[0]),
+                    Some(&tn[1]),
+                    Some(&tn[2]),
+                    Some(&tn[3]),
+                );
+                (jvp, rules::vjp(&x[0], &x[1], &x[2], &x[3], &u))
+            })
+        };
+        let (one, three) = (run(1), run(3));
+        assert_eq!(one, three);
+        let want = plain_lstm(
+            &x[0].map(f64::from),
+            &x[1].map(f64::from),
+            &x[2].map(f64::from),
+            &x[3].map(f64::from),
+        );
+        assert!((one.0 .0.map(f64::from) - want).abs().max() < 1e-5);
+    }
+
+    /// The forward pass the value keeps is the one the `vjp` would recompute: a `vjp`
+    /// right after the value (which takes the kept pass) equals one with nothing kept, bit
+    /// for bit, and takes it; a `vjp` of other arguments after a value leaves the kept pass
+    /// alone and recomputes. Mutations caught: keeping the pass of other inputs (`c0`
+    /// for `h0`; tried, the cotangents differ); a key without the addresses (tried: the
+    /// `vjp` then takes the pass of other inputs).
+    #[test]
+    fn the_kept_forward_pass_equals_a_recomputed_one() {
+        let (b, t, h) = (67, 3, 2);
+        let x = inputs(b, t, h, 71).map(|m| m.map(|v| v as f32));
+        let other = inputs(b, t, h, 81).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 91).map(|v| v as f32);
+        let fresh = rules::vjp(&x[0], &x[1], &x[2], &x[3], &u);
+        let _ = lstm_sequence(&x[0], &x[1], &x[2], &x[3]);
+        let kept = rules::vjp(&x[0], &x[1], &x[2], &x[3], &u);
+        assert_eq!(kept, fresh);
+        assert!(
+            KEPT.with(|k| k.borrow().is_none()),
+            "the vjp took the kept pass"
+        );
+        let _ = lstm_sequence(&other[0], &x[1], &x[2], &x[3]);
+        assert_eq!(rules::vjp(&x[0], &x[1], &x[2], &x[3], &u), fresh);
+        assert!(
+            KEPT.with(|k| k.borrow().is_some()),
+            "another call's pass stays"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit together")]
+    fn mismatched_shapes_panic_with_the_shapes() {
+        let [xw, wh, h0, c0] = inputs(3, 2, 2, 1);
+        lstm_sequence(&xw, &wh.columns(0, 7).into_owned(), &h0, &c0);
+    }
+}
