@@ -852,7 +852,7 @@ impl Conv2dGeometry {
     }
 }
 
-/// Which arguments of [`im2col_mul`] need a cotangent: `[x, w]`.
+/// Which arguments of [`im2col_mul()`] need a cotangent: `[x, w]`.
 pub type Needs = [bool; 2];
 
 /// `im2col(x, g) · w` in one rule: the convolution of NHWC activations `x` with the HWIO
