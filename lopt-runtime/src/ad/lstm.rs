@@ -360,7 +360,8 @@ fn contents<S: Real>(args: [&DMatrix<S>; 4]) -> u64 {
         }
     };
     for m in args {
-        let words = if std::mem::align_of::<S>() >= 4 && std::mem::size_of::<S>() % 4 == 0 {
+        let words = if std::mem::align_of::<S>() >= 4 && std::mem::size_of::<S>().is_multiple_of(4)
+        {
             // SAFETY: the elements are plain floating-point values (`f32`, `f64` or packets
             // of them: no padding, aligned to at least 4), `m.len()` of them initialized.
             unsafe {
