@@ -192,7 +192,8 @@ pub(super) mod x86 {
         )
     }
 
-    /// The 8x8 `f32` tile transpose (unpack pairs, shuffle quads, exchange halves).
+    /// The 8x8 `f32` tile transpose ([`tr8`](crate::kernels::tile8::tr8) between loads
+    /// and stores).
     #[inline(always)]
     pub(in crate::kernels::gemm) unsafe fn transpose8(
         src: *const f32,
@@ -200,35 +201,10 @@ pub(super) mod x86 {
         dst: *mut f32,
         ldd: usize,
     ) {
-        let r: [__m256; 8] = build(_mm256_setzero_ps(), |i| _mm256_loadu_ps(src.add(i * lds)));
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        // s_q: columns q and q + 4 of rows 0..4 (low halves) or 4..8
-        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let lo = [s0, s1, s2, s3];
-        let hi = [s4, s5, s6, s7];
-        for q in 0..4 {
-            _mm256_storeu_ps(
-                dst.add(q * ldd),
-                _mm256_permute2f128_ps::<0x20>(lo[q], hi[q]),
-            );
-            _mm256_storeu_ps(
-                dst.add((q + 4) * ldd),
-                _mm256_permute2f128_ps::<0x31>(lo[q], hi[q]),
-            );
+        let mut r: [__m256; 8] = build(_mm256_setzero_ps(), |i| _mm256_loadu_ps(src.add(i * lds)));
+        crate::kernels::tile8::tr8(&mut r);
+        for (i, v) in r.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * ldd), *v);
         }
     }
 
