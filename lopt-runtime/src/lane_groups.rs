@@ -258,17 +258,15 @@ mod tests {
     #[test]
     fn map_groups_keeps_order_on_any_pool() {
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let out = pool.install(|| map_groups(9, |k| DVector::from_element(2, k as f32)));
+            let out = crate::on_threads(threads, || {
+                map_groups(9, |k| DVector::from_element(2, k as f32))
+            });
             assert_eq!(
                 out.iter().map(|v| v[0] as usize).collect::<Vec<_>>(),
                 (0..9).collect::<Vec<_>>()
             );
             let mut gs: Vec<usize> = (0..5).collect();
-            let r = pool.install(|| {
+            let r = crate::on_threads(threads, || {
                 map_groups_mut(&mut gs, |k, g| {
                     *g += 1;
                     k * 10

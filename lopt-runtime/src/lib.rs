@@ -46,6 +46,17 @@ pub mod scalar;
 pub mod task;
 pub mod vmap;
 
+/// `f` run on a fresh Rayon pool of `n` threads: the tests that results do not depend on
+/// the number of threads.
+#[cfg(test)]
+pub(crate) fn on_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// The primitives as plain functions, for hand-written code (the file
 /// `primitives/functions.rs`; `ops` is the short path users write: `lopt::ops::relu`).
 pub use primitives::functions as ops;

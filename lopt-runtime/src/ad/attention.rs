@@ -695,11 +695,7 @@ mod tests {
         let t = from_rows(r, c, &normals(r * c, 42)).map(|v| v as f32);
         let u = from_rows(r, g.width(), &normals(r * g.width(), 43)).map(|v| v as f32);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::on_threads(threads, || {
                 let op = CausalSelfAttention::new(&g);
                 let y = x.eval(&op);
                 (y.clone(), x.jvp(&op, &y, &t), x.vjp(&op, &y, u.clone()))
@@ -790,11 +786,7 @@ mod tests {
             let gy = from_rows(r, w, &gv).map(|v| v as f32);
             let t = from_rows(r, c, &tv).map(|v| v as f32);
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
+                crate::on_threads(threads, || {
                     let op = CausalSelfAttention::new(&g);
                     let y = x.eval(&op);
                     let dx = x.vjp(&op, &y, gy.clone());

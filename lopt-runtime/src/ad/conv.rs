@@ -1371,14 +1371,8 @@ mod tests {
         }
         let (x, w) = &inst[0];
         let gy = DMatrix::from_fn(g.out_rows(), cout, |r, c| ((r * 7 + c) % 5) as f32 - 2.0);
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
-        let one = pool(1).install(|| im2col_mul::vjp(x, w, &g, &[true, true], &gy));
-        let three = pool(3).install(|| im2col_mul::vjp(x, w, &g, &[true, true], &gy));
+        let one = crate::on_threads(1, || im2col_mul::vjp(x, w, &g, &[true, true], &gy));
+        let three = crate::on_threads(3, || im2col_mul::vjp(x, w, &g, &[true, true], &gy));
         assert_eq!(one.0, three.0);
         assert_eq!(one.1, three.1);
     }

@@ -531,17 +531,13 @@ mod tests {
             // Ids with repeats: runs of equal ids inside a tile and ids seen many times.
             let rows: Vec<u32> = (0..m).map(|k| ((k * 7 / 3 + k * k) % n) as u32).collect();
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let (got, want) = (
-                    pool.install(|| tiles::gather_f32(&t, n, d, &rows).unwrap()),
+                    crate::on_threads(threads, || tiles::gather_f32(&t, n, d, &rows).unwrap()),
                     gather_plain(&t, n, d, &rows),
                 );
                 assert_eq!(got, want, "gather {n}x{d}, {m} ids, {threads} threads");
                 let (got, want) = (
-                    pool.install(|| tiles::scatter_add_f32(&g, n, d, &rows).unwrap()),
+                    crate::on_threads(threads, || tiles::scatter_add_f32(&g, n, d, &rows).unwrap()),
                     scatter_add_plain(&g, n, d, &rows),
                 );
                 assert!(

@@ -924,11 +924,7 @@ mod tests {
         let tn = inputs(b, t, h, 17).map(|m| m.map(|v| v as f32));
         let u = normal(t * b, h, 1.0, 27).map(|v| v as f32);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::on_threads(threads, || {
                 let jvp = rules::jvp(
                     &x[0],
                     &x[1],

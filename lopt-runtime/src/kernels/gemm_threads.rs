@@ -181,13 +181,11 @@ mod tests {
                     // SAFETY: shapes agree; `want` holds m·n initialized elements.
                     unsafe { gemm_raw(av, b.all(), want.as_mut_ptr(), accumulate) };
                     for threads in [1, 3] {
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(threads)
-                            .build()
-                            .unwrap();
                         let mut got = c0.clone();
                         // SAFETY: as above.
-                        pool.install(|| unsafe { gemm_split(av, b, got.as_mut_ptr(), accumulate) });
+                        crate::on_threads(threads, || unsafe {
+                            gemm_split(av, b, got.as_mut_ptr(), accumulate)
+                        });
                         let same = got
                             .iter()
                             .zip(&want)

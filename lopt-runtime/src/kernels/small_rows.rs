@@ -234,6 +234,26 @@ mod tests {
         v
     }
 
+    /// Output `(r, j)` of `b + x·W` (`x` rows of `din`, `W` row-major `din × dout`): its
+    /// `f64` value, `Σ|terms|` for the rounding bound, and the `f32` fused chain in input
+    /// order that the kernel promises with FMA.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        (din, dout): (usize, usize),
+        (r, j): (usize, usize),
+    ) -> (f64, f64, f32) {
+        let (mut want, mut mag, mut fused) = (b[j] as f64, (b[j] as f64).abs(), b[j]);
+        for i in 0..din {
+            let t = x[r * din + i] as f64 * w[i * dout + j] as f64;
+            want += t;
+            mag += t.abs();
+            fused = x[r * din + i].mul_add(w[i * dout + j], fused);
+        }
+        (want, mag, fused)
+    }
+
     /// Against a plain `f64` evaluation of `b + x·W`, for row counts across and beyond a
     /// row group, input widths odd and even (the last single row of `W`), and output
     /// widths with and without a remainder of the vector width and beyond a column
@@ -254,14 +274,7 @@ mod tests {
                     small_rows_product(&x, rows, din, &w, &b, &mut got);
                     for r in 0..rows {
                         for j in 0..dout {
-                            let (mut want, mut mag) = (b[j] as f64, (b[j] as f64).abs());
-                            let mut fused = b[j];
-                            for i in 0..din {
-                                let t = x[r * din + i] as f64 * w[i * dout + j] as f64;
-                                want += t;
-                                mag += t.abs();
-                                fused = x[r * din + i].mul_add(w[i * dout + j], fused);
-                            }
+                            let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
                             let g = got[r * dout + j];
                             let tol = 4.0 * (din as f64 + 1.0) * f32::EPSILON as f64 * mag;
                             assert!(
@@ -295,13 +308,7 @@ mod tests {
         small_rows_product(&x, rows, din, &w, &b, &mut got);
         for r in 0..rows {
             for j in (0..dout).step_by(7).chain([dout - 1]) {
-                let (mut want, mut mag, mut fused) = (b[j] as f64, (b[j] as f64).abs(), b[j]);
-                for i in 0..din {
-                    let t = x[r * din + i] as f64 * w[i * dout + j] as f64;
-                    want += t;
-                    mag += t.abs();
-                    fused = x[r * din + i].mul_add(w[i * dout + j], fused);
-                }
+                let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
                 let g = got[r * dout + j];
                 assert!((g as f64 - want).abs() <= 4.0 * din as f64 * 1.2e-7 * mag);
                 if crate::kernels::cpu::has_avx2_fma() {

@@ -173,15 +173,13 @@ fn same_draws_on_any_thread_count() {
     let keys = Key::new(2024).split_n(300);
     let serial: Vec<_> = keys.iter().map(|&k| draws_for(k)).collect();
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let par: Vec<_> = pool.install(|| keys.par_iter().map(|&k| draws_for(k)).collect());
+        let par: Vec<_> =
+            crate::on_threads(threads, || keys.par_iter().map(|&k| draws_for(k)).collect());
         assert_eq!(par, serial, "{threads} threads");
         // Reverse order of evaluation too.
-        let mut rev: Vec<_> =
-            pool.install(|| keys.par_iter().rev().map(|&k| draws_for(k)).collect());
+        let mut rev: Vec<_> = crate::on_threads(threads, || {
+            keys.par_iter().rev().map(|&k| draws_for(k)).collect()
+        });
         rev.reverse();
         assert_eq!(rev, serial, "{threads} threads, reversed");
     }
