@@ -343,7 +343,7 @@ fn main() -> lopt::Result<()> {
     ];
     // `cargo bench --bench families -- seed` runs the cases whose id contains `seed`.
     common::select(&mut cases);
-    let (one, cores, how) = common::nominal_peak();
+    let (one, cores, how) = common::core_peak();
     let peak = one * cores;
     println!("machine: peak {:.0} GFLOP/s f32 ({how})", peak / 1e9);
     println!(

@@ -171,7 +171,7 @@ fn train_lm<T: Task<Batch = LmBatch>>(
 }
 
 fn main() -> lopt::Result<()> {
-    let (peak1, cores, how) = common::nominal_peak();
+    let (peak1, cores, how) = common::core_peak();
     println!(
         "machine: f32 FMA peak {:.0} GFLOP/s per core ({how})",
         peak1 / 1e9
