@@ -9,6 +9,7 @@ use crate::params::{write_field_leaf_name, Params, Rebind};
 use crate::scalar::Real;
 use num_traits::Zero;
 
+use super::parts::par_worthy;
 use super::LearnedOptimizer;
 
 /// Momentum decays of the rolling features (`m_d ← d·m_d + (1 − d)·g`, no bias correction).
@@ -321,11 +322,7 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
         .map(|(w, _)| w.ncols())
         .max()
         .unwrap_or(0);
-    let mut net = Net {
-        x: Vec::with_capacity(BLOCK * CHANNELS),
-        a: Vec::with_capacity(BLOCK * widest),
-        b: Vec::with_capacity(BLOCK * widest),
-    };
+    let mut net = Net::new(widest);
     for i in 0..grad.num_leaves() {
         let g = grad.leaf(i);
         let n = g.len();
@@ -338,17 +335,34 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
             let ms = col.iter().fold(S::zero(), |acc, &v| acc + v * v) / S::from_f64(n as f64);
             S::one() / (S::from_f64(1e-5) + ms).sqrt()
         });
-        for start in (0..n).step_by(BLOCK) {
-            let rows = start..n.min(start + BLOCK);
+        let momenta = &*momenta;
+        // The block of parameters `p` starting at element `start`: its inputs, the
+        // network, its step. Blocks are independent: the same result in any order.
+        let block = |net: &mut Net<S>, start: usize, p: &mut [S]| {
+            let rows = start..start + p.len();
             net.x.clear();
             for (c, &sc) in scale.iter().enumerate() {
-                let col = &channel(c, g, params.leaf(i), momenta, i)[rows.clone()];
+                let col = match c {
+                    1 => &*p,
+                    _ => &channel(c, g, &[], momenta, i)[rows.clone()],
+                };
                 net.x.extend(col.iter().map(|&v| v * sc));
             }
             let out = net.forward(theta, &first_bias, rows.len());
             let (d, mu) = out.split_at(rows.len());
-            for ((p, &d), &mu) in params.leaf_mut(i)[rows].iter_mut().zip(d).zip(mu) {
+            for ((p, &d), &mu) in p.iter_mut().zip(d).zip(mu) {
                 *p -= d * crate::kernels::vecmath::exp(exp_mult * mu) * step_mult;
+            }
+        };
+        let p = params.leaf_mut(i);
+        if par_worthy::<S>(n) {
+            use rayon::prelude::*;
+            p.par_chunks_mut(BLOCK)
+                .enumerate()
+                .for_each_init(|| Net::new(widest), |net, (b, p)| block(net, b * BLOCK, p));
+        } else {
+            for (b, p) in p.chunks_mut(BLOCK).enumerate() {
+                block(&mut net, b * BLOCK, p);
             }
         }
     }
@@ -384,6 +398,15 @@ struct Net<S> {
 }
 
 impl<S: Real> Net<S> {
+    /// Buffers for blocks of a network at most `widest` wide.
+    fn new(widest: usize) -> Self {
+        Net {
+            x: Vec::with_capacity(BLOCK * CHANNELS),
+            a: Vec::with_capacity(BLOCK * widest),
+            b: Vec::with_capacity(BLOCK * widest),
+        }
+    }
+
     /// The network on the `n` elements whose normalized channels are in `self.x` (`n x
     /// 8` column-major); `first_bias` is the first layer's bias with the time features
     /// folded in. One matrix product a layer (the first reads only the channel rows of

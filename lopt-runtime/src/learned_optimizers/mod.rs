@@ -128,3 +128,44 @@ impl<L: LearnedOptimizer, S: Real, P: Params<Scalar = S>> Optimizer<P> for LOptO
         self.lopt.name()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nalgebra::DMatrix;
+
+    /// Three updates of `lopt` on a 60 × 50 matrix (3,000 elements, past
+    /// `parts::par_worthy`, with features kept between passes: the per-element network's
+    /// blocks run on the pool) on `threads`
+    /// threads; the parameters' bits.
+    fn three_updates<L: LearnedOptimizer>(lopt: &L, threads: usize) -> Vec<u32> {
+        crate::on_threads(threads, || {
+            let theta = lopt.init(Key::new(1));
+            let p = DMatrix::<f32>::from_fn(60, 50, |i, j| ((i * 50 + j) as f32 * 0.37).sin());
+            let mut state = lopt.init_state(&theta, p.clone(), Some(100));
+            for t in 0..3 {
+                let g = p.map(|x| x * (0.1 + t as f32) + 0.01 * (x * 7.0).cos());
+                lopt.update(&theta, &mut state, &g, 1.5 - 0.1 * t as f32);
+            }
+            lopt.params(&state).iter().map(|x| x.to_bits()).collect()
+        })
+    }
+
+    /// The learned optimizers whose per-element network spreads a large tensor's blocks
+    /// over the pool compute the same bits on one thread (all blocks in order) and on
+    /// three. Catches (tried): the blocks' results emitted out of order in
+    /// `normalized_mlp` (`.rev()`: AdafacMlpLOpt, RnnMlpLOpt and Velo fail) and MlpLOpt's
+    /// block reading its inputs from the wrong rows (`start = b`: fails).
+    #[test]
+    fn updates_are_the_same_on_one_and_three_threads() {
+        fn check<L: LearnedOptimizer>(name: &str, lopt: L) {
+            let (one, three) = (three_updates(&lopt, 1), three_updates(&lopt, 3));
+            let moved = one.iter().zip(&three).filter(|(a, b)| a != b).count();
+            assert_eq!(moved, 0, "{name}: {moved} of {} elements differ", one.len());
+        }
+        check("MlpLOpt", MlpLOpt::default());
+        check("AdafacMlpLOpt", AdafacMlpLOpt::default());
+        check("RnnMlpLOpt", RnnMlpLOpt::default());
+        check("Velo", Velo::default());
+    }
+}

@@ -111,6 +111,17 @@ pub(crate) fn fold_fixed_inputs<'a, S: Real>(
     (&w[..varying * dout], bias)
 }
 
+/// Elements × lanes from which a tensor's per-element network runs its blocks on the
+/// thread pool: a smaller tensor's blocks (a few microseconds each) are not worth tasks.
+const PAR_ELEMENTS: usize = 2048;
+
+/// Whether the per-element network of a tensor of `n` elements of `S` spreads its blocks
+/// over the thread pool (each block's result is the same on any thread: nothing is summed
+/// across blocks there).
+pub(crate) fn par_worthy<S: Real>(n: usize) -> bool {
+    n * S::LANES >= PAR_ELEMENTS && rayon::current_num_threads() > 1
+}
+
 /// Elements a [`BlockMlp`] runs at once: its activations stay in L1/L2.
 pub(crate) const MLP_BLOCK: usize = 256;
 
@@ -189,18 +200,24 @@ const KEEP_FEATURES: usize = 1 << 17;
 /// normalized by their root mean square over the tensor (`x·rsqrt(1e-5 + mean x²)`, the
 /// sum of squares taken in element order): `build(start, cols)` writes the features of
 /// elements `start..start + nb` feature-major (`cols[j·nb + i]`, `nb = cols.len() / nf`),
-/// a block of at most [`MLP_BLOCK`] at a time; `emit(out, hidden, nb)` receives each
-/// block's outputs and last hidden activations as [`BlockMlp::forward`] gives them, in
-/// element order. `buf` is scratch space
-/// kept by the caller.
-pub(crate) fn normalized_mlp<S: Real>(
+/// a block of at most [`MLP_BLOCK`] at a time; `block(out, hidden, nb)` turns each block's
+/// outputs and last hidden activations, as [`BlockMlp::forward`] gives them, into a
+/// result, and `emit` receives the results in element order. `buf` is scratch space kept
+/// by the caller.
+///
+/// A tensor whose features are kept between the passes and that is [`par_worthy`] runs
+/// its blocks' networks (and `block`) on the thread pool; `emit` still sees them in order,
+/// so a sum across blocks in `emit` is the same as on one thread.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn normalized_mlp<S: Real, R: Send>(
     n: usize,
     nf: usize,
     mut build: impl FnMut(usize, &mut [S]),
     mlp: &mut BlockMlp<S>,
     layers: &[LayerRef<'_, S>],
     buf: &mut Vec<S>,
-    mut emit: impl FnMut(&[S], &[S], usize),
+    block: impl Fn(&[S], &[S], usize) -> R + Sync,
+    mut emit: impl FnMut(R),
 ) {
     let c = S::from_f64;
     let keep = n * nf <= KEEP_FEATURES;
@@ -219,6 +236,24 @@ pub(crate) fn normalized_mlp<S: Real>(
     }
     let nn = c(n as f64);
     let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
+    // One block: scaled in place, then the network.
+    let run = |mlp: &mut BlockMlp<S>, cols: &mut [S]| {
+        let nb = cols.len() / nf;
+        for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
+            col.iter_mut().for_each(|x| *x *= sc);
+        }
+        let (out, hidden) = mlp.forward(layers, cols, nb);
+        block(out, hidden, nb)
+    };
+    if keep && par_worthy::<S>(n) {
+        use rayon::prelude::*;
+        let results: Vec<R> = buf[..n * nf]
+            .par_chunks_mut(MLP_BLOCK * nf)
+            .map_init(BlockMlp::new, run)
+            .collect();
+        results.into_iter().for_each(emit);
+        return;
+    }
     for start in (0..n).step_by(MLP_BLOCK) {
         let nb = MLP_BLOCK.min(n - start);
         let at = if keep { start * nf } else { 0 };
@@ -226,11 +261,7 @@ pub(crate) fn normalized_mlp<S: Real>(
         if !keep {
             build(start, cols);
         }
-        for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
-            col.iter_mut().for_each(|x| *x *= sc);
-        }
-        let (out, hidden) = mlp.forward(layers, cols, nb);
-        emit(out, hidden, nb);
+        emit(run(mlp, cols));
     }
 }
 
