@@ -34,6 +34,21 @@ pub(crate) fn small_rows_product<S: Real>(
     b: &[S],
     out: &mut [S],
 ) {
+    product_on(crate::kernels::cpu::isa(), x, rows, din, w, b, out)
+}
+
+/// [`small_rows_product`] with the kernels of `isa` (which this CPU supports), so that
+/// the tests check every variant the CPU can run.
+fn product_on<S: Real>(
+    isa: crate::kernels::cpu::Isa,
+    x: &[S],
+    rows: usize,
+    din: usize,
+    w: &[S],
+    b: &[S],
+    out: &mut [S],
+) {
+    use crate::kernels::cpu::Isa;
     let dout = b.len();
     assert!(
         x.len() == rows * din && w.len() == din * dout && out.len() == rows * dout,
@@ -43,14 +58,14 @@ pub(crate) fn small_rows_product<S: Real>(
         out.len()
     );
     #[cfg(target_arch = "x86_64")]
-    if TypeId::of::<S>() == TypeId::of::<f32>() && crate::kernels::cpu::has_avx2_fma() {
-        use crate::kernels::cpu::{isa, Isa};
-        // SAFETY (both closures): the CPU has the variant's features (checked by `isa`);
+    if TypeId::of::<S>() == TypeId::of::<f32>() && isa != Isa::Portable {
+        debug_assert!(isa.supported());
+        // SAFETY (both closures): the CPU has the variant's features (the caller's `isa`);
         // the lengths agree (checked above) and `out` holds `rows` rows of `ldo`.
         let product = |cols: std::ops::Range<usize>, out: *mut f32, ldo: usize| unsafe {
             let cast = |s: &[S]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
             let (x, w, b) = (cast(x), cast(w), cast(b));
-            match isa() {
+            match isa {
                 Isa::Avx512 => avx512::product(x, rows, din, w, b, cols, out, ldo),
                 _ => avx2::product(x, rows, din, w, b, cols, out, ldo),
             }
@@ -291,7 +306,15 @@ group_kernel!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::Isa;
     use crate::key::Key;
+
+    /// Every variant this CPU can run: the portable loop, AVX2, AVX-512.
+    fn isas() -> impl Iterator<Item = Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.supported())
+    }
 
     fn draw(n: usize, seed: u64) -> Vec<f32> {
         let mut v = vec![0.0f32; n];
@@ -329,6 +352,12 @@ mod tests {
     /// the kernel's debug assertion in a debug build).
     #[test]
     fn small_rows_product_is_the_plain_product() {
+        for isa in isas() {
+            for_each_shape(isa);
+        }
+    }
+
+    fn for_each_shape(isa: Isa) {
         for &rows in &[1usize, 2, 3, 4, 5, 9] {
             for &din in &[1usize, 2, 5, 8, 33] {
                 for &dout in &[1usize, 7, 8, 9, 24, 600] {
@@ -336,7 +365,7 @@ mod tests {
                     let w = draw(din * dout, 2 + din as u64);
                     let b = draw(dout, 3 + dout as u64);
                     let mut got = vec![f32::NAN; rows * dout];
-                    small_rows_product(&x, rows, din, &w, &b, &mut got);
+                    product_on(isa, &x, rows, din, &w, &b, &mut got);
                     for r in 0..rows {
                         for j in 0..dout {
                             let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
@@ -346,10 +375,10 @@ mod tests {
                                 (g as f64 - want).abs() <= tol,
                                 "rows {rows} din {din} dout {dout} ({r}, {j}): {g} vs {want}"
                             );
-                            if crate::kernels::cpu::has_avx2_fma() {
+                            if isa != Isa::Portable {
                                 assert_eq!(
                                     g, fused,
-                                    "rows {rows} din {din} dout {dout} ({r}, {j})"
+                                    "{isa:?}: rows {rows} din {din} dout {dout} ({r}, {j})"
                                 );
                             }
                         }
@@ -369,15 +398,17 @@ mod tests {
         let x = draw(rows * din, 11);
         let w = draw(din * dout, 12);
         let b = draw(dout, 13);
-        let mut got = vec![f32::NAN; rows * dout];
-        small_rows_product(&x, rows, din, &w, &b, &mut got);
-        for r in 0..rows {
-            for j in (0..dout).step_by(7).chain([dout - 1]) {
-                let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
-                let g = got[r * dout + j];
-                assert!((g as f64 - want).abs() <= 4.0 * din as f64 * 1.2e-7 * mag);
-                if crate::kernels::cpu::has_avx2_fma() {
-                    assert_eq!(g, fused, "({r}, {j})");
+        for isa in isas() {
+            let mut got = vec![f32::NAN; rows * dout];
+            crate::on_threads(3, || product_on(isa, &x, rows, din, &w, &b, &mut got));
+            for r in 0..rows {
+                for j in (0..dout).step_by(7).chain([dout - 1]) {
+                    let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
+                    let g = got[r * dout + j];
+                    assert!((g as f64 - want).abs() <= 4.0 * din as f64 * 1.2e-7 * mag);
+                    if isa != Isa::Portable {
+                        assert_eq!(g, fused, "{isa:?} ({r}, {j})");
+                    }
                 }
             }
         }
