@@ -17,8 +17,11 @@ use crate::scalar::Real;
 
 /// Rows sharing one pass over `W`.
 pub(crate) const ROW_GROUP: usize = 4;
-/// From this many weights (4 MiB of `f32`) two threads share the columns.
-const SPLIT: usize = 1 << 20;
+/// From this many weights (128 MiB of `f32`) two threads share the columns. Waking the
+/// second thread costs tens of microseconds on the project's virtual machines: at the
+/// released VeLO's 8 MB (2^21 weights, about 300 µs on one core) the split measured
+/// slower than one thread (the update at 2,410 parameters 550 against 500 µs).
+const SPLIT: usize = 1 << 25;
 
 /// `out[r·dout + j] = b[j] + Σ_i x[r·din + i]·w[i·dout + j]` for `r < rows` (see the
 /// module docs for the order of the sums).
@@ -34,13 +37,17 @@ pub(crate) fn small_rows_product<S: Real>(
     b: &[S],
     out: &mut [S],
 ) {
-    product_on(crate::kernels::cpu::isa(), x, rows, din, w, b, out)
+    product_on(crate::kernels::cpu::isa(), SPLIT, x, rows, din, w, b, out)
 }
 
-/// [`small_rows_product`] with the kernels of `isa` (which this CPU supports), so that
-/// the tests check every variant the CPU can run.
+/// [`small_rows_product`] with the kernels of `isa` (which this CPU supports) and two
+/// threads from `split` weights, so that the tests check every variant the CPU can run
+/// and the split at a small size.
+// The product's operands plus the two choices.
+#[allow(clippy::too_many_arguments)]
 fn product_on<S: Real>(
     isa: crate::kernels::cpu::Isa,
+    split: usize,
     x: &[S],
     rows: usize,
     din: usize,
@@ -73,10 +80,9 @@ fn product_on<S: Real>(
         // SAFETY: `S` is `f32` (checked).
         let out =
             unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len()) };
-        if din * dout >= SPLIT && dout >= 32 && rayon::current_num_threads() > 1 {
-            // Two threads read half the columns of `W` each (the released VeLO's LSTM:
-            // 8 MB, bound by each core's bandwidth from L3); every output is still one
-            // chain summed by one thread.
+        if din * dout >= split && dout >= 32 && rayon::current_num_threads() > 1 {
+            // Two threads read half the columns of `W` each (bound by each core's
+            // bandwidth from L3); every output is still one chain summed by one thread.
             let mid = (dout / 2).next_multiple_of(16);
             let width = dout - mid;
             let mut right = vec![0.0f32; rows * width];
@@ -365,7 +371,7 @@ mod tests {
                     let w = draw(din * dout, 2 + din as u64);
                     let b = draw(dout, 3 + dout as u64);
                     let mut got = vec![f32::NAN; rows * dout];
-                    product_on(isa, &x, rows, din, &w, &b, &mut got);
+                    product_on(isa, SPLIT, &x, rows, din, &w, &b, &mut got);
                     for r in 0..rows {
                         for j in 0..dout {
                             let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
@@ -388,9 +394,9 @@ mod tests {
         }
     }
 
-    /// A weight matrix past the size two threads share (4 MiB, 1040 columns: a split
-    /// point inside and columns after the last whole block): still the fused chain per
-    /// output (with FMA) and the `f64` sums within rounding. Catches: the right half's
+    /// Two threads sharing the columns (from 4 MiB here; 1040 columns: the split point
+    /// inside a column block and a remainder after the last whole vector): still the
+    /// fused chain per output (with FMA) and the `f64` sums within rounding. Catches: the right half's
     /// columns copied to the wrong place (tried: `o[..width]`, fails).
     #[test]
     fn small_rows_product_split_over_threads_is_the_plain_product() {
@@ -400,7 +406,9 @@ mod tests {
         let b = draw(dout, 13);
         for isa in isas() {
             let mut got = vec![f32::NAN; rows * dout];
-            crate::on_threads(3, || product_on(isa, &x, rows, din, &w, &b, &mut got));
+            crate::on_threads(3, || {
+                product_on(isa, 1 << 20, &x, rows, din, &w, &b, &mut got)
+            });
             for r in 0..rows {
                 for j in (0..dout).step_by(7).chain([dout - 1]) {
                     let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));

@@ -467,21 +467,15 @@ impl LearnedOptimizer for AdafacMlpLOpt {
             };
             let (step_mult, exp_mult) = (c(self.step_mult), c(self.exp_mult));
             steps.clear();
-            normalized_mlp(
-                n,
-                nf,
-                build,
-                &mut mlp,
-                &layers,
-                &mut feats,
-                |out, _, nb| {
-                    let (direction, magnitude) = out.split_at(nb);
-                    let st = direction.iter().zip(magnitude);
-                    st.map(|(&d, &mg)| d * (mg * exp_mult).exp() * step_mult)
-                        .collect::<Vec<_>>()
-                },
-                |st| steps.extend(st),
-            );
+            normalized_mlp(n, nf, build, &mut mlp, &layers, &mut feats, |out, _, nb| {
+                let (direction, magnitude) = out.split_at(nb);
+                steps.extend(
+                    direction
+                        .iter()
+                        .zip(magnitude)
+                        .map(|(&d, &mg)| d * (mg * exp_mult).exp() * step_mult),
+                );
+            });
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
             }

@@ -112,12 +112,14 @@ pub(crate) fn fold_fixed_inputs<'a, S: Real>(
 }
 
 /// Elements × lanes from which a tensor's per-element network runs its blocks on the
-/// thread pool: a smaller tensor's blocks (a few microseconds each) are not worth tasks.
-const PAR_ELEMENTS: usize = 2048;
+/// thread pool. Waking a sleeping worker costs tens of microseconds on the project's
+/// virtual machines: at 2,410 parameters (about 100 µs a step) two threads measured
+/// slower than one (MlpLOpt 112 against 86 µs), so only tensors whose network runs for
+/// milliseconds are split.
+const PAR_ELEMENTS: usize = 1 << 16;
 
 /// Whether the per-element network of a tensor of `n` elements of `S` spreads its blocks
-/// over the thread pool (each block's result is the same on any thread: nothing is summed
-/// across blocks there).
+/// over the thread pool (MlpLOpt's: each block's result is the same on any thread).
 pub(crate) fn par_worthy<S: Real>(n: usize) -> bool {
     n * S::LANES >= PAR_ELEMENTS && rayon::current_num_threads() > 1
 }
@@ -200,24 +202,18 @@ const KEEP_FEATURES: usize = 1 << 17;
 /// normalized by their root mean square over the tensor (`x·rsqrt(1e-5 + mean x²)`, the
 /// sum of squares taken in element order): `build(start, cols)` writes the features of
 /// elements `start..start + nb` feature-major (`cols[j·nb + i]`, `nb = cols.len() / nf`),
-/// a block of at most [`MLP_BLOCK`] at a time; `block(out, hidden, nb)` turns each block's
-/// outputs and last hidden activations, as [`BlockMlp::forward`] gives them, into a
-/// result, and `emit` receives the results in element order. `buf` is scratch space kept
-/// by the caller.
-///
-/// A tensor whose features are kept between the passes and that is [`par_worthy`] runs
-/// its blocks' networks (and `block`) on the thread pool; `emit` still sees them in order,
-/// so a sum across blocks in `emit` is the same as on one thread.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn normalized_mlp<S: Real, R: Send>(
+/// a block of at most [`MLP_BLOCK`] at a time; `emit(out, hidden, nb)` receives each
+/// block's outputs and last hidden activations as [`BlockMlp::forward`] gives them, in
+/// element order. `buf` is scratch space
+/// kept by the caller.
+pub(crate) fn normalized_mlp<S: Real>(
     n: usize,
     nf: usize,
     mut build: impl FnMut(usize, &mut [S]),
     mlp: &mut BlockMlp<S>,
     layers: &[LayerRef<'_, S>],
     buf: &mut Vec<S>,
-    block: impl Fn(&[S], &[S], usize) -> R + Sync,
-    mut emit: impl FnMut(R),
+    mut emit: impl FnMut(&[S], &[S], usize),
 ) {
     let c = S::from_f64;
     let keep = n * nf <= KEEP_FEATURES;
@@ -236,24 +232,6 @@ pub(crate) fn normalized_mlp<S: Real, R: Send>(
     }
     let nn = c(n as f64);
     let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
-    // One block: scaled in place, then the network.
-    let run = |mlp: &mut BlockMlp<S>, cols: &mut [S]| {
-        let nb = cols.len() / nf;
-        for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
-            col.iter_mut().for_each(|x| *x *= sc);
-        }
-        let (out, hidden) = mlp.forward(layers, cols, nb);
-        block(out, hidden, nb)
-    };
-    if keep && par_worthy::<S>(n) {
-        use rayon::prelude::*;
-        let results: Vec<R> = buf[..n * nf]
-            .par_chunks_mut(MLP_BLOCK * nf)
-            .map_init(BlockMlp::new, run)
-            .collect();
-        results.into_iter().for_each(emit);
-        return;
-    }
     for start in (0..n).step_by(MLP_BLOCK) {
         let nb = MLP_BLOCK.min(n - start);
         let at = if keep { start * nf } else { 0 };
@@ -261,7 +239,11 @@ pub(crate) fn normalized_mlp<S: Real, R: Send>(
         if !keep {
             build(start, cols);
         }
-        emit(run(mlp, cols));
+        for (col, &sc) in cols.chunks_exact_mut(nb).zip(&scale) {
+            col.iter_mut().for_each(|x| *x *= sc);
+        }
+        let (out, hidden) = mlp.forward(layers, cols, nb);
+        emit(out, hidden, nb);
     }
 }
 

@@ -647,27 +647,20 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 &mut mlp,
                 &layers,
                 &mut block,
-                // A block's steps and its sums of the hidden (or message) columns.
                 |out, hidden, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
                     // The branch-free `exp` (for `f32`, as the lanes use): vectorizes.
-                    let st: Vec<_> = direction
-                        .iter()
-                        .zip(magnitude)
-                        .map(|(&d, &mg)| {
-                            d * crate::kernels::vecmath::exp(mg * mag_rate) * step_mult
-                        })
-                        .collect();
-                    let cols = if shortcut { hidden } else { &out[2 * nb..] };
-                    let sums: Vec<_> = cols.chunks_exact(nb).map(|c| sum8(c, |x| x)).collect();
-                    (st, sums)
-                },
-                // In element order: the sums across blocks as on one thread.
-                |(st, sums)| {
-                    steps.extend(st);
-                    let acc = if shortcut { &mut hsum } else { &mut msg };
-                    for (a, s) in acc.iter_mut().zip(sums) {
-                        *a += s;
+                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
+                        d * crate::kernels::vecmath::exp(mg * mag_rate) * step_mult
+                    }));
+                    if shortcut {
+                        for (col, a) in hidden.chunks_exact(nb).zip(hsum.iter_mut()) {
+                            *a += sum8(col, |x| x);
+                        }
+                    } else {
+                        for (col, a) in out[2 * nb..].chunks_exact(nb).zip(msg.iter_mut()) {
+                            *a += sum8(col, |x| x);
+                        }
                     }
                 },
             );

@@ -876,14 +876,11 @@ impl LearnedOptimizer for Velo {
                 &mut feats,
                 |out, _, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                    let st = direction.iter().zip(magnitude);
-                    st.map(|(&d, &mg)| {
+                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
                         let mag = (mg * exp_mult).exp();
                         lr_mult[li] * (d * (param_scale * mag) * step_mult)
-                    })
-                    .collect::<Vec<_>>()
+                    }));
                 },
-                |st| steps.extend(st),
             );
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
                 *p -= st;
