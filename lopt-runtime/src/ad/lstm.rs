@@ -230,7 +230,9 @@ impl Sum {
         }
         // SAFETY: the elements are plain floating-point values (`f32`, `f64` or packets of
         // them: no padding, aligned to at least 4), `v.len()` of them initialized.
-        let w = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u32, v.len() * size / 4) };
+        let w = unsafe {
+            std::slice::from_raw_parts(v.as_ptr() as *const u32, std::mem::size_of_val(v) / 4)
+        };
         let (a, b) = (&mut self.a, &mut self.b);
         let mut add = |w: &[u32]| {
             for (l, &w) in w.iter().enumerate() {
@@ -876,7 +878,9 @@ mod tests {
     /// The value against the definition, on one chunk and on two (B = 70). Mutations
     /// caught: the forget bias dropped; the gate order i, f, g, o (haiku's is i, g, f, o);
     /// the second chunk reading the first chunk's rows of `h0` (`r.start` dropped from
-    /// the forward pass's view); each tried, each fails here.
+    /// the forward pass's view); a chunk writing its rows of the results without
+    /// `r.start`; the last chunk one row short (its last row of the results never
+    /// written); each tried, each fails here.
     #[test]
     fn value_matches_the_definition() {
         for (k, &(b, t, h)) in SIZES.iter().enumerate() {
