@@ -593,10 +593,46 @@ fn bias_check<S: Real>(what: &str, m: &DMatrix<S>, v: (usize, usize), swap: bool
     }
 }
 
+/// Elements from which a bias pass over a matrix runs in chunks of columns on the thread
+/// pool (4 MB of `f32`: the LSTM layer's `x·W_x + b`, 4096 × 512, would otherwise be a
+/// serial pass between two threaded products). Each element, and each column's sum, is
+/// computed as on one thread, so the results do not depend on the split.
+const BIAS_PAR_MIN: usize = 1 << 20;
+
+/// Whether a bias pass over `m` runs on the pool ([`BIAS_PAR_MIN`]), and then the columns
+/// per chunk.
+fn bias_par<S: Real>(m: &DMatrix<S>) -> Option<usize> {
+    (m.len() >= BIAS_PAR_MIN && m.nrows() > 0 && rayon::current_num_threads() > 1)
+        .then(|| m.ncols().div_ceil(2 * rayon::current_num_threads()).max(1))
+}
+
 #[inline]
 fn bias_eval<S: Real, Op: Pointwise2<S>, const SWAP: bool>(m: &DMatrix<S>, v: &[S]) -> DMatrix<S> {
     let r = m.nrows();
+    let f = |o: &mut [std::mem::MaybeUninit<S>], col: &[S], vj: S| {
+        for (o, &x) in o.iter_mut().zip(col) {
+            let (a, b) = ord::<S, SWAP>(x, vj);
+            o.write(Op::f(a, b));
+        }
+    };
     let mut out = Vec::with_capacity(m.len());
+    if let Some(per) = bias_par(m) {
+        use rayon::prelude::*;
+        let n = m.len();
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(r * per)
+            .zip(m.as_slice().par_chunks(r * per))
+            .zip(v.par_chunks(per))
+            .for_each(|((o, mc), vc)| {
+                for ((o, col), &vj) in o.chunks_mut(r).zip(mc.chunks(r)).zip(vc) {
+                    f(o, col, vj);
+                }
+            });
+        // SAFETY: the chunks cover all `n` elements (`r · per` each, the last cut short,
+        // as the matrix's and the vector's chunks) and each element was written.
+        unsafe { out.set_len(n) };
+        return DMatrix::from_vec(r, m.ncols(), out);
+    }
     for (col, &vj) in m.as_slice().chunks_exact(r.max(1)).zip(v) {
         out.extend(col.iter().map(|&x| {
             let (a, b) = ord::<S, SWAP>(x, vj);
@@ -678,16 +714,27 @@ fn bias_vjp<S: Real, Op: Pointwise2<S>, const SWAP: bool>(
         if m.nrows() == 0 {
             return vec![z; v.len()];
         }
-        let cols = m
-            .as_slice()
-            .chunks_exact(r)
-            .zip(y.as_slice().chunks_exact(r))
-            .zip(g.as_slice().chunks_exact(r))
-            .zip(v);
-        cols.map(|(((x, y), g), &vj)| {
-            sum_zip3(x, y, g, |x, y, g| d_sides::<S, Op, SWAP>(x, vj, y, z, g).1)
-        })
-        .collect()
+        let col_sum = |j: usize| {
+            let cols = j * r..(j + 1) * r;
+            let (x, yc, gc) = (
+                &m.as_slice()[cols.clone()],
+                &y.as_slice()[cols.clone()],
+                &g.as_slice()[cols],
+            );
+            let vj = v[j];
+            sum_zip3(x, yc, gc, |x, y, g| {
+                d_sides::<S, Op, SWAP>(x, vj, y, z, g).1
+            })
+        };
+        if let Some(per) = bias_par(m) {
+            use rayon::prelude::*;
+            return (0..v.len())
+                .into_par_iter()
+                .with_min_len(per)
+                .map(col_sum)
+                .collect();
+        }
+        (0..v.len()).map(col_sum).collect()
     });
     let dm = need_m.then(|| {
         if !m_side_is_t::<S, Op, SWAP>() {

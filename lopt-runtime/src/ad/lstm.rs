@@ -22,6 +22,8 @@
 //! independent, so the batch runs in fixed chunks of rows ([`CHUNK_ROWS`]) on the thread
 //! pool, each chunk its own recurrence; the chunks depend on `B` only, so the results are the
 //! same bit for bit on any number of threads (`dwh` sums the chunks' parts in chunk order).
+//! Each chunk also writes its rows of the results (`h`, `xw`'s cotangent) itself, into
+//! matrices allocated without zeros: no serial pass assembles them.
 //!
 //! Derivatives (`∘` elementwise, `G` the output cotangent), reverse over `t`:
 //! `dh ← dh + G_t`, `dc ← dc + dh∘o∘(1 − tanh²c_t)`, `dz_o = dh∘tanh(c_t)∘o(1 − o)`,
@@ -37,15 +39,17 @@
 //! One pass is kept per thread (the last); a `vjp` whose arguments are not the kept ones
 //! recomputes. In a loss the arguments of a `vjp` are alive from their forward call to it
 //! (the tape holds them, and the loss language never mutates a value); a direct call of
-//! the public `vjp` has no such guarantee, so the key also holds a checksum of the
-//! arguments' contents. A forward call whose `vjp` never comes (a value-only call) leaves
-//! its pass kept until the next call on that thread.
+//! the public `vjp` has no such guarantee, so each chunk of the kept pass also holds a
+//! checksum of what it read (its rows of `xw`, `h0`, `c0`, and `wh`), which the `vjp`
+//! checks chunk by chunk on the pool, recomputing a chunk whose checksum differs. A
+//! forward call whose `vjp` never comes (a value-only call) leaves its pass kept until the
+//! next call on that thread.
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, Dyn, UninitMatrix};
 
 use crate::kernels::gemm::{gemm_raw_ldc, MatRef};
 use crate::kernels::vecmath::{sigmoid as sig, tanh};
@@ -194,38 +198,188 @@ fn gate_cols<S>(z: &mut [S], row: usize, j: usize, h: usize, ld: usize, n: usize
     ]
 }
 
+/// Fletcher's two running sums over 32-bit words (modulo 2^32), in sixteen interleaved
+/// lanes (one vector register each), restarting the lanes at each [`Sum::add`]: a
+/// checksum of the words in the order they are added. Addresses alone would let a direct call of the public `vjp`, on
+/// matrices written in place or allocated where freed ones of the same shapes lay, take
+/// a pass of other values; a checksum that differs makes it recompute instead.
+#[derive(Clone, Copy)]
+struct Sum {
+    a: [u32; 16],
+    b: [u32; 16],
+    /// A scalar that is not whole 32-bit words: no checksum, its pass is never taken.
+    none: bool,
+}
+
+impl Sum {
+    fn new() -> Sum {
+        Sum {
+            a: [0; 16],
+            b: [0; 16],
+            none: false,
+        }
+    }
+
+    /// Adds the words of `v`.
+    #[inline(always)]
+    fn add<S: Real>(&mut self, v: &[S]) {
+        let size = std::mem::size_of::<S>();
+        if std::mem::align_of::<S>() < 4 || !size.is_multiple_of(4) {
+            self.none = true;
+            return;
+        }
+        // SAFETY: the elements are plain floating-point values (`f32`, `f64` or packets of
+        // them: no padding, aligned to at least 4), `v.len()` of them initialized.
+        let w = unsafe {
+            std::slice::from_raw_parts(v.as_ptr() as *const u32, std::mem::size_of_val(v) / 4)
+        };
+        let (a, b) = (&mut self.a, &mut self.b);
+        let mut add = |w: &[u32]| {
+            for (l, &w) in w.iter().enumerate() {
+                a[l] = a[l].wrapping_add(w);
+                b[l] = b[l].wrapping_add(a[l]);
+            }
+        };
+        let mut chunks = w.chunks_exact(16);
+        for c in &mut chunks {
+            add(c);
+        }
+        add(chunks.remainder());
+    }
+
+    /// The sums folded into one word (`None` for a scalar of another layout).
+    fn finish(&self) -> Option<u64> {
+        (!self.none).then(|| {
+            self.a.iter().chain(&self.b).fold(0, |h: u64, &x| {
+                (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            })
+        })
+    }
+}
+
+/// The checksum ([`Sum`]) of chunk `r`'s rows of `xw` column by column, step by step
+/// (`n` elements each, the order of the chunk's gate buffer; each also given to `visit`),
+/// then of `wh` and the chunk's rows of `h0` and `c0`. Everything chunk `r`'s forward pass reads, so its checksum
+/// decides whether a kept pass of the chunk is still its arguments' (the forward pass
+/// gathers with `visit`, the `vjp` checks with a no-op `visit`: one order for both).
+fn chunk_inputs<S: Real>(
+    d: Dims,
+    r: &Range<usize>,
+    args: [&DMatrix<S>; 4],
+    mut visit: impl FnMut(&[S]),
+) -> Option<u64> {
+    let [xw, wh, h0, c0] = args;
+    let mut sum = Sum::new();
+    let (n, tt, b) = (r.len(), d.t, d.b);
+    let xs = xw.as_slice();
+    for j in 0..4 * d.h {
+        for t in 0..tt {
+            let seg = &xs[t * b + r.start + j * tt * b..][..n];
+            sum.add(seg);
+            visit(seg);
+        }
+    }
+    sum.add(wh.as_slice());
+    for m in [h0, c0] {
+        for j in 0..d.h {
+            sum.add(&m.as_slice()[r.start + j * b..][..n]);
+        }
+    }
+    sum.finish()
+}
+
+/// A `rows × cols` column-major matrix written by the chunks, each its own rows (a raw
+/// pointer: the chunks run on the pool at once and write disjoint elements).
+#[derive(Clone, Copy)]
+struct Out<S> {
+    p: *mut S,
+    rows: usize,
+    cols: usize,
+}
+// SAFETY: the chunks write disjoint rows, and the matrix is read only after they joined.
+unsafe impl<S: Send> Send for Out<S> {}
+unsafe impl<S: Send> Sync for Out<S> {}
+
+impl<S: Real> Out<S> {
+    fn of(m: &mut UninitMatrix<S, Dyn, Dyn>) -> Out<S> {
+        Out {
+            p: m.as_mut_ptr() as *mut S,
+            rows: m.nrows(),
+            cols: m.ncols(),
+        }
+    }
+
+    /// Writes `src` into column `j` from row `row` on.
+    ///
+    /// # Safety
+    /// No other thread writes or reads these elements meanwhile.
+    #[inline]
+    unsafe fn put(self, row: usize, j: usize, src: &[S]) {
+        assert!(j < self.cols && row + src.len() <= self.rows);
+        // SAFETY: inside the matrix (checked above); exclusive by the caller's promise.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.p.add(j * self.rows + row), src.len())
+        }
+    }
+}
+
+/// Writes a chunk's `T·n × w` buffer (row `t·n + k`, columns `chunk_ld` apart) to its rows
+/// `t·B + r.start + k` of `out`: column by column, so that the writes stay within a few
+/// pages at a time (step by step, each step's rows would touch a page per column).
+fn put_rows<S: Real>(d: Dims, r: &Range<usize>, v: &[S], w: usize, out: Out<S>) {
+    let n = r.len();
+    let ld = chunk_ld::<S>(d.t * n);
+    for j in 0..w {
+        for t in 0..d.t {
+            // SAFETY: rows `t·B + r` are this chunk's alone.
+            unsafe { out.put(t * d.b + r.start, j, &v[j * ld + t * n..][..n]) };
+        }
+    }
+}
+
+/// An uninitialized `rows × cols` matrix for the chunks to write in full.
+fn uninit<S: Real>(rows: usize, cols: usize) -> UninitMatrix<S, Dyn, Dyn> {
+    UninitMatrix::<S, Dyn, Dyn>::uninit(Dyn(rows), Dyn(cols))
+}
+
 /// One chunk's forward pass: for rows `r` of the batch, every step's activated gates
 /// (`T·n × 4H`, row `t·n + k`, columns `i, g, f, o`), cell `c_t`, `tanh(c_t)` and output
-/// `h_t` (each `T·n × H`), all column-major with `T·n` rows.
+/// `h_t` (each `T·n × H`), all column-major with `T·n` rows, and the checksum of what it
+/// read ([`chunk_inputs`]).
 struct Chunk<S> {
     r: Range<usize>,
+    sum: Option<u64>,
     gates: Vec<S>,
     c: Vec<S>,
     tc: Vec<S>,
     hs: Vec<S>,
 }
 
+/// Chunk `r`'s forward pass; with `out` (the `T·B × H` result), each `h_t` is also
+/// written to its rows there, as it is made (in cache, on the chunk's thread).
 fn forward_chunk<S: Real>(
     d: Dims,
     r: Range<usize>,
-    xw: &DMatrix<S>,
-    wh: &DMatrix<S>,
-    h0: &DMatrix<S>,
-    c0: &DMatrix<S>,
+    args: [&DMatrix<S>; 4],
+    out: Option<Out<S>>,
 ) -> Chunk<S> {
+    let [_, wh, h0, c0] = args;
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
     let ld = chunk_ld::<S>(tt * n);
-    let (xs, whv) = (xw.as_slice(), MatRef::of(wh));
+    let whv = MatRef::of(wh);
     // The chunk's rows of `xw`, column by column, step by step (built in order: no
-    // zero-fill first); each step then adds h_{t−1}·wh in place.
+    // zero-fill first), checksummed on the way; each step then adds h_{t−1}·wh in place.
     let mut gates = Vec::with_capacity(ld * 4 * h);
-    for j in 0..4 * h {
-        for t in 0..tt {
-            let src = t * b + r.start + j * tt * b;
-            gates.extend_from_slice(&xs[src..src + n]);
+    let mut filled = 0;
+    let sum = chunk_inputs(d, &r, args, |seg| {
+        gates.extend_from_slice(seg);
+        filled += 1;
+        if filled == tt {
+            filled = 0;
+            gates.resize(gates.len().next_multiple_of(ld), S::zero());
         }
-        gates.resize((j + 1) * ld, S::zero());
-    }
+    });
+    gates.resize(ld * 4 * h, S::zero());
     let mut c = vec![S::zero(); ld * h];
     let mut tc = vec![S::zero(); ld * h];
     let mut hs = vec![S::zero(); ld * h];
@@ -263,8 +417,12 @@ fn forward_chunk<S: Real>(
             }
         }
     }
+    if let Some(o) = out {
+        put_rows(d, &r, &hs, h, o);
+    }
     Chunk {
         r,
+        sum,
         gates,
         c,
         tc,
@@ -272,39 +430,13 @@ fn forward_chunk<S: Real>(
     }
 }
 
-/// Every chunk's forward pass (on the pool).
-fn forward_all<S: Real>(
-    d: Dims,
-    xw: &DMatrix<S>,
-    wh: &DMatrix<S>,
-    h0: &DMatrix<S>,
-    c0: &DMatrix<S>,
-) -> Vec<Chunk<S>> {
-    let chunks = d.chunks();
-    par_map(chunks.len(), |i| {
-        forward_chunk(d, chunks[i].clone(), xw, wh, h0, c0)
-    })
-}
-
 /// The chunks' `T·n × w` blocks (row `t·n + k`) as one `T·B × w` matrix (row `t·B + r.start
 /// + k`); a single chunk's buffer is the matrix itself.
 fn assemble<S: Real>(d: Dims, w: usize, parts: Vec<(Range<usize>, Vec<S>)>) -> DMatrix<S> {
-    if parts.len() == 1 && chunk_ld::<S>(d.t * d.b) == d.t * d.b {
-        let (_, v) = parts.into_iter().next().expect("one part");
-        return DMatrix::from_vec(d.t * d.b, w, v);
-    }
-    assemble_ref(
-        d,
-        w,
-        parts.iter().map(|(r, v)| (r.clone(), &v[..])).collect(),
-    )
-}
-
-/// [`assemble`] of borrowed blocks (always copied).
-fn assemble_ref<S: Real>(d: Dims, w: usize, parts: Vec<(Range<usize>, &[S])>) -> DMatrix<S> {
     let rows = d.t * d.b;
     if parts.len() == 1 && chunk_ld::<S>(rows) == rows {
-        return DMatrix::from_column_slice(rows, w, parts[0].1);
+        let (_, v) = parts.into_iter().next().expect("one part");
+        return DMatrix::from_vec(rows, w, v);
     }
     let mut out = DMatrix::<S>::zeros(rows, w);
     let o = out.as_mut_slice();
@@ -334,55 +466,15 @@ fn stack<S: Real>(d: Dims, parts: Vec<(Range<usize>, Vec<S>)>) -> DMatrix<S> {
     out
 }
 
-/// What identifies a forward pass's arguments: the scalar type, the address and shape of
-/// `xw`, `wh`, `h0`, `c0`, and a checksum of their contents ([`contents`]).
-type KeepKey = (TypeId, [(usize, usize, usize); 4], u64);
+/// What identifies the arguments of a kept forward pass besides the chunks' checksums:
+/// the scalar type and the address and shape of `xw`, `wh`, `h0`, `c0`.
+type KeepKey = (TypeId, [(usize, usize, usize); 4]);
 
 fn keep_key<S: Real>(args: [&DMatrix<S>; 4]) -> KeepKey {
     (
         TypeId::of::<S>(),
         args.map(|m| (m.as_ptr() as usize, m.nrows(), m.ncols())),
-        contents(args),
     )
-}
-
-/// Fletcher's two running sums over the arguments' 32-bit words, in eight interleaved
-/// lanes (the loop vectorizes; about 1% of a call), folded into one word. Addresses alone
-/// would let a direct call of the public `vjp`, on matrices written in place or allocated
-/// where freed ones of the same shapes lay, take a pass of other values; a checksum
-/// that differs makes it recompute instead.
-fn contents<S: Real>(args: [&DMatrix<S>; 4]) -> u64 {
-    let (mut a, mut b) = ([0u64; 8], [0u64; 8]);
-    let mut add = |w: &[u32]| {
-        for (l, &w) in w.iter().enumerate() {
-            a[l] = a[l].wrapping_add(u64::from(w));
-            b[l] = b[l].wrapping_add(a[l]);
-        }
-    };
-    for m in args {
-        let words = if std::mem::align_of::<S>() >= 4 && std::mem::size_of::<S>().is_multiple_of(4)
-        {
-            // SAFETY: the elements are plain floating-point values (`f32`, `f64` or packets
-            // of them: no padding, aligned to at least 4), `m.len()` of them initialized.
-            unsafe {
-                std::slice::from_raw_parts(
-                    m.as_ptr() as *const u32,
-                    m.len() * std::mem::size_of::<S>() / 4,
-                )
-            }
-        } else {
-            // A scalar of another layout: no checksum, so its pass is never taken.
-            return u64::MAX;
-        };
-        let mut chunks = words.chunks_exact(8);
-        for c in &mut chunks {
-            add(c);
-        }
-        add(chunks.remainder());
-    }
-    a.iter().chain(&b).fold(0, |h: u64, &x| {
-        (h.rotate_left(5) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    })
 }
 
 thread_local! {
@@ -396,10 +488,11 @@ fn keep<S: Real>(key: KeepKey, chunks: Vec<Chunk<S>>) {
 }
 
 /// The kept forward pass if it is `key`'s (taken), else `None` (what was kept stays).
+/// Each chunk of it is then still to be checked against its arguments' checksum.
 fn take_kept<S: Real>(key: &KeepKey) -> Option<Vec<Chunk<S>>> {
     KEPT.with(|k| {
         let mut k = k.borrow_mut();
-        if key.2 != u64::MAX && k.as_ref().is_some_and(|(kk, _)| kk == key) {
+        if k.as_ref().is_some_and(|(kk, _)| kk == key) {
             let (_, v) = k.take()?;
             v.downcast::<Vec<Chunk<S>>>().ok().map(|b| *b)
         } else {
@@ -421,11 +514,16 @@ pub fn lstm_sequence<S: Real>(
     c0: &DMatrix<S>,
 ) -> DMatrix<S> {
     let d = Dims::of(xw, wh, h0, c0);
-    let chunks = forward_all(d, xw, wh, h0, c0);
-    let parts = chunks.iter().map(|c| (c.r.clone(), &c.hs[..])).collect();
-    let out = assemble_ref(d, d.h, parts);
-    keep(keep_key([xw, wh, h0, c0]), chunks);
-    out
+    let args = [xw, wh, h0, c0];
+    let mut out = uninit::<S>(d.t * d.b, d.h);
+    let o = Out::of(&mut out);
+    let ranges = d.chunks();
+    let chunks = par_map(ranges.len(), |i| {
+        forward_chunk(d, ranges[i].clone(), args, Some(o))
+    });
+    keep(keep_key(args), chunks);
+    // SAFETY: the chunks' rows cover the batch and each wrote every `h_t` of its rows.
+    unsafe { out.assume_init() }
 }
 
 /// The rules of [`lstm_sequence()`] (the convention of `#[differentiable]` functions, which
@@ -462,22 +560,23 @@ pub mod lstm_sequence {
                 );
             }
         }
+        let args = [xw, wh, h0, c0];
+        let mut val = uninit::<S>(d.t * d.b, d.h);
+        let o = Out::of(&mut val);
         let chunks = d.chunks();
-        let parts = par_map(chunks.len(), |i| {
-            let fwd = forward_chunk(d, chunks[i].clone(), xw, wh, h0, c0);
+        let tans = par_map(chunks.len(), |i| {
+            let fwd = forward_chunk(d, chunks[i].clone(), args, Some(o));
             let dhs = tangent_chunk(d, &fwd, wh, h0, c0, [dxw, dwh, dh0, dc0]);
-            (fwd.r, fwd.hs, dhs)
+            (fwd.r, dhs)
         });
-        let (mut vals, mut tans) = (Vec::new(), Vec::new());
-        for (r, hs, dhs) in parts {
-            vals.push((r.clone(), hs));
-            tans.push((r, dhs));
-        }
-        (assemble(d, d.h, vals), assemble(d, d.h, tans))
+        // SAFETY: the chunks' rows cover the batch and each wrote every `h_t` of its rows.
+        let val = unsafe { val.assume_init() };
+        (val, assemble(d, d.h, tans))
     }
 
     /// The cotangents of `xw`, `wh`, `h0` and `c0` given the cotangent `g` of the output
-    /// (`T·B × H`). Runs the forward pass first.
+    /// (`T·B × H`). Takes the value's kept forward pass, chunk by chunk, where the
+    /// chunk's arguments are still the ones it was run on; runs it otherwise.
     #[track_caller]
     #[allow(clippy::type_complexity)]
     pub fn vjp<S: Real>(
@@ -498,33 +597,45 @@ pub mod lstm_sequence {
             (d.t * d.b, d.h),
             "lstm_sequence: a cotangent of the wrong shape"
         );
-        let fwds = match take_kept::<S>(&keep_key([xw, wh, h0, c0])) {
-            Some(f) => f,
-            None => forward_all(d, xw, wh, h0, c0),
+        let args = [xw, wh, h0, c0];
+        let ranges = d.chunks();
+        let kept: Vec<Option<Chunk<S>>> = match take_kept::<S>(&keep_key(args)) {
+            Some(v) if v.len() == ranges.len() => v.into_iter().map(Some).collect(),
+            _ => ranges.iter().map(|_| None).collect(),
         };
-        let parts = par_map_owned(fwds, |fwd| reverse_chunk(d, fwd, wh, h0, c0, g));
+        let mut dxw = uninit::<S>(d.t * d.b, 4 * d.h);
+        let o = Out::of(&mut dxw);
+        let jobs: Vec<(Range<usize>, Option<Chunk<S>>)> = ranges.into_iter().zip(kept).collect();
+        let parts = par_map_owned(jobs, |(r, kept)| {
+            let fwd = match kept {
+                Some(k)
+                    if k.r == r
+                        && k.sum.is_some()
+                        && chunk_inputs(d, &r, args, |_| ()) == k.sum =>
+                {
+                    k
+                }
+                _ => forward_chunk(d, r, args, None),
+            };
+            reverse_chunk(d, fwd, wh, h0, c0, g, o)
+        });
         let mut dwh = DMatrix::<S>::zeros(d.h, 4 * d.h);
-        let (mut dz, mut dh, mut dc) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dh, mut dc) = (Vec::new(), Vec::new());
         for p in parts {
             dwh += p.dwh;
-            dz.push((p.r.clone(), p.dz));
             dh.push((p.r.clone(), p.dh));
             dc.push((p.r, p.dc));
         }
-        (
-            Some(assemble(d, 4 * d.h, dz)),
-            Some(dwh),
-            Some(stack(d, dh)),
-            Some(stack(d, dc)),
-        )
+        // SAFETY: the chunks' rows cover the batch and each wrote every `dz_t` of its rows.
+        let dxw = unsafe { dxw.assume_init() };
+        (Some(dxw), Some(dwh), Some(stack(d, dh)), Some(stack(d, dc)))
     }
 }
 
-/// One chunk's cotangents: `dz` (`xw`'s rows of the chunk, `T·n × 4H`), its part of `dwh`,
-/// and `dh0`, `dc0` of its rows (`n × H`).
+/// One chunk's cotangents besides `dz` (which it writes into `xw`'s cotangent): its part
+/// of `dwh`, and `dh0`, `dc0` of its rows (`n × H`).
 struct Reverse<S> {
     r: Range<usize>,
-    dz: Vec<S>,
     dwh: DMatrix<S>,
     dh: Vec<S>,
     dc: Vec<S>,
@@ -537,6 +648,7 @@ fn reverse_chunk<S: Real>(
     h0: &DMatrix<S>,
     c0: &DMatrix<S>,
     g: &DMatrix<S>,
+    dxw: Out<S>,
 ) -> Reverse<S> {
     let Chunk {
         r,
@@ -544,6 +656,7 @@ fn reverse_chunk<S: Real>(
         c,
         tc,
         hs,
+        ..
     } = fwd;
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
     let ld = chunk_ld::<S>(tt * n);
@@ -604,14 +717,10 @@ fn reverse_chunk<S: Real>(
             );
         }
     }
-    drop((c, tc, hs));
-    Reverse {
-        r,
-        dz: z,
-        dwh,
-        dh,
-        dc,
-    }
+    // dz is xw's cotangent.
+    put_rows(d, &r, &z, 4 * h, dxw);
+    drop((z, c, tc, hs));
+    Reverse { r, dwh, dh, dc }
 }
 
 /// One chunk's output tangent (`T·n × H`) along the argument tangents `[dxw, dwh, dh0,
@@ -769,7 +878,9 @@ mod tests {
     /// The value against the definition, on one chunk and on two (B = 70). Mutations
     /// caught: the forget bias dropped; the gate order i, f, g, o (haiku's is i, g, f, o);
     /// the second chunk reading the first chunk's rows of `h0` (`r.start` dropped from
-    /// the forward pass's view); each tried, each fails here.
+    /// the forward pass's view); a chunk writing its rows of the results without
+    /// `r.start`; the last chunk one row short (its last row of the results never
+    /// written); each tried, each fails here.
     #[test]
     fn value_matches_the_definition() {
         for (k, &(b, t, h)) in SIZES.iter().enumerate() {
@@ -985,6 +1096,37 @@ mod tests {
         let _ = lstm_sequence(&y[0], &y[1], &y[2], &y[3]);
         y[0].copy_from(&other[0]);
         assert_eq!(rules::vjp(&y[0], &y[1], &y[2], &y[3], &u), want);
+    }
+
+    /// Each chunk of a kept pass is checked against what it read: one element written in
+    /// place after the value, in the second chunk's rows of `xw` (last step, last
+    /// column), of `h0` or of `c0`, or anywhere in `wh`, makes the `vjp` recompute (it
+    /// equals a `vjp` with nothing kept, bit for bit). Mutations caught: a checksum
+    /// without the last gate column of `xw`, without `h0`'s rows, or without `wh` (each
+    /// tried, each fails here); a chunk taken without its check (tried).
+    #[test]
+    fn a_chunk_read_after_an_in_place_write_is_recomputed() {
+        let (b, t, h) = (67, 3, 2);
+        let d = Dims { b, t, h };
+        let second = d.chunks()[1].clone();
+        let x = inputs(b, t, h, 171).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 191).map(|v| v as f32);
+        let row = second.end - 1;
+        let writes: [(usize, usize, usize); 4] = [
+            (0, (t - 1) * b + row, 4 * h - 1),
+            (1, h - 1, 1),
+            (2, row, h - 1),
+            (3, second.start, 0),
+        ];
+        for (q, i, j) in writes {
+            let mut y = x.clone();
+            let _ = lstm_sequence(&y[0], &y[1], &y[2], &y[3]);
+            y[q][(i, j)] += 0.25;
+            let got = rules::vjp(&y[0], &y[1], &y[2], &y[3], &u);
+            KEPT.with(|k| k.borrow_mut().take());
+            let want = rules::vjp(&y[0], &y[1], &y[2], &y[3], &u);
+            assert_eq!(got, want, "argument {q} element ({i}, {j})");
+        }
     }
 
     #[test]

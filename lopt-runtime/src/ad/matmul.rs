@@ -63,9 +63,13 @@ where
     let n = r.value() * c.value();
     if is_large::<S>(n) {
         let mut v = scratch::<S>(n);
-        // SAFETY: the shapes agree (checked above) and `v` holds `r * c` initialized
-        // elements; gemm writes every one of them.
-        unsafe { gemm_raw(a, b, v.as_mut_ptr(), false) };
+        // SAFETY: the shapes agree (checked above) and `v` has room for `r * c`
+        // elements; gemm writes every one of them (without accumulation it reads none),
+        // so all `n` are initialized when the length is set.
+        unsafe {
+            gemm_raw(a, b, v.as_mut_ptr(), false);
+            v.set_len(n);
+        }
         return OMatrix::from_vec_generic(r, c, v);
     }
     let mut out = UninitMatrix::<S, R, C>::uninit(r, c);
@@ -104,9 +108,13 @@ where
     let n = r.value() * c.value();
     if is_large::<S>(n) {
         let mut v = scratch::<S>(n);
-        // SAFETY: the shapes agree (checked above) and `v` holds `r * c` initialized
-        // elements; gemm writes every one of them.
-        unsafe { gemm_split(a, b, v.as_mut_ptr(), false) };
+        // SAFETY: the shapes agree (checked above) and `v` has room for `r * c`
+        // elements; gemm writes every one of them (without accumulation it reads none),
+        // so all `n` are initialized when the length is set.
+        unsafe {
+            gemm_split(a, b, v.as_mut_ptr(), false);
+            v.set_len(n);
+        }
         return OMatrix::from_vec_generic(r, c, v);
     }
     let mut out = UninitMatrix::<S, R, C>::uninit(r, c);

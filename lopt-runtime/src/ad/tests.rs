@@ -620,6 +620,42 @@ fn bias_broadcast() {
     binary::<op::Sub, _, _>("row bias - matrix", rv, m);
 }
 
+/// A bias pass of at least 2^20 elements runs in chunks of columns on the pool: on 1 and
+/// on 3 threads the sum, the difference (vector on the left), and their cotangents (the
+/// vector's is column sums) are the same bit for bit and equal the elementwise
+/// definition and a plain sum per column (2048 × 515: the chunks do not divide the
+/// columns). Mutations caught: the last (shorter) chunk of columns left unwritten; each
+/// chunk's column sums all taken of its first column; each tried.
+#[test]
+fn large_bias_passes_on_the_pool_equal_one_thread() {
+    let (r, c) = (2048, 515);
+    let m = DMatrix::<f32>::from_fn(r, c, |i, j| ((i * 7 + j * 13) % 17) as f32 * 0.1 - 0.8);
+    let v = DVector::<f32>::from_fn(c, |j, _| j as f32 * 0.01 - 1.0);
+    let g = DMatrix::<f32>::from_fn(r, c, |i, j| ((i * 5 + j * 3) % 11) as f32 * 0.3 - 1.5);
+    let run = |threads: usize| {
+        crate::on_threads(threads, || {
+            let y = Binary::<op::Add, _>::eval(&m, &v);
+            let (dm, dv) = Binary::<op::Add, _>::vjp(&m, &v, &y, g.clone(), true, true);
+            let z = Binary::<op::Sub, _>::eval(&v, &m);
+            let (dv2, dm2) = Binary::<op::Sub, _>::vjp(&v, &m, &z, g.clone(), true, true);
+            (y, dm, dv, z, dv2, dm2)
+        })
+    };
+    let (one, three) = (run(1), run(3));
+    assert_eq!(one, three);
+    let (y, _, dv, z, dv2, _) = one;
+    let (dv, dv2) = (dv.unwrap(), dv2.unwrap());
+    for j in 0..c {
+        let col_sum = (0..r).fold(0.0f64, |s, i| s + f64::from(g[(i, j)]));
+        assert!((f64::from(dv[j]) - col_sum).abs() < 1e-3, "column {j}");
+        assert_eq!(dv2[j], dv[j]);
+        for i in 0..r {
+            assert_eq!(y[(i, j)], m[(i, j)] + v[j]);
+            assert_eq!(z[(i, j)], v[j] - m[(i, j)]);
+        }
+    }
+}
+
 /// `relu(m + bias)` with every sum at least 0.2 from the kink, both orders and both
 /// vector kinds (the fused reverse sweep runs when both cotangents are asked for).
 #[test]

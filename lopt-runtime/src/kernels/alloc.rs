@@ -41,22 +41,38 @@ pub(crate) fn recycle<S: Real>(v: Vec<S>) {
     }
 }
 
-/// `n` initialized elements of unspecified value, for a result that is about to be
-/// overwritten entirely: the buffer kept by [`recycle`] when its capacity is between
-/// `n` and `2n` (no fresh pages to fault in and clear), else [`zeroed`].
+/// Room for `n` elements, none of them initialized (length 0, capacity at least `n`),
+/// for a result written entirely before it is read (the caller then sets the length):
+/// the buffer kept by [`recycle`] when its capacity is between `n` and `2n` (no fresh
+/// pages to fault in and clear), else a fresh one advised as huge pages. Not zeroed:
+/// once [`keep_freed_memory`] keeps freed memory in the heap, a fresh buffer comes from
+/// there, and zeroed memory would cost a pass over it (8 MB, serial, for the LSTM
+/// benchmark's input product).
 pub(crate) fn scratch<S: Real>(n: usize) -> Vec<S> {
-    /// The kept buffer cut or grown to `n` when its capacity fits; else it stays kept
-    /// (a smaller result, the forward product, must not evict the patch-sized buffer).
-    fn fit<T: Copy + Default>(slot: &Cell<Vec<T>>, n: usize) -> Option<Vec<T>> {
-        let mut v = slot.take();
+    let mut v = kept(n).unwrap_or_else(|| {
+        let v = Vec::<S>::with_capacity(n);
+        advise_huge(
+            v.as_ptr() as usize,
+            n.saturating_mul(std::mem::size_of::<S>()),
+        );
+        v
+    });
+    v.clear();
+    v
+}
+
+/// The buffer kept by [`recycle`] when its capacity is between `n` and `2n`; else it stays
+/// kept (a smaller result, the forward product, must not evict the patch-sized buffer).
+fn kept<S: Real>(n: usize) -> Option<Vec<S>> {
+    fn fit<T>(slot: &Cell<Vec<T>>, n: usize) -> Option<Vec<T>> {
+        let v = slot.take();
         if v.capacity() < n || v.capacity() > n.saturating_mul(2) {
             slot.set(v);
             return None;
         }
-        v.resize(n, T::default());
         Some(v)
     }
-    let spare = if TypeId::of::<S>() == TypeId::of::<f32>() {
+    if TypeId::of::<S>() == TypeId::of::<f32>() {
         // SAFETY: `S` is `f32` (the TypeId test).
         SPARE_F32
             .with(|s| fit(s, n))
@@ -68,8 +84,7 @@ pub(crate) fn scratch<S: Real>(n: usize) -> Vec<S> {
             .map(|v| unsafe { cast::<f64, S>(v) })
     } else {
         None
-    };
-    spare.unwrap_or_else(|| zeroed(n))
+    }
 }
 
 /// The same vector as another element type.
@@ -94,16 +109,16 @@ pub(crate) fn zeroed<S: Real>(n: usize) -> Vec<S> {
     } else {
         return vec![S::zero(); n];
     };
-    advise_huge(&v);
+    advise_huge(v.as_ptr() as usize, std::mem::size_of_val(&v[..]));
     v
 }
 
-/// Asks Linux to back the whole 2 MB pages inside `v` with transparent huge pages (a
-/// hint: nothing changes when the kernel declines or the buffer is small).
-fn advise_huge<S>(v: &[S]) {
+/// Asks Linux to back the whole 2 MB pages inside the `bytes` of an allocation at `addr`
+/// with transparent huge pages (a hint: nothing changes when the kernel declines or the
+/// buffer is small).
+fn advise_huge(addr: usize, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
-        let bytes = std::mem::size_of_val(v);
         if bytes < HUGE {
             return;
         }
@@ -112,10 +127,10 @@ fn advise_huge<S>(v: &[S]) {
         }
         const MADV_HUGEPAGE: i32 = 14;
         const PAGE: usize = 2 << 20;
-        let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
-        let end = (v.as_ptr() as usize + bytes) / PAGE * PAGE;
+        let start = addr.next_multiple_of(PAGE);
+        let end = (addr + bytes) / PAGE * PAGE;
         if end > start {
-            // SAFETY: the range lies inside `v`'s allocation, which this function does not
+            // SAFETY: the range lies inside the allocation, which this function does not
             // read or write; the advice only changes how its pages are backed (the
             // result is ignored: a refusal leaves ordinary pages).
             unsafe {
@@ -124,7 +139,7 @@ fn advise_huge<S>(v: &[S]) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (v, HUGE);
+    let _ = (addr, bytes, HUGE);
 }
 
 /// Asks the C allocator, once per process, to keep the memory a reverse sweep frees for

@@ -5,8 +5,13 @@
 //! each chunk is one [`gemm_raw`] call on the columns of `B` and `C` it owns. The GEMM
 //! computes every element of `C` as one multiply-add chain in the order of `k` whatever
 //! the number of columns it is given (the broadcast kernels; products narrow enough to
-//! take the dot kernel or large enough to take `matrixmultiply` are not split), so a
-//! split product equals the whole one bit for bit, on one thread or many (tested).
+//! take the dot kernel are not split), so a split product equals the whole one bit for
+//! bit, on one thread or many (tested). Products large enough to take `matrixmultiply`
+//! are not split either, except thin ones (one dimension at most [`LARGE_DIM`], as the
+//! LSTM's input products `x·W_x` and `xᵀ·dz`, 4096 × 64 × 512) whose chunks fall back
+//! below it: those chunks take the broadcast kernels (measured at 0.90–1.04 of one core's
+//! peak there, `matrixmultiply` at 0.90–0.97), so such a product always runs split, and
+//! is the same bit for bit on any number of threads, not the same as one `gemm_raw`.
 
 use crate::kernels::gemm::{gemm_raw, MatRef, LARGE, LARGE_DIM, LARGE_STRIDED_B};
 use crate::scalar::Real;
@@ -82,15 +87,24 @@ impl<'a, S: Copy> Cols<'a, S> {
 
 /// Columns per chunk for an `m × k` by `k × n` product (`rsb`: `B`'s row stride), `None`
 /// when it is not split: too small, too narrow, or large enough for `matrixmultiply`
-/// (whose blocked sums differ from the broadcast kernels').
+/// (whose blocked sums differ from the broadcast kernels') unless it is thin and its
+/// chunks are not (see the module).
 pub(crate) fn chunk_cols(m: usize, k: usize, n: usize, rsb: usize) -> Option<usize> {
     let work = m.saturating_mul(k).saturating_mul(n);
     let limit = if rsb == 1 { LARGE } else { LARGE_STRIDED_B };
-    let large = m.min(k).min(n) >= LARGE_DIM && work > limit;
-    if work < SPLIT_MIN || n < 2 * MIN_COLS || large {
+    let is_large = |cols: usize| {
+        m.min(k).min(cols) >= LARGE_DIM && m.saturating_mul(k).saturating_mul(cols) > limit
+    };
+    if work < SPLIT_MIN || n < 2 * MIN_COLS {
         return None;
     }
-    Some(n.div_ceil(MAX_CHUNKS).next_multiple_of(8).max(MIN_COLS))
+    let w = n.div_ceil(MAX_CHUNKS).next_multiple_of(8).max(MIN_COLS);
+    // Large: whole, unless thin with chunks below `matrixmultiply`'s range.
+    let thin = m.min(k) <= LARGE_DIM;
+    if is_large(n) && (!thin || is_large(w)) {
+        return None;
+    }
+    Some(w)
 }
 
 /// A pointer to `C` shared by the chunks, each writing its own columns.
@@ -203,5 +217,52 @@ mod tests {
         assert_eq!(chunk_cols(64, 64, 64, 1), None);
         assert_eq!(chunk_cols(4096, 16, 100, 1), None);
         assert_eq!(chunk_cols(512, 512, 512, 1), None);
+        // Thin large products whose chunks are too large stay whole too.
+        assert_eq!(chunk_cols(32768, 64, 512, 1), None);
+        assert_eq!(chunk_cols(4096, 64, 512, 512), None);
+    }
+
+    /// The LSTM's thin input products above `LARGE` (4096 × 64 × 512: `x·W_x`, and
+    /// `xᵀ·dz`) run split, on the broadcast kernels: the same bit for bit on 1 and 3
+    /// threads, and within rounding of the whole (`matrixmultiply`) product. Mutation
+    /// caught: chunks `n / threads` columns wide (tried: on one thread the product stays
+    /// whole, on `matrixmultiply`, and the bits differ from three threads').
+    #[test]
+    fn thin_large_products_run_split() {
+        for (m, k, n, at) in [(4096, 64, 512, false), (64, 4096, 512, true)] {
+            assert!(m * k * n > LARGE);
+            let w = chunk_cols(m, k, n, 1).expect("a thin large product is split");
+            assert!(m * k * w <= LARGE);
+            let a = normals(m * k, 4);
+            let b = normals(k * n, 5);
+            let av = if at {
+                MatRef::col_major(&a, k, m).unwrap().t()
+            } else {
+                MatRef::col_major(&a, m, k).unwrap()
+            };
+            let bc = Cols::col_major(&b, k, n);
+            let run = |threads: usize| {
+                let mut c = vec![0.0f32; m * n];
+                // SAFETY: shapes agree; `c` holds m·n elements.
+                crate::on_threads(threads, || unsafe {
+                    gemm_split(av, bc, c.as_mut_ptr(), false)
+                });
+                c
+            };
+            let (one, three) = (run(1), run(3));
+            assert!(one
+                .iter()
+                .zip(&three)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            let mut whole = vec![0.0f32; m * n];
+            // SAFETY: as above.
+            unsafe { gemm_raw(av, bc.all(), whole.as_mut_ptr(), false) };
+            let scale = whole.iter().fold(0.0f32, |s, x| s.max(x.abs()));
+            let err = one
+                .iter()
+                .zip(&whole)
+                .fold(0.0f32, |s, (x, y)| s.max((x - y).abs()));
+            assert!(err <= 1e-5 * scale, "{m}x{k}x{n}: {err} of {scale}");
+        }
     }
 }
