@@ -516,6 +516,75 @@ fn main() {
         }
     }
 
+    // Single products of the LM's, the convolutions' and square shapes, through the
+    // library (`.lopt`: its kernels, or matrixmultiply above its crossover) and through
+    // matrixmultiply directly (`.mm`), to place the crossover per machine. `nn`: both
+    // operands column-major; `ta`: `Aᵀ·B`; `tb`: `A·Bᵀ` (the transposes read in place).
+    for (name, m, k, n, lay) in [
+        ("lm_dx_4096x512x128_tb", 4096usize, 512usize, 128usize, "tb"),
+        ("lm_dw_128x4096x512_ta", 128, 4096, 512, "ta"),
+        ("readout_2048x128x256_nn", 2048, 128, 256, "nn"),
+        ("readout_2048x256x128_tb", 2048, 256, 128, "tb"),
+        ("conv1_25088x27x32_nn", 25088, 27, 32, "nn"),
+        ("conv2_6272x288x64_nn", 6272, 288, 64, "nn"),
+        ("lstm_step_128x128x512_nn", 128, 128, 512, "nn"),
+        ("sq256_nn", 256, 256, 256, "nn"),
+        ("sq384_nn", 384, 384, 384, "nn"),
+        ("sq512_nn", 512, 512, 512, "nn"),
+        ("sq256_tb", 256, 256, 256, "tb"),
+        ("sq512_tb", 512, 512, 512, "tb"),
+    ] {
+        // Stored shapes: A is m x k (k x m for `ta`), B is k x n (n x k for `tb`).
+        let a = if lay == "ta" {
+            normal(k, m, 1.0)
+        } else {
+            normal(m, k, 1.0)
+        };
+        let b = if lay == "tb" {
+            normal(n, k, 0.1)
+        } else {
+            normal(k, n, 0.1)
+        };
+        for path in ["lopt", "mm"] {
+            let id = format!("part.gemm.{name}.{path}");
+            flops.push((id.clone(), 2.0 * (m * k * n) as f64));
+            let (a, b) = (a.clone(), b.clone());
+            let mut c = vec![0.0f32; m * n];
+            cases.push(Case::new(id, move || {
+                let av = if lay == "ta" { mref(&a).t() } else { mref(&a) };
+                let bv = if lay == "tb" { mref(&b).t() } else { mref(&b) };
+                if path == "lopt" {
+                    gemm(av, bv, &mut c, false).unwrap();
+                } else {
+                    // Strides of the views, as the library passes them.
+                    let (rsa, csa) = if lay == "ta" { (k, 1) } else { (1, m) };
+                    let (rsb, csb) = if lay == "tb" { (n, 1) } else { (1, k) };
+                    // SAFETY: the strides describe the matrices allocated above, and `c`
+                    // holds m·n elements (column-major).
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            a.as_ptr(),
+                            rsa as isize,
+                            csa as isize,
+                            b.as_ptr(),
+                            rsb as isize,
+                            csb as isize,
+                            0.0,
+                            c.as_mut_ptr(),
+                            1,
+                            m as isize,
+                        );
+                    }
+                }
+                keep(&c);
+            }));
+        }
+    }
+
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));
     let peak = common::fma_loop_flop(PEAK_ITERS) / common::median(&summary, "peak.fma");

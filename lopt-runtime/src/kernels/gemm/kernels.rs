@@ -6,6 +6,9 @@ use super::*;
 
 /// The largest vector block of `C` a kernel keeps (elements), for partial stores.
 pub(super) const MAX_BLOCK: usize = 64;
+/// The widest broadcast block (columns) a variant may use: `bcast_row_block`'s
+/// remainder arms go up to one less.
+pub(super) const MAX_NR: usize = 12;
 /// The most lanes of any vector type.
 pub(super) const MAX_LANES: usize = 16;
 
@@ -105,6 +108,7 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
     if nr == 0 {
         return;
     }
+    const { assert!(NR <= MAX_NR) };
     let (b, c) = (b0.add(col * csb), c.add(col * ldc));
     // `NR > x` is known at compile time: arms wider than this variant's block vanish.
     macro_rules! edge {
@@ -115,7 +119,7 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
             }
         };
     }
-    edge!(1 2 3 4 5 6 7)
+    edge!(1 2 3 4 5 6 7 8 9 10 11)
 }
 
 /// Below this many columns of `C`, a product with a transposed `A` takes dot products

@@ -209,7 +209,8 @@ fn dispatched_kernels_match_f64_loop_and_portable() {
 /// scalar chain, whatever the layout of the operands. `k = 300, 600` take several
 /// chunks of `k` in both the packed and the in-place path (mutation tried: a chunk
 /// after the first starting from zero instead of continuing from `C`, in the in-place
-/// path: this and three other tests fail).
+/// path: this and three other tests fail). Every shape has at least 16 rows, one
+/// AVX-512 vector (a transposed `A` of 8 rows takes the dot kernel there).
 #[test]
 fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
     fn chain<M: Madd>(a: &Stored, b: &Stored, a32: &[f32], b32: &[f32], acc: &[f32]) -> Vec<f32> {
@@ -234,7 +235,7 @@ fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
         for (m, k, n) in [
             (128, 64, 32),
             (33, 129, 7),
-            (8, 300, 4),
+            (16, 300, 4),
             (20, 600, 5),
             (17, 5, 17),
         ] {
@@ -264,18 +265,22 @@ fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
     }
 }
 
-/// The AVX-512 blocking (16-lane vectors, 32 x 8 broadcast blocks, 4 x 4 dot blocks),
+/// The AVX-512 blocking (16-lane vectors, 32 x 12 broadcast blocks, 4 x 4 dot blocks),
 /// run with portable vectors of the same width, so the driver logic those entry
-/// points use is checked on any CPU.
+/// points use is checked on any CPU: `n` = 3, 9, 10 (narrower than a block), 17 and 33
+/// (one or two blocks and a remainder of 5 or 9 columns). Mutations tried: the
+/// remainder block's `B` one column off (`col - 1`), and the remainder arms only up to
+/// 7 columns (as for 8-wide blocks): both fail here (and in
+/// `dispatched_kernels_match_f64_loop_and_portable` on an AVX-512 CPU).
 #[test]
 fn wide_vector_blocking_matches_f64_loop() {
     unsafe fn go(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], acc: bool) {
         let j = Job::new(a, b, c.as_mut_ptr(), acc);
-        drive::<Arr<f32, Fused, 16>, Arr<f32, Fused, 1>, 2, 8, 4, 4>(&j)
+        drive::<Arr<f32, Fused, 16>, Arr<f32, Fused, 1>, 2, 12, 4, 4>(&j)
     }
     unsafe fn go64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: &mut [f64], acc: bool) {
         let j = Job::new(a, b, c.as_mut_ptr(), acc);
-        drive::<Arr<f64, Fused, 8>, Arr<f64, Fused, 1>, 2, 8, 4, 4>(&j)
+        drive::<Arr<f64, Fused, 8>, Arr<f64, Fused, 1>, 2, 12, 4, 4>(&j)
     }
     let shapes = [
         (1, 33, 17),
@@ -284,6 +289,7 @@ fn wide_vector_blocking_matches_f64_loop() {
         (33, 64, 10),
         (47, 300, 9),
         (64, 600, 33),
+        (40, 20, 17),
     ];
     for (m, k, n) in shapes {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
