@@ -1551,11 +1551,9 @@ mod tests {
     /// the patch rules evaluated in f64 on the same inputs: the value, the kernel
     /// gradient alone (the first layer's case: the input is data), both cotangents, the
     /// tangent, and the adjoint identity. Bounds: f32 rounding of each sum, relative to
-    /// the sum of its terms' magnitudes. Mutations tried, each fails: a padding offset
-    /// one too large in `im2col_short`, a patch column written at the wrong window
-    /// element (`(j·kh + i)` for `(i·kw + j)`), the forward's last partial register of
-    /// rows dropped, the kernel gradient's last partial register of rows dropped, and
-    /// the lane sums not carried across the blocks of a chunk.
+    /// the sum of its terms' magnitudes. Mutations tried, each fails this test and the two
+    /// below: a padding offset one too large in `im2col_short`, a patch column written at
+    /// the wrong window element (`(j·kh + i)` for `(i·kw + j)`).
     #[test]
     fn thin_convolution_matches_the_definition() {
         for (k, g) in thin_geometries().into_iter().enumerate() {
@@ -1633,9 +1631,7 @@ mod tests {
 
     /// The thin path's patches (`im2col_thin`, on AVX-512 `im2col_short` where lines fit
     /// a register, else the portable gather) are the general `im2col_lines`', bit for
-    /// bit, block by block. Mutations tried, each fails: the masked loads' positions
-    /// one to the right, the rows outside the image (vertical padding) left unwritten,
-    /// and the portable gather reading the row at `base + t` (stride ignored).
+    /// bit, block by block (the buffers start as NaN, so an element left unwritten fails).
     #[test]
     fn thin_patches_are_the_general_patches() {
         for (k, g) in thin_geometries().into_iter().enumerate() {
@@ -1670,8 +1666,6 @@ mod tests {
     /// The thin path's results are the same on one thread as on three (its chunks and
     /// the order of its sums depend on the geometry alone), and each lane of the rule on
     /// `Lanes<8>` (the general path) is its instance's thin `f32` result to rounding.
-    /// Mutation tried: the chunks' partial kernel gradients summed in the order the
-    /// threads finish (a shared accumulator under a lock) fails the first check.
     #[test]
     fn thin_convolution_threads_and_lanes() {
         for g in [thin_geometries()[0], thin_geometries()[11]] {

@@ -494,10 +494,7 @@ mod tests {
     /// AVX-512, and the AVX-512 one where this CPU has it) against the products in f64,
     /// at row counts around the registers' and strips' sizes, channel counts around the
     /// tiles', and one to 32 patch columns; every output written (the buffer starts as
-    /// NaN), the lane sums added to what they held. Mutations tried, each fails: the
-    /// AVX2 forward's last rows (fewer than a strip) dropped, its channel tail dropped,
-    /// the AVX2 kernel gradient's rows after the last whole `L` dropped, and the AVX-512
-    /// tile's masked last step dropped.
+    /// NaN), the lane sums added to what they held.
     #[test]
     fn kernels_are_the_products() {
         if !crate::kernels::cpu::has_avx2_fma() {
