@@ -293,6 +293,32 @@ fn main() {
         }));
     }
 
+    // The convolution rule of the thin first layers alone (forward; kernel gradient of a
+    // random cotangent), without the bias, ReLU and sum around it in `conv.*`.
+    for (id, g, co, _) in layers.iter().filter(|l| l.1.patch_len() <= 32) {
+        let (g, co) = (*g, *co);
+        if !wanted(&format!(
+            "part.{}.",
+            &id[..id.find('.').unwrap_or(id.len())]
+        )) {
+            continue;
+        }
+        let tag = &id[..id.find('.').unwrap_or(id.len())];
+        let x = normal(g.in_rows(), g.channels, 1.0);
+        let w = normal(g.patch_len(), co, 0.2);
+        let gy = normal(g.out_rows(), co, 1.0);
+        let mm = 2.0 * (g.out_rows() * g.patch_len() * co) as f64;
+        flops.push((format!("part.{tag}.rule_fwd"), mm));
+        flops.push((format!("part.{tag}.rule_dw"), mm));
+        let (x2, w2) = (x.clone(), w.clone());
+        cases.push(Case::new(format!("part.{tag}.rule_fwd"), move || {
+            keep(im2col_mul(&x2, &w2, &g, &[false, true]));
+        }));
+        cases.push(Case::new(format!("part.{tag}.rule_dw"), move || {
+            keep(im2col_mul::vjp(&x, &w, &g, &[false, true], &gy));
+        }));
+    }
+
     // The parts of the largest layer's gradient, alone: the patches, their transpose
     // (col2im), and the three products.
     {

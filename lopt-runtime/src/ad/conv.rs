@@ -14,6 +14,8 @@
 //! bias is the existing broadcast of a row vector over the rows, and a 1×1 convolution is
 //! a plain product.
 
+use std::any::TypeId;
+
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
@@ -22,6 +24,8 @@ use crate::kernels::gemm::{gemm, gemm_raw_ldc, MatRef};
 use crate::scalar::Real;
 
 use super::Unary;
+
+mod thin;
 
 /// How a convolution or pooling window pads its input (TensorFlow's and haiku's
 /// semantics).
@@ -520,6 +524,28 @@ impl<S> Shared<S> {
     }
 }
 
+/// `s` as `f32`s (the caller has checked that `S` is `f32`).
+fn f32s<S: 'static>(s: &[S]) -> &[f32] {
+    assert_eq!(TypeId::of::<S>(), TypeId::of::<f32>());
+    // SAFETY: `S` is `f32` (asserted).
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
+}
+
+/// `s` as `f32`s, mutable (the caller has checked that `S` is `f32`).
+fn f32s_mut<S: 'static>(s: &mut [S]) -> &mut [f32] {
+    assert_eq!(TypeId::of::<S>(), TypeId::of::<f32>());
+    // SAFETY: `S` is `f32` (asserted).
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
+}
+
+/// `v` as a vector of `S` (the caller has checked that `S` is `f32`).
+fn f32_into<S: 'static>(v: Vec<f32>) -> Vec<S> {
+    assert_eq!(TypeId::of::<S>(), TypeId::of::<f32>());
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `S` is `f32` (asserted): the same allocation, length and capacity.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut S, v.len(), v.capacity()) }
+}
+
 impl Conv2dGeometry {
     /// Output lines per block of patches (at least one); line `n·out_h + oh` holds the
     /// outputs of row `oh` of image `n`.
@@ -824,11 +850,98 @@ impl Conv2dGeometry {
         }
     }
 
+    /// Whether [`thin`]'s kernels take the products of this convolution in `S`: `f32`,
+    /// at most [`thin::MAX_K`] patch columns, a CPU with AVX2 and FMA.
+    fn takes_thin<S: 'static>(&self) -> bool {
+        TypeId::of::<S>() == TypeId::of::<f32>()
+            && self.patch_len() <= thin::MAX_K
+            && crate::kernels::cpu::has_avx2_fma()
+    }
+
+    /// [`im2col_lines`](Self::im2col_lines) for the thin path (`f32`): every window
+    /// element's run along an output line is one [`thin::gather`] from the input row,
+    /// padding included (the runs of the first layers are short, 14 or 16 outputs, and
+    /// the general loop spends more on finding their ends than on copying them).
+    fn im2col_thin(&self, x: &[f32], lines: (usize, usize), buf: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.out_hw().1 <= 16
+            && self.stride.1 <= 2
+            && crate::kernels::cpu::isa() == crate::kernels::cpu::Isa::Avx512
+        {
+            // SAFETY: the CPU has AVX-512F (just checked).
+            return unsafe { thin::avx512::im2col_short(self, x, lines, buf) };
+        }
+        self.im2col_thin_with(x, lines, buf, thin::gather);
+    }
+
+    #[inline(always)]
+    fn im2col_thin_with(
+        &self,
+        x: &[f32],
+        (l0, l1): (usize, usize),
+        buf: &mut [f32],
+        gather: impl Fn(&[f32], isize, usize, &mut [f32]),
+    ) {
+        let (ho, wo) = self.out_hw();
+        let (pt, pl) = self.pads();
+        let (sh, sw) = self.stride;
+        let (rows, rows_in, chans) = ((l1 - l0) * wo, self.in_rows(), self.channels);
+        for l in l0..l1 {
+            let (n, oh) = (l / ho, l % ho);
+            let at = (l - l0) * wo;
+            for i in 0..self.kh {
+                let h = (oh * sh + i).wrapping_sub(pt);
+                for c in 0..chans {
+                    let src = c * rows_in + (n * self.height + h) * self.width;
+                    let row = (h < self.height).then(|| &x[src..src + self.width]);
+                    for j in 0..self.kw {
+                        let d = ((i * self.kw + j) * chans + c) * rows + at;
+                        let dst = &mut buf[d..d + wo];
+                        match row {
+                            Some(row) => gather(row, j as isize - pl as isize, sw, dst),
+                            None => dst.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`conv_blocked`](Self::conv_blocked) by [`thin::forward`]: `x` (`in_rows ×
+    /// channels`) and `w` (`patch_len × n`) column-major; every output is written once
+    /// (no zeroing pass).
+    fn conv_thin(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+        let (m, k) = (self.out_rows(), self.patch_len());
+        let wo = self.out_hw().1;
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        let out = Shared(y.as_mut_ptr());
+        self.par_chunks(|_, chunk| {
+            let lines = self.block_lines::<f32>().min(chunk.1 - chunk.0);
+            let mut patches = vec![0f32; lines * wo * k];
+            for (l0, l1) in self.blocks::<f32>(chunk) {
+                let rows = (l1 - l0) * wo;
+                let p = &mut patches[..rows * k];
+                self.im2col_thin(x, (l0, l1), p);
+                self.prefetch_input(x, (l1, (2 * l1 - l0).min(chunk.1)));
+                // SAFETY: the block's rows l0·wo.. of every channel of y (m apart) are
+                // this block's alone and inside y's capacity; takes_thin checked the CPU.
+                unsafe { thin::forward(p, rows, w, n, out.at(l0 * wo), m) };
+            }
+        });
+        // SAFETY: the chunks cover every line, so every element has been written.
+        unsafe { y.set_len(m * n) };
+        y
+    }
+
     /// The convolution `im2col(x) · w` formed a block of patches at a time (no patch
     /// matrix is built).
     fn conv_blocked<S: Real>(&self, x: &DMatrix<S>, w: &DMatrix<S>) -> DMatrix<S> {
         self.check_input(x);
         self.check_kernel(w);
+        if self.takes_thin::<S>() {
+            let y = self.conv_thin(f32s(x.as_slice()), f32s(w.as_slice()), w.ncols());
+            return DMatrix::from_vec(self.out_rows(), w.ncols(), f32_into(y));
+        }
         let (m, k, n) = (self.out_rows(), self.patch_len(), w.ncols());
         let wo = self.out_hw().1;
         let mut y = zeroed::<S>(m * n);
@@ -943,6 +1056,7 @@ pub mod im2col_mul {
         let dw_ptr = Shared(partial.as_mut_ptr());
         let wv = MatRef::col_major(w.as_slice(), k, n).expect("kernel shape");
         let gs = gy.as_slice();
+        let thin = g.takes_thin::<S>();
         g.par_chunks(|ci, chunk| {
             let lines = g.block_lines::<S>().min(chunk.1 - chunk.0);
             let mut buf = vec![S::zero(); lines * wo * k];
@@ -952,9 +1066,30 @@ pub mod im2col_mul {
             let dw = need_w
                 .then(|| unsafe { std::slice::from_raw_parts_mut(dw_ptr.at(ci * k * n), k * n) });
             let mut dw = dw;
+            // The thin kernels' lane sums of the chunk's dWᵀ.
+            let mut lanes = vec![0f32; if thin && need_w { k * n * thin::L } else { 0 }];
             for (l0, l1) in g.blocks::<S>(chunk) {
                 let rows = (l1 - l0) * wo;
                 let p = &mut buf[..rows * k];
+                if need_w && thin {
+                    g.im2col_thin(f32s(x.as_slice()), (l0, l1), f32s_mut(p));
+                    g.prefetch_input(x.as_slice(), (l1, (2 * l1 - l0).min(chunk.1)));
+                } else if need_w {
+                    g.im2col_lines(x.as_slice(), (l0, l1), p);
+                    g.prefetch_input(x.as_slice(), (l1, (2 * l1 - l0).min(chunk.1)));
+                }
+                if thin && need_w {
+                    // The block's rows of each channel of G, read in place.
+                    let gs = f32s(gs);
+                    let gb: Vec<&[f32]> = (0..n)
+                        .map(|c| &gs[c * m + l0 * wo..c * m + l0 * wo + rows])
+                        .collect();
+                    // SAFETY: takes_thin checked the CPU.
+                    unsafe { thin::kernel_grad(f32s(&*p), rows, &gb, &mut lanes) };
+                }
+                if thin && !need_x {
+                    continue;
+                }
                 // The block's rows of G, contiguous: read in place, its columns lie
                 // a whole G apart and fall on the same cache sets.
                 gbuf.clear();
@@ -962,9 +1097,7 @@ pub mod im2col_mul {
                     gbuf.extend_from_slice(&gs[c * m + l0 * wo..c * m + l0 * wo + rows]);
                 }
                 let gb = MatRef::col_major(&gbuf, rows, n).expect("block of G");
-                if let Some(dw) = dw.as_deref_mut() {
-                    g.im2col_lines(x.as_slice(), (l0, l1), p);
-                    g.prefetch_input(x.as_slice(), (l1, (2 * l1 - l0).min(chunk.1)));
+                if let (false, Some(dw)) = (thin, dw.as_deref_mut()) {
                     let pv = MatRef::col_major(&*p, rows, k).expect("block shape");
                     // dWᵀ += Gᵀ·P: the kernel packs (transposes) the block of G, C_out
                     // columns, rather than the block of patches, kh·kw·C_in of them;
@@ -975,6 +1108,12 @@ pub mod im2col_mul {
                     gemm(gb, wv.t(), p, false).expect("block shapes agree");
                     // SAFETY: the chunk's images are its own; dx holds in_rows·channels.
                     unsafe { g.col2im_lines(p, (l0, l1), dx_ptr) };
+                }
+            }
+            if let (true, Some(dw)) = (thin, dw) {
+                // The chunk's dWᵀ: each element's lanes summed in order.
+                for (d, l) in f32s_mut(dw).iter_mut().zip(lanes.chunks_exact(thin::L)) {
+                    *d = l.iter().sum();
                 }
             }
         });
@@ -1375,6 +1514,201 @@ mod tests {
         let three = crate::on_threads(3, || im2col_mul::vjp(x, w, &g, &[true, true], &gy));
         assert_eq!(one.0, three.0);
         assert_eq!(one.1, three.1);
+    }
+
+    /// Geometries the thin `f32` path takes (`kh·kw·C_in` ≤ 32): the first layers' (1 and
+    /// 3 channels, 3×3, SAME at stride 2 with its pad after), odd sizes (a pad on each
+    /// side), stride 1, VALID, lines wider than 16 outputs and a horizontal stride of 3
+    /// (the portable gather), windows wider than the image, and a chunk split into
+    /// several blocks (the lane sums carried across them).
+    fn thin_geometries() -> Vec<Conv2dGeometry> {
+        let g = |b, h, w, c, k: (usize, usize), s, p| {
+            Conv2dGeometry::new((b, h, w, c), k, s, p).unwrap()
+        };
+        let v = vec![
+            g(5, 28, 28, 1, (3, 3), (2, 2), Padding::Same),
+            g(3, 32, 32, 3, (3, 3), (2, 2), Padding::Same),
+            g(2, 7, 9, 3, (3, 3), (2, 2), Padding::Same),
+            g(3, 9, 11, 1, (3, 3), (1, 1), Padding::Same),
+            g(2, 10, 13, 3, (3, 3), (1, 1), Padding::Valid),
+            g(2, 11, 11, 1, (3, 3), (2, 2), Padding::Valid),
+            g(1, 5, 40, 1, (3, 3), (1, 1), Padding::Same),
+            g(2, 13, 17, 1, (5, 5), (3, 2), Padding::Same),
+            g(2, 12, 12, 3, (3, 2), (2, 3), Padding::Same),
+            g(1, 3, 2, 1, (5, 5), (1, 1), Padding::Same),
+            g(3, 6, 6, 2, (2, 2), (2, 2), Padding::Valid),
+            g(4, 100, 40, 3, (3, 3), (1, 1), Padding::Same),
+        ];
+        // Check the premises: every one takes the thin path, and the last one's chunks
+        // hold more than one block.
+        assert!(v.iter().all(|g| g.takes_thin::<f32>()));
+        let last = v[v.len() - 1];
+        assert!(last.block_lines::<f32>() < last.chunks()[0].1 - last.chunks()[0].0);
+        v
+    }
+
+    /// The thin `f32` path of the fused rule against the convolution's definition and
+    /// the patch rules evaluated in f64 on the same inputs: the value, the kernel
+    /// gradient alone (the first layer's case: the input is data), both cotangents, the
+    /// tangent, and the adjoint identity. Bounds: f32 rounding of each sum, relative to
+    /// the sum of its terms' magnitudes. Mutations tried, each fails this test and the two
+    /// below: a padding offset one too large in `im2col_short`, a patch column written at
+    /// the wrong window element (`(j·kh + i)` for `(i·kw + j)`).
+    #[test]
+    fn thin_convolution_matches_the_definition() {
+        for (k, g) in thin_geometries().into_iter().enumerate() {
+            let cout = if k % 2 == 0 { 33 } else { 5 };
+            let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+            let x = DMatrix::from_vec(
+                g.in_rows(),
+                g.channels,
+                f(normals(g.in_rows() * g.channels, 1000 + k as u64)),
+            );
+            let w = DMatrix::from_vec(
+                g.patch_len(),
+                cout,
+                f(normals(g.patch_len() * cout, 1100 + k as u64)),
+            );
+            let gy = DMatrix::from_vec(
+                g.out_rows(),
+                cout,
+                f(normals(g.out_rows() * cout, 1200 + k as u64)),
+            );
+            let to64 = |m: &DMatrix<f32>| m.map(f64::from);
+            let (x64, w64, gy64) = (to64(&x), to64(&w), to64(&gy));
+            let p64 = g.im2col(&x64);
+            // The definition, and its magnitudes for the bounds.
+            let xv: Vec<f64> = (0..x64.len())
+                .map(|i| x64[(i / g.channels, i % g.channels)])
+                .collect();
+            let wv: Vec<f64> = (0..w64.len()).map(|i| w64[(i / cout, i % cout)]).collect();
+            let want = naive_conv(&xv, &wv, &g, cout);
+            let mag = p64.abs() * w64.abs();
+            let y = im2col_mul(&x, &w, &g, &[false, true]);
+            for r in 0..g.out_rows() {
+                for o in 0..cout {
+                    let e = (y[(r, o)] as f64 - want[r * cout + o]).abs();
+                    assert!(e <= 1e-6 * (1.0 + mag[(r, o)]), "{g:?} y {r} {o}: {e}");
+                }
+            }
+            let close = |a: &DMatrix<f32>, b: &DMatrix<f64>, m: &DMatrix<f64>, what: &str| {
+                for ((a, b), m) in a.iter().zip(b.iter()).zip(m.iter()) {
+                    let e = (*a as f64 - b).abs();
+                    assert!(e <= 1e-5 * (1.0 + m), "{g:?} {what}: {a} vs {b}");
+                }
+            };
+            let want_dw = p64.transpose() * &gy64;
+            let mag_dw = p64.abs().transpose() * gy64.abs();
+            let want_dx = g.col2im(&(&gy64 * w64.transpose()));
+            let mag_dx = g.col2im(&(gy64.abs() * w64.abs().transpose()));
+            let (none, dw, _, _) = im2col_mul::vjp(&x, &w, &g, &[false, true], &gy);
+            assert!(none.is_none());
+            let dw = dw.unwrap();
+            close(&dw, &want_dw, &mag_dw, "dw");
+            let (dx2, dw2, _, _) = im2col_mul::vjp(&x, &w, &g, &[true, true], &gy);
+            assert_eq!(dw2.as_ref(), Some(&dw));
+            let dx2 = dx2.unwrap();
+            close(&dx2, &want_dx, &mag_dx, "dx");
+            // The tangent (x, w both moving) and the adjoint identity.
+            let tx = DMatrix::from_vec(x.nrows(), x.ncols(), f(normals(x.len(), 1300)));
+            let tw = DMatrix::from_vec(w.nrows(), w.ncols(), f(normals(w.len(), 1400)));
+            let (y2, t) =
+                im2col_mul::jvp(&x, &w, &g, &[true, true], Some(&tx), Some(&tw), None, None);
+            assert_eq!(y2, y);
+            let (tx64, tw64) = (to64(&tx), to64(&tw));
+            let want_t = g.im2col(&tx64) * &w64 + &p64 * &tw64;
+            let mag_t = g.im2col(&tx64).abs() * w64.abs() + p64.abs() * tw64.abs();
+            close(&t, &want_t, &mag_t, "jvp");
+            let lhs = to64(&dx2).dot(&tx64) + to64(&dw).dot(&tw64);
+            let rhs = gy64.dot(&to64(&t));
+            let scale = mag_dx.dot(&tx64.abs()) + mag_dw.dot(&tw64.abs());
+            assert!(
+                (lhs - rhs).abs() <= 1e-5 * (1.0 + scale),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    /// The thin path's patches (`im2col_thin`, on AVX-512 `im2col_short` where lines fit
+    /// a register, else the portable gather) are the general `im2col_lines`', bit for
+    /// bit, block by block (the buffers start as NaN, so an element left unwritten fails).
+    #[test]
+    fn thin_patches_are_the_general_patches() {
+        for (k, g) in thin_geometries().into_iter().enumerate() {
+            let x: Vec<f32> = normals(g.in_rows() * g.channels, 1500 + k as u64)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            let k_len = g.patch_len();
+            for chunk in g.chunks() {
+                for (l0, l1) in g.blocks::<f32>(chunk) {
+                    let rows = (l1 - l0) * g.out_hw().1;
+                    let mut want = vec![f32::NAN; rows * k_len];
+                    g.im2col_lines(&x, (l0, l1), &mut want);
+                    for portable in [false, true] {
+                        let mut got = vec![f32::NAN; rows * k_len];
+                        if portable {
+                            g.im2col_thin_with(&x, (l0, l1), &mut got, thin::gather);
+                        } else {
+                            g.im2col_thin(&x, (l0, l1), &mut got);
+                        }
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{g:?} lines {l0}..{l1} portable={portable}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The thin path's results are the same on one thread as on three (its chunks and
+    /// the order of its sums depend on the geometry alone), and each lane of the rule on
+    /// `Lanes<8>` (the general path) is its instance's thin `f32` result to rounding.
+    #[test]
+    fn thin_convolution_threads_and_lanes() {
+        for g in [thin_geometries()[0], thin_geometries()[11]] {
+            let cout = 32;
+            let inst: Vec<(DMatrix<f32>, DMatrix<f32>)> = (0..8)
+                .map(|l| {
+                    let x = normals(g.in_rows() * g.channels, 1600 + l);
+                    let w = normals(g.patch_len() * cout, 1700 + l);
+                    (
+                        DMatrix::from_iterator(
+                            g.in_rows(),
+                            g.channels,
+                            x.iter().map(|&v| v as f32),
+                        ),
+                        DMatrix::from_iterator(g.patch_len(), cout, w.iter().map(|&v| v as f32)),
+                    )
+                })
+                .collect();
+            let (x, w) = &inst[0];
+            let gy = DMatrix::from_fn(g.out_rows(), cout, |r, c| ((r * 7 + c) % 5) as f32 - 2.0);
+            let run = || {
+                let y = im2col_mul(x, w, &g, &[false, true]);
+                (y, im2col_mul::vjp(x, w, &g, &[true, true], &gy))
+            };
+            let one = crate::on_threads(1, run);
+            let three = crate::on_threads(3, run);
+            assert_eq!(one.0, three.0);
+            assert_eq!(one.1 .0, three.1 .0);
+            assert_eq!(one.1 .1, three.1 .1);
+            let px = DMatrix::<Lanes<8>>::from_fn(g.in_rows(), g.channels, |r, c| {
+                Lanes::from_lanes(|l| inst[l].0[(r, c)] as f64)
+            });
+            let pw = DMatrix::<Lanes<8>>::from_fn(g.patch_len(), cout, |r, c| {
+                Lanes::from_lanes(|l| inst[l].1[(r, c)] as f64)
+            });
+            let y = im2col_mul(&px, &pw, &g, &[true, true]);
+            for (l, (x, w)) in inst.iter().enumerate() {
+                let want = im2col_mul(x, w, &g, &[true, true]);
+                for (a, b) in y.iter().zip(want.iter()) {
+                    assert!((a.lane(l) as f32 - b).abs() <= 1e-4 * (1.0 + b.abs()));
+                }
+            }
+        }
     }
 
     #[test]
