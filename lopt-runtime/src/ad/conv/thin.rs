@@ -298,7 +298,13 @@ pub(super) mod avx512 {
             for i in 0..g.kh {
                 let h = (oh * sh + i).wrapping_sub(pt);
                 for c in 0..chans {
-                    let row = xp.wrapping_add(c * rows_in + (n * g.height + h) * width);
+                    // A row of the padding (`h` wrapped below zero or past the image) is
+                    // never read: no address is formed for it.
+                    let row = if h < g.height {
+                        xp.wrapping_add(c * rows_in + (n * g.height + h) * width)
+                    } else {
+                        xp
+                    };
                     for (j, &(s, m0, m1)) in masks.iter().enumerate() {
                         let v = if h >= g.height {
                             _mm512_setzero_ps()
