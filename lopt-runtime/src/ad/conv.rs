@@ -892,8 +892,12 @@ impl Conv2dGeometry {
             for i in 0..self.kh {
                 let h = (oh * sh + i).wrapping_sub(pt);
                 for c in 0..chans {
-                    let src = c * rows_in + (n * self.height + h) * self.width;
-                    let row = (h < self.height).then(|| &x[src..src + self.width]);
+                    // A padding row (`h` wrapped below zero or past the image) has no
+                    // index: it is never read.
+                    let row = (h < self.height).then(|| {
+                        let src = c * rows_in + (n * self.height + h) * self.width;
+                        &x[src..src + self.width]
+                    });
                     for j in 0..self.kw {
                         let d = ((i * self.kw + j) * chans + c) * rows + at;
                         let dst = &mut buf[d..d + wo];
