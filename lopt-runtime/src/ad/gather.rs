@@ -155,6 +155,7 @@ mod tiles {
 
     use crate::kernels::cpu::has_avx2;
     use crate::kernels::tile8::{as_f32, from_f32, tr8};
+    use crate::kernels::SharedMut;
     use crate::scalar::Real;
 
     /// The tile path's [`super::gather`], `None` unless `S` is `f32` and the CPU has AVX2.
@@ -174,7 +175,7 @@ mod tiles {
         // every row is below `n` (checked above), and the chunks together write every
         // element of `out` before its length is set.
         unsafe {
-            let o = Shared(out.as_mut_ptr());
+            let o = SharedMut(out.as_mut_ptr());
             // SAFETY (each chunk): its own columns of `out`.
             par_col_chunks(d, |cols| gather_cols(t, n, rows, o.ptr(), cols));
             out.set_len(m * d);
@@ -202,28 +203,12 @@ mod tiles {
         let mut dt = Vec::with_capacity(n * d);
         // SAFETY: as in `gather_f32`.
         unsafe {
-            let p = Shared(dt.as_mut_ptr());
+            let p = SharedMut(dt.as_mut_ptr());
             // SAFETY (each chunk): its own columns of `dt`.
             par_col_chunks(d, |cols| scatter_cols(g, n, rows, p.ptr(), cols));
             dt.set_len(n * d);
         }
         Some(from_f32(dt))
-    }
-
-    /// A pointer shared by the chunks of one gather or scatter, each writing its own
-    /// columns.
-    #[derive(Clone, Copy)]
-    struct Shared(*mut f32);
-    // SAFETY: the chunks write disjoint columns, and the owner reads the buffer only after
-    // they have all joined.
-    unsafe impl Send for Shared {}
-    unsafe impl Sync for Shared {}
-
-    impl Shared {
-        /// The pointer (a method, so that closures capture the whole `Shared`).
-        fn ptr(self) -> *mut f32 {
-            self.0
-        }
     }
 
     /// Columns per chunk of work: fixed (never by the number of threads), a multiple of 8.

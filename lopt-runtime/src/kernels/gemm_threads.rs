@@ -160,12 +160,6 @@ mod tests {
     use super::*;
     use crate::key::Key;
 
-    fn normals(n: usize, seed: u64) -> Vec<f32> {
-        let mut v = vec![0.0f32; n];
-        Key::new(seed).fill_normal(&mut v);
-        v
-    }
-
     /// Split products equal the whole product (one `gemm_raw` call) bit for bit, written
     /// and accumulated, with `A` and `B` plain and transposed, on 1 and 3 threads, at the LSTM
     /// benchmark's shapes and at a width the chunks do not divide. Mutations caught: a
@@ -181,9 +175,9 @@ mod tests {
             (96, 120, 203),
         ] {
             assert!(chunk_cols(m, k, n, 1).is_some(), "{m}x{k}x{n} is split");
-            let a = normals(m * k, 1);
-            let b = normals(k * n, 2);
-            let c0 = normals(m * n, 3);
+            let a = Key::new(1).normal_vec::<f32>(m * k);
+            let b = Key::new(2).normal_vec::<f32>(k * n);
+            let c0 = Key::new(3).normal_vec::<f32>(m * n);
             let a_views = [
                 MatRef::col_major(&a, m, k).unwrap(),
                 MatRef::col_major(&a, k, m).unwrap().t(),
@@ -233,8 +227,8 @@ mod tests {
             assert!(m * k * n > LARGE);
             let w = chunk_cols(m, k, n, 1).expect("a thin large product is split");
             assert!(m * k * w <= LARGE);
-            let a = normals(m * k, 4);
-            let b = normals(k * n, 5);
+            let a = Key::new(4).normal_vec::<f32>(m * k);
+            let b = Key::new(5).normal_vec::<f32>(k * n);
             let av = if at {
                 MatRef::col_major(&a, k, m).unwrap().t()
             } else {

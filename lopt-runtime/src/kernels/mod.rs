@@ -26,3 +26,19 @@ pub(crate) mod small_rows;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod tile8;
 pub(crate) mod vecmath;
+
+/// A pointer into one buffer, shared by the tasks of one parallel call, each of which
+/// writes a part no other task touches.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: the tasks write disjoint parts, and the buffer's owner reads it only after they
+// have all joined.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole `SharedMut`).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}

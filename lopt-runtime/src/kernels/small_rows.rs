@@ -13,6 +13,7 @@
 
 use std::any::TypeId;
 
+use crate::kernels::SharedMut;
 use crate::scalar::Real;
 
 /// Rows sharing one pass over `W`.
@@ -86,10 +87,11 @@ fn product_on<S: Real>(
             let mid = (dout / 2).next_multiple_of(16);
             let width = dout - mid;
             let mut right = vec![0.0f32; rows * width];
-            let (left, right_ptr) = (SendPtr(out.as_mut_ptr()), SendPtr(right.as_mut_ptr()));
+            // Each side of the join writes its own columns (the right one its own buffer).
+            let (left, right_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(right.as_mut_ptr()));
             rayon::join(
-                || product(0..mid, left.get(), dout),
-                || product(mid..dout, right_ptr.get(), width),
+                || product(0..mid, left.ptr(), dout),
+                || product(mid..dout, right_ptr.ptr(), width),
             );
             for (o, r) in out.chunks_exact_mut(dout).zip(right.chunks_exact(width)) {
                 o[mid..].copy_from_slice(r);
@@ -107,19 +109,6 @@ fn product_on<S: Real>(
                 *o += xi * wv;
             }
         }
-    }
-}
-
-/// A pointer handed to the other thread of a [`rayon::join`], which writes a part no
-/// other thread touches.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each side of the join writes its own columns (or its own buffer).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -322,12 +311,6 @@ mod tests {
             .filter(|i| i.supported())
     }
 
-    fn draw(n: usize, seed: u64) -> Vec<f32> {
-        let mut v = vec![0.0f32; n];
-        Key::new(seed).fill_normal(&mut v);
-        v
-    }
-
     /// Output `(r, j)` of `b + x·W` (`x` rows of `din`, `W` row-major `din × dout`): its
     /// `f64` value, `Σ|terms|` for the rounding bound, and the `f32` fused chain in input
     /// order that the kernel promises with FMA.
@@ -367,9 +350,9 @@ mod tests {
         for &rows in &[1usize, 2, 3, 4, 5, 9] {
             for &din in &[1usize, 2, 5, 8, 33] {
                 for &dout in &[1usize, 7, 8, 9, 24, 600] {
-                    let x = draw(rows * din, 1 + rows as u64);
-                    let w = draw(din * dout, 2 + din as u64);
-                    let b = draw(dout, 3 + dout as u64);
+                    let x = Key::new(1 + rows as u64).normal_vec::<f32>(rows * din);
+                    let w = Key::new(2 + din as u64).normal_vec::<f32>(din * dout);
+                    let b = Key::new(3 + dout as u64).normal_vec::<f32>(dout);
                     let mut got = vec![f32::NAN; rows * dout];
                     product_on(isa, SPLIT, &x, rows, din, &w, &b, &mut got);
                     for r in 0..rows {
@@ -401,9 +384,9 @@ mod tests {
     #[test]
     fn small_rows_product_split_over_threads_is_the_plain_product() {
         let (rows, din, dout) = (5, 1024, 1040);
-        let x = draw(rows * din, 11);
-        let w = draw(din * dout, 12);
-        let b = draw(dout, 13);
+        let x = Key::new(11).normal_vec::<f32>(rows * din);
+        let w = Key::new(12).normal_vec::<f32>(din * dout);
+        let b = Key::new(13).normal_vec::<f32>(dout);
         for isa in isas() {
             let mut got = vec![f32::NAN; rows * dout];
             crate::on_threads(3, || {
@@ -427,9 +410,21 @@ mod tests {
     #[test]
     fn small_rows_product_f64_is_the_plain_loop() {
         let (rows, din, dout) = (5, 3, 10);
-        let x: Vec<f64> = draw(rows * din, 7).iter().map(|&v| v as f64).collect();
-        let w: Vec<f64> = draw(din * dout, 8).iter().map(|&v| v as f64).collect();
-        let b: Vec<f64> = draw(dout, 9).iter().map(|&v| v as f64).collect();
+        let x: Vec<f64> = Key::new(7)
+            .normal_vec::<f32>(rows * din)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let w: Vec<f64> = Key::new(8)
+            .normal_vec::<f32>(din * dout)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let b: Vec<f64> = Key::new(9)
+            .normal_vec::<f32>(dout)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let mut got = vec![0.0; rows * dout];
         small_rows_product(&x, rows, din, &w, &b, &mut got);
         for r in 0..rows {

@@ -490,12 +490,6 @@ mod tests {
     use super::*;
     use crate::key::Key;
 
-    fn normals(n: usize, seed: u64) -> Vec<f32> {
-        let mut v = vec![0.0f32; n];
-        Key::new(seed).fill_normal(&mut v);
-        v
-    }
-
     /// Both variants of both kernels (the AVX2 one, which the rule takes on CPUs without
     /// AVX-512, and the AVX-512 one where this CPU has it) against the products in f64,
     /// at row counts around the registers' and strips' sizes, channel counts around the
@@ -511,9 +505,9 @@ mod tests {
         for rows in [1, 15, 16, 17, 31, 63, 64, 65, 300, 777] {
             for (kn, n) in [(1, 1), (9, 32), (27, 33), (32, 5), (4, 9)] {
                 seed += 1;
-                let p = normals(kn * rows, seed);
-                let w = normals(kn * n, 100 + seed);
-                let gv = normals(n * rows, 200 + seed);
+                let p = Key::new(seed).normal_vec::<f32>(kn * rows);
+                let w = Key::new(100 + seed).normal_vec::<f32>(kn * n);
+                let gv = Key::new(200 + seed).normal_vec::<f32>(n * rows);
                 let g: Vec<&[f32]> = gv.chunks_exact(rows).collect();
                 let (ldo, mut want, mut mag) =
                     (rows + 3, vec![0f64; n * rows], vec![0f64; n * rows]);
@@ -526,7 +520,7 @@ mod tests {
                         }
                     }
                 }
-                let start = normals(kn * n * L, 300 + seed);
+                let start = Key::new(300 + seed).normal_vec::<f32>(kn * n * L);
                 let mut want_dw = vec![0f64; kn * n];
                 let mut mag_dw = vec![0f64; kn * n];
                 for k in 0..kn {
