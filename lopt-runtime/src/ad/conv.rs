@@ -707,7 +707,7 @@ impl Conv2dGeometry {
     ) {
         let (ho, w) = (self.height, self.width);
         let (pt, pl) = self.pads();
-        let plane = self.in_rows() as isize;
+        let image_len = (ho * w) as isize;
         // The runs of every window element, then the channels in the outer loop: the
         // few input lines a channel's window elements read stay in L1 across them.
         let mut taps: Vec<Vec<Span>> = Vec::with_capacity(self.kh * self.kw);
@@ -733,11 +733,15 @@ impl Conv2dGeometry {
                     }
                     if vb > va {
                         // Source of the first element: input row (n, va + i − pt),
-                        // column `shift`; clipped to the channel's plane.
+                        // column `shift`; clipped to image n. The elements cut off are
+                        // edges (zeros) anyway, and col2im must not even add a zero to
+                        // another image's element: that image may be another thread's,
+                        // and a read-modify-write racing its own loses its sum.
                         let s0 = ((n * ho + va + i - pt) * w) as isize + shift;
                         let len = ((vb - va) * w) as isize;
-                        let lo = (-s0).clamp(0, len);
-                        let hi = (plane - s0).clamp(lo, len);
+                        let image = (n * ho * w) as isize;
+                        let lo = (image - s0).clamp(0, len);
+                        let hi = (image + image_len - s0).clamp(lo, len);
                         let d0 = at(va) as isize;
                         let copy = Span::Copy(
                             (d0 + lo) as usize..(d0 + hi) as usize,
@@ -1416,6 +1420,40 @@ mod tests {
         assert!(v[0].chunks().len() > 1 && v[0].chunks()[0].1 > v[0].out_hw().0);
         v.extend(geometries());
         v
+    }
+
+    /// The chunks of one convolution add into `dx` on several threads at once, each
+    /// trusting that no other touches its images: `col2im_lines` must not so much as add a
+    /// zero to another image's element (a read-modify-write racing the owner's, which
+    /// loses the owner's sum: seen once on CI as a wrong kernel gradient). Every element
+    /// outside the lines' images starts as −0.0, which any write (even `+= 0.0`) turns
+    /// into +0.0. Mutation: the shifted runs clipped to the channel's plane instead of
+    /// the image (the code before this test): fails.
+    #[test]
+    fn col2im_lines_write_only_their_own_images() {
+        for g in blocked_geometries() {
+            let (ho, wo) = g.out_hw();
+            let img = g.height * g.width;
+            for n in 0..g.batch {
+                for (l0, l1) in [(n * ho, (n + 1) * ho), (n * ho, n * ho + 1)] {
+                    let rows = (l1 - l0) * wo;
+                    let mut buf = normals(rows * g.patch_len(), 500 + n as u64);
+                    let mut dx = vec![-0.0f64; g.in_rows() * g.channels];
+                    // SAFETY: dx holds in_rows·channels elements; one thread.
+                    unsafe { g.col2im_lines(&mut buf, (l0, l1), Shared(dx.as_mut_ptr())) };
+                    for (i, v) in dx.iter().enumerate() {
+                        let image = (i % g.in_rows()) / img;
+                        if image != n {
+                            assert!(
+                                v.to_bits() == (-0.0f64).to_bits(),
+                                "{g:?} lines {l0}..{l1}: wrote {v} into image {image}'s \
+                                 element {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The fused `im2col(x)·w` against the convolution's definition, and its reverse

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 /// The instruction-set variants kernels are compiled for, widest last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Isa {
     /// The target's baseline (SSE2 on x86-64), separate multiply and add unless the
     /// build enables FMA.
@@ -34,13 +34,30 @@ impl Isa {
     }
 }
 
-/// The widest variant this CPU supports, detected once.
+/// The environment variable that caps the variant kernels use: `portable`, `avx2` or
+/// `avx512` (read once). It lets one machine run the code paths of a narrower CPU (CI
+/// machines differ); a cap wider than the CPU changes nothing, an unknown value is
+/// ignored with a warning on stderr.
+pub(crate) const MAX_ISA_ENV: &str = "LOPT_MAX_ISA";
+
+/// The widest variant this CPU supports, capped by [`MAX_ISA_ENV`], detected once.
 pub(crate) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
+        let cap = match std::env::var(MAX_ISA_ENV).as_deref() {
+            Ok("portable") => Isa::Portable,
+            Ok("avx2") => Isa::Avx2,
+            Ok("avx512") | Err(_) => Isa::Avx512,
+            Ok(other) => {
+                eprintln!(
+                    "lopt: ignoring {MAX_ISA_ENV}={other:?} (expected portable, avx2 or avx512)"
+                );
+                Isa::Avx512
+            }
+        };
         [Isa::Avx512, Isa::Avx2]
             .into_iter()
-            .find(|i| i.supported())
+            .find(|&i| i <= cap && i.supported())
             .unwrap_or(Isa::Portable)
     })
 }
@@ -51,7 +68,8 @@ pub(crate) fn has_avx2_fma() -> bool {
     isa() != Isa::Portable
 }
 
-/// Whether this CPU has AVX2 (detected once; FMA not required).
+/// Whether this CPU has AVX2 (detected once; FMA not required; off when
+/// [`MAX_ISA_ENV`] says `portable`).
 #[inline]
 pub(crate) fn has_avx2() -> bool {
     static AVX2: OnceLock<bool> = OnceLock::new();
@@ -59,6 +77,7 @@ pub(crate) fn has_avx2() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             is_x86_feature_detected!("avx2")
+                && std::env::var(MAX_ISA_ENV).as_deref() != Ok("portable")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
