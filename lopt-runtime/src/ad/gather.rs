@@ -402,6 +402,51 @@ mod tiles {
             }
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::key::Key;
+
+        /// Each chunk of columns writes its own columns of the gather's output and of the
+        /// scatter-add's table, and nothing else: the chunks run on the pool at once, and a
+        /// write into another chunk's column, even of the value there, would race the
+        /// chunk that owns it (a lost sum, rarely: what CI once saw in the convolution's
+        /// col2im). Every element starts as −0.0, which any write turns into another bit
+        /// pattern; 75 columns (chunks of 32, 32 and 11: whole 8-column blocks and 3 after
+        /// them), 13 table rows (5 after the last whole tile), 37 ids. Mutation:
+        /// `block_cols` writing one row past the table's (`n8..=n`; tried, fails).
+        #[test]
+        fn chunks_write_only_their_own_columns() {
+            if !has_avx2() {
+                return;
+            }
+            let (n, d, m) = (13, 75, 37);
+            let t = Key::new(41).normal_vec::<f32>(n * d);
+            let g = Key::new(42).normal_vec::<f32>(m * d);
+            let rows: Vec<u32> = (0..m).map(|k| ((k * 5 + k * k) % n) as u32).collect();
+            let neg0 = (-0.0f32).to_bits();
+            for c in (0..d).step_by(CHUNK_COLS) {
+                let cols = c..(c + CHUNK_COLS).min(d);
+                let mut out = vec![-0.0f32; m * d];
+                let mut dt = vec![-0.0f32; n * d];
+                // SAFETY: the CPU has AVX2 (checked); the buffers hold every column; the
+                // ids are below `n`.
+                unsafe {
+                    gather_cols(&t, n, &rows, out.as_mut_ptr(), cols.clone());
+                    scatter_cols(&g, n, &rows, dt.as_mut_ptr(), cols.clone());
+                }
+                for (what, v, len) in [("gather", &out, m), ("scatter-add", &dt, n)] {
+                    for (i, x) in v.iter().enumerate() {
+                        assert!(
+                            cols.contains(&(i / len)) || x.to_bits() == neg0,
+                            "{what}: columns {cols:?} wrote {x} into element {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The op of `take_along(x, &idx)`: entry `idx[r]` of each row `r`, a vector (e.g. the

@@ -1129,6 +1129,49 @@ mod tests {
         }
     }
 
+    /// Each chunk writes its own rows of the results (every `h_t` of the value, every
+    /// `dz_t` of `xw`'s cotangent) and nothing else: the chunks run on the pool at once,
+    /// and a write into another chunk's rows, even of the value there, would race that
+    /// chunk's own (a lost result, rarely: what CI once saw in the convolution's col2im).
+    /// Every element starts as −0.0, which any write turns into another bit pattern;
+    /// B = 130 makes three chunks (44, 44, 42 rows). Mutation: `put_rows` writing `n + 1`
+    /// rows from each step (tried, fails).
+    #[test]
+    fn chunks_write_only_their_own_rows() {
+        let (b, t, h) = (130, 3, 2);
+        let d = Dims { b, t, h };
+        assert_eq!(d.chunks().len(), 3);
+        let x = inputs(b, t, h, 271);
+        let g = normal(t * b, h, 1.0, 281);
+        let neg0 = (-0.0f64).to_bits();
+        for r in d.chunks() {
+            let mut hv = vec![-0.0f64; t * b * h];
+            let out = Out {
+                p: hv.as_mut_ptr(),
+                rows: t * b,
+                cols: h,
+            };
+            let fwd = forward_chunk(d, r.clone(), [&x[0], &x[1], &x[2], &x[3]], Some(out));
+            let mut dv = vec![-0.0f64; t * b * 4 * h];
+            let dout = Out {
+                p: dv.as_mut_ptr(),
+                rows: t * b,
+                cols: 4 * h,
+            };
+            let _ = reverse_chunk(d, fwd, &x[1], &x[2], &x[3], &g, dout);
+            for (what, m) in [("value", &hv), ("cotangent", &dv)] {
+                for (i, v) in m.iter().enumerate() {
+                    // Row `t·B + e` is example `e`'s.
+                    let e = (i % (t * b)) % b;
+                    assert!(
+                        r.contains(&e) || v.to_bits() == neg0,
+                        "chunk {r:?} wrote {v} into the {what}'s element {i}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     #[should_panic(expected = "do not fit together")]
     fn mismatched_shapes_panic_with_the_shapes() {
