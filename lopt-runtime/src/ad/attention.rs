@@ -822,7 +822,9 @@ mod tests {
     /// pair that owns it (a lost sum, rarely: what CI once saw in the convolution's
     /// col2im). Every element starts as −0.0, which any write turns into another bit
     /// pattern; `T` = 16 (two row blocks), `d` = 5 (a column remainder), 2 sequences × 3
-    /// heads. Mutation: `unpack` copying a column of `T + 8` rows (tried, fails).
+    /// heads. And every element of its own blocks is written (the rule's buffers start
+    /// uninitialized): each equals the rule's result bit for bit. Mutation: `unpack`
+    /// copying a column of `T + 8` rows (tried, fails).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn fast_pairs_write_only_their_own_blocks() {
@@ -836,6 +838,14 @@ mod tests {
         let (x, gy) = (f32s(normals(rows * 3 * w, 31)), f32s(normals(rows * w, 32)));
         let mut scratch = vec![0.0f32; fast::scratch_len(&g)];
         let neg0 = (-0.0f32).to_bits();
+        // The rule's results, for the pairs' own blocks.
+        let (xm, gm) = (
+            DMatrix::from_vec(rows, 3 * w, x.clone()),
+            DMatrix::from_vec(rows, w, gy.clone()),
+        );
+        let op = CausalSelfAttention::new(&g);
+        let want_y = xm.eval(&op);
+        let want_dx = xm.vjp(&op, &want_y, gm);
         for pair in 0..g.batch * g.heads {
             let (b, h) = (pair / g.heads, pair % g.heads);
             // Element `i` of a column-major matrix of `rows` rows is this pair's when its
@@ -848,12 +858,20 @@ mod tests {
             let mut dx = vec![-0.0f32; rows * 3 * w];
             // SAFETY: as above; `dx` holds the whole cotangent.
             unsafe { fast::reverse_pair(&g, &x, &gy, pair, &pt, dx.as_mut_ptr(), &mut scratch) };
-            for (what, m) in [("output", &out), ("cotangent", &dx)] {
-                for (i, v) in m.iter().enumerate() {
-                    assert!(
-                        own(i) || v.to_bits() == neg0,
-                        "pair {pair} wrote {v} into the {what}'s element {i}"
-                    );
+            let both = [
+                ("output", &out, want_y.as_slice()),
+                ("cotangent", &dx, want_dx.as_slice()),
+            ];
+            for (what, m, want) in both {
+                for (i, (v, w)) in m.iter().zip(want).enumerate() {
+                    // Its own elements all written (the rule's buffers start
+                    // uninitialized), the others not at all.
+                    let ok = if own(i) {
+                        v.to_bits() == w.to_bits()
+                    } else {
+                        v.to_bits() == neg0
+                    };
+                    assert!(ok, "pair {pair} wrote {v} at the {what}'s element {i}");
                 }
             }
         }

@@ -1134,8 +1134,10 @@ mod tests {
     /// and a write into another chunk's rows, even of the value there, would race that
     /// chunk's own (a lost result, rarely: what CI once saw in the convolution's col2im).
     /// Every element starts as −0.0, which any write turns into another bit pattern;
-    /// B = 130 makes three chunks (44, 44, 42 rows). Mutation: `put_rows` writing `n + 1`
-    /// rows from each step (tried, fails).
+    /// B = 130 makes three chunks (44, 44, 42 rows). And every element of its own rows is
+    /// written (the rule's matrices start uninitialized): each equals the rule's result
+    /// bit for bit. Mutations: `put_rows` writing `n + 1` rows from each step; its last
+    /// step skipped (each tried, each fails).
     #[test]
     fn chunks_write_only_their_own_rows() {
         let (b, t, h) = (130, 3, 2);
@@ -1144,6 +1146,9 @@ mod tests {
         let x = inputs(b, t, h, 271);
         let g = normal(t * b, h, 1.0, 281);
         let neg0 = (-0.0f64).to_bits();
+        // The rule's results, for the chunks' own rows.
+        let want_h = lstm_sequence(&x[0], &x[1], &x[2], &x[3]);
+        let want_dz = rules::vjp(&x[0], &x[1], &x[2], &x[3], &g).0.unwrap();
         for r in d.chunks() {
             let mut hv = vec![-0.0f64; t * b * h];
             let out = Out {
@@ -1159,14 +1164,20 @@ mod tests {
                 cols: 4 * h,
             };
             let _ = reverse_chunk(d, fwd, &x[1], &x[2], &x[3], &g, dout);
-            for (what, m) in [("value", &hv), ("cotangent", &dv)] {
-                for (i, v) in m.iter().enumerate() {
-                    // Row `t·B + e` is example `e`'s.
-                    let e = (i % (t * b)) % b;
-                    assert!(
-                        r.contains(&e) || v.to_bits() == neg0,
-                        "chunk {r:?} wrote {v} into the {what}'s element {i}"
-                    );
+            let both = [
+                ("value", &hv, want_h.as_slice()),
+                ("cotangent", &dv, want_dz.as_slice()),
+            ];
+            for (what, m, want) in both {
+                for (i, (v, w)) in m.iter().zip(want).enumerate() {
+                    // Row `t·B + e` is example `e`'s. Its own rows all written (the rule's
+                    // matrices start uninitialized), the others not at all.
+                    let ok = if r.contains(&((i % (t * b)) % b)) {
+                        v.to_bits() == w.to_bits()
+                    } else {
+                        v.to_bits() == neg0
+                    };
+                    assert!(ok, "chunk {r:?} wrote {v} at the {what}'s element {i}");
                 }
             }
         }
