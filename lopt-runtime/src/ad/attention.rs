@@ -823,8 +823,9 @@ mod tests {
     /// col2im). Every element starts as −0.0, which any write turns into another bit
     /// pattern; `T` = 16 (two row blocks), `d` = 5 (a column remainder), 2 sequences × 3
     /// heads. And every element of its own blocks is written (the rule's buffers start
-    /// uninitialized): each equals the rule's result bit for bit. Mutation: `unpack`
-    /// copying a column of `T + 8` rows (tried, fails).
+    /// uninitialized): each equals the rule's result bit for bit. Mutations: `unpack`
+    /// copying a column of `T + 8` rows; `unpack` leaving the last column out (each
+    /// tried, each fails).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn fast_pairs_write_only_their_own_blocks() {
@@ -871,7 +872,7 @@ mod tests {
                     } else {
                         v.to_bits() == neg0
                     };
-                    assert!(ok, "pair {pair} wrote {v} at the {what}'s element {i}");
+                    assert!(ok, "pair {pair} left {v} at the {what}'s element {i}");
                 }
             }
         }

@@ -417,7 +417,8 @@ mod tiles {
         /// them), 13 table rows (5 after the last whole tile), 37 ids. And every element
         /// of its own columns is written (the rule's buffers start uninitialized): each
         /// equals the plain loops' bit for bit. Mutations: `block_cols` writing one row
-        /// past the table's (`n8..=n`; tried, fails).
+        /// past the table's (`n8..=n`); the gather's first id after the last whole tile
+        /// skipped (each tried, each fails).
         #[test]
         fn chunks_write_only_their_own_columns() {
             if !has_avx2() {
@@ -455,7 +456,7 @@ mod tiles {
                         } else {
                             x.to_bits() == neg0
                         };
-                        assert!(ok, "{what}: columns {cols:?} wrote {x} at element {i}");
+                        assert!(ok, "{what}: columns {cols:?} left {x} at element {i}");
                     }
                 }
             }

@@ -1177,7 +1177,7 @@ mod tests {
                     } else {
                         v.to_bits() == neg0
                     };
-                    assert!(ok, "chunk {r:?} wrote {v} at the {what}'s element {i}");
+                    assert!(ok, "chunk {r:?} left {v} at the {what}'s element {i}");
                 }
             }
         }
