@@ -1183,6 +1183,37 @@ mod tests {
         }
     }
 
+    /// A sequence of no steps (`xw` with no rows, which the shapes allow) has an empty
+    /// value, an empty tangent and an empty cotangent of `xw`, and zero cotangents of `wh`,
+    /// `h0` and `c0`; B = 20 is more rows than a chunk's buffers have when `T = 0` (their
+    /// stride is one cache line), so a product formed for a step that does not exist
+    /// would not fit (mutation: the reverse pass's `T > 0` guard removed; tried, panics).
+    #[test]
+    fn zero_steps_give_empty_results() {
+        let (b, h) = (20, 3);
+        let [xw, wh, h0, c0] = inputs(b, 0, h, 301);
+        assert_eq!(xw.shape(), (0, 4 * h));
+        let y = lstm_sequence(&xw, &wh, &h0, &c0);
+        assert_eq!(y.shape(), (0, h));
+        let (y2, t) = rules::jvp(
+            &xw,
+            &wh,
+            &h0,
+            &c0,
+            Some(&xw),
+            Some(&wh),
+            Some(&h0),
+            Some(&c0),
+        );
+        assert_eq!((y2.shape(), t.shape()), ((0, h), (0, h)));
+        let g = DMatrix::<f64>::zeros(0, h);
+        let (dxw, dwh, dh0, dc0) = rules::vjp(&xw, &wh, &h0, &c0, &g);
+        assert_eq!(dxw.unwrap().shape(), (0, 4 * h));
+        assert_eq!(dwh.unwrap(), DMatrix::zeros(h, 4 * h));
+        assert_eq!(dh0.unwrap(), DMatrix::zeros(b, h));
+        assert_eq!(dc0.unwrap(), DMatrix::zeros(b, h));
+    }
+
     #[test]
     #[should_panic(expected = "do not fit together")]
     fn mismatched_shapes_panic_with_the_shapes() {
