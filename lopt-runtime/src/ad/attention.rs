@@ -816,6 +816,68 @@ mod tests {
         }
     }
 
+    /// Each (sequence, head) pair of the fast path writes its own blocks of the output
+    /// and of the input's cotangent, and nothing else: the pairs run on the pool at once,
+    /// and a write into another pair's block, even of the value there, would race the
+    /// pair that owns it (a lost sum, rarely: what CI once saw in the convolution's
+    /// col2im). Every element starts as −0.0, which any write turns into another bit
+    /// pattern; `T` = 16 (two row blocks), `d` = 5 (a column remainder), 2 sequences × 3
+    /// heads. And every element of its own blocks is written (the rule's buffers start
+    /// uninitialized): each equals the rule's result bit for bit. Mutations: `unpack`
+    /// copying a column of `T + 8` rows; `unpack` leaving the last column out (each
+    /// tried, each fails).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn fast_pairs_write_only_their_own_blocks() {
+        if !crate::kernels::cpu::has_avx2_fma() {
+            return;
+        }
+        let g = AttentionGeometry::new(2, 16, 3, 5).unwrap();
+        assert!(fast::applies(&g));
+        let (rows, w, tt, d) = (g.rows(), g.width(), g.time, g.key_size);
+        let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        let (x, gy) = (f32s(normals(rows * 3 * w, 31)), f32s(normals(rows * w, 32)));
+        let mut scratch = vec![0.0f32; fast::scratch_len(&g)];
+        let neg0 = (-0.0f32).to_bits();
+        // The rule's results, for the pairs' own blocks.
+        let (xm, gm) = (
+            DMatrix::from_vec(rows, 3 * w, x.clone()),
+            DMatrix::from_vec(rows, w, gy.clone()),
+        );
+        let op = CausalSelfAttention::new(&g);
+        let want_y = xm.eval(&op);
+        let want_dx = xm.vjp(&op, &want_y, gm);
+        for pair in 0..g.batch * g.heads {
+            let (b, h) = (pair / g.heads, pair % g.heads);
+            // Element `i` of a column-major matrix of `rows` rows is this pair's when its
+            // row is in sequence `b` and its column in head `h`'s block (of any of q, k, v).
+            let own = |i: usize| (i % rows) / tt == b && ((i / rows) % w) / d == h;
+            let mut out = vec![-0.0f32; rows * w];
+            let mut pt = vec![0.0f32; tt * tt];
+            // SAFETY: the fast path applies (asserted); `out` holds the whole output.
+            unsafe { fast::forward_pair(&g, &x, pair, out.as_mut_ptr(), &mut pt, &mut scratch) };
+            let mut dx = vec![-0.0f32; rows * 3 * w];
+            // SAFETY: as above; `dx` holds the whole cotangent.
+            unsafe { fast::reverse_pair(&g, &x, &gy, pair, &pt, dx.as_mut_ptr(), &mut scratch) };
+            let both = [
+                ("output", &out, want_y.as_slice()),
+                ("cotangent", &dx, want_dx.as_slice()),
+            ];
+            for (what, m, want) in both {
+                for (i, (v, w)) in m.iter().zip(want).enumerate() {
+                    // Its own elements all written (the rule's buffers start
+                    // uninitialized), the others not at all.
+                    let ok = if own(i) {
+                        v.to_bits() == w.to_bits()
+                    } else {
+                        v.to_bits() == neg0
+                    };
+                    assert!(ok, "pair {pair} left {v} at the {what}'s element {i}");
+                }
+            }
+        }
+    }
+
     /// Mutation caught: the zero-size refusal removed (tried).
     #[test]
     fn zero_sizes_are_refused() {

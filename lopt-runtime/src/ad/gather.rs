@@ -402,6 +402,66 @@ mod tiles {
             }
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::key::Key;
+
+        /// Each chunk of columns writes its own columns of the gather's output and of the
+        /// scatter-add's table, and nothing else: the chunks run on the pool at once, and a
+        /// write into another chunk's column, even of the value there, would race the
+        /// chunk that owns it (a lost sum, rarely: what CI once saw in the convolution's
+        /// col2im). Every element starts as −0.0, which any write turns into another bit
+        /// pattern; 75 columns (chunks of 32, 32 and 11: whole 8-column blocks and 3 after
+        /// them), 13 table rows (5 after the last whole tile), 37 ids. And every element
+        /// of its own columns is written (the rule's buffers start uninitialized): each
+        /// equals the plain loops' bit for bit. Mutations: `block_cols` writing one row
+        /// past the table's (`n8..=n`); the gather's first id after the last whole tile
+        /// skipped (each tried, each fails).
+        #[test]
+        fn chunks_write_only_their_own_columns() {
+            if !has_avx2() {
+                return;
+            }
+            let (n, d, m) = (13, 75, 37);
+            let t = Key::new(41).normal_vec::<f32>(n * d);
+            let g = Key::new(42).normal_vec::<f32>(m * d);
+            let rows: Vec<u32> = (0..m).map(|k| ((k * 5 + k * k) % n) as u32).collect();
+            let neg0 = (-0.0f32).to_bits();
+            let want = (
+                super::super::gather_plain(&t, n, d, &rows),
+                super::super::scatter_add_plain(&g, n, d, &rows),
+            );
+            for c in (0..d).step_by(CHUNK_COLS) {
+                let cols = c..(c + CHUNK_COLS).min(d);
+                let mut out = vec![-0.0f32; m * d];
+                let mut dt = vec![-0.0f32; n * d];
+                // SAFETY: the CPU has AVX2 (checked); the buffers hold every column; the
+                // ids are below `n`.
+                unsafe {
+                    gather_cols(&t, n, &rows, out.as_mut_ptr(), cols.clone());
+                    scatter_cols(&g, n, &rows, dt.as_mut_ptr(), cols.clone());
+                }
+                let both = [
+                    ("gather", &out, &want.0, m),
+                    ("scatter-add", &dt, &want.1, n),
+                ];
+                for (what, v, want, len) in both {
+                    for (i, (x, w)) in v.iter().zip(want).enumerate() {
+                        // Its own elements all written (the rule's buffers start
+                        // uninitialized), the others not at all.
+                        let ok = if cols.contains(&(i / len)) {
+                            x.to_bits() == w.to_bits()
+                        } else {
+                            x.to_bits() == neg0
+                        };
+                        assert!(ok, "{what}: columns {cols:?} left {x} at element {i}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The op of `take_along(x, &idx)`: entry `idx[r]` of each row `r`, a vector (e.g. the

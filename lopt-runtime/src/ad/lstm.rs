@@ -1129,6 +1129,91 @@ mod tests {
         }
     }
 
+    /// Each chunk writes its own rows of the results (every `h_t` of the value, every
+    /// `dz_t` of `xw`'s cotangent) and nothing else: the chunks run on the pool at once,
+    /// and a write into another chunk's rows, even of the value there, would race that
+    /// chunk's own (a lost result, rarely: what CI once saw in the convolution's col2im).
+    /// Every element starts as −0.0, which any write turns into another bit pattern;
+    /// B = 130 makes three chunks (44, 44, 42 rows). And every element of its own rows is
+    /// written (the rule's matrices start uninitialized): each equals the rule's result
+    /// bit for bit. Mutations: `put_rows` writing `n + 1` rows from each step; its last
+    /// step skipped (each tried, each fails).
+    #[test]
+    fn chunks_write_only_their_own_rows() {
+        let (b, t, h) = (130, 3, 2);
+        let d = Dims { b, t, h };
+        assert_eq!(d.chunks().len(), 3);
+        let x = inputs(b, t, h, 271);
+        let g = normal(t * b, h, 1.0, 281);
+        let neg0 = (-0.0f64).to_bits();
+        // The rule's results, for the chunks' own rows.
+        let want_h = lstm_sequence(&x[0], &x[1], &x[2], &x[3]);
+        let want_dz = rules::vjp(&x[0], &x[1], &x[2], &x[3], &g).0.unwrap();
+        for r in d.chunks() {
+            let mut hv = vec![-0.0f64; t * b * h];
+            let out = Out {
+                p: hv.as_mut_ptr(),
+                rows: t * b,
+                cols: h,
+            };
+            let fwd = forward_chunk(d, r.clone(), [&x[0], &x[1], &x[2], &x[3]], Some(out));
+            let mut dv = vec![-0.0f64; t * b * 4 * h];
+            let dout = Out {
+                p: dv.as_mut_ptr(),
+                rows: t * b,
+                cols: 4 * h,
+            };
+            let _ = reverse_chunk(d, fwd, &x[1], &x[2], &x[3], &g, dout);
+            let both = [
+                ("value", &hv, want_h.as_slice()),
+                ("cotangent", &dv, want_dz.as_slice()),
+            ];
+            for (what, m, want) in both {
+                for (i, (v, w)) in m.iter().zip(want).enumerate() {
+                    // Row `t·B + e` is example `e`'s. Its own rows all written (the rule's
+                    // matrices start uninitialized), the others not at all.
+                    let ok = if r.contains(&((i % (t * b)) % b)) {
+                        v.to_bits() == w.to_bits()
+                    } else {
+                        v.to_bits() == neg0
+                    };
+                    assert!(ok, "chunk {r:?} left {v} at the {what}'s element {i}");
+                }
+            }
+        }
+    }
+
+    /// A sequence of no steps (`xw` with no rows, which the shapes allow) has an empty
+    /// value, an empty tangent and an empty cotangent of `xw`, and zero cotangents of `wh`,
+    /// `h0` and `c0`; B = 20 is more rows than a chunk's buffers have when `T = 0` (their
+    /// stride is one cache line), so a product formed for a step that does not exist
+    /// would not fit (mutation: the reverse pass's `T > 0` guard removed; tried, panics).
+    #[test]
+    fn zero_steps_give_empty_results() {
+        let (b, h) = (20, 3);
+        let [xw, wh, h0, c0] = inputs(b, 0, h, 301);
+        assert_eq!(xw.shape(), (0, 4 * h));
+        let y = lstm_sequence(&xw, &wh, &h0, &c0);
+        assert_eq!(y.shape(), (0, h));
+        let (y2, t) = rules::jvp(
+            &xw,
+            &wh,
+            &h0,
+            &c0,
+            Some(&xw),
+            Some(&wh),
+            Some(&h0),
+            Some(&c0),
+        );
+        assert_eq!((y2.shape(), t.shape()), ((0, h), (0, h)));
+        let g = DMatrix::<f64>::zeros(0, h);
+        let (dxw, dwh, dh0, dc0) = rules::vjp(&xw, &wh, &h0, &c0, &g);
+        assert_eq!(dxw.unwrap().shape(), (0, 4 * h));
+        assert_eq!(dwh.unwrap(), DMatrix::zeros(h, 4 * h));
+        assert_eq!(dh0.unwrap(), DMatrix::zeros(b, h));
+        assert_eq!(dc0.unwrap(), DMatrix::zeros(b, h));
+    }
+
     #[test]
     #[should_panic(expected = "do not fit together")]
     fn mismatched_shapes_panic_with_the_shapes() {
