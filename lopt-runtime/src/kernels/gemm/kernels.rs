@@ -96,20 +96,35 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
 ) {
     let Panel { a, lda } = panel;
     let c = j.c.add(i);
-    let b0 = j.b.add(p0 * j.rsb);
-    let (rsb, csb, ldc) = (j.rsb, j.csb, j.ldc);
+    let ldc = j.ldc;
     let mut col = 0;
-    while col + NR <= j.n {
-        let (b, c) = (b0.add(col * csb), c.add(col * ldc));
-        bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
-        col += NR;
+    if j.bp.is_null() {
+        let b0 = j.b.add(p0 * j.rsb);
+        let (rsb, csb) = (j.rsb, j.csb);
+        while col + NR <= j.n {
+            let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+            bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
+            col += NR;
+        }
+    } else {
+        // Packed (`pack_b`): block `col` holds rows of `NR` from `j.bp + col·k`.
+        while col + NR <= j.n {
+            let (b, c) = (j.bp.add(col * j.k + p0 * NR), c.add(col * ldc));
+            bcast::<S, NV, NR>(kc, a, lda, b, NR, 1, c, ldc, from_c, skip);
+            col += NR;
+        }
     }
     let nr = j.n - col;
     if nr == 0 {
         return;
     }
     const { assert!(NR <= MAX_NR) };
-    let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+    let (b, rsb, csb) = if j.bp.is_null() {
+        (j.b.add(p0 * j.rsb + col * j.csb), j.rsb, j.csb)
+    } else {
+        (j.bp.add(col * j.k + p0 * nr), nr, 1)
+    };
+    let c = c.add(col * ldc);
     // `NR > x` is known at compile time: arms wider than this variant's block vanish.
     macro_rules! edge {
         ($($w:literal)*) => {
@@ -224,6 +239,94 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     }
 }
 
+/// Whether `B` is worth packing (`pack_b`) for an `m`-row product with `n` columns,
+/// `rows` a row block: when every block of `NR` columns of it is read by several row
+/// blocks. Each block's broadcasts then come from one sequential stream instead of `NR`
+/// columns `k` apart (column-major `B`) or a row `n` apart per step of `k` (`Bᵀ`),
+/// which leaves the kernel waiting on L2. Packing copies `k·n` elements once.
+#[inline(always)]
+pub(super) fn pack_b_pays(m: usize, n: usize, rows: usize, nr: usize) -> bool {
+    m >= PACK_B_MIN_ROW_BLOCKS * rows && n >= 2 * nr
+}
+
+/// Row blocks from which `B` is packed (each packed element is then read by at least
+/// this many blocks: the copy is a small part of the product).
+pub(super) const PACK_B_MIN_ROW_BLOCKS: usize = 8;
+
+/// A 64-byte line of the packed-`B` buffer (aligned, so every block starts on a line).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(super) struct Line([u8; 64]);
+
+thread_local! {
+    /// This thread's packed-`B` buffer, kept between products (a fresh 256 KB allocation
+    /// each time would fault its pages in again).
+    static PACKED_B: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `j` with `B` packed: its column blocks of `NR` (the last one narrower,
+/// `w` columns) one after another, block `col` at `col·k`, each `k` rows of `w`
+/// consecutive elements. The kernels read the same values in the same order, so the
+/// results are those of the unpacked product bit for bit.
+#[inline(always)]
+pub(super) unsafe fn with_packed_b<S: Simd, const NR: usize>(
+    j: &Job<S::E>,
+    f: impl FnOnce(&Job<S::E>),
+) {
+    let len = j.k * j.n;
+    let lines = (len * std::mem::size_of::<S::E>()).div_ceil(64);
+    let fill = |buf: &mut Vec<Line>| {
+        if buf.len() < lines {
+            buf.resize(lines, Line([0; 64]));
+        }
+        let dst = buf.as_mut_ptr() as *mut S::E;
+        let mut col = 0;
+        while col < j.n {
+            let w = NR.min(j.n - col);
+            let d = dst.add(col * j.k);
+            if j.rsb == 1 {
+                // Column-major `B`: tiles of `TILE` columns by `TILE` rows transposed
+                // (a scalar copy took 2% of the transformer's gradient), the edges
+                // element by element.
+                let t = S::TILE;
+                let (kt, wt) = (j.k - j.k % t, w - w % t);
+                for q0 in (0..wt).step_by(t) {
+                    let s = j.b.add((col + q0) * j.csb);
+                    for p0 in (0..kt).step_by(t) {
+                        S::transpose_tile(s.add(p0), j.csb, d.add(p0 * w + q0), w);
+                    }
+                }
+                for q in 0..w {
+                    let s = j.b.add((col + q) * j.csb);
+                    let p_from = if q < wt { kt } else { 0 };
+                    for p in p_from..j.k {
+                        *d.add(p * w + q) = *s.add(p);
+                    }
+                }
+            } else {
+                for p in 0..j.k {
+                    let s = j.b.add(p * j.rsb + col * j.csb);
+                    for q in 0..w {
+                        *d.add(p * w + q) = *s.add(q * j.csb);
+                    }
+                }
+            }
+            col += w;
+        }
+        Job {
+            bp: dst as *const S::E,
+            ..*j
+        }
+    };
+    // A product inside a product on the same thread does not happen (the kernels call
+    // nothing that could run one); if it did, it gets its own buffer.
+    let mut own = Vec::new();
+    PACKED_B.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&fill(&mut buf)),
+        Err(_) => f(&fill(&mut own)),
+    })
+}
+
 /// `C (=|+=) A·B` by broadcast kernels, `A` column-contiguous (read in place) or
 /// row-contiguous with at least `LANES` rows (packed): row blocks of `NV` vectors, then of
 /// one, then one last vector block shifted back to end at row `m` (single rows when
@@ -232,6 +335,9 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
 pub(super) unsafe fn drive_bcast<S: Simd, S1: Simd<E = S::E>, const NV: usize, const NR: usize>(
     j: &Job<S::E>,
 ) {
+    if j.bp.is_null() && pack_b_pays(j.m, j.n, NV * S::LANES, NR) {
+        return with_packed_b::<S, NR>(j, |jp| drive_bcast::<S, S1, NV, NR>(jp));
+    }
     let mut buf = std::mem::MaybeUninit::<PackBuf>::uninit();
     let buf = buf.as_mut_ptr() as *mut S::E;
     let (m, w) = (j.m, S::LANES);
