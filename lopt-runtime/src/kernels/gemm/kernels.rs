@@ -189,11 +189,17 @@ fn same_sets<E>(csa: usize, n: usize) -> bool {
     n >= 16 && (csa * std::mem::size_of::<E>()).is_multiple_of(128)
 }
 
-/// One row block of `C` (`NV` vectors tall, at row `i`): read in place when `A` has
-/// contiguous columns (copied chunk by chunk of `k` when their stride maps them into few
-/// cache sets, see [`same_sets`]), else packed (transposed) chunk by chunk of `k`; a chunk after the
-/// first continues each chain from the `C` the previous one stored, so chunking does not
-/// change a single rounding.
+/// The length of the chunks of `k` for row blocks of `rows`: equal (at most a packed
+/// panel's), e.g. 3 x 192 rather than 256 + 256 + 64 for k = 576.
+#[inline(always)]
+pub(super) fn chunk_len<E>(k: usize, rows: usize) -> usize {
+    let kc_max = (PACK_BYTES / std::mem::size_of::<E>() / rows).max(1);
+    k.div_ceil(k.div_ceil(kc_max))
+}
+
+/// One row block of `C` (`NV` vectors tall, at row `i`), chunk by chunk of `k` ([`row_chunk`]);
+/// a chunk after the first continues each chain from the `C` the previous one stored, so
+/// chunking does not change a single rounding.
 #[inline(always)]
 pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     j: &Job<S::E>,
@@ -201,29 +207,35 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     i: usize,
     skip: usize,
 ) {
-    let rows = NV * S::LANES;
-    // Chunks of equal length (at most a packed panel's), e.g. 3 x 192 rather than
-    // 256 + 256 + 64 for k = 576.
-    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
-    let kc_max = j.k.div_ceil(j.k.div_ceil(kc_max));
-    if j.rsa == 1 && !same_sets::<S::E>(j.csa, j.n) {
-        // Read in place, in chunks of `k` as long as a packed panel's, so that the
-        // panel's rows stay in L1 across the column blocks.
-        let mut p0 = 0;
-        while p0 < j.k {
-            let kc = kc_max.min(j.k - p0);
-            let panel = Panel {
-                a: j.a.add(i + p0 * j.csa),
-                lda: j.csa,
-            };
-            bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
-            p0 += kc;
-        }
-        return;
-    }
+    let kc_max = chunk_len::<S::E>(j.k, NV * S::LANES);
     let mut p0 = 0;
     while p0 < j.k {
         let kc = kc_max.min(j.k - p0);
+        row_chunk::<S, NV, NR>(j, buf, i, skip, p0, kc);
+        p0 += kc;
+    }
+}
+
+/// Rows `i..i + NV·LANES` of `C` over `k`'s chunk `p0..p0 + kc` (continuing from `C`
+/// after the first chunk): `A` read in place when it has contiguous columns (copied when
+/// their stride maps them into few cache sets, see [`same_sets`]), else packed
+/// (transposed), so that the panel's rows stay in L1 across the column blocks.
+#[inline(always)]
+pub(super) unsafe fn row_chunk<S: Simd, const NV: usize, const NR: usize>(
+    j: &Job<S::E>,
+    buf: *mut S::E,
+    i: usize,
+    skip: usize,
+    p0: usize,
+    kc: usize,
+) {
+    let rows = NV * S::LANES;
+    let panel = if j.rsa == 1 && !same_sets::<S::E>(j.csa, j.n) {
+        Panel {
+            a: j.a.add(i + p0 * j.csa),
+            lda: j.csa,
+        }
+    } else {
         if j.rsa == 1 {
             // Columns whose stride lands them in few L1 sets: copied next to each other.
             for q in 0..kc {
@@ -233,10 +245,9 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
         } else {
             pack_rows::<S>(j, i, rows, p0, kc, buf);
         }
-        let panel = Panel { a: buf, lda: rows };
-        bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
-        p0 += kc;
-    }
+        Panel { a: buf, lda: rows }
+    };
+    bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
 }
 
 /// Whether `B` is worth packing (`pack_b`) for an `m`-row product with `n` columns,
@@ -341,6 +352,31 @@ pub(super) unsafe fn drive_bcast<S: Simd, S1: Simd<E = S::E>, const NV: usize, c
     let mut buf = std::mem::MaybeUninit::<PackBuf>::uninit();
     let buf = buf.as_mut_ptr() as *mut S::E;
     let (m, w) = (j.m, S::LANES);
+    let kc_max = chunk_len::<S::E>(j.k, NV * w);
+    if m >= NV * w && m <= K_OUTER_ROWS && j.k > kc_max {
+        // Chunks of `k` outermost, the same row blocks in each (the blocks of one vector
+        // take the tall blocks' chunks: chunking changes no rounding): each chunk of `B`
+        // (`kc × n`) then comes from L2 for every row block, not from memory once per
+        // block (the LSTM's `dwh = hᵀ·dz`, 128 × 1,984 × 512, reads a 4 MB `dz`).
+        let mut p0 = 0;
+        while p0 < j.k {
+            let kc = kc_max.min(j.k - p0);
+            let mut i = 0;
+            while i + NV * w <= m {
+                row_chunk::<S, NV, NR>(j, buf, i, 0, p0, kc);
+                i += NV * w;
+            }
+            while i + w <= m {
+                row_chunk::<S, 1, NR>(j, buf, i, 0, p0, kc);
+                i += w;
+            }
+            if i < m {
+                row_chunk::<S, 1, NR>(j, buf, m - w, i - (m - w), p0, kc);
+            }
+            p0 += kc;
+        }
+        return;
+    }
     let mut i = 0;
     while i + NV * w <= m {
         row_block::<S, NV, NR>(j, buf, i, 0);

@@ -326,9 +326,10 @@ fn wide_vector_blocking_matches_f64_loop() {
 fn large_products_go_through_matrixmultiply_correctly() {
     // above the threshold for a transposed B (an untransposed one needs 2^26, too
     // slow for the f64 reference in a debug build), with fewer rows than a packed B
-    // keeps on the broadcast kernels
-    let (m, k, n) = (128, 130, 640);
+    // keeps on the broadcast kernels and more columns than the chunks-outermost loop
+    let (m, k, n) = (64, 64, 2100);
     assert!(m * k * n > LARGE_STRIDED_B && m * k * n < LARGE && m < PACKED_B_MIN_ROWS);
+    assert!(n > K_OUTER_MAX_N);
     for (ta, tb) in [(false, true), (true, true)] {
         let a = Stored::new(m, k, ta, 1);
         let b = Stored::new(k, n, tb, 2);
@@ -476,9 +477,10 @@ fn products_into_a_block_of_a_larger_matrix() {
 /// `B` packed (`with_packed_b`: products of at least eight row blocks) changes no bit: a
 /// product equals the same product computed in pieces of 24 rows (too few to pack), for
 /// every variant this CPU runs, `f32` and `f64`, all four layouts, written and
-/// accumulated, with `k` over several chunks and a narrower last column block. Also the
-/// f64 loop's bound. Mutations tried: a chunk's packed rows at `p0` instead of `p0·NR`;
-/// the last block's rows `NR` apart instead of `nr`; each fails here.
+/// accumulated, with `k` over several chunks and a narrower last column block, and with
+/// the chunks of `k` outermost. Also the f64 loop's bound. Mutations tried: a chunk's packed rows at `p0` instead of `p0·NR`;
+/// the last block's rows `NR` apart instead of `nr`; the chunks-outermost loop's last
+/// (shifted) row block without its `skip`; each fails here.
 #[test]
 fn packed_b_products_equal_unpacked_ones() {
     fn pieces<S: Real>(isa: Isa, a: &Stored, b: &Stored, ad: &[S], bd: &[S], c0: &[S], acc: bool)
@@ -512,9 +514,13 @@ fn packed_b_products_equal_unpacked_ones() {
             }
         }
     }
-    // 280 rows: the last piece keeps 16 (a transposed `A` with fewer takes dot products)
-    let (m, k, n) = (280, 300, 29);
-    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+    // 280 rows: the last piece keeps 16 (a transposed `A` with fewer takes dot products);
+    // 212 rows and a long `k`: chunks of `k` outermost (`K_OUTER_ROWS`), on every variant,
+    // with a shifted last row block
+    for (isa, (m, k, n)) in [Isa::Portable, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .flat_map(|isa| [(isa, (280, 300, 29)), (isa, (212, 600, 29))])
+    {
         if !isa.supported() {
             continue;
         }
