@@ -314,6 +314,13 @@ pub(super) unsafe fn with_packed_b<S: Simd, const NR: usize>(
                         *d.add(p * w + q) = *s.add(p);
                     }
                 }
+            } else if j.csb == 1 {
+                // `Bᵀ` (a weight matrix read transposed): each row's `w` elements are
+                // already together.
+                for p in 0..j.k {
+                    let s = j.b.add(p * j.rsb + col);
+                    std::ptr::copy_nonoverlapping(s, d.add(p * w), w);
+                }
             } else {
                 for p in 0..j.k {
                     let s = j.b.add(p * j.rsb + col * j.csb);
