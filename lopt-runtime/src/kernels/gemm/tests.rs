@@ -483,10 +483,15 @@ fn products_into_a_block_of_a_larger_matrix() {
 /// (shifted) row block without its `skip`; each fails here.
 #[test]
 fn packed_b_products_equal_unpacked_ones() {
-    fn pieces<S: Real>(isa: Isa, a: &Stored, b: &Stored, ad: &[S], bd: &[S], c0: &[S], acc: bool)
-    where
-        S: std::fmt::Debug,
-    {
+    fn pieces<S: Real + std::fmt::Debug>(
+        isa: Isa,
+        a: &Stored,
+        b: &Stored,
+        ad: &[S],
+        bd: &[S],
+        c0: &[S],
+        acc: bool,
+    ) {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         let mut whole = c0.to_vec();
         run(isa, a.view(ad), b.view(bd), &mut whole, acc);
