@@ -21,86 +21,69 @@ use crate::scalar::Real;
 /// `ln Σ_j exp(x[i, j])` for every row `i` of the column-major `rows x (len / rows)` matrix
 /// `x`.
 pub(crate) fn row_log_sum_exp<S: Real>(x: &[S], rows: usize) -> Vec<S> {
-    row_lse(x, rows, None)
+    row_lse(x, rows, false).0
 }
 
-/// [`row_log_sum_exp`], also writing `e[i, j] = exp(x[i, j] - max_j x[i, j])` and
-/// `inv_s[i] = 1 / Σ_j e[i, j]` (so the softmax is `e[i, j] * inv_s[i]`) when `keep` is
-/// given: the exponentials the sums need anyway, kept for a derivative.
-fn row_lse<S: Real>(x: &[S], rows: usize, keep: Option<(&mut [S], &mut [S])>) -> Vec<S> {
+/// [`row_log_sum_exp`], also returning, when `keep`, `e[i, j] = exp(x[i, j] - max_j
+/// x[i, j])` and `inv_s[i] = 1 / Σ_j e[i, j]` (so the softmax is `e[i, j] * inv_s[i]`):
+/// the exponentials the sums need anyway, kept for a derivative.
+#[allow(clippy::type_complexity)]
+fn row_lse<S: Real>(x: &[S], rows: usize, keep: bool) -> (Vec<S>, Option<(Vec<S>, Vec<S>)>) {
     if rows == 0 {
-        return Vec::new();
+        return (Vec::new(), keep.then(|| (Vec::new(), Vec::new())));
     }
     if x.is_empty() {
-        return vec![S::c(f64::NEG_INFINITY); rows];
+        let kept = keep.then(|| (Vec::new(), vec![S::zero(); rows]));
+        return (vec![S::c(f64::NEG_INFINITY); rows], kept);
     }
     with_avx2_fma(|| row_lse_in(x, rows, keep))
 }
 
 /// The loops of [`row_lse`], always inlined: compiled once for the baseline and once for
-/// AVX2 (same operations and roundings, twice as wide).
+/// AVX2 (same operations and roundings, twice as wide). Sweeps over whole columns with
+/// one entry per row in a buffer (as [`mean_ce_in`]): the reads and writes are
+/// sequential. Blocks of 8 rows held in registers across the columns read a column's 32
+/// bytes at a time, `rows` elements apart: with 1,024–4,096 rows every such read maps to
+/// the same few L1 sets, so each sweep came from L2 (`softmax_cross_entropy` took 6% of
+/// the LSTM LM's gradient). Each row's maximum and sum are taken in the same order as
+/// there (along the columns), so the results are the same bit for bit.
 #[inline(always)]
-fn row_lse_in<S: Real>(x: &[S], rows: usize, mut keep: Option<(&mut [S], &mut [S])>) -> Vec<S> {
-    // Eight rows at a time, their maxima and then their sums of exponentials held in
-    // registers across the columns (a read-modify-write of a per-row array per column
-    // becomes a masked store with AVX: slow, and the block is in L1 for the second
-    // sweep). The order of the comparisons, hence NaN handling, and of the sums is that
-    // of a column sweep.
-    let mut out = x[..rows].to_vec();
-    let mut chunks = out.chunks_exact_mut(8);
-    for (i0, oc) in (0..).step_by(8).zip(&mut chunks) {
-        let mut m: [S; 8] = (&*oc).try_into().expect("chunks of 8");
-        for col in x.chunks_exact(rows).skip(1) {
-            let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
-            for (a, &v) in m.iter_mut().zip(c) {
-                *a = a.max(v);
-            }
-        }
-        let mut s = [S::zero(); 8];
-        for (j, col) in x.chunks_exact(rows).enumerate() {
-            let c: &[S; 8] = col[i0..i0 + 8].try_into().expect("8 rows");
-            let e: [S; 8] = std::array::from_fn(|l| exp(c[l] - m[l]));
-            for (s, &e) in s.iter_mut().zip(&e) {
-                *s += e;
-            }
-            if let Some((ek, _)) = keep.as_mut() {
-                ek[j * rows + i0..j * rows + i0 + 8].copy_from_slice(&e);
-            }
-        }
-        for ((o, &m), &s) in oc.iter_mut().zip(&m).zip(&s) {
-            *o = m + s.ln();
-        }
-        if let Some((_, inv)) = keep.as_mut() {
-            for (inv, &s) in inv[i0..i0 + 8].iter_mut().zip(&s) {
-                *inv = S::one() / s;
-            }
-        }
+#[allow(clippy::type_complexity)]
+fn row_lse_in<S: Real>(x: &[S], rows: usize, keep: bool) -> (Vec<S>, Option<(Vec<S>, Vec<S>)>) {
+    // Row maxima (through `update`: a max kept in place would become a masked store).
+    let mut cols = x.chunks_exact(rows);
+    let mut m = cols.next().expect("a column").to_vec();
+    for col in cols {
+        update(&mut m, col, col, col, |t, v, _, _| t.max(v));
     }
-    // The remaining (fewer than eight) rows, by column sweeps.
-    let m = chunks.into_remainder();
-    let done = rows - m.len();
-    for col in x.chunks_exact(rows).skip(1) {
-        for (m, &v) in m.iter_mut().zip(&col[done..]) {
-            *m = m.max(v);
-        }
-    }
-    let mut s = [S::zero(); 8];
-    for (j, col) in x.chunks_exact(rows).enumerate() {
-        for (l, ((s, &v), &m)) in s.iter_mut().zip(&col[done..]).zip(&*m).enumerate() {
-            let e = exp(v - m);
-            *s += e;
-            if let Some((ek, _)) = keep.as_mut() {
-                ek[j * rows + done + l] = e;
+    let mut s = vec![S::zero(); rows];
+    let kept = if keep {
+        let mut e = Vec::with_capacity(x.len());
+        let spare = &mut e.spare_capacity_mut()[..x.len()];
+        for (col, ecol) in x.chunks_exact(rows).zip(spare.chunks_exact_mut(rows)) {
+            for (((e, &v), &m), s) in ecol.iter_mut().zip(col).zip(&m).zip(s.iter_mut()) {
+                let t = exp(v - m);
+                e.write(t);
+                *s += t;
             }
         }
-    }
-    if let Some((_, inv)) = keep.as_mut() {
-        for (inv, &s) in inv[done..].iter_mut().zip(&s) {
-            *inv = S::one() / s;
+        // SAFETY: the columns cover all `x.len()` elements (`x.len()` is a multiple of
+        // `rows`: a column-major matrix), and each was written above.
+        unsafe { e.set_len(x.len()) };
+        let inv_s = s.iter().map(|&s| S::one() / s).collect();
+        Some((e, inv_s))
+    } else {
+        for col in x.chunks_exact(rows) {
+            for ((s, &v), &m) in s.iter_mut().zip(col).zip(&m) {
+                *s += exp(v - m);
+            }
         }
+        None
+    };
+    for (m, &s) in m.iter_mut().zip(&s) {
+        *m += s.ln();
     }
-    m.iter_mut().zip(&s).for_each(|(m, &s)| *m += s.ln());
-    out
+    (m, kept)
 }
 
 /// The rows softmax runs over: a column vector is one set of logits; a matrix (or a row
@@ -314,8 +297,8 @@ impl<'a, S: Real> Unary<op::SoftmaxCrossEntropy<'a>> for DMatrix<S> {
         let (rows, cols) = self.shape();
         check_labels(&op.0, rows, cols);
         let x = self.as_slice();
-        let (mut e, mut inv_s) = (vec![S::zero(); x.len()], vec![S::zero(); rows]);
-        let mut loss = row_lse(x, rows, Some((&mut e, &mut inv_s)));
+        let (mut loss, kept) = row_lse(x, rows, true);
+        let (e, inv_s) = kept.expect("kept exponentials");
         for (i, l) in loss.iter_mut().enumerate() {
             *l -= label_logit(x, rows, &op.0, i);
         }
@@ -476,6 +459,43 @@ impl<'a, S: Real> Unary<op::MeanSoftmaxCrossEntropy<'a>> for DMatrix<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `row_lse` is each row's sequential sweep bit for bit (maximum, then the sum of
+    /// exponentials, both along the columns), with its exponentials and reciprocal sums,
+    /// in `f32` and `f64`, on a tall matrix (rows no vector width divides) and a NaN.
+    /// Mutations tried: the sums started from the second column; the maxima over all but
+    /// the last column; each fails here.
+    #[test]
+    fn row_lse_is_each_rows_sequential_sweep_bit_for_bit() {
+        fn check<S: Real>() {
+            let (rows, cols) = (1030, 7);
+            let mut x: Vec<S> = (0..rows * cols)
+                .map(|q| S::c(((q * 37 % 101) as f64 - 50.0) * 0.37))
+                .collect();
+            x[5 + 3 * rows] = S::c(f64::NAN);
+            let (lse, kept) = row_lse(&x, rows, true);
+            let (e, inv_s) = kept.unwrap();
+            let bits = |v: S| v.lane(0).to_bits();
+            for i in 0..rows {
+                let mut m = x[i];
+                for j in 1..cols {
+                    m = m.max(x[i + j * rows]);
+                }
+                let mut s = S::zero();
+                for j in 0..cols {
+                    let t = exp(x[i + j * rows] - m);
+                    assert_eq!(bits(e[i + j * rows]), bits(t), "e[{i}, {j}]");
+                    s += t;
+                }
+                assert_eq!(bits(lse[i]), bits(m + s.ln()), "lse[{i}]");
+                assert_eq!(bits(inv_s[i]), bits(S::one() / s), "inv_s[{i}]");
+            }
+            let alone = row_lse(&x, rows, false).0;
+            assert!(alone.iter().zip(&lse).all(|(&a, &b)| bits(a) == bits(b)));
+        }
+        check::<f32>();
+        check::<f64>();
+    }
 
     /// Row log-sum-exp and the cross-entropy gradient on shapes with full blocks of eight
     /// rows and a remainder, against per-row sums written out in f64.

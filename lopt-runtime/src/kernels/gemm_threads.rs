@@ -13,7 +13,9 @@
 //! peak there, `matrixmultiply` at 0.90–0.97), so such a product always runs split, and
 //! is the same bit for bit on any number of threads, not the same as one `gemm_raw`.
 
-use crate::kernels::gemm::{gemm_raw, MatRef, LARGE, LARGE_DIM, LARGE_STRIDED_B};
+#[cfg(test)]
+use crate::kernels::gemm::LARGE;
+use crate::kernels::gemm::{gemm_raw, takes_matrixmultiply, MatRef, LARGE_DIM};
 use crate::scalar::Real;
 
 /// Multiply-adds (`m·k·n`) from which a product is split: about 30 µs of one core's work
@@ -91,10 +93,7 @@ impl<'a, S: Copy> Cols<'a, S> {
 /// chunks are not (see the module).
 pub(crate) fn chunk_cols(m: usize, k: usize, n: usize, rsb: usize) -> Option<usize> {
     let work = m.saturating_mul(k).saturating_mul(n);
-    let limit = if rsb == 1 { LARGE } else { LARGE_STRIDED_B };
-    let is_large = |cols: usize| {
-        m.min(k).min(cols) >= LARGE_DIM && m.saturating_mul(k).saturating_mul(cols) > limit
-    };
+    let is_large = |cols: usize| takes_matrixmultiply(m, k, cols, rsb);
     if work < SPLIT_MIN || n < 2 * MIN_COLS {
         return None;
     }
@@ -213,7 +212,7 @@ mod tests {
         assert_eq!(chunk_cols(512, 512, 512, 1), None);
         // Thin large products whose chunks are too large stay whole too.
         assert_eq!(chunk_cols(32768, 64, 512, 1), None);
-        assert_eq!(chunk_cols(4096, 64, 512, 512), None);
+        assert_eq!(chunk_cols(8192, 64, 512, 512), None);
     }
 
     /// The LSTM's thin input products above `LARGE` (4096 × 64 × 512: `x·W_x`, and

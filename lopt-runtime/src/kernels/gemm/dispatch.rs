@@ -20,6 +20,8 @@ pub(super) struct Job<T> {
     /// Elements between the starts of `C`'s columns (at least `m`).
     pub(super) ldc: usize,
     pub(super) acc: bool,
+    /// `B` packed by `drive_bcast` (`pack_b`), or null: the kernels then read `b`.
+    pub(super) bp: *const T,
 }
 
 impl<T> Job<T> {
@@ -50,13 +52,13 @@ impl<T> Job<T> {
             c,
             ldc,
             acc,
+            bp: std::ptr::null(),
         }
     }
 }
 
 pub(super) fn large<T>(j: &Job<T>) -> bool {
-    let limit = if j.rsb == 1 { LARGE } else { LARGE_STRIDED_B };
-    j.m.min(j.k).min(j.n) >= LARGE_DIM && j.m.saturating_mul(j.k).saturating_mul(j.n) > limit
+    takes_matrixmultiply(j.m, j.k, j.n, j.rsb)
 }
 
 /// `k` above which a large product is computed in blocks of [`ROW_BLOCK`] rows

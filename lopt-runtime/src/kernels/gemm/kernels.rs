@@ -96,20 +96,35 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
 ) {
     let Panel { a, lda } = panel;
     let c = j.c.add(i);
-    let b0 = j.b.add(p0 * j.rsb);
-    let (rsb, csb, ldc) = (j.rsb, j.csb, j.ldc);
+    let ldc = j.ldc;
     let mut col = 0;
-    while col + NR <= j.n {
-        let (b, c) = (b0.add(col * csb), c.add(col * ldc));
-        bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
-        col += NR;
+    if j.bp.is_null() {
+        let b0 = j.b.add(p0 * j.rsb);
+        let (rsb, csb) = (j.rsb, j.csb);
+        while col + NR <= j.n {
+            let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+            bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
+            col += NR;
+        }
+    } else {
+        // Packed (`pack_b`): block `col` holds rows of `NR` from `j.bp + col·k`.
+        while col + NR <= j.n {
+            let (b, c) = (j.bp.add(col * j.k + p0 * NR), c.add(col * ldc));
+            bcast::<S, NV, NR>(kc, a, lda, b, NR, 1, c, ldc, from_c, skip);
+            col += NR;
+        }
     }
     let nr = j.n - col;
     if nr == 0 {
         return;
     }
     const { assert!(NR <= MAX_NR) };
-    let (b, c) = (b0.add(col * csb), c.add(col * ldc));
+    let (b, rsb, csb) = if j.bp.is_null() {
+        (j.b.add(p0 * j.rsb + col * j.csb), j.rsb, j.csb)
+    } else {
+        (j.bp.add(col * j.k + p0 * nr), nr, 1)
+    };
+    let c = c.add(col * ldc);
     // `NR > x` is known at compile time: arms wider than this variant's block vanish.
     macro_rules! edge {
         ($($w:literal)*) => {
@@ -174,11 +189,17 @@ fn same_sets<E>(csa: usize, n: usize) -> bool {
     n >= 16 && (csa * std::mem::size_of::<E>()).is_multiple_of(128)
 }
 
-/// One row block of `C` (`NV` vectors tall, at row `i`): read in place when `A` has
-/// contiguous columns (copied chunk by chunk of `k` when their stride maps them into few
-/// cache sets, see [`same_sets`]), else packed (transposed) chunk by chunk of `k`; a chunk after the
-/// first continues each chain from the `C` the previous one stored, so chunking does not
-/// change a single rounding.
+/// The length of the chunks of `k` for row blocks of `rows`: equal (at most a packed
+/// panel's), e.g. 3 x 192 rather than 256 + 256 + 64 for k = 576.
+#[inline(always)]
+pub(super) fn chunk_len<E>(k: usize, rows: usize) -> usize {
+    let kc_max = (PACK_BYTES / std::mem::size_of::<E>() / rows).max(1);
+    k.div_ceil(k.div_ceil(kc_max))
+}
+
+/// One row block of `C` (`NV` vectors tall, at row `i`), chunk by chunk of `k` ([`row_chunk`]);
+/// a chunk after the first continues each chain from the `C` the previous one stored, so
+/// chunking does not change a single rounding.
 #[inline(always)]
 pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     j: &Job<S::E>,
@@ -186,29 +207,35 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
     i: usize,
     skip: usize,
 ) {
-    let rows = NV * S::LANES;
-    // Chunks of equal length (at most a packed panel's), e.g. 3 x 192 rather than
-    // 256 + 256 + 64 for k = 576.
-    let kc_max = (PACK_BYTES / std::mem::size_of::<S::E>() / rows).max(1);
-    let kc_max = j.k.div_ceil(j.k.div_ceil(kc_max));
-    if j.rsa == 1 && !same_sets::<S::E>(j.csa, j.n) {
-        // Read in place, in chunks of `k` as long as a packed panel's, so that the
-        // panel's rows stay in L1 across the column blocks.
-        let mut p0 = 0;
-        while p0 < j.k {
-            let kc = kc_max.min(j.k - p0);
-            let panel = Panel {
-                a: j.a.add(i + p0 * j.csa),
-                lda: j.csa,
-            };
-            bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
-            p0 += kc;
-        }
-        return;
-    }
+    let kc_max = chunk_len::<S::E>(j.k, NV * S::LANES);
     let mut p0 = 0;
     while p0 < j.k {
         let kc = kc_max.min(j.k - p0);
+        row_chunk::<S, NV, NR>(j, buf, i, skip, p0, kc);
+        p0 += kc;
+    }
+}
+
+/// Rows `i..i + NV·LANES` of `C` over `k`'s chunk `p0..p0 + kc` (continuing from `C`
+/// after the first chunk): `A` read in place when it has contiguous columns (copied when
+/// their stride maps them into few cache sets, see [`same_sets`]), else packed
+/// (transposed), so that the panel's rows stay in L1 across the column blocks.
+#[inline(always)]
+pub(super) unsafe fn row_chunk<S: Simd, const NV: usize, const NR: usize>(
+    j: &Job<S::E>,
+    buf: *mut S::E,
+    i: usize,
+    skip: usize,
+    p0: usize,
+    kc: usize,
+) {
+    let rows = NV * S::LANES;
+    let panel = if j.rsa == 1 && !same_sets::<S::E>(j.csa, j.n) {
+        Panel {
+            a: j.a.add(i + p0 * j.csa),
+            lda: j.csa,
+        }
+    } else {
         if j.rsa == 1 {
             // Columns whose stride lands them in few L1 sets: copied next to each other.
             for q in 0..kc {
@@ -218,10 +245,104 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
         } else {
             pack_rows::<S>(j, i, rows, p0, kc, buf);
         }
-        let panel = Panel { a: buf, lda: rows };
-        bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
-        p0 += kc;
-    }
+        Panel { a: buf, lda: rows }
+    };
+    bcast_row_block::<S, NV, NR>(j, panel, p0, kc, i, j.acc || p0 > 0, skip);
+}
+
+/// Whether `B` is worth packing (`pack_b`) for an `m`-row product with `n` columns,
+/// `rows` a row block: when every block of `NR` columns of it is read by several row
+/// blocks. Each block's broadcasts then come from one sequential stream instead of `NR`
+/// columns `k` apart (column-major `B`) or a row `n` apart per step of `k` (`Bᵀ`),
+/// which leaves the kernel waiting on L2. Packing copies `k·n` elements once.
+#[inline(always)]
+pub(super) fn pack_b_pays(m: usize, n: usize, rows: usize, nr: usize) -> bool {
+    m >= PACK_B_MIN_ROW_BLOCKS * rows && n >= 2 * nr
+}
+
+/// Row blocks from which `B` is packed (each packed element is then read by at least
+/// this many blocks: the copy is a small part of the product).
+pub(super) const PACK_B_MIN_ROW_BLOCKS: usize = 8;
+
+/// A 64-byte line of the packed-`B` buffer (aligned, so every block starts on a line).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(super) struct Line([u8; 64]);
+
+thread_local! {
+    /// This thread's packed-`B` buffer, kept between products (a fresh 256 KB allocation
+    /// each time would fault its pages in again).
+    static PACKED_B: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `j` with `B` packed: its column blocks of `NR` (the last one narrower,
+/// `w` columns) one after another, block `col` at `col·k`, each `k` rows of `w`
+/// consecutive elements. The kernels read the same values in the same order, so the
+/// results are those of the unpacked product bit for bit.
+#[inline(always)]
+pub(super) unsafe fn with_packed_b<S: Simd, const NR: usize>(
+    j: &Job<S::E>,
+    f: impl FnOnce(&Job<S::E>),
+) {
+    let len = j.k * j.n;
+    let lines = (len * std::mem::size_of::<S::E>()).div_ceil(64);
+    let fill = |buf: &mut Vec<Line>| {
+        if buf.len() < lines {
+            buf.resize(lines, Line([0; 64]));
+        }
+        let dst = buf.as_mut_ptr() as *mut S::E;
+        let mut col = 0;
+        while col < j.n {
+            let w = NR.min(j.n - col);
+            let d = dst.add(col * j.k);
+            if j.rsb == 1 {
+                // Column-major `B`: tiles of `TILE` columns by `TILE` rows transposed
+                // (a scalar copy took 2% of the transformer's gradient), the edges
+                // element by element.
+                let t = S::TILE;
+                let (kt, wt) = (j.k - j.k % t, w - w % t);
+                for q0 in (0..wt).step_by(t) {
+                    let s = j.b.add((col + q0) * j.csb);
+                    for p0 in (0..kt).step_by(t) {
+                        S::transpose_tile(s.add(p0), j.csb, d.add(p0 * w + q0), w);
+                    }
+                }
+                for q in 0..w {
+                    let s = j.b.add((col + q) * j.csb);
+                    let p_from = if q < wt { kt } else { 0 };
+                    for p in p_from..j.k {
+                        *d.add(p * w + q) = *s.add(p);
+                    }
+                }
+            } else if j.csb == 1 {
+                // `Bᵀ` (a weight matrix read transposed): each row's `w` elements are
+                // already together.
+                for p in 0..j.k {
+                    let s = j.b.add(p * j.rsb + col);
+                    std::ptr::copy_nonoverlapping(s, d.add(p * w), w);
+                }
+            } else {
+                for p in 0..j.k {
+                    let s = j.b.add(p * j.rsb + col * j.csb);
+                    for q in 0..w {
+                        *d.add(p * w + q) = *s.add(q * j.csb);
+                    }
+                }
+            }
+            col += w;
+        }
+        Job {
+            bp: dst as *const S::E,
+            ..*j
+        }
+    };
+    // A product inside a product on the same thread does not happen (the kernels call
+    // nothing that could run one); if it did, it gets its own buffer.
+    let mut own = Vec::new();
+    PACKED_B.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&fill(&mut buf)),
+        Err(_) => f(&fill(&mut own)),
+    })
 }
 
 /// `C (=|+=) A·B` by broadcast kernels, `A` column-contiguous (read in place) or
@@ -232,9 +353,37 @@ pub(super) unsafe fn row_block<S: Simd, const NV: usize, const NR: usize>(
 pub(super) unsafe fn drive_bcast<S: Simd, S1: Simd<E = S::E>, const NV: usize, const NR: usize>(
     j: &Job<S::E>,
 ) {
+    if j.bp.is_null() && pack_b_pays(j.m, j.n, NV * S::LANES, NR) {
+        return with_packed_b::<S, NR>(j, |jp| drive_bcast::<S, S1, NV, NR>(jp));
+    }
     let mut buf = std::mem::MaybeUninit::<PackBuf>::uninit();
     let buf = buf.as_mut_ptr() as *mut S::E;
     let (m, w) = (j.m, S::LANES);
+    let kc_max = chunk_len::<S::E>(j.k, NV * w);
+    if m >= NV * w && m <= K_OUTER_ROWS && j.k > kc_max {
+        // Chunks of `k` outermost, the same row blocks in each (the blocks of one vector
+        // take the tall blocks' chunks: chunking changes no rounding): each chunk of `B`
+        // (`kc × n`) then comes from L2 for every row block, not from memory once per
+        // block (the LSTM's `dwh = hᵀ·dz`, 128 × 1,984 × 512, reads a 4 MB `dz`).
+        let mut p0 = 0;
+        while p0 < j.k {
+            let kc = kc_max.min(j.k - p0);
+            let mut i = 0;
+            while i + NV * w <= m {
+                row_chunk::<S, NV, NR>(j, buf, i, 0, p0, kc);
+                i += NV * w;
+            }
+            while i + w <= m {
+                row_chunk::<S, 1, NR>(j, buf, i, 0, p0, kc);
+                i += w;
+            }
+            if i < m {
+                row_chunk::<S, 1, NR>(j, buf, m - w, i - (m - w), p0, kc);
+            }
+            p0 += kc;
+        }
+        return;
+    }
     let mut i = 0;
     while i + NV * w <= m {
         row_block::<S, NV, NR>(j, buf, i, 0);

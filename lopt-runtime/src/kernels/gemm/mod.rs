@@ -39,6 +39,44 @@ pub const LARGE_STRIDED_B: usize = 1 << 23;
 /// The smallest dimension for which [`LARGE`] applies (a thin product stays in cache).
 pub const LARGE_DIM: usize = 64;
 
+/// Rows from which a product whose `B` is small ([`PACKED_B_MAX`]) stays on the broadcast
+/// kernels however large: they pack such a `B` (`kernels::with_packed_b`) and then run
+/// ahead of `matrixmultiply`. Measured on the AVX-512 Xeon (one core, `part.gemm.*` of the
+/// primitives bench): `G·Wᵀ` 4096 × 512 × 128 at 0.65 of the FMA peak against 0.54, the
+/// read-out 2048 × 128 × 256 at 0.75 against 0.63, 2048 × 256 × 128 (`Bᵀ`) 0.69 against
+/// 0.58.
+pub const PACKED_B_MIN_ROWS: usize = 256;
+/// Rows up to which [`PACKED_B_MIN_ROWS`] applies (the language models' products have
+/// 1,024–4,096 rows; the convolutions' larger ones keep `matrixmultiply`, measured there).
+pub const PACKED_B_MAX_ROWS: usize = 4096;
+/// Elements (`k·n`) of a `B` small enough for [`PACKED_B_MIN_ROWS`] (512 KB of `f32`: the
+/// packed copy stays in L2).
+pub const PACKED_B_MAX: usize = 1 << 17;
+
+/// Rows up to which a product stays on the broadcast kernels however long its `k`, for
+/// up to [`K_OUTER_MAX_N`] columns: they run its chunks of `k` outermost, each chunk of
+/// `B` then read from L2 by every row block. Measured on the AVX-512 Xeon (one core):
+/// `Aᵀ·B` 128 × 4096 × 512 at 0.645 of the FMA peak against matrixmultiply's 0.578.
+pub const K_OUTER_ROWS: usize = 256;
+/// Columns up to which [`K_OUTER_ROWS`] applies (a chunk of `B`, 128 × 2048 `f32`, is
+/// 1 MB: half of L2).
+pub const K_OUTER_MAX_N: usize = 2048;
+
+/// Whether an `m × k` by `k × n` product (`B`'s row stride `rsb`) goes to
+/// `matrixmultiply`: above [`LARGE`] (or [`LARGE_STRIDED_B`]) multiply-adds with every
+/// dimension at least [`LARGE_DIM`], unless its `B` is small and its rows in
+/// [`PACKED_B_MIN_ROWS`]`..=`[`PACKED_B_MAX_ROWS`].
+pub(crate) fn takes_matrixmultiply(m: usize, k: usize, n: usize, rsb: usize) -> bool {
+    let limit = if rsb == 1 { LARGE } else { LARGE_STRIDED_B };
+    let packed =
+        (PACKED_B_MIN_ROWS..=PACKED_B_MAX_ROWS).contains(&m) && k.saturating_mul(n) <= PACKED_B_MAX;
+    let k_outer = m <= K_OUTER_ROWS && n <= K_OUTER_MAX_N;
+    m.min(k).min(n) >= LARGE_DIM
+        && m.saturating_mul(k).saturating_mul(n) > limit
+        && !packed
+        && !k_outer
+}
+
 /// A read-only strided view of a matrix: element `(i, j)` is `data[i * rs + j * cs]`.
 ///
 /// Construction checks that every element lies inside `data`, which the kernels rely on.

@@ -325,9 +325,11 @@ fn wide_vector_blocking_matches_f64_loop() {
 #[test]
 fn large_products_go_through_matrixmultiply_correctly() {
     // above the threshold for a transposed B (an untransposed one needs 2^26, too
-    // slow for the f64 reference in a debug build)
-    let (m, k, n) = (256, 130, 256);
-    assert!(m * k * n > LARGE_STRIDED_B && m * k * n < LARGE);
+    // slow for the f64 reference in a debug build), with fewer rows than a packed B
+    // keeps on the broadcast kernels and more columns than the chunks-outermost loop
+    let (m, k, n) = (64, 64, 2100);
+    assert!(m * k * n > LARGE_STRIDED_B && m * k * n < LARGE && m < PACKED_B_MIN_ROWS);
+    assert!(n > K_OUTER_MAX_N);
     for (ta, tb) in [(false, true), (true, true)] {
         let a = Stored::new(m, k, ta, 1);
         let b = Stored::new(k, n, tb, 2);
@@ -345,8 +347,9 @@ fn large_products_go_through_matrixmultiply_correctly() {
 /// and accumulated. Mutation tried: copying each block from row 0 of `A` fails.
 #[test]
 fn blocked_large_products_are_exact_too() {
-    let (m, k, n) = (600, 260, 64);
-    assert!(m * k * n > LARGE_STRIDED_B && k > 256 && m % 256 != 0);
+    // B too large to pack (`PACKED_B_MAX`), so the product stays on matrixmultiply
+    let (m, k, n) = (600, 260, 520);
+    assert!(m * k * n > LARGE_STRIDED_B && k > 256 && m % 256 != 0 && k * n > PACKED_B_MAX);
     let a = Stored::new(m, k, false, 3);
     let b = Stored::new(k, n, true, 4);
     let job = Job::new(
@@ -468,5 +471,78 @@ fn products_into_a_block_of_a_larger_matrix() {
         check::<f32>(m, k, n, 11);
         check::<f64>(m, k, n, 12);
         check::<crate::lanes::Lanes<4>>(m, k, n, 13);
+    }
+}
+
+/// `B` packed (`with_packed_b`: products of at least eight row blocks) changes no bit: a
+/// product equals the same product computed in pieces of 24 rows (too few to pack), for
+/// every variant this CPU runs, `f32` and `f64`, all four layouts, written and
+/// accumulated, with `k` over several chunks and a narrower last column block, and with
+/// the chunks of `k` outermost. Also the f64 loop's bound. Mutations tried: a chunk's packed rows at `p0` instead of `p0·NR`;
+/// the last block's rows `NR` apart instead of `nr`; the chunks-outermost loop's last
+/// (shifted) row block without its `skip`; each fails here.
+#[test]
+fn packed_b_products_equal_unpacked_ones() {
+    fn pieces<S: Real + std::fmt::Debug>(
+        isa: Isa,
+        a: &Stored,
+        b: &Stored,
+        ad: &[S],
+        bd: &[S],
+        c0: &[S],
+        acc: bool,
+    ) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let mut whole = c0.to_vec();
+        run(isa, a.view(ad), b.view(bd), &mut whole, acc);
+        for r0 in (0..m).step_by(24) {
+            let rows = 24.min(m - r0);
+            let av = if a.transposed {
+                MatRef::new(&ad[r0 * k..], rows, k, k, 1).unwrap()
+            } else {
+                MatRef::new(&ad[r0..], rows, k, 1, m).unwrap()
+            };
+            let mut c: Vec<S> = (0..rows * n)
+                .map(|q| c0[r0 + q % rows + q / rows * m])
+                .collect();
+            run(isa, av, b.view(bd), &mut c, acc);
+            for (q, x) in c.iter().enumerate() {
+                let y = whole[r0 + q % rows + q / rows * m];
+                assert!(
+                    x.lane(0).to_bits() == y.lane(0).to_bits(),
+                    "{isa:?} {m}x{k}x{n} ta={} tb={} acc={acc}: row {} col {}: {x:?} vs {y:?}",
+                    a.transposed,
+                    b.transposed,
+                    r0 + q % rows,
+                    q / rows
+                );
+            }
+        }
+    }
+    // 280 rows: the last piece keeps 16 (a transposed `A` with fewer takes dot products);
+    // 212 rows and a long `k`: chunks of `k` outermost (`K_OUTER_ROWS`), on every variant,
+    // with a shifted last row block
+    for (isa, (m, k, n)) in [Isa::Portable, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .flat_map(|isa| [(isa, (280, 300, 29)), (isa, (212, 600, 29))])
+    {
+        if !isa.supported() {
+            continue;
+        }
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = Stored::new(m, k, ta, 21);
+            let b = Stored::new(k, n, tb, 22);
+            let c0 = values(m * n, 23);
+            let c32: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+            let (a32, b32) = (a.f32s(), b.f32s());
+            for acc in [false, true] {
+                pieces(isa, &a, &b, &a.data, &b.data, &c0, acc);
+                pieces(isa, &a, &b, &a32, &b32, &c32, acc);
+            }
+            let (want, scale) = reference(&a, &b, Some(&c0));
+            let mut c = c0.clone();
+            run(isa, a.view(&a.data), b.view(&b.data), &mut c, true);
+            check(&c, &want, &scale, k + 1, f64::EPSILON, "packed B");
+        }
     }
 }
