@@ -217,4 +217,43 @@ mod tests {
         let moved = one.iter().zip(&three).filter(|(a, b)| a != b).count();
         assert_eq!(moved, 0, "{moved} of {} elements differ", one.len());
     }
+
+    /// Three updates of NnAdam on a 300 × 250 matrix (75,000 elements: its blocks run
+    /// on the pool) on `threads` threads; the bits of the parameters, the moments and
+    /// the LSTM state (which reads the tensor's statistics).
+    fn nn_adam_updates(threads: usize) -> Vec<u32> {
+        let lopt = NnAdam::default();
+        crate::on_threads(threads, || {
+            let mut theta = lopt.init(Key::new(1));
+            // A non-zero read-out, so that the statistics move the hyperparameters.
+            theta.out_w = Key::new(2).normal_vec(theta.out_w.len());
+            let p = DMatrix::<f32>::from_fn(300, 250, |i, j| ((i * 250 + j) as f32 * 0.37).sin());
+            let mut state = lopt.init_state(&theta, p.clone(), None);
+            for t in 0..3 {
+                let g = p.map(|x| x * (0.1 + t as f32) + 0.01 * (x * 7.0).cos());
+                lopt.update(&theta, &mut state, &g, 1.5);
+            }
+            let s = &state;
+            s.params
+                .iter()
+                .chain(s.m.iter())
+                .chain(s.rms.iter())
+                .chain(&s.hidden)
+                .chain(&s.per_layer)
+                .map(|x| x.to_bits())
+                .collect()
+        })
+    }
+
+    /// NnAdam spreads a large tensor's blocks over the pool and sums their statistics in
+    /// block order: the same bits on one thread and on three. Catches (tried): the
+    /// pool's blocks summed in reverse order (`blocks.reverse()` after the parallel
+    /// collect: the LSTM state and hyperparameters differ), the pool's blocks of the
+    /// gradient paired with the next block of the parameters (`.skip(1)`: fails).
+    #[test]
+    fn nn_adam_is_the_same_on_one_and_three_threads() {
+        let (one, three) = (nn_adam_updates(1), nn_adam_updates(3));
+        let moved = one.iter().zip(&three).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 0, "{moved} of {} values differ", one.len());
+    }
 }
