@@ -489,8 +489,7 @@ mod tests {
     /// past a group (the second group's starts), an odd split of the inputs, a remainder
     /// of the vector width, and two threads sharing the columns. Catches (tried): the
     /// kernel starting every row from the first row's start (`r * b_stride` dropped:
-    /// fails at 2 rows), a group's starts taken from the first group (`r0 * b_stride`
-    /// dropped: fails at 5 rows).
+    /// fails at 2 rows).
     #[test]
     fn product_from_a_start_per_row_continues_the_chain() {
         let (dy, dx, dout) = (7, 12, 1040);

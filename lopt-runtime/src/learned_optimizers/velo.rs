@@ -1162,8 +1162,7 @@ mod tests {
     /// hidden half is kept from the first update) and of `update`: the same bits, with the
     /// state advancing or not, and for a state whose second tensor's LSTM state is not
     /// θ's (the kept half must not serve it). Catches (tried): the kept half used
-    /// without comparing the states (the moved state differs from the first step), the
-    /// kept half made from the initial cell instead of the hidden state (differs always).
+    /// without comparing the states (the moved state differs from the first step).
     #[test]
     fn updates_with_theta_fixed_are_the_updates() {
         let small = Velo {
