@@ -303,6 +303,10 @@ const LANES: usize = 8;
 /// Elements of a tensor [`NnAdam`] sums in one block (4 arrays of them stay in L1).
 const STAT_BLOCK: usize = 2048;
 
+/// One block of the parameters, moments, second moments and gradient, as the zipped
+/// chunks give them.
+type BlockSlices<'a, S> = (((&'a mut [S], &'a mut [S]), &'a mut [S]), &'a [S]);
+
 /// `Σ f(x_i)` with 8 partial sums (vector lanes) over chunks, the tail added last:
 /// one accumulator is a serial chain that cannot vectorize, and indexing through a
 /// closure (a bounds check per element) stops the loop from vectorizing.
@@ -432,11 +436,7 @@ impl LearnedOptimizer for NnAdam {
             let p = state.params.leaf_mut(li);
             // A block's moments and step, and its five sums and four sums of squared
             // deviations from its means. Blocks are independent: the same on any thread.
-            let block = |gc: &mut Vec<P::Scalar>,
-                         (((p, m), v), g): (
-                ((&mut [P::Scalar], &mut [P::Scalar]), &mut [P::Scalar]),
-                &[P::Scalar],
-            )| {
+            let block = |gc: &mut Vec<P::Scalar>, (((p, m), v), g): BlockSlices<P::Scalar>| {
                 let nb = g.len();
                 // Simple loops over the block (in L1 after the first), each of which
                 // vectorizes: the clipped gradient and the moments, the five sums, the
