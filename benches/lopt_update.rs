@@ -3,7 +3,9 @@
 //! 1,001,000-parameter tree (b [1000], w [1000, 1000]): cases `update.<name>.<size>`
 //! (`2410`, `1m`), in `f32`, each θ from the optimizer's `init` in the JAX library's
 //! default configuration (VeLO: the released configuration, `Velo::released()`), the
-//! gradient `1e-3·params`, 1000 planned steps. `scripts/jax/bench_lopt_update.py` runs the
+//! gradient `1e-3·params`, 1000 planned steps; the update of `opt_fn(θ)`, θ fixed as in
+//! the JAX script (VeLO then keeps its LSTM gates' half from the initial state:
+//! `LearnedOptimizer::update_fixed`). `scripts/jax/bench_lopt_update.py` runs the
 //! JAX library's jitted update of the same configurations and trees (`--with-lopt`
 //! alternates the two and prints ratios).
 //!
@@ -38,18 +40,24 @@ struct Big<S: Real> {
     w: DMatrix<S>,
 }
 
-/// A case: one update of `lopt` with its own θ on `params`, the state kept across calls.
+/// A case: one update of `opt_fn(θ)` (θ fixed, as the JAX script's `opt_fn(theta)`
+/// closes over it) with `lopt`'s own θ on `params`, the state kept across calls.
 fn case<'a, L: LearnedOptimizer, P: Params<Scalar = f32> + Rebind>(
     id: String,
     lopt: &'a L,
     params: &P,
-) -> Case<'a> {
-    let theta = lopt.init(Key::new(0));
+) -> Case<'a>
+where
+    L::Theta<f32>: 'a,
+{
+    // The optimizer borrows θ for the whole run.
+    let theta: &'a L::Theta<f32> = Box::leak(Box::new(lopt.init(Key::new(0))));
+    let opt = lopt.opt_fn(theta);
     let grad = params.map(|x| 1e-3 * x);
-    let state = RefCell::new(lopt.init_state(&theta, params.clone(), Some(1000)));
+    let state = RefCell::new(opt.init(params.clone(), Some(1000)));
     Case::new(id, move || {
         let mut s = state.borrow_mut();
-        lopt.update(&theta, &mut s, black_box(&grad), black_box(1.5));
+        opt.update(&mut s, black_box(&grad), black_box(1.5));
     })
 }
 

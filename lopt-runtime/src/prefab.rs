@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::learned_optimizers::flax_msgpack::{FlaxMsgpackError, FlaxTheta, FlaxValue};
-use crate::learned_optimizers::{LearnedOptimizer, Velo};
+use crate::learned_optimizers::{LearnedOptimizer, ThetaCache, Velo};
 use crate::optimizers::Optimizer;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -95,8 +95,12 @@ where
     Ok(Pretrained::new(lopt, theta))
 }
 
-/// θ cast to one scalar type, shared by every state of that type.
+/// θ cast to one scalar type and what the updates compute once for it
+/// ([`ThetaCache`]), shared by every state of that type.
 type CastCache = Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>;
+
+/// One entry of a [`CastCache`].
+type Fixed<T> = (Arc<T>, Arc<ThetaCache>);
 
 /// A learned optimizer with a fixed θ: an ordinary [`Optimizer`] for every [`Params`]
 /// tree (any scalar: θ is converted once per scalar type and shared by the states).
@@ -111,7 +115,8 @@ impl<L: LearnedOptimizer> Pretrained<L> {
     /// `lopt` with θ `theta` (e.g. meta-trained in lopt).
     pub fn new(lopt: L, theta: L::Theta<f32>) -> Self {
         let theta = Arc::new(theta);
-        let any: Arc<dyn Any + Send + Sync> = theta.clone();
+        let any: Arc<dyn Any + Send + Sync> =
+            Arc::new((theta.clone(), Arc::new(ThetaCache::new())));
         Pretrained {
             lopt,
             theta,
@@ -137,18 +142,19 @@ impl<L: LearnedOptimizer> Pretrained<L> {
         &self.theta
     }
 
-    /// θ in scalar `S`, converted on first use.
-    fn theta_in<S: Real>(&self) -> Arc<L::Theta<S>> {
+    /// θ in scalar `S`, converted on first use, and its cache.
+    fn theta_in<S: Real>(&self) -> Fixed<L::Theta<S>> {
         let mut cache = self.cast.lock().unwrap_or_else(|e| e.into_inner());
         let id = TypeId::of::<S>();
         if let Some((_, a)) = cache.iter().find(|(t, _)| *t == id) {
-            if let Ok(t) = a.clone().downcast::<L::Theta<S>>() {
-                return t;
+            if let Some(t) = a.downcast_ref::<Fixed<L::Theta<S>>>() {
+                return t.clone();
             }
         }
         let t: Arc<L::Theta<S>> = Arc::new(self.lopt.cast_theta(&*self.theta));
-        cache.push((id, t.clone()));
-        t
+        let fixed = (t, Arc::new(ThetaCache::new()));
+        cache.push((id, Arc::new(fixed.clone())));
+        fixed
     }
 }
 
@@ -158,6 +164,7 @@ pub struct PretrainedState<L: LearnedOptimizer, P: Params> {
     /// The learned optimizer's state (parameters, accumulators, iteration).
     pub inner: L::State<P>,
     theta: Arc<L::Theta<P::Scalar>>,
+    cache: Arc<ThetaCache>,
 }
 
 impl<L: LearnedOptimizer, P: Params> Clone for PretrainedState<L, P> {
@@ -165,6 +172,7 @@ impl<L: LearnedOptimizer, P: Params> Clone for PretrainedState<L, P> {
         PretrainedState {
             inner: self.inner.clone(),
             theta: self.theta.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -184,14 +192,20 @@ impl<L: LearnedOptimizer, P: Params> Optimizer<P> for Pretrained<L> {
     /// For [`Velo`], when neither `num_steps` nor [`Pretrained::num_training_steps`] gives
     /// the planned length of training ([`velo`] always sets it).
     fn init(&self, params: P, num_steps: Option<usize>) -> Self::State {
-        let theta = self.theta_in::<P::Scalar>();
+        let (theta, cache) = self.theta_in::<P::Scalar>();
         let inner = self
             .lopt
             .init_state(&theta, params, num_steps.or(self.num_steps));
-        PretrainedState { inner, theta }
+        PretrainedState {
+            inner,
+            theta,
+            cache,
+        }
     }
     fn update(&self, state: &mut Self::State, grad: &P, loss: P::Scalar) {
-        self.lopt.update(&state.theta, &mut state.inner, grad, loss)
+        let (theta, cache) = (&state.theta, &state.cache);
+        self.lopt
+            .update_fixed(theta, cache, &mut state.inner, grad, loss)
     }
     fn get_params<'a>(&self, state: &'a Self::State) -> &'a P {
         self.lopt.params(&state.inner)

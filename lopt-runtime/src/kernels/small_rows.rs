@@ -38,7 +38,74 @@ pub(crate) fn small_rows_product<S: Real>(
     b: &[S],
     out: &mut [S],
 ) {
-    product_on(crate::kernels::cpu::isa(), SPLIT, x, rows, din, w, b, out)
+    let bias = Bias::Shared(b);
+    product_on(
+        crate::kernels::cpu::isa(),
+        SPLIT,
+        x,
+        rows,
+        din,
+        w,
+        bias,
+        out,
+    )
+}
+
+/// [`small_rows_product`] with a start per row: `out[r·dout + j] = start[r·dout + j] +
+/// Σ_i x[r·din + i]·w[i·dout + j]`, each output's chain continuing from its own start. A
+/// product over concatenated inputs `[y, x]` (weights `[W_y; W]`) is this one started
+/// from the product over `y`, bit for bit.
+///
+/// # Panics
+/// When the lengths disagree: `x.len() != rows·din`, `start.len() != rows·dout`,
+/// `w.len() != din·dout`, `out.len() != rows·dout`.
+pub(crate) fn small_rows_product_from<S: Real>(
+    x: &[S],
+    rows: usize,
+    din: usize,
+    w: &[S],
+    start: &[S],
+    out: &mut [S],
+) {
+    if rows == 0 {
+        return;
+    }
+    let bias = Bias::PerRow(start, start.len() / rows);
+    product_on(
+        crate::kernels::cpu::isa(),
+        SPLIT,
+        x,
+        rows,
+        din,
+        w,
+        bias,
+        out,
+    )
+}
+
+/// Where each output's chain starts: one bias for every row, or a start per row
+/// (`[rows, dout]`, rows `dout` apart).
+#[derive(Clone, Copy)]
+enum Bias<'a, S> {
+    Shared(&'a [S]),
+    PerRow(&'a [S], usize),
+}
+
+impl<'a, S> Bias<'a, S> {
+    /// Output width.
+    fn dout(self) -> usize {
+        match self {
+            Bias::Shared(b) => b.len(),
+            Bias::PerRow(_, d) => d,
+        }
+    }
+    /// The values and the distance between the rows' starts (0: shared).
+    fn parts(self) -> (&'a [S], usize) {
+        match self {
+            Bias::Shared(b) => (b, 0),
+            Bias::PerRow(b, d) => (b, d),
+        }
+    }
 }
 
 /// [`small_rows_product`] with the kernels of `isa` (which this CPU supports) and two
@@ -53,16 +120,21 @@ fn product_on<S: Real>(
     rows: usize,
     din: usize,
     w: &[S],
-    b: &[S],
+    bias: Bias<S>,
     out: &mut [S],
 ) {
     use crate::kernels::cpu::Isa;
-    let dout = b.len();
+    let dout = bias.dout();
+    let (b, b_stride) = bias.parts();
     assert!(
-        x.len() == rows * din && w.len() == din * dout && out.len() == rows * dout,
-        "small_rows_product: x {} (rows {rows} × din {din}), w {}, b {dout}, out {}",
+        x.len() == rows * din
+            && w.len() == din * dout
+            && out.len() == rows * dout
+            && b.len() == if b_stride == 0 { dout } else { rows * dout },
+        "small_rows_product: x {} (rows {rows} × din {din}), w {}, bias {} (dout {dout}), out {}",
         x.len(),
         w.len(),
+        b.len(),
         out.len()
     );
     #[cfg(target_arch = "x86_64")]
@@ -74,8 +146,10 @@ fn product_on<S: Real>(
             let cast = |s: &[S]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
             let (x, w, b) = (cast(x), cast(w), cast(b));
             match isa {
-                Isa::Avx512 => avx512::product(x, rows, din, w, b, cols, out, ldo),
-                _ => avx2::product(x, rows, din, w, b, cols, out, ldo),
+                Isa::Avx512 => {
+                    avx512::product(x, rows, din, w, (b, b_stride), dout, cols, out, ldo)
+                }
+                _ => avx2::product(x, rows, din, w, (b, b_stride), dout, cols, out, ldo),
             }
         };
         // SAFETY: `S` is `f32` (checked).
@@ -103,7 +177,7 @@ fn product_on<S: Real>(
     }
     for r in 0..rows {
         let o = &mut out[r * dout..(r + 1) * dout];
-        o.copy_from_slice(b);
+        o.copy_from_slice(&b[r * b_stride..r * b_stride + dout]);
         for (i, &xi) in x[r * din..(r + 1) * din].iter().enumerate() {
             for (o, &wv) in o.iter_mut().zip(&w[i * dout..(i + 1) * dout]) {
                 *o += xi * wv;
@@ -132,9 +206,10 @@ macro_rules! group_kernel {
             /// 64 bytes).
             const STRIDE: usize = COL_BLOCK + 16;
 
-            /// [`super::small_rows_product`] for `f32`, columns `cols` of `W` (`b.len()`
+            /// [`super::small_rows_product`] for `f32`, columns `cols` of `W` (`dout`
             /// wide) into `out` (rows `ldo` apart, column `cols.start` first), in groups
-            /// of up to [`ROW_GROUP`] rows.
+            /// of up to [`ROW_GROUP`] rows; row `r`'s chains start from `b[r·b_stride..]`
+            /// (`b_stride` 0: one bias for all).
             ///
             /// # Safety
             /// The CPU has the module's features; the lengths agree as the caller
@@ -148,7 +223,8 @@ macro_rules! group_kernel {
                 rows: usize,
                 din: usize,
                 w: &[f32],
-                b: &[f32],
+                (b, b_stride): (&[f32], usize),
+                dout: usize,
                 cols: Range<usize>,
                 out: *mut f32,
                 ldo: usize,
@@ -157,13 +233,14 @@ macro_rules! group_kernel {
                 while r0 < rows {
                     let m = (rows - r0).min(ROW_GROUP);
                     let xg = &x[r0 * din..(r0 + m) * din];
+                    let bg = (&b[r0 * b_stride..], b_stride);
                     let og = out.add(r0 * ldo);
                     let c = cols.clone();
                     match m {
-                        1 => group::<1>(xg, din, w, b, c, og, ldo),
-                        2 => group::<2>(xg, din, w, b, c, og, ldo),
-                        3 => group::<3>(xg, din, w, b, c, og, ldo),
-                        _ => group::<4>(xg, din, w, b, c, og, ldo),
+                        1 => group::<1>(xg, din, w, bg, dout, c, og, ldo),
+                        2 => group::<2>(xg, din, w, bg, dout, c, og, ldo),
+                        3 => group::<3>(xg, din, w, bg, dout, c, og, ldo),
+                        _ => group::<4>(xg, din, w, bg, dout, c, og, ldo),
                     }
                     r0 += m;
                 }
@@ -179,17 +256,19 @@ macro_rules! group_kernel {
             // Index loops walk the rows of several arrays (broadcasts, `x`, the buffer)
             // at once.
             #[allow(clippy::needless_range_loop)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn group<const M: usize>(
                 x: &[f32],
                 din: usize,
                 w: &[f32],
-                b: &[f32],
+                (b, b_stride): (&[f32], usize),
+                dout: usize,
                 cols: Range<usize>,
                 out: *mut f32,
                 ldo: usize,
             ) {
-                let dout = b.len();
                 debug_assert!(x.len() == M * din && w.len() == din * dout && cols.end <= dout);
+                debug_assert!(b.len() >= (M - 1) * b_stride + dout);
                 // On a cache line's boundary: a 64-byte vector of an unaligned buffer
                 // spans two lines, and its loads and stores were most of the time.
                 #[repr(align(64))]
@@ -203,7 +282,7 @@ macro_rules! group_kernel {
                     let vend = width / $v * $v;
                     for r in 0..M {
                         std::ptr::copy_nonoverlapping(
-                            b.as_ptr().add(j0),
+                            b.as_ptr().add(r * b_stride + j0),
                             op.add(r * STRIDE),
                             width,
                         );
@@ -354,7 +433,7 @@ mod tests {
                     let w = Key::new(2 + din as u64).normal_vec::<f32>(din * dout);
                     let b = Key::new(3 + dout as u64).normal_vec::<f32>(dout);
                     let mut got = vec![f32::NAN; rows * dout];
-                    product_on(isa, SPLIT, &x, rows, din, &w, &b, &mut got);
+                    product_on(isa, SPLIT, &x, rows, din, &w, Bias::Shared(&b), &mut got);
                     for r in 0..rows {
                         for j in 0..dout {
                             let (want, mag, fused) = reference(&x, &w, &b, (din, dout), (r, j));
@@ -390,7 +469,7 @@ mod tests {
         for isa in isas() {
             let mut got = vec![f32::NAN; rows * dout];
             crate::on_threads(3, || {
-                product_on(isa, 1 << 20, &x, rows, din, &w, &b, &mut got)
+                product_on(isa, 1 << 20, &x, rows, din, &w, Bias::Shared(&b), &mut got)
             });
             for r in 0..rows {
                 for j in (0..dout).step_by(7).chain([dout - 1]) {
@@ -400,6 +479,51 @@ mod tests {
                     if isa != Isa::Portable {
                         assert_eq!(g, fused, "{isa:?} ({r}, {j})");
                     }
+                }
+            }
+        }
+    }
+
+    /// A product over `[y, x]` (weights `[W_y; W_x]`) equals, bit for bit, the one over
+    /// `x` started per row from the one over `y`: every variant, row counts within and
+    /// past a group (the second group's starts), an odd split of the inputs, a remainder
+    /// of the vector width, and two threads sharing the columns. Catches (tried): the
+    /// kernel starting every row from the first row's start (`r * b_stride` dropped:
+    /// fails at 2 rows).
+    #[test]
+    fn product_from_a_start_per_row_continues_the_chain() {
+        let (dy, dx, dout) = (7, 12, 1040);
+        let w = Key::new(21).normal_vec::<f32>((dy + dx) * dout);
+        let b = Key::new(22).normal_vec::<f32>(dout);
+        let (wy, wx) = w.split_at(dy * dout);
+        for isa in isas() {
+            for &rows in &[1usize, 2, 4, 5, 9] {
+                let xy = Key::new(23 + rows as u64).normal_vec::<f32>(rows * (dy + dx));
+                let (y, x): (Vec<f32>, Vec<f32>) = {
+                    let (mut y, mut x) = (Vec::new(), Vec::new());
+                    for r in xy.chunks_exact(dy + dx) {
+                        y.extend_from_slice(&r[..dy]);
+                        x.extend_from_slice(&r[dy..]);
+                    }
+                    (y, x)
+                };
+                let mut whole = vec![f32::NAN; rows * dout];
+                let bias = Bias::Shared(&b[..]);
+                product_on(isa, SPLIT, &xy, rows, dy + dx, &w, bias, &mut whole);
+                for split in [SPLIT, 1 << 12] {
+                    let mut start = vec![f32::NAN; rows * dout];
+                    product_on(isa, split, &y, rows, dy, wy, bias, &mut start);
+                    let mut got = vec![f32::NAN; rows * dout];
+                    crate::on_threads(3, || {
+                        let from = Bias::PerRow(&start[..], dout);
+                        product_on(isa, split, &x, rows, dx, wx, from, &mut got)
+                    });
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&whole),
+                        "{isa:?} rows {rows} split {split}"
+                    );
                 }
             }
         }

@@ -28,6 +28,9 @@ pub use nn_adam::{NnAdam, NnAdamState, NnAdamTheta, NN_ADAM_FEATURES};
 pub use rnn_mlp_lopt::{LossNormalizerState, RnnMlpLOpt, RnnMlpLOptState, RnnMlpLOptTheta};
 pub use velo::{Linear, Velo, VeloState, VeloTheta};
 
+use std::any::Any;
+use std::sync::OnceLock;
+
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::optimizers::Optimizer;
@@ -95,9 +98,61 @@ pub trait LearnedOptimizer: Send + Sync + Sized {
         }
     }
 
+    /// [`update`](Self::update) for a θ that stays the same in every call given `cache`
+    /// (one cache per θ; [`opt_fn`](Self::opt_fn) and
+    /// [`prefab::Pretrained`](crate::prefab::Pretrained) keep one): what depends on θ
+    /// alone may be computed on the first call and kept there. Bit for bit the result of
+    /// `update`, which the default calls.
+    fn update_fixed<P: Params>(
+        &self,
+        theta: &Self::Theta<P::Scalar>,
+        cache: &ThetaCache,
+        state: &mut Self::State<P>,
+        grad: &P,
+        loss: P::Scalar,
+    ) {
+        let _ = cache;
+        self.update(theta, state, grad, loss)
+    }
+
     /// The optimizer θ defines (`opt_fn(theta)`).
     fn opt_fn<'a, S: Real>(&'a self, theta: &'a Self::Theta<S>) -> LOptOptimizer<'a, Self, S> {
-        LOptOptimizer { lopt: self, theta }
+        LOptOptimizer {
+            lopt: self,
+            theta,
+            cache: ThetaCache::new(),
+        }
+    }
+}
+
+/// What a learned optimizer computes once for a fixed θ
+/// ([`LearnedOptimizer::update_fixed`]; VeLO: the LSTM's gates from its initial state,
+/// which the released configuration never advances): empty until the first update.
+#[derive(Default)]
+pub struct ThetaCache(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl ThetaCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        ThetaCache(OnceLock::new())
+    }
+
+    /// The value kept, made by `make` on the first call; `None` when the cache holds a
+    /// value of another type (it was used with another scalar).
+    pub fn get_or_init<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(make())).downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for ThetaCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ThetaCache")
+            .field(&if self.0.get().is_some() {
+                "filled"
+            } else {
+                "empty"
+            })
+            .finish()
     }
 }
 
@@ -105,6 +160,7 @@ pub trait LearnedOptimizer: Send + Sync + Sized {
 pub struct LOptOptimizer<'a, L: LearnedOptimizer, S: Real> {
     lopt: &'a L,
     theta: &'a L::Theta<S>,
+    cache: ThetaCache,
 }
 
 impl<L: LearnedOptimizer, S: Real, P: Params<Scalar = S>> Optimizer<P> for LOptOptimizer<'_, L, S> {
@@ -113,7 +169,8 @@ impl<L: LearnedOptimizer, S: Real, P: Params<Scalar = S>> Optimizer<P> for LOptO
         self.lopt.init_state(self.theta, params, num_steps)
     }
     fn update(&self, state: &mut L::State<P>, grad: &P, loss: S) {
-        self.lopt.update(self.theta, state, grad, loss)
+        self.lopt
+            .update_fixed(self.theta, &self.cache, state, grad, loss)
     }
     fn get_params<'s>(&self, state: &'s L::State<P>) -> &'s P {
         self.lopt.params(state)
@@ -159,5 +216,44 @@ mod tests {
         let (one, three) = (three_updates(1), three_updates(3));
         let moved = one.iter().zip(&three).filter(|(a, b)| a != b).count();
         assert_eq!(moved, 0, "{moved} of {} elements differ", one.len());
+    }
+
+    /// Three updates of NnAdam on a 300 × 250 matrix (75,000 elements: its blocks run
+    /// on the pool) on `threads` threads; the bits of the parameters, the moments and
+    /// the LSTM state (which reads the tensor's statistics).
+    fn nn_adam_updates(threads: usize) -> Vec<u32> {
+        let lopt = NnAdam::default();
+        crate::on_threads(threads, || {
+            let mut theta = lopt.init(Key::new(1));
+            // A non-zero read-out, so that the statistics move the hyperparameters.
+            theta.out_w = Key::new(2).normal_vec(theta.out_w.len());
+            let p = DMatrix::<f32>::from_fn(300, 250, |i, j| ((i * 250 + j) as f32 * 0.37).sin());
+            let mut state = lopt.init_state(&theta, p.clone(), None);
+            for t in 0..3 {
+                let g = p.map(|x| x * (0.1 + t as f32) + 0.01 * (x * 7.0).cos());
+                lopt.update(&theta, &mut state, &g, 1.5);
+            }
+            let s = &state;
+            s.params
+                .iter()
+                .chain(s.m.iter())
+                .chain(s.rms.iter())
+                .chain(&s.hidden)
+                .chain(&s.per_layer)
+                .map(|x| x.to_bits())
+                .collect()
+        })
+    }
+
+    /// NnAdam spreads a large tensor's blocks over the pool and sums their statistics in
+    /// block order: the same bits on one thread and on three. Catches (tried): the
+    /// pool's blocks summed in reverse order (`blocks.reverse()` after the parallel
+    /// collect: the LSTM state and hyperparameters differ), the pool's blocks of the
+    /// gradient paired with the next block of the parameters (`.skip(1)`: fails).
+    #[test]
+    fn nn_adam_is_the_same_on_one_and_three_threads() {
+        let (one, three) = (nn_adam_updates(1), nn_adam_updates(3));
+        let moved = one.iter().zip(&three).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 0, "{moved} of {} values differ", one.len());
     }
 }

@@ -2,7 +2,7 @@
 //! library's `NNAdam`, `learned_optimizers/nn_adam.py`).
 
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
-use super::parts::{clip, sigmoid, sign};
+use super::parts::{clip, par_worthy, sigmoid, sign};
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -303,6 +303,10 @@ const LANES: usize = 8;
 /// Elements of a tensor [`NnAdam`] sums in one block (4 arrays of them stay in L1).
 const STAT_BLOCK: usize = 2048;
 
+/// One block of the parameters, moments, second moments and gradient, as the zipped
+/// chunks give them.
+type BlockSlices<'a, S> = (((&'a mut [S], &'a mut [S]), &'a mut [S]), &'a [S]);
+
 /// `Σ f(x_i)` with 8 partial sums (vector lanes) over chunks, the tail added last:
 /// one accumulator is a serial chain that cannot vectorize, and indexing through a
 /// closure (a bounds check per element) stops the loop from vectorizing.
@@ -409,7 +413,7 @@ impl LearnedOptimizer for NnAdam {
         let one = c(1.0);
         let mut x_and_h = vec![c(0.0); NN_ADAM_FEATURES + h];
         let mut gates = vec![c(0.0); 4 * h];
-        let mut block_means = Vec::new();
+        let mut blocks = Vec::new();
         let mut gc = Vec::with_capacity(STAT_BLOCK);
         for li in 0..grad.num_leaves() {
             let pl = &mut state.per_layer[4 * li..4 * li + 4];
@@ -430,18 +434,10 @@ impl LearnedOptimizer for NnAdam {
             let scale = lr * (one + eps);
             let (m, v) = (state.m.leaf_mut(li), state.rms.leaf_mut(li));
             let p = state.params.leaf_mut(li);
-            let mut sums = [c(0.0); 5];
-            let mut m2 = [c(0.0); 4];
-            block_means.clear();
-            for b0 in (0..n).step_by(STAT_BLOCK) {
-                let b1 = (b0 + STAT_BLOCK).min(n);
-                let (g, m, v, p) = (
-                    &g_raw[b0..b1],
-                    &mut m[b0..b1],
-                    &mut v[b0..b1],
-                    &mut p[b0..b1],
-                );
-                let nb = b1 - b0;
+            // A block's moments and step, and its five sums and four sums of squared
+            // deviations from its means. Blocks are independent: the same on any thread.
+            let block = |gc: &mut Vec<P::Scalar>, (((p, m), v), g): BlockSlices<P::Scalar>| {
+                let nb = g.len();
                 // Simple loops over the block (in L1 after the first), each of which
                 // vectorizes: the clipped gradient and the moments, the five sums, the
                 // four sums of squared deviations, the Adam-like step.
@@ -456,12 +452,9 @@ impl LearnedOptimizer for NnAdam {
                     sum_by8(m, |x| x),
                     sum_by8(v, |x| x),
                     sum_by8(p, |x| x),
-                    sum_by8(&gc, |x| x),
-                    sum_by8(&gc, |x| x.abs()),
+                    sum_by8(gc, |x| x),
+                    sum_by8(gc, |x| x.abs()),
                 ];
-                for (a, b) in sums.iter_mut().zip(st) {
-                    *a += b;
-                }
                 let nbs = c(nb as f64);
                 let [bm, bv, bp, bg, _] = st.map(|x| x / nbs);
                 let sq = |x: P::Scalar| x * x;
@@ -469,24 +462,50 @@ impl LearnedOptimizer for NnAdam {
                     sum_by8(m, |x| sq(x - bm)),
                     sum_by8(v, |x| sq(x - bv)),
                     sum_by8(p, |x| sq(x - bp)),
-                    sum_by8(&gc, |x| sq(x - bg)),
+                    sum_by8(gc, |x| sq(x - bg)),
                 ];
                 // The Adam-like step.
                 for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
                     *p -= scale * one / (eps + (v + c(1e-10)).sqrt()) * m;
                 }
-                for (a, d) in m2.iter_mut().zip(dev) {
+                (st, dev, nbs)
+            };
+            blocks.clear();
+            if par_worthy::<P::Scalar>(n) {
+                // A large tensor's blocks on the pool (memory-bound on one core), their
+                // sums combined below in block order as on one thread.
+                use rayon::prelude::*;
+                p.par_chunks_mut(STAT_BLOCK)
+                    .zip(m.par_chunks_mut(STAT_BLOCK))
+                    .zip(v.par_chunks_mut(STAT_BLOCK))
+                    .zip(g_raw.par_chunks(STAT_BLOCK))
+                    .map_init(|| Vec::with_capacity(STAT_BLOCK), block)
+                    .collect_into_vec(&mut blocks);
+            } else {
+                let chunks = p
+                    .chunks_mut(STAT_BLOCK)
+                    .zip(m.chunks_mut(STAT_BLOCK))
+                    .zip(v.chunks_mut(STAT_BLOCK))
+                    .zip(g_raw.chunks(STAT_BLOCK));
+                blocks.extend(chunks.map(|b| block(&mut gc, b)));
+            }
+            let mut sums = [c(0.0); 5];
+            let mut m2 = [c(0.0); 4];
+            for (st, dev, _) in &blocks {
+                for (a, &b) in sums.iter_mut().zip(st) {
+                    *a += b;
+                }
+                for (a, &d) in m2.iter_mut().zip(dev) {
                     *a += d;
                 }
-                block_means.push(([bm, bv, bp, bg], nbs));
             }
             let nn = c(n as f64);
             let [mean_m, mean_v, mean_p, mean_g, mean_gabs] = sums.map(|s| s / nn);
-            if block_means.len() > 1 {
+            if blocks.len() > 1 {
                 let means = [mean_m, mean_v, mean_p, mean_g];
-                for (bmeans, nbs) in &block_means {
+                for (st, _, nbs) in &blocks {
                     for q in 0..4 {
-                        let d = bmeans[q] - means[q];
+                        let d = st[q] / *nbs - means[q];
                         m2[q] += *nbs * d * d;
                     }
                 }

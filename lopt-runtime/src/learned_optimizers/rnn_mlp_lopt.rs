@@ -431,6 +431,9 @@ impl LearnedOptimizer for RnnMlpLOpt {
         let alpha = 0.99;
         let clip_amount = (snd / (c(1.0) - c(alpha).powf(updates))) * c(10.0);
         let mut g_all: Vec<Vec<P::Scalar>> = Vec::with_capacity(k);
+        // Each clipped gradient's sum of squares (8 partial sums: a single chain is a
+        // serial add per element), also its `g_norm` feature below.
+        let mut ss_gs = Vec::with_capacity(k);
         let mut avg_sq = c(0.0);
         for li in 0..k {
             let g: Vec<_> = grad
@@ -438,11 +441,9 @@ impl LearnedOptimizer for RnnMlpLOpt {
                 .iter()
                 .map(|&x| x.max(-clip_amount).min(clip_amount))
                 .collect();
-            let mut s = c(0.0);
-            for &x in &g {
-                s += x * x;
-            }
+            let s = sum8(&g, |x| x * x);
             avg_sq += s / c(g.len() as f64);
+            ss_gs.push(s);
             g_all.push(g);
         }
         let avg_sq = avg_sq / c(k as f64);
@@ -474,7 +475,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             let (mean_rms, var_rms, _) = stats(rs);
             let (mean_v, var_v, ss_v) = stats(v);
             ss_vs.push(ss_v);
-            let (_, _, ss_g) = stats(g);
+            let ss_g = ss_gs[li];
             let mut dims = [c(1.0); 4];
             for (dj, &s) in dims.iter_mut().zip(&shape) {
                 *dj = c(s as f64);

@@ -9,8 +9,9 @@ use super::parts::{
     sum8_by, BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
+use super::ThetaCache;
 use crate::error::{Error, Result};
-use crate::kernels::small_rows::small_rows_product;
+use crate::kernels::small_rows::{small_rows_product, small_rows_product_from};
 use crate::key::Key;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -403,112 +404,45 @@ fn mix_bank<S: Real>(bank: &[S], c: &[S], k: usize, out: &mut Vec<S>) {
         .for_each(|x| *x = S::from_f64(100.0) * (*x / scale));
 }
 
-impl LearnedOptimizer for Velo {
-    type Theta<S: Real> = VeloTheta<S>;
-    type State<P: Params> = VeloState<P>;
+/// The LSTM gates' hidden half from θ's initial state, `b + h₀·W_h`: the start of every
+/// tensor's gates while its state is `h₀` (always, with `use_bugged_next_lstm_state` and
+/// no state decay).
+#[derive(Debug)]
+struct GatesFromInit<S> {
+    /// `h₀` (`lstm_init_state.hidden`).
+    hidden: Vec<S>,
+    /// `b + h₀·W_h`, `[4H]`.
+    start: Vec<S>,
+}
 
-    /// Weights from haiku's truncated normal (σ = 1/√fan_in, ±2σ; the MLP bank with the
-    /// fan-in of all its inputs, as the library), zero biases, zero LSTM state — lopt's
-    /// random stream, not JAX's. Load the released weights with [`FlaxTheta::from_flax`].
-    fn init(&self, key: Key) -> VeloTheta<f32> {
-        let h = self.lstm_hidden_size;
-        let f = self.rnn_features();
-        let lin = |k: u64, din: usize, dout: usize| {
-            let mut w = vec![0.0f32; din * dout];
-            key.fold_in(k)
-                .fill_truncated_normal(&mut w, 1.0 / (din as f32).sqrt());
-            (w, vec![0.0f32; dout])
-        };
-        let pi = self.param_inits;
-        let widths = self.ff_input_widths();
-        let total: usize = widths.iter().sum();
-        let ffw = self.ff_widths();
-        let ff_w0 = widths
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| {
-                let mut w = vec![0.0f32; pi * d * ffw[0]];
-                key.fold_in(100 + i as u64)
-                    .fill_truncated_normal(&mut w, 1.0 / (total as f32).sqrt());
-                w
-            })
-            .collect();
-        let ff_layers = ffw
-            .windows(2)
-            .enumerate()
-            .map(|(l, io)| {
-                let mut w = vec![0.0f32; pi * io[0] * io[1]];
-                key.fold_in(200 + l as u64)
-                    .fill_truncated_normal(&mut w, 1.0 / (io[0] as f32).sqrt());
-                (w, vec![0.0f32; pi * io[1]])
-            })
-            .collect();
-        VeloTheta {
-            init_hidden: vec![0.0; h],
-            init_cell: vec![0.0; h],
-            mix: [lin(0, f, h), lin(1, f, h), lin(2, f, h)],
-            lstm: lin(3, 2 * h, 4 * h),
-            to_controls: lin(4, h, pi),
-            step_size: lin(5, h, 1),
-            ff_w0,
-            ff_b0: vec![0.0; pi * ffw[0]],
-            ff_layers,
-        }
+impl<S: Real> GatesFromInit<S> {
+    fn new(cfg: &Velo, theta: &VeloTheta<S>) -> Self {
+        let h = cfg.lstm_hidden_size;
+        let hidden = theta.init_hidden.clone();
+        let mut start = vec![S::from_f64(0.0); 4 * h];
+        let w_h = &theta.lstm.0[h * 4 * h..];
+        small_rows_product(&hidden, 1, h, w_h, &theta.lstm.1, &mut start);
+        GatesFromInit { hidden, start }
     }
+}
 
-    fn cast_theta<T: Real, S: Real>(&self, theta: &VeloTheta<T>) -> VeloTheta<S> {
-        theta.cast()
-    }
+/// Equal bits in every lane (`-0.0` is not `0.0`, a NaN only its own bits).
+fn same_bits<S: Real>(a: &[S], b: &[S]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (0..S::LANES).all(|l| x.lane(l).to_bits() == y.lane(l).to_bits()))
+}
 
-    /// # Panics
-    /// Without `num_steps` ([`Velo::try_init_state`] returns an error instead).
-    fn init_state<P: Params>(
-        &self,
-        theta: &VeloTheta<P::Scalar>,
-        params: P,
-        num_steps: Option<usize>,
-    ) -> VeloState<P> {
-        let num_steps = num_steps
-            .filter(|&n| n > 0)
-            .expect("Velo needs num_steps at init (Velo::try_init_state reports this)");
-        let c = P::Scalar::from_f64;
-        let (km, kr, kf) = self.counts();
-        let (mut n, mut rows, mut cols, mut diag) = (0, 0, 0, 0);
-        for i in 0..params.num_leaves() {
-            let len = params.leaf(i).len();
-            n += len;
-            match factoring(&params.leaf_shape(i)) {
-                Some((a, b, _)) => {
-                    rows += a;
-                    cols += b;
-                }
-                None => diag += len,
-            }
-        }
-        let k = params.num_leaves();
-        let mut loss_buffer = vec![c(0.0); LOSS_DECAYS];
-        loss_buffer.extend(std::iter::repeat_n(c(999999999999.0), LOSS_DECAYS));
-        VeloState {
-            params,
-            m: vec![c(0.0); n * km],
-            rms: vec![c(0.0); n * kr],
-            fac_row: vec![c(0.0); rows * kf],
-            fac_col: vec![c(0.0); cols * kf],
-            fac_diag: vec![c(0.0); diag * kf],
-            hidden: theta.init_hidden.repeat(k),
-            cell: theta.init_cell.repeat(k),
-            loss_buffer,
-            iteration: 0,
-            step: c(0.0),
-            num_steps: c(num_steps as f64),
-        }
-    }
-
+impl Velo {
+    /// One update; with `fixed`, the gates' hidden half from it where every tensor's
+    /// LSTM state is θ's initial one (bit for bit what the product gives).
     // Index loops walk several parallel arrays (decays, moments, buffers) at once.
     #[allow(clippy::needless_range_loop)]
-    fn update<P: Params>(
+    fn step<P: Params>(
         &self,
         theta: &VeloTheta<P::Scalar>,
+        fixed: Option<&GatesFromInit<P::Scalar>>,
         state: &mut VeloState<P>,
         grad: &P,
         loss: P::Scalar,
@@ -665,16 +599,30 @@ impl LearnedOptimizer for Velo {
             }
         }
         small_rows_product(&feats, k, f, &theta.mix[2].0, &theta.mix[2].1, &mut tmp);
-        let mut x_and_h = vec![c(0.0); k * 2 * h];
-        for li in 0..k {
-            let row = &mut x_and_h[li * 2 * h..(li + 1) * 2 * h];
-            for ((o, &t), &m) in row[..h].iter_mut().zip(&tmp[li * h..]).zip(&vmax) {
-                *o = t + m;
+        for row in tmp.chunks_exact_mut(h) {
+            for (o, &m) in row.iter_mut().zip(&vmax) {
+                *o += m;
             }
-            row[h..].copy_from_slice(&state.hidden[li * h..(li + 1) * h]);
         }
+        // haiku's gates `b + [x, h]·W` with the hidden half first: `b + h·W_h`, then
+        // `x·W_x` continuing each output's chain (so that the hidden half can be kept
+        // for a fixed θ and state: `GatesFromInit`).
+        let (w_x, w_h) = theta.lstm.0.split_at(h * 4 * h);
         let mut gates = vec![c(0.0); k * 4 * h];
-        small_rows_product(&x_and_h, k, 2 * h, &theta.lstm.0, &theta.lstm.1, &mut gates);
+        let from_init = fixed.filter(|fx| {
+            state
+                .hidden
+                .chunks_exact(h)
+                .all(|row| same_bits(row, &fx.hidden))
+        });
+        match from_init {
+            Some(fx) => small_rows_product(&tmp, k, h, w_x, &fx.start, &mut gates),
+            None => {
+                let mut start = vec![c(0.0); k * 4 * h];
+                small_rows_product(&state.hidden, k, h, w_h, &theta.lstm.1, &mut start);
+                small_rows_product_from(&tmp, k, h, w_x, &start, &mut gates);
+            }
+        }
         let mut hn = vec![c(0.0); k * h];
         let mut cnew = vec![c(0.0); h];
         for li in 0..k {
@@ -890,10 +838,142 @@ impl LearnedOptimizer for Velo {
         state.iteration += 1;
         state.step += one;
     }
+}
+
+impl LearnedOptimizer for Velo {
+    type Theta<S: Real> = VeloTheta<S>;
+    type State<P: Params> = VeloState<P>;
+
+    /// Weights from haiku's truncated normal (σ = 1/√fan_in, ±2σ; the MLP bank with the
+    /// fan-in of all its inputs, as the library), zero biases, zero LSTM state — lopt's
+    /// random stream, not JAX's. Load the released weights with [`FlaxTheta::from_flax`].
+    fn init(&self, key: Key) -> VeloTheta<f32> {
+        let h = self.lstm_hidden_size;
+        let f = self.rnn_features();
+        let lin = |k: u64, din: usize, dout: usize| {
+            let mut w = vec![0.0f32; din * dout];
+            key.fold_in(k)
+                .fill_truncated_normal(&mut w, 1.0 / (din as f32).sqrt());
+            (w, vec![0.0f32; dout])
+        };
+        let pi = self.param_inits;
+        let widths = self.ff_input_widths();
+        let total: usize = widths.iter().sum();
+        let ffw = self.ff_widths();
+        let ff_w0 = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let mut w = vec![0.0f32; pi * d * ffw[0]];
+                key.fold_in(100 + i as u64)
+                    .fill_truncated_normal(&mut w, 1.0 / (total as f32).sqrt());
+                w
+            })
+            .collect();
+        let ff_layers = ffw
+            .windows(2)
+            .enumerate()
+            .map(|(l, io)| {
+                let mut w = vec![0.0f32; pi * io[0] * io[1]];
+                key.fold_in(200 + l as u64)
+                    .fill_truncated_normal(&mut w, 1.0 / (io[0] as f32).sqrt());
+                (w, vec![0.0f32; pi * io[1]])
+            })
+            .collect();
+        VeloTheta {
+            init_hidden: vec![0.0; h],
+            init_cell: vec![0.0; h],
+            mix: [lin(0, f, h), lin(1, f, h), lin(2, f, h)],
+            lstm: lin(3, 2 * h, 4 * h),
+            to_controls: lin(4, h, pi),
+            step_size: lin(5, h, 1),
+            ff_w0,
+            ff_b0: vec![0.0; pi * ffw[0]],
+            ff_layers,
+        }
+    }
+
+    fn cast_theta<T: Real, S: Real>(&self, theta: &VeloTheta<T>) -> VeloTheta<S> {
+        theta.cast()
+    }
+
+    /// # Panics
+    /// Without `num_steps` ([`Velo::try_init_state`] returns an error instead).
+    fn init_state<P: Params>(
+        &self,
+        theta: &VeloTheta<P::Scalar>,
+        params: P,
+        num_steps: Option<usize>,
+    ) -> VeloState<P> {
+        let num_steps = num_steps
+            .filter(|&n| n > 0)
+            .expect("Velo needs num_steps at init (Velo::try_init_state reports this)");
+        let c = P::Scalar::from_f64;
+        let (km, kr, kf) = self.counts();
+        let (mut n, mut rows, mut cols, mut diag) = (0, 0, 0, 0);
+        for i in 0..params.num_leaves() {
+            let len = params.leaf(i).len();
+            n += len;
+            match factoring(&params.leaf_shape(i)) {
+                Some((a, b, _)) => {
+                    rows += a;
+                    cols += b;
+                }
+                None => diag += len,
+            }
+        }
+        let k = params.num_leaves();
+        let mut loss_buffer = vec![c(0.0); LOSS_DECAYS];
+        loss_buffer.extend(std::iter::repeat_n(c(999999999999.0), LOSS_DECAYS));
+        VeloState {
+            params,
+            m: vec![c(0.0); n * km],
+            rms: vec![c(0.0); n * kr],
+            fac_row: vec![c(0.0); rows * kf],
+            fac_col: vec![c(0.0); cols * kf],
+            fac_diag: vec![c(0.0); diag * kf],
+            hidden: theta.init_hidden.repeat(k),
+            cell: theta.init_cell.repeat(k),
+            loss_buffer,
+            iteration: 0,
+            step: c(0.0),
+            num_steps: c(num_steps as f64),
+        }
+    }
+
+    fn update<P: Params>(
+        &self,
+        theta: &VeloTheta<P::Scalar>,
+        state: &mut VeloState<P>,
+        grad: &P,
+        loss: P::Scalar,
+    ) {
+        self.step(theta, None, state, grad, loss)
+    }
+
+    /// With θ fixed, the gates' hidden half from θ's initial LSTM state is computed once:
+    /// with `use_bugged_next_lstm_state` (the released VeLO) and no state decay every
+    /// step's LSTM reads that state, so each step reads half of the LSTM's weights.
+    fn update_fixed<P: Params>(
+        &self,
+        theta: &VeloTheta<P::Scalar>,
+        cache: &ThetaCache,
+        state: &mut VeloState<P>,
+        grad: &P,
+        loss: P::Scalar,
+    ) {
+        let fixed = if self.use_bugged_next_lstm_state && self.rnn_state_decay == 0.0 {
+            cache.get_or_init(|| GatesFromInit::new(self, theta))
+        } else {
+            None
+        };
+        self.step(theta, fixed, state, grad, loss)
+    }
 
     fn params<'s, P: Params>(&self, state: &'s VeloState<P>) -> &'s P {
         &state.params
     }
+
     fn set_params<P: Params>(&self, state: &mut VeloState<P>, params: P) {
         state.params = params;
     }
@@ -1029,5 +1109,109 @@ impl<S: Real> FlaxTheta for VeloTheta<S> {
             ff_b0: v.real_array(&["ff_mod_stack", "~", "b0"], &[pi, ffw[0]])?,
             ff_layers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizers::Optimizer;
+
+    /// Two tensors: `w` `[6, 5]` (factored accumulators) and `b` `[5]`.
+    #[derive(Clone, Debug)]
+    struct Tree {
+        w: Vec<f32>,
+        b: Vec<f32>,
+    }
+
+    impl Params for Tree {
+        type Scalar = f32;
+        fn num_leaves(&self) -> usize {
+            2
+        }
+        fn leaf(&self, i: usize) -> &[f32] {
+            [&self.w, &self.b][i]
+        }
+        fn leaf_mut(&mut self, i: usize) -> &mut [f32] {
+            if i == 0 {
+                &mut self.w
+            } else {
+                &mut self.b
+            }
+        }
+        fn write_leaf_name(&self, i: usize, out: &mut String) {
+            out.push_str(["w", "b"][i]);
+        }
+        fn leaf_shape(&self, i: usize) -> Vec<usize> {
+            [vec![6, 5], vec![5]][i].clone()
+        }
+    }
+
+    /// θ of `cfg` with a non-zero initial LSTM state and gate bias (so that the gates'
+    /// hidden half matters).
+    fn theta(cfg: &Velo) -> VeloTheta<f32> {
+        let mut t = cfg.init(Key::new(3));
+        let h = cfg.lstm_hidden_size;
+        t.init_hidden = Key::new(4).normal_vec(h);
+        t.init_cell = Key::new(5).normal_vec(h);
+        t.lstm.1 = Key::new(6).normal_vec(4 * h);
+        t
+    }
+
+    /// Three updates of `opt_fn(θ)` (θ fixed: with the bugged LSTM state the gates'
+    /// hidden half is kept from the first update) and of `update`: the same bits, with the
+    /// state advancing or not, and for a state whose second tensor's LSTM state is not
+    /// θ's (the kept half must not serve it). Catches (tried): the kept half used
+    /// without comparing the states (the moved state differs from the first step).
+    #[test]
+    fn updates_with_theta_fixed_are_the_updates() {
+        let small = Velo {
+            lstm_hidden_size: 16,
+            param_inits: 8,
+            use_bugged_next_lstm_state: true,
+            ..Velo::default()
+        };
+        let advancing = Velo {
+            use_bugged_next_lstm_state: false,
+            ..small.clone()
+        };
+        for cfg in [small, advancing] {
+            for moved in [false, true] {
+                let th = theta(&cfg);
+                let p = Tree {
+                    w: Key::new(7).normal_vec(30),
+                    b: Key::new(8).normal_vec(5),
+                };
+                let mut direct = cfg.init_state(&th, p, Some(50));
+                if moved {
+                    direct.hidden[cfg.lstm_hidden_size + 3] += 0.5;
+                }
+                let mut fixed = direct.clone();
+                let opt = cfg.opt_fn(&th);
+                for t in 0..3 {
+                    let g = Tree {
+                        w: Key::new(10 + t).normal_vec(30),
+                        b: Key::new(20 + t).normal_vec(5),
+                    };
+                    let loss = 2.0 - 0.3 * t as f32;
+                    cfg.update(&th, &mut direct, &g, loss);
+                    opt.update(&mut fixed, &g, loss);
+                    let bits = |s: &VeloState<Tree>| {
+                        let (p, q) = (&s.params, &s.hidden);
+                        p.w.iter()
+                            .chain(&p.b)
+                            .chain(q)
+                            .map(|x| x.to_bits())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        bits(&direct),
+                        bits(&fixed),
+                        "bugged {} moved {moved} step {t}",
+                        cfg.use_bugged_next_lstm_state
+                    );
+                }
+            }
+        }
     }
 }
