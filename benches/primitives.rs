@@ -6,7 +6,8 @@
 //!   on a batch of 128 32×32×3 (`c10.*`) or 28×28×1 (`fm.*`) images. The loss is
 //!   `sum(relu(im2col(x)·w + b))`; `value` is the loss, `grad` its generated
 //!   `value_and_grad` (with respect to `w`, `b`, and the input `x` for the second and
-//!   third layers, whose input is a previous layer's output), `hand` the same
+//!   third layers, whose input is a previous layer's output; `#[task]` makes the layer
+//!   one rule, `ad::conv::im2col_mul_add_relu`), `hand` the same
 //!   forward and backward written by hand with the same im2col, col2im and GEMM, no tape.
 //! - `attn.b64t32h4d32.grad`: `causal_self_attention` of the JAX library's transformer
 //!   (batch 64, T 32, 4 heads × 32) under `⟨attention(qkv), r⟩`, gradient in `qkv`; the

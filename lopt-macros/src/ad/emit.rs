@@ -147,7 +147,7 @@ impl<'a> Emitter<'a> {
                 let m = slot_ident(*s);
                 quote!(::core::clone::Clone::clone(&#m))
             }
-            Rhs::Call { func, args } => {
+            Rhs::Call { func, args, .. } => {
                 let args = args.iter().map(|a| self.arg_expr(a));
                 quote!(#func(#(#args),*))
             }
@@ -187,7 +187,7 @@ impl<'a> Emitter<'a> {
                 let d = d_ident(*var);
                 if mode == Mode::Jvp && self.active(*var) {
                     match rhs {
-                        Rhs::Call { func, args } => {
+                        Rhs::Call { func, args, .. } => {
                             let vals = args.iter().map(|a| self.arg_expr(a));
                             let tans = args.iter().map(|a| self.tan_ref(a.var));
                             return quote! {
@@ -525,9 +525,14 @@ impl<'a> Emitter<'a> {
                         let dm = dm_ident(*s);
                         quote!(#ad::acc(&mut #dm, __g);)
                     }
-                    Rhs::Call { func, args } => {
+                    Rhs::Call {
+                        func,
+                        args,
+                        with_out,
+                    } => {
                         let vals = args.iter().map(|a| self.arg_expr(a));
-                        let mut t = quote!(let __gs = #func::vjp(#(#vals,)* &__g););
+                        let out = with_out.then(|| quote!(&#pv,));
+                        let mut t = quote!(let __gs = #func::vjp(#(#vals,)* #out &__g););
                         for (i, a) in args.iter().enumerate() {
                             if self.active(a.var) {
                                 let da = d_ident(a.var);

@@ -58,8 +58,13 @@ pub enum Rhs {
     ArgRead { arg: usize, path: TokenStream },
     /// The current value of a mutable slot.
     SlotRead(SlotId),
-    /// A call of a `#[differentiable]` helper.
-    Call { func: syn::Path, args: Vec<CallArg> },
+    /// A call of a `#[differentiable]` helper; with `with_out`, its `vjp` also takes the
+    /// call's value (before the cotangent).
+    Call {
+        func: syn::Path,
+        args: Vec<CallArg>,
+        with_out: bool,
+    },
     /// Converted data: `Data::<S>::data(&(expr))`; `borrow` keeps the `Cow` borrowed.
     Data { expr: TokenStream, borrow: bool },
     /// A literal in the scalar type.

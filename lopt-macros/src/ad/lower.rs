@@ -958,6 +958,15 @@ impl<'a> Lowerer<'a> {
                 let x = self.lower_expr(inner, out)?;
                 Ok(self.unary(out, op_marker("NormSquared"), x))
             }
+            Builtin::Unary("Relu")
+                if add_args(args[0]).is_some_and(|(l, _)| conv_args(l).is_some()) =>
+            {
+                // relu(im2col(x, g) * w + b): the convolution, its bias and the ReLU in
+                // one rule, whose passes over the output are the product's own.
+                let (l, b) = add_args(args[0]).expect("checked");
+                let (x, g, w) = conv_args(l).expect("checked");
+                self.conv_add_relu(x, g, w, b, out)
+            }
             Builtin::Unary("Relu") if add_args(args[0]).is_some() => {
                 // relu(a + b) in one pass, without the sum as an intermediate.
                 let (l, r) = add_args(args[0]).expect("checked");
@@ -1129,6 +1138,60 @@ impl<'a> Lowerer<'a> {
             Rhs::Call {
                 func: syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul),
                 args: vec![arg(x, true), arg(w, true), arg(g, false), arg(needs, true)],
+                with_out: false,
+            },
+        ))
+    }
+
+    /// `relu(im2col(x, g) * w + b)` as one rule (`ad::conv::im2col_mul_add_relu`): the
+    /// bias and the ReLU applied to each block of the product as it is made, the mask
+    /// and the bias's cotangent taken in the reverse rule's pass over the output's
+    /// cotangent; its reverse rule also takes the value (the ReLU's mask).
+    fn conv_add_relu(
+        &mut self,
+        x: &Expr,
+        g: &Expr,
+        w: &Expr,
+        b: &Expr,
+        out: &mut Vec<Stmt>,
+    ) -> Result<VarId> {
+        if self.mentions_active(g) {
+            return err(
+                g,
+                "the second argument of `im2col` is data and cannot be differentiated",
+            );
+        }
+        let x = self.lower_expr(x, out)?;
+        let w = self.lower_expr(w, out)?;
+        let b = self.lower_expr(b, out)?;
+        let data = self.rewrite_passive(strip_ref(g));
+        let g = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(quote!(&(#data))));
+        let [nx, nw, nb] = [x, w, b].map(|v| self.vars[v].kind == Kind::Active);
+        let needs = self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!([#nx, #nw, #nb])),
+        );
+        let arg = |var, by_ref| CallArg {
+            var,
+            by_ref,
+            is_ref_value: false,
+        };
+        Ok(self.def(
+            out,
+            Kind::Active,
+            Access::Owned,
+            Rhs::Call {
+                func: syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul_add_relu),
+                args: vec![
+                    arg(x, true),
+                    arg(w, true),
+                    arg(b, true),
+                    arg(g, false),
+                    arg(needs, true),
+                ],
+                with_out: true,
             },
         ))
     }
@@ -1209,6 +1272,7 @@ impl<'a> Lowerer<'a> {
             Rhs::Call {
                 func: path.clone(),
                 args,
+                with_out: false,
             },
         ))
     }
@@ -1340,6 +1404,18 @@ fn cross_entropy_args(e: &Expr) -> Option<(&Expr, &Expr)> {
         }
         Expr::Paren(p) => cross_entropy_args(&p.expr),
         Expr::Group(g) => cross_entropy_args(&g.expr),
+        _ => None,
+    }
+}
+
+/// `(x, geometry, w)` when `e` is `im2col(x, geometry) * w`.
+fn conv_args(e: &Expr) -> Option<(&Expr, &Expr, &Expr)> {
+    match strip_ref(e) {
+        Expr::Binary(b) if matches!(b.op, BinOp::Mul(_)) => {
+            im2col_args(&b.left).map(|(x, g)| (x, g, &*b.right))
+        }
+        Expr::Paren(p) => conv_args(&p.expr),
+        Expr::Group(g) => conv_args(&g.expr),
         _ => None,
     }
 }

@@ -617,6 +617,14 @@ mod tests {
             ),
             (quote!(sum(square(p.z))), "NormSquared"),
             (quote!(sum(relu(p.z * 2.0 + p.b))), "AddRelu"),
+            (
+                quote!(sum(relu(im2col(p.z, g) * p.w + p.b))),
+                "im2col_mul_add_relu",
+            ),
+            (
+                quote!(sum(relu((im2col(&p.z, &g) * &p.w) + 0.5))),
+                "im2col_mul_add_relu",
+            ),
         ];
         for (body, op) in fused {
             let e = expand(body.clone());
