@@ -758,7 +758,7 @@ impl<'a> Lowerer<'a> {
             }
             Expr::Binary(b) if matches!(b.op, BinOp::Mul(_)) && im2col_args(&b.left).is_some() => {
                 let (x, g) = im2col_args(&b.left).expect("checked");
-                self.conv_product(x, g, &b.right, out)
+                self.conv_product(x, g, &b.right, None, out)
             }
             Expr::Binary(b) => {
                 let op = match b.op {
@@ -965,7 +965,7 @@ impl<'a> Lowerer<'a> {
                 // one rule, whose passes over the output are the product's own.
                 let (l, b) = add_args(args[0]).expect("checked");
                 let (x, g, w) = conv_args(l).expect("checked");
-                self.conv_add_relu(x, g, w, b, out)
+                self.conv_product(x, g, w, Some(b), out)
             }
             Builtin::Unary("Relu") if add_args(args[0]).is_some() => {
                 // relu(a + b) in one pass, without the sum as an intermediate.
@@ -1104,55 +1104,17 @@ impl<'a> Lowerer<'a> {
 
     /// `im2col(x, g) * w` as one rule (`ad::conv::im2col_mul`): the convolution formed a
     /// block of patches at a time, without the patch matrix, and told which of `x` and
-    /// `w` are differentiated.
-    fn conv_product(&mut self, x: &Expr, g: &Expr, w: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
-        if self.mentions_active(g) {
-            return err(
-                g,
-                "the second argument of `im2col` is data and cannot be differentiated",
-            );
-        }
-        let x = self.lower_expr(x, out)?;
-        let w = self.lower_expr(w, out)?;
-        let data = self.rewrite_passive(strip_ref(g));
-        let g = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(quote!(&(#data))));
-        let (nx, nw) = (
-            self.vars[x].kind == Kind::Active,
-            self.vars[w].kind == Kind::Active,
-        );
-        let needs = self.def(
-            out,
-            Kind::Opaque,
-            Access::Owned,
-            Rhs::Raw(quote!([#nx, #nw])),
-        );
-        let arg = |var, by_ref| CallArg {
-            var,
-            by_ref,
-            is_ref_value: false,
-        };
-        Ok(self.def(
-            out,
-            Kind::Active,
-            Access::Owned,
-            Rhs::Call {
-                func: syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul),
-                args: vec![arg(x, true), arg(w, true), arg(g, false), arg(needs, true)],
-                with_out: false,
-            },
-        ))
-    }
-
-    /// `relu(im2col(x, g) * w + b)` as one rule (`ad::conv::im2col_mul_add_relu`): the
-    /// bias and the ReLU applied to each block of the product as it is made, the mask
-    /// and the bias's cotangent taken in the reverse rule's pass over the output's
-    /// cotangent; its reverse rule also takes the value (the ReLU's mask).
-    fn conv_add_relu(
+    /// `w` are differentiated. With a bias `b`, `relu(im2col(x, g) * w + b)` as one rule
+    /// (`ad::conv::im2col_mul_add_relu`): the bias and the ReLU applied to each block of
+    /// the product as it is made, the mask and the bias's cotangent taken in the reverse
+    /// rule's pass over the output's cotangent; its reverse rule also takes the value
+    /// (the ReLU's mask).
+    fn conv_product(
         &mut self,
         x: &Expr,
         g: &Expr,
         w: &Expr,
-        b: &Expr,
+        b: Option<&Expr>,
         out: &mut Vec<Stmt>,
     ) -> Result<VarId> {
         if self.mentions_active(g) {
@@ -1163,35 +1125,38 @@ impl<'a> Lowerer<'a> {
         }
         let x = self.lower_expr(x, out)?;
         let w = self.lower_expr(w, out)?;
-        let b = self.lower_expr(b, out)?;
+        let b = b.map(|b| self.lower_expr(b, out)).transpose()?;
         let data = self.rewrite_passive(strip_ref(g));
         let g = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(quote!(&(#data))));
-        let [nx, nw, nb] = [x, w, b].map(|v| self.vars[v].kind == Kind::Active);
+        // The differentiated operands, in the rule's order `[x, w]` or `[x, w, b]`.
+        let operands: Vec<VarId> = [x, w].into_iter().chain(b).collect();
+        let active = operands.iter().map(|&v| self.vars[v].kind == Kind::Active);
         let needs = self.def(
             out,
             Kind::Opaque,
             Access::Owned,
-            Rhs::Raw(quote!([#nx, #nw, #nb])),
+            Rhs::Raw(quote!([#(#active),*])),
         );
         let arg = |var, by_ref| CallArg {
             var,
             by_ref,
             is_ref_value: false,
         };
+        let mut args: Vec<CallArg> = operands.iter().map(|&v| arg(v, true)).collect();
+        args.extend([arg(g, false), arg(needs, true)]);
+        let func: syn::Path = if b.is_some() {
+            syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul_add_relu)
+        } else {
+            syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul)
+        };
         Ok(self.def(
             out,
             Kind::Active,
             Access::Owned,
             Rhs::Call {
-                func: syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul_add_relu),
-                args: vec![
-                    arg(x, true),
-                    arg(w, true),
-                    arg(b, true),
-                    arg(g, false),
-                    arg(needs, true),
-                ],
-                with_out: true,
+                func,
+                args,
+                with_out: b.is_some(),
             },
         ))
     }
