@@ -1768,6 +1768,29 @@ mod tests {
         }
     }
 
+    /// Each lane of the fused convolution on `Lanes<8>`, built from the eight `(x, w)`
+    /// instances, is its instance's own `f32` convolution to `tol` (relative, plus one).
+    fn assert_lanes_are_instances(
+        inst: &[(DMatrix<f32>, DMatrix<f32>)],
+        g: &Conv2dGeometry,
+        tol: f32,
+    ) {
+        let cout = inst[0].1.ncols();
+        let px = DMatrix::<Lanes<8>>::from_fn(g.in_rows(), g.channels, |r, c| {
+            Lanes::from_lanes(|l| inst[l].0[(r, c)] as f64)
+        });
+        let pw = DMatrix::<Lanes<8>>::from_fn(g.patch_len(), cout, |r, c| {
+            Lanes::from_lanes(|l| inst[l].1[(r, c)] as f64)
+        });
+        let y = im2col_mul(&px, &pw, g, &[true, true]);
+        for (l, (x, w)) in inst.iter().enumerate() {
+            let want = im2col_mul(x, w, g, &[true, true]);
+            for (a, b) in y.iter().zip(want.iter()) {
+                assert!((a.lane(l) as f32 - b).abs() <= tol * (1.0 + b.abs()));
+            }
+        }
+    }
+
     /// Each lane of the fused convolution on `Lanes<8>` is the lane's own `f32`
     /// convolution (to f32 rounding: the two take different products), and the result
     /// is the same on one thread as on the pool (the chunks do not depend on the threads).
@@ -1787,19 +1810,7 @@ mod tests {
                 )
             })
             .collect();
-        let px = DMatrix::<Lanes<8>>::from_fn(g.in_rows(), g.channels, |r, c| {
-            Lanes::from_lanes(|l| inst[l].0[(r, c)] as f64)
-        });
-        let pw = DMatrix::<Lanes<8>>::from_fn(g.patch_len(), cout, |r, c| {
-            Lanes::from_lanes(|l| inst[l].1[(r, c)] as f64)
-        });
-        let y = im2col_mul(&px, &pw, &g, &[true, true]);
-        for (l, (x, w)) in inst.iter().enumerate() {
-            let want = im2col_mul(x, w, &g, &[true, true]);
-            for (a, b) in y.iter().zip(want.iter()) {
-                assert!((a.lane(l) as f32 - b).abs() <= 1e-5 * (1.0 + b.abs()));
-            }
-        }
+        assert_lanes_are_instances(&inst, &g, 1e-5);
         let (x, w) = &inst[0];
         let gy = DMatrix::from_fn(g.out_rows(), cout, |r, c| ((r * 7 + c) % 5) as f32 - 2.0);
         let one = crate::on_threads(1, || im2col_mul::vjp(x, w, &g, &[true, true], &gy));
@@ -2099,19 +2110,7 @@ mod tests {
             assert_eq!(one.0, three.0);
             assert_eq!(one.1 .0, three.1 .0);
             assert_eq!(one.1 .1, three.1 .1);
-            let px = DMatrix::<Lanes<8>>::from_fn(g.in_rows(), g.channels, |r, c| {
-                Lanes::from_lanes(|l| inst[l].0[(r, c)] as f64)
-            });
-            let pw = DMatrix::<Lanes<8>>::from_fn(g.patch_len(), cout, |r, c| {
-                Lanes::from_lanes(|l| inst[l].1[(r, c)] as f64)
-            });
-            let y = im2col_mul(&px, &pw, &g, &[true, true]);
-            for (l, (x, w)) in inst.iter().enumerate() {
-                let want = im2col_mul(x, w, &g, &[true, true]);
-                for (a, b) in y.iter().zip(want.iter()) {
-                    assert!((a.lane(l) as f32 - b).abs() <= 1e-4 * (1.0 + b.abs()));
-                }
-            }
+            assert_lanes_are_instances(&inst, &g, 1e-4);
         }
     }
 
