@@ -17,8 +17,9 @@
 //! (reverse) run back to back with `wh` in cache and nothing else in between but the gate
 //! arithmetic, in place; the reverse sweep keeps only the activated gates, `c_t` and
 //! `tanh(c_t)` of each step (`(4H + 2H)·B` values per step, besides the output), overwrites
-//! the gates with their cotangents (which are `xw`'s cotangent), and makes
-//! `dwh = Σ_t h_{t−1}ᵀ dz_t` one large product over all steps. The examples are
+//! the gates with their cotangents (which are `xw`'s cotangent), and accumulates
+//! `dwh += h_{t−1}ᵀ dz_t` step by step while `dz_t` is in cache. A chunk keeps each
+//! step's values in one contiguous block (step-major buffers, see `at`). The examples are
 //! independent, so the batch runs in fixed chunks of rows ([`CHUNK_ROWS`]) on the thread
 //! pool, each chunk its own recurrence; the chunks depend on `B` only, so the results are the
 //! same bit for bit on any number of threads (`dwh` sums the chunks' parts in chunk order).
@@ -127,21 +128,16 @@ fn par_map_owned<T: Send, U: Send>(v: Vec<T>, f: impl Fn(T) -> U + Sync + Send) 
     }
 }
 
-/// The column stride of a chunk's buffers of `rows` rows: `rows` rounded up to whole
-/// cache lines, plus one line when the stride in bytes is a multiple of 512. A stride of
-/// a multiple of 4 KB (`T·n = 32·64` `f32`s is 8 KB) puts every column of a block in the
-/// same L1 set, and the GEMM, which reads a block of `A` along its columns once per
-/// column block of `B`, then misses L1 on every read (measured: the step products at
-/// about half their speed).
-fn chunk_ld<S>(rows: usize) -> usize {
-    let size = std::mem::size_of::<S>().max(1);
-    let line = (64 / size).max(1);
-    let ld = rows.next_multiple_of(line);
-    if (ld * size).is_multiple_of(512) {
-        ld + line
-    } else {
-        ld
-    }
+/// Where column `j` of step `t`'s block starts in a chunk buffer of `n × w` blocks.
+///
+/// A chunk's buffers are step-major: step `t`'s `n × w` block (column-major, columns `n`
+/// apart) at `t·n·w`, so that a step's products and gate arithmetic touch one contiguous
+/// block (`64 × 512` `f32`s, 128 KB, for the gates). Column-major `T·n`-row buffers put a
+/// step's 512 gate columns 8 KB apart, a page each: measured, the step products at about
+/// half their speed in cache, `dwh` at 0.5 of the peak.
+#[inline(always)]
+fn at(t: usize, j: usize, n: usize, w: usize) -> usize {
+    (t * w + j) * n
 }
 
 /// A strided view (`rows × cols`, columns `ld` apart) starting at `data[offset]`.
@@ -183,18 +179,19 @@ fn map_tanh<S: Real>(v: &mut [S]) {
     }
 }
 
-/// The four gate columns `j`, `H + j`, `2H + j`, `3H + j` of the block of rows starting at
-/// `row` (each `n` long) of a buffer with columns `ld` apart.
-fn gate_cols<S>(z: &mut [S], row: usize, j: usize, h: usize, ld: usize, n: usize) -> [&mut [S]; 4] {
-    let (a, rest) = z.split_at_mut((h + j) * ld);
-    let (b, rest) = rest.split_at_mut(h * ld);
-    let (c, d) = rest.split_at_mut(h * ld);
-    let at = row + j * ld;
+/// The four gate columns `j`, `H + j`, `2H + j`, `3H + j` (each `n` long) of step `t`'s
+/// block of a chunk's gate buffer ([`at`]).
+fn gate_cols<S>(z: &mut [S], t: usize, j: usize, h: usize, n: usize) -> [&mut [S]; 4] {
+    let blk = &mut z[at(t, 0, n, 4 * h)..][..4 * h * n];
+    let (a, rest) = blk.split_at_mut(h * n);
+    let (b, rest) = rest.split_at_mut(h * n);
+    let (c, d) = rest.split_at_mut(h * n);
+    let k = j * n;
     [
-        &mut a[at..at + n],
-        &mut b[row..row + n],
-        &mut c[row..row + n],
-        &mut d[row..row + n],
+        &mut a[k..k + n],
+        &mut b[k..k + n],
+        &mut c[k..k + n],
+        &mut d[k..k + n],
     ]
 }
 
@@ -257,34 +254,48 @@ impl Sum {
     }
 }
 
-/// The checksum ([`Sum`]) of chunk `r`'s rows of `xw` column by column, step by step
-/// (`n` elements each, the order of the chunk's gate buffer; each also given to `visit`),
-/// then of `wh` and the chunk's rows of `h0` and `c0`. Everything chunk `r`'s forward pass reads, so its checksum
-/// decides whether a kept pass of the chunk is still its arguments' (the forward pass
-/// gathers with `visit`, the `vjp` checks with a no-op `visit`: one order for both).
-fn chunk_inputs<S: Real>(
+/// Adds chunk `r`'s rows of step `t` of `xw` to `sum`, column by column (`n` elements
+/// each, the order of the step's block of the chunk's gate buffer; each also given to
+/// `visit`).
+fn step_inputs<S: Real>(
     d: Dims,
     r: &Range<usize>,
-    args: [&DMatrix<S>; 4],
+    xw: &DMatrix<S>,
+    t: usize,
+    sum: &mut Sum,
     mut visit: impl FnMut(&[S]),
-) -> Option<u64> {
-    let [xw, wh, h0, c0] = args;
-    let mut sum = Sum::new();
-    let (n, tt, b) = (r.len(), d.t, d.b);
+) {
+    let (n, b) = (r.len(), d.b);
     let xs = xw.as_slice();
     for j in 0..4 * d.h {
-        for t in 0..tt {
-            let seg = &xs[t * b + r.start + j * tt * b..][..n];
-            sum.add(seg);
-            visit(seg);
-        }
+        let seg = &xs[t * b + r.start + j * d.t * b..][..n];
+        sum.add(seg);
+        visit(seg);
     }
+}
+
+/// Adds `wh` and chunk `r`'s rows of `h0` and `c0` to `sum`.
+fn state_inputs<S: Real>(d: Dims, r: &Range<usize>, args: [&DMatrix<S>; 4], sum: &mut Sum) {
+    let [_, wh, h0, c0] = args;
     sum.add(wh.as_slice());
     for m in [h0, c0] {
         for j in 0..d.h {
-            sum.add(&m.as_slice()[r.start + j * b..][..n]);
+            sum.add(&m.as_slice()[r.start + j * d.b..][..r.len()]);
         }
     }
+}
+
+/// The checksum ([`Sum`]) of everything chunk `r`'s forward pass reads: its rows of `xw`
+/// step by step ([`step_inputs`]), then `wh` and its rows of `h0` and `c0`
+/// ([`state_inputs`]). It decides whether a kept pass of the chunk is still its
+/// arguments' (the forward pass sums as it gathers, step by step, the `vjp` checks here:
+/// one order for both).
+fn chunk_inputs<S: Real>(d: Dims, r: &Range<usize>, args: [&DMatrix<S>; 4]) -> Option<u64> {
+    let mut sum = Sum::new();
+    for t in 0..d.t {
+        step_inputs(d, r, args[0], t, &mut sum, |_| ());
+    }
+    state_inputs(d, r, args, &mut sum);
     sum.finish()
 }
 
@@ -323,16 +334,15 @@ impl<S: Real> Out<S> {
     }
 }
 
-/// Writes a chunk's `T·n × w` buffer (row `t·n + k`, columns `chunk_ld` apart) to its rows
-/// `t·B + r.start + k` of `out`: column by column, so that the writes stay within a few
-/// pages at a time (step by step, each step's rows would touch a page per column).
+/// Writes a chunk's buffer of `n × w` step blocks ([`at`]; row `k` of step `t`) to its
+/// rows `t·B + r.start + k` of `out`: column by column, so that the writes stay within a
+/// few pages at a time (step by step, each step's rows would touch a page per column).
 fn put_rows<S: Real>(d: Dims, r: &Range<usize>, v: &[S], w: usize, out: Out<S>) {
     let n = r.len();
-    let ld = chunk_ld::<S>(d.t * n);
     for j in 0..w {
         for t in 0..d.t {
             // SAFETY: rows `t·B + r` are this chunk's alone.
-            unsafe { out.put(t * d.b + r.start, j, &v[j * ld + t * n..][..n]) };
+            unsafe { out.put(t * d.b + r.start, j, &v[at(t, j, n, w)..][..n]) };
         }
     }
 }
@@ -343,9 +353,9 @@ fn uninit<S: Real>(rows: usize, cols: usize) -> UninitMatrix<S, Dyn, Dyn> {
 }
 
 /// One chunk's forward pass: for rows `r` of the batch, every step's activated gates
-/// (`T·n × 4H`, row `t·n + k`, columns `i, g, f, o`), cell `c_t`, `tanh(c_t)` and output
-/// `h_t` (each `T·n × H`), all column-major with `T·n` rows, and the checksum of what it
-/// read ([`chunk_inputs`]).
+/// (`n × 4H` blocks, columns `i, g, f, o`), cell `c_t`, `tanh(c_t)` and output `h_t`
+/// (`n × H` blocks), step-major ([`at`]), and the checksum of what it read
+/// ([`chunk_inputs`]).
 struct Chunk<S> {
     r: Range<usize>,
     sum: Option<u64>,
@@ -363,45 +373,41 @@ fn forward_chunk<S: Real>(
     args: [&DMatrix<S>; 4],
     out: Option<Out<S>>,
 ) -> Chunk<S> {
-    let [_, wh, h0, c0] = args;
+    let [xw, wh, h0, c0] = args;
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
-    let ld = chunk_ld::<S>(tt * n);
     let whv = MatRef::of(wh);
-    // The chunk's rows of `xw`, column by column, step by step (built in order: no
-    // zero-fill first), checksummed on the way; each step then adds h_{t−1}·wh in place.
-    let mut gates = Vec::with_capacity(ld * 4 * h);
-    let mut filled = 0;
-    let sum = chunk_inputs(d, &r, args, |seg| {
-        gates.extend_from_slice(seg);
-        filled += 1;
-        if filled == tt {
-            filled = 0;
-            gates.resize(gates.len().next_multiple_of(ld), S::zero());
-        }
-    });
-    gates.resize(ld * 4 * h, S::zero());
-    let mut c = vec![S::zero(); ld * h];
-    let mut tc = vec![S::zero(); ld * h];
-    let mut hs = vec![S::zero(); ld * h];
+    let (zero, hn_len) = (S::zero(), n * h);
+    // Each step's block of the gates starts as the chunk's rows of `xw_t` (appended in
+    // order, checksummed on the way: no zero-fill, and the block is in cache for the
+    // product that adds h_{t−1}·wh to it in place).
+    let mut sum = Sum::new();
+    let mut gates = Vec::with_capacity(tt * 4 * hn_len);
+    let mut c = Vec::with_capacity(tt * hn_len);
+    let mut tc = Vec::with_capacity(tt * hn_len);
+    let mut hs = Vec::with_capacity(tt * hn_len);
     for t in 0..tt {
-        let row = t * n;
+        step_inputs(d, &r, xw, t, &mut sum, |seg| gates.extend_from_slice(seg));
         let hprev = if t == 0 {
             view(h0.as_slice(), r.start, n, h, b)
         } else {
-            view(&hs, row - n, n, h, ld)
+            view(&hs, at(t - 1, 0, n, h), n, h, n)
         };
-        product_ldc(hprev, whv, &mut gates, row, ld, true);
+        product_ldc(hprev, whv, &mut gates, at(t, 0, n, 4 * h), n, true);
+        // This step's blocks (written in full below; zeros first, in cache).
+        for v in [&mut c, &mut tc, &mut hs] {
+            v.resize((t + 1) * hn_len, zero);
+        }
         for j in 0..h {
-            let [zi, zg, zf, zo] = gate_cols(&mut gates, row, j, h, ld, n);
-            let (c_before, c_now) = c.split_at_mut(row + j * ld);
+            let [zi, zg, zf, zo] = gate_cols(&mut gates, t, j, h, n);
+            let (c_before, c_now) = c.split_at_mut(at(t, j, n, h));
             let cp = if t == 0 {
                 &c0.as_slice()[r.start + j * b..][..n]
             } else {
-                &c_before[row - n + j * ld..][..n]
+                &c_before[at(t - 1, j, n, h)..][..n]
             };
             let cn = &mut c_now[..n];
-            let tcn = &mut tc[row + j * ld..][..n];
-            let hn = &mut hs[row + j * ld..][..n];
+            let tcn = &mut tc[at(t, j, n, h)..][..n];
+            let hn = &mut hs[at(t, j, n, h)..][..n];
             // One simple loop per function, so that each vectorizes.
             map_sig(zi, S::zero());
             map_tanh(zg);
@@ -417,6 +423,8 @@ fn forward_chunk<S: Real>(
             }
         }
     }
+    state_inputs(d, &r, args, &mut sum);
+    let sum = sum.finish();
     if let Some(o) = out {
         put_rows(d, &r, &hs, h, o);
     }
@@ -430,23 +438,18 @@ fn forward_chunk<S: Real>(
     }
 }
 
-/// The chunks' `T·n × w` blocks (row `t·n + k`) as one `T·B × w` matrix (row `t·B + r.start
-/// + k`); a single chunk's buffer is the matrix itself.
+/// The chunks' buffers of `n × w` step blocks ([`at`]; row `k` of step `t`) as one
+/// `T·B × w` matrix (row `t·B + r.start + k`).
 fn assemble<S: Real>(d: Dims, w: usize, parts: Vec<(Range<usize>, Vec<S>)>) -> DMatrix<S> {
     let rows = d.t * d.b;
-    if parts.len() == 1 && chunk_ld::<S>(rows) == rows {
-        let (_, v) = parts.into_iter().next().expect("one part");
-        return DMatrix::from_vec(rows, w, v);
-    }
     let mut out = DMatrix::<S>::zeros(rows, w);
     let o = out.as_mut_slice();
     for (r, v) in parts {
         let n = r.len();
-        let ld = chunk_ld::<S>(d.t * n);
         for j in 0..w {
             for t in 0..d.t {
                 let dst = j * rows + t * d.b + r.start;
-                o[dst..dst + n].copy_from_slice(&v[j * ld + t * n..][..n]);
+                o[dst..dst + n].copy_from_slice(&v[at(t, j, n, w)..][..n]);
             }
         }
     }
@@ -611,7 +614,7 @@ pub mod lstm_sequence {
                 Some(k)
                     if k.r == r
                         && k.sum.is_some()
-                        && chunk_inputs(d, &r, args, |_| ()) == k.sum =>
+                        && chunk_inputs(d, &r, args) == k.sum =>
                 {
                     k
                 }
@@ -659,21 +662,20 @@ fn reverse_chunk<S: Real>(
         ..
     } = fwd;
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
-    let ld = chunk_ld::<S>(tt * n);
     let (one, gs) = (S::one(), g.as_slice());
     let mut dh = vec![S::zero(); n * h];
     let mut dc = vec![S::zero(); n * h];
+    let mut dwh = DMatrix::<S>::zeros(h, 4 * h);
     let wht = MatRef::of(wh).t();
     for t in (0..tt).rev() {
-        let row = t * n;
         for j in 0..h {
-            let [zi, zg, zf, zo] = gate_cols(&mut z, row, j, h, ld, n);
+            let [zi, zg, zf, zo] = gate_cols(&mut z, t, j, h, n);
             let cp = if t == 0 {
                 &c0.as_slice()[r.start + j * b..][..n]
             } else {
-                &c[row - n + j * ld..][..n]
+                &c[at(t - 1, j, n, h)..][..n]
             };
-            let tcn = &tc[row + j * ld..][..n];
+            let tcn = &tc[at(t, j, n, h)..][..n];
             let gt = &gs[t * b + r.start + j * tt * b..][..n];
             let (dhj, dcj) = (&mut dh[j * n..][..n], &mut dc[j * n..][..n]);
             for k in 0..n {
@@ -688,34 +690,16 @@ fn reverse_chunk<S: Real>(
                 dcj[k] = dck * f;
             }
         }
-        // dh_{t−1} = dz_t · whᵀ (written over dh).
-        product_ldc(view(&z, row, n, 4 * h, ld), wht, &mut dh, 0, n, false);
-    }
-    // dwh = Σ_t h_{t−1}ᵀ dz_t: h0's rows against step 0, the outputs of steps 0..T−1
-    // against steps 1..T as one product.
-    let mut dwh = DMatrix::<S>::zeros(h, 4 * h);
-    if tt > 0 {
-        let h0c = view(h0.as_slice(), r.start, n, h, b);
-        product_ldc(
-            h0c.t(),
-            view(&z, 0, n, 4 * h, ld),
-            dwh.as_mut_slice(),
-            0,
-            h,
-            true,
-        );
-        if tt > 1 {
-            let m = (tt - 1) * n;
-            let hp = view(&hs, 0, m, h, ld);
-            product_ldc(
-                hp.t(),
-                view(&z, n, m, 4 * h, ld),
-                dwh.as_mut_slice(),
-                0,
-                h,
-                true,
-            );
-        }
+        // While dz_t is in cache: dwh += h_{t−1}ᵀ dz_t, and dh_{t−1} = dz_t · whᵀ
+        // (written over dh).
+        let dzt = view(&z, at(t, 0, n, 4 * h), n, 4 * h, n);
+        let hprev = if t == 0 {
+            view(h0.as_slice(), r.start, n, h, b)
+        } else {
+            view(&hs, at(t - 1, 0, n, h), n, h, n)
+        };
+        product_ldc(hprev.t(), dzt, dwh.as_mut_slice(), 0, h, true);
+        product_ldc(dzt, wht, &mut dh, 0, n, false);
     }
     // dz is xw's cotangent.
     put_rows(d, &r, &z, 4 * h, dxw);
@@ -736,32 +720,16 @@ fn tangent_chunk<S: Real>(
     let [dxw, dwh, dh0, dc0] = tans;
     let r = &fwd.r;
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
-    let ld = chunk_ld::<S>(tt * n);
     let one = S::one();
-    // dz_t = dxw_t + h_{t−1}·dwh (+ dh_{t−1}·wh in the loop).
-    let mut dz = vec![S::zero(); ld * 4 * h];
+    // dz_t = dxw_t + h_{t−1}·dwh + dh_{t−1}·wh, step by step.
+    let mut dz = vec![S::zero(); tt * 4 * h * n];
     if let Some(dxw) = dxw {
         let xs = dxw.as_slice();
         for t in 0..tt {
             for j in 0..4 * h {
                 let src = t * b + r.start + j * tt * b;
-                dz[t * n + j * ld..][..n].copy_from_slice(&xs[src..src + n]);
+                dz[at(t, j, n, 4 * h)..][..n].copy_from_slice(&xs[src..src + n]);
             }
-        }
-    }
-    if let (Some(dwh), true) = (dwh, tt > 0) {
-        let dwv = MatRef::of(dwh);
-        product_ldc(
-            view(h0.as_slice(), r.start, n, h, b),
-            dwv,
-            &mut dz,
-            0,
-            ld,
-            true,
-        );
-        if tt > 1 {
-            let hp = view(&fwd.hs, 0, (tt - 1) * n, h, ld);
-            product_ldc(hp, dwv, &mut dz, n, ld, true);
         }
     }
     let mut dc = vec![S::zero(); n * h];
@@ -770,34 +738,37 @@ fn tangent_chunk<S: Real>(
             dc[j * n..][..n].copy_from_slice(&dc0.as_slice()[r.start + j * b..][..n]);
         }
     }
-    let mut dhs = vec![S::zero(); ld * h];
+    let mut dhs = vec![S::zero(); tt * h * n];
     let whv = MatRef::of(wh);
     for t in 0..tt {
-        let row = t * n;
+        let blk = at(t, 0, n, 4 * h);
+        if let Some(dwh) = dwh {
+            let hprev = if t == 0 {
+                view(h0.as_slice(), r.start, n, h, b)
+            } else {
+                view(&fwd.hs, at(t - 1, 0, n, h), n, h, n)
+            };
+            product_ldc(hprev, MatRef::of(dwh), &mut dz, blk, n, true);
+        }
         if t > 0 {
-            product_ldc(view(&dhs, row - n, n, h, ld), whv, &mut dz, row, ld, true);
+            let dhp = view(&dhs, at(t - 1, 0, n, h), n, h, n);
+            product_ldc(dhp, whv, &mut dz, blk, n, true);
         } else if let Some(dh0) = dh0 {
-            product_ldc(
-                view(dh0.as_slice(), r.start, n, h, b),
-                whv,
-                &mut dz,
-                0,
-                ld,
-                true,
-            );
+            let dhp = view(dh0.as_slice(), r.start, n, h, b);
+            product_ldc(dhp, whv, &mut dz, blk, n, true);
         }
         for j in 0..h {
-            let gcol = |q: usize| &fwd.gates[row + (q * h + j) * ld..][..n];
+            let gcol = |q: usize| &fwd.gates[at(t, q * h + j, n, 4 * h)..][..n];
             let (gi, gg, gf, go) = (gcol(0), gcol(1), gcol(2), gcol(3));
-            let [di, dg, df, dout] = gate_cols(&mut dz, row, j, h, ld, n);
+            let [di, dg, df, dout] = gate_cols(&mut dz, t, j, h, n);
             let cp = if t == 0 {
                 &c0.as_slice()[r.start + j * b..][..n]
             } else {
-                &fwd.c[row - n + j * ld..][..n]
+                &fwd.c[at(t - 1, j, n, h)..][..n]
             };
-            let tcn = &fwd.tc[row + j * ld..][..n];
+            let tcn = &fwd.tc[at(t, j, n, h)..][..n];
             let dcj = &mut dc[j * n..][..n];
-            let dhn = &mut dhs[row + j * ld..][..n];
+            let dhn = &mut dhs[at(t, j, n, h)..][..n];
             for k in 0..n {
                 let (i, g, f, o) = (gi[k], gg[k], gf[k], go[k]);
                 let dcv = df[k] * f * (one - f) * cp[k]
@@ -1185,9 +1156,9 @@ mod tests {
 
     /// A sequence of no steps (`xw` with no rows, which the shapes allow) has an empty
     /// value, an empty tangent and an empty cotangent of `xw`, and zero cotangents of `wh`,
-    /// `h0` and `c0`; B = 20 is more rows than a chunk's buffers have when `T = 0` (their
-    /// stride is one cache line), so a product formed for a step that does not exist
-    /// would not fit (mutation: the reverse pass's `T > 0` guard removed; tried, panics).
+    /// `h0` and `c0`; a chunk's buffers are then empty, so a product formed for a step
+    /// that does not exist would not fit (mutation: the reverse sweep over
+    /// `0..tt.max(1)`; tried, panics).
     #[test]
     fn zero_steps_give_empty_results() {
         let (b, h) = (20, 3);
