@@ -556,9 +556,10 @@ rnn_lm_task_and_family!(LstmCell, LstmLm, |params, batch, hd, fd| {
     let count = batch.num_tokens() as f64;
     // Time-major: row t·B + b is example b at step t.
     let ids = batch.obs.as_slice();
-    // embed(E, ids)·W_x = embed(E·W_x, ids): the input projection of the V table rows
-    // (V·E·4H multiply-adds) instead of the T·B embedded rows (T·B = 4096 > V = 259).
-    let xw = embed(&(&params.embed * params.w.rows(0, fd)), ids) + &params.b;
+    // embed(E, ids)·W_x + b = embed(E·W_x + b, ids): the input projection and the bias
+    // of the V table rows (V·E·4H multiply-adds) instead of the T·B embedded rows
+    // (T·B = 4096 > V = 259); the bias is then a pass over V rows, not over T·B.
+    let xw = embed(&(&params.embed * params.w.rows(0, fd) + &params.b), ids);
     let wh = params.w.rows(fd, hd);
     let h0 = &ones * &params.h0;
     let c0 = &ones * &params.c0;
