@@ -419,9 +419,11 @@ pub(crate) fn sum_squares_by<'a, S: Real>(nb: usize, ss: &mut [S], col: impl Fn(
             j0 = sum_squares_avx(&ptrs, nb, s);
         }
     }
+    // Element-major: each feature's sum stays in element order.
+    #[allow(clippy::needless_range_loop)]
     for i in 0..nb {
-        for (j, acc) in ss.iter_mut().enumerate().skip(j0) {
-            let x = cols[j][i];
+        for (acc, col) in ss.iter_mut().zip(&cols).skip(j0) {
+            let x = col[i];
             *acc += x * x;
         }
     }
@@ -569,7 +571,7 @@ pub(crate) fn sum8_records<S: Real>(
     out: &mut [S],
 ) {
     assert!(
-        k > 0 && x.len() % k == 0 && pat.len() == k && out.len() == k,
+        k > 0 && x.len().is_multiple_of(k) && pat.len() == k && out.len() == k,
         "sum8_records: {} values in records of {k}",
         x.len()
     );
