@@ -851,10 +851,10 @@ mod tests {
     /// within rounding: both variants, element counts around the vector widths and the
     /// tiles of two and four vectors (and their remainders), inputs 1 to 39, output blocks
     /// of 1 to 8 and past them, both weight layouts, with and without ReLU; a NaN input
-    /// stays NaN through the ReLU, an output of exactly zero is `+0`. Catches (tried): the
+    /// stays NaN through the ReLU, an output of exactly zero is `+0`. Catches: the
     /// elements after the last whole vector skipped (fails at `nb = 1`), the column
     /// stride ignored (fails for the column-major layout), the ReLU's blend reversed
-    /// (`max(z, 0)` turns the NaN into 0: fails).
+    /// (`max(z, 0)` turns the NaN into 0).
     #[test]
     fn element_layer_is_the_chain_per_element() {
         for isa in isas() {

@@ -631,10 +631,11 @@ mod tests {
     }
 
     /// [`ema_interleaved`] equals the element-by-element update bit for bit, and the
-    /// `f64` definition within rounding, for 1, 3 and 5 decays and element counts with and
-    /// without a remainder of eight. Catches: the decays applied to the wrong slot (tried:
-    /// `d[t / 8]`, fails at 3 decays), the elements after the last eight skipped (tried:
-    /// fails at 1 element).
+    /// `f64` definition within rounding, for 1, 2, 3 and 5 decays (2 takes the general
+    /// path, the others [`ema_records`]) and element counts with and without a remainder
+    /// of eight and of sixteen. Catches: the decays applied to the wrong slot (tried on
+    /// the general path: `d[t / 8]`, fails at 3 decays), the elements after the last
+    /// eight skipped (tried: fails at 1 element).
     #[test]
     fn ema_interleaved_is_the_elementwise_update() {
         for k in [1usize, 2, 3, 5] {
@@ -664,8 +665,8 @@ mod tests {
 
     /// [`sum8_records`] equals [`sum8_by`] over each entry's strided column bit for bit,
     /// for 1, 3 and 4 entries and element counts below, at and past whole groups of
-    /// eight. Catches (tried): the remainder's records added to partial sum 0 (`acc[j]`,
-    /// fails at 13 elements), the pattern indexed by element (`pat[q / k]`, fails at 3
+    /// eight. Catches: the remainder's records added to partial sum 0 (`acc[j]`: fails
+    /// at 13 elements), the pattern indexed by element (`pat[q / k]`: fails at 3
     /// entries).
     #[test]
     fn sum8_records_is_sum8_by_per_entry() {
@@ -687,7 +688,7 @@ mod tests {
 
     /// [`sum_squares_by`] on features held in separate vectors equals one running sum
     /// per feature in element order, bit for bit (nine features: a group of eight and
-    /// one more; 13 elements: a tile and a remainder). Catches (tried): every feature
+    /// one more; 13 elements: a tile and a remainder). Catches: every feature
     /// read from the first one's vector (fails at feature 1).
     #[test]
     fn sum_squares_by_reads_each_feature_apart() {
