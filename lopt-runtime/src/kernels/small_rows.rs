@@ -852,7 +852,7 @@ mod tests {
     /// tiles of two and four vectors (and their remainders), inputs 1 to 39, output blocks
     /// of 1 to 8 and past them, both weight layouts, with and without ReLU; a NaN input
     /// stays NaN through the ReLU, an output of exactly zero is `+0`. Catches: the
-    /// elements after the last whole vector skipped (fails at `nb = 1`), the column
+    /// elements after the last whole vector skipped (tried: fails at `nb = 1`), the column
     /// stride ignored (fails for the column-major layout), the ReLU's blend reversed
     /// (`max(z, 0)` turns the NaN into 0).
     #[test]
