@@ -377,6 +377,290 @@ group_kernel!(
     _mm512_fmadd_ps
 );
 
+/// A layer of a per-element MLP on `nb` elements: `out[j·nb + e] = act(Σ_i x[i·nb + e]·
+/// W(i, j) + b[j])` with `x` and `out` feature-major (a column of `nb` elements per
+/// feature), `W(i, j) = w[i·ws.0 + j·ws.1]` (row-major `[din, dout]` is `(dout, 1)`,
+/// nalgebra's column-major is `(1, din)`), `act` the identity or, with `relu`,
+/// `0.max(z)` as [`Real::max`] (`0` for `z ≤ 0`, a NaN kept). Many rows and a small `W`
+/// (the learned optimizers' per-parameter networks, 2 to 39 inputs and outputs): the
+/// elements go in the vector lanes, `W` is read as broadcasts from L1, and a block of
+/// outputs stays in registers over the whole sum, so no `[nb, dout]` product is stored
+/// and read again for the bias and the activation.
+///
+/// Each output is one chain in the order of `i`: `x_0·w_0` (rounded), then a fused
+/// multiply-add per input, then `+ b` (rounded), for every element however the elements
+/// and outputs are blocked. Returns `false`, writing nothing, unless `S` is `f32` and the
+/// CPU has AVX2 and FMA ([`Isa`](crate::kernels::cpu::Isa) not portable): the caller then
+/// takes its general path.
+///
+/// # Panics
+/// When the lengths disagree: `x.len() != din·nb`, `out.len() != dout·nb` (`dout =
+/// b.len()`), or `W`'s last element past the end of `w`; or `din == 0`.
+// The layer's operands as the callers hold them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn element_layer<S: Real>(
+    x: &[S],
+    nb: usize,
+    din: usize,
+    w: &[S],
+    ws: (usize, usize),
+    b: &[S],
+    relu: bool,
+    out: &mut [S],
+) -> bool {
+    element_layer_on(crate::kernels::cpu::isa(), x, nb, din, w, ws, b, relu, out)
+}
+
+/// [`element_layer`] with the kernels of `isa` (which this CPU supports), for the tests.
+#[allow(clippy::too_many_arguments)]
+fn element_layer_on<S: Real>(
+    isa: crate::kernels::cpu::Isa,
+    x: &[S],
+    nb: usize,
+    din: usize,
+    w: &[S],
+    ws: (usize, usize),
+    b: &[S],
+    relu: bool,
+    out: &mut [S],
+) -> bool {
+    use crate::kernels::cpu::Isa;
+    let dout = b.len();
+    assert!(
+        din > 0
+            && x.len() == din * nb
+            && out.len() == dout * nb
+            && (dout == 0 || (din - 1) * ws.0 + (dout - 1) * ws.1 < w.len()),
+        "element_layer: x {} ({din} × {nb}), w {} (strides {ws:?}), b {dout}, out {}",
+        x.len(),
+        w.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<S>() == TypeId::of::<f32>() && isa != Isa::Portable {
+        debug_assert!(isa.supported());
+        // SAFETY: `S` is `f32` (checked); the CPU has the variant's features (the caller's
+        // `isa`); the lengths agree (checked above).
+        unsafe {
+            let cast = |s: &[S]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
+            let (x, w, b) = (cast(x), cast(w), cast(b));
+            let out = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len());
+            let l = Layer {
+                x,
+                nb,
+                din,
+                w,
+                ws,
+                b,
+                relu,
+            };
+            match isa {
+                Isa::Avx512 => layer512::layer(&l, out),
+                _ => layer256::layer(&l, out),
+            }
+        }
+        return true;
+    }
+    let _ = (isa, relu);
+    false
+}
+
+/// The operands of [`element_layer`] for `f32`.
+#[cfg(target_arch = "x86_64")]
+struct Layer<'a> {
+    x: &'a [f32],
+    nb: usize,
+    din: usize,
+    w: &'a [f32],
+    ws: (usize, usize),
+    b: &'a [f32],
+    relu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Layer<'_> {
+    /// Output `j` of element `e`, one element at a time (the elements after the last
+    /// whole vector): the chain the vector kernels compute, with the same roundings.
+    #[inline]
+    fn one(&self, e: usize, j: usize) -> f32 {
+        let (x, w, nb, ws) = (self.x, self.w, self.nb, self.ws);
+        let mut acc = x[e] * w[j * ws.1];
+        for i in 1..self.din {
+            acc = x[i * nb + e].mul_add(w[i * ws.0 + j * ws.1], acc);
+        }
+        let z = acc + self.b[j];
+        if self.relu && 0.0 >= z {
+            0.0
+        } else {
+            z
+        }
+    }
+}
+
+/// `0.max(z)` as [`Real::max`] per lane: `0` where `0 ≥ z` (ordered: a NaN stays).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn relu512(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    _mm512_mask_mov_ps(z, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(zero, z), zero)
+}
+
+/// [`relu512`] for 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn relu256(z: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let zero = _mm256_setzero_ps();
+    _mm256_blendv_ps(z, zero, _mm256_cmp_ps::<_CMP_GE_OQ>(zero, z))
+}
+
+/// The layer kernel for one vector width: `$v` elements a register, blocks of up to 8
+/// outputs; `$tw` vectors of elements at once for blocks of 5 to 8 outputs and `$tn` for
+/// blocks of up to 4 (enough independent chains to hide the FMA latency, few enough
+/// accumulators for the registers: 32 with AVX-512, 16 with AVX2).
+macro_rules! layer_kernel {
+    ($module:ident, $feat:literal, $v:literal, $tw:literal, $tn:literal, $ty:ty,
+     $set1:ident, $zero:ident, $load:ident, $store:ident, $fmadd:ident, $mul:ident,
+     $add:ident, $relu:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::Layer;
+            use std::arch::x86_64::*;
+
+            /// [`super::element_layer`] for `f32`.
+            ///
+            /// # Safety
+            /// The CPU has the module's features; the lengths agree as
+            /// [`super::element_layer`] checks.
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn layer(l: &Layer<'_>, out: &mut [f32]) {
+                let dout = l.b.len();
+                let mut j0 = 0;
+                while j0 < dout {
+                    let m = (dout - j0).min(8);
+                    match m {
+                        1 => outputs::<1, $tn>(l, j0, out),
+                        2 => outputs::<2, $tn>(l, j0, out),
+                        3 => outputs::<3, $tn>(l, j0, out),
+                        4 => outputs::<4, $tn>(l, j0, out),
+                        5 => outputs::<5, $tw>(l, j0, out),
+                        6 => outputs::<6, $tw>(l, j0, out),
+                        7 => outputs::<7, $tw>(l, j0, out),
+                        _ => outputs::<8, $tw>(l, j0, out),
+                    }
+                    j0 += m;
+                }
+            }
+
+            /// Outputs `j0..j0 + M` of every element: `T` vectors of elements at a time,
+            /// then single vectors, then single elements.
+            #[target_feature(enable = $feat)]
+            unsafe fn outputs<const M: usize, const T: usize>(
+                l: &Layer<'_>,
+                j0: usize,
+                out: &mut [f32],
+            ) {
+                let nb = l.nb;
+                let mut e = 0;
+                while e + T * $v <= nb {
+                    tile::<M, T>(l, j0, e, out);
+                    e += T * $v;
+                }
+                while e + $v <= nb {
+                    tile::<M, 1>(l, j0, e, out);
+                    e += $v;
+                }
+                for e in e..nb {
+                    for m in 0..M {
+                        out[(j0 + m) * nb + e] = l.one(e, j0 + m);
+                    }
+                }
+            }
+
+            /// Outputs `j0..j0 + M` of the `T·$v` elements from `e`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            // Index loops over the accumulators' two dimensions.
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn tile<const M: usize, const T: usize>(
+                l: &Layer<'_>,
+                j0: usize,
+                e: usize,
+                out: &mut [f32],
+            ) {
+                let (xp, wp, nb) = (l.x.as_ptr().add(e), l.w.as_ptr(), l.nb);
+                let (ri, cj) = l.ws;
+                let wcol = wp.add(j0 * cj);
+                let mut acc = [[$zero(); M]; T];
+                let xv: [$ty; T] = std::array::from_fn(|t| $load(xp.add(t * $v)));
+                for m in 0..M {
+                    let wv = $set1(*wcol.add(m * cj));
+                    for t in 0..T {
+                        acc[t][m] = $mul(xv[t], wv);
+                    }
+                }
+                for i in 1..l.din {
+                    let xv: [$ty; T] = std::array::from_fn(|t| $load(xp.add(i * nb + t * $v)));
+                    let wi = wcol.add(i * ri);
+                    for m in 0..M {
+                        let wv = $set1(*wi.add(m * cj));
+                        for t in 0..T {
+                            acc[t][m] = $fmadd(xv[t], wv, acc[t][m]);
+                        }
+                    }
+                }
+                let op = out.as_mut_ptr().add(e);
+                for m in 0..M {
+                    let bv = $set1(l.b[j0 + m]);
+                    for t in 0..T {
+                        let mut z = $add(acc[t][m], bv);
+                        if l.relu {
+                            z = super::$relu(z);
+                        }
+                        $store(op.add((j0 + m) * nb + t * $v), z);
+                    }
+                }
+            }
+        }
+    };
+}
+
+layer_kernel!(
+    layer256,
+    "avx2,fma",
+    8,
+    1,
+    2,
+    __m256,
+    _mm256_set1_ps,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps,
+    _mm256_mul_ps,
+    _mm256_add_ps,
+    relu256
+);
+layer_kernel!(
+    layer512,
+    "avx512f,avx2,fma",
+    16,
+    2,
+    4,
+    __m512,
+    _mm512_set1_ps,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps,
+    _mm512_mul_ps,
+    _mm512_add_ps,
+    relu512
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,5 +844,103 @@ mod tests {
                 assert_eq!(got[r * dout + j], want);
             }
         }
+    }
+
+    /// [`element_layer`] against the chain it promises (`x_0·w_0`, fused multiply-adds in
+    /// input order, `+ b`, then `0.max(·)`), bit for bit, and against an `f64` evaluation
+    /// within rounding: both variants, element counts around the vector widths and the
+    /// tiles of two and four vectors (and their remainders), inputs 1 to 39, output blocks
+    /// of 1 to 8 and past them, both weight layouts, with and without ReLU; a NaN input
+    /// stays NaN through the ReLU, an output of exactly zero is `+0`. Catches: the
+    /// elements after the last whole vector skipped (tried: fails at `nb = 1`), the column
+    /// stride ignored (fails for the column-major layout), the ReLU's blend reversed
+    /// (`max(z, 0)` turns the NaN into 0).
+    #[test]
+    fn element_layer_is_the_chain_per_element() {
+        for isa in isas() {
+            let mut done = false;
+            for &nb in &[1usize, 7, 8, 16, 17, 33, 64, 100, 256] {
+                for &din in &[1usize, 2, 8, 23, 39] {
+                    for &dout in &[1usize, 2, 3, 4, 5, 8, 9, 16, 32, 35] {
+                        for (relu, col_major) in [(false, false), (true, false), (true, true)] {
+                            let seed = (nb * 1000 + din * 50 + dout) as u64;
+                            let mut x = Key::new(seed).normal_vec::<f32>(din * nb);
+                            if nb > 5 {
+                                x[(din - 1) * nb + 5] = f32::NAN;
+                            }
+                            let w = Key::new(seed + 1).normal_vec::<f32>(din * dout);
+                            let mut b = Key::new(seed + 2).normal_vec::<f32>(dout);
+                            // Output 0 of element 0 exactly zero: x₀ = 0 everywhere, b = 0.
+                            for i in 0..din {
+                                x[i * nb] = if i == 0 { -0.0 } else { 0.0 };
+                            }
+                            b[0] = 0.0;
+                            let ws = if col_major { (1, din) } else { (dout, 1) };
+                            let wat = |i: usize, j: usize| w[i * ws.0 + j * ws.1];
+                            let mut got = vec![f32::NAN; dout * nb];
+                            let ran =
+                                element_layer_on(isa, &x, nb, din, &w, ws, &b, relu, &mut got);
+                            assert_eq!(ran, isa != Isa::Portable);
+                            if !ran {
+                                continue;
+                            }
+                            done = true;
+                            for e in 0..nb {
+                                for j in 0..dout {
+                                    let mut chain = x[e] * wat(0, j);
+                                    let (mut exact, mut mag) = (b[j] as f64, (b[j] as f64).abs());
+                                    for i in 0..din {
+                                        let (xi, wi) = (x[i * nb + e], wat(i, j));
+                                        if i > 0 {
+                                            chain = xi.mul_add(wi, chain);
+                                        }
+                                        exact += xi as f64 * wi as f64;
+                                        mag += (xi as f64 * wi as f64).abs();
+                                    }
+                                    let mut z = chain + b[j];
+                                    // `Real::max`'s `0.max(z)`: a NaN stays.
+                                    if relu && 0.0 >= z {
+                                        z = 0.0;
+                                        exact = exact.max(0.0);
+                                    }
+                                    let g = got[j * nb + e];
+                                    let at = format!(
+                                        "{isa:?} nb {nb} din {din} dout {dout} relu {relu} \
+                                         ({e}, {j})"
+                                    );
+                                    if z.is_nan() {
+                                        assert!(g.is_nan(), "{at}: {g}");
+                                        continue;
+                                    }
+                                    assert_eq!(g.to_bits(), z.to_bits(), "{at}");
+                                    let tol = 4.0 * (din as f64 + 1.0) * 1.2e-7 * mag;
+                                    assert!(
+                                        (g as f64 - exact).abs() <= tol,
+                                        "{at}: {g} vs {exact}"
+                                    );
+                                }
+                            }
+                            if nb > 5 && relu {
+                                assert!(got[5].is_nan(), "a NaN input stays NaN");
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(done, isa != Isa::Portable);
+        }
+        // Other scalars are the caller's: nothing written.
+        let mut out = [0.0f64; 2];
+        assert!(!element_layer(
+            &[1.0f64, 2.0],
+            2,
+            1,
+            &[3.0],
+            (1, 1),
+            &[0.5],
+            false,
+            &mut out
+        ));
+        assert_eq!(out, [0.0, 0.0]);
     }
 }

@@ -5,7 +5,7 @@
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     ema_interleaved, fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column,
-    BlockMlp, LayerRef, MLP_BLOCK,
+    BlockMlp, LayerRef, Scratch, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
@@ -373,7 +373,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
         let mut first_bias = Vec::new();
         layers[0] = fold_fixed_inputs(layers[0], self.num_features(), &tsf, &mut first_bias);
         let mut mlp = BlockMlp::new();
-        let (mut feats, mut steps) = (Vec::new(), Vec::new());
+        let (mut feats, mut steps) = (Scratch::<P::Scalar>::take(), Vec::new());
         for li in 0..grad.num_leaves() {
             let g = grad.leaf(li);
             let n = g.len();

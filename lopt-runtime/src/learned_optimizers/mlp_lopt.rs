@@ -4,12 +4,13 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::kernels::gemm::{gemm_raw, MatRef};
+use crate::kernels::small_rows::element_layer;
 use crate::key::Key;
 use crate::params::{write_field_leaf_name, Params, Rebind};
 use crate::scalar::Real;
 use num_traits::Zero;
 
-use super::parts::par_worthy;
+use super::parts::{par_worthy, sum_squares_by};
 use super::LearnedOptimizer;
 
 /// Momentum decays of the rolling features (`m_d ← d·m_d + (1 − d)·g`, no bias correction).
@@ -329,10 +330,14 @@ fn mlp_lopt_update<S: Real, P: Params<Scalar = S>>(
         if n == 0 {
             continue;
         }
-        // Each channel is divided by its root mean square over the whole tensor.
+        // Each channel is divided by its root mean square over the whole tensor: one
+        // running sum of squares per channel in element order, the eight chains side by
+        // side.
+        let mut ss = [S::zero(); CHANNELS];
+        let (pr, mo): (&P, &[P; 6]) = (params, momenta);
+        sum_squares_by(n, &mut ss, move |c| channel(c, g, pr.leaf(i), mo, i));
         let scale: [S; CHANNELS] = std::array::from_fn(|c| {
-            let col = channel(c, g, params.leaf(i), momenta, i);
-            let ms = col.iter().fold(S::zero(), |acc, &v| acc + v * v) / S::from_f64(n as f64);
+            let ms = ss[c] / S::from_f64(n as f64);
             S::one() / (S::from_f64(1e-5) + ms).sqrt()
         });
         let momenta = &*momenta;
@@ -418,6 +423,32 @@ impl<S: Real> Net<S> {
         for (k, (w, b)) in theta.layers.iter().enumerate() {
             let cols = w.ncols();
             let input: &[S] = if k == 0 { &self.x } else { &self.a };
+            let bias: &[S] = if k == 0 { first_bias } else { b.as_slice() };
+            // `f32` with AVX2: product, bias and ReLU in one pass (`w` column-major: rows 1
+            // apart, columns `nrows`), into `b`, swapped into `a` for the next layer.
+            // Never shrunk: the last layer's 2 columns would make the next block zero the
+            // first layer's 32 again.
+            if self.b.len() < n * cols {
+                self.b.resize(n * cols, S::zero());
+            }
+            let ws = (1, w.nrows());
+            let out = &mut self.b[..n * cols];
+            if element_layer(
+                &input[..n * width],
+                n,
+                width,
+                w.as_slice(),
+                ws,
+                bias,
+                k < last,
+                out,
+            ) {
+                if k < last {
+                    std::mem::swap(&mut self.a, &mut self.b);
+                }
+                width = cols;
+                continue;
+            }
             let a = MatRef::col_major(&input[..n * width], n, width).expect("n x width inputs");
             // The rows of `w` this layer reads (all but the time-feature rows for the first).
             let wv = MatRef::new(w.as_slice(), width, cols, 1, w.nrows()).expect("rows of w");
@@ -429,7 +460,6 @@ impl<S: Real> Net<S> {
                 gemm_raw(a, wv, self.b.as_mut_ptr(), false);
                 self.b.set_len(n * cols);
             }
-            let bias: &[S] = if k == 0 { first_bias } else { b.as_slice() };
             if k < last {
                 // Bias and ReLU into the other buffer, the next layer's input.
                 self.a.clear();
@@ -445,6 +475,7 @@ impl<S: Real> Net<S> {
             }
             width = cols;
         }
+        // The last layer always writes `b` (the swap follows hidden layers only).
         &self.b[..n * width]
     }
 }

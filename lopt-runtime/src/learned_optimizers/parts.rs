@@ -157,30 +157,44 @@ impl<S: Real> BlockMlp<S> {
         n: usize,
     ) -> (&[S], &[S]) {
         use crate::kernels::gemm::{gemm, MatRef};
+        use crate::kernels::small_rows::element_layer;
         let last = layers.len() - 1;
         let mut din = layers[0].0.len() / layers[0].1.len().max(1);
         for (k, &(w, bias)) in layers.iter().enumerate() {
             let dout = bias.len();
-            let a = if k == 0 {
-                MatRef::col_major(&x[..n * din], n, din)
-            } else {
-                MatRef::col_major(&self.a[..n * din], n, din)
+            // Every element is written by the layer (not accumulated): only new space is
+            // zeroed, and the buffer is never shrunk (a narrow last layer would otherwise
+            // make the next block's first layer zero it again).
+            if self.b.len() < n * dout {
+                self.b.resize(n * dout, S::from_f64(0.0));
             }
-            .expect("block inputs");
-            let wv = MatRef::new(w, din, dout, dout, 1).expect("row-major [in, out] weights");
-            // Every element is written by the product (not accumulated): no zeroing.
-            self.b.resize(n * dout, S::from_f64(0.0));
-            gemm(a, wv, &mut self.b, false).expect("shapes agree");
-            if k < last {
-                self.a.clear();
-                for (col, &bj) in self.b.chunks_exact(n).zip(bias) {
-                    // `0.max(z)` keeps a NaN, as JAX's relu does.
-                    self.a
-                        .extend(col.iter().map(|&v| S::from_f64(0.0).max(v + bj)));
+            let input = if k == 0 {
+                &x[..n * din]
+            } else {
+                &self.a[..n * din]
+            };
+            let out = &mut self.b[..n * dout];
+            // `f32` with AVX2: product, bias and ReLU in one pass, into `b` (then swapped
+            // into `a`, the next layer's input).
+            if din > 0 && element_layer(input, n, din, w, (dout, 1), bias, k < last, out) {
+                if k < last {
+                    std::mem::swap(&mut self.a, &mut self.b);
                 }
             } else {
-                for (col, &bj) in self.b.chunks_exact_mut(n).zip(bias) {
-                    col.iter_mut().for_each(|v| *v += bj);
+                let a = MatRef::col_major(input, n, din).expect("block inputs");
+                let wv = MatRef::new(w, din, dout, dout, 1).expect("row-major [in, out] weights");
+                gemm(a, wv, out, false).expect("shapes agree");
+                if k < last {
+                    self.a.clear();
+                    for (col, &bj) in out.chunks_exact(n).zip(bias) {
+                        // `0.max(z)` keeps a NaN, as JAX's relu does.
+                        self.a
+                            .extend(col.iter().map(|&v| S::from_f64(0.0).max(v + bj)));
+                    }
+                } else {
+                    for (col, &bj) in out.chunks_exact_mut(n).zip(bias) {
+                        col.iter_mut().for_each(|v| *v += bj);
+                    }
                 }
             }
             if k < last {
@@ -191,6 +205,50 @@ impl<S: Real> BlockMlp<S> {
             }
         }
         (&[], &[])
+    }
+}
+
+/// A buffer of `S` kept by the thread between calls (a per-update `Vec` of a few hundred
+/// kilobytes was zeroed, and past the allocator's mmap threshold page-faulted, on every
+/// update): taken from the thread's pool, given back when dropped, with the length and
+/// contents it was left with. A thread keeps one buffer per scalar type in use.
+pub(crate) struct Scratch<S: Real>(Vec<S>);
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<S: Real> Scratch<S> {
+    /// The thread's buffer of `S` (empty the first time, or while another is taken).
+    pub(crate) fn take() -> Self {
+        let kept = SCRATCH.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|b| b.is::<Vec<S>>())?;
+            p.swap_remove(i).downcast::<Vec<S>>().ok()
+        });
+        Scratch(kept.map_or_else(Vec::new, |b| *b))
+    }
+}
+
+impl<S: Real> Drop for Scratch<S> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // During thread teardown the pool may be gone: the buffer is then freed.
+        let _ = SCRATCH.try_with(|p| p.borrow_mut().push(Box::new(v)));
+    }
+}
+
+impl<S: Real> std::ops::Deref for Scratch<S> {
+    type Target = Vec<S>;
+    fn deref(&self) -> &Vec<S> {
+        &self.0
+    }
+}
+
+impl<S: Real> std::ops::DerefMut for Scratch<S> {
+    fn deref_mut(&mut self) -> &mut Vec<S> {
+        &mut self.0
     }
 }
 
@@ -217,8 +275,12 @@ pub(crate) fn normalized_mlp<S: Real>(
 ) {
     let c = S::from_f64;
     let keep = n * nf <= KEEP_FEATURES;
-    // `build` writes every feature of every block: only new space is zeroed.
-    buf.resize(if keep { n * nf } else { MLP_BLOCK * nf }, c(0.0));
+    // `build` writes every feature of every block: only new space is zeroed, and a
+    // buffer kept from a larger tensor is not shrunk (then grown and zeroed again).
+    let need = if keep { n * nf } else { MLP_BLOCK * nf };
+    if buf.len() < need {
+        buf.resize(need, c(0.0));
+    }
     let mut ss = vec![c(0.0); nf];
     for start in (0..n).step_by(MLP_BLOCK) {
         let nb = MLP_BLOCK.min(n - start);
@@ -249,8 +311,9 @@ pub(crate) fn normalized_mlp<S: Real>(
 
 /// `acc[e·K + k] ← d_k·acc[e·K + k] + (1 − d_k)·f(g[e])` for the `K = d.len()` decays of
 /// each element's interleaved accumulators (momenta `f(x) = x`, second moments
-/// `f(x) = x²`), the same operations as element by element; eight elements at a time
-/// through a copy of their `8·K` inputs, so the loop over them vectorizes.
+/// `f(x) = x²`), the same operations as element by element; for 1, 3 or 5 decays
+/// through [`ema_records`], otherwise eight elements at a time through a copy of their
+/// `8·K` inputs, so the loop over them vectorizes.
 pub(crate) fn ema_interleaved<S: Real>(acc: &mut [S], g: &[S], d: &[S], f: impl Fn(S) -> S) {
     let k = d.len();
     assert_eq!(
@@ -259,6 +322,12 @@ pub(crate) fn ema_interleaved<S: Real>(acc: &mut [S], g: &[S], d: &[S], f: impl 
         "ema_interleaved: {} elements of {k}",
         g.len()
     );
+    match k {
+        1 => return ema_records::<S, 1>(acc, g, d, f),
+        3 => return ema_records::<S, 3>(acc, g, d, f),
+        5 => return ema_records::<S, 5>(acc, g, d, f),
+        _ => {}
+    }
     let one = S::from_f64(1.0);
     let dpat: Vec<S> = (0..8 * k).map(|t| d[t % k]).collect();
     let mpat: Vec<S> = dpat.iter().map(|&x| one - x).collect();
@@ -285,6 +354,34 @@ pub(crate) fn ema_interleaved<S: Real>(acc: &mut [S], g: &[S], d: &[S], f: impl 
     }
 }
 
+/// [`ema_interleaved`] for `K` decays known at compile time: sixteen elements' records
+/// at a time, `f(g)` spread over each record's `K` slots by index (no scalar stores
+/// read back as vectors); the same operations per slot.
+fn ema_records<S: Real, const K: usize>(acc: &mut [S], g: &[S], d: &[S], f: impl Fn(S) -> S) {
+    const E: usize = 16;
+    let one = S::from_f64(1.0);
+    let dpat: [S; K] = std::array::from_fn(|j| d[j]);
+    let mpat: [S; K] = std::array::from_fn(|j| one - d[j]);
+    let mut chunks = acc.chunks_exact_mut(E * K);
+    let mut gs = g.chunks_exact(E);
+    for (a, ge) in (&mut chunks).zip(&mut gs) {
+        let q: [S; E] = std::array::from_fn(|e| f(ge[e]));
+        for (t, x) in a.iter_mut().enumerate() {
+            *x = dpat[t % K] * *x + mpat[t % K] * q[t / K];
+        }
+    }
+    for (a, &ge) in chunks
+        .into_remainder()
+        .chunks_exact_mut(K)
+        .zip(gs.remainder())
+    {
+        let q = f(ge);
+        for ((x, &dd), &mm) in a.iter_mut().zip(&dpat).zip(&mpat) {
+            *x = dd * *x + mm * q;
+        }
+    }
+}
+
 /// `ss[j] += x²` for every element `i` of feature `j` of `cols` (feature-major,
 /// `cols[j·nb + i]`), one running sum per feature in element order, each term a rounded
 /// square then a rounded add: for `f32` on AVX, eight features at a time (8×8 tiles
@@ -297,21 +394,36 @@ pub(crate) fn sum_squares_in_order<S: Real>(cols: &[S], nb: usize, ss: &mut [S])
         nf * nb,
         "sum_squares_in_order: {nf} features of {nb}"
     );
+    sum_squares_by(nb, ss, |j| &cols[j * nb..(j + 1) * nb]);
+}
+
+/// [`sum_squares_in_order`] of features held apart: `ss[j] += x²` for each element of
+/// `col(j)` (each `nb` long), the same operations in the same order.
+pub(crate) fn sum_squares_by<'a, S: Real>(nb: usize, ss: &mut [S], col: impl Fn(usize) -> &'a [S]) {
+    let nf = ss.len();
+    let cols: Vec<&[S]> = (0..nf).map(&col).collect();
+    assert!(
+        cols.iter().all(|c| c.len() == nb),
+        "sum_squares_by: {nf} features of {nb}"
+    );
     let mut j0 = 0;
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<S>() == std::any::TypeId::of::<f32>()
         && crate::kernels::cpu::has_avx2()
     {
-        // SAFETY: `S` is `f32` (checked); the CPU has AVX2 (checked); the lengths agree.
+        // SAFETY: `S` is `f32` (checked); the CPU has AVX2 (checked); every column holds
+        // `nb` elements (checked).
         unsafe {
-            let c = std::slice::from_raw_parts(cols.as_ptr() as *const f32, cols.len());
+            let ptrs: Vec<*const f32> = cols.iter().map(|c| c.as_ptr() as *const f32).collect();
             let s = std::slice::from_raw_parts_mut(ss.as_mut_ptr() as *mut f32, nf);
-            j0 = sum_squares_avx(c, nb, s);
+            j0 = sum_squares_avx(&ptrs, nb, s);
         }
     }
+    // Element-major: each feature's sum stays in element order.
+    #[allow(clippy::needless_range_loop)]
     for i in 0..nb {
-        for (j, acc) in ss.iter_mut().enumerate().skip(j0) {
-            let x = cols[j * nb + i];
+        for (acc, col) in ss.iter_mut().zip(&cols).skip(j0) {
+            let x = col[i];
             *acc += x * x;
         }
     }
@@ -323,13 +435,13 @@ pub(crate) fn sum_squares_in_order<S: Real>(cols: &[S], nb: usize, ss: &mut [S])
 /// of features done (all).
 ///
 /// # Safety
-/// The CPU has AVX2; `cols.len() == ss.len() * nb`.
+/// The CPU has AVX2; `cols.len() == ss.len()`, each valid for `nb` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_squares_avx(cols: &[f32], nb: usize, ss: &mut [f32]) -> usize {
+unsafe fn sum_squares_avx(cols: &[*const f32], nb: usize, ss: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     let nf = ss.len();
-    let p = cols.as_ptr();
+    debug_assert_eq!(cols.len(), nf);
     let tiles = nb / 8 * 8;
     let mut g0 = 0;
     while g0 * 8 < nf {
@@ -349,7 +461,7 @@ unsafe fn sum_squares_avx(cols: &[f32], nb: usize, ss: &mut [f32]) -> usize {
                 let valid = (nf - j0).min(8);
                 let r: [__m256; 8] = std::array::from_fn(|j| {
                     if j < valid {
-                        _mm256_loadu_ps(p.add((j0 + j) * nb + i))
+                        _mm256_loadu_ps(cols[j0 + j].add(i))
                     } else {
                         _mm256_setzero_ps()
                     }
@@ -393,7 +505,7 @@ unsafe fn sum_squares_avx(cols: &[f32], nb: usize, ss: &mut [f32]) -> usize {
             let valid = (nf - j0).min(8);
             for i in tiles..nb {
                 for (j, lj) in l.iter_mut().enumerate().take(valid) {
-                    let x = *p.add((j0 + j) * nb + i);
+                    let x = *cols[j0 + j].add(i);
                     *lj += x * x;
                 }
             }
@@ -431,6 +543,7 @@ pub(crate) fn sum8<S: Real>(xs: &[S], f: impl Fn(S) -> S) -> S {
 }
 
 /// [`sum8`] of `f(e)` over the indices `e` in `0..n` (e.g. a strided column).
+#[cfg(test)]
 #[inline]
 pub(crate) fn sum8_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
     let mut acc = [S::from_f64(0.0); 8];
@@ -444,6 +557,41 @@ pub(crate) fn sum8_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
         *a += f(e);
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// For each entry `j` of the `k`-entry records of `x` (`x[e·k + j]`, element `e`),
+/// `out[j] =` [`sum8_by`] of `f(x[e·k + j], pat[j])` over the elements: the same partial
+/// sums in the same order, bit for bit, but all `k` in one pass over contiguous records
+/// (the loop vectorizes; `k` strided passes did not).
+pub(crate) fn sum8_records<S: Real>(
+    x: &[S],
+    k: usize,
+    pat: &[S],
+    f: impl Fn(S, S) -> S,
+    out: &mut [S],
+) {
+    assert!(
+        k > 0 && x.len().is_multiple_of(k) && pat.len() == k && out.len() == k,
+        "sum8_records: {} values in records of {k}",
+        x.len()
+    );
+    let n = x.len() / k;
+    // Partial sum `t` of entry `j` at `t·k + j`: the layout of eight records.
+    let mut acc = vec![S::from_f64(0.0); 8 * k];
+    let p8: Vec<S> = (0..8 * k).map(|q| pat[q % k]).collect();
+    let full = n - n % 8;
+    for chunk in x[..full * k].chunks_exact(8 * k) {
+        for ((a, &v), &pp) in acc.iter_mut().zip(chunk).zip(&p8) {
+            *a += f(v, pp);
+        }
+    }
+    for ((a, &v), &pp) in acc.iter_mut().zip(&x[full * k..]).zip(&p8) {
+        *a += f(v, pp);
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let a = |t: usize| acc[t * k + j];
+        *o = ((a(0) + a(4)) + (a(2) + a(6))) + ((a(1) + a(5)) + (a(3) + a(7)));
+    }
 }
 
 #[cfg(test)]
@@ -483,14 +631,15 @@ mod tests {
     }
 
     /// [`ema_interleaved`] equals the element-by-element update bit for bit, and the
-    /// `f64` definition within rounding, for 1, 3 and 5 decays and element counts with and
-    /// without a remainder of eight. Catches: the decays applied to the wrong slot (tried:
-    /// `d[t / 8]`, fails at 3 decays), the elements after the last eight skipped (tried:
-    /// fails at 1 element).
+    /// `f64` definition within rounding, for 1, 2, 3 and 5 decays (2 takes the general
+    /// path, the others [`ema_records`]) and element counts with and without a remainder
+    /// of eight and of sixteen. Catches: the decays applied to the wrong slot (tried on
+    /// the general path: `d[t / 8]`, fails at 3 decays), the elements after the last
+    /// eight skipped (tried: fails at 1 element).
     #[test]
     fn ema_interleaved_is_the_elementwise_update() {
-        for k in [1usize, 3, 5] {
-            for n in [1usize, 8, 13, 40] {
+        for k in [1usize, 2, 3, 5] {
+            for n in [1usize, 8, 13, 16, 40] {
                 let mut acc = vec![0.0f32; n * k];
                 let mut g = vec![0.0f32; n];
                 Key::new(3).fill_normal(&mut acc);
@@ -512,5 +661,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// [`sum8_records`] equals [`sum8_by`] over each entry's strided column bit for bit,
+    /// for 1, 3 and 4 entries and element counts below, at and past whole groups of
+    /// eight. Catches: the remainder's records added to partial sum 0 (`acc[j]`: fails
+    /// at 13 elements), the pattern indexed by element (`pat[q / k]`: fails at 3
+    /// entries).
+    #[test]
+    fn sum8_records_is_sum8_by_per_entry() {
+        for k in [1usize, 3, 4] {
+            for n in [1usize, 7, 8, 13, 2048] {
+                let mut x = vec![0.0f32; n * k];
+                Key::new(n as u64 + 10 * k as u64).fill_normal(&mut x);
+                let pat: Vec<f32> = (0..k).map(|j| 0.25 * j as f32 - 0.1).collect();
+                let f = |v: f32, p: f32| (v * 1.5 - p) * (v * 1.5 - p);
+                let mut got = vec![0.0f32; k];
+                sum8_records(&x, k, &pat, f, &mut got);
+                for j in 0..k {
+                    let want = sum8_by(n, |e| f(x[e * k + j], pat[j]));
+                    assert_eq!(got[j].to_bits(), want.to_bits(), "k {k} n {n} entry {j}");
+                }
+            }
+        }
+    }
+
+    /// [`sum_squares_by`] on features held in separate vectors equals one running sum
+    /// per feature in element order, bit for bit (nine features: a group of eight and
+    /// one more; 13 elements: a tile and a remainder). Catches: every feature
+    /// read from the first one's vector (fails at feature 1).
+    #[test]
+    fn sum_squares_by_reads_each_feature_apart() {
+        let cols: Vec<Vec<f32>> = (0..9).map(|j| Key::new(30 + j).normal_vec(13)).collect();
+        let mut got = vec![0.25f32; 9];
+        sum_squares_by(13, &mut got, |j| &cols[j]);
+        for (j, col) in cols.iter().enumerate() {
+            let want = col.iter().fold(0.25f32, |a, &x| a + x * x);
+            assert_eq!(got[j].to_bits(), want.to_bits(), "feature {j}");
+        }
+    }
+
+    /// [`Scratch`] hands the thread's buffer back on drop, contents kept; a second one
+    /// taken while the first is out is another, empty buffer; each scalar type has its
+    /// own. Catches: a buffer not given back on drop (the second take is empty), a
+    /// buffer left in the pool when taken (the second one out would not be empty).
+    #[test]
+    fn scratch_is_kept_per_thread_and_never_shared() {
+        std::thread::spawn(|| {
+            Scratch::<f32>::take().extend([1.0, 2.0]);
+            let a = Scratch::<f32>::take();
+            assert_eq!(&a[..], &[1.0, 2.0]);
+            let b = Scratch::<f32>::take();
+            assert!(b.is_empty());
+            assert!(Scratch::<f64>::take().is_empty());
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -6,7 +6,7 @@ use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     clip, ema_interleaved, normalized_mlp, params_then_vectors, rsqrt, strided_column, sum8,
-    sum8_by, BlockMlp, LayerRef, MLP_BLOCK,
+    sum8_records, BlockMlp, LayerRef, Scratch, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use super::ThetaCache;
@@ -390,18 +390,80 @@ fn loss_decays<S: Real>(n: S) -> Vec<S> {
         .collect()
 }
 
-/// `100·mean_j(c_j·bank_j)` of a bank `[P, len]` for each of the `k` rows of `c`
-/// (`[k, P]`, one per tensor): `[k, len]`, one product for all tensors.
-fn mix_bank<S: Real>(bank: &[S], c: &[S], k: usize, out: &mut Vec<S>) {
+/// The MLP bank's arrays in θ's order: the first layer's input groups, its bias, then
+/// each later layer's weights and bias (each `[P, len]`, the bank index first).
+fn bank_arrays<S>(theta: &VeloTheta<S>) -> Vec<&[S]> {
+    let mut v: Vec<&[S]> = theta.ff_w0.iter().map(|w| w.as_slice()).collect();
+    v.push(&theta.ff_b0);
+    for (w, b) in &theta.ff_layers {
+        v.push(w);
+        v.push(b);
+    }
+    v
+}
+
+/// The bank as one row-major `[P, Σ len]` matrix, member `j`'s arrays one after another
+/// in row `j` ([`bank_arrays`]' order): mixed by one product instead of one per array
+/// (19 products of 4 to 156 columns were mostly overhead).
+fn concat_bank<S: Real>(theta: &VeloTheta<S>, p: usize) -> Vec<S> {
+    let arrays = bank_arrays(theta);
+    let total: usize = arrays.iter().map(|a| a.len() / p).sum();
+    let mut out = Vec::with_capacity(p * total);
+    for j in 0..p {
+        for a in &arrays {
+            let len = a.len() / p;
+            out.extend_from_slice(&a[j * len..(j + 1) * len]);
+        }
+    }
+    out
+}
+
+/// `100·mean_j(c_j·bank_j)` for each of the `k` rows of `c` (`[k, P]`, one per tensor):
+/// `[k, Σ len]`, each row the mixed arrays in [`bank_arrays`]' order. From the
+/// concatenated bank (`cat`, [`concat_bank`]) in one product, or array by array: the
+/// same chains (from 0, in the order of `j`), the same bits.
+fn mix_banks<S: Real>(
+    theta: &VeloTheta<S>,
+    cat: Option<&[S]>,
+    c: &[S],
+    k: usize,
+    out: &mut Vec<S>,
+) {
     let p = c.len() / k.max(1);
-    let len = bank.len() / p;
+    let arrays = bank_arrays(theta);
+    let total: usize = arrays.iter().map(|a| a.len() / p).sum();
     out.clear();
-    out.resize(k * len, S::from_f64(0.0));
-    let zeros = vec![S::from_f64(0.0); len];
-    small_rows_product(c, k, p, bank, &zeros, out);
+    out.resize(k * total, S::from_f64(0.0));
+    let zeros = vec![S::from_f64(0.0); total];
+    match cat {
+        Some(cat) => small_rows_product(c, k, p, cat, &zeros, out),
+        None => {
+            let (mut off, mut tmp) = (0, Vec::new());
+            for a in arrays {
+                let len = a.len() / p;
+                tmp.resize(k * len, S::from_f64(0.0));
+                small_rows_product(c, k, p, a, &zeros[..len], &mut tmp);
+                for (o, t) in out.chunks_exact_mut(total).zip(tmp.chunks_exact(len)) {
+                    o[off..off + len].copy_from_slice(t);
+                }
+                off += len;
+            }
+        }
+    }
     let scale = S::from_f64(p as f64);
     out.iter_mut()
         .for_each(|x| *x = S::from_f64(100.0) * (*x / scale));
+}
+
+/// What [`LearnedOptimizer::update_fixed`] keeps for a fixed θ: the bank concatenated
+/// ([`concat_bank`]) and, when every step's LSTM reads θ's initial state, the gates'
+/// hidden half from it.
+#[derive(Debug)]
+struct FixedTheta<S> {
+    /// [`concat_bank`].
+    bank: Vec<S>,
+    /// The gates' hidden half, when the state never advances.
+    gates: Option<GatesFromInit<S>>,
 }
 
 /// The LSTM gates' hidden half from θ's initial state, `b + h₀·W_h`: the start of every
@@ -435,14 +497,15 @@ fn same_bits<S: Real>(a: &[S], b: &[S]) -> bool {
 }
 
 impl Velo {
-    /// One update; with `fixed`, the gates' hidden half from it where every tensor's
-    /// LSTM state is θ's initial one (bit for bit what the product gives).
+    /// One update; with `fixed`, the bank mixed from its concatenation and the gates'
+    /// hidden half from it where every tensor's LSTM state is θ's initial one (bit for
+    /// bit what the products give).
     // Index loops walk several parallel arrays (decays, moments, buffers) at once.
     #[allow(clippy::needless_range_loop)]
     fn step<P: Params>(
         &self,
         theta: &VeloTheta<P::Scalar>,
-        fixed: Option<&GatesFromInit<P::Scalar>>,
+        fixed: Option<&FixedTheta<P::Scalar>>,
         state: &mut VeloState<P>,
         grad: &P,
         loss: P::Scalar,
@@ -545,26 +608,36 @@ impl Velo {
             let norm_mult = rsqrt((ss / nn).max(c(1e-9)));
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
-            let mean_m: Vec<_> = (0..km)
-                .map(|j| sum8_by(n, |e| m[e * km + j] * norm_mult) / nn)
-                .collect();
-            let var_m: Vec<_> = (0..km)
-                .map(|j| {
-                    let d = |e: usize| m[e * km + j] * norm_mult - mean_m[j];
-                    sum8_by(n, |e| d(e) * d(e)) / nn
-                })
-                .collect();
-            let mean_rms: Vec<_> = (0..kr)
-                .map(|j| sum8_by(n, |e| v[e * kr + j] * norm_mult) / nn)
-                .collect();
-            // As in the library: the second moments' spread around the momenta's mean.
-            let var_rms: Vec<_> = (0..km.max(kr))
-                .map(|j| {
-                    let (jr, jm) = (if kr == 1 { 0 } else { j }, if km == 1 { 0 } else { j });
-                    let d = |e: usize| v[e * kr + jr] * norm_mult - mean_m[jm];
-                    sum8_by(n, |e| d(e) * d(e)) / nn
-                })
-                .collect();
+            // One pass over the interleaved records per statistic (the sums of
+            // `sum8_by` over each decay's strided column, the same bits).
+            let zeros = vec![c(0.0); km.max(kr)];
+            let scaled = |x: P::Scalar, _| x * norm_mult;
+            let sq_dev = |x: P::Scalar, mu: P::Scalar| {
+                let d = x * norm_mult - mu;
+                d * d
+            };
+            let mut mean_m = vec![c(0.0); km];
+            sum8_records(m, km, &zeros[..km], scaled, &mut mean_m);
+            mean_m.iter_mut().for_each(|x| *x /= nn);
+            let mut var_m = vec![c(0.0); km];
+            sum8_records(m, km, &mean_m, sq_dev, &mut var_m);
+            var_m.iter_mut().for_each(|x| *x /= nn);
+            let mut mean_rms = vec![c(0.0); kr];
+            sum8_records(v, kr, &zeros[..kr], scaled, &mut mean_rms);
+            mean_rms.iter_mut().for_each(|x| *x /= nn);
+            // As in the library: the second moments' spread around the momenta's mean
+            // (`kr` is 1 or `km`).
+            let mean_of = |j: usize| mean_m[if km == 1 { 0 } else { j }];
+            let mut var_rms = vec![c(0.0); km.max(kr)];
+            if kr == 1 {
+                for (j, o) in var_rms.iter_mut().enumerate() {
+                    sum8_records(v, 1, &[mean_of(j)], sq_dev, std::slice::from_mut(o));
+                }
+            } else {
+                let pat: Vec<_> = (0..kr).map(mean_of).collect();
+                sum8_records(v, kr, &pat, sq_dev, &mut var_rms);
+            }
+            var_rms.iter_mut().for_each(|x| *x /= nn);
             let n_rank = state
                 .params
                 .leaf_shape(li)
@@ -609,7 +682,7 @@ impl Velo {
         // for a fixed θ and state: `GatesFromInit`).
         let (w_x, w_h) = theta.lstm.0.split_at(h * 4 * h);
         let mut gates = vec![c(0.0); k * 4 * h];
-        let from_init = fixed.filter(|fx| {
+        let from_init = fixed.and_then(|fx| fx.gates.as_ref()).filter(|fx| {
             state
                 .hidden
                 .chunks_exact(h)
@@ -635,11 +708,14 @@ impl Velo {
             // Branch-free exp and tanh (for `f32`; the lanes' own otherwise): the loop
             // vectorizes.
             use crate::kernels::vecmath::{sigmoid as vsigmoid, tanh as vtanh};
-            for j in 0..h {
-                let fg = vsigmoid(gf[j] + one);
-                let cj = fg * cell[j] + vsigmoid(gi[j]) * vtanh(gg[j]);
-                hrow[j] = vsigmoid(go[j]) * vtanh(cj);
-                cnew[j] = cj;
+            // (Zipped slices: indexed, the bounds checks kept it scalar.)
+            let gates_in = gi.iter().zip(gg).zip(gf.iter().zip(go)).zip(cell.iter());
+            let outs = hrow.iter_mut().zip(cnew.iter_mut());
+            for ((((&i, &gv), (&fv, &o)), &cold), (hj, cj)) in gates_in.zip(outs) {
+                let fg = vsigmoid(fv + one);
+                let cv = fg * cold + vsigmoid(i) * vtanh(gv);
+                *hj = vsigmoid(o) * vtanh(cv);
+                *cj = cv;
             }
             if !self.use_bugged_next_lstm_state {
                 cell.copy_from_slice(&cnew);
@@ -691,37 +767,39 @@ impl Velo {
         }
         // Per tensor: the mixed MLP and the step.
         let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
-        // The bank mixed for every tensor at once: `[k, len]` per bank array.
-        let mix_all = |bank: &[P::Scalar]| {
-            let mut out = Vec::new();
-            mix_bank(bank, &controls, k, &mut out);
-            out
-        };
-        let w0_all: Vec<Vec<P::Scalar>> = theta.ff_w0.iter().map(|b| mix_all(b)).collect();
-        let b0_all = mix_all(&theta.ff_b0);
-        let layers_all: Vec<Linear<P::Scalar>> = theta
-            .ff_layers
-            .iter()
-            .map(|(w, b)| (mix_all(w), mix_all(b)))
-            .collect();
-        let mut w0 = Vec::new();
+        // The bank mixed for every tensor at once: `[k, Σ len]`.
+        let mut mixed = Vec::new();
+        mix_banks(
+            theta,
+            fixed.map(|fx| &fx.bank[..]),
+            &controls,
+            k,
+            &mut mixed,
+        );
+        let total_mixed = mixed.len() / k.max(1);
+        let hid0 = ffw[0];
         let total_in: usize = in_w.iter().sum();
         let mut mlp = BlockMlp::new();
-        let (mut feats, mut steps) = (Vec::new(), Vec::new());
+        let (mut feats, mut steps) = (Scratch::<P::Scalar>::take(), Vec::new());
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let nn = c(n as f64);
             let shape = state.params.leaf_shape(li);
-            // The first layer's groups stacked into one [total_in, hid0] matrix.
-            fn row<S>(a: &[S], k: usize, li: usize) -> &[S] {
-                let len = a.len() / k;
-                &a[li * len..(li + 1) * len]
+            // This tensor's mixed arrays: the first layer's groups, stacked, are one
+            // [total_in, hid0] matrix; then its bias and the later layers.
+            let mut rest = &mixed[li * total_mixed..(li + 1) * total_mixed];
+            let mut take = |len: usize| {
+                let (head, tail) = rest.split_at(len);
+                rest = tail;
+                head
+            };
+            let w0 = take(total_in * hid0);
+            let b0 = take(hid0);
+            let mut net: Vec<LayerRef<P::Scalar>> = vec![(w0, b0)];
+            for io in ffw.windows(2) {
+                let w = take(io[0] * io[1]);
+                net.push((w, take(io[1])));
             }
-            w0.clear();
-            for bank in &w0_all {
-                w0.extend_from_slice(row(bank, k, li));
-            }
-            let b0 = row(&b0_all, k, li);
             let fac = factored_step(
                 g,
                 &shape,
@@ -808,12 +886,6 @@ impl Velo {
             let sq = sum8(p, |x| x * x);
             let param_scale = (sq / nn + c(1e-9)).sqrt();
             let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
-            let mut net: Vec<LayerRef<P::Scalar>> = vec![(&w0, b0)];
-            net.extend(
-                layers_all
-                    .iter()
-                    .map(|(w, b)| (row(w, k, li), row(b, k, li))),
-            );
             steps.clear();
             normalized_mlp(
                 n,
@@ -825,7 +897,8 @@ impl Velo {
                 |out, _, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
                     steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
-                        let mag = (mg * exp_mult).exp();
+                        // The branch-free `exp` (for `f32`): the loop vectorizes.
+                        let mag = crate::kernels::vecmath::exp(mg * exp_mult);
                         lr_mult[li] * (d * (param_scale * mag) * step_mult)
                     }));
                 },
@@ -951,9 +1024,10 @@ impl LearnedOptimizer for Velo {
         self.step(theta, None, state, grad, loss)
     }
 
-    /// With θ fixed, the gates' hidden half from θ's initial LSTM state is computed once:
-    /// with `use_bugged_next_lstm_state` (the released VeLO) and no state decay every
-    /// step's LSTM reads that state, so each step reads half of the LSTM's weights.
+    /// With θ fixed, computed once: the MLP bank concatenated (mixed in one product), and
+    /// the gates' hidden half from θ's initial LSTM state: with
+    /// `use_bugged_next_lstm_state` (the released VeLO) and no state decay every step's
+    /// LSTM reads that state, so each step reads half of the LSTM's weights.
     fn update_fixed<P: Params>(
         &self,
         theta: &VeloTheta<P::Scalar>,
@@ -962,11 +1036,11 @@ impl LearnedOptimizer for Velo {
         grad: &P,
         loss: P::Scalar,
     ) {
-        let fixed = if self.use_bugged_next_lstm_state && self.rnn_state_decay == 0.0 {
-            cache.get_or_init(|| GatesFromInit::new(self, theta))
-        } else {
-            None
-        };
+        let fixed = cache.get_or_init(|| FixedTheta {
+            bank: concat_bank(theta, self.param_inits),
+            gates: (self.use_bugged_next_lstm_state && self.rnn_state_decay == 0.0)
+                .then(|| GatesFromInit::new(self, theta)),
+        });
         self.step(theta, fixed, state, grad, loss)
     }
 
