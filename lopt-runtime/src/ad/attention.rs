@@ -20,10 +20,11 @@
 //! ([`crate::kernels::gemm`]) on strided views of `qkv`; `eval` keeps the probabilities
 //! `P` in the op for the derivative that follows. On `f32` with AVX2 and FMA and `T` a
 //! multiple of 8, the forward and reverse passes take a dedicated path instead (module
-//! `fast`): each pair's blocks packed into L1, every product by one register-tiled
-//! kernel that skips the causal triangle by blocks of 8 rows, the softmax by vectors of
-//! 8 (same definition, summed in another order: within 2e-6 of the f64 definition,
-//! tested; bit-identical on any number of threads). The tangent stays on the GEMM path.
+//! `fast`): chunks of sequences packed so that each pair's blocks sit in L1, every
+//! product by one register-tiled kernel (AVX2, or AVX-512 with the same bits) that skips
+//! the causal triangle by blocks of 8 rows, the softmax eight queries at a time in the
+//! generic rule's order (within 2e-6 of the f64 definition, tested; bit-identical on any
+//! number of threads). The tangent stays on the GEMM path.
 //!
 //! Derivatives, with `G` the output cotangent and `∘` the elementwise product:
 //! reverse `dV = Pᵀ G`, `dP = G Vᵀ`, `dL = P ∘ (dP − rowsum(P ∘ dP)) / sqrt(d)`,
@@ -245,6 +246,40 @@ fn par_pairs(g: &AttentionGeometry, f: impl Fn(std::ops::Range<usize>) + Sync) {
     }
 }
 
+/// Calls `f(seqs)` for consecutive chunks of [`fast::chunk_seqs`] sequences covering
+/// the batch, on the thread pool when it has more than one thread. Each pair is
+/// computed alone whatever the chunk, so the results are the same on any number of
+/// threads.
+#[cfg(target_arch = "x86_64")]
+fn par_seqs(g: &AttentionGeometry, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let c = fast::chunk_seqs(g);
+    let range = |i: usize| i * c..((i + 1) * c).min(g.batch);
+    let chunks = g.batch.div_ceil(c);
+    if chunks > 1 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        (0..chunks).into_par_iter().for_each(|i| f(range(i)));
+    } else {
+        (0..chunks).for_each(|i| f(range(i)));
+    }
+}
+
+/// `f` on this thread's scratch buffer of `n` `f32`s, kept from call to call (about a
+/// megabyte for the library's transformer): a fresh zeroed one per chunk cost a pass
+/// over it each time, as the allocator hands back reused memory.
+#[cfg(target_arch = "x86_64")]
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < n {
+            *s = vec![0.0; n];
+        }
+        f(&mut s[..n])
+    })
+}
+
 /// A column-major `r × c` matrix whose every element `fill` writes (through the pointer
 /// it is given) before it returns.
 ///
@@ -293,21 +328,24 @@ fn forward<S: Real>(g: &AttentionGeometry, x: &DMatrix<S>) -> (DMatrix<S>, Vec<S
     #[cfg(target_arch = "x86_64")]
     if let Some(xs) = as_f32(x.as_slice()).filter(|_| fast::applies(g)) {
         let (rows, w, tt) = (g.rows(), g.width(), g.time);
-        let mut probs = vec![0.0f32; probs_len(g)];
+        let per_seq = g.heads * tt * tt;
+        let mut probs = Vec::<f32>::with_capacity(probs_len(g));
         let mut out = Vec::<f32>::with_capacity(rows * w);
         let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
-        // SAFETY: the fast path applies (checked); the pairs cover every sequence and
-        // head, each writes its own output block and its own block of `probs`, and the
-        // pool joins before the output's length is set.
+        // SAFETY: the fast path applies (checked); the chunks cover every sequence, each
+        // writes every element of its own rows of the output and of its own pairs'
+        // blocks of `probs` (masked entries as zeros), and the pool joins before the
+        // lengths are set.
         unsafe {
-            par_pairs(g, |pairs| {
-                let mut scratch = vec![0.0f32; fast::scratch_len(g)];
-                for pair in pairs {
-                    let pt = std::slice::from_raw_parts_mut(pp.at(pair * tt * tt), tt * tt);
-                    fast::forward_pair(g, xs, pair, op.at(0), pt, &mut scratch);
-                }
+            par_seqs(g, |seqs| {
+                let n = seqs.len() * per_seq;
+                let pt = std::slice::from_raw_parts_mut(pp.at(seqs.start * per_seq), n);
+                with_scratch(fast::scratch_len(g), |scratch| {
+                    fast::forward_chunk(g, xs, seqs, op.at(0), pt, scratch)
+                });
             });
             out.set_len(rows * w);
+            probs.set_len(probs_len(g));
         }
         return (DMatrix::from_vec(rows, w, from_f32(out)), from_f32(probs));
     }
@@ -437,12 +475,12 @@ impl<S: Real> Unary<CausalSelfAttention<'_>> for DMatrix<S> {
             // of `dq`, `dk`, `dv`, together all of them, and the pool joins before the
             // length is set.
             unsafe {
-                par_pairs(g, |pairs| {
-                    let mut scratch = vec![0.0f32; fast::scratch_len(g)];
-                    for pair in pairs {
-                        let pt = &pf[pair * tt * tt..][..tt * tt];
-                        fast::reverse_pair(g, xf, gf, pair, pt, dp.at(0), &mut scratch);
-                    }
+                let per_seq = g.heads * tt * tt;
+                par_seqs(g, |seqs| {
+                    let pt = &pf[seqs.start * per_seq..seqs.end * per_seq];
+                    with_scratch(fast::scratch_len(g), |scratch| {
+                        fast::reverse_chunk(g, xf, gf, seqs, pt, dp.at(0), scratch)
+                    });
                 });
                 dx.set_len(rows * 3 * w);
             }
@@ -816,49 +854,77 @@ mod tests {
         }
     }
 
-    /// Each (sequence, head) pair of the fast path writes its own blocks of the output
-    /// and of the input's cotangent, and nothing else: the pairs run on the pool at once,
-    /// and a write into another pair's block, even of the value there, would race the
-    /// pair that owns it (a lost sum, rarely: what CI once saw in the convolution's
-    /// col2im). Every element starts as −0.0, which any write turns into another bit
-    /// pattern; `T` = 16 (two row blocks), `d` = 5 (a column remainder), 2 sequences × 3
-    /// heads. And every element of its own blocks is written (the rule's buffers start
-    /// uninitialized): each equals the rule's result bit for bit. Mutations: `unpack`
-    /// copying a column of `T + 8` rows; `unpack` leaving the last column out (each
-    /// tried, each fails).
+    /// Each chunk of sequences of the fast path writes its own rows of the output and of
+    /// the input's cotangent, and nothing else: the chunks run on the pool at once, and a
+    /// write into another chunk's rows, even of the value there, would race the chunk
+    /// that owns them (a lost sum, rarely: what CI once saw in the convolution's col2im).
+    /// Every element starts as −0.0, which any write turns into another bit pattern;
+    /// `T` = 16 (two row blocks), `d` = 5 (a column remainder), 3 heads, 19 sequences in
+    /// chunks of 3 (the last one short). And every element of its own rows is written
+    /// (the rule's buffers start uninitialized): each equals the rule's result bit for
+    /// bit; its probabilities too. Mutations: `unpack_rows` copying `T + 8` rows per
+    /// sequence; `pack_rows`/`unpack_rows` leaving the last column out; the chunk's
+    /// last sequence left out (each tried, each fails).
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn fast_pairs_write_only_their_own_blocks() {
+    fn fast_chunks_write_only_their_own_rows() {
         if !crate::kernels::cpu::has_avx2_fma() {
             return;
         }
-        let g = AttentionGeometry::new(2, 16, 3, 5).unwrap();
+        let g = AttentionGeometry::new(19, 16, 3, 5).unwrap();
         assert!(fast::applies(&g));
-        let (rows, w, tt, d) = (g.rows(), g.width(), g.time, g.key_size);
+        assert_eq!(fast::chunk_seqs(&g), 3);
+        let (rows, w, tt) = (g.rows(), g.width(), g.time);
         let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
         let (x, gy) = (f32s(normals(rows * 3 * w, 31)), f32s(normals(rows * w, 32)));
         let mut scratch = vec![0.0f32; fast::scratch_len(&g)];
         let neg0 = (-0.0f32).to_bits();
-        // The rule's results, for the pairs' own blocks.
+        // The rule's results, for the chunks' own rows.
         let (xm, gm) = (
             DMatrix::from_vec(rows, 3 * w, x.clone()),
             DMatrix::from_vec(rows, w, gy.clone()),
         );
         let op = CausalSelfAttention::new(&g);
         let want_y = xm.eval(&op);
+        let want_p = forward(&g, &xm).1;
         let want_dx = xm.vjp(&op, &want_y, gm);
-        for pair in 0..g.batch * g.heads {
-            let (b, h) = (pair / g.heads, pair % g.heads);
-            // Element `i` of a column-major matrix of `rows` rows is this pair's when its
-            // row is in sequence `b` and its column in head `h`'s block (of any of q, k, v).
-            let own = |i: usize| (i % rows) / tt == b && ((i / rows) % w) / d == h;
+        let per_seq = g.heads * tt * tt;
+        for b0 in (0..g.batch).step_by(3) {
+            let seqs = b0..(b0 + 3).min(g.batch);
+            // Element `i` of a column-major matrix of `rows` rows is this chunk's when
+            // its row is in one of the chunk's sequences.
+            let own = |i: usize| seqs.contains(&((i % rows) / tt));
             let mut out = vec![-0.0f32; rows * w];
-            let mut pt = vec![0.0f32; tt * tt];
+            let mut pt = vec![-0.0f32; seqs.len() * per_seq];
             // SAFETY: the fast path applies (asserted); `out` holds the whole output.
-            unsafe { fast::forward_pair(&g, &x, pair, out.as_mut_ptr(), &mut pt, &mut scratch) };
+            unsafe {
+                fast::forward_chunk(
+                    &g,
+                    &x,
+                    seqs.clone(),
+                    out.as_mut_ptr(),
+                    &mut pt,
+                    &mut scratch,
+                )
+            };
+            let want_pt = &want_p[seqs.start * per_seq..seqs.end * per_seq];
+            assert!(pt
+                .iter()
+                .zip(want_pt)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
             let mut dx = vec![-0.0f32; rows * 3 * w];
             // SAFETY: as above; `dx` holds the whole cotangent.
-            unsafe { fast::reverse_pair(&g, &x, &gy, pair, &pt, dx.as_mut_ptr(), &mut scratch) };
+            unsafe {
+                fast::reverse_chunk(
+                    &g,
+                    &x,
+                    &gy,
+                    seqs.clone(),
+                    &pt,
+                    dx.as_mut_ptr(),
+                    &mut scratch,
+                )
+            };
             let both = [
                 ("output", &out, want_y.as_slice()),
                 ("cotangent", &dx, want_dx.as_slice()),
@@ -872,8 +938,108 @@ mod tests {
                     } else {
                         v.to_bits() == neg0
                     };
-                    assert!(ok, "pair {pair} left {v} at the {what}'s element {i}");
+                    assert!(ok, "chunk {seqs:?} left {v} at the {what}'s element {i}");
                 }
+            }
+        }
+    }
+
+    /// The AVX-512 kernels (16-row tiles in one register, up to 8 columns) give the AVX2
+    /// ones' bits: every element is the same fused multiply-adds in the same order, the
+    /// softmax and its Jacobian the same code. Chunk by chunk on shapes that take every
+    /// tile form (`d` of 1 to 8, 13 and 32: 8-column tiles and remainders of 1 to 7; `T`
+    /// of 8 to 40: pairs of row blocks and a single one) and with a short last chunk;
+    /// and the rule, on 1 and on 3 threads, gives the same bits as the chunks of the
+    /// variant it runs (unless capped to the generic path). Skipped where the CPU lacks
+    /// AVX-512F. Mutations caught (each tried, each fails here): the
+    /// 7-column remainder run as a 6-column tile; `tile_z`'s terms from `k0 + 1`.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_chunks_equal_avx2_chunks_bit_for_bit() {
+        use crate::kernels::cpu::Isa;
+        if !Isa::Avx512.supported() {
+            return;
+        }
+        let shapes = [
+            (3, 16, 2, 13, 1),
+            (2, 24, 1, 7, 2),
+            (2, 32, 2, 32, 3),
+            (1, 8, 3, 1, 4),
+            (2, 40, 1, 6, 5),
+            (1, 16, 1, 5, 6),
+            (1, 16, 2, 4, 7),
+            (1, 8, 1, 3, 8),
+            (1, 8, 1, 2, 9),
+            (1, 8, 1, 8, 10),
+            (17, 8, 1, 3, 11),
+        ];
+        for (bb, tt, hh, d, seed) in shapes {
+            let g = AttentionGeometry::new(bb, tt, hh, d).unwrap();
+            let (rows, w) = (g.rows(), g.width());
+            let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+            let x = f32s(normals(rows * 3 * w, seed));
+            let gy = f32s(normals(rows * w, seed + 20));
+            let per_seq = hh * tt * tt;
+            let run = |wide: bool| {
+                let mut scratch = vec![0.0f32; fast::scratch_len(&g)];
+                let (mut out, mut probs) = (vec![0.0f32; rows * w], vec![0.0f32; bb * per_seq]);
+                let mut dx = vec![0.0f32; rows * 3 * w];
+                let c = fast::chunk_seqs(&g);
+                for b0 in (0..bb).step_by(c) {
+                    let seqs = b0..(b0 + c).min(bb);
+                    let pt = &mut probs[seqs.start * per_seq..seqs.end * per_seq];
+                    // SAFETY: the CPU has AVX-512F (checked) and AVX2; the buffers hold
+                    // the whole matrices; one chunk at a time.
+                    unsafe {
+                        fast::forward_chunk_on(
+                            wide,
+                            &g,
+                            &x,
+                            seqs.clone(),
+                            out.as_mut_ptr(),
+                            pt,
+                            &mut scratch,
+                        );
+                        fast::reverse_chunk_on(
+                            wide,
+                            &g,
+                            &x,
+                            &gy,
+                            seqs,
+                            pt,
+                            dx.as_mut_ptr(),
+                            &mut scratch,
+                        );
+                    }
+                }
+                (out, probs, dx)
+            };
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            let (wide, narrow) = (run(true), run(false));
+            assert_eq!(bits(&wide.0), bits(&narrow.0), "{g:?} output");
+            assert_eq!(bits(&wide.1), bits(&narrow.1), "{g:?} probabilities");
+            assert_eq!(bits(&wide.2), bits(&narrow.2), "{g:?} cotangent");
+            if !fast::applies(&g) {
+                continue; // `LOPT_MAX_ISA=portable`: the rule takes the generic path.
+            }
+            let mine = if crate::kernels::cpu::isa() == Isa::Avx512 {
+                &wide
+            } else {
+                &narrow
+            };
+            let (xm, gm) = (
+                DMatrix::from_vec(rows, 3 * w, x.clone()),
+                DMatrix::from_vec(rows, w, gy.clone()),
+            );
+            for threads in [1, 3] {
+                let (y, dx) = crate::on_threads(threads, || {
+                    let op = CausalSelfAttention::new(&g);
+                    let y = xm.eval(&op);
+                    let dx = xm.vjp(&op, &y, gm.clone());
+                    (y, dx)
+                });
+                assert_eq!(bits(y.as_slice()), bits(&mine.0), "{g:?} rule's output");
+                assert_eq!(bits(dx.as_slice()), bits(&mine.2), "{g:?} rule's cotangent");
             }
         }
     }

@@ -1,21 +1,27 @@
-//! The `f32` attention on AVX2 + FMA: every product of a (sequence, head) pair by one
-//! register-tiled kernel over the pair's blocks of `q`, `k`, `v` and the output cotangent,
-//! first copied into contiguous buffers that stay in L1 (read in place, their columns lie
-//! a whole matrix apart and share one L1 set), with results copied back into the output
-//! and the input cotangent; it skips the causal mask's zero half: the
-//! logits only for keys `s ≤ t`, the products with `P` or `dL` only over their nonzero
-//! triangle (by blocks of 8 rows).
+//! The `f32` attention on AVX2 + FMA, or on AVX-512 where the CPU has it (the same bits):
+//! the batch in chunks of sequences ([`chunk_seqs`], about 256 rows). A chunk's rows of
+//! `qkv` (and of the output cotangent) are first copied into scratch by sequence, each
+//! column's piece read front to back (1 KB the hardware prefetcher streams; pair by pair,
+//! each column's 128 bytes sat in a page of its own, a latency-bound miss), so that each
+//! (sequence, head) pair's blocks are contiguous and stay in L1; results go back a chunk
+//! at a time the same way. Every product is one register-tiled kernel that skips the
+//! causal mask's zero half: the logits only for keys `s ≤ t`, the products with `P` or
+//! `dL` only over their nonzero triangle (by blocks of 8 rows). The softmax and its
+//! Jacobian run eight queries at a time, one per lane, with the generic rule's operations
+//! in its order.
 //!
 //! Each product is `C = A · B` with `A` column-major (`A[r, p] = a[p·lda + r]`), `B` read
 //! by elements (`B[p, j] = b[p·bp + j·bj]`, broadcast) and `C` column-major; a tile is
-//! 16 (or 8) rows of `C` by up to 4 columns, held in registers over the whole sum. Every
+//! 16 (or 8) rows of `C` by up to 4 columns (AVX2) or 16 rows in one register by up to
+//! 8 columns (AVX-512), held in registers over the whole sum. Every
 //! element of `C` is summed over `p` in increasing order, one fused multiply-add per
 //! term, whatever the tile: the results do not depend on the number of threads, which
 //! only choose which pairs a thread computes.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
-use super::{softmax_jacobian_t, AttentionGeometry};
+use super::AttentionGeometry;
 use crate::kernels::tile8::tr8;
 use crate::kernels::vecmath::exp_f32;
 
@@ -39,8 +45,7 @@ struct Product {
 /// # Safety
 /// AVX2 and FMA; every address the product names for these rows, columns and `p` is
 /// valid (reads of `A`, `B`; writes of `C`).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn tile<const RB: usize, const NC: usize>(
     x: &Product,
     r0: usize,
@@ -71,16 +76,53 @@ unsafe fn tile<const RB: usize, const NC: usize>(
     }
 }
 
+/// [`tile`] for 16 rows (two blocks of 8) in one AVX-512 register per column, up to 8
+/// columns: the same fused multiply-adds in the same order per element of `C`, so the
+/// same bits as the AVX2 tile.
+///
+/// # Safety
+/// AVX-512F (the caller's target features) and [`tile`]'s.
+#[inline(always)]
+unsafe fn tile_z<const NC: usize>(x: &Product, r0: usize, j0: usize, k0: usize, k1: usize) {
+    let mut acc = [_mm512_setzero_ps(); NC];
+    for p in k0..k1 {
+        let a = _mm512_loadu_ps(x.a.add(p * x.lda + r0));
+        let bp = x.b.add(p * x.bp + j0 * x.bj);
+        for (j, c) in acc.iter_mut().enumerate() {
+            *c = _mm512_fmadd_ps(a, _mm512_set1_ps(*bp.add(j * x.bj)), *c);
+        }
+    }
+    for (j, c) in acc.iter().enumerate() {
+        _mm512_storeu_ps(x.c.add((j0 + j) * x.ldc + r0), *c);
+    }
+}
+
 /// [`tile`] for `RB` row blocks over all `n` columns, 4 at a time.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_band<const RB: usize>(
+#[inline(always)]
+unsafe fn row_band<const RB: usize, const Z: bool>(
     x: &Product,
     r0: usize,
     cols: (usize, usize),
     k: (usize, usize),
 ) {
     let (mut j, end) = cols;
+    if Z && RB == 2 {
+        while j + 8 <= end {
+            tile_z::<8>(x, r0, j, k.0, k.1);
+            j += 8;
+        }
+        match end - j {
+            7 => tile_z::<7>(x, r0, j, k.0, k.1),
+            6 => tile_z::<6>(x, r0, j, k.0, k.1),
+            5 => tile_z::<5>(x, r0, j, k.0, k.1),
+            4 => tile_z::<4>(x, r0, j, k.0, k.1),
+            3 => tile_z::<3>(x, r0, j, k.0, k.1),
+            2 => tile_z::<2>(x, r0, j, k.0, k.1),
+            1 => tile_z::<1>(x, r0, j, k.0, k.1),
+            _ => {}
+        }
+        return;
+    }
     while j + 4 <= end {
         tile::<RB, 4>(x, r0, j, k.0, k.1);
         j += 4;
@@ -95,9 +137,8 @@ unsafe fn row_band<const RB: usize>(
 
 /// Runs the product over row blocks `rb_lo..rb_hi` (two at a time, then one) and
 /// columns `cols`, each pair of blocks over the terms `k(first block, end block)`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn band(
+#[inline(always)]
+unsafe fn band<const Z: bool>(
     x: &Product,
     rbs: (usize, usize),
     cols: (usize, usize),
@@ -105,29 +146,28 @@ unsafe fn band(
 ) {
     let (mut rb, hi) = rbs;
     while rb + 2 <= hi {
-        row_band::<2>(x, 8 * rb, cols, k(rb, rb + 2));
+        row_band::<2, Z>(x, 8 * rb, cols, k(rb, rb + 2));
         rb += 2;
     }
     if rb < hi {
-        row_band::<1>(x, 8 * rb, cols, k(rb, rb + 1));
+        row_band::<1, Z>(x, 8 * rb, cols, k(rb, rb + 1));
     }
 }
 
-/// `C = A B` where `C` is `T × n` and only its rows `s ≤ t` of column `t` are needed
-/// (the logits `Lᵀ` and `dPᵀ`): columns in groups of 8, each over the row blocks up to
-/// its own; all `k` terms.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn upper_columns(x: &Product, tt: usize, k: usize) {
+/// `C = A B` where `C` is `T × n` and only its rows `t ≥ s` of column `s` are needed
+/// (the logits `L` and `dP`): columns in groups of 8, each over the row blocks from its
+/// own on; all `k` terms.
+#[inline(always)]
+unsafe fn lower_columns<const Z: bool>(x: &Product, tt: usize, k: usize) {
     for c0 in (0..x.n).step_by(8) {
         let c1 = (c0 + 8).min(x.n);
-        band(x, (0, c1.div_ceil(8).min(tt / 8)), (c0, c1), |_, _| (0, k));
+        band::<Z>(x, (c0 / 8, tt / 8), (c0, c1), |_, _| (0, k));
     }
 }
 
 /// The `T × T` column-major `src` transposed into `dst`, by 8 × 8 tiles (`T` a multiple
 /// of 8).
-#[target_feature(enable = "avx2")]
+#[inline(always)]
 unsafe fn transpose_square(src: &[f32], dst: &mut [f32], tt: usize) {
     assert!(src.len() == tt * tt && dst.len() == tt * tt && tt.is_multiple_of(8));
     let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
@@ -145,34 +185,89 @@ unsafe fn transpose_square(src: &[f32], dst: &mut [f32], tt: usize) {
     }
 }
 
-/// `col[..live] ← softmax(col[..live] / scale)` (the row maximum subtracted), the rest of
-/// `col` zero: query `t`'s weights over the keys `s ≤ t` (`live = t + 1`). By whole
-/// vectors of 8 over the 8-aligned cover of the live keys, the masked ones in it as
-/// `−∞` (whose exponential is zero): eight partial maxima and sums, then across.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_column(col: &mut [f32], live: usize, scale: f32) {
-    let cover = live.div_ceil(8) * 8;
-    let (head, tail) = col.split_at_mut(cover);
-    tail.iter_mut().for_each(|v| *v = 0.0);
-    head.iter_mut().for_each(|v| *v /= scale);
-    head[live..].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
-    let mut m = [f32::NEG_INFINITY; 8];
-    for c in head.chunks_exact(8) {
-        for (m, &v) in m.iter_mut().zip(c) {
-            *m = m.max(v);
+/// `P ← softmax(L / scale)` row by row over the live keys, in place in the `T × T`
+/// column-major `p` (`p[s·T + t]` = query `t`'s logit for key `s`, live for `s ≤ t`;
+/// only those are read), the masked entries set to zero. Eight queries at a time, one
+/// per lane, the keys in increasing order: per query, the same operations in the same
+/// order as the generic rule's softmax (each logit divided by the scale, the maximum,
+/// `exp(l − max)`, their sum from key 0 up, each divided by the sum), so the same bits
+/// from the same logits, with no reduction across lanes.
+#[inline(always)]
+unsafe fn softmax_rows(p: &mut [f32], tt: usize, scale: f32) {
+    assert!(p.len() == tt * tt && tt.is_multiple_of(8));
+    for r0 in (0..tt).step_by(8) {
+        let live = r0 + 8;
+        let mut m = [f32::NEG_INFINITY; 8];
+        for s in 0..live {
+            let c: &mut [f32; 8] = (&mut p[s * tt + r0..][..8]).try_into().unwrap();
+            for (i, (v, m)) in c.iter_mut().zip(&mut m).enumerate() {
+                *v /= scale;
+                if s <= r0 + i {
+                    *m = m.max(*v);
+                }
+            }
+        }
+        let mut sum = [0.0f32; 8];
+        for s in 0..live {
+            let c: &mut [f32; 8] = (&mut p[s * tt + r0..][..8]).try_into().unwrap();
+            for (i, (v, (&m, sum))) in c.iter_mut().zip(m.iter().zip(&mut sum)).enumerate() {
+                let e = if s <= r0 + i { exp_f32(*v - m) } else { 0.0 };
+                *sum += e;
+                *v = e;
+            }
+        }
+        for s in 0..live {
+            let c: &mut [f32; 8] = (&mut p[s * tt + r0..][..8]).try_into().unwrap();
+            for (v, &sum) in c.iter_mut().zip(&sum) {
+                *v /= sum;
+            }
+        }
+        for s in live..tt {
+            p[s * tt + r0..][..8].fill(0.0);
         }
     }
-    let m = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    head.iter_mut().for_each(|v| *v = exp_f32(*v - m));
-    let mut sum = [0.0f32; 8];
-    for c in head.chunks_exact(8) {
-        for (s, &v) in sum.iter_mut().zip(c) {
-            *s += v;
+}
+
+/// `dL ← P ∘ (dP − rowsum(P ∘ dP)) / scale` over the live entries of the `T × T`
+/// column-major `p` and `e` (`e` holds `dP` for keys `s ≤ t` on entry, only those are
+/// read; `dL` with the masked entries zero on return): eight queries at a time, one per
+/// lane; per query the generic rule's operations in its order (the sum from key 0 up),
+/// so the same bits from the same operands.
+#[inline(always)]
+unsafe fn jacobian_rows(p: &[f32], e: &mut [f32], tt: usize, scale: f32) {
+    assert!(p.len() == tt * tt && e.len() == tt * tt && tt.is_multiple_of(8));
+    for r0 in (0..tt).step_by(8) {
+        let live = r0 + 8;
+        let mut dot = [0.0f32; 8];
+        for s in 0..live {
+            let (pc, ec) = (&p[s * tt + r0..][..8], &e[s * tt + r0..][..8]);
+            for (i, (d, (&pv, &ev))) in dot.iter_mut().zip(pc.iter().zip(ec)).enumerate() {
+                if s <= r0 + i {
+                    *d += pv * ev;
+                }
+            }
+        }
+        for s in 0..live {
+            let pc = &p[s * tt + r0..][..8];
+            let ec: &mut [f32; 8] = (&mut e[s * tt + r0..][..8]).try_into().unwrap();
+            for (i, (ev, (&pv, &d))) in ec.iter_mut().zip(pc.iter().zip(&dot)).enumerate() {
+                *ev = if s <= r0 + i {
+                    pv * (*ev - d) / scale
+                } else {
+                    0.0
+                };
+            }
+        }
+        for s in live..tt {
+            e[s * tt + r0..][..8].fill(0.0);
         }
     }
-    let sum = ((sum[0] + sum[4]) + (sum[1] + sum[5])) + ((sum[2] + sum[6]) + (sum[3] + sum[7]));
-    head.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// Whether the kernels run on AVX-512 registers: the CPU has AVX-512F and
+/// `LOPT_MAX_ISA` allows it (else AVX2).
+fn wide() -> bool {
+    crate::kernels::cpu::isa() == crate::kernels::cpu::Isa::Avx512
 }
 
 /// Whether the fast path applies: AVX2 and FMA, and `T` a multiple of 8.
@@ -180,66 +275,52 @@ pub(super) fn applies(g: &AttentionGeometry) -> bool {
     g.time.is_multiple_of(8) && crate::kernels::cpu::has_avx2_fma()
 }
 
-/// The column offsets of head `h`'s `q`, `k` and `v` blocks in `qkv`, and the start of
-/// sequence `b`'s rows.
-fn offsets(g: &AttentionGeometry, pair: usize) -> (usize, usize, usize, usize) {
-    let (b, h) = (pair / g.heads, pair % g.heads);
-    let rows = g.rows();
-    let (w, d) = (g.width(), g.key_size);
-    let base = b * g.time;
-    (
-        h * d * rows + base,
-        (w + h * d) * rows + base,
-        (2 * w + h * d) * rows + base,
-        base,
-    )
+/// Sequences per chunk of work: about 256 rows, so that each column's piece of a chunk
+/// is 1 KB of consecutive floats (what the hardware prefetcher streams: read pair by
+/// pair, each column's piece was 128 bytes in a page of its own, a latency-bound miss),
+/// and at least 8 chunks where the batch allows, to balance the threads. Fixed by the
+/// geometry, never by the number of threads.
+pub(super) fn chunk_seqs(g: &AttentionGeometry) -> usize {
+    (256 / g.time).clamp(1, g.batch.div_ceil(8))
 }
 
-/// Scratch `f32`s a thread needs for its pairs: five `T × d` blocks (four inputs and an
-/// output) and two `T × T` matrices.
+/// Scratch `f32`s a thread needs for one chunk of [`chunk_seqs`] sequences: the chunk's
+/// rows of `qkv`, of the output cotangent and of the input cotangent (`7·w` columns of
+/// `T` floats per sequence), and three `T × T` matrices.
 pub(super) fn scratch_len(g: &AttentionGeometry) -> usize {
-    5 * g.time * g.key_size + 2 * g.time * g.time
+    chunk_seqs(g) * g.time * 7 * g.width() + 3 * g.time * g.time
 }
 
-/// Copies the `T × d` block at `src + off` (columns `rows` apart) into the contiguous
-/// column-major `dst`. (Read in place, the columns of a block lie `rows` floats apart:
-/// at 2,048 rows all on one L1 set, which the products' loads then thrash.)
+/// Copies rows `r0..r0 + s·T` of the `ncols` columns of the column-major `rows`-row
+/// matrix at `src` into `dst` by sequence: sequence `i`'s piece of column `c` (`T`
+/// floats) at `dst[(i·ncols + c)·T..]`, so that each (sequence, head) block of it is
+/// contiguous and column-major. Each column's piece is read front to back.
 ///
 /// # Safety
-/// AVX2; the block lies inside `src`'s allocation.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn pack(src: *const f32, off: usize, rows: usize, tt: usize, dst: &mut [f32]) {
-    copy_block(src.add(off), rows, dst.as_mut_ptr(), tt, tt, dst.len() / tt);
-}
-
-/// Asks the cache for the `T × d` block at `src + off` (columns `rows` apart, each
-/// `T` floats): the next pair's blocks while this pair computes. Read in place, each
-/// column is its own pair of cache lines far from the last, which the hardware
-/// prefetcher does not foresee.
-///
-/// # Safety
-/// None beyond the addresses lying inside `src`'s allocation (a prefetch never faults).
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn prefetch_block(src: *const f32, off: usize, rows: usize, tt: usize, d: usize) {
-    for j in 0..d {
-        let col = src.wrapping_add(off + j * rows);
-        for i in (0..tt).step_by(16) {
-            _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(i) as *const i8);
-        }
+/// AVX2; the rows lie inside `src`'s allocation; `dst` holds `s·ncols·T` floats.
+#[inline(always)]
+unsafe fn pack_rows(src: *const f32, rows: usize, r0: usize, s: usize, tt: usize, dst: &mut [f32]) {
+    let ncols = dst.len() / (s * tt);
+    assert_eq!(dst.len(), s * ncols * tt);
+    for c in 0..ncols {
+        let d = dst.as_mut_ptr().add(c * tt);
+        copy_block(src.add(c * rows + r0), tt, d, ncols * tt, tt, s);
     }
 }
 
-/// Copies the contiguous column-major `T × d` block `src` to `dst + off` (columns `rows`
-/// apart).
+/// The inverse of [`pack_rows`]: `src` (by sequence) into rows `r0..r0 + s·T` of the
+/// column-major `rows`-row matrix at `dst`, each column's piece written front to back.
 ///
 /// # Safety
-/// AVX2; the block lies inside `dst`'s allocation and no other thread writes it.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn unpack(src: &[f32], dst: *mut f32, off: usize, rows: usize, tt: usize) {
-    copy_block(src.as_ptr(), tt, dst.add(off), rows, tt, src.len() / tt);
+/// AVX2; the rows lie inside `dst`'s allocation and no other thread writes them.
+#[inline(always)]
+unsafe fn unpack_rows(src: &[f32], s: usize, tt: usize, dst: *mut f32, rows: usize, r0: usize) {
+    let ncols = src.len() / (s * tt);
+    assert_eq!(src.len(), s * ncols * tt);
+    for c in 0..ncols {
+        let from = src.as_ptr().add(c * tt);
+        copy_block(from, ncols * tt, dst.add(c * rows + r0), tt, tt, s);
+    }
 }
 
 /// Copies `cols` columns of `tt` (a multiple of 8) floats, `ls` apart in `src` and `ld`
@@ -250,8 +331,7 @@ unsafe fn unpack(src: &[f32], dst: *mut f32, off: usize, rows: usize, tt: usize)
 ///
 /// # Safety
 /// AVX2; the columns are valid for reads (`src`) and writes (`dst`), not overlapping.
-#[inline]
-#[target_feature(enable = "avx2")]
+#[inline(always)]
 unsafe fn copy_block(src: *const f32, ls: usize, dst: *mut f32, ld: usize, tt: usize, cols: usize) {
     let t32 = tt / 32 * 32;
     for j in 0..cols {
@@ -283,130 +363,248 @@ fn product(a: &[f32], b: &[f32], b_strides: (usize, usize), c: &mut [f32], tt: u
     }
 }
 
-/// The forward pass of pair `pair`: its output block written into `out` (column-major,
-/// `rows` rows, `heads · key_size` columns), its transposed probabilities into `pt`
-/// (`T × T`, masked entries zero); `scratch` has [`scratch_len`] elements.
+/// The forward pass of the sequences `seqs` (a chunk: at most [`chunk_seqs`]): their rows
+/// of the output written into `out` (column-major, `rows` rows, `heads · key_size`
+/// columns), the transposed probabilities of their pairs into `probs` (`T × T` per pair
+/// in the order `(b, h)`, masked entries zero); `scratch` has [`scratch_len`] elements.
 ///
 /// # Safety
-/// [`applies`]; `xs` is the `qkv` matrix of `g`; `out` valid for writes of the pair's
-/// block, which no other thread writes.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn forward_pair(
+/// [`applies`]; `xs` is the `qkv` matrix of `g`; `out` valid for writes of the chunk's
+/// rows, which no other thread writes.
+pub(super) unsafe fn forward_chunk(
     g: &AttentionGeometry,
     xs: &[f32],
-    pair: usize,
+    seqs: Range<usize>,
     out: *mut f32,
-    pt: &mut [f32],
+    probs: &mut [f32],
     scratch: &mut [f32],
 ) {
-    let (tt, d, rows) = (g.time, g.key_size, g.rows());
-    assert!(xs.len() == rows * 3 * g.width() && pt.len() == tt * tt);
-    assert_eq!(scratch.len(), scratch_len(g));
-    let (qo, ko, vo, _) = offsets(g, pair);
-    let (q, rest) = scratch.split_at_mut(tt * d);
-    let (k, rest) = rest.split_at_mut(tt * d);
-    let (v, rest) = rest.split_at_mut(tt * d);
-    let (o, rest) = rest.split_at_mut(tt * d);
-    let p = &mut rest[..tt * tt];
-    let x = xs.as_ptr();
-    pack(x, qo, rows, tt, q);
-    pack(x, ko, rows, tt, k);
-    pack(x, vo, rows, tt, v);
-    if pair + 1 < g.batch * g.heads {
-        let (nq, nk, nv, _) = offsets(g, pair + 1);
-        for o in [nq, nk, nv] {
-            prefetch_block(x, o, rows, tt, d);
-        }
-    }
-    let sqrt_d = (d as f32).sqrt();
-    // Lᵀ = K Qᵀ (Qᵀ[j, t] = q[t + j·T]): column t holds query t's logits over the keys
-    // s ≤ t.
-    upper_columns(&product(k, q, (tt, 1), pt, tt), tt, d);
-    for t in 0..tt {
-        softmax_column(&mut pt[t * tt..(t + 1) * tt], t + 1, sqrt_d);
-    }
-    transpose_square(pt, p, tt);
-    // O = P V (V[s, j] = v[s + j·T]); row block rb (queries t < 8(rb + 1)) needs keys
-    // s ≤ t only.
-    band(
-        &product(p, v, (1, tt), o, tt),
-        (0, tt / 8),
-        (0, d),
-        |_, hi| (0, 8 * hi),
-    );
-    unpack(o, out, qo, rows, tt);
+    forward_chunk_on(wide(), g, xs, seqs, out, probs, scratch)
 }
 
-/// The reverse pass of pair `pair` given its transposed probabilities `pt`: the blocks
-/// `dQ`, `dK`, `dV` written into `dx` (column-major like `qkv`); `scratch` has
-/// [`scratch_len`] elements.
+/// [`forward_chunk`] on AVX-512 registers when `wide` (the CPU must have AVX-512F), else
+/// on AVX2: the tests compare the two.
+///
+/// # Safety
+/// [`forward_chunk`]'s, and AVX-512F when `wide`.
+pub(super) unsafe fn forward_chunk_on(
+    wide: bool,
+    g: &AttentionGeometry,
+    xs: &[f32],
+    seqs: Range<usize>,
+    out: *mut f32,
+    probs: &mut [f32],
+    scratch: &mut [f32],
+) {
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn z(
+        g: &AttentionGeometry,
+        xs: &[f32],
+        seqs: Range<usize>,
+        out: *mut f32,
+        probs: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        forward_body::<true>(g, xs, seqs, out, probs, scratch)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn y(
+        g: &AttentionGeometry,
+        xs: &[f32],
+        seqs: Range<usize>,
+        out: *mut f32,
+        probs: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        forward_body::<false>(g, xs, seqs, out, probs, scratch)
+    }
+    if wide {
+        z(g, xs, seqs, out, probs, scratch)
+    } else {
+        y(g, xs, seqs, out, probs, scratch)
+    }
+}
+
+/// [`forward_chunk`] on 256-bit (`Z` false) or 512-bit tiles.
+///
+/// # Safety
+/// [`forward_chunk`]'s, and AVX-512F when `Z` (the caller's target features).
+#[inline(always)]
+unsafe fn forward_body<const Z: bool>(
+    g: &AttentionGeometry,
+    xs: &[f32],
+    seqs: Range<usize>,
+    out: *mut f32,
+    probs: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (tt, d, rows, w, hh) = (g.time, g.key_size, g.rows(), g.width(), g.heads);
+    let s = seqs.len();
+    assert!(s <= chunk_seqs(g) && seqs.end <= g.batch);
+    assert!(xs.len() == rows * 3 * w && probs.len() == s * hh * tt * tt);
+    assert_eq!(scratch.len(), scratch_len(g));
+    let (xin, rest) = scratch.split_at_mut(s * 3 * w * tt);
+    let (o, rest) = rest.split_at_mut(s * w * tt);
+    let p = &mut rest[..tt * tt];
+    let r0 = seqs.start * tt;
+    pack_rows(xs.as_ptr(), rows, r0, s, tt, xin);
+    let sqrt_d = (d as f32).sqrt();
+    for i in 0..s {
+        for h in 0..hh {
+            let at = |c: usize| &xin[(i * 3 * w + c) * tt..][..d * tt];
+            let (q, k, v) = (at(h * d), at(w + h * d), at(2 * w + h * d));
+            let pt = &mut probs[(i * hh + h) * tt * tt..][..tt * tt];
+            let ob = &mut o[(i * w + h * d) * tt..][..d * tt];
+            // L = Q Kᵀ (Kᵀ[j, s] = k[s + j·T]): row t holds query t's logits, over the
+            // keys s ≤ t; then P row by row, and Pᵀ kept for the reverse pass.
+            lower_columns::<Z>(&product(q, k, (tt, 1), p, tt), tt, d);
+            softmax_rows(p, tt, sqrt_d);
+            transpose_square(p, pt, tt);
+            // O = P V (V[s, j] = v[s + j·T]); row block rb (queries t < 8(rb + 1))
+            // needs keys s ≤ t only.
+            band::<Z>(
+                &product(p, v, (1, tt), ob, tt),
+                (0, tt / 8),
+                (0, d),
+                |_, hi| (0, 8 * hi),
+            );
+        }
+    }
+    unpack_rows(o, s, tt, out, rows, r0);
+}
+
+/// The reverse pass of the sequences `seqs` (a chunk) given their pairs' transposed
+/// probabilities `probs` (as [`forward_chunk`] wrote them): their rows of `dQ`, `dK`,
+/// `dV` written into `dx` (column-major like `qkv`); `scratch` has [`scratch_len`]
+/// elements.
 ///
 /// # Safety
 /// [`applies`]; `xs` is the `qkv` matrix of `g`, `gs` the output cotangent; `dx` valid
-/// for writes of the pair's blocks, which no other thread writes.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn reverse_pair(
+/// for writes of the chunk's rows, which no other thread writes.
+pub(super) unsafe fn reverse_chunk(
     g: &AttentionGeometry,
     xs: &[f32],
     gs: &[f32],
-    pair: usize,
-    pt: &[f32],
+    seqs: Range<usize>,
+    probs: &[f32],
     dx: *mut f32,
     scratch: &mut [f32],
 ) {
-    let (tt, d, rows) = (g.time, g.key_size, g.rows());
-    assert!(xs.len() == rows * 3 * g.width() && gs.len() == rows * g.width());
-    assert!(pt.len() == tt * tt);
-    assert_eq!(scratch.len(), scratch_len(g));
-    let (qo, ko, vo, _) = offsets(g, pair);
-    let (q, rest) = scratch.split_at_mut(tt * d);
-    let (k, rest) = rest.split_at_mut(tt * d);
-    let (v, rest) = rest.split_at_mut(tt * d);
-    let (gb, rest) = rest.split_at_mut(tt * d);
-    let (db, rest) = rest.split_at_mut(tt * d);
-    let (e, rest) = rest.split_at_mut(tt * tt);
-    let el = &mut rest[..tt * tt];
-    let x = xs.as_ptr();
-    pack(x, qo, rows, tt, q);
-    pack(x, ko, rows, tt, k);
-    pack(x, vo, rows, tt, v);
-    // The output cotangent's block sits where `q`'s does, in a matrix of `w` columns.
-    pack(gs.as_ptr(), qo, rows, tt, gb);
-    if pair + 1 < g.batch * g.heads {
-        let (nq, nk, nv, _) = offsets(g, pair + 1);
-        for o in [nq, nk, nv] {
-            prefetch_block(x, o, rows, tt, d);
-        }
-        prefetch_block(gs.as_ptr(), nq, rows, tt, d);
+    reverse_chunk_on(wide(), g, xs, gs, seqs, probs, dx, scratch)
+}
+
+/// [`reverse_chunk`] on AVX-512 registers when `wide` (the CPU must have AVX-512F), else
+/// on AVX2: the tests compare the two.
+///
+/// # Safety
+/// [`reverse_chunk`]'s, and AVX-512F when `wide`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn reverse_chunk_on(
+    wide: bool,
+    g: &AttentionGeometry,
+    xs: &[f32],
+    gs: &[f32],
+    seqs: Range<usize>,
+    probs: &[f32],
+    dx: *mut f32,
+    scratch: &mut [f32],
+) {
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn z(
+        g: &AttentionGeometry,
+        xs: &[f32],
+        gs: &[f32],
+        seqs: Range<usize>,
+        probs: &[f32],
+        dx: *mut f32,
+        scratch: &mut [f32],
+    ) {
+        reverse_body::<true>(g, xs, gs, seqs, probs, dx, scratch)
     }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn y(
+        g: &AttentionGeometry,
+        xs: &[f32],
+        gs: &[f32],
+        seqs: Range<usize>,
+        probs: &[f32],
+        dx: *mut f32,
+        scratch: &mut [f32],
+    ) {
+        reverse_body::<false>(g, xs, gs, seqs, probs, dx, scratch)
+    }
+    if wide {
+        z(g, xs, gs, seqs, probs, dx, scratch)
+    } else {
+        y(g, xs, gs, seqs, probs, dx, scratch)
+    }
+}
+
+/// [`reverse_chunk`] on 256-bit (`Z` false) or 512-bit tiles.
+///
+/// # Safety
+/// [`reverse_chunk`]'s, and AVX-512F when `Z` (the caller's target features).
+#[inline(always)]
+unsafe fn reverse_body<const Z: bool>(
+    g: &AttentionGeometry,
+    xs: &[f32],
+    gs: &[f32],
+    seqs: Range<usize>,
+    probs: &[f32],
+    dx: *mut f32,
+    scratch: &mut [f32],
+) {
+    let (tt, d, rows, w, hh) = (g.time, g.key_size, g.rows(), g.width(), g.heads);
+    let s = seqs.len();
+    assert!(s <= chunk_seqs(g) && seqs.end <= g.batch);
+    assert!(xs.len() == rows * 3 * w && gs.len() == rows * w);
+    assert!(probs.len() == s * hh * tt * tt);
+    assert_eq!(scratch.len(), scratch_len(g));
+    let (xin, rest) = scratch.split_at_mut(s * 3 * w * tt);
+    let (gin, rest) = rest.split_at_mut(s * w * tt);
+    let (dxb, rest) = rest.split_at_mut(s * 3 * w * tt);
+    let (e, rest) = rest.split_at_mut(tt * tt);
+    let (el, rest) = rest.split_at_mut(tt * tt);
+    let pm = &mut rest[..tt * tt];
+    let r0 = seqs.start * tt;
+    pack_rows(xs.as_ptr(), rows, r0, s, tt, xin);
+    pack_rows(gs.as_ptr(), rows, r0, s, tt, gin);
     let sqrt_d = (d as f32).sqrt();
-    // dV = Pᵀ G (G[t, j] = gb[t + j·T]): keys s ≥ 8·rb need queries t ≥ s only.
-    band(
-        &product(pt, gb, (1, tt), db, tt),
-        (0, tt / 8),
-        (0, d),
-        |lo, _| (8 * lo, tt),
-    );
-    unpack(db, dx, vo, rows, tt);
-    // dPᵀ = V Gᵀ (Gᵀ[j, t] = gb[t + j·T]; rows s ≤ t of column t), then dLᵀ through the
-    // softmax and the scale.
-    upper_columns(&product(v, gb, (tt, 1), e, tt), tt, d);
-    softmax_jacobian_t(pt, e, tt, Some(sqrt_d));
-    transpose_square(e, el, tt);
-    // dQ = dL K: queries t < 8(rb + 1) need keys s ≤ t only.
-    band(
-        &product(el, k, (1, tt), db, tt),
-        (0, tt / 8),
-        (0, d),
-        |_, hi| (0, 8 * hi),
-    );
-    unpack(db, dx, qo, rows, tt);
-    // dK = dLᵀ Q: keys s ≥ 8·rb need queries t ≥ s only.
-    band(
-        &product(e, q, (1, tt), db, tt),
-        (0, tt / 8),
-        (0, d),
-        |lo, _| (8 * lo, tt),
-    );
-    unpack(db, dx, ko, rows, tt);
+    for i in 0..s {
+        for h in 0..hh {
+            let [qo, ko, vo] = [h * d, w + h * d, 2 * w + h * d].map(|c| (i * 3 * w + c) * tt);
+            let at = |o: usize| &xin[o..][..d * tt];
+            let (q, k, v) = (at(qo), at(ko), at(vo));
+            let gb = &gin[(i * w + h * d) * tt..][..d * tt];
+            let pt = &probs[(i * hh + h) * tt * tt..][..tt * tt];
+            // dV = Pᵀ G (G[t, j] = gb[t + j·T]): keys s ≥ 8·rb need queries t ≥ s only.
+            band::<Z>(
+                &product(pt, gb, (1, tt), &mut dxb[vo..][..d * tt], tt),
+                (0, tt / 8),
+                (0, d),
+                |lo, _| (8 * lo, tt),
+            );
+            // dP = G Vᵀ (Vᵀ[j, s] = v[s + j·T]; rows t ≥ s of column s), then dL through
+            // the softmax and the scale, row by row (with P, Pᵀ transposed back).
+            lower_columns::<Z>(&product(gb, v, (tt, 1), e, tt), tt, d);
+            transpose_square(pt, pm, tt);
+            jacobian_rows(pm, e, tt, sqrt_d);
+            transpose_square(e, el, tt);
+            // dQ = dL K: queries t < 8(rb + 1) need keys s ≤ t only.
+            band::<Z>(
+                &product(e, k, (1, tt), &mut dxb[qo..][..d * tt], tt),
+                (0, tt / 8),
+                (0, d),
+                |_, hi| (0, 8 * hi),
+            );
+            // dK = dLᵀ Q: keys s ≥ 8·rb need queries t ≥ s only.
+            band::<Z>(
+                &product(el, q, (1, tt), &mut dxb[ko..][..d * tt], tt),
+                (0, tt / 8),
+                (0, d),
+                |lo, _| (8 * lo, tt),
+            );
+        }
+    }
+    unpack_rows(dxb, s, tt, dx, rows, r0);
 }
