@@ -612,8 +612,8 @@ fn main() {
         }
     }
 
-    // The transformer LM's products on one data-parallel chunk (32 sequences of 32 tokens:
-    // 1024 rows; D 128, attention width 128, MLP 512, 256 classes): the forward product
+    // The transformer LM's products on one data-parallel chunk (8 sequences of 32 tokens:
+    // 256 rows; D 128, attention width 128, MLP 512, 256 classes): the forward product
     // `X·W`, `dX = G·Wᵀ` and `dW = Xᵀ·G` of each of its five weights.
     for (name, kk, nn) in [
         ("qkv", 128usize, 384usize),
@@ -622,7 +622,7 @@ fn main() {
         ("w2", 512, 128),
         ("out", 128, 256),
     ] {
-        let mm = 1024usize;
+        let mm = 256usize;
         let (x, w, g) = (
             normal(mm, kk, 1.0),
             normal(kk, nn, 0.1),
