@@ -612,6 +612,39 @@ fn main() {
         }
     }
 
+    // The transformer LM's products on one data-parallel chunk (8 sequences of 32 tokens:
+    // 256 rows; D 128, attention width 128, MLP 512, 256 classes): the forward product
+    // `X·W`, `dX = G·Wᵀ` and `dW = Xᵀ·G` of each of its five weights.
+    for (name, kk, nn) in [
+        ("qkv", 128usize, 384usize),
+        ("o", 128, 128),
+        ("w1", 128, 512),
+        ("w2", 512, 128),
+        ("out", 128, 256),
+    ] {
+        let mm = 256usize;
+        let (x, w, g) = (
+            normal(mm, kk, 1.0),
+            normal(kk, nn, 0.1),
+            normal(mm, nn, 1.0),
+        );
+        for part in ["fwd", "dx", "dw"] {
+            let id = format!("part.tlm.{name}_{part}");
+            flops.push((id.clone(), 2.0 * (mm * kk * nn) as f64));
+            let (x, w, g) = (x.clone(), w.clone(), g.clone());
+            let mut c = vec![0.0f32; mm.max(kk) * nn.max(kk)];
+            cases.push(Case::new(id, move || {
+                match part {
+                    "fwd" => gemm(mref(&x), mref(&w), &mut c[..mm * nn], false),
+                    "dx" => gemm(mref(&g), mref(&w).t(), &mut c[..mm * kk], false),
+                    _ => gemm(mref(&x).t(), mref(&g), &mut c[..kk * nn], false),
+                }
+                .unwrap();
+                keep(&c);
+            }));
+        }
+    }
+
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));
     let peak = common::fma_loop_flop(PEAK_ITERS) / common::median(&summary, "peak.fma");

@@ -20,7 +20,7 @@
 //!   cycle a pool of 4 batches); their JAX side is `scripts/jax/bench_lm_tasks.py`.
 //!   Both run as the named fixed tasks do, data-parallel
 //!   ([`DataParallel`](lopt::data_parallel::DataParallel): the LSTM's batch as two chunks
-//!   of 64 sequences, the transformer's as two of 32, on the Rayon pool, so measure them
+//!   of 64 sequences, the transformer's as eight of 8, on the Rayon pool, so measure them
 //!   in wall time); `rnnlm.lstm128.whole.*` and `tlm.d128l1.whole.*` are the same tasks
 //!   on the whole batch on one thread (the form before the split).
 //!

@@ -47,17 +47,16 @@ fn fold_rows<S: Real>(data: &[S], rows: usize, acc: &mut [S], f: impl Fn(S, usiz
     }
 }
 
-/// Per row: the normalized row and its `r`.
-fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Vec<S>) {
+/// Per row: the mean (zero when not `center`) and `r`, from two folds over `x`.
+fn row_stats<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (Vec<S>, Vec<S>) {
     let (rows, n) = x.shape();
     assert!(n > 0, "normalizing rows of no features");
     let inv_n = S::from_f64(1.0 / n as f64);
-    let mut out = x.clone();
-    if rows == 0 {
-        return (out, Vec::new());
-    }
     let xs = x.as_slice();
     let mut mean = vec![S::zero(); rows];
+    if rows == 0 {
+        return (mean, Vec::new());
+    }
     if center {
         fold_rows(xs, rows, &mut mean, |a, _, x| a + x);
         mean.iter_mut().for_each(|m| *m *= inv_n);
@@ -72,26 +71,41 @@ fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Ve
         .iter()
         .map(|&v| S::one() / (v * inv_n + eps).sqrt())
         .collect();
-    for col in out.as_mut_slice().chunks_exact_mut(rows) {
-        for ((o, &m), &r) in col.iter_mut().zip(&mean).zip(&rs) {
-            *o = (*o - m) * r;
-        }
-    }
-    (out, rs)
+    (mean, rs)
 }
 
-/// `r (t − [mean t] − x̂ · mean(x̂ t))` per row: the (symmetric) Jacobian applied to `t`.
+/// Per row: the normalized row and its `r` (the normalized matrix written in one pass,
+/// not copied and then updated).
+fn normalize<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (DMatrix<S>, Vec<S>) {
+    let (rows, n) = x.shape();
+    let (mean, rs) = row_stats(x, eps, center);
+    if rows == 0 {
+        return (x.clone(), rs);
+    }
+    let mut out = Vec::with_capacity(rows * n);
+    for col in x.as_slice().chunks_exact(rows) {
+        out.extend(
+            col.iter()
+                .zip(&mean)
+                .zip(&rs)
+                .map(|((&x, &m), &r)| (x - m) * r),
+        );
+    }
+    (DMatrix::from_vec(rows, n, out), rs)
+}
+
+/// `r (t − [mean t] − x̂ · mean(x̂ t))` per row: the (symmetric) Jacobian applied to `t`,
+/// written over `t`.
 fn apply_jacobian<S: Real>(
     xhat: &DMatrix<S>,
     rs: &[S],
-    t: &DMatrix<S>,
+    mut t: DMatrix<S>,
     center: bool,
 ) -> DMatrix<S> {
     let (rows, _) = xhat.shape();
     let inv_n = S::from_f64(1.0 / xhat.ncols() as f64);
-    let mut out = t.clone();
     if rows == 0 {
-        return out;
+        return t;
     }
     let ts = t.as_slice();
     let mut mean_t = vec![S::zero(); rows];
@@ -110,7 +124,7 @@ fn apply_jacobian<S: Real>(
         }
     }
     proj.iter_mut().for_each(|p| *p *= inv_n);
-    for (oc, xc) in out
+    for (oc, xc) in t
         .as_mut_slice()
         .chunks_exact_mut(rows)
         .zip(xhat.as_slice().chunks_exact(rows))
@@ -119,7 +133,7 @@ fn apply_jacobian<S: Real>(
             *o = rs[i] * (*o - mean_t[i] - x * proj[i]);
         }
     }
-    out
+    t
 }
 
 macro_rules! norm_rules {
@@ -129,13 +143,15 @@ macro_rules! norm_rules {
             fn eval(&self, op: &$op) -> DMatrix<S> {
                 normalize(self, op.0, $center).0
             }
-            fn jvp(&self, op: &$op, _out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
-                let (xhat, rs) = normalize(self, op.0, $center);
-                apply_jacobian(&xhat, &rs, dx, $center)
+            // `out` is `x̂` (the value, as `eval` made it): only each row's `r` is
+            // computed again, not the normalized matrix.
+            fn jvp(&self, op: &$op, out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+                let rs = row_stats(self, op.0, $center).1;
+                apply_jacobian(out, &rs, dx.clone(), $center)
             }
-            fn vjp(&self, op: &$op, _out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
-                let (xhat, rs) = normalize(self, op.0, $center);
-                apply_jacobian(&xhat, &rs, &g, $center)
+            fn vjp(&self, op: &$op, out: &DMatrix<S>, g: DMatrix<S>) -> DMatrix<S> {
+                let rs = row_stats(self, op.0, $center).1;
+                apply_jacobian(out, &rs, g, $center)
             }
         }
     };
@@ -205,6 +221,70 @@ mod tests {
             assert!((vjp.dot(&t) - u.dot(&jvp)).abs() < 1e-10);
         }
     }
+
+    /// The `f32` rules, which write their results in one pass (over the cotangent, for
+    /// the reverse rules) and take `x̂` from the value, equal the straightforward form bit
+    /// for bit: per-row statistics, `x̂ = (x − m)·r` and `r (t − mean t − x̂ · mean(x̂ t))`,
+    /// with every sum in the order of the columns, and `scale_columns` as `x_ij · s_j`.
+    /// Catches a rewrite that changes a rounding (tried: `x·r − m·r` for `(x − m)·r` in
+    /// `normalize`: the value assertion fails).
+    #[test]
+    fn f32_rules_equal_the_straightforward_form_bit_for_bit() {
+        let x = normal_matrix(37, 19, 4).map(|v| v as f32);
+        let g = normal_matrix(37, 19, 5).map(|v| v as f32);
+        let s = DVector::from_iterator(19, (0..19).map(|j| 0.5 + j as f32 / 7.0));
+        let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for center in [true, false] {
+            let (rows, n) = x.shape();
+            let inv_n = 1.0 / n as f32;
+            let (mut mean, mut var) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+            for i in 0..rows {
+                if center {
+                    mean[i] = (0..n).fold(0.0, |a, j| a + x[(i, j)]) * inv_n;
+                }
+                var[i] = (0..n).fold(0.0, |a, j| {
+                    let d = x[(i, j)] - mean[i];
+                    a + d * d
+                });
+            }
+            let r: Vec<f32> = var
+                .iter()
+                .map(|v| 1.0 / (v * inv_n + 1e-5).sqrt())
+                .collect();
+            let xhat = DMatrix::from_fn(rows, n, |i, j| (x[(i, j)] - mean[i]) * r[i]);
+            let jac = |t: &DMatrix<f32>| {
+                DMatrix::from_fn(rows, n, |i, j| {
+                    let mt = if center {
+                        (0..n).fold(0.0, |a, q| a + t[(i, q)]) * inv_n
+                    } else {
+                        0.0
+                    };
+                    let proj = (0..n).fold(0.0, |a, q| a + xhat[(i, q)] * t[(i, q)]) * inv_n;
+                    r[i] * (t[(i, j)] - mt - xhat[(i, j)] * proj)
+                })
+            };
+            let (y, jvp, vjp) = if center {
+                let y = x.eval(&LayerNorm(1e-5));
+                let jvp = x.jvp(&LayerNorm(1e-5), &y, &g);
+                (y.clone(), jvp, x.vjp(&LayerNorm(1e-5), &y, g.clone()))
+            } else {
+                let y = x.eval(&RmsNorm(1e-5));
+                let jvp = x.jvp(&RmsNorm(1e-5), &y, &g);
+                (y.clone(), jvp, x.vjp(&RmsNorm(1e-5), &y, g.clone()))
+            };
+            assert_eq!(bits(&y), bits(&xhat), "value, center={center}");
+            assert_eq!(bits(&jvp), bits(&jac(&g)), "jvp, center={center}");
+            assert_eq!(bits(&vjp), bits(&jac(&g)), "vjp, center={center}");
+        }
+        let scaled = DMatrix::from_fn(37, 19, |i, j| x[(i, j)] * s[j]);
+        let y = crate::ad::Binary::<ScaleColumns, _>::eval(&x, &s);
+        assert_eq!(bits(&y), bits(&scaled));
+        let (dx, ds) = crate::ad::Binary::<ScaleColumns, _>::vjp(&x, &s, &y, g.clone(), true, true);
+        let want_dx = DMatrix::from_fn(37, 19, |i, j| g[(i, j)] * s[j]);
+        assert_eq!(bits(&dx.unwrap()), bits(&want_dx));
+        let want_ds: Vec<f32> = (0..19).map(|j| g.column(j).dot(&x.column(j))).collect();
+        assert_eq!(ds.unwrap().as_slice(), &want_ds[..]);
+    }
 }
 
 /// The op of `scale_columns(x, s)`: column `j` of the matrix `x` times `s[j]` (the
@@ -225,11 +305,7 @@ impl<S: Real> super::Binary<ScaleColumns, DVector<S>> for DMatrix<S> {
                 "s needs one entry per column of x",
             );
         }
-        let mut y = self.clone();
-        for (mut col, &sj) in y.column_iter_mut().zip(s.iter()) {
-            col *= sj;
-        }
-        y
+        scaled(self, s)
     }
     fn jvp(
         &self,
@@ -266,7 +342,27 @@ impl<S: Real> super::Binary<ScaleColumns, DVector<S>> for DMatrix<S> {
                     .map(|(gc, xc)| gc.dot(&xc)),
             )
         });
-        let dx = need_x.then(|| super::Binary::<ScaleColumns, _>::eval(&g, s));
+        // dx = g with its columns scaled, written over g.
+        let dx = need_x.then(|| {
+            let mut g = g;
+            for (mut col, &sj) in g.column_iter_mut().zip(s.iter()) {
+                col *= sj;
+            }
+            g
+        });
         (dx, ds)
     }
+}
+
+/// `x` with column `j` times `s[j]`, written in one pass (not copied, then scaled).
+fn scaled<S: Real>(x: &DMatrix<S>, s: &DVector<S>) -> DMatrix<S> {
+    let rows = x.nrows();
+    if rows == 0 {
+        return x.clone();
+    }
+    let mut out = Vec::with_capacity(x.len());
+    for (col, &sj) in x.as_slice().chunks_exact(rows).zip(s.iter()) {
+        out.extend(col.iter().map(|&v| v * sj));
+    }
+    DMatrix::from_vec(rows, x.ncols(), out)
 }
