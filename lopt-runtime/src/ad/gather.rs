@@ -177,7 +177,7 @@ mod tiles {
         unsafe {
             let o = SharedMut(out.as_mut_ptr());
             // SAFETY (each chunk): its own columns of `out`.
-            par_col_chunks(d, |cols| gather_cols(t, n, rows, o.ptr(), cols));
+            par_col_chunks(d, m * d, |cols| gather_cols(t, n, rows, o.ptr(), cols));
             out.set_len(m * d);
         }
         Some(from_f32(out))
@@ -205,7 +205,7 @@ mod tiles {
         unsafe {
             let p = SharedMut(dt.as_mut_ptr());
             // SAFETY (each chunk): its own columns of `dt`.
-            par_col_chunks(d, |cols| scatter_cols(g, n, rows, p.ptr(), cols));
+            par_col_chunks(d, g.len(), |cols| scatter_cols(g, n, rows, p.ptr(), cols));
             dt.set_len(n * d);
         }
         Some(from_f32(dt))
@@ -214,13 +214,20 @@ mod tiles {
     /// Columns per chunk of work: fixed (never by the number of threads), a multiple of 8.
     const CHUNK_COLS: usize = 32;
 
+    /// Gathered elements below which the columns stay on one thread: split across
+    /// cores, a gather that fits in one core's L2 (2 MiB here) leaves half of its output
+    /// in the other core's cache for whatever reads it next, which cost twice the
+    /// one-thread time at 2,048 × 128 (the transformer's embedding).
+    const PAR_MIN_ELEMS: usize = 1 << 20;
+
     /// Calls `f(columns)` for consecutive ranges of [`CHUNK_COLS`] columns covering
-    /// `0..d`, on the thread pool when there are several and it has more than one
-    /// thread. Each column's values are computed alone, so the results are the same on
-    /// any number of threads.
-    fn par_col_chunks(d: usize, f: impl Fn(Range<usize>) + Sync) {
+    /// `0..d`, on the thread pool when there are several, it has more than one thread,
+    /// and the operation moves at least [`PAR_MIN_ELEMS`] gathered elements (`elems`).
+    /// Each column's values are computed alone, so the results are the same on any
+    /// number of threads.
+    fn par_col_chunks(d: usize, elems: usize, f: impl Fn(Range<usize>) + Sync) {
         let range = |c: usize| c..(c + CHUNK_COLS).min(d);
-        if d > CHUNK_COLS && rayon::current_num_threads() > 1 {
+        if d > CHUNK_COLS && elems >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
             use rayon::prelude::*;
             (0..d.div_ceil(CHUNK_COLS))
                 .into_par_iter()
@@ -543,7 +550,7 @@ mod tests {
     /// gather and scatter-add, on shapes with edges in every dimension and repeated ids
     /// inside one tile (whose sums must keep the order of `k`), and on the benchmark's
     /// shape, on 1 and on 3 threads (chunks of 32 columns, the last one with an edge:
-    /// 75 columns). Mutations caught: the scatter's leftover ids (after the last whole
+    /// 75 columns, large enough for the pool). Mutations caught: the scatter's leftover ids (after the last whole
     /// tile) dropped; the transpose's edge rows skipped; the tile's second shuffle pair
     /// swapped (`0xEE` for `0x44`); each tried, each fails here. Again after the tiles
     /// went by 8-column blocks through an L1 buffer (no whole-table transposes): the
@@ -564,6 +571,8 @@ mod tests {
             (256, 128, 2048, 4),
             (40, 75, 29, 5),
             (11, 16, 50, 6),
+            // Above `PAR_MIN_ELEMS` (75 × 14,000): the only one that takes the pool.
+            (300, 75, 14_000, 7),
         ] {
             let t: Vec<f32> = normal_matrix(n, d, seed)
                 .iter()

@@ -611,13 +611,7 @@ pub mod lstm_sequence {
         let jobs: Vec<(Range<usize>, Option<Chunk<S>>)> = ranges.into_iter().zip(kept).collect();
         let parts = par_map_owned(jobs, |(r, kept)| {
             let fwd = match kept {
-                Some(k)
-                    if k.r == r
-                        && k.sum.is_some()
-                        && chunk_inputs(d, &r, args) == k.sum =>
-                {
-                    k
-                }
+                Some(k) if k.r == r && k.sum.is_some() && chunk_inputs(d, &r, args) == k.sum => k,
                 _ => forward_chunk(d, r, args, None),
             };
             reverse_chunk(d, fwd, wh, h0, c0, g, o)
