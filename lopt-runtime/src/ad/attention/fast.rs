@@ -382,6 +382,27 @@ pub(super) unsafe fn forward_chunk(
     forward_chunk_on(wide(), g, xs, seqs, out, probs, scratch)
 }
 
+/// Calls `body::<true>(args)` compiled for AVX-512F when `wide`, else `body::<false>(args)`
+/// compiled for AVX2: a `#[target_feature]` function each, so the `#[inline(always)]` body
+/// and its intrinsics inline into code built for the width it uses.
+macro_rules! on_width {
+    ($wide:expr, $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn z($($arg: $ty),*) {
+            $body::<true>($($arg),*)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn y($($arg: $ty),*) {
+            $body::<false>($($arg),*)
+        }
+        if $wide {
+            z($($arg),*)
+        } else {
+            y($($arg),*)
+        }
+    }};
+}
+
 /// [`forward_chunk`] on AVX-512 registers when `wide` (the CPU must have AVX-512F), else
 /// on AVX2: the tests compare the two.
 ///
@@ -396,33 +417,14 @@ pub(super) unsafe fn forward_chunk_on(
     probs: &mut [f32],
     scratch: &mut [f32],
 ) {
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn z(
+    on_width!(wide, forward_body(
         g: &AttentionGeometry,
         xs: &[f32],
         seqs: Range<usize>,
         out: *mut f32,
         probs: &mut [f32],
         scratch: &mut [f32],
-    ) {
-        forward_body::<true>(g, xs, seqs, out, probs, scratch)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn y(
-        g: &AttentionGeometry,
-        xs: &[f32],
-        seqs: Range<usize>,
-        out: *mut f32,
-        probs: &mut [f32],
-        scratch: &mut [f32],
-    ) {
-        forward_body::<false>(g, xs, seqs, out, probs, scratch)
-    }
-    if wide {
-        z(g, xs, seqs, out, probs, scratch)
-    } else {
-        y(g, xs, seqs, out, probs, scratch)
-    }
+    ))
 }
 
 /// [`forward_chunk`] on 256-bit (`Z` false) or 512-bit tiles.
@@ -509,8 +511,7 @@ pub(super) unsafe fn reverse_chunk_on(
     dx: *mut f32,
     scratch: &mut [f32],
 ) {
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn z(
+    on_width!(wide, reverse_body(
         g: &AttentionGeometry,
         xs: &[f32],
         gs: &[f32],
@@ -518,26 +519,7 @@ pub(super) unsafe fn reverse_chunk_on(
         probs: &[f32],
         dx: *mut f32,
         scratch: &mut [f32],
-    ) {
-        reverse_body::<true>(g, xs, gs, seqs, probs, dx, scratch)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn y(
-        g: &AttentionGeometry,
-        xs: &[f32],
-        gs: &[f32],
-        seqs: Range<usize>,
-        probs: &[f32],
-        dx: *mut f32,
-        scratch: &mut [f32],
-    ) {
-        reverse_body::<false>(g, xs, gs, seqs, probs, dx, scratch)
-    }
-    if wide {
-        z(g, xs, gs, seqs, probs, dx, scratch)
-    } else {
-        y(g, xs, gs, seqs, probs, dx, scratch)
-    }
+    ))
 }
 
 /// [`reverse_chunk`] on 256-bit (`Z` false) or 512-bit tiles.
