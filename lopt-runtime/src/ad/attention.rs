@@ -263,21 +263,19 @@ fn par_seqs(g: &AttentionGeometry, f: impl Fn(std::ops::Range<usize>) + Sync) {
     }
 }
 
-/// `f` on this thread's scratch buffer of `n` `f32`s, kept from call to call (about a
-/// megabyte for the library's transformer): a fresh zeroed one per chunk cost a pass
-/// over it each time, as the allocator hands back reused memory.
+/// `f` on this thread's kept buffer of `n` `f32`s ([`ThreadBuffer`]; about a megabyte
+/// for the library's transformer): a fresh zeroed one per chunk cost a pass over it each
+/// time, as the allocator hands back reused memory. Its contents are whatever the last
+/// use left: the chunks write before they read.
+///
+/// [`ThreadBuffer`]: crate::kernels::alloc::ThreadBuffer
 #[cfg(target_arch = "x86_64")]
 fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    let mut s = crate::kernels::alloc::ThreadBuffer::<f32>::take();
+    if s.len() < n {
+        s.resize(n, 0.0);
     }
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < n {
-            *s = vec![0.0; n];
-        }
-        f(&mut s[..n])
-    })
+    f(&mut s[..n])
 }
 
 /// A column-major `r × c` matrix whose every element `fill` writes (through the pointer
@@ -877,7 +875,9 @@ mod tests {
         let (rows, w, tt) = (g.rows(), g.width(), g.time);
         let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
         let (x, gy) = (f32s(normals(rows * 3 * w, 31)), f32s(normals(rows * w, 32)));
-        let mut scratch = vec![0.0f32; fast::scratch_len(&g)];
+        // NaN scratch: the chunks write their scratch before reading it (the thread's
+        // kept buffer holds whatever its last user left).
+        let mut scratch = vec![f32::NAN; fast::scratch_len(&g)];
         let neg0 = (-0.0f32).to_bits();
         // The rule's results, for the chunks' own rows.
         let (xm, gm) = (

@@ -177,3 +177,70 @@ pub fn keep_freed_memory() {
         }
     });
 }
+
+/// A buffer of `S` kept by the thread between calls (a per-call `Vec` of a few hundred
+/// kilobytes was zeroed, and past the allocator's mmap threshold page-faulted, on every
+/// learned-optimizer update and attention chunk): taken from the thread's pool, given back when dropped, with the length and
+/// contents it was left with. A thread keeps one buffer per scalar type in use.
+pub(crate) struct ThreadBuffer<S: Real>(Vec<S>);
+
+thread_local! {
+    static THREAD_BUFFERS: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<S: Real> ThreadBuffer<S> {
+    /// The thread's buffer of `S` (empty the first time, or while another is taken).
+    pub(crate) fn take() -> Self {
+        let kept = THREAD_BUFFERS.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|b| b.is::<Vec<S>>())?;
+            p.swap_remove(i).downcast::<Vec<S>>().ok()
+        });
+        ThreadBuffer(kept.map_or_else(Vec::new, |b| *b))
+    }
+}
+
+impl<S: Real> Drop for ThreadBuffer<S> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // During thread teardown the pool may be gone: the buffer is then freed.
+        let _ = THREAD_BUFFERS.try_with(|p| p.borrow_mut().push(Box::new(v)));
+    }
+}
+
+impl<S: Real> std::ops::Deref for ThreadBuffer<S> {
+    type Target = Vec<S>;
+    fn deref(&self) -> &Vec<S> {
+        &self.0
+    }
+}
+
+impl<S: Real> std::ops::DerefMut for ThreadBuffer<S> {
+    fn deref_mut(&mut self) -> &mut Vec<S> {
+        &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`ThreadBuffer`] hands the thread's buffer back on drop, contents kept; a second one
+    /// taken while the first is out is another, empty buffer; each scalar type has its
+    /// own. Catches: a buffer not given back on drop (the second take is empty), a
+    /// buffer left in the pool when taken (the second one out would not be empty).
+    #[test]
+    fn scratch_is_kept_per_thread_and_never_shared() {
+        std::thread::spawn(|| {
+            ThreadBuffer::<f32>::take().extend([1.0, 2.0]);
+            let a = ThreadBuffer::<f32>::take();
+            assert_eq!(&a[..], &[1.0, 2.0]);
+            let b = ThreadBuffer::<f32>::take();
+            assert!(b.is_empty());
+            assert!(ThreadBuffer::<f64>::take().is_empty());
+        })
+        .join()
+        .unwrap();
+    }
+}

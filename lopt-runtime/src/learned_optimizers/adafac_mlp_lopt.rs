@@ -5,10 +5,11 @@
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     ema_interleaved, fold_fixed_inputs, normalized_mlp, params_then_vectors, rsqrt, strided_column,
-    BlockMlp, LayerRef, Scratch, MLP_BLOCK,
+    BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
+use crate::kernels::alloc::ThreadBuffer;
 use crate::key::Key;
 use crate::params::Params;
 use crate::scalar::Real;
@@ -373,7 +374,7 @@ impl LearnedOptimizer for AdafacMlpLOpt {
         let mut first_bias = Vec::new();
         layers[0] = fold_fixed_inputs(layers[0], self.num_features(), &tsf, &mut first_bias);
         let mut mlp = BlockMlp::new();
-        let (mut feats, mut steps) = (Scratch::<P::Scalar>::take(), Vec::new());
+        let (mut feats, mut steps) = (ThreadBuffer::<P::Scalar>::take(), Vec::new());
         for li in 0..grad.num_leaves() {
             let g = grad.leaf(li);
             let n = g.len();

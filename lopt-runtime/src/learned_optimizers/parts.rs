@@ -208,50 +208,6 @@ impl<S: Real> BlockMlp<S> {
     }
 }
 
-/// A buffer of `S` kept by the thread between calls (a per-update `Vec` of a few hundred
-/// kilobytes was zeroed, and past the allocator's mmap threshold page-faulted, on every
-/// update): taken from the thread's pool, given back when dropped, with the length and
-/// contents it was left with. A thread keeps one buffer per scalar type in use.
-pub(crate) struct Scratch<S: Real>(Vec<S>);
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl<S: Real> Scratch<S> {
-    /// The thread's buffer of `S` (empty the first time, or while another is taken).
-    pub(crate) fn take() -> Self {
-        let kept = SCRATCH.with(|p| {
-            let mut p = p.borrow_mut();
-            let i = p.iter().position(|b| b.is::<Vec<S>>())?;
-            p.swap_remove(i).downcast::<Vec<S>>().ok()
-        });
-        Scratch(kept.map_or_else(Vec::new, |b| *b))
-    }
-}
-
-impl<S: Real> Drop for Scratch<S> {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        // During thread teardown the pool may be gone: the buffer is then freed.
-        let _ = SCRATCH.try_with(|p| p.borrow_mut().push(Box::new(v)));
-    }
-}
-
-impl<S: Real> std::ops::Deref for Scratch<S> {
-    type Target = Vec<S>;
-    fn deref(&self) -> &Vec<S> {
-        &self.0
-    }
-}
-
-impl<S: Real> std::ops::DerefMut for Scratch<S> {
-    fn deref_mut(&mut self) -> &mut Vec<S> {
-        &mut self.0
-    }
-}
-
 /// Tensors of up to this many inputs (elements × features) keep their features between
 /// [`normalized_mlp`]'s two passes instead of building them again.
 const KEEP_FEATURES: usize = 1 << 17;
@@ -699,23 +655,5 @@ mod tests {
             let want = col.iter().fold(0.25f32, |a, &x| a + x * x);
             assert_eq!(got[j].to_bits(), want.to_bits(), "feature {j}");
         }
-    }
-
-    /// [`Scratch`] hands the thread's buffer back on drop, contents kept; a second one
-    /// taken while the first is out is another, empty buffer; each scalar type has its
-    /// own. Catches: a buffer not given back on drop (the second take is empty), a
-    /// buffer left in the pool when taken (the second one out would not be empty).
-    #[test]
-    fn scratch_is_kept_per_thread_and_never_shared() {
-        std::thread::spawn(|| {
-            Scratch::<f32>::take().extend([1.0, 2.0]);
-            let a = Scratch::<f32>::take();
-            assert_eq!(&a[..], &[1.0, 2.0]);
-            let b = Scratch::<f32>::take();
-            assert!(b.is_empty());
-            assert!(Scratch::<f64>::take().is_empty());
-        })
-        .join()
-        .unwrap();
     }
 }

@@ -4,10 +4,11 @@
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     clip, ema_interleaved, fold_fixed_inputs, linear, normalized_mlp, params_then_vectors, rsqrt,
-    sign, strided_column, sum8, BlockMlp, LayerRef, Scratch,
+    sign, strided_column, sum8, BlockMlp, LayerRef,
 };
 use super::LearnedOptimizer;
 use crate::error::{Error, Result};
+use crate::kernels::alloc::ThreadBuffer;
 use crate::kernels::small_rows::small_rows_product;
 use crate::key::Key;
 use crate::params::Params;
@@ -561,7 +562,7 @@ impl LearnedOptimizer for RnnMlpLOpt {
             .map(|(w, b)| (w.as_slice(), b.as_slice()))
             .collect();
         let mut mlp = BlockMlp::new();
-        let (mut block, mut steps) = (Scratch::<P::Scalar>::take(), Vec::new());
+        let (mut block, mut steps) = (ThreadBuffer::<P::Scalar>::take(), Vec::new());
         let (mut fixed, mut first_bias, mut last_w) = (Vec::new(), Vec::new(), Vec::new());
         let mut ff = vec![c(0.0); self.lstm_to_ff];
         let (step_mult, mag_rate) = (c(self.step_multiplier), c(self.magnitude_rate));

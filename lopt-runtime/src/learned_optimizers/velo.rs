@@ -6,11 +6,12 @@ use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
     clip, ema_interleaved, normalized_mlp, params_then_vectors, rsqrt, strided_column, sum8,
-    sum8_records, BlockMlp, LayerRef, Scratch, MLP_BLOCK,
+    sum8_records, BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use super::ThetaCache;
 use crate::error::{Error, Result};
+use crate::kernels::alloc::ThreadBuffer;
 use crate::kernels::small_rows::{small_rows_product, small_rows_product_from};
 use crate::key::Key;
 use crate::params::Params;
@@ -780,7 +781,7 @@ impl Velo {
         let hid0 = ffw[0];
         let total_in: usize = in_w.iter().sum();
         let mut mlp = BlockMlp::new();
-        let (mut feats, mut steps) = (Scratch::<P::Scalar>::take(), Vec::new());
+        let (mut feats, mut steps) = (ThreadBuffer::<P::Scalar>::take(), Vec::new());
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let nn = c(n as f64);
