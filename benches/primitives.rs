@@ -13,8 +13,11 @@
 //!   (batch 64, T 32, 4 heads × 32) under `⟨attention(qkv), r⟩`, gradient in `qkv`; the
 //!   rule runs its (sequence, head) pairs in fixed chunks on the thread pool.
 //! - `embed.v256d128n2048.grad`: `embed` of 64×32 ids from a 256×128 table under
-//!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add); the `f32` gather and
-//!   scatter-add run in fixed chunks of 32 columns on the thread pool.
+//!   `⟨embed(E, ids), r⟩`, gradient in `E` (a scatter-add); `#[task]` makes the loss one
+//!   rule (`embed_dot`: the value `⟨E, scatter_add(r)⟩`, the looked-up rows never
+//!   stored), as XLA fuses the gather into `jnp.vdot`.
+//! - `embed.v256d128n2048.grad_apart`: the same with the lookup bound by `let`, so the
+//!   lookup is materialised and its cotangent copied (the composition `embed` then `dot`).
 //! - `lstm.b128t32e64h128.grad_steps`: an LSTM layer written step by step (as in
 //!   `tests/recurrent.rs`: gates `[i f g o]` as column slices of `x_t Wx + h Wh + b`,
 //!   `c = σ(f)∘c + σ(i)∘tanh(g)`, `h = σ(o)∘tanh(c)`) over 32 steps of a batch of 128, 64
@@ -99,9 +102,17 @@ struct Table<S: Real> {
     e: DMatrix<S>,
 }
 
+/// `⟨embed(table, ids), r⟩`, which `#[task]` makes one rule (`embed_dot`).
 #[task]
 fn embedding<S: Real>(p: &Table<S>, ids: &Vec<u32>, r: &DMatrix<S>) -> S {
     dot(embed(&p.e, ids), r)
+}
+
+/// The same with the lookup bound by `let`: the composition of `embed` and `dot`.
+#[task]
+fn embedding_apart<S: Real>(p: &Table<S>, ids: &Vec<u32>, r: &DMatrix<S>) -> S {
+    let e = embed(&p.e, ids);
+    dot(e, r)
 }
 
 #[derive(Params, Clone, Debug)]
@@ -439,8 +450,16 @@ fn main() {
     let re = normal(ids.len(), 128, 1.0);
     // One add per gathered and per scattered element, and the dot's multiply-add.
     flops.push(("embed.v256d128n2048.grad".into(), 4.0 * (2048 * 128) as f64));
+    let (table2, ids2, re2) = (table.clone(), ids.clone(), re.clone());
     cases.push(Case::new("embed.v256d128n2048.grad", move || {
         keep(embedding::value_and_grad(&table, &ids, &re));
+    }));
+    flops.push((
+        "embed.v256d128n2048.grad_apart".into(),
+        4.0 * (2048 * 128) as f64,
+    ));
+    cases.push(Case::new("embed.v256d128n2048.grad_apart", move || {
+        keep(embedding_apart::value_and_grad(&table2, &ids2, &re2));
     }));
 
     // An LSTM layer of the RNN LM task: batch 128, 32 steps, 64 inputs, 128 hidden.

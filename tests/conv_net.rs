@@ -216,6 +216,73 @@ fn embedding_model_matches_its_definition_and_differentiates() {
 }
 
 #[derive(Params, Clone, Debug)]
+struct Probe<S: Real> {
+    e: DMatrix<S>,
+    w: DMatrix<S>,
+}
+
+/// `dot(embed(..), r)` in the forms `#[task]` fuses into one rule (`embed_dot`): a data
+/// `r`, and a differentiated `r` in the method form with the operands swapped; both
+/// under a scale (cotangents `g ≠ 1`).
+#[task]
+fn embed_probe<S: Real>(p: &Probe<S>, ids: &Vec<u16>, r: &DMatrix<S>, c: &DMatrix<S>) -> S {
+    3.0 * dot(embed(&p.e, ids), r) - 0.5 * (c * &p.w).dot(&p.e.embed(ids))
+}
+
+/// The same loss with the lookups bound by `let`: the composition of `embed` and `dot`,
+/// not fused.
+#[task]
+fn embed_probe_apart<S: Real>(p: &Probe<S>, ids: &Vec<u16>, r: &DMatrix<S>, c: &DMatrix<S>) -> S {
+    let a = embed(&p.e, ids);
+    let b = embed(&p.e, ids);
+    3.0 * dot(a, r) - 0.5 * (c * &p.w).dot(&b)
+}
+
+/// The fused `dot(embed(t, ids), r)` against f64 loops written from the definition
+/// (value, and the gradient and JVP by central differences), with repeated ids and one
+/// table row never looked up; and its gradient equals the composition's bit for bit.
+/// Mutations tried: the table's cotangent scattered from `r` without the factor `g` (the
+/// `g = 1` shortcut taken always); `r`'s cotangent without `g`; the JVP's `dr` term
+/// dropped; each fails here.
+#[test]
+fn fused_embedding_probe_matches_its_definition_and_the_composition() {
+    let ids: Vec<u16> = vec![4, 1, 1, 3, 0, 4, 4];
+    let (n, d, k) = (6, 5, 3);
+    let r = rand_mat(ids.len(), d, 31, 1.0);
+    let c = rand_mat(ids.len(), k, 32, 1.0);
+    let p = Probe {
+        e: rand_mat(n, d, 33, 1.0),
+        w: rand_mat(k, d, 34, 0.7),
+    };
+    let indep = |p: &Probe<f64>| {
+        let mut total = 0.0;
+        for (row, &i) in ids.iter().enumerate() {
+            for j in 0..d {
+                let cw: f64 = (0..k).map(|q| c[(row, q)] * p.w[(q, j)]).sum();
+                total += p.e[(i as usize, j)] * (3.0 * r[(row, j)] - 0.5 * cw);
+            }
+        }
+        total
+    };
+    let got = embed_probe(&p, &ids, &r, &c);
+    assert!((got - indep(&p)).abs() < 1e-12, "{got} vs {}", indep(&p));
+    let report = check_gradient(
+        &p,
+        indep,
+        |p| embed_probe::value_and_grad(p, &ids, &r, &c),
+        |p, t| embed_probe::value_and_jvp(p, t, &ids, &r, &c),
+        &GradCheck::default(),
+    );
+    assert!(report.passed(), "{report}");
+    let (fused, apart) = (
+        embed_probe::value_and_grad(&p, &ids, &r, &c).1,
+        embed_probe_apart::value_and_grad(&p, &ids, &r, &c).1,
+    );
+    assert_eq!(fused.e, apart.e);
+    assert_eq!(fused.w, apart.w);
+}
+
+#[derive(Params, Clone, Debug)]
 struct ScaledNorm<S: Real> {
     w: DMatrix<S>,
     scale: DVector<S>,

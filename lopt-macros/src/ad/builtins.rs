@@ -176,7 +176,7 @@ pub(crate) mod tests {
         let list: TokenStream = "exp Exp unary, atan Atan unary, square Square unary, \
             relu Relu unary, _ Add binary, max Max binary, component_div ComponentDiv binary, \
             sum Sum unary, mean Mean unary, hconcat HConcat binary, powi Powi integer_exponent, \
-            softmax_cross_entropy SoftmaxCrossEntropy labels, embed Embed data, \
+            softmax_cross_entropy SoftmaxCrossEntropy labels, embed Embed data, dot Dot binary, \
             columns Columns two_sizes, clip Clip scalar_bounds,"
             .parse()
             .expect("tokens");
@@ -191,7 +191,7 @@ pub(crate) mod tests {
     #[test]
     fn declared_names_are_read_with_their_kinds() {
         let table = fixture();
-        assert_eq!(table.len(), 14, "`_ Add` is skipped");
+        assert_eq!(table.len(), 15, "`_ Add` is skipped");
         with_declared(table, || {
             assert_eq!(lookup("exp"), Some(Builtin::Unary("Exp")));
             assert_eq!(lookup("atan"), Some(Builtin::Unary("Atan")));

@@ -983,6 +983,17 @@ impl<'a> Lowerer<'a> {
                     },
                 ))
             }
+            Builtin::Binary("Dot")
+                if embed_args(args[0]).is_some() || embed_args(args[1]).is_some() =>
+            {
+                // dot(embed(t, ids), r) in one rule: the looked-up rows never stored.
+                let (e, r) = match embed_args(args[0]) {
+                    Some(_) => (args[0], args[1]),
+                    None => (args[1], args[0]),
+                };
+                let (t, ids) = embed_args(e).expect("checked");
+                self.embed_dot(t, ids, r, out)
+            }
             Builtin::Unary("Mean") if cross_entropy_args(args[0]).is_some() => {
                 // mean(softmax_cross_entropy(z, labels)) in one rule, which makes the
                 // gradient in the sweep that makes the loss.
@@ -1157,6 +1168,50 @@ impl<'a> Lowerer<'a> {
                 func,
                 args,
                 with_out: b.is_some(),
+            },
+        ))
+    }
+
+    /// `dot(embed(t, ids), r)` as one rule (`ad::gather::embed_dot`), told which of `t`
+    /// and `r` are differentiated.
+    fn embed_dot(&mut self, t: &Expr, ids: &Expr, r: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
+        if self.mentions_active(ids) {
+            return err(
+                ids,
+                "the second argument of `embed` is data and cannot be differentiated",
+            );
+        }
+        let t = self.lower_expr(t, out)?;
+        let r = self.lower_expr(r, out)?;
+        let data = self.rewrite_passive(strip_ref(ids));
+        let ids = self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!(::lopt::__private::ad::op::Embed::new(&(#data)))),
+        );
+        let active = [t, r].map(|v| self.vars[v].kind == Kind::Active);
+        let needs = self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!([#(#active),*])),
+        );
+        let args = [(t, true), (r, true), (ids, true), (needs, true)]
+            .map(|(var, by_ref)| CallArg {
+                var,
+                by_ref,
+                is_ref_value: false,
+            })
+            .to_vec();
+        Ok(self.def(
+            out,
+            Kind::Active,
+            Access::Owned,
+            Rhs::Call {
+                func: syn::parse_quote!(::lopt::__private::ad::gather::embed_dot),
+                args,
+                with_out: false,
             },
         ))
     }
@@ -1369,6 +1424,25 @@ fn cross_entropy_args(e: &Expr) -> Option<(&Expr, &Expr)> {
         }
         Expr::Paren(p) => cross_entropy_args(&p.expr),
         Expr::Group(g) => cross_entropy_args(&g.expr),
+        _ => None,
+    }
+}
+
+/// `(table, ids)` when `e` is `embed(table, ids)` (the builtin, as `lower_call` resolves
+/// it) or `table.embed(ids)`, in parentheses or not.
+fn embed_args(e: &Expr) -> Option<(&Expr, &Expr)> {
+    match strip_ref(e) {
+        Expr::Call(c) if c.args.len() == 2 => match &*c.func {
+            Expr::Path(p) if p.qself.is_none() && is_builtin_path(&p.path, "embed") => {
+                Some((&c.args[0], &c.args[1]))
+            }
+            _ => None,
+        },
+        Expr::MethodCall(m) if m.method == "embed" && m.args.len() == 1 => {
+            Some((&m.receiver, &m.args[0]))
+        }
+        Expr::Paren(p) => embed_args(&p.expr),
+        Expr::Group(g) => embed_args(&g.expr),
         _ => None,
     }
 }

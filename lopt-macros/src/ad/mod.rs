@@ -625,6 +625,8 @@ mod tests {
                 quote!(sum(relu((im2col(&p.z, &g) * &p.w) + 0.5))),
                 "im2col_mul_add_relu",
             ),
+            (quote!(dot(embed(&p.z, ids), r)), "embed_dot"),
+            (quote!(r.dot(&p.z.embed(&ids))), "embed_dot"),
         ];
         for (body, op) in fused {
             let e = expand(body.clone());
@@ -641,5 +643,7 @@ mod tests {
                 "{body} is not fused"
             );
         }
+        let e = expand(quote!(let e = embed(&p.z, ids); dot(e, r)));
+        assert!(!e.contains("embed_dot"), "a bound lookup is not fused");
     }
 }

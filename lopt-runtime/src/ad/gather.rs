@@ -10,6 +10,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::scalar::Real;
 
+use super::reduce::dot;
 use super::Unary;
 
 /// An integer id or label.
@@ -79,6 +80,146 @@ impl<S: Real, I: Id> Unary<Embed<'_, I>> for DMatrix<S> {
         );
         DMatrix::from_vec(n, d, scatter_add(g.as_slice(), n, d, &rows))
     }
+}
+
+/// Which of `[table, r]` need a cotangent from [`embed_dot()`].
+pub type EmbedDotNeeds = [bool; 2];
+
+/// `⟨embed(table, ids), r⟩ = Σ_k ⟨table[ids[k], :], r[k, :]⟩` in one rule: what
+/// `#[task]` makes of `dot(embed(&table, &ids), r)` (either operand order, call or method
+/// form), as XLA fuses `jnp.vdot(table[ids], r)`. The looked-up rows are never stored:
+/// the value is `⟨table, scatter_add(r, ids)⟩` (the rows of `r` summed per table row,
+/// then one dot product of a table's size), and the reverse rule scatter-adds `g·r`
+/// straight from `r` (no copy of it when `g = 1`, as at a loss's root): one pass over `r`
+/// each way, where the composition writes the rows, reads them back with `r`, and copies
+/// `g·r` before scattering it. The table's cotangent is the composition's bit for bit;
+/// the value sums the same products in another order.
+#[track_caller]
+pub fn embed_dot<S: Real, I: Id>(
+    table: &DMatrix<S>,
+    r: &DMatrix<S>,
+    ids: &Embed<'_, I>,
+    needs: &EmbedDotNeeds,
+) -> S {
+    let _ = needs;
+    let rows = embed_dot_rows(table, r, ids);
+    gather_dot(
+        table.as_slice(),
+        table.nrows(),
+        table.ncols(),
+        &rows,
+        r.as_slice(),
+    )
+}
+
+/// The ids of [`embed_dot()`] as rows, after checking them and `r`'s shape.
+#[track_caller]
+fn embed_dot_rows<S: Real, I: Id>(
+    table: &DMatrix<S>,
+    r: &DMatrix<S>,
+    ids: &Embed<'_, I>,
+) -> Vec<u32> {
+    let (n, d) = table.shape();
+    let rows = checked_rows(ids.0, n);
+    assert_eq!(
+        r.shape(),
+        (rows.len(), d),
+        "dot(embed(table, ids), r): {} ids of a {n}x{d} table look up {}x{d}, r is {}x{}",
+        rows.len(),
+        rows.len(),
+        r.nrows(),
+        r.ncols()
+    );
+    rows
+}
+
+/// The rules of [`embed_dot()`] (the convention of `#[differentiable]` functions).
+pub mod embed_dot {
+    use super::*;
+
+    /// The value and its tangent `⟨embed(dt, ids), r⟩ + ⟨embed(table, ids), dr⟩`.
+    #[allow(clippy::too_many_arguments)]
+    #[track_caller]
+    pub fn jvp<S: Real, I: Id>(
+        table: &DMatrix<S>,
+        r: &DMatrix<S>,
+        ids: &Embed<'_, I>,
+        _needs: &EmbedDotNeeds,
+        dtable: Option<&DMatrix<S>>,
+        dr: Option<&DMatrix<S>>,
+        _dids: Option<&Embed<'_, I>>,
+        _dneeds: Option<&EmbedDotNeeds>,
+    ) -> (S, S) {
+        let rows = embed_dot_rows(table, r, ids);
+        let (n, d) = table.shape();
+        let rs = scatter_add(r.as_slice(), n, d, &rows);
+        let y = dot(table.as_slice(), &rs);
+        let mut t = S::zero();
+        if let Some(dt) = dtable {
+            assert_eq!(
+                dt.shape(),
+                table.shape(),
+                "embed_dot: a tangent of another shape"
+            );
+            t += dot(dt.as_slice(), &rs);
+        }
+        if let Some(dr) = dr {
+            assert_eq!(
+                dr.shape(),
+                r.shape(),
+                "embed_dot: a tangent of another shape"
+            );
+            t += gather_dot(table.as_slice(), n, d, &rows, dr.as_slice());
+        }
+        (y, t)
+    }
+
+    /// The cotangents of `table` (the scatter-add of `g·r` by the ids) and of `r`
+    /// (`g·embed(table, ids)`), each only when `needs` asks for it.
+    #[allow(clippy::type_complexity)]
+    #[track_caller]
+    pub fn vjp<S: Real, I: Id>(
+        table: &DMatrix<S>,
+        r: &DMatrix<S>,
+        ids: &Embed<'_, I>,
+        needs: &EmbedDotNeeds,
+        g: &S,
+    ) -> (
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<()>,
+        Option<()>,
+    ) {
+        let rows = embed_dot_rows(table, r, ids);
+        let (n, d) = table.shape();
+        let g = *g;
+        let dtable = needs[0].then(|| {
+            let dt = if g == S::one() {
+                scatter_add(r.as_slice(), n, d, &rows)
+            } else {
+                let gr: Vec<S> = r.iter().map(|&v| g * v).collect();
+                scatter_add(&gr, n, d, &rows)
+            };
+            DMatrix::from_vec(n, d, dt)
+        });
+        let dr = needs[1].then(|| {
+            let mut e = gather(table.as_slice(), n, d, &rows);
+            if g != S::one() {
+                e.iter_mut().for_each(|v| *v = g * *v);
+            }
+            DMatrix::from_vec(rows.len(), d, e)
+        });
+        (dtable, dr, None, None)
+    }
+}
+
+/// `Σ_k ⟨t[rows[k], :], r[k, :]⟩` for the column-major `n × d` table `t` and the
+/// column-major `r` (`rows.len() × d`), as `⟨t, scatter_add(r)⟩`: the rows of `r` summed
+/// per table row (the scatter-add the reverse rule makes anyway, fast by tiles and a
+/// table's size) and one dot product with the table, instead of a gather from the table
+/// at every id. Every `rows[k] < n` (checked by the caller).
+fn gather_dot<S: Real>(t: &[S], n: usize, d: usize, rows: &[u32], r: &[S]) -> S {
+    dot(t, &scatter_add(r, n, d, rows))
 }
 
 /// Every id of `ids` as a row below `n` (a panic naming the first that is not).
@@ -631,6 +772,61 @@ mod tests {
                 .zip(want.iter())
                 .all(|(a, b)| a.lane(l) as f32 == *b));
         }
+    }
+
+    /// The fused `dot(embed(t, ids), r)` on lanes: each lane's value, tangent and
+    /// cotangents are those of its own `f32` instance bit for bit (the scatter-add and the
+    /// dot sum in the same order for every scalar type, and the `f32` tiles as the plain
+    /// loops), with a cotangent `g` that differs per lane. A wrong shape of `r` names both.
+    #[test]
+    fn embed_dot_lanes_are_their_instances() {
+        let (n, d, m) = (7, 9, 20);
+        let ids: Vec<u32> = (0..m).map(|k| ((k * k + 3) % n) as u32).collect();
+        let op = Embed(&ids);
+        let f32s = |r, c, seed| normal_matrix(r, c, seed).map(|v| v as f32);
+        let inst: Vec<[DMatrix<f32>; 4]> = (0..8)
+            .map(|l| {
+                let s = 100 + 10 * l;
+                [
+                    f32s(n, d, s),
+                    f32s(m, d, s + 1),
+                    f32s(n, d, s + 2),
+                    f32s(m, d, s + 3),
+                ]
+            })
+            .collect();
+        let pack = |i: usize, r: usize, c: usize| {
+            DMatrix::<Lanes<8>>::from_fn(r, c, |a, b| {
+                Lanes::from_lanes(|l| f64::from(inst[l][i][(a, b)]))
+            })
+        };
+        let (t, r, dt, dr) = (pack(0, n, d), pack(1, m, d), pack(2, n, d), pack(3, m, d));
+        let g = Lanes::<8>::from_lanes(|l| 0.5 + l as f64);
+        let needs = [true, true];
+        let (y, ty) = embed_dot::jvp(&t, &r, &op, &needs, Some(&dt), Some(&dr), None, None);
+        let (gt, gr, _, _) = embed_dot::vjp(&t, &r, &op, &needs, &g);
+        let (gt, gr) = (gt.unwrap(), gr.unwrap());
+        for (l, [t1, r1, dt1, dr1]) in inst.iter().enumerate() {
+            let (y1, ty1) = embed_dot::jvp(t1, r1, &op, &needs, Some(dt1), Some(dr1), None, None);
+            assert_eq!(embed_dot(t1, r1, &op, &needs), y1);
+            let g1 = g.lane(l) as f32;
+            let (gt1, gr1, _, _) = embed_dot::vjp(t1, r1, &op, &needs, &g1);
+            assert_eq!((y.lane(l) as f32, ty.lane(l) as f32), (y1, ty1), "lane {l}");
+            assert!(gt
+                .iter()
+                .zip(gt1.unwrap().iter())
+                .all(|(a, b)| a.lane(l) as f32 == *b));
+            assert!(gr
+                .iter()
+                .zip(gr1.unwrap().iter())
+                .all(|(a, b)| a.lane(l) as f32 == *b));
+        }
+        let short = DMatrix::<f64>::zeros(m - 1, d);
+        let err =
+            std::panic::catch_unwind(|| embed_dot(&normal_matrix(n, d, 1), &short, &op, &needs))
+                .unwrap_err();
+        let msg = err.downcast_ref::<String>().expect("a message");
+        assert!(msg.contains("look up 20x9, r is 19x9"), "{msg}");
     }
 
     #[test]
