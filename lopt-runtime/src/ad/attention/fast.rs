@@ -720,7 +720,7 @@ mod tests {
             let mut draws = vec![0.0f32; 2 * tt * tt];
             crate::key::Key::new(seed).fill_normal(&mut draws);
             // Row layout: `x[s·T + t]`, key `s`, query `t`; live for `s ≤ t`.
-            let garbage = |i: usize| if i % 2 == 0 { f32::NAN } else { 1e30 };
+            let garbage = |i: usize| if i.is_multiple_of(2) { f32::NAN } else { 1e30 };
             let fill = |off: usize, gain: f32| -> Vec<f32> {
                 (0..tt * tt)
                     .map(|i| {
