@@ -7,8 +7,9 @@
 //! at a time the same way. Every product is one register-tiled kernel that skips the
 //! causal mask's zero half: the logits only for keys `s ≤ t`, the products with `P` or
 //! `dL` only over their nonzero triangle (by blocks of 8 rows). The softmax and its
-//! Jacobian run eight queries at a time, one per lane, with the generic rule's operations
-//! in its order.
+//! Jacobian run eight queries at a time, one per lane of explicit AVX2 vectors (left to
+//! the compiler, the lane loops stayed scalar: half the forward pass's time), with the
+//! generic rule's operations in its order.
 //!
 //! Each product is `C = A · B` with `A` column-major (`A[r, p] = a[p·lda + r]`), `B` read
 //! by elements (`B[p, j] = b[p·bp + j·bj]`, broadcast) and `C` column-major; a tile is
@@ -23,7 +24,6 @@ use std::ops::Range;
 
 use super::AttentionGeometry;
 use crate::kernels::tile8::tr8;
-use crate::kernels::vecmath::exp_f32;
 
 /// Where a product's operands and result live, and the rows of `C` it computes.
 #[derive(Clone, Copy)]
@@ -185,6 +185,70 @@ unsafe fn transpose_square(src: &[f32], dst: &mut [f32], tt: usize) {
     }
 }
 
+/// `a·b + c` on 8 lanes as [`exp_f32`]'s `madd` computes it: one fused multiply-add where
+/// the build targets FMA, else a multiply and an add (so [`exp8`] has its bits in either
+/// build).
+///
+/// [`exp_f32`]: crate::kernels::vecmath::exp_f32
+#[inline(always)]
+unsafe fn madd8(a: __m256, b: __m256, c: __m256) -> __m256 {
+    if cfg!(target_feature = "fma") {
+        _mm256_fmadd_ps(a, b, c)
+    } else {
+        _mm256_add_ps(_mm256_mul_ps(a, b), c)
+    }
+}
+
+/// [`exp_f32`] on 8 lanes: its operations in its order (the clamps as `min`/`max` whose
+/// operand order keeps a NaN, the selects as blends), so each lane has its bits.
+///
+/// [`exp_f32`]: crate::kernels::vecmath::exp_f32
+#[inline(always)]
+unsafe fn exp8(x: __m256) -> __m256 {
+    const HI: f32 = 88.722_83;
+    const LO: f32 = -86.5;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const MAGIC: f32 = 12_582_912.0;
+    let s = _mm256_set1_ps;
+    // `_mm256_min_ps(a, b)` is `a < b ? a : b`: `x > HI ? HI : x`, NaN kept.
+    let xc = _mm256_max_ps(s(LO), _mm256_min_ps(s(HI), x));
+    let t = madd8(xc, s(std::f32::consts::LOG2_E), s(MAGIC));
+    let n = _mm256_sub_ps(t, s(MAGIC));
+    let ni = _mm256_sub_epi32(
+        _mm256_castps_si256(t),
+        _mm256_set1_epi32(MAGIC.to_bits() as i32),
+    );
+    let r = madd8(n, s(-C2), madd8(n, s(-C1), xc));
+    let mut p = s(1.987_569_2e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = madd8(p, r, s(c));
+    }
+    let er = _mm256_add_ps(madd8(_mm256_mul_ps(p, r), r, r), s(1.0));
+    let half_scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        ni,
+        _mm256_set1_epi32(126),
+    )));
+    let y = _mm256_mul_ps(_mm256_mul_ps(er, half_scale), s(2.0));
+    let y = _mm256_blendv_ps(y, s(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, s(HI)));
+    _mm256_blendv_ps(y, s(0.0), _mm256_cmp_ps::<_CMP_LT_OQ>(x, s(LO)))
+}
+
+/// The lanes `i` of the block of queries `r0..r0 + 8` for which key `s` is live
+/// (`s ≤ r0 + i`): all of them for `s ≤ r0`.
+#[inline(always)]
+unsafe fn live_lanes(s: usize, r0: usize) -> __m256 {
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let first = s.saturating_sub(r0) as i32;
+    _mm256_castsi256_ps(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(first - 1)))
+}
+
 /// `P ← softmax(L / scale)` row by row over the live keys, in place in the `T × T`
 /// column-major `p` (`p[s·T + t]` = query `t`'s logit for key `s`, live for `s ≤ t`;
 /// only those are read), the masked entries set to zero. Eight queries at a time, one
@@ -192,38 +256,38 @@ unsafe fn transpose_square(src: &[f32], dst: &mut [f32], tt: usize) {
 /// order as the generic rule's softmax (each logit divided by the scale, the maximum,
 /// `exp(l − max)`, their sum from key 0 up, each divided by the sum), so the same bits
 /// from the same logits, with no reduction across lanes.
+///
+/// # Safety
+/// AVX2 and FMA (the caller's target features).
 #[inline(always)]
 unsafe fn softmax_rows(p: &mut [f32], tt: usize, scale: f32) {
     assert!(p.len() == tt * tt && tt.is_multiple_of(8));
+    let base = p.as_mut_ptr();
+    let sc = _mm256_set1_ps(scale);
     for r0 in (0..tt).step_by(8) {
         let live = r0 + 8;
-        let mut m = [f32::NEG_INFINITY; 8];
+        let at = |s: usize| base.add(s * tt + r0);
+        // `f32::max` keeps the maximum when the logit is NaN; so does `max(v, m)`.
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
         for s in 0..live {
-            let c: &mut [f32; 8] = (&mut p[s * tt + r0..][..8]).try_into().unwrap();
-            for (i, (v, m)) in c.iter_mut().zip(&mut m).enumerate() {
-                *v /= scale;
-                if s <= r0 + i {
-                    *m = m.max(*v);
-                }
-            }
+            let v = _mm256_div_ps(_mm256_loadu_ps(at(s)), sc);
+            _mm256_storeu_ps(at(s), v);
+            m = _mm256_blendv_ps(m, _mm256_max_ps(v, m), live_lanes(s, r0));
         }
-        let mut sum = [0.0f32; 8];
+        // The masked lanes add zero, as the generic rule adds nothing (the sum starts
+        // at +0 and stays positive: the same bits).
+        let mut sum = _mm256_setzero_ps();
         for s in 0..live {
-            let c: &mut [f32; 8] = (&mut p[s * tt + r0..][..8]).try_into().unwrap();
-            for (i, (v, (&m, sum))) in c.iter_mut().zip(m.iter().zip(&mut sum)).enumerate() {
-                let e = if s <= r0 + i { exp_f32(*v - m) } else { 0.0 };
-                *sum += e;
-                *v = e;
-            }
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(at(s)), m));
+            let e = _mm256_and_ps(e, live_lanes(s, r0));
+            sum = _mm256_add_ps(sum, e);
+            _mm256_storeu_ps(at(s), e);
         }
         for s in 0..live {
-            let c: &mut [f32; 8] = (&mut p[s * tt + r0..][..8]).try_into().unwrap();
-            for (v, &sum) in c.iter_mut().zip(&sum) {
-                *v /= sum;
-            }
+            _mm256_storeu_ps(at(s), _mm256_div_ps(_mm256_loadu_ps(at(s)), sum));
         }
         for s in live..tt {
-            p[s * tt + r0..][..8].fill(0.0);
+            _mm256_storeu_ps(at(s), _mm256_setzero_ps());
         }
     }
 }
@@ -233,33 +297,30 @@ unsafe fn softmax_rows(p: &mut [f32], tt: usize, scale: f32) {
 /// read; `dL` with the masked entries zero on return): eight queries at a time, one per
 /// lane; per query the generic rule's operations in its order (the sum from key 0 up),
 /// so the same bits from the same operands.
+///
+/// # Safety
+/// AVX2 and FMA (the caller's target features).
 #[inline(always)]
 unsafe fn jacobian_rows(p: &[f32], e: &mut [f32], tt: usize, scale: f32) {
     assert!(p.len() == tt * tt && e.len() == tt * tt && tt.is_multiple_of(8));
+    let (pb, eb) = (p.as_ptr(), e.as_mut_ptr());
+    let sc = _mm256_set1_ps(scale);
     for r0 in (0..tt).step_by(8) {
         let live = r0 + 8;
-        let mut dot = [0.0f32; 8];
+        let mut dot = _mm256_setzero_ps();
         for s in 0..live {
-            let (pc, ec) = (&p[s * tt + r0..][..8], &e[s * tt + r0..][..8]);
-            for (i, (d, (&pv, &ev))) in dot.iter_mut().zip(pc.iter().zip(ec)).enumerate() {
-                if s <= r0 + i {
-                    *d += pv * ev;
-                }
-            }
+            let o = s * tt + r0;
+            let pe = _mm256_mul_ps(_mm256_loadu_ps(pb.add(o)), _mm256_loadu_ps(eb.add(o)));
+            dot = _mm256_blendv_ps(dot, _mm256_add_ps(dot, pe), live_lanes(s, r0));
         }
         for s in 0..live {
-            let pc = &p[s * tt + r0..][..8];
-            let ec: &mut [f32; 8] = (&mut e[s * tt + r0..][..8]).try_into().unwrap();
-            for (i, (ev, (&pv, &d))) in ec.iter_mut().zip(pc.iter().zip(&dot)).enumerate() {
-                *ev = if s <= r0 + i {
-                    pv * (*ev - d) / scale
-                } else {
-                    0.0
-                };
-            }
+            let o = s * tt + r0;
+            let d = _mm256_sub_ps(_mm256_loadu_ps(eb.add(o)), dot);
+            let v = _mm256_div_ps(_mm256_mul_ps(_mm256_loadu_ps(pb.add(o)), d), sc);
+            _mm256_storeu_ps(eb.add(o), _mm256_and_ps(v, live_lanes(s, r0)));
         }
         for s in live..tt {
-            e[s * tt + r0..][..8].fill(0.0);
+            _mm256_storeu_ps(eb.add(s * tt + r0), _mm256_setzero_ps());
         }
     }
 }
@@ -589,4 +650,113 @@ unsafe fn reverse_body<const Z: bool>(
         }
     }
     unpack_rows(dxb, s, tt, dx, rows, r0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::vecmath::exp_f32;
+
+    /// [`exp8`] gives [`exp_f32`]'s bits lane by lane: over the softmax's range and past
+    /// both clamps, at the special values, and in every lane position. Mutations caught
+    /// (each tried, each fails here): the upper clamp as `min(x, HI)` (a NaN becomes
+    /// `HI`'s exponential); one polynomial coefficient dropped; the `2^(n−1)` bias 127.
+    #[test]
+    fn exp8_has_the_bits_of_exp_f32() {
+        if !crate::kernels::cpu::has_avx2_fma() {
+            return;
+        }
+        let mut xs: Vec<f32> = (0..40_000).map(|i| -100.0 + i as f32 * 0.00491).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            88.72283,
+            88.7229,
+            -86.5,
+            -86.500_01,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            -1e-30,
+        ]);
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run(x: &[f32; 8]) -> [f32; 8] {
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(x.as_ptr())));
+            out
+        }
+        for k in 0..xs.len() {
+            // Each value in lane k mod 8, its neighbours in the others.
+            let lanes: [f32; 8] = std::array::from_fn(|i| xs[(k + i) % xs.len()]);
+            // SAFETY: the CPU has AVX2 and FMA (checked).
+            let got = unsafe { run(&lanes) };
+            for (x, y) in lanes.iter().zip(got) {
+                assert_eq!(y.to_bits(), exp_f32(*x).to_bits(), "exp({x}): {y}");
+            }
+        }
+    }
+
+    /// The softmax and its Jacobian, eight queries a vector, give the generic rule's bits
+    /// from the same operands: [`softmax_rows`] against the generic rule's loop per query
+    /// (each logit divided by the scale, the maximum, `exp(l − max)`, the sum from key 0
+    /// up, each divided by the sum), [`jacobian_rows`] against the generic
+    /// `softmax_jacobian_t` on the transposes. The masked entries of the diagonal blocks
+    /// hold NaN and 1e30 on entry (never read: zeros on return). `T` of 8, 24 and 40.
+    /// Mutations caught (each tried, each fails here): the masked lanes' exponentials
+    /// added to the sum; the maximum over the masked lanes; the Jacobian's dot over the
+    /// masked lanes; the live lanes one short (`s − r0 < i` for `s − r0 ≤ i`).
+    #[test]
+    fn softmax_and_jacobian_rows_have_the_generic_bits() {
+        if !crate::kernels::cpu::has_avx2_fma() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn both(p: &mut [f32], e: &mut [f32], tt: usize, scale: f32) {
+            softmax_rows(p, tt, scale);
+            jacobian_rows(p, e, tt, scale);
+        }
+        for (tt, seed) in [(8usize, 1u64), (24, 2), (40, 3)] {
+            let mut draws = vec![0.0f32; 2 * tt * tt];
+            crate::key::Key::new(seed).fill_normal(&mut draws);
+            // Row layout: `x[s·T + t]`, key `s`, query `t`; live for `s ≤ t`.
+            let garbage = |i: usize| if i.is_multiple_of(2) { f32::NAN } else { 1e30 };
+            let fill = |off: usize, gain: f32| -> Vec<f32> {
+                (0..tt * tt)
+                    .map(|i| {
+                        let (s, t) = (i / tt, i % tt);
+                        if s <= t {
+                            gain * draws[off + i]
+                        } else {
+                            garbage(i)
+                        }
+                    })
+                    .collect()
+            };
+            let (mut p, mut e) = (fill(0, 3.0), fill(tt * tt, 1.0));
+            let scale = 5.0f32.sqrt();
+            // The generic rule's softmax, per query `t` (column `t` of the transposes).
+            let tr = |x: &[f32]| -> Vec<f32> {
+                (0..tt * tt).map(|i| x[(i % tt) * tt + i / tt]).collect()
+            };
+            let (mut want_p, mut want_e) = (tr(&p), tr(&e));
+            for t in 0..tt {
+                let col = &mut want_p[t * tt..(t + 1) * tt];
+                let (live, masked) = col.split_at_mut(t + 1);
+                masked.iter_mut().for_each(|v| *v = 0.0);
+                live.iter_mut().for_each(|v| *v /= scale);
+                let m = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                live.iter_mut()
+                    .for_each(|v| *v = crate::kernels::vecmath::exp(*v - m));
+                let sum = live.iter().fold(0.0f32, |s, &v| s + v);
+                live.iter_mut().for_each(|v| *v /= sum);
+            }
+            super::super::softmax_jacobian_t(&want_p, &mut want_e, tt, Some(scale));
+            // SAFETY: the CPU has AVX2 and FMA (checked).
+            unsafe { both(&mut p, &mut e, tt, scale) };
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&tr(&p)), bits(&want_p), "T = {tt}: probabilities");
+            assert_eq!(bits(&tr(&e)), bits(&want_e), "T = {tt}: Jacobian");
+        }
+    }
 }
