@@ -57,6 +57,7 @@ pub mod derivative_check;
 mod elementwise;
 pub mod gather;
 mod labels;
+pub mod linear;
 pub mod lstm;
 mod matmul;
 pub mod norm;
