@@ -35,6 +35,9 @@ pub use crate::ad::linear::linear;
 /// The LSTM over a whole sequence as one rule (`hk.dynamic_unroll(hk.LSTM)`); see
 /// [`crate::ad::lstm`].
 pub use crate::ad::lstm::lstm_sequence;
+/// `hk.LayerNorm` with its scale and offset as one rule; see
+/// [`crate::ad::norm::layer_norm_affine()`].
+pub use crate::ad::norm::layer_norm_affine;
 
 /// `x^n`, elementwise, for an integer `n`.
 #[inline]
