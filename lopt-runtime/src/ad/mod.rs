@@ -50,6 +50,7 @@
 //! elementwise unary primitives are declared, rules included, in [`crate::primitives`];
 //! the fast loops the rules call (GEMM, vector math) are in [`crate::kernels`].
 
+pub mod affine;
 pub mod attention;
 pub mod conv;
 mod data;
@@ -57,7 +58,6 @@ pub mod derivative_check;
 mod elementwise;
 pub mod gather;
 mod labels;
-pub mod linear;
 pub mod lstm;
 mod matmul;
 pub mod norm;

@@ -30,8 +30,8 @@ pub use crate::primitives::declared::functions::*;
 pub use crate::primitives::declared::unary_functions::*;
 
 /// An affine layer `x·w + b` as one rule (the bias added inside the product); see
-/// [`crate::ad::linear`].
-pub use crate::ad::linear::linear;
+/// [`crate::ad::affine`].
+pub use crate::ad::affine::linear;
 /// The LSTM over a whole sequence as one rule (`hk.dynamic_unroll(hk.LSTM)`); see
 /// [`crate::ad::lstm`].
 pub use crate::ad::lstm::lstm_sequence;
