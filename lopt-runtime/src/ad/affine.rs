@@ -129,8 +129,8 @@ mod tests {
 
     /// `linear(x, w, b)` is `x * w + b` bit for bit (f32, f64, lanes) on every route,
     /// on one thread and three. Guards against the bias added on every chunk of `k`
-    /// rather than the last (37 × 600 × 29), no bias on the non-broadcast routes
-    /// (1 × 9 × 7 and 512³), a column's bias taken from another column.
+    /// rather than the last (37 × 600 × 29; tried: fails), no bias on the non-broadcast
+    /// routes (1 × 9 × 7 and 512³), a column's bias taken from another column.
     #[test]
     fn linear_is_the_product_plus_the_bias() {
         fn one<S: Real>(m: usize, k: usize, n: usize) {
