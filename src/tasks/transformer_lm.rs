@@ -67,6 +67,7 @@ use crate::ad::attention::AttentionGeometry;
 use crate::data_parallel::DataParallel;
 use crate::datasets::text::{fortunes_lm_datasets, LmBatch};
 use crate::datasets::Datasets;
+use crate::ops::{layer_norm_affine, linear};
 use crate::params::Rebind;
 use crate::prelude::{task, task_family, Params};
 use crate::tasks::rnn_lm::{
@@ -408,18 +409,18 @@ macro_rules! transformer_task {
             let bm = batch_major(batch);
             let h = embed(&params.embed, &bm.ids);
             $(
-                let a_in = scale_columns(layer_norm(&h, 1e-5), &params.$layer.ln1_scale)
-                    + &params.$layer.ln1_offset;
-                let qkv = a_in * &params.$layer.wqkv + &params.$layer.bqkv;
+                let a_in = layer_norm_affine(
+                    &h, &params.$layer.ln1_scale, &params.$layer.ln1_offset, 1e-5);
+                let qkv = linear(&a_in, &params.$layer.wqkv, &params.$layer.bqkv);
                 let att = causal_self_attention(&qkv, &g);
-                let h1 = &h + (att * &params.$layer.wo + &params.$layer.bo);
-                let m_in = scale_columns(layer_norm(&h1, 1e-5), &params.$layer.ln2_scale)
-                    + &params.$layer.ln2_offset;
-                let act = gelu_tanh(m_in * &params.$layer.w1 + &params.$layer.b1);
-                let h = h1 + (act * &params.$layer.w2 + &params.$layer.b2);
+                let h1 = &h + linear(&att, &params.$layer.wo, &params.$layer.bo);
+                let m_in = layer_norm_affine(
+                    &h1, &params.$layer.ln2_scale, &params.$layer.ln2_offset, 1e-5);
+                let act = gelu_tanh(linear(&m_in, &params.$layer.w1, &params.$layer.b1));
+                let h = h1 + linear(&act, &params.$layer.w2, &params.$layer.b2);
             )*
-            let hf = scale_columns(layer_norm(&h, 1e-5), &params.lnf_scale) + &params.lnf_offset;
-            let ce = softmax_cross_entropy(hf * &params.wout + &params.bout, &bm.targets);
+            let hf = layer_norm_affine(&h, &params.lnf_scale, &params.lnf_offset, 1e-5);
+            let ce = softmax_cross_entropy(linear(&hf, &params.wout, &params.bout), &bm.targets);
             dot(&ce, &bm.mask) / bm.count
         });
     };

@@ -7,14 +7,14 @@
 //! instead of materializing them.
 
 use nalgebra::allocator::Allocator;
-use nalgebra::{DefaultAllocator, Dim, OMatrix, UninitMatrix};
+use nalgebra::{DMatrix, DefaultAllocator, Dim, OMatrix, UninitMatrix};
 
 use super::op;
 use super::shape::shape_panic;
 use super::Binary;
 use crate::kernels::alloc::{is_large, scratch};
 use crate::kernels::gemm::{gemm_raw, MatRef};
-use crate::kernels::gemm_threads::{gemm_split, Cols};
+use crate::kernels::gemm_threads::{gemm_split, gemm_split_bias, Cols};
 use crate::scalar::Real;
 
 /// A strided view of a whole matrix or of its transpose.
@@ -124,6 +124,45 @@ where
         gemm_split(a, b, out.as_mut_ptr() as *mut S, false);
         out.assume_init()
     }
+}
+
+/// `a·w + 1·biasᵀ` as a new matrix, the bias added by the GEMM to each block as it is
+/// made (`kernels::gemm_threads::gemm_split_bias`; split over threads as
+/// [`product_cols`]). The values of `Binary<Mul>` then `+ bias`.
+pub(crate) fn product_bias<S: Real>(a: View<'_, S>, w: &DMatrix<S>, bias: &[S]) -> DMatrix<S> {
+    let b = cols(w);
+    assert_eq!(a.cols(), b.rows);
+    let (r, c) = (a.rows(), b.cols);
+    let n = r * c;
+    let mut v = if is_large::<S>(n) {
+        scratch::<S>(n)
+    } else {
+        Vec::with_capacity(n)
+    };
+    // SAFETY: the shapes agree (checked above), `bias` has one element per column (the
+    // callee asserts it), and `v` has room for `r * c` elements; without accumulation the
+    // GEMM writes every one of them and reads none, so all `n` are initialized when the
+    // length is set.
+    unsafe {
+        gemm_split_bias(a, b, bias, v.as_mut_ptr());
+        v.set_len(n);
+    }
+    DMatrix::from_vec(r, c, v)
+}
+
+/// The cotangents `(g·bᵀ, aᵀ·g)` of `a·b`, as `Binary<Mul>::vjp` makes them, from a
+/// borrowed `g`.
+pub(crate) fn product_vjp<S: Real>(
+    a: &DMatrix<S>,
+    b: &DMatrix<S>,
+    g: &DMatrix<S>,
+) -> (DMatrix<S>, DMatrix<S>) {
+    let (r1, c1) = a.shape_generic();
+    let c2 = b.shape_generic().1;
+    (
+        product_cols(View::of(g), cols(b).t(), r1, c1),
+        product_cols(View::of(a).t(), cols(g), c1, c2),
+    )
 }
 
 /// [`product_acc`] with the right operand given as [`Cols`] (split as [`product_cols`]).

@@ -50,6 +50,7 @@
 //! elementwise unary primitives are declared, rules included, in [`crate::primitives`];
 //! the fast loops the rules call (GEMM, vector math) are in [`crate::kernels`].
 
+pub mod affine;
 pub mod attention;
 pub mod conv;
 mod data;

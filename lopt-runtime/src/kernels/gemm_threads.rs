@@ -15,7 +15,7 @@
 
 #[cfg(test)]
 use crate::kernels::gemm::LARGE;
-use crate::kernels::gemm::{gemm_raw, takes_matrixmultiply, MatRef, LARGE_DIM};
+use crate::kernels::gemm::{gemm_bias_raw, gemm_raw, takes_matrixmultiply, MatRef, LARGE_DIM};
 use crate::scalar::Real;
 
 /// Multiply-adds (`m·k·n`) from which a product is split: about 30 µs of one core's work
@@ -137,14 +137,22 @@ pub(crate) unsafe fn gemm_split<S: Real>(
     let Some(w) = chunk_cols(m, a.cols(), n, b.rs) else {
         return gemm_raw(a, b.all(), c, accumulate);
     };
-    let chunks = n.div_ceil(w);
     let out = Shared(c);
+    on_chunks(n, w, |j0, cols| {
+        // SAFETY: `on_chunks` gives each chunk its own columns `j0..j0 + cols` of `c`
+        // (inside it, as the caller guarantees for all `n`); it reads nothing another
+        // chunk writes.
+        unsafe { gemm_raw(a, b.view(j0, cols), out.at(j0 * m), accumulate) }
+    });
+}
+
+/// `f(j0, cols)` for each chunk of `w` of `n` columns, on the thread pool unless it has
+/// one thread.
+fn on_chunks(n: usize, w: usize, f: impl Fn(usize, usize) + Sync) {
+    let chunks = n.div_ceil(w);
     let run = |i: usize| {
         let j0 = i * w;
-        let cols = w.min(n - j0);
-        // SAFETY: chunk `i` writes columns `j0..j0 + cols` of `c` only (inside it, as the
-        // caller guarantees for all `n`), and reads nothing another chunk writes.
-        unsafe { gemm_raw(a, b.view(j0, cols), out.at(j0 * m), accumulate) }
+        f(j0, w.min(n - j0))
     };
     if rayon::current_num_threads() > 1 {
         use rayon::prelude::*;
@@ -152,6 +160,29 @@ pub(crate) unsafe fn gemm_split<S: Real>(
     } else {
         (0..chunks).for_each(run);
     }
+}
+
+/// `c = a·b + 1·biasᵀ` ([`gemm_bias_raw`]: the bias added to each block of the product as
+/// it is made), split as [`gemm_split`]; `bias[j0..]` goes with each chunk's columns.
+///
+/// # Safety
+/// As [`gemm_split`] without accumulation; `bias` holds `b.cols` elements.
+pub(crate) unsafe fn gemm_split_bias<S: Real>(
+    a: MatRef<'_, S>,
+    b: Cols<'_, S>,
+    bias: &[S],
+    c: *mut S,
+) {
+    assert_eq!(bias.len(), b.cols, "gemm: one bias per column");
+    let (m, n) = (a.rows(), b.cols);
+    let Some(w) = chunk_cols(m, a.cols(), n, b.rs) else {
+        return gemm_bias_raw(a, b.all(), bias, c);
+    };
+    let out = Shared(c);
+    on_chunks(n, w, |j0, cols| {
+        // SAFETY: as in `gemm_split`: chunk columns are disjoint and inside `c`.
+        unsafe { gemm_bias_raw(a, b.view(j0, cols), &bias[j0..j0 + cols], out.at(j0 * m)) }
+    });
 }
 
 #[cfg(test)]

@@ -29,9 +29,15 @@ pub use crate::primitives::declared::elementwise_binary_functions::*;
 pub use crate::primitives::declared::functions::*;
 pub use crate::primitives::declared::unary_functions::*;
 
+/// An affine layer `x·w + b` as one rule (the bias added inside the product); see
+/// [`crate::ad::affine`].
+pub use crate::ad::affine::linear;
 /// The LSTM over a whole sequence as one rule (`hk.dynamic_unroll(hk.LSTM)`); see
 /// [`crate::ad::lstm`].
 pub use crate::ad::lstm::lstm_sequence;
+/// `hk.LayerNorm` with its scale and offset as one rule; see
+/// [`crate::ad::norm::layer_norm_affine()`].
+pub use crate::ad::norm::layer_norm_affine;
 
 /// `x^n`, elementwise, for an integer `n`.
 #[inline]

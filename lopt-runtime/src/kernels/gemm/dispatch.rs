@@ -22,6 +22,10 @@ pub(super) struct Job<T> {
     pub(super) acc: bool,
     /// `B` packed by `drive_bcast` (`pack_b`), or null: the kernels then read `b`.
     pub(super) bp: *const T,
+    /// One value per column of `C` added to the product (`C = A·B + 1·biasᵀ`, never
+    /// with `acc`), or null. Each element is the product's rounded sum plus the bias,
+    /// rounded: what adding the bias to the finished product gives.
+    pub(super) bias: *const T,
 }
 
 impl<T> Job<T> {
@@ -53,6 +57,7 @@ impl<T> Job<T> {
             ldc,
             acc,
             bp: std::ptr::null(),
+            bias: std::ptr::null(),
         }
     }
 }

@@ -33,8 +33,9 @@ pub(super) unsafe fn store_col<S: Simd, const NV: usize>(c: *mut S::E, s: [S; NV
 
 /// Broadcast kernel: `C[0..NV·LANES, 0..NR] = C0 + A[0..NV·LANES, :] · B[:, 0..NR]`, each
 /// element one multiply-add chain in order of `k`, starting from `C`'s value when
-/// `from_c` (else from zero). `A` has contiguous columns `lda` apart, `C` columns are
-/// `ldc` apart.
+/// `from_c` (else from zero), then `bias[j]` added to column `j` when `bias` is not null
+/// (one rounding: `1·bias + s` fused is `bias + s`). `A` has contiguous columns `lda`
+/// apart, `C` columns are `ldc` apart.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
@@ -48,6 +49,7 @@ pub(super) unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
     ldc: usize,
     from_c: bool,
     skip: usize,
+    bias: *const S::E,
 ) {
     let mut s = [[S::zero(); NV]; NR];
     if from_c {
@@ -66,6 +68,17 @@ pub(super) unsafe fn bcast<S: Simd, const NV: usize, const NR: usize>(
             let bj = S::splat(bp.add(j * csb));
             for v in 0..NV {
                 sj[v] = S::madd(av[v], bj, sj[v]);
+            }
+        }
+    }
+    if !bias.is_null() {
+        // While the block is in registers: no pass over `C` for the bias.
+        let one = <S::E as Elem>::ONE;
+        let one = S::splat(&one);
+        for (j, sj) in s.iter_mut().enumerate() {
+            let bj = S::splat(bias.add(j));
+            for x in sj.iter_mut() {
+                *x = S::madd(one, bj, *x);
             }
         }
     }
@@ -97,20 +110,33 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
     let Panel { a, lda } = panel;
     let c = j.c.add(i);
     let ldc = j.ldc;
+    // The bias goes in with the last chunk of `k`, when the sums are complete.
+    let bias = if p0 + kc == j.k {
+        j.bias
+    } else {
+        std::ptr::null()
+    };
+    let bias_at = |col: usize| {
+        if bias.is_null() {
+            bias
+        } else {
+            bias.add(col)
+        }
+    };
     let mut col = 0;
     if j.bp.is_null() {
         let b0 = j.b.add(p0 * j.rsb);
         let (rsb, csb) = (j.rsb, j.csb);
         while col + NR <= j.n {
             let (b, c) = (b0.add(col * csb), c.add(col * ldc));
-            bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip);
+            bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip, bias_at(col));
             col += NR;
         }
     } else {
         // Packed (`pack_b`): block `col` holds rows of `NR` from `j.bp + col·k`.
         while col + NR <= j.n {
             let (b, c) = (j.bp.add(col * j.k + p0 * NR), c.add(col * ldc));
-            bcast::<S, NV, NR>(kc, a, lda, b, NR, 1, c, ldc, from_c, skip);
+            bcast::<S, NV, NR>(kc, a, lda, b, NR, 1, c, ldc, from_c, skip, bias_at(col));
             col += NR;
         }
     }
@@ -125,11 +151,12 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
         (j.bp.add(col * j.k + p0 * nr), nr, 1)
     };
     let c = c.add(col * ldc);
+    let bias = bias_at(col);
     // `NR > x` is known at compile time: arms wider than this variant's block vanish.
     macro_rules! edge {
         ($($w:literal)*) => {
             match nr {
-                $($w if NR > $w => bcast::<S, NV, $w>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip),)*
+                $($w if NR > $w => bcast::<S, NV, $w>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip, bias),)*
                 _ => unreachable!(),
             }
         };
@@ -548,10 +575,44 @@ pub(super) unsafe fn drive<
     // or packed.
     let dot_ok = j.csa == 1 && (j.rsb == 1 || j.k == 1);
     let pack_ok = j.rsa != 1 && j.csa == 1 && j.m >= S::LANES && j.n >= PACK_MIN_N;
+    if (j.rsa == 1 || pack_ok) && !(dot_ok && j.m == 1) {
+        // The broadcast kernels add the bias themselves.
+        return drive_bcast::<S, S1, NV, NR>(j);
+    }
+    let bias = j.bias;
+    let j = &Job {
+        bias: std::ptr::null(),
+        ..*j
+    };
+    drive_other::<S, S1, MI, NJ>(j, dot_ok, pack_ok);
+    add_bias(j, bias);
+}
+
+/// `C[:, col] += bias[col]` over the finished product (the routes other than the
+/// broadcast kernels'; nothing when `bias` is null).
+#[inline(always)]
+pub(super) unsafe fn add_bias<E: Elem>(j: &Job<E>, bias: *const E) {
+    if bias.is_null() {
+        return;
+    }
+    for col in 0..j.n {
+        let (c, b) = (j.c.add(col * j.ldc), *bias.add(col));
+        for r in 0..j.m {
+            *c.add(r) = *c.add(r) + b;
+        }
+    }
+}
+
+/// [`drive`]'s routes other than the broadcast kernels: dot products, `Aᵀ·Bᵀ`, general
+/// strides.
+#[inline(always)]
+unsafe fn drive_other<S: Simd, S1: Simd<E = S::E>, const MI: usize, const NJ: usize>(
+    j: &Job<S::E>,
+    dot_ok: bool,
+    pack_ok: bool,
+) {
     if dot_ok && ((j.rsa != 1 && !pack_ok) || j.m == 1) {
         drive_dot::<S, S1, MI, NJ>(j, j.rsa, j.csb);
-    } else if j.rsa == 1 || pack_ok {
-        drive_bcast::<S, S1, NV, NR>(j);
     } else if j.csa == 1 {
         // Aᵀ·Bᵀ: copy B to column-major once, then dot products.
         let b: Vec<S::E> = (0..j.n)

@@ -218,6 +218,23 @@ pub(crate) unsafe fn gemm_raw<S: Real>(
     gemm_with(isa(), a, b, c, accumulate)
 }
 
+/// `c = a·b + 1·biasᵀ` (`bias[j]` added to every element of column `j`): each element
+/// is the product's (as [`gemm_raw`] makes it) plus the bias, rounded once more, the
+/// values of adding the bias to the finished product. The broadcast kernels add it to
+/// each block while it is in registers (no pass over `c` for it).
+///
+/// # Safety
+/// As [`gemm_raw`] without accumulation; `bias` holds `b.cols` elements.
+pub(crate) unsafe fn gemm_bias_raw<S: Real>(
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    bias: &[S],
+    c: *mut S,
+) {
+    debug_assert_eq!(bias.len(), b.cols);
+    gemm_ldc_bias_with(isa(), a, b, c, a.rows, false, bias.as_ptr())
+}
+
 /// [`gemm_raw`] into a column-major block of a larger matrix: `c` points at its first
 /// element, its columns `ldc` apart (`ldc >= a.rows`). Only the block's elements are
 /// read (when `accumulate`) or written; the results are those of [`gemm_raw`].
@@ -274,7 +291,22 @@ unsafe fn gemm_ldc_with<S: Real>(
     ldc: usize,
     accumulate: bool,
 ) {
+    gemm_ldc_bias_with(isa, a, b, c, ldc, accumulate, std::ptr::null())
+}
+
+/// [`gemm_ldc_with`] plus a bias per column of `C` (`bias` null for none; never with
+/// `accumulate`).
+unsafe fn gemm_ldc_bias_with<S: Real>(
+    isa: Isa,
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    c: *mut S,
+    ldc: usize,
+    accumulate: bool,
+    bias: *const S,
+) {
     debug_assert_eq!(a.cols, b.rows);
+    debug_assert!(bias.is_null() || !accumulate);
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
@@ -282,8 +314,14 @@ unsafe fn gemm_ldc_with<S: Real>(
     if k == 0 {
         if !accumulate {
             for j in 0..n {
+                // The empty sum is +0 (what the bias is then added to).
+                let b = if bias.is_null() {
+                    S::zero()
+                } else {
+                    S::zero() + *bias.add(j)
+                };
                 for i in 0..m {
-                    c.add(i + j * ldc).write(S::zero());
+                    c.add(i + j * ldc).write(b);
                 }
             }
         }
@@ -291,25 +329,35 @@ unsafe fn gemm_ldc_with<S: Real>(
     }
     // The TypeId tests make the casts identities.
     if TypeId::of::<S>() == TypeId::of::<f32>() {
-        let job = Job::with_ldc(
-            a.cast::<f32>(),
-            b.cast::<f32>(),
-            c as *mut f32,
-            ldc,
-            accumulate,
-        );
-        if !large(&job) || !mm_f32(&job) {
+        let job = Job {
+            bias: bias as *const f32,
+            ..Job::with_ldc(
+                a.cast::<f32>(),
+                b.cast::<f32>(),
+                c as *mut f32,
+                ldc,
+                accumulate,
+            )
+        };
+        if large(&job) && mm_f32(&job) {
+            add_bias(&job, job.bias);
+        } else {
             run_f32(isa, &job);
         }
     } else if TypeId::of::<S>() == TypeId::of::<f64>() {
-        let job = Job::with_ldc(
-            a.cast::<f64>(),
-            b.cast::<f64>(),
-            c as *mut f64,
-            ldc,
-            accumulate,
-        );
-        if !large(&job) || !mm_f64(&job) {
+        let job = Job {
+            bias: bias as *const f64,
+            ..Job::with_ldc(
+                a.cast::<f64>(),
+                b.cast::<f64>(),
+                c as *mut f64,
+                ldc,
+                accumulate,
+            )
+        };
+        if large(&job) && mm_f64(&job) {
+            add_bias(&job, job.bias);
+        } else {
             run_f64(isa, &job);
         }
     } else {
@@ -328,6 +376,14 @@ unsafe fn gemm_ldc_with<S: Real>(
         // SAFETY: as this function's contract (`c` valid for m·n writes, initialized
         // when accumulating).
         super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, accumulate);
+        if !bias.is_null() {
+            for j in 0..n {
+                let (col, b) = (c.add(j * ldc), *bias.add(j));
+                for i in 0..m {
+                    *col.add(i) = *col.add(i) + b;
+                }
+            }
+        }
     }
 }
 

@@ -18,12 +18,14 @@ pub(super) fn build<T: Copy, const N: usize>(fill: T, mut f: impl FnMut(usize) -
 /// The element types with kernels.
 pub(super) trait Elem: Copy + Add<Output = Self> + Mul<Output = Self> + 'static {
     const ZERO: Self;
+    const ONE: Self;
     /// `self * b + c` rounded once.
     fn fused(self, b: Self, c: Self) -> Self;
 }
 
 impl Elem for f32 {
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
     #[inline(always)]
     fn fused(self, b: Self, c: Self) -> Self {
         self.mul_add(b, c)
@@ -32,6 +34,7 @@ impl Elem for f32 {
 
 impl Elem for f64 {
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
     #[inline(always)]
     fn fused(self, b: Self, c: Self) -> Self {
         self.mul_add(b, c)
