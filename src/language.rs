@@ -89,6 +89,8 @@
 //! | `global_mean_pool(x, positions)` | `N·H·W × C` → `N × C` | `jnp.mean(x, axis=(1, 2))` |
 //! | `causal_self_attention(qkv, &g)` | `B·T × 3·H·d` rows `b·T + t`, columns `[q \| k \| v]` → `B·T × H·d` (heads concatenated); `g` an `AttentionGeometry` | haiku `MultiHeadAttention`'s core with a causal mask (`key_size` `d`, logits `/ √d`, masked to −1e30, softmax over keys); one fused rule |
 //! | `lstm_sequence(&xw, &wh, &h0, &c0)` (`use lopt::ops::lstm_sequence`; four differentiated operands) | `xw` `T·B × 4H` (rows `t·B + b`, the input's gate pre-activations `x W_x + b`, gates `i, g, f, o`), `wh` `H × 4H`, `h0`, `c0` `B × H` → every step's `h`, `T·B × H` | `hk.dynamic_unroll(hk.LSTM(H))` (forget bias `+1`); one rule: the batch in fixed row chunks on the thread pool, the forward pass kept for the reverse one, `dW_h` as one product over the steps |
+//! | `linear(&x, &w, &b)` (`use lopt::ops::linear`) | `x` `B × K`, `w` `K × N`, `b` a vector of `N` → `B × N` | `hk.Linear`; one rule: the bias added by the GEMM to each block while it is in registers, values `x * w + b`'s bit for bit |
+//! | `layer_norm_affine(&x, &s, &o, eps)` (`use lopt::ops::layer_norm_affine`) | `x` `B × D`, `s`, `o` vectors of `D` → `B × D` | `hk.LayerNorm(axis=-1, create_scale=True, create_offset=True)`; one rule: one pass writes the value, the reverse recomputes `x̂`; bit for bit `scale_columns(layer_norm(x, eps), s) + o` |
 //!
 //! # Fused compositions
 //!
