@@ -97,6 +97,14 @@ impl AttentionGeometry {
 
     #[track_caller]
     fn check_input<S>(&self, qkv: &DMatrix<S>) {
+        // The fields are public: a geometry built by hand skips `new`'s refusal, and a
+        // zero size would divide by zero deep in the chunking.
+        if [self.batch, self.time, self.heads, self.key_size].contains(&0) {
+            panic!(
+                "causal_self_attention: a geometry with a zero size (build it with \
+                 AttentionGeometry::new, which refuses one): {self:?}"
+            );
+        }
         if qkv.shape() != (self.rows(), 3 * self.width()) {
             panic!(
                 "causal_self_attention: qkv of shape {:?}, the geometry needs {:?} \
@@ -1052,6 +1060,21 @@ mod tests {
             Err(Error::InvalidArgument(_))
         ));
         assert!(AttentionGeometry::new(0, 1, 1, 1).is_err());
+    }
+
+    /// A hand-built geometry with a zero size is refused by name at the call, not by a
+    /// division by zero inside (the input is empty, so it has the shape such a geometry
+    /// asks for).
+    #[test]
+    #[should_panic(expected = "a geometry with a zero size")]
+    fn hand_built_zero_geometry_panics_by_name() {
+        let g = AttentionGeometry {
+            batch: 2,
+            time: 4,
+            heads: 0,
+            key_size: 8,
+        };
+        causal_self_attention(&DMatrix::<f32>::zeros(g.rows(), 3 * g.width()), &g);
     }
 
     #[test]
