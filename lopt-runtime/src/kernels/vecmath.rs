@@ -62,6 +62,31 @@ fn madd(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The constants of [`exp_f32`], shared with its vector forms (which must round as it
+/// does, lane by lane).
+pub(crate) mod exp_coeffs {
+    /// `ln(f32::MAX)`: above it, infinity.
+    pub(crate) const HI: f32 = 88.722_83;
+    /// Below it, zero (keeps `2^(n-1)` a normal float).
+    pub(crate) const LO: f32 = -86.5;
+    /// `ln 2` split in two so that `n · C1` is exact.
+    pub(crate) const C1: f32 = 0.693_359_4;
+    /// The rest of `ln 2`.
+    pub(crate) const C2: f32 = -2.121_944_4e-4;
+    /// `1.5 · 2^23`: adding it rounds to an integer held in the low mantissa bits.
+    pub(crate) const MAGIC: f32 = 12_582_912.0;
+    /// The polynomial in `r`, Horner's order from the highest power (Cephes' last,
+    /// 5.0000001201e-1, rounds to 0.5).
+    pub(crate) const POLY: [f32; 6] = [
+        1.987_569_2e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+}
+
 /// Cephes `expf`: `e^x = 2^n e^r`, `n = round(x / ln 2)`, `|r| <= ln 2 / 2`.
 ///
 /// The polynomial runs on [`madd`], so its last bit depends on whether the build targets
@@ -71,28 +96,18 @@ fn madd(a: f32, b: f32, c: f32) -> f32 {
 /// softmax weight there matters) and infinity above `ln(f32::MAX)`; NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
-    const HI: f32 = 88.722_83; // ln(f32::MAX)
-    const LO: f32 = -86.5; // keeps 2^(n-1) a normal float
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n * C1 is exact
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
-    const MAGIC: f32 = 12_582_912.0;
-
+    use exp_coeffs::*;
     // Selects, not branches, so loops over this vectorize; both tests are false for NaN.
     let xc = if x > HI { HI } else { x };
     let xc = if xc < LO { LO } else { xc };
-    let t = madd(xc, LOG2E, MAGIC);
+    let t = madd(xc, std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32) - (MAGIC.to_bits() as i32);
     let r = madd(n, -C2, madd(n, -C1, xc));
-    let mut p = 1.987_569_2e-4_f32;
-    p = madd(p, r, 1.398_199_9e-3);
-    p = madd(p, r, 8.333_452e-3);
-    p = madd(p, r, 4.166_579_6e-2);
-    p = madd(p, r, 1.666_666_5e-1);
-    p = madd(p, r, 0.5); // Cephes: 5.0000001201e-1, which rounds to 0.5
+    let mut p = POLY[0];
+    for c in &POLY[1..] {
+        p = madd(p, r, *c);
+    }
     let er = madd(p * r, r, r) + 1.0;
     // 2^(n-1) * 2: n reaches 128 at the top, where 2^n alone is not a float
     let half_scale = f32::from_bits(((ni + 126) as u32) << 23);

@@ -205,11 +205,7 @@ unsafe fn madd8(a: __m256, b: __m256, c: __m256) -> __m256 {
 /// [`exp_f32`]: crate::kernels::vecmath::exp_f32
 #[inline(always)]
 unsafe fn exp8(x: __m256) -> __m256 {
-    const HI: f32 = 88.722_83;
-    const LO: f32 = -86.5;
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12_582_912.0;
+    use crate::kernels::vecmath::exp_coeffs::*;
     let s = _mm256_set1_ps;
     // `_mm256_min_ps(a, b)` is `a < b ? a : b`: `x > HI ? HI : x`, NaN kept.
     let xc = _mm256_max_ps(s(LO), _mm256_min_ps(s(HI), x));
@@ -220,15 +216,9 @@ unsafe fn exp8(x: __m256) -> __m256 {
         _mm256_set1_epi32(MAGIC.to_bits() as i32),
     );
     let r = madd8(n, s(-C2), madd8(n, s(-C1), xc));
-    let mut p = s(1.987_569_2e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
-        p = madd8(p, r, s(c));
+    let mut p = s(POLY[0]);
+    for c in &POLY[1..] {
+        p = madd8(p, r, s(*c));
     }
     let er = _mm256_add_ps(madd8(_mm256_mul_ps(p, r), r, r), s(1.0));
     let half_scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
