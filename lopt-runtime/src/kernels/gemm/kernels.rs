@@ -585,19 +585,26 @@ pub(super) unsafe fn drive<
         ..*j
     };
     drive_other::<S, S1, MI, NJ>(j, dot_ok, pack_ok);
-    add_bias(j, bias);
+    add_bias(j.c, j.ldc, j.m, j.n, bias);
 }
 
-/// `C[:, col] += bias[col]` over the finished product (the routes other than the
-/// broadcast kernels'; nothing when `bias` is null).
+/// `C[:, col] += bias[col]` over the finished `m × n` product at `c` (columns `ldc`
+/// apart): the routes other than the broadcast kernels', and the lanes' GEMM; nothing
+/// when `bias` is null.
 #[inline(always)]
-pub(super) unsafe fn add_bias<E: Elem>(j: &Job<E>, bias: *const E) {
+pub(super) unsafe fn add_bias<E: Copy + std::ops::Add<Output = E>>(
+    c: *mut E,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    bias: *const E,
+) {
     if bias.is_null() {
         return;
     }
-    for col in 0..j.n {
-        let (c, b) = (j.c.add(col * j.ldc), *bias.add(col));
-        for r in 0..j.m {
+    for col in 0..n {
+        let (c, b) = (c.add(col * ldc), *bias.add(col));
+        for r in 0..m {
             *c.add(r) = *c.add(r) + b;
         }
     }

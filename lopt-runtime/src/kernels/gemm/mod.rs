@@ -340,7 +340,7 @@ unsafe fn gemm_ldc_bias_with<S: Real>(
             )
         };
         if large(&job) && mm_f32(&job) {
-            add_bias(&job, job.bias);
+            add_bias(job.c, ldc, m, n, job.bias);
         } else {
             run_f32(isa, &job);
         }
@@ -356,7 +356,7 @@ unsafe fn gemm_ldc_bias_with<S: Real>(
             )
         };
         if large(&job) && mm_f64(&job) {
-            add_bias(&job, job.bias);
+            add_bias(job.c, ldc, m, n, job.bias);
         } else {
             run_f64(isa, &job);
         }
@@ -376,14 +376,7 @@ unsafe fn gemm_ldc_bias_with<S: Real>(
         // SAFETY: as this function's contract (`c` valid for m·n writes, initialized
         // when accumulating).
         super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, accumulate);
-        if !bias.is_null() {
-            for j in 0..n {
-                let (col, b) = (c.add(j * ldc), *bias.add(j));
-                for i in 0..m {
-                    *col.add(i) = *col.add(i) + b;
-                }
-            }
-        }
+        add_bias(c, ldc, m, n, bias);
     }
 }
 
