@@ -172,6 +172,18 @@ impl<'a> Lowerer<'a> {
         var
     }
 
+    /// A spanned error unless `e`, the second argument of the data-carrying builtin
+    /// `name`, is free of differentiated values.
+    fn refuse_differentiated_data(&self, e: &Expr, name: impl std::fmt::Display) -> Result<()> {
+        if self.mentions_active(e) {
+            return err(
+                e,
+                format!("the second argument of `{name}` is data and cannot be differentiated"),
+            );
+        }
+        Ok(())
+    }
+
     /// True when `e` reads anything differentiated (shape queries do not count).
     fn mentions_active(&self, e: &Expr) -> bool {
         struct V<'b, 'c> {
@@ -1093,14 +1105,7 @@ impl<'a> Lowerer<'a> {
                 self.cross_entropy(quote!(#op), args[0], args[1], out)
             }
             Builtin::WithData(op) => {
-                if self.mentions_active(args[1]) {
-                    return err(
-                        args[1],
-                        format!(
-                            "the second argument of `{name}` is data and cannot be differentiated"
-                        ),
-                    );
-                }
+                self.refuse_differentiated_data(args[1], name)?;
                 let x = self.lower_expr(args[0], out)?;
                 let data = self.rewrite_passive(strip_ref(args[1]));
                 let op = syn::Ident::new(op, proc_macro2::Span::call_site());
@@ -1128,12 +1133,7 @@ impl<'a> Lowerer<'a> {
         b: Option<&Expr>,
         out: &mut Vec<Stmt>,
     ) -> Result<VarId> {
-        if self.mentions_active(g) {
-            return err(
-                g,
-                "the second argument of `im2col` is data and cannot be differentiated",
-            );
-        }
+        self.refuse_differentiated_data(g, "im2col")?;
         let x = self.lower_expr(x, out)?;
         let w = self.lower_expr(w, out)?;
         let b = b.map(|b| self.lower_expr(b, out)).transpose()?;
@@ -1175,12 +1175,7 @@ impl<'a> Lowerer<'a> {
     /// `dot(embed(t, ids), r)` as one rule (`ad::gather::embed_dot`), told which of `t`
     /// and `r` are differentiated.
     fn embed_dot(&mut self, t: &Expr, ids: &Expr, r: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
-        if self.mentions_active(ids) {
-            return err(
-                ids,
-                "the second argument of `embed` is data and cannot be differentiated",
-            );
-        }
+        self.refuse_differentiated_data(ids, "embed")?;
         let t = self.lower_expr(t, out)?;
         let r = self.lower_expr(r, out)?;
         let data = self.rewrite_passive(strip_ref(ids));
