@@ -778,6 +778,8 @@ mod tests {
     /// cotangents are those of its own `f32` instance bit for bit (the scatter-add and the
     /// dot sum in the same order for every scalar type, and the `f32` tiles as the plain
     /// loops), with a cotangent `g` that differs per lane. A wrong shape of `r` names both.
+    /// Mutation tried: the shape check on `r` removed (the short `r` then fails deeper,
+    /// without the shapes): fails.
     #[test]
     fn embed_dot_lanes_are_their_instances() {
         let (n, d, m) = (7, 9, 20);
