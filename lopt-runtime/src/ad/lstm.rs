@@ -33,8 +33,8 @@
 //! `dwh = Σ_t h_{t−1}ᵀ dz_t`. Forward mode runs the same chain with tangents.
 //!
 //! [`lstm_projected()`] is the same LSTM of `x·W_x + b` with the input projection inside
-//! the rule (haiku's `hk.LSTM` with its own input weights): each chunk starts a step's gate
-//! block as `b`, adds `x_t W_x` in place, and its reverse sweep takes `dW_x`, `db` and `dx`
+//! the rule (haiku's `hk.LSTM` with its own input weights): each chunk makes a step's gate
+//! block as one product `[x_t | h_{t−1}]·[W_x; W_h] + b`, and its reverse sweep takes `dW_x`, `db` and `dx`
 //! step by step while `dz_t` is in cache, so neither the `T·B × 4H` product nor its
 //! cotangent is ever stored (measured on the benchmark layer, one thread: 30% less time
 //! than `x·W_x + b` then [`lstm_sequence()`], whose passes over those two 8 MB matrices,
@@ -60,7 +60,7 @@ use std::ops::Range;
 
 use nalgebra::{DMatrix, DVector, Dyn, UninitMatrix};
 
-use crate::kernels::gemm::{gemm_raw_ldc, MatRef};
+use crate::kernels::gemm::{gemm_bias_raw, gemm_raw_ldc, MatRef};
 use crate::kernels::vecmath::{sigmoid as sig, tanh};
 use crate::scalar::Real;
 
@@ -476,6 +476,21 @@ fn forward_chunk<S: Real>(
     // order, checksummed on the way: no zero-fill, and the block is in cache for the
     // product that adds h_{t−1}·wh to it in place).
     let mut sum = Sum::new();
+    // For `lstm_projected`: `[wx; wh]` (`(E + H) × 4H`) and a step's `[x_t | h_{t−1}]`.
+    let (wxh, mut xh) = match args.input {
+        Input::Projected { x, wx, .. } => {
+            let e = x.ncols();
+            let wxh = DMatrix::from_fn(e + h, 4 * h, |i, j| {
+                if i < e {
+                    wx[(i, j)]
+                } else {
+                    wh[(i - e, j)]
+                }
+            });
+            (wxh, vec![zero; n * (e + h)])
+        }
+        Input::Given(_) => (DMatrix::zeros(0, 0), Vec::new()),
+    };
     let mut gates = Vec::with_capacity(tt * 4 * hn_len);
     let mut c = Vec::with_capacity(tt * hn_len);
     let mut tc = Vec::with_capacity(tt * hn_len);
@@ -485,23 +500,46 @@ fn forward_chunk<S: Real>(
             Input::Given(xw) => {
                 step_inputs(d, &r, xw, t, &mut sum, |seg| gates.extend_from_slice(seg))
             }
-            Input::Projected { x, wx, b: bias } => {
-                // The block starts as `b` and takes `x_t·wx` in place (its rows of `x_t`,
-                // `n × E`, are read where they lie: columns `T·B` apart).
-                step_inputs(d, &r, x, t, &mut sum, |_| ());
-                for &bj in bias.iter() {
-                    gates.extend(std::iter::repeat_n(bj, n));
+            Input::Projected { x, b: bias, .. } => {
+                // One product of `[x_t | h_{t−1}]` (`n × (E + H)`, gathered) and
+                // `[wx; wh]`, the bias added in registers: the block written once, no
+                // pass over it for the bias, no second product reading and writing it.
+                let e = x.ncols();
+                let mut q = 0;
+                step_inputs(d, &r, x, t, &mut sum, |seg| {
+                    xh[q * n..][..n].copy_from_slice(seg);
+                    q += 1;
+                });
+                if t == 0 {
+                    for j in 0..h {
+                        xh[(e + j) * n..][..n]
+                            .copy_from_slice(&h0.as_slice()[r.start + j * b..][..n]);
+                    }
+                } else {
+                    xh[e * n..].copy_from_slice(&hs[at(t - 1, 0, n, h)..][..n * h]);
                 }
-                let xt = view(x.as_slice(), t * b + r.start, n, x.ncols(), tt * b);
-                product_ldc(xt, MatRef::of(wx), &mut gates, at(t, 0, n, 4 * h), n, true);
+                let blk = at(t, 0, n, 4 * h);
+                gates.reserve(4 * h * n);
+                let a = view(&xh, 0, n, e + h, n);
+                let w = MatRef::of(&wxh);
+                assert!(gates.len() == blk && gates.capacity() >= blk + 4 * h * n);
+                // SAFETY: the shapes agree (`n × (E + H)` by `(E + H) × 4H`, `4H` bias
+                // entries) and the block's `n·4H` elements after `blk` lie inside the
+                // reserved capacity; the product writes every one of them.
+                unsafe {
+                    gemm_bias_raw(a, w, bias.as_slice(), gates.as_mut_ptr().add(blk));
+                    gates.set_len(blk + 4 * h * n);
+                }
             }
         }
-        let hprev = if t == 0 {
-            view(h0.as_slice(), r.start, n, h, b)
-        } else {
-            view(&hs, at(t - 1, 0, n, h), n, h, n)
-        };
-        product_ldc(hprev, whv, &mut gates, at(t, 0, n, 4 * h), n, true);
+        if let Input::Given(_) = args.input {
+            let hprev = if t == 0 {
+                view(h0.as_slice(), r.start, n, h, b)
+            } else {
+                view(&hs, at(t - 1, 0, n, h), n, h, n)
+            };
+            product_ldc(hprev, whv, &mut gates, at(t, 0, n, 4 * h), n, true);
+        }
         // This step's blocks (written in full below; zeros first, in cache).
         for v in [&mut c, &mut tc, &mut hs] {
             v.resize((t + 1) * hn_len, zero);
@@ -727,8 +765,8 @@ pub mod lstm_sequence {
 pub type LstmNeeds = [bool; 6];
 
 /// [`lstm_sequence()`] of `x·wx + b`, with the input projection inside the rule: each
-/// chunk makes its `n × 4H` block of the gate pre-activations step by step, `b` then
-/// `x_t·wx` added in place, and its reverse sweep takes `dwx += x_tᵀ·dz_t`, `db` and
+/// chunk makes its `n × 4H` block of the gate pre-activations step by step, one product
+/// `[x_t | h_{t−1}]·[wx; wh] + b`, and its reverse sweep takes `dwx += x_tᵀ·dz_t`, `db` and
 /// `dx_t = dz_t·wxᵀ` while `dz_t` is in cache; the `T·B × 4H` product and its cotangent
 /// are never stored (haiku: `hk.dynamic_unroll(hk.LSTM(H))` with `hk.LSTM`'s own input
 /// weights). `x` is `T·B × E` (row `t·B + b`), `wx` `E × 4H`, `b` `4H` entries (gates
