@@ -25,9 +25,10 @@
 //!   under `Σ_t ⟨h_t, r_t⟩`, gradient in `Wx`, `Wh`, `b` (the inputs are data); its products
 //!   (above 2^20 multiply-adds) are split into fixed chunks of columns on the thread pool.
 //!   `lstm.b128t32e64h128.grad`: the same layer (haiku's gate order `i, g, f, o` and forget
-//!   bias `+1`, the same products) as `x Wx + b` for all steps and one `lstm_sequence` rule,
-//!   whose two chunks of 64 sequences run on the thread pool. The JAX script's
-//!   `lstm.b128t32e64h128.grad` is the comparison for both.
+//!   bias `+1`, the same products) as one `lstm_projected(x, Wx, b, Wh, h0, c0)` rule (the
+//!   input projection inside it, step by step), whose two chunks of 64 sequences run on the
+//!   thread pool; `.grad_xw` the same as `x Wx + b` for all steps and one `lstm_sequence`
+//!   rule. The JAX script's `lstm.b128t32e64h128.grad` is the comparison for all three.
 //! - `part.rnn.readout_{fwd,dw,dx}`: the read-out products of the LSTM LM on one
 //!   data-parallel chunk (2048 × 128 × 256), alone.
 //!
@@ -150,6 +151,18 @@ fn lstm_layer<S: Real>(p: &LstmLayer<S>, xs: &Vec<DMatrix<S>>, rs: &Vec<DMatrix<
 fn lstm_fused<S: Real>(p: &LstmLayer<S>, x: &DMatrix<S>, r: &DMatrix<S>, s0: &DMatrix<S>) -> S {
     let xw = x * &p.wx + &p.b;
     let hs = lstm_sequence(&xw, &p.wh, s0, s0);
+    dot(&hs, r)
+}
+
+/// The same layer as one `lstm_projected` rule: `x·Wx + b` made inside it, step by step.
+#[task]
+fn lstm_projected_layer<S: Real>(
+    p: &LstmLayer<S>,
+    x: &DMatrix<S>,
+    r: &DMatrix<S>,
+    s0: &DMatrix<S>,
+) -> S {
+    let hs = lstm_projected(x, &p.wx, &p.b, &p.wh, s0, s0);
     dot(&hs, r)
 }
 
@@ -480,10 +493,18 @@ fn main() {
     let lstm_flop = 2.0 * (lt * lb * 4 * lh * (2 * le + 3 * lh)) as f64;
     let lstm_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad");
     let steps_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad_steps");
+    let xw_id = format!("lstm.b{lb}t{lt}e{le}h{lh}.grad_xw");
     flops.push((lstm_id.clone(), lstm_flop));
     flops.push((steps_id.clone(), lstm_flop));
-    let fused = lstm.clone();
+    flops.push((xw_id.clone(), lstm_flop));
+    let (fused, projected) = (lstm.clone(), lstm.clone());
+    let (x2, r2, s02) = (x_all.clone(), r_all.clone(), s0.clone());
     cases.push(Case::new(lstm_id, move || {
+        keep(lstm_projected_layer::value_and_grad(
+            &projected, &x2, &r2, &s02,
+        ));
+    }));
+    cases.push(Case::new(xw_id, move || {
         keep(lstm_fused::value_and_grad(&fused, &x_all, &r_all, &s0));
     }));
     cases.push(Case::new(steps_id, move || {

@@ -1172,6 +1172,41 @@ impl<'a> Lowerer<'a> {
         ))
     }
 
+    /// `lstm_projected(x, wx, b, wh, h0, c0)` (`ad::lstm::lstm_projected`: the LSTM of
+    /// `x·wx + b` with the input projection inside the rule), told which of its six
+    /// operands are differentiated, so that its reverse rule skips the products of the
+    /// others (a data `x`'s cotangent, `dz·wxᵀ`, is a third of the input products).
+    fn lstm_projected(&mut self, args: &[&Expr], out: &mut Vec<Stmt>) -> Result<VarId> {
+        let mut operands = Vec::new();
+        for a in args {
+            operands.push(self.lower_expr(strip_ref(a), out)?);
+        }
+        let active = operands.iter().map(|&v| self.vars[v].kind == Kind::Active);
+        let needs = self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!([#(#active),*])),
+        );
+        let arg = |var, by_ref| CallArg {
+            var,
+            by_ref,
+            is_ref_value: false,
+        };
+        let mut call: Vec<CallArg> = operands.iter().map(|&v| arg(v, true)).collect();
+        call.push(arg(needs, true));
+        Ok(self.def(
+            out,
+            Kind::Active,
+            Access::Owned,
+            Rhs::Call {
+                func: syn::parse_quote!(::lopt::__private::ad::lstm::lstm_projected),
+                args: call,
+                with_out: false,
+            },
+        ))
+    }
+
     /// `dot(embed(t, ids), r)` as one rule (`ad::gather::embed_dot`), told which of `t`
     /// and `r` are differentiated.
     fn embed_dot(&mut self, t: &Expr, ids: &Expr, r: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
@@ -1253,6 +1288,10 @@ impl<'a> Lowerer<'a> {
                 let args: Vec<&Expr> = c.args.iter().collect();
                 return self.builtin(b, last, &args, c, out);
             }
+        }
+        if is_builtin_path(path, "lstm_projected") && c.args.len() == 6 {
+            let args: Vec<&Expr> = c.args.iter().collect();
+            return self.lstm_projected(&args, out);
         }
         // A #[differentiable] helper: its companions live in a module of the same name.
         let mut args = Vec::new();

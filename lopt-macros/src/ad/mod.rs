@@ -646,4 +646,20 @@ mod tests {
         let e = expand(quote!(let e = embed(&p.z, ids); dot(e, r)));
         assert!(!e.contains("embed_dot"), "a bound lookup is not fused");
     }
+
+    /// `lstm_projected(x, wx, b, wh, h0, c0)` calls the rule with `needs` saying which of
+    /// its six operands are differentiated: here `x` and the initial state are data.
+    /// Mutation caught: every operand told differentiated (`[true; 6]`; tried).
+    #[test]
+    fn lstm_projected_is_told_which_operands_are_differentiated() {
+        let e = expand(quote!(sum(lstm_projected(d, &p.w, &p.b, &p.z, d, d))));
+        assert!(
+            e.contains("ad :: lstm :: lstm_projected"),
+            "the rule is called: {e}"
+        );
+        assert!(
+            e.contains("[false , true , true , true , false , false]"),
+            "needs: {e}"
+        );
+    }
 }

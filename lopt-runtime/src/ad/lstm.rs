@@ -32,6 +32,14 @@
 //! `dc ← dc∘f`, `dh ← dz_t whᵀ`; then `dxw = dz`, `dh0 = dh`, `dc0 = dc`,
 //! `dwh = Σ_t h_{t−1}ᵀ dz_t`. Forward mode runs the same chain with tangents.
 //!
+//! [`lstm_projected()`] is the same LSTM of `x·W_x + b` with the input projection inside
+//! the rule (haiku's `hk.LSTM` with its own input weights): each chunk makes a step's gate
+//! block as one product `[x_t | h_{t−1}]·[W_x; W_h] + b`, and its reverse sweep takes `dW_x`, `db` and `dx`
+//! step by step while `dz_t` is in cache, so neither the `T·B × 4H` product nor its
+//! cotangent is ever stored (measured on the benchmark layer, one thread: 30% less time
+//! than `x·W_x + b` then [`lstm_sequence()`], whose passes over those two 8 MB matrices,
+//! strided by chunk and step, the checksum's included, were a third of its time).
+//!
 //! It is called like a `#[differentiable]` function (a function and a module of the same
 //! name with `jvp` and `vjp`), so it takes four differentiated matrices. Such a call keeps
 //! no tape, so the value keeps its forward pass (gates and cells) on its thread, keyed by
@@ -50,9 +58,9 @@ use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
 
-use nalgebra::{DMatrix, Dyn, UninitMatrix};
+use nalgebra::{DMatrix, DVector, Dyn, UninitMatrix};
 
-use crate::kernels::gemm::{gemm_raw_ldc, MatRef};
+use crate::kernels::gemm::{gemm_bias_raw, gemm_raw_ldc, MatRef};
 use crate::kernels::vecmath::{sigmoid as sig, tanh};
 use crate::scalar::Real;
 
@@ -96,6 +104,38 @@ impl Dims {
         }
     }
 
+    /// The sizes of [`lstm_projected()`]'s arguments, or a panic naming the shapes.
+    #[track_caller]
+    fn of_projected<S: Real>(args: Args<'_, S>) -> Dims {
+        let Input::Projected { x, wx, b: bias } = args.input else {
+            return Dims::of(args.input.matrix(), args.wh, args.h0, args.c0);
+        };
+        let (b, h) = args.h0.shape();
+        let ok = b > 0
+            && h > 0
+            && args.wh.shape() == (h, 4 * h)
+            && args.c0.shape() == (b, h)
+            && wx.shape() == (x.ncols(), 4 * h)
+            && bias.len() == 4 * h
+            && x.nrows().is_multiple_of(b);
+        if !ok {
+            panic!(
+                "lstm_projected(x, wx, b, wh, h0, c0): x {:?} (T·B × E), wx {:?} (E × 4H), b                  {} entries (4H), wh {:?} (H × 4H), h0 {:?} and c0 {:?} (B × H, B and H                  positive) do not fit together",
+                x.shape(),
+                wx.shape(),
+                bias.len(),
+                args.wh.shape(),
+                args.h0.shape(),
+                args.c0.shape()
+            );
+        }
+        Dims {
+            b,
+            t: x.nrows() / b,
+            h,
+        }
+    }
+
     /// The fixed row chunks of the batch (they depend on `b` only).
     fn chunks(&self) -> Vec<Range<usize>> {
         let n = self.b.div_ceil(CHUNK_ROWS);
@@ -104,6 +144,57 @@ impl Dims {
             .map(|i| i * per..((i + 1) * per).min(self.b))
             .filter(|r| !r.is_empty())
             .collect()
+    }
+}
+
+/// Where each step's gate pre-activations start from, before `h_{t−1}·wh` is added to
+/// them.
+#[derive(Clone, Copy)]
+enum Input<'a, S: Real> {
+    /// Given whole: `xw` (`T·B × 4H`), as [`lstm_sequence()`] takes it.
+    Given(&'a DMatrix<S>),
+    /// Made step by step, for [`lstm_projected()`]: `x_t·wx + b` (`x` `T·B × E`, `wx`
+    /// `E × 4H`, `b` `4H` entries), a chunk's `n × 4H` block at a time, into its gate
+    /// buffer (the `T·B × 4H` product and its cotangent are never stored).
+    Projected {
+        x: &'a DMatrix<S>,
+        wx: &'a DMatrix<S>,
+        b: &'a DVector<S>,
+    },
+}
+
+impl<'a, S: Real> Input<'a, S> {
+    /// The matrix read step by step (`xw`, or `x`): `T·B` rows.
+    fn matrix(self) -> &'a DMatrix<S> {
+        match self {
+            Input::Given(xw) => xw,
+            Input::Projected { x, .. } => x,
+        }
+    }
+}
+
+/// The arguments of one call.
+#[derive(Clone, Copy)]
+struct Args<'a, S: Real> {
+    input: Input<'a, S>,
+    wh: &'a DMatrix<S>,
+    h0: &'a DMatrix<S>,
+    c0: &'a DMatrix<S>,
+}
+
+impl<'a, S: Real> Args<'a, S> {
+    fn given(
+        xw: &'a DMatrix<S>,
+        wh: &'a DMatrix<S>,
+        h0: &'a DMatrix<S>,
+        c0: &'a DMatrix<S>,
+    ) -> Self {
+        Args {
+            input: Input::Given(xw),
+            wh,
+            h0,
+            c0,
+        }
     }
 }
 
@@ -254,31 +345,35 @@ impl Sum {
     }
 }
 
-/// Adds chunk `r`'s rows of step `t` of `xw` to `sum`, column by column (`n` elements
-/// each, the order of the step's block of the chunk's gate buffer; each also given to
-/// `visit`).
+/// Adds chunk `r`'s rows of step `t` of `m` (`xw`, or `x` for [`lstm_projected()`]; `T·B`
+/// rows) to `sum`, column by column (`n` elements each, for `xw` the order of the step's
+/// block of the chunk's gate buffer; each also given to `visit`).
 fn step_inputs<S: Real>(
     d: Dims,
     r: &Range<usize>,
-    xw: &DMatrix<S>,
+    m: &DMatrix<S>,
     t: usize,
     sum: &mut Sum,
     mut visit: impl FnMut(&[S]),
 ) {
     let (n, b) = (r.len(), d.b);
-    let xs = xw.as_slice();
-    for j in 0..4 * d.h {
+    let xs = m.as_slice();
+    for j in 0..m.ncols() {
         let seg = &xs[t * b + r.start + j * d.t * b..][..n];
         sum.add(seg);
         visit(seg);
     }
 }
 
-/// Adds `wh` and chunk `r`'s rows of `h0` and `c0` to `sum`.
-fn state_inputs<S: Real>(d: Dims, r: &Range<usize>, args: [&DMatrix<S>; 4], sum: &mut Sum) {
-    let [_, wh, h0, c0] = args;
-    sum.add(wh.as_slice());
-    for m in [h0, c0] {
+/// Adds `wh` (then `wx` and `b` for [`lstm_projected()`]) and chunk `r`'s rows of `h0`
+/// and `c0` to `sum`.
+fn state_inputs<S: Real>(d: Dims, r: &Range<usize>, args: Args<'_, S>, sum: &mut Sum) {
+    sum.add(args.wh.as_slice());
+    if let Input::Projected { wx, b, .. } = args.input {
+        sum.add(wx.as_slice());
+        sum.add(b.as_slice());
+    }
+    for m in [args.h0, args.c0] {
         for j in 0..d.h {
             sum.add(&m.as_slice()[r.start + j * d.b..][..r.len()]);
         }
@@ -290,10 +385,10 @@ fn state_inputs<S: Real>(d: Dims, r: &Range<usize>, args: [&DMatrix<S>; 4], sum:
 /// ([`state_inputs`]). It decides whether a kept pass of the chunk is still its
 /// arguments' (the forward pass sums as it gathers, step by step, the `vjp` checks here:
 /// one order for both).
-fn chunk_inputs<S: Real>(d: Dims, r: &Range<usize>, args: [&DMatrix<S>; 4]) -> Option<u64> {
+fn chunk_inputs<S: Real>(d: Dims, r: &Range<usize>, args: Args<'_, S>) -> Option<u64> {
     let mut sum = Sum::new();
     for t in 0..d.t {
-        step_inputs(d, r, args[0], t, &mut sum, |_| ());
+        step_inputs(d, r, args.input.matrix(), t, &mut sum, |_| ());
     }
     state_inputs(d, r, args, &mut sum);
     sum.finish()
@@ -370,10 +465,10 @@ struct Chunk<S> {
 fn forward_chunk<S: Real>(
     d: Dims,
     r: Range<usize>,
-    args: [&DMatrix<S>; 4],
+    args: Args<'_, S>,
     out: Option<Out<S>>,
 ) -> Chunk<S> {
-    let [xw, wh, h0, c0] = args;
+    let Args { wh, h0, c0, .. } = args;
     let (n, h, tt, b) = (r.len(), d.h, d.t, d.b);
     let whv = MatRef::of(wh);
     let (zero, hn_len) = (S::zero(), n * h);
@@ -381,18 +476,70 @@ fn forward_chunk<S: Real>(
     // order, checksummed on the way: no zero-fill, and the block is in cache for the
     // product that adds h_{t−1}·wh to it in place).
     let mut sum = Sum::new();
+    // For `lstm_projected`: `[wx; wh]` (`(E + H) × 4H`) and a step's `[x_t | h_{t−1}]`.
+    let (wxh, mut xh) = match args.input {
+        Input::Projected { x, wx, .. } => {
+            let e = x.ncols();
+            let wxh = DMatrix::from_fn(e + h, 4 * h, |i, j| {
+                if i < e {
+                    wx[(i, j)]
+                } else {
+                    wh[(i - e, j)]
+                }
+            });
+            (wxh, vec![zero; n * (e + h)])
+        }
+        Input::Given(_) => (DMatrix::zeros(0, 0), Vec::new()),
+    };
     let mut gates = Vec::with_capacity(tt * 4 * hn_len);
     let mut c = Vec::with_capacity(tt * hn_len);
     let mut tc = Vec::with_capacity(tt * hn_len);
     let mut hs = Vec::with_capacity(tt * hn_len);
     for t in 0..tt {
-        step_inputs(d, &r, xw, t, &mut sum, |seg| gates.extend_from_slice(seg));
-        let hprev = if t == 0 {
-            view(h0.as_slice(), r.start, n, h, b)
-        } else {
-            view(&hs, at(t - 1, 0, n, h), n, h, n)
-        };
-        product_ldc(hprev, whv, &mut gates, at(t, 0, n, 4 * h), n, true);
+        match args.input {
+            Input::Given(xw) => {
+                step_inputs(d, &r, xw, t, &mut sum, |seg| gates.extend_from_slice(seg))
+            }
+            Input::Projected { x, b: bias, .. } => {
+                // One product of `[x_t | h_{t−1}]` (`n × (E + H)`, gathered) and
+                // `[wx; wh]`, the bias added in registers: the block written once, no
+                // pass over it for the bias, no second product reading and writing it.
+                let e = x.ncols();
+                let mut q = 0;
+                step_inputs(d, &r, x, t, &mut sum, |seg| {
+                    xh[q * n..][..n].copy_from_slice(seg);
+                    q += 1;
+                });
+                if t == 0 {
+                    for j in 0..h {
+                        xh[(e + j) * n..][..n]
+                            .copy_from_slice(&h0.as_slice()[r.start + j * b..][..n]);
+                    }
+                } else {
+                    xh[e * n..].copy_from_slice(&hs[at(t - 1, 0, n, h)..][..n * h]);
+                }
+                let blk = at(t, 0, n, 4 * h);
+                gates.reserve(4 * h * n);
+                let a = view(&xh, 0, n, e + h, n);
+                let w = MatRef::of(&wxh);
+                assert!(gates.len() == blk && gates.capacity() >= blk + 4 * h * n);
+                // SAFETY: the shapes agree (`n × (E + H)` by `(E + H) × 4H`, `4H` bias
+                // entries) and the block's `n·4H` elements after `blk` lie inside the
+                // reserved capacity; the product writes every one of them.
+                unsafe {
+                    gemm_bias_raw(a, w, bias.as_slice(), gates.as_mut_ptr().add(blk));
+                    gates.set_len(blk + 4 * h * n);
+                }
+            }
+        }
+        if let Input::Given(_) = args.input {
+            let hprev = if t == 0 {
+                view(h0.as_slice(), r.start, n, h, b)
+            } else {
+                view(&hs, at(t - 1, 0, n, h), n, h, n)
+            };
+            product_ldc(hprev, whv, &mut gates, at(t, 0, n, 4 * h), n, true);
+        }
         // This step's blocks (written in full below; zeros first, in cache).
         for v in [&mut c, &mut tc, &mut hs] {
             v.resize((t + 1) * hn_len, zero);
@@ -470,13 +617,27 @@ fn stack<S: Real>(d: Dims, parts: Vec<(Range<usize>, Vec<S>)>) -> DMatrix<S> {
 }
 
 /// What identifies the arguments of a kept forward pass besides the chunks' checksums:
-/// the scalar type and the address and shape of `xw`, `wh`, `h0`, `c0`.
-type KeepKey = (TypeId, [(usize, usize, usize); 4]);
+/// the scalar type and the address and shape of `xw` (or `x`), `wh`, `h0`, `c0`, and of
+/// `wx` and `b` for [`lstm_projected()`] (zeros for [`lstm_sequence()`]).
+type KeepKey = (TypeId, [(usize, usize, usize); 6]);
 
-fn keep_key<S: Real>(args: [&DMatrix<S>; 4]) -> KeepKey {
+fn keep_key<S: Real>(args: Args<'_, S>) -> KeepKey {
+    let at = |p: *const S, r: usize, c: usize| (p as usize, r, c);
+    let m = |m: &DMatrix<S>| at(m.as_ptr(), m.nrows(), m.ncols());
+    let (wx, b) = match args.input {
+        Input::Given(_) => ((0, 0, 0), (0, 0, 0)),
+        Input::Projected { wx, b, .. } => (m(wx), at(b.as_ptr(), b.len(), 1)),
+    };
     (
         TypeId::of::<S>(),
-        args.map(|m| (m.as_ptr() as usize, m.nrows(), m.ncols())),
+        [
+            m(args.input.matrix()),
+            m(args.wh),
+            m(args.h0),
+            m(args.c0),
+            wx,
+            b,
+        ],
     )
 }
 
@@ -517,7 +678,11 @@ pub fn lstm_sequence<S: Real>(
     c0: &DMatrix<S>,
 ) -> DMatrix<S> {
     let d = Dims::of(xw, wh, h0, c0);
-    let args = [xw, wh, h0, c0];
+    value(d, Args::given(xw, wh, h0, c0))
+}
+
+/// The value of a call of `d`'s sizes, its forward pass kept on this thread.
+fn value<S: Real>(d: Dims, args: Args<'_, S>) -> DMatrix<S> {
     let mut out = uninit::<S>(d.t * d.b, d.h);
     let o = Out::of(&mut out);
     let ranges = d.chunks();
@@ -563,18 +728,7 @@ pub mod lstm_sequence {
                 );
             }
         }
-        let args = [xw, wh, h0, c0];
-        let mut val = uninit::<S>(d.t * d.b, d.h);
-        let o = Out::of(&mut val);
-        let chunks = d.chunks();
-        let tans = par_map(chunks.len(), |i| {
-            let fwd = forward_chunk(d, chunks[i].clone(), args, Some(o));
-            let dhs = tangent_chunk(d, &fwd, wh, h0, c0, [dxw, dwh, dh0, dc0]);
-            (fwd.r, dhs)
-        });
-        // SAFETY: the chunks' rows cover the batch and each wrote every `h_t` of its rows.
-        let val = unsafe { val.assume_init() };
-        (val, assemble(d, d.h, tans))
+        tangent(d, Args::given(xw, wh, h0, c0), [dxw, dwh, dh0, dc0])
     }
 
     /// The cotangents of `xw`, `wh`, `h0` and `c0` given the cotangent `g` of the output
@@ -600,40 +754,265 @@ pub mod lstm_sequence {
             (d.t * d.b, d.h),
             "lstm_sequence: a cotangent of the wrong shape"
         );
-        let args = [xw, wh, h0, c0];
-        let ranges = d.chunks();
-        let kept: Vec<Option<Chunk<S>>> = match take_kept::<S>(&keep_key(args)) {
-            Some(v) if v.len() == ranges.len() => v.into_iter().map(Some).collect(),
-            _ => ranges.iter().map(|_| None).collect(),
-        };
-        let mut dxw = uninit::<S>(d.t * d.b, 4 * d.h);
-        let o = Out::of(&mut dxw);
-        let jobs: Vec<(Range<usize>, Option<Chunk<S>>)> = ranges.into_iter().zip(kept).collect();
-        let parts = par_map_owned(jobs, |(r, kept)| {
-            let fwd = match kept {
-                Some(k) if k.r == r && k.sum.is_some() && chunk_inputs(d, &r, args) == k.sum => k,
-                _ => forward_chunk(d, r, args, None),
-            };
-            reverse_chunk(d, fwd, wh, h0, c0, g, o)
-        });
-        let mut dwh = DMatrix::<S>::zeros(d.h, 4 * d.h);
-        let (mut dh, mut dc) = (Vec::new(), Vec::new());
-        for p in parts {
-            dwh += p.dwh;
-            dh.push((p.r.clone(), p.dh));
-            dc.push((p.r, p.dc));
-        }
-        // SAFETY: the chunks' rows cover the batch and each wrote every `dz_t` of its rows.
-        let dxw = unsafe { dxw.assume_init() };
-        (Some(dxw), Some(dwh), Some(stack(d, dh)), Some(stack(d, dc)))
+        let c = cotangents(d, Args::given(xw, wh, h0, c0), [true; 3], g);
+        (c.input, Some(c.wh), Some(c.h0), Some(c.c0))
     }
 }
 
-/// One chunk's cotangents besides `dz` (which it writes into `xw`'s cotangent): its part
-/// of `dwh`, and `dh0`, `dc0` of its rows (`n × H`).
+/// Which arguments of [`lstm_projected()`] are differentiated: `[x, wx, b, wh, h0, c0]`
+/// (the reverse rule skips the products of `x`'s and `wx`'s cotangents, and `b`'s sums,
+/// when they are not asked for).
+pub type LstmNeeds = [bool; 6];
+
+/// [`lstm_sequence()`] of `x·wx + b`, with the input projection inside the rule: each
+/// chunk makes its `n × 4H` block of the gate pre-activations step by step, one product
+/// `[x_t | h_{t−1}]·[wx; wh] + b`, and its reverse sweep takes `dwx += x_tᵀ·dz_t`, `db` and
+/// `dx_t = dz_t·wxᵀ` while `dz_t` is in cache; the `T·B × 4H` product and its cotangent
+/// are never stored (haiku: `hk.dynamic_unroll(hk.LSTM(H))` with `hk.LSTM`'s own input
+/// weights). `x` is `T·B × E` (row `t·B + b`), `wx` `E × 4H`, `b` `4H` entries (gates
+/// `i, g, f, o`), `wh`, `h0`, `c0` as for [`lstm_sequence()`]; `needs` says which
+/// arguments are differentiated (a differentiable body's call gets it from the macro).
+///
+/// Panics with the shapes when they do not fit together.
+#[track_caller]
+pub fn lstm_projected<S: Real>(
+    x: &DMatrix<S>,
+    wx: &DMatrix<S>,
+    b: &DVector<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+    needs: &LstmNeeds,
+) -> DMatrix<S> {
+    let _ = needs;
+    let args = Args {
+        input: Input::Projected { x, wx, b },
+        wh,
+        h0,
+        c0,
+    };
+    value(Dims::of_projected(args), args)
+}
+
+/// The rules of [`lstm_projected()`] (the convention of `#[differentiable]` functions).
+pub mod lstm_projected {
+    use super::*;
+
+    /// The value and its tangent along the tangents of the arguments (`None`: constant).
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn jvp<S: Real>(
+        x: &DMatrix<S>,
+        wx: &DMatrix<S>,
+        b: &DVector<S>,
+        wh: &DMatrix<S>,
+        h0: &DMatrix<S>,
+        c0: &DMatrix<S>,
+        _needs: &LstmNeeds,
+        dx: Option<&DMatrix<S>>,
+        dwx: Option<&DMatrix<S>>,
+        db: Option<&DVector<S>>,
+        dwh: Option<&DMatrix<S>>,
+        dh0: Option<&DMatrix<S>>,
+        dc0: Option<&DMatrix<S>>,
+        _dn: Option<&LstmNeeds>,
+    ) -> (DMatrix<S>, DMatrix<S>) {
+        let args = Args {
+            input: Input::Projected { x, wx, b },
+            wh,
+            h0,
+            c0,
+        };
+        let d = Dims::of_projected(args);
+        let m = d.t * d.b;
+        let shapes = [
+            (dx.map(|m| m.shape()), x.shape(), "x"),
+            (dwx.map(|m| m.shape()), wx.shape(), "wx"),
+            (db.map(|m| m.shape()), b.shape(), "b"),
+            (dwh.map(|m| m.shape()), wh.shape(), "wh"),
+            (dh0.map(|m| m.shape()), h0.shape(), "h0"),
+            (dc0.map(|m| m.shape()), c0.shape(), "c0"),
+        ];
+        for (got, want, what) in shapes {
+            if let Some(got) = got {
+                assert_eq!(
+                    got, want,
+                    "lstm_projected: the tangent of {what} has the wrong shape"
+                );
+            }
+        }
+        // The tangent of `x·wx + b`, whole (forward mode is not the fast path).
+        let dxw = (dx.is_some() || dwx.is_some() || db.is_some()).then(|| {
+            let mut t = DMatrix::<S>::zeros(m, 4 * d.h);
+            if let Some(db) = db {
+                for (col, &v) in t.as_mut_slice().chunks_exact_mut(m.max(1)).zip(db.iter()) {
+                    col.fill(v);
+                }
+            }
+            if let Some(dx) = dx {
+                product_ldc(MatRef::of(dx), MatRef::of(wx), t.as_mut_slice(), 0, m, true);
+            }
+            if let Some(dwx) = dwx {
+                product_ldc(MatRef::of(x), MatRef::of(dwx), t.as_mut_slice(), 0, m, true);
+            }
+            t
+        });
+        tangent(d, args, [dxw.as_ref(), dwh, dh0, dc0])
+    }
+
+    /// The cotangents of `x`, `wx`, `b` (each only when `needs` asks for it), `wh`, `h0`
+    /// and `c0` given the cotangent `g` of the output (`T·B × H`).
+    #[track_caller]
+    #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn vjp<S: Real>(
+        x: &DMatrix<S>,
+        wx: &DMatrix<S>,
+        b: &DVector<S>,
+        wh: &DMatrix<S>,
+        h0: &DMatrix<S>,
+        c0: &DMatrix<S>,
+        needs: &LstmNeeds,
+        g: &DMatrix<S>,
+    ) -> (
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<DVector<S>>,
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<LstmNeeds>,
+    ) {
+        let args = Args {
+            input: Input::Projected { x, wx, b },
+            wh,
+            h0,
+            c0,
+        };
+        let d = Dims::of_projected(args);
+        assert_eq!(
+            g.shape(),
+            (d.t * d.b, d.h),
+            "lstm_projected: a cotangent of the wrong shape"
+        );
+        let c = cotangents(d, args, [needs[0], needs[1], needs[2]], g);
+        let zero = |n: usize, m: usize| DMatrix::<S>::zeros(n, m);
+        (
+            c.input,
+            // No steps: nothing was summed (the parts start at zero only when asked).
+            needs[1].then(|| c.wx.unwrap_or_else(|| zero(wx.nrows(), wx.ncols()))),
+            needs[2].then(|| c.b.unwrap_or_else(|| DVector::zeros(b.len()))),
+            Some(c.wh),
+            Some(c.h0),
+            Some(c.c0),
+            None,
+        )
+    }
+}
+
+/// The value and its tangent of a call of `d`'s sizes along the tangents of `xw` (of
+/// `x·wx + b` for [`lstm_projected()`]), `wh`, `h0`, `c0` (`None`: constant).
+fn tangent<S: Real>(
+    d: Dims,
+    args: Args<'_, S>,
+    tans: [Option<&DMatrix<S>>; 4],
+) -> (DMatrix<S>, DMatrix<S>) {
+    let mut val = uninit::<S>(d.t * d.b, d.h);
+    let o = Out::of(&mut val);
+    let chunks = d.chunks();
+    let tans = par_map(chunks.len(), |i| {
+        let fwd = forward_chunk(d, chunks[i].clone(), args, Some(o));
+        let dhs = tangent_chunk(d, &fwd, args.wh, args.h0, args.c0, tans);
+        (fwd.r, dhs)
+    });
+    // SAFETY: the chunks' rows cover the batch and each wrote every `h_t` of its rows.
+    let val = unsafe { val.assume_init() };
+    (val, assemble(d, d.h, tans))
+}
+
+/// The cotangents of one call's arguments.
+struct Cotangents<S: Real> {
+    /// Of `xw` (of `x` for [`lstm_projected()`], when asked for).
+    input: Option<DMatrix<S>>,
+    /// Of `wx` and `b` ([`lstm_projected()`], when asked for).
+    wx: Option<DMatrix<S>>,
+    b: Option<DVector<S>>,
+    wh: DMatrix<S>,
+    h0: DMatrix<S>,
+    c0: DMatrix<S>,
+}
+
+/// The cotangents of a call of `d`'s sizes given the cotangent `g` of the output; `need`
+/// says which of `x`, `wx`, `b` of [`lstm_projected()`] are asked for (`xw`'s always is).
+/// Takes the value's kept forward pass, chunk by chunk, where the chunk's arguments are
+/// still the ones it was run on; runs it otherwise.
+fn cotangents<S: Real>(
+    d: Dims,
+    args: Args<'_, S>,
+    need: [bool; 3],
+    g: &DMatrix<S>,
+) -> Cotangents<S> {
+    let ranges = d.chunks();
+    let kept: Vec<Option<Chunk<S>>> = match take_kept::<S>(&keep_key(args)) {
+        Some(v) if v.len() == ranges.len() => v.into_iter().map(Some).collect(),
+        _ => ranges.iter().map(|_| None).collect(),
+    };
+    // `xw`'s cotangent (`dz`) in full; `x`'s (`dz·wxᵀ`) when asked for.
+    let cols = match args.input {
+        Input::Given(_) => Some(4 * d.h),
+        Input::Projected { x, .. } => need[0].then_some(x.ncols()),
+    };
+    let mut din = cols.map(|c| uninit::<S>(d.t * d.b, c));
+    let o = din.as_mut().map(Out::of);
+    let jobs: Vec<(Range<usize>, Option<Chunk<S>>)> = ranges.into_iter().zip(kept).collect();
+    let parts = par_map_owned(jobs, |(r, kept)| {
+        let fwd = match kept {
+            Some(k) if k.r == r && k.sum.is_some() && chunk_inputs(d, &r, args) == k.sum => k,
+            _ => forward_chunk(d, r, args, None),
+        };
+        reverse_chunk(d, fwd, args, need, g, o)
+    });
+    let mut dwh = DMatrix::<S>::zeros(d.h, 4 * d.h);
+    let (mut dwx, mut db) = (None::<DMatrix<S>>, None::<DVector<S>>);
+    let (mut dh, mut dc) = (Vec::new(), Vec::new());
+    // The chunks' parts summed in chunk order: the same bits on any number of threads.
+    for p in parts {
+        dwh += p.dwh;
+        if let Some(w) = p.dwx {
+            match &mut dwx {
+                Some(s) => *s += w,
+                None => dwx = Some(w),
+            }
+        }
+        if let Some(v) = p.db {
+            let v = DVector::from_vec(v);
+            match &mut db {
+                Some(s) => *s += v,
+                None => db = Some(v),
+            }
+        }
+        dh.push((p.r.clone(), p.dh));
+        dc.push((p.r, p.dc));
+    }
+    Cotangents {
+        // SAFETY: the chunks' rows cover the batch and each wrote every step of its rows.
+        input: din.map(|m| unsafe { m.assume_init() }),
+        wx: dwx,
+        b: db,
+        wh: dwh,
+        h0: stack(d, dh),
+        c0: stack(d, dc),
+    }
+}
+
+/// One chunk's cotangents besides `dz` (which it writes into `xw`'s cotangent, or `dz·wxᵀ`
+/// into `x`'s): its parts of `dwh` (and of `dwx`, `db` for [`lstm_projected()`], when
+/// asked for), and `dh0`, `dc0` of its rows (`n × H`).
 struct Reverse<S> {
     r: Range<usize>,
     dwh: DMatrix<S>,
+    dwx: Option<DMatrix<S>>,
+    db: Option<Vec<S>>,
     dh: Vec<S>,
     dc: Vec<S>,
 }
@@ -641,12 +1020,12 @@ struct Reverse<S> {
 fn reverse_chunk<S: Real>(
     d: Dims,
     fwd: Chunk<S>,
-    wh: &DMatrix<S>,
-    h0: &DMatrix<S>,
-    c0: &DMatrix<S>,
+    args: Args<'_, S>,
+    need: [bool; 3],
     g: &DMatrix<S>,
-    dxw: Out<S>,
+    din: Option<Out<S>>,
 ) -> Reverse<S> {
+    let Args { wh, h0, c0, .. } = args;
     let Chunk {
         r,
         gates: mut z,
@@ -661,6 +1040,21 @@ fn reverse_chunk<S: Real>(
     let mut dc = vec![S::zero(); n * h];
     let mut dwh = DMatrix::<S>::zeros(h, 4 * h);
     let wht = MatRef::of(wh).t();
+    // For `lstm_projected`: `dwx += x_tᵀ dz_t`, `db += Σ_rows dz_t` and `dx_t = dz_t wxᵀ`
+    // (through `dxt`, `n × E`) while `dz_t` is in cache, each only when asked for.
+    let proj = match args.input {
+        Input::Projected { x, wx, .. } => Some((x, wx)),
+        Input::Given(_) => None,
+    };
+    let e = proj.map_or(0, |(x, _)| x.ncols());
+    let [need_x, need_wx, need_b] = need;
+    let mut dwx = (proj.is_some() && need_wx).then(|| DMatrix::<S>::zeros(e, 4 * h));
+    let mut db = (proj.is_some() && need_b).then(|| vec![S::zero(); 4 * h]);
+    let mut dxt = if proj.is_some() && need_x {
+        vec![S::zero(); n * e]
+    } else {
+        Vec::new()
+    };
     for t in (0..tt).rev() {
         for j in 0..h {
             let [zi, zg, zf, zo] = gate_cols(&mut z, t, j, h, n);
@@ -694,11 +1088,39 @@ fn reverse_chunk<S: Real>(
         };
         product_ldc(hprev.t(), dzt, dwh.as_mut_slice(), 0, h, true);
         product_ldc(dzt, wht, &mut dh, 0, n, false);
+        if let Some((x, wx)) = proj {
+            let xt = view(x.as_slice(), t * b + r.start, n, e, tt * b);
+            if let Some(dwx) = &mut dwx {
+                product_ldc(xt.t(), dzt, dwx.as_mut_slice(), 0, e, true);
+            }
+            if let Some(db) = &mut db {
+                let blk = &z[at(t, 0, n, 4 * h)..][..4 * h * n];
+                for (s, col) in db.iter_mut().zip(blk.chunks_exact(n)) {
+                    *s += col.iter().fold(S::zero(), |a, &v| a + v);
+                }
+            }
+            if let Some(o) = din {
+                product_ldc(dzt, MatRef::of(wx).t(), &mut dxt, 0, n, false);
+                for (j, col) in dxt.chunks_exact(n).enumerate() {
+                    // SAFETY: rows `t·B + r` are this chunk's alone.
+                    unsafe { o.put(t * b + r.start, j, col) };
+                }
+            }
+        }
     }
-    // dz is xw's cotangent.
-    put_rows(d, &r, &z, 4 * h, dxw);
+    if let (None, Some(o)) = (proj, din) {
+        // dz is xw's cotangent.
+        put_rows(d, &r, &z, 4 * h, o);
+    }
     drop((z, c, tc, hs));
-    Reverse { r, dwh, dh, dc }
+    Reverse {
+        r,
+        dwh,
+        dwx,
+        db,
+        dh,
+        dc,
+    }
 }
 
 /// One chunk's output tangent (`T·n × H`) along the argument tangents `[dxw, dwh, dh0,
@@ -1121,14 +1543,15 @@ mod tests {
                 rows: t * b,
                 cols: h,
             };
-            let fwd = forward_chunk(d, r.clone(), [&x[0], &x[1], &x[2], &x[3]], Some(out));
+            let args = Args::given(&x[0], &x[1], &x[2], &x[3]);
+            let fwd = forward_chunk(d, r.clone(), args, Some(out));
             let mut dv = vec![-0.0f64; t * b * 4 * h];
             let dout = Out {
                 p: dv.as_mut_ptr(),
                 rows: t * b,
                 cols: 4 * h,
             };
-            let _ = reverse_chunk(d, fwd, &x[1], &x[2], &x[3], &g, dout);
+            let _ = reverse_chunk(d, fwd, args, [true; 3], &g, Some(dout));
             let both = [
                 ("value", &hv, want_h.as_slice()),
                 ("cotangent", &dv, want_dz.as_slice()),
@@ -1184,5 +1607,314 @@ mod tests {
     fn mismatched_shapes_panic_with_the_shapes() {
         let [xw, wh, h0, c0] = inputs(3, 2, 2, 1);
         lstm_sequence(&xw, &wh.columns(0, 7).into_owned(), &h0, &c0);
+    }
+
+    use super::lstm_projected as proj;
+
+    /// `[x, wx, b, wh, h0, c0]` of `lstm_projected` for `b` examples, `t` steps, `e`
+    /// inputs, `h` units (`b` as a one-column matrix).
+    fn proj_inputs(b: usize, t: usize, e: usize, h: usize, seed: u64) -> [DMatrix<f64>; 6] {
+        [
+            normal(t * b, e, 1.0, seed),
+            normal(e, 4 * h, 0.7, seed + 1),
+            normal(4 * h, 1, 0.5, seed + 2),
+            normal(h, 4 * h, 0.6, seed + 3),
+            normal(b, h, 0.5, seed + 4),
+            normal(b, h, 0.5, seed + 5),
+        ]
+    }
+
+    fn col<S: Real>(m: &DMatrix<S>) -> DVector<S> {
+        m.column(0).into_owned()
+    }
+
+    /// `x·wx + b` whole, in `f64` (nalgebra's product: independent of the rule's).
+    fn xw_of(a: &[DMatrix<f64>; 6]) -> DMatrix<f64> {
+        let mut xw = &a[0] * &a[1];
+        for (j, mut c) in xw.column_iter_mut().enumerate() {
+            c.add_scalar_mut(a[2][j]);
+        }
+        xw
+    }
+
+    /// Runs the projected rule's value, tangent (along `tans`, each `None` where `which`
+    /// leaves it out) and cotangents (all asked for) in one go.
+    #[allow(clippy::type_complexity)]
+    fn run_proj<S: Real>(
+        a: &[DMatrix<S>; 6],
+        tans: &[DMatrix<S>; 6],
+        u: &DMatrix<S>,
+        needs: LstmNeeds,
+    ) -> (DMatrix<S>, DMatrix<S>, [Option<DMatrix<S>>; 6]) {
+        let b = col(&a[2]);
+        let db = col(&tans[2]);
+        let y = lstm_projected(&a[0], &a[1], &b, &a[3], &a[4], &a[5], &needs);
+        let (_, tan) = proj::jvp(
+            &a[0],
+            &a[1],
+            &b,
+            &a[3],
+            &a[4],
+            &a[5],
+            &needs,
+            Some(&tans[0]),
+            Some(&tans[1]),
+            Some(&db),
+            Some(&tans[3]),
+            Some(&tans[4]),
+            Some(&tans[5]),
+            None,
+        );
+        let v = proj::vjp(&a[0], &a[1], &b, &a[3], &a[4], &a[5], &needs, u);
+        let db =
+            v.2.map(|v| DMatrix::from_column_slice(v.len(), 1, v.as_slice()));
+        (y, tan, [v.0, v.1, db, v.3, v.4, v.5])
+    }
+
+    /// `lstm_projected(x, wx, b, ..)` is `lstm_sequence(x·wx + b, ..)`: value, tangent
+    /// (`dxw = dx·wx + x·dwx + db`) and cotangents (`dx = dxw·wxᵀ`, `dwx = xᵀ·dxw`, `db`
+    /// the column sums of `dxw`), within rounding, on one chunk and on two (B = 70).
+    /// Mutations caught: the forward pass without `b` (the block starting at zeros); the
+    /// reverse `x_t` view without `r.start` (the second chunk's `dwx` from the first
+    /// chunk's rows); `db` keeping only the last step's sums (`=` for `+=`); each tried,
+    /// each fails here.
+    #[test]
+    fn projected_equals_the_composition() {
+        for (k, &(b, t, h)) in SIZES.iter().enumerate() {
+            let e = 3;
+            let a = proj_inputs(b, t, e, h, 400 + 10 * k as u64);
+            let tans = proj_inputs(b, t, e, h, 600 + 10 * k as u64);
+            let u = normal(t * b, h, 1.0, 800 + k as u64);
+            let (y, tan, grads) = run_proj(&a, &tans, &u, [true; 6]);
+            let xw = xw_of(&a);
+            let want = rules::vjp(&xw, &a[3], &a[4], &a[5], &u);
+            let dxw = want.0.unwrap();
+            let mut dxw_t = &tans[0] * &a[1] + &a[0] * &tans[1];
+            for (j, mut c) in dxw_t.column_iter_mut().enumerate() {
+                c.add_scalar_mut(tans[2][j]);
+            }
+            let (y2, tan2) = rules::jvp(
+                &xw,
+                &a[3],
+                &a[4],
+                &a[5],
+                Some(&dxw_t),
+                Some(&tans[3]),
+                Some(&tans[4]),
+                Some(&tans[5]),
+            );
+            let sums = DMatrix::from_fn(4 * h, 1, |j, _| dxw.column(j).sum());
+            let expected = [
+                &dxw * a[1].transpose(),
+                a[0].transpose() * &dxw,
+                sums,
+                want.1.unwrap(),
+                want.2.unwrap(),
+                want.3.unwrap(),
+            ];
+            let close = |p: &DMatrix<f64>, q: &DMatrix<f64>| {
+                p.shape() == q.shape() && (p - q).abs().max() <= 1e-12 * (1.0 + q.abs().max())
+            };
+            assert!(close(&y, &y2), "{b} {t} {h} value");
+            assert!(close(&tan, &tan2), "{b} {t} {h} tangent");
+            for (q, (g, w)) in grads.iter().zip(&expected).enumerate() {
+                assert!(close(g.as_ref().unwrap(), w), "{b} {t} {h} argument {q}");
+            }
+        }
+    }
+
+    /// `needs` leaves out the cotangents of `x`, `wx` and `b` that are not asked for
+    /// (`None`), and the others are the same bit for bit as with everything asked for.
+    /// Mutation caught: `needs` ignored (every cotangent made; tried).
+    #[test]
+    fn projected_skips_what_needs_leaves_out() {
+        let (b, t, e, h) = (70, 3, 4, 3);
+        let a = proj_inputs(b, t, e, h, 31).map(|m| m.map(|v| v as f32));
+        let tans = proj_inputs(b, t, e, h, 41).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 51).map(|v| v as f32);
+        let (_, _, all) = run_proj(&a, &tans, &u, [true; 6]);
+        for leave in 0..3 {
+            let mut needs = [true; 6];
+            needs[leave] = false;
+            let (_, _, some) = run_proj(&a, &tans, &u, needs);
+            for q in 0..6 {
+                if q == leave {
+                    assert!(some[q].is_none(), "argument {q} was not asked for");
+                } else {
+                    assert_eq!(some[q], all[q], "argument {q} with {leave} left out");
+                }
+            }
+        }
+    }
+
+    /// Each lane of a packed projected LSTM is its own `f32` instance's, within the
+    /// products' 1e-6: value, tangent and cotangents, on two chunks (the packets' products
+    /// with `x_t` read in place, columns `T·B` apart). Mutation caught: the packets'
+    /// `tanh` giving lane 0's value to every lane (tried; the rule's own code is generic).
+    #[test]
+    fn projected_lanes_are_their_f32_instances() {
+        let (b, t, e, h) = (66, 3, 2, 4);
+        let draw = |seed: u64| -> Vec<[DMatrix<f32>; 6]> {
+            (0..8)
+                .map(|l| proj_inputs(b, t, e, h, seed + 10 * l).map(|m| m.map(|v| v as f32)))
+                .collect()
+        };
+        let (xs, ts) = (draw(500), draw(900));
+        let us: Vec<DMatrix<f32>> = (0..8)
+            .map(|l| normal(t * b, h, 1.0, 1300 + l).map(|v| v as f32))
+            .collect();
+        let pack = |m: &dyn Fn(usize) -> DMatrix<f32>| {
+            let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
+            DMatrix::<Lanes<8>>::from_fn(all[0].nrows(), all[0].ncols(), |i, j| {
+                Lanes::from_lanes(|l| all[l][(i, j)] as f64)
+            })
+        };
+        let xp: [DMatrix<Lanes<8>>; 6] = std::array::from_fn(|q| pack(&|l| xs[l][q].clone()));
+        let tp: [DMatrix<Lanes<8>>; 6] = std::array::from_fn(|q| pack(&|l| ts[l][q].clone()));
+        let up = pack(&|l| us[l].clone());
+        let (yp, jp, gp) = run_proj(&xp, &tp, &up, [true; 6]);
+        for l in 0..8 {
+            let (y, j, g) = run_proj(&xs[l], &ts[l], &us[l], [true; 6]);
+            let mut pairs = vec![(&yp, &y), (&jp, &j)];
+            pairs.extend(gp.iter().flatten().zip(g.iter().flatten()));
+            assert_eq!(pairs.len(), 8);
+            for (packed, single) in pairs {
+                let scale = single.abs().max().max(1e-30);
+                for (a, b) in packed.iter().zip(single.iter()) {
+                    let err = (a.lane(l) as f32 - b).abs() / scale;
+                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
+                }
+            }
+        }
+    }
+
+    /// On 1 and on 3 threads the projected rule's value, tangent and cotangents are the
+    /// same bit for bit (B = 130: three chunks; `dwx`, `db` summed in chunk order).
+    /// Mutation caught: as many chunks as threads (tried).
+    #[test]
+    fn projected_chunks_are_bit_identical_to_one_thread() {
+        let (b, t, e, h) = (130, 3, 5, 4);
+        let a = proj_inputs(b, t, e, h, 7).map(|m| m.map(|v| v as f32));
+        let tans = proj_inputs(b, t, e, h, 17).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 27).map(|v| v as f32);
+        let run =
+            |threads: usize| crate::on_threads(threads, || run_proj(&a, &tans, &u, [true; 6]));
+        assert_eq!(run(1), run(3));
+    }
+
+    /// A kept projected pass is taken only while its arguments are unchanged: one element
+    /// written in place after the value, in the second chunk's rows of `x` (last step,
+    /// last column), in `wx` or in `b`, makes the `vjp` recompute (it equals a `vjp` with
+    /// nothing kept, bit for bit); unchanged, the `vjp` takes the pass. Mutations caught:
+    /// a checksum without `wx`, or without `b` (each tried, each fails here).
+    #[test]
+    fn projected_kept_pass_is_checked_against_x_wx_and_b() {
+        let (b, t, e, h) = (67, 3, 2, 2);
+        let d = Dims { b, t, h };
+        let second = d.chunks()[1].clone();
+        let a = proj_inputs(b, t, e, h, 171).map(|m| m.map(|v| v as f32));
+        let u = normal(t * b, h, 1.0, 191).map(|v| v as f32);
+        let needs = [true; 6];
+        let vjp = |y: &[DMatrix<f32>; 6]| {
+            proj::vjp(&y[0], &y[1], &col(&y[2]), &y[3], &y[4], &y[5], &needs, &u)
+        };
+        let keep_value = |y: &[DMatrix<f32>; 6], bias: &DVector<f32>| {
+            lstm_projected(&y[0], &y[1], bias, &y[3], &y[4], &y[5], &needs)
+        };
+        // Unchanged: taken.
+        let bias = col(&a[2]);
+        let _ = keep_value(&a, &bias);
+        let kept = proj::vjp(&a[0], &a[1], &bias, &a[3], &a[4], &a[5], &needs, &u);
+        assert!(KEPT.with(|k| k.borrow().is_none()), "the vjp took the pass");
+        assert_eq!(kept, vjp(&a));
+        let writes: [(usize, usize, usize); 3] = [
+            (0, (t - 1) * b + second.end - 1, e - 1),
+            (1, e - 1, 4 * h - 1),
+            (2, 4 * h - 1, 0),
+        ];
+        for (q, i, j) in writes {
+            let mut y = a.clone();
+            let mut bias = col(&y[2]);
+            let _ = keep_value(&y, &bias);
+            y[q][(i, j)] += 0.25;
+            if q == 2 {
+                bias[i] += 0.25;
+            }
+            let got = proj::vjp(&y[0], &y[1], &bias, &y[3], &y[4], &y[5], &needs, &u);
+            KEPT.with(|k| k.borrow_mut().take());
+            assert_eq!(got, vjp(&y), "argument {q} element ({i}, {j})");
+        }
+    }
+
+    /// Each chunk writes its own rows of `x`'s cotangent (`dz_t·wxᵀ`, step by step) and
+    /// nothing else, all of them: every element starts as −0.0, which any write changes;
+    /// B = 130 makes three chunks. Mutation caught: the rows written from `t·B` without
+    /// `r.start` (tried).
+    #[test]
+    fn projected_chunks_write_only_their_own_rows_of_dx() {
+        let (b, t, e, h) = (130, 3, 3, 2);
+        let d = Dims { b, t, h };
+        let a = proj_inputs(b, t, e, h, 271);
+        let g = normal(t * b, h, 1.0, 281);
+        let bias = col(&a[2]);
+        let args = Args {
+            input: Input::Projected {
+                x: &a[0],
+                wx: &a[1],
+                b: &bias,
+            },
+            wh: &a[3],
+            h0: &a[4],
+            c0: &a[5],
+        };
+        let want = proj::vjp(&a[0], &a[1], &bias, &a[3], &a[4], &a[5], &[true; 6], &g).0;
+        let want = want.unwrap();
+        let neg0 = (-0.0f64).to_bits();
+        for r in d.chunks() {
+            let mut dv = vec![-0.0f64; t * b * e];
+            let out = Out {
+                p: dv.as_mut_ptr(),
+                rows: t * b,
+                cols: e,
+            };
+            let fwd = forward_chunk(d, r.clone(), args, None);
+            let _ = reverse_chunk(d, fwd, args, [true; 3], &g, Some(out));
+            for (i, (v, w)) in dv.iter().zip(want.as_slice()).enumerate() {
+                let ok = if r.contains(&((i % (t * b)) % b)) {
+                    v.to_bits() == w.to_bits()
+                } else {
+                    v.to_bits() == neg0
+                };
+                assert!(ok, "chunk {r:?} left {v} at element {i}");
+            }
+        }
+    }
+
+    /// No steps: an empty value, tangent and `x` cotangent, zero cotangents of the rest.
+    #[test]
+    fn projected_zero_steps_give_empty_results() {
+        let (b, e, h) = (5, 3, 2);
+        let a = proj_inputs(b, 0, e, h, 301);
+        let tans = proj_inputs(b, 0, e, h, 311);
+        let u = DMatrix::<f64>::zeros(0, h);
+        let (y, tan, g) = run_proj(&a, &tans, &u, [true; 6]);
+        assert_eq!((y.shape(), tan.shape()), ((0, h), (0, h)));
+        assert_eq!(g[0].as_ref().unwrap().shape(), (0, e));
+        for q in 1..6 {
+            let m = g[q].as_ref().unwrap();
+            assert_eq!(
+                m,
+                &DMatrix::zeros(a[q].nrows(), a[q].ncols()),
+                "argument {q}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit together")]
+    fn projected_mismatched_shapes_panic_with_the_shapes() {
+        let a = proj_inputs(3, 2, 2, 2, 1);
+        let short = DVector::zeros(7);
+        lstm_projected(&a[0], &a[1], &short, &a[3], &a[4], &a[5], &[true; 6]);
     }
 }
