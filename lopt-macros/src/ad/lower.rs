@@ -1289,7 +1289,13 @@ impl<'a> Lowerer<'a> {
                 return self.builtin(b, last, &args, c, out);
             }
         }
-        if is_builtin_path(path, "lstm_projected") && c.args.len() == 6 {
+        if is_builtin_path(path, "lstm_projected") {
+            if c.args.len() != 6 {
+                return err(
+                    c,
+                    format!("`{last}` takes 6 argument(s): x, wx, b, wh, h0, c0"),
+                );
+            }
             let args: Vec<&Expr> = c.args.iter().collect();
             return self.lstm_projected(&args, out);
         }
