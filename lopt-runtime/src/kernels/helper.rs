@@ -43,7 +43,7 @@ const FAILED: u8 = 2;
 /// their data stays in its core's cache (the released VeLO's 4 MiB of LSTM weights are
 /// two halves of a core's 2 MiB L2; taken in one order by both, every call would read
 /// them from L3).
-struct Phase<R, F> {
+pub(crate) struct Phase<R, F> {
     /// The unclaimed tasks `lo..hi`: `lo` in the low 32 bits, `hi` in the high.
     ends: AtomicU64,
     f: F,
@@ -178,62 +178,100 @@ impl Drop for Helper {
 }
 
 /// `f(0..n)` in order: phase `phase` of `helper`'s board, shared with its worker, or on
-/// this thread alone without one. Phases are published once each, in order (the worker
-/// waits for each in turn).
+/// this thread alone without one ([`offer`] then [`Offered::collect`]).
 ///
 /// # Panics
-/// When phase `phase` was published before or does not exist; when `f` panics here (or
-/// on the worker and again here).
+/// As [`offer`] and [`Offered::collect`].
 pub(crate) fn tasks<R, F>(helper: Option<&Helper>, phase: usize, n: usize, f: F) -> Vec<R>
 where
     R: Send + 'static,
     F: Fn(usize) -> R + Send + Sync + 'static,
 {
+    offer(helper, phase, n, f).collect()
+}
+
+/// Phase `phase`'s tasks `f(0..n)` published to `helper`'s worker, which starts on them
+/// while this thread does other work; [`Offered::collect`] then claims what is left.
+/// Phases are published once each, in order (the worker waits for each in turn).
+///
+/// # Panics
+/// When phase `phase` was published before or does not exist.
+pub(crate) fn offer<R, F>(
+    helper: Option<&Helper>,
+    phase: usize,
+    n: usize,
+    f: F,
+) -> Offered<'_, R, F>
+where
+    R: Send + 'static,
+    F: Fn(usize) -> R + Send + Sync + 'static,
+{
     let Some(helper) = helper else {
-        return (0..n).map(f).collect();
+        return Offered::Alone(n, f);
     };
-    let board = &helper.board;
     let ph = Arc::new(Phase::new(n, f));
     let shared: Arc<dyn Claim> = ph.clone();
     assert!(
-        board.phases[phase].set(shared).is_ok(),
-        "helper::tasks: phase {phase} published twice"
+        helper.board.phases[phase].set(shared).is_ok(),
+        "helper::offer: phase {phase} published twice"
     );
-    let worker_gone = || board.declined.load(Ordering::Acquire);
-    if helper.leave_all {
-        while !board.started.load(Ordering::Acquire) && !worker_gone() {
-            std::thread::yield_now();
-        }
-    }
-    let mine = |i: usize| ph.put(i, Some((ph.f)(i)));
-    if !helper.leave_all || worker_gone() {
-        while let Some(i) = ph.claim(true) {
-            mine(i);
-        }
-    }
-    (0..n)
-        .map(|i| {
-            let (state, value) = &ph.slots[i];
-            let mut since = None;
-            loop {
-                match state.load(Ordering::Acquire) {
-                    DONE => break,
-                    FAILED => mine(i),
-                    _ if !helper.leave_all
-                        && since.get_or_insert_with(Instant::now).elapsed() > PATIENCE =>
-                    {
-                        mine(i)
-                    }
-                    _ => std::thread::yield_now(),
-                }
+    Offered::Shared(helper, ph)
+}
+
+/// A phase published by [`offer`] (or, without a helper, its tasks not yet run).
+pub(crate) enum Offered<'h, R, F> {
+    Alone(usize, F),
+    Shared(&'h Helper, Arc<Phase<R, F>>),
+}
+
+impl<R: Send + 'static, F: Fn(usize) -> R + Send + Sync + 'static> Offered<'_, R, F> {
+    /// The results in task order: the tasks left claimed here from the front, then those
+    /// the worker claimed waited for (and run here when it is late, see [`PATIENCE`]).
+    ///
+    /// # Panics
+    /// When a task panics here (or on the worker and again here).
+    pub(crate) fn collect(self) -> Vec<R> {
+        let (helper, ph) = match self {
+            Offered::Alone(n, f) => return (0..n).map(f).collect(),
+            Offered::Shared(h, ph) => (h, ph),
+        };
+        let board = &helper.board;
+        let worker_gone = || board.declined.load(Ordering::Acquire);
+        if helper.leave_all {
+            while !board.started.load(Ordering::Acquire) && !worker_gone() {
+                std::thread::yield_now();
             }
-            value
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .expect("a done task's result")
-        })
-        .collect()
+        }
+        let mine = |i: usize| ph.put(i, Some((ph.f)(i)));
+        if !helper.leave_all || worker_gone() {
+            while let Some(i) = ph.claim(true) {
+                mine(i);
+            }
+        }
+        (0..ph.slots.len())
+            .map(|i| {
+                let (state, value) = &ph.slots[i];
+                let mut since = None;
+                loop {
+                    match state.load(Ordering::Acquire) {
+                        DONE => break,
+                        FAILED => mine(i),
+                        _ if !helper.leave_all
+                            && since.get_or_insert_with(Instant::now).elapsed() > PATIENCE =>
+                        {
+                            mine(i)
+                        }
+                        _ => std::thread::yield_now(),
+                    }
+                }
+                value
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .expect("a done task's result")
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

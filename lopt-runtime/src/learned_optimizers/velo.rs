@@ -2,11 +2,11 @@
 //! LSTM that produces, as mixing weights over a bank of MLPs, the weights of the
 //! per-parameter MLP that computes each step.
 
-use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
+use super::adafac_mlp_lopt::{factored_step, factoring, FacField, FacOut};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, ema_interleaved, normalized_mlp, params_then_vectors, rsqrt, strided_column, sum8,
-    sum8_records, BlockMlp, LayerRef, MLP_BLOCK,
+    clip, ema_interleaved, feature_scales, keeps_features, normalized_mlp, params_then_vectors,
+    rsqrt, strided_column, sum8, sum8_records, BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use super::ThetaCache;
@@ -615,6 +615,171 @@ impl<S: Real> GatesFromInit<S> {
     }
 }
 
+/// The per-parameter MLP's inputs of a tensor's elements `start..start + nb` into `cols`
+/// (`[total_in, nb]`, feature-major, group by group): its clipped gradient `g`, params
+/// `p`, momenta `m` and second moments `v` (interleaved, `km` and `kr` a record) and the
+/// factored accumulators' outputs `fac` (`kf` decays).
+fn input_builder<'a, S: Real>(
+    g: &'a [S],
+    p: &'a [S],
+    m: &'a [S],
+    v: &'a [S],
+    (km, kr, kf): (usize, usize, usize),
+    fac: &'a FacOut<S>,
+    total_in: usize,
+) -> impl FnMut(usize, &mut [S]) + 'a {
+    let c = S::from_f64;
+    let kmr = km.max(kr);
+    // The inputs of elements `start..start + nb`, feature-major, group by group.
+    let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+    let mut rq = vec![c(0.0); MLP_BLOCK * kr];
+    move |start: usize, cols: &mut [S]| {
+        let nb = cols.len() / total_in;
+        let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
+        let (mb, vb) = (
+            &m[start * km..(start + nb) * km],
+            &v[start * kr..(start + nb) * kr],
+        );
+        let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
+        let mut cols = cols.chunks_exact_mut(nb);
+        let mut next = || cols.next().expect("total_in columns");
+        next().copy_from_slice(gb);
+        for (o, &x) in next().iter_mut().zip(gb) {
+            *o = clip(x, -0.1, 0.1);
+        }
+        next().copy_from_slice(pb);
+        for k in 0..km {
+            strided_column(next(), mb, km, k);
+        }
+        for k in 0..kr {
+            strided_column(next(), vb, kr, k);
+        }
+        // `(v + 1e-6)^-½` at each decay, once a block (`rq[k·nb + i]`).
+        let rq = &mut rq[..kr * nb];
+        for (k, out) in rq.chunks_exact_mut(nb).enumerate() {
+            for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
+                *o = rsqrt(vi[k] + c(1e-6));
+            }
+        }
+        let rs = |k: usize| &rq[k * nb..(k + 1) * nb];
+        for q in 0..kmr {
+            let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
+            for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(rs(qr)) {
+                *o = mi[qm] * r;
+            }
+        }
+        for q in 0..kr {
+            next().copy_from_slice(rs(q));
+        }
+        // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
+        // factored momentum.
+        use FacField::*;
+        for k in 0..kf {
+            fac.expand(start, k, Y1, t1);
+            fac.expand(start, k, Y2, t2);
+            for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
+                *o = ge * a * b;
+            }
+        }
+        for q in 0..kr {
+            for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(rs(q)) {
+                *o = ge * r;
+            }
+        }
+        for field in [Row, Col, RowRsqrt, ColRsqrt] {
+            for k in 0..kf {
+                fac.expand(start, k, field, next());
+            }
+        }
+        for q in 0..km.max(kf) {
+            let (qm, qf) = (if km == 1 { 0 } else { q }, if kf == 1 { 0 } else { q });
+            fac.expand(start, qf, Mom1, t1);
+            fac.expand(start, qf, Mom2, t2);
+            let mom = next().iter_mut().zip(mb.chunks_exact(km));
+            for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
+                *o = mi[qm] * a * b;
+            }
+        }
+    }
+}
+
+/// A tensor's MLP from its row of the mixed bank ([`mix_banks`]): the first layer's
+/// groups, stacked, are one `[total_in, ffw[0]]` matrix; then its bias and the later
+/// layers (widths `ffw`).
+fn tensor_net<'a, S>(row: &'a [S], total_in: usize, ffw: &[usize]) -> Vec<LayerRef<'a, S>> {
+    let mut rest = row;
+    let mut take = |len: usize| {
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        head
+    };
+    let w0 = take(total_in * ffw[0]);
+    let b0 = take(ffw[0]);
+    let mut net: Vec<LayerRef<S>> = vec![(w0, b0)];
+    for io in ffw.windows(2) {
+        let w = take(io[0] * io[1]);
+        net.push((w, take(io[1])));
+    }
+    net
+}
+
+/// The steps `λ·(d·(rms(p)·exp(exp_mult·s))·step_mult)` of the MLP's outputs `d`, `s`,
+/// with `(λ, rms(p), exp_mult, step_mult)` = `mults`.
+fn steps_of<'a, S: Real>(
+    direction: &'a [S],
+    magnitude: &'a [S],
+    (lr, param_scale, exp_mult, step_mult): (S, S, S, S),
+) -> impl Iterator<Item = S> + 'a {
+    direction.iter().zip(magnitude).map(move |(&d, &mg)| {
+        // The branch-free `exp` (for `f32`): the loop vectorizes.
+        let mag = crate::kernels::vecmath::exp(mg * exp_mult);
+        lr * (d * (param_scale * mag) * step_mult)
+    })
+}
+
+/// The per-parameter MLP's second pass ([`normalized_mlp`]'s) on kept inputs, as tasks of
+/// one block of [`MLP_BLOCK`] elements of one tensor each ([`helper::tasks`]): the same
+/// operations on the same values as `normalized_mlp`, block by block.
+struct SecondPass<S> {
+    /// Per tensor: its inputs as the first pass built them (`[n, total_in]` by blocks),
+    /// their scales and `rms(p)`.
+    inputs: Vec<(Vec<S>, Vec<S>, S)>,
+    /// [`mix_banks`]' rows.
+    mixed: Vec<S>,
+    total_in: usize,
+    ffw: Vec<usize>,
+    /// Per tensor `λ`, then `exp_mult` and `step_mult`.
+    lr: Vec<S>,
+    exp_mult: S,
+    step_mult: S,
+    /// The tasks: (tensor, first element).
+    jobs: Vec<(usize, usize)>,
+}
+
+impl<S: Real> SecondPass<S> {
+    /// Task `i`'s steps.
+    fn steps(&self, i: usize) -> Vec<S> {
+        let (li, start) = self.jobs[i];
+        let (inputs, scale, param_scale) = &self.inputs[li];
+        let nf = self.total_in;
+        let nb = MLP_BLOCK.min(inputs.len() / nf - start);
+        let mut x = vec![S::from_f64(0.0); nb * nf];
+        let cols = inputs[start * nf..(start + nb) * nf].chunks_exact(nb);
+        for ((dst, col), &sc) in x.chunks_exact_mut(nb).zip(cols).zip(scale) {
+            for (d, &v) in dst.iter_mut().zip(col) {
+                *d = v * sc;
+            }
+        }
+        let k = self.lr.len();
+        let row = self.mixed.len() / k;
+        let net = tensor_net(&self.mixed[li * row..(li + 1) * row], nf, &self.ffw);
+        let mut mlp = BlockMlp::new();
+        let (out, _) = mlp.forward(&net, &x, nb);
+        let mults = (self.lr[li], *param_scale, self.exp_mult, self.step_mult);
+        steps_of(&out[..nb], &out[nb..2 * nb], mults).collect()
+    }
+}
+
 /// haiku's LSTM cell on one row's gates `[i, g, f, o]` (each `h_out.len()` wide, the
 /// forget gate's bias 1 added here): the outputs and the new cells.
 fn lstm_cell<S: Real>(gate: &[S], cold: &[S], h_out: &mut [S], c_out: &mut [S]) {
@@ -709,7 +874,7 @@ impl Velo {
         let blocks = fixed
             .and_then(|fx| fx.blocks.as_ref())
             .filter(|_| from_init.is_some());
-        let helper = blocks.and_then(|_| Helper::wake(2, leave_all));
+        let helper = blocks.and_then(|_| Helper::wake(3, leave_all));
         let c = P::Scalar::from_f64;
         let one = c(1.0);
         let pi = self.param_inits;
@@ -855,6 +1020,43 @@ impl Velo {
             var_rms.iter().for_each(|&x| push(clip_log_abs10(x)));
             off += n;
         }
+        // Accumulators (fixed decays), and the factored ones' outputs per tensor: they do
+        // not depend on the LSTM, so the helper (if any) starts on its blocks meanwhile.
+        let mom_d: Vec<_> = self.momentum_decays.iter().map(|&d| c(d)).collect();
+        let rms_d: Vec<_> = self
+            .rms_decays
+            .iter()
+            .map(|&d| clip(c(d), 0.0, 1.0))
+            .collect();
+        let fac_d: Vec<_> = self
+            .adafactor_decays
+            .iter()
+            .map(|&d| clip(c(d), 0.0, 1.0))
+            .collect();
+        let mut off = 0;
+        for g in &g_all {
+            let n = g.len();
+            ema_interleaved(&mut state.m[off * km..(off + n) * km], g, &mom_d, |x| x);
+            ema_interleaved(&mut state.rms[off * kr..(off + n) * kr], g, &rms_d, |x| {
+                x * x
+            });
+            off += n;
+        }
+        let (mut off_row, mut off_col, mut off_diag) = (0, 0, 0);
+        let facs: Vec<FacOut<P::Scalar>> = g_all
+            .iter()
+            .enumerate()
+            .map(|(li, g)| {
+                factored_step(
+                    g,
+                    &state.params.leaf_shape(li),
+                    &fac_d,
+                    (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
+                    (&mut off_row, &mut off_col, &mut off_diag),
+                    c(0.0),
+                )
+            })
+            .collect();
         // Mixing layers, LSTM, controls: each one product for every tensor at once (the
         // released LSTM's weights are 8 MB, read once instead of once a tensor).
         let mut tmp = vec![c(0.0); k * h];
@@ -875,6 +1077,8 @@ impl Velo {
         // `x·W_x` continuing each output's chain (so that the hidden half can be kept
         // for a fixed θ and state: `GatesFromInit`).
         let (w_x, w_h) = theta.lstm.0.split_at(h * 4 * h);
+        let total_in: usize = in_w.iter().sum();
+        let mut first_pass = None;
         let mut hn = vec![c(0.0); k * h];
         let mut controls = vec![c(0.0); k * pi];
         let mut lr_mult = vec![c(0.0); k];
@@ -883,9 +1087,28 @@ impl Velo {
             // products are the whole matrices' chains for its columns (the same bits).
             let (x, cell) = (Arc::new(tmp), Arc::new(state.cell.clone()));
             let b = bl.clone();
-            let parts = helper::tasks(helper.as_ref(), 0, bl.gates.blocks.len(), move |i| {
+            let lstm = helper::offer(helper.as_ref(), 0, bl.gates.blocks.len(), move |i| {
                 b.outputs(i, &x, &cell, k)
             });
+            // Meanwhile (the helper's worker waking) the first pass of the per-parameter
+            // MLP, whose inputs do not depend on the LSTM, when every tensor's are kept.
+            if g_all.iter().all(|g| keeps_features(g.len(), total_in)) {
+                let mut off = 0;
+                let firsts = g_all.iter().enumerate().map(|(li, g)| {
+                    let n = g.len();
+                    let m = &state.m[off * km..(off + n) * km];
+                    let v = &state.rms[off * kr..(off + n) * kr];
+                    let p = state.params.leaf(li);
+                    off += n;
+                    let build = input_builder(g, p, m, v, (km, kr, kf), &facs[li], total_in);
+                    let mut inputs = vec![c(0.0); n * total_in];
+                    let scale = feature_scales(n, total_in, build, true, &mut inputs);
+                    let param_scale = (sum8(p, |x| x * x) / c(n as f64) + c(1e-9)).sqrt();
+                    (inputs, scale, param_scale)
+                });
+                first_pass = Some(firsts.collect::<Vec<_>>());
+            }
+            let parts = lstm.collect();
             for (i, part) in parts.iter().enumerate() {
                 let u = part.len() / k;
                 for (row, p) in hn.chunks_exact_mut(h).zip(part.chunks_exact(u)) {
@@ -909,7 +1132,6 @@ impl Velo {
                 }
                 col += w;
             }
-            drop(helper);
         } else {
             let mut gates = vec![c(0.0); k * 4 * h];
             match from_init {
@@ -951,29 +1173,8 @@ impl Velo {
                 .chain(state.cell.iter_mut())
                 .for_each(|x| *x *= d);
         }
-        // Accumulators (fixed decays).
-        let mom_d: Vec<_> = self.momentum_decays.iter().map(|&d| c(d)).collect();
-        let rms_d: Vec<_> = self
-            .rms_decays
-            .iter()
-            .map(|&d| clip(c(d), 0.0, 1.0))
-            .collect();
-        let fac_d: Vec<_> = self
-            .adafactor_decays
-            .iter()
-            .map(|&d| clip(c(d), 0.0, 1.0))
-            .collect();
-        let mut off = 0;
-        for g in &g_all {
-            let n = g.len();
-            ema_interleaved(&mut state.m[off * km..(off + n) * km], g, &mom_d, |x| x);
-            ema_interleaved(&mut state.rms[off * kr..(off + n) * kr], g, &rms_d, |x| {
-                x * x
-            });
-            off += n;
-        }
         // Per tensor: the mixed MLP and the step.
-        let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
+        let mut off = 0;
         // The bank mixed for every tensor at once: `[k, Σ len]`.
         let mut mixed = Vec::new();
         mix_banks(
@@ -983,116 +1184,52 @@ impl Velo {
             k,
             &mut mixed,
         );
+        let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
+        if let Some(inputs) = first_pass {
+            // The second pass by blocks, shared with the helper.
+            let jobs: Vec<(usize, usize)> = g_all
+                .iter()
+                .enumerate()
+                .flat_map(|(li, g)| (0..g.len()).step_by(MLP_BLOCK).map(move |s| (li, s)))
+                .collect();
+            let second = Arc::new(SecondPass {
+                inputs,
+                mixed,
+                total_in,
+                ffw: ffw.clone(),
+                lr: lr_mult,
+                exp_mult,
+                step_mult,
+                jobs: jobs.clone(),
+            });
+            let steps = helper::tasks(helper.as_ref(), 2, jobs.len(), move |i| second.steps(i));
+            for (&(li, start), st) in jobs.iter().zip(&steps) {
+                for (p, &s) in state.params.leaf_mut(li)[start..].iter_mut().zip(st) {
+                    *p -= s;
+                }
+            }
+            state.iteration += 1;
+            state.step += one;
+            return;
+        }
+        drop(helper);
         let total_mixed = mixed.len() / k.max(1);
-        let hid0 = ffw[0];
-        let total_in: usize = in_w.iter().sum();
         let mut mlp = BlockMlp::new();
         let (mut feats, mut steps) = (ThreadBuffer::<P::Scalar>::take(), Vec::new());
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let nn = c(n as f64);
-            let shape = state.params.leaf_shape(li);
-            // This tensor's mixed arrays: the first layer's groups, stacked, are one
-            // [total_in, hid0] matrix; then its bias and the later layers.
-            let mut rest = &mixed[li * total_mixed..(li + 1) * total_mixed];
-            let mut take = |len: usize| {
-                let (head, tail) = rest.split_at(len);
-                rest = tail;
-                head
-            };
-            let w0 = take(total_in * hid0);
-            let b0 = take(hid0);
-            let mut net: Vec<LayerRef<P::Scalar>> = vec![(w0, b0)];
-            for io in ffw.windows(2) {
-                let w = take(io[0] * io[1]);
-                net.push((w, take(io[1])));
-            }
-            let fac = factored_step(
-                g,
-                &shape,
-                &fac_d,
-                (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
-                (&mut off_row, &mut off_col, &mut off_diag),
-                c(0.0),
+            let net = tensor_net(
+                &mixed[li * total_mixed..(li + 1) * total_mixed],
+                total_in,
+                &ffw,
             );
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
             let p = state.params.leaf(li);
-            let kmr = km.max(kr);
-            // The inputs of elements `start..start + nb`, feature-major, group by group.
-            let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
-            let mut rq = vec![c(0.0); MLP_BLOCK * kr];
-            let build = |start: usize, cols: &mut [P::Scalar]| {
-                let nb = cols.len() / total_in;
-                let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
-                let (mb, vb) = (
-                    &m[start * km..(start + nb) * km],
-                    &v[start * kr..(start + nb) * kr],
-                );
-                let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
-                let mut cols = cols.chunks_exact_mut(nb);
-                let mut next = || cols.next().expect("total_in columns");
-                next().copy_from_slice(gb);
-                for (o, &x) in next().iter_mut().zip(gb) {
-                    *o = clip(x, -0.1, 0.1);
-                }
-                next().copy_from_slice(pb);
-                for k in 0..km {
-                    strided_column(next(), mb, km, k);
-                }
-                for k in 0..kr {
-                    strided_column(next(), vb, kr, k);
-                }
-                // `(v + 1e-6)^-½` at each decay, once a block (`rq[k·nb + i]`).
-                let rq = &mut rq[..kr * nb];
-                for (k, out) in rq.chunks_exact_mut(nb).enumerate() {
-                    for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
-                        *o = rsqrt(vi[k] + c(1e-6));
-                    }
-                }
-                let rs = |k: usize| &rq[k * nb..(k + 1) * nb];
-                for q in 0..kmr {
-                    let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
-                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(rs(qr)) {
-                        *o = mi[qm] * r;
-                    }
-                }
-                for q in 0..kr {
-                    next().copy_from_slice(rs(q));
-                }
-                // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
-                // factored momentum.
-                use FacField::*;
-                for k in 0..kf {
-                    fac.expand(start, k, Y1, t1);
-                    fac.expand(start, k, Y2, t2);
-                    for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
-                        *o = ge * a * b;
-                    }
-                }
-                for q in 0..kr {
-                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(rs(q)) {
-                        *o = ge * r;
-                    }
-                }
-                for field in [Row, Col, RowRsqrt, ColRsqrt] {
-                    for k in 0..kf {
-                        fac.expand(start, k, field, next());
-                    }
-                }
-                for q in 0..km.max(kf) {
-                    let (qm, qf) = (if km == 1 { 0 } else { q }, if kf == 1 { 0 } else { q });
-                    fac.expand(start, qf, Mom1, t1);
-                    fac.expand(start, qf, Mom2, t2);
-                    let mom = next().iter_mut().zip(mb.chunks_exact(km));
-                    for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
-                        *o = mi[qm] * a * b;
-                    }
-                }
-            };
+            let build = input_builder(g, p, m, v, (km, kr, kf), &facs[li], total_in);
             let sq = sum8(p, |x| x * x);
             let param_scale = (sq / nn + c(1e-9)).sqrt();
-            let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
             steps.clear();
             normalized_mlp(
                 n,
@@ -1103,11 +1240,8 @@ impl Velo {
                 &mut feats,
                 |out, _, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
-                        // The branch-free `exp` (for `f32`): the loop vectorizes.
-                        let mag = crate::kernels::vecmath::exp(mg * exp_mult);
-                        lr_mult[li] * (d * (param_scale * mag) * step_mult)
-                    }));
+                    let mults = (lr_mult[li], param_scale, exp_mult, step_mult);
+                    steps.extend(steps_of(direction, magnitude, mults));
                 },
             );
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
@@ -1394,7 +1528,8 @@ mod tests {
     use super::*;
     use crate::optimizers::Optimizer;
 
-    /// Two tensors: `w` `[6, 5]` (factored accumulators) and `b` `[5]`.
+    /// Two tensors: `w` `[6, len / 6]` (factored accumulators; `[6, 5]` unless a test
+    /// says) and `b` `[len]` (5).
     #[derive(Clone, Debug)]
     struct Tree {
         w: Vec<f32>,
@@ -1420,7 +1555,7 @@ mod tests {
             out.push_str(["w", "b"][i]);
         }
         fn leaf_shape(&self, i: usize) -> Vec<usize> {
-            [vec![6, 5], vec![5]][i].clone()
+            [vec![6, self.w.len() / 6], vec![self.b.len()]][i].clone()
         }
     }
 
@@ -1496,9 +1631,11 @@ mod tests {
     /// so one block of 32 units and a short one of 8; 70 controls and the step size, one
     /// block of 64 columns and one of 7) give `update`'s bits on one thread, on two with
     /// the caller and the helper sharing the blocks, and with every block left to the
-    /// helper, for three updates. Catches (each tried): a short gate block's cells read
-    /// at the block's own width instead of the full blocks' offset; its outputs written
-    /// there; the step size's column not written.
+    /// helper, for three updates; the per-parameter MLP's second pass by blocks of
+    /// elements (`w` `[6, 100]`: blocks of 256, 256 and 88; `b` one of 5). Catches (each
+    /// tried): a short gate block's cells read at the block's own width instead of the
+    /// full blocks' offset; its outputs written there; the step size's column not
+    /// written; a block's steps applied from the tensor's first element.
     #[test]
     fn updates_by_blocks_are_the_updates_on_any_thread() {
         let cfg = Velo {
@@ -1509,12 +1646,12 @@ mod tests {
         };
         let th = theta(&cfg);
         let p = Tree {
-            w: Key::new(7).normal_vec(30),
+            w: Key::new(7).normal_vec(600),
             b: Key::new(8).normal_vec(5),
         };
         let grads: Vec<Tree> = (0..3)
             .map(|t| Tree {
-                w: Key::new(10 + t).normal_vec(30),
+                w: Key::new(10 + t).normal_vec(600),
                 b: Key::new(20 + t).normal_vec(5),
             })
             .collect();
