@@ -1368,8 +1368,9 @@ impl LearnedOptimizer for Velo {
     /// With θ fixed, computed once: the MLP bank concatenated (mixed in one product), and
     /// the gates' hidden half from θ's initial LSTM state: with
     /// `use_bugged_next_lstm_state` (the released VeLO) and no state decay every step's
-    /// LSTM reads that state, so each step reads half of the LSTM's weights; from
-    /// [`HELP_FROM`] weights those products by blocks shared with a second core.
+    /// LSTM reads that state, so each step reads half of the LSTM's weights; from the
+    /// released VeLO's size (2^20 LSTM input weights) the update's products and
+    /// per-parameter MLP go by blocks shared with a second core, the same bits.
     fn update_fixed<P: Params>(
         &self,
         theta: &VeloTheta<P::Scalar>,
