@@ -26,10 +26,9 @@ trait Claim: Send + Sync {
 }
 
 /// How long the caller waits for a task the worker claimed before running it itself:
-/// about one of the released VeLO's blocks (4–9 µs each). A worker that the system has
-/// descheduled (the machine busy with other work) must not stall the caller for a time
-/// slice; a shorter wait only redoes more tasks (the same bits).
-const PATIENCE: Duration = Duration::from_micros(10);
+/// about two of the released VeLO's blocks. A worker that the system has descheduled
+/// (the machine busy with other work) must not stall the caller for a time slice.
+const PATIENCE: Duration = Duration::from_micros(20);
 
 /// A slot's states.
 const PENDING: u8 = 0;
