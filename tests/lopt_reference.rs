@@ -677,10 +677,11 @@ fn prefab_velo_runs_on_f64_trees() {
     assert_eq!(pre.iteration(&s64), 10);
 }
 
-/// The released VeLO's update on two threads is the one-thread update bit for bit. Its
-/// LSTM product (8 MB of weights) stays on one thread below `small_rows`' split size
-/// (2^25 weights; the split itself is tested in `small_rows`), so this guards the rest:
-/// any per-thread scratch or pooled pass whose result would depend on the thread count.
+/// The released VeLO's update on two threads is the one-thread update bit for bit: with
+/// θ fixed (`opt_fn`) its LSTM, controls and per-parameter MLP go by blocks shared with a
+/// second core (`velo::UpdateBlocks`, whose unit test also forces every block onto the
+/// helper), and any per-thread scratch or pooled pass whose result would depend on the
+/// thread count would show here.
 #[test]
 fn velo_released_update_is_the_same_on_one_and_two_threads() {
     let r = load_json("lopt_velo.json");

@@ -8,6 +8,7 @@
 //!   on the thread pool (the same result on any number of threads);
 //! - `gemm_packets`: products of matrices of SIMD-lane packets ([`Lanes`](crate::lanes::Lanes));
 //! - `small_rows`: `b + x·W` for a few rows and a large weight matrix, read once;
+//! - `helper`: a second core's share of a short computation, its worker woken at the start;
 //! - `alloc`: large zeroed buffers, backed by huge pages where Linux offers them;
 //! - `tile8`: the 8 × 8 in-register transpose and `f32` casts of the AVX2 tile paths;
 //! - `vecmath`: branch-free `f32` transcendental functions that vectorize;
@@ -22,6 +23,7 @@ pub(crate) mod cpu;
 pub mod gemm;
 pub(crate) mod gemm_packets;
 pub(crate) mod gemm_threads;
+pub(crate) mod helper;
 pub(crate) mod small_rows;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod tile8;

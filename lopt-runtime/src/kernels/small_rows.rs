@@ -299,6 +299,12 @@ macro_rules! group_kernel {
                         let (w0, w1) = (wp.add(i * dout + j0), wp.add((i + 1) * dout + j0));
                         let mut j = 0;
                         while j < vend {
+                            // Two KiB ahead in both rows: in the column blocks of
+                            // `velo::ColumnBlocks` (rows of 128 columns, one after another)
+                            // the hardware prefetcher alone read them 10% slower (a VeLO
+                            // update on one thread 320 against 289 µs).
+                            _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(j + 512) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(w1.wrapping_add(j + 512) as *const i8);
                             let a = $load(w0.add(j));
                             let c = $load(w1.add(j));
                             for r in 0..M {

@@ -230,26 +230,14 @@ pub(crate) fn normalized_mlp<S: Real>(
     mut emit: impl FnMut(&[S], &[S], usize),
 ) {
     let c = S::from_f64;
-    let keep = n * nf <= KEEP_FEATURES;
+    let keep = keeps_features(n, nf);
     // `build` writes every feature of every block: only new space is zeroed, and a
     // buffer kept from a larger tensor is not shrunk (then grown and zeroed again).
     let need = if keep { n * nf } else { MLP_BLOCK * nf };
     if buf.len() < need {
         buf.resize(need, c(0.0));
     }
-    let mut ss = vec![c(0.0); nf];
-    for start in (0..n).step_by(MLP_BLOCK) {
-        let nb = MLP_BLOCK.min(n - start);
-        let at = if keep { start * nf } else { 0 };
-        let cols = &mut buf[at..at + nb * nf];
-        build(start, cols);
-        // In element order, one running sum per feature: the rounding is part of what
-        // meta-training sees (a reordered sum sent the AdafacMlpLOpt meta-training test
-        // to a diverging θ).
-        sum_squares_in_order(cols, nb, &mut ss);
-    }
-    let nn = c(n as f64);
-    let scale: Vec<_> = ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect();
+    let scale = feature_scales(n, nf, &mut build, keep, buf);
     for start in (0..n).step_by(MLP_BLOCK) {
         let nb = MLP_BLOCK.min(n - start);
         let at = if keep { start * nf } else { 0 };
@@ -263,6 +251,37 @@ pub(crate) fn normalized_mlp<S: Real>(
         let (out, hidden) = mlp.forward(layers, cols, nb);
         emit(out, hidden, nb);
     }
+}
+
+/// Whether [`normalized_mlp`] keeps a tensor's features (`n` elements of `nf`) between
+/// its two passes.
+pub(crate) fn keeps_features(n: usize, nf: usize) -> bool {
+    n * nf <= KEEP_FEATURES
+}
+
+/// [`normalized_mlp`]'s first pass: every block built into `buf` (at `start·nf` when
+/// `keep`, else over the first block) and each feature's `rsqrt(1e-5 + mean x²)`.
+pub(crate) fn feature_scales<S: Real>(
+    n: usize,
+    nf: usize,
+    mut build: impl FnMut(usize, &mut [S]),
+    keep: bool,
+    buf: &mut [S],
+) -> Vec<S> {
+    let c = S::from_f64;
+    let mut ss = vec![c(0.0); nf];
+    for start in (0..n).step_by(MLP_BLOCK) {
+        let nb = MLP_BLOCK.min(n - start);
+        let at = if keep { start * nf } else { 0 };
+        let cols = &mut buf[at..at + nb * nf];
+        build(start, cols);
+        // In element order, one running sum per feature: the rounding is part of what
+        // meta-training sees (a reordered sum sent the AdafacMlpLOpt meta-training test
+        // to a diverging θ).
+        sum_squares_in_order(cols, nb, &mut ss);
+    }
+    let nn = c(n as f64);
+    ss.iter().map(|&s| rsqrt(c(1e-5) + s / nn)).collect()
 }
 
 /// `acc[e·K + k] ← d_k·acc[e·K + k] + (1 − d_k)·f(g[e])` for the `K = d.len()` decays of

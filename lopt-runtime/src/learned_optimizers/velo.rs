@@ -2,25 +2,39 @@
 //! LSTM that produces, as mixing weights over a bank of MLPs, the weights of the
 //! per-parameter MLP that computes each step.
 
-use super::adafac_mlp_lopt::{factored_step, factoring, FacField};
+use super::adafac_mlp_lopt::{factored_step, factoring, FacField, FacOut};
 use super::flax_msgpack::{arr, FlaxMsgpackError, FlaxTheta, FlaxValue};
 use super::parts::{
-    clip, ema_interleaved, normalized_mlp, params_then_vectors, rsqrt, strided_column, sum8,
-    sum8_records, BlockMlp, LayerRef, MLP_BLOCK,
+    clip, ema_interleaved, feature_scales, keeps_features, normalized_mlp, params_then_vectors,
+    rsqrt, strided_column, sum8, sum8_records, BlockMlp, LayerRef, MLP_BLOCK,
 };
 use super::LearnedOptimizer;
 use super::ThetaCache;
 use crate::error::{Error, Result};
 use crate::kernels::alloc::ThreadBuffer;
+use crate::kernels::helper::{self, Helper};
 use crate::kernels::small_rows::{small_rows_product, small_rows_product_from};
 use crate::key::Key;
 use crate::params::Params;
 use crate::scalar::Real;
+use std::sync::Arc;
 
 /// Timescales of `_fractional_tanh_embed`.
 const FRACTIONS: [f64; 9] = [0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1];
 /// Decays of the loss buffer.
 const LOSS_DECAYS: usize = 10;
+/// From this many LSTM input weights (`h·4h`: the released VeLO's 2^20, 4 MiB of `f32`)
+/// an update with θ fixed shares its weight-bound products with a second core
+/// ([`UpdateBlocks`]); below, the weights are read in less time than a worker takes to
+/// wake.
+const HELP_FROM: usize = 1 << 20;
+/// Hidden units per block of the LSTM's gates: the released VeLO's 512 in 16 blocks of
+/// 256 KiB of weights (about 9 µs of reading each), so that the two threads end within a
+/// block of each other.
+const GATE_UNITS: usize = 32;
+/// Columns per block of the controls' product (with the step size's one column: the
+/// released VeLO's 257 in four blocks).
+const CONTROL_COLS: usize = 64;
 
 /// The library's `HyperV2` with its default feature set (every `with_*` flag on,
 /// `mix_layers`, `adafactor_accumulator`, `param_scale_mult`, no output
@@ -465,6 +479,118 @@ struct FixedTheta<S> {
     bank: Vec<S>,
     /// The gates' hidden half, when the state never advances.
     gates: Option<GatesFromInit<S>>,
+    /// With `gates`, from [`HELP_FROM`] weights: the products after the mixing layers
+    /// by blocks of columns (a copy of their weights: 4.5 MiB for the released VeLO).
+    blocks: Option<Arc<UpdateBlocks<S>>>,
+}
+
+/// Columns of a weight matrix `[din, dout]` in blocks, each block's `[din, width]`
+/// weights one contiguous run (a block's product reads them sequentially, as the
+/// whole matrix's product reads its rows), with the chains' starts.
+#[derive(Debug)]
+struct ColumnBlocks<S> {
+    din: usize,
+    /// Per block: the weights `[din, width]` row-major and the `width` starts.
+    blocks: Vec<(Vec<S>, Vec<S>)>,
+}
+
+impl<S: Real> ColumnBlocks<S> {
+    /// Blocks of the columns `cols[c]` (in that order) of the matrix whose weight at row
+    /// `i`, column `j` is `w(i, j)` and whose chain `j` starts from `b(j)`.
+    fn new(
+        din: usize,
+        cols: &[Vec<usize>],
+        w: impl Fn(usize, usize) -> S,
+        b: impl Fn(usize) -> S,
+    ) -> Self {
+        let blocks = cols
+            .iter()
+            .map(|cs| {
+                let wb = (0..din)
+                    .flat_map(|i| cs.iter().map(move |&j| (i, j)))
+                    .map(|(i, j)| w(i, j))
+                    .collect();
+                (wb, cs.iter().map(|&j| b(j)).collect())
+            })
+            .collect();
+        ColumnBlocks { din, blocks }
+    }
+
+    /// Block `c`'s columns of `start + x·W` for the `rows` rows of `x`: `[rows, width]`,
+    /// each output the chain [`small_rows_product`] computes for that column of the
+    /// whole matrix (the same bits).
+    fn product(&self, c: usize, x: &[S], rows: usize) -> Vec<S> {
+        let (w, b) = &self.blocks[c];
+        let mut out = vec![S::from_f64(0.0); rows * b.len()];
+        small_rows_product(x, rows, self.din, w, b, &mut out);
+        out
+    }
+}
+
+/// The released VeLO's weight-bound products with θ fixed, in [`ColumnBlocks`] that two
+/// threads claim ([`helper::tasks`]): the LSTM's input half (with its start, the hidden
+/// half from θ's initial state: [`GatesFromInit`]) by blocks of [`GATE_UNITS`] hidden
+/// units, each block the four gates' columns of its units (so that a block also gives its
+/// units' outputs), then the controls and the step size by [`CONTROL_COLS`] columns.
+#[derive(Debug)]
+struct UpdateBlocks<S> {
+    /// Hidden units per gate block.
+    units: usize,
+    gates: ColumnBlocks<S>,
+    /// Columns of `[to_controls | step_size]`.
+    controls: ColumnBlocks<S>,
+}
+
+impl<S: Real> UpdateBlocks<S> {
+    fn new(cfg: &Velo, theta: &VeloTheta<S>, start: &[S]) -> Self {
+        let (h, pi) = (cfg.lstm_hidden_size, cfg.param_inits);
+        let units = GATE_UNITS.min(h);
+        let gate_cols: Vec<Vec<usize>> = (0..h.div_ceil(units))
+            .map(|c| {
+                let us = c * units..((c + 1) * units).min(h);
+                (0..4)
+                    .flat_map(|g| us.clone().map(move |u| g * h + u))
+                    .collect()
+            })
+            .collect();
+        let w_x = &theta.lstm.0[..h * 4 * h];
+        let gates = ColumnBlocks::new(h, &gate_cols, |i, j| w_x[i * 4 * h + j], |j| start[j]);
+        let ctl_cols: Vec<Vec<usize>> = (0..(pi + 1).div_ceil(CONTROL_COLS))
+            .map(|c| (c * CONTROL_COLS..((c + 1) * CONTROL_COLS).min(pi + 1)).collect())
+            .collect();
+        let ((cw, cb), (sw, sb)) = (&theta.to_controls, &theta.step_size);
+        let controls = ColumnBlocks::new(
+            h,
+            &ctl_cols,
+            |i, j| if j < pi { cw[i * pi + j] } else { sw[i] },
+            |j| if j < pi { cb[j] } else { sb[0] },
+        );
+        UpdateBlocks {
+            units,
+            gates,
+            controls,
+        }
+    }
+
+    /// Gate block `c`'s units' LSTM outputs `[rows, units]` for inputs `x` (`[rows, h]`)
+    /// and cells `cell` (`[rows, h]`).
+    fn outputs(&self, c: usize, x: &[S], cell: &[S], rows: usize) -> Vec<S> {
+        let g = self.gates.product(c, x, rows);
+        let (h, w) = (self.gates.din, g.len() / rows.max(1));
+        let u = w / 4;
+        let mut out = vec![S::from_f64(0.0); rows * u];
+        let mut cnew = vec![S::from_f64(0.0); u];
+        for r in 0..rows {
+            let cold = &cell[r * h + c * self.units..][..u];
+            lstm_cell(
+                &g[r * w..(r + 1) * w],
+                cold,
+                &mut out[r * u..(r + 1) * u],
+                &mut cnew,
+            );
+        }
+        out
+    }
 }
 
 /// The LSTM gates' hidden half from θ's initial state, `b + h₀·W_h`: the start of every
@@ -489,6 +615,193 @@ impl<S: Real> GatesFromInit<S> {
     }
 }
 
+/// The per-parameter MLP's inputs of a tensor's elements `start..start + nb` into `cols`
+/// (`[total_in, nb]`, feature-major, group by group): its clipped gradient `g`, params
+/// `p`, momenta `m` and second moments `v` (interleaved, `km` and `kr` a record) and the
+/// factored accumulators' outputs `fac` (`kf` decays).
+fn input_builder<'a, S: Real>(
+    g: &'a [S],
+    p: &'a [S],
+    m: &'a [S],
+    v: &'a [S],
+    (km, kr, kf): (usize, usize, usize),
+    fac: &'a FacOut<S>,
+    total_in: usize,
+) -> impl FnMut(usize, &mut [S]) + 'a {
+    let c = S::from_f64;
+    let kmr = km.max(kr);
+    // The inputs of elements `start..start + nb`, feature-major, group by group.
+    let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
+    let mut rq = vec![c(0.0); MLP_BLOCK * kr];
+    move |start: usize, cols: &mut [S]| {
+        let nb = cols.len() / total_in;
+        let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
+        let (mb, vb) = (
+            &m[start * km..(start + nb) * km],
+            &v[start * kr..(start + nb) * kr],
+        );
+        let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
+        let mut cols = cols.chunks_exact_mut(nb);
+        let mut next = || cols.next().expect("total_in columns");
+        next().copy_from_slice(gb);
+        for (o, &x) in next().iter_mut().zip(gb) {
+            *o = clip(x, -0.1, 0.1);
+        }
+        next().copy_from_slice(pb);
+        for k in 0..km {
+            strided_column(next(), mb, km, k);
+        }
+        for k in 0..kr {
+            strided_column(next(), vb, kr, k);
+        }
+        // `(v + 1e-6)^-½` at each decay, once a block (`rq[k·nb + i]`).
+        let rq = &mut rq[..kr * nb];
+        for (k, out) in rq.chunks_exact_mut(nb).enumerate() {
+            for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
+                *o = rsqrt(vi[k] + c(1e-6));
+            }
+        }
+        let rs = |k: usize| &rq[k * nb..(k + 1) * nb];
+        for q in 0..kmr {
+            let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
+            for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(rs(qr)) {
+                *o = mi[qm] * r;
+            }
+        }
+        for q in 0..kr {
+            next().copy_from_slice(rs(q));
+        }
+        // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
+        // factored momentum.
+        use FacField::*;
+        for k in 0..kf {
+            fac.expand(start, k, Y1, t1);
+            fac.expand(start, k, Y2, t2);
+            for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
+                *o = ge * a * b;
+            }
+        }
+        for q in 0..kr {
+            for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(rs(q)) {
+                *o = ge * r;
+            }
+        }
+        for field in [Row, Col, RowRsqrt, ColRsqrt] {
+            for k in 0..kf {
+                fac.expand(start, k, field, next());
+            }
+        }
+        for q in 0..km.max(kf) {
+            let (qm, qf) = (if km == 1 { 0 } else { q }, if kf == 1 { 0 } else { q });
+            fac.expand(start, qf, Mom1, t1);
+            fac.expand(start, qf, Mom2, t2);
+            let mom = next().iter_mut().zip(mb.chunks_exact(km));
+            for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
+                *o = mi[qm] * a * b;
+            }
+        }
+    }
+}
+
+/// A tensor's MLP from its row of the mixed bank ([`mix_banks`]): the first layer's
+/// groups, stacked, are one `[total_in, ffw[0]]` matrix; then its bias and the later
+/// layers (widths `ffw`).
+fn tensor_net<'a, S>(row: &'a [S], total_in: usize, ffw: &[usize]) -> Vec<LayerRef<'a, S>> {
+    let mut rest = row;
+    let mut take = |len: usize| {
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        head
+    };
+    let w0 = take(total_in * ffw[0]);
+    let b0 = take(ffw[0]);
+    let mut net: Vec<LayerRef<S>> = vec![(w0, b0)];
+    for io in ffw.windows(2) {
+        let w = take(io[0] * io[1]);
+        net.push((w, take(io[1])));
+    }
+    net
+}
+
+/// The steps `λ·(d·(rms(p)·exp(exp_mult·s))·step_mult)` of the MLP's outputs `d`, `s`,
+/// with `(λ, rms(p), exp_mult, step_mult)` = `mults`.
+fn steps_of<'a, S: Real>(
+    direction: &'a [S],
+    magnitude: &'a [S],
+    (lr, param_scale, exp_mult, step_mult): (S, S, S, S),
+) -> impl Iterator<Item = S> + 'a {
+    direction.iter().zip(magnitude).map(move |(&d, &mg)| {
+        // The branch-free `exp` (for `f32`): the loop vectorizes.
+        let mag = crate::kernels::vecmath::exp(mg * exp_mult);
+        lr * (d * (param_scale * mag) * step_mult)
+    })
+}
+
+/// The per-parameter MLP's second pass ([`normalized_mlp`]'s) on kept inputs, as tasks of
+/// one block of [`MLP_BLOCK`] elements of one tensor each ([`helper::tasks`]): the same
+/// operations on the same values as `normalized_mlp`, block by block.
+struct SecondPass<S> {
+    /// Per tensor: its inputs as the first pass built them (`[n, total_in]` by blocks),
+    /// their scales and `rms(p)`.
+    inputs: Vec<(Vec<S>, Vec<S>, S)>,
+    /// [`mix_banks`]' rows.
+    mixed: Vec<S>,
+    total_in: usize,
+    ffw: Vec<usize>,
+    /// Per tensor `λ`, then `exp_mult` and `step_mult`.
+    lr: Vec<S>,
+    exp_mult: S,
+    step_mult: S,
+    /// The tasks: (tensor, first element).
+    jobs: Vec<(usize, usize)>,
+}
+
+impl<S: Real> SecondPass<S> {
+    /// Task `i`'s steps.
+    fn steps(&self, i: usize) -> Vec<S> {
+        let (li, start) = self.jobs[i];
+        let (inputs, scale, param_scale) = &self.inputs[li];
+        let nf = self.total_in;
+        let nb = MLP_BLOCK.min(inputs.len() / nf - start);
+        let mut x = vec![S::from_f64(0.0); nb * nf];
+        let cols = inputs[start * nf..(start + nb) * nf].chunks_exact(nb);
+        for ((dst, col), &sc) in x.chunks_exact_mut(nb).zip(cols).zip(scale) {
+            for (d, &v) in dst.iter_mut().zip(col) {
+                *d = v * sc;
+            }
+        }
+        let k = self.lr.len();
+        let row = self.mixed.len() / k;
+        let net = tensor_net(&self.mixed[li * row..(li + 1) * row], nf, &self.ffw);
+        let mut mlp = BlockMlp::new();
+        let (out, _) = mlp.forward(&net, &x, nb);
+        let mults = (self.lr[li], *param_scale, self.exp_mult, self.step_mult);
+        steps_of(&out[..nb], &out[nb..2 * nb], mults).collect()
+    }
+}
+
+/// haiku's LSTM cell on one row's gates `[i, g, f, o]` (each `h_out.len()` wide, the
+/// forget gate's bias 1 added here): the outputs and the new cells.
+fn lstm_cell<S: Real>(gate: &[S], cold: &[S], h_out: &mut [S], c_out: &mut [S]) {
+    let one = S::from_f64(1.0);
+    let h = h_out.len();
+    let (gi, rest) = gate.split_at(h);
+    let (gg, rest) = rest.split_at(h);
+    let (gf, go) = rest.split_at(h);
+    // Branch-free exp and tanh (for `f32`; the lanes' own otherwise): the loop
+    // vectorizes.
+    use crate::kernels::vecmath::{sigmoid as vsigmoid, tanh as vtanh};
+    // (Zipped slices: indexed, the bounds checks kept it scalar.)
+    let gates_in = gi.iter().zip(gg).zip(gf.iter().zip(go)).zip(cold.iter());
+    let outs = h_out.iter_mut().zip(c_out.iter_mut());
+    for ((((&i, &gv), (&fv, &o)), &cold), (hj, cj)) in gates_in.zip(outs) {
+        let fg = vsigmoid(fv + one);
+        let cv = fg * cold + vsigmoid(i) * vtanh(gv);
+        *hj = vsigmoid(o) * vtanh(cv);
+        *cj = cv;
+    }
+}
+
 /// Equal bits in every lane (`-0.0` is not `0.0`, a NaN only its own bits).
 fn same_bits<S: Real>(a: &[S], b: &[S]) -> bool {
     a.len() == b.len()
@@ -498,6 +811,37 @@ fn same_bits<S: Real>(a: &[S], b: &[S]) -> bool {
 }
 
 impl Velo {
+    /// [`LearnedOptimizer::update_fixed`] with the products by blocks from `help_from`
+    /// LSTM input weights (when the cache is filled); with `leave_all` the helper, if
+    /// any, computes every block (tests: its side runs whatever the timing).
+    #[allow(clippy::too_many_arguments)]
+    fn update_fixed_with<P: Params>(
+        &self,
+        help_from: usize,
+        leave_all: bool,
+        theta: &VeloTheta<P::Scalar>,
+        cache: &ThetaCache,
+        state: &mut VeloState<P>,
+        grad: &P,
+        loss: P::Scalar,
+    ) {
+        let h = self.lstm_hidden_size;
+        let fixed = cache.get_or_init(|| {
+            let gates = (self.use_bugged_next_lstm_state && self.rnn_state_decay == 0.0)
+                .then(|| GatesFromInit::new(self, theta));
+            let blocks = gates
+                .as_ref()
+                .filter(|_| h * 4 * h >= help_from)
+                .map(|g| Arc::new(UpdateBlocks::new(self, theta, &g.start)));
+            FixedTheta {
+                bank: concat_bank(theta, self.param_inits),
+                gates,
+                blocks,
+            }
+        });
+        self.step(theta, fixed, leave_all, state, grad, loss)
+    }
+
     /// One update; with `fixed`, the bank mixed from its concatenation and the gates'
     /// hidden half from it where every tensor's LSTM state is θ's initial one (bit for
     /// bit what the products give).
@@ -507,6 +851,7 @@ impl Velo {
         &self,
         theta: &VeloTheta<P::Scalar>,
         fixed: Option<&FixedTheta<P::Scalar>>,
+        leave_all: bool,
         state: &mut VeloState<P>,
         grad: &P,
         loss: P::Scalar,
@@ -516,9 +861,22 @@ impl Velo {
             &state.params,
             grad,
         );
+        let h = self.lstm_hidden_size;
+        // Every tensor's LSTM state is θ's initial one: the gates start from the kept
+        // hidden half, and the products after the mixing layers may go by blocks, the
+        // helper woken now so that it is awake when they start.
+        let from_init = fixed.and_then(|fx| fx.gates.as_ref()).filter(|fx| {
+            state
+                .hidden
+                .chunks_exact(h)
+                .all(|row| same_bits(row, &fx.hidden))
+        });
+        let blocks = fixed
+            .and_then(|fx| fx.blocks.as_ref())
+            .filter(|_| from_init.is_some());
+        let helper = blocks.and_then(|_| Helper::wake(3, leave_all));
         let c = P::Scalar::from_f64;
         let one = c(1.0);
-        let h = self.lstm_hidden_size;
         let pi = self.param_inits;
         let f = self.rnn_features();
         let (km, kr, kf) = self.counts();
@@ -662,90 +1020,8 @@ impl Velo {
             var_rms.iter().for_each(|&x| push(clip_log_abs10(x)));
             off += n;
         }
-        // Mixing layers, LSTM, controls: each one product for every tensor at once (the
-        // released LSTM's weights are 8 MB, read once instead of once a tensor).
-        let mut tmp = vec![c(0.0); k * h];
-        small_rows_product(&feats, k, f, &theta.mix[1].0, &theta.mix[1].1, &mut tmp);
-        let mut vmax = vec![c(f64::NEG_INFINITY); h];
-        for row in tmp.chunks_exact(h) {
-            for (m, &t) in vmax.iter_mut().zip(row) {
-                *m = m.max(t.max(c(0.0)));
-            }
-        }
-        small_rows_product(&feats, k, f, &theta.mix[2].0, &theta.mix[2].1, &mut tmp);
-        for row in tmp.chunks_exact_mut(h) {
-            for (o, &m) in row.iter_mut().zip(&vmax) {
-                *o += m;
-            }
-        }
-        // haiku's gates `b + [x, h]·W` with the hidden half first: `b + h·W_h`, then
-        // `x·W_x` continuing each output's chain (so that the hidden half can be kept
-        // for a fixed θ and state: `GatesFromInit`).
-        let (w_x, w_h) = theta.lstm.0.split_at(h * 4 * h);
-        let mut gates = vec![c(0.0); k * 4 * h];
-        let from_init = fixed.and_then(|fx| fx.gates.as_ref()).filter(|fx| {
-            state
-                .hidden
-                .chunks_exact(h)
-                .all(|row| same_bits(row, &fx.hidden))
-        });
-        match from_init {
-            Some(fx) => small_rows_product(&tmp, k, h, w_x, &fx.start, &mut gates),
-            None => {
-                let mut start = vec![c(0.0); k * 4 * h];
-                small_rows_product(&state.hidden, k, h, w_h, &theta.lstm.1, &mut start);
-                small_rows_product_from(&tmp, k, h, w_x, &start, &mut gates);
-            }
-        }
-        let mut hn = vec![c(0.0); k * h];
-        let mut cnew = vec![c(0.0); h];
-        for li in 0..k {
-            let gate = &gates[li * 4 * h..(li + 1) * 4 * h];
-            let (gi, rest) = gate.split_at(h);
-            let (gg, rest) = rest.split_at(h);
-            let (gf, go) = rest.split_at(h);
-            let cell = &mut state.cell[li * h..(li + 1) * h];
-            let hrow = &mut hn[li * h..(li + 1) * h];
-            // Branch-free exp and tanh (for `f32`; the lanes' own otherwise): the loop
-            // vectorizes.
-            use crate::kernels::vecmath::{sigmoid as vsigmoid, tanh as vtanh};
-            // (Zipped slices: indexed, the bounds checks kept it scalar.)
-            let gates_in = gi.iter().zip(gg).zip(gf.iter().zip(go)).zip(cell.iter());
-            let outs = hrow.iter_mut().zip(cnew.iter_mut());
-            for ((((&i, &gv), (&fv, &o)), &cold), (hj, cj)) in gates_in.zip(outs) {
-                let fg = vsigmoid(fv + one);
-                let cv = fg * cold + vsigmoid(i) * vtanh(gv);
-                *hj = vsigmoid(o) * vtanh(cv);
-                *cj = cv;
-            }
-            if !self.use_bugged_next_lstm_state {
-                cell.copy_from_slice(&cnew);
-            }
-        }
-        if !self.use_bugged_next_lstm_state {
-            state.hidden.copy_from_slice(&hn);
-        }
-        let mut controls = vec![c(0.0); k * pi];
-        let (cw, cb) = &theta.to_controls;
-        small_rows_product(&hn, k, h, cw, cb, &mut controls);
-        let mut lr_mult = vec![c(0.0); k];
-        small_rows_product(
-            &hn,
-            k,
-            h,
-            &theta.step_size.0,
-            &theta.step_size.1,
-            &mut lr_mult,
-        );
-        if self.rnn_state_decay > 0.0 {
-            let d = c(1.0 - self.rnn_state_decay);
-            state
-                .hidden
-                .iter_mut()
-                .chain(state.cell.iter_mut())
-                .for_each(|x| *x *= d);
-        }
-        // Accumulators (fixed decays).
+        // Accumulators (fixed decays), and the factored ones' outputs per tensor: they do
+        // not depend on the LSTM, so the helper (if any) starts on its blocks meanwhile.
         let mom_d: Vec<_> = self.momentum_decays.iter().map(|&d| c(d)).collect();
         let rms_d: Vec<_> = self
             .rms_decays
@@ -766,8 +1042,139 @@ impl Velo {
             });
             off += n;
         }
+        let (mut off_row, mut off_col, mut off_diag) = (0, 0, 0);
+        let facs: Vec<FacOut<P::Scalar>> = g_all
+            .iter()
+            .enumerate()
+            .map(|(li, g)| {
+                factored_step(
+                    g,
+                    &state.params.leaf_shape(li),
+                    &fac_d,
+                    (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
+                    (&mut off_row, &mut off_col, &mut off_diag),
+                    c(0.0),
+                )
+            })
+            .collect();
+        // Mixing layers, LSTM, controls: each one product for every tensor at once (the
+        // released LSTM's weights are 8 MB, read once instead of once a tensor).
+        let mut tmp = vec![c(0.0); k * h];
+        small_rows_product(&feats, k, f, &theta.mix[1].0, &theta.mix[1].1, &mut tmp);
+        let mut vmax = vec![c(f64::NEG_INFINITY); h];
+        for row in tmp.chunks_exact(h) {
+            for (m, &t) in vmax.iter_mut().zip(row) {
+                *m = m.max(t.max(c(0.0)));
+            }
+        }
+        small_rows_product(&feats, k, f, &theta.mix[2].0, &theta.mix[2].1, &mut tmp);
+        for row in tmp.chunks_exact_mut(h) {
+            for (o, &m) in row.iter_mut().zip(&vmax) {
+                *o += m;
+            }
+        }
+        // haiku's gates `b + [x, h]·W` with the hidden half first: `b + h·W_h`, then
+        // `x·W_x` continuing each output's chain (so that the hidden half can be kept
+        // for a fixed θ and state: `GatesFromInit`).
+        let (w_x, w_h) = theta.lstm.0.split_at(h * 4 * h);
+        let total_in: usize = in_w.iter().sum();
+        let mut first_pass = None;
+        let mut hn = vec![c(0.0); k * h];
+        let mut controls = vec![c(0.0); k * pi];
+        let mut lr_mult = vec![c(0.0); k];
+        if let Some(bl) = blocks {
+            // Block by block, shared with the helper when there is one: each block's
+            // products are the whole matrices' chains for its columns (the same bits).
+            let (x, cell) = (Arc::new(tmp), Arc::new(state.cell.clone()));
+            let b = bl.clone();
+            let lstm = helper::offer(helper.as_ref(), 0, bl.gates.blocks.len(), move |i| {
+                b.outputs(i, &x, &cell, k)
+            });
+            // Meanwhile (the helper's worker waking) the first pass of the per-parameter
+            // MLP, whose inputs do not depend on the LSTM, when every tensor's are kept.
+            if g_all.iter().all(|g| keeps_features(g.len(), total_in)) {
+                let mut off = 0;
+                let firsts = g_all.iter().enumerate().map(|(li, g)| {
+                    let n = g.len();
+                    let m = &state.m[off * km..(off + n) * km];
+                    let v = &state.rms[off * kr..(off + n) * kr];
+                    let p = state.params.leaf(li);
+                    off += n;
+                    let build = input_builder(g, p, m, v, (km, kr, kf), &facs[li], total_in);
+                    let mut inputs = vec![c(0.0); n * total_in];
+                    let scale = feature_scales(n, total_in, build, true, &mut inputs);
+                    let param_scale = (sum8(p, |x| x * x) / c(n as f64) + c(1e-9)).sqrt();
+                    (inputs, scale, param_scale)
+                });
+                first_pass = Some(firsts.collect::<Vec<_>>());
+            }
+            let parts = lstm.collect();
+            for (i, part) in parts.iter().enumerate() {
+                let u = part.len() / k;
+                for (row, p) in hn.chunks_exact_mut(h).zip(part.chunks_exact(u)) {
+                    row[i * bl.units..i * bl.units + u].copy_from_slice(p);
+                }
+            }
+            let (x, b) = (Arc::new(hn), bl.clone());
+            let parts = helper::tasks(helper.as_ref(), 1, bl.controls.blocks.len(), move |i| {
+                b.controls.product(i, &x, k)
+            });
+            let mut col = 0;
+            for part in &parts {
+                let w = part.len() / k;
+                for (r, p) in part.chunks_exact(w).enumerate() {
+                    for (j, &v) in p.iter().enumerate() {
+                        match col + j {
+                            q if q < pi => controls[r * pi + q] = v,
+                            _ => lr_mult[r] = v,
+                        }
+                    }
+                }
+                col += w;
+            }
+        } else {
+            let mut gates = vec![c(0.0); k * 4 * h];
+            match from_init {
+                Some(fx) => small_rows_product(&tmp, k, h, w_x, &fx.start, &mut gates),
+                None => {
+                    let mut start = vec![c(0.0); k * 4 * h];
+                    small_rows_product(&state.hidden, k, h, w_h, &theta.lstm.1, &mut start);
+                    small_rows_product_from(&tmp, k, h, w_x, &start, &mut gates);
+                }
+            }
+            let mut cnew = vec![c(0.0); h];
+            for li in 0..k {
+                let cell = &mut state.cell[li * h..(li + 1) * h];
+                let hrow = &mut hn[li * h..(li + 1) * h];
+                lstm_cell(&gates[li * 4 * h..(li + 1) * 4 * h], cell, hrow, &mut cnew);
+                if !self.use_bugged_next_lstm_state {
+                    cell.copy_from_slice(&cnew);
+                }
+            }
+            if !self.use_bugged_next_lstm_state {
+                state.hidden.copy_from_slice(&hn);
+            }
+            let (cw, cb) = &theta.to_controls;
+            small_rows_product(&hn, k, h, cw, cb, &mut controls);
+            small_rows_product(
+                &hn,
+                k,
+                h,
+                &theta.step_size.0,
+                &theta.step_size.1,
+                &mut lr_mult,
+            );
+        }
+        if self.rnn_state_decay > 0.0 {
+            let d = c(1.0 - self.rnn_state_decay);
+            state
+                .hidden
+                .iter_mut()
+                .chain(state.cell.iter_mut())
+                .for_each(|x| *x *= d);
+        }
         // Per tensor: the mixed MLP and the step.
-        let (mut off, mut off_row, mut off_col, mut off_diag) = (0, 0, 0, 0);
+        let mut off = 0;
         // The bank mixed for every tensor at once: `[k, Σ len]`.
         let mut mixed = Vec::new();
         mix_banks(
@@ -777,116 +1184,52 @@ impl Velo {
             k,
             &mut mixed,
         );
+        let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
+        if let Some(inputs) = first_pass {
+            // The second pass by blocks, shared with the helper.
+            let jobs: Vec<(usize, usize)> = g_all
+                .iter()
+                .enumerate()
+                .flat_map(|(li, g)| (0..g.len()).step_by(MLP_BLOCK).map(move |s| (li, s)))
+                .collect();
+            let second = Arc::new(SecondPass {
+                inputs,
+                mixed,
+                total_in,
+                ffw: ffw.clone(),
+                lr: lr_mult,
+                exp_mult,
+                step_mult,
+                jobs: jobs.clone(),
+            });
+            let steps = helper::tasks(helper.as_ref(), 2, jobs.len(), move |i| second.steps(i));
+            for (&(li, start), st) in jobs.iter().zip(&steps) {
+                for (p, &s) in state.params.leaf_mut(li)[start..].iter_mut().zip(st) {
+                    *p -= s;
+                }
+            }
+            state.iteration += 1;
+            state.step += one;
+            return;
+        }
+        drop(helper);
         let total_mixed = mixed.len() / k.max(1);
-        let hid0 = ffw[0];
-        let total_in: usize = in_w.iter().sum();
         let mut mlp = BlockMlp::new();
         let (mut feats, mut steps) = (ThreadBuffer::<P::Scalar>::take(), Vec::new());
         for (li, g) in g_all.iter().enumerate() {
             let n = g.len();
             let nn = c(n as f64);
-            let shape = state.params.leaf_shape(li);
-            // This tensor's mixed arrays: the first layer's groups, stacked, are one
-            // [total_in, hid0] matrix; then its bias and the later layers.
-            let mut rest = &mixed[li * total_mixed..(li + 1) * total_mixed];
-            let mut take = |len: usize| {
-                let (head, tail) = rest.split_at(len);
-                rest = tail;
-                head
-            };
-            let w0 = take(total_in * hid0);
-            let b0 = take(hid0);
-            let mut net: Vec<LayerRef<P::Scalar>> = vec![(w0, b0)];
-            for io in ffw.windows(2) {
-                let w = take(io[0] * io[1]);
-                net.push((w, take(io[1])));
-            }
-            let fac = factored_step(
-                g,
-                &shape,
-                &fac_d,
-                (&mut state.fac_row, &mut state.fac_col, &mut state.fac_diag),
-                (&mut off_row, &mut off_col, &mut off_diag),
-                c(0.0),
+            let net = tensor_net(
+                &mixed[li * total_mixed..(li + 1) * total_mixed],
+                total_in,
+                &ffw,
             );
             let m = &state.m[off * km..(off + n) * km];
             let v = &state.rms[off * kr..(off + n) * kr];
             let p = state.params.leaf(li);
-            let kmr = km.max(kr);
-            // The inputs of elements `start..start + nb`, feature-major, group by group.
-            let (mut t1, mut t2) = (vec![c(0.0); MLP_BLOCK], vec![c(0.0); MLP_BLOCK]);
-            let mut rq = vec![c(0.0); MLP_BLOCK * kr];
-            let build = |start: usize, cols: &mut [P::Scalar]| {
-                let nb = cols.len() / total_in;
-                let (gb, pb) = (&g[start..start + nb], &p[start..start + nb]);
-                let (mb, vb) = (
-                    &m[start * km..(start + nb) * km],
-                    &v[start * kr..(start + nb) * kr],
-                );
-                let (t1, t2) = (&mut t1[..nb], &mut t2[..nb]);
-                let mut cols = cols.chunks_exact_mut(nb);
-                let mut next = || cols.next().expect("total_in columns");
-                next().copy_from_slice(gb);
-                for (o, &x) in next().iter_mut().zip(gb) {
-                    *o = clip(x, -0.1, 0.1);
-                }
-                next().copy_from_slice(pb);
-                for k in 0..km {
-                    strided_column(next(), mb, km, k);
-                }
-                for k in 0..kr {
-                    strided_column(next(), vb, kr, k);
-                }
-                // `(v + 1e-6)^-½` at each decay, once a block (`rq[k·nb + i]`).
-                let rq = &mut rq[..kr * nb];
-                for (k, out) in rq.chunks_exact_mut(nb).enumerate() {
-                    for (o, vi) in out.iter_mut().zip(vb.chunks_exact(kr)) {
-                        *o = rsqrt(vi[k] + c(1e-6));
-                    }
-                }
-                let rs = |k: usize| &rq[k * nb..(k + 1) * nb];
-                for q in 0..kmr {
-                    let (qm, qr) = (if km == 1 { 0 } else { q }, if kr == 1 { 0 } else { q });
-                    for ((o, mi), &r) in next().iter_mut().zip(mb.chunks_exact(km)).zip(rs(qr)) {
-                        *o = mi[qm] * r;
-                    }
-                }
-                for q in 0..kr {
-                    next().copy_from_slice(rs(q));
-                }
-                // y (Kf), g·rsqrt(v) (Kr), row, col, their rsqrt (Kf each), then the
-                // factored momentum.
-                use FacField::*;
-                for k in 0..kf {
-                    fac.expand(start, k, Y1, t1);
-                    fac.expand(start, k, Y2, t2);
-                    for ((o, &ge), (&a, &b)) in next().iter_mut().zip(gb).zip(t1.iter().zip(&*t2)) {
-                        *o = ge * a * b;
-                    }
-                }
-                for q in 0..kr {
-                    for ((o, &ge), &r) in next().iter_mut().zip(gb).zip(rs(q)) {
-                        *o = ge * r;
-                    }
-                }
-                for field in [Row, Col, RowRsqrt, ColRsqrt] {
-                    for k in 0..kf {
-                        fac.expand(start, k, field, next());
-                    }
-                }
-                for q in 0..km.max(kf) {
-                    let (qm, qf) = (if km == 1 { 0 } else { q }, if kf == 1 { 0 } else { q });
-                    fac.expand(start, qf, Mom1, t1);
-                    fac.expand(start, qf, Mom2, t2);
-                    let mom = next().iter_mut().zip(mb.chunks_exact(km));
-                    for ((o, mi), (&a, &b)) in mom.zip(t1.iter().zip(&*t2)) {
-                        *o = mi[qm] * a * b;
-                    }
-                }
-            };
+            let build = input_builder(g, p, m, v, (km, kr, kf), &facs[li], total_in);
             let sq = sum8(p, |x| x * x);
             let param_scale = (sq / nn + c(1e-9)).sqrt();
-            let (exp_mult, step_mult) = (c(self.exp_mult), c(self.step_mult));
             steps.clear();
             normalized_mlp(
                 n,
@@ -897,11 +1240,8 @@ impl Velo {
                 &mut feats,
                 |out, _, nb| {
                     let (direction, magnitude) = (&out[..nb], &out[nb..2 * nb]);
-                    steps.extend(direction.iter().zip(magnitude).map(|(&d, &mg)| {
-                        // The branch-free `exp` (for `f32`): the loop vectorizes.
-                        let mag = crate::kernels::vecmath::exp(mg * exp_mult);
-                        lr_mult[li] * (d * (param_scale * mag) * step_mult)
-                    }));
+                    let mults = (lr_mult[li], param_scale, exp_mult, step_mult);
+                    steps.extend(steps_of(direction, magnitude, mults));
                 },
             );
             for (p, &st) in state.params.leaf_mut(li).iter_mut().zip(&steps) {
@@ -1022,13 +1362,15 @@ impl LearnedOptimizer for Velo {
         grad: &P,
         loss: P::Scalar,
     ) {
-        self.step(theta, None, state, grad, loss)
+        self.step(theta, None, false, state, grad, loss)
     }
 
     /// With θ fixed, computed once: the MLP bank concatenated (mixed in one product), and
     /// the gates' hidden half from θ's initial LSTM state: with
     /// `use_bugged_next_lstm_state` (the released VeLO) and no state decay every step's
-    /// LSTM reads that state, so each step reads half of the LSTM's weights.
+    /// LSTM reads that state, so each step reads half of the LSTM's weights; from the
+    /// released VeLO's size (2^20 LSTM input weights) the update's products and
+    /// per-parameter MLP go by blocks shared with a second core, the same bits.
     fn update_fixed<P: Params>(
         &self,
         theta: &VeloTheta<P::Scalar>,
@@ -1037,12 +1379,7 @@ impl LearnedOptimizer for Velo {
         grad: &P,
         loss: P::Scalar,
     ) {
-        let fixed = cache.get_or_init(|| FixedTheta {
-            bank: concat_bank(theta, self.param_inits),
-            gates: (self.use_bugged_next_lstm_state && self.rnn_state_decay == 0.0)
-                .then(|| GatesFromInit::new(self, theta)),
-        });
-        self.step(theta, fixed, state, grad, loss)
+        self.update_fixed_with(HELP_FROM, false, theta, cache, state, grad, loss)
     }
 
     fn params<'s, P: Params>(&self, state: &'s VeloState<P>) -> &'s P {
@@ -1192,7 +1529,8 @@ mod tests {
     use super::*;
     use crate::optimizers::Optimizer;
 
-    /// Two tensors: `w` `[6, 5]` (factored accumulators) and `b` `[5]`.
+    /// Two tensors: `w` `[6, len / 6]` (factored accumulators; `[6, 5]` unless a test
+    /// says) and `b` `[len]` (5).
     #[derive(Clone, Debug)]
     struct Tree {
         w: Vec<f32>,
@@ -1218,7 +1556,7 @@ mod tests {
             out.push_str(["w", "b"][i]);
         }
         fn leaf_shape(&self, i: usize) -> Vec<usize> {
-            [vec![6, 5], vec![5]][i].clone()
+            [vec![6, self.w.len() / 6], vec![self.b.len()]][i].clone()
         }
     }
 
@@ -1286,6 +1624,69 @@ mod tests {
                         cfg.use_bugged_next_lstm_state
                     );
                 }
+            }
+        }
+    }
+
+    /// The products by blocks ([`UpdateBlocks`], forced at a small size: LSTM 40 wide,
+    /// so one block of 32 units and a short one of 8; 70 controls and the step size, one
+    /// block of 64 columns and one of 7) give `update`'s bits on one thread, on two with
+    /// the caller and the helper sharing the blocks, and with every block left to the
+    /// helper, for three updates; the per-parameter MLP's second pass by blocks of
+    /// elements (`w` `[6, 100]`: blocks of 256, 256 and 88; `b` one of 5). Catches (each
+    /// tried): a short gate block's cells read at the block's own width instead of the
+    /// full blocks' offset; its outputs written there; the step size's column not
+    /// written; a block's steps applied from the tensor's first element.
+    #[test]
+    fn updates_by_blocks_are_the_updates_on_any_thread() {
+        let cfg = Velo {
+            lstm_hidden_size: 40,
+            param_inits: 70,
+            use_bugged_next_lstm_state: true,
+            ..Velo::default()
+        };
+        let th = theta(&cfg);
+        let p = Tree {
+            w: Key::new(7).normal_vec(600),
+            b: Key::new(8).normal_vec(5),
+        };
+        let grads: Vec<Tree> = (0..3)
+            .map(|t| Tree {
+                w: Key::new(10 + t).normal_vec(600),
+                b: Key::new(20 + t).normal_vec(5),
+            })
+            .collect();
+        let bits = |s: &VeloState<Tree>| {
+            let p = &s.params;
+            p.w.iter()
+                .chain(&p.b)
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let mut direct = cfg.init_state(&th, p, Some(50));
+        let mut runs: Vec<(usize, bool, VeloState<Tree>, ThetaCache)> = [1, 2, 3]
+            .iter()
+            .flat_map(|&n| [(n, false), (n, true)])
+            .map(|(n, leave)| (n, leave, direct.clone(), ThetaCache::new()))
+            .collect();
+        for (t, g) in grads.iter().enumerate() {
+            let loss = 2.0 - 0.3 * t as f32;
+            cfg.update(&th, &mut direct, g, loss);
+            for (threads, leave_all, state, cache) in &mut runs {
+                crate::on_threads(*threads, || {
+                    cfg.update_fixed_with(0, *leave_all, &th, cache, state, g, loss)
+                });
+                assert!(
+                    cache
+                        .get_or_init(|| -> FixedTheta<f32> { unreachable!() })
+                        .is_some_and(|fx| fx.blocks.is_some()),
+                    "the blocks were not built"
+                );
+                assert_eq!(
+                    bits(&direct),
+                    bits(state),
+                    "threads {threads} leave_all {leave_all} step {t}"
+                );
             }
         }
     }
