@@ -2149,10 +2149,13 @@ mod tests {
 
     use super::lstm_embedded as emb;
 
-    /// Ids for `t·b` rows of a `v`-row table: every row used, most of them many times.
+    /// Pseudo-random ids for `rows` rows of a `v`-row table (most rows used many times).
     fn ids_of(rows: usize, v: usize, seed: u64) -> Vec<u32> {
-        (0..rows)
-            .map(|k| ((k as u64 * 7 + seed * 13 + (k as u64 * k as u64) % 5) % v as u64) as u32)
+        // A multiplicative hash: no period that a chunk's start could line up with.
+        (0..rows as u64)
+            .map(|k| {
+                ((k.wrapping_add(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % v as u64) as u32
+            })
             .collect()
     }
 
