@@ -40,6 +40,11 @@
 //! than `x·W_x + b` then [`lstm_sequence()`], whose passes over those two 8 MB matrices,
 //! strided by chunk and step, the checksum's included, were a third of its time).
 //!
+//! [`lstm_embedded()`] is the same LSTM of `embed(table, ids)` (what the macro makes of
+//! `lstm_sequence(&embed(&t, ids), ..)`): each chunk's gate block starts as its ids' rows
+//! of the `V × 4H` table, and its reverse sweep scatters `dz_t` into its own part of the
+//! table's cotangent (the RNN LM, whose table is `E·W_x + b`).
+//!
 //! It is called like a `#[differentiable]` function (a function and a module of the same
 //! name with `jvp` and `vjp`), so it takes four differentiated matrices. Such a call keeps
 //! no tape, so the value keeps its forward pass (gates and cells) on its thread, keyed by
