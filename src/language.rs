@@ -106,6 +106,7 @@
 //! | `im2col(x, &g) * w` | `ad::conv::im2col_mul`: the convolution formed a cache-sized block of patches at a time (no patch matrix), chunks of images on the thread pool; the reverse rule skips the product of an undifferentiated `x` or `w` |
 //! | `dot(embed(t, ids), r)` (either order, call or method form) | `ad::gather::embed_dot`: the looked-up rows never stored: the value is `⟨t, scatter_add(r, ids)⟩`, the table's cotangent the scatter-add of `g·r` straight from `r` (what XLA does to `jnp.vdot(t[ids], r)`) |
 //! | `relu(im2col(x, &g) * w + b)` | `ad::conv::im2col_mul_add_relu`: the convolution with its bias and ReLU applied to each block of the product while it is in cache; the reverse rule takes the mask and the bias gradient while it copies each block of the cotangent (bias sums per fixed chunk of images, added in chunk order: the same on any number of threads) |
+//! | `lstm_sequence(&embed(&t, ids), &wh, &h0, &c0)` (call or method form of the lookup, written inside the call) | `ad::lstm::lstm_embedded`: each step's gate block gathered from the table's rows by the ids (the table in cache), the reverse sweep scattering `dz_t` into each chunk's own part of the table's cotangent (summed in chunk order): the `T·B × 4H` rows and their cotangent never stored |
 //!
 //! Matrix products run on the project's GEMM (`f32`, `f64` and lanes); elementwise rules
 //! write cotangents into the buffer of the output cotangent they replace.

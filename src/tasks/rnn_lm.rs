@@ -61,7 +61,6 @@ use nalgebra::{DMatrix, DVector};
 use crate::data_parallel::DataParallel;
 use crate::datasets::text::{fortunes_lm_datasets, lm_vocab_size, LmBatch};
 use crate::datasets::Datasets;
-use crate::ops::lstm_sequence;
 use crate::params::Rebind;
 use crate::prelude::{task, task_family, Params};
 use crate::{Error, Key, Real, Result, Task, TaskFamily};
@@ -559,13 +558,15 @@ rnn_lm_task_and_family!(LstmCell, LstmLm, |params, batch, hd, fd| {
     // embed(E, ids)·W_x + b = embed(E·W_x + b, ids): the input projection and the bias
     // of the V table rows (V·E·4H multiply-adds) instead of the T·B embedded rows
     // (T·B = 4096 > V = 259); the bias is then a pass over V rows, not over T·B.
-    let xw = embed(&(&params.embed * params.w.rows(0, fd) + &params.b), ids);
+    let table = &params.embed * params.w.rows(0, fd) + &params.b;
     let wh = params.w.rows(fd, hd);
     let h0 = &ones * &params.h0;
     let c0 = &ones * &params.c0;
     // hk.LSTM over all steps as one rule (gates i, g, f, o; forget bias +1), then the
-    // read-out of every step as one product.
-    let hs = lstm_sequence(&xw, &wh, &h0, &c0);
+    // read-out of every step as one product. `#[task]` makes the LSTM of the looked-up
+    // rows one rule: each step's gates gathered from the table (in cache), the T·B × 4H
+    // rows and their cotangent never stored.
+    let hs = lstm_sequence(&embed(&table, ids), &wh, &h0, &c0);
     let ce = softmax_cross_entropy(hs * &params.wo + &params.bo, batch.target.as_slice());
     dot(&ce, &mask) / count
 });

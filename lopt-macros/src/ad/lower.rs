@@ -1207,6 +1207,49 @@ impl<'a> Lowerer<'a> {
         ))
     }
 
+    /// `lstm_sequence(embed(t, ids), wh, h0, c0)` as one rule (`ad::lstm::lstm_embedded`:
+    /// each step's gate block gathered from the table's rows, the table's cotangent
+    /// scattered step by step; the looked-up rows and their cotangent never stored).
+    fn lstm_embedded(
+        &mut self,
+        t: &Expr,
+        ids: &Expr,
+        rest: &[&Expr],
+        out: &mut Vec<Stmt>,
+    ) -> Result<VarId> {
+        self.refuse_differentiated_data(ids, "embed")?;
+        let mut operands = vec![self.lower_expr(strip_ref(t), out)?];
+        for a in rest {
+            operands.push(self.lower_expr(strip_ref(a), out)?);
+        }
+        let data = self.rewrite_passive(strip_ref(ids));
+        let ids = self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!(::lopt::__private::ad::op::Embed::new(&(#data)))),
+        );
+        operands.push(ids);
+        let args = operands
+            .into_iter()
+            .map(|var| CallArg {
+                var,
+                by_ref: true,
+                is_ref_value: false,
+            })
+            .collect();
+        Ok(self.def(
+            out,
+            Kind::Active,
+            Access::Owned,
+            Rhs::Call {
+                func: syn::parse_quote!(::lopt::__private::ad::lstm::lstm_embedded),
+                args,
+                with_out: false,
+            },
+        ))
+    }
+
     /// `dot(embed(t, ids), r)` as one rule (`ad::gather::embed_dot`), told which of `t`
     /// and `r` are differentiated.
     fn embed_dot(&mut self, t: &Expr, ids: &Expr, r: &Expr, out: &mut Vec<Stmt>) -> Result<VarId> {
@@ -1287,6 +1330,12 @@ impl<'a> Lowerer<'a> {
             if let Some(b) = builtins::lookup(&last.to_string()) {
                 let args: Vec<&Expr> = c.args.iter().collect();
                 return self.builtin(b, last, &args, c, out);
+            }
+        }
+        if is_builtin_path(path, "lstm_sequence") && c.args.len() == 4 {
+            if let Some((t, ids)) = embed_args(strip_ref(&c.args[0])) {
+                let rest: Vec<&Expr> = c.args.iter().skip(1).collect();
+                return self.lstm_embedded(t, ids, &rest, out);
             }
         }
         if is_builtin_path(path, "lstm_projected") {

@@ -662,4 +662,20 @@ mod tests {
             "needs: {e}"
         );
     }
+
+    /// `lstm_sequence(embed(t, ids), wh, h0, c0)` is one rule, `&` or not, call or method
+    /// form of the lookup; a bound lookup is not fused. Mutation caught: the fusion arm
+    /// removed from `lower_call` (tried).
+    #[test]
+    fn lstm_of_a_lookup_is_one_rule() {
+        for body in [
+            quote!(sum(lstm_sequence(&embed(&p.w, ids), &p.z, &p.h, &p.c))),
+            quote!(sum(lstm_sequence(p.w.embed(ids), &p.z, &p.h, &p.c))),
+        ] {
+            let e = expand(body.clone());
+            assert!(e.contains("ad :: lstm :: lstm_embedded"), "{body}: {e}");
+        }
+        let e = expand(quote!(let x = embed(&p.w, ids); sum(lstm_sequence(&x, &p.z, &p.h, &p.c))));
+        assert!(!e.contains("lstm_embedded"), "a bound lookup is not fused");
+    }
 }

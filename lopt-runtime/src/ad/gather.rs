@@ -224,7 +224,7 @@ fn gather_dot<S: Real>(t: &[S], n: usize, d: usize, rows: &[u32], r: &[S]) -> S 
 
 /// Every id of `ids` as a row below `n` (a panic naming the first that is not).
 #[track_caller]
-fn checked_rows<I: Id>(ids: &[I], n: usize) -> Vec<u32> {
+pub(crate) fn checked_rows<I: Id>(ids: &[I], n: usize) -> Vec<u32> {
     assert!(
         n <= u32::MAX as usize,
         "embed: a table of {n} rows (at most 2^32 - 1)"
@@ -236,7 +236,7 @@ fn checked_rows<I: Id>(ids: &[I], n: usize) -> Vec<u32> {
 
 /// Rows `rows` of the column-major `n × d` table `t`, as a column-major `rows.len() × d`
 /// matrix. Every `rows[k] < n` (checked by the caller).
-fn gather<S: Real>(t: &[S], n: usize, d: usize, rows: &[u32]) -> Vec<S> {
+pub(crate) fn gather<S: Real>(t: &[S], n: usize, d: usize, rows: &[u32]) -> Vec<S> {
     #[cfg(target_arch = "x86_64")]
     if let Some(out) = tiles::gather_f32(t, n, d, rows) {
         return out;

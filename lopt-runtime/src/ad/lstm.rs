@@ -40,6 +40,11 @@
 //! than `x·W_x + b` then [`lstm_sequence()`], whose passes over those two 8 MB matrices,
 //! strided by chunk and step, the checksum's included, were a third of its time).
 //!
+//! [`lstm_embedded()`] is the same LSTM of `embed(table, ids)` (what the macro makes of
+//! `lstm_sequence(&embed(&t, ids), ..)`): each chunk's gate block starts as its ids' rows
+//! of the `V × 4H` table, and its reverse sweep scatters `dz_t` into its own part of the
+//! table's cotangent (the RNN LM, whose table is `E·W_x + b`).
+//!
 //! It is called like a `#[differentiable]` function (a function and a module of the same
 //! name with `jvp` and `vjp`), so it takes four differentiated matrices. Such a call keeps
 //! no tape, so the value keeps its forward pass (gates and cells) on its thread, keyed by
@@ -60,6 +65,7 @@ use std::ops::Range;
 
 use nalgebra::{DMatrix, DVector, Dyn, UninitMatrix};
 
+use super::gather::{checked_rows, gather, Embed, Id};
 use crate::kernels::gemm::{gemm_bias_raw, gemm_raw_ldc, MatRef};
 use crate::kernels::vecmath::{sigmoid as sig, tanh};
 use crate::scalar::Real;
@@ -136,6 +142,30 @@ impl Dims {
         }
     }
 
+    /// The sizes of [`lstm_embedded()`]'s arguments, or a panic naming the shapes.
+    #[track_caller]
+    fn of_embedded<S: Real>(table: &DMatrix<S>, rows: usize, args: Args<'_, S>) -> Dims {
+        let (b, h) = args.h0.shape();
+        let ok = b > 0
+            && h > 0
+            && args.wh.shape() == (h, 4 * h)
+            && args.c0.shape() == (b, h)
+            && table.ncols() == 4 * h
+            && rows.is_multiple_of(b);
+        if !ok {
+            panic!(
+                "lstm_sequence(embed(table, ids), wh, h0, c0): table {:?} (V × 4H), {rows} ids \
+                 (T·B), wh {:?} (H × 4H), h0 {:?} and c0 {:?} (B × H, B and H positive) do \
+                 not fit together",
+                table.shape(),
+                args.wh.shape(),
+                args.h0.shape(),
+                args.c0.shape()
+            );
+        }
+        Dims { b, t: rows / b, h }
+    }
+
     /// The fixed row chunks of the batch (they depend on `b` only).
     fn chunks(&self) -> Vec<Range<usize>> {
         let n = self.b.div_ceil(CHUNK_ROWS);
@@ -161,14 +191,25 @@ enum Input<'a, S: Real> {
         wx: &'a DMatrix<S>,
         b: &'a DVector<S>,
     },
+    /// Rows of a table by ids, for [`lstm_embedded()`]: row `k` of `xw` is row `rows[k]`
+    /// of `table` (`V × 4H`), gathered a chunk's `n × 4H` block at a time into its gate
+    /// buffer (the `T·B × 4H` rows and their cotangent are never stored).
+    Embedded {
+        table: &'a DMatrix<S>,
+        rows: &'a [u32],
+        /// The address of the caller's ids (`rows` is a checked copy, made anew by each
+        /// call): what keys a kept pass.
+        ids_at: usize,
+    },
 }
 
 impl<'a, S: Real> Input<'a, S> {
-    /// The matrix read step by step (`xw`, or `x`): `T·B` rows.
+    /// The matrix read step by step (`xw`, or `x`; the table for `Embedded`).
     fn matrix(self) -> &'a DMatrix<S> {
         match self {
             Input::Given(xw) => xw,
             Input::Projected { x, .. } => x,
+            Input::Embedded { table, .. } => table,
         }
     }
 }
@@ -335,6 +376,16 @@ impl Sum {
         add(chunks.remainder());
     }
 
+    /// Adds the words `w` (ids).
+    fn add_words(&mut self, w: &[u32]) {
+        for c in w.chunks(16) {
+            for (l, &w) in c.iter().enumerate() {
+                self.a[l] = self.a[l].wrapping_add(w);
+                self.b[l] = self.b[l].wrapping_add(self.a[l]);
+            }
+        }
+    }
+
     /// The sums folded into one word (`None` for a scalar of another layout).
     fn finish(&self) -> Option<u64> {
         (!self.none).then(|| {
@@ -369,9 +420,13 @@ fn step_inputs<S: Real>(
 /// and `c0` to `sum`.
 fn state_inputs<S: Real>(d: Dims, r: &Range<usize>, args: Args<'_, S>, sum: &mut Sum) {
     sum.add(args.wh.as_slice());
-    if let Input::Projected { wx, b, .. } = args.input {
-        sum.add(wx.as_slice());
-        sum.add(b.as_slice());
+    match args.input {
+        Input::Projected { wx, b, .. } => {
+            sum.add(wx.as_slice());
+            sum.add(b.as_slice());
+        }
+        Input::Embedded { table, .. } => sum.add(table.as_slice()),
+        Input::Given(_) => {}
     }
     for m in [args.h0, args.c0] {
         for j in 0..d.h {
@@ -388,7 +443,10 @@ fn state_inputs<S: Real>(d: Dims, r: &Range<usize>, args: Args<'_, S>, sum: &mut
 fn chunk_inputs<S: Real>(d: Dims, r: &Range<usize>, args: Args<'_, S>) -> Option<u64> {
     let mut sum = Sum::new();
     for t in 0..d.t {
-        step_inputs(d, r, args.input.matrix(), t, &mut sum, |_| ());
+        match args.input {
+            Input::Embedded { rows, .. } => sum.add_words(&rows[t * d.b + r.start..][..r.len()]),
+            _ => step_inputs(d, r, args.input.matrix(), t, &mut sum, |_| ()),
+        }
     }
     state_inputs(d, r, args, &mut sum);
     sum.finish()
@@ -489,7 +547,7 @@ fn forward_chunk<S: Real>(
             });
             (wxh, vec![zero; n * (e + h)])
         }
-        Input::Given(_) => (DMatrix::zeros(0, 0), Vec::new()),
+        _ => (DMatrix::zeros(0, 0), Vec::new()),
     };
     let mut gates = Vec::with_capacity(tt * 4 * hn_len);
     let mut c = Vec::with_capacity(tt * hn_len);
@@ -499,6 +557,17 @@ fn forward_chunk<S: Real>(
         match args.input {
             Input::Given(xw) => {
                 step_inputs(d, &r, xw, t, &mut sum, |seg| gates.extend_from_slice(seg))
+            }
+            Input::Embedded { table, rows, .. } => {
+                // The step's ids (summed as the vjp's check sums them), then each gate
+                // column of the block gathered from the table's column (`V` entries, in
+                // cache), in place of `xw_t`.
+                let ids = &rows[t * b + r.start..][..n];
+                sum.add_words(ids);
+                let v = table.nrows();
+                for col in table.as_slice().chunks_exact(v) {
+                    gates.extend(ids.iter().map(|&i| col[i as usize]));
+                }
             }
             Input::Projected { x, b: bias, .. } => {
                 // One product of `[x_t | h_{t−1}]` (`n × (E + H)`, gathered) and
@@ -532,7 +601,7 @@ fn forward_chunk<S: Real>(
                 }
             }
         }
-        if let Input::Given(_) = args.input {
+        if !matches!(args.input, Input::Projected { .. }) {
             let hprev = if t == 0 {
                 view(h0.as_slice(), r.start, n, h, b)
             } else {
@@ -627,6 +696,8 @@ fn keep_key<S: Real>(args: Args<'_, S>) -> KeepKey {
     let (wx, b) = match args.input {
         Input::Given(_) => ((0, 0, 0), (0, 0, 0)),
         Input::Projected { wx, b, .. } => (m(wx), at(b.as_ptr(), b.len(), 1)),
+        // The ids' address and length (`2` tells them from a bias).
+        Input::Embedded { rows, ids_at, .. } => ((ids_at, rows.len(), 2), (0, 0, 0)),
     };
     (
         TypeId::of::<S>(),
@@ -910,6 +981,136 @@ pub mod lstm_projected {
     }
 }
 
+/// [`lstm_sequence()`] of `embed(table, ids)` in one rule: what `#[task]` makes of
+/// `lstm_sequence(&embed(&table, ids), wh, h0, c0)`. Each chunk's gate block of step `t`
+/// starts as its ids' rows of the `V × 4H` table (gathered column by column from the
+/// table, in cache), and its reverse sweep scatters `dz_t`'s rows into its own part of
+/// the table's cotangent while `dz_t` is in cache (the parts summed in chunk order): the
+/// `T·B × 4H` rows and their cotangent are never stored (the composition stores both and
+/// makes three strided passes over them, a quarter of its time on the RNN LM). The
+/// table's cotangent sums the same terms as the composition's scatter-add, per chunk
+/// first.
+///
+/// Panics with the shapes, or the id, when they do not fit together.
+#[track_caller]
+pub fn lstm_embedded<S: Real, I: Id>(
+    table: &DMatrix<S>,
+    wh: &DMatrix<S>,
+    h0: &DMatrix<S>,
+    c0: &DMatrix<S>,
+    ids: &Embed<'_, I>,
+) -> DMatrix<S> {
+    let rows = checked_rows(ids.0, table.nrows());
+    let args = Args {
+        input: Input::Embedded {
+            table,
+            rows: &rows,
+            ids_at: ids.0.as_ptr() as usize,
+        },
+        wh,
+        h0,
+        c0,
+    };
+    value(Dims::of_embedded(table, rows.len(), args), args)
+}
+
+/// The rules of [`lstm_embedded()`] (the convention of `#[differentiable]` functions).
+pub mod lstm_embedded {
+    use super::*;
+
+    /// The value and its tangent along the tangents of the arguments (`None`: constant).
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn jvp<S: Real, I: Id>(
+        table: &DMatrix<S>,
+        wh: &DMatrix<S>,
+        h0: &DMatrix<S>,
+        c0: &DMatrix<S>,
+        ids: &Embed<'_, I>,
+        dtable: Option<&DMatrix<S>>,
+        dwh: Option<&DMatrix<S>>,
+        dh0: Option<&DMatrix<S>>,
+        dc0: Option<&DMatrix<S>>,
+        _dids: Option<&Embed<'_, I>>,
+    ) -> (DMatrix<S>, DMatrix<S>) {
+        let rows = checked_rows(ids.0, table.nrows());
+        let args = Args {
+            input: Input::Embedded {
+                table,
+                rows: &rows,
+                ids_at: ids.0.as_ptr() as usize,
+            },
+            wh,
+            h0,
+            c0,
+        };
+        let d = Dims::of_embedded(table, rows.len(), args);
+        for (m, like, what) in [
+            (dtable, table, "table"),
+            (dwh, wh, "wh"),
+            (dh0, h0, "h0"),
+            (dc0, c0, "c0"),
+        ] {
+            if let Some(m) = m {
+                assert_eq!(
+                    m.shape(),
+                    like.shape(),
+                    "lstm_embedded: the tangent of {what} has the wrong shape"
+                );
+            }
+        }
+        // The tangent of the looked-up rows, whole (forward mode is not the fast path).
+        let dxw = dtable.map(|dt| {
+            let (v, w) = dt.shape();
+            DMatrix::from_vec(rows.len(), w, gather(dt.as_slice(), v, w, &rows))
+        });
+        tangent(d, args, [dxw.as_ref(), dwh, dh0, dc0])
+    }
+
+    /// The cotangents of `table`, `wh`, `h0` and `c0` given the cotangent `g` of the
+    /// output (`T·B × H`).
+    #[track_caller]
+    #[allow(clippy::type_complexity)]
+    pub fn vjp<S: Real, I: Id>(
+        table: &DMatrix<S>,
+        wh: &DMatrix<S>,
+        h0: &DMatrix<S>,
+        c0: &DMatrix<S>,
+        ids: &Embed<'_, I>,
+        g: &DMatrix<S>,
+    ) -> (
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<DMatrix<S>>,
+        Option<()>,
+    ) {
+        let rows = checked_rows(ids.0, table.nrows());
+        let args = Args {
+            input: Input::Embedded {
+                table,
+                rows: &rows,
+                ids_at: ids.0.as_ptr() as usize,
+            },
+            wh,
+            h0,
+            c0,
+        };
+        let d = Dims::of_embedded(table, rows.len(), args);
+        assert_eq!(
+            g.shape(),
+            (d.t * d.b, d.h),
+            "lstm_embedded: a cotangent of the wrong shape"
+        );
+        let c = cotangents(d, args, [false; 3], g);
+        // No steps: nothing was scattered.
+        let dt = c
+            .table
+            .unwrap_or_else(|| DMatrix::zeros(table.nrows(), table.ncols()));
+        (Some(dt), Some(c.wh), Some(c.h0), Some(c.c0), None)
+    }
+}
+
 /// The value and its tangent of a call of `d`'s sizes along the tangents of `xw` (of
 /// `x·wx + b` for [`lstm_projected()`]), `wh`, `h0`, `c0` (`None`: constant).
 fn tangent<S: Real>(
@@ -937,6 +1138,8 @@ struct Cotangents<S: Real> {
     /// Of `wx` and `b` ([`lstm_projected()`], when asked for).
     wx: Option<DMatrix<S>>,
     b: Option<DVector<S>>,
+    /// Of the table ([`lstm_embedded()`]).
+    table: Option<DMatrix<S>>,
     wh: DMatrix<S>,
     h0: DMatrix<S>,
     c0: DMatrix<S>,
@@ -961,6 +1164,7 @@ fn cotangents<S: Real>(
     let cols = match args.input {
         Input::Given(_) => Some(4 * d.h),
         Input::Projected { x, .. } => need[0].then_some(x.ncols()),
+        Input::Embedded { .. } => None,
     };
     let mut din = cols.map(|c| uninit::<S>(d.t * d.b, c));
     let o = din.as_mut().map(Out::of);
@@ -974,6 +1178,7 @@ fn cotangents<S: Real>(
     });
     let mut dwh = DMatrix::<S>::zeros(d.h, 4 * d.h);
     let (mut dwx, mut db) = (None::<DMatrix<S>>, None::<DVector<S>>);
+    let mut dtable = None::<DMatrix<S>>;
     let (mut dh, mut dc) = (Vec::new(), Vec::new());
     // The chunks' parts summed in chunk order: the same bits on any number of threads.
     for p in parts {
@@ -982,6 +1187,12 @@ fn cotangents<S: Real>(
             match &mut dwx {
                 Some(s) => *s += w,
                 None => dwx = Some(w),
+            }
+        }
+        if let Some(w) = p.table {
+            match &mut dtable {
+                Some(s) => *s += w,
+                None => dtable = Some(w),
             }
         }
         if let Some(v) = p.db {
@@ -999,6 +1210,7 @@ fn cotangents<S: Real>(
         input: din.map(|m| unsafe { m.assume_init() }),
         wx: dwx,
         b: db,
+        table: dtable,
         wh: dwh,
         h0: stack(d, dh),
         c0: stack(d, dc),
@@ -1013,6 +1225,8 @@ struct Reverse<S> {
     dwh: DMatrix<S>,
     dwx: Option<DMatrix<S>>,
     db: Option<Vec<S>>,
+    /// The chunk's part of the table's cotangent ([`lstm_embedded()`]).
+    table: Option<DMatrix<S>>,
     dh: Vec<S>,
     dc: Vec<S>,
 }
@@ -1044,8 +1258,16 @@ fn reverse_chunk<S: Real>(
     // (through `dxt`, `n × E`) while `dz_t` is in cache, each only when asked for.
     let proj = match args.input {
         Input::Projected { x, wx, .. } => Some((x, wx)),
-        Input::Given(_) => None,
+        _ => None,
     };
+    // For `lstm_embedded`: the chunk's own `V × 4H` part of the table's cotangent, dz_t's
+    // rows scattered into it step by step while dz_t is in cache (summed over the chunks
+    // in chunk order by the caller: the same bits on any number of threads).
+    let embedded = match args.input {
+        Input::Embedded { table, rows, .. } => Some((table.nrows(), rows)),
+        _ => None,
+    };
+    let mut dtable = embedded.map(|(v, _)| vec![S::zero(); v * 4 * h]);
     let e = proj.map_or(0, |(x, _)| x.ncols());
     let [need_x, need_wx, need_b] = need;
     let mut dwx = (proj.is_some() && need_wx).then(|| DMatrix::<S>::zeros(e, 4 * h));
@@ -1088,6 +1310,15 @@ fn reverse_chunk<S: Real>(
         };
         product_ldc(hprev.t(), dzt, dwh.as_mut_slice(), 0, h, true);
         product_ldc(dzt, wht, &mut dh, 0, n, false);
+        if let (Some((v, rows)), Some(dt)) = (embedded, &mut dtable) {
+            let ids = &rows[t * b + r.start..][..n];
+            let blk = &z[at(t, 0, n, 4 * h)..][..4 * h * n];
+            for (dcol, zcol) in dt.chunks_exact_mut(v).zip(blk.chunks_exact(n)) {
+                for (&i, &g) in ids.iter().zip(zcol) {
+                    dcol[i as usize] += g;
+                }
+            }
+        }
         if let Some((x, wx)) = proj {
             let xt = view(x.as_slice(), t * b + r.start, n, e, tt * b);
             if let Some(dwx) = &mut dwx {
@@ -1118,6 +1349,9 @@ fn reverse_chunk<S: Real>(
         dwh,
         dwx,
         db,
+        table: embedded
+            .zip(dtable)
+            .map(|((v, _), dt)| DMatrix::from_vec(v, 4 * h, dt)),
         dh,
         dc,
     }
@@ -1916,5 +2150,227 @@ mod tests {
         let a = proj_inputs(3, 2, 2, 2, 1);
         let short = DVector::zeros(7);
         lstm_projected(&a[0], &a[1], &short, &a[3], &a[4], &a[5], &[true; 6]);
+    }
+
+    use super::lstm_embedded as emb;
+
+    /// Pseudo-random ids for `rows` rows of a `v`-row table (most rows used many times).
+    fn ids_of(rows: usize, v: usize, seed: u64) -> Vec<u32> {
+        // A multiplicative hash: no period that a chunk's start could line up with.
+        (0..rows as u64)
+            .map(|k| {
+                ((k.wrapping_add(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % v as u64) as u32
+            })
+            .collect()
+    }
+
+    /// `[table, wh, h0, c0]` for a `v`-row table, `b` examples, `h` units.
+    fn emb_inputs(v: usize, b: usize, h: usize, seed: u64) -> [DMatrix<f64>; 4] {
+        [
+            normal(v, 4 * h, 1.0, seed),
+            normal(h, 4 * h, 0.6, seed + 1),
+            normal(b, h, 0.5, seed + 2),
+            normal(b, h, 0.5, seed + 3),
+        ]
+    }
+
+    /// The embedded rule's value, tangent (along all four tangents) and cotangents.
+    #[allow(clippy::type_complexity)]
+    fn run_emb<S: Real>(
+        a: &[DMatrix<S>; 4],
+        ids: &[u32],
+        tans: &[DMatrix<S>; 4],
+        u: &DMatrix<S>,
+    ) -> (DMatrix<S>, DMatrix<S>, [DMatrix<S>; 4]) {
+        let op = Embed::new(ids);
+        let y = lstm_embedded(&a[0], &a[1], &a[2], &a[3], &op);
+        let (_, tan) = emb::jvp(
+            &a[0],
+            &a[1],
+            &a[2],
+            &a[3],
+            &op,
+            Some(&tans[0]),
+            Some(&tans[1]),
+            Some(&tans[2]),
+            Some(&tans[3]),
+            None,
+        );
+        let v = emb::vjp(&a[0], &a[1], &a[2], &a[3], &op, u);
+        assert!(v.4.is_none());
+        (
+            y,
+            tan,
+            [v.0.unwrap(), v.1.unwrap(), v.2.unwrap(), v.3.unwrap()],
+        )
+    }
+
+    /// Rows `ids` of `m`, and the scatter-add of `g`'s rows by `ids` into `v` rows, in
+    /// `f64` element loops (independent of the rule and of `gather.rs`).
+    fn rows_of(m: &DMatrix<f64>, ids: &[u32]) -> DMatrix<f64> {
+        DMatrix::from_fn(ids.len(), m.ncols(), |k, j| m[(ids[k] as usize, j)])
+    }
+    fn scatter(g: &DMatrix<f64>, ids: &[u32], v: usize) -> DMatrix<f64> {
+        let mut out = DMatrix::zeros(v, g.ncols());
+        for (k, &i) in ids.iter().enumerate() {
+            for j in 0..g.ncols() {
+                out[(i as usize, j)] += g[(k, j)];
+            }
+        }
+        out
+    }
+
+    /// `lstm_embedded(table, .., ids)` is `lstm_sequence(embed(table, ids), ..)`: value and
+    /// tangent equal the composition's bit for bit (the same gate blocks), the cotangents
+    /// within rounding (the table's summed per chunk first), on one chunk and on two
+    /// (B = 70), with repeated ids. Mutations caught: the gather reading row `k` instead of
+    /// `ids[k]`; the reverse scatter of the ids without `r.start` (the second chunk's dz
+    /// into the first chunk's ids' rows); the scatter with `=` for `+=` (each tried, each
+    /// fails here).
+    #[test]
+    fn embedded_equals_the_composition() {
+        for (k, &(b, t, h)) in SIZES.iter().enumerate() {
+            let v = 5;
+            let a = emb_inputs(v, b, h, 400 + 10 * k as u64);
+            let tans = emb_inputs(v, b, h, 600 + 10 * k as u64);
+            let ids = ids_of(t * b, v, k as u64);
+            let u = normal(t * b, h, 1.0, 800 + k as u64);
+            let (y, tan, grads) = run_emb(&a, &ids, &tans, &u);
+            let xw = rows_of(&a[0], &ids);
+            let (y2, tan2) = rules::jvp(
+                &xw,
+                &a[1],
+                &a[2],
+                &a[3],
+                Some(&rows_of(&tans[0], &ids)),
+                Some(&tans[1]),
+                Some(&tans[2]),
+                Some(&tans[3]),
+            );
+            assert_eq!((&y, &tan), (&y2, &tan2), "{b} {t} {h}");
+            let want = rules::vjp(&xw, &a[1], &a[2], &a[3], &u);
+            let expected = [
+                scatter(&want.0.unwrap(), &ids, v),
+                want.1.unwrap(),
+                want.2.unwrap(),
+                want.3.unwrap(),
+            ];
+            for (q, (g, w)) in grads.iter().zip(&expected).enumerate() {
+                let ok =
+                    g.shape() == w.shape() && (g - w).abs().max() <= 1e-12 * (1.0 + w.abs().max());
+                assert!(ok, "{b} {t} {h} argument {q}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// Each lane of a packed embedded LSTM is its own `f32` instance's, within 1e-6:
+    /// value, tangent and cotangents, on two chunks. Mutation caught: the packets'
+    /// `tanh` giving lane 0's value to every lane (tried; the rule's code is generic).
+    #[test]
+    fn embedded_lanes_are_their_f32_instances() {
+        let (v, b, t, h) = (7, 66, 3, 4);
+        let ids = ids_of(t * b, v, 3);
+        let draw = |seed: u64| -> Vec<[DMatrix<f32>; 4]> {
+            (0..8)
+                .map(|l| emb_inputs(v, b, h, seed + 10 * l).map(|m| m.map(|x| x as f32)))
+                .collect()
+        };
+        let (xs, ts) = (draw(500), draw(900));
+        let us: Vec<DMatrix<f32>> = (0..8)
+            .map(|l| normal(t * b, h, 1.0, 1300 + l).map(|x| x as f32))
+            .collect();
+        let pack = |m: &dyn Fn(usize) -> DMatrix<f32>| {
+            let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
+            DMatrix::<Lanes<8>>::from_fn(all[0].nrows(), all[0].ncols(), |i, j| {
+                Lanes::from_lanes(|l| all[l][(i, j)] as f64)
+            })
+        };
+        let xp: [DMatrix<Lanes<8>>; 4] = std::array::from_fn(|q| pack(&|l| xs[l][q].clone()));
+        let tp: [DMatrix<Lanes<8>>; 4] = std::array::from_fn(|q| pack(&|l| ts[l][q].clone()));
+        let up = pack(&|l| us[l].clone());
+        let (yp, jp, gp) = run_emb(&xp, &ids, &tp, &up);
+        for l in 0..8 {
+            let (y, j, g) = run_emb(&xs[l], &ids, &ts[l], &us[l]);
+            let mut pairs = vec![(&yp, &y), (&jp, &j)];
+            pairs.extend(gp.iter().zip(g.iter()));
+            for (packed, single) in pairs {
+                let scale = single.abs().max().max(1e-30);
+                for (a, b) in packed.iter().zip(single.iter()) {
+                    let err = (a.lane(l) as f32 - b).abs() / scale;
+                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
+                }
+            }
+        }
+    }
+
+    /// On 1 and on 3 threads the embedded rule's value, tangent and cotangents are the
+    /// same bit for bit (B = 130: three chunks; the table's cotangent summed in chunk
+    /// order). Mutation caught: as many chunks as threads (tried).
+    #[test]
+    fn embedded_chunks_are_bit_identical_to_one_thread() {
+        let (v, b, t, h) = (9, 130, 3, 4);
+        let ids = ids_of(t * b, v, 5);
+        let a = emb_inputs(v, b, h, 7).map(|m| m.map(|x| x as f32));
+        let tans = emb_inputs(v, b, h, 17).map(|m| m.map(|x| x as f32));
+        let u = normal(t * b, h, 1.0, 27).map(|x| x as f32);
+        let run = |threads: usize| crate::on_threads(threads, || run_emb(&a, &ids, &tans, &u));
+        assert_eq!(run(1), run(3));
+    }
+
+    /// A kept embedded pass is taken only while its arguments are unchanged: unchanged, the
+    /// `vjp` takes it (and equals one with nothing kept, bit for bit); one id written in
+    /// place after the value (second chunk, last step), or one table element, makes it
+    /// recompute. Mutations caught: a checksum without the ids, or without the table
+    /// (each tried, each fails here).
+    #[test]
+    fn embedded_kept_pass_is_checked_against_ids_and_table() {
+        let (v, b, t, h) = (6, 67, 3, 2);
+        let d = Dims { b, t, h };
+        let second = d.chunks()[1].clone();
+        let a = emb_inputs(v, b, h, 171).map(|m| m.map(|x| x as f32));
+        let ids = ids_of(t * b, v, 2);
+        let u = normal(t * b, h, 1.0, 191).map(|x| x as f32);
+        let vjp = |y: &[DMatrix<f32>; 4], ids: &[u32]| {
+            emb::vjp(&y[0], &y[1], &y[2], &y[3], &Embed::new(ids), &u)
+        };
+        KEPT.with(|k| k.borrow_mut().take());
+        let fresh = vjp(&a, &ids);
+        let _ = lstm_embedded(&a[0], &a[1], &a[2], &a[3], &Embed::new(&ids));
+        assert_eq!(vjp(&a, &ids), fresh);
+        assert!(KEPT.with(|k| k.borrow().is_none()), "the vjp took the pass");
+        for which in 0..2 {
+            let (mut y, mut z) = (a.clone(), ids.clone());
+            let _ = lstm_embedded(&y[0], &y[1], &y[2], &y[3], &Embed::new(&z));
+            if which == 0 {
+                let k = (t - 1) * b + second.end - 1;
+                z[k] = (z[k] + 1) % v as u32;
+            } else {
+                y[0][(v - 1, 4 * h - 1)] += 0.25;
+            }
+            let got = vjp(&y, &z);
+            KEPT.with(|k| k.borrow_mut().take());
+            assert_eq!(got, vjp(&y, &z), "write {which}");
+        }
+    }
+
+    /// No steps: an empty value and tangent, zero cotangents.
+    #[test]
+    fn embedded_zero_steps_give_empty_results() {
+        let (v, b, h) = (4, 5, 2);
+        let a = emb_inputs(v, b, h, 301);
+        let tans = emb_inputs(v, b, h, 311);
+        let u = DMatrix::<f64>::zeros(0, h);
+        let (y, tan, g) = run_emb(&a, &[], &tans, &u);
+        assert_eq!((y.shape(), tan.shape()), ((0, h), (0, h)));
+        for q in 0..4 {
+            assert_eq!(g[q], DMatrix::zeros(a[q].nrows(), a[q].ncols()), "{q}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside 0..4")]
+    fn embedded_ids_outside_the_table_panic() {
+        let a = emb_inputs(4, 2, 2, 1);
+        lstm_embedded(&a[0], &a[1], &a[2], &a[3], &Embed::new(&[0u32, 4]));
     }
 }
