@@ -18,10 +18,11 @@ use crate::scalar::Real;
 
 /// Rows sharing one pass over `W`.
 pub(crate) const ROW_GROUP: usize = 4;
-/// From this many weights (128 MiB of `f32`) two threads share the columns. Waking the
-/// second thread costs tens of microseconds on the project's virtual machines: at the
-/// released VeLO's 8 MB (2^21 weights, about 300 µs on one core) the split measured
-/// slower than one thread (the update at 2,410 parameters 550 against 500 µs).
+/// From this many weights (128 MiB of `f32`) two threads share the columns. Waking a
+/// sleeping worker costs 45–55 µs on the project's virtual machines, so a split offered
+/// only when the product starts loses at a few megabytes; the released VeLO instead wakes
+/// its worker at the start of the update and shares its LSTM's column blocks through
+/// [`helper`](crate::kernels::helper).
 const SPLIT: usize = 1 << 25;
 
 /// `out[r·dout + j] = b[j] + Σ_i x[r·din + i]·w[i·dout + j]` for `r < rows` (see the
