@@ -1477,6 +1477,23 @@ mod tests {
         out
     }
 
+    /// Eight `f32` draws as one matrix of lanes, lane `l` the draw `m(l)`.
+    fn pack8(m: impl Fn(usize) -> DMatrix<f32>) -> DMatrix<Lanes<8>> {
+        let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
+        DMatrix::<Lanes<8>>::from_fn(all[0].nrows(), all[0].ncols(), |i, j| {
+            Lanes::from_lanes(|l| all[l][(i, j)] as f64)
+        })
+    }
+
+    /// Lane `l` of `packed` equals the `f32` run `single` within 1e-6 of its largest entry.
+    fn assert_lane_is(packed: &DMatrix<Lanes<8>>, l: usize, single: &DMatrix<f32>) {
+        let scale = single.abs().max().max(1e-30);
+        for (a, b) in packed.iter().zip(single.iter()) {
+            let err = (a.lane(l) as f32 - b).abs() / scale;
+            assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
+        }
+    }
+
     fn normal(r: usize, c: usize, scale: f64, seed: u64) -> DMatrix<f64> {
         let mut v = vec![0.0f32; r * c];
         Key::new(seed).fill_normal(&mut v);
@@ -1592,16 +1609,9 @@ mod tests {
         let us: Vec<DMatrix<f32>> = (0..8)
             .map(|l| normal(t * b, h, 1.0, 1300 + l).map(|v| v as f32))
             .collect();
-        let pack = |m: &dyn Fn(usize) -> DMatrix<f32>| {
-            let first = m(0);
-            let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
-            DMatrix::<Lanes<8>>::from_fn(first.nrows(), first.ncols(), |i, j| {
-                Lanes::from_lanes(|l| all[l][(i, j)] as f64)
-            })
-        };
-        let xp: Vec<DMatrix<Lanes<8>>> = (0..4).map(|q| pack(&|l| draws[l][q].clone())).collect();
-        let tp: Vec<DMatrix<Lanes<8>>> = (0..4).map(|q| pack(&|l| tans[l][q].clone())).collect();
-        let up = pack(&|l| us[l].clone());
+        let xp: Vec<DMatrix<Lanes<8>>> = (0..4).map(|q| pack8(|l| draws[l][q].clone())).collect();
+        let tp: Vec<DMatrix<Lanes<8>>> = (0..4).map(|q| pack8(|l| tans[l][q].clone())).collect();
+        let up = pack8(|l| us[l].clone());
         let (yp, jp) = rules::jvp(
             &xp[0],
             &xp[1],
@@ -1631,11 +1641,7 @@ mod tests {
             let mut pairs = vec![(&yp, &y), (&jp, &j)];
             pairs.extend(vp.iter().zip(v.iter()));
             for (packed, single) in pairs {
-                let scale = single.abs().max().max(1e-30);
-                for (a, b) in packed.iter().zip(single.iter()) {
-                    let err = (a.lane(l) as f32 - b).abs() / scale;
-                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
-                }
+                assert_lane_is(packed, l, single);
             }
         }
     }
@@ -1997,15 +2003,9 @@ mod tests {
         let us: Vec<DMatrix<f32>> = (0..8)
             .map(|l| normal(t * b, h, 1.0, 1300 + l).map(|v| v as f32))
             .collect();
-        let pack = |m: &dyn Fn(usize) -> DMatrix<f32>| {
-            let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
-            DMatrix::<Lanes<8>>::from_fn(all[0].nrows(), all[0].ncols(), |i, j| {
-                Lanes::from_lanes(|l| all[l][(i, j)] as f64)
-            })
-        };
-        let xp: [DMatrix<Lanes<8>>; 6] = std::array::from_fn(|q| pack(&|l| xs[l][q].clone()));
-        let tp: [DMatrix<Lanes<8>>; 6] = std::array::from_fn(|q| pack(&|l| ts[l][q].clone()));
-        let up = pack(&|l| us[l].clone());
+        let xp: [DMatrix<Lanes<8>>; 6] = std::array::from_fn(|q| pack8(|l| xs[l][q].clone()));
+        let tp: [DMatrix<Lanes<8>>; 6] = std::array::from_fn(|q| pack8(|l| ts[l][q].clone()));
+        let up = pack8(|l| us[l].clone());
         let (yp, jp, gp) = run_proj(&xp, &tp, &up, [true; 6]);
         for l in 0..8 {
             let (y, j, g) = run_proj(&xs[l], &ts[l], &us[l], [true; 6]);
@@ -2013,11 +2013,7 @@ mod tests {
             pairs.extend(gp.iter().flatten().zip(g.iter().flatten()));
             assert_eq!(pairs.len(), 8);
             for (packed, single) in pairs {
-                let scale = single.abs().max().max(1e-30);
-                for (a, b) in packed.iter().zip(single.iter()) {
-                    let err = (a.lane(l) as f32 - b).abs() / scale;
-                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
-                }
+                assert_lane_is(packed, l, single);
             }
         }
     }
@@ -2279,26 +2275,16 @@ mod tests {
         let us: Vec<DMatrix<f32>> = (0..8)
             .map(|l| normal(t * b, h, 1.0, 1300 + l).map(|x| x as f32))
             .collect();
-        let pack = |m: &dyn Fn(usize) -> DMatrix<f32>| {
-            let all: Vec<DMatrix<f32>> = (0..8).map(m).collect();
-            DMatrix::<Lanes<8>>::from_fn(all[0].nrows(), all[0].ncols(), |i, j| {
-                Lanes::from_lanes(|l| all[l][(i, j)] as f64)
-            })
-        };
-        let xp: [DMatrix<Lanes<8>>; 4] = std::array::from_fn(|q| pack(&|l| xs[l][q].clone()));
-        let tp: [DMatrix<Lanes<8>>; 4] = std::array::from_fn(|q| pack(&|l| ts[l][q].clone()));
-        let up = pack(&|l| us[l].clone());
+        let xp: [DMatrix<Lanes<8>>; 4] = std::array::from_fn(|q| pack8(|l| xs[l][q].clone()));
+        let tp: [DMatrix<Lanes<8>>; 4] = std::array::from_fn(|q| pack8(|l| ts[l][q].clone()));
+        let up = pack8(|l| us[l].clone());
         let (yp, jp, gp) = run_emb(&xp, &ids, &tp, &up);
         for l in 0..8 {
             let (y, j, g) = run_emb(&xs[l], &ids, &ts[l], &us[l]);
             let mut pairs = vec![(&yp, &y), (&jp, &j)];
             pairs.extend(gp.iter().zip(g.iter()));
             for (packed, single) in pairs {
-                let scale = single.abs().max().max(1e-30);
-                for (a, b) in packed.iter().zip(single.iter()) {
-                    let err = (a.lane(l) as f32 - b).abs() / scale;
-                    assert!(err <= 1e-6, "lane {l}: {} vs {b}", a.lane(l));
-                }
+                assert_lane_is(packed, l, single);
             }
         }
     }
