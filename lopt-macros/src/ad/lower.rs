@@ -1141,35 +1141,67 @@ impl<'a> Lowerer<'a> {
         let g = self.def(out, Kind::Opaque, Access::Owned, Rhs::Raw(quote!(&(#data))));
         // The differentiated operands, in the rule's order `[x, w]` or `[x, w, b]`.
         let operands: Vec<VarId> = [x, w].into_iter().chain(b).collect();
-        let active = operands.iter().map(|&v| self.vars[v].kind == Kind::Active);
-        let needs = self.def(
-            out,
-            Kind::Opaque,
-            Access::Owned,
-            Rhs::Raw(quote!([#(#active),*])),
-        );
-        let arg = |var, by_ref| CallArg {
-            var,
-            by_ref,
-            is_ref_value: false,
-        };
-        let mut args: Vec<CallArg> = operands.iter().map(|&v| arg(v, true)).collect();
-        args.extend([arg(g, false), arg(needs, true)]);
+        let needs = self.needs_of(&operands, out);
+        let mut args: Vec<(VarId, bool)> = operands.iter().map(|&v| (v, true)).collect();
+        args.extend([(g, false), (needs, true)]);
         let func: syn::Path = if b.is_some() {
             syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul_add_relu)
         } else {
             syn::parse_quote!(::lopt::__private::ad::conv::im2col_mul)
         };
-        Ok(self.def(
+        Ok(self.rule_call(func, &args, b.is_some(), out))
+    }
+
+    /// `[a, b, ..]`: which of `operands` are differentiated, as the `needs` argument of a
+    /// fused rule (whose reverse rule skips the cotangents of the others).
+    fn needs_of(&mut self, operands: &[VarId], out: &mut Vec<Stmt>) -> VarId {
+        let active = operands.iter().map(|&v| self.vars[v].kind == Kind::Active);
+        self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!([#(#active),*])),
+        )
+    }
+
+    /// Integer ids (data) as the `Embed` operand of the lookup rules.
+    fn embed_ids(&mut self, ids: &Expr, out: &mut Vec<Stmt>) -> VarId {
+        let data = self.rewrite_passive(strip_ref(ids));
+        self.def(
+            out,
+            Kind::Opaque,
+            Access::Owned,
+            Rhs::Raw(quote!(::lopt::__private::ad::op::Embed::new(&(#data)))),
+        )
+    }
+
+    /// The differentiated result of a fused rule `func`, called with `args` (each by
+    /// reference or not); `with_out`: its reverse rule also takes the value.
+    fn rule_call(
+        &mut self,
+        func: syn::Path,
+        args: &[(VarId, bool)],
+        with_out: bool,
+        out: &mut Vec<Stmt>,
+    ) -> VarId {
+        let args = args
+            .iter()
+            .map(|&(var, by_ref)| CallArg {
+                var,
+                by_ref,
+                is_ref_value: false,
+            })
+            .collect();
+        self.def(
             out,
             Kind::Active,
             Access::Owned,
             Rhs::Call {
                 func,
                 args,
-                with_out: b.is_some(),
+                with_out,
             },
-        ))
+        )
     }
 
     /// `lstm_projected(x, wx, b, wh, h0, c0)` (`ad::lstm::lstm_projected`: the LSTM of
@@ -1181,30 +1213,11 @@ impl<'a> Lowerer<'a> {
         for a in args {
             operands.push(self.lower_expr(strip_ref(a), out)?);
         }
-        let active = operands.iter().map(|&v| self.vars[v].kind == Kind::Active);
-        let needs = self.def(
-            out,
-            Kind::Opaque,
-            Access::Owned,
-            Rhs::Raw(quote!([#(#active),*])),
-        );
-        let arg = |var, by_ref| CallArg {
-            var,
-            by_ref,
-            is_ref_value: false,
-        };
-        let mut call: Vec<CallArg> = operands.iter().map(|&v| arg(v, true)).collect();
-        call.push(arg(needs, true));
-        Ok(self.def(
-            out,
-            Kind::Active,
-            Access::Owned,
-            Rhs::Call {
-                func: syn::parse_quote!(::lopt::__private::ad::lstm::lstm_projected),
-                args: call,
-                with_out: false,
-            },
-        ))
+        let needs = self.needs_of(&operands, out);
+        operands.push(needs);
+        let args: Vec<(VarId, bool)> = operands.iter().map(|&v| (v, true)).collect();
+        let func = syn::parse_quote!(::lopt::__private::ad::lstm::lstm_projected);
+        Ok(self.rule_call(func, &args, false, out))
     }
 
     /// `lstm_sequence(embed(t, ids), wh, h0, c0)` as one rule (`ad::lstm::lstm_embedded`:
@@ -1222,32 +1235,11 @@ impl<'a> Lowerer<'a> {
         for a in rest {
             operands.push(self.lower_expr(strip_ref(a), out)?);
         }
-        let data = self.rewrite_passive(strip_ref(ids));
-        let ids = self.def(
-            out,
-            Kind::Opaque,
-            Access::Owned,
-            Rhs::Raw(quote!(::lopt::__private::ad::op::Embed::new(&(#data)))),
-        );
+        let ids = self.embed_ids(ids, out);
         operands.push(ids);
-        let args = operands
-            .into_iter()
-            .map(|var| CallArg {
-                var,
-                by_ref: true,
-                is_ref_value: false,
-            })
-            .collect();
-        Ok(self.def(
-            out,
-            Kind::Active,
-            Access::Owned,
-            Rhs::Call {
-                func: syn::parse_quote!(::lopt::__private::ad::lstm::lstm_embedded),
-                args,
-                with_out: false,
-            },
-        ))
+        let args: Vec<(VarId, bool)> = operands.iter().map(|&v| (v, true)).collect();
+        let func = syn::parse_quote!(::lopt::__private::ad::lstm::lstm_embedded);
+        Ok(self.rule_call(func, &args, false, out))
     }
 
     /// `dot(embed(t, ids), r)` as one rule (`ad::gather::embed_dot`), told which of `t`
@@ -1256,37 +1248,11 @@ impl<'a> Lowerer<'a> {
         self.refuse_differentiated_data(ids, "embed")?;
         let t = self.lower_expr(t, out)?;
         let r = self.lower_expr(r, out)?;
-        let data = self.rewrite_passive(strip_ref(ids));
-        let ids = self.def(
-            out,
-            Kind::Opaque,
-            Access::Owned,
-            Rhs::Raw(quote!(::lopt::__private::ad::op::Embed::new(&(#data)))),
-        );
-        let active = [t, r].map(|v| self.vars[v].kind == Kind::Active);
-        let needs = self.def(
-            out,
-            Kind::Opaque,
-            Access::Owned,
-            Rhs::Raw(quote!([#(#active),*])),
-        );
-        let args = [(t, true), (r, true), (ids, true), (needs, true)]
-            .map(|(var, by_ref)| CallArg {
-                var,
-                by_ref,
-                is_ref_value: false,
-            })
-            .to_vec();
-        Ok(self.def(
-            out,
-            Kind::Active,
-            Access::Owned,
-            Rhs::Call {
-                func: syn::parse_quote!(::lopt::__private::ad::gather::embed_dot),
-                args,
-                with_out: false,
-            },
-        ))
+        let ids = self.embed_ids(ids, out);
+        let needs = self.needs_of(&[t, r], out);
+        let args = [(t, true), (r, true), (ids, true), (needs, true)];
+        let func = syn::parse_quote!(::lopt::__private::ad::gather::embed_dot);
+        Ok(self.rule_call(func, &args, false, out))
     }
 
     /// `op(logits, labels)` for a cross-entropy op `op` (`new(&[i32])`).
