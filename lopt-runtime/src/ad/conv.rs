@@ -482,7 +482,7 @@ pub fn im2col<S: Real>(x: &DMatrix<S>, geometry: &Conv2dGeometry) -> DMatrix<S> 
     geometry.im2col(x)
 }
 
-/// Bytes of one block of patches in [`im2col_mul`]: three quarters of this core's L2
+/// Bytes of one block of patches in [`im2col_mul`](fn@im2col_mul): three quarters of this core's L2
 /// (512 KiB), so that a block stays in cache between forming the patches and
 /// multiplying them. Larger than half of L2 on purpose: each block's patch columns are
 /// copied run by run, and longer runs (10 output lines of 16 rather than 5 at 576

@@ -1,7 +1,7 @@
 //! Matrix products `A * B` (nalgebra semantics: matrix·matrix, matrix·vector,
 //! row·matrix, outer products) and their derivatives.
 //!
-//! Every product goes through [`super::gemm`] (register-blocked `f32`/`f64` kernels with
+//! Every product goes through [`crate::kernels::gemm`] (register-blocked `f32`/`f64` kernels with
 //! run-time CPU dispatch; a plain loop for SIMD packets). Its views are strided, so the
 //! reverse-mode products `dA = G·Bᵀ` and `dB = Aᵀ·G` read the transposes in place
 //! instead of materializing them.
@@ -90,7 +90,7 @@ where
     Cols::col_major(m.as_slice(), m.nrows(), m.ncols())
 }
 
-/// [`product`] with the right operand given as [`Cols`]: a product large enough is split
+/// `product` (test-only) with the right operand given as [`Cols`]: a product large enough is split
 /// into fixed chunks of columns on the thread pool (`kernels::gemm_threads`; the same
 /// result bit for bit on any number of threads). The matrix product rule's products.
 #[inline]

@@ -119,7 +119,7 @@ fn per_row_mut<S: Real>(
     with_avx2_fma(|| per_row_in(o, b, rows, r, s, &f));
 }
 
-/// The loops of [`per_row_mut`], always inlined (as [`row_log_sum_exp_in`]).
+/// The loops of [`per_row_mut`], always inlined (as [`row_lse_in`]).
 #[inline(always)]
 fn per_row_in<S: Real>(
     o: &mut [S],
@@ -144,7 +144,7 @@ fn row_dot<S: Real>(a: &[S], b: &[S], rows: usize, f: impl Fn(S) -> S) -> Vec<S>
     s
 }
 
-/// The loops of [`row_dot`], always inlined (as [`row_log_sum_exp_in`]).
+/// The loops of [`row_dot`], always inlined (as [`row_lse_in`]).
 #[inline(always)]
 fn row_dot_in<S: Real>(a: &[S], b: &[S], rows: usize, f: &impl Fn(S) -> S, s: &mut [S]) {
     for (ca, cb) in a.chunks_exact(rows).zip(b.chunks_exact(rows)) {

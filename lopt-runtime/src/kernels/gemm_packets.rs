@@ -70,7 +70,7 @@ pub(crate) fn gemm_packets<S: Real>(
     unsafe { gemm_packets_raw(m, k, n, a, b, c.as_mut_ptr(), accumulate) }
 }
 
-/// [`gemm_packets`] into raw memory.
+/// `gemm_packets` (test-only) into raw memory.
 ///
 /// # Safety
 /// `c` is valid for writes of `m·n` elements and, when `accumulate`, initialized. Without

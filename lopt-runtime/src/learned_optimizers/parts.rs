@@ -535,7 +535,7 @@ pub(crate) fn sum8_by<S: Real>(n: usize, f: impl Fn(usize) -> S) -> S {
 }
 
 /// For each entry `j` of the `k`-entry records of `x` (`x[e·k + j]`, element `e`),
-/// `out[j] =` [`sum8_by`] of `f(x[e·k + j], pat[j])` over the elements: the same partial
+/// `out[j] =` `sum8_by` (test-only) of `f(x[e·k + j], pat[j])` over the elements: the same partial
 /// sums in the same order, bit for bit, but all `k` in one pass over contiguous records
 /// (the loop vectorizes; `k` strided passes did not).
 pub(crate) fn sum8_records<S: Real>(
