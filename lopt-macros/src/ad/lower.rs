@@ -1012,6 +1012,17 @@ impl<'a> Lowerer<'a> {
                 let (z, labels) = cross_entropy_args(args[0]).expect("checked");
                 self.cross_entropy(quote!(MeanSoftmaxCrossEntropy), z, labels, out)
             }
+            Builtin::Unary("GeluTanh") if is_linear_call(args[0]) => {
+                // gelu_tanh(linear(x, w, b)), a matrix: the op keeps the derivative it
+                // computes with the value, and the reverse sweep multiplies by it instead
+                // of computing the tanh again.
+                let x = self.lower_expr(args[0], out)?;
+                Ok(self.unary(
+                    out,
+                    quote!(::lopt::__private::ad::op::GeluTanhKeep::new()),
+                    x,
+                ))
+            }
             Builtin::Unary(op) => {
                 let x = self.lower_expr(args[0], out)?;
                 Ok(self.unary(out, op_marker(op), x))
@@ -1540,6 +1551,19 @@ fn is_builtin_path(path: &syn::Path, name: &str) -> bool {
                 .segments
                 .iter()
                 .any(|s| s.ident == "ops" || s.ident == "lopt"))
+}
+
+/// Whether `e` is a call of `linear(x, w, b)` (`ops::linear`: its value is a matrix), in
+/// parentheses or not.
+fn is_linear_call(e: &Expr) -> bool {
+    match strip_ref(e) {
+        Expr::Call(c) if c.args.len() == 3 => {
+            matches!(&*c.func, Expr::Path(p) if p.qself.is_none() && is_builtin_path(&p.path, "linear"))
+        }
+        Expr::Paren(p) => is_linear_call(&p.expr),
+        Expr::Group(g) => is_linear_call(&g.expr),
+        _ => false,
+    }
 }
 
 /// `x` when `e` is `square(x)` or `x.square()`.

@@ -647,6 +647,45 @@ mod tests {
         assert!(!e.contains("embed_dot"), "a bound lookup is not fused");
     }
 
+    /// `gelu_tanh(linear(x, w, b))` (a call or a method, in parentheses or not) uses the op
+    /// that keeps its derivative; `gelu_tanh` of anything else (a scalar, a bound value)
+    /// keeps `GeluTanh`. Mutation caught: the arm removed (tried).
+    #[test]
+    fn gelu_tanh_of_linear_keeps_its_derivative() {
+        let with_gelu = |list: Vec<super::builtins::Declared>| {
+            let mut l = list;
+            l.push(("gelu_tanh", "GeluTanh", super::builtins::Kind::Unary));
+            l
+        };
+        let expand_g = |body: TokenStream| {
+            let item = quote! {
+                fn loss<S: Real>(p: &P<S>, labels: &Vec<i32>, d: &DMatrix<f32>) -> S { #body }
+            };
+            super::builtins::with_declared(with_gelu(super::builtins::tests::fixture()), || {
+                super::expand_task(TokenStream::new(), item)
+            })
+            .expect("expands")
+            .to_string()
+        };
+        for body in [
+            quote!(sum(gelu_tanh(linear(&p.z, &p.w, &p.b)))),
+            quote!(sum((linear(&p.z, &p.w, &p.b)).gelu_tanh())),
+            quote!(sum(gelu_tanh(ops::linear(d, &p.w, &p.b)))),
+        ] {
+            let e = expand_g(body.clone());
+            assert!(e.contains("GeluTanhKeep"), "{body} keeps: {e}");
+        }
+        for body in [
+            quote!(sum(gelu_tanh(p.z))),
+            quote!(let h = linear(&p.z, &p.w, &p.b); sum(gelu_tanh(h))),
+            quote!(gelu_tanh(p.s)),
+        ] {
+            let e = expand_g(body.clone());
+            assert!(!e.contains("GeluTanhKeep"), "{body} does not keep: {e}");
+            assert!(e.contains("GeluTanh"), "{body} is gelu_tanh: {e}");
+        }
+    }
+
     /// `lstm_projected(x, wx, b, wh, h0, c0)` calls the rule with `needs` saying which of
     /// its six operands are differentiated: here `x` and the initial state are data.
     /// Mutation caught: every operand told differentiated (`[true; 6]`; tried).

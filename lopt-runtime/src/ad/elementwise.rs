@@ -116,6 +116,94 @@ fn gelu_tanh_f32(x: f32) -> (f32, f32) {
     (0.5 * (1.0 + th), th)
 }
 
+/// `gelu_tanh'(x)` on `f32` as [`lift::vjp`]'s fast path computes it (`primitives`'
+/// derivative with the packets' `tanh`), from `gelu_tanh_f32(x)`.
+#[inline(always)]
+fn gelu_tanh_d_f32(x: f32, cdf: f32, th: f32) -> f32 {
+    let du = GELU_K * (1.0 + GELU_3A * x * x);
+    cdf + 0.5 * x * (1.0 - th * th) * du
+}
+
+/// What [`op::GeluTanhKeep`]'s `eval` keeps: the derivative at every element, and the
+/// addresses and length of the input and output it belongs to (only compared).
+struct KeptGeluD {
+    x: usize,
+    y: usize,
+    len: usize,
+    d: Vec<f32>,
+}
+
+/// `gelu_tanh` keeping its derivative for the reverse sweep (see [`op::GeluTanhKeep`]).
+impl<S: Real> super::Unary<op::GeluTanhKeep> for DMatrix<S> {
+    type Out = DMatrix<S>;
+    /// The value, [`op::GeluTanh`]'s; on `f32` the derivative is computed alongside (one
+    /// `tanh` per element for both) and kept in `op`.
+    fn eval(&self, op: &op::GeluTanhKeep) -> DMatrix<S> {
+        use std::any::TypeId;
+        if TypeId::of::<S>() != TypeId::of::<f32>() {
+            return super::Unary::<op::GeluTanh>::eval(self, &op::GeluTanh);
+        }
+        // SAFETY: `S` is `f32` (the TypeId test): the same layout.
+        let xs: &[f32] =
+            unsafe { std::slice::from_raw_parts(self.as_ptr() as *const f32, self.len()) };
+        let n = xs.len();
+        let (mut y, mut d) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
+        // One plain loop over the three slices (it vectorizes; `push` did not).
+        let slots = y.spare_capacity_mut()[..n]
+            .iter_mut()
+            .zip(&mut d.spare_capacity_mut()[..n]);
+        for ((y, d), &x) in slots.zip(xs) {
+            let (cdf, th) = gelu_tanh_f32(x);
+            y.write(x * cdf);
+            d.write(gelu_tanh_d_f32(x, cdf, th));
+        }
+        // SAFETY: the loop wrote all `n` elements of both.
+        unsafe {
+            y.set_len(n);
+            d.set_len(n);
+        }
+        let mut y = std::mem::ManuallyDrop::new(y);
+        // SAFETY: `S` is `f32`: the same allocation, length and capacity.
+        let y: Vec<S> =
+            unsafe { Vec::from_raw_parts(y.as_mut_ptr() as *mut S, y.len(), y.capacity()) };
+        let y = DMatrix::from_vec(self.nrows(), self.ncols(), y);
+        op.0.set(Some(Box::new(KeptGeluD {
+            x: self.as_ptr() as usize,
+            y: y.as_ptr() as usize,
+            len: self.len(),
+            d,
+        })));
+        y
+    }
+
+    /// [`op::GeluTanh`]'s tangent.
+    fn jvp(&self, _op: &op::GeluTanhKeep, out: &DMatrix<S>, dx: &DMatrix<S>) -> DMatrix<S> {
+        super::Unary::<op::GeluTanh>::jvp(self, &op::GeluTanh, out, dx)
+    }
+
+    /// `g ⊙ gelu_tanh'(x)`, with the derivative `eval` kept when it was computed from this
+    /// input and output (the first call takes it), else [`op::GeluTanh`]'s rule.
+    fn vjp(&self, op: &op::GeluTanhKeep, out: &DMatrix<S>, mut g: DMatrix<S>) -> DMatrix<S> {
+        let kept = op.0.take().and_then(|k| k.downcast::<KeptGeluD>().ok());
+        match kept {
+            Some(k)
+                if std::any::TypeId::of::<S>() == std::any::TypeId::of::<f32>()
+                    && k.x == self.as_ptr() as usize
+                    && k.y == out.as_ptr() as usize
+                    && k.len == self.len()
+                    && g.len() == k.len =>
+            {
+                // SAFETY: `S` is `f32` (the TypeId test): the same layout.
+                let gs: &mut [f32] =
+                    unsafe { std::slice::from_raw_parts_mut(g.as_mut_ptr() as *mut f32, g.len()) };
+                gs.iter_mut().zip(&k.d).for_each(|(t, &d)| *t *= d);
+                g
+            }
+            _ => super::Unary::<op::GeluTanh>::vjp(self, &op::GeluTanh, out, g),
+        }
+    }
+}
+
 /// The rules of a unary elementwise primitive (a
 /// [`Pointwise`](crate::ad::Pointwise)) on any owned nalgebra matrix or vector,
 /// element by element: what `primitives/` lifts every one of them with.
@@ -232,8 +320,7 @@ pub(crate) mod lift {
             for (t, &x) in gs.iter_mut().zip(xs) {
                 // `primitives`' derivative of `gelu_tanh`, with the packets' `tanh`.
                 let (cdf, th) = gelu_tanh_f32(x);
-                let du = GELU_K * (1.0 + GELU_3A * x * x);
-                *t *= cdf + 0.5 * x * (1.0 - th * th) * du;
+                *t *= gelu_tanh_d_f32(x, cdf, th);
             }
             return g;
         }

@@ -54,6 +54,36 @@ pub struct Index(pub usize);
 #[derive(Debug, Clone, Copy)]
 pub struct Index2(pub usize, pub usize);
 
+/// `gelu_tanh` of a matrix that keeps its derivative: what `#[task]` makes of
+/// `gelu_tanh(linear(x, w, b))` (the MLP's activation). On `f32`, `eval` computes
+/// `gelu_tanh'(x)` in the pass that computes the value (the same `tanh`) and keeps it in
+/// the op; the first `vjp` for the same input and output multiplies by it instead of
+/// computing the `tanh` again. Every other call, scalar type or input is
+/// [`GeluTanh`]'s rule; the numbers are `GeluTanh`'s bit for bit either way. A clone has
+/// nothing kept.
+#[derive(Default)]
+pub struct GeluTanhKeep(pub(crate) Cell<Option<Box<dyn Any + Send>>>);
+
+impl GeluTanhKeep {
+    /// The op with nothing kept yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Clone for GeluTanhKeep {
+    /// Nothing kept.
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for GeluTanhKeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GeluTanhKeep")
+    }
+}
+
 /// A cross-entropy op: the labels (one class index per example), and a slot (the second
 /// field) where `eval` keeps what the derivative that follows needs. A clone has the same
 /// labels and nothing kept.

@@ -1827,3 +1827,87 @@ fn product_in_place_reverse_rules_add_what_vjp_returns() {
         assert!(close(sb.as_ref().unwrap(), &wb));
     }
 }
+
+/// `GeluTanhKeep` (what `#[task]` makes of `gelu_tanh(linear(..))`) is `GeluTanh` bit for
+/// bit: the value, the tangent, and the cotangent whether it takes the kept derivative
+/// (the first `vjp` after `eval`, same input and output) or computes it again (a second
+/// `vjp`; another input of the same shape; no `eval` before), on `f32` (over the dense
+/// sweep of [−90, 90] and NaN, ±∞, ±0), `f64` and lanes.
+///
+/// Catches: the kept derivative computed otherwise than `GeluTanh`'s (tried: `1 + th`
+/// for `1 − th²`), and the kept derivative used for an input it was not computed from
+/// (tried: no address check; fails on `other`).
+#[test]
+fn gelu_tanh_keep_is_gelu_tanh_bit_for_bit() {
+    use crate::lanes::Lanes;
+    use crate::scalar::Real;
+    fn same<S: Real>(a: &DMatrix<S>, b: &DMatrix<S>) -> bool {
+        a.shape() == b.shape()
+            && a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| (0..S::LANES).all(|i| x.lane(i).to_bits() == y.lane(i).to_bits()))
+    }
+    fn check<S: Real>(x: DMatrix<S>, other: DMatrix<S>, g: DMatrix<S>, g2: DMatrix<S>) {
+        let keep = op::GeluTanhKeep::new();
+        let y = Unary::eval(&x, &keep);
+        let want = Unary::eval(&x, &op::GeluTanh);
+        assert!(same(&y, &want), "value");
+        let t = Unary::jvp(&x, &keep, &y, &g);
+        assert!(
+            same(&t, &Unary::jvp(&x, &op::GeluTanh, &want, &g)),
+            "tangent"
+        );
+        // Another input of the same shape first: not the kept derivative's.
+        let yo = Unary::eval(&other, &op::GeluTanh);
+        let dg = Unary::vjp(&other, &keep, &yo, g.clone());
+        let want_o = Unary::vjp(&other, &op::GeluTanh, &yo, g.clone());
+        assert!(same(&dg, &want_o), "cotangent of another input");
+        // Kept again, then taken by the first cotangent; the second computes it again.
+        let y = Unary::eval(&x, &keep);
+        for c in [g, g2] {
+            let got = Unary::vjp(&x, &keep, &y, c.clone());
+            assert!(
+                same(&got, &Unary::vjp(&x, &op::GeluTanh, &y, c)),
+                "cotangent"
+            );
+        }
+        // No eval before.
+        let fresh = op::GeluTanhKeep::new();
+        let c = DMatrix::from_element(x.nrows(), x.ncols(), S::from_f64(0.5));
+        let got = Unary::vjp(&x, &fresh, &y, c.clone());
+        assert!(same(&got, &Unary::vjp(&x, &op::GeluTanh, &y, c)), "no eval");
+    }
+    let n = 36_000usize;
+    let mut xs: Vec<f64> = (0..n)
+        .map(|i| -90.0 + 180.0 * i as f64 / n as f64)
+        .collect();
+    xs.extend([
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        0.3,
+    ]);
+    let len = xs.len();
+    let mat = |f: &dyn Fn(usize) -> f64| DMatrix::from_fn(len / 8, 8, |i, j| f(i + j * (len / 8)));
+    let x = mat(&|i| xs[i]);
+    let other = mat(&|i| xs[(i * 7 + 3) % len] * 0.5);
+    let g = mat(&|i| ((i * 37) % 101) as f64 / 50.0 - 1.0);
+    let g2 = mat(&|i| ((i * 13) % 17) as f64 - 8.0);
+    let f32s = |m: &DMatrix<f64>| m.map(|v| v as f32);
+    check::<f32>(f32s(&x), f32s(&other), f32s(&g), f32s(&g2));
+    let small = |m: &DMatrix<f64>| m.rows(0, 64).into_owned();
+    check::<f64>(small(&x), small(&other), small(&g), small(&g2));
+    let lanes = |m: &DMatrix<f64>, s: f64| {
+        small(m).map(|v| Lanes::<4>::from_lanes(|l| v * (1.0 + s * l as f64)))
+    };
+    check::<Lanes<4>>(
+        lanes(&x, 0.1),
+        lanes(&other, 0.2),
+        lanes(&g, 0.0),
+        lanes(&g2, 0.3),
+    );
+}
