@@ -70,6 +70,9 @@ use crate::kernels::gemm::{gemm_bias_raw, gemm_raw_ldc, MatRef};
 use crate::kernels::vecmath::{sigmoid as sig, tanh};
 use crate::scalar::Real;
 
+mod tiles;
+use tiles::Blocked;
+
 /// Rows per chunk of the batch: the chunks run on the thread pool, each its own recurrence
 /// (`B = 128` runs as two chunks of 64, `B ≤ 64` as one).
 pub const CHUNK_ROWS: usize = 64;
@@ -549,6 +552,12 @@ fn forward_chunk<S: Real>(
         }
         _ => (DMatrix::zeros(0, 0), Vec::new()),
     };
+    // For `lstm_embedded` in `f32` (AVX2): the table as blocks of 8 columns, row-major
+    // within each, from which a step's gate block is gathered by 8 × 8 tiles.
+    let blocked = match args.input {
+        Input::Embedded { table, .. } => Blocked::of(table.as_slice(), table.nrows(), 4 * h),
+        _ => None,
+    };
     let mut gates = Vec::with_capacity(tt * 4 * hn_len);
     let mut c = Vec::with_capacity(tt * hn_len);
     let mut tc = Vec::with_capacity(tt * hn_len);
@@ -564,9 +573,22 @@ fn forward_chunk<S: Real>(
                 // cache), in place of `xw_t`.
                 let ids = &rows[t * b + r.start..][..n];
                 sum.add_words(ids);
-                let v = table.nrows();
-                for col in table.as_slice().chunks_exact(v) {
-                    gates.extend(ids.iter().map(|&i| col[i as usize]));
+                if let Some(bt) = &blocked {
+                    let blk = gates.len();
+                    assert!(gates.capacity() >= blk + 4 * h * n);
+                    // SAFETY: the block's `n·4H` elements after `blk` lie inside the
+                    // capacity (asserted), the gather writes every one of them, `S` is
+                    // `f32` (`blocked` exists only then), and every id is below the
+                    // table's rows (`checked_rows`).
+                    unsafe {
+                        bt.gather(ids, gates.as_mut_ptr().add(blk));
+                        gates.set_len(blk + 4 * h * n);
+                    }
+                } else {
+                    let v = table.nrows();
+                    for col in table.as_slice().chunks_exact(v) {
+                        gates.extend(ids.iter().map(|&i| col[i as usize]));
+                    }
                 }
             }
             Input::Projected { x, b: bias, .. } => {
@@ -984,8 +1006,10 @@ pub mod lstm_projected {
 /// [`lstm_sequence()`] of `embed(table, ids)` in one rule: what `#[task]` makes of
 /// `lstm_sequence(&embed(&table, ids), wh, h0, c0)`. Each chunk's gate block of step `t`
 /// starts as its ids' rows of the `V × 4H` table (gathered column by column from the
-/// table, in cache), and its reverse sweep scatters `dz_t`'s rows into its own part of
-/// the table's cotangent while `dz_t` is in cache (the parts summed in chunk order): the
+/// table, in cache; in `f32` on an AVX2 CPU by 8 × 8 tiles from a copy of the table in
+/// blocks of 8 row-major columns, see `tiles.rs`), and its reverse sweep scatters `dz_t`'s
+/// rows into its own part of the table's cotangent while `dz_t` is in cache (the same
+/// tiles in `f32`; the parts summed in chunk order): the
 /// `T·B × 4H` rows and their cotangent are never stored (the composition stores both and
 /// makes three strided passes over them, a quarter of its time on the RNN LM). The
 /// table's cotangent sums the same terms as the composition's scatter-add, per chunk
@@ -1267,7 +1291,12 @@ fn reverse_chunk<S: Real>(
         Input::Embedded { table, rows, .. } => Some((table.nrows(), rows)),
         _ => None,
     };
-    let mut dtable = embedded.map(|(v, _)| vec![S::zero(); v * 4 * h]);
+    // In `f32` (AVX2) the part is summed in blocks of 8 columns, row-major within each
+    // ([`Blocked`]), where a step's rows are added by 8 × 8 tiles.
+    let mut dblocked = embedded.and_then(|(v, _)| Blocked::sums::<S>(v, 4 * h));
+    let mut dtable = embedded
+        .filter(|_| dblocked.is_none())
+        .map(|(v, _)| vec![S::zero(); v * 4 * h]);
     let e = proj.map_or(0, |(x, _)| x.ncols());
     let [need_x, need_wx, need_b] = need;
     let mut dwx = (proj.is_some() && need_wx).then(|| DMatrix::<S>::zeros(e, 4 * h));
@@ -1310,12 +1339,16 @@ fn reverse_chunk<S: Real>(
         };
         product_ldc(hprev.t(), dzt, dwh.as_mut_slice(), 0, h, true);
         product_ldc(dzt, wht, &mut dh, 0, n, false);
-        if let (Some((v, rows)), Some(dt)) = (embedded, &mut dtable) {
+        if let Some((v, rows)) = embedded {
             let ids = &rows[t * b + r.start..][..n];
             let blk = &z[at(t, 0, n, 4 * h)..][..4 * h * n];
-            for (dcol, zcol) in dt.chunks_exact_mut(v).zip(blk.chunks_exact(n)) {
-                for (&i, &g) in ids.iter().zip(zcol) {
-                    dcol[i as usize] += g;
+            if let Some(bs) = &mut dblocked {
+                bs.scatter_add(ids, blk);
+            } else if let Some(dt) = &mut dtable {
+                for (dcol, zcol) in dt.chunks_exact_mut(v).zip(blk.chunks_exact(n)) {
+                    for (&i, &g) in ids.iter().zip(zcol) {
+                        dcol[i as usize] += g;
+                    }
                 }
             }
         }
@@ -1344,6 +1377,9 @@ fn reverse_chunk<S: Real>(
         put_rows(d, &r, &z, 4 * h, o);
     }
     drop((z, c, tc, hs));
+    if let Some(bs) = dblocked {
+        dtable = Some(bs.into_table());
+    }
     Reverse {
         r,
         dwh,
@@ -2256,6 +2292,76 @@ mod tests {
                     g.shape() == w.shape() && (g - w).abs().max() <= 1e-12 * (1.0 + w.abs().max());
                 assert!(ok, "{b} {t} {h} argument {q}: {g} vs {w}");
             }
+        }
+    }
+
+    /// In `f32` (the 8 × 8 tile gather and scatter-add of `tiles.rs` on an AVX2 CPU) the
+    /// embedded rule equals `lstm_sequence` of the looked-up rows bit for bit: value,
+    /// tangent, the cotangents of `wh`, `h0`, `c0`, and the table's, which is `xw`'s
+    /// cotangent scattered in the rule's order (per chunk, steps last to first, rows in
+    /// order, the chunks' parts summed in chunk order) in `f32` element loops. Sizes with
+    /// whole tiles and with edges: chunks of 16 rows and of 35 (4 tiles and 3 rows), 8
+    /// gate columns, 12 and 20 (a block and 4 columns), tables of 11 and 8 rows, repeated
+    /// ids. Mutations caught: the gather's last columns skipped; the scatter's last rows
+    /// skipped; the scatter's tile stored without the sum it adds to (each tried, each
+    /// fails here).
+    #[test]
+    fn embedded_f32_tiles_equal_the_element_loops() {
+        for (q, &(v, b, t, h)) in [
+            (11, 16, 3, 2),
+            (11, 70, 2, 3),
+            (8, 16, 2, 5),
+            (11, 35, 2, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let f = |m: DMatrix<f64>| m.map(|x| x as f32);
+            let a = emb_inputs(v, b, h, 40 + q as u64).map(f);
+            let tans = emb_inputs(v, b, h, 60 + q as u64).map(f);
+            let ids = ids_of(t * b, v, 7 + q as u64);
+            let u = f(normal(t * b, h, 1.0, 80 + q as u64));
+            let (y, tan, grads) = run_emb(&a, &ids, &tans, &u);
+            let rows = |m: &DMatrix<f32>| {
+                DMatrix::from_fn(ids.len(), m.ncols(), |k, j| m[(ids[k] as usize, j)])
+            };
+            let xw = rows(&a[0]);
+            let (y2, tan2) = rules::jvp(
+                &xw,
+                &a[1],
+                &a[2],
+                &a[3],
+                Some(&rows(&tans[0])),
+                Some(&tans[1]),
+                Some(&tans[2]),
+                Some(&tans[3]),
+            );
+            assert_eq!((&y, &tan), (&y2, &tan2), "{v} {b} {t} {h}");
+            let want = rules::vjp(&xw, &a[1], &a[2], &a[3], &u);
+            let dz = want.0.unwrap();
+            let mut dt = None::<DMatrix<f32>>;
+            for r in (Dims { b, t, h }).chunks() {
+                let mut part = DMatrix::<f32>::zeros(v, 4 * h);
+                for step in (0..t).rev() {
+                    for k in r.clone() {
+                        let row = step * b + k;
+                        for j in 0..4 * h {
+                            part[(ids[row] as usize, j)] += dz[(row, j)];
+                        }
+                    }
+                }
+                dt = Some(match dt {
+                    Some(s) => s + part,
+                    None => part,
+                });
+            }
+            let expected = [
+                dt.unwrap(),
+                want.1.unwrap(),
+                want.2.unwrap(),
+                want.3.unwrap(),
+            ];
+            assert_eq!(grads, expected, "{v} {b} {t} {h}");
         }
     }
 
