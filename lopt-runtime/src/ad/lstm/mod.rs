@@ -365,28 +365,27 @@ impl Sum {
         let w = unsafe {
             std::slice::from_raw_parts(v.as_ptr() as *const u32, std::mem::size_of_val(v) / 4)
         };
-        let (a, b) = (&mut self.a, &mut self.b);
-        let mut add = |w: &[u32]| {
-            for (l, &w) in w.iter().enumerate() {
-                a[l] = a[l].wrapping_add(w);
-                b[l] = b[l].wrapping_add(a[l]);
-            }
-        };
-        let mut chunks = w.chunks_exact(16);
-        for c in &mut chunks {
-            add(c);
-        }
-        add(chunks.remainder());
+        self.add_words(w);
     }
 
-    /// Adds the words `w` (ids).
+    /// Adds the words `w` (ids, or the words of [`Sum::add`]'s elements).
     fn add_words(&mut self, w: &[u32]) {
-        for c in w.chunks(16) {
-            for (l, &w) in c.iter().enumerate() {
-                self.a[l] = self.a[l].wrapping_add(w);
-                self.b[l] = self.b[l].wrapping_add(self.a[l]);
-            }
+        // The sums in locals (registers) over the whole slice: kept in `self` and
+        // updated 16 words at a time through a closure, they were 2% of the RNN LM's
+        // gradient (a store and a reload per word).
+        let (mut a, mut b) = (self.a, self.b);
+        let mut chunks = w.chunks_exact(16);
+        for c in &mut chunks {
+            // Whole arrays of 16, so that each sum is one vector add.
+            let c: &[u32; 16] = c.try_into().expect("chunks of 16");
+            a = std::array::from_fn(|l| a[l].wrapping_add(c[l]));
+            b = std::array::from_fn(|l| b[l].wrapping_add(a[l]));
         }
+        for (l, &w) in chunks.remainder().iter().enumerate() {
+            a[l] = a[l].wrapping_add(w);
+            b[l] = b[l].wrapping_add(a[l]);
+        }
+        (self.a, self.b) = (a, b);
     }
 
     /// The sums folded into one word (`None` for a scalar of another layout).
