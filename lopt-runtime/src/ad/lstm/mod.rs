@@ -298,6 +298,38 @@ fn product_ldc<S: Real>(
     unsafe { gemm_raw_ldc(a, b, c.as_mut_ptr().add(offset), ld, acc) }
 }
 
+/// Asks for the cache lines of `v` to be brought into L2 (a hint: no effect on any
+/// value; nothing off x86-64).
+#[inline(always)]
+fn prefetch<S>(v: &[S]) {
+    prefetch_lines(v.as_ptr(), v.len());
+}
+
+/// [`prefetch`] of elements `from..from + len` of `v`'s allocation, which may lie past its
+/// length (a buffer about to be written: its lines then come in before the writes).
+#[inline(always)]
+fn prefetch_spare<S>(v: &Vec<S>, from: usize, len: usize) {
+    assert!(from + len <= v.capacity());
+    prefetch_lines(v.as_ptr().wrapping_add(from), len);
+}
+
+/// The prefetches of [`prefetch`]: `len` elements from `p`, inside one allocation.
+#[inline(always)]
+fn prefetch_lines<S>(p: *const S, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let p = p as *const i8;
+        for off in (0..len * std::mem::size_of::<S>()).step_by(64) {
+            // SAFETY: a prefetch never faults, and `p + off` lies inside the allocation
+            // (the callers' bounds).
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// `v ← σ(v + shift)`, elementwise.
 #[inline(always)]
 fn map_sig<S: Real>(v: &mut [S], shift: S) {
@@ -673,6 +705,16 @@ fn forward_chunk<S: Real>(
             v.resize((t + 1) * hn_len, zero);
         }
         for j in 0..h {
+            if t + 1 < tt {
+                // The next step's blocks of column j, about to be written (the gather's
+                // stores waited on their lines, from L3, for most of their time).
+                for q in 0..4 {
+                    prefetch_spare(&gates, at(t + 1, q * h + j, n, 4 * h), n);
+                }
+                for v in [&c, &tc, &hs] {
+                    prefetch_spare(v, at(t + 1, j, n, h), n);
+                }
+            }
             let [zi, zg, zf, zo] = gate_cols(&mut gates, t, j, h, n);
             let (c_before, c_now) = c.split_at_mut(at(t, j, n, h));
             let cp = if t == 0 {
@@ -1345,6 +1387,22 @@ fn reverse_chunk<S: Real>(
     };
     for t in (0..tt).rev() {
         for j in 0..h {
+            if t > 0 {
+                // What step t − 1's arithmetic reads of column j, asked into L2 while
+                // this step's products run: a chunk's pass (7 MB at the RNN LM's sizes)
+                // outgrows L2, and the step blocks, read last to first, a page per
+                // column of `g`, come in unprefetched (the arithmetic waited on memory
+                // for most of its time).
+                for q in 0..4 {
+                    prefetch(&z[at(t - 1, q * h + j, n, 4 * h)..][..n]);
+                }
+                prefetch(&tc[at(t - 1, j, n, h)..][..n]);
+                prefetch(&gs[(t - 1) * b + r.start + j * tt * b..][..n]);
+                if t > 1 {
+                    prefetch(&c[at(t - 2, j, n, h)..][..n]);
+                    prefetch(&hs[at(t - 2, j, n, h)..][..n]);
+                }
+            }
             let [zi, zg, zf, zo] = gate_cols(&mut z, t, j, h, n);
             let cp = if t == 0 {
                 &c0.as_slice()[r.start + j * b..][..n]
