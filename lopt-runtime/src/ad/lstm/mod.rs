@@ -70,6 +70,9 @@ use crate::kernels::gemm::{gemm_bias_raw, gemm_raw_ldc, MatRef};
 use crate::kernels::vecmath::{sigmoid as sig, tanh};
 use crate::scalar::Real;
 
+mod tiles;
+use tiles::Blocked;
+
 /// Rows per chunk of the batch: the chunks run on the thread pool, each its own recurrence
 /// (`B = 128` runs as two chunks of 64, `B ≤ 64` as one).
 pub const CHUNK_ROWS: usize = 64;
@@ -295,6 +298,38 @@ fn product_ldc<S: Real>(
     unsafe { gemm_raw_ldc(a, b, c.as_mut_ptr().add(offset), ld, acc) }
 }
 
+/// Asks for the cache lines of `v` to be brought into L2 (a hint: no effect on any
+/// value; nothing off x86-64).
+#[inline(always)]
+fn prefetch<S>(v: &[S]) {
+    prefetch_lines(v.as_ptr(), v.len());
+}
+
+/// [`prefetch`] of elements `from..from + len` of `v`'s allocation, which may lie past its
+/// length (a buffer about to be written: its lines then come in before the writes).
+#[inline(always)]
+fn prefetch_spare<S>(v: &Vec<S>, from: usize, len: usize) {
+    assert!(from + len <= v.capacity());
+    prefetch_lines(v.as_ptr().wrapping_add(from), len);
+}
+
+/// The prefetches of [`prefetch`]: `len` elements from `p`, inside one allocation.
+#[inline(always)]
+fn prefetch_lines<S>(p: *const S, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let p = p as *const i8;
+        for off in (0..len * std::mem::size_of::<S>()).step_by(64) {
+            // SAFETY: a prefetch never faults, and `p + off` lies inside the allocation
+            // (the callers' bounds).
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// `v ← σ(v + shift)`, elementwise.
 #[inline(always)]
 fn map_sig<S: Real>(v: &mut [S], shift: S) {
@@ -362,27 +397,34 @@ impl Sum {
         let w = unsafe {
             std::slice::from_raw_parts(v.as_ptr() as *const u32, std::mem::size_of_val(v) / 4)
         };
+        self.add_words(w);
+    }
+
+    /// Adds the words `w` (ids, or the words of [`Sum::add`]'s elements).
+    #[inline]
+    fn add_words(&mut self, w: &[u32]) {
+        // The whole chunks of 16 with AVX2 in registers where the CPU has it: kept in
+        // `self` and updated through a closure, or in local arrays, the sums compiled to
+        // a mix of 4-lane and scalar adds (2% of the RNN LM's gradient, 12% of
+        // `lstm_sequence`'s, which sums `xw` a column of a step at a time).
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::cpu::has_avx2() {
+            // SAFETY: the CPU has AVX2 (checked).
+            done = unsafe { sum_avx2(&mut self.a, &mut self.b, w) };
+        }
         let (a, b) = (&mut self.a, &mut self.b);
-        let mut add = |w: &[u32]| {
-            for (l, &w) in w.iter().enumerate() {
+        let rest = &w[done..];
+        let mut chunks = rest.chunks_exact(16);
+        for c in &mut chunks {
+            for (l, &w) in c.iter().enumerate() {
                 a[l] = a[l].wrapping_add(w);
                 b[l] = b[l].wrapping_add(a[l]);
             }
-        };
-        let mut chunks = w.chunks_exact(16);
-        for c in &mut chunks {
-            add(c);
         }
-        add(chunks.remainder());
-    }
-
-    /// Adds the words `w` (ids).
-    fn add_words(&mut self, w: &[u32]) {
-        for c in w.chunks(16) {
-            for (l, &w) in c.iter().enumerate() {
-                self.a[l] = self.a[l].wrapping_add(w);
-                self.b[l] = self.b[l].wrapping_add(self.a[l]);
-            }
+        for (l, &w) in chunks.remainder().iter().enumerate() {
+            a[l] = a[l].wrapping_add(w);
+            b[l] = b[l].wrapping_add(a[l]);
         }
     }
 
@@ -394,6 +436,36 @@ impl Sum {
             })
         })
     }
+}
+
+/// [`Sum::add_words`] over the whole chunks of 16 words of `w` (lane `l` of the sums
+/// `a`, `b` in lanes `l % 8` of two vectors each); returns how many words it added.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(a: &mut [u32; 16], b: &mut [u32; 16], w: &[u32]) -> usize {
+    use std::arch::x86_64::*;
+    let (pa, pb) = (
+        a.as_mut_ptr() as *mut __m256i,
+        b.as_mut_ptr() as *mut __m256i,
+    );
+    let (mut a0, mut a1) = (_mm256_loadu_si256(pa), _mm256_loadu_si256(pa.add(1)));
+    let (mut b0, mut b1) = (_mm256_loadu_si256(pb), _mm256_loadu_si256(pb.add(1)));
+    let full = w.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        let p = w.as_ptr().add(i) as *const __m256i;
+        a0 = _mm256_add_epi32(a0, _mm256_loadu_si256(p));
+        a1 = _mm256_add_epi32(a1, _mm256_loadu_si256(p.add(1)));
+        b0 = _mm256_add_epi32(b0, a0);
+        b1 = _mm256_add_epi32(b1, a1);
+    }
+    _mm256_storeu_si256(pa, a0);
+    _mm256_storeu_si256(pa.add(1), a1);
+    _mm256_storeu_si256(pb, b0);
+    _mm256_storeu_si256(pb.add(1), b1);
+    full
 }
 
 /// Adds chunk `r`'s rows of step `t` of `m` (`xw`, or `x` for [`lstm_projected()`]; `T·B`
@@ -549,6 +621,12 @@ fn forward_chunk<S: Real>(
         }
         _ => (DMatrix::zeros(0, 0), Vec::new()),
     };
+    // For `lstm_embedded` in `f32` (AVX2): the table as blocks of 8 columns, row-major
+    // within each, from which a step's gate block is gathered by 8 × 8 tiles.
+    let blocked = match args.input {
+        Input::Embedded { table, .. } => Blocked::of(table.as_slice(), table.nrows(), 4 * h),
+        _ => None,
+    };
     let mut gates = Vec::with_capacity(tt * 4 * hn_len);
     let mut c = Vec::with_capacity(tt * hn_len);
     let mut tc = Vec::with_capacity(tt * hn_len);
@@ -564,9 +642,22 @@ fn forward_chunk<S: Real>(
                 // cache), in place of `xw_t`.
                 let ids = &rows[t * b + r.start..][..n];
                 sum.add_words(ids);
-                let v = table.nrows();
-                for col in table.as_slice().chunks_exact(v) {
-                    gates.extend(ids.iter().map(|&i| col[i as usize]));
+                if let Some(bt) = &blocked {
+                    let blk = gates.len();
+                    assert!(gates.capacity() >= blk + 4 * h * n);
+                    // SAFETY: the block's `n·4H` elements after `blk` lie inside the
+                    // capacity (asserted), the gather writes every one of them, `S` is
+                    // `f32` (`blocked` exists only then), and every id is below the
+                    // table's rows (`checked_rows`).
+                    unsafe {
+                        bt.gather(ids, gates.as_mut_ptr().add(blk));
+                        gates.set_len(blk + 4 * h * n);
+                    }
+                } else {
+                    let v = table.nrows();
+                    for col in table.as_slice().chunks_exact(v) {
+                        gates.extend(ids.iter().map(|&i| col[i as usize]));
+                    }
                 }
             }
             Input::Projected { x, b: bias, .. } => {
@@ -614,6 +705,16 @@ fn forward_chunk<S: Real>(
             v.resize((t + 1) * hn_len, zero);
         }
         for j in 0..h {
+            if t + 1 < tt {
+                // The next step's blocks of column j, about to be written (the gather's
+                // stores waited on their lines, from L3, for most of their time).
+                for q in 0..4 {
+                    prefetch_spare(&gates, at(t + 1, q * h + j, n, 4 * h), n);
+                }
+                for v in [&c, &tc, &hs] {
+                    prefetch_spare(v, at(t + 1, j, n, h), n);
+                }
+            }
             let [zi, zg, zf, zo] = gate_cols(&mut gates, t, j, h, n);
             let (c_before, c_now) = c.split_at_mut(at(t, j, n, h));
             let cp = if t == 0 {
@@ -984,8 +1085,10 @@ pub mod lstm_projected {
 /// [`lstm_sequence()`] of `embed(table, ids)` in one rule: what `#[task]` makes of
 /// `lstm_sequence(&embed(&table, ids), wh, h0, c0)`. Each chunk's gate block of step `t`
 /// starts as its ids' rows of the `V × 4H` table (gathered column by column from the
-/// table, in cache), and its reverse sweep scatters `dz_t`'s rows into its own part of
-/// the table's cotangent while `dz_t` is in cache (the parts summed in chunk order): the
+/// table, in cache; in `f32` on an AVX2 CPU by 8 × 8 tiles from a copy of the table in
+/// blocks of 8 row-major columns, see `tiles.rs`), and its reverse sweep scatters `dz_t`'s
+/// rows into its own part of the table's cotangent while `dz_t` is in cache (the same
+/// tiles in `f32`; the parts summed in chunk order): the
 /// `T·B × 4H` rows and their cotangent are never stored (the composition stores both and
 /// makes three strided passes over them, a quarter of its time on the RNN LM). The
 /// table's cotangent sums the same terms as the composition's scatter-add, per chunk
@@ -1267,7 +1370,12 @@ fn reverse_chunk<S: Real>(
         Input::Embedded { table, rows, .. } => Some((table.nrows(), rows)),
         _ => None,
     };
-    let mut dtable = embedded.map(|(v, _)| vec![S::zero(); v * 4 * h]);
+    // In `f32` (AVX2) the part is summed in blocks of 8 columns, row-major within each
+    // ([`Blocked`]), where a step's rows are added by 8 × 8 tiles.
+    let mut dblocked = embedded.and_then(|(v, _)| Blocked::sums::<S>(v, 4 * h));
+    let mut dtable = embedded
+        .filter(|_| dblocked.is_none())
+        .map(|(v, _)| vec![S::zero(); v * 4 * h]);
     let e = proj.map_or(0, |(x, _)| x.ncols());
     let [need_x, need_wx, need_b] = need;
     let mut dwx = (proj.is_some() && need_wx).then(|| DMatrix::<S>::zeros(e, 4 * h));
@@ -1279,6 +1387,22 @@ fn reverse_chunk<S: Real>(
     };
     for t in (0..tt).rev() {
         for j in 0..h {
+            if t > 0 {
+                // What step t − 1's arithmetic reads of column j, asked into L2 while
+                // this step's products run: a chunk's pass (7 MB at the RNN LM's sizes)
+                // outgrows L2, and the step blocks, read last to first, a page per
+                // column of `g`, come in unprefetched (the arithmetic waited on memory
+                // for most of its time).
+                for q in 0..4 {
+                    prefetch(&z[at(t - 1, q * h + j, n, 4 * h)..][..n]);
+                }
+                prefetch(&tc[at(t - 1, j, n, h)..][..n]);
+                prefetch(&gs[(t - 1) * b + r.start + j * tt * b..][..n]);
+                if t > 1 {
+                    prefetch(&c[at(t - 2, j, n, h)..][..n]);
+                    prefetch(&hs[at(t - 2, j, n, h)..][..n]);
+                }
+            }
             let [zi, zg, zf, zo] = gate_cols(&mut z, t, j, h, n);
             let cp = if t == 0 {
                 &c0.as_slice()[r.start + j * b..][..n]
@@ -1310,12 +1434,16 @@ fn reverse_chunk<S: Real>(
         };
         product_ldc(hprev.t(), dzt, dwh.as_mut_slice(), 0, h, true);
         product_ldc(dzt, wht, &mut dh, 0, n, false);
-        if let (Some((v, rows)), Some(dt)) = (embedded, &mut dtable) {
+        if let Some((v, rows)) = embedded {
             let ids = &rows[t * b + r.start..][..n];
             let blk = &z[at(t, 0, n, 4 * h)..][..4 * h * n];
-            for (dcol, zcol) in dt.chunks_exact_mut(v).zip(blk.chunks_exact(n)) {
-                for (&i, &g) in ids.iter().zip(zcol) {
-                    dcol[i as usize] += g;
+            if let Some(bs) = &mut dblocked {
+                bs.scatter_add(ids, blk);
+            } else if let Some(dt) = &mut dtable {
+                for (dcol, zcol) in dt.chunks_exact_mut(v).zip(blk.chunks_exact(n)) {
+                    for (&i, &g) in ids.iter().zip(zcol) {
+                        dcol[i as usize] += g;
+                    }
                 }
             }
         }
@@ -1344,6 +1472,9 @@ fn reverse_chunk<S: Real>(
         put_rows(d, &r, &z, 4 * h, o);
     }
     drop((z, c, tc, hs));
+    if let Some(bs) = dblocked {
+        dtable = Some(bs.into_table());
+    }
     Reverse {
         r,
         dwh,
@@ -2256,6 +2387,76 @@ mod tests {
                     g.shape() == w.shape() && (g - w).abs().max() <= 1e-12 * (1.0 + w.abs().max());
                 assert!(ok, "{b} {t} {h} argument {q}: {g} vs {w}");
             }
+        }
+    }
+
+    /// In `f32` (the 8 × 8 tile gather and scatter-add of `tiles.rs` on an AVX2 CPU) the
+    /// embedded rule equals `lstm_sequence` of the looked-up rows bit for bit: value,
+    /// tangent, the cotangents of `wh`, `h0`, `c0`, and the table's, which is `xw`'s
+    /// cotangent scattered in the rule's order (per chunk, steps last to first, rows in
+    /// order, the chunks' parts summed in chunk order) in `f32` element loops. Sizes with
+    /// whole tiles and with edges: chunks of 16 rows and of 35 (4 tiles and 3 rows), 8
+    /// gate columns, 12 and 20 (a block and 4 columns), tables of 11 and 8 rows, repeated
+    /// ids. Mutations caught: the gather's last columns skipped; the scatter's last rows
+    /// skipped; the scatter's tile stored without the sum it adds to (each tried, each
+    /// fails here).
+    #[test]
+    fn embedded_f32_tiles_equal_the_element_loops() {
+        for (q, &(v, b, t, h)) in [
+            (11, 16, 3, 2),
+            (11, 70, 2, 3),
+            (8, 16, 2, 5),
+            (11, 35, 2, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let f = |m: DMatrix<f64>| m.map(|x| x as f32);
+            let a = emb_inputs(v, b, h, 40 + q as u64).map(f);
+            let tans = emb_inputs(v, b, h, 60 + q as u64).map(f);
+            let ids = ids_of(t * b, v, 7 + q as u64);
+            let u = f(normal(t * b, h, 1.0, 80 + q as u64));
+            let (y, tan, grads) = run_emb(&a, &ids, &tans, &u);
+            let rows = |m: &DMatrix<f32>| {
+                DMatrix::from_fn(ids.len(), m.ncols(), |k, j| m[(ids[k] as usize, j)])
+            };
+            let xw = rows(&a[0]);
+            let (y2, tan2) = rules::jvp(
+                &xw,
+                &a[1],
+                &a[2],
+                &a[3],
+                Some(&rows(&tans[0])),
+                Some(&tans[1]),
+                Some(&tans[2]),
+                Some(&tans[3]),
+            );
+            assert_eq!((&y, &tan), (&y2, &tan2), "{v} {b} {t} {h}");
+            let want = rules::vjp(&xw, &a[1], &a[2], &a[3], &u);
+            let dz = want.0.unwrap();
+            let mut dt = None::<DMatrix<f32>>;
+            for r in (Dims { b, t, h }).chunks() {
+                let mut part = DMatrix::<f32>::zeros(v, 4 * h);
+                for step in (0..t).rev() {
+                    for k in r.clone() {
+                        let row = step * b + k;
+                        for j in 0..4 * h {
+                            part[(ids[row] as usize, j)] += dz[(row, j)];
+                        }
+                    }
+                }
+                dt = Some(match dt {
+                    Some(s) => s + part,
+                    None => part,
+                });
+            }
+            let expected = [
+                dt.unwrap(),
+                want.1.unwrap(),
+                want.2.unwrap(),
+                want.3.unwrap(),
+            ];
+            assert_eq!(grads, expected, "{v} {b} {t} {h}");
         }
     }
 
