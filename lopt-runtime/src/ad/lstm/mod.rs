@@ -1625,6 +1625,36 @@ mod tests {
         }
     }
 
+    /// A `rows × cols` chunk output over `buf`, which starts as −0.0 (any write changes
+    /// its bits).
+    fn neg_zero_out(buf: &mut Vec<f64>, rows: usize, cols: usize) -> Out<f64> {
+        *buf = vec![-0.0; rows * cols];
+        Out {
+            p: buf.as_mut_ptr(),
+            rows,
+            cols,
+        }
+    }
+
+    /// Chunk `r` (of `b` examples, `t` steps) wrote every element of its own rows with
+    /// `want`'s bits (row `t·B + e` is example `e`'s) and left every other −0.0.
+    fn assert_only_own_rows(
+        r: &Range<usize>,
+        (t, b): (usize, usize),
+        got: &[f64],
+        want: &[f64],
+        what: &str,
+    ) {
+        for (i, (v, w)) in got.iter().zip(want).enumerate() {
+            let ok = if r.contains(&((i % (t * b)) % b)) {
+                v.to_bits() == w.to_bits()
+            } else {
+                v.to_bits() == (-0.0f64).to_bits()
+            };
+            assert!(ok, "chunk {r:?} left {v} at the {what}'s element {i}");
+        }
+    }
+
     fn normal(r: usize, c: usize, scale: f64, seed: u64) -> DMatrix<f64> {
         let mut v = vec![0.0f32; r * c];
         Key::new(seed).fill_normal(&mut v);
@@ -1903,42 +1933,18 @@ mod tests {
         assert_eq!(d.chunks().len(), 3);
         let x = inputs(b, t, h, 271);
         let g = normal(t * b, h, 1.0, 281);
-        let neg0 = (-0.0f64).to_bits();
         // The rule's results, for the chunks' own rows.
         let want_h = lstm_sequence(&x[0], &x[1], &x[2], &x[3]);
         let want_dz = rules::vjp(&x[0], &x[1], &x[2], &x[3], &g).0.unwrap();
         for r in d.chunks() {
-            let mut hv = vec![-0.0f64; t * b * h];
-            let out = Out {
-                p: hv.as_mut_ptr(),
-                rows: t * b,
-                cols: h,
-            };
+            let (mut hv, mut dv) = (Vec::new(), Vec::new());
+            let out = neg_zero_out(&mut hv, t * b, h);
             let args = Args::given(&x[0], &x[1], &x[2], &x[3]);
             let fwd = forward_chunk(d, r.clone(), args, Some(out));
-            let mut dv = vec![-0.0f64; t * b * 4 * h];
-            let dout = Out {
-                p: dv.as_mut_ptr(),
-                rows: t * b,
-                cols: 4 * h,
-            };
+            let dout = neg_zero_out(&mut dv, t * b, 4 * h);
             let _ = reverse_chunk(d, fwd, args, [true; 3], &g, Some(dout));
-            let both = [
-                ("value", &hv, want_h.as_slice()),
-                ("cotangent", &dv, want_dz.as_slice()),
-            ];
-            for (what, m, want) in both {
-                for (i, (v, w)) in m.iter().zip(want).enumerate() {
-                    // Row `t·B + e` is example `e`'s. Its own rows all written (the rule's
-                    // matrices start uninitialized), the others not at all.
-                    let ok = if r.contains(&((i % (t * b)) % b)) {
-                        v.to_bits() == w.to_bits()
-                    } else {
-                        v.to_bits() == neg0
-                    };
-                    assert!(ok, "chunk {r:?} left {v} at the {what}'s element {i}");
-                }
-            }
+            assert_only_own_rows(&r, (t, b), &hv, want_h.as_slice(), "value");
+            assert_only_own_rows(&r, (t, b), &dv, want_dz.as_slice(), "cotangent");
         }
     }
 
@@ -2230,24 +2236,12 @@ mod tests {
         };
         let want = proj::vjp(&a[0], &a[1], &bias, &a[3], &a[4], &a[5], &[true; 6], &g).0;
         let want = want.unwrap();
-        let neg0 = (-0.0f64).to_bits();
         for r in d.chunks() {
-            let mut dv = vec![-0.0f64; t * b * e];
-            let out = Out {
-                p: dv.as_mut_ptr(),
-                rows: t * b,
-                cols: e,
-            };
+            let mut dv = Vec::new();
+            let out = neg_zero_out(&mut dv, t * b, e);
             let fwd = forward_chunk(d, r.clone(), args, None);
             let _ = reverse_chunk(d, fwd, args, [true; 3], &g, Some(out));
-            for (i, (v, w)) in dv.iter().zip(want.as_slice()).enumerate() {
-                let ok = if r.contains(&((i % (t * b)) % b)) {
-                    v.to_bits() == w.to_bits()
-                } else {
-                    v.to_bits() == neg0
-                };
-                assert!(ok, "chunk {r:?} left {v} at element {i}");
-            }
+            assert_only_own_rows(&r, (t, b), &dv, want.as_slice(), "x cotangent");
         }
     }
 
