@@ -104,14 +104,18 @@ impl Blocked {
         };
     }
 
-    /// The sums as the column-major `v × d` table.
+    /// The sums as the column-major `v × d` table: the gather of every row in order.
     pub(super) fn into_table<S: Real>(self) -> Vec<S> {
         assert_eq!(TypeId::of::<S>(), TypeId::of::<f32>());
+        let ids: Vec<u32> = (0..self.v)
+            .map(|i| u32::try_from(i).expect("a table's rows are u32 ids"))
+            .collect();
         let mut out = vec![0.0f32; self.v * self.d];
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 (this value exists only with it); `out` holds `v·d` elements.
+        // SAFETY: AVX2 (this value exists only with it); `out` holds `v·d` elements and
+        // every id is below `v`.
         unsafe {
-            x86::from_blocked(&self, &mut out)
+            x86::gather(&self, &ids, out.as_mut_ptr())
         };
         crate::kernels::tile8::from_f32(out)
     }
@@ -154,37 +158,6 @@ mod x86 {
         }
         // The last columns as they are.
         b.data[d8 * v..].copy_from_slice(&t[d8 * v..]);
-    }
-
-    /// The inverse of [`to_blocked`]: `t` = the blocked `b` as a column-major table.
-    ///
-    /// # Safety
-    /// AVX2; `t.len() == b.v·b.d`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn from_blocked(b: &Blocked, t: &mut [f32]) {
-        let (v, d, d8) = (b.v, b.d, b.d8());
-        assert!(t.len() == v * d && b.data.len() == v * d);
-        let v8 = v / 8 * 8;
-        let (s, o) = (b.data.as_ptr(), t.as_mut_ptr());
-        for c in (0..d8).step_by(8) {
-            let (s, o) = (s.add(c * v), o.add(c * v));
-            for i in (0..v8).step_by(8) {
-                let mut x = [_mm256_setzero_ps(); 8];
-                for (q, x) in x.iter_mut().enumerate() {
-                    *x = _mm256_loadu_ps(s.add((i + q) * 8));
-                }
-                tr8(&mut x);
-                for (j, x) in x.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(j * v + i), *x);
-                }
-            }
-            for i in v8..v {
-                for j in 0..8 {
-                    *o.add(j * v + i) = *s.add(i * 8 + j);
-                }
-            }
-        }
-        t[d8 * v..].copy_from_slice(&b.data[d8 * v..]);
     }
 
     /// Rows `ids` of the blocked table `b` as the column-major `ids.len() × d` block at
