@@ -123,53 +123,88 @@ pub(super) unsafe fn bcast_row_block<S: Simd, const NV: usize, const NR: usize>(
             bias.add(col)
         }
     };
+    // Full blocks first, in a loop of their own (the stride of packed blocks a constant),
+    // then the last columns ([`block_width`]).
     let mut col = 0;
+    let full = j.n - tail_width::<NR>(j.n);
     if j.bp.is_null() {
         let b0 = j.b.add(p0 * j.rsb);
         let (rsb, csb) = (j.rsb, j.csb);
-        while col + NR <= j.n {
+        while col < full {
             let (b, c) = (b0.add(col * csb), c.add(col * ldc));
             bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip, bias_at(col));
             col += NR;
         }
     } else {
-        // Packed (`pack_b`): block `col` holds rows of `NR` from `j.bp + col·k`.
-        while col + NR <= j.n {
+        // Packed (`pack_b`): block `col` holds rows of its width from `j.bp + col·k`.
+        while col < full {
             let (b, c) = (j.bp.add(col * j.k + p0 * NR), c.add(col * ldc));
             bcast::<S, NV, NR>(kc, a, lda, b, NR, 1, c, ldc, from_c, skip, bias_at(col));
             col += NR;
         }
     }
-    let nr = j.n - col;
-    if nr == 0 {
-        return;
-    }
     const { assert!(NR <= MAX_NR) };
-    let (b, rsb, csb) = if j.bp.is_null() {
-        (j.b.add(p0 * j.rsb + col * j.csb), j.rsb, j.csb)
-    } else {
-        (j.bp.add(col * j.k + p0 * nr), nr, 1)
-    };
-    let c = c.add(col * ldc);
-    let bias = bias_at(col);
-    // `NR > x` is known at compile time: arms wider than this variant's block vanish.
-    macro_rules! edge {
-        ($($w:literal)*) => {
-            match nr {
-                $($w if NR > $w => bcast::<S, NV, $w>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip, bias),)*
-                _ => unreachable!(),
-            }
+    while col < j.n {
+        let w = block_width::<NR>(j.n, col);
+        let (b, rsb, csb) = if j.bp.is_null() {
+            (j.b.add(p0 * j.rsb + col * j.csb), j.rsb, j.csb)
+        } else {
+            (j.bp.add(col * j.k + p0 * w), w, 1)
         };
+        let (c, bias) = (c.add(col * ldc), bias_at(col));
+        // `NR > x` is known at compile time: arms wider than this variant's block vanish.
+        macro_rules! edge {
+            ($($w:literal)*) => {
+                match w {
+                    w if w == NR => bcast::<S, NV, NR>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip, bias),
+                    $($w if NR > $w => bcast::<S, NV, $w>(kc, a, lda, b, rsb, csb, c, ldc, from_c, skip, bias),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        edge!(1 2 3 4 5 6 7 8 9 10 11);
+        col += w;
     }
-    edge!(1 2 3 4 5 6 7 8 9 10 11)
+}
+
+/// The columns of an `n`-column `C` after its leading blocks of `NR` ([`block_width`]):
+/// none when `NR` divides `n`, `n` itself below `NR`, else `NR` plus the remainder.
+#[inline(always)]
+pub(super) fn tail_width<const NR: usize>(n: usize) -> usize {
+    match n % NR {
+        0 => 0,
+        r if n > NR => NR + r,
+        _ => n,
+    }
+}
+
+/// The width of the column block of `C` that starts at `col` (of `n`) for a kernel `NR`
+/// wide: `NR` while at least two full blocks are left (or exactly one), the last
+/// `NR < r < 2·NR` columns as two blocks of `⌈r/2⌉` and `⌊r/2⌋` (the 4 × 6 kernel's
+/// `n = 128` ends in 4 + 4 rather than 6 + 2: a 2-column block runs at a third of the
+/// rate), fewer than `NR` as one. Packing (`with_packed_b`) and the kernels walk the same
+/// blocks.
+#[inline(always)]
+pub(super) fn block_width<const NR: usize>(n: usize, col: usize) -> usize {
+    let left = n - col;
+    if left >= 2 * NR || left == NR {
+        NR
+    } else if left > NR {
+        left.div_ceil(2)
+    } else {
+        left
+    }
 }
 
 /// Below this many columns of `C`, a product with a transposed `A` takes dot products
 /// rather than packing `A`.
 pub(super) const PACK_MIN_N: usize = 4;
 
-/// Bytes of the stack buffer a transposed panel of `A` is packed into.
-pub(super) const PACK_BYTES: usize = 16 * 1024;
+/// Bytes of the stack buffer a transposed panel of `A` is packed into, and so of a row
+/// block's chunk of `k`: 32 KB, a 64-row panel 128 long, in the 48 KB L1 of the
+/// AVX-512 Xeon (16 KB, chunks of 64, measured 2-5% slower on the transformer's
+/// products; 64 KB no faster).
+pub(super) const PACK_BYTES: usize = 32 * 1024;
 
 /// A 64-byte aligned buffer (aligned loads of the packed panel never split a line).
 #[repr(C, align(64))]
@@ -320,7 +355,7 @@ pub(super) unsafe fn with_packed_b<S: Simd, const NR: usize>(
         let dst = buf.as_mut_ptr() as *mut S::E;
         let mut col = 0;
         while col < j.n {
-            let w = NR.min(j.n - col);
+            let w = block_width::<NR>(j.n, col);
             let d = dst.add(col * j.k);
             if j.rsb == 1 {
                 // Column-major `B`: tiles of `TILE` columns by `TILE` rows transposed

@@ -265,18 +265,20 @@ fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
     }
 }
 
-/// The AVX-512 blocking (16-lane vectors, 32 x 12 broadcast blocks, 4 x 4 dot blocks),
-/// run with portable vectors of the same width, so the driver logic those entry
-/// points use is checked on any CPU: `n` = 3, 9, 10 (narrower than a block), 17 and 33
-/// (one or two blocks and a remainder of 5 or 9 columns). Mutations tried: the
-/// remainder block's `B` one column off (`col - 1`), and the remainder arms only up to
-/// 7 columns (as for 8-wide blocks): both fail here (and in
-/// `dispatched_kernels_match_f64_loop_and_portable` on an AVX-512 CPU).
+/// The AVX-512 blocking (16-lane vectors; `f32` 64 x 6 broadcast blocks, `f64` 16 x 12;
+/// 4 x 4 dot blocks), run with portable vectors of the same width, so the driver logic
+/// those entry points use is checked on any CPU: `n` = 3, 9, 10 (narrower than a 12-wide
+/// block), 8, 13, 17 and 33 (the 6-wide blocks' last 8, 7, 11 and 9 columns split in two,
+/// `block_width`), `m` = 150 (two 64-row blocks, one of 16, one shifted back). Mutations
+/// tried: the remainder block's `B` one column off (`col - 1`), the remainder arms only
+/// up to 7 columns (as for 8-wide blocks), the split's second block one column short:
+/// each fails here (and in `dispatched_kernels_match_f64_loop_and_portable` on an
+/// AVX-512 CPU).
 #[test]
 fn wide_vector_blocking_matches_f64_loop() {
     unsafe fn go(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], acc: bool) {
         let j = Job::new(a, b, c.as_mut_ptr(), acc);
-        drive::<Arr<f32, Fused, 16>, Arr<f32, Fused, 1>, 2, 12, 4, 4>(&j)
+        drive::<Arr<f32, Fused, 16>, Arr<f32, Fused, 1>, 4, 6, 4, 4>(&j)
     }
     unsafe fn go64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: &mut [f64], acc: bool) {
         let j = Job::new(a, b, c.as_mut_ptr(), acc);
@@ -290,6 +292,8 @@ fn wide_vector_blocking_matches_f64_loop() {
         (47, 300, 9),
         (64, 600, 33),
         (40, 20, 17),
+        (150, 40, 8),
+        (150, 70, 13),
     ];
     for (m, k, n) in shapes {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -521,10 +525,17 @@ fn packed_b_products_equal_unpacked_ones() {
     }
     // 280 rows: the last piece keeps 16 (a transposed `A` with fewer takes dot products);
     // 212 rows and a long `k`: chunks of `k` outermost (`K_OUTER_ROWS`), on every variant,
-    // with a shifted last row block
+    // with a shifted last row block; 520 rows: `B` packed for AVX-512's 64-row blocks too,
+    // its last 8 columns as two blocks of 4
     for (isa, (m, k, n)) in [Isa::Portable, Isa::Avx2, Isa::Avx512]
         .into_iter()
-        .flat_map(|isa| [(isa, (280, 300, 29)), (isa, (212, 600, 29))])
+        .flat_map(|isa| {
+            [
+                (isa, (280, 300, 29)),
+                (isa, (212, 600, 29)),
+                (isa, (520, 40, 26)),
+            ]
+        })
     {
         if !isa.supported() {
             continue;
