@@ -124,6 +124,110 @@ fn gelu_tanh_d_f32(x: f32, cdf: f32, th: f32) -> f32 {
     cdf + 0.5 * x * (1.0 - th * th) * du
 }
 
+/// [`gelu_tanh_f32`] and [`gelu_tanh_d_f32`] on AVX-512 registers, 16 elements at a time:
+/// LLVM vectorizes the scalar loop 8 lanes wide only (the build's 256-bit preference),
+/// and this loop is arithmetic, not memory, bound (the polynomials of `tanh` and `exp`).
+/// Lane for lane the scalar functions' operations in their order (see
+/// [`avx512`](crate::kernels::vecmath::avx512)), so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod gelu512 {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    use super::{GELU_3A, GELU_A, GELU_K};
+    use crate::kernels::vecmath::avx512::tanh16;
+
+    /// `(x · cdf, gelu_tanh'(x))` of [`gelu_tanh_f32`](super::gelu_tanh_f32) and
+    /// [`gelu_tanh_d_f32`](super::gelu_tanh_d_f32) on 16 lanes.
+    ///
+    /// # Safety
+    /// AVX-512F (the caller's target features).
+    #[inline(always)]
+    unsafe fn gelu16(x: __m512) -> (__m512, __m512) {
+        let s = _mm512_set1_ps;
+        let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+        let x3 = mul(mul(x, x), x);
+        let th = tanh16(mul(s(GELU_K), add(x, mul(s(GELU_A), x3))));
+        let cdf = mul(s(0.5), add(s(1.0), th));
+        let du = mul(s(GELU_K), add(s(1.0), mul(mul(s(GELU_3A), x), x)));
+        let d = add(cdf, mul(mul(mul(s(0.5), x), sub(s(1.0), mul(th, th))), du));
+        (mul(x, cdf), d)
+    }
+
+    /// The lanes below `n` (`n < 16`): the loop's tail, loaded and stored under a mask
+    /// (a plain masked access on AVX-512, no microcode).
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// `y[i] = gelu_tanh(x[i])` and `d[i] = gelu_tanh'(x[i])` for every `i` (all three
+    /// the same length).
+    ///
+    /// Measured on the transformer LM's training step, one thread: this loop 18% faster
+    /// than the scalar one. Aligning the stores to cache lines (a masked head) and two
+    /// registers per step measured no faster; nor did `g · d` on AVX-512 in the reverse
+    /// rule (a pass over memory, not arithmetic).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn value_and_d(
+        xs: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        d: &mut [MaybeUninit<f32>],
+    ) {
+        let n = xs.len();
+        assert!(y.len() == n && d.len() == n);
+        let (xp, yp, dp) = (
+            xs.as_ptr(),
+            y.as_mut_ptr() as *mut f32,
+            d.as_mut_ptr() as *mut f32,
+        );
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: `i + 16 <= n`, the length of all three.
+            let (v, g) = gelu16(_mm512_loadu_ps(xp.add(i)));
+            _mm512_storeu_ps(yp.add(i), v);
+            _mm512_storeu_ps(dp.add(i), g);
+            i += 16;
+        }
+        if i < n {
+            // SAFETY: the mask covers elements `i..n` only.
+            let m = lanes(n - i);
+            let (v, g) = gelu16(_mm512_maskz_loadu_ps(m, xp.add(i)));
+            _mm512_mask_storeu_ps(yp.add(i), m, v);
+            _mm512_mask_storeu_ps(dp.add(i), m, g);
+        }
+    }
+}
+
+/// Whether the `f32` `gelu_tanh` loops run on AVX-512 ([`gelu512`]): the CPU has it and
+/// `LOPT_MAX_ISA` allows it.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn gelu_wide() -> bool {
+    crate::kernels::cpu::isa() == crate::kernels::cpu::Isa::Avx512
+}
+
+/// [`gelu512::value_and_d`] where [`gelu_wide`]; `false` (nothing written) elsewhere.
+#[inline]
+fn gelu_value_and_d_wide(
+    xs: &[f32],
+    y: &mut [std::mem::MaybeUninit<f32>],
+    d: &mut [std::mem::MaybeUninit<f32>],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if gelu_wide() {
+        // SAFETY: `gelu_wide`: the CPU has AVX-512F, AVX2 and FMA.
+        unsafe { gelu512::value_and_d(xs, y, d) };
+        return true;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (xs, y, d);
+    false
+}
+
 /// What [`op::GeluTanhKeep`]'s `eval` keeps: the derivative at every element, and the
 /// addresses and length of the input and output it belongs to (only compared).
 struct KeptGeluD {
@@ -148,16 +252,19 @@ impl<S: Real> super::Unary<op::GeluTanhKeep> for DMatrix<S> {
             unsafe { std::slice::from_raw_parts(self.as_ptr() as *const f32, self.len()) };
         let n = xs.len();
         let (mut y, mut d) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
-        // One plain loop over the three slices (it vectorizes; `push` did not).
-        let slots = y.spare_capacity_mut()[..n]
-            .iter_mut()
-            .zip(&mut d.spare_capacity_mut()[..n]);
-        for ((y, d), &x) in slots.zip(xs) {
-            let (cdf, th) = gelu_tanh_f32(x);
-            y.write(x * cdf);
-            d.write(gelu_tanh_d_f32(x, cdf, th));
+        let (ys, ds) = (
+            &mut y.spare_capacity_mut()[..n],
+            &mut d.spare_capacity_mut()[..n],
+        );
+        if !gelu_value_and_d_wide(xs, ys, ds) {
+            // One plain loop over the three slices (it vectorizes; `push` did not).
+            for ((y, d), &x) in ys.iter_mut().zip(ds.iter_mut()).zip(xs) {
+                let (cdf, th) = gelu_tanh_f32(x);
+                y.write(x * cdf);
+                d.write(gelu_tanh_d_f32(x, cdf, th));
+            }
         }
-        // SAFETY: the loop wrote all `n` elements of both.
+        // SAFETY: `value_and_d` or the loop wrote all `n` elements of both.
         unsafe {
             y.set_len(n);
             d.set_len(n);
@@ -914,3 +1021,104 @@ macro_rules! lift_binary {
     };
 }
 crate::primitives::declared::for_each_elementwise_binary!(lift_binary);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `f32` arguments for the bit-equality tests of the `gelu_tanh` loops: every 2003rd
+    /// bit pattern (all exponents: subnormals, NaNs of both signs and several payloads,
+    /// both infinities), a sweep of [−16, 16] by 2⁻¹² (where `tanh` changes branch at
+    /// |u| = 0.625 and its `exp` saturates), and ±0, ±∞, NaN, the extreme finite and the
+    /// smallest subnormal values; an odd count, so the loops' masked tail runs.
+    fn gelu_arguments() -> Vec<f32> {
+        let mut xs: Vec<f32> = (0..=u32::MAX).step_by(2003).map(f32::from_bits).collect();
+        xs.extend((-(16 << 12)..=(16 << 12)).map(|i| i as f32 / 4096.0));
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MAX,
+            f32::MIN,
+            f32::from_bits(1),
+            -f32::from_bits(1),
+        ]);
+        if xs.len().is_multiple_of(16) {
+            xs.push(0.3);
+        }
+        xs
+    }
+
+    /// The first `x` where `got` and `want` differ in any bit.
+    fn first_difference(xs: &[f32], got: &[f32], want: &[f32]) -> Option<(f32, f32, f32)> {
+        let i = (0..xs.len()).find(|&i| got[i].to_bits() != want[i].to_bits())?;
+        Some((xs[i], got[i], want[i]))
+    }
+
+    /// The AVX-512 `gelu_tanh` loop gives the scalar functions' bits (the value and the
+    /// derivative) for every argument of [`gelu_arguments`], NaNs included, and
+    /// `GeluTanhKeep` on `f32` (its value, and the cotangent from the kept derivative)
+    /// does under whatever `LOPT_MAX_ISA` selects (AVX-512, or the scalar loop under
+    /// `avx2` and `portable`).
+    ///
+    /// Catches: a fused multiply-add where the scalar code rounds twice or the reverse
+    /// (tried: the derivative's `1 − th²` as one fused negated multiply-add, and the
+    /// polynomial of `exp16` with separate multiplies and adds, which fail here), and a
+    /// tail left unwritten (tried: fails on the last arguments).
+    #[test]
+    fn gelu_loops_are_the_scalar_functions_bit_for_bit() {
+        use std::mem::MaybeUninit;
+        let xs = gelu_arguments();
+        let n = xs.len();
+        let (mut yw, mut dw) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &x in &xs {
+            let (cdf, th) = gelu_tanh_f32(x);
+            yw.push(x * cdf);
+            dw.push(gelu_tanh_d_f32(x, cdf, th));
+        }
+        // Cotangents: the arguments themselves reversed (all kinds of values again).
+        let g: Vec<f32> = xs.iter().rev().copied().collect();
+        let gw: Vec<f32> = g.iter().zip(&dw).map(|(&g, &d)| g * d).collect();
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::cpu::Isa::Avx512.supported() {
+            let mut y = vec![MaybeUninit::new(f32::NAN); n];
+            let mut d = vec![MaybeUninit::new(f32::NAN); n];
+            // SAFETY: the CPU has AVX-512F (and with it AVX2 and FMA).
+            unsafe { gelu512::value_and_d(&xs, &mut y, &mut d) };
+            // SAFETY: initialized above (and every element written).
+            let (y, d): (Vec<f32>, Vec<f32>) = unsafe {
+                (
+                    y.iter().map(|v| v.assume_init()).collect(),
+                    d.iter().map(|v| v.assume_init()).collect(),
+                )
+            };
+            assert_eq!(first_difference(&xs, &y, &yw), None, "value (x, got, want)");
+            assert_eq!(
+                first_difference(&xs, &d, &dw),
+                None,
+                "derivative (x, got, want)"
+            );
+        } else {
+            eprintln!("no AVX-512 on this CPU: only the dispatched path is compared");
+        }
+        // Through the rule, on whatever path this run dispatches to.
+        let x = DMatrix::from_vec(n, 1, xs.clone());
+        let keep = op::GeluTanhKeep::new();
+        let y = super::super::Unary::eval(&x, &keep);
+        assert_eq!(
+            first_difference(&xs, y.as_slice(), &yw),
+            None,
+            "rule's value"
+        );
+        let gm = DMatrix::from_vec(n, 1, g);
+        let gx = super::super::Unary::vjp(&x, &keep, &y, gm);
+        assert_eq!(
+            first_difference(&xs, gx.as_slice(), &gw),
+            None,
+            "rule's cotangent"
+        );
+    }
+}

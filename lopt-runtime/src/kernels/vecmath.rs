@@ -206,6 +206,92 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
     }
 }
 
+/// [`exp_f32`] and [`tanh_f32`] on the 16 lanes of an AVX-512 register: their operations in
+/// their order (the fused multiply-adds where [`madd`] fuses, the clamps as `min`/`max`
+/// whose operand order keeps a NaN, the selects as masked moves), so every lane has the
+/// scalar function's bits. LLVM vectorizes the scalar forms 8 lanes wide only (the
+/// build's 256-bit preference), so loops that are mostly these polynomials gain by
+/// calling them here.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// [`madd`](super::madd) on 16 lanes: fused where the build targets FMA, else a
+    /// multiply and an add, as the scalar form compiles.
+    ///
+    /// # Safety
+    /// AVX-512F (the caller's target features).
+    #[inline(always)]
+    pub(crate) unsafe fn madd16(a: __m512, b: __m512, c: __m512) -> __m512 {
+        if cfg!(target_feature = "fma") {
+            _mm512_fmadd_ps(a, b, c)
+        } else {
+            _mm512_add_ps(_mm512_mul_ps(a, b), c)
+        }
+    }
+
+    /// [`exp_f32`](super::exp_f32) on 16 lanes, lane for lane its bits.
+    ///
+    /// # Safety
+    /// AVX-512F (the caller's target features).
+    #[inline(always)]
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
+        use super::exp_coeffs::*;
+        let s = _mm512_set1_ps;
+        // `_mm512_min_ps(a, b)` is `a < b ? a : b`: `x > HI ? HI : x`, NaN kept; and
+        // `max(LO, ·)` is `xc < LO ? LO : xc`.
+        let xc = _mm512_max_ps(s(LO), _mm512_min_ps(s(HI), x));
+        let t = madd16(xc, s(std::f32::consts::LOG2_E), s(MAGIC));
+        let n = _mm512_sub_ps(t, s(MAGIC));
+        let ni = _mm512_sub_epi32(
+            _mm512_castps_si512(t),
+            _mm512_set1_epi32(MAGIC.to_bits() as i32),
+        );
+        let r = madd16(n, s(-C2), madd16(n, s(-C1), xc));
+        let mut p = s(POLY[0]);
+        for c in &POLY[1..] {
+            p = madd16(p, r, s(*c));
+        }
+        let er = _mm512_add_ps(madd16(_mm512_mul_ps(p, r), r, r), s(1.0));
+        let half_scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            ni,
+            _mm512_set1_epi32(126),
+        )));
+        let y = _mm512_mul_ps(_mm512_mul_ps(er, half_scale), s(2.0));
+        let y = _mm512_mask_mov_ps(
+            y,
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, s(HI)),
+            s(f32::INFINITY),
+        );
+        _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, s(LO)), s(0.0))
+    }
+
+    /// [`tanh_f32`](super::tanh_f32) on 16 lanes, lane for lane its bits.
+    ///
+    /// # Safety
+    /// AVX-512F (the caller's target features).
+    #[inline(always)]
+    pub(crate) unsafe fn tanh16(x: __m512) -> __m512 {
+        let s = _mm512_set1_ps;
+        let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+        let a = _mm512_abs_ps(x);
+        let z = mul(x, x);
+        let small = add(mul(s(-5.704_988_7e-3), z), s(2.063_909e-2));
+        let small = sub(mul(small, z), s(5.373_971_6e-2));
+        let small = add(mul(small, z), s(1.333_144_2e-1));
+        let small = sub(mul(small, z), s(3.333_328e-1));
+        let small = add(mul(mul(small, z), x), x);
+        let large = sub(s(1.0), _mm512_div_ps(s(2.0), add(exp16(add(a, a)), s(1.0))));
+        // `-large` flips the sign bit (an integer xor: `_mm512_xor_ps` needs AVX-512DQ).
+        let neg = _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(large),
+            _mm512_set1_epi32(i32::MIN),
+        ));
+        let large = _mm512_mask_mov_ps(large, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, s(0.0)), neg);
+        _mm512_mask_mov_ps(large, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, s(0.625)), small)
+    }
+}
+
 /// Cephes' `sinf` and `cosf` polynomials: `(sin r, cos r)` for `r` in `[-π/4, π/4]`.
 #[inline(always)]
 pub(crate) fn sin_cos_poly(r: f32) -> (f32, f32) {
@@ -372,6 +458,55 @@ mod tests {
         }
         assert_eq!(sin_cos_f32(0.0), (0.0, 1.0));
         assert!(sin_cos_f32(-0.0).0.is_sign_negative());
+    }
+
+    /// [`avx512::exp16`] and [`avx512::tanh16`] give [`exp_f32`]'s and [`tanh_f32`]'s
+    /// bits in every lane, NaNs included: over every 2003rd bit pattern (all exponents,
+    /// subnormals, NaNs, infinities) and [−100, 100] by 2⁻¹⁰ (the clamps of `exp`, the
+    /// change of branch in `tanh`), with ±0.
+    ///
+    /// Catches: an operation rounded twice where the scalar form fuses it (tried:
+    /// `exp16`'s reduction `r` with a separate multiply and add, whose last bits the
+    /// `gelu_tanh` test does not see), or a select on the wrong side of its bound
+    /// (tried: `tanh16`'s polynomial taken for `|x| ≤ 0.625`, which fails at ±0.625).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_exp_and_tanh_are_the_scalar_functions_bit_for_bit() {
+        use std::arch::x86_64::*;
+        if !crate::kernels::cpu::Isa::Avx512.supported() {
+            eprintln!("no AVX-512 on this CPU: nothing to compare");
+            return;
+        }
+        let mut xs: Vec<f32> = (0..=u32::MAX).step_by(2003).map(f32::from_bits).collect();
+        xs.extend((-(100 << 10)..=(100 << 10)).map(|i| i as f32 / 1024.0));
+        xs.extend([0.0, -0.0]);
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn on16(xs: &[f32; 16], f: unsafe fn(__m512) -> __m512) -> [f32; 16] {
+            let mut out = [0.0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), f(_mm512_loadu_ps(xs.as_ptr())));
+            out
+        }
+        type Case = (&'static str, unsafe fn(__m512) -> __m512, fn(f32) -> f32);
+        let cases: [Case; 2] = [
+            ("exp", |x| unsafe { avx512::exp16(x) }, exp_f32),
+            ("tanh", |x| unsafe { avx512::tanh16(x) }, tanh_f32),
+        ];
+        for (name, wide, scalar) in cases {
+            for chunk in xs.chunks(16) {
+                let mut block = [0.0f32; 16];
+                block[..chunk.len()].copy_from_slice(chunk);
+                // SAFETY: the CPU has AVX-512F (and AVX2 and FMA).
+                let got = unsafe { on16(&block, wide) };
+                for (&x, &g) in block.iter().zip(&got) {
+                    let want = scalar(x);
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "{name}({x:e}): {g:e} vs {want:e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
