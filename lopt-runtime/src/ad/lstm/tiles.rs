@@ -1,4 +1,4 @@
-//! The `f32` tile paths (AVX2) of [`lstm_embedded()`](super::lstm_embedded)'s gather and
+//! The `f32` tile paths (AVX2) of [`lstm_embedded()`](super::lstm_embedded())'s gather and
 //! scatter-add: each step's gate block (`n × 4H`, column-major) is gathered from, and its
 //! cotangent scattered into, the table held as blocks of 8 columns, each a row-major
 //! `V × 8` panel ([`Blocked`]): 8 looked-up rows of a block are 8 vector loads (or 8
