@@ -270,10 +270,9 @@ fn broadcast_products_are_the_sequential_chain_bit_for_bit() {
 /// those entry points use is checked on any CPU: `n` = 3, 9, 10 (narrower than a 12-wide
 /// block), 8, 13, 17 and 33 (the 6-wide blocks' last 8, 7, 11 and 9 columns split in two,
 /// `block_width`), `m` = 150 (two 64-row blocks, one of 16, one shifted back). Mutations
-/// tried: the remainder block's `B` one column off (`col - 1`), the remainder arms only
-/// up to 7 columns (as for 8-wide blocks), the split's second block one column short:
-/// each fails here (and in `dispatched_kernels_match_f64_loop_and_portable` on an
-/// AVX-512 CPU).
+/// tried: the remainder block's `B` one column off (`col - 1`, again on the split tail's
+/// loop), the remainder arms only up to 7 columns (as for 8-wide blocks): each fails here
+/// (and in `dispatched_kernels_match_f64_loop_and_portable` on an AVX-512 CPU).
 #[test]
 fn wide_vector_blocking_matches_f64_loop() {
     unsafe fn go(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], acc: bool) {
@@ -526,7 +525,9 @@ fn packed_b_products_equal_unpacked_ones() {
     // 280 rows: the last piece keeps 16 (a transposed `A` with fewer takes dot products);
     // 212 rows and a long `k`: chunks of `k` outermost (`K_OUTER_ROWS`), on every variant,
     // with a shifted last row block; 520 rows: `B` packed for AVX-512's 64-row blocks too,
-    // its last 8 columns as two blocks of 4
+    // its last 8 columns as two blocks of 4 (mutations tried: packing those columns as
+    // 6 + 2 while the kernels read 4 + 4, and the split blocks read with a row stride of 6:
+    // both fail here)
     for (isa, (m, k, n)) in [Isa::Portable, Isa::Avx2, Isa::Avx512]
         .into_iter()
         .flat_map(|isa| {
