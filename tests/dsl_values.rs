@@ -399,6 +399,105 @@ fn recurrence_matches_plain_rust() {
     check_against!(rnn_loss, p, indep, &xs);
 }
 
+// ---------- values moved out of branches and slots ----------
+
+/// The value of an `if` chain of matrices (each branch's value moved into it, and out of
+/// it as the result), a branch whose value is read twice (`s`, copied), a `let mut`
+/// matrix read inside a loop and reassigned there, a value defined before the loop and
+/// read once inside it (`base`: copied each time), a `let mut` read once, inside the
+/// loop (`gain`: copied each time), a value read by `stop_gradient` after it was stored
+/// (`t`: copied), and the final read of the loop's slot (moved).
+#[differentiable]
+fn pick<S: Real>(z: &DMatrix<S>, which: usize, n: usize) -> DMatrix<S> {
+    let y = if which == 0 {
+        tanh(z)
+    } else if which == 1 {
+        let s = sigmoid(z);
+        component_mul(s, s) + s
+    } else {
+        relu(z) + z * 0.5
+    };
+    let base = z * 0.5;
+    let mut gain = sigmoid(z);
+    let mut acc = y;
+    for k in 0..n {
+        let t = component_mul(acc, z) * 0.5;
+        acc = t;
+        let held = stop_gradient(t) * 0.25 + component_mul(y, gain);
+        if k == 1 {
+            acc = base;
+        }
+        acc = acc + held;
+    }
+    acc
+}
+
+#[task]
+fn picked<S: Real>(z: &DMatrix<S>, which: &usize) -> S {
+    let a = pick(z, *which, 3);
+    let b = pick(&a, (*which + 1) % 3, 1);
+    sum(square(b)) * 0.5
+}
+
+/// `pick`'s value in plain f64, with `stop_gradient(t)` replaced by `sg(t)` (the test
+/// holds it at its value at the point checked, the surrogate the gradient follows).
+fn pick_f64(
+    z: &DMatrix<f64>,
+    which: usize,
+    n: usize,
+    sg: &mut dyn FnMut(&DMatrix<f64>) -> DMatrix<f64>,
+) -> DMatrix<f64> {
+    let y = match which {
+        0 => z.map(f64::tanh),
+        1 => z.map(|x| {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * s + s
+        }),
+        _ => z.map(|x| x.max(0.0) + 0.5 * x),
+    };
+    let gain = z.map(|x| 1.0 / (1.0 + (-x).exp()));
+    let mut acc = y.clone();
+    for k in 0..n {
+        let t = acc.component_mul(z) * 0.5;
+        let held = sg(&t) * 0.25 + y.component_mul(&gain);
+        acc = if k == 1 { z * 0.5 } else { t };
+        acc += held;
+    }
+    acc
+}
+
+/// Catches a value moved where it was still needed or copied from the wrong variable:
+/// the branch values of a matrix `if`, a slot read in a loop, a slot's final read, a
+/// value also read by `stop_gradient`. Mutations tried, each makes the generated code
+/// fail to build (a value used after its move), which fails this test: moving into a
+/// slot a value defined outside the block (the block check dropped); moving a slot's
+/// one read wherever the slot is declared; not counting `stop_gradient`'s copy as a read.
+#[test]
+fn values_moved_out_of_branches_and_slots_match_plain_rust() {
+    for which in 0..3 {
+        let z0 = rand_mat(3, 4, 40 + which as u64, 0.9);
+        // stop_gradient(t) is a constant for the derivatives: fix each call's value at z0.
+        let mut frozen = Vec::new();
+        let mut record = |t: &DMatrix<f64>| {
+            frozen.push(t.clone());
+            t.clone()
+        };
+        let a0 = pick_f64(&z0, which, 3, &mut record);
+        let _ = pick_f64(&a0, (which + 1) % 3, 1, &mut record);
+        let indep = |z: &DMatrix<f64>| {
+            let mut k = 0;
+            let mut held = |_: &DMatrix<f64>| {
+                k += 1;
+                frozen[k - 1].clone()
+            };
+            let a = pick_f64(z, which, 3, &mut held);
+            let b = pick_f64(&a, (which + 1) % 3, 1, &mut held);
+            0.5 * b.iter().map(|v| v * v).sum::<f64>()
+        };
+        check_against!(picked, z0.clone(), indep, &which);
+    }
+}
+
 // ---------- #[task_family]: configuration fields, data and the batch ----------
 
 /// A configuration read by the loss: a target, a scale and a flag.

@@ -54,6 +54,8 @@ pub struct Emitter<'a> {
     f: &'a Func,
     /// Per slot: declared without a value (the value of an `if`).
     deferred: Vec<bool>,
+    /// Per variable: how many times the body reads it (see [`Uses`]).
+    uses: Uses,
     args: &'a [DiffArg],
     /// The scalar type of the body (for literals and data).
     scalar: &'a syn::Type,
@@ -64,6 +66,7 @@ impl<'a> Emitter<'a> {
     pub fn new(f: &'a Func, args: &'a [DiffArg], scalar: &'a syn::Type) -> Self {
         Emitter {
             deferred: deferred_slots(f),
+            uses: Uses::of(f),
             f,
             args,
             scalar,
@@ -167,8 +170,12 @@ impl<'a> Emitter<'a> {
 
     fn fwd_block(&self, stmts: &[Stmt], mode: Mode, nested: bool) -> TokenStream {
         let mut out = TokenStream::new();
-        for s in stmts {
-            out.extend(self.fwd_stmt(s, mode));
+        for (i, s) in stmts.iter().enumerate() {
+            if let Some(moved) = self.fwd_move(stmts, i, mode) {
+                out.extend(moved);
+            } else {
+                out.extend(self.fwd_stmt(s, mode));
+            }
         }
         if mode == Mode::Grad && nested {
             for v in direct_vars(stmts) {
@@ -177,6 +184,78 @@ impl<'a> Emitter<'a> {
             }
         }
         out
+    }
+
+    /// Statement `i` of the block `stmts` as a move instead of a clone, when the value it
+    /// copies is read nowhere after it (a matrix copied into the value of an `if` and
+    /// out again cost three passes over memory): `None` for the general form.
+    ///
+    /// - `slot = v` and `let mut slot = v`: `v` is read once in the whole body, defined
+    ///   in this same block (so not once outside a loop that assigns it again), and owned.
+    ///   Not in reverse mode, where `v` stays for its rule's reverse step.
+    /// - `let v = slot`: the slot is read once in the whole body, declared in this block,
+    ///   and nothing after this statement in the block touches it. In every mode (the
+    ///   reverse sweep uses the slot's adjoint, never its value).
+    ///
+    /// The compiler checks every move: a wrong one would not build, never run wrongly.
+    fn fwd_move(&self, stmts: &[Stmt], i: usize, mode: Mode) -> Option<TokenStream> {
+        let local = |v: VarId| {
+            self.uses.var[v] == 1
+                && self.f.vars[v].access == Access::Owned
+                && direct_vars(stmts).contains(&v)
+        };
+        match &stmts[i] {
+            Stmt::SlotSet { slot, from } if mode != Mode::Grad && local(*from) => {
+                let (m, v) = (slot_ident(*slot), var_ident(*from));
+                let mut out = quote!(#m = #v;);
+                if mode == Mode::Jvp {
+                    let dm = dm_ident(*slot);
+                    let t = self.tan_moved(*from);
+                    out.extend(quote!(#dm = #t;));
+                }
+                Some(out)
+            }
+            Stmt::SlotDecl {
+                slot,
+                init: Some(from),
+            } if mode != Mode::Grad && local(*from) => {
+                let (m, v) = (slot_ident(*slot), var_ident(*from));
+                let mut out = quote!(let mut #m = #v;);
+                if mode == Mode::Jvp {
+                    let dm = dm_ident(*slot);
+                    let t = self.tan_moved(*from);
+                    out.extend(quote!(let mut #dm = #t;));
+                }
+                Some(out)
+            }
+            Stmt::Def {
+                var,
+                rhs: Rhs::SlotRead(slot),
+            } if self.uses.slot[*slot] == 1
+                && stmts[..i]
+                    .iter()
+                    .any(|s| matches!(s, Stmt::SlotDecl { slot: d, .. } if d == slot))
+                && !stmts[i + 1..].iter().any(|s| touches_slot(s, *slot)) =>
+            {
+                let (v, m) = (var_ident(*var), slot_ident(*slot));
+                let mut out = quote!(let #v = #m;);
+                if mode == Mode::Jvp && self.active(*var) {
+                    let (d, dm) = (d_ident(*var), dm_ident(*slot));
+                    out.extend(quote!(let #d = #dm;));
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// The tangent of the owned variable `v` as an `Option<V>`, moved out.
+    fn tan_moved(&self, v: VarId) -> TokenStream {
+        if !self.active(v) {
+            return quote!(::core::option::Option::None);
+        }
+        let d = d_ident(v);
+        quote!(#d)
     }
 
     fn fwd_stmt(&self, s: &Stmt, mode: Mode) -> TokenStream {
@@ -705,11 +784,21 @@ impl<'a> Emitter<'a> {
 
     // ----- whole bodies -----
 
+    /// The result's value at the end of a body: moved out when the body owns it (nothing
+    /// reads it after), cloned when it is a reference.
+    fn result_moved(&self) -> TokenStream {
+        let r = self.place(self.f.result);
+        match self.f.vars[self.f.result].access {
+            Access::Owned => r,
+            Access::Deref => quote!(::core::clone::Clone::clone(&#r)),
+        }
+    }
+
     /// The body computing the value.
     pub fn value_body(&self) -> TokenStream {
         let fwd = self.fwd_block(&self.f.body, Mode::Value, false);
-        let r = self.place(self.f.result);
-        quote!({ #fwd ::core::clone::Clone::clone(&#r) })
+        let r = self.result_moved();
+        quote!({ #fwd #r })
     }
 
     /// The body computing `(value, tangent)`; argument tangents are in scope as
@@ -718,13 +807,20 @@ impl<'a> Emitter<'a> {
         let ad = ad();
         let fwd = self.fwd_block(&self.f.body, Mode::Jvp, false);
         let r = self.place(self.f.result);
+        let owned = self.f.vars[self.f.result].access == Access::Owned;
         let tan = if self.active(self.f.result) {
-            let t = self.tan_owned(self.f.result);
+            // The result's tangent is read nowhere else: move it when it is owned.
+            let t = if owned {
+                self.tan_moved(self.f.result)
+            } else {
+                self.tan_owned(self.f.result)
+            };
             quote!(match #t { ::core::option::Option::Some(__t) => __t, ::core::option::Option::None => #ad::zero_like(&#r) })
         } else {
             quote!(#ad::zero_like(&#r))
         };
-        quote!({ #fwd (::core::clone::Clone::clone(&#r), #tan) })
+        let value = self.result_moved();
+        quote!({ #fwd let __tan = #tan; (#value, __tan) })
     }
 
     /// The body computing the value and the gradient accumulators `__darg{k}` (which it
@@ -733,7 +829,7 @@ impl<'a> Emitter<'a> {
         let ad = ad();
         let tapes = self.tape_decls();
         let fwd = self.fwd_block(&self.f.body, Mode::Grad, false);
-        let r = self.place(self.f.result);
+        let value = self.result_moved();
         // One adjoint slot per distinct argument path read; the gradient is assembled from
         // them at the end, moving each slot into place (no zero-fill-then-add pass).
         let paths = self.arg_paths();
@@ -798,11 +894,12 @@ impl<'a> Emitter<'a> {
             #ad::keep_freed_memory();
             #tapes
             #fwd
-            let __value = ::core::clone::Clone::clone(&#r);
             #path_decls
             #decls
             #seed_stmt
             #rev
+            // After the reverse sweep, which reads the result's value by reference.
+            let __value = #value;
             #grads
             #ret
         })
@@ -841,4 +938,119 @@ fn direct_vars(stmts: &[Stmt]) -> Vec<VarId> {
             _ => None,
         })
         .collect()
+}
+
+/// How many times the body reads each variable and each slot. Raw and passive tokens
+/// that name a variable or a slot (`stop_gradient`'s copy) count as reads, so such a
+/// value is never moved.
+struct Uses {
+    var: Vec<usize>,
+    slot: Vec<usize>,
+}
+
+impl Uses {
+    fn of(f: &Func) -> Self {
+        let n_slots = {
+            let mut n = 0;
+            for_each_stmt(&f.body, &mut |s| match s {
+                Stmt::SlotDecl { slot, .. } | Stmt::SlotSet { slot, .. } => n = n.max(slot + 1),
+                Stmt::Def {
+                    rhs: Rhs::SlotRead(slot),
+                    ..
+                } => n = n.max(slot + 1),
+                _ => {}
+            });
+            n
+        };
+        let mut u = Uses {
+            var: vec![0; f.vars.len()],
+            slot: vec![0; n_slots],
+        };
+        u.var[f.result] += 1;
+        for_each_stmt(&f.body, &mut |s| match s {
+            Stmt::Def { rhs, .. } => match rhs {
+                Rhs::Binary { a, b, .. } => {
+                    u.var[*a] += 1;
+                    u.var[*b] += 1;
+                }
+                Rhs::Select { mask, a, b } => {
+                    u.var[*mask] += 1;
+                    u.var[*a] += 1;
+                    u.var[*b] += 1;
+                }
+                Rhs::Unary { op, x } => {
+                    u.var[*op] += 1;
+                    u.var[*x] += 1;
+                }
+                Rhs::Call { args, .. } => args.iter().for_each(|a| u.var[a.var] += 1),
+                Rhs::SlotRead(slot) => u.slot[*slot] += 1,
+                Rhs::Data { expr: t, .. } | Rhs::Lit(t) | Rhs::Raw(t) => u.tokens(t.clone()),
+                Rhs::ArgRead { .. } => {}
+            },
+            Stmt::SlotDecl { init: Some(v), .. } => u.var[*v] += 1,
+            Stmt::SlotSet { from, .. } => u.var[*from] += 1,
+            Stmt::Passive(t) => u.tokens(t.clone()),
+            Stmt::For { lo, hi, .. } => {
+                u.tokens(lo.clone());
+                u.tokens(hi.clone());
+            }
+            Stmt::If { cond, .. } => match cond {
+                Cond::Bool(t) | Cond::Mask(t) => u.tokens(t.clone()),
+            },
+            Stmt::SlotDecl { init: None, .. } => {}
+        });
+        u
+    }
+
+    /// Counts the generated names (`__vN`, `__mN`) in `t` as reads.
+    fn tokens(&mut self, t: TokenStream) {
+        for tt in t {
+            match tt {
+                proc_macro2::TokenTree::Group(g) => self.tokens(g.stream()),
+                proc_macro2::TokenTree::Ident(i) => {
+                    let name = i.to_string();
+                    let num = |p: &str| name.strip_prefix(p)?.parse::<usize>().ok();
+                    if let Some(v) = num("__v").filter(|&v| v < self.var.len()) {
+                        self.var[v] += 1;
+                    }
+                    if let Some(m) = num("__m") {
+                        if m >= self.slot.len() {
+                            self.slot.resize(m + 1, 0);
+                        }
+                        self.slot[m] += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether `s` (or a block nested in it) declares, assigns or reads `slot`, or is an `if`
+/// whose lanes may blend it.
+fn touches_slot(s: &Stmt, slot: SlotId) -> bool {
+    let mut hit = false;
+    let name = slot_ident(slot).to_string();
+    let mut check = |s: &Stmt| match s {
+        Stmt::SlotDecl { slot: x, .. } | Stmt::SlotSet { slot: x, .. } if *x == slot => hit = true,
+        Stmt::Def {
+            rhs: Rhs::SlotRead(x),
+            ..
+        } if *x == slot => hit = true,
+        Stmt::Passive(t)
+        | Stmt::Def {
+            rhs: Rhs::Raw(t), ..
+        } if t.to_string().contains(&name) => hit = true,
+        _ => {}
+    };
+    check(s);
+    match s {
+        Stmt::For { body, .. } => for_each_stmt(body, &mut check),
+        Stmt::If { then, els, .. } => {
+            for_each_stmt(then, &mut check);
+            for_each_stmt(els, &mut check);
+        }
+        _ => {}
+    }
+    hit
 }
