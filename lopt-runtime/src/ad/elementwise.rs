@@ -54,20 +54,84 @@ pub(crate) fn update<S: Real>(o: &mut [S], a: &[S], b: &[S], c: &[S], f: impl Fn
     }
 }
 
+/// Floats from which an elementwise pass called from outside the thread pool runs in
+/// chunks on it: 1 MB of `f32`. The conv family's activations, 2048 × 32 packets of
+/// `Lanes<8>` (2 MB), were passed over by one thread between convolutions that use every
+/// core (measured: a third of the family's training step ran on the calling thread
+/// alone). Inside the pool (a data-parallel chunk, a lane group) the work is already
+/// split. Each element is computed as on one thread, so the split changes no value.
+const PAR_MIN_FLOATS: usize = 1 << 18;
+
+/// The elements per chunk of an elementwise pass over `n` elements of `S` on the thread
+/// pool ([`PAR_MIN_FLOATS`]), or `None` to run it on this thread.
+fn par_chunk<S: Real>(n: usize) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    (n.saturating_mul(S::LANES) >= PAR_MIN_FLOATS
+        && threads > 1
+        && rayon::current_thread_index().is_none())
+    .then(|| n.div_ceil(2 * threads).next_multiple_of(8))
+}
+
 /// `g[i] = f(a[i], b[i], g[i])` for every element: a cotangent computed in the buffer of
 /// the output cotangent it replaces (same shape), so the reverse sweep allocates nothing.
+/// Large passes run on the pool ([`par_chunk`]).
 #[inline]
 pub(crate) fn map_into<S: Real, R: Dim, C: Dim>(
     mut g: OMatrix<S, R, C>,
     a: &[S],
     b: &[S],
-    f: impl Fn(S, S, S) -> S,
+    f: impl Fn(S, S, S) -> S + Sync,
 ) -> OMatrix<S, R, C>
 where
     DefaultAllocator: Allocator<R, C>,
 {
-    update(g.as_mut_slice(), a, b, b, |t, a, b, _| f(a, b, t));
+    match par_chunk::<S>(g.len()) {
+        Some(c) => map_into_chunks(g.as_mut_slice(), a, b, &f, c),
+        None => update(g.as_mut_slice(), a, b, b, |t, a, b, _| f(a, b, t)),
+    }
     g
+}
+
+/// [`map_into`]'s pass in chunks of `c` elements on the thread pool.
+fn map_into_chunks<S: Real>(
+    g: &mut [S],
+    a: &[S],
+    b: &[S],
+    f: &(impl Fn(S, S, S) -> S + Sync),
+    c: usize,
+) {
+    use rayon::prelude::*;
+    g.par_chunks_mut(c)
+        .zip(a.par_chunks(c))
+        .zip(b.par_chunks(c))
+        .for_each(|((g, a), b)| update(g, a, b, b, |t, a, b, _| f(a, b, t)));
+}
+
+/// `f` of every element of `x` in chunks of `c` elements on the thread pool.
+fn map_chunks<S: Real, R: Dim, C: Dim>(
+    x: &OMatrix<S, R, C>,
+    f: impl Fn(S) -> S + Sync,
+    c: usize,
+) -> OMatrix<S, R, C>
+where
+    DefaultAllocator: Allocator<R, C>,
+{
+    use rayon::prelude::*;
+    let n = x.len();
+    let mut v: Vec<S> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(c)
+        .zip(x.as_slice().par_chunks(c))
+        .for_each(|(o, xs)| {
+            for (o, &x) in o.iter_mut().zip(xs) {
+                o.write(f(x));
+            }
+        });
+    // SAFETY: the chunks of `v`'s first `n` slots and of `x` pair up one to one and
+    // every slot was written.
+    unsafe { v.set_len(n) };
+    let (rows, cols) = x.shape_generic();
+    OMatrix::from_vec_generic(rows, cols, v)
 }
 
 /// [`map_into`] with three operand slices: `g[i] = f(a[i], b[i], y[i], g[i])`.
@@ -337,6 +401,9 @@ pub(crate) mod lift {
     {
         if let Some(y) = eval_f32_poly::<S, R, C, P>(x) {
             return y;
+        }
+        if let Some(c) = par_chunk::<S>(x.len()) {
+            return map_chunks(x, |x| op.f(x), c);
         }
         build_like(x, x.as_slice().iter().map(|&x| op.f(x)))
     }
@@ -793,10 +860,11 @@ fn bias_check<S: Real>(what: &str, m: &DMatrix<S>, v: (usize, usize), swap: bool
 /// computed as on one thread, so the results do not depend on the split.
 const BIAS_PAR_MIN: usize = 1 << 20;
 
-/// Whether a bias pass over `m` runs on the pool ([`BIAS_PAR_MIN`]), and then the columns
-/// per chunk.
+/// Whether a bias pass over `m` runs on the pool ([`BIAS_PAR_MIN`] elements, or what
+/// [`par_chunk`] splits), and then the columns per chunk.
 fn bias_par<S: Real>(m: &DMatrix<S>) -> Option<usize> {
-    (m.len() >= BIAS_PAR_MIN && m.nrows() > 0 && rayon::current_num_threads() > 1)
+    let large = m.len() >= BIAS_PAR_MIN || par_chunk::<S>(m.len()).is_some();
+    (large && m.nrows() > 0 && rayon::current_num_threads() > 1)
         .then(|| m.ncols().div_ceil(2 * rayon::current_num_threads()).max(1))
 }
 
@@ -1025,6 +1093,57 @@ crate::primitives::declared::for_each_elementwise_binary!(lift_binary);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ad::pointwise::Pointwise;
+    use crate::lanes::Lanes;
+
+    /// The chunked passes on the pool give every element exactly what one pass gives
+    /// (`Lanes<8>` and `f32`, chunk sizes that do and do not divide the length, 1 and 3
+    /// threads), and the calling thread of a pool never splits again. Catches (tried):
+    /// the output's chunks paired with the input's one chunk late (`skip(1)`), and the
+    /// operands' chunks cut at another size than the output's.
+    #[test]
+    fn chunked_elementwise_passes_equal_one_pass() {
+        let x = DMatrix::from_fn(37, 5, |i, j| {
+            Lanes::<8>::from_lanes(|l| ((i * 7 + j * 3 + l) as f64 * 0.37).sin() * 3.0)
+        });
+        let g = x.map(|v| v * Lanes::splat(0.5) + Lanes::splat(1.0));
+        let op = op::Tanh;
+        let one_eval = build_like(&x, x.as_slice().iter().map(|&v| op.f(v)));
+        let mut one_vjp = g.clone();
+        update(
+            one_vjp.as_mut_slice(),
+            x.as_slice(),
+            one_eval.as_slice(),
+            one_eval.as_slice(),
+            |t, x, y, _| op.d(x, y, t),
+        );
+        for threads in [1, 3] {
+            for c in [8, 24, 64, 185, 400] {
+                let got = crate::on_threads(threads, || map_chunks(&x, |v| op.f(v), c));
+                assert_eq!(got, one_eval, "value, chunks of {c}, {threads} threads");
+                let mut gv = g.clone();
+                crate::on_threads(threads, || {
+                    map_into_chunks(
+                        gv.as_mut_slice(),
+                        x.as_slice(),
+                        one_eval.as_slice(),
+                        &|x, y, t| op.d(x, y, t),
+                        c,
+                    )
+                });
+                assert_eq!(gv, one_vjp, "cotangent, chunks of {c}, {threads} threads");
+            }
+        }
+        let xf = x.map(|v| v.lane(3) as f32);
+        let want = xf.map(|v| v.max(0.0));
+        assert_eq!(
+            crate::on_threads(3, || map_chunks(&xf, |v| v.max(0.0), 16)),
+            want
+        );
+        // A pool's own threads already share the work: no further split from inside.
+        assert_eq!(crate::on_threads(3, || par_chunk::<f32>(1 << 22)), None);
+        assert_eq!(par_chunk::<Lanes<8>>(100), None);
+    }
 
     /// `f32` arguments for the bit-equality tests of the `gelu_tanh` loops: every 2003rd
     /// bit pattern (all exponents: subnormals, NaNs of both signs and several payloads,

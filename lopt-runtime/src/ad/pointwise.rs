@@ -11,8 +11,9 @@ use super::{Binary, Unary};
 use crate::scalar::Real;
 
 /// A unary elementwise function and its derivative: one declaration gives both
-/// derivative modes on scalars, matrices, vectors and lanes.
-pub trait Pointwise<S: Real> {
+/// derivative modes on scalars, matrices, vectors and lanes. `Sync`: large matrices are
+/// passed over by several threads at once.
+pub trait Pointwise<S: Real>: Sync {
     /// `f(x)`.
     fn f(&self, x: S) -> S;
     /// `f'(x) * t`, given `y = f(x)` (rules such as `exp` reuse it).
