@@ -971,7 +971,11 @@ impl Conv2dGeometry {
         }
         let (m, k, n) = (self.out_rows(), self.patch_len(), w.ncols());
         let wo = self.out_hw().1;
-        let mut y = zeroed::<S>(m * n);
+        // Uninitialized: each block's product writes its rows of every column (no
+        // accumulation), and the blocks cover every line. A zero-fill here was a pass by
+        // the calling thread alone for packets (`f32` and `f64` come zeroed from the
+        // allocator).
+        let mut y: Vec<S> = Vec::with_capacity(m * n);
         let out = Shared(y.as_mut_ptr());
         let wv = MatRef::col_major(w.as_slice(), k, n).expect("kernel shape checked");
         self.par_chunks(|_, chunk| {
@@ -993,6 +997,9 @@ impl Conv2dGeometry {
                 }
             }
         });
+        // SAFETY: every block wrote all of its rows of every column (above), and the
+        // chunks' blocks cover all `m` rows.
+        unsafe { y.set_len(m * n) };
         DMatrix::from_vec(m, n, y)
     }
 }
@@ -1044,11 +1051,10 @@ impl Conv2dGeometry {
         let need_b = relu.is_some_and(|r| r.1);
         let wo = g.out_hw().1;
         let chunks = g.chunks();
-        let mut dx = if need_x {
-            zeroed::<S>(g.in_rows() * g.channels)
-        } else {
-            Vec::new()
-        };
+        // Uninitialized: each chunk zeroes its own images' rows before adding into them,
+        // on its thread (a zero-fill here was a pass by the calling thread alone for
+        // packets), and the chunks cover every image.
+        let mut dx: Vec<S> = Vec::with_capacity(if need_x { g.in_rows() * g.channels } else { 0 });
         let dx_ptr = Shared(dx.as_mut_ptr());
         let mut partial = if need_w {
             vec![S::zero(); chunks.len() * k * n]
@@ -1063,6 +1069,21 @@ impl Conv2dGeometry {
         let zs = relu.map(|r| r.0.as_slice());
         let thin = g.takes_thin::<S>();
         g.par_chunks(|ci, chunk| {
+            if need_x {
+                let (ho, img) = (g.out_hw().0, g.height * g.width);
+                let (i0, i1) = (chunk.0 / ho * img, chunk.1 / ho * img);
+                for c in 0..g.channels {
+                    // SAFETY: rows i0..i1 of channel c are this chunk's images' alone,
+                    // inside dx's capacity of in_rows·channels (not yet initialized).
+                    let rows = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dx_ptr.at(c * g.in_rows() + i0) as *mut std::mem::MaybeUninit<S>,
+                            i1 - i0,
+                        )
+                    };
+                    rows.fill(std::mem::MaybeUninit::new(S::zero()));
+                }
+            }
             let lines = g.block_lines::<S>().min(chunk.1 - chunk.0);
             let mut buf = vec![S::zero(); lines * wo * k];
             // Filled by copies block by block (no pass of zeros first).
@@ -1163,7 +1184,12 @@ impl Conv2dGeometry {
             }
             sum
         });
-        let dx = need_x.then(|| DMatrix::from_vec(g.in_rows(), g.channels, dx));
+        let dx = need_x.then(|| {
+            // SAFETY: every chunk zeroed its images' rows of every channel (then added
+            // into them), and the chunks cover every image.
+            unsafe { dx.set_len(g.in_rows() * g.channels) };
+            DMatrix::from_vec(g.in_rows(), g.channels, dx)
+        });
         (dx, dw, db)
     }
 }
