@@ -1128,6 +1128,13 @@ mod tests {
     /// for every element), on every shape and layout with and without accumulation,
     /// into outputs with guard packets on both sides that no write may touch; the old
     /// values include `-0.0` (`-0 + +0` is `+0`: the add is never skipped).
+    ///
+    /// Mutations tried, each failing this test (the first five also both f64 checks):
+    /// the rows of a pair swapped in the packed panel (`B` meets the wrong half); an odd
+    /// last row not stored; the packed panel read with a full panel's stride in a
+    /// narrower one; chains not carried between `k` slices; the whole-register store
+    /// used for 24-lane packets (rows 24 floats apart); the odd last row's empty half
+    /// stored too (the guards); accumulating an empty sum by leaving `c` alone.
     fn same_bits<const N: usize>(shapes: &[(usize, usize, usize)]) {
         let guard = Lanes::<N>::splat(f32::from_bits(0x7FC0_0123));
         for &(m, k, n) in shapes {
