@@ -32,6 +32,11 @@
 //! - `part.rnn.readout_{fwd,dw,dx}`: the read-out products of the LSTM LM on one
 //!   data-parallel chunk (2048 × 128 × 256), alone.
 //!
+//! - `part.lanes8.conv_{fwd,dw,dx}_40x288x32` (and `part.lanes16.*`): products of
+//!   `Lanes<8>` (`Lanes<16>`) packet matrices, one block of 40 patch rows of the second
+//!   layer of the vmapped conv family (`conv_family` in `benches/tasks.rs`): `P·W`,
+//!   `dWᵀ += Gᵀ·P`, `G·Wᵀ` (FLOP counted over every lane).
+//!
 //! These three use both cores: compare them with JAX (which also does) in wall time on a
 //! quiet machine, or in CPU time with `RAYON_NUM_THREADS=1 LOPT_BENCH_CLOCK=cpu` for one
 //! core's efficiency (the fractions of `peak.fma` printed are then per core).
@@ -684,6 +689,56 @@ fn main() {
             }));
         }
     }
+
+    // Products of SIMD-lane packets (`Lanes<8>`: one instance per lane, as a vmapped
+    // task family runs them) of the conv family's second layer on one block of 40 patch
+    // rows (3×3×32 patches, 32 channels): the forward `P·W`, the kernel gradient
+    // `dWᵀ += Gᵀ·P` and the patches' `G·Wᵀ`, then the same on `Lanes<16>`. FLOP counts
+    // every lane.
+    fn packets<const N: usize>(
+        cases: &mut Vec<Case<'_>>,
+        flops: &mut Vec<(String, f64)>,
+        wanted: &dyn Fn(&str) -> bool,
+    ) {
+        let (m, k, n) = (40usize, 288usize, 32usize);
+        let fill = |len: usize, salt: usize| -> Vec<Lanes<N>> {
+            (0..len)
+                .map(|x| {
+                    let mut v = Lanes::<N>::splat(0.0);
+                    for (l, e) in v.0.iter_mut().enumerate() {
+                        *e = ((x * 31 + l * 7 + salt) % 17) as f32 / 17.0 - 0.5;
+                    }
+                    v
+                })
+                .collect()
+        };
+        let (p, w, g) = (fill(m * k, 1), fill(k * n, 2), fill(m * n, 3));
+        for part in ["fwd", "dw", "dx"] {
+            let id = format!("part.lanes{N}.conv_{part}_40x288x32");
+            if !wanted(&id) {
+                continue;
+            }
+            flops.push((id.clone(), 2.0 * (m * k * n * N) as f64));
+            let (p, w, g) = (p.clone(), w.clone(), g.clone());
+            let mut c = vec![Lanes::<N>::splat(0.0); m * k];
+            cases.push(Case::new(id, move || {
+                let (pv, wv) = (
+                    MatRef::col_major(&p, m, k).unwrap(),
+                    MatRef::col_major(&w, k, n).unwrap(),
+                );
+                let gv = MatRef::col_major(&g, m, n).unwrap();
+                match part {
+                    "fwd" => gemm(pv, wv, &mut c[..m * n], false),
+                    "dw" => gemm(gv.t(), pv, &mut c[..n * k], true),
+                    _ => gemm(gv, wv.t(), &mut c[..m * k], false),
+                }
+                .unwrap();
+                keep(&c);
+            }));
+        }
+    }
+    packets::<8>(&mut cases, &mut flops, &wanted);
+    packets::<16>(&mut cases, &mut flops, &wanted);
 
     common::select(&mut cases);
     let summary = common::run(&mut cases, 7, Duration::from_millis(300));

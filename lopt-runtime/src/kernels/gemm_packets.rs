@@ -10,6 +10,9 @@
 //! transposed operands are read in place without packing. The block is walked so that the
 //! panel of the larger operand stays in L1 while the smaller operand streams from L2.
 //!
+//! On CPUs with AVX-512 the `avx512` kernel takes its place: whole `zmm` registers (two
+//! rows of an 8-lane packet in one), the same sums in the same order, so the same bits.
+//!
 //! Other scalars (and CPUs without AVX2/FMA) take a register-blocked generic loop. Both
 //! sum each element's `k` products in order into a fresh accumulator and then add the old
 //! value when accumulating; the fast path rounds each multiply-add once (FMA), the
@@ -17,6 +20,7 @@
 
 use std::any::TypeId;
 
+use super::cpu::{isa, Isa};
 use crate::lanes::Lanes;
 use crate::scalar::Real;
 
@@ -87,6 +91,24 @@ pub(crate) unsafe fn gemm_packets_raw<S: Real>(
     c: *mut S,
     accumulate: bool,
 ) {
+    gemm_packets_with(isa(), m, k, n, a, b, c, accumulate)
+}
+
+/// [`gemm_packets_raw`] with the instruction set given.
+///
+/// # Safety
+/// As [`gemm_packets_raw`]; the CPU supports `isa`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_packets_with<S: Real>(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Strided<'_, S>,
+    b: Strided<'_, S>,
+    c: *mut S,
+    accumulate: bool,
+) {
     assert!(
         a.fits(m, k) && b.fits(k, n),
         "gemm_packets: view outside its data"
@@ -94,13 +116,20 @@ pub(crate) unsafe fn gemm_packets_raw<S: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     #[cfg(target_arch = "x86_64")]
-    if lanes_multiple_of_8::<S>() && super::cpu::has_avx2_fma() {
+    if lanes_multiple_of_8::<S>() && isa != Isa::Portable {
+        let kernel = match isa {
+            Isa::Avx512 => avx512::gemm,
+            _ => avx2::gemm,
+        };
         // SAFETY: `S` is `Lanes<S::LANES>` (checked by TypeId), so its storage is
-        // `S::LANES` contiguous `f32`; the CPU has AVX2 and FMA; the views lie inside
-        // their data (asserted above) and `c` is valid for `m·n` packets (the caller's
-        // contract), written without being read unless `accumulate`.
-        avx2::gemm(
+        // `S::LANES` contiguous `f32`; the CPU has the kernel's features (the caller's
+        // contract); the views lie inside their data (asserted above) and `c` is valid
+        // for `m·n` packets (the caller's contract), written without being read unless
+        // `accumulate`.
+        kernel(
             m,
             k,
             n,
@@ -463,6 +492,395 @@ mod avx2 {
     }
 }
 
+/// The AVX-512 kernel on the raw `f32` storage of `Lanes<N>` matrices, `N` a multiple of
+/// 8: a 16-lane chunk of a packet is one `zmm`; an 8-lane chunk (the last of `N = 8, 24,
+/// ...`) puts two rows of `A` and `C` in one `zmm` (rows `i`, `i + 1`) and broadcasts the
+/// packet of `B` to both halves, so the FMAs run at full width either way.
+///
+/// Row panels of `A` (up to 4 `zmm` a k step: 4 rows of 16 lanes or 8 rows of 8) are
+/// packed k-major, `KC` steps of `k` at a time so that the panel stays in L1 (an odd
+/// last row paired with zeros), and every
+/// column block of `B` (up to 6 packets, read in place) runs against it: 24 accumulators,
+/// 4 loads of `A` and 6 of `B` per 24 FMAs. Each element is one FMA chain over `k` in
+/// order from zero (the chain's value carried between `k` slices in a buffer, exactly),
+/// then `old +` it when accumulating: the same operations as the AVX2 kernel, so the
+/// same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use core::arch::x86_64::*;
+
+    use crate::kernels::gemm::block_width;
+
+    /// Packets of `B` (columns) in a block.
+    const NR: usize = 6;
+    /// Registers of `A` (and rows of accumulators) in a block.
+    const MZ: usize = 4;
+    /// The most `k` steps of a packed panel: 4 registers × 64 steps is 16 KiB of the
+    /// 48 KiB L1, the rest for the streamed columns of `B` (measured on
+    /// `part.lanes8.conv_fwd_*`, k = 288: 64 ran 5% faster than 48 or 96, 15% faster
+    /// than 144 or one slice).
+    const KC: usize = 64;
+
+    /// A `zmm` of packed floats (the buffers' unit, so aligned loads never split a line).
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    #[allow(dead_code)] // only allocated: filled and read through raw pointers
+    struct Z([f32; 16]);
+
+    /// A strided matrix of packets in floats: element `(i, j)` starts at
+    /// `p + i * rs + j * cs`.
+    #[derive(Clone, Copy)]
+    struct View {
+        p: *const f32,
+        rs: usize,
+        cs: usize,
+    }
+
+    /// The output: element `(i, j)` starts at `p + i * rs + j * cs`.
+    #[derive(Clone, Copy)]
+    struct Out {
+        p: *mut f32,
+        rs: usize,
+        cs: usize,
+    }
+
+    /// `c (+)= a·b` on packets of `lanes` floats (a multiple of 8); `a` and `b` are
+    /// (pointer, row stride, column stride) in packets, `c` is column-major `m x n`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA; every element of the `m x k` and `k x n`
+    /// views, and `m·n` packets at `c`, are valid `lanes`-float packets (`c` for writes,
+    /// and initialized when `accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        lanes: usize,
+        a: (*const f32, usize, usize),
+        b: (*const f32, usize, usize),
+        c: *mut f32,
+        accumulate: bool,
+    ) {
+        debug_assert!(lanes.is_multiple_of(8));
+        // Lane chunks of 16 (one register a packet) then 8 (two rows a register) are
+        // independent products.
+        let mut off = 0;
+        while off < lanes {
+            let av = View {
+                p: a.0.wrapping_add(off),
+                rs: a.1 * lanes,
+                cs: a.2 * lanes,
+            };
+            let bv = View {
+                p: b.0.wrapping_add(off),
+                rs: b.1 * lanes,
+                cs: b.2 * lanes,
+            };
+            let cv = Out {
+                p: c.wrapping_add(off),
+                rs: lanes,
+                cs: m * lanes,
+            };
+            if lanes - off >= 16 {
+                chunk::<false>(m, k, n, av, bv, cv, accumulate);
+                off += 16;
+            } else {
+                chunk::<true>(m, k, n, av, bv, cv, accumulate);
+                off += 8;
+            }
+        }
+    }
+
+    /// One lane chunk: 16 lanes of each packet, or 8 with `PAIR` (two rows a register).
+    ///
+    /// # Safety
+    /// As [`gemm`], for the chunk's lanes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn chunk<const PAIR: bool>(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: View,
+        b: View,
+        c: Out,
+        accumulate: bool,
+    ) {
+        let per = if PAIR { 2 } else { 1 };
+        let mr = MZ * per;
+        // Equal slices of at most KC steps; one (empty) slice when k = 0, whose blocks
+        // still write zeros (or old + 0).
+        let slices = k.div_ceil(KC).max(1);
+        let kc = k.div_ceil(slices);
+        let mut panel: Vec<Z> = Vec::with_capacity(MZ * kc);
+        let pk = panel.as_mut_ptr() as *mut f32;
+        // The chains of a row panel between slices: register (j, q) at (j·MZ + q)·16.
+        let mut carry: Vec<Z> = Vec::with_capacity(if slices > 1 { MZ * n } else { 0 });
+        let cy = carry.as_mut_ptr() as *mut f32;
+        let mut scratch = [Z([0.0; 16]); MZ * NR];
+        let sc = scratch.as_mut_ptr() as *mut f32;
+        for i0 in (0..m).step_by(mr) {
+            let rows = (m - i0).min(mr);
+            let mz = rows.div_ceil(per);
+            for s in 0..slices {
+                let k0 = s * kc;
+                let kk = kc.min(k - k0);
+                // Packed even when the panel's registers are adjacent in `a`: reading
+                // them in place measured 10-15% slower on the conv family's forward
+                // product (`part.lanes8.conv_fwd_*`: `Lanes` are 4-byte aligned, so
+                // the loads split cache lines, and the k steps are far apart).
+                pack::<PAIR>(a, i0, rows, k0, kk, pk);
+                let mut j0 = 0;
+                while j0 < n {
+                    let nr = block_width::<NR>(n, j0);
+                    let blk = Block {
+                        k: kk,
+                        a: pk,
+                        b: View {
+                            p: b.p.wrapping_add(k0 * b.rs + j0 * b.cs),
+                            ..b
+                        },
+                        c: Out {
+                            p: c.p.wrapping_add(i0 * c.rs + j0 * c.cs),
+                            ..c
+                        },
+                        rows,
+                        carry: cy.wrapping_add(j0 * MZ * 16),
+                        scratch: sc,
+                        first: s == 0,
+                        last: s + 1 == slices,
+                        accumulate,
+                    };
+                    // SAFETY: the block's rows, columns and k steps are inside the
+                    // matrices (the caller's contract), the panel holds its mz·kk
+                    // registers (packed just above) and `carry` MZ·n registers when
+                    // there is more than one slice (the only case it is used).
+                    block_dyn::<PAIR>(mz, nr, &blk);
+                    j0 += nr;
+                }
+            }
+        }
+    }
+
+    /// Copies rows `i0..i0 + rows` of `a`, k steps `k0..k0 + kk`, into `pk` k-major, a
+    /// register a time: with `PAIR` register `q` of step `p` (at `(p·mz + q)·16`) holds
+    /// rows `2q` and `2q + 1` (zeros for a missing last row), else row `q`.
+    ///
+    /// # Safety
+    /// The rows and steps are inside `a`; `pk` is valid for `mz·kk` registers.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn pack<const PAIR: bool>(
+        a: View,
+        i0: usize,
+        rows: usize,
+        k0: usize,
+        kk: usize,
+        pk: *mut f32,
+    ) {
+        let mz = if PAIR { rows.div_ceil(2) } else { rows };
+        for p in 0..kk {
+            let src = a.p.add(i0 * a.rs + (k0 + p) * a.cs);
+            let dst = pk.add(p * mz * 16);
+            if PAIR {
+                for i in 0..rows {
+                    _mm256_store_ps(dst.add(i * 8), _mm256_loadu_ps(src.add(i * a.rs)));
+                }
+                if rows % 2 == 1 {
+                    _mm256_store_ps(dst.add(rows * 8), _mm256_setzero_ps());
+                }
+            } else {
+                for i in 0..rows {
+                    _mm512_store_ps(dst.add(i * 16), _mm512_loadu_ps(src.add(i * a.rs)));
+                }
+            }
+        }
+    }
+
+    /// One block's operands: the packed panel `a` (`k` steps of the block's registers),
+    /// `b` at the block's first step and column, `c` at its top-left packet.
+    struct Block {
+        k: usize,
+        a: *const f32,
+        b: View,
+        c: Out,
+        /// Rows of the panel (the last register of an odd count holds one row).
+        rows: usize,
+        /// The panel's chains at this block's first column (between slices).
+        carry: *mut f32,
+        /// Room for a block's registers (the last slice's results on their way to `c`).
+        scratch: *mut f32,
+        /// The first slice of `k` (chains start at zero, else from `carry`).
+        first: bool,
+        /// The last slice (results to `c`, else the chains to `carry`).
+        last: bool,
+        accumulate: bool,
+    }
+
+    /// [`block`] with run-time sizes (1 to [`MZ`] registers, 1 to [`NR`] columns).
+    ///
+    /// # Safety
+    /// As [`block`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block_dyn<const PAIR: bool>(mz: usize, nr: usize, x: &Block) {
+        macro_rules! arms {
+            ($(($i:literal, $j:literal)),*) => {
+                match (mz, nr) {
+                    $(($i, $j) => block::<$i, $j, PAIR>(x),)*
+                    _ => unreachable!("block sizes are 1 to 4 by 1 to 6"),
+                }
+            };
+        }
+        arms!(
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (1, 4),
+            (1, 5),
+            (1, 6),
+            (2, 1),
+            (2, 2),
+            (2, 3),
+            (2, 4),
+            (2, 5),
+            (2, 6),
+            (3, 1),
+            (3, 2),
+            (3, 3),
+            (3, 4),
+            (3, 5),
+            (3, 6),
+            (4, 1),
+            (4, 2),
+            (4, 3),
+            (4, 4),
+            (4, 5),
+            (4, 6)
+        )
+    }
+
+    /// A block of `Z` registers (rows, or pairs of rows with `PAIR`) by `N` packets of
+    /// `B`: `Z·N` chains over the slice's `k` steps.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the panel holds `k·Z` registers; the slice's `k x N` packets
+    /// of `b` and the block's packets of `c` are valid (`c` initialized when
+    /// `accumulate`); `carry` holds `N·Z` registers unless the slice is the only one.
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // indices name the block's (q, j) plainly
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block<const Z: usize, const N: usize, const PAIR: bool>(x: &Block) {
+        let mut acc = [[_mm512_setzero_ps(); N]; Z];
+        if !x.first {
+            for j in 0..N {
+                for q in 0..Z {
+                    acc[q][j] = _mm512_load_ps(x.carry.add((j * MZ + q) * 16));
+                }
+            }
+        }
+        for p in 0..x.k {
+            let ap = x.a.add(p * Z * 16);
+            let bp = x.b.p.add(p * x.b.rs);
+            let mut ar = [_mm512_setzero_ps(); Z];
+            for (q, r) in ar.iter_mut().enumerate() {
+                *r = _mm512_load_ps(ap.add(q * 16));
+            }
+            for j in 0..N {
+                let bj = if PAIR {
+                    // The 8-lane packet to both halves (one load-port uop).
+                    _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
+                        bp.add(j * x.b.cs) as *const f64
+                    )))
+                } else {
+                    _mm512_loadu_ps(bp.add(j * x.b.cs))
+                };
+                for q in 0..Z {
+                    acc[q][j] = _mm512_fmadd_ps(ar[q], bj, acc[q][j]);
+                }
+            }
+        }
+        if x.last && (!PAIR || (x.c.rs == 8 && x.rows == 2 * Z)) {
+            // Every register is one whole packet (or two adjacent ones) of `c`.
+            for j in 0..N {
+                for q in 0..Z {
+                    let rows = if PAIR { 2 * q } else { q };
+                    let cp = x.c.p.add(rows * x.c.rs + j * x.c.cs);
+                    let v = if x.accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(cp), acc[q][j])
+                    } else {
+                        acc[q][j]
+                    };
+                    _mm512_storeu_ps(cp, v);
+                }
+            }
+            return;
+        }
+        // The chains leave the registers in one plain loop (kept simple so that it is
+        // unrolled and `acc` stays in registers: an output loop with branches indexing
+        // `acc` kept it on the stack, stored at every k step).
+        let (dst, stride) = if x.last {
+            (x.scratch, Z)
+        } else {
+            (x.carry, MZ)
+        };
+        for j in 0..N {
+            for q in 0..Z {
+                _mm512_store_ps(dst.add((j * stride + q) * 16), acc[q][j]);
+            }
+        }
+        if !x.last {
+            return;
+        }
+        for j in 0..N {
+            for q in 0..Z {
+                let v = _mm512_load_ps(x.scratch.add((j * Z + q) * 16));
+                if !PAIR {
+                    let cp = x.c.p.add(q * x.c.rs + j * x.c.cs);
+                    let v = if x.accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(cp), v)
+                    } else {
+                        v
+                    };
+                    _mm512_storeu_ps(cp, v);
+                    continue;
+                }
+                // Rows 2q (low half) and 2q + 1 (high half, when the panel has it).
+                let lo = x.c.p.add(2 * q * x.c.rs + j * x.c.cs);
+                let hi = lo.wrapping_add(x.c.rs);
+                let both = 2 * q + 1 < x.rows;
+                if both && x.c.rs == 8 {
+                    let v = if x.accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(lo), v)
+                    } else {
+                        v
+                    };
+                    _mm512_storeu_ps(lo, v);
+                    continue;
+                }
+                let vl = _mm512_castps512_ps256(v);
+                let vh = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                let (vl, vh) = if x.accumulate {
+                    (
+                        _mm256_add_ps(_mm256_loadu_ps(lo), vl),
+                        if both {
+                            _mm256_add_ps(_mm256_loadu_ps(hi), vh)
+                        } else {
+                            vh
+                        },
+                    )
+                } else {
+                    (vl, vh)
+                };
+                _mm256_storeu_ps(lo, vl);
+                if both {
+                    _mm256_storeu_ps(hi, vh);
+                }
+            }
+        }
+    }
+}
+
 /// The register-blocked loop for any scalar (`a·b` in the scalar's own `*` and `+`).
 fn gemm_generic<S: Real>(
     m: usize,
@@ -557,7 +975,61 @@ mod tests {
         Dispatch,
         /// The generic loop.
         Generic,
+        /// The kernel of this instruction set (which the CPU must have).
+        Kernel(Isa),
     }
+
+    /// `c (+)= a·b` by `path`.
+    fn run<S: Real>(
+        path: Path,
+        (m, k, n): (usize, usize, usize),
+        a: Strided<'_, S>,
+        b: Strided<'_, S>,
+        c: &mut [S],
+        acc: bool,
+    ) {
+        match path {
+            Path::Dispatch => gemm_packets(m, k, n, a, b, c, acc),
+            Path::Generic => gemm_generic(m, k, n, a, b, c, acc),
+            Path::Kernel(isa) => {
+                assert!(isa.supported());
+                assert_eq!(c.len(), m * n);
+                // SAFETY: the CPU has `isa`; `c` holds m·n initialized packets.
+                unsafe { gemm_packets_with(isa, m, k, n, a, b, c.as_mut_ptr(), acc) }
+            }
+        }
+    }
+
+    /// The instruction sets of the packet kernels this CPU has, besides the generic loop.
+    fn kernels() -> Vec<Isa> {
+        [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.supported())
+            .collect()
+    }
+
+    /// Shapes `(m, k, n)` covering every block class of both kernels: m, n and k of 0
+    /// and 1, odd row counts (a half-empty register of row pairs), the row panels' and
+    /// column blocks' remainders (`n` = 13 ends in 4 + 3, 17 in 6 + 5), and `k` past one
+    /// AVX-512 slice (97: two of 49 and 48; 200: four of 50).
+    const SHAPES: [(usize, usize, usize); 16] = [
+        (1, 1, 1),
+        (2, 3, 2),
+        (3, 4, 5),
+        (5, 1, 3),
+        (7, 9, 4),
+        (4, 6, 1),
+        (13, 17, 11),
+        (9, 5, 14),
+        (1, 7, 9),
+        (11, 2, 1),
+        (6, 0, 3),
+        (8, 97, 13),
+        (17, 3, 17),
+        (9, 200, 7),
+        (16, 12, 12),
+        (0, 3, 2),
+    ];
 
     /// One storage of a `rows x cols` matrix: column-major, row-major (a transpose read in
     /// place), or column-major with a padded leading dimension.
@@ -581,20 +1053,7 @@ mod tests {
     /// Every element and lane of `a·b` (and `c + a·b`) against an `f64` sum, within the
     /// rounding bound of a `k`-term `f32` sum: `(k + 2)·2⁻²⁴·(Σ|a·b| + |c|)`.
     fn check<const N: usize>(path: Path) {
-        let shapes = [
-            (1, 1, 1),
-            (2, 3, 2),
-            (3, 4, 5),
-            (5, 1, 3),
-            (7, 9, 4),
-            (4, 6, 1),
-            (13, 17, 11),
-            (9, 5, 14),
-            (1, 7, 9),
-            (11, 2, 1),
-            (6, 0, 3),
-        ];
-        for &(m, k, n) in &shapes {
+        for (m, k, n) in SHAPES {
             for la in 0..3 {
                 for lb in 0..3 {
                     let (av, ars, acs) = view::<N>(la, m, k, 1);
@@ -614,10 +1073,7 @@ mod tests {
                         .collect();
                     for acc in [false, true] {
                         let mut c = init.clone();
-                        match path {
-                            Path::Dispatch => gemm_packets(m, k, n, a, b, &mut c, acc),
-                            Path::Generic => gemm_generic(m, k, n, a, b, &mut c, acc),
-                        }
+                        run(path, (m, k, n), a, b, &mut c, acc);
                         for i in 0..m {
                             for j in 0..n {
                                 for l in 0..N {
@@ -656,6 +1112,103 @@ mod tests {
         check::<16>(Path::Dispatch);
         check::<24>(Path::Dispatch);
         check::<3>(Path::Dispatch);
+    }
+
+    #[test]
+    fn each_kernel_matches_f64_sums() {
+        for isa in kernels() {
+            check::<8>(Path::Kernel(isa));
+            check::<16>(Path::Kernel(isa));
+            check::<24>(Path::Kernel(isa));
+            check::<32>(Path::Kernel(isa));
+        }
+    }
+
+    /// The AVX-512 kernel against the AVX2 kernel, bit for bit (the same chain of FMAs
+    /// for every element), on every shape and layout with and without accumulation,
+    /// into outputs with guard packets on both sides that no write may touch; the old
+    /// values include `-0.0` (`-0 + +0` is `+0`: the add is never skipped).
+    ///
+    /// Mutations tried, each failing this test (the first five also both f64 checks):
+    /// the rows of a pair swapped in the packed panel (`B` meets the wrong half); an odd
+    /// last row not stored; the packed panel read with a full panel's stride in a
+    /// narrower one; chains not carried between `k` slices; the whole-register store
+    /// used for 24-lane packets (rows 24 floats apart); the odd last row's empty half
+    /// stored too (the guards); accumulating an empty sum by leaving `c` alone.
+    fn same_bits<const N: usize>(shapes: &[(usize, usize, usize)]) {
+        let guard = Lanes::<N>::splat(f32::from_bits(0x7FC0_0123));
+        for &(m, k, n) in shapes {
+            for la in 0..3 {
+                for lb in 0..3 {
+                    let (av, ars, acs) = view::<N>(la, m, k, 5);
+                    let (bv, brs, bcs) = view::<N>(lb, k, n, 6);
+                    let a = Strided {
+                        data: &av,
+                        rs: ars,
+                        cs: acs,
+                    };
+                    let b = Strided {
+                        data: &bv,
+                        rs: brs,
+                        cs: bcs,
+                    };
+                    let init: Vec<Lanes<N>> = (0..m * n + 4)
+                        .map(|x| match x {
+                            0 | 1 => guard,
+                            x if x >= m * n + 2 => guard,
+                            x if x % 5 == 0 => Lanes::splat(-0.0),
+                            x => Lanes::from_lanes(|l| val(x, l, 7)),
+                        })
+                        .collect();
+                    for acc in [false, true] {
+                        let mut out = Vec::new();
+                        for isa in [Isa::Avx2, Isa::Avx512] {
+                            let mut c = init.clone();
+                            // SAFETY: the CPU has `isa` (checked by the caller);
+                            // packets 2..2 + m·n of `c` are initialized.
+                            unsafe {
+                                gemm_packets_with(isa, m, k, n, a, b, c.as_mut_ptr().add(2), acc)
+                            };
+                            let bits: Vec<u32> =
+                                c.iter().flat_map(|x| x.0.map(f32::to_bits)).collect();
+                            out.push(bits);
+                        }
+                        let guards = |c: &[u32]| {
+                            let (head, tail) = (&c[..2 * N], &c[(m * n + 2) * N..]);
+                            head.iter().chain(tail).all(|&x| x == 0x7FC0_0123)
+                        };
+                        assert!(guards(&out[0]) && guards(&out[1]), "{m}x{k}x{n} guards");
+                        if let Some(x) = (0..out[0].len()).find(|&x| out[0][x] != out[1][x]) {
+                            let (e, l) = (x / N - 2, x % N);
+                            panic!(
+                                "N={N} {m}x{k}x{n} layouts ({la},{lb}) acc={acc}: element \
+                                 ({}, {}) lane {l}: AVX2 {:#x}, AVX-512 {:#x}",
+                                e % m.max(1),
+                                e / m.max(1),
+                                out[0][x],
+                                out[1][x]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avx512_kernel_matches_avx2_bit_for_bit() {
+        if !Isa::Avx512.supported() {
+            return;
+        }
+        same_bits::<8>(&SHAPES);
+        same_bits::<16>(&SHAPES);
+        same_bits::<24>(&SHAPES);
+        same_bits::<32>(&SHAPES);
+        // The products of a small conv net's layers (blocks of 40 patch rows): forward,
+        // dWᵀ = Gᵀ·P and G·Wᵀ, and a 3-slice k.
+        let conv = [(40, 288, 32), (32, 40, 288), (40, 32, 288), (33, 288, 9)];
+        same_bits::<8>(&conv);
+        same_bits::<16>(&conv);
     }
 
     #[test]

@@ -185,7 +185,7 @@ pub(super) fn tail_width<const NR: usize>(n: usize) -> usize {
 /// rate), fewer than `NR` as one. Packing (`with_packed_b`) and the kernels walk the same
 /// blocks.
 #[inline(always)]
-pub(super) fn block_width<const NR: usize>(n: usize, col: usize) -> usize {
+pub(crate) fn block_width<const NR: usize>(n: usize, col: usize) -> usize {
     let left = n - col;
     if left >= 2 * NR || left == NR {
         NR

@@ -418,5 +418,7 @@ mod tests;
 
 use crate::kernels::cpu::{isa, Isa};
 use dispatch::*;
+// The packet products walk their column blocks the same way.
+pub(crate) use kernels::block_width;
 use kernels::*;
 use simd::*;
