@@ -71,17 +71,19 @@ pub(crate) fn gemm_packets<S: Real>(
 ) {
     assert_eq!(c.len(), m * n, "gemm_packets: output size");
     // SAFETY: `c` is an initialized slice of `m·n` elements.
-    unsafe { gemm_packets_raw(m, k, n, a, b, c.as_mut_ptr(), accumulate) }
+    unsafe { gemm_packets_raw(m, k, n, a, b, c.as_mut_ptr(), m, accumulate) }
 }
 
-/// `gemm_packets` (test-only) into raw memory.
+/// `gemm_packets` (test-only) into raw memory, `C`'s columns `ldc ≥ m` packets apart.
 ///
 /// # Safety
-/// `c` is valid for writes of `m·n` elements and, when `accumulate`, initialized. Without
-/// `accumulate` every element is written and none is read, so `c` may be uninitialized.
+/// `c` is valid for writes of the `m` rows of `n` columns `ldc` apart and, when
+/// `accumulate`, they are initialized. Without `accumulate` every one is written and none
+/// is read, so they may be uninitialized; the rows between (`m..ldc`) are not touched.
 ///
 /// # Panics
 /// When a view reaches outside its data.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_packets_raw<S: Real>(
     m: usize,
     k: usize,
@@ -89,9 +91,10 @@ pub(crate) unsafe fn gemm_packets_raw<S: Real>(
     a: Strided<'_, S>,
     b: Strided<'_, S>,
     c: *mut S,
+    ldc: usize,
     accumulate: bool,
 ) {
-    gemm_packets_with(isa(), m, k, n, a, b, c, accumulate)
+    gemm_packets_with(isa(), m, k, n, a, b, c, ldc, accumulate)
 }
 
 /// [`gemm_packets_raw`] with the instruction set given.
@@ -107,12 +110,14 @@ unsafe fn gemm_packets_with<S: Real>(
     a: Strided<'_, S>,
     b: Strided<'_, S>,
     c: *mut S,
+    ldc: usize,
     accumulate: bool,
 ) {
     assert!(
         a.fits(m, k) && b.fits(k, n),
         "gemm_packets: view outside its data"
     );
+    assert!(ldc >= m, "gemm_packets: ldc {ldc} below m {m}");
     if m == 0 || n == 0 {
         return;
     }
@@ -127,8 +132,8 @@ unsafe fn gemm_packets_with<S: Real>(
         // SAFETY: `S` is `Lanes<S::LANES>` (checked by TypeId), so its storage is
         // `S::LANES` contiguous `f32`; the CPU has the kernel's features (the caller's
         // contract); the views lie inside their data (asserted above) and `c` is valid
-        // for `m·n` packets (the caller's contract), written without being read unless
-        // `accumulate`.
+        // for `m` packets in each of `n` columns `ldc` apart (the caller's contract),
+        // written without being read unless `accumulate`.
         kernel(
             m,
             k,
@@ -136,19 +141,36 @@ unsafe fn gemm_packets_with<S: Real>(
             S::LANES,
             (a.data.as_ptr() as *const f32, a.rs, a.cs),
             (b.data.as_ptr() as *const f32, b.rs, b.cs),
-            c as *mut f32,
+            (c as *mut f32, ldc),
             accumulate,
         );
         return;
     }
-    if !accumulate {
-        for i in 0..m * n {
-            c.add(i).write(S::zero());
+    // The generic loop on a contiguous `m × n` (through a copy when the columns are apart).
+    let mut tmp = Vec::new();
+    let cc = if ldc == m {
+        c
+    } else {
+        tmp.resize(m * n, S::zero());
+        tmp.as_mut_ptr()
+    };
+    for j in 0..n {
+        for i in 0..m {
+            let v = if accumulate {
+                c.add(j * ldc + i).read()
+            } else {
+                S::zero()
+            };
+            cc.add(j * m + i).write(v);
         }
     }
     // SAFETY: every element is initialized now; adding to zeros is the plain product.
-    let c = std::slice::from_raw_parts_mut(c, m * n);
-    gemm_generic(m, k, n, a, b, c, true);
+    gemm_generic(m, k, n, a, b, std::slice::from_raw_parts_mut(cc, m * n), true);
+    if ldc != m {
+        for j in 0..n {
+            std::ptr::copy_nonoverlapping(cc.add(j * m), c.add(j * ldc), m);
+        }
+    }
 }
 
 /// Whether `S` is a [`Lanes`] type whose width is a multiple of 8 (the widths the fast
@@ -185,7 +207,8 @@ mod avx2 {
     }
 
     /// `c (+)= a·b` on packets of `lanes` floats (a multiple of 8); `a` and `b` are
-    /// (pointer, row stride, column stride) in packets, `c` is column-major `m x n`.
+    /// (pointer, row stride, column stride) in packets, `c` is column-major `m x n` with
+    /// its columns `ldc` packets apart.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; every element of the `m x k` and `k x n` views, and
@@ -200,7 +223,7 @@ mod avx2 {
         lanes: usize,
         a: (*const f32, usize, usize),
         b: (*const f32, usize, usize),
-        c: *mut f32,
+        (c, ldc): (*mut f32, usize),
         accumulate: bool,
     ) {
         debug_assert!(lanes.is_multiple_of(8));
@@ -220,7 +243,7 @@ mod avx2 {
             let cv = Out {
                 p: c.wrapping_add(off),
                 rs: lanes,
-                cs: m * lanes,
+                cs: ldc * lanes,
             };
             if lanes - off >= 16 {
                 chunk::<2>(m, k, n, lanes, av, bv, cv, accumulate);
@@ -545,7 +568,8 @@ mod avx512 {
     }
 
     /// `c (+)= a·b` on packets of `lanes` floats (a multiple of 8); `a` and `b` are
-    /// (pointer, row stride, column stride) in packets, `c` is column-major `m x n`.
+    /// (pointer, row stride, column stride) in packets, `c` is column-major `m x n` with
+    /// its columns `ldc` packets apart.
     ///
     /// # Safety
     /// The CPU has AVX-512F, AVX2 and FMA; every element of the `m x k` and `k x n`
@@ -560,7 +584,7 @@ mod avx512 {
         lanes: usize,
         a: (*const f32, usize, usize),
         b: (*const f32, usize, usize),
-        c: *mut f32,
+        (c, ldc): (*mut f32, usize),
         accumulate: bool,
     ) {
         debug_assert!(lanes.is_multiple_of(8));
@@ -581,7 +605,7 @@ mod avx512 {
             let cv = Out {
                 p: c.wrapping_add(off),
                 rs: lanes,
-                cs: m * lanes,
+                cs: ldc * lanes,
             };
             if lanes - off >= 16 {
                 chunk::<false>(m, k, n, av, bv, cv, accumulate);
@@ -995,7 +1019,7 @@ mod tests {
                 assert!(isa.supported());
                 assert_eq!(c.len(), m * n);
                 // SAFETY: the CPU has `isa`; `c` holds m·n initialized packets.
-                unsafe { gemm_packets_with(isa, m, k, n, a, b, c.as_mut_ptr(), acc) }
+                unsafe { gemm_packets_with(isa, m, k, n, a, b, c.as_mut_ptr(), m, acc) }
             }
         }
     }
@@ -1167,7 +1191,7 @@ mod tests {
                             // SAFETY: the CPU has `isa` (checked by the caller);
                             // packets 2..2 + m·n of `c` are initialized.
                             unsafe {
-                                gemm_packets_with(isa, m, k, n, a, b, c.as_mut_ptr().add(2), acc)
+                                gemm_packets_with(isa, m, k, n, a, b, c.as_mut_ptr().add(2), m, acc)
                             };
                             let bits: Vec<u32> =
                                 c.iter().flat_map(|x| x.0.map(f32::to_bits)).collect();

@@ -250,24 +250,7 @@ pub(crate) unsafe fn gemm_raw_ldc<S: Real>(
     accumulate: bool,
 ) {
     debug_assert!(ldc >= a.rows);
-    if ldc == a.rows
-        || TypeId::of::<S>() == TypeId::of::<f32>()
-        || TypeId::of::<S>() == TypeId::of::<f64>()
-    {
-        return gemm_ldc_with(isa(), a, b, c, ldc, accumulate);
-    }
-    // Other scalars: through a contiguous block.
-    let (m, n) = (a.rows, b.cols);
-    let mut tmp = vec![S::zero(); m * n];
-    if accumulate {
-        for (j, col) in tmp.chunks_exact_mut(m).enumerate() {
-            col.copy_from_slice(std::slice::from_raw_parts(c.add(j * ldc), m));
-        }
-    }
-    gemm_ldc_with(isa(), a, b, tmp.as_mut_ptr(), m, accumulate);
-    for (j, col) in tmp.chunks_exact(m).enumerate() {
-        std::ptr::copy_nonoverlapping(col.as_ptr(), c.add(j * ldc), m);
-    }
+    gemm_ldc_with(isa(), a, b, c, ldc, accumulate)
 }
 
 /// [`gemm_raw`] with the instruction set given (which the CPU must support).
@@ -281,8 +264,7 @@ unsafe fn gemm_with<S: Real>(
     gemm_ldc_with(isa, a, b, c, a.rows, accumulate)
 }
 
-/// [`gemm_with`] with `C`'s columns `ldc` apart (`ldc == a.rows` unless `S` is `f32` or
-/// `f64`).
+/// [`gemm_with`] with `C`'s columns `ldc` apart.
 unsafe fn gemm_ldc_with<S: Real>(
     isa: Isa,
     a: MatRef<'_, S>,
@@ -375,7 +357,7 @@ unsafe fn gemm_ldc_bias_with<S: Real>(
         );
         // SAFETY: as this function's contract (`c` valid for m·n writes, initialized
         // when accumulating).
-        super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, accumulate);
+        super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, ldc, accumulate);
         add_bias(c, ldc, m, n, bias);
     }
 }

@@ -421,9 +421,10 @@ fn empty_inner_dimension_gives_zeros_or_leaves_c() {
 
 /// A product into a block of a larger column-major matrix (`gemm_raw_ldc`) is the
 /// contiguous product bit for bit, and leaves every element outside the block alone, for
-/// `f32`, `f64` (the kernels' own `ldc`) and lanes (through a contiguous buffer), with
-/// and without accumulation. Mutation tried: the broadcast kernel's column stride taken
-/// as `m` instead of `ldc` (fails).
+/// `f32`, `f64` (the kernels' own `ldc`), `Lanes<8>` and `Lanes<16>` (the packet kernels'
+/// own `ldc`) and `Lanes<4>` (the generic loop, through a contiguous buffer), with and
+/// without accumulation. Mutations tried (each fails): the broadcast kernel's column
+/// stride taken as `m` instead of `ldc`; the AVX-512 packet kernel's (`cs: m · lanes`).
 #[test]
 fn products_into_a_block_of_a_larger_matrix() {
     fn check<S: Real>(m: usize, k: usize, n: usize, seed: u64) {
@@ -474,6 +475,8 @@ fn products_into_a_block_of_a_larger_matrix() {
         check::<f32>(m, k, n, 11);
         check::<f64>(m, k, n, 12);
         check::<crate::lanes::Lanes<4>>(m, k, n, 13);
+        check::<crate::lanes::Lanes<8>>(m, k, n, 14);
+        check::<crate::lanes::Lanes<16>>(m, k, n, 15);
     }
 }
 
