@@ -110,11 +110,7 @@ impl SplitBatch for ImageBatch {
 /// assert_eq!(chunk_ranges(3, 64), vec![0..3]);
 /// ```
 pub fn chunk_ranges(rows: usize, chunk_rows: usize) -> Vec<Range<usize>> {
-    even_ranges(rows, (rows / chunk_rows.max(1)).max(1))
-}
-
-/// `rows` cut into `n ≥ 1` consecutive ranges whose sizes differ by at most one.
-fn even_ranges(rows: usize, n: usize) -> Vec<Range<usize>> {
+    let n = (rows / chunk_rows.max(1)).max(1);
     let (base, extra) = (rows / n, rows % n);
     let mut start = 0;
     (0..n)
@@ -152,7 +148,6 @@ fn even_ranges(rows: usize, n: usize) -> Vec<Range<usize>> {
 pub struct DataParallel<T> {
     task: T,
     chunk_rows: usize,
-    max_chunks: Option<usize>,
 }
 
 impl<T> DataParallel<T> {
@@ -165,34 +160,7 @@ impl<T> DataParallel<T> {
                 "DataParallel: chunk_rows must be positive".into(),
             ));
         }
-        Ok(DataParallel {
-            task,
-            chunk_rows,
-            max_chunks: None,
-        })
-    }
-
-    /// The same split, but into at most `max_chunks` chunks: `min(max_chunks, max(1,
-    /// rows / chunk_rows))` chunks of equal size (up to one row). Large batches then run as
-    /// a few larger chunks (fewer chunk gradients to add up, longer products), small ones
-    /// still as chunks of about `chunk_rows`. Still a function of the row count only.
-    ///
-    /// ```
-    /// use lopt_runtime::data_parallel::DataParallel;
-    /// let task = DataParallel::new((), 8).unwrap().with_max_chunks(4).unwrap();
-    /// assert_eq!(task.chunks(64).len(), 4); // chunks of 16
-    /// assert_eq!(task.chunks(16).len(), 2); // chunks of 8
-    /// ```
-    ///
-    /// Errors: [`Error::InvalidArgument`] when `max_chunks` is 0.
-    pub fn with_max_chunks(mut self, max_chunks: usize) -> Result<Self> {
-        if max_chunks == 0 {
-            return Err(Error::InvalidArgument(
-                "DataParallel: max_chunks must be positive".into(),
-            ));
-        }
-        self.max_chunks = Some(max_chunks);
-        Ok(self)
+        Ok(DataParallel { task, chunk_rows })
     }
 
     /// The wrapped task (whole-batch loss and gradient).
@@ -210,11 +178,9 @@ impl<T> DataParallel<T> {
         self.chunk_rows
     }
 
-    /// The row chunks of a batch of `rows` rows ([`chunk_ranges`], at most `max_chunks`
-    /// of them when [`with_max_chunks`](Self::with_max_chunks) set it).
+    /// The row chunks of a batch of `rows` rows ([`chunk_ranges`]).
     pub fn chunks(&self, rows: usize) -> Vec<Range<usize>> {
-        let n = (rows / self.chunk_rows).max(1);
-        even_ranges(rows, self.max_chunks.map_or(n, |m| n.min(m)))
+        chunk_ranges(rows, self.chunk_rows)
     }
 }
 
@@ -594,33 +560,6 @@ mod tests {
             }
         }
         assert!(DataParallel::new((), 0).is_err());
-    }
-
-    /// As many chunks as `chunk_rows` alone gives, but at most `max_chunks`; none shorter
-    /// than `chunk_rows` unless the batch is. Catches (tried): the cap ignored (chunks
-    /// as `chunk_ranges` alone makes them).
-    #[test]
-    fn max_chunks_caps_the_count_and_keeps_the_chunk_size_floor() {
-        for rows in 1..80 {
-            for chunk in 1..12 {
-                for max in 1..6 {
-                    let t = DataParallel::new((), chunk)
-                        .unwrap()
-                        .with_max_chunks(max)
-                        .unwrap();
-                    let r = t.chunks(rows);
-                    let free = chunk_ranges(rows, chunk).len();
-                    assert_eq!(r.len(), free.min(max), "{rows} rows, {chunk}, max {max}");
-                    assert_eq!(r.last().unwrap().end, rows);
-                    let shortest = r.iter().map(|x| x.len()).min().unwrap();
-                    assert!(shortest >= chunk.min(rows), "{rows}, {chunk}, {max}: {r:?}");
-                }
-            }
-        }
-        assert!(DataParallel::new((), 1)
-            .unwrap()
-            .with_max_chunks(0)
-            .is_err());
     }
 
     #[test]
