@@ -165,7 +165,8 @@ unsafe fn gemm_packets_with<S: Real>(
         }
     }
     // SAFETY: every element is initialized now; adding to zeros is the plain product.
-    gemm_generic(m, k, n, a, b, std::slice::from_raw_parts_mut(cc, m * n), true);
+    let cs = std::slice::from_raw_parts_mut(cc, m * n);
+    gemm_generic(m, k, n, a, b, cs, true);
     if ldc != m {
         for j in 0..n {
             std::ptr::copy_nonoverlapping(cc.add(j * m), c.add(j * ldc), m);
