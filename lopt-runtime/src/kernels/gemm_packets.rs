@@ -212,9 +212,9 @@ mod avx2 {
     /// its columns `ldc` packets apart.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; every element of the `m x k` and `k x n` views, and
-    /// `m·n` packets at `c`, are valid `lanes`-float packets (`c` for writes, and
-    /// initialized when `accumulate`).
+    /// The CPU has AVX2 and FMA; every element of the `m x k` and `k x n` views, and the
+    /// `m` packets of each of `c`'s `n` columns, are valid `lanes`-float packets (`c`'s
+    /// for writes, and initialized when `accumulate`).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gemm(
@@ -574,8 +574,8 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has AVX-512F, AVX2 and FMA; every element of the `m x k` and `k x n`
-    /// views, and `m·n` packets at `c`, are valid `lanes`-float packets (`c` for writes,
-    /// and initialized when `accumulate`).
+    /// views, and the `m` packets of each of `c`'s `n` columns, are valid `lanes`-float
+    /// packets (`c`'s for writes, and initialized when `accumulate`).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn gemm(
