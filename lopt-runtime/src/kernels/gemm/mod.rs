@@ -355,8 +355,8 @@ unsafe fn gemm_ldc_bias_with<S: Real>(
                 cs: b.cs,
             },
         );
-        // SAFETY: as this function's contract (`c` valid for m·n writes, initialized
-        // when accumulating).
+        // SAFETY: as this function's contract (`c` valid for the m elements of each of
+        // n columns ldc apart, initialized when accumulating).
         super::gemm_packets::gemm_packets_raw(m, k, n, av, bv, c, ldc, accumulate);
         add_bias(c, ldc, m, n, bias);
     }
