@@ -65,11 +65,10 @@ const PAR_MIN_FLOATS: usize = 1 << 18;
 /// The elements per chunk of an elementwise pass over `n` elements of `S` on the thread
 /// pool ([`PAR_MIN_FLOATS`]), or `None` to run it on this thread.
 fn par_chunk<S: Real>(n: usize) -> Option<usize> {
-    let threads = rayon::current_num_threads();
-    (n.saturating_mul(S::LANES) >= PAR_MIN_FLOATS
-        && threads > 1
-        && rayon::current_thread_index().is_none())
-    .then(|| n.div_ceil(2 * threads).next_multiple_of(8))
+    (n.saturating_mul(S::LANES) >= PAR_MIN_FLOATS && crate::kernels::pool_is_free()).then(|| {
+        n.div_ceil(2 * rayon::current_num_threads())
+            .next_multiple_of(8)
+    })
 }
 
 /// `g[i] = f(a[i], b[i], g[i])` for every element: a cotangent computed in the buffer of

@@ -29,6 +29,15 @@ pub(crate) mod small_rows;
 pub(crate) mod tile8;
 pub(crate) mod vecmath;
 
+/// Whether work handed to the thread pool can run on another core: the pool has more
+/// than one thread and the caller is not one of them. Inside the pool (a data-parallel
+/// chunk, a lane group of a vmapped family) the other threads already have work of their
+/// own, and splitting a product or a pass further only adds overhead. (A caller that
+/// runs everything inside `pool.install` therefore gets no such splits.)
+pub(crate) fn pool_is_free() -> bool {
+    rayon::current_num_threads() > 1 && rayon::current_thread_index().is_none()
+}
+
 /// A pointer into one buffer, shared by the tasks of one parallel call, each of which
 /// writes a part no other task touches.
 #[derive(Clone, Copy)]
