@@ -171,20 +171,20 @@ const GELU_K: f32 = 0.797_884_560_802_865_4_f64 as f32;
 const GELU_A: f32 = 0.044_715_f64 as f32;
 const GELU_3A: f32 = (3.0 * 0.044_715_f64) as f32;
 
-/// `(½(1 + tanh u), tanh u)`, `u = √(2/π)(x + 0.044715 x³)`: `primitives`' `gelu_tanh_cdf`
-/// on `f32` with the packets' `tanh` polynomial, the same operations in the same order.
+/// `½(1 + tanh u) = σ(2u)`, `u = √(2/π)(x + 0.044715 x³)`: `primitives`' `gelu_tanh_cdf`
+/// on `f32` with the packets' `exp`, the same operations in the same order.
 #[inline(always)]
-fn gelu_tanh_f32(x: f32) -> (f32, f32) {
-    let th = crate::kernels::vecmath::tanh_f32(GELU_K * (x + GELU_A * (x * x * x)));
-    (0.5 * (1.0 + th), th)
+fn gelu_tanh_f32(x: f32) -> f32 {
+    let u = GELU_K * (x + GELU_A * (x * x * x));
+    1.0 / (1.0 + crate::kernels::vecmath::exp_f32(-(u + u)))
 }
 
 /// `gelu_tanh'(x)` on `f32` as [`lift::vjp`]'s fast path computes it (`primitives`'
-/// derivative with the packets' `tanh`), from `gelu_tanh_f32(x)`.
+/// derivative with the packets' `exp`), from `cdf = gelu_tanh_f32(x)`.
 #[inline(always)]
-fn gelu_tanh_d_f32(x: f32, cdf: f32, th: f32) -> f32 {
+fn gelu_tanh_d_f32(x: f32, cdf: f32) -> f32 {
     let du = GELU_K * (1.0 + GELU_3A * x * x);
-    cdf + 0.5 * x * (1.0 - th * th) * du
+    cdf + x * (2.0 * cdf * (1.0 - cdf)) * du
 }
 
 /// [`gelu_tanh_f32`] and [`gelu_tanh_d_f32`] on AVX-512 registers, 16 elements at a time:
@@ -198,7 +198,7 @@ mod gelu512 {
     use std::mem::MaybeUninit;
 
     use super::{GELU_3A, GELU_A, GELU_K};
-    use crate::kernels::vecmath::avx512::tanh16;
+    use crate::kernels::vecmath::avx512::exp16;
 
     /// `(x · cdf, gelu_tanh'(x))` of [`gelu_tanh_f32`](super::gelu_tanh_f32) and
     /// [`gelu_tanh_d_f32`](super::gelu_tanh_d_f32) on 16 lanes.
@@ -210,10 +210,17 @@ mod gelu512 {
         let s = _mm512_set1_ps;
         let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
         let x3 = mul(mul(x, x), x);
-        let th = tanh16(mul(s(GELU_K), add(x, mul(s(GELU_A), x3))));
-        let cdf = mul(s(0.5), add(s(1.0), th));
+        let u = mul(s(GELU_K), add(x, mul(s(GELU_A), x3)));
+        let z = add(u, u);
+        // `-z` flips the sign bit (an integer xor: `_mm512_xor_ps` needs AVX-512DQ).
+        let neg = _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(z),
+            _mm512_set1_epi32(i32::MIN),
+        ));
+        let cdf = _mm512_div_ps(s(1.0), add(s(1.0), exp16(neg)));
         let du = mul(s(GELU_K), add(s(1.0), mul(mul(s(GELU_3A), x), x)));
-        let d = add(cdf, mul(mul(mul(s(0.5), x), sub(s(1.0), mul(th, th))), du));
+        let q = mul(mul(s(2.0), cdf), sub(s(1.0), cdf));
+        let d = add(cdf, mul(mul(x, q), du));
         (mul(x, cdf), d)
     }
 
@@ -322,9 +329,9 @@ impl<S: Real> super::Unary<op::GeluTanhKeep> for DMatrix<S> {
         if !gelu_value_and_d_wide(xs, ys, ds) {
             // One plain loop over the three slices (it vectorizes; `push` did not).
             for ((y, d), &x) in ys.iter_mut().zip(ds.iter_mut()).zip(xs) {
-                let (cdf, th) = gelu_tanh_f32(x);
+                let cdf = gelu_tanh_f32(x);
                 y.write(x * cdf);
-                d.write(gelu_tanh_d_f32(x, cdf, th));
+                d.write(gelu_tanh_d_f32(x, cdf));
             }
         }
         // SAFETY: `value_and_d` or the loop wrote all `n` elements of both.
@@ -433,7 +440,7 @@ pub(crate) mod lift {
         } else if p == TypeId::of::<op::Exp>() {
             xs.iter().map(|&x| exp_f32(x)).collect()
         } else if p == TypeId::of::<op::GeluTanh>() {
-            xs.iter().map(|&x| x * gelu_tanh_f32(x).0).collect()
+            xs.iter().map(|&x| x * gelu_tanh_f32(x)).collect()
         } else {
             return None;
         };
@@ -491,9 +498,9 @@ pub(crate) mod lift {
                 )
             };
             for (t, &x) in gs.iter_mut().zip(xs) {
-                // `primitives`' derivative of `gelu_tanh`, with the packets' `tanh`.
-                let (cdf, th) = gelu_tanh_f32(x);
-                *t *= gelu_tanh_d_f32(x, cdf, th);
+                // `primitives`' derivative of `gelu_tanh`, with the packets' `exp`.
+                let cdf = gelu_tanh_f32(x);
+                *t *= gelu_tanh_d_f32(x, cdf);
             }
             return g;
         }
@@ -1193,9 +1200,9 @@ mod tests {
         let n = xs.len();
         let (mut yw, mut dw) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for &x in &xs {
-            let (cdf, th) = gelu_tanh_f32(x);
+            let cdf = gelu_tanh_f32(x);
             yw.push(x * cdf);
-            dw.push(gelu_tanh_d_f32(x, cdf, th));
+            dw.push(gelu_tanh_d_f32(x, cdf));
         }
         // Cotangents: the arguments themselves reversed (all kinds of values again).
         let g: Vec<f32> = xs.iter().rev().copied().collect();

@@ -255,11 +255,13 @@ fn normal_cdf<S: Real>(x: S) -> S {
 const GELU_TANH_K: f64 = 0.797_884_560_802_865_4;
 const GELU_TANH_A: f64 = 0.044_715;
 
-/// `(½(1 + tanh u), tanh u)` with `u = √(2/π)(x + 0.044715 x³)`, as `jax.nn.gelu` writes it.
+/// `½(1 + tanh u)` with `u = √(2/π)(x + 0.044715 x³)` (`jax.nn.gelu`'s form), computed as
+/// the equal `σ(2u)`: one `exp` and one division (a `tanh` is an `exp`, a division and a
+/// polynomial for small arguments), and no cancellation in `1 + tanh u` for `u ≪ 0`.
 #[inline]
-fn gelu_tanh_cdf<S: Real>(x: S) -> (S, S) {
-    let th = (S::c(GELU_TANH_K) * (x + S::c(GELU_TANH_A) * (x * x * x))).tanh();
-    (S::c(0.5) * (S::one() + th), th)
+fn gelu_tanh_cdf<S: Real>(x: S) -> S {
+    let u = S::c(GELU_TANH_K) * (x + S::c(GELU_TANH_A) * (x * x * x));
+    sigmoid(u + u)
 }
 
 /// `σ(x) = 1 / (1 + e^-x)`; saturates to exactly 0 or 1 without NaN.
@@ -352,11 +354,12 @@ declare_primitives! {
         /// elementwise: `jax.nn.gelu(x, approximate=True)`, as the JAX library's transformer
         /// uses it.
         gelu_tanh => GeluTanh(x, y, t) {
-            value: x * gelu_tanh_cdf(x).0,
+            value: x * gelu_tanh_cdf(x),
             derivative: {
-                let (cdf, th) = gelu_tanh_cdf(x);
+                // cdf + x · ½(1 − tanh² u) · u', with ½(1 − tanh² u) = 2σ(1 − σ).
+                let cdf = gelu_tanh_cdf(x);
                 let du = S::c(GELU_TANH_K) * (S::one() + S::c(3.0 * GELU_TANH_A) * x * x);
-                (cdf + S::c(0.5) * x * (S::one() - th * th) * du) * t
+                (cdf + x * (S::c(2.0) * cdf * (S::one() - cdf)) * du) * t
             },
         },
         /// Arctangent, elementwise.
