@@ -868,9 +868,11 @@ mod tests {
     /// `T` = 16 (two row blocks), `d` = 5 (a column remainder), 3 heads, 19 sequences in
     /// chunks of 3 (the last one short). And every element of its own rows is written
     /// (the rule's buffers start uninitialized): each equals the rule's result bit for
-    /// bit; its probabilities too. Mutations: `unpack_rows` copying `T + 8` rows per
-    /// sequence; `pack_rows`/`unpack_rows` leaving the last column out; the chunk's
-    /// last sequence left out (each tried, each fails).
+    /// bit; its probabilities too; both through packed copies and in place. Mutations:
+    /// `unpack_rows` copying `T + 8` rows per sequence; `pack_rows`/`unpack_rows` leaving
+    /// the last column out; the chunk's last sequence left out; in place, the output's
+    /// columns `T` apart, or the cotangent's sequences read at one offset (each tried,
+    /// each fails).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn fast_chunks_write_only_their_own_rows() {
@@ -897,7 +899,11 @@ mod tests {
         let want_p = forward(&g, &xm).1;
         let want_dx = xm.vjp(&op, &want_y, gm);
         let per_seq = g.heads * tt * tt;
-        for b0 in (0..g.batch).step_by(3) {
+        let chunks = (0..g.batch).step_by(3);
+        for (in_place, b0) in [false, true]
+            .into_iter()
+            .flat_map(|p| chunks.clone().map(move |b| (p, b)))
+        {
             let seqs = b0..(b0 + 3).min(g.batch);
             // Element `i` of a column-major matrix of `rows` rows is this chunk's when
             // its row is in one of the chunk's sequences.
@@ -906,7 +912,9 @@ mod tests {
             let mut pt = vec![-0.0f32; seqs.len() * per_seq];
             // SAFETY: the fast path applies (asserted); `out` holds the whole output.
             unsafe {
-                fast::forward_chunk(
+                fast::forward_chunk_on(
+                    fast::wide(),
+                    in_place,
                     &g,
                     &x,
                     seqs.clone(),
@@ -923,7 +931,9 @@ mod tests {
             let mut dx = vec![-0.0f32; rows * 3 * w];
             // SAFETY: as above; `dx` holds the whole cotangent.
             unsafe {
-                fast::reverse_chunk(
+                fast::reverse_chunk_on(
+                    fast::wide(),
+                    in_place,
                     &g,
                     &x,
                     &gy,
@@ -946,15 +956,18 @@ mod tests {
                     } else {
                         v.to_bits() == neg0
                     };
-                    assert!(ok, "chunk {seqs:?} left {v} at the {what}'s element {i}");
+                    assert!(
+                        ok,
+                        "chunk {seqs:?} (in place {in_place}) left {v} at the {what}'s element {i}"
+                    );
                 }
             }
         }
     }
 
     /// The AVX-512 kernels (16-row tiles in one register, up to 8 columns) give the AVX2
-    /// ones' bits: every element is the same fused multiply-adds in the same order, the
-    /// softmax and its Jacobian the same code. Chunk by chunk on shapes that take every
+    /// ones' bits, in place and through packed copies alike: every element is the same
+    /// fused multiply-adds in the same order, the softmax and its Jacobian the same code. Chunk by chunk on shapes that take every
     /// tile form (`d` of 1 to 8, 13 and 32: 8-column tiles and remainders of 1 to 7; `T`
     /// of 8 to 40: pairs of row blocks and a single one) and with a short last chunk;
     /// and the rule, on 1 and on 3 threads, gives the same bits as the chunks of the
@@ -988,7 +1001,7 @@ mod tests {
             let x = f32s(normals(rows * 3 * w, seed));
             let gy = f32s(normals(rows * w, seed + 20));
             let per_seq = hh * tt * tt;
-            let run = |wide: bool| {
+            let run = |wide: bool, in_place: bool| {
                 let mut scratch = vec![0.0f32; fast::scratch_len(&g)];
                 let (mut out, mut probs) = (vec![0.0f32; rows * w], vec![0.0f32; bb * per_seq]);
                 let mut dx = vec![0.0f32; rows * 3 * w];
@@ -1001,6 +1014,7 @@ mod tests {
                     unsafe {
                         fast::forward_chunk_on(
                             wide,
+                            in_place,
                             &g,
                             &x,
                             seqs.clone(),
@@ -1010,6 +1024,7 @@ mod tests {
                         );
                         fast::reverse_chunk_on(
                             wide,
+                            in_place,
                             &g,
                             &x,
                             &gy,
@@ -1023,10 +1038,12 @@ mod tests {
                 (out, probs, dx)
             };
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-            let (wide, narrow) = (run(true), run(false));
-            assert_eq!(bits(&wide.0), bits(&narrow.0), "{g:?} output");
-            assert_eq!(bits(&wide.1), bits(&narrow.1), "{g:?} probabilities");
-            assert_eq!(bits(&wide.2), bits(&narrow.2), "{g:?} cotangent");
+            let (wide, narrow) = (run(true, true), run(false, false));
+            for other in [&narrow, &run(true, false), &run(false, true)] {
+                assert_eq!(bits(&wide.0), bits(&other.0), "{g:?} output");
+                assert_eq!(bits(&wide.1), bits(&other.1), "{g:?} probabilities");
+                assert_eq!(bits(&wide.2), bits(&other.2), "{g:?} cotangent");
+            }
             if !fast::applies(&g) {
                 continue; // `LOPT_MAX_ISA=portable`: the rule takes the generic path.
             }
