@@ -56,9 +56,9 @@ pub struct Index2(pub usize, pub usize);
 
 /// `gelu_tanh` of a matrix that keeps its derivative: what `#[task]` makes of
 /// `gelu_tanh(linear(x, w, b))` (the MLP's activation). On `f32`, `eval` computes
-/// `gelu_tanh'(x)` in the pass that computes the value (the same `tanh`) and keeps it in
+/// `gelu_tanh'(x)` in the pass that computes the value (the same `exp`) and keeps it in
 /// the op; the first `vjp` for the same input and output multiplies by it instead of
-/// computing the `tanh` again. Every other call, scalar type or input is
+/// computing the `exp` again. Every other call, scalar type or input is
 /// [`GeluTanh`]'s rule; the numbers are `GeluTanh`'s bit for bit either way. A clone has
 /// nothing kept.
 #[derive(Default)]
