@@ -193,7 +193,7 @@ fn gelu_tanh_f64(x: f64) -> f64 {
 }
 
 /// Both modes against central differences of the f64 definition; lanes within 1e-6 of
-/// separate `f32` runs (the packet `tanh` is a polynomial, so this primitive is in the
+/// separate `f32` runs (the packets' `exp` is a polynomial, so this primitive is in the
 /// README's "transcendentals" class, not bit for bit).
 #[test]
 fn gelu_tanh_matches_finite_differences_and_lanes() {

@@ -967,8 +967,8 @@ mod tests {
 
     /// The AVX-512 kernels (16-row tiles in one register, up to 8 columns) give the AVX2
     /// ones' bits, in place and through packed copies alike: every element is the same
-    /// fused multiply-adds in the same order, the softmax and its Jacobian the same code. Chunk by chunk on shapes that take every
-    /// tile form (`d` of 1 to 8, 13 and 32: 8-column tiles and remainders of 1 to 7; `T`
+    /// fused multiply-adds in the same order, the softmax and its Jacobian the same code.
+    /// Chunk by chunk on shapes that take every tile form (`d` of 1 to 8, 13 and 32: 8-column tiles and remainders of 1 to 7; `T`
     /// of 8 to 40: pairs of row blocks and a single one) and with a short last chunk;
     /// and the rule, on 1 and on 3 threads, gives the same bits as the chunks of the
     /// variant it runs (unless capped to the generic path). Skipped where the CPU lacks

@@ -174,20 +174,20 @@ const GELU_3A: f32 = (3.0 * 0.044_715_f64) as f32;
 /// `½(1 + tanh u) = σ(2u)`, `u = √(2/π)(x + 0.044715 x³)`: `primitives`' `gelu_tanh_cdf`
 /// on `f32` with the packets' `exp`, the same operations in the same order.
 #[inline(always)]
-fn gelu_tanh_f32(x: f32) -> f32 {
+fn gelu_tanh_cdf_f32(x: f32) -> f32 {
     let u = GELU_K * (x + GELU_A * (x * x * x));
     1.0 / (1.0 + crate::kernels::vecmath::exp_f32(-(u + u)))
 }
 
 /// `gelu_tanh'(x)` on `f32` as [`lift::vjp`]'s fast path computes it (`primitives`'
-/// derivative with the packets' `exp`), from `cdf = gelu_tanh_f32(x)`.
+/// derivative with the packets' `exp`), from `cdf = gelu_tanh_cdf_f32(x)`.
 #[inline(always)]
 fn gelu_tanh_d_f32(x: f32, cdf: f32) -> f32 {
     let du = GELU_K * (1.0 + GELU_3A * x * x);
     cdf + x * (2.0 * cdf * (1.0 - cdf)) * du
 }
 
-/// [`gelu_tanh_f32`] and [`gelu_tanh_d_f32`] on AVX-512 registers, 16 elements at a time:
+/// [`gelu_tanh_cdf_f32`] and [`gelu_tanh_d_f32`] on AVX-512 registers, 16 elements at a time:
 /// LLVM vectorizes the scalar loop 8 lanes wide only (the build's 256-bit preference),
 /// and this loop is arithmetic, not memory, bound (`exp`'s polynomial, a division).
 /// Lane for lane the scalar functions' operations in their order (see
@@ -200,7 +200,7 @@ mod gelu512 {
     use super::{GELU_3A, GELU_A, GELU_K};
     use crate::kernels::vecmath::avx512::exp16;
 
-    /// `(x · cdf, gelu_tanh'(x))` of [`gelu_tanh_f32`](super::gelu_tanh_f32) and
+    /// `(x · cdf, gelu_tanh'(x))` of [`gelu_tanh_cdf_f32`](super::gelu_tanh_cdf_f32) and
     /// [`gelu_tanh_d_f32`](super::gelu_tanh_d_f32) on 16 lanes.
     ///
     /// # Safety
@@ -329,7 +329,7 @@ impl<S: Real> super::Unary<op::GeluTanhKeep> for DMatrix<S> {
         if !gelu_value_and_d_wide(xs, ys, ds) {
             // One plain loop over the three slices (it vectorizes; `push` did not).
             for ((y, d), &x) in ys.iter_mut().zip(ds.iter_mut()).zip(xs) {
-                let cdf = gelu_tanh_f32(x);
+                let cdf = gelu_tanh_cdf_f32(x);
                 y.write(x * cdf);
                 d.write(gelu_tanh_d_f32(x, cdf));
             }
@@ -440,7 +440,7 @@ pub(crate) mod lift {
         } else if p == TypeId::of::<op::Exp>() {
             xs.iter().map(|&x| exp_f32(x)).collect()
         } else if p == TypeId::of::<op::GeluTanh>() {
-            xs.iter().map(|&x| x * gelu_tanh_f32(x)).collect()
+            xs.iter().map(|&x| x * gelu_tanh_cdf_f32(x)).collect()
         } else {
             return None;
         };
@@ -470,9 +470,9 @@ pub(crate) mod lift {
     /// The cotangent `f'(x) g`, written into `g`'s buffer.
     ///
     /// `gelu_tanh`'s derivative (an `exp` polynomial, a division and a dozen more
-    /// operations per element) runs as one plain loop, which inlines and vectorizes; through [`update`]'s
-    /// blocks of eight it stayed a call per element (measured: 15% of the transformer
-    /// LM's gradient).
+    /// operations per element) runs as one plain loop, which inlines and vectorizes;
+    /// through [`update`]'s blocks of eight it stayed a call per element (measured: 15% of
+    /// the transformer LM's gradient).
     #[inline(always)]
     pub(crate) fn vjp<S: Real, R: Dim, C: Dim, P: Pointwise<S> + 'static>(
         x: &OMatrix<S, R, C>,
@@ -499,7 +499,7 @@ pub(crate) mod lift {
             };
             for (t, &x) in gs.iter_mut().zip(xs) {
                 // `primitives`' derivative of `gelu_tanh`, with the packets' `exp`.
-                let cdf = gelu_tanh_f32(x);
+                let cdf = gelu_tanh_cdf_f32(x);
                 *t *= gelu_tanh_d_f32(x, cdf);
             }
             return g;
@@ -1153,8 +1153,8 @@ mod tests {
 
     /// `f32` arguments for the bit-equality tests of the `gelu_tanh` loops: every 2003rd
     /// bit pattern (all exponents: subnormals, NaNs of both signs and several payloads,
-    /// both infinities), a sweep of [−16, 16] by 2⁻¹² (where `tanh` changes branch at
-    /// |u| = 0.625 and its `exp` saturates), and ±0, ±∞, NaN, the extreme finite and the
+    /// both infinities), a sweep of [−16, 16] by 2⁻¹² (where `σ(2u)` leaves 0 and 1 and
+    /// its `exp` saturates), and ±0, ±∞, NaN, the extreme finite and the
     /// smallest subnormal values; an odd count, so the loops' masked tail runs.
     fn gelu_arguments() -> Vec<f32> {
         let mut xs: Vec<f32> = (0..=u32::MAX).step_by(2003).map(f32::from_bits).collect();
@@ -1190,7 +1190,7 @@ mod tests {
     /// `avx2` and `portable`).
     ///
     /// Catches: a fused multiply-add where the scalar code rounds twice or the reverse
-    /// (tried: the derivative's `1 − th²` as one fused negated multiply-add, and the
+    /// (tried: the derivative's last multiply and add as one fused multiply-add, and the
     /// polynomial of `exp16` with separate multiplies and adds, which fail here), and a
     /// tail left unwritten (tried: fails on the last arguments).
     #[test]
@@ -1200,7 +1200,7 @@ mod tests {
         let n = xs.len();
         let (mut yw, mut dw) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for &x in &xs {
-            let cdf = gelu_tanh_f32(x);
+            let cdf = gelu_tanh_cdf_f32(x);
             yw.push(x * cdf);
             dw.push(gelu_tanh_d_f32(x, cdf));
         }

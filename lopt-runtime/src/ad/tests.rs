@@ -1834,8 +1834,8 @@ fn product_in_place_reverse_rules_add_what_vjp_returns() {
 /// `vjp`; another input of the same shape; no `eval` before), on `f32` (over the dense
 /// sweep of [−90, 90] and NaN, ±∞, ±0), `f64` and lanes.
 ///
-/// Catches: the kept derivative computed otherwise than `GeluTanh`'s (tried: `1 + th`
-/// for `1 − th²`), and the kept derivative used for an input it was not computed from
+/// Catches: the kept derivative computed otherwise than `GeluTanh`'s (tried: `1 + cdf`
+/// for `1 − cdf` in the `f32` scalar loop), and the kept derivative used for an input it was not computed from
 /// (tried: no address check; fails on `other`).
 #[test]
 fn gelu_tanh_keep_is_gelu_tanh_bit_for_bit() {

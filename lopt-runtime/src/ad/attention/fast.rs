@@ -6,8 +6,8 @@
 //! latency-bound miss), so that each (sequence, head) pair's blocks are contiguous and
 //! stay in L1; results go back a chunk at a time the same way. Matrices of at most
 //! [`IN_PLACE_ROWS`] rows (a data-parallel chunk's, in L2) are read and written in place,
-//! the kernels taking their column stride. Every product is one register-tiled kernel that skips the
-//! causal mask's zero half: the logits only for keys `s ≤ t`, the products with `P` or
+//! the kernels taking their column stride. Every product is one register-tiled kernel
+//! that skips the causal mask's zero half: the logits only for keys `s ≤ t`, the products with `P` or
 //! `dL` only over their nonzero triangle (by blocks of 8 rows). The softmax and its
 //! Jacobian run eight queries at a time, one per lane of explicit AVX2 vectors (left to
 //! the compiler, the lane loops stayed scalar: half the forward pass's time), with the
