@@ -63,6 +63,7 @@ use std::time::Duration;
 use common::{keep, Case};
 use lopt::ad::attention::AttentionGeometry;
 use lopt::ad::conv::{im2col_mul, Conv2dGeometry, Padding};
+use lopt::ad::norm::layer_norm_affine;
 use lopt::kernels::gemm::{gemm, MatRef};
 use lopt::ops::lstm_sequence;
 use lopt::prelude::*;
@@ -688,6 +689,21 @@ fn main() {
                 keep(&c);
             }));
         }
+    }
+
+    // The transformer LM's layer norm on one data-parallel chunk (256 rows of 128): the
+    // forward rule and the reverse one (which recomputes the row statistics).
+    {
+        let (x, g) = (normal(256, 128, 1.0), normal(256, 128, 1.0));
+        let s = DVector::from_fn(128, |j, _| 0.5 + j as f32 / 128.0);
+        let o = DVector::from_fn(128, |j, _| j as f32 / 256.0 - 0.25);
+        let (x2, s2, o2) = (x.clone(), s.clone(), o.clone());
+        cases.push(Case::new("part.tlm.ln_fwd", move || {
+            keep(layer_norm_affine(&x2, &s2, &o2, 1e-5));
+        }));
+        cases.push(Case::new("part.tlm.ln_vjp", move || {
+            keep(layer_norm_affine::vjp(&x, &s, &o, 1e-5, &g));
+        }));
     }
 
     // Products of SIMD-lane packets (`Lanes<8>`: one instance per lane, as a vmapped

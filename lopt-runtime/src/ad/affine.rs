@@ -9,7 +9,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::matmul::{product_bias, product_vjp, View};
-use super::reduce::sum;
+use super::reduce::column_sums;
 use super::{op, Binary};
 use crate::scalar::Real;
 
@@ -90,7 +90,7 @@ pub mod linear {
         let db = if r == 0 {
             DVector::zeros(b.len())
         } else {
-            DVector::from_iterator(b.len(), g.as_slice().chunks_exact(r).map(sum))
+            DVector::from_vec(column_sums(g.as_slice(), r))
         };
         let (dx, dw) = product_vjp(x, w, g);
         (Some(dx), Some(dw), Some(db))

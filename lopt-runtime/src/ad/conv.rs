@@ -1121,8 +1121,8 @@ impl Conv2dGeometry {
                         );
                     }
                     if let Some(db) = db.as_deref_mut() {
-                        for (d, col) in db.iter_mut().zip(gbuf.chunks_exact(rows.max(1))) {
-                            *d += super::reduce::sum(col);
+                        for (d, s) in db.iter_mut().zip(super::reduce::column_sums(&gbuf, rows)) {
+                            *d += s;
                         }
                     }
                 }

@@ -11,6 +11,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::scalar::Real;
 
+use super::reduce::{column_dots, dot, sum, sums_zip};
 use super::Unary;
 
 /// The op of `layer_norm(x, eps)`: each row centred and scaled to unit variance.
@@ -35,14 +36,25 @@ impl RmsNorm {
     }
 }
 
-/// `acc[i] = f(acc[i], i, column)` for every column of a column-major `rows`-row matrix
-/// in order: a per-row fold over the features that sweeps memory contiguously (each row's
-/// sum still runs over its columns in order, as a row-by-row fold would).
+/// `acc[i] = f(acc[i], aux[i], x_ij)` for every column `j` of a column-major `rows`-row
+/// matrix in order (each row's fold runs over its columns in order). Four columns a
+/// sweep: each accumulator is loaded and stored once per four columns, not once per
+/// element, while the columns are still read contiguously.
 #[inline(always)]
-fn fold_rows<S: Real>(data: &[S], rows: usize, acc: &mut [S], f: impl Fn(S, usize, S) -> S) {
-    for col in data.chunks_exact(rows) {
-        for (i, (a, &x)) in acc.iter_mut().zip(col).enumerate() {
-            *a = f(*a, i, x);
+fn fold_rows<S: Real>(data: &[S], rows: usize, aux: &[S], acc: &mut [S], f: impl Fn(S, S, S) -> S) {
+    let mut quads = data.chunks_exact(4 * rows);
+    for q in quads.by_ref() {
+        let (c0, rest) = q.split_at(rows);
+        let (c1, rest) = rest.split_at(rows);
+        let (c2, c3) = rest.split_at(rows);
+        let cols = c0.iter().zip(c1).zip(c2).zip(c3);
+        for ((a, &m), (((&x0, &x1), &x2), &x3)) in acc.iter_mut().zip(aux).zip(cols) {
+            *a = f(f(f(f(*a, m, x0), m, x1), m, x2), m, x3);
+        }
+    }
+    for col in quads.remainder().chunks_exact(rows) {
+        for ((a, &m), &x) in acc.iter_mut().zip(aux).zip(col) {
+            *a = f(*a, m, x);
         }
     }
 }
@@ -58,12 +70,13 @@ fn row_stats<S: Real>(x: &DMatrix<S>, eps: f64, center: bool) -> (Vec<S>, Vec<S>
         return (mean, Vec::new());
     }
     if center {
-        fold_rows(xs, rows, &mut mean, |a, _, x| a + x);
+        let zeros = vec![S::zero(); rows];
+        fold_rows(xs, rows, &zeros, &mut mean, |a, _, x| a + x);
         mean.iter_mut().for_each(|m| *m *= inv_n);
     }
     let mut var = vec![S::zero(); rows];
-    fold_rows(xs, rows, &mut var, |a, i, x| {
-        let d = x - mean[i];
+    fold_rows(xs, rows, &mean, &mut var, |a, m, x| {
+        let d = x - m;
         a + d * d
     });
     let eps = S::from_f64(eps);
@@ -110,7 +123,8 @@ fn apply_jacobian<S: Real>(
     let ts = t.as_slice();
     let mut mean_t = vec![S::zero(); rows];
     if center {
-        fold_rows(ts, rows, &mut mean_t, |a, _, x| a + x);
+        let zeros = vec![S::zero(); rows];
+        fold_rows(ts, rows, &zeros, &mut mean_t, |a, _, x| a + x);
         mean_t.iter_mut().for_each(|m| *m *= inv_n);
     }
     let mut proj = vec![S::zero(); rows];
@@ -282,8 +296,18 @@ mod tests {
         let (dx, ds) = crate::ad::Binary::<ScaleColumns, _>::vjp(&x, &s, &y, g.clone(), true, true);
         let want_dx = DMatrix::from_fn(37, 19, |i, j| g[(i, j)] * s[j]);
         assert_eq!(bits(&dx.unwrap()), bits(&want_dx));
-        let want_ds: Vec<f32> = (0..19).map(|j| g.column(j).dot(&x.column(j))).collect();
-        assert_eq!(ds.unwrap().as_slice(), &want_ds[..]);
+        // `Σ_i g_ij x_ij` in the order of the library's sums: eight partial sums over
+        // `i mod 8` up to the last full eight, then `((p0 + p4) + (p1 + p5)) + ((p2 + p6)
+        // + (p3 + p7))` plus the tail summed on its own.
+        let dot8 = |j: usize| {
+            let (full, mut p) = (37 - 37 % 8, [0.0f32; 8]);
+            (0..full).for_each(|i| p[i % 8] += g[(i, j)] * x[(i, j)]);
+            let tail = (full..37).fold(0.0f32, |t, i| t + g[(i, j)] * x[(i, j)]);
+            ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7])) + tail
+        };
+        let want_ds: Vec<u32> = (0..19).map(|j| dot8(j).to_bits()).collect();
+        let ds: Vec<u32> = ds.unwrap().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(ds, want_ds);
     }
 
     /// `layer_norm_affine` equals `scale_columns(layer_norm(x, eps), s) + o` and its
@@ -349,6 +373,24 @@ mod tests {
     }
 }
 
+/// Columns a sweep of the layer norm's reverse rule: the offset's and the scale's sums of
+/// the group run together ([`sums_zip`]), and its `x̂` stays in L1.
+const GROUP: usize = 8;
+
+/// Column `j` of a column-major `rows`-row matrix.
+fn column<S>(m: &[S], rows: usize, j: usize) -> &[S] {
+    &m[j * rows..(j + 1) * rows]
+}
+
+/// `Σ_i g_ij x_ij` for every column `j` of matrices of `shape` ([`column_dots`]), zeros
+/// when they have no rows.
+fn column_dots_or_zeros<S: Real>(g: &[S], x: &[S], (rows, n): (usize, usize)) -> DVector<S> {
+    if rows == 0 {
+        return DVector::zeros(n);
+    }
+    DVector::from_vec(column_dots(g, x, rows))
+}
+
 /// The op of `scale_columns(x, s)`: column `j` of the matrix `x` times `s[j]` (the
 /// learned scale of `hk.LayerNorm` / `hk.RMSNorm`, `x * scale` with the `[features]`
 /// vector broadcast over the rows, as `jnp` broadcasts it).
@@ -396,14 +438,7 @@ impl<S: Real> super::Binary<ScaleColumns, DVector<S>> for DMatrix<S> {
         need_s: bool,
     ) -> (Option<DMatrix<S>>, Option<DVector<S>>) {
         // ds_j = Σ_i g_ij x_ij, before g is reused for dx.
-        let ds = need_s.then(|| {
-            DVector::from_iterator(
-                s.len(),
-                g.column_iter()
-                    .zip(self.column_iter())
-                    .map(|(gc, xc)| gc.dot(&xc)),
-            )
-        });
+        let ds = need_s.then(|| column_dots_or_zeros(g.as_slice(), self.as_slice(), self.shape()));
         // dx = g with its columns scaled, written over g.
         let dx = need_x.then(|| {
             let mut g = g;
@@ -545,44 +580,52 @@ pub mod layer_norm_affine {
         }
         let (mean, rs) = row_stats(x, eps, true);
         let inv_n = S::from_f64(1.0 / n as f64);
-        // Column `j` of `x̂`, as the forward pass (and `normalize`) rounds it.
-        let xhat_col = |j: usize, buf: &mut Vec<S>| {
-            buf.clear();
-            let col = &x.as_slice()[j * rows..(j + 1) * rows];
-            buf.extend(
-                col.iter()
-                    .zip(&mean)
-                    .zip(&rs)
-                    .map(|((&x, &m), &r)| (x - m) * r),
-            );
-        };
-        let mut buf = Vec::with_capacity(rows);
+        let (xs, gs) = (x.as_slice(), g.as_slice());
         let (mut d_o, mut ds) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut mean_t, mut proj) = (vec![S::zero(); rows], vec![S::zero(); rows]);
         // `t = g·s_j` (scale_columns' cotangent), written where `dx` will be.
         let mut t = Vec::with_capacity(rows * n);
-        for (j, (gc, &sj)) in g.as_slice().chunks_exact(rows).zip(s.iter()).enumerate() {
-            xhat_col(j, &mut buf);
-            d_o.push(crate::ad::reduce::sum(gc));
-            let (gv, xv) = (
-                nalgebra::DVectorView::from_slice(gc, rows),
-                nalgebra::DVectorView::from_slice(&buf, rows),
-            );
-            ds.push(gv.dot(&xv));
-            let start = t.len();
-            t.extend(gc.iter().map(|&v| v * sj));
-            for (((mt, p), &tv), &xh) in mean_t.iter_mut().zip(&mut proj).zip(&t[start..]).zip(&buf)
-            {
-                *mt += tv;
-                *p += xh * tv;
+        // `x̂` of a group of columns, as the forward pass (and `normalize`) rounds it.
+        let mut xhat = vec![S::zero(); GROUP * rows];
+        for j0 in (0..n).step_by(GROUP) {
+            let cols = GROUP.min(n - j0);
+            for (c, xh) in xhat.chunks_exact_mut(rows).take(cols).enumerate() {
+                let xc = column(xs, rows, j0 + c);
+                for ((((h, &x), &m), &r), _) in
+                    xh.iter_mut().zip(xc).zip(&mean).zip(&rs).zip(0..rows)
+                {
+                    *h = (x - m) * r;
+                }
+                t.extend(column(gs, rows, j0 + c).iter().map(|&v| v * s[j0 + c]));
+            }
+            // The offset's and the scale's column sums, as `sum` and `dot` take them.
+            if cols == GROUP {
+                let gc: [&[S]; GROUP] = std::array::from_fn(|c| column(gs, rows, j0 + c));
+                let hc: [&[S]; GROUP] = std::array::from_fn(|c| column(&xhat, rows, c));
+                d_o.extend(sums_zip(gc, gc, |_, g, _| g));
+                ds.extend(sums_zip(gc, hc, |_, g, h| g * h));
+            } else {
+                for c in 0..cols {
+                    d_o.push(sum(column(gs, rows, j0 + c)));
+                    ds.push(dot(column(gs, rows, j0 + c), column(&xhat, rows, c)));
+                }
+            }
+            // Each row's `Σ_j t` and `Σ_j x̂·t`, in the order of the columns.
+            let tg = &t[j0 * rows..];
+            for c in 0..cols {
+                let (tc, hc) = (column(tg, rows, c), column(&xhat, rows, c));
+                for (((mt, p), &tv), &h) in mean_t.iter_mut().zip(&mut proj).zip(tc).zip(hc) {
+                    *mt += tv;
+                    *p += h * tv;
+                }
             }
         }
         mean_t.iter_mut().for_each(|m| *m *= inv_n);
         proj.iter_mut().for_each(|p| *p *= inv_n);
-        for (j, tc) in t.chunks_exact_mut(rows).enumerate() {
-            xhat_col(j, &mut buf);
-            for (i, (tv, &xh)) in tc.iter_mut().zip(&buf).enumerate() {
-                *tv = rs[i] * (*tv - mean_t[i] - xh * proj[i]);
+        for (tc, xc) in t.chunks_exact_mut(rows).zip(xs.chunks_exact(rows)) {
+            let stats = mean.iter().zip(&rs).zip(&mean_t).zip(&proj);
+            for ((tv, &x), (((&m, &r), &mt), &p)) in tc.iter_mut().zip(xc).zip(stats) {
+                *tv = r * (*tv - mt - (x - m) * r * p);
             }
         }
         (
