@@ -20,10 +20,10 @@
 //!
 //! **Determinism.** The number of chunks and their rows depend only on the batch's row
 //! count and the wrapper's `chunk_rows` ([`chunk_ranges`]), never on the number of
-//! threads, and the chunk results are summed in chunk order (for the gradient, each as
-//! soon as it and the chunks before it are done, by whichever thread finds it ready). So
-//! the result is bit-identical on a pool of 1 thread or of any number (each chunk is
-//! computed by the same code whichever thread runs it).
+//! threads; the losses and gradients are summed along a binary tree fixed by the chunks
+//! (each half of the chunks summed, then the two halves), whichever thread runs each
+//! part, and the losses of `loss` and the JVPs in chunk order. So the result is bit-identical on a pool of 1 thread or of any
+//! number (each chunk is computed by the same code whichever thread runs it).
 //!
 //! **Nesting.** Inside a Rayon worker (a lane group of a vmapped family, a task trained
 //! by `map_groups_mut`) the chunks are Rayon tasks of the same pool: no thread is
@@ -35,7 +35,6 @@
 //! same key, so a chunk draws what the first rows of a whole batch would.
 
 use std::ops::{Deref, Range};
-use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -217,21 +216,25 @@ fn map_chunks<B: SplitBatch, R: Send>(
     (!out.is_empty()).then_some(out)
 }
 
-/// `f` on every chunk of positive weight, each result folded into an accumulator in chunk
-/// order as soon as it and every chunk before it are done: `fold(acc, w_c / W, r_c)`
-/// (`acc` is `None` before the first). `None` when the batch has one chunk or every weight
-/// is zero (the caller runs the whole batch). On a pool of several threads, whichever
-/// thread finds the next chunk ready folds it (under a lock the others only try), so the
-/// folds overlap the other chunks' work and a result is added while still in cache,
-/// instead of all results being kept (a megabyte each for the transformer LM) and summed
-/// at the end on one thread. The folds are the same calls in the same order on any number
-/// of threads, so the result is bit-identical.
-fn fold_chunks<B: SplitBatch, R: Send, A: Send>(
+/// `Σ_c (w_c / W) · f(chunk c)` over the chunks of positive weight, added along a binary
+/// tree fixed by the chunks alone: a range of chunks is cut at its middle, each half
+/// reduced, and the two results combined, `combine((s_a, a), (s_b, b)) = s_a·a + s_b·b`
+/// (a chunk's own result enters with its weight `w_c / W`, a combined one with 1).
+/// `None` when the batch has one chunk or every weight is zero (the caller runs the
+/// whole batch).
+///
+/// On a pool of several threads the halves run as a `rayon::join`, so each thread adds
+/// up its own chunks as they finish, while the results are in its cache, and only the
+/// last addition waits for both (a fold in chunk order left the other thread's chunks
+/// to be added one by one at the end while it idled). The tree, and the order within
+/// each addition, do not depend on the thread that runs them, so the result is
+/// bit-identical on any number of threads.
+fn tree_chunks<B: SplitBatch, R: Send>(
     batch: &B,
     ranges: &[Range<usize>],
     f: impl Fn(&B) -> R + Sync,
-    fold: impl Fn(&mut Option<A>, f64, R) + Sync,
-) -> Option<A> {
+    combine: impl Fn((f64, R), (f64, R)) -> R + Sync,
+) -> Option<R> {
     if ranges.len() < 2 {
         return None;
     }
@@ -246,48 +249,44 @@ fn fold_chunks<B: SplitBatch, R: Send, A: Send>(
     if subs.is_empty() {
         return None;
     }
-    let total: f64 = subs.iter().map(|(w, _)| w).sum();
-    if rayon::current_num_threads() <= 1 {
-        let mut acc = None;
-        for (w, sub) in &subs {
-            fold(&mut acc, w / total, f(sub));
-        }
-        return acc;
-    }
-    let slots: Vec<Mutex<Option<R>>> = subs.iter().map(|_| Mutex::new(None)).collect();
-    let take = |c: usize| slots.get(c).and_then(|s| s.lock().expect("a slot").take());
-    let ready = |c: usize| {
-        slots
-            .get(c)
-            .is_some_and(|s| s.lock().expect("a slot").is_some())
+    let tree = Tree {
+        f: &f,
+        combine: &combine,
+        total: subs.iter().map(|(w, _)| w).sum(),
+        parallel: rayon::current_num_threads() > 1,
     };
-    // The next chunk to fold, and the accumulator.
-    let state: Mutex<(usize, Option<A>)> = Mutex::new((0, None));
-    subs.par_iter().enumerate().for_each(|(c, (_, sub))| {
-        let r = f(sub);
-        *slots[c].lock().expect("a slot") = Some(r);
-        // Fold what is ready; after letting go of the lock look again: a chunk that
-        // finished meanwhile found the lock held and left its result to the holder.
-        while let Ok(mut st) = state.try_lock() {
-            let (next, acc) = &mut *st;
-            while let Some(r) = take(*next) {
-                fold(acc, subs[*next].0 / total, r);
-                *next += 1;
-            }
-            let next = *next;
-            drop(st);
-            if !ready(next) {
-                break;
-            }
+    // The root's factor is 1: a combined result's, or a lone chunk's `w / w`.
+    Some(tree.reduce(&subs).1)
+}
+
+/// The recursion of [`tree_chunks`].
+struct Tree<'a, F, C> {
+    f: &'a F,
+    combine: &'a C,
+    total: f64,
+    parallel: bool,
+}
+
+impl<F, C> Tree<'_, F, C> {
+    /// The chunks' result and the factor it still needs.
+    fn reduce<B, R>(&self, subs: &[(f64, B)]) -> (f64, R)
+    where
+        B: SplitBatch,
+        R: Send,
+        F: Fn(&B) -> R + Sync,
+        C: Fn((f64, R), (f64, R)) -> R + Sync,
+    {
+        if let [(w, sub)] = subs {
+            return (w / self.total, (self.f)(sub));
         }
-    });
-    let (next, acc) = state.into_inner().expect("the fold state");
-    assert_eq!(
-        next,
-        subs.len(),
-        "DataParallel: every chunk folded in order"
-    );
-    acc
+        let (left, right) = subs.split_at(subs.len() / 2);
+        let (a, b) = if self.parallel {
+            rayon::join(|| self.reduce(left), || self.reduce(right))
+        } else {
+            (self.reduce(left), self.reduce(right))
+        };
+        (1.0, (self.combine)(a, b))
+    }
 }
 
 /// `Σ_c (w_c / W) · v_c` in chunk order.
@@ -324,25 +323,19 @@ where
         batch: &T::Batch,
     ) -> (S, T::Params<S>) {
         let ranges = self.chunks(batch.num_rows());
-        let fold = |acc: &mut Option<(S, T::Params<S>)>, s: f64, (v, mut g): (S, T::Params<S>)| {
-            let s = S::from_f64(s);
-            match acc {
-                None => {
-                    for i in 0..g.num_leaves() {
-                        g.leaf_mut(i).iter_mut().for_each(|x| *x *= s);
-                    }
-                    *acc = Some((s * v, g));
-                }
-                Some((value, grad)) => {
-                    *value += s * v;
-                    grad.zip_leaves_mut(&g, |acc, gc| {
-                        acc.iter_mut().zip(gc).for_each(|(a, &b)| *a += s * b);
-                    });
-                }
-            }
+        type Part<S, P> = (f64, (S, P));
+        let combine = |(sa, (va, mut ga)): Part<S, T::Params<S>>,
+                       (sb, (vb, gb)): Part<S, T::Params<S>>| {
+            let (sa, sb) = (S::from_f64(sa), S::from_f64(sb));
+            ga.zip_leaves_mut(&gb, |a, b| {
+                a.iter_mut()
+                    .zip(b)
+                    .for_each(|(a, &b)| *a = sa * *a + sb * b);
+            });
+            (sa * va + sb * vb, ga)
         };
         let f = |b: &T::Batch| self.task.value_and_grad(params, key, b);
-        match fold_chunks(batch, &ranges, f, fold) {
+        match tree_chunks(batch, &ranges, f, combine) {
             Some(vg) => vg,
             None => self.task.value_and_grad(params, key, batch),
         }
@@ -476,10 +469,11 @@ mod tests {
         );
     }
 
-    /// A one-row chunk's value and gradient set by its label, chosen so that the sum's
-    /// order shows: `1`, `1e17`, `-1e17` (in chunk order, weights ⅓: the first term is
-    /// absorbed, giving 0; the last two first would give ⅓). On a pool of several threads
-    /// the first chunk waits (up to two seconds) until another has finished.
+    /// A one-row chunk's value and gradient set by its label, chosen so that the order
+    /// of the sum shows: `1`, `1e17`, `-1e17`, `1` (weights ¼): along the tree,
+    /// `(1 + 1e17) + (−1e17 + 1)` is 0; in chunk order `((1 + 1e17) − 1e17) + 1` is ¼;
+    /// with the first chunk last, `((1e17 − 1e17) + 1) + 1` is ½. On a pool of several
+    /// threads the first chunk waits (up to two seconds) until another has finished.
     #[derive(Debug)]
     struct Ordered(std::sync::atomic::AtomicBool);
 
@@ -499,7 +493,7 @@ mod tests {
             b: &ImageBatch,
         ) -> (S, DVector<S>) {
             use std::sync::atomic::Ordering::SeqCst;
-            let v = [1.0, 1e17, -1e17][b.label[0] as usize];
+            let v = [1.0, 1e17, -1e17, 1.0][b.label[0] as usize];
             if b.label[0] == 0 && rayon::current_num_threads() > 1 {
                 let t = std::time::Instant::now();
                 while !self.0.load(SeqCst) && t.elapsed().as_secs() < 2 {
@@ -525,15 +519,19 @@ mod tests {
         }
     }
 
-    /// The chunks' values and gradients are added in chunk order even when a later chunk
-    /// finishes first (two and three threads, the first chunk held back): the same bits
-    /// as on one thread, and 0 where adding in finishing order gives ⅓. Catches (tried):
-    /// each result folded as it finishes rather than in chunk order (under the lock,
-    /// weighted by its own chunk's weight) — "2 threads: [0.333…] vs [0]".
+    /// The chunks' gradients are added along the fixed tree even when a later chunk
+    /// finishes first (two, three and four threads, the first chunk held back): the
+    /// same bits as on one thread, 0 where chunk order gives ¼ and finishing order ½.
+    /// Catches (tried): the first chunk split off alone instead of the halves cut at the
+    /// middle (`[0.25] vs [0]` on every thread count); the chunk-order fold this tree
+    /// replaced gives ¼ too.
     #[test]
-    fn chunk_results_are_added_in_chunk_order_on_any_thread_count() {
-        let b = images(3);
-        for n in [1, 2, 3] {
+    fn chunk_gradients_are_added_along_a_fixed_tree_on_any_thread_count() {
+        let b = ImageBatch {
+            label: vec![0, 1, 2, 3],
+            ..images(4)
+        };
+        for n in [1, 2, 3, 4] {
             let task = DataParallel::new(Ordered(Default::default()), 1).unwrap();
             let p: DVector<f64> = task.init(Key::new(0));
             let (v, g) = crate::on_threads(n, || task.value_and_grad(&p, Key::new(0), &b));
