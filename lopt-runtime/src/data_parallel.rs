@@ -22,7 +22,7 @@
 //! count and the wrapper's `chunk_rows` ([`chunk_ranges`]), never on the number of
 //! threads; the losses and gradients are summed along a binary tree fixed by the chunks
 //! (each half of the chunks summed, then the two halves), whichever thread runs each
-//! part, and the losses of `loss` and the JVPs in chunk order. So the result is bit-identical on a pool of 1 thread or of any
+//! part. So the result is bit-identical on a pool of 1 thread or of any
 //! number (each chunk is computed by the same code whichever thread runs it).
 //!
 //! **Nesting.** Inside a Rayon worker (a lane group of a vmapped family, a task trained
@@ -35,8 +35,6 @@
 //! same key, so a chunk draws what the first rows of a whole batch would.
 
 use std::ops::{Deref, Range};
-
-use rayon::prelude::*;
 
 use crate::datasets::text::LmBatch;
 use crate::datasets::{Datasets, ImageBatch};
@@ -190,32 +188,6 @@ impl<T> Deref for DataParallel<T> {
     }
 }
 
-/// `f` on every chunk of positive weight, with the weights, in chunk order (`None` when
-/// the batch has one chunk: the caller runs the whole batch). Chunks run on the Rayon pool
-/// unless it has one thread.
-fn map_chunks<B: SplitBatch, R: Send>(
-    batch: &B,
-    ranges: &[Range<usize>],
-    f: impl Fn(&B) -> R + Sync,
-) -> Option<Vec<(f64, R)>> {
-    if ranges.len() < 2 {
-        return None;
-    }
-    let one = |r: &Range<usize>| {
-        let sub = batch.rows(r.clone());
-        let w = sub.loss_weight();
-        (w > 0.0).then(|| (w, f(&sub)))
-    };
-    let out: Vec<Option<(f64, R)>> = if rayon::current_num_threads() > 1 {
-        ranges.par_iter().map(one).collect()
-    } else {
-        ranges.iter().map(one).collect()
-    };
-    let out: Vec<(f64, R)> = out.into_iter().flatten().collect();
-    // All weight zero: the whole batch's loss is 0/0; let the task say what that is.
-    (!out.is_empty()).then_some(out)
-}
-
 /// `Σ_c (w_c / W) · f(chunk c)` over the chunks of positive weight, added along a binary
 /// tree fixed by the chunks alone: a range of chunks is cut at its middle, each half
 /// reduced, and the two results combined, `combine((s_a, a), (s_b, b)) = s_a·a + s_b·b`
@@ -289,12 +261,9 @@ impl<F, C> Tree<'_, F, C> {
     }
 }
 
-/// `Σ_c (w_c / W) · v_c` in chunk order.
-fn combine_values<S: Real>(parts: &[(f64, S)]) -> S {
-    let total: f64 = parts.iter().map(|(w, _)| w).sum();
-    parts
-        .iter()
-        .fold(S::zero(), |acc, &(w, v)| acc + S::from_f64(w / total) * v)
+/// `s_a·a + s_b·b`: [`tree_chunks`]' combine for a scalar.
+fn scaled_sum<S: Real>((sa, a): (f64, S), (sb, b): (f64, S)) -> S {
+    S::from_f64(sa) * a + S::from_f64(sb) * b
 }
 
 impl<T: Task> Task for DataParallel<T>
@@ -310,8 +279,9 @@ where
 
     fn loss<S: Real>(&self, params: &T::Params<S>, key: S::Key, batch: &T::Batch) -> S {
         let ranges = self.chunks(batch.num_rows());
-        match map_chunks(batch, &ranges, |b| self.task.loss(params, key, b)) {
-            Some(parts) => combine_values(&parts),
+        let f = |b: &T::Batch| self.task.loss(params, key, b);
+        match tree_chunks(batch, &ranges, f, scaled_sum) {
+            Some(v) => v,
             None => self.task.loss(params, key, batch),
         }
     }
@@ -349,14 +319,15 @@ where
         batch: &T::Batch,
     ) -> (S, S) {
         let ranges = self.chunks(batch.num_rows());
-        match map_chunks(batch, &ranges, |b| {
-            self.task.value_and_jvp(params, tangent, key, b)
-        }) {
-            Some(parts) => {
-                let values: Vec<(f64, S)> = parts.iter().map(|&(w, (v, _))| (w, v)).collect();
-                let jvps: Vec<(f64, S)> = parts.iter().map(|&(w, (_, j))| (w, j)).collect();
-                (combine_values(&values), combine_values(&jvps))
-            }
+        let f = |b: &T::Batch| self.task.value_and_jvp(params, tangent, key, b);
+        let combine = |(sa, (va, ja)): (f64, (S, S)), (sb, (vb, jb)): (f64, (S, S))| {
+            (
+                scaled_sum((sa, va), (sb, vb)),
+                scaled_sum((sa, ja), (sb, jb)),
+            )
+        };
+        match tree_chunks(batch, &ranges, f, combine) {
+            Some(vj) => vj,
             None => self.task.value_and_jvp(params, tangent, key, batch),
         }
     }
@@ -447,8 +418,8 @@ mod tests {
     }
 
     /// Seven rows in chunks of 3, 2, 2: the split loss, gradient and JVP equal the whole
-    /// batch's in f64. Catches: chunks weighted equally (tried: every weight set to 1 in
-    /// `map_chunks` — the value is 1.420 for 1.503), a chunk's gradient left unscaled.
+    /// batch's in f64. Catches a chunk's result left unscaled (tried: each chunk's factor
+    /// `w_c / W` set to 1 in `tree_chunks` — the value assertion fails).
     #[test]
     fn split_mean_loss_equals_the_whole_batch() {
         let task = DataParallel::new(RowMse, 2).unwrap();
