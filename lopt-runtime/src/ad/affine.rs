@@ -86,12 +86,7 @@ pub mod linear {
             (x.nrows(), w.ncols()),
             "linear: the cotangent has the wrong shape"
         );
-        let r = x.nrows();
-        let db = if r == 0 {
-            DVector::zeros(b.len())
-        } else {
-            DVector::from_vec(column_sums(g.as_slice(), r))
-        };
+        let db = DVector::from_vec(column_sums(g.as_slice(), g.shape()));
         let (dx, dw) = product_vjp(x, w, g);
         (Some(dx), Some(dw), Some(db))
     }

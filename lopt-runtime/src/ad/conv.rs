@@ -1121,7 +1121,10 @@ impl Conv2dGeometry {
                         );
                     }
                     if let Some(db) = db.as_deref_mut() {
-                        for (d, s) in db.iter_mut().zip(super::reduce::column_sums(&gbuf, rows)) {
+                        for (d, s) in db
+                            .iter_mut()
+                            .zip(super::reduce::column_sums(&gbuf, (rows, n)))
+                        {
                             *d += s;
                         }
                     }

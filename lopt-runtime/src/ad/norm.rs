@@ -11,7 +11,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::scalar::Real;
 
-use super::reduce::{column_dots, dot, sum, sums_zip};
+use super::reduce::{column_dots, column_sums};
 use super::Unary;
 
 /// The op of `layer_norm(x, eps)`: each row centred and scaled to unit variance.
@@ -373,22 +373,13 @@ mod tests {
     }
 }
 
-/// Columns a sweep of the layer norm's reverse rule: the offset's and the scale's sums of
-/// the group run together ([`sums_zip`]), and its `x̂` stays in L1.
+/// Columns a sweep of the layer norm's reverse rule: the scale's sums of the group run
+/// together ([`column_dots`]), and its `x̂` stays in L1.
 const GROUP: usize = 8;
 
 /// Column `j` of a column-major `rows`-row matrix.
 fn column<S>(m: &[S], rows: usize, j: usize) -> &[S] {
     &m[j * rows..(j + 1) * rows]
-}
-
-/// `Σ_i g_ij x_ij` for every column `j` of matrices of `shape` ([`column_dots`]), zeros
-/// when they have no rows.
-fn column_dots_or_zeros<S: Real>(g: &[S], x: &[S], (rows, n): (usize, usize)) -> DVector<S> {
-    if rows == 0 {
-        return DVector::zeros(n);
-    }
-    DVector::from_vec(column_dots(g, x, rows))
 }
 
 /// The op of `scale_columns(x, s)`: column `j` of the matrix `x` times `s[j]` (the
@@ -438,7 +429,8 @@ impl<S: Real> super::Binary<ScaleColumns, DVector<S>> for DMatrix<S> {
         need_s: bool,
     ) -> (Option<DMatrix<S>>, Option<DVector<S>>) {
         // ds_j = Σ_i g_ij x_ij, before g is reused for dx.
-        let ds = need_s.then(|| column_dots_or_zeros(g.as_slice(), self.as_slice(), self.shape()));
+        let ds = need_s
+            .then(|| DVector::from_vec(column_dots(g.as_slice(), self.as_slice(), g.shape())));
         // dx = g with its columns scaled, written over g.
         let dx = need_x.then(|| {
             let mut g = g;
@@ -581,7 +573,8 @@ pub mod layer_norm_affine {
         let (mean, rs) = row_stats(x, eps, true);
         let inv_n = S::from_f64(1.0 / n as f64);
         let (xs, gs) = (x.as_slice(), g.as_slice());
-        let (mut d_o, mut ds) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // The offset's column sums; the scale's are taken group by group below.
+        let (d_o, mut ds) = (column_sums(gs, (rows, n)), Vec::with_capacity(n));
         let (mut mean_t, mut proj) = (vec![S::zero(); rows], vec![S::zero(); rows]);
         // `t = g·s_j` (scale_columns' cotangent), written where `dx` will be.
         let mut t = Vec::with_capacity(rows * n);
@@ -591,25 +584,14 @@ pub mod layer_norm_affine {
             let cols = GROUP.min(n - j0);
             for (c, xh) in xhat.chunks_exact_mut(rows).take(cols).enumerate() {
                 let xc = column(xs, rows, j0 + c);
-                for ((((h, &x), &m), &r), _) in
-                    xh.iter_mut().zip(xc).zip(&mean).zip(&rs).zip(0..rows)
-                {
+                for (((h, &x), &m), &r) in xh.iter_mut().zip(xc).zip(&mean).zip(&rs) {
                     *h = (x - m) * r;
                 }
                 t.extend(column(gs, rows, j0 + c).iter().map(|&v| v * s[j0 + c]));
             }
-            // The offset's and the scale's column sums, as `sum` and `dot` take them.
-            if cols == GROUP {
-                let gc: [&[S]; GROUP] = std::array::from_fn(|c| column(gs, rows, j0 + c));
-                let hc: [&[S]; GROUP] = std::array::from_fn(|c| column(&xhat, rows, c));
-                d_o.extend(sums_zip(gc, gc, |_, g, _| g));
-                ds.extend(sums_zip(gc, hc, |_, g, h| g * h));
-            } else {
-                for c in 0..cols {
-                    d_o.push(sum(column(gs, rows, j0 + c)));
-                    ds.push(dot(column(gs, rows, j0 + c), column(&xhat, rows, c)));
-                }
-            }
+            // The scale's column sums over the group.
+            let group = &gs[j0 * rows..(j0 + cols) * rows];
+            ds.extend(column_dots(group, &xhat[..cols * rows], (rows, cols)));
             // Each row's `Σ_j t` and `Σ_j x̂·t`, in the order of the columns.
             let tg = &t[j0 * rows..];
             for c in 0..cols {

@@ -112,20 +112,26 @@ pub(crate) fn sums_zip<S: Real>(
     })
 }
 
-/// `Σ_i f(a_ij, b_ij)` for every column `j` of two column-major `rows`-row matrices of
-/// one shape, each summed as [`sum_zip3`] sums it, eight columns a sweep ([`sums_zip`]).
+/// `Σ_i f(a_ij, b_ij)` for every column `j` of two column-major matrices of `shape`
+/// (`rows × cols`), each summed as [`sum_zip3`] sums it, eight columns a sweep
+/// ([`sums_zip`]); zeros when they have no rows.
 #[inline(always)]
 pub(crate) fn column_sums_zip<S: Real>(
     a: &[S],
     b: &[S],
-    rows: usize,
+    (rows, cols): (usize, usize),
     f: impl Fn(S, S) -> S + Copy,
 ) -> Vec<S> {
-    assert_eq!(a.len(), b.len(), "column sums of matrices of two sizes");
+    assert!(
+        a.len() == rows * cols && b.len() == rows * cols,
+        "column sums of {rows} x {cols} matrices given {} and {} entries",
+        a.len(),
+        b.len()
+    );
     if rows == 0 {
-        return Vec::new();
+        return vec![S::zero(); cols];
     }
-    let mut out = Vec::with_capacity(a.len() / rows);
+    let mut out = Vec::with_capacity(cols);
     let (mut ga, mut gb) = (a.chunks_exact(8 * rows), b.chunks_exact(8 * rows));
     for (ga, gb) in ga.by_ref().zip(gb.by_ref()) {
         let (ca, cb): ([&[S]; 8], [&[S]; 8]) = (
@@ -142,14 +148,14 @@ pub(crate) fn column_sums_zip<S: Real>(
     out
 }
 
-/// The sum of every column of a column-major `rows`-row matrix, each as [`sum`] sums it.
-pub(crate) fn column_sums<S: Real>(data: &[S], rows: usize) -> Vec<S> {
-    column_sums_zip(data, data, rows, |x, _| x)
+/// The sum of every column of a column-major matrix of `shape`, each as [`sum`] sums it.
+pub(crate) fn column_sums<S: Real>(data: &[S], shape: (usize, usize)) -> Vec<S> {
+    column_sums_zip(data, data, shape, |x, _| x)
 }
 
-/// `Σ_i a_ij b_ij` for every column `j`, each as [`dot`] sums it.
-pub(crate) fn column_dots<S: Real>(a: &[S], b: &[S], rows: usize) -> Vec<S> {
-    column_sums_zip(a, b, rows, |x, y| x * y)
+/// `Σ_i a_ij b_ij` for every column `j` of matrices of `shape`, each as [`dot`] sums it.
+pub(crate) fn column_dots<S: Real>(a: &[S], b: &[S], shape: (usize, usize)) -> Vec<S> {
+    column_sums_zip(a, b, shape, |x, y| x * y)
 }
 
 /// `Σ x_i`, summed as [`sum_zip3`].
@@ -430,8 +436,8 @@ mod tests {
         for rows in [1usize, 7, 8, 37, 256] {
             for cols in [1usize, 7, 8, 9, 17] {
                 let (a, b) = (data(rows * cols, 1), data(rows * cols, 2));
-                let sums = column_sums(&a, rows);
-                let dots = column_dots(&a, &b, rows);
+                let sums = column_sums(&a, (rows, cols));
+                let dots = column_dots(&a, &b, (rows, cols));
                 for j in 0..cols {
                     let (ca, cb) = (&a[j * rows..(j + 1) * rows], &b[j * rows..(j + 1) * rows]);
                     let prod: Vec<f32> = ca.iter().zip(cb).map(|(x, y)| x * y).collect();
@@ -449,7 +455,7 @@ mod tests {
                 let packed: Vec<Lanes<4>> = (0..rows * cols)
                     .map(|i| Lanes([a[i], b[i], -a[i], 0.5 * b[i]]))
                     .collect();
-                for (j, s) in column_sums(&packed, rows).iter().enumerate() {
+                for (j, s) in column_sums(&packed, (rows, cols)).iter().enumerate() {
                     let lane =
                         |l: usize| packed[j * rows..(j + 1) * rows].iter().map(move |p| p.0[l]);
                     for l in 0..4 {
@@ -459,6 +465,6 @@ mod tests {
                 }
             }
         }
-        assert!(column_sums::<f32>(&[], 0).is_empty());
+        assert_eq!(column_sums::<f32>(&[], (0, 3)), vec![0.0; 3]);
     }
 }
